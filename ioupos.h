@@ -182,7 +182,7 @@ IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *
                                        ioupos_box *a, ioupos_box *b);
 IOUPOS_DEF void ioupos_iou_sampler_free(ioupos_iou_sampler *s);
 
-/* "0.3", "96x96", "512x448" style text for messages; writes at most cap bytes. */
+/* "96x96", "160x320x288" style text of dims integers for messages; at most cap bytes. */
 IOUPOS_DEF void ioupos_format_shape(char *buf, size_t cap, int dims, const int v[]);
 
 /* ============================================================================================
@@ -195,7 +195,7 @@ typedef struct ioupos_image {
 } ioupos_image;
 
 /* Load a PNG (8 or 16 bit, grey, grey+alpha, RGB or RGBA) as grey in [0, 1]. Colour is
-   converted with ITU-R 601-2 luma (PIL's "L"); alpha is ignored. */
+   converted with ITU-R 601-2 luma (PIL's "L"); alpha is ignored. Other formats are refused. */
 IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img);
 IOUPOS_DEF void ioupos_image_free(ioupos_image *img);
 
@@ -228,6 +228,7 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
 #include <process.h>
 #define ioupos__getpid _getpid
 #else
+#include <fcntl.h>
 #include <unistd.h>
 #define ioupos__getpid getpid
 #endif
@@ -263,6 +264,7 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
 #endif
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STBI_ONLY_PNG
 #endif
 #include "stb_image.h"
 #include "stb_image_write.h"
@@ -371,7 +373,7 @@ IOUPOS_DEF uint64_t ioupos_rng_below(ioupos_rng *rng, uint64_t n) {
     }
     return m >> 32;
   } else {
-    /* Reject the top 2^64 mod n values (acceptance > 1/2), then reduce. */
+    /* Reject the lowest 2^64 mod n values (acceptance > 1/2): the rest reduce uniformly. */
     uint64_t threshold = (0u - n) % n, r;
     do r = ioupos_rng_u64(rng); while (r < threshold);
     return r % n;
@@ -632,7 +634,7 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
   char sh[64] = "?", cr[64] = "?";
   int k, order[3], nl[3], user_c[3], user_n[3], st;
   int64_t V = 1, lo, hi;
-  double pairs = 1.0, vol = 1.0, cells = 1.0;
+  double pairs = 1.0, cells = 1.0;
   if (!s) return ioupos__fail(IOUPOS_EINVAL, "ioupos_iou_sampler_init: sampler is NULL");
   memset(s, 0, sizeof *s);
   if (dims != 2 && dims != 3)
@@ -673,11 +675,10 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
     s->crop[k] = k < dims ? crop[k] : 0;
   }
   for (k = 0; k < dims; ++k) {
-    vol *= crop[k];
     pairs *= (double)(shape[k] - crop[k] + 1) * (double)(shape[k] - crop[k] + 1);
     cells *= crop[k] + 1.0;
   }
-  if (pairs >= 4.0e18 || vol > 1e12 || cells > 1.0e8)
+  if (pairs >= 4.0e18 || cells > 1.0e8) /* cells bounds V = prod c too */
     return ioupos__fail(IOUPOS_ERANGE,
                         "IoU sampler: image %s with crop %s is too large for the exact sampler "
                         "(%.3g placement pairs, limit 4e18; %.3g overlap classes, limit 1e8)",
@@ -985,15 +986,21 @@ IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img) {
   if (!img || !path) return ioupos__fail(IOUPOS_EINVAL, "ioupos_image_load: NULL argument");
   img->h = img->w = 0;
   img->data = NULL;
-  px = stbi_load_16(path, &w, &h, &comp, 0);
-  if (!px) {
+  { /* refuse anything that is not a PNG before stb_image guesses a format */
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    unsigned char head[8];
+    size_t got;
     FILE *f = fopen(path, "rb");
-    if (!f)
-      return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
+    got = fread(head, 1, sizeof head, f);
     fclose(f);
-    return ioupos__fail(IOUPOS_EFORMAT, "%s: not a readable PNG (%s)", path,
-                        stbi_failure_reason());
+    if (got != sizeof head || memcmp(head, sig, sizeof sig) != 0)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: not a PNG file (no PNG signature)", path);
   }
+  px = stbi_load_16(path, &w, &h, &comp, 0);
+  if (!px)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt or unsupported PNG (%s)", path,
+                        stbi_failure_reason());
   count = (size_t)w * (size_t)h;
   img->data = (float *)ioupos__calloc(count, sizeof(float));
   if (!img->data) {
@@ -1021,20 +1028,34 @@ IOUPOS_DEF void ioupos_image_free(ioupos_image *img) {
 IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size_t size) {
   char tmp[4096];
   FILE *f;
-  int bad;
+  int bad, e;
   if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)ioupos__getpid()) >= (int)sizeof tmp)
     return ioupos__fail(IOUPOS_EINVAL, "%s: path too long", path);
+#if defined(_WIN32)
   f = fopen(tmp, "wb");
-  if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+#else
+  { /* a fresh file: never follow a symlink or reuse a leftover from a crashed run */
+    int fd;
+    remove(tmp);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (fd >= 0 && !f) close(fd);
+  }
+#endif
+  if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot create (%s)", path, strerror(errno));
+  errno = 0;
   bad = size && fwrite(data, 1, size, f) != size;
   bad |= fflush(f) != 0;
   bad |= ferror(f) != 0;
-  if (fclose(f) != 0) bad = 1;
+#if !defined(_WIN32)
+  bad |= fsync(fileno(f)) != 0; /* the data is on disk before the name points to it */
+#endif
+  e = errno;
+  if (fclose(f) != 0 && !bad) bad = 1, e = errno;
   if (bad) {
-    int e = errno;
     remove(tmp);
     return ioupos__fail(IOUPOS_EIO, "%s: write failed (%s); nothing was written", path,
-                        strerror(e));
+                        e ? strerror(e) : "I/O error");
   }
   if (rename(tmp, path) != 0) {
     int e = errno;
