@@ -158,7 +158,7 @@ typedef struct ioupos_iou_sampler {
   /* derived, read-only */
   int64_t inter_lo, inter_hi; /* the interval as a range of intersection volumes */
   uint64_t n_pairs;           /* number of valid ordered pairs (placement a, placement b) */
-  uint64_t n_first;           /* placements with at least one valid partner */
+  uint64_t n_first;           /* ANCHORED: placements with at least one valid partner */
   int max_tries;              /* cap on the partner draw's bounded rejection (default 256);
                                  past it an exact slower path runs. 0 forces that path. */
   /* private: tables, internal axis order (largest table axis first, 2D padded with a dummy
@@ -373,10 +373,24 @@ IOUPOS_DEF uint64_t ioupos_rng_below(ioupos_rng *rng, uint64_t n) {
     }
     return m >> 32;
   } else {
+#if defined(__SIZEOF_INT128__)
+    /* the same with a 128-bit product: no division unless the low half is in the biased zone */
+    unsigned __int128 m = (unsigned __int128)ioupos_rng_u64(rng) * n;
+    uint64_t low = (uint64_t)m;
+    if (low < n) {
+      uint64_t threshold = (0u - n) % n;
+      while (low < threshold) {
+        m = (unsigned __int128)ioupos_rng_u64(rng) * n;
+        low = (uint64_t)m;
+      }
+    }
+    return (uint64_t)(m >> 64);
+#else
     /* Reject the lowest 2^64 mod n values (acceptance > 1/2): the rest reduce uniformly. */
     uint64_t threshold = (0u - n) % n, r;
     do r = ioupos_rng_u64(rng); while (r < threshold);
     return r % n;
+#endif
   }
 }
 
@@ -484,15 +498,6 @@ static int ioupos__class_pos(int n, int c, int e, uint64_t idx) {
   return idx == 0 ? n - 1 - e : e;
 }
 
-/* Number of oC in [max(l, ceil(L1/P)), min(cC, floor(U/P))], the last factor of a nonzero
-   vector whose first two overlaps multiply to P >= 1. */
-static uint64_t ioupos__count_c(const ioupos_iou_sampler *s, int64_t P, int l) {
-  int64_t lo = ioupos__ceil_div(s->inter_lo > 1 ? s->inter_lo : 1, P), hi = s->inter_hi / P;
-  if (lo < l) lo = l;
-  if (hi > s->c[2]) hi = s->c[2];
-  return hi >= lo ? (uint64_t)(hi - lo + 1) : 0u;
-}
-
 /* Ordered placement pairs on internal axis k with overlap class o (see J above). */
 static uint64_t ioupos__joint_weight(const ioupos_iou_sampler *s, int k, int o) {
   int64_t n = s->n[k], c = s->c[k], d = c - o;
@@ -537,10 +542,11 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
   size_t na = (size_t)(s->c[0] + 1), nb = (size_t)(s->c[1] + 1), ne_a, ne_b, i;
   uint64_t acc;
 
-  /* JOINT: prefix sums of J_C, then cumulative weight over (oA, oB). */
+  /* JOINT: prefix sums of J_C, then cumulative weight over (oA, oB). Both modes count the
+     valid pairs (n_pairs decides feasibility); only JOINT keeps the cumulative table. */
   s->joint_prefC = (uint64_t *)ioupos__calloc((size_t)s->c[2] + 2, sizeof(uint64_t));
-  s->joint_cum = (uint64_t *)ioupos__calloc(na * nb, sizeof(uint64_t));
-  if (!s->joint_prefC || !s->joint_cum) return IOUPOS_ENOMEM;
+  if (s->mode == IOUPOS_PAIR_JOINT) s->joint_cum = (uint64_t *)ioupos__calloc(na * nb, sizeof(uint64_t));
+  if (!s->joint_prefC || (s->mode == IOUPOS_PAIR_JOINT && !s->joint_cum)) return IOUPOS_ENOMEM;
   for (k = 0; k <= s->c[2]; ++k)
     s->joint_prefC[k + 1] = s->joint_prefC[k] + ioupos__joint_weight(s, 2, k);
   acc = 0;
@@ -559,11 +565,11 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
         }
       }
       acc += wa * wb * wc;
-      s->joint_cum[(size_t)oA * nb + (size_t)oB] = acc;
+      if (s->joint_cum) s->joint_cum[(size_t)oA * nb + (size_t)oB] = acc;
     }
   }
   s->n_pairs = acc;
-  if (acc == 0) return IOUPOS_OK; /* infeasible: the caller reports it */
+  if (acc == 0 || s->mode == IOUPOS_PAIR_JOINT) return IOUPOS_OK; /* infeasible or done */
 
   /* ANCHORED: suffix count tables of nonzero valid vectors (only if there are any). */
   if (U >= L1) {
@@ -573,18 +579,22 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
     s->s1 = (uint64_t *)ioupos__calloc(ra * nl_c * (rb + 1), sizeof(uint64_t));
     s->s0 = (uint64_t *)ioupos__calloc(nl_b * nl_c * (ra + 1), sizeof(uint64_t));
     if (!s->s1 || !s->s0) return IOUPOS_ENOMEM;
-    for (oA = s->omin[0]; oA <= s->c[0]; ++oA)
+    /* oA descending, so each s1 block is folded into s0 while it is still in cache */
+    for (oA = s->c[0]; oA >= s->omin[0]; --oA) {
       for (oB = s->c[1]; oB >= s->omin[1]; --oB) {
-        int64_t P = (int64_t)oA * oB;
-        for (lC = s->lam_lo[2]; lC <= s->lam_hi[2]; ++lC)
-          s->s1[ioupos__s1_index(s, oA, lC, oB)] =
-              s->s1[ioupos__s1_index(s, oA, lC, oB + 1)] + ioupos__count_c(s, P, lC);
+        int64_t P = (int64_t)oA * oB, lo = ioupos__ceil_div(L1, P), hi = U / P;
+        if (hi > s->c[2]) hi = s->c[2];
+        for (lC = s->lam_lo[2]; lC <= s->lam_hi[2]; ++lC) {
+          int64_t from = lo > lC ? lo : lC;
+          s->s1[ioupos__s1_index(s, oA, lC, oB)] = s->s1[ioupos__s1_index(s, oA, lC, oB + 1)] +
+                                                   (hi >= from ? (uint64_t)(hi - from + 1) : 0u);
+        }
       }
-    for (lB = s->lam_lo[1]; lB <= s->lam_hi[1]; ++lB)
-      for (lC = s->lam_lo[2]; lC <= s->lam_hi[2]; ++lC)
-        for (oA = s->c[0]; oA >= s->omin[0]; --oA)
+      for (lB = s->lam_lo[1]; lB <= s->lam_hi[1]; ++lB)
+        for (lC = s->lam_lo[2]; lC <= s->lam_hi[2]; ++lC)
           s->s0[ioupos__s0_index(s, lB, lC, oA)] = s->s0[ioupos__s0_index(s, lB, lC, oA + 1)] +
                                                    s->s1[ioupos__s1_index(s, oA, lC, lB)];
+    }
   }
 
   /* ANCHORED: first placements, by reach class. */
@@ -747,7 +757,7 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
                         "the IoU of such pairs ranges over [%.4g, 1] (with gaps)",
                         cr, sh, min_iou, max_iou, ioupos__iou_of(imin, V));
   }
-  IOUPOS_ASSERT(s->n_first > 0);
+  IOUPOS_ASSERT(mode == IOUPOS_PAIR_JOINT || s->n_first > 0);
   return IOUPOS_OK;
 }
 
@@ -958,7 +968,8 @@ static void ioupos__draw_anchored(const ioupos_iou_sampler *s, ioupos_rng *rng, 
 IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *rng,
                                        ioupos_box *a, ioupos_box *b) {
   int p[3], q[3], k;
-  if (!s || !rng || !a || !b || !s->joint_cum || s->n_pairs == 0)
+  if (!s || !rng || !a || !b || s->n_pairs == 0 ||
+      !(s->mode == IOUPOS_PAIR_JOINT ? s->joint_cum != NULL : s->first_cum != NULL))
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_iou_sampler_draw: NULL argument or sampler "
                                        "not initialised");
   if (s->mode == IOUPOS_PAIR_JOINT) ioupos__draw_joint(s, rng, p, q);
