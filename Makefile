@@ -15,7 +15,7 @@ DRIVERS  := $(BUILD)/ioupos-crops
 TESTS    := $(BUILD)/test_sampler
 BENCHES  := $(BUILD)/bench_sampler
 
-.PHONY: all test test-asan test-cxx bench demo clean stb
+.PHONY: all test test-asan bench demo clean stb fuzz fuzz-replay
 all: $(DRIVERS)
 
 # stb comes from Debian's libstb-dev: install it when we are root, else say how.
@@ -56,6 +56,29 @@ test-asan: | stb
 
 bench: $(BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
+
+# Fuzz targets (libFuzzer; clang with compiler-rt, Debian's libclang-rt-14-dev). `make fuzz`
+# runs each for FUZZ_SECONDS on a scratch copy of its seed corpus; `make fuzz-replay` feeds the
+# committed corpus once through an ASan/UBSan build with a standalone main (any compiler).
+FUZZ         := png
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+fuzz: | stb
+	@mkdir -p $(BUILD)/fuzz
+	@for t in $(FUZZ); do \
+	  $(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) fuzz/fuzz_$$t.c -o $(BUILD)/fuzz/fuzz_$$t -lm -lpthread || exit 1; \
+	  rm -rf $(BUILD)/fuzz/corpus_$$t && cp -r fuzz/corpus/$$t $(BUILD)/fuzz/corpus_$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  (cd $(BUILD)/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 corpus_$$t 2>&1 | tail -n 2) || exit 1; \
+	  if ls $(BUILD)/fuzz/crash-* $(BUILD)/fuzz/leak-* $(BUILD)/fuzz/oom-* $(BUILD)/fuzz/timeout-* >/dev/null 2>&1; then echo "fuzz_$$t found a failing input in $(BUILD)/fuzz"; exit 1; fi; \
+	done
+
+fuzz-replay: | stb
+	@mkdir -p $(BUILD)/fuzz
+	@for t in $(FUZZ); do \
+	  $(CC) -std=c99 -O1 -g $(SAN) $(WARN) -DIOUPOS_FUZZ_REPLAY $(CPPFLAGS) fuzz/fuzz_$$t.c -o $(BUILD)/fuzz/replay_$$t -lm -lpthread || exit 1; \
+	  $(BUILD)/fuzz/replay_$$t fuzz/corpus/$$t/* || exit 1; \
+	done
 
 demo: $(BUILD)/ioupos-crops
 	@mkdir -p $(BUILD)/demo

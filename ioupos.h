@@ -20,6 +20,7 @@
      IOUPOS_MALLOC(sz) / IOUPOS_FREE(p)   allocator (default malloc / free)
      IOUPOS_ASSERT(x)                     internal invariant checks (default assert)
      IOUPOS_STATIC                        make every function static to the including file
+     IOUPOS_MAX_IMAGE_PIXELS              largest PNG accepted, in pixels (default 2^26)
      IOUPOS_NO_STB_IMPLEMENTATION         do not compile stb_image / stb_image_write here
 
    CONVENTIONS
@@ -54,6 +55,9 @@
 
 #ifndef IOUPOS_MAX_DIM
 #define IOUPOS_MAX_DIM 3 /* spatial dimensions supported: 2 and 3 */
+#endif
+#ifndef IOUPOS_MAX_IMAGE_PIXELS
+#define IOUPOS_MAX_IMAGE_PIXELS (1 << 26) /* refuse larger PNGs (corrupt headers) */
 #endif
 
 #ifndef IOUPOS_DEF
@@ -197,7 +201,12 @@ typedef struct ioupos_image {
 /* Load a PNG (8 or 16 bit, grey, grey+alpha, RGB or RGBA) as grey in [0, 1]. Colour is
    converted with ITU-R 601-2 luma (PIL's "L"); alpha is ignored. Other formats are refused. */
 IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img);
+/* The same from bytes in memory; name is used in messages. */
+IOUPOS_DEF int ioupos_image_load_memory(const void *data, size_t size, const char *name,
+                                        ioupos_image *img);
 IOUPOS_DEF void ioupos_image_free(ioupos_image *img);
+/* Read a whole file into a fresh IOUPOS_MALLOC buffer (*data, *size). */
+IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size);
 
 /* Write an 8-bit PNG (channels 1, 2, 3 or 4) atomically: to "<path>.tmp.<pid>", then rename,
    so a crash or a full disk never leaves a truncated file under the final name. */
@@ -990,33 +999,94 @@ IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *
 
 /* ---- 5. Image I/O --------------------------------------------------------------------------- */
 
-IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img) {
-  int w = 0, h = 0, comp = 0;
+IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
+  FILE *f;
+  long len;
+  unsigned char *buf;
+  *data = NULL;
+  *size = 0;
+  f = fopen(path, "rb");
+  if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
+  if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    fclose(f);
+    return ioupos__fail(IOUPOS_EIO, "%s: cannot determine the file size", path);
+  }
+  buf = (unsigned char *)IOUPOS_MALLOC((size_t)len + 1);
+  if (!buf) {
+    fclose(f);
+    return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %ld bytes", path, len);
+  }
+  if (len > 0 && fread(buf, 1, (size_t)len, f) != (size_t)len) {
+    fclose(f);
+    IOUPOS_FREE(buf);
+    return ioupos__fail(IOUPOS_EIO, "%s: read error", path);
+  }
+  fclose(f);
+  *data = buf;
+  *size = (size_t)len;
+  return IOUPOS_OK;
+}
+
+static uint32_t ioupos__be32(const unsigned char *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Walk the PNG chunk list before stb_image sees it: stb_image sizes buffers from declared chunk
+   lengths and image dimensions, so a few corrupt bytes could make it allocate gigabytes. */
+static int ioupos__png_precheck(const unsigned char *d, size_t size, const char *name) {
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  size_t pos = 8;
+  int first = 1;
+  if (size < sizeof sig || memcmp(d, sig, sizeof sig) != 0)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: not a PNG file (no PNG signature)", name);
+  for (;;) {
+    uint32_t len;
+    if (size - pos < 12)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (truncated before IEND)", name);
+    len = ioupos__be32(d + pos);
+    if (len > size - pos - 12)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (chunk of %lu bytes at offset %lu "
+                          "runs past the end of the file)", name, (unsigned long)len,
+                          (unsigned long)pos);
+    if (first) {
+      uint32_t w, h;
+      if (memcmp(d + pos + 4, "IHDR", 4) != 0 || len != 13)
+        return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (no IHDR chunk first)", name);
+      w = ioupos__be32(d + pos + 8);
+      h = ioupos__be32(d + pos + 12);
+      if (w == 0 || h == 0 || (double)w * (double)h > (double)IOUPOS_MAX_IMAGE_PIXELS)
+        return ioupos__fail(IOUPOS_EFORMAT, "%s: PNG of %lux%lu pixels is empty or larger "
+                            "than IOUPOS_MAX_IMAGE_PIXELS (%.0f)", name, (unsigned long)w,
+                            (unsigned long)h, (double)IOUPOS_MAX_IMAGE_PIXELS);
+      first = 0;
+    }
+    if (memcmp(d + pos + 4, "IEND", 4) == 0) return IOUPOS_OK;
+    pos += 12 + (size_t)len;
+  }
+}
+
+IOUPOS_DEF int ioupos_image_load_memory(const void *data, size_t size, const char *name,
+                                        ioupos_image *img) {
+  int w = 0, h = 0, comp = 0, st;
   size_t i, count;
   stbi_us *px;
-  if (!img || !path) return ioupos__fail(IOUPOS_EINVAL, "ioupos_image_load: NULL argument");
+  if (!img || (!data && size)) return ioupos__fail(IOUPOS_EINVAL, "ioupos_image_load: NULL argument");
+  if (!name) name = "(memory)";
   img->h = img->w = 0;
   img->data = NULL;
-  { /* refuse anything that is not a PNG before stb_image guesses a format */
-    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-    unsigned char head[8];
-    size_t got;
-    FILE *f = fopen(path, "rb");
-    if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
-    got = fread(head, 1, sizeof head, f);
-    fclose(f);
-    if (got != sizeof head || memcmp(head, sig, sizeof sig) != 0)
-      return ioupos__fail(IOUPOS_EFORMAT, "%s: not a PNG file (no PNG signature)", path);
-  }
-  px = stbi_load_16(path, &w, &h, &comp, 0);
+  st = ioupos__png_precheck((const unsigned char *)data, size, name);
+  if (st) return st;
+  if (size > 0x7FFFFFFF)
+    return ioupos__fail(IOUPOS_ERANGE, "%s: PNG larger than 2 GiB", name);
+  px = stbi_load_16_from_memory((const stbi_uc *)data, (int)size, &w, &h, &comp, 0);
   if (!px)
-    return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt or unsupported PNG (%s)", path,
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt or unsupported PNG (%s)", name,
                         stbi_failure_reason());
   count = (size_t)w * (size_t)h;
   img->data = (float *)ioupos__calloc(count, sizeof(float));
   if (!img->data) {
     stbi_image_free(px);
-    return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for a %dx%d image", path, w, h);
+    return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for a %dx%d image", name, w, h);
   }
   for (i = 0; i < count; ++i) {
     const stbi_us *v = px + i * (size_t)comp;
@@ -1027,6 +1097,20 @@ IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img) {
   img->h = h;
   img->w = w;
   return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img) {
+  void *data;
+  size_t size;
+  int st;
+  if (!img || !path) return ioupos__fail(IOUPOS_EINVAL, "ioupos_image_load: NULL argument");
+  img->h = img->w = 0;
+  img->data = NULL;
+  st = ioupos_read_file(path, &data, &size);
+  if (st) return st;
+  st = ioupos_image_load_memory(data, size, path, img);
+  IOUPOS_FREE(data);
+  return st;
 }
 
 IOUPOS_DEF void ioupos_image_free(ioupos_image *img) {
