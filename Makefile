@@ -12,7 +12,7 @@ LDLIBS   := -lm -lpthread
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 DRIVERS  := $(BUILD)/ioupos-crops
-TESTS    := $(BUILD)/test_sampler
+TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image
 BENCHES  := $(BUILD)/bench_sampler
 
 .PHONY: all test test-asan bench demo clean stb fuzz fuzz-replay

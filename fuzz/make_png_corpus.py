@@ -5,9 +5,15 @@ import os, struct, zlib
 def chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
 def png(w, h, depth, ctype, rows, interlace=0, extra=b""):
     ihdr = struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, interlace)
-    raw = b"".join(b"\x00" + r for r in rows)
+    if interlace:  # 8-bit grey only: the seven Adam7 passes, each scanline with filter 0
+        raw = b"".join(b"\x00" + bytes(rows[y][x] for x in range(x0, w, dx))
+                       for x0, y0, dx, dy in ADAM7 if x0 < w and y0 < h for y in range(y0, h, dy))
+    else:
+        raw = b"".join(b"\x00" + r for r in rows)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 out = os.path.join(os.path.dirname(__file__), "corpus", "png")

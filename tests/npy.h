@@ -17,12 +17,12 @@ typedef struct tu_npy {
   double *data; /* count values, C order */
 } tu_npy;
 
-static void tu_npy_free(tu_npy *a) {
+static inline void tu_npy_free(tu_npy *a) {
   free(a->data);
   a->data = NULL;
 }
 
-static int tu_npy_load(const char *path, tu_npy *a) {
+static inline int tu_npy_load(const char *path, tu_npy *a) {
   unsigned char magic[10];
   char *header = NULL, *p;
   char descr[8] = {0};
@@ -117,7 +117,7 @@ bad:
 
 /* Compare n values against a reference with |x - ref| <= atol + rtol * |ref|; prints the worst
    element (index, value, reference) and returns the number of elements out of tolerance. */
-static long tu_compare(const char *name, const float *x, const double *ref, long n, double atol,
+static inline long tu_compare(const char *name, const float *x, const double *ref, long n, double atol,
                        double rtol) {
   long i, bad = 0, worst = -1;
   double worst_excess = -1.0;

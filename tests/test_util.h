@@ -19,7 +19,7 @@ static int tu_passed, tu_failed;
     }                                                                        \
   } while (0)
 
-static long tu_env_long(const char *name, long dflt) {
+static inline long tu_env_long(const char *name, long dflt) {
   const char *v = getenv(name);
   char *end;
   long x;
@@ -28,7 +28,7 @@ static long tu_env_long(const char *name, long dflt) {
   return (*end || x <= 0) ? dflt : x;
 }
 
-static int tu_finish(const char *name) {
+static inline int tu_finish(const char *name) {
   printf("%s: %d checks passed, %d failed\n", name, tu_passed, tu_failed);
   return tu_failed ? 1 : 0;
 }
