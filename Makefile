@@ -46,8 +46,16 @@ $(BUILD)/cxx_check: tests/cxx_check.cpp ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CXX) -std=c++11 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
-test: $(TESTS) $(DRIVERS) $(BUILD)/cxx_check
-	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check
+# The README's consumer build: declarations in one file, implementation in another, the
+# project's own stb in a third (IOUPOS_NO_STB_IMPLEMENTATION).
+$(BUILD)/consumer_check: tests/consumer/main.c tests/consumer/impl.c tests/consumer/stb_impl.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) -w -I$(STB_DIR) -c tests/consumer/stb_impl.c -o $(BUILD)/consumer_stb.o
+	$(CC) -std=c99 $(CFLAGS) $(WARN) -D_POSIX_C_SOURCE=200809L -I. -I$(STB_DIR) tests/consumer/main.c \
+	  tests/consumer/impl.c $(BUILD)/consumer_stb.o -o $@ -lm -lpthread
+
+test: $(TESTS) $(DRIVERS) $(BUILD)/cxx_check $(BUILD)/consumer_check
+	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check $(BUILD)/consumer_check
 
 # Same tests under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws: ~10x slower).
 test-asan: | stb
