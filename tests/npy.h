@@ -1,4 +1,4 @@
-/* tests/npy.h — read the .npy fixtures written by tests/reference/*.py (numpy.save).
+/* tests/npy.h — read the .npy fixtures written by the scripts in tests/reference (numpy.save).
 
    Supports format versions 1.0-3.0, C order, little-endian or byte-order-free dtypes:
    '|u1', '|i1', '<i2', '<u2', '<i4', '<f4', '<f8'. Data is converted to double.
