@@ -11,11 +11,12 @@ CFLAGS   ?= -O2 -g
 LDLIBS   := -lm -lpthread
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-DRIVERS  := $(BUILD)/ioupos-crops
-TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image
-BENCHES  := $(BUILD)/bench_sampler
+DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
+TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
+            $(BUILD)/test_phantom $(BUILD)/test_data
+BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep
 
-.PHONY: all test test-asan bench demo clean stb fuzz fuzz-replay
+.PHONY: all test test-asan test-tsan bench demo clean stb fuzz fuzz-replay fixtures
 all: $(DRIVERS)
 
 # stb comes from Debian's libstb-dev: install it when we are root, else say how.
@@ -33,7 +34,7 @@ $(BUILD)/ioupos-%: drivers/ioupos_%.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/test_%: tests/test_%.c tests/test_util.h ioupos.h | stb
+$(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/npy.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -58,6 +59,20 @@ test: $(TESTS) $(DRIVERS) $(BUILD)/cxx_check $(BUILD)/consumer_check
 	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check $(BUILD)/consumer_check
 
 # Same tests under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws: ~10x slower).
+# The loader's threads under ThreadSanitizer.
+test-tsan: | stb
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" $(BUILD)/tsan/test_data
+	$(BUILD)/tsan/test_data
+
+# Reference fixtures (committed; CI needs no Python): PyTorch + MONAI in a pinned venv.
+VENV ?= .venv
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/reference/requirements.txt
+fixtures: $(VENV)/bin/python
+	$(VENV)/bin/python tests/reference/augment_fixture.py
+	$(VENV)/bin/python tests/reference/prep_fixture.py
+
 test-asan: | stb
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
 	  IOUPOS_TEST_DRAWS=$${IOUPOS_TEST_DRAWS:-100000} test
@@ -68,13 +83,13 @@ bench: $(BENCHES)
 # Fuzz targets (libFuzzer; clang with compiler-rt, Debian's libclang-rt-14-dev). `make fuzz`
 # runs each for FUZZ_SECONDS on a scratch copy of its seed corpus; `make fuzz-replay` feeds the
 # committed corpus once through an ASan/UBSan build with a standalone main (any compiler).
-FUZZ         := png
+FUZZ         := png nifti split
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 fuzz: | stb
 	@mkdir -p $(BUILD)/fuzz
 	@for t in $(FUZZ); do \
-	  $(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) fuzz/fuzz_$$t.c -o $(BUILD)/fuzz/fuzz_$$t -lm -lpthread || exit 1; \
+	  $(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) $(CPPFLAGS) fuzz/fuzz_$$t.c -o $(BUILD)/fuzz/fuzz_$$t -lm -lpthread || exit 1; \
 	  rm -rf $(BUILD)/fuzz/corpus_$$t && cp -r fuzz/corpus/$$t $(BUILD)/fuzz/corpus_$$t; \
 	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
 	  (cd $(BUILD)/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 corpus_$$t 2>&1 | tail -n 2) || exit 1; \

@@ -37,6 +37,10 @@
      3. Random numbers (PCG32, seedable, splittable)
      4. Boxes, IoU and the exact crop-pair sampler
      5. Image I/O (PNG through stb_image / stb_image_write, atomic file writes)
+     6. NIfTI volumes, CT preprocessing (MONAI semantics) and split files
+     7. Augmentations (MONAI semantics, drawn parameters then a deterministic apply)
+     8. Synthetic CT phantom (FLARE22 organ ids)
+     9. Data sets and the threaded loader
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -215,6 +219,573 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
 /* Write bytes to path atomically (same temporary-and-rename scheme). */
 IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size_t size);
 
+
+/* ============================================================================================
+   6. NIfTI volumes, CT preprocessing and split files
+   ============================================================================================ */
+
+/* NIfTI-1 I/O (.nii, .nii.gz), CT preprocessing with MONAI's semantics, axial slices as 8-bit
+   grey, and the split-file (JSON) parser.
+
+   Volumes are NIfTI's: x fastest in memory, dim = {nx, ny, nz}, and an affine from voxel
+   (i, j, k, 1) to world millimetres in RAS+ (nibabel's convention).
+
+   The preprocessing reproduces the research pipeline (MONAI 1.6.1 + nibabel 5.4.2):
+     Orientationd("RAS") -> Spacingd(pixdim, bilinear | nearest, padding border,
+     align_corners False) -> ScaleIntensityRanged(a_min, a_max, 0, 1, clip=True) ->
+     CropForegroundd(select x > 0, margin 0, label cropped with the image's box) ->
+     SpatialPadd((96, 96, -1), method symmetric, constant 0).
+   Output shapes and affines are computed exactly as MONAI computes them; sampling positions
+   follow torch's affine_grid / grid_sample arithmetic step by step (FMA linspace included), so
+   nearest-neighbour ties on label volumes resolve as MONAI's do. */
+
+typedef struct ioupos_volume {
+  int dim[3];          /* nx, ny, nz (NIfTI order; x fastest in memory) */
+  float *data;         /* nx*ny*nz values, voxel (i, j, k) at data[((size_t)k*ny + j)*nx + i] */
+  double affine[4][4]; /* voxel (i, j, k, 1) -> world mm, RAS+ (NIfTI/nibabel convention) */
+} ioupos_volume;
+
+/* NIfTI-1 datatype codes read (all) and written (all). */
+enum {
+  IOUPOS_NIFTI_UINT8 = 2, IOUPOS_NIFTI_INT16 = 4, IOUPOS_NIFTI_INT32 = 8,
+  IOUPOS_NIFTI_FLOAT32 = 16, IOUPOS_NIFTI_FLOAT64 = 64, IOUPOS_NIFTI_INT8 = 256,
+  IOUPOS_NIFTI_UINT16 = 512, IOUPOS_NIFTI_UINT32 = 768, IOUPOS_NIFTI_INT64 = 1024,
+  IOUPOS_NIFTI_UINT64 = 1280
+};
+
+/* Read .nii or .nii.gz (decided by content: the gzip magic 1f 8b), datatypes u8 i8 i16 u16 i32
+   u32 i64 u64 f32 f64, either byte order; scl_slope/scl_inter applied (slope 0 or not finite =
+   no scaling, as nibabel); affine from sform (sform_code != 0) else qform (qform_code != 0,
+   quaternion with qfac) else the pixdim diagonal centred on the volume, exactly as nibabel's
+   get_best_affine after its header fixes (pixdim 0 -> 1, negative -> abs, qfac not +-1 -> 1).
+   Only 3D images: dim[0] in 3..7 with dim[4..] == 1. Single-member gzip only. Errors
+   (IOUPOS_EFORMAT, IOUPOS_EIO, IOUPOS_ERANGE, IOUPOS_ENOMEM) name the file and the problem:
+   truncated or corrupt gzip (inflate failure, CRC32 or ISIZE mismatch), not NIfTI-1 /
+   wrong magic, two-file NIfTI, absurd dimensions (<= 0, > 65535, more than 2^31 voxels),
+   unsupported datatype, vox_offset beyond the file, short data. */
+IOUPOS_DEF int ioupos_nifti_read(const char *path, ioupos_volume *vol);
+/* The same from memory; name is used in messages only. */
+IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const char *name,
+                                        ioupos_volume *vol);
+/* Write .nii or .nii.gz (".gz" at the end of path) atomically, little-endian, any datatype
+   above; values rounded half away from zero and clamped for integer datatypes (NaN -> 0);
+   sform and qform (code 1, scanner) both set from the affine; pixdim = column norms. */
+IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, int datatype);
+/* The bytes ioupos_nifti_write would write (gzip != 0: a .nii.gz stream). *out is freed with
+   IOUPOS_FREE. */
+IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int gzip,
+                                   unsigned char **out, size_t *size);
+IOUPOS_DEF void ioupos_volume_free(ioupos_volume *vol);
+/* Allocate nx*ny*nz zeros and set the identity affine. */
+IOUPOS_DEF int ioupos_volume_alloc(ioupos_volume *vol, int nx, int ny, int nz);
+/* voxel size along i, j, k: the norms of the affine's first three columns */
+IOUPOS_DEF void ioupos_volume_spacing(const ioupos_volume *vol, double spacing[3]);
+/* CRC-32 (gzip's polynomial); start with crc = 0. */
+IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n);
+
+/* Preprocessing, MONAI semantics. Each replaces *vol (freeing the old data) and keeps the
+   affine consistent. */
+/* Orientation("RAS"): nibabel io_orientation (polar decomposition, strongest axis first), then
+   flips and a permutation; affine = affine @ inv_ornt_aff. */
+IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol);
+/* Spacing(pixdim = spacing, diagonal False, align_corners False, padding border): an axis whose
+   spacing is within 1e-3 of the target keeps its spacing; output affine = rotation of the input
+   (Cholesky-based, shear dropped) times the new spacing, origin at the transformed corner;
+   shape = round-half-even(extent / spacing + 1). nearest = 0: trilinear; 1: nearest (ties as
+   torch's grid_sample). No resampling when the grid is unchanged within 1e-3 (MONAI then keeps
+   the input affine too). */
+IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3], int nearest);
+/* The output grid of ioupos_volume_resample without resampling. */
+IOUPOS_DEF int ioupos_volume_resample_grid(const ioupos_volume *vol, const double spacing[3],
+                                           int out_dim[3], double out_affine[4][4]);
+/* ScaleIntensityRange(a_min, a_max, 0, 1, clip=True), in float32 arithmetic as torch does. */
+IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_max);
+/* bounding box [lo, hi) of voxels > 0; an empty box (lo == hi == 0) if there are none */
+IOUPOS_DEF void ioupos_volume_foreground_box(const ioupos_volume *vol, int lo[3], int hi[3]);
+/* keep [lo, hi) (within the volume, non-empty); affine translated to the new first voxel */
+IOUPOS_DEF int ioupos_volume_crop(ioupos_volume *vol, const int lo[3], const int hi[3]);
+/* SpatialPad((min_x, min_y, -1), symmetric, value 0): pad (need / 2) before and the rest
+   (the odd voxel) after; affine translated by the voxels added before. */
+IOUPOS_DEF int ioupos_volume_pad_xy(ioupos_volume *vol, int min_x, int min_y);
+
+/* The whole research pipeline on an image and (optionally) its label volume. The label must
+   have the image's dims; it gets the image's steps with nearest resampling and the image's
+   crop box. Fails (IOUPOS_EFORMAT) when the image has no voxel above a_min. */
+typedef struct ioupos_prep_opts {
+  double a_min, a_max;  /* HU window, default -500, 500 */
+  double spacing[3];    /* mm, default 1, 1, 2.5 */
+  int pad_xy;           /* pad x and y to at least this, default 96 */
+} ioupos_prep_opts;
+IOUPOS_DEF void ioupos_prep_opts_default(ioupos_prep_opts *o);
+IOUPOS_DEF int ioupos_preprocess(ioupos_volume *image, ioupos_volume *label,
+                                 const ioupos_prep_opts *o);
+
+/* Axial slice k as 8-bit grey, nx rows by ny columns (row r = x index, column c = y index, as
+   PIL.Image.fromarray(volume[:, :, k])): out[r * ny + c]. Images: round(v * 255) half away from
+   zero, clamped to 0..255 (NaN -> 0); labels (is_label != 0): round(v) clamped to 0..255. */
+IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_label,
+                                       uint8_t *out);
+
+/* Split files: one JSON object whose members are arrays of case names, e.g.
+   {"train": ["a", "b"], "val": ["c"], "test": []}. Strict: no trailing commas or comments,
+   nothing after the object; member names [A-Za-z0-9_-]{1,64}, unique; case names non-empty
+   strings of at most 255 bytes without '/', '\\', control characters, not "." or "..", and
+   each case in one list only. Errors give line and column. */
+typedef struct ioupos_split_set {
+  char *name;
+  int n;
+  char **cases;
+} ioupos_split_set;
+typedef struct ioupos_split {
+  int n_sets;
+  ioupos_split_set *sets;
+} ioupos_split;
+IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name,
+                                  ioupos_split *split);
+IOUPOS_DEF int ioupos_split_read(const char *path, ioupos_split *split);
+IOUPOS_DEF void ioupos_split_free(ioupos_split *split);
+/* index of the set listing case_name, or -1 */
+IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_name);
+
+/* ============================================================================================
+   7. Augmentations
+   ============================================================================================ */
+
+/* The research code's MONAI augmentations (monai 1.6.1, torch 2.15.0), split into
+     (a) a parameter record drawn from an explicit ioupos_rng (ioupos_view_params_draw*,
+         ioupos_posneg_crops_draw), and
+     (b) a deterministic apply (ioupos_view_apply*, ioupos_aug_* building blocks),
+   so that every sample can be replayed from its parameters. Images are 2D float arrays,
+   row-major, h rows x w columns (axis 0 = rows, axis 1 = columns, as MONAI's spatial axes of
+   a channel-first (1, H, W) tensor). The parameter records keep per-axis fields for three axes
+   and a dims field so that 3D (d x h x w, axis 0 slowest) can be added without changing them;
+   only dims == 2 is implemented.
+
+   Semantics, each checked against MONAI on fixtures (tests/reference/augment_fixture.py):
+   - Zoom (RandZoomd: mode bilinear, padding_mode constant, keep_size, align_corners None):
+     the zoomed size is floor(n * zoom) per axis; values come from
+     torch.nn.functional.interpolate(recompute_scale_factor=True), i.e. half-pixel bilinear
+     with scale in/out computed in float32, source index clamped at 0, the upper neighbour
+     clamped to n - 1, and an exact copy along an axis whose size does not change; then the
+     result is centre-cropped (start floor(zn/2) - floor(n/2)) or zero-padded (floor((n-zn)/2)
+     before, the rest after) back to n. Labels use torch's "nearest" (floor(dst * in/out) in
+     float32; dst >> 1 when doubling).
+   - Flip along axis a: reverse that axis (torch.flip).
+   - Rot90 by k in the plane (0, 1): torch.rot90(x, k, (0, 1)), i.e. counter-clockwise when
+     rows go down: k = 1 gives out[i][j] = in[j][w-1-i] with shape (w, h).
+   - Intensity scale: v * (1 + f) in float32 (MONAI's factor f); shift: v + o.
+   - Gaussian blur (GaussianSmooth, approx "erf", truncated 4, separable, zero padding, rows
+     first then columns): per axis sigma s (rounded to float32 first), tail
+     t = (int)(max(4 s, 0.5) + 0.5), taps x = -t..t with weight
+     0.5 (erf(c (x + 0.5)) - erf(c (x - 0.5))), c = 0.70710678 / s, NOT normalised (sum
+     erf((t + 0.5) c), up to 1.6e-5 below 1 at s = 1.5). Kernel size 2t + 1 (3..13 taps for
+     s in [0.25, 1.5]).
+   - Gaussian noise (RandGaussianNoised, sample_std True by default in 1.6.1): std drawn
+     uniformly in [0, std), then per pixel N(mean, std) added in float32 (MONAI draws it in
+     double and rounds to float32 first: the same to float precision). Generated from an
+     ioupos_rng seeded with the stored noise_seed (Marsaglia's polar method, single precision,
+     on 32-bit uniforms), so a replay on the same libm gives bit-identical noise; MONAI's numpy
+     stream is of course not reproduced, only its distribution.
+   - Probabilities: a transform fires when a uniform draw in [0, 1) is < prob (MONAI's
+     R.rand() < prob); value ranges are uniform in [lo, hi) (R.uniform); rot90's k is
+     1 + uniform integer in [0, max_k) (R.randint(max_k) + 1). Every draw consumes the same
+     number of random numbers whatever fires (values are drawn also for transforms that do not
+     fire), so changing one probability does not shift the others' streams.
+   - RandCropByPosNegLabeld (fine-tuning): foreground = label != 0, background = label == 0
+     (and, if an image is given, image > image_threshold; MONAI's image_key restricts only the
+     background). Each of num_samples crops picks foreground with probability pos / (pos + neg)
+     (1 if there is no background, 0 if there is no foreground), then a uniformly chosen voxel of
+     that set as its centre; the centre is moved per axis into [floor(c/2), n - ceil(c/2)] (MONAI
+     correct_crop_centers) and the crop starts at centre - floor(c/2), so it always lies inside
+     the image. A crop larger than the image is an error (allow_smaller False).
+
+   Order of application (ioupos_view_params.intensity_first):
+     0, pretraining (research transforms.py:282-345 / thesis p.29):
+        zoom, flip axis 0, flip axis 1, rot90, scale, shift, blur, noise
+     1, fine-tuning (research code order, intensity first):
+        blur, scale, shift, noise, zoom (off in the research setting), flip 0, flip 1, rot90
+   Label maps get only the spatial transforms (zoom by nearest, flips, rot90), so their values
+   are only ever copied, never interpolated.
+*/
+
+/* Largest Gaussian tail the blur supports (kernel of 2 * tail + 1 taps on the stack): sigma up
+   to about 31.9. */
+#ifndef IOUPOS_AUG_MAX_TAIL
+#define IOUPOS_AUG_MAX_TAIL 128
+#endif
+
+/* Probabilities and ranges of the random augmentations. Fill with one of the two presets and
+   change fields as needed. Ranges are [lo, hi); a probability of 0 disables a transform. */
+typedef struct ioupos_aug_config {
+  double zoom_prob, zoom_min, zoom_max;     /* isotropic factor */
+  double flip_prob[3];                      /* per axis, 0 = rows */
+  double rot90_prob;                        /* plane (0, 1) */
+  int rot90_max_k;                          /* k = 1 + uniform integer in [0, max_k), >= 1 */
+  double scale_prob, scale_min, scale_max;  /* v * (1 + f) */
+  double shift_prob, shift_min, shift_max;  /* v + o */
+  double blur_prob, blur_sigma_min[3], blur_sigma_max[3]; /* sigma per axis, independent */
+  double noise_prob, noise_mean, noise_std; /* N(mean, s), s = noise_std or U[0, noise_std) */
+  int noise_sample_std;                     /* 1: s ~ U[0, noise_std) (MONAI's default) */
+  int intensity_first;                      /* order, see the top of this file */
+} ioupos_aug_config;
+
+/* Pretraining views (research): zoom 0.8-1.2 p 0.75, flips p 0.5 per axis, rot90 p 0.5
+   (k in 1..3), scale f in [-0.1, 0.1) p 0.75, shift [-0.1, 0.1) p 0.75, blur sigma per axis
+   in [0.25, 1.5) p 0.25, noise std 0.01 (sampled) p 0.25; spatial first. */
+IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c);
+/* Fine-tuning (research): no zoom; blur, scale 0.1, shift 0.1, noise 0.01 at p 0.15 each;
+   flips per axis and rot90 at p 0.25; intensity first. */
+IOUPOS_DEF void ioupos_aug_config_finetune(ioupos_aug_config *c);
+
+/* One view's drawn augmentation: enough to replay it exactly. */
+typedef struct ioupos_view_params {
+  int dims;              /* 2 (3 reserved) */
+  int intensity_first;   /* order, see the top of this file */
+  int zoom_on;
+  double zoom;           /* isotropic factor */
+  int flip[3];           /* flip axis k (0 = rows, 1 = columns) */
+  int rot90_k;           /* 0 = none, else 1..3 quarter turns in the plane (0, 1) */
+  int scale_on;
+  double scale;          /* MONAI's factor f: v * (1 + f) */
+  int shift_on;
+  double shift;          /* v + shift */
+  int blur_on;
+  double blur_sigma[3];  /* per axis */
+  int noise_on;
+  double noise_mean, noise_std; /* the std actually used (already sampled) */
+  uint64_t noise_seed;   /* seeds the ioupos_rng that generates the noise */
+} ioupos_view_params;
+
+/* Draw a pretraining view's parameters (ioupos_aug_config_pretrain). */
+IOUPOS_DEF void ioupos_view_params_draw(ioupos_rng *rng, ioupos_view_params *p);
+/* Draw with a given configuration (its values are not checked here; apply checks them). */
+IOUPOS_DEF void ioupos_view_params_draw_config(const ioupos_aug_config *c, ioupos_rng *rng,
+                                               ioupos_view_params *p);
+/* All transforms off (identity). */
+IOUPOS_DEF void ioupos_view_params_identity(ioupos_view_params *p);
+
+/* Apply p to img (h x w, in place); tmp is scratch of h * w floats. No allocation. Fails
+   (IOUPOS_EINVAL, img untouched) on a NULL pointer, h or w < 1, dims != 2, an odd rot90_k on a
+   non-square image (use square crops), zoom not > 0, a blur sigma not in (0, ~31.9], or a
+   non-finite parameter. */
+IOUPOS_DEF int ioupos_view_apply(const ioupos_view_params *p, float *img, int h, int w,
+                                 float *tmp);
+/* Same, and the spatial transforms also on label (h x w, in place; zoom by nearest), which may
+   be NULL. tmp is h * w floats, used for the image and then the label. */
+IOUPOS_DEF int ioupos_view_apply_labelled(const ioupos_view_params *p, float *img, float *label,
+                                          int h, int w, float *tmp);
+
+/* ---- deterministic building blocks (2D, row-major h x w) ---------------------------------- */
+
+/* out[h][w] = in[h][w] zoomed by zoom > 0 and centre-cropped / zero-padded back to h x w
+   (bilinear, MONAI Zoom keep_size). If floor(n * zoom) is 0 on an axis the output is all 0
+   (MONAI raises). in and out must not overlap. Returns 0 or IOUPOS_EINVAL (zoom not > 0). */
+IOUPOS_DEF int ioupos_aug_zoom(const float *in, int h, int w, double zoom, float *out);
+/* The same with torch's "nearest" (for label maps: values are copied, never mixed). */
+IOUPOS_DEF int ioupos_aug_zoom_nearest(const float *in, int h, int w, double zoom, float *out);
+/* img[h][w] reversed along axis (0 = rows, 1 = columns), in place. */
+IOUPOS_DEF void ioupos_aug_flip(float *img, int h, int w, int axis);
+/* out = torch.rot90(in, k, (0, 1)); in is h x w, out is w x h for odd k, h x w for even k
+   (k taken mod 4; k = 0 copies). in and out must not overlap. */
+IOUPOS_DEF void ioupos_aug_rot90(const float *in, int h, int w, int k, float *out);
+/* MONAI's unnormalised erf kernel for sigma (see the top): writes 2 * tail + 1 weights to
+   kernel (cap >= that many) and returns tail, or -1 if sigma is not in (0, ~31.9] or cap is
+   too small. */
+IOUPOS_DEF int ioupos_aug_gaussian_kernel(double sigma, float *kernel, int cap);
+/* img[h][w] blurred with sigma0 along rows (axis 0) and sigma1 along columns, zero padding,
+   in place; tmp is h * w floats. Returns 0 or IOUPOS_EINVAL (a sigma out of range). */
+IOUPOS_DEF int ioupos_aug_gaussian_blur(float *img, int h, int w, double sigma0, double sigma1,
+                                        float *tmp);
+/* img[n] += N(mean, std) from an ioupos_rng seeded with seed (deterministic). */
+IOUPOS_DEF void ioupos_aug_gaussian_noise(float *img, size_t n, double mean, double std,
+                                          uint64_t seed);
+/* img[n] = img[n] * (float)(1 + f) */
+IOUPOS_DEF void ioupos_aug_scale(float *img, size_t n, double f);
+/* img[n] = img[n] + (float)o */
+IOUPOS_DEF void ioupos_aug_shift(float *img, size_t n, double o);
+/* out[box extent] = in[h][w] restricted to box (dims 2, inside the image). */
+IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box *box,
+                                float *out);
+
+/* ---- fine-tuning crops: MONAI RandCropByPosNegLabeld ------------------------------------- */
+
+typedef struct ioupos_posneg_crop {
+  int fg;          /* 1 if the centre was drawn from the foreground */
+  uint64_t rank;   /* index of the centre voxel within its set, in row-major order */
+  int center[3];   /* the corrected centre (rows, columns) */
+  ioupos_box box;  /* the crop, dims 2, always inside the image */
+} ioupos_posneg_crop;
+
+/* Number of foreground (label != 0) and background (label == 0 and, if image is not NULL,
+   image > image_threshold) pixels of an h x w label map. */
+IOUPOS_DEF void ioupos_posneg_count(const float *label, const float *image,
+                                    double image_threshold, int h, int w, uint64_t *n_fg,
+                                    uint64_t *n_bg);
+/* Deterministic part: the crop (crop[0] x crop[1]) centred on the rank-th foreground (fg = 1) or
+   background voxel, corrected to lie inside the image. Fails (IOUPOS_EINVAL) if the crop is
+   larger than the image or not positive, or rank is not below the set's size. */
+IOUPOS_DEF int ioupos_posneg_locate(const float *label, const float *image,
+                                    double image_threshold, int h, int w, const int crop[2],
+                                    int fg, uint64_t rank, ioupos_posneg_crop *out);
+/* Draw num_samples crops (pos, neg >= 0, not both 0; research: pos = neg = 1, 2 samples,
+   96 x 96). image may be NULL (no image_key). Fails with IOUPOS_EINVAL on bad arguments,
+   IOUPOS_EINFEASIBLE when there is neither foreground nor background. */
+IOUPOS_DEF int ioupos_posneg_crops_draw(ioupos_rng *rng, const float *label, const float *image,
+                                        double image_threshold, int h, int w, const int crop[2],
+                                        double pos, double neg, int num_samples,
+                                        ioupos_posneg_crop *out);
+
+/* ============================================================================================
+   8. Synthetic CT phantom
+   ============================================================================================ */
+
+/* a synthetic abdominal CT phantom with FLARE22 organ labels.
+
+   ioupos_phantom_make fills two volumes of the same grid: an int16-valued CT image in Hounsfield
+   units (stored as float, as every ioupos_volume) and a label map with the FLARE22 ids
+   (1 liver, 2 right kidney, 3 spleen, 4 pancreas, 5 aorta, 6 inferior vena cava, 7 right
+   adrenal, 8 left adrenal, 9 gallbladder, 10 oesophagus, 11 stomach, 12 duodenum, 13 left
+   kidney; 0 everything else). It is the data of `make demo` on a fresh machine and test data
+   that needs no download.
+
+   Geometry. The affine is diagonal RAS+ (NIfTI / nibabel world: +x towards the patient's
+   Right, +y Anterior, +z Superior) with the spacing on the diagonal and the origin chosen so
+   that world (0, 0, 0) is the centre of the volume. So voxel index i grows towards the
+   patient's right (the liver is at high i), j towards the front (the spine is at low j) and k
+   towards the head (the liver dome and lung bases are at high k).
+
+   Anatomy: an adult upper abdomen of fixed physical size (body about 320 x 230 mm in plane;
+   160 mm from the diaphragm domes down to below the kidneys) centred in the field of view. A
+   field of view smaller than 384 x 320 mm in plane or 160 mm along z shrinks the anatomy to fit
+   (in plane and along z separately), so every organ is always in view; a larger one only adds
+   air around the body and more body above and below the organs.
+     body: elliptical cross-section with a flatter back, varying slowly along z; skin,
+           subcutaneous fat (-100 HU), abdominal wall muscle (50 HU), intra-abdominal fat
+           (-90 HU), unlabelled bowel loops (25 HU with gas pockets) low and in front;
+     bone: lumbar / lower thoracic vertebrae (cortical shell 600 HU, cancellous 200 HU,
+           discs 80 HU, spinal canal 20 HU, arch, spinous and transverse processes), oblique
+           ribs in the wall of the upper slices (450 HU); paraspinal and psoas muscles;
+     thorax above the diaphragm domes (right dome higher): lung bases (-850 HU) behind and
+           beside the heart (40 HU);
+     organs: liver (60 HU, with darker portal / hepatic veins) in the right upper quadrant,
+           gallbladder (10) under it, right kidney (cortex 45, medulla 30, sinus fat) lower than
+           the left, spleen (50) at the left posterior wall, stomach (wall 40, fluid 15, air
+           -950 in front) on the left, oesophagus (40, small air lumen) from above into the
+           stomach, duodenum (C-loop, 30) around the pancreatic head, pancreas (45) from the
+           C-loop across the aorta towards the spleen, aorta (contrast, 180) left-anterior of
+           the spine, IVC (100) to its right, adrenals (30) above and medial to the kidneys.
+   Each case varies with the seed: body size, aspect and fat thickness, every organ's
+   position (several mm), size (about +-12 %), rotation and a smooth low-frequency deformation,
+   the bowel pattern, the stomach's air level, tissue HU (a few HU) and the noise. The same seed
+   gives bit-identical volumes.
+
+   Gaussian noise of noise_sd HU (default 15) is added everywhere, then values are rounded to
+   integers and clamped to the int16 CT range [-1024, 3071]. noise_sd 0 gives the noise-free
+   phantom. Runtime: about 0.1-0.2 s for the default 192 x 160 x 64 grid on one core. */
+
+/* FLARE22 label ids. */
+enum {
+  IOUPOS_LABEL_LIVER = 1,
+  IOUPOS_LABEL_KIDNEY_R = 2,
+  IOUPOS_LABEL_SPLEEN = 3,
+  IOUPOS_LABEL_PANCREAS = 4,
+  IOUPOS_LABEL_AORTA = 5,
+  IOUPOS_LABEL_IVC = 6,
+  IOUPOS_LABEL_ADRENAL_R = 7,
+  IOUPOS_LABEL_ADRENAL_L = 8,
+  IOUPOS_LABEL_GALLBLADDER = 9,
+  IOUPOS_LABEL_OESOPHAGUS = 10,
+  IOUPOS_LABEL_STOMACH = 11,
+  IOUPOS_LABEL_DUODENUM = 12,
+  IOUPOS_LABEL_KIDNEY_L = 13,
+  IOUPOS_LABEL_COUNT = 14 /* ids are 0 (background) .. 13 */
+};
+
+typedef struct ioupos_phantom_opts {
+  uint64_t seed;     /* same seed, same volumes (bit for bit) */
+  int nx, ny, nz;    /* grid, NIfTI order (x fastest); each 1..4096 */
+  double spacing[3]; /* voxel size in mm along x, y, z; each in (0, 100] */
+  double noise_sd;   /* Gaussian noise in HU, >= 0 (0: noise-free) */
+} ioupos_phantom_opts;
+
+/* seed 0, 192 x 160 x 64 voxels at 2 x 2 x 2.5 mm (384 x 320 x 160 mm), noise_sd 15 HU */
+IOUPOS_DEF void ioupos_phantom_defaults(ioupos_phantom_opts *o);
+
+/* Fill *image (HU, integer values) and *label (FLARE22 ids), both allocated here on the grid of
+   *o with the same RAS+ affine; free them with ioupos_volume_free. On failure (bad options,
+   out of memory) both are left empty (data NULL) and the reason names the bad value. */
+IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *image,
+                                   ioupos_volume *label);
+
+/* "liver", "right kidney", ... for ids 1..13; "background" for 0; "?" otherwise. */
+IOUPOS_DEF const char *ioupos_label_name(int id);
+
+/* ============================================================================================
+   9. Data sets and the threaded loader
+   ============================================================================================ */
+
+/* DATA SETS
+     ioupos_dataset_scan lists the *.png files of a folder (extension case-insensitive; dot-files,
+     folders and other files ignored) in strcmp order of their names, so the list is the same on
+     every machine. With a label folder, every image is paired with the label of the SAME file
+     name (never by sort order alone): an image without a label, or a label without an image, is
+     an error naming both sides. An empty or missing folder is an error naming it.
+
+   THE LOADER
+     A stream of batches over a data set, in two kinds:
+       IOUPOS_LOADER_SSL       one IoU-constrained crop pair per image (ioupos_iou_sampler on the
+                               image's shape); views[0] and views[1] hold the two crops.
+       IOUPOS_LOADER_FINETUNE  num_samples crops per image with centres chosen as MONAI's
+                               RandCropByPosNegLabeld(pos, neg, num_samples) does; image and label
+                               crops (label values are the ids, 0..255, as floats).
+     Each crop then goes through the optional augmentation callback (NULL = none). Values of an
+     un-augmented crop are the PNG's grey values in [0, 1]; an augmentation may leave [0, 1]
+     (MONAI's intensity shift / noise do not clip either).
+
+     Reproducibility. root = ioupos_rng_seed(seed); E = ioupos_rng_split(root, epoch). The order
+     of epoch e is a Fisher-Yates shuffle of 0..n-1 drawn from a copy of E. The sample of data
+     set image d in epoch e uses S = ioupos_rng_split(E, d): its crop boxes (the IoU pair, or the
+     fine-tuning centres) are drawn from ioupos_rng_split(S, 0), and the augmentation of crop j
+     (SSL: view j; fine-tuning: crop j) from ioupos_rng_split(S, 1 + j). So a batch depends only
+     on (seed, epoch, batch index, configuration), never on num_workers, prefetch or timing.
+
+     Batching. batch_size counts images (SSL: pairs; fine-tuning: images, each giving
+     num_samples crops, as the research code's "32 slices = 64 crops"). An epoch has
+     n / batch_size batches with drop_last, else ceil(n / batch_size) (the last one short).
+     With drop_last the images at the tail of the epoch's shuffled order are left out of that
+     epoch. A data set smaller than one batch with drop_last is an error at open.
+
+     The stream. The loader produces the batches (epoch, batch) in order, crossing epoch ends
+     by itself: ioupos_loader_next returns (0, 0), (0, 1), ..., (0, last), (1, 0), ... and each
+     batch says its epoch, index and whether it is the last of its epoch. ioupos_loader_seek
+     moves the stream (resume a run at (epoch, batch)); ioupos_loader_epoch(l, e) is seek(e, 0)
+     and costs nothing when the stream is already there (so calling it at the top of every epoch
+     keeps the prefetched batches). l->epoch and l->batch always hold the position of the batch
+     the next ioupos_loader_next will return: save them in a checkpoint, seek to them on resume.
+
+     Threads. num_workers = 0: batches are made in the caller's thread, inside ioupos_loader_next.
+     num_workers = N > 0: N pthreads make whole batches ahead of time into a ring of `prefetch`
+     slots (0 = 2 N); ioupos_loader_next hands them out in order. The returned batch's arrays
+     belong to the loader and stay valid until the next call of ioupos_loader_next / seek / close.
+     A failure while making a batch (a corrupt PNG, an image whose shape admits no pair in the
+     interval, a label of another size, ...) is returned by the ioupos_loader_next call that
+     would have returned that batch, with the reason naming the file and the batch position;
+     the stream then goes on with the next batch (skip it or stop, the caller decides).
+     ioupos_loader_close never blocks for longer than the batches being made at that moment.
+     Each worker keeps a small cache of IoU samplers keyed by image shape (slices of one CT share
+     a shape; a 2D init is about a microsecond but costs allocations).
+
+     Images smaller than the crop. The research code padded every slice to at least 96 x 96 in
+     preprocessing (SpatialPadd), so its loader never saw one; ioupos-prep does the same. The
+     loader, by default (pad_small = 1), pads such an image with 0 to at least the crop size on
+     that axis, symmetrically as MONAI's SpatialPad does (floor(d / 2) before, the rest after),
+     and reports boxes in the ORIGINAL image's coordinates (so a box may then reach outside the
+     image, where the crop is 0). With pad_small = 0 such an image is an error naming the file.
+
+     PNG decoding: 8-bit grey (and grey + alpha) PNGs, what ioupos-prep writes, take a fast
+     path that decodes to bytes and converts only the crops; the values are exactly those of
+     ioupos_image_load (v / 255). Every other PNG goes through ioupos_image_load.
+
+     Threads and platforms: the loader uses POSIX threads and the scan POSIX opendir / stat.
+*/
+
+typedef struct ioupos_dataset {
+  int n;
+  char **images; /* n paths "<image_dir>/<name>", sorted by name (strcmp) */
+  char **labels; /* NULL, or n paths "<label_dir>/<name>": the label of images[i] */
+} ioupos_dataset;
+
+/* Scan image_dir (and label_dir, if not NULL) as described above. On failure *ds is empty. */
+IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
+                                   ioupos_dataset *ds);
+IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds);
+
+enum { IOUPOS_LOADER_SSL = 0, IOUPOS_LOADER_FINETUNE = 1 };
+
+/* A pluggable augmentation, applied in place to one h x w crop (and to its label crop, or NULL
+   for SSL views). rng is the crop's own generator (see above); scratch holds
+   IOUPOS_AUGMENT_SCRATCH(h, w) floats. Returns 0 or a negative ioupos_status (with a reason);
+   it may be called from several worker threads at once with the same ctx. */
+typedef int (*ioupos_augment_fn)(void *ctx, ioupos_rng *rng, float *img, float *label, int h,
+                                 int w, float *scratch);
+#define IOUPOS_AUGMENT_SCRATCH(h, w) ((size_t)4 * (size_t)(h) * (size_t)(w))
+
+typedef struct ioupos_loader_config {
+  const ioupos_dataset *dataset; /* borrowed: must outlive the loader */
+  int kind;                      /* IOUPOS_LOADER_SSL or IOUPOS_LOADER_FINETUNE */
+  int batch_size;                /* images per batch (research: 128 SSL, 32 fine-tuning) */
+  int crop[2];                   /* crop h, w (research: 96, 96) */
+  double min_iou, max_iou;       /* SSL: the interval (research best: [0.3, 0.6]) */
+  int pair_mode;                 /* SSL: IOUPOS_PAIR_ANCHORED or IOUPOS_PAIR_JOINT */
+  uint64_t seed;
+  int num_workers;               /* 0: synchronous in the caller's thread; at most 256 */
+  int prefetch;                  /* batches in flight with workers; 0 = 2 * num_workers */
+  int drop_last;                 /* 1: only full batches */
+  int pad_small;                 /* 1: zero-pad images smaller than the crop; 0: error */
+  int num_samples;               /* fine-tuning: crops per image (research: 2) */
+  int pos, neg;                  /* fine-tuning: centre on label > 0 with p = pos/(pos+neg) */
+  int bg_use_image;              /* fine-tuning: background = label 0 AND image > threshold */
+  double bg_image_threshold;     /*   (MONAI's image_key / image_threshold); default off */
+  ioupos_augment_fn augment;     /* NULL = no augmentation */
+  void *augment_ctx;
+} ioupos_loader_config;
+
+/* The research setup for kind: batch 128 (SSL) or 32 (fine-tuning), crop 96 x 96,
+   [0.3, 0.6] anchored, seed 0, no workers, drop_last 1, pad_small 1, num_samples 2,
+   pos = neg = 1, no augmentation. */
+IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
+                                             const ioupos_dataset *ds, int kind);
+
+typedef struct ioupos_batch {
+  int kind;
+  int epoch, index;   /* this batch's position in the stream */
+  int last_in_epoch;  /* 1 for the epoch's last batch */
+  int n_images;       /* images in this batch (<= batch_size) */
+  int n;              /* samples: SSL pairs (= n_images), fine-tuning crops (n_images*num_samples) */
+  int h, w;           /* crop size */
+  float *views[2];    /* SSL: n * h * w each, sample i at views[v] + i*h*w; else NULL */
+  float *image;       /* fine-tuning: n * h * w; else NULL */
+  float *label;       /* fine-tuning: n * h * w label ids as floats; else NULL */
+  int *source;        /* n: data set index of each sample's image */
+  ioupos_box *box[2]; /* SSL: box[v][i] is view v's crop; fine-tuning: box[0][i], box[1] NULL;
+                         in the source image's coordinates (see "smaller than the crop") */
+} ioupos_batch;
+
+struct ioupos__loader_state;
+typedef struct ioupos_loader {
+  ioupos_loader_config cfg; /* a copy of the configuration (read-only) */
+  int batches_per_epoch;    /* read-only */
+  int epoch, batch;         /* read-only: position of the batch the next call returns */
+  struct ioupos__loader_state *st;
+} ioupos_loader;
+
+IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *cfg);
+/* The next batch of the stream (see above), or an error for it (the stream moves past it). */
+IOUPOS_DEF int ioupos_loader_next(ioupos_loader *l, ioupos_batch *batch);
+/* Move the stream to (epoch, batch); 0 <= batch < batches_per_epoch, epoch >= 0. */
+IOUPOS_DEF int ioupos_loader_seek(ioupos_loader *l, int epoch, int batch);
+IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch);
+/* Stops and joins the workers, frees everything; safe on a zeroed or failed-open loader. */
+IOUPOS_DEF void ioupos_loader_close(ioupos_loader *l);
+
+/* The default augmentations (section 7) as loader callbacks. ctx is NULL for the research
+   preset or a const ioupos_aug_config * to change it; both draw the crop's parameters from its
+   rng (ioupos_view_params_draw_config) and apply them in place with scratch as tmp. Use square
+   crops: an odd rot90 of a non-square crop is an error (reported with the file name).
+     ioupos_augment_pretrain_view    ioupos_aug_config_pretrain: zoom, flips, rot90, scale,
+                                     shift, blur, noise (per view; label ignored)
+     ioupos_augment_finetune_crop    ioupos_aug_config_finetune: intensity first, the spatial
+                                     transforms also on the label (nearest) */
+IOUPOS_DEF int ioupos_augment_pretrain_view(void *ctx, ioupos_rng *rng, float *img, float *label,
+                                            int h, int w, float *scratch);
+IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *img, float *label,
+                                            int h, int w, float *scratch);
+
+/* Fine-tuning crop centre, MONAI RandCropByPosNegLabeld semantics (correct_crop_centers):
+   the start of a crop of size s centred on voxel c of an axis of length len >= s is
+   clamp(c - s / 2, 0, len - s). Exposed for tests. */
+IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
+
 #ifdef __cplusplus
 }
 #endif
@@ -280,6 +851,19 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
 #ifndef IOUPOS_NO_STB_IMPLEMENTATION
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
+#endif
+#else
+/* stb compiled elsewhere: its zlib compressor is declared only inside its implementation, and
+   its free macros must match how that copy was built (the defaults unless you define them). */
+#ifdef __cplusplus
+extern "C"
+#endif
+unsigned char *stbi_zlib_compress(unsigned char *data, int data_len, int *out_len, int quality);
+#ifndef STBI_FREE
+#define STBI_FREE(p) free(p)
+#endif
+#ifndef STBIW_FREE
+#define STBIW_FREE(p) free(p)
 #endif
 #endif
 
@@ -1199,6 +1783,3694 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
   st = ioupos_write_file_atomic(path, m.data, m.size);
   IOUPOS_FREE(m.data);
   return st;
+}
+
+
+/* ---- 6. NIfTI volumes, CT preprocessing and split files --------------------------------------- */
+
+#include <limits.h>
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n) {
+  uint32_t table[256];
+  const unsigned char *p = (const unsigned char *)data;
+  uint32_t c;
+  int i, b;
+  for (i = 0; i < 256; ++i) {
+    c = (uint32_t)i;
+    for (b = 0; b < 8; ++b) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[i] = c;
+  }
+  c = crc ^ 0xFFFFFFFFu;
+  while (n--) c = table[(c ^ *p++) & 0xFFu] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+IOUPOS_DEF void ioupos_volume_free(ioupos_volume *vol) {
+  if (!vol) return;
+  IOUPOS_FREE(vol->data);
+  vol->data = NULL;
+  vol->dim[0] = vol->dim[1] = vol->dim[2] = 0;
+}
+
+static void ioupos__mat4_identity(double m[4][4]) {
+  int r, c;
+  for (r = 0; r < 4; ++r)
+    for (c = 0; c < 4; ++c) m[r][c] = r == c ? 1.0 : 0.0;
+}
+
+/* out = a @ b, sequential accumulation (no FMA); out may alias neither. */
+static void ioupos__mat4_mul(double out[4][4], const double a[4][4], const double b[4][4]) {
+  int r, c, m;
+  for (r = 0; r < 4; ++r)
+    for (c = 0; c < 4; ++c) {
+      double acc = 0.0;
+      for (m = 0; m < 4; ++m) acc = acc + a[r][m] * b[m][c];
+      out[r][c] = acc;
+    }
+}
+
+/* Solve a @ x = b (4x4) by Gaussian elimination with partial pivoting, dividing by multiplying
+   with reciprocals as LAPACK does (so MONAI's xform is reproduced to the bit); 0 if singular. */
+static int ioupos__mat4_solve(const double a_in[4][4], const double b_in[4][4], double x[4][4]) {
+  double a[4][4], b[4][4];
+  int r, c, k, p;
+  memcpy(a, a_in, sizeof a);
+  memcpy(b, b_in, sizeof b);
+  for (k = 0; k < 4; ++k) {
+    p = k;
+    for (r = k + 1; r < 4; ++r)
+      if (fabs(a[r][k]) > fabs(a[p][k])) p = r;
+    if (a[p][k] == 0.0 || !isfinite(a[p][k])) return 0;
+    if (p != k)
+      for (c = 0; c < 4; ++c) {
+        double t = a[k][c]; a[k][c] = a[p][c]; a[p][c] = t;
+        t = b[k][c]; b[k][c] = b[p][c]; b[p][c] = t;
+      }
+    for (r = k + 1; r < 4; ++r) {
+      double f = a[r][k] * (1.0 / a[k][k]); /* LAPACK's dgetf2 scales by the reciprocal */
+      if (f == 0.0) continue;
+      for (c = k; c < 4; ++c) a[r][c] -= f * a[k][c];
+      for (c = 0; c < 4; ++c) b[r][c] -= f * b[k][c];
+    }
+  }
+  for (c = 0; c < 4; ++c)
+    for (r = 3; r >= 0; --r) {
+      double s = b[r][c];
+      for (k = r + 1; k < 4; ++k) s -= a[r][k] * x[k][c];
+      x[r][c] = s * (1.0 / a[r][r]); /* as LAPACK's triangular solve (numpy.linalg.solve) */
+    }
+  return 1;
+}
+
+IOUPOS_DEF void ioupos_volume_spacing(const ioupos_volume *vol, double spacing[3]) {
+  int c;
+  for (c = 0; c < 3; ++c)
+    spacing[c] = sqrt(vol->affine[0][c] * vol->affine[0][c] + vol->affine[1][c] * vol->affine[1][c] +
+                      vol->affine[2][c] * vol->affine[2][c]);
+}
+
+IOUPOS_DEF int ioupos_volume_alloc(ioupos_volume *vol, int nx, int ny, int nz) {
+  size_t n;
+  vol->data = NULL;
+  vol->dim[0] = vol->dim[1] = vol->dim[2] = 0;
+  ioupos__mat4_identity(vol->affine);
+  if (nx <= 0 || ny <= 0 || nz <= 0)
+    return ioupos__fail(IOUPOS_EINVAL, "volume %dx%dx%d: sizes must be positive", nx, ny, nz);
+  n = (size_t)nx * (size_t)ny;
+  if ((double)nx * ny * nz > 2147483648.0)
+    return ioupos__fail(IOUPOS_ERANGE, "volume %dx%dx%d: more than 2^31 voxels", nx, ny, nz);
+  vol->data = (float *)ioupos__calloc(n * (size_t)nz, sizeof(float));
+  if (!vol->data)
+    return ioupos__fail(IOUPOS_ENOMEM, "volume %dx%dx%d: out of memory", nx, ny, nz);
+  vol->dim[0] = nx;
+  vol->dim[1] = ny;
+  vol->dim[2] = nz;
+  return IOUPOS_OK;
+}
+
+/* ---- gzip ----------------------------------------------------------------------------------- */
+
+static uint32_t ioupos__le32(const unsigned char *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Inflate a single-member gzip stream; *out freed with IOUPOS_FREE. */
+static int ioupos__gunzip(const unsigned char *in, size_t size, const char *name,
+                          unsigned char **out, size_t *out_size) {
+  size_t pos = 10;
+  int flg, outlen = 0, guess;
+  uint32_t crc, isize;
+  char *dec;
+  double cap;
+  *out = NULL;
+  *out_size = 0;
+  if (size < 18)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: truncated gzip file (%zu bytes)", name, size);
+  if (in[2] != 8)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: gzip compression method %d is not deflate (8)",
+                        name, in[2]);
+  flg = in[3];
+  if (flg & 0xE0)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt gzip header (reserved flag bits 0x%02x)",
+                        name, flg & 0xE0);
+  if (flg & 4) { /* FEXTRA */
+    size_t xlen;
+    if (pos + 2 > size) goto truncated;
+    xlen = (size_t)in[pos] | (size_t)in[pos + 1] << 8;
+    pos += 2;
+    if (xlen > size - pos) goto truncated;
+    pos += xlen;
+  }
+  if (flg & 8) { /* FNAME */
+    while (pos < size && in[pos]) ++pos;
+    if (pos >= size) goto truncated;
+    ++pos;
+  }
+  if (flg & 16) { /* FCOMMENT */
+    while (pos < size && in[pos]) ++pos;
+    if (pos >= size) goto truncated;
+    ++pos;
+  }
+  if (flg & 2) pos += 2; /* FHCRC */
+  if (pos + 8 > size) goto truncated;
+  if (size - pos > (size_t)INT_MAX)
+    return ioupos__fail(IOUPOS_ERANGE, "%s: gzip stream larger than 2 GiB is not supported", name);
+  crc = ioupos__le32(in + size - 8);
+  isize = ioupos__le32(in + size - 4);
+  /* initial output guess: ISIZE, bounded by deflate's maximum ratio (1032:1) */
+  cap = 1032.0 * (double)(size - pos) + 65536.0;
+  guess = (double)isize < cap ? (int)(isize > (uint32_t)INT_MAX ? INT_MAX : isize) : (int)(cap > INT_MAX ? INT_MAX : cap);
+  if (guess < 16384) guess = 16384;
+  /* the trailer stays in the input: stb's decoder wants slack after the last code */
+  dec = stbi_zlib_decode_malloc_guesssize_headerflag((const char *)in + pos, (int)(size - pos),
+                                                     guess, &outlen, 0);
+  if (!dec)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: truncated or corrupt gzip data (inflate failed: %s)",
+                        name, stbi_failure_reason() ? stbi_failure_reason() : "?");
+  if ((uint32_t)outlen != isize || ioupos_crc32(0, dec, (size_t)outlen) != crc) {
+    STBI_FREE(dec);
+    return ioupos__fail(IOUPOS_EFORMAT,
+                        "%s: truncated or corrupt gzip data (CRC32 / length check failed)", name);
+  }
+  /* hand the buffer over in our allocator */
+  *out = (unsigned char *)IOUPOS_MALLOC(outlen > 0 ? (size_t)outlen : 1);
+  if (!*out) {
+    STBI_FREE(dec);
+    return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory (%d bytes)", name, outlen);
+  }
+  memcpy(*out, dec, (size_t)outlen);
+  STBI_FREE(dec);
+  *out_size = (size_t)outlen;
+  return IOUPOS_OK;
+truncated:
+  return ioupos__fail(IOUPOS_EFORMAT, "%s: truncated gzip file (header incomplete)", name);
+}
+
+static void ioupos__put32le(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)v;
+  p[1] = (unsigned char)(v >> 8);
+  p[2] = (unsigned char)(v >> 16);
+  p[3] = (unsigned char)(v >> 24);
+}
+
+static int ioupos__gzip(const unsigned char *in, size_t size, unsigned char **out, size_t *out_size) {
+  int zlen = 0;
+  unsigned char *z, *g;
+  size_t dlen;
+  *out = NULL;
+  *out_size = 0;
+  if (size > (size_t)INT_MAX - 64)
+    return ioupos__fail(IOUPOS_ERANGE, "gzip: %zu bytes is too large for stb's compressor", size);
+  z = stbi_zlib_compress((unsigned char *)in, (int)size, &zlen, 5);
+  if (!z || zlen < 6) {
+    if (z) STBIW_FREE(z);
+    return ioupos__fail(IOUPOS_ENOMEM, "gzip: compression failed (out of memory)");
+  }
+  dlen = (size_t)zlen - 6; /* strip the 2-byte zlib header and the Adler-32 trailer */
+  g = (unsigned char *)IOUPOS_MALLOC(dlen + 18);
+  if (!g) {
+    STBIW_FREE(z);
+    return ioupos__fail(IOUPOS_ENOMEM, "gzip: out of memory");
+  }
+  memset(g, 0, 10);
+  g[0] = 0x1f;
+  g[1] = 0x8b;
+  g[2] = 8;
+  g[9] = 255; /* OS unknown; MTIME 0: the output depends on the data only */
+  memcpy(g + 10, z + 2, dlen);
+  ioupos__put32le(g + 10 + dlen, ioupos_crc32(0, in, size));
+  ioupos__put32le(g + 14 + dlen, (uint32_t)size);
+  STBIW_FREE(z);
+  *out = g;
+  *out_size = dlen + 18;
+  return IOUPOS_OK;
+}
+
+/* ---- NIfTI-1 reading ------------------------------------------------------------------------ */
+
+typedef struct ioupos__hdr {
+  const unsigned char *p;
+  int swap;
+} ioupos__hdr;
+
+static uint32_t ioupos__rd32(const ioupos__hdr *h, size_t off) {
+  const unsigned char *b = h->p + off;
+  return h->swap ? (uint32_t)b[3] | (uint32_t)b[2] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[0] << 24
+                 : ioupos__le32(b);
+}
+static int ioupos__rd16(const ioupos__hdr *h, size_t off) {
+  const unsigned char *b = h->p + off;
+  uint16_t v = h->swap ? (uint16_t)(b[1] | b[0] << 8) : (uint16_t)(b[0] | b[1] << 8);
+  return (int)(int16_t)v;
+}
+static double ioupos__rdf(const ioupos__hdr *h, size_t off) {
+  uint32_t u = ioupos__rd32(h, off);
+  float f;
+  memcpy(&f, &u, 4);
+  return (double)f;
+}
+
+static int ioupos__dtype_size(int dt) {
+  switch (dt) {
+    case IOUPOS_NIFTI_UINT8: case IOUPOS_NIFTI_INT8: return 1;
+    case IOUPOS_NIFTI_INT16: case IOUPOS_NIFTI_UINT16: return 2;
+    case IOUPOS_NIFTI_INT32: case IOUPOS_NIFTI_UINT32: case IOUPOS_NIFTI_FLOAT32: return 4;
+    case IOUPOS_NIFTI_INT64: case IOUPOS_NIFTI_UINT64: case IOUPOS_NIFTI_FLOAT64: return 8;
+    default: return 0;
+  }
+}
+
+static const char *ioupos__dtype_name(int dt) {
+  switch (dt) {
+    case 1: return "binary (1 bit)";
+    case 32: return "complex64";
+    case 128: return "RGB24";
+    case 1536: return "float128";
+    case 1792: return "complex128";
+    case 2048: return "complex256";
+    case 2304: return "RGBA32";
+    default: return "unknown";
+  }
+}
+
+/* Element i of raw data as double. */
+static double ioupos__load_elem(const unsigned char *src, int dt, int swap) {
+  unsigned char b[8];
+  int n = ioupos__dtype_size(dt), k;
+  for (k = 0; k < n; ++k) b[k] = swap ? src[n - 1 - k] : src[k];
+  /* b is now little-endian */
+  switch (dt) {
+    case IOUPOS_NIFTI_UINT8: return b[0];
+    case IOUPOS_NIFTI_INT8: return (int8_t)b[0];
+    case IOUPOS_NIFTI_INT16: return (int16_t)(uint16_t)(b[0] | b[1] << 8);
+    case IOUPOS_NIFTI_UINT16: return (uint16_t)(b[0] | b[1] << 8);
+    case IOUPOS_NIFTI_INT32: return (int32_t)ioupos__le32(b);
+    case IOUPOS_NIFTI_UINT32: return ioupos__le32(b);
+    case IOUPOS_NIFTI_FLOAT32: {
+      uint32_t u = ioupos__le32(b);
+      float f;
+      memcpy(&f, &u, 4);
+      return f;
+    }
+    default: {
+      uint64_t u = (uint64_t)ioupos__le32(b) | (uint64_t)ioupos__le32(b + 4) << 32;
+      if (dt == IOUPOS_NIFTI_INT64) return (double)(int64_t)u;
+      if (dt == IOUPOS_NIFTI_UINT64) return (double)u;
+      {
+        double d;
+        memcpy(&d, &u, 8);
+        return d;
+      }
+    }
+  }
+}
+
+/* nibabel's quat2mat (fillpositive for w) */
+static int ioupos__quat_to_mat(double b, double c, double d, double m[3][3]) {
+  double w2 = 1.0 - (b * b + c * c + d * d), w, nq, s, X, Y, Z;
+  if (fabs(w2) < 3.0 * 1.1920928955078125e-07) w = 0.0;
+  else if (w2 < 0) return 0;
+  else w = sqrt(w2);
+  nq = w * w + b * b + c * c + d * d;
+  if (nq < 2.220446049250313e-16) {
+    int r, k;
+    for (r = 0; r < 3; ++r)
+      for (k = 0; k < 3; ++k) m[r][k] = r == k;
+    return 1;
+  }
+  s = 2.0 / nq;
+  X = b * s; Y = c * s; Z = d * s;
+  m[0][0] = 1.0 - (c * Y + d * Z); m[0][1] = b * Y - w * Z;         m[0][2] = b * Z + w * Y;
+  m[1][0] = b * Y + w * Z;         m[1][1] = 1.0 - (b * X + d * Z); m[1][2] = c * Z - w * X;
+  m[2][0] = b * Z - w * Y;         m[2][1] = c * Z + w * X;         m[2][2] = 1.0 - (b * X + c * Y);
+  return 1;
+}
+
+IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const char *name,
+                                        ioupos_volume *vol) {
+  const unsigned char *p = (const unsigned char *)data;
+  unsigned char *plain = NULL;
+  size_t psize = size, off, nvox, need, i;
+  ioupos__hdr h;
+  int dim[8], ndim, k, dt, bitpix, esize, st = IOUPOS_OK;
+  double pix[4], slope, inter, vox_offset;
+  int use_scale;
+  if (!name) name = "(memory)";
+  if (!vol) return ioupos__fail(IOUPOS_EINVAL, "%s: NULL volume", name);
+  vol->data = NULL;
+  vol->dim[0] = vol->dim[1] = vol->dim[2] = 0;
+  ioupos__mat4_identity(vol->affine);
+  if (!p && size) return ioupos__fail(IOUPOS_EINVAL, "%s: NULL data", name);
+  if (size >= 2 && p[0] == 0x1f && p[1] == 0x8b) {
+    st = ioupos__gunzip(p, size, name, &plain, &psize);
+    if (st != IOUPOS_OK) return st;
+    p = plain;
+  }
+  if (psize < 348) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: not a NIfTI-1 file (%zu bytes, shorter than the 348-byte header)",
+                      name, psize);
+    goto done;
+  }
+  h.p = p;
+  h.swap = 0;
+  if (ioupos__rd32(&h, 0) != 348) {
+    h.swap = 1;
+    if (ioupos__rd32(&h, 0) != 348) {
+      h.swap = 0;
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: not a NIfTI-1 file (sizeof_hdr is %ld, not 348%s)", name,
+                        (long)(int32_t)ioupos__rd32(&h, 0),
+                        ioupos__rd32(&h, 0) == 540 ? "; NIfTI-2 is not supported" : "");
+      goto done;
+    }
+  }
+  if (memcmp(p + 344, "n+1\0", 4) != 0) {
+    if (memcmp(p + 344, "ni1\0", 4) == 0)
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: two-file NIfTI (.hdr/.img, magic \"ni1\") is not supported", name);
+    else
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: wrong magic (bytes 344-347 are %02x %02x %02x %02x, not \"n+1\\0\")",
+                        name, p[344], p[345], p[346], p[347]);
+    goto done;
+  }
+  for (k = 0; k < 8; ++k) dim[k] = ioupos__rd16(&h, 40 + 2 * (size_t)k);
+  ndim = dim[0];
+  if (ndim < 1 || ndim > 7) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: absurd dimensions: dim[0] = %d (must be 1..7)", name, ndim);
+    goto done;
+  }
+  for (k = 1; k <= ndim; ++k)
+    if (dim[k] <= 0 || dim[k] > 65535) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: absurd dimensions: dim[%d] = %d (must be 1..65535)", name, k,
+                        dim[k]);
+      goto done;
+    }
+  if (ndim < 3) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: only 3D volumes are supported (dim[0] = %d)", name, ndim);
+    goto done;
+  }
+  for (k = 4; k <= ndim; ++k)
+    if (dim[k] != 1) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: only 3D volumes are supported (dim[%d] = %d, a %dD image)", name,
+                        k, dim[k], ndim);
+      goto done;
+    }
+  if ((double)dim[1] * dim[2] * dim[3] > 2147483648.0) {
+    st = ioupos__fail(IOUPOS_ERANGE, "%s: absurd dimensions: %dx%dx%d is more than 2^31 voxels", name, dim[1],
+                      dim[2], dim[3]);
+    goto done;
+  }
+  dt = ioupos__rd16(&h, 70);
+  bitpix = ioupos__rd16(&h, 72);
+  esize = ioupos__dtype_size(dt);
+  if (!esize) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: unsupported datatype %d (%s)", name, dt, ioupos__dtype_name(dt));
+    goto done;
+  }
+  (void)bitpix; /* nibabel trusts datatype over bitpix; so do we */
+  vox_offset = ioupos__rdf(&h, 108);
+  if (!(vox_offset >= 0) || vox_offset > 1e15) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: invalid vox_offset %g", name, vox_offset);
+    goto done;
+  }
+  off = (size_t)vox_offset;
+  if (off < 352) off = 352; /* nibabel's fix for single-file NIfTI */
+  nvox = (size_t)dim[1] * (size_t)dim[2] * (size_t)dim[3];
+  if (off > psize) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: vox_offset %zu is beyond the end of the file (%zu bytes)", name,
+                      off, psize);
+    goto done;
+  }
+  need = nvox * (size_t)esize;
+  if (psize - off < need) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: short data: %dx%dx%d voxels of %d bytes need %zu bytes after offset "
+                      "%zu, the file has %zu", name, dim[1], dim[2], dim[3], esize, need, off, psize - off);
+    goto done;
+  }
+  /* pixdim with nibabel's fixes */
+  pix[0] = ioupos__rdf(&h, 76);
+  if (pix[0] != 1.0 && pix[0] != -1.0) pix[0] = 1.0;
+  for (k = 1; k <= 3; ++k) {
+    pix[k] = ioupos__rdf(&h, 76 + 4 * (size_t)k);
+    if (pix[k] == 0.0) pix[k] = 1.0;
+    pix[k] = fabs(pix[k]);
+  }
+  /* affine as nibabel's get_best_affine */
+  if (ioupos__rd16(&h, 254) != 0) { /* sform */
+    int r, c;
+    for (r = 0; r < 3; ++r)
+      for (c = 0; c < 4; ++c) vol->affine[r][c] = ioupos__rdf(&h, 280 + 16 * (size_t)r + 4 * (size_t)c);
+  } else if (ioupos__rd16(&h, 252) != 0) { /* qform */
+    double m[3][3];
+    int r, c;
+    if (!ioupos__quat_to_mat(ioupos__rdf(&h, 256), ioupos__rdf(&h, 260), ioupos__rdf(&h, 264), m)) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: invalid qform quaternion (b^2 + c^2 + d^2 > 1)", name);
+      goto done;
+    }
+    for (r = 0; r < 3; ++r) {
+      for (c = 0; c < 3; ++c) vol->affine[r][c] = m[r][c] * (c == 2 ? pix[3] * pix[0] : pix[c + 1]);
+      vol->affine[r][3] = ioupos__rdf(&h, 268 + 4 * (size_t)r);
+    }
+  } else { /* pixdim diagonal, origin at the centre, x flipped */
+    int r;
+    for (r = 0; r < 3; ++r) {
+      double z = r == 0 ? -pix[1] : pix[r + 1];
+      vol->affine[r][r] = z;
+      vol->affine[r][3] = -((double)(dim[r + 1] - 1) / 2.0) * z;
+    }
+  }
+  for (k = 0; k < 12; ++k)
+    if (!isfinite(vol->affine[k / 4][k % 4])) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: the affine (sform/qform) has a non-finite entry", name);
+      goto done;
+    }
+  slope = ioupos__rdf(&h, 112);
+  inter = ioupos__rdf(&h, 116);
+  use_scale = slope != 0.0 && isfinite(slope);
+  if (use_scale && !isfinite(inter)) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: valid scl_slope %g but invalid scl_inter %g", name, slope, inter);
+    goto done;
+  }
+  vol->data = (float *)ioupos__calloc(nvox, sizeof(float));
+  if (!vol->data) {
+    st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %dx%dx%d voxels", name, dim[1], dim[2], dim[3]);
+    goto done;
+  }
+  {
+    const unsigned char *src = p + off;
+    int fast = !h.swap && dt == IOUPOS_NIFTI_INT16;
+    for (i = 0; i < nvox; ++i) {
+      double v = fast ? (double)(int16_t)(uint16_t)(src[2 * i] | src[2 * i + 1] << 8)
+                      : ioupos__load_elem(src + i * (size_t)esize, dt, h.swap);
+      if (use_scale) v = v * slope + inter;
+      if (v > 3.4028234663852886e38) v = HUGE_VAL; /* out of float range: +-inf, not UB */
+      else if (v < -3.4028234663852886e38) v = -HUGE_VAL;
+      vol->data[i] = (float)v;
+    }
+  }
+  vol->dim[0] = dim[1];
+  vol->dim[1] = dim[2];
+  vol->dim[2] = dim[3];
+done:
+  IOUPOS_FREE(plain);
+  if (st != IOUPOS_OK) {
+    IOUPOS_FREE(vol->data);
+    vol->data = NULL;
+    vol->dim[0] = vol->dim[1] = vol->dim[2] = 0;
+  }
+  return st;
+}
+
+IOUPOS_DEF int ioupos_nifti_read(const char *path, ioupos_volume *vol) {
+  void *buf;
+  size_t size;
+  int st;
+  if (!path || !vol) return ioupos__fail(IOUPOS_EINVAL, "ioupos_nifti_read: NULL argument");
+  vol->data = NULL;
+  vol->dim[0] = vol->dim[1] = vol->dim[2] = 0;
+  st = ioupos_read_file(path, &buf, &size);
+  if (st != IOUPOS_OK) return st;
+  st = ioupos_nifti_read_memory(buf, size, path, vol);
+  IOUPOS_FREE(buf);
+  return st;
+}
+
+/* ---- NIfTI-1 writing ------------------------------------------------------------------------ */
+
+static void ioupos__put16le(unsigned char *p, int v) {
+  p[0] = (unsigned char)(v & 0xFF);
+  p[1] = (unsigned char)((v >> 8) & 0xFF);
+}
+static void ioupos__putf(unsigned char *p, double v) {
+  float f = (float)v;
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  ioupos__put32le(p, u);
+}
+
+/* Orthonormal polar factor of m (Newton iteration); 0 if m is singular. */
+static int ioupos__polar3(const double m_in[3][3], double q[3][3]) {
+  double m[3][3];
+  int it, r, c;
+  memcpy(m, m_in, sizeof m);
+  for (it = 0; it < 100; ++it) {
+    double det, inv[3][3], diff = 0.0;
+    inv[0][0] = m[1][1] * m[2][2] - m[1][2] * m[2][1];
+    inv[0][1] = m[0][2] * m[2][1] - m[0][1] * m[2][2];
+    inv[0][2] = m[0][1] * m[1][2] - m[0][2] * m[1][1];
+    inv[1][0] = m[1][2] * m[2][0] - m[1][0] * m[2][2];
+    inv[1][1] = m[0][0] * m[2][2] - m[0][2] * m[2][0];
+    inv[1][2] = m[0][2] * m[1][0] - m[0][0] * m[1][2];
+    inv[2][0] = m[1][0] * m[2][1] - m[1][1] * m[2][0];
+    inv[2][1] = m[0][1] * m[2][0] - m[0][0] * m[2][1];
+    inv[2][2] = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    det = m[0][0] * inv[0][0] + m[0][1] * inv[1][0] + m[0][2] * inv[2][0];
+    if (!(fabs(det) > 1e-12) || !isfinite(det)) return 0;
+    for (r = 0; r < 3; ++r)
+      for (c = 0; c < 3; ++c) {
+        double n = 0.5 * (m[r][c] + inv[c][r] / det); /* (m + m^-T) / 2 */
+        diff += fabs(n - m[r][c]);
+        q[r][c] = n;
+      }
+    memcpy(m, q, sizeof m);
+    if (diff < 1e-15) break;
+  }
+  return 1;
+}
+
+IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int gzip,
+                                   unsigned char **out, size_t *size) {
+  unsigned char *buf;
+  size_t nvox, i, total;
+  int esize = ioupos__dtype_size(datatype), r, c, st;
+  double sp[3], rot[3][3], q[3][3], qfac = 1.0, qa, qb, qc, qd;
+  *out = NULL;
+  *size = 0;
+  if (!vol || !vol->data || vol->dim[0] <= 0 || vol->dim[1] <= 0 || vol->dim[2] <= 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_nifti_write: empty volume");
+  if (!esize) return ioupos__fail(IOUPOS_EINVAL, "ioupos_nifti_write: unsupported datatype %d", datatype);
+  for (r = 0; r < 3; ++r)
+    if (vol->dim[r] > 32767)
+      return ioupos__fail(IOUPOS_ERANGE, "ioupos_nifti_write: dimension %d exceeds NIfTI-1's 32767",
+                          vol->dim[r]);
+  nvox = (size_t)vol->dim[0] * (size_t)vol->dim[1] * (size_t)vol->dim[2];
+  total = 352 + nvox * (size_t)esize;
+  buf = (unsigned char *)ioupos__calloc(total, 1);
+  if (!buf) return ioupos__fail(IOUPOS_ENOMEM, "ioupos_nifti_write: out of memory (%zu bytes)", total);
+  ioupos__put32le(buf, 348);
+  buf[38] = 'r';
+  ioupos__put16le(buf + 40, 3);
+  for (r = 0; r < 3; ++r) ioupos__put16le(buf + 42 + 2 * r, vol->dim[r]);
+  for (r = 3; r < 7; ++r) ioupos__put16le(buf + 42 + 2 * r, 1);
+  ioupos__put16le(buf + 70, datatype);
+  ioupos__put16le(buf + 72, esize * 8);
+  ioupos_volume_spacing(vol, sp);
+  /* qform: rotation = polar factor of the column-normalised matrix, det -1 -> qfac -1 */
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c < 3; ++c) rot[r][c] = vol->affine[r][c] / (sp[c] > 0 ? sp[c] : 1.0);
+  {
+    double det = rot[0][0] * (rot[1][1] * rot[2][2] - rot[1][2] * rot[2][1]) -
+                 rot[0][1] * (rot[1][0] * rot[2][2] - rot[1][2] * rot[2][0]) +
+                 rot[0][2] * (rot[1][0] * rot[2][1] - rot[1][1] * rot[2][0]);
+    if (det < 0) {
+      qfac = -1.0;
+      for (r = 0; r < 3; ++r) rot[r][2] = -rot[r][2];
+    }
+  }
+  if (!ioupos__polar3(rot, q)) {
+    for (r = 0; r < 3; ++r)
+      for (c = 0; c < 3; ++c) q[r][c] = r == c;
+  }
+  { /* rotation matrix -> quaternion (a, b, c, d), a >= 0 */
+    double t = q[0][0] + q[1][1] + q[2][2] + 1.0;
+    if (t > 0.5) {
+      qa = 0.5 * sqrt(t);
+      qb = 0.25 * (q[2][1] - q[1][2]) / qa;
+      qc = 0.25 * (q[0][2] - q[2][0]) / qa;
+      qd = 0.25 * (q[1][0] - q[0][1]) / qa;
+    } else {
+      double xd = 1.0 + q[0][0] - (q[1][1] + q[2][2]), yd = 1.0 + q[1][1] - (q[0][0] + q[2][2]);
+      double zd = 1.0 + q[2][2] - (q[0][0] + q[1][1]);
+      if (xd > 1.0) {
+        qb = 0.5 * sqrt(xd);
+        qc = 0.25 * (q[0][1] + q[1][0]) / qb;
+        qd = 0.25 * (q[0][2] + q[2][0]) / qb;
+        qa = 0.25 * (q[2][1] - q[1][2]) / qb;
+      } else if (yd > 1.0) {
+        qc = 0.5 * sqrt(yd);
+        qb = 0.25 * (q[0][1] + q[1][0]) / qc;
+        qd = 0.25 * (q[1][2] + q[2][1]) / qc;
+        qa = 0.25 * (q[0][2] - q[2][0]) / qc;
+      } else {
+        qd = 0.5 * sqrt(zd);
+        qb = 0.25 * (q[0][2] + q[2][0]) / qd;
+        qc = 0.25 * (q[1][2] + q[2][1]) / qd;
+        qa = 0.25 * (q[1][0] - q[0][1]) / qd;
+      }
+      if (qa < 0.0) qa = -qa, qb = -qb, qc = -qc, qd = -qd;
+    }
+    (void)qa;
+  }
+  ioupos__putf(buf + 76, qfac);
+  for (r = 0; r < 3; ++r) ioupos__putf(buf + 80 + 4 * r, sp[r]);
+  for (r = 4; r < 8; ++r) ioupos__putf(buf + 76 + 4 * r, 1.0);
+  ioupos__putf(buf + 108, 352.0);
+  ioupos__putf(buf + 112, 1.0); /* scl_slope */
+  ioupos__putf(buf + 116, 0.0); /* scl_inter */
+  buf[123] = 2 | 8;             /* mm, s */
+  memcpy(buf + 148, "ioupos " IOUPOS_VERSION, sizeof("ioupos " IOUPOS_VERSION) - 1);
+  ioupos__put16le(buf + 252, 1); /* qform_code scanner */
+  ioupos__put16le(buf + 254, 1); /* sform_code scanner */
+  ioupos__putf(buf + 256, qb);
+  ioupos__putf(buf + 260, qc);
+  ioupos__putf(buf + 264, qd);
+  for (r = 0; r < 3; ++r) ioupos__putf(buf + 268 + 4 * r, vol->affine[r][3]);
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c < 4; ++c) ioupos__putf(buf + 280 + 16 * r + 4 * c, vol->affine[r][c]);
+  memcpy(buf + 344, "n+1\0", 4);
+  for (i = 0; i < nvox; ++i) {
+    unsigned char *d = buf + 352 + i * (size_t)esize;
+    double v = vol->data[i];
+    if (datatype == IOUPOS_NIFTI_FLOAT32) {
+      float f = vol->data[i];
+      uint32_t u;
+      memcpy(&u, &f, 4);
+      ioupos__put32le(d, u);
+      continue;
+    }
+    if (datatype == IOUPOS_NIFTI_FLOAT64) {
+      uint64_t u;
+      memcpy(&u, &v, 8);
+      ioupos__put32le(d, (uint32_t)u);
+      ioupos__put32le(d + 4, (uint32_t)(u >> 32));
+      continue;
+    }
+    {
+      double lo, hi, rv;
+      uint64_t u;
+      switch (datatype) {
+        case IOUPOS_NIFTI_UINT8: lo = 0; hi = 255; break;
+        case IOUPOS_NIFTI_INT8: lo = -128; hi = 127; break;
+        case IOUPOS_NIFTI_INT16: lo = -32768; hi = 32767; break;
+        case IOUPOS_NIFTI_UINT16: lo = 0; hi = 65535; break;
+        case IOUPOS_NIFTI_INT32: lo = -2147483648.0; hi = 2147483647.0; break;
+        case IOUPOS_NIFTI_UINT32: lo = 0; hi = 4294967295.0; break;
+        case IOUPOS_NIFTI_INT64: lo = -9223372036854775808.0; hi = 9223372036854774784.0; break;
+        default: lo = 0; hi = 18446744073709549568.0; break;
+      }
+      rv = v != v ? 0.0 : v < 0 ? -floor(-v + 0.5) : floor(v + 0.5);
+      if (rv < lo) rv = lo;
+      if (rv > hi) rv = hi;
+      if (datatype == IOUPOS_NIFTI_UINT64 || (datatype != IOUPOS_NIFTI_INT64 && rv >= 0)) u = (uint64_t)rv;
+      else u = (uint64_t)(int64_t)rv;
+      for (r = 0; r < esize; ++r) d[r] = (unsigned char)(u >> (8 * r));
+    }
+  }
+  if (!gzip) {
+    *out = buf;
+    *size = total;
+    return IOUPOS_OK;
+  }
+  st = ioupos__gzip(buf, total, out, size);
+  IOUPOS_FREE(buf);
+  return st;
+}
+
+IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, int datatype) {
+  unsigned char *bytes;
+  size_t size, n;
+  int st, gz;
+  if (!path) return ioupos__fail(IOUPOS_EINVAL, "ioupos_nifti_write: NULL path");
+  n = strlen(path);
+  gz = n >= 3 && strcmp(path + n - 3, ".gz") == 0;
+  st = ioupos_nifti_encode(vol, datatype, gz, &bytes, &size);
+  if (st != IOUPOS_OK) {
+    char why[400];
+    snprintf(why, sizeof why, "%.399s", ioupos_failure_reason());
+    return ioupos__fail(st, "%s: %s", path, why);
+  }
+  st = ioupos_write_file_atomic(path, bytes, size);
+  IOUPOS_FREE(bytes);
+  return st;
+}
+
+/* ---- orientation ---------------------------------------------------------------------------- */
+
+IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
+  double R[3][3], rs[3][3], zoom[3];
+  int ornt[3][2], used_in[3] = {0, 0, 0}, order[3], a, b, r, c, n, identity = 1;
+  if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "reorient: empty volume");
+  /* io_orientation: column-normalise, polar decomposition, strongest input axis first */
+  for (c = 0; c < 3; ++c) {
+    zoom[c] = sqrt(vol->affine[0][c] * vol->affine[0][c] + vol->affine[1][c] * vol->affine[1][c] +
+                   vol->affine[2][c] * vol->affine[2][c]);
+    if (zoom[c] == 0.0) zoom[c] = 1.0;
+    for (r = 0; r < 3; ++r) rs[r][c] = vol->affine[r][c] / zoom[c];
+  }
+  if (!ioupos__polar3(rs, R)) memcpy(R, rs, sizeof R);
+  {
+    double strength[3];
+    for (c = 0; c < 3; ++c) {
+      strength[c] = 0;
+      for (r = 0; r < 3; ++r)
+        if (R[r][c] * R[r][c] > strength[c]) strength[c] = R[r][c] * R[r][c];
+    }
+    for (a = 0; a < 3; ++a) order[a] = a;
+    for (a = 1; a < 3; ++a) /* stable insertion sort, descending strength */
+      for (b = a; b > 0 && strength[order[b]] > strength[order[b - 1]]; --b) {
+        int t = order[b]; order[b] = order[b - 1]; order[b - 1] = t;
+      }
+  }
+  for (n = 0; n < 3; ++n) {
+    int in_ax = order[n], out_ax = 0, nonzero = 0;
+    double best = -1.0;
+    for (r = 0; r < 3; ++r) {
+      if (fabs(R[r][in_ax]) > 1e-8) nonzero = 1;
+      if (fabs(R[r][in_ax]) > best) best = fabs(R[r][in_ax]), out_ax = r;
+    }
+    if (!nonzero || used_in[out_ax])
+      return ioupos__fail(IOUPOS_EFORMAT, "reorient: the affine is degenerate (input axis %d maps to no "
+                                          "world axis)", in_ax);
+    used_in[out_ax] = 1;
+    ornt[in_ax][0] = out_ax;
+    ornt[in_ax][1] = R[out_ax][in_ax] < 0 ? -1 : 1;
+    for (c = 0; c < 3; ++c) R[out_ax][c] = 0.0;
+  }
+  for (a = 0; a < 3; ++a)
+    if (ornt[a][0] != a || ornt[a][1] != 1) identity = 0;
+  {
+    /* inv_ornt_aff: output voxel o -> input voxel: in[a] = flip_a * o[ornt[a][0]] + shift_a */
+    double M[4][4], na[4][4];
+    ioupos_volume out;
+    int odim[3], st;
+    ioupos__mat4_identity(M);
+    for (a = 0; a < 3; ++a) {
+      for (c = 0; c < 4; ++c) M[a][c] = 0.0;
+      M[a][ornt[a][0]] = ornt[a][1];
+      M[a][3] = ornt[a][1] < 0 ? (double)(vol->dim[a] - 1) : 0.0;
+    }
+    ioupos__mat4_mul(na, vol->affine, M);
+    if (identity) {
+      memcpy(vol->affine, na, sizeof na);
+      return IOUPOS_OK;
+    }
+    for (a = 0; a < 3; ++a) odim[ornt[a][0]] = vol->dim[a];
+    st = ioupos_volume_alloc(&out, odim[0], odim[1], odim[2]);
+    if (st != IOUPOS_OK) return st;
+    {
+      /* input strides per output axis, with flips */
+      ptrdiff_t in_stride[3], step[3], base = 0;
+      int i, j, k;
+      in_stride[0] = 1;
+      in_stride[1] = vol->dim[0];
+      in_stride[2] = (ptrdiff_t)vol->dim[0] * vol->dim[1];
+      for (a = 0; a < 3; ++a) {
+        int m = ornt[a][0];
+        step[m] = ornt[a][1] * in_stride[a];
+        if (ornt[a][1] < 0) base += (ptrdiff_t)(vol->dim[a] - 1) * in_stride[a];
+      }
+      for (k = 0; k < odim[2]; ++k)
+        for (j = 0; j < odim[1]; ++j) {
+          float *dst = out.data + ((size_t)k * odim[1] + j) * odim[0];
+          const float *src = vol->data + base + k * step[2] + j * step[1];
+          for (i = 0; i < odim[0]; ++i) dst[i] = src[i * step[0]];
+        }
+    }
+    memcpy(out.affine, na, sizeof na);
+    ioupos_volume_free(vol);
+    *vol = out;
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- resampling (MONAI Spacing) ------------------------------------------------------------- */
+
+IOUPOS_DEF int ioupos_volume_resample_grid(const ioupos_volume *vol, const double spacing[3],
+                                           int out_dim[3], double out_affine[4][4]) {
+  double orig[3], outd[3], g[3][3], L[3][3], zs[3][3], zinv[3][3], rot[3][3], N[4][4], X[4][4];
+  double corners_out[8][3], corners_w[8][3], lo[3], hi[3], oshape[3];
+  int r, c, k, i, found = -1;
+  ioupos_volume_spacing(vol, orig);
+  for (k = 0; k < 3; ++k) {
+    if (!(spacing[k] > 0) || !isfinite(spacing[k]))
+      return ioupos__fail(IOUPOS_EINVAL, "resample: target spacing %g is not positive", spacing[k]);
+    outd[k] = (spacing[k] - 1e-3 <= orig[k] && orig[k] <= spacing[k] + 1e-3) ? orig[k] : spacing[k];
+  }
+  /* zoom_affine(diagonal=False): rzs = rotation @ zs, zs = chol(rzs^T rzs)^T */
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c < 3; ++c) {
+      g[r][c] = 0;
+      for (k = 0; k < 3; ++k) g[r][c] += vol->affine[k][r] * vol->affine[k][c];
+    }
+  memset(L, 0, sizeof L);
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c <= r; ++c) {
+      double s = g[r][c];
+      for (k = 0; k < c; ++k) s -= L[r][k] * L[c][k];
+      if (r == c) {
+        if (!(s > 0)) return ioupos__fail(IOUPOS_EFORMAT, "resample: the affine is singular");
+        L[r][r] = sqrt(s);
+      } else {
+        L[r][c] = s / L[c][c];
+      }
+    }
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c < 3; ++c) zs[r][c] = L[c][r];
+  /* inverse of the upper-triangular zs */
+  memset(zinv, 0, sizeof zinv);
+  for (c = 0; c < 3; ++c) {
+    zinv[c][c] = 1.0 / zs[c][c];
+    for (r = c - 1; r >= 0; --r) {
+      double s = 0;
+      for (k = r + 1; k <= c; ++k) s += zs[r][k] * zinv[k][c];
+      zinv[r][c] = -s / zs[r][r];
+    }
+  }
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c < 3; ++c) {
+      rot[r][c] = 0;
+      for (k = 0; k < 3; ++k) rot[r][c] += vol->affine[r][k] * zinv[k][c];
+    }
+  ioupos__mat4_identity(N);
+  for (r = 0; r < 3; ++r)
+    for (c = 0; c < 3; ++c) N[r][c] = rot[r][c] * outd[c];
+  /* compute_shape_offset(scale_extent=False) */
+  if (!ioupos__mat4_solve(N, vol->affine, X))
+    return ioupos__fail(IOUPOS_EFORMAT, "resample: the output affine is singular");
+  for (i = 0; i < 8; ++i) {
+    double cin[4];
+    cin[0] = (i & 4) ? vol->dim[0] - 1.0 : 0.0; /* meshgrid "ij": axis 0 slowest */
+    cin[1] = (i & 2) ? vol->dim[1] - 1.0 : 0.0;
+    cin[2] = (i & 1) ? vol->dim[2] - 1.0 : 0.0;
+    cin[3] = 1.0;
+    for (r = 0; r < 3; ++r) {
+      double s = 0.0, w = 0.0;
+      for (k = 0; k < 4; ++k) s += X[r][k] * cin[k];
+      for (k = 0; k < 4; ++k) w += vol->affine[r][k] * cin[k];
+      corners_out[i][r] = s;
+      corners_w[i][r] = w;
+    }
+  }
+  for (r = 0; r < 3; ++r) {
+    lo[r] = hi[r] = corners_out[0][r];
+    for (i = 1; i < 8; ++i) {
+      if (corners_out[i][r] < lo[r]) lo[r] = corners_out[i][r];
+      if (corners_out[i][r] > hi[r]) hi[r] = corners_out[i][r];
+    }
+    oshape[r] = nearbyint(hi[r] - lo[r] + 1.0); /* np.round: half to even */
+    if (!(oshape[r] >= 1.0) || oshape[r] > 65535.0)
+      return ioupos__fail(IOUPOS_ERANGE, "resample: output size %g along axis %d is out of range", oshape[r], r);
+  }
+  if (oshape[0] * oshape[1] * oshape[2] > 2147483648.0)
+    return ioupos__fail(IOUPOS_ERANGE, "resample: output %gx%gx%g has more than 2^31 voxels", oshape[0],
+                        oshape[1], oshape[2]);
+  for (i = 0; i < 8 && found < 0; ++i) {
+    int ok = 1;
+    for (r = 0; r < 3; ++r) {
+      double m = corners_out[0][r] - corners_out[i][r];
+      int j;
+      for (j = 1; j < 8; ++j)
+        if (corners_out[j][r] - corners_out[i][r] < m) m = corners_out[j][r] - corners_out[i][r];
+      if (!(fabs(m) <= 1e-8)) ok = 0;
+    }
+    if (ok) found = i;
+  }
+  memcpy(out_affine, N, sizeof N);
+  for (r = 0; r < 3; ++r) {
+    if (found >= 0) {
+      out_affine[r][3] = corners_w[found][r];
+    } else {
+      double s = 0.0, t = 0.0;
+      for (k = 0; k < 3; ++k) s += vol->affine[r][k] * (vol->dim[k] / 2.0);
+      for (k = 0; k < 3; ++k) t += N[r][k] * (oshape[k] / 2.0);
+      out_affine[r][3] = s + vol->affine[r][3] - t;
+    }
+    out_dim[r] = (int)oshape[r];
+  }
+  return IOUPOS_OK;
+}
+
+/* torch.linspace(-1, 1, n) (FMA form, as its vectorised CPU kernel) * (n - 1) / n */
+static void ioupos__torch_base_grid(int n, double *out) {
+  int i;
+  if (n <= 1) {
+    if (n == 1) out[0] = 0.0;
+    return;
+  }
+  {
+    double step = 2.0 / (double)(n - 1);
+    int half = n / 2;
+    for (i = 0; i < n; ++i) {
+      double v = i < half ? fma(step, (double)i, -1.0) : fma(-step, (double)(n - i - 1), 1.0);
+      out[i] = v * (double)(n - 1) / (double)n;
+    }
+  }
+}
+
+IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3], int nearest) {
+  double na[4][4], X[4][4], S[4][4], Dinv[4][4], M[4][4], T[4][4];
+  int odim[3], st, r, c, k, unchanged;
+  ioupos_volume out;
+  double *lin[3] = {NULL, NULL, NULL};
+  if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "resample: empty volume");
+  st = ioupos_volume_resample_grid(vol, spacing, odim, na);
+  if (st != IOUPOS_OK) return st;
+  if (!ioupos__mat4_solve(vol->affine, na, X))
+    return ioupos__fail(IOUPOS_EFORMAT, "resample: the input affine is singular");
+  /* MONAI skips resampling (and keeps the input affine) when nothing changes */
+  unchanged = odim[0] == vol->dim[0] && odim[1] == vol->dim[1] && odim[2] == vol->dim[2];
+  if (unchanged) {
+    int same = 1, ident = 1;
+    for (r = 0; r < 4; ++r)
+      for (c = 0; c < 4; ++c) {
+        if (!(fabs(vol->affine[r][c] - na[r][c]) <= 1e-3 + 1e-5 * fabs(na[r][c]))) same = 0;
+        if (!(fabs(X[r][c] - (r == c)) <= 1e-3 + 1e-5 * (r == c))) ident = 0;
+      }
+    unchanged = same || ident;
+  }
+  if (unchanged) return IOUPOS_OK;
+  /* theta = S_src @ xform @ inv(S_dst), normalised coordinates (align_corners False) */
+  ioupos__mat4_identity(S);
+  ioupos__mat4_identity(Dinv);
+  for (k = 0; k < 3; ++k) {
+    double d = 2.0 / (double)odim[k], t = 1.0 / (double)odim[k] - 1.0, rcp = 1.0 / d;
+    S[k][k] = 2.0 / (double)vol->dim[k];
+    S[k][3] = 1.0 / (double)vol->dim[k] - 1.0;
+    Dinv[k][k] = rcp;
+    Dinv[k][3] = -t * rcp;
+  }
+  ioupos__mat4_mul(M, S, X);
+  ioupos__mat4_mul(T, M, Dinv);
+  st = ioupos_volume_alloc(&out, odim[0], odim[1], odim[2]);
+  if (st != IOUPOS_OK) return st;
+  for (k = 0; k < 3; ++k) {
+    lin[k] = (double *)ioupos__calloc((size_t)odim[k], sizeof(double));
+    if (!lin[k]) {
+      for (c = 0; c < k; ++c) IOUPOS_FREE(lin[c]);
+      ioupos_volume_free(&out);
+      return ioupos__fail(IOUPOS_ENOMEM, "resample: out of memory");
+    }
+    ioupos__torch_base_grid(odim[k], lin[k]);
+  }
+  {
+    const int nx = vol->dim[0], ny = vol->dim[1], nz = vol->dim[2];
+    const size_t sxy = (size_t)nx * ny;
+    const float *src = vol->data;
+    int i, j;
+    for (k = 0; k < odim[2]; ++k)
+      for (j = 0; j < odim[1]; ++j) {
+        float *dst = out.data + ((size_t)k * odim[1] + j) * odim[0];
+        double pk[3], pj[3];
+        for (r = 0; r < 3; ++r) {
+          pk[r] = lin[2][k] * T[r][2];
+          pj[r] = lin[1][j] * T[r][1];
+        }
+        for (i = 0; i < odim[0]; ++i) {
+          double ix[3];
+          for (r = 0; r < 3; ++r) {
+            /* affine_grid: grid = base (W, H, D, 1) @ theta^T; then unnormalise and clip */
+            double gv = ((pk[r] + pj[r]) + lin[0][i] * T[r][0]) + T[r][3];
+            double n = (double)vol->dim[r];
+            double x = ((gv + 1.0) * n - 1.0) / 2.0;
+            if (!(x > 0.0)) x = 0.0; /* border padding (NaN -> 0 too) */
+            if (x > n - 1.0) x = n - 1.0;
+            ix[r] = x;
+          }
+          if (nearest) {
+            int a = (int)nearbyint(ix[0]), b = (int)nearbyint(ix[1]), cc = (int)nearbyint(ix[2]);
+            dst[i] = src[(size_t)cc * sxy + (size_t)b * nx + a];
+          } else {
+            int x0 = (int)floor(ix[0]), y0 = (int)floor(ix[1]), z0 = (int)floor(ix[2]);
+            int x1 = x0 + 1, y1 = y0 + 1, z1 = z0 + 1;
+            double tx = ix[0] - x0, ty = ix[1] - y0, tz = ix[2] - z0;
+            double wx0 = (x1 - ix[0]), wy0 = (y1 - ix[1]), wz0 = (z1 - ix[2]);
+            double acc = 0.0;
+            int xs[2], ys[2], zs[2], a, b, cc;
+            double wxs[2], wys[2], wzs[2];
+            xs[0] = x0; xs[1] = x1; ys[0] = y0; ys[1] = y1; zs[0] = z0; zs[1] = z1;
+            wxs[0] = wx0; wxs[1] = tx; wys[0] = wy0; wys[1] = ty; wzs[0] = wz0; wzs[1] = tz;
+            for (cc = 0; cc < 2; ++cc) {
+              if (zs[cc] >= nz) continue;
+              for (b = 0; b < 2; ++b) {
+                if (ys[b] >= ny) continue;
+                for (a = 0; a < 2; ++a) {
+                  if (xs[a] >= nx) continue;
+                  acc += (double)src[(size_t)zs[cc] * sxy + (size_t)ys[b] * nx + xs[a]] *
+                         (wxs[a] * wys[b] * wzs[cc]);
+                }
+              }
+            }
+            dst[i] = (float)acc;
+          }
+        }
+      }
+  }
+  for (k = 0; k < 3; ++k) IOUPOS_FREE(lin[k]);
+  memcpy(out.affine, na, sizeof na);
+  ioupos_volume_free(vol);
+  *vol = out;
+  return IOUPOS_OK;
+}
+
+/* ---- intensity, crop, pad ------------------------------------------------------------------- */
+
+IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_max) {
+  size_t i, n;
+  float lo = (float)a_min, range = (float)(a_max - a_min);
+  if (!vol || !vol->data) return;
+  n = (size_t)vol->dim[0] * vol->dim[1] * vol->dim[2];
+  for (i = 0; i < n; ++i) {
+    float v = vol->data[i] - lo;
+    if (range != 0.0f) v = v / range;
+    if (v < 0.0f) v = 0.0f;
+    if (v > 1.0f) v = 1.0f;
+    vol->data[i] = v;
+  }
+}
+
+IOUPOS_DEF void ioupos_volume_foreground_box(const ioupos_volume *vol, int lo[3], int hi[3]) {
+  int i, j, k, any = 0;
+  lo[0] = lo[1] = lo[2] = 0;
+  hi[0] = hi[1] = hi[2] = 0;
+  if (!vol || !vol->data) return;
+  lo[0] = vol->dim[0];
+  lo[1] = vol->dim[1];
+  lo[2] = vol->dim[2];
+  for (k = 0; k < vol->dim[2]; ++k)
+    for (j = 0; j < vol->dim[1]; ++j) {
+      const float *row = vol->data + ((size_t)k * vol->dim[1] + j) * vol->dim[0];
+      int first = -1, last = -1;
+      for (i = 0; i < vol->dim[0]; ++i)
+        if (row[i] > 0.0f) {
+          if (first < 0) first = i;
+          last = i;
+        }
+      if (first < 0) continue;
+      any = 1;
+      if (first < lo[0]) lo[0] = first;
+      if (last + 1 > hi[0]) hi[0] = last + 1;
+      if (j < lo[1]) lo[1] = j;
+      if (j + 1 > hi[1]) hi[1] = j + 1;
+      if (k < lo[2]) lo[2] = k;
+      if (k + 1 > hi[2]) hi[2] = k + 1;
+    }
+  if (!any) lo[0] = lo[1] = lo[2] = hi[0] = hi[1] = hi[2] = 0;
+}
+
+/* Copy the box [lo, hi) of vol (may reach outside: zeros there) into a new volume. */
+static int ioupos__subvolume(ioupos_volume *vol, const int lo[3], const int hi[3]) {
+  ioupos_volume out;
+  int st, j, k, r, c;
+  st = ioupos_volume_alloc(&out, hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]);
+  if (st != IOUPOS_OK) return st;
+  for (k = 0; k < out.dim[2]; ++k) {
+    int sk = k + lo[2];
+    if (sk < 0 || sk >= vol->dim[2]) continue;
+    for (j = 0; j < out.dim[1]; ++j) {
+      int sj = j + lo[1], i0 = lo[0] < 0 ? -lo[0] : 0;
+      int i1 = hi[0] > vol->dim[0] ? vol->dim[0] - lo[0] : out.dim[0];
+      if (sj < 0 || sj >= vol->dim[1] || i1 <= i0) continue;
+      memcpy(out.data + ((size_t)k * out.dim[1] + j) * out.dim[0] + i0,
+             vol->data + ((size_t)sk * vol->dim[1] + sj) * vol->dim[0] + lo[0] + i0,
+             (size_t)(i1 - i0) * sizeof(float));
+    }
+  }
+  /* affine @ translate(lo) */
+  memcpy(out.affine, vol->affine, sizeof out.affine);
+  for (r = 0; r < 3; ++r) {
+    double t = vol->affine[r][3];
+    for (c = 0; c < 3; ++c) t += vol->affine[r][c] * lo[c];
+    out.affine[r][3] = t;
+  }
+  ioupos_volume_free(vol);
+  *vol = out;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_volume_crop(ioupos_volume *vol, const int lo[3], const int hi[3]) {
+  int k;
+  if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "crop: empty volume");
+  for (k = 0; k < 3; ++k)
+    if (lo[k] < 0 || hi[k] > vol->dim[k] || lo[k] >= hi[k])
+      return ioupos__fail(IOUPOS_EINVAL, "crop: box [%d, %d) on axis %d is empty or outside 0..%d", lo[k],
+                          hi[k], k, vol->dim[k]);
+  return ioupos__subvolume(vol, lo, hi);
+}
+
+IOUPOS_DEF int ioupos_volume_pad_xy(ioupos_volume *vol, int min_x, int min_y) {
+  int lo[3], hi[3], need[2], k;
+  if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "pad: empty volume");
+  need[0] = min_x - vol->dim[0];
+  need[1] = min_y - vol->dim[1];
+  if (need[0] <= 0 && need[1] <= 0) return IOUPOS_OK;
+  for (k = 0; k < 2; ++k) {
+    int w = need[k] > 0 ? need[k] : 0;
+    lo[k] = -(w / 2);               /* before: floor(w / 2) */
+    hi[k] = vol->dim[k] + (w - w / 2); /* after: the rest */
+  }
+  lo[2] = 0;
+  hi[2] = vol->dim[2];
+  return ioupos__subvolume(vol, lo, hi);
+}
+
+IOUPOS_DEF void ioupos_prep_opts_default(ioupos_prep_opts *o) {
+  o->a_min = -500.0;
+  o->a_max = 500.0;
+  o->spacing[0] = 1.0;
+  o->spacing[1] = 1.0;
+  o->spacing[2] = 2.5;
+  o->pad_xy = 96;
+}
+
+IOUPOS_DEF int ioupos_preprocess(ioupos_volume *image, ioupos_volume *label,
+                                 const ioupos_prep_opts *o) {
+  int st, lo[3], hi[3], k;
+  if (!image || !image->data || !o) return ioupos__fail(IOUPOS_EINVAL, "preprocess: empty image");
+  if (label) {
+    if (!label->data || label->dim[0] != image->dim[0] || label->dim[1] != image->dim[1] ||
+        label->dim[2] != image->dim[2])
+      return ioupos__fail(IOUPOS_EFORMAT, "label %dx%dx%d does not match image %dx%dx%d", label->dim[0],
+                          label->dim[1], label->dim[2], image->dim[0], image->dim[1], image->dim[2]);
+  }
+  if ((st = ioupos_volume_reorient_ras(image)) != IOUPOS_OK) return st;
+  if (label && (st = ioupos_volume_reorient_ras(label)) != IOUPOS_OK) return st;
+  if ((st = ioupos_volume_resample(image, o->spacing, 0)) != IOUPOS_OK) return st;
+  if (label) {
+    if ((st = ioupos_volume_resample(label, o->spacing, 1)) != IOUPOS_OK) return st;
+    for (k = 0; k < 3; ++k)
+      if (label->dim[k] != image->dim[k])
+        return ioupos__fail(IOUPOS_EFORMAT, "after resampling the label grid %dx%dx%d differs from the "
+                            "image grid %dx%dx%d (their affines differ)", label->dim[0], label->dim[1],
+                            label->dim[2], image->dim[0], image->dim[1], image->dim[2]);
+  }
+  ioupos_volume_window(image, o->a_min, o->a_max);
+  ioupos_volume_foreground_box(image, lo, hi);
+  if (hi[0] == lo[0])
+    return ioupos__fail(IOUPOS_EFORMAT, "no foreground: no voxel is above a_min = %g", o->a_min);
+  if ((st = ioupos_volume_crop(image, lo, hi)) != IOUPOS_OK) return st;
+  if (label && (st = ioupos_volume_crop(label, lo, hi)) != IOUPOS_OK) return st;
+  if ((st = ioupos_volume_pad_xy(image, o->pad_xy, o->pad_xy)) != IOUPOS_OK) return st;
+  if (label && (st = ioupos_volume_pad_xy(label, o->pad_xy, o->pad_xy)) != IOUPOS_OK) return st;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_label,
+                                       uint8_t *out) {
+  int r, c, nx = vol->dim[0], ny = vol->dim[1];
+  const float *s = vol->data + (size_t)k * nx * ny;
+  for (r = 0; r < nx; ++r)
+    for (c = 0; c < ny; ++c) {
+      double v = s[(size_t)c * nx + r], q;
+      if (!is_label) v *= 255.0;
+      q = v != v ? 0.0 : floor(v + 0.5); /* half away from zero for v >= 0; negatives clamp to 0 */
+      out[(size_t)r * ny + c] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+    }
+}
+
+/* ---- split files ---------------------------------------------------------------------------- */
+
+typedef struct ioupos__json {
+  const char *s;
+  size_t len, pos;
+  const char *name;
+} ioupos__json;
+
+static int ioupos__json_fail(const ioupos__json *j, size_t at, const char *what) {
+  size_t i, line = 1, col = 1;
+  for (i = 0; i < at && i < j->len; ++i) {
+    if (j->s[i] == '\n') ++line, col = 1;
+    else ++col;
+  }
+  return ioupos__fail(IOUPOS_EFORMAT, "%s:%zu:%zu: %s", j->name, line, col, what);
+}
+
+static void ioupos__json_ws(ioupos__json *j) {
+  while (j->pos < j->len &&
+         (j->s[j->pos] == ' ' || j->s[j->pos] == '\t' || j->s[j->pos] == '\n' || j->s[j->pos] == '\r'))
+    ++j->pos;
+}
+
+static int ioupos__hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Parse a JSON string at j->pos into a new buffer (UTF-8); max bytes max_len. */
+static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
+  size_t start = j->pos, n = 0;
+  char *buf;
+  *out = NULL;
+  if (j->pos >= j->len || j->s[j->pos] != '"') return ioupos__json_fail(j, j->pos, "expected a string");
+  buf = (char *)IOUPOS_MALLOC(max_len + 5);
+  if (!buf) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", j->name);
+  ++j->pos;
+  for (;;) {
+    unsigned char ch;
+    uint32_t cp;
+    if (j->pos >= j->len) {
+      IOUPOS_FREE(buf);
+      return ioupos__json_fail(j, start, "unterminated string");
+    }
+    ch = (unsigned char)j->s[j->pos];
+    if (ch == '"') {
+      ++j->pos;
+      break;
+    }
+    if (ch < 0x20) {
+      IOUPOS_FREE(buf);
+      return ioupos__json_fail(j, j->pos, "control character in a string");
+    }
+    if (ch != '\\') {
+      if (n >= max_len) goto too_long;
+      buf[n++] = (char)ch;
+      ++j->pos;
+      continue;
+    }
+    if (j->pos + 1 >= j->len) {
+      IOUPOS_FREE(buf);
+      return ioupos__json_fail(j, start, "unterminated string");
+    }
+    ch = (unsigned char)j->s[j->pos + 1];
+    j->pos += 2;
+    switch (ch) {
+      case '"': cp = '"'; break;
+      case '\\': cp = '\\'; break;
+      case '/': cp = '/'; break;
+      case 'b': cp = 8; break;
+      case 'f': cp = 12; break;
+      case 'n': cp = 10; break;
+      case 'r': cp = 13; break;
+      case 't': cp = 9; break;
+      case 'u': {
+        int q, h;
+        cp = 0;
+        for (q = 0; q < 4; ++q) {
+          if (j->pos >= j->len || (h = ioupos__hexval(j->s[j->pos])) < 0) {
+            IOUPOS_FREE(buf);
+            return ioupos__json_fail(j, j->pos, "bad \\u escape (expected 4 hex digits)");
+          }
+          cp = cp * 16 + (uint32_t)h;
+          ++j->pos;
+        }
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          uint32_t lo2 = 0;
+          if (j->pos + 6 > j->len || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u') {
+            IOUPOS_FREE(buf);
+            return ioupos__json_fail(j, j->pos, "unpaired UTF-16 surrogate in \\u escape");
+          }
+          for (q = 0; q < 4; ++q) {
+            if ((h = ioupos__hexval(j->s[j->pos + 2 + q])) < 0) {
+              IOUPOS_FREE(buf);
+              return ioupos__json_fail(j, j->pos, "bad \\u escape (expected 4 hex digits)");
+            }
+            lo2 = lo2 * 16 + (uint32_t)h;
+          }
+          if (lo2 < 0xDC00 || lo2 > 0xDFFF) {
+            IOUPOS_FREE(buf);
+            return ioupos__json_fail(j, j->pos, "unpaired UTF-16 surrogate in \\u escape");
+          }
+          j->pos += 6;
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo2 - 0xDC00);
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+          IOUPOS_FREE(buf);
+          return ioupos__json_fail(j, j->pos - 6, "unpaired UTF-16 surrogate in \\u escape");
+        }
+        break;
+      }
+      default:
+        IOUPOS_FREE(buf);
+        return ioupos__json_fail(j, j->pos - 2, "invalid escape in a string");
+    }
+    if (n + 4 > max_len) goto too_long;
+    if (cp < 0x80) buf[n++] = (char)cp;
+    else if (cp < 0x800) {
+      buf[n++] = (char)(0xC0 | (cp >> 6));
+      buf[n++] = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      buf[n++] = (char)(0xE0 | (cp >> 12));
+      buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+      buf[n++] = (char)(0x80 | (cp & 0x3F));
+    } else {
+      buf[n++] = (char)(0xF0 | (cp >> 18));
+      buf[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+      buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+      buf[n++] = (char)(0x80 | (cp & 0x3F));
+    }
+  }
+  buf[n] = 0;
+  if (memchr(buf, 0, n)) {
+    IOUPOS_FREE(buf);
+    return ioupos__json_fail(j, start, "string contains a NUL character");
+  }
+  *out = buf;
+  return IOUPOS_OK;
+too_long:
+  IOUPOS_FREE(buf);
+  {
+    char why[96];
+    snprintf(why, sizeof why, "string longer than %zu bytes", max_len);
+    return ioupos__json_fail(j, start, why);
+  }
+}
+
+IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
+  int s, c;
+  if (!split) return;
+  for (s = 0; s < split->n_sets; ++s) {
+    for (c = 0; c < split->sets[s].n; ++c) IOUPOS_FREE(split->sets[s].cases[c]);
+    IOUPOS_FREE(split->sets[s].cases);
+    IOUPOS_FREE(split->sets[s].name);
+  }
+  IOUPOS_FREE(split->sets);
+  split->sets = NULL;
+  split->n_sets = 0;
+}
+
+IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_name) {
+  int s, c;
+  for (s = 0; s < split->n_sets; ++s)
+    for (c = 0; c < split->sets[s].n; ++c)
+      if (strcmp(split->sets[s].cases[c], case_name) == 0) return s;
+  return -1;
+}
+
+static int ioupos__grow(void **arr, int n, int *cap, size_t elem) {
+  void *na;
+  int ncap;
+  if (n < *cap) return 1;
+  if (*cap > INT_MAX / 2) return 0;
+  ncap = *cap ? *cap * 2 : 8;
+  na = ioupos__calloc((size_t)ncap, elem);
+  if (!na) return 0;
+  if (n) memcpy(na, *arr, (size_t)n * elem);
+  IOUPOS_FREE(*arr);
+  *arr = na;
+  *cap = ncap;
+  return 1;
+}
+
+IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name,
+                                  ioupos_split *split) {
+  ioupos__json j;
+  int cap_sets = 0, st;
+  if (!split) return ioupos__fail(IOUPOS_EINVAL, "ioupos_split_parse: NULL split");
+  split->n_sets = 0;
+  split->sets = NULL;
+  j.s = text ? text : "";
+  j.len = text ? len : 0;
+  j.pos = 0;
+  j.name = name ? name : "(split)";
+  if (j.len >= 3 && (unsigned char)j.s[0] == 0xEF && (unsigned char)j.s[1] == 0xBB &&
+      (unsigned char)j.s[2] == 0xBF)
+    j.pos = 3; /* UTF-8 byte order mark */
+  ioupos__json_ws(&j);
+  if (j.pos >= j.len || j.s[j.pos] != '{') {
+    st = ioupos__json_fail(&j, j.pos, "expected '{' (a split file is an object of case-name lists, e.g. "
+                                      "{\"train\": [...], \"val\": [...]})");
+    goto fail;
+  }
+  ++j.pos;
+  ioupos__json_ws(&j);
+  if (j.pos < j.len && j.s[j.pos] == '}') {
+    st = ioupos__json_fail(&j, j.pos, "the split object is empty");
+    goto fail;
+  }
+  for (;;) {
+    ioupos_split_set *set;
+    size_t key_at, q;
+    int cap_cases = 0, s;
+    char *key = NULL;
+    ioupos__json_ws(&j);
+    key_at = j.pos;
+    if ((st = ioupos__json_string(&j, &key, 64)) != IOUPOS_OK) goto fail;
+    for (q = 0; key[q]; ++q) {
+      char ch = key[q];
+      if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+            ch == '-'))
+        break;
+    }
+    if (q == 0 || key[q]) {
+      IOUPOS_FREE(key);
+      st = ioupos__json_fail(&j, key_at, "split names must be 1-64 characters of A-Z a-z 0-9 _ -");
+      goto fail;
+    }
+    for (s = 0; s < split->n_sets; ++s)
+      if (strcmp(split->sets[s].name, key) == 0) {
+        IOUPOS_FREE(key);
+        st = ioupos__json_fail(&j, key_at, "duplicate split name");
+        goto fail;
+      }
+    if (!ioupos__grow((void **)&split->sets, split->n_sets, &cap_sets, sizeof(ioupos_split_set))) {
+      IOUPOS_FREE(key);
+      st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", j.name);
+      goto fail;
+    }
+    set = &split->sets[split->n_sets++];
+    set->name = key;
+    set->n = 0;
+    set->cases = NULL;
+    ioupos__json_ws(&j);
+    if (j.pos >= j.len || j.s[j.pos] != ':') {
+      st = ioupos__json_fail(&j, j.pos, "expected ':' after the split name");
+      goto fail;
+    }
+    ++j.pos;
+    ioupos__json_ws(&j);
+    if (j.pos >= j.len || j.s[j.pos] != '[') {
+      st = ioupos__json_fail(&j, j.pos, "expected '[' (a list of case names)");
+      goto fail;
+    }
+    ++j.pos;
+    ioupos__json_ws(&j);
+    if (j.pos < j.len && j.s[j.pos] == ']') {
+      ++j.pos;
+    } else {
+      for (;;) {
+        char *cs = NULL;
+        size_t at;
+        ioupos__json_ws(&j);
+        at = j.pos;
+        if ((st = ioupos__json_string(&j, &cs, 255)) != IOUPOS_OK) goto fail;
+        if (!cs[0] || !strcmp(cs, ".") || !strcmp(cs, "..") || strchr(cs, '/') || strchr(cs, '\\')) {
+          IOUPOS_FREE(cs);
+          st = ioupos__json_fail(&j, at, "case names must be non-empty, not \".\" or \"..\", without '/' or "
+                                         "'\\'");
+          goto fail;
+        }
+        for (q = 0; cs[q]; ++q)
+          if ((unsigned char)cs[q] < 0x20 || cs[q] == 0x7F) break;
+        if (cs[q]) {
+          IOUPOS_FREE(cs);
+          st = ioupos__json_fail(&j, at, "case names must not contain control characters");
+          goto fail;
+        }
+        if (ioupos_split_find(split, cs) >= 0) {
+          char why[400];
+          snprintf(why, sizeof why, "case \"%.255s\" is listed twice", cs);
+          IOUPOS_FREE(cs);
+          st = ioupos__json_fail(&j, at, why);
+          goto fail;
+        }
+        if (!ioupos__grow((void **)&set->cases, set->n, &cap_cases, sizeof(char *))) {
+          IOUPOS_FREE(cs);
+          st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", j.name);
+          goto fail;
+        }
+        set->cases[set->n++] = cs;
+        ioupos__json_ws(&j);
+        if (j.pos < j.len && j.s[j.pos] == ',') {
+          ++j.pos;
+          continue;
+        }
+        if (j.pos < j.len && j.s[j.pos] == ']') {
+          ++j.pos;
+          break;
+        }
+        st = ioupos__json_fail(&j, j.pos, "expected ',' or ']' in a list of case names");
+        goto fail;
+      }
+    }
+    ioupos__json_ws(&j);
+    if (j.pos < j.len && j.s[j.pos] == ',') {
+      ++j.pos;
+      continue;
+    }
+    if (j.pos < j.len && j.s[j.pos] == '}') {
+      ++j.pos;
+      break;
+    }
+    st = ioupos__json_fail(&j, j.pos, "expected ',' or '}' after a list");
+    goto fail;
+  }
+  ioupos__json_ws(&j);
+  if (j.pos != j.len) {
+    st = ioupos__json_fail(&j, j.pos, "unexpected content after the split object");
+    goto fail;
+  }
+  return IOUPOS_OK;
+fail:
+  ioupos_split_free(split);
+  return st;
+}
+
+IOUPOS_DEF int ioupos_split_read(const char *path, ioupos_split *split) {
+  void *buf;
+  size_t size;
+  int st;
+  if (!split) return ioupos__fail(IOUPOS_EINVAL, "ioupos_split_read: NULL split");
+  split->n_sets = 0;
+  split->sets = NULL;
+  st = ioupos_read_file(path, &buf, &size);
+  if (st != IOUPOS_OK) return st;
+  st = ioupos_split_parse((const char *)buf, size, path, split);
+  IOUPOS_FREE(buf);
+  return st;
+}
+
+/* ---- 7. Augmentations ------------------------------------------------------------------------- */
+
+IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c) {
+  int k;
+  memset(c, 0, sizeof *c);
+  c->zoom_prob = 0.75, c->zoom_min = 0.8, c->zoom_max = 1.2;
+  c->flip_prob[0] = c->flip_prob[1] = 0.5;
+  c->rot90_prob = 0.5, c->rot90_max_k = 3;
+  c->scale_prob = 0.75, c->scale_min = -0.1, c->scale_max = 0.1;
+  c->shift_prob = 0.75, c->shift_min = -0.1, c->shift_max = 0.1;
+  c->blur_prob = 0.25;
+  for (k = 0; k < 3; ++k) c->blur_sigma_min[k] = 0.25, c->blur_sigma_max[k] = 1.5;
+  c->noise_prob = 0.25, c->noise_mean = 0.0, c->noise_std = 0.01, c->noise_sample_std = 1;
+  c->intensity_first = 0;
+}
+
+IOUPOS_DEF void ioupos_aug_config_finetune(ioupos_aug_config *c) {
+  ioupos_aug_config_pretrain(c);
+  c->zoom_prob = 0.0;
+  c->flip_prob[0] = c->flip_prob[1] = 0.25;
+  c->rot90_prob = 0.25;
+  c->scale_prob = c->shift_prob = c->blur_prob = c->noise_prob = 0.15;
+  c->intensity_first = 1;
+}
+
+IOUPOS_DEF void ioupos_view_params_identity(ioupos_view_params *p) {
+  memset(p, 0, sizeof *p);
+  p->dims = 2;
+  p->zoom = 1.0;
+  p->blur_sigma[0] = p->blur_sigma[1] = p->blur_sigma[2] = 1.0;
+}
+
+/* fires with probability prob; the value draw happens whatever the outcome */
+static int ioupos__aug_fire(ioupos_rng *rng, double prob) { return ioupos_rng_uniform(rng) < prob; }
+static double ioupos__aug_range(ioupos_rng *rng, double lo, double hi) {
+  return lo + (hi - lo) * ioupos_rng_uniform(rng);
+}
+
+IOUPOS_DEF void ioupos_view_params_draw_config(const ioupos_aug_config *c, ioupos_rng *rng,
+                                               ioupos_view_params *p) {
+  int k;
+  double s;
+  ioupos_view_params_identity(p);
+  p->intensity_first = c->intensity_first;
+  p->zoom_on = ioupos__aug_fire(rng, c->zoom_prob);
+  p->zoom = ioupos__aug_range(rng, c->zoom_min, c->zoom_max);
+  for (k = 0; k < 2; ++k) p->flip[k] = ioupos__aug_fire(rng, c->flip_prob[k]);
+  k = 1 + (int)ioupos_rng_below(rng, (uint64_t)(c->rot90_max_k > 1 ? c->rot90_max_k : 1));
+  p->rot90_k = ioupos__aug_fire(rng, c->rot90_prob) ? k : 0;
+  p->scale_on = ioupos__aug_fire(rng, c->scale_prob);
+  p->scale = ioupos__aug_range(rng, c->scale_min, c->scale_max);
+  p->shift_on = ioupos__aug_fire(rng, c->shift_prob);
+  p->shift = ioupos__aug_range(rng, c->shift_min, c->shift_max);
+  p->blur_on = ioupos__aug_fire(rng, c->blur_prob);
+  for (k = 0; k < 2; ++k) p->blur_sigma[k] = ioupos__aug_range(rng, c->blur_sigma_min[k], c->blur_sigma_max[k]);
+  p->noise_on = ioupos__aug_fire(rng, c->noise_prob);
+  s = ioupos_rng_uniform(rng);
+  p->noise_mean = c->noise_mean;
+  p->noise_std = c->noise_sample_std ? s * c->noise_std : c->noise_std;
+  p->noise_seed = ioupos_rng_u64(rng);
+}
+
+IOUPOS_DEF void ioupos_view_params_draw(ioupos_rng *rng, ioupos_view_params *p) {
+  ioupos_aug_config c;
+  ioupos_aug_config_pretrain(&c);
+  ioupos_view_params_draw_config(&c, rng, p);
+}
+
+/* ---- zoom ---------------------------------------------------------------------------------- */
+
+/* Size of the zoomed axis (MONAI / torch: floor(n * zoom) in double), and where output index i
+   of the kept-size axis reads in it: zi = i + off (off = crop start or minus pad before). */
+static int ioupos__zoom_size(int n, double zoom, int *off) {
+  double zd = floor((double)n * zoom);
+  int zn = zd > (double)INT32_MAX ? INT32_MAX : (int)zd;
+  if (zn > n) *off = zn / 2 - n / 2;         /* CenterSpatialCrop */
+  else *off = -((n - zn) / 2);               /* SpatialPad, symmetric */
+  return zn;
+}
+
+/* torch's linear source index for output index dst (align_corners False, scale in / out in
+   float32, HelperInterpLinear::compute_indices_weights / compute_source_index_and_lambda). */
+static void ioupos__lin_src(int in, int out, int dst, int *i0, int *i1, float *l0, float *l1) {
+  float scale, src, lam;
+  int i;
+  if (in == out) {
+    *i0 = *i1 = dst;
+    *l0 = 1.0f, *l1 = 0.0f;
+    return;
+  }
+  scale = (float)in / (float)out;
+  src = scale * ((float)dst + 0.5f) - 0.5f;
+  if (src < 0.0f) src = 0.0f;
+  i = (int)src; /* src >= 0: truncation is floor */
+  if (i > in - 1) i = in - 1;
+  lam = src - (float)i;
+  if (lam < 0.0f) lam = 0.0f;
+  if (lam > 1.0f) lam = 1.0f;
+  *i0 = i;
+  *i1 = i + (i < in - 1 ? 1 : 0);
+  *l1 = lam;
+  *l0 = 1.0f - lam;
+}
+
+/* torch's "nearest" source index (nearest_idx). */
+static int ioupos__nn_src(int in, int out, int dst) {
+  float scale;
+  int i;
+  if (in == out) return dst;
+  if (out == 2 * in) return dst >> 1;
+  scale = (float)in / (float)out;
+  i = (int)((float)dst * scale); /* >= 0: truncation is floor */
+  return i < in - 1 ? i : in - 1;
+}
+
+static int ioupos__zoom_check(double zoom) {
+  if (!(zoom > 0.0) || zoom > 1e6)
+    return ioupos__fail(IOUPOS_EINVAL, "zoom: factor %g is not in (0, 1e6]", zoom);
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_aug_zoom(const float *in, int h, int w, double zoom, float *out) {
+  enum { B = 128 }; /* columns per block of precomputed source indices and weights */
+  int c0[B], c1[B], zh, zw, oh, ow, i, j, j0;
+  float b0[B], b1[B];
+  if (ioupos__zoom_check(zoom) != IOUPOS_OK) return IOUPOS_EINVAL;
+  zh = ioupos__zoom_size(h, zoom, &oh);
+  zw = ioupos__zoom_size(w, zoom, &ow);
+  for (j0 = 0; j0 < w; j0 += B) {
+    int nb = w - j0 < B ? w - j0 : B;
+    for (j = 0; j < nb; ++j) { /* columns outside the zoomed image read 0: weights 0 */
+      int zj = j0 + j + ow;
+      if (zj < 0 || zj >= zw) c0[j] = c1[j] = 0, b0[j] = b1[j] = 0.0f;
+      else ioupos__lin_src(w, zw, zj, c0 + j, c1 + j, b0 + j, b1 + j);
+    }
+    for (i = 0; i < h; ++i) {
+      float *o = out + (size_t)i * w + j0;
+      int zi = i + oh, r0, r1;
+      float a0, a1;
+      const float *x0, *x1;
+      if (zi < 0 || zi >= zh) {
+        for (j = 0; j < nb; ++j) o[j] = 0.0f;
+        continue;
+      }
+      ioupos__lin_src(h, zh, zi, &r0, &r1, &a0, &a1);
+      x0 = in + (size_t)r0 * w, x1 = in + (size_t)r1 * w;
+      for (j = 0; j < nb; ++j) {
+        float t0 = x0[c0[j]] * b0[j] + x0[c1[j]] * b1[j];
+        float t1 = x1[c0[j]] * b0[j] + x1[c1[j]] * b1[j];
+        o[j] = t0 * a0 + t1 * a1;
+      }
+    }
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_aug_zoom_nearest(const float *in, int h, int w, double zoom, float *out) {
+  int zh, zw, oh, ow, i, j;
+  if (ioupos__zoom_check(zoom) != IOUPOS_OK) return IOUPOS_EINVAL;
+  zh = ioupos__zoom_size(h, zoom, &oh);
+  zw = ioupos__zoom_size(w, zoom, &ow);
+  for (i = 0; i < h; ++i) {
+    float *o = out + (size_t)i * w;
+    int zi = i + oh;
+    const float *x;
+    if (zi < 0 || zi >= zh) {
+      for (j = 0; j < w; ++j) o[j] = 0.0f;
+      continue;
+    }
+    x = in + (size_t)ioupos__nn_src(h, zh, zi) * w;
+    for (j = 0; j < w; ++j) {
+      int zj = j + ow;
+      o[j] = (zj < 0 || zj >= zw) ? 0.0f : x[ioupos__nn_src(w, zw, zj)];
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- flip, rot90 --------------------------------------------------------------------------- */
+
+IOUPOS_DEF void ioupos_aug_flip(float *img, int h, int w, int axis) {
+  int i, j;
+  if (axis == 0) {
+    for (i = 0; i < h / 2; ++i) {
+      float *a = img + (size_t)i * w, *b = img + (size_t)(h - 1 - i) * w;
+      for (j = 0; j < w; ++j) {
+        float t = a[j];
+        a[j] = b[j];
+        b[j] = t;
+      }
+    }
+  } else {
+    for (i = 0; i < h; ++i) {
+      float *a = img + (size_t)i * w;
+      for (j = 0; j < w / 2; ++j) {
+        float t = a[j];
+        a[j] = a[w - 1 - j];
+        a[w - 1 - j] = t;
+      }
+    }
+  }
+}
+
+IOUPOS_DEF void ioupos_aug_rot90(const float *in, int h, int w, int k, float *out) {
+  int i, j;
+  k = ((k % 4) + 4) % 4;
+  if (k == 0) {
+    memcpy(out, in, sizeof(float) * (size_t)h * (size_t)w);
+  } else if (k == 2) { /* out[i][j] = in[h-1-i][w-1-j] */
+    for (i = 0; i < h; ++i) {
+      const float *s = in + (size_t)(h - 1 - i) * w;
+      float *o = out + (size_t)i * w;
+      for (j = 0; j < w; ++j) o[j] = s[w - 1 - j];
+    }
+  } else if (k == 1) { /* out is w x h: out[i][j] = in[j][w-1-i] */
+    for (i = 0; i < w; ++i) {
+      float *o = out + (size_t)i * h;
+      for (j = 0; j < h; ++j) o[j] = in[(size_t)j * w + (size_t)(w - 1 - i)];
+    }
+  } else { /* k == 3, out is w x h: out[i][j] = in[h-1-j][i] */
+    for (i = 0; i < w; ++i) {
+      float *o = out + (size_t)i * h;
+      for (j = 0; j < h; ++j) o[j] = in[(size_t)(h - 1 - j) * w + (size_t)i];
+    }
+  }
+}
+
+/* ---- Gaussian blur ------------------------------------------------------------------------- */
+
+IOUPOS_DEF int ioupos_aug_gaussian_kernel(double sigma, float *kernel, int cap) {
+  float s = (float)sigma, c;
+  double st;
+  int tail, x;
+  if (!(sigma > 0.0) || !(s > 0.0f)) return -1;
+  st = (double)s * 4.0;
+  if (!(st < IOUPOS_AUG_MAX_TAIL)) return -1;
+  tail = (int)((st > 0.5 ? st : 0.5) + 0.5);
+  if (tail > IOUPOS_AUG_MAX_TAIL || cap < 2 * tail + 1) return -1;
+  c = 0.70710678f / s;
+  for (x = -tail; x <= tail; ++x) {
+    float hi = (float)erf((double)(c * ((float)x + 0.5f)));
+    float lo = (float)erf((double)(c * ((float)x - 0.5f)));
+    float v = 0.5f * (hi - lo);
+    kernel[x + tail] = v > 0.0f ? v : 0.0f;
+  }
+  return tail;
+}
+
+IOUPOS_DEF int ioupos_aug_gaussian_blur(float *img, int h, int w, double sigma0, double sigma1,
+                                        float *tmp) {
+  float k0[2 * IOUPOS_AUG_MAX_TAIL + 1], k1[2 * IOUPOS_AUG_MAX_TAIL + 1];
+  int t0 = ioupos_aug_gaussian_kernel(sigma0, k0, 2 * IOUPOS_AUG_MAX_TAIL + 1);
+  int t1 = ioupos_aug_gaussian_kernel(sigma1, k1, 2 * IOUPOS_AUG_MAX_TAIL + 1);
+  int i, j, q;
+  if (t0 < 0 || t1 < 0)
+    return ioupos__fail(IOUPOS_EINVAL, "Gaussian blur: sigma (%g, %g) not in (0, %g]", sigma0,
+                        sigma1, (IOUPOS_AUG_MAX_TAIL - 0.5) / 4.0);
+  /* Blocks of 16 columns with 16 independent accumulators (vectorised by GCC's SLP pass at
+     -O2); every output still sums its taps in kernel order. */
+  /* along rows (axis 0): tmp[i][j] = sum_q k0[q] img[i + q - t0][j], zero outside */
+  for (i = 0; i < h; ++i) {
+    int qlo = t0 - i > 0 ? t0 - i : 0, qhi = h - 1 - i + t0 < 2 * t0 ? h - 1 - i + t0 : 2 * t0;
+    for (j = 0; j < w; j += 16) {
+      float acc[16];
+      int nb = w - j < 16 ? w - j : 16, m;
+      if (nb == 16) {
+        for (m = 0; m < 16; ++m) acc[m] = 0.0f;
+        for (q = qlo; q <= qhi; ++q) {
+          const float *s = img + (size_t)(i + q - t0) * w + j;
+          float kq = k0[q];
+          for (m = 0; m < 16; ++m) acc[m] += kq * s[m];
+        }
+        for (m = 0; m < 16; ++m) tmp[(size_t)i * w + j + m] = acc[m];
+      } else {
+        for (m = 0; m < nb; ++m) {
+          float a = 0.0f;
+          for (q = qlo; q <= qhi; ++q) a += k0[q] * img[(size_t)(i + q - t0) * w + j + m];
+          tmp[(size_t)i * w + j + m] = a;
+        }
+      }
+    }
+  }
+  /* along columns (axis 1): img[i][j] = sum_q k1[q] tmp[i][j + q - t1], zero outside */
+  for (i = 0; i < h; ++i) {
+    float *o = img + (size_t)i * w;
+    const float *s = tmp + (size_t)i * w;
+    for (j = 0; j < w; j += 16) {
+      float acc[16];
+      int nb = w - j < 16 ? w - j : 16, m;
+      if (nb == 16 && j >= t1 && j + 16 + t1 <= w) {
+        for (m = 0; m < 16; ++m) acc[m] = 0.0f;
+        for (q = 0; q <= 2 * t1; ++q) {
+          const float *sq = s + j + q - t1;
+          float kq = k1[q];
+          for (m = 0; m < 16; ++m) acc[m] += kq * sq[m];
+        }
+        for (m = 0; m < 16; ++m) o[j + m] = acc[m];
+      } else { /* near the borders */
+        for (m = 0; m < nb; ++m) {
+          int jj = j + m, qlo = t1 - jj > 0 ? t1 - jj : 0;
+          int qhi = w - 1 - jj + t1 < 2 * t1 ? w - 1 - jj + t1 : 2 * t1;
+          float a = 0.0f;
+          for (q = qlo; q <= qhi; ++q) a += k1[q] * s[jj + q - t1];
+          o[jj] = a;
+        }
+      }
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- noise, intensity ---------------------------------------------------------------------- */
+
+IOUPOS_DEF void ioupos_aug_gaussian_noise(float *img, size_t n, double mean, double std,
+                                          uint64_t seed) {
+  /* Marsaglia's polar method in single precision on 32-bit uniforms: two independent N(0, 1)
+     per accepted point (acceptance pi/4). float is plenty for noise added to float32 pixels
+     (|z| reaches about 9.4), and logf keeps the cost near 4 ns a value. */
+  ioupos_rng rng;
+  size_t i = 0;
+  float fm = (float)mean, fs = (float)std;
+  ioupos_rng_seed(&rng, seed);
+  while (i < n) {
+    float u, v, s, f;
+    do { /* u, v uniform on [-1, 1) with 2^-31 spacing (rounded to float) */
+      u = (float)((int64_t)ioupos_rng_u32(&rng) - 2147483648) * 4.656612873077392578125e-10f;
+      v = (float)((int64_t)ioupos_rng_u32(&rng) - 2147483648) * 4.656612873077392578125e-10f;
+      s = u * u + v * v;
+    } while (s >= 1.0f || s == 0.0f);
+    f = sqrtf(-2.0f * logf(s) / s);
+    img[i] += fm + fs * (u * f);
+    if (++i < n) img[i] += fm + fs * (v * f), ++i;
+  }
+}
+
+IOUPOS_DEF void ioupos_aug_scale(float *img, size_t n, double f) {
+  float m = (float)(1.0 + f);
+  size_t i;
+  for (i = 0; i < n; ++i) img[i] *= m;
+}
+
+IOUPOS_DEF void ioupos_aug_shift(float *img, size_t n, double o) {
+  float a = (float)o;
+  size_t i;
+  for (i = 0; i < n; ++i) img[i] += a;
+}
+
+IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box *box,
+                                float *out) {
+  int ch = box->hi[0] - box->lo[0], cw = box->hi[1] - box->lo[1], i;
+  IOUPOS_ASSERT(box->lo[0] >= 0 && box->hi[0] <= h && box->lo[1] >= 0 && box->hi[1] <= w);
+  (void)h;
+  for (i = 0; i < ch; ++i)
+    memcpy(out + (size_t)i * cw, in + (size_t)(box->lo[0] + i) * w + box->lo[1],
+           sizeof(float) * (size_t)cw);
+}
+
+/* ---- the view pipeline --------------------------------------------------------------------- */
+
+static int ioupos__view_check(const ioupos_view_params *p, const void *img, int h, int w,
+                              const void *tmp) {
+  float kern[2 * IOUPOS_AUG_MAX_TAIL + 1];
+  if (!p || !img || !tmp)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: NULL argument");
+  if (p->dims != 2)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: dims %d (only 2D is implemented)",
+                        p->dims);
+  if (h < 1 || w < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: image %dx%d is empty", h, w);
+  if (p->rot90_k < 0 || p->rot90_k > 3)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: rot90_k %d not in 0..3", p->rot90_k);
+  if ((p->rot90_k & 1) && h != w)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "ioupos_view_apply: rot90 by k = %d of a %dx%d image changes its shape; "
+                        "use square crops", p->rot90_k, h, w);
+  if (p->zoom_on && ioupos__zoom_check(p->zoom) != IOUPOS_OK)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: zoom %g not in (0, 1e6]", p->zoom);
+  if (p->blur_on && (ioupos_aug_gaussian_kernel(p->blur_sigma[0], kern, 2 * IOUPOS_AUG_MAX_TAIL + 1) < 0 ||
+                     ioupos_aug_gaussian_kernel(p->blur_sigma[1], kern, 2 * IOUPOS_AUG_MAX_TAIL + 1) < 0))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: blur sigma (%g, %g) not in (0, %g]",
+                        p->blur_sigma[0], p->blur_sigma[1], (IOUPOS_AUG_MAX_TAIL - 0.5) / 4.0);
+  if ((p->scale_on && !isfinite(p->scale)) || (p->shift_on && !isfinite(p->shift)) ||
+      (p->noise_on && (!isfinite(p->noise_mean) || !isfinite(p->noise_std))))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: non-finite intensity parameter "
+                        "(scale %g, shift %g, noise mean %g std %g)", p->scale, p->shift,
+                        p->noise_mean, p->noise_std);
+  return IOUPOS_OK;
+}
+
+/* spatial part on *cur (h x w), using *other as scratch; swaps the two when the result lands
+   in the scratch. nearest: label map. */
+static void ioupos__view_spatial(const ioupos_view_params *p, float **cur, float **other, int h,
+                                 int w, int nearest) {
+  float *t;
+  if (p->zoom_on) {
+    if (nearest) ioupos_aug_zoom_nearest(*cur, h, w, p->zoom, *other);
+    else ioupos_aug_zoom(*cur, h, w, p->zoom, *other);
+    t = *cur, *cur = *other, *other = t;
+  }
+  if (p->flip[0]) ioupos_aug_flip(*cur, h, w, 0);
+  if (p->flip[1]) ioupos_aug_flip(*cur, h, w, 1);
+  if (p->rot90_k) {
+    ioupos_aug_rot90(*cur, h, w, p->rot90_k, *other);
+    t = *cur, *cur = *other, *other = t;
+  }
+}
+
+/* intensity part on cur (h x w), other as the blur's scratch; image only. Pretraining order:
+   scale, shift, blur, noise; fine-tuning (intensity_first): blur, scale, shift, noise. */
+static void ioupos__view_intensity(const ioupos_view_params *p, float *cur, float *other, int h,
+                                   int w) {
+  size_t n = (size_t)h * (size_t)w;
+  if (p->blur_on && p->intensity_first)
+    ioupos_aug_gaussian_blur(cur, h, w, p->blur_sigma[0], p->blur_sigma[1], other);
+  if (p->scale_on) ioupos_aug_scale(cur, n, p->scale);
+  if (p->shift_on) ioupos_aug_shift(cur, n, p->shift);
+  if (p->blur_on && !p->intensity_first)
+    ioupos_aug_gaussian_blur(cur, h, w, p->blur_sigma[0], p->blur_sigma[1], other);
+  if (p->noise_on) ioupos_aug_gaussian_noise(cur, n, p->noise_mean, p->noise_std, p->noise_seed);
+}
+
+IOUPOS_DEF int ioupos_view_apply_labelled(const ioupos_view_params *p, float *img, float *label,
+                                          int h, int w, float *tmp) {
+  float *cur = img, *other = tmp;
+  int st = ioupos__view_check(p, img, h, w, tmp);
+  if (st != IOUPOS_OK) return st;
+  if (p->intensity_first) {
+    ioupos__view_intensity(p, cur, other, h, w);
+    ioupos__view_spatial(p, &cur, &other, h, w, 0);
+  } else {
+    ioupos__view_spatial(p, &cur, &other, h, w, 0);
+    ioupos__view_intensity(p, cur, other, h, w);
+  }
+  if (cur != img) memcpy(img, cur, sizeof(float) * (size_t)h * (size_t)w);
+  if (label) { /* the image is done with tmp: reuse it */
+    cur = label, other = tmp;
+    ioupos__view_spatial(p, &cur, &other, h, w, 1);
+    if (cur != label) memcpy(label, cur, sizeof(float) * (size_t)h * (size_t)w);
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_view_apply(const ioupos_view_params *p, float *img, int h, int w,
+                                 float *tmp) {
+  return ioupos_view_apply_labelled(p, img, NULL, h, w, tmp);
+}
+
+/* ---- RandCropByPosNegLabeld ---------------------------------------------------------------- */
+
+static int ioupos__posneg_is(const float *label, const float *image, double thr, size_t i, int fg) {
+  if (label[i] != 0.0f) return fg; /* NaN counts as foreground, as numpy's nonzero does */
+  return !fg && (!image || (double)image[i] > thr);
+}
+
+IOUPOS_DEF void ioupos_posneg_count(const float *label, const float *image,
+                                    double image_threshold, int h, int w, uint64_t *n_fg,
+                                    uint64_t *n_bg) {
+  size_t i, n = (size_t)h * (size_t)w;
+  uint64_t f = 0, b = 0;
+  for (i = 0; i < n; ++i) {
+    if (label[i] != 0.0f) ++f;
+    else if (!image || (double)image[i] > image_threshold) ++b;
+  }
+  *n_fg = f;
+  *n_bg = b;
+}
+
+static int ioupos__posneg_check(const float *label, int h, int w, const int crop[2]) {
+  if (!label || !crop)
+    return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop: NULL argument");
+  if (h < 1 || w < 1 || crop[0] < 1 || crop[1] < 1 || crop[0] > h || crop[1] > w)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "pos/neg crop: crop %dx%d does not fit in the %dx%d label map", crop[0],
+                        crop[1], h, w);
+  return IOUPOS_OK;
+}
+
+/* correct_crop_centers on one axis: centre c of a crop of size s in n voxels */
+static int ioupos__posneg_center(int c, int s, int n) {
+  int start = s / 2, end = n + 1 - (s + 1) / 2; /* (int)(n + 1 - s / 2.0) */
+  if (end == start) ++end;
+  return c < start ? start : c > end - 1 ? end - 1 : c;
+}
+
+IOUPOS_DEF int ioupos_posneg_locate(const float *label, const float *image,
+                                    double image_threshold, int h, int w, const int crop[2],
+                                    int fg, uint64_t rank, ioupos_posneg_crop *out) {
+  size_t i, n = (size_t)h * (size_t)w;
+  uint64_t seen = 0;
+  int k;
+  if (ioupos__posneg_check(label, h, w, crop) != IOUPOS_OK || !out) return IOUPOS_EINVAL;
+  fg = fg != 0;
+  for (i = 0; i < n; ++i) {
+    if (!ioupos__posneg_is(label, image, image_threshold, i, fg)) continue;
+    if (seen++ == rank) break;
+  }
+  if (i == n)
+    return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop: %s index %llu out of range (%llu voxels)",
+                        fg ? "foreground" : "background", (unsigned long long)rank,
+                        (unsigned long long)seen);
+  memset(out, 0, sizeof *out);
+  out->fg = fg;
+  out->rank = rank;
+  out->center[0] = ioupos__posneg_center((int)(i / (size_t)w), crop[0], h);
+  out->center[1] = ioupos__posneg_center((int)(i % (size_t)w), crop[1], w);
+  out->box.dims = 2;
+  for (k = 0; k < 2; ++k) {
+    int lo = out->center[k] - crop[k] / 2;
+    out->box.lo[k] = lo > 0 ? lo : 0;
+    out->box.hi[k] = out->box.lo[k] + crop[k];
+    IOUPOS_ASSERT(out->box.hi[k] <= (k ? w : h));
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_posneg_crops_draw(ioupos_rng *rng, const float *label, const float *image,
+                                        double image_threshold, int h, int w, const int crop[2],
+                                        double pos, double neg, int num_samples,
+                                        ioupos_posneg_crop *out) {
+  uint64_t nf, nb;
+  double ratio;
+  int s;
+  if (ioupos__posneg_check(label, h, w, crop) != IOUPOS_OK) return IOUPOS_EINVAL;
+  if (!rng || !out || num_samples < 0 || !(pos >= 0.0) || !(neg >= 0.0) || !(pos + neg > 0.0) ||
+      !isfinite(pos + neg))
+    return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop: bad arguments (pos %g, neg %g, %d samples)",
+                        pos, neg, num_samples);
+  ioupos_posneg_count(label, image, image_threshold, h, w, &nf, &nb);
+  if (nf == 0 && nb == 0)
+    return ioupos__fail(IOUPOS_EINFEASIBLE, "pos/neg crop: the %dx%d label map has no foreground "
+                        "and no background above the image threshold %g", h, w, image_threshold);
+  ratio = nf == 0 ? 0.0 : nb == 0 ? 1.0 : pos / (pos + neg);
+  for (s = 0; s < num_samples; ++s) {
+    int fg = ioupos_rng_uniform(rng) < ratio;
+    uint64_t rank = ioupos_rng_below(rng, fg ? nf : nb);
+    int st = ioupos_posneg_locate(label, image, image_threshold, h, w, crop, fg, rank, out + s);
+    if (st != IOUPOS_OK) return st;
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- 8. Synthetic CT phantom ------------------------------------------------------------------ */
+
+/* Implementation notes.
+
+   Everything is described in "nominal" millimetres: RAS world coordinates of a standard-size
+   patient centred at the origin. A voxel's nominal point is its world point divided by the fit
+   factor (field of view smaller than the reference) and by the case's body scale, so the
+   per-axis tables px[i], py[j], pz[k] give it without any per-voxel arithmetic.
+
+   Painting order (later wins): air; body layers (skin, fat, wall muscle, cavity fat); bowel in
+   the cavity; organs in increasing priority, each only inside the cavity and (except the
+   vessels and the oesophagus) below the diaphragm; unlabelled vessels inside the liver and the
+   mesentery; thorax above the diaphragm; posterior muscles and bone last, which clear any label
+   under them. A region map (0 outside the body, 1 body wall, 2 cavity) gates the organs.
+
+   Organ shapes are unions of ellipsoids and tubes (Catmull-Rom-smoothed polylines with a
+   radius per point). A shape is tested at the voxel's nominal point plus the organ's smooth
+   displacement d, whose component c is a sum of two sinusoids of the other two coordinates;
+   those are tabulated per axis, so the warp costs six table look-ups per voxel. */
+
+#define IOUPOS__PH_MAXCP 8               /* control points per tube */
+#define IOUPOS__PH_SUB 6                 /* smoothed points per control segment */
+#define IOUPOS__PH_MAXPTS ((IOUPOS__PH_MAXCP - 1) * IOUPOS__PH_SUB + 1)
+#define IOUPOS__PH_MAXSHAPES 3
+#define IOUPOS__PH_PI 3.14159265358979323846
+#define IOUPOS__PH_NWAVES 6               /* plane waves of the bowel field */
+#define IOUPOS__PH_REF_X 384.0           /* reference field of view (mm) */
+#define IOUPOS__PH_REF_Y 320.0
+#define IOUPOS__PH_REF_Z 160.0
+
+typedef struct ioupos__ph_shape {
+  int tube;                            /* 0: ellipsoid, 1: tube */
+  double c[3], r[3];                   /* ellipsoid centre and semi-axes */
+  double m[3][3];                      /* ellipsoid: rows are the local axes (world -> local) */
+  int n;                               /* tube: smoothed points */
+  double p[IOUPOS__PH_MAXPTS][4];      /* tube: x, y, z, radius */
+  double lo[3], hi[3];                 /* bounding box, nominal mm */
+} ioupos__ph_shape;
+
+typedef struct ioupos__ph_organ {
+  int label, clip;                     /* clip: only below the diaphragm */
+  int nshapes;
+  ioupos__ph_shape s[IOUPOS__PH_MAXSHAPES];
+  double hu;                           /* base HU of the case */
+  double amp[3][2], w[3][2], ph[3][2]; /* warp: d_c = sum_t amp sin(w * x_other_t + ph) */
+  double *wt[3][2];                    /* tabulated warp terms over the other axes' indices */
+} ioupos__ph_organ;
+
+/* the case: everything drawn from the seed */
+typedef struct ioupos__ph_case {
+  double body_a, body_b_ant, body_b_post; /* body semi-axes at z = 0 (nominal mm) */
+  double body_wa, body_wb, body_pa, body_pb; /* slow z variation: relative amplitudes, phases */
+  double fat_lat, fat_ant, fat_post, wall;   /* layer thicknesses (mm) */
+  double dome_r, dome_l;                     /* diaphragm dome apex heights (nominal z) */
+  double air_level;                          /* stomach: air above this y */
+  double hu_fat, hu_muscle, hu_liver, hu_spleen, hu_kidney, hu_aorta, hu_ivc;
+  double bowel_k[IOUPOS__PH_NWAVES][3];      /* bowel field: plane waves cos(k . x + ph) */
+  double bowel_ph[IOUPOS__PH_NWAVES];
+  double rib_phase;
+} ioupos__ph_case;
+
+static double ioupos__ph_u(ioupos_rng *rng, double a, double b) {
+  return a + (b - a) * ioupos_rng_uniform(rng);
+}
+
+static double ioupos__ph_clamp(double v, double lo, double hi) {
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* Rotation, local -> world: R = Rz(az) Ry(ay) Rx(ax); m gets its transpose (world -> local). */
+static void ioupos__ph_rotation(double m[3][3], double az, double ay, double ax) {
+  double cz = cos(az), sz = sin(az), cy = cos(ay), sy = sin(ay), cx = cos(ax), sx = sin(ax);
+  double R[3][3];
+  int i, j;
+  R[0][0] = cz * cy; R[0][1] = cz * sy * sx - sz * cx; R[0][2] = cz * sy * cx + sz * sx;
+  R[1][0] = sz * cy; R[1][1] = sz * sy * sx + cz * cx; R[1][2] = sz * sy * cx - cz * sx;
+  R[2][0] = -sy;     R[2][1] = cy * sx;                R[2][2] = cy * cx;
+  for (i = 0; i < 3; ++i)
+    for (j = 0; j < 3; ++j) m[i][j] = R[j][i];
+}
+
+/* An ellipsoid: nominal centre c, semi-axes r, angles (rad) about z, y, x; jittered by the
+   organ's draws (shift sh, scale sc) already applied by the caller. */
+static void ioupos__ph_ellipsoid(ioupos__ph_organ *g, const double c[3], const double r[3],
+                                 double az, double ay, double ax) {
+  ioupos__ph_shape *s = &g->s[g->nshapes++];
+  double rmax;
+  int k;
+  IOUPOS_ASSERT(g->nshapes <= IOUPOS__PH_MAXSHAPES);
+  memset(s, 0, sizeof *s);
+  s->tube = 0;
+  rmax = r[0] > r[1] ? r[0] : r[1];
+  rmax = rmax > r[2] ? rmax : r[2];
+  for (k = 0; k < 3; ++k) {
+    s->c[k] = c[k];
+    s->r[k] = r[k];
+    s->lo[k] = c[k] - rmax;
+    s->hi[k] = c[k] + rmax;
+  }
+  ioupos__ph_rotation(s->m, az, ay, ax);
+}
+
+/* A tube through n control points cp[i] = {x, y, z, radius}, smoothed by Catmull-Rom. */
+static void ioupos__ph_tube(ioupos__ph_organ *g, const double (*cp)[4], int n) {
+  ioupos__ph_shape *s = &g->s[g->nshapes++];
+  int i, j, k;
+  IOUPOS_ASSERT(g->nshapes <= IOUPOS__PH_MAXSHAPES && n >= 2 && n <= IOUPOS__PH_MAXCP);
+  memset(s, 0, sizeof *s);
+  s->tube = 1;
+  s->n = 0;
+  for (i = 0; i + 1 < n; ++i) {
+    const double *p0 = cp[i > 0 ? i - 1 : 0], *p1 = cp[i], *p2 = cp[i + 1];
+    const double *p3 = cp[i + 2 < n ? i + 2 : n - 1];
+    for (j = 0; j < IOUPOS__PH_SUB || (i + 2 == n && j == IOUPOS__PH_SUB); ++j) {
+      double t = (double)j / IOUPOS__PH_SUB, t2 = t * t, t3 = t2 * t;
+      for (k = 0; k < 4; ++k)
+        s->p[s->n][k] = 0.5 * (2.0 * p1[k] + (-p0[k] + p2[k]) * t +
+                               (2.0 * p0[k] - 5.0 * p1[k] + 4.0 * p2[k] - p3[k]) * t2 +
+                               (-p0[k] + 3.0 * p1[k] - 3.0 * p2[k] + p3[k]) * t3);
+      ++s->n;
+    }
+  }
+  for (k = 0; k < 3; ++k) {
+    s->lo[k] = 1e30;
+    s->hi[k] = -1e30;
+  }
+  for (i = 0; i < s->n; ++i)
+    for (k = 0; k < 3; ++k) {
+      if (s->p[i][k] - s->p[i][3] < s->lo[k]) s->lo[k] = s->p[i][k] - s->p[i][3];
+      if (s->p[i][k] + s->p[i][3] > s->hi[k]) s->hi[k] = s->p[i][k] + s->p[i][3];
+    }
+}
+
+/* Normalised distance of point x to a shape (< 1 inside); *rad gets the local radius (tube:
+   the radius at the nearest centre-line point; ellipsoid: the smallest semi-axis). */
+static double ioupos__ph_eval(const ioupos__ph_shape *s, const double x[3], double *rad) {
+  int i, k;
+  if (!s->tube) {
+    double q = 0.0;
+    for (i = 0; i < 3; ++i) {
+      double u = 0.0;
+      for (k = 0; k < 3; ++k) u += s->m[i][k] * (x[k] - s->c[k]);
+      u /= s->r[i];
+      q += u * u;
+    }
+    *rad = s->r[0] < s->r[1] ? (s->r[0] < s->r[2] ? s->r[0] : s->r[2])
+                             : (s->r[1] < s->r[2] ? s->r[1] : s->r[2]);
+    return sqrt(q);
+  } else {
+    double best = 1e30, brad = 1.0;
+    for (i = 0; i + 1 < s->n; ++i) {
+      const double *a = s->p[i], *b = s->p[i + 1];
+      double ab[3], ax[3], l2 = 0.0, t = 0.0, d2 = 0.0, r, q;
+      for (k = 0; k < 3; ++k) {
+        ab[k] = b[k] - a[k];
+        ax[k] = x[k] - a[k];
+        l2 += ab[k] * ab[k];
+        t += ab[k] * ax[k];
+      }
+      t = l2 > 0.0 ? ioupos__ph_clamp(t / l2, 0.0, 1.0) : 0.0;
+      for (k = 0; k < 3; ++k) {
+        double e = ax[k] - t * ab[k];
+        d2 += e * e;
+      }
+      r = a[3] + t * (b[3] - a[3]);
+      q = d2 / (r * r);
+      if (q < best) best = q, brad = r;
+    }
+    *rad = brad;
+    return sqrt(best);
+  }
+}
+
+/* Diaphragm height (nominal z) over the nominal point (x, y): two domes, the right higher,
+   falling fastest towards the back, never below the posterior recesses. */
+static double ioupos__ph_diaphragm(const ioupos__ph_case *cs, double x, double y) {
+  double dy = y + 5.0, ky = dy < 0 ? 1.0 / (60.0 * 60.0) : 1.0 / (120.0 * 120.0);
+  double zr = cs->dome_r - 32.0 * ((x - 62.0) * (x - 62.0) / (75.0 * 75.0) + dy * dy * ky);
+  double zl = cs->dome_l - 32.0 * ((x + 62.0) * (x + 62.0) / (70.0 * 70.0) + dy * dy * ky);
+  double z = zr > zl ? zr : zl, zc = cs->dome_l - 14.0;
+  if (z < zc && y > -40.0) z = zc; /* central tendon under the heart */
+  return z < 22.0 ? 22.0 : z;
+}
+
+/* Body outline test at nominal (x, y) for semi-axes a, b_ant, b_post: < 1 inside. The back is
+   squarer than the front. */
+static double ioupos__ph_outline(double x, double y, double a, double bant, double bpost) {
+  double u = x / a, v = y / (y >= 0 ? bant : bpost), u2 = u * u, v2 = v * v;
+  return y >= 0 ? u2 + v2 : u2 + v2 - 0.55 * u2 * v2;
+}
+
+static void ioupos__ph_draw_case(ioupos_rng *rng, ioupos__ph_case *cs) {
+  int t, k;
+  cs->body_a = ioupos__ph_u(rng, 150.0, 168.0);
+  cs->body_b_ant = ioupos__ph_u(rng, 108.0, 124.0);
+  cs->body_b_post = ioupos__ph_u(rng, 108.0, 114.0);
+  cs->body_wa = ioupos__ph_u(rng, 0.02, 0.05);
+  cs->body_wb = ioupos__ph_u(rng, 0.02, 0.05);
+  cs->body_pa = ioupos__ph_u(rng, 0.0, 2.0 * IOUPOS__PH_PI);
+  cs->body_pb = ioupos__ph_u(rng, 0.0, 2.0 * IOUPOS__PH_PI);
+  cs->fat_lat = ioupos__ph_u(rng, 8.0, 26.0);
+  cs->fat_ant = cs->fat_lat * ioupos__ph_u(rng, 0.9, 1.4);
+  cs->fat_post = cs->fat_lat * ioupos__ph_u(rng, 0.4, 0.7);
+  cs->wall = ioupos__ph_u(rng, 9.0, 13.0);
+  cs->dome_r = ioupos__ph_u(rng, 78.0, 88.0);
+  cs->dome_l = cs->dome_r - ioupos__ph_u(rng, 6.0, 14.0);
+  cs->air_level = ioupos__ph_u(rng, 20.0, 45.0);
+  cs->hu_fat = ioupos__ph_u(rng, -105.0, -85.0);
+  cs->hu_muscle = ioupos__ph_u(rng, 45.0, 58.0);
+  cs->hu_liver = ioupos__ph_u(rng, 55.0, 66.0);
+  cs->hu_spleen = ioupos__ph_u(rng, 45.0, 54.0);
+  cs->hu_kidney = ioupos__ph_u(rng, 38.0, 50.0);
+  cs->hu_aorta = ioupos__ph_u(rng, 160.0, 220.0);
+  cs->hu_ivc = ioupos__ph_u(rng, 80.0, 120.0);
+  for (t = 0; t < IOUPOS__PH_NWAVES; ++t) { /* random direction, wavelength 40..75 mm */
+    double d[3], len = 0.0, w = 2.0 * IOUPOS__PH_PI / ioupos__ph_u(rng, 40.0, 75.0);
+    do {
+      len = 0.0;
+      for (k = 0; k < 3; ++k) {
+        d[k] = ioupos__ph_u(rng, -1.0, 1.0);
+        len += d[k] * d[k];
+      }
+    } while (len > 1.0 || len < 0.05);
+    for (k = 0; k < 3; ++k) cs->bowel_k[t][k] = w * d[k] / sqrt(len);
+    cs->bowel_ph[t] = ioupos__ph_u(rng, 0.0, 2.0 * IOUPOS__PH_PI);
+  }
+  cs->rib_phase = ioupos__ph_u(rng, 0.0, 1.0);
+}
+
+/* Organ construction: nominal geometry with the case's jitter. */
+typedef struct ioupos__ph_jit {
+  double sh[3], sc; /* shift (mm) and scale of the whole organ about its anchor */
+  double anchor[3];
+  double rot;       /* extra rotation about z (rad) */
+} ioupos__ph_jit;
+
+static void ioupos__ph_jitter(ioupos_rng *rng, ioupos__ph_jit *j, const double anchor[3],
+                              double shift_mm, double scale) {
+  int k;
+  for (k = 0; k < 3; ++k) {
+    j->sh[k] = ioupos__ph_u(rng, -shift_mm, shift_mm);
+    j->anchor[k] = anchor[k];
+  }
+  j->sc = ioupos__ph_u(rng, 1.0 - scale, 1.0 + scale);
+  j->rot = ioupos__ph_u(rng, -0.12, 0.12);
+}
+
+/* Apply jitter to a nominal point (rotation about the anchor's z axis, scale, shift). */
+static void ioupos__ph_jpoint(const ioupos__ph_jit *j, const double in[3], double out[3]) {
+  double dx = in[0] - j->anchor[0], dy = in[1] - j->anchor[1], dz = in[2] - j->anchor[2];
+  double c = cos(j->rot), s = sin(j->rot);
+  out[0] = j->anchor[0] + j->sc * (c * dx - s * dy) + j->sh[0];
+  out[1] = j->anchor[1] + j->sc * (s * dx + c * dy) + j->sh[1];
+  out[2] = j->anchor[2] + j->sc * dz + j->sh[2];
+}
+
+static void ioupos__ph_add_ell(ioupos__ph_organ *g, const ioupos__ph_jit *j, double cx,
+                               double cy, double cz, double rx, double ry, double rz, double az,
+                               double ay, double ax) {
+  double c0[3], c[3], r[3];
+  c0[0] = cx, c0[1] = cy, c0[2] = cz;
+  ioupos__ph_jpoint(j, c0, c);
+  r[0] = rx * j->sc, r[1] = ry * j->sc, r[2] = rz * j->sc;
+  ioupos__ph_ellipsoid(g, c, r, az + j->rot, ay, ax);
+}
+
+static void ioupos__ph_add_tube(ioupos__ph_organ *g, const ioupos__ph_jit *j, ioupos_rng *rng,
+                                const double (*cp)[4], int n, double wobble) {
+  double q[IOUPOS__PH_MAXCP][4];
+  int i, k;
+  for (i = 0; i < n; ++i) {
+    ioupos__ph_jpoint(j, cp[i], q[i]);
+    for (k = 0; k < 3; ++k) q[i][k] += ioupos__ph_u(rng, -wobble, wobble);
+    q[i][3] = cp[i][3] * j->sc * ioupos__ph_u(rng, 0.92, 1.08);
+  }
+  ioupos__ph_tube(g, (const double (*)[4])q, n);
+}
+
+static void ioupos__ph_warp(ioupos_rng *rng, ioupos__ph_organ *g, double amp_mm) {
+  int c, t;
+  for (c = 0; c < 3; ++c)
+    for (t = 0; t < 2; ++t) {
+      g->amp[c][t] = ioupos__ph_u(rng, 0.3, 1.0) * amp_mm;
+      g->w[c][t] = 2.0 * IOUPOS__PH_PI / ioupos__ph_u(rng, 60.0, 150.0);
+      g->ph[c][t] = ioupos__ph_u(rng, 0.0, 2.0 * IOUPOS__PH_PI);
+    }
+}
+
+enum { IOUPOS__PH_NORGANS = 16, IOUPOS__PH_PORTAL = 100, IOUPOS__PH_HEPATIC, IOUPOS__PH_SMV };
+
+/* Build the organs of a case in painting order (later wins). Returns the count. */
+static int ioupos__ph_build(ioupos_rng *rng, const ioupos__ph_case *cs, ioupos__ph_organ *org) {
+  ioupos__ph_jit j;
+  ioupos__ph_organ *g;
+  int n = 0;
+  double a[3];
+#define IOUPOS__PH_NEW(lab, clp, hu_, warp_mm)                                                  \
+  (g = &org[n++], memset(g, 0, sizeof *g), g->label = (lab), g->clip = (clp), g->hu = (hu_),    \
+   ioupos__ph_warp(rng, g, (warp_mm)))
+#define IOUPOS__PH_ANCHOR(x, y, z) (a[0] = (x), a[1] = (y), a[2] = (z))
+
+  /* liver: right lobe against the right wall up into the dome, left lobe across the midline */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_LIVER, 1, cs->hu_liver, 5.0);
+  IOUPOS__PH_ANCHOR(60.0, 0.0, 25.0);
+  ioupos__ph_jitter(rng, &j, a, 6.0, 0.08);
+  ioupos__ph_add_ell(g, &j, 70.0, -8.0, 22.0, 74.0, 86.0, 62.0, 0.15, -0.10, 0.0);
+  ioupos__ph_add_ell(g, &j, -10.0, 42.0, 45.0, 55.0, 34.0, 30.0, -0.35, 0.15, 0.0);
+  ioupos__ph_add_ell(g, &j, 25.0, 5.0, 40.0, 35.0, 45.0, 38.0, 0.0, 0.0, 0.0);
+
+  /* stomach: fundus under the left dome, body forward and down, antrum across to the pylorus */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_STOMACH, 1, 40.0, 4.0);
+  IOUPOS__PH_ANCHOR(-45.0, 20.0, 30.0);
+  ioupos__ph_jitter(rng, &j, a, 6.0, 0.1);
+  {
+    static const double cp[6][4] = {{-55.0, -18.0, 62.0, 30.0}, {-62.0, 8.0, 42.0, 32.0},
+                                    {-58.0, 35.0, 15.0, 28.0},  {-35.0, 55.0, -2.0, 22.0},
+                                    {-5.0, 55.0, -8.0, 17.0},   {15.0, 45.0, -8.0, 10.0}};
+    ioupos__ph_add_tube(g, &j, rng, cp, 6, 3.0);
+  }
+
+  /* spleen: along the left posterolateral wall */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_SPLEEN, 1, cs->hu_spleen, 4.0);
+  IOUPOS__PH_ANCHOR(-95.0, -40.0, 35.0);
+  ioupos__ph_jitter(rng, &j, a, 6.0, 0.12);
+  ioupos__ph_add_ell(g, &j, -95.0, -40.0, 35.0, 24.0, 55.0, 45.0, -0.75, 0.0, 0.15);
+
+  /* duodenum: bulb from the pylorus, descending part, horizontal part behind the SMA/SMV,
+     ascending part to the duodenojejunal flexure */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_DUODENUM, 1, 30.0, 3.0);
+  IOUPOS__PH_ANCHOR(35.0, 10.0, -35.0);
+  ioupos__ph_jitter(rng, &j, a, 5.0, 0.1);
+  {
+    static const double cp[7][4] = {{18.0, 42.0, -8.0, 11.0},  {42.0, 28.0, -14.0, 12.0},
+                                    {55.0, 8.0, -30.0, 12.0},  {52.0, 2.0, -52.0, 11.0},
+                                    {30.0, -2.0, -64.0, 10.0}, {-5.0, 5.0, -66.0, 10.0},
+                                    {-28.0, 12.0, -50.0, 10.0}};
+    ioupos__ph_add_tube(g, &j, rng, cp, 7, 2.5);
+  }
+
+  /* pancreas: head in the C-loop, neck in front of the SMV, body over the aorta, tail to the
+     splenic hilum */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_PANCREAS, 1, 45.0, 3.0);
+  IOUPOS__PH_ANCHOR(0.0, 5.0, -10.0);
+  ioupos__ph_jitter(rng, &j, a, 5.0, 0.1);
+  {
+    static const double cp[6][4] = {{32.0, 6.0, -38.0, 13.0}, {30.0, 10.0, -22.0, 15.0},
+                                    {8.0, 16.0, -12.0, 10.0}, {-22.0, 12.0, -4.0, 10.0},
+                                    {-50.0, 0.0, 6.0, 9.0},   {-72.0, -12.0, 16.0, 8.0}};
+    ioupos__ph_add_tube(g, &j, rng, cp, 6, 2.0);
+  }
+
+  /* gallbladder: under the liver, fundus forward and down */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_GALLBLADDER, 1, 10.0, 2.0);
+  IOUPOS__PH_ANCHOR(45.0, 42.0, -15.0);
+  ioupos__ph_jitter(rng, &j, a, 5.0, 0.15);
+  ioupos__ph_add_ell(g, &j, 45.0, 42.0, -15.0, 15.0, 17.0, 32.0, 0.3, 0.0, -0.45);
+
+  /* kidneys: the right lower than the left; upper poles medial and back, hilum forward-medial */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_KIDNEY_R, 1, cs->hu_kidney, 3.0);
+  IOUPOS__PH_ANCHOR(70.0, -42.0, -22.0);
+  ioupos__ph_jitter(rng, &j, a, 5.0, 0.1);
+  ioupos__ph_add_ell(g, &j, 70.0, -42.0, -22.0, 26.0, 22.0, 52.0, 0.45, -0.22, -0.15);
+  IOUPOS__PH_NEW(IOUPOS_LABEL_KIDNEY_L, 1, cs->hu_kidney, 3.0);
+  IOUPOS__PH_ANCHOR(-70.0, -42.0, -8.0);
+  ioupos__ph_jitter(rng, &j, a, 5.0, 0.1);
+  ioupos__ph_add_ell(g, &j, -70.0, -42.0, -8.0, 26.0, 22.0, 52.0, -0.45, 0.22, -0.15);
+
+  /* adrenals: thin plates above and medial to the kidneys; the right behind the IVC */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_ADRENAL_R, 1, 30.0, 1.5);
+  IOUPOS__PH_ANCHOR(40.0, -32.0, 32.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.1);
+  ioupos__ph_add_ell(g, &j, 40.0, -32.0, 32.0, 4.5, 15.0, 16.0, -0.5, 0.0, 0.2);
+  IOUPOS__PH_NEW(IOUPOS_LABEL_ADRENAL_L, 1, 30.0, 1.5);
+  IOUPOS__PH_ANCHOR(-40.0, -30.0, 22.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.1);
+  ioupos__ph_add_ell(g, &j, -40.0, -30.0, 22.0, 4.5, 15.0, 16.0, 0.5, 0.0, 0.2);
+
+  /* oesophagus: down in front of the aorta, curving left into the cardia */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_OESOPHAGUS, 0, 40.0, 1.0);
+  IOUPOS__PH_ANCHOR(-15.0, -10.0, 70.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.05);
+  {
+    static const double cp[4][4] = {{-4.0, -16.0, 95.0, 8.0}, {-8.0, -12.0, 75.0, 8.0},
+                                    {-22.0, -6.0, 60.0, 9.0}, {-42.0, -4.0, 50.0, 10.0}};
+    ioupos__ph_add_tube(g, &j, rng, cp, 4, 1.5);
+  }
+
+  /* IVC: right of the aorta, into the back of the liver, up to the right atrium */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_IVC, 0, cs->hu_ivc, 1.5);
+  IOUPOS__PH_ANCHOR(22.0, -14.0, 0.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.08);
+  {
+    static const double cp[5][4] = {{24.0, -22.0, -95.0, 10.0}, {23.0, -18.0, -30.0, 11.0},
+                                    {24.0, -12.0, 30.0, 12.0},  {18.0, -8.0, 70.0, 13.0},
+                                    {12.0, 0.0, 100.0, 14.0}};
+    ioupos__ph_add_tube(g, &j, rng, cp, 5, 1.5);
+  }
+
+  /* aorta: left-anterior of the vertebral bodies, behind the crura at the top */
+  IOUPOS__PH_NEW(IOUPOS_LABEL_AORTA, 0, cs->hu_aorta, 1.0);
+  IOUPOS__PH_ANCHOR(-12.0, -20.0, 0.0);
+  ioupos__ph_jitter(rng, &j, a, 2.5, 0.08);
+  {
+    static const double cp[5][4] = {{-6.0, -28.0, 100.0, 12.0}, {-10.0, -24.0, 40.0, 12.0},
+                                    {-13.0, -20.0, -10.0, 11.0}, {-14.0, -18.0, -60.0, 10.5},
+                                    {-12.0, -18.0, -100.0, 10.0}};
+    ioupos__ph_add_tube(g, &j, rng, cp, 5, 1.5);
+  }
+
+  /* unlabelled vessels, painted over background and liver only: portal vein into the liver,
+     hepatic veins to the IVC, superior mesenteric vein */
+  IOUPOS__PH_NEW(IOUPOS__PH_PORTAL, 1, cs->hu_ivc - 5.0, 2.0);
+  IOUPOS__PH_ANCHOR(25.0, 8.0, 5.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.05);
+  {
+    static const double pv[4][4] = {{8.0, 10.0, -15.0, 7.0}, {25.0, 8.0, 2.0, 7.0},
+                                    {50.0, 10.0, 18.0, 6.0}, {95.0, 0.0, 28.0, 3.5}};
+    static const double lp[3][4] = {{45.0, 10.0, 16.0, 5.0}, {15.0, 35.0, 30.0, 4.0},
+                                    {-20.0, 45.0, 42.0, 2.5}};
+    ioupos__ph_add_tube(g, &j, rng, pv, 4, 2.0);
+    ioupos__ph_add_tube(g, &j, rng, lp, 3, 2.0);
+  }
+  IOUPOS__PH_NEW(IOUPOS__PH_HEPATIC, 1, cs->hu_ivc - 10.0, 2.0);
+  IOUPOS__PH_ANCHOR(30.0, 0.0, 55.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.05);
+  {
+    static const double rhv[3][4] = {{105.0, -10.0, 25.0, 2.5}, {70.0, -12.0, 50.0, 4.5},
+                                      {28.0, -12.0, 68.0, 6.0}};
+    static const double mhv[3][4] = {{60.0, 35.0, 20.0, 2.5}, {40.0, 12.0, 50.0, 4.5},
+                                      {22.0, -8.0, 68.0, 6.0}};
+    ioupos__ph_add_tube(g, &j, rng, rhv, 3, 2.0);
+    ioupos__ph_add_tube(g, &j, rng, mhv, 3, 2.0);
+  }
+  IOUPOS__PH_NEW(IOUPOS__PH_SMV, 1, cs->hu_ivc - 5.0, 2.0);
+  IOUPOS__PH_ANCHOR(5.0, 20.0, -50.0);
+  ioupos__ph_jitter(rng, &j, a, 3.0, 0.05);
+  {
+    static const double smv[3][4] = {{8.0, 10.0, -15.0, 6.0}, {10.0, 22.0, -50.0, 5.0},
+                                     {14.0, 30.0, -100.0, 4.5}};
+    static const double sma[3][4] = {{-10.0, -8.0, -8.0, 3.5}, {-6.0, 20.0, -45.0, 3.5},
+                                     {-4.0, 28.0, -100.0, 3.0}};
+    ioupos__ph_add_tube(g, &j, rng, smv, 3, 2.0);
+    ioupos__ph_add_tube(g, &j, rng, sma, 3, 2.0); /* shaded as aorta, see below */
+  }
+#undef IOUPOS__PH_NEW
+#undef IOUPOS__PH_ANCHOR
+  IOUPOS_ASSERT(n <= IOUPOS__PH_NORGANS);
+  return n;
+}
+
+typedef struct ioupos__ph_grid {
+  int nx, ny, nz;
+  double *px, *py, *pz; /* nominal coordinate of each index along x, y, z */
+} ioupos__ph_grid;
+
+/* index range [*lo, *hi) along an axis whose nominal coordinates p[0..n-1] increase */
+static void ioupos__ph_range(const double *p, int n, double a, double b, int *lo, int *hi) {
+  int i = 0, k;
+  while (i < n && p[i] < a) ++i;
+  k = i;
+  while (k < n && p[k] <= b) ++k;
+  *lo = i;
+  *hi = k;
+}
+
+/* HU of an organ voxel given the organ, the shape index it fell in, its normalised distance q,
+   the local radius and the nominal point. */
+static double ioupos__ph_shade(const ioupos__ph_organ *g, const ioupos__ph_case *cs, int shape,
+                               double q, double rad, const double x[3]) {
+  switch (g->label) {
+    case IOUPOS_LABEL_KIDNEY_R:
+    case IOUPOS_LABEL_KIDNEY_L: {
+      /* sinus fat and pelvis towards the hilum (medial, forward), medulla, cortex */
+      const ioupos__ph_shape *s = &g->s[0];
+      double u[3], h;
+      int i, k;
+      for (i = 0; i < 3; ++i) {
+        u[i] = 0.0;
+        for (k = 0; k < 3; ++k) u[i] += s->m[i][k] * (x[k] - s->c[k]);
+        u[i] /= s->r[i];
+      }
+      /* the hilum is on the local -x side for the right kidney, +x for the left (medial) */
+      h = g->label == IOUPOS_LABEL_KIDNEY_R ? -u[0] : u[0];
+      if (h > 0.05 && (h - 0.75) * (h - 0.75) / 0.35 + u[1] * u[1] / 0.12 + u[2] * u[2] / 0.30 < 1.0)
+        return h > 0.45 ? -60.0 : 5.0;
+      return q > 0.78 ? g->hu : g->hu - 15.0;
+    }
+    case IOUPOS_LABEL_STOMACH:
+      if (q * rad < rad - 4.0) return x[1] > cs->air_level ? -950.0 : 15.0;
+      return g->hu;
+    case IOUPOS_LABEL_OESOPHAGUS:
+      return q < 0.25 ? -900.0 : g->hu;
+    case IOUPOS_LABEL_DUODENUM:
+      return q < 0.55 ? 15.0 : g->hu;
+    case IOUPOS__PH_SMV:
+      return shape == 1 ? cs->hu_aorta : g->hu;
+    default:
+      return g->hu;
+  }
+}
+
+static void ioupos__ph_tabulate(ioupos__ph_organ *g, const ioupos__ph_grid *gr, double *buf) {
+  /* component c takes terms over the other two axes, in order: c=0: y, z; c=1: x, z; c=2: x, y */
+  static const int other[3][2] = {{1, 2}, {0, 2}, {0, 1}};
+  const double *pa[3];
+  int na[3], c, t, i;
+  pa[0] = gr->px, pa[1] = gr->py, pa[2] = gr->pz;
+  na[0] = gr->nx, na[1] = gr->ny, na[2] = gr->nz;
+  for (c = 0; c < 3; ++c)
+    for (t = 0; t < 2; ++t) {
+      int ax = other[c][t];
+      g->wt[c][t] = buf;
+      for (i = 0; i < na[ax]; ++i) buf[i] = g->amp[c][t] * sin(g->w[c][t] * pa[ax][i] + g->ph[c][t]);
+      buf += na[ax];
+    }
+}
+
+static void ioupos__ph_paint(const ioupos__ph_organ *g, const ioupos__ph_case *cs,
+                             const ioupos__ph_grid *gr, const uint8_t *region, uint8_t *lab,
+                             float *hu) {
+  double lo[3] = {1e30, 1e30, 1e30}, hi[3] = {-1e30, -1e30, -1e30}, margin = 0.0;
+  int i0, i1, j0, j1, k0, k1, i, j, k, s, c;
+  int vessel = g->label >= IOUPOS__PH_PORTAL;
+  for (c = 0; c < 3; ++c) margin += g->amp[c][0] + g->amp[c][1];
+  for (s = 0; s < g->nshapes; ++s)
+    for (c = 0; c < 3; ++c) {
+      if (g->s[s].lo[c] < lo[c]) lo[c] = g->s[s].lo[c];
+      if (g->s[s].hi[c] > hi[c]) hi[c] = g->s[s].hi[c];
+    }
+  ioupos__ph_range(gr->px, gr->nx, lo[0] - margin, hi[0] + margin, &i0, &i1);
+  ioupos__ph_range(gr->py, gr->ny, lo[1] - margin, hi[1] + margin, &j0, &j1);
+  ioupos__ph_range(gr->pz, gr->nz, lo[2] - margin, hi[2] + margin, &k0, &k1);
+  for (k = k0; k < k1; ++k)
+    for (j = j0; j < j1; ++j)
+      for (i = i0; i < i1; ++i) {
+        size_t v = ((size_t)k * gr->ny + j) * gr->nx + i;
+        double x[3], q = 1e30, rad = 1.0;
+        int hit = -1;
+        if (region[v] != 2) continue;
+        if (vessel && lab[v] != 0 && lab[v] != IOUPOS_LABEL_LIVER) continue;
+        if (g->clip && gr->pz[k] > ioupos__ph_diaphragm(cs, gr->px[i], gr->py[j]) - 5.0) continue;
+        x[0] = gr->px[i] + g->wt[0][0][j] + g->wt[0][1][k];
+        x[1] = gr->py[j] + g->wt[1][0][i] + g->wt[1][1][k];
+        x[2] = gr->pz[k] + g->wt[2][0][i] + g->wt[2][1][j];
+        for (s = 0; s < g->nshapes; ++s) {
+          double r, d = ioupos__ph_eval(&g->s[s], x, &r);
+          if (d < q) q = d, rad = r, hit = s;
+        }
+        if (q >= 1.0) continue;
+        hu[v] = (float)ioupos__ph_shade(g, cs, hit, q, rad, x);
+        if (!vessel) lab[v] = (uint8_t)g->label;
+      }
+}
+
+IOUPOS_DEF void ioupos_phantom_defaults(ioupos_phantom_opts *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->seed = 0;
+  o->nx = 192;
+  o->ny = 160;
+  o->nz = 64;
+  o->spacing[0] = 2.0;
+  o->spacing[1] = 2.0;
+  o->spacing[2] = 2.5;
+  o->noise_sd = 15.0;
+}
+
+IOUPOS_DEF const char *ioupos_label_name(int id) {
+  static const char *const names[IOUPOS_LABEL_COUNT] = {
+      "background", "liver",          "right kidney", "spleen",     "pancreas",
+      "aorta",      "inferior vena cava", "right adrenal", "left adrenal", "gallbladder",
+      "oesophagus", "stomach",        "duodenum",     "left kidney"};
+  return id >= 0 && id < IOUPOS_LABEL_COUNT ? names[id] : "?";
+}
+
+IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *image,
+                                   ioupos_volume *label) {
+  ioupos__ph_case cs;
+  ioupos__ph_organ *org = NULL;
+  ioupos__ph_grid gr;
+  ioupos_rng root, rng;
+  uint8_t *region = NULL, *lab = NULL;
+  float *hu = NULL, *lf = NULL;
+  double *axes = NULL, *warp = NULL, *wave = NULL, fit_xy, fit_z, scale[3];
+  size_t nvox, v;
+  int norg, i, j, k, c, nsum;
+  const int maxdim = 4096;
+
+  if (image) memset(image, 0, sizeof *image);
+  if (label) memset(label, 0, sizeof *label);
+  if (!o || !image || !label)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_phantom_make: NULL argument");
+  if (o->nx < 1 || o->ny < 1 || o->nz < 1 || o->nx > maxdim || o->ny > maxdim || o->nz > maxdim)
+    return ioupos__fail(IOUPOS_EINVAL, "phantom: size %dx%dx%d: each dimension must be in 1..%d",
+                        o->nx, o->ny, o->nz, maxdim);
+  for (c = 0; c < 3; ++c)
+    if (!(o->spacing[c] > 0.0 && o->spacing[c] <= 100.0))
+      return ioupos__fail(IOUPOS_EINVAL,
+                          "phantom: spacing %g,%g,%g mm: each must be in (0, 100]",
+                          o->spacing[0], o->spacing[1], o->spacing[2]);
+  if (!(o->noise_sd >= 0.0 && o->noise_sd <= 1000.0))
+    return ioupos__fail(IOUPOS_EINVAL, "phantom: noise sd %g HU must be in [0, 1000]",
+                        o->noise_sd);
+
+  nvox = (size_t)o->nx * (size_t)o->ny * (size_t)o->nz;
+  nsum = o->nx + o->ny + o->nz;
+  region = (uint8_t *)ioupos__calloc(nvox, 1);
+  lab = (uint8_t *)ioupos__calloc(nvox, 1);
+  hu = (float *)ioupos__calloc(nvox, sizeof(float));
+  lf = (float *)ioupos__calloc(nvox, sizeof(float));
+  axes = (double *)ioupos__calloc((size_t)nsum, sizeof(double));
+  org = (ioupos__ph_organ *)ioupos__calloc(IOUPOS__PH_NORGANS, sizeof *org);
+  warp = (double *)ioupos__calloc((size_t)IOUPOS__PH_NORGANS * 2 * (size_t)nsum, sizeof(double));
+  wave = (double *)ioupos__calloc((size_t)IOUPOS__PH_NWAVES * 2 * (size_t)o->nx, sizeof(double));
+  if (!region || !lab || !hu || !lf || !axes || !org || !warp || !wave) {
+    IOUPOS_FREE(region); IOUPOS_FREE(lab); IOUPOS_FREE(hu); IOUPOS_FREE(lf);
+    IOUPOS_FREE(axes); IOUPOS_FREE(org); IOUPOS_FREE(warp); IOUPOS_FREE(wave);
+    return ioupos__fail(IOUPOS_ENOMEM, "phantom: out of memory for a %dx%dx%d volume", o->nx,
+                        o->ny, o->nz);
+  }
+
+  /* the case, independent streams for anatomy and noise */
+  ioupos_rng_seed(&root, o->seed);
+  rng = ioupos_rng_split(&root, 1);
+  ioupos__ph_draw_case(&rng, &cs);
+  norg = ioupos__ph_build(&rng, &cs, org);
+  {
+    double body_scale = ioupos__ph_u(&rng, 0.94, 1.04);
+    fit_xy = o->nx * o->spacing[0] / IOUPOS__PH_REF_X;
+    if (o->ny * o->spacing[1] / IOUPOS__PH_REF_Y < fit_xy) fit_xy = o->ny * o->spacing[1] / IOUPOS__PH_REF_Y;
+    fit_z = o->nz * o->spacing[2] / IOUPOS__PH_REF_Z;
+    if (fit_xy > 1.0) fit_xy = 1.0;
+    if (fit_z > 1.0) fit_z = 1.0;
+    scale[0] = scale[1] = fit_xy * body_scale;
+    scale[2] = fit_z * ioupos__ph_u(&rng, 0.95, 1.03);
+  }
+  gr.nx = o->nx, gr.ny = o->ny, gr.nz = o->nz;
+  gr.px = axes, gr.py = axes + o->nx, gr.pz = axes + o->nx + o->ny;
+  for (i = 0; i < o->nx; ++i) gr.px[i] = o->spacing[0] * (i - 0.5 * (o->nx - 1)) / scale[0];
+  for (j = 0; j < o->ny; ++j) gr.py[j] = o->spacing[1] * (j - 0.5 * (o->ny - 1)) / scale[1];
+  for (k = 0; k < o->nz; ++k) gr.pz[k] = o->spacing[2] * (k - 0.5 * (o->nz - 1)) / scale[2];
+  for (c = 0; c < norg; ++c) ioupos__ph_tabulate(&org[c], &gr, warp + (size_t)c * 2 * nsum);
+  /* bowel waves: cos(kx x + (ky y + kz z + ph)) = cos(kx x) C - sin(kx x) S per row */
+  for (c = 0; c < IOUPOS__PH_NWAVES; ++c)
+    for (i = 0; i < o->nx; ++i) {
+      wave[(size_t)(2 * c) * o->nx + i] = cos(cs.bowel_k[c][0] * gr.px[i]);
+      wave[(size_t)(2 * c + 1) * o->nx + i] = sin(cs.bowel_k[c][0] * gr.px[i]);
+    }
+
+  /* body layers and bowel */
+  for (k = 0; k < o->nz; ++k) {
+    double z = gr.pz[k];
+    double fa = 1.0 + cs.body_wa * sin(2.0 * IOUPOS__PH_PI * z / 170.0 + cs.body_pa);
+    double fb = 1.0 + cs.body_wb * sin(2.0 * IOUPOS__PH_PI * z / 150.0 + cs.body_pb);
+    double a = cs.body_a * fa, ba = cs.body_b_ant * fb, bp = cs.body_b_post * fb;
+    double bw[IOUPOS__PH_NWAVES][2];
+    int t;
+    for (j = 0; j < o->ny; ++j) {
+      double y = gr.py[j];
+      for (t = 0; t < IOUPOS__PH_NWAVES; ++t) {
+        double arg = cs.bowel_k[t][1] * y + cs.bowel_k[t][2] * z + cs.bowel_ph[t];
+        bw[t][0] = cos(arg);
+        bw[t][1] = sin(arg);
+      }
+      for (i = 0; i < o->nx; ++i) {
+        double x = gr.px[i], val;
+        size_t vv = ((size_t)k * o->ny + j) * o->nx + i;
+        uint8_t reg;
+        if (ioupos__ph_outline(x, y, a, ba, bp) >= 1.0) {
+          hu[vv] = -1000.0f;
+          continue;
+        }
+        if (ioupos__ph_outline(x, y, a - 2.5, ba - 2.5, bp - 2.5) >= 1.0) {
+          val = 20.0, reg = 1; /* skin */
+        } else if (ioupos__ph_outline(x, y, a - cs.fat_lat, ba - cs.fat_ant, bp - cs.fat_post) >= 1.0) {
+          val = cs.hu_fat - 5.0, reg = 1;
+        } else if (ioupos__ph_outline(x, y, a - cs.fat_lat - cs.wall, ba - cs.fat_ant - cs.wall,
+                                      bp - cs.fat_post - cs.wall) >= 1.0) {
+          val = cs.hu_muscle, reg = 1;
+          /* ribs in the wall of the upper slices: oblique bands, lower towards the front */
+          {
+            double th = atan2(y, x < 0 ? -x : x) / IOUPOS__PH_PI; /* -0.5 back .. 0.5 front */
+            double zmin = -15.0 + 70.0 * (th + 0.5) * (th + 0.5);
+            if (z > zmin && th < 0.35) {
+              double ph = (z - 150.0 * th) / 24.0 + cs.rib_phase;
+              if (ph - floor(ph) < 0.25) val = 450.0;
+            }
+          }
+        } else {
+          double f = 0.0, bias;
+          val = cs.hu_fat, reg = 2;
+          for (t = 0; t < IOUPOS__PH_NWAVES; ++t)
+            f += wave[(size_t)(2 * t) * o->nx + i] * bw[t][0] -
+                 wave[(size_t)(2 * t + 1) * o->nx + i] * bw[t][1];
+          f *= 1.0 / IOUPOS__PH_NWAVES;
+          bias = 0.28 * ioupos__ph_clamp((20.0 - z) / 60.0, 0.0, 1.0) +
+                 0.2 * ioupos__ph_clamp(y / 60.0, -1.0, 1.0) - 0.2;
+          if (f + bias > 0.05) val = f > 0.5 && y > -30.0 ? -850.0 : 25.0;
+        }
+        hu[vv] = (float)val;
+        region[vv] = reg;
+      }
+    }
+  }
+
+  /* organs and vessels */
+  for (c = 0; c < norg; ++c) ioupos__ph_paint(&org[c], &cs, &gr, region, lab, hu);
+
+  /* thorax above the diaphragm; posterior muscles and bone */
+  for (k = 0; k < o->nz; ++k) {
+    double z = gr.pz[k];
+    double per = (z + 200.0) / 32.0, phase = per - floor(per); /* vertebral level */
+    int disc = phase < 0.2, endplate = phase < 0.26 || phase > 0.95;
+    int arch = phase > 0.25 && phase < 0.85, tproc = phase > 0.4 && phase < 0.7;
+    double psoas = 3.0 + 17.0 * ioupos__ph_clamp((15.0 - z) / 90.0, 0.0, 1.0);
+    for (j = 0; j < o->ny; ++j) {
+      double y = gr.py[j];
+      for (i = 0; i < o->nx; ++i) {
+        double x = gr.px[i], ax = x < 0 ? -x : x, val = 0.0, q;
+        size_t vv = ((size_t)k * o->ny + j) * o->nx + i;
+        int set = 0;
+        if (region[vv] == 0) continue;
+        if (region[vv] == 2 && lab[vv] == 0) {
+          double zd = ioupos__ph_diaphragm(&cs, x, y);
+          if (z > zd - 5.0) {
+            set = 1;
+            if (z < zd) val = cs.hu_muscle; /* diaphragm */
+            else if ((x + 25.0) * (x + 25.0) / (62.0 * 62.0) +
+                         (y - 25.0) * (y - 25.0) / (58.0 * 58.0) < 1.0)
+              val = 40.0; /* heart */
+            else val = -850.0; /* lung */
+          }
+        }
+        /* paraspinal muscles */
+        if ((ax - 32.0) * (ax - 32.0) / (25.0 * 25.0) + (y + 86.0) * (y + 86.0) / (19.0 * 19.0) < 1.0)
+          val = cs.hu_muscle, set = 2;
+        /* psoas */
+        if (z < 15.0 && (ax - 38.0) * (ax - 38.0) + (y + 48.0) * (y + 48.0) < psoas * psoas)
+          val = cs.hu_muscle, set = 2;
+        /* vertebral body */
+        q = x * x / (21.0 * 21.0) + (y + 54.0) * (y + 54.0) / (17.0 * 17.0);
+        if (q < 1.0) {
+          val = disc ? 80.0 : (endplate || q > 0.76) ? 600.0 : 200.0;
+          set = 2;
+        }
+        /* arch around the canal, spinous and transverse processes, canal */
+        q = x * x / (17.0 * 17.0) + (y + 79.0) * (y + 79.0) / (14.0 * 14.0);
+        if (arch && q < 1.0) val = 500.0, set = 2;
+        if (arch && x * x / 25.0 + (y + 98.0) * (y + 98.0) / 100.0 < 1.0) val = 500.0, set = 2;
+        if (tproc && (ax - 26.0) * (ax - 26.0) / 196.0 + (y + 76.0) * (y + 76.0) / 25.0 < 1.0)
+          val = 500.0, set = 2;
+        if (x * x / 100.0 + (y + 79.0) * (y + 79.0) / 64.0 < 1.0) val = 20.0, set = 2;
+        if (set) {
+          hu[vv] = (float)val;
+          if (set == 2) lab[vv] = 0;
+        }
+      }
+    }
+  }
+
+  /* noise, rounding, the label volume */
+  rng = ioupos_rng_split(&root, 2);
+  for (v = 0; v < nvox; v += 2) {
+    double g0 = 0.0, g1 = 0.0, h;
+    if (o->noise_sd > 0.0) {
+      double u1 = 1.0 - ioupos_rng_uniform(&rng), u2 = ioupos_rng_uniform(&rng);
+      double rr = o->noise_sd * sqrt(-2.0 * log(u1));
+      g0 = rr * cos(2.0 * IOUPOS__PH_PI * u2);
+      g1 = rr * sin(2.0 * IOUPOS__PH_PI * u2);
+    }
+    h = floor(ioupos__ph_clamp(hu[v] + g0, -1024.0, 3071.0) + 0.5);
+    hu[v] = (float)h;
+    lf[v] = (float)lab[v];
+    if (v + 1 < nvox) {
+      h = floor(ioupos__ph_clamp(hu[v + 1] + g1, -1024.0, 3071.0) + 0.5);
+      hu[v + 1] = (float)h;
+      lf[v + 1] = (float)lab[v + 1];
+    }
+  }
+  IOUPOS_FREE(region);
+  IOUPOS_FREE(lab);
+  IOUPOS_FREE(axes);
+  IOUPOS_FREE(org);
+  IOUPOS_FREE(warp);
+  IOUPOS_FREE(wave);
+
+  image->dim[0] = label->dim[0] = o->nx;
+  image->dim[1] = label->dim[1] = o->ny;
+  image->dim[2] = label->dim[2] = o->nz;
+  image->data = hu;
+  label->data = lf;
+  for (i = 0; i < 4; ++i)
+    for (j = 0; j < 4; ++j) image->affine[i][j] = 0.0;
+  for (c = 0; c < 3; ++c) {
+    int n = c == 0 ? o->nx : c == 1 ? o->ny : o->nz;
+    image->affine[c][c] = o->spacing[c];
+    image->affine[c][3] = -0.5 * (n - 1) * o->spacing[c];
+  }
+  image->affine[3][3] = 1.0;
+  memcpy(label->affine, image->affine, sizeof image->affine);
+  return IOUPOS_OK;
+}
+
+/* ---- 9. Data sets and the threaded loader ----------------------------------------------------- */
+
+#include <dirent.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+/* ---- 7a. Data sets ---------------------------------------------------------------------- */
+
+static int ioupos__data_is_png_name(const char *name) {
+  size_t n = strlen(name);
+  const char *e;
+  if (name[0] == '.' || n < 5) return 0; /* dot-files, and a bare ".png" */
+  e = name + n - 4;
+  return e[0] == '.' && (e[1] == 'p' || e[1] == 'P') && (e[2] == 'n' || e[2] == 'N') &&
+         (e[3] == 'g' || e[3] == 'G');
+}
+
+static int ioupos__data_cmp_str(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static char *ioupos__data_join(const char *dir, const char *name) {
+  size_t a = strlen(dir), b = strlen(name);
+  int slash = a > 0 && dir[a - 1] != '/';
+  char *p = (char *)IOUPOS_MALLOC(a + (size_t)slash + b + 1);
+  if (!p) return NULL;
+  memcpy(p, dir, a);
+  if (slash) p[a] = '/';
+  memcpy(p + a + (size_t)slash, name, b + 1);
+  return p;
+}
+
+static void ioupos__data_free_names(char **v, int n) {
+  int i;
+  if (!v) return;
+  for (i = 0; i < n; ++i) IOUPOS_FREE(v[i]);
+  IOUPOS_FREE(v);
+}
+
+/* The sorted names (not paths) of the regular *.png files in dir. what = "image" / "label". */
+static int ioupos__data_list(const char *dir, const char *what, char ***out, int *count) {
+  DIR *d;
+  struct dirent *e;
+  char **v = NULL;
+  int n = 0, cap = 0;
+  *out = NULL;
+  *count = 0;
+  d = opendir(dir);
+  if (!d)
+    return ioupos__fail(IOUPOS_EIO, "%s folder %s: cannot open: %s", what, dir, strerror(errno));
+  while ((e = readdir(d)) != NULL) {
+    struct stat sb;
+    char *path;
+    int reg;
+    if (!ioupos__data_is_png_name(e->d_name)) continue;
+    path = ioupos__data_join(dir, e->d_name);
+    if (!path) goto oom;
+    reg = stat(path, &sb) == 0 && S_ISREG(sb.st_mode); /* follows symlinks; skips folders */
+    IOUPOS_FREE(path);
+    if (!reg) continue;
+    if (n == cap) {
+      int ncap = cap ? 2 * cap : 256;
+      char **nv;
+      if (ncap <= cap || (size_t)ncap > ((size_t)-1) / sizeof(char *)) goto oom;
+      nv = (char **)ioupos__calloc((size_t)ncap, sizeof(char *));
+      if (!nv) goto oom;
+      if (n) memcpy(nv, v, (size_t)n * sizeof(char *));
+      IOUPOS_FREE(v);
+      v = nv;
+      cap = ncap;
+    }
+    v[n] = (char *)IOUPOS_MALLOC(strlen(e->d_name) + 1);
+    if (!v[n]) goto oom;
+    memcpy(v[n], e->d_name, strlen(e->d_name) + 1);
+    ++n;
+    if (n == 0x7FFFFFFF) break;
+  }
+  closedir(d);
+  if (n == 0) {
+    IOUPOS_FREE(v);
+    return ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no *.png files", what, dir);
+  }
+  qsort(v, (size_t)n, sizeof(char *), ioupos__data_cmp_str);
+  *out = v;
+  *count = n;
+  return IOUPOS_OK;
+oom:
+  closedir(d);
+  ioupos__data_free_names(v, n);
+  return ioupos__fail(IOUPOS_ENOMEM, "%s folder %s: out of memory listing files", what, dir);
+}
+
+IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds) {
+  if (!ds) return;
+  ioupos__data_free_names(ds->images, ds->n);
+  ioupos__data_free_names(ds->labels, ds->labels ? ds->n : 0);
+  ds->images = ds->labels = NULL;
+  ds->n = 0;
+}
+
+IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
+                                   ioupos_dataset *ds) {
+  char **im = NULL, **lb = NULL;
+  int ni = 0, nl = 0, i, st;
+  if (!ds) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_scan: ds is NULL");
+  memset(ds, 0, sizeof *ds);
+  if (!image_dir) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_scan: image_dir is NULL");
+  st = ioupos__data_list(image_dir, "image", &im, &ni);
+  if (st) return st;
+  if (label_dir) {
+    int a = 0, b = 0;
+    st = ioupos__data_list(label_dir, "label", &lb, &nl);
+    if (st) goto fail;
+    /* both sorted by strcmp: a merge walk pairs equal names and finds the first unmatched one */
+    while (a < ni || b < nl) {
+      int c = a == ni ? 1 : b == nl ? -1 : strcmp(im[a], lb[b]);
+      if (c == 0) { ++a; ++b; continue; }
+      if (c < 0)
+        st = ioupos__fail(IOUPOS_EINVAL, "image %s/%s has no label: %s/%s does not exist",
+                          image_dir, im[a], label_dir, im[a]);
+      else
+        st = ioupos__fail(IOUPOS_EINVAL, "label %s/%s has no image: %s/%s does not exist",
+                          label_dir, lb[b], image_dir, lb[b]);
+      goto fail;
+    }
+  }
+  ds->images = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
+  if (lb) ds->labels = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
+  if (!ds->images || (lb && !ds->labels)) goto oom;
+  ds->n = ni;
+  for (i = 0; i < ni; ++i) {
+    ds->images[i] = ioupos__data_join(image_dir, im[i]);
+    if (!ds->images[i]) goto oom;
+    if (lb) {
+      ds->labels[i] = ioupos__data_join(label_dir, lb[i]);
+      if (!ds->labels[i]) goto oom;
+    }
+  }
+  ioupos__data_free_names(im, ni);
+  ioupos__data_free_names(lb, nl);
+  return IOUPOS_OK;
+oom:
+  st = ioupos__fail(IOUPOS_ENOMEM, "ioupos_dataset_scan %s: out of memory", image_dir);
+fail:
+  ioupos__data_free_names(im, ni);
+  ioupos__data_free_names(lb, nl);
+  if (ds->images || ds->labels) {
+    ds->n = ni;
+    ioupos_dataset_free(ds);
+  }
+  memset(ds, 0, sizeof *ds);
+  return st;
+}
+
+/* ---- 7b. The loader ----------------------------------------------------------------------- */
+
+IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
+                                             const ioupos_dataset *ds, int kind) {
+  if (!cfg) return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->dataset = ds;
+  cfg->kind = kind;
+  cfg->batch_size = kind == IOUPOS_LOADER_FINETUNE ? 32 : 128;
+  cfg->crop[0] = cfg->crop[1] = 96;
+  cfg->min_iou = 0.3;
+  cfg->max_iou = 0.6;
+  cfg->pair_mode = IOUPOS_PAIR_ANCHORED;
+  cfg->drop_last = 1;
+  cfg->pad_small = 1;
+  cfg->num_samples = 2;
+  cfg->pos = cfg->neg = 1;
+}
+
+IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len) {
+  int start = c - s / 2;
+  if (start > len - s) start = len - s;
+  if (start < 0) start = 0;
+  return start;
+}
+
+IOUPOS_DEF int ioupos_augment_pretrain_view(void *ctx, ioupos_rng *rng, float *img, float *label,
+                                            int h, int w, float *scratch) {
+  ioupos_aug_config c;
+  ioupos_view_params p;
+  (void)label;
+  if (ctx) c = *(const ioupos_aug_config *)ctx;
+  else ioupos_aug_config_pretrain(&c);
+  ioupos_view_params_draw_config(&c, rng, &p);
+  return ioupos_view_apply(&p, img, h, w, scratch);
+}
+
+IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *img, float *label,
+                                            int h, int w, float *scratch) {
+  ioupos_aug_config c;
+  ioupos_view_params p;
+  if (ctx) c = *(const ioupos_aug_config *)ctx;
+  else ioupos_aug_config_finetune(&c);
+  ioupos_view_params_draw_config(&c, rng, &p);
+  return ioupos_view_apply_labelled(&p, img, label, h, w, scratch);
+}
+
+#define IOUPOS__LOADER_CACHE 8 /* samplers per worker, keyed by (padded) image shape */
+
+typedef struct ioupos__sampler_entry {
+  int h, w, used; /* used: 0 empty, else last-use stamp */
+  ioupos_iou_sampler s;
+} ioupos__sampler_entry;
+
+/* A decoded image: either bytes (fast path, value v / 255) or floats. */
+typedef struct ioupos__pix {
+  int h, w;
+  unsigned char *u8; /* stbi buffer, or NULL */
+  ioupos_image f;    /* used when u8 is NULL */
+} ioupos__pix;
+
+typedef struct ioupos__worker {
+  struct ioupos__loader_state *st;
+  pthread_t thread;
+  int started;
+  int perm_epoch; /* epoch whose order perm holds, -1 none */
+  int *perm;
+  ioupos__sampler_entry cache[IOUPOS__LOADER_CACHE];
+  int stamp;
+  float *scratch; /* IOUPOS_AUGMENT_SCRATCH(crop) floats */
+  int *idx;       /* fine-tuning: fg then bg pixel indices, capacity idx_cap */
+  size_t idx_cap;
+} ioupos__worker;
+
+enum { IOUPOS__SLOT_FREE = 0, IOUPOS__SLOT_FILLING = 1, IOUPOS__SLOT_READY = 2 };
+
+typedef struct ioupos__slot {
+  int state;
+  int64_t g; /* stream number of the batch it holds (epoch * batches_per_epoch + index) */
+  int status;
+  char reason[640]; /* room for the position prefix and a full 512-byte reason */
+  ioupos_batch b;
+  float *mem; /* the batch's float arrays, one allocation */
+} ioupos__slot;
+
+struct ioupos__loader_state {
+  const ioupos_loader_config *cfg; /* points at the loader's copy */
+  int bpe;                         /* batches per epoch */
+  ioupos_rng root;
+  float lut[256]; /* v / 255 as ioupos_image_load computes it */
+  int nslots, nworkers;
+  ioupos__slot *slots;
+  ioupos__worker *workers; /* nworkers, or 1 for the synchronous mode */
+  pthread_mutex_t mu;
+  pthread_cond_t cv_work, cv_ready;
+  int sync_ok; /* mutex and conds initialised */
+  int stop, pausing, busy;
+  int64_t next_claim, next_return, released;
+  int held; /* slot handed to the caller, -1 none */
+};
+
+static const unsigned char ioupos__png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+
+static void ioupos__pix_free(ioupos__pix *p) {
+  if (p->u8) stbi_image_free(p->u8);
+  ioupos_image_free(&p->f);
+  p->u8 = NULL;
+  p->h = p->w = 0;
+}
+
+/* Decode path: 8-bit grey (colour type 0) or grey+alpha (4) to bytes, the rest as floats. */
+static int ioupos__pix_load(const char *path, ioupos__pix *p) {
+  void *data;
+  size_t size;
+  int st;
+  const unsigned char *d;
+  memset(p, 0, sizeof *p);
+  st = ioupos_read_file(path, &data, &size);
+  if (st) return st;
+  d = (const unsigned char *)data;
+  if (size >= 33 && size <= 0x7FFFFFFF && memcmp(d, ioupos__png_sig, 8) == 0 &&
+      memcmp(d + 12, "IHDR", 4) == 0 && d[24] == 8 && (d[25] == 0 || d[25] == 4)) {
+    int w = 0, h = 0, comp = 0;
+    p->u8 = stbi_load_from_memory(d, (int)size, &w, &h, &comp, 1);
+    if (!p->u8) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt or unsupported PNG (%s)", path,
+                        stbi_failure_reason());
+    } else {
+      p->h = h;
+      p->w = w;
+    }
+  } else {
+    st = ioupos_image_load_memory(data, size, path, &p->f);
+    p->h = p->f.h;
+    p->w = p->f.w;
+  }
+  IOUPOS_FREE(data);
+  return st;
+}
+
+/* Copy the h x w window at (y0, x0) of the image (coordinates of the source; outside is 0). */
+static void ioupos__pix_crop(const struct ioupos__loader_state *st, const ioupos__pix *p, int y0,
+                             int x0, int h, int w, float *out) {
+  int y, x;
+  int xa = x0 < 0 ? -x0 : 0, xb = x0 + w > p->w ? p->w - x0 : w; /* valid columns [xa, xb) */
+  for (y = 0; y < h; ++y) {
+    float *o = out + (size_t)y * (size_t)w;
+    int sy = y0 + y;
+    if (sy < 0 || sy >= p->h || xb <= xa) {
+      memset(o, 0, (size_t)w * sizeof(float));
+      continue;
+    }
+    for (x = 0; x < xa; ++x) o[x] = 0.0f;
+    if (p->u8) {
+      const unsigned char *r = p->u8 + (size_t)sy * (size_t)p->w + x0;
+      for (x = xa; x < xb; ++x) o[x] = st->lut[r[x]];
+    } else {
+      memcpy(o + xa, p->f.data + (size_t)sy * (size_t)p->w + x0 + xa,
+             (size_t)(xb - xa) * sizeof(float));
+    }
+    for (x = xb; x < w; ++x) o[x] = 0.0f;
+  }
+}
+
+/* Pixel value at (y, x) of the source as a byte-scaled number 0..255 (labels), or as [0, 1]. */
+static int ioupos__pix_label(const ioupos__pix *p, size_t i) {
+  if (p->u8) return p->u8[i];
+  return (int)floor(p->f.data[i] * 255.0 + 0.5);
+}
+static double ioupos__pix_value(const struct ioupos__loader_state *st, const ioupos__pix *p,
+                                size_t i) {
+  return p->u8 ? (double)st->lut[p->u8[i]] : (double)p->f.data[i];
+}
+
+static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int h, int w,
+                                                        const char *path, int *status) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  int i, victim = 0, shape[2], st;
+  for (i = 0; i < IOUPOS__LOADER_CACHE; ++i) {
+    ioupos__sampler_entry *e = &wk->cache[i];
+    if (e->used && e->h == h && e->w == w) {
+      e->used = ++wk->stamp;
+      return &e->s;
+    }
+    if (!e->used || (wk->cache[victim].used && e->used < wk->cache[victim].used)) victim = i;
+  }
+  if (wk->cache[victim].used) ioupos_iou_sampler_free(&wk->cache[victim].s);
+  wk->cache[victim].used = 0;
+  shape[0] = h;
+  shape[1] = w;
+  st = ioupos_iou_sampler_init(&wk->cache[victim].s, 2, shape, cfg->crop, cfg->min_iou,
+                               cfg->max_iou, cfg->pair_mode);
+  if (st) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+    *status = ioupos__fail(st, "%s: %s", path, why);
+    return NULL;
+  }
+  wk->cache[victim].h = h;
+  wk->cache[victim].w = w;
+  wk->cache[victim].used = ++wk->stamp;
+  return &wk->cache[victim].s;
+}
+
+static int ioupos__augment(const ioupos_loader_config *cfg, ioupos__worker *wk, ioupos_rng *rng,
+                           float *img, float *label, const char *path) {
+  int st;
+  if (!cfg->augment) return IOUPOS_OK;
+  st = cfg->augment(cfg->augment_ctx, rng, img, label, cfg->crop[0], cfg->crop[1], wk->scratch);
+  if (st) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+    return ioupos__fail(st < 0 ? st : IOUPOS_EINVAL, "%s: augmentation failed: %s", path, why);
+  }
+  return IOUPOS_OK;
+}
+
+/* Padding of an image of h x w to the crop: offsets before, or an error. */
+static int ioupos__pad_offsets(const ioupos_loader_config *cfg, const char *path, int h, int w,
+                               int *py, int *px) {
+  if ((h < cfg->crop[0] || w < cfg->crop[1]) && !cfg->pad_small)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: image %dx%d is smaller than the crop %dx%d (the "
+                        "loader was opened with pad_small = 0)", path, h, w, cfg->crop[0],
+                        cfg->crop[1]);
+  *py = h < cfg->crop[0] ? (cfg->crop[0] - h) / 2 : 0;
+  *px = w < cfg->crop[1] ? (cfg->crop[1] - w) / 2 : 0;
+  return IOUPOS_OK;
+}
+
+static int ioupos__make_ssl(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b, int i) {
+  const struct ioupos__loader_state *st = wk->st;
+  const ioupos_loader_config *cfg = st->cfg;
+  const char *path = cfg->dataset->images[d];
+  size_t hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1];
+  const ioupos_iou_sampler *s;
+  ioupos__pix p;
+  ioupos_rng r;
+  ioupos_box box[2];
+  int status = 0, py, px, v;
+  status = ioupos__pix_load(path, &p);
+  if (status) return status;
+  status = ioupos__pad_offsets(cfg, path, p.h, p.w, &py, &px);
+  if (status) goto done;
+  s = ioupos__worker_sampler(wk, p.h > cfg->crop[0] ? p.h : cfg->crop[0],
+                             p.w > cfg->crop[1] ? p.w : cfg->crop[1], path, &status);
+  if (!s) goto done;
+  r = ioupos_rng_split(S, 0);
+  status = ioupos_iou_sampler_draw(s, &r, &box[0], &box[1]);
+  if (status) goto done;
+  for (v = 0; v < 2; ++v) {
+    float *out = b->views[v] + (size_t)i * hw;
+    box[v].lo[0] -= py, box[v].hi[0] -= py;
+    box[v].lo[1] -= px, box[v].hi[1] -= px;
+    ioupos__pix_crop(st, &p, box[v].lo[0], box[v].lo[1], cfg->crop[0], cfg->crop[1], out);
+    b->box[v][i] = box[v];
+    r = ioupos_rng_split(S, 1u + (uint64_t)v);
+    status = ioupos__augment(cfg, wk, &r, out, NULL, path);
+    if (status) goto done;
+  }
+  b->source[i] = d;
+done:
+  ioupos__pix_free(&p);
+  return status;
+}
+
+static int ioupos__make_finetune(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b,
+                                 int i) {
+  const struct ioupos__loader_state *st = wk->st;
+  const ioupos_loader_config *cfg = st->cfg;
+  const char *ipath = cfg->dataset->images[d], *lpath = cfg->dataset->labels[d];
+  int ch = cfg->crop[0], cw = cfg->crop[1], ns = cfg->num_samples;
+  size_t hw = (size_t)ch * (size_t)cw, n, k, nfg = 0, nbg = 0;
+  ioupos__pix im, lb;
+  ioupos_rng r;
+  int status, py, px, H, W, j;
+  double pos_ratio = (double)cfg->pos / (double)(cfg->pos + cfg->neg);
+  memset(&lb, 0, sizeof lb);
+  status = ioupos__pix_load(ipath, &im);
+  if (status) return status;
+  status = ioupos__pix_load(lpath, &lb);
+  if (status) goto done;
+  if (lb.h != im.h || lb.w != im.w) {
+    status = ioupos__fail(IOUPOS_EINVAL, "label %s is %dx%d but its image %s is %dx%d", lpath,
+                          lb.h, lb.w, ipath, im.h, im.w);
+    goto done;
+  }
+  status = ioupos__pad_offsets(cfg, ipath, im.h, im.w, &py, &px);
+  if (status) goto done;
+  H = im.h > ch ? im.h : ch;
+  W = im.w > cw ? im.w : cw;
+  /* foreground / background pixel indices over the padded image, in raster order, as MONAI's
+     map_binary_to_indices: fg = label > 0, bg = label == 0 (and image > threshold if asked);
+     padding is background (label 0, image 0). */
+  n = (size_t)H * (size_t)W;
+  if (wk->idx_cap < n) {
+    IOUPOS_FREE(wk->idx);
+    wk->idx = (int *)ioupos__calloc(n, sizeof(int));
+    wk->idx_cap = wk->idx ? n : 0;
+    if (!wk->idx) {
+      status = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %dx%d indices", ipath, H, W);
+      goto done;
+    }
+  }
+  for (k = 0; k < n; ++k) { /* fg from the front, bg from the back (reversed, fixed below) */
+    int y = (int)(k / (size_t)W) - py, x = (int)(k % (size_t)W) - px, lab = 0;
+    double val = 0.0;
+    if (y >= 0 && y < im.h && x >= 0 && x < im.w) {
+      size_t s = (size_t)y * (size_t)im.w + (size_t)x;
+      lab = ioupos__pix_label(&lb, s);
+      if (cfg->bg_use_image) val = ioupos__pix_value(st, &im, s);
+    }
+    if (lab > 0) wk->idx[nfg++] = (int)k;
+    else if (!cfg->bg_use_image || val > cfg->bg_image_threshold) wk->idx[n - 1 - nbg++] = (int)k;
+  }
+  if (nfg == 0 && nbg == 0) {
+    status = ioupos__fail(IOUPOS_EINVAL, "%s (label %s): no foreground and no background pixel "
+                          "to centre a crop on", ipath, lpath);
+    goto done;
+  }
+  if (nfg == 0) pos_ratio = 0.0; /* MONAI: unable to balance, all from the non-empty side */
+  else if (nbg == 0) pos_ratio = 1.0;
+  r = ioupos_rng_split(S, 0);
+  for (j = 0; j < ns; ++j) {
+    int o = i * ns + j, c, y0, x0;
+    float *oi = b->image + (size_t)o * hw, *ol = b->label + (size_t)o * hw;
+    ioupos_box *bx = &b->box[0][o];
+    size_t y, x;
+    if (ioupos_rng_uniform(&r) < pos_ratio) c = wk->idx[ioupos_rng_below(&r, nfg)];
+    else c = wk->idx[n - 1 - ioupos_rng_below(&r, nbg)]; /* the ascending q-th bg index */
+    y0 = ioupos_crop_start_from_centre(c / W, ch, H) - py;
+    x0 = ioupos_crop_start_from_centre(c % W, cw, W) - px;
+    ioupos__pix_crop(st, &im, y0, x0, ch, cw, oi);
+    for (y = 0; y < (size_t)ch; ++y)
+      for (x = 0; x < (size_t)cw; ++x) {
+        int sy = y0 + (int)y, sx = x0 + (int)x;
+        ol[y * (size_t)cw + x] =
+            (sy >= 0 && sy < lb.h && sx >= 0 && sx < lb.w)
+                ? (float)ioupos__pix_label(&lb, (size_t)sy * (size_t)lb.w + (size_t)sx)
+                : 0.0f;
+      }
+    memset(bx, 0, sizeof *bx);
+    bx->dims = 2;
+    bx->lo[0] = y0, bx->hi[0] = y0 + ch;
+    bx->lo[1] = x0, bx->hi[1] = x0 + cw;
+    b->source[o] = d;
+  }
+  for (j = 0; j < ns; ++j) { /* augmentations after all centres: crop j uses split(S, 1 + j) */
+    int o = i * ns + j;
+    ioupos_rng ra = ioupos_rng_split(S, 1u + (uint64_t)j);
+    status = ioupos__augment(cfg, wk, &ra, b->image + (size_t)o * hw, b->label + (size_t)o * hw,
+                             ipath);
+    if (status) goto done;
+  }
+done:
+  ioupos__pix_free(&im);
+  ioupos__pix_free(&lb);
+  return status;
+}
+
+/* Make batch g of the stream into slot (any thread; touches only the worker and the slot). */
+static int ioupos__make_batch(ioupos__worker *wk, int64_t g, ioupos__slot *slot) {
+  struct ioupos__loader_state *st = wk->st;
+  const ioupos_loader_config *cfg = st->cfg;
+  int n = cfg->dataset->n, B = cfg->batch_size, epoch = (int)(g / st->bpe);
+  int index = (int)(g % st->bpe), first = index * B, count, i, status = 0;
+  ioupos_batch *b = &slot->b;
+  ioupos_rng E = ioupos_rng_split(&st->root, (uint64_t)epoch);
+  if (wk->perm_epoch != epoch) { /* Fisher-Yates from a copy of E */
+    ioupos_rng r = E;
+    for (i = 0; i < n; ++i) wk->perm[i] = i;
+    for (i = n - 1; i > 0; --i) {
+      int j = (int)ioupos_rng_below(&r, (uint64_t)i + 1u), t = wk->perm[i];
+      wk->perm[i] = wk->perm[j];
+      wk->perm[j] = t;
+    }
+    wk->perm_epoch = epoch;
+  }
+  count = n - first < B ? n - first : B;
+  b->epoch = epoch;
+  b->index = index;
+  b->last_in_epoch = index == st->bpe - 1;
+  b->n_images = count;
+  b->n = cfg->kind == IOUPOS_LOADER_FINETUNE ? count * cfg->num_samples : count;
+  for (i = 0; i < count && !status; ++i) {
+    int d = wk->perm[first + i];
+    ioupos_rng S = ioupos_rng_split(&E, (uint64_t)d);
+    status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune(wk, d, &S, b, i)
+                                                 : ioupos__make_ssl(wk, d, &S, b, i);
+  }
+  slot->status = status;
+  slot->reason[0] = 0;
+  if (status)
+    snprintf(slot->reason, sizeof slot->reason, "loader batch (epoch %d, batch %d): %s", epoch,
+             index, ioupos_failure_reason());
+  return status;
+}
+
+static void *ioupos__worker_main(void *arg) {
+  ioupos__worker *wk = (ioupos__worker *)arg;
+  struct ioupos__loader_state *st = wk->st;
+  pthread_mutex_lock(&st->mu);
+  for (;;) {
+    int64_t g;
+    ioupos__slot *slot;
+    while (!st->stop && (st->pausing || st->next_claim >= st->released + st->nslots))
+      pthread_cond_wait(&st->cv_work, &st->mu);
+    if (st->stop) break;
+    g = st->next_claim++;
+    slot = &st->slots[g % st->nslots];
+    IOUPOS_ASSERT(slot->state == IOUPOS__SLOT_FREE);
+    slot->state = IOUPOS__SLOT_FILLING;
+    slot->g = g;
+    ++st->busy;
+    pthread_mutex_unlock(&st->mu);
+    ioupos__make_batch(wk, g, slot);
+    pthread_mutex_lock(&st->mu);
+    slot->state = IOUPOS__SLOT_READY;
+    --st->busy;
+    pthread_cond_broadcast(&st->cv_ready);
+  }
+  pthread_mutex_unlock(&st->mu);
+  return NULL;
+}
+
+static void ioupos__worker_free(ioupos__worker *wk) {
+  int i;
+  for (i = 0; i < IOUPOS__LOADER_CACHE; ++i)
+    if (wk->cache[i].used) ioupos_iou_sampler_free(&wk->cache[i].s);
+  IOUPOS_FREE(wk->perm);
+  IOUPOS_FREE(wk->scratch);
+  IOUPOS_FREE(wk->idx);
+  memset(wk, 0, sizeof *wk);
+}
+
+IOUPOS_DEF void ioupos_loader_close(ioupos_loader *l) {
+  struct ioupos__loader_state *st;
+  int i;
+  if (!l || !l->st) return;
+  st = l->st;
+  if (st->sync_ok) {
+    pthread_mutex_lock(&st->mu);
+    st->stop = 1;
+    pthread_cond_broadcast(&st->cv_work);
+    pthread_mutex_unlock(&st->mu);
+  }
+  if (st->workers) {
+    int nw = st->nworkers ? st->nworkers : 1;
+    for (i = 0; i < nw; ++i)
+      if (st->workers[i].started) pthread_join(st->workers[i].thread, NULL);
+    for (i = 0; i < nw; ++i) ioupos__worker_free(&st->workers[i]);
+    IOUPOS_FREE(st->workers);
+  }
+  if (st->slots) {
+    for (i = 0; i < st->nslots; ++i) {
+      IOUPOS_FREE(st->slots[i].mem);
+      IOUPOS_FREE(st->slots[i].b.source);
+      IOUPOS_FREE(st->slots[i].b.box[0]);
+      IOUPOS_FREE(st->slots[i].b.box[1]);
+    }
+    IOUPOS_FREE(st->slots);
+  }
+  if (st->sync_ok) {
+    pthread_cond_destroy(&st->cv_ready);
+    pthread_cond_destroy(&st->cv_work);
+    pthread_mutex_destroy(&st->mu);
+  }
+  IOUPOS_FREE(st);
+  l->st = NULL;
+}
+
+IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *cfg_in) {
+  struct ioupos__loader_state *st;
+  const ioupos_loader_config *cfg;
+  const ioupos_dataset *ds;
+  int i, nw, ft, per_img, B;
+  size_t hw, scratch, floats;
+  if (!l) return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_open: loader is NULL");
+  memset(l, 0, sizeof *l);
+  if (!cfg_in) return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_open: config is NULL");
+  l->cfg = *cfg_in;
+  cfg = &l->cfg;
+  ds = cfg->dataset;
+  ft = cfg->kind == IOUPOS_LOADER_FINETUNE;
+  B = cfg->batch_size;
+  if (!ds || ds->n <= 0 || !ds->images)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: the data set is NULL or empty");
+  if (cfg->kind != IOUPOS_LOADER_SSL && !ft)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: unknown kind %d (0 SSL pairs, 1 fine-tuning)",
+                        cfg->kind);
+  if (B < 1 || cfg->crop[0] < 1 || cfg->crop[1] < 1 || cfg->crop[0] > 16384 ||
+      cfg->crop[1] > 16384)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: batch_size %d must be >= 1 and the crop %dx%d "
+                        "between 1 and 16384", B, cfg->crop[0], cfg->crop[1]);
+  if (cfg->num_workers < 0 || cfg->num_workers > 256 || cfg->prefetch < 0 ||
+      cfg->prefetch > 4096)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: num_workers %d must be in 0..256 and prefetch "
+                        "%d in 0..4096", cfg->num_workers, cfg->prefetch);
+  if (ft) {
+    if (!ds->labels)
+      return ioupos__fail(IOUPOS_EINVAL, "loader: fine-tuning needs a data set with labels "
+                          "(scan it with a label folder)");
+    if (cfg->num_samples < 1 || cfg->num_samples > 4096 || cfg->pos < 0 || cfg->neg < 0 ||
+        cfg->pos + cfg->neg <= 0)
+      return ioupos__fail(IOUPOS_EINVAL, "loader: num_samples %d must be in 1..4096 and pos %d, "
+                          "neg %d non-negative, not both 0", cfg->num_samples, cfg->pos,
+                          cfg->neg);
+  } else {
+    if (!(cfg->min_iou >= 0.0 && cfg->max_iou <= 1.0 && cfg->min_iou <= cfg->max_iou))
+      return ioupos__fail(IOUPOS_EINVAL, "loader: IoU interval [%g, %g] must be within [0, 1], "
+                          "not reversed, not NaN", cfg->min_iou, cfg->max_iou);
+    if (cfg->pair_mode != IOUPOS_PAIR_ANCHORED && cfg->pair_mode != IOUPOS_PAIR_JOINT)
+      return ioupos__fail(IOUPOS_EINVAL, "loader: unknown pair mode %d", cfg->pair_mode);
+  }
+  l->batches_per_epoch = cfg->drop_last ? ds->n / B : (ds->n - 1) / B + 1;
+  if (l->batches_per_epoch == 0)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: the data set has %d images, fewer than one batch "
+                        "of %d, and drop_last is set: an epoch would have no batch", ds->n, B);
+  if ((int64_t)B * (ft ? cfg->num_samples : 1) > 0x7FFFFFFF / 2)
+    return ioupos__fail(IOUPOS_ERANGE, "loader: batch_size %d x num_samples %d is too large", B,
+                        cfg->num_samples);
+
+  st = (struct ioupos__loader_state *)ioupos__calloc(1, sizeof *st);
+  if (!st) return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory");
+  l->st = st;
+  st->cfg = cfg;
+  st->bpe = l->batches_per_epoch;
+  ioupos_rng_seed(&st->root, cfg->seed);
+  for (i = 0; i < 256; ++i) st->lut[i] = (float)((double)i / 255.0);
+  st->held = -1;
+  nw = cfg->num_workers;
+  st->nworkers = nw;
+  st->nslots = nw == 0 ? 1 : cfg->prefetch ? cfg->prefetch : 2 * nw;
+  if (pthread_mutex_init(&st->mu, NULL) != 0) goto oom;
+  if (pthread_cond_init(&st->cv_work, NULL) != 0) {
+    pthread_mutex_destroy(&st->mu);
+    goto oom;
+  }
+  if (pthread_cond_init(&st->cv_ready, NULL) != 0) {
+    pthread_cond_destroy(&st->cv_work);
+    pthread_mutex_destroy(&st->mu);
+    goto oom;
+  }
+  st->sync_ok = 1;
+
+  /* slots: each holds a whole batch */
+  per_img = ft ? cfg->num_samples : 1;
+  hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1];
+  floats = (size_t)B * (size_t)per_img * hw; /* <= 2^30 * 2^28: check the product below */
+  if (hw != 0 && floats / hw != (size_t)B * (size_t)per_img) goto oom;
+  st->slots = (ioupos__slot *)ioupos__calloc((size_t)st->nslots, sizeof(ioupos__slot));
+  if (!st->slots) goto oom;
+  for (i = 0; i < st->nslots; ++i) {
+    ioupos__slot *s = &st->slots[i];
+    ioupos_batch *b = &s->b;
+    size_t nsamp = (size_t)B * (size_t)per_img;
+    s->mem = (float *)ioupos__calloc(floats, 2 * sizeof(float));
+    b->source = (int *)ioupos__calloc(nsamp, sizeof(int));
+    b->box[0] = (ioupos_box *)ioupos__calloc(nsamp, sizeof(ioupos_box));
+    if (!ft) b->box[1] = (ioupos_box *)ioupos__calloc(nsamp, sizeof(ioupos_box));
+    if (!s->mem || !b->source || !b->box[0] || (!ft && !b->box[1])) goto oom;
+    b->kind = cfg->kind;
+    b->h = cfg->crop[0];
+    b->w = cfg->crop[1];
+    if (ft) b->image = s->mem, b->label = s->mem + floats;
+    else b->views[0] = s->mem, b->views[1] = s->mem + floats;
+  }
+  /* worker contexts (one for the synchronous mode) */
+  scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
+  st->workers = (ioupos__worker *)ioupos__calloc((size_t)(nw ? nw : 1), sizeof(ioupos__worker));
+  if (!st->workers) goto oom;
+  for (i = 0; i < (nw ? nw : 1); ++i) {
+    ioupos__worker *wk = &st->workers[i];
+    wk->st = st;
+    wk->perm_epoch = -1;
+    wk->perm = (int *)ioupos__calloc((size_t)ds->n, sizeof(int));
+    wk->scratch = (float *)ioupos__calloc(scratch, sizeof(float));
+    if (!wk->perm || !wk->scratch) goto oom;
+  }
+  for (i = 0; i < nw; ++i) {
+    int e = pthread_create(&st->workers[i].thread, NULL, ioupos__worker_main, &st->workers[i]);
+    if (e != 0) {
+      ioupos_loader_close(l);
+      return ioupos__fail(IOUPOS_ENOMEM, "loader: cannot start worker thread %d of %d: %s", i + 1,
+                          nw, strerror(e));
+    }
+    st->workers[i].started = 1;
+  }
+  return IOUPOS_OK;
+oom:
+  i = st->nslots;
+  ioupos_loader_close(l);
+  return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory for %d batch buffers of %d x %dx%d "
+                      "crops", i, cfg_in->batch_size, cfg_in->crop[0], cfg_in->crop[1]);
+}
+
+IOUPOS_DEF int ioupos_loader_next(ioupos_loader *l, ioupos_batch *batch) {
+  struct ioupos__loader_state *st;
+  ioupos__slot *slot;
+  int64_t g;
+  if (!l || !l->st || !batch)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_next: NULL argument or loader not open");
+  st = l->st;
+  memset(batch, 0, sizeof *batch);
+  pthread_mutex_lock(&st->mu);
+  if (st->held >= 0) { /* the caller is done with the batch it holds */
+    st->slots[st->held].state = IOUPOS__SLOT_FREE;
+    st->held = -1;
+    st->released = st->next_return;
+    pthread_cond_broadcast(&st->cv_work);
+  }
+  g = st->next_return;
+  slot = &st->slots[g % st->nslots];
+  if (st->nworkers == 0) {
+    pthread_mutex_unlock(&st->mu);
+    slot->g = g;
+    ioupos__make_batch(&st->workers[0], g, slot);
+    pthread_mutex_lock(&st->mu);
+    slot->state = IOUPOS__SLOT_READY;
+  } else {
+    while (!(slot->state == IOUPOS__SLOT_READY && slot->g == g))
+      pthread_cond_wait(&st->cv_ready, &st->mu);
+  }
+  st->next_return = g + 1;
+  st->held = (int)(g % st->nslots);
+  pthread_mutex_unlock(&st->mu);
+  l->epoch = (int)((g + 1) / st->bpe);
+  l->batch = (int)((g + 1) % st->bpe);
+  if (slot->status) return ioupos__fail(slot->status, "%s", slot->reason);
+  *batch = slot->b;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_loader_seek(ioupos_loader *l, int epoch, int batch) {
+  struct ioupos__loader_state *st;
+  int64_t g;
+  int i;
+  if (!l || !l->st)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_seek: NULL argument or loader not open");
+  if (epoch < 0 || batch < 0 || batch >= l->batches_per_epoch)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_seek: position (epoch %d, batch %d) is "
+                        "outside the stream (epoch >= 0, batch in 0..%d)", epoch, batch,
+                        l->batches_per_epoch - 1);
+  st = l->st;
+  g = (int64_t)epoch * st->bpe + batch;
+  if (g > ((int64_t)1 << 62))
+    return ioupos__fail(IOUPOS_ERANGE, "ioupos_loader_seek: epoch %d too large", epoch);
+  pthread_mutex_lock(&st->mu);
+  if (g != st->next_return) {
+    st->pausing = 1; /* no new claims; let the batches being made finish, then drop them all */
+    while (st->busy > 0) pthread_cond_wait(&st->cv_ready, &st->mu);
+    for (i = 0; i < st->nslots; ++i) st->slots[i].state = IOUPOS__SLOT_FREE;
+    st->held = -1;
+    st->next_claim = st->next_return = st->released = g;
+    st->pausing = 0;
+    pthread_cond_broadcast(&st->cv_work);
+  }
+  pthread_mutex_unlock(&st->mu);
+  l->epoch = epoch;
+  l->batch = batch;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
+  return ioupos_loader_seek(l, epoch, 0);
 }
 
 #endif /* IOUPOS_IMPLEMENTATION_DONE */

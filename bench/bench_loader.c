@@ -1,4 +1,4 @@
-/* bench/bench_loader.c — throughput of the data loader (wip/data.h), each figure beside a
+/* bench/bench_loader.c — throughput of the data loader (ioupos.h section 9), each figure beside a
    baseline measured in the same run, and the ratio. Built by `make build/bench_loader`, run by
    `make bench`.
 
@@ -21,8 +21,6 @@
    whole epochs until at least MIN_SECONDS have passed. The whole program takes well under 60 s. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/augment.h"
-#include "wip/data.h"
 
 #include <dirent.h>
 #include <math.h>

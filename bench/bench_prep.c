@@ -1,4 +1,4 @@
-/* bench/bench_prep.c — throughput of the ioupos-prep pipeline (wip/nifti.h) on the real CT, beside
+/* bench/bench_prep.c — throughput of the ioupos-prep pipeline (ioupos.h section 6) on the real CT, beside
    a baseline measured in the same run, and the ratio. Built by `make build/bench_prep`.
 
    Data: the CT image volumes of $IOUPOS_DATA/ct (default ../shared/data/ct): every *.nii.gz of
@@ -14,7 +14,6 @@
    runs first on a warm-up pass). The whole program takes well under 60 s on 2 cores. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/nifti.h"
 
 #include <dirent.h>
 #include <pthread.h>

@@ -1,7 +1,7 @@
 /* ioupos-phantom — write synthetic abdominal CT cases with FLARE22 organ labels.
 
    The demo and the tests need CT data on a fresh machine without a download. This command writes
-   N cases of the phantom of wip/phantom.h (ioupos_phantom_make) as NIfTI volumes, laid out the
+   N cases of the phantom of ioupos.h section 8 (ioupos_phantom_make) as NIfTI volumes, laid out the
    way ioupos-prep reads them:
 
      DIR/images/phantom_000.nii.gz   int16 HU image
@@ -18,8 +18,6 @@
    the flags. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/nifti.h"
-#include "wip/phantom.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -4,7 +4,7 @@
    Each CT volume (.nii or .nii.gz) in --data_dir is reoriented to RAS, resampled to
    --size_x/y/z mm (trilinear; labels nearest), windowed to [--a_min, --a_max] and scaled to
    [0, 1], cropped to the bounding box of voxels > 0 (labels with the image's box), and padded in
-   x and y to at least --pad_to voxels (MONAI's semantics throughout, see wip/nifti.h). Then
+   x and y to at least --pad_to voxels (MONAI's semantics throughout, see ioupos.h section 6). Then
      --spatial_dims 2: every axial slice k is an 8-bit grey PNG <case>_<kkk>.png (x rows, y
                        columns, round(v * 255)); labels: labels/<case>_<kkk>.png (the label id);
      --spatial_dims 3: <case>.nii.gz (float32 in [0, 1]) and labels/<case>.nii.gz (uint8).
@@ -16,7 +16,6 @@
    finish; the exit status is then 1. Run with --help for the flags. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/nifti.h"
 
 #include <ctype.h>
 #include <dirent.h>

@@ -5,7 +5,6 @@
      build/make_nifti_corpus */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/nifti.h"
 
 static int save(const char *name, const unsigned char *b, size_t n) {
   char path[256];

@@ -1,4 +1,4 @@
-/* tests/test_augment.c — the augmentations of wip/augment.h.
+/* tests/test_augment.c — the augmentations of ioupos.h section 7.
 
    1. Deterministic building blocks against MONAI 1.6.1 fixtures (tests/fixtures/augment, written
       by tests/reference/augment_fixture.py): bilinear zoom at 0.8, 0.93, 1.0, 1.17, 1.2 on a
@@ -16,7 +16,6 @@
    Run from the repository root (fixture paths are relative to it). */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/augment.h"
 #include "test_util.h"
 #include "npy.h"
 

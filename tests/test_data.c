@@ -1,4 +1,4 @@
-/* tests/test_data.c — data sets and the loader (wip/data.h).
+/* tests/test_data.c — data sets and the loader (ioupos.h section 9).
 
    Every test writes its own PNGs (ioupos_png_write) into a fresh temporary folder and removes
    it at the end.
@@ -25,8 +25,6 @@
       loader whose workers are blocked on a full ring returns at once. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/augment.h"
-#include "wip/data.h"
 #include "test_util.h"
 
 #include <dirent.h>
@@ -769,7 +767,7 @@ static void test_finetune(void) {
     CHECK(bad_box == 0, "pass %d: %d crop boxes outside the image", pass, bad_box);
     CHECK(bad_ref == 0, "pass %d: %d crops differ from MONAI's centre rule on split(S, 0)", pass,
           bad_ref);
-    CHECK(bad_aug == 0, "pass %d: %d crops differ from ioupos_posneg_crops_draw (wip/augment.h)",
+    CHECK(bad_aug == 0, "pass %d: %d crops differ from ioupos_posneg_crops_draw (ioupos.h section 7)",
           pass, bad_aug);
     CHECK(bad_fg == 0 && bad_bg == 0, "pass %d: %d pos crops without foreground, %d neg crops "
           "without background", pass, bad_fg, bad_bg);
@@ -1014,7 +1012,7 @@ static void test_errors(void) {
 }
 
 
-/* ---- 7. the default augmentation adapters (wip/augment.h) ------------------------------------ */
+/* ---- 7. the default augmentation adapters (ioupos.h section 7) ------------------------------------ */
 
 static void test_adapters(const ioupos_dataset *ssl) {
   ioupos_loader_config c = ssl_config(ssl);

@@ -9,7 +9,6 @@
    by more than 2, and at least 99.9 % of label pixels equal. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/nifti.h"
 
 #include <math.h>
 #include <stdio.h>

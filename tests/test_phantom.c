@@ -1,11 +1,9 @@
-/* tests/test_phantom.c — the synthetic CT phantom (wip/phantom.h): every FLARE22 organ present
+/* tests/test_phantom.c — the synthetic CT phantom (ioupos.h section 8): every FLARE22 organ present
    with a plausible volume, organs on the correct sides in RAS+ world coordinates, plausible HU
    per tissue, labels inside the body, bit-identical volumes for a seed and different ones for
    another, argument checks, and a NIfTI write / read round trip. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/nifti.h"
-#include "wip/phantom.h"
 #include "tests/test_util.h"
 
 #include <math.h>

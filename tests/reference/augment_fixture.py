@@ -1,5 +1,5 @@
 """Write tests/fixtures/augment/*.npy: MONAI 1.6.1's augmentations on small inputs, for
-tests/test_augment.c (which compares wip/augment.h's deterministic building blocks with them).
+tests/test_augment.c (which compares ioupos.h section 7's deterministic building blocks with them).
 
 Run from the repository root:  .venv/bin/python tests/reference/augment_fixture.py
 Versions: tests/reference/requirements.txt (torch 2.15.0, monai 1.6.1, numpy 2.4.6).
