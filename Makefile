@@ -30,7 +30,7 @@ stb:
 	  fi; \
 	fi
 
-$(BUILD)/ioupos-%: drivers/ioupos_%.c ioupos.h | stb
+$(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -103,11 +103,10 @@ fuzz-replay: | stb
 	  $(BUILD)/fuzz/replay_$$t fuzz/corpus/$$t/* || exit 1; \
 	done
 
-demo: $(BUILD)/ioupos-crops
-	@mkdir -p $(BUILD)/demo
-	$(BUILD)/ioupos-crops --min_iou 0.3 --max_iou 0.6 --n_pairs 8 --seed 0 \
-	  --output $(BUILD)/demo/pairs_0.3_0.6.png
-	@echo "open $(BUILD)/demo/pairs_0.3_0.6.png to see the pairs"
+# The data path end to end: phantom CT (or DATA=<folder of NIfTI>), preprocessing, crop pairs.
+DATA ?=
+demo: $(DRIVERS)
+	@sh scripts/demo.sh $(BUILD) $(DATA)
 
 clean:
 	rm -rf $(BUILD)

@@ -219,7 +219,6 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
 /* Write bytes to path atomically (same temporary-and-rename scheme). */
 IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size_t size);
 
-
 /* ============================================================================================
    6. NIfTI volumes, CT preprocessing and split files
    ============================================================================================ */
@@ -1784,7 +1783,6 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
   IOUPOS_FREE(m.data);
   return st;
 }
-
 
 /* ---- 6. NIfTI volumes, CT preprocessing and split files --------------------------------------- */
 

@@ -14,14 +14,14 @@
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PROG "ioupos-crops"
+#include "cli.h"
+
 #define MAX_PAIRS 1000
 #define MAX_HIST 1000000000LL
 #define MAX_CROP (1 << 24)
@@ -65,131 +65,39 @@ static void usage(FILE *f) {
           MAX_PAIRS, MAX_HIST);
 }
 
-/* ---- strict number parsing: whole string, no leading space, range-checked ---------------- */
-
-static void bad_value(const char *flag, const char *value, const char *why) {
-  fprintf(stderr, PROG ": %s: bad value '%s': %s (see --help)\n", flag, value, why);
-  exit(2);
-}
-
-static double parse_double(const char *flag, const char *s, double lo, double hi) {
-  char *end;
-  double v;
-  char why[96];
-  if (!*s || isspace((unsigned char)*s)) bad_value(flag, s, "expected a number");
-  errno = 0;
-  v = strtod(s, &end);
-  if (end == s || *end) bad_value(flag, s, "expected a number");
-  if (errno == ERANGE || !isfinite(v)) bad_value(flag, s, "expected a finite number");
-  if (v < lo || v > hi) {
-    snprintf(why, sizeof why, "must be in [%g, %g]", lo, hi);
-    bad_value(flag, s, why);
-  }
-  return v;
-}
-
-/* Parses a decimal integer at *s, advancing *s past it; lo..hi inclusive. */
-static long long parse_int_prefix(const char *flag, const char *whole, const char **s,
-                                  long long lo, long long hi) {
-  char *end;
-  long long v;
-  char why[96];
-  if (!isdigit((unsigned char)**s) && **s != '-') bad_value(flag, whole, "expected an integer");
-  errno = 0;
-  v = strtoll(*s, &end, 10);
-  if (end == *s) bad_value(flag, whole, "expected an integer");
-  if (errno == ERANGE || v < lo || v > hi) {
-    snprintf(why, sizeof why, "must be an integer in %lld..%lld", lo, hi);
-    bad_value(flag, whole, why);
-  }
-  *s = end;
-  return v;
-}
-
-static long long parse_int(const char *flag, const char *s, long long lo, long long hi) {
-  const char *p = s;
-  long long v = parse_int_prefix(flag, s, &p, lo, hi);
-  if (*p) bad_value(flag, s, "expected an integer");
-  return v;
-}
-
-static uint64_t parse_u64(const char *flag, const char *s) {
-  char *end;
-  unsigned long long v;
-  if (!isdigit((unsigned char)*s)) bad_value(flag, s, "expected an unsigned integer");
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (*end) bad_value(flag, s, "expected an unsigned integer");
-  if (errno == ERANGE) bad_value(flag, s, "larger than 2^64 - 1");
-  return (uint64_t)v;
-}
-
 /* "96" (both axes) or "64x96" (rows x columns). */
 static void parse_crop(const char *flag, const char *s, int crop[2]) {
   const char *p = s;
-  crop[0] = crop[1] = (int)parse_int_prefix(flag, s, &p, 1, MAX_CROP);
+  crop[0] = crop[1] = (int)cli_int_prefix(flag, s, &p, 1, MAX_CROP, NULL);
   if (*p == 'x') {
     ++p;
-    crop[1] = (int)parse_int_prefix(flag, s, &p, 1, MAX_CROP);
+    crop[1] = (int)cli_int_prefix(flag, s, &p, 1, MAX_CROP, NULL);
   }
-  if (*p) bad_value(flag, s, "expected N or HxW with positive integers, e.g. 96 or 64x96");
+  if (*p) cli_bad_value(flag, s, "expected N or HxW with positive integers, e.g. 96 or 64x96");
 }
 
 static void parse_args(int argc, char **argv, options *o) {
   static const char *const names[] = {"input",  "output",  "min_iou",   "max_iou", "crop_size",
                                       "n_pairs", "n_hist", "pair_mode", "seed"};
-  int i, k, nnames = (int)(sizeof names / sizeof names[0]);
-  for (i = 1; i < argc; ++i) {
-    const char *arg = argv[i], *eq, *val;
-    char flag[256];
-    size_t len;
-    if (strncmp(arg, "--", 2) != 0 || !arg[2]) {
-      fprintf(stderr, PROG ": unexpected argument '%s' (flags start with --; see --help)\n", arg);
-      exit(2);
-    }
-    eq = strchr(arg, '=');
-    len = eq ? (size_t)(eq - arg) : strlen(arg);
-    if (len >= sizeof flag) len = sizeof flag - 1;
-    memcpy(flag, arg, len);
-    flag[len] = 0;
-    if (!strcmp(flag, "--help")) {
-      if (eq) {
-        fprintf(stderr, PROG ": --help takes no value (got '%s')\n", arg);
-        exit(2);
-      }
-      usage(stdout);
-      exit(0);
-    }
-    for (k = 0; k < nnames && strcmp(flag + 2, names[k]) != 0; ++k) {}
-    if (k == nnames) {
-      fprintf(stderr, PROG ": unknown flag '%s' (see --help)\n", flag);
-      exit(2);
-    }
-    if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
-      val = argv[++i];
-    } else {
-      fprintf(stderr, PROG ": %s: missing value (see --help)\n", flag);
-      exit(2);
-    }
+  cli c;
+  int k;
+  cli_init(&c, argc, argv, names, CLI_COUNT(names), 0, usage);
+  while ((k = cli_next_flag(&c)) >= 0) {
+    const char *flag = c.flag, *val = c.value;
     switch (k) {
-      case 0:
-      case 1:
-        if (!*val) bad_value(flag, val, "expected a file name");
-        if (k == 0) o->input = val; else o->output = val;
-        break;
-      case 2: o->min_iou = parse_double(flag, val, 0.0, 1.0); break;
-      case 3: o->max_iou = parse_double(flag, val, 0.0, 1.0); break;
+      case 0: o->input = cli_nonempty(flag, val, "expected a file name"); break;
+      case 1: o->output = cli_nonempty(flag, val, "expected a file name"); break;
+      case 2: o->min_iou = cli_double(flag, val, 0.0, 1.0, 0); break;
+      case 3: o->max_iou = cli_double(flag, val, 0.0, 1.0, 0); break;
       case 4: parse_crop(flag, val, o->crop); break;
-      case 5: o->n_pairs = parse_int(flag, val, 0, MAX_PAIRS); break;
-      case 6: o->n_hist = parse_int(flag, val, 0, MAX_HIST); break;
+      case 5: o->n_pairs = cli_int(flag, val, 0, MAX_PAIRS); break;
+      case 6: o->n_hist = cli_int(flag, val, 0, MAX_HIST); break;
       case 7:
         if (!strcmp(val, "anchored")) o->mode = IOUPOS_PAIR_ANCHORED;
         else if (!strcmp(val, "joint")) o->mode = IOUPOS_PAIR_JOINT;
-        else bad_value(flag, val, "expected anchored or joint");
+        else cli_bad_value(flag, val, "expected anchored or joint");
         break;
-      default: o->seed = parse_u64(flag, val); break;
+      default: o->seed = cli_u64(flag, val); break;
     }
   }
 }

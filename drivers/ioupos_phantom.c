@@ -19,9 +19,7 @@
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
-#include <ctype.h>
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +29,8 @@
 #include <time.h>
 
 #define PROG "ioupos-phantom"
+#include "cli.h"
+
 #define MAX_CASES 100000
 #define MAX_DIMENSION 4096
 
@@ -84,155 +84,40 @@ static void usage(FILE *f) {
           MAX_CASES, MAX_DIMENSION);
 }
 
-/* ---- strict parsing: whole string, no leading space, range-checked ------------------------- */
-
-static void bad_value(const char *flag, const char *value, const char *why) {
-  fprintf(stderr, PROG ": %s: bad value '%s': %s (see --help)\n", flag, value, why);
-  exit(2);
-}
-
-/* A decimal integer at *s (advanced past it), lo..hi inclusive; `whole` is quoted on error. */
-static long long int_prefix(const char *flag, const char *whole, const char **s, long long lo,
-                            long long hi, const char *expect) {
-  char *end;
-  long long v;
-  char why[128];
-  if (!isdigit((unsigned char)**s) && **s != '-') bad_value(flag, whole, expect);
-  errno = 0;
-  v = strtoll(*s, &end, 10);
-  if (end == *s) bad_value(flag, whole, expect);
-  if (errno == ERANGE || v < lo || v > hi) {
-    snprintf(why, sizeof why, "each integer must be in %lld..%lld", lo, hi);
-    bad_value(flag, whole, why);
-  }
-  *s = end;
-  return v;
-}
-
-/* A finite number at *s (advanced past it), in (lo, hi] when open_lo, else [lo, hi]. */
-static double num_prefix(const char *flag, const char *whole, const char **s, double lo,
-                         double hi, int open_lo, const char *expect) {
-  char *end;
-  double v;
-  char why[128];
-  if (!**s || isspace((unsigned char)**s)) bad_value(flag, whole, expect);
-  errno = 0;
-  v = strtod(*s, &end);
-  if (end == *s) bad_value(flag, whole, expect);
-  if (errno == ERANGE || !isfinite(v)) bad_value(flag, whole, "expected finite numbers");
-  if ((open_lo ? !(v > lo) : !(v >= lo)) || !(v <= hi)) {
-    snprintf(why, sizeof why, "each number must be in %c%g, %g]", open_lo ? '(' : '[', lo, hi);
-    bad_value(flag, whole, why);
-  }
-  *s = end;
-  return v;
-}
-
-static uint64_t parse_u64(const char *flag, const char *s) {
-  char *end;
-  unsigned long long v;
-  if (!isdigit((unsigned char)*s)) bad_value(flag, s, "expected an unsigned integer");
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (*end) bad_value(flag, s, "expected an unsigned integer");
-  if (errno == ERANGE) bad_value(flag, s, "larger than 2^64 - 1");
-  return (uint64_t)v;
-}
+/* ---- flags (drivers/cli.h) ------------------------------------------------------------------ */
 
 static void parse_args(int argc, char **argv, options *o) {
   static const char *const names[] = {"output_dir", "n_cases", "seed",  "size",
                                       "spacing",    "noise",   "split", "no_labels"};
-  int i, k, nnames = (int)(sizeof names / sizeof names[0]);
-  for (i = 1; i < argc; ++i) {
-    const char *arg = argv[i], *eq, *val, *p;
-    char flag[256];
-    size_t len;
-    if (strncmp(arg, "--", 2) != 0 || !arg[2]) {
-      fprintf(stderr, PROG ": unexpected argument '%s' (flags start with --; see --help)\n", arg);
-      exit(2);
-    }
-    eq = strchr(arg, '=');
-    len = eq ? (size_t)(eq - arg) : strlen(arg);
-    if (len >= sizeof flag) len = sizeof flag - 1;
-    memcpy(flag, arg, len);
-    flag[len] = 0;
-    if (!strcmp(flag, "--help") || !strcmp(flag, "--no_labels")) {
-      if (eq) {
-        fprintf(stderr, PROG ": %s takes no value (got '%s')\n", flag, arg);
-        exit(2);
-      }
-      if (flag[2] == 'h') {
-        usage(stdout);
-        exit(0);
-      }
-      o->no_labels = 1;
-      continue;
-    }
-    for (k = 0; k < nnames && strcmp(flag + 2, names[k]) != 0; ++k) {}
-    if (k == nnames) {
-      fprintf(stderr, PROG ": unknown flag '%s' (see --help)\n", flag);
-      exit(2);
-    }
-    if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
-      val = argv[++i];
-    } else {
-      fprintf(stderr, PROG ": %s: missing value (see --help)\n", flag);
-      exit(2);
-    }
-    p = val;
+  long long v[3];
+  cli c;
+  int k, a;
+  cli_init(&c, argc, argv, names, CLI_COUNT(names), 1, usage); /* --no_labels: a switch */
+  while ((k = cli_next_flag(&c)) >= 0) {
+    const char *flag = c.flag, *val = c.value;
     switch (k) {
-      case 0:
-        if (!*val) bad_value(flag, val, "expected a directory name");
-        o->output_dir = val;
+      case 0: o->output_dir = cli_nonempty(flag, val, "expected a directory name"); break;
+      case 1: o->n_cases = (long)cli_int(flag, val, 1, MAX_CASES); break;
+      case 2: o->seed = cli_u64(flag, val); break;
+      case 3:
+        cli_int_list(flag, val, 'x', 3, 1, MAX_DIMENSION,
+                     "expected NXxNYxNZ with positive integers, e.g. 192x160x64", v);
+        for (a = 0; a < 3; ++a) o->size[a] = (int)v[a];
         break;
-      case 1:
-        o->n_cases = (long)int_prefix(flag, val, &p, 1, MAX_CASES, "expected an integer");
-        if (*p) bad_value(flag, val, "expected an integer");
+      case 4:
+        cli_double_list(flag, val, ',', 3, 0.0, 100.0, 1, "expected X,Y,Z in mm, e.g. 2,2,2.5",
+                        o->spacing);
         break;
-      case 2: o->seed = parse_u64(flag, val); break;
-      case 3: {
-        const char *expect = "expected NXxNYxNZ with positive integers, e.g. 192x160x64";
-        int a;
-        for (a = 0; a < 3; ++a) {
-          if (a > 0 && *p++ != 'x') bad_value(flag, val, expect);
-          o->size[a] = (int)int_prefix(flag, val, &p, 1, MAX_DIMENSION, expect);
-        }
-        if (*p) bad_value(flag, val, expect);
-        break;
-      }
-      case 4: {
-        const char *expect = "expected X,Y,Z in mm, e.g. 2,2,2.5";
-        int a;
-        for (a = 0; a < 3; ++a) {
-          if (a > 0 && *p++ != ',') bad_value(flag, val, expect);
-          o->spacing[a] = num_prefix(flag, val, &p, 0.0, 100.0, 1, expect);
-        }
-        if (*p) bad_value(flag, val, expect);
-        break;
-      }
-      case 5:
-        o->noise = num_prefix(flag, val, &p, 0.0, 1000.0, 0, "expected a number");
-        if (*p) bad_value(flag, val, "expected a number");
-        break;
-      default: {
-        const char *expect = "expected three counts A,B,C, e.g. 3,1,1";
-        int a;
-        for (a = 0; a < 3; ++a) {
-          if (a > 0 && *p++ != ',') bad_value(flag, val, expect);
-          o->split[a] = (long)int_prefix(flag, val, &p, 0, MAX_CASES, expect);
-        }
-        if (*p) bad_value(flag, val, expect);
+      case 5: o->noise = cli_double(flag, val, 0.0, 1000.0, 0); break;
+      case 6:
+        cli_int_list(flag, val, ',', 3, 0, MAX_CASES, "expected three counts A,B,C, e.g. 3,1,1", v);
+        for (a = 0; a < 3; ++a) o->split[a] = (long)v[a];
         o->split_on = 1;
         break;
-      }
+      default: o->no_labels = 1; break;
     }
   }
-  if (!o->output_dir) {
-    fprintf(stderr, PROG ": --output_dir is required (see --help)\n");
-    exit(2);
-  }
+  if (!o->output_dir) cli_required("--output_dir");
   if (o->split_on && o->split[0] + o->split[1] + o->split[2] != o->n_cases) {
     fprintf(stderr, PROG ": --split: %ld,%ld,%ld adds up to %ld, not --n_cases %ld (see --help)\n",
             o->split[0], o->split[1], o->split[2], o->split[0] + o->split[1] + o->split[2],

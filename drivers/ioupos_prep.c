@@ -17,10 +17,8 @@
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +28,8 @@
 #include <unistd.h>
 
 #define PROG "ioupos-prep"
+#include "cli.h"
+
 #define MAX_WORKERS 256
 
 typedef struct options {
@@ -86,110 +86,39 @@ static void usage(FILE *f) {
           MAX_WORKERS);
 }
 
-/* ---- flags (the house style of ioupos-crops) ----------------------------------------------- */
-
-static void bad_value(const char *flag, const char *value, const char *why) {
-  fprintf(stderr, PROG ": %s: bad value '%s': %s (see --help)\n", flag, value, why);
-  exit(2);
-}
-
-static double parse_double(const char *flag, const char *s, double lo, double hi, int open_lo) {
-  char *end;
-  double v;
-  char why[96];
-  if (!*s || isspace((unsigned char)*s)) bad_value(flag, s, "expected a number");
-  errno = 0;
-  v = strtod(s, &end);
-  if (end == s || *end) bad_value(flag, s, "expected a number");
-  if (errno == ERANGE || !isfinite(v)) bad_value(flag, s, "expected a finite number");
-  if ((open_lo ? v <= lo : v < lo) || v > hi) {
-    snprintf(why, sizeof why, "must be in %c%g, %g]", open_lo ? '(' : '[', lo, hi);
-    bad_value(flag, s, why);
-  }
-  return v;
-}
-
-static long parse_int(const char *flag, const char *s, long lo, long hi) {
-  char *end;
-  long v;
-  char why[96];
-  if (!isdigit((unsigned char)*s) && *s != '-') bad_value(flag, s, "expected an integer");
-  errno = 0;
-  v = strtol(s, &end, 10);
-  if (end == s || *end) bad_value(flag, s, "expected an integer");
-  if (errno == ERANGE || v < lo || v > hi) {
-    snprintf(why, sizeof why, "must be an integer in %ld..%ld", lo, hi);
-    bad_value(flag, s, why);
-  }
-  return v;
-}
+/* ---- flags (drivers/cli.h, shared with ioupos-crops and ioupos-phantom) --------------------- */
 
 static void parse_args(int argc, char **argv, options *o) {
   static const char *const names[] = {"data_dir", "output_dir", "spatial_dims", "a_min",
                                       "a_max",    "size_x",     "size_y",       "size_z",
                                       "labels_dir", "split_path", "num_workers", "image_suffix",
                                       "label_suffix", "pad_to"};
-  int i, k, nnames = (int)(sizeof names / sizeof names[0]);
-  for (i = 1; i < argc; ++i) {
-    const char *arg = argv[i], *eq, *val;
-    char flag[256];
-    size_t len;
-    if (strncmp(arg, "--", 2) != 0 || !arg[2]) {
-      fprintf(stderr, PROG ": unexpected argument '%s' (flags start with --; see --help)\n", arg);
-      exit(2);
-    }
-    eq = strchr(arg, '=');
-    len = eq ? (size_t)(eq - arg) : strlen(arg);
-    if (len >= sizeof flag) len = sizeof flag - 1;
-    memcpy(flag, arg, len);
-    flag[len] = 0;
-    if (!strcmp(flag, "--help")) {
-      if (eq) {
-        fprintf(stderr, PROG ": --help takes no value (got '%s')\n", arg);
-        exit(2);
-      }
-      usage(stdout);
-      exit(0);
-    }
-    for (k = 0; k < nnames && strcmp(flag + 2, names[k]) != 0; ++k) {}
-    if (k == nnames) {
-      fprintf(stderr, PROG ": unknown flag '%s' (see --help)\n", flag);
-      exit(2);
-    }
-    if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc && (strncmp(argv[i + 1], "--", 2) != 0)) {
-      val = argv[++i];
-    } else {
-      fprintf(stderr, PROG ": %s: missing value (see --help)\n", flag);
-      exit(2);
-    }
+  cli c;
+  int k;
+  cli_init(&c, argc, argv, names, CLI_COUNT(names), 0, usage);
+  while ((k = cli_next_flag(&c)) >= 0) {
+    const char *flag = c.flag, *val = c.value;
     switch (k) {
-      case 0: case 1: case 8: case 9:
-        if (!*val) bad_value(flag, val, "expected a path");
-        if (k == 0) o->data_dir = val;
-        else if (k == 1) o->output_dir = val;
-        else if (k == 8) o->labels_dir = val;
-        else o->split_path = val;
-        break;
-      case 2: o->spatial_dims = (int)parse_int(flag, val, 2, 3); break;
-      case 3: o->prep.a_min = parse_double(flag, val, -1e6, 1e6, 0); break;
-      case 4: o->prep.a_max = parse_double(flag, val, -1e6, 1e6, 0); break;
-      case 5: case 6: case 7: o->prep.spacing[k - 5] = parse_double(flag, val, 0.0, 1000.0, 1); break;
-      case 10: o->num_workers = (int)parse_int(flag, val, 1, MAX_WORKERS); break;
+      case 0: o->data_dir = cli_nonempty(flag, val, "expected a path"); break;
+      case 1: o->output_dir = cli_nonempty(flag, val, "expected a path"); break;
+      case 2: o->spatial_dims = (int)cli_int(flag, val, 2, 3); break;
+      case 3: o->prep.a_min = cli_double(flag, val, -1e6, 1e6, 0); break;
+      case 4: o->prep.a_max = cli_double(flag, val, -1e6, 1e6, 0); break;
+      case 5: case 6: case 7: o->prep.spacing[k - 5] = cli_double(flag, val, 0.0, 1000.0, 1); break;
+      case 8: o->labels_dir = cli_nonempty(flag, val, "expected a path"); break;
+      case 9: o->split_path = cli_nonempty(flag, val, "expected a path"); break;
+      case 10: o->num_workers = (int)cli_int(flag, val, 1, MAX_WORKERS); break;
       case 11: o->image_suffix = val; break;
       case 12: o->label_suffix = val; break;
-      default: o->pad_to = (int)parse_int(flag, val, 1, 32767); break;
+      default: o->pad_to = (int)cli_int(flag, val, 1, 32767); break;
     }
   }
-  if (!o->data_dir || !o->output_dir) {
-    fprintf(stderr, PROG ": %s is required (see --help)\n", !o->data_dir ? "--data_dir" : "--output_dir");
-    exit(2);
-  }
+  if (!o->data_dir) cli_required("--data_dir");
+  if (!o->output_dir) cli_required("--output_dir");
   if (!(o->prep.a_min < o->prep.a_max)) {
     char v[64];
     snprintf(v, sizeof v, "%g", o->prep.a_max);
-    bad_value("--a_max", v, "must be greater than --a_min");
+    cli_bad_value("--a_max", v, "must be greater than --a_min");
   }
   o->prep.pad_xy = o->pad_to;
 }

@@ -1,12 +1,8 @@
 /* fuzz/fuzz_nifti.c — libFuzzer target for the NIfTI-1 reader (ioupos_nifti_read_memory: gzip
    parsing and inflate, header checks, every datatype, byte order, scaling, affines), followed by
    the cheap preprocessing steps on what it returns (RAS reorientation, window, foreground box).
-
-   Built two ways:
-     clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -I/usr/include/stb fuzz/fuzz_nifti.c
-                       libFuzzer; seeds in fuzz/corpus/nifti (made by fuzz/make_nifti_corpus.c)
-     -DIOUPOS_FUZZ_REPLAY with any compiler (plus ASan/UBSan): a standalone main feeds every file
-                       named on the command line to the target once */
+   Seeds: fuzz/corpus/nifti, made by fuzz/make_nifti_corpus.c. How it is built and replayed:
+   fuzz/replay_main.h. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
@@ -32,20 +28,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-#ifdef IOUPOS_FUZZ_REPLAY
-int main(int argc, char **argv) {
-  int i;
-  for (i = 1; i < argc; ++i) {
-    void *data;
-    size_t size;
-    if (ioupos_read_file(argv[i], &data, &size) != IOUPOS_OK) {
-      fprintf(stderr, "%s\n", ioupos_failure_reason());
-      return 1;
-    }
-    LLVMFuzzerTestOneInput((const uint8_t *)data, size);
-    free(data);
-  }
-  printf("fuzz_nifti replay: %d inputs, no crash\n", argc - 1);
-  return 0;
-}
-#endif
+#define FUZZ_TARGET "fuzz_nifti"
+#include "replay_main.h"

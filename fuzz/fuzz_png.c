@@ -1,10 +1,6 @@
-/* fuzz/fuzz_png.c — libFuzzer target for the PNG path (ioupos_image_load_memory).
-
-   Built two ways:
-     make fuzz         clang -fsanitize=fuzzer,address,undefined: runs libFuzzer for a bounded
-                       time on fuzz/corpus/png
-     make fuzz-replay  any compiler with -DIOUPOS_FUZZ_REPLAY and ASan/UBSan: a standalone main
-                       feeds every file named on the command line to the target once */
+/* fuzz/fuzz_png.c — libFuzzer target for the PNG path (ioupos_image_load_memory): every pixel
+   of a decoded image must be in [0, 1]. Seeds: fuzz/corpus/png. How it is built and replayed:
+   fuzz/replay_main.h. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
@@ -21,20 +17,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-#ifdef IOUPOS_FUZZ_REPLAY
-int main(int argc, char **argv) {
-  int i;
-  for (i = 1; i < argc; ++i) {
-    void *data;
-    size_t size;
-    if (ioupos_read_file(argv[i], &data, &size) != IOUPOS_OK) {
-      fprintf(stderr, "%s\n", ioupos_failure_reason());
-      return 1;
-    }
-    LLVMFuzzerTestOneInput((const uint8_t *)data, size);
-    free(data);
-  }
-  printf("fuzz_png replay: %d inputs, no crash\n", argc - 1);
-  return 0;
-}
-#endif
+#define FUZZ_TARGET "fuzz_png"
+#include "replay_main.h"

@@ -1,10 +1,5 @@
-/* fuzz/fuzz_split.c — libFuzzer target for the split-file parser (ioupos_split_parse).
-
-   Built two ways:
-     clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -I/usr/include/stb fuzz/fuzz_split.c
-                       libFuzzer; seeds in fuzz/corpus/split
-     -DIOUPOS_FUZZ_REPLAY with any compiler (plus ASan/UBSan): a standalone main feeds every file
-                       named on the command line to the target once */
+/* fuzz/fuzz_split.c — libFuzzer target for the split-file parser (ioupos_split_parse). Seeds:
+   fuzz/corpus/split. How it is built and replayed: fuzz/replay_main.h. */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
@@ -28,20 +23,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   return 0;
 }
 
-#ifdef IOUPOS_FUZZ_REPLAY
-int main(int argc, char **argv) {
-  int i;
-  for (i = 1; i < argc; ++i) {
-    void *data;
-    size_t size;
-    if (ioupos_read_file(argv[i], &data, &size) != IOUPOS_OK) {
-      fprintf(stderr, "%s\n", ioupos_failure_reason());
-      return 1;
-    }
-    LLVMFuzzerTestOneInput((const uint8_t *)data, size);
-    free(data);
-  }
-  printf("fuzz_split replay: %d inputs, no crash\n", argc - 1);
-  return 0;
-}
-#endif
+#define FUZZ_TARGET "fuzz_split"
+#include "replay_main.h"

@@ -4,41 +4,8 @@
 # Prints "FAIL: ..." for each failed check, then "test_cli: N checks passed, M failed";
 # exits 1 if any check failed.
 
-build=${1:-build}
-bin=$build/ioupos-crops
-case $bin in /*) ;; *) bin=$(pwd)/$bin ;; esac
-
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@"; then pass; else fail "$desc"; fi
-}
-
-if [ ! -x "$bin" ]; then
-  echo "FAIL: $bin not found or not executable (run: make $build/ioupos-crops)"
-  echo "test_cli: 0 checks passed, 1 failed"
-  exit 1
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/test_cli.XXXXXX") || exit 1
-trap 'cd / && rm -rf "$tmp"' EXIT
-trap 'exit 1' HUP INT TERM
-cd "$tmp" || exit 1
-
-# run NAME ARGS...: runs the command, stdout in NAME.out, stderr in NAME.err, status in $rc.
-run() {
-  name=$1; shift
-  "$bin" "$@" >"$name.out" 2>"$name.err"
-  rc=$?
-}
-
-# is_png FILE: the file starts with the 8-byte PNG signature \211 P N G \r \n \032 \n.
-is_png() {
-  [ -f "$1" ] && [ "$(od -An -tx1 -N8 "$1" | tr -d ' \n')" = 89504e470d0a1a0a ]
-}
+me=test_cli prog=ioupos-crops
+. "$(dirname "$0")/cli_lib.sh"
 
 # --help: exit 0, every flag and its default documented.
 run help --help
@@ -101,37 +68,33 @@ check "RGB PNG input: image shape 512x448 reported" grep -q "^image 512x448, cro
 check "RGB PNG input reports violations: 0" grep -q "violations: 0$" in1.out
 
 # Command-line errors: exit 2, message names the flag (and value), no output file.
-# expect_error NAME STATUS PATTERN ARGS...
-expect_error() {
+# refused NAME STATUS PATTERN ARGS...: the command, asked for NAME.png, fails with STATUS and
+# PATTERN on stderr; no NAME.png, nothing on stdout.
+refused() {
   name=$1; want=$2; pattern=$3; shift 3
-  rm -f "$name.png"
-  run "$name" --output "$name.png" "$@"
-  check "$name: exits $want (got $rc)" [ "$rc" -eq "$want" ]
-  check "$name: stderr matches '$pattern' (got: $(cat "$name.err"))" grep -q -- "$pattern" "$name.err"
-  check "$name: no output file left" [ ! -e "$name.png" ]
-  check "$name: nothing on stdout" [ ! -s "$name.out" ]
+  expect_refusal "$name" "$want" "$pattern" --output "$name.png" "$@"
 }
-expect_error e_flag 2 "unknown flag '--bogus'" --bogus 1
-expect_error e_num 2 "--min_iou: bad value 'abc'" --min_iou abc
-expect_error e_num2 2 "--n_pairs: bad value '-1'" --n_pairs -1
-expect_error e_num3 2 "--crop_size: bad value '64x'" --crop_size 64x
-expect_error e_num4 2 "--seed: bad value '-1'" --seed -1
-expect_error e_range 2 "--max_iou: bad value '1.5'" --max_iou=1.5
-expect_error e_missing 2 "--seed: missing value" --seed
-expect_error e_mode 2 "--pair_mode: bad value 'both'" --pair_mode both
-expect_error e_pos 2 "unexpected argument 'extra'" extra
+refused e_flag 2 "unknown flag '--bogus'" --bogus 1
+refused e_num 2 "--min_iou: bad value 'abc'" --min_iou abc
+refused e_num2 2 "--n_pairs: bad value '-1'" --n_pairs -1
+refused e_num3 2 "--crop_size: bad value '64x'" --crop_size 64x
+refused e_num4 2 "--seed: bad value '-1'" --seed -1
+refused e_range 2 "--max_iou: bad value '1.5'" --max_iou=1.5
+refused e_missing 2 "--seed: missing value" --seed
+refused e_mode 2 "--pair_mode: bad value 'both'" --pair_mode both
+refused e_pos 2 "unexpected argument 'extra'" extra
 
 # Library refusals: exit 1, "ioupos-crops: " + the library's reason, no output file.
-expect_error e_reversed 1 "ioupos-crops: .*reversed" --min_iou 0.7 --max_iou 0.2
-expect_error e_large 1 "ioupos-crops: .*crop 1000x1000 is larger than the image" --crop_size 1000
-expect_error e_zero 1 "ioupos-crops: .*no pair of 300x300 crops in a 512x448 image" \
+refused e_reversed 1 "ioupos-crops: .*reversed" --min_iou 0.7 --max_iou 0.2
+refused e_large 1 "ioupos-crops: .*crop 1000x1000 is larger than the image" --crop_size 1000
+refused e_zero 1 "ioupos-crops: .*no pair of 300x300 crops in a 512x448 image" \
   --min_iou 0 --max_iou 0 --crop_size 300
 echo "this is not a PNG file, just some text" >bad.png
-expect_error e_corrupt 1 "ioupos-crops: bad.png: not a PNG file" --input bad.png
+refused e_corrupt 1 "ioupos-crops: bad.png: not a PNG file" --input bad.png
 head -c 200 a1.png >truncated.png   # a real PNG signature, then nothing
-expect_error e_trunc 1 "ioupos-crops: truncated.png: corrupt.*PNG" --input truncated.png
-expect_error e_absent 1 "ioupos-crops: missing.png: cannot open" --input missing.png
-expect_error e_outdir 1 "ioupos-crops: .*cannot create" --output no_such_dir/x.png
+refused e_trunc 1 "ioupos-crops: truncated.png: corrupt.*PNG" --input truncated.png
+refused e_absent 1 "ioupos-crops: missing.png: cannot open" --input missing.png
+refused e_outdir 1 "ioupos-crops: .*cannot create" --output no_such_dir/x.png
 
 # [0, 0] is feasible when the image is at least twice the crop on some axis.
 run zero_ok --min_iou 0 --max_iou 0 --crop_size 200 --output zero_ok.png --n_hist 1000
@@ -142,5 +105,4 @@ check "[0, 0] reports mean IoU 0" grep -q "mean IoU: 0.0000, violations: 0$" zer
 stray=$(find . -name '*.tmp.*' | wc -l)
 check "no stray *.tmp.* files ($stray found)" [ "$stray" -eq 0 ]
 
-echo "test_cli: $passed checks passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -4,41 +4,8 @@
 # Prints "FAIL: ..." for each failed check, then "test_phantom_cli: N checks passed, M failed";
 # exits 1 if any check failed.
 
-build=${1:-build}
-bin=$build/ioupos-phantom
-case $bin in /*) ;; *) bin=$(pwd)/$bin ;; esac
-
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@"; then pass; else fail "$desc"; fi
-}
-
-if [ ! -x "$bin" ]; then
-  echo "FAIL: $bin not found or not executable (run: make $build/ioupos-phantom)"
-  echo "test_phantom_cli: 0 checks passed, 1 failed"
-  exit 1
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/test_phantom_cli.XXXXXX") || exit 1
-trap 'cd / && rm -rf "$tmp"' EXIT
-trap 'exit 1' HUP INT TERM
-cd "$tmp" || exit 1
-
-# run NAME ARGS...: stdout in NAME.out, stderr in NAME.err, status in $rc.
-run() {
-  name=$1; shift
-  "$bin" "$@" >"$name.out" 2>"$name.err"
-  rc=$?
-}
-
-# is_gz FILE: the file starts with the gzip magic 1f 8b.
-is_gz() {
-  [ -f "$1" ] && [ "$(od -An -tx1 -N2 "$1" | tr -d ' \n')" = 1f8b ]
-}
+me=test_phantom_cli prog=ioupos-phantom
+. "$(dirname "$0")/cli_lib.sh"
 
 # A small grid keeps the test fast; the anatomy shrinks to fit it.
 small="--size 48x40x16 --spacing 8,8,10"
@@ -101,31 +68,28 @@ check "default grid writes a gzip image" is_gz e/images/phantom_000.nii.gz
 check "default grid is 192x160x64" grep -q "^wrote 1 case (192x160x64 at 2,2,2.5 mm" e.out
 
 # Command-line errors: exit 2, message names the flag (and value), nothing created.
-# expect_error NAME STATUS PATTERN ARGS...
-expect_error() {
+# refused NAME STATUS PATTERN ARGS...: the command, asked for out_NAME, fails with STATUS and
+# PATTERN on stderr; no out_NAME, nothing on stdout.
+refused() {
   name=$1; want=$2; pattern=$3; shift 3
-  run "$name" --output_dir "out_$name" "$@"
-  check "$name: exits $want (got $rc)" [ "$rc" -eq "$want" ]
-  check "$name: stderr matches '$pattern' (got: $(cat "$name.err"))" grep -q -- "$pattern" "$name.err"
-  check "$name: no output left" [ ! -e "out_$name" ]
-  check "$name: nothing on stdout" [ ! -s "$name.out" ]
+  expect_refusal "$name" "$want" "$pattern" --output_dir "out_$name" "$@"
 }
-expect_error e_flag 2 "unknown flag '--bogus'" --bogus 1
-expect_error e_n 2 "--n_cases: bad value 'abc'" --n_cases abc
-expect_error e_n0 2 "--n_cases: bad value '0'" --n_cases 0
-expect_error e_seed 2 "--seed: bad value '-1'" --seed -1
-expect_error e_size 2 "--size: bad value '64x64'" --size 64x64
-expect_error e_size0 2 "--size: bad value '0x64x64'" --size 0x64x64
-expect_error e_size_big 2 "--size: bad value '5000x10x10'" --size 5000x10x10
-expect_error e_sp 2 "--spacing: bad value '2,2'" --spacing 2,2
-expect_error e_sp0 2 "--spacing: bad value '0,2,2'" --spacing 0,2,2
-expect_error e_spnan 2 "--spacing: bad value 'nan,1,1'" --spacing nan,1,1
-expect_error e_noise 2 "--noise: bad value '-3'" --noise=-3
-expect_error e_split 2 "--split: 1,1,1 adds up to 3, not --n_cases 5" --split 1,1,1
-expect_error e_split2 2 "--split: bad value '1,1'" --split 1,1 --n_cases 2
-expect_error e_missing 2 "--seed: missing value" --seed
-expect_error e_nolabv 2 "--no_labels takes no value" --no_labels=1
-expect_error e_pos 2 "unexpected argument 'extra'" extra
+refused e_flag 2 "unknown flag '--bogus'" --bogus 1
+refused e_n 2 "--n_cases: bad value 'abc'" --n_cases abc
+refused e_n0 2 "--n_cases: bad value '0'" --n_cases 0
+refused e_seed 2 "--seed: bad value '-1'" --seed -1
+refused e_size 2 "--size: bad value '64x64'" --size 64x64
+refused e_size0 2 "--size: bad value '0x64x64'" --size 0x64x64
+refused e_size_big 2 "--size: bad value '5000x10x10'" --size 5000x10x10
+refused e_sp 2 "--spacing: bad value '2,2'" --spacing 2,2
+refused e_sp0 2 "--spacing: bad value '0,2,2'" --spacing 0,2,2
+refused e_spnan 2 "--spacing: bad value 'nan,1,1'" --spacing nan,1,1
+refused e_noise 2 "--noise: bad value '-3'" --noise=-3
+refused e_split 2 "--split: 1,1,1 adds up to 3, not --n_cases 5" --split 1,1,1
+refused e_split2 2 "--split: bad value '1,1'" --split 1,1 --n_cases 2
+refused e_missing 2 "--seed: missing value" --seed
+refused e_nolabv 2 "--no_labels takes no value" --no_labels=1
+refused e_pos 2 "unexpected argument 'extra'" extra
 run e_dir --n_cases 1
 check "missing --output_dir exits 2 (got $rc)" [ "$rc" -eq 2 ]
 check "missing --output_dir is named" grep -q -- "--output_dir is required" e_dir.err
@@ -142,5 +106,4 @@ check "output_dir that is a file exits 1 (got $rc)" [ "$rc" -eq 1 ]
 stray=$(find . -name '*.tmp.*' | wc -l)
 check "no stray *.tmp.* files ($stray found)" [ "$stray" -eq 0 ]
 
-echo "test_phantom_cli: $passed checks passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

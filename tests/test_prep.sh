@@ -6,46 +6,12 @@
 # Prints "FAIL: ..." for each failed check, then "test_prep: N checks passed, M failed";
 # exits 1 if any check failed.
 
-build=${1:-build}
-bin=$build/ioupos-prep
-case $bin in /*) ;; *) bin=$(pwd)/$bin ;; esac
 data=${IOUPOS_DATA:-../shared/data}
 case $data in /*) ;; *) data=$(pwd)/$data ;; esac
+me=test_prep prog=ioupos-prep
+. "$(dirname "$0")/cli_lib.sh"
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@"; then pass; else fail "$desc"; fi
-}
-finish() {
-  echo "test_prep: $passed checks passed, $failed failed"
-  [ "$failed" -eq 0 ]
-  exit $?
-}
-
-if [ ! -x "$bin" ]; then
-  echo "FAIL: $bin not found or not executable (run: make $build/ioupos-prep)"
-  echo "test_prep: 0 checks passed, 1 failed"
-  exit 1
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/test_prep.XXXXXX") || exit 1
-trap 'cd / && rm -rf "$tmp"' EXIT
-trap 'exit 1' HUP INT TERM
-cd "$tmp" || exit 1
-
-# run NAME ARGS...: stdout in NAME.out, stderr in NAME.err, status in $rc.
-run() {
-  name=$1; shift
-  "$bin" "$@" >"$name.out" 2>"$name.err"
-  rc=$?
-}
 count() { find "$1" -maxdepth 1 -name "$2" -type f | wc -l | tr -d ' '; }
-is_png() { [ -f "$1" ] && [ "$(od -An -tx1 -N8 "$1" | tr -d ' \n')" = 89504e470d0a1a0a ]; }
-is_gz() { [ -f "$1" ] && [ "$(od -An -tx1 -N2 "$1" | tr -d ' \n')" = 1f8b ]; }
 
 # ---- command line: exit 2, message names the flag --------------------------------------------
 mkdir empty
@@ -55,12 +21,6 @@ for f in --data_dir --output_dir --spatial_dims --a_min --a_max --size_x --size_
          --labels_dir --split_path --num_workers --image_suffix --label_suffix --pad_to; do
   check "--help mentions $f" grep -q -- "$f" help.out
 done
-expect_error() { # NAME STATUS PATTERN ARGS...
-  name=$1; want=$2; pattern=$3; shift 3
-  run "$name" "$@"
-  check "$name: exits $want (got $rc)" [ "$rc" -eq "$want" ]
-  check "$name: stderr matches '$pattern' (got: $(cat "$name.err"))" grep -q -- "$pattern" "$name.err"
-}
 expect_error e_flag 2 "unknown flag '--bogus'" --bogus 1 --data_dir empty --output_dir o
 expect_error e_num 2 "--a_min: bad value 'abc'" --data_dir empty --output_dir o --a_min abc
 expect_error e_num2 2 "--size_z: bad value '0'" --data_dir empty --output_dir o --size_z 0
