@@ -13,8 +13,14 @@ SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 
 DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
-            $(BUILD)/test_phantom $(BUILD)/test_data
-BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep
+            $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable
+BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm
+
+# The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), and
+# OpenMP threads. The library stays correct without either.
+SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo -mavx2 -mfma)
+OPENMP   := -fopenmp
+BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h),-DIOUPOS_BENCH_OPENBLAS,)
 
 .PHONY: all test test-asan test-tsan bench demo clean stb fuzz fuzz-replay fixtures
 all: $(DRIVERS)
@@ -37,6 +43,19 @@ $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h | stb
 $(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/npy.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/test_gemm: tests/test_gemm.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+$(BUILD)/test_gemm_portable: tests/test_gemm.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_GEMM_NO_SIMD $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+# OpenBLAS (Debian's libopenblas-dev) is the baseline when installed; the bench says so if not.
+$(BUILD)/bench_gemm: bench/bench_gemm.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(BLAS) $(CPPFLAGS) $< -o $@ $(if $(BLAS),-lopenblas,) $(LDLIBS)
 
 $(BUILD)/bench_%: bench/bench_%.c ioupos.h | stb
 	@mkdir -p $(BUILD)

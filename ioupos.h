@@ -41,6 +41,7 @@
      7. Augmentations (MONAI semantics, drawn parameters then a deterministic apply)
      8. Synthetic CT phantom (FLARE22 organ ids)
      9. Data sets and the threaded loader
+    10. Dense float32 GEMM (packed, blocked, AVX2+FMA when targeted, OpenMP when enabled)
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -784,6 +785,72 @@ IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *i
    the start of a crop of size s centred on voxel c of an axis of length len >= s is
    clamp(c - s / 2, 0, len - s). Exposed for tests. */
 IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
+
+
+/* ============================================================================================
+   10. Dense float32 GEMM (CPU)
+   ============================================================================================ */
+
+/* WHAT
+     C = alpha * op(A) op(B) + beta * C, row-major (as llm.c): op(A) is M x K, op(B) is K x N,
+     C is M x N with element (i, j) at C[i * ldc + j].
+       transa = 0: A is stored M x K, op(A)(i, k) = A[i * lda + k]   (lda >= max(1, K))
+       transa = 1: A is stored K x M, op(A)(i, k) = A[k * lda + i]   (lda >= max(1, M))
+       transb = 0: B is stored K x N, op(B)(k, j) = B[k * ldb + j]   (ldb >= max(1, N))
+       transb = 1: B is stored N x K, op(B)(k, j) = B[j * ldb + k]   (ldb >= max(1, K))
+     llm.c's matmul_forward (out = inp @ weight^T + bias) is ioupos_gemm(0, 1, tokens, OC, C, ...);
+     its backward is dinp = dout @ weight: (0, 0, tokens, C, OC) and dweight += dout^T @ inp:
+     (1, 0, OC, C, tokens) with beta = 1.
+     BLAS semantics: beta == 0 means C is not read (NaN or Inf in C does not propagate); alpha == 0
+     or K == 0 means A and B are not read and C = beta * C.
+
+   HOW (BLIS-style)
+     Loops jc (NC columns of C) -> pc (KC of K) -> pack op(B)[pc, jc] into NR-wide slivers ->
+     ic (MC rows) -> pack op(A)[ic, pc] into MR-tall slivers -> jr -> ir -> an MR x NR register
+     micro-kernel (6 x 16; AVX2 + FMA intrinsics when the compiler targets them, i.e. __AVX2__ and
+     __FMA__ are defined, -mavx2 -mfma or -march=x86-64-v3 / native; a portable C kernel
+     otherwise, or when IOUPOS_GEMM_NO_SIMD is defined). Problems with M * N * K <= 4096 take a
+     direct unpacked loop (no allocation).
+
+   THREADS AND DETERMINISM
+     With -fopenmp the work is shared by omp_get_max_threads() threads (1 inside an enclosing
+     parallel region, and 1 for problems under about a million flops). Threads split C only:
+     blocks of rows (MC) and, when there are few of those, runs of NR-wide column slivers; K is
+     never split. Every element of C is computed by the same micro-kernel over the same KC blocks
+     of K in the same order, and the blocking constants do not depend on the thread count, so the
+     result is bit-identical for any number of threads (and for ioupos_gemm vs one item of
+     ioupos_gemm_batched_strided). It differs between the AVX2+FMA and the portable kernel (FMA
+     rounds once), both within the documented error bound. Without -fopenmp the code is serial.
+
+   MEMORY
+     One IOUPOS_MALLOC per call for the packing buffers (about KC * (min(N, NC) + 16) floats for
+     op(B) plus MC * KC floats per thread for op(A): at most ~3.3 MiB + 144 KiB per thread), freed
+     before returning; nothing is kept between calls. The tiny path allocates nothing.
+
+   ERRORS
+     IOUPOS_EINVAL (transa / transb not 0 or 1, a negative size or batch, a leading dimension too
+     small, a NULL matrix that would be read or written, strides that make C items overlap), or
+     IOUPOS_ENOMEM; the reason is in ioupos_failure_reason(). C is untouched on failure. */
+
+/* C[M][N] (ldc) = alpha * op(A)[M][K] (lda) . op(B)[K][N] (ldb) + beta * C; see above. */
+IOUPOS_DEF int ioupos_gemm(int transa, int transb, int M, int N, int K, float alpha,
+                           const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                           int ldc);
+
+/* for b in 0..batch-1: C + b*strideC = alpha * op(A + b*strideA) . op(B + b*strideB)
+   + beta * (C + b*strideC), strides in floats (argument order as cublasSgemmStridedBatched).
+   A stride of 0 shares that operand between items (e.g. one weight matrix); strideC must keep
+   the C items apart. Window attention: scores[b][49][49] = q[b][49][hd] . k[b][49][hd]^T is
+   (0, 1, 49, 49, hd, scale, q, hd, 49*hd, k, hd, 49*hd, 0, s, 49, 49*49, windows*heads).
+   Items are spread over the threads (each item on one thread) when there are enough of them. */
+IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N, int K,
+                                           float alpha, const float *A, int lda,
+                                           long long strideA, const float *B, int ldb,
+                                           long long strideB, float beta, float *C, int ldc,
+                                           long long strideC, int batch);
+
+/* 1 when this build uses the AVX2+FMA micro-kernel, 0 for the portable one. */
+IOUPOS_DEF int ioupos_gemm_simd(void);
 
 #ifdef __cplusplus
 }
@@ -5469,6 +5536,470 @@ IOUPOS_DEF int ioupos_loader_seek(ioupos_loader *l, int epoch, int batch) {
 
 IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
   return ioupos_loader_seek(l, epoch, 0);
+}
+
+
+/* ---- 10. Dense float32 GEMM (CPU) -------------------------------------------------------------- */
+
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(IOUPOS_GEMM_NO_SIMD)
+#include <immintrin.h>
+#define IOUPOS__GEMM_AVX2 1
+#else
+#define IOUPOS__GEMM_AVX2 0
+#endif
+
+/* OpenMP only through these, so that a build without -fopenmp sees no pragma at all (-Wall
+   warns on unknown pragmas). */
+#ifdef _OPENMP
+#define IOUPOS__PRAGMA(x) _Pragma(#x)
+#define IOUPOS__OMP_TID() omp_get_thread_num()
+#define IOUPOS__OMP_NTH() omp_get_num_threads()
+#define IOUPOS__OMP_BARRIER(nth)        \
+  do {                                  \
+    if ((nth) > 1) {                    \
+      IOUPOS__PRAGMA(omp barrier)       \
+    }                                   \
+  } while (0)
+#else
+#define IOUPOS__PRAGMA(x)
+#define IOUPOS__OMP_TID() 0
+#define IOUPOS__OMP_NTH() 1
+#define IOUPOS__OMP_BARRIER(nth) ((void)(nth))
+#endif
+
+/* Blocking: MR x NR registers; KC x NR sliver of B (16 KiB) stays in L1, the MC x KC block of A
+   (144 KiB) in L2, the KC x NC panel of B (3 MiB) in L3. Fixed constants: results must not
+   depend on anything but the inputs (see THREADS AND DETERMINISM). */
+#define IOUPOS__GEMM_MR 6
+#define IOUPOS__GEMM_NR 16
+#define IOUPOS__GEMM_KC 256
+#define IOUPOS__GEMM_MC 144  /* multiple of MR */
+#define IOUPOS__GEMM_NC 3072 /* multiple of NR */
+#define IOUPOS__GEMM_TINY 4096 /* M * N * K at or below this: direct loop */
+#define IOUPOS__GEMM_PAR_FLOPS 1000000.0 /* below this, one thread */
+
+IOUPOS_DEF int ioupos_gemm_simd(void) { return IOUPOS__GEMM_AVX2; }
+
+/* One problem, with its leading dimensions widened for pointer arithmetic. */
+typedef struct ioupos__gemm_args {
+  int ta, tb, M, N, K;
+  float alpha, beta;
+  const float *A, *B;
+  float *C;
+  ptrdiff_t lda, ldb, ldc;
+} ioupos__gemm_args;
+
+/* ---- micro-kernels: c[MR][NR] (ldc) = alpha * sum_p a[p][MR] b[p][NR] + beta * c -------------
+   a and b are packed slivers (kc steps of MR and NR floats); beta == 0: c is not read. The sum
+   over p runs from 0 to kc-1 in order. Edge tiles go through the same kernel on a padded copy,
+   so an element's arithmetic does not depend on where its tile lies. */
+#if IOUPOS__GEMM_AVX2
+static void ioupos__gemm_ukernel(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+                                 float alpha, float beta) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  int p;
+  for (p = 0; p < kc; ++p) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), ai;
+    ai = _mm256_broadcast_ss(a + 0);
+    c00 = _mm256_fmadd_ps(ai, b0, c00);
+    c01 = _mm256_fmadd_ps(ai, b1, c01);
+    ai = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(ai, b0, c10);
+    c11 = _mm256_fmadd_ps(ai, b1, c11);
+    ai = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(ai, b0, c20);
+    c21 = _mm256_fmadd_ps(ai, b1, c21);
+    ai = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(ai, b0, c30);
+    c31 = _mm256_fmadd_ps(ai, b1, c31);
+    ai = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(ai, b0, c40);
+    c41 = _mm256_fmadd_ps(ai, b1, c41);
+    ai = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(ai, b0, c50);
+    c51 = _mm256_fmadd_ps(ai, b1, c51);
+    a += IOUPOS__GEMM_MR;
+    b += IOUPOS__GEMM_NR;
+  }
+  /* c = alpha * acc + beta * c, one rounding for the product-sum (FMA) */
+#define IOUPOS__GEMM_STORE_ROW(r, x0, x1)                                                     \
+  do {                                                                                         \
+    float *cr = c + (r) * ldc;                                                                 \
+    if (beta == 0.0f) {                                                                        \
+      _mm256_storeu_ps(cr, _mm256_mul_ps(va, x0));                                             \
+      _mm256_storeu_ps(cr + 8, _mm256_mul_ps(va, x1));                                         \
+    } else {                                                                                   \
+      _mm256_storeu_ps(cr, _mm256_fmadd_ps(va, x0, _mm256_mul_ps(vb, _mm256_loadu_ps(cr))));   \
+      _mm256_storeu_ps(cr + 8,                                                                 \
+                       _mm256_fmadd_ps(va, x1, _mm256_mul_ps(vb, _mm256_loadu_ps(cr + 8)))); \
+    }                                                                                          \
+  } while (0)
+  IOUPOS__GEMM_STORE_ROW(0, c00, c01);
+  IOUPOS__GEMM_STORE_ROW(1, c10, c11);
+  IOUPOS__GEMM_STORE_ROW(2, c20, c21);
+  IOUPOS__GEMM_STORE_ROW(3, c30, c31);
+  IOUPOS__GEMM_STORE_ROW(4, c40, c41);
+  IOUPOS__GEMM_STORE_ROW(5, c50, c51);
+#undef IOUPOS__GEMM_STORE_ROW
+}
+#else
+/* Portable kernel: plain C the compiler can vectorise (SSE2 at -O2 on x86-64). */
+static void ioupos__gemm_ukernel(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+                                 float alpha, float beta) {
+  float acc[IOUPOS__GEMM_MR][IOUPOS__GEMM_NR];
+  int p, i, j;
+  for (i = 0; i < IOUPOS__GEMM_MR; ++i)
+    for (j = 0; j < IOUPOS__GEMM_NR; ++j) acc[i][j] = 0.0f;
+  for (p = 0; p < kc; ++p) {
+    for (i = 0; i < IOUPOS__GEMM_MR; ++i) {
+      float ai = a[i];
+      for (j = 0; j < IOUPOS__GEMM_NR; ++j) acc[i][j] += ai * b[j];
+    }
+    a += IOUPOS__GEMM_MR;
+    b += IOUPOS__GEMM_NR;
+  }
+  for (i = 0; i < IOUPOS__GEMM_MR; ++i) {
+    float *cr = c + i * ldc;
+    if (beta == 0.0f)
+      for (j = 0; j < IOUPOS__GEMM_NR; ++j) cr[j] = alpha * acc[i][j];
+    else
+      for (j = 0; j < IOUPOS__GEMM_NR; ++j) {
+        float t = alpha * acc[i][j], u = beta * cr[j];
+        cr[j] = t + u;
+      }
+  }
+}
+#endif
+
+/* ---- packing ------------------------------------------------------------------------------ */
+
+/* dst[s][kc][MR] = op(A)[i0 + s*MR + r][p0 + k], rows past i0 + mc zero. */
+static void ioupos__gemm_pack_a(const ioupos__gemm_args *g, int i0, int mc, int p0, int kc,
+                                float *dst) {
+  int s, r, k, ns = (mc + IOUPOS__GEMM_MR - 1) / IOUPOS__GEMM_MR;
+  for (s = 0; s < ns; ++s) {
+    float *d = dst + (size_t)s * kc * IOUPOS__GEMM_MR;
+    int rows = mc - s * IOUPOS__GEMM_MR, ib = i0 + s * IOUPOS__GEMM_MR;
+    if (rows > IOUPOS__GEMM_MR) rows = IOUPOS__GEMM_MR;
+    if (!g->ta) { /* row i of op(A) is contiguous */
+      for (r = 0; r < rows; ++r) {
+        const float *src = g->A + (ptrdiff_t)(ib + r) * g->lda + p0;
+        for (k = 0; k < kc; ++k) d[k * IOUPOS__GEMM_MR + r] = src[k];
+      }
+      for (; r < IOUPOS__GEMM_MR; ++r)
+        for (k = 0; k < kc; ++k) d[k * IOUPOS__GEMM_MR + r] = 0.0f;
+    } else { /* column k of op(A) is contiguous */
+      for (k = 0; k < kc; ++k) {
+        const float *src = g->A + (ptrdiff_t)(p0 + k) * g->lda + ib;
+        float *dk = d + k * IOUPOS__GEMM_MR;
+        for (r = 0; r < rows; ++r) dk[r] = src[r];
+        for (; r < IOUPOS__GEMM_MR; ++r) dk[r] = 0.0f;
+      }
+    }
+  }
+}
+
+/* dst[s][kc][NR] = op(B)[p0 + k][j0 + s*NR + j] for slivers s in [s0, s1), columns past j0 + nc
+   zero. */
+static void ioupos__gemm_pack_b(const ioupos__gemm_args *g, int j0, int nc, int p0, int kc, int s0,
+                                int s1, float *dst) {
+  int s, j, k;
+  for (s = s0; s < s1; ++s) {
+    float *d = dst + (size_t)s * kc * IOUPOS__GEMM_NR;
+    int cols = nc - s * IOUPOS__GEMM_NR, jb = j0 + s * IOUPOS__GEMM_NR;
+    if (cols > IOUPOS__GEMM_NR) cols = IOUPOS__GEMM_NR;
+    if (!g->tb) { /* row k of op(B) is contiguous */
+      for (k = 0; k < kc; ++k) {
+        const float *src = g->B + (ptrdiff_t)(p0 + k) * g->ldb + jb;
+        float *dk = d + k * IOUPOS__GEMM_NR;
+        if (cols == IOUPOS__GEMM_NR) {
+          memcpy(dk, src, IOUPOS__GEMM_NR * sizeof(float));
+        } else {
+          for (j = 0; j < cols; ++j) dk[j] = src[j];
+          for (; j < IOUPOS__GEMM_NR; ++j) dk[j] = 0.0f;
+        }
+      }
+    } else { /* column j of op(B) is contiguous */
+      for (j = 0; j < cols; ++j) {
+        const float *src = g->B + (ptrdiff_t)(jb + j) * g->ldb + p0;
+        for (k = 0; k < kc; ++k) d[k * IOUPOS__GEMM_NR + j] = src[k];
+      }
+      for (; j < IOUPOS__GEMM_NR; ++j)
+        for (k = 0; k < kc; ++k) d[k * IOUPOS__GEMM_NR + j] = 0.0f;
+    }
+  }
+}
+
+/* ---- the blocked driver ------------------------------------------------------------------- */
+
+static size_t ioupos__gemm_bsize(int N, int K) { /* floats of the packed op(B) panel */
+  int nc = N < IOUPOS__GEMM_NC ? N : IOUPOS__GEMM_NC, kc = K < IOUPOS__GEMM_KC ? K : IOUPOS__GEMM_KC;
+  return (size_t)kc * (size_t)((nc + IOUPOS__GEMM_NR - 1) / IOUPOS__GEMM_NR * IOUPOS__GEMM_NR);
+}
+static size_t ioupos__gemm_asize(int M, int K) { /* floats of one packed op(A) block */
+  int mc = M < IOUPOS__GEMM_MC ? M : IOUPOS__GEMM_MC, kc = K < IOUPOS__GEMM_KC ? K : IOUPOS__GEMM_KC;
+  return (size_t)kc * (size_t)((mc + IOUPOS__GEMM_MR - 1) / IOUPOS__GEMM_MR * IOUPOS__GEMM_MR);
+}
+
+/* C = alpha op(A) op(B) + beta C for K >= 1, alpha != 0, run by thread tid of nth (all nth call
+   it together; nth == 1 needs no parallel region). bufb is shared by the nth threads, bufa is
+   this thread's own. Threads split the (row block, column run) work items of C; all K blocks
+   of an element are done by one thread, in order. */
+static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float *bufa, int tid,
+                                 int nth) {
+  const int MR = IOUPOS__GEMM_MR, NR = IOUPOS__GEMM_NR;
+  int jc, pc, nm = (g->M + IOUPOS__GEMM_MC - 1) / IOUPOS__GEMM_MC;
+  float tile[IOUPOS__GEMM_MR * IOUPOS__GEMM_NR];
+  for (jc = 0; jc < g->N; jc += IOUPOS__GEMM_NC) {
+    int nc = g->N - jc < IOUPOS__GEMM_NC ? g->N - jc : IOUPOS__GEMM_NC;
+    int ns = (nc + NR - 1) / NR;
+    /* column runs per row block: enough work items to keep every thread busy */
+    int nn = nm >= 4 * nth ? 1 : (4 * nth + nm - 1) / nm;
+    int items, it, it0, it1, packed_ic;
+    if (nn > ns) nn = ns;
+    items = nm * nn;
+    for (pc = 0; pc < g->K; pc += IOUPOS__GEMM_KC) {
+      int kc = g->K - pc < IOUPOS__GEMM_KC ? g->K - pc : IOUPOS__GEMM_KC;
+      /* beta on the first K block only; later blocks add to what is there */
+      float beta = pc == 0 ? g->beta : 1.0f;
+      IOUPOS__OMP_BARRIER(nth); /* everyone is done with the previous panel */
+      ioupos__gemm_pack_b(g, jc, nc, pc, kc, ns * tid / nth, ns * (tid + 1) / nth, bufb);
+      IOUPOS__OMP_BARRIER(nth);
+      it0 = items * tid / nth;
+      it1 = items * (tid + 1) / nth;
+      packed_ic = -1;
+      for (it = it0; it < it1; ++it) {
+        int ib = it / nn, jn = it % nn;
+        int ic = ib * IOUPOS__GEMM_MC;
+        int mc = g->M - ic < IOUPOS__GEMM_MC ? g->M - ic : IOUPOS__GEMM_MC;
+        int s0 = ns * jn / nn, s1 = ns * (jn + 1) / nn, s, ir;
+        if (packed_ic != ic) {
+          ioupos__gemm_pack_a(g, ic, mc, pc, kc, bufa);
+          packed_ic = ic;
+        }
+        for (s = s0; s < s1; ++s) {
+          int j = jc + s * NR, nr = g->N - j < NR ? g->N - j : NR;
+          const float *bp = bufb + (size_t)s * kc * NR;
+          for (ir = 0; ir < mc; ir += MR) {
+            int mr = mc - ir < MR ? mc - ir : MR;
+            const float *ap = bufa + (size_t)ir * kc;
+            float *c = g->C + (ptrdiff_t)(ic + ir) * g->ldc + j;
+            if (mr == MR && nr == NR) {
+              ioupos__gemm_ukernel(kc, ap, bp, c, g->ldc, g->alpha, beta);
+            } else { /* edge: same kernel on a padded copy */
+              int r, q;
+              if (beta != 0.0f)
+                for (r = 0; r < mr; ++r)
+                  for (q = 0; q < nr; ++q) tile[r * NR + q] = c[r * g->ldc + q];
+              ioupos__gemm_ukernel(kc, ap, bp, tile, NR, g->alpha, beta);
+              for (r = 0; r < mr; ++r)
+                for (q = 0; q < nr; ++q) c[r * g->ldc + q] = tile[r * NR + q];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/* C = beta * C (alpha == 0 or K == 0); beta == 0 writes zeros without reading. */
+static void ioupos__gemm_scale(const ioupos__gemm_args *g) {
+  int i, j;
+  for (i = 0; i < g->M; ++i) {
+    float *c = g->C + (ptrdiff_t)i * g->ldc;
+    if (g->beta == 0.0f)
+      for (j = 0; j < g->N; ++j) c[j] = 0.0f;
+    else if (g->beta != 1.0f)
+      for (j = 0; j < g->N; ++j) c[j] *= g->beta;
+  }
+}
+
+/* Tiny problems: one pass, float sum over k in order, no packing. */
+static void ioupos__gemm_tiny(const ioupos__gemm_args *g) {
+  int i, j, k;
+  for (i = 0; i < g->M; ++i)
+    for (j = 0; j < g->N; ++j) {
+      float s = 0.0f, *c = g->C + (ptrdiff_t)i * g->ldc + j;
+      for (k = 0; k < g->K; ++k) {
+        float a = g->ta ? g->A[(ptrdiff_t)k * g->lda + i] : g->A[(ptrdiff_t)i * g->lda + k];
+        float b = g->tb ? g->B[(ptrdiff_t)j * g->ldb + k] : g->B[(ptrdiff_t)k * g->ldb + j];
+        s += a * b;
+      }
+      if (g->beta == 0.0f) *c = g->alpha * s;
+      else {
+        float t = g->alpha * s, u = g->beta * *c;
+        *c = t + u;
+      }
+    }
+}
+
+/* One item on the calling thread (tid 0 of 1) with the given buffers. */
+static void ioupos__gemm_serial(const ioupos__gemm_args *g, float *bufb, float *bufa) {
+  if (g->M == 0 || g->N == 0) return;
+  if (g->alpha == 0.0f || g->K == 0) ioupos__gemm_scale(g);
+  else if ((double)g->M * g->N * g->K <= IOUPOS__GEMM_TINY) ioupos__gemm_tiny(g);
+  else ioupos__gemm_blocked(g, bufb, bufa, 0, 1);
+}
+
+static int ioupos__gemm_check(const char *fn, int ta, int tb, int M, int N, int K,
+                              const float *A, int lda, const float *B, int ldb, const float *C,
+                              int ldc) {
+  int need_a = ta ? M : K, need_b = tb ? K : N;
+  if ((ta != 0 && ta != 1) || (tb != 0 && tb != 1))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: transa %d and transb %d must be 0 or 1", fn, ta, tb);
+  if (M < 0 || N < 0 || K < 0)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: sizes M %d, N %d, K %d must not be negative", fn, M,
+                        N, K);
+  if (lda < (need_a > 1 ? need_a : 1) || ldb < (need_b > 1 ? need_b : 1) ||
+      ldc < (N > 1 ? N : 1))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: leading dimensions lda %d, ldb %d, ldc %d must be at "
+                        "least %d, %d, %d (transa %d, transb %d, M %d, N %d, K %d)", fn, lda, ldb,
+                        ldc, need_a > 1 ? need_a : 1, need_b > 1 ? need_b : 1, N > 1 ? N : 1, ta,
+                        tb, M, N, K);
+  if (M > 0 && N > 0 && (!C || (K > 0 && (!A || !B))))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: NULL matrix (A %s, B %s, C %s) for M %d, N %d, K %d",
+                        fn, A ? "set" : "NULL", B ? "set" : "NULL", C ? "set" : "NULL", M, N, K);
+  return IOUPOS_OK;
+}
+
+/* 64-byte aligned float pointer into a raw IOUPOS_MALLOC block (over-allocated by 64 bytes). */
+static float *ioupos__gemm_align(void *raw) {
+  uintptr_t p = (uintptr_t)raw;
+  return (float *)((p + 63) & ~(uintptr_t)63);
+}
+
+static int ioupos__gemm_threads(double flops, int items) {
+  int nt = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel()) nt = omp_get_max_threads();
+#endif
+  if (flops < IOUPOS__GEMM_PAR_FLOPS) nt = 1;
+  if (nt > items) nt = items;
+  return nt < 1 ? 1 : nt;
+}
+
+/* C[M][N] = alpha * op(A)[M][K] . op(B)[K][N] + beta * C */
+IOUPOS_DEF int ioupos_gemm(int transa, int transb, int M, int N, int K, float alpha,
+                           const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                           int ldc) {
+  ioupos__gemm_args g;
+  size_t asz, bsz, total;
+  void *raw;
+  float *bufb, *bufa;
+  int nt, st = ioupos__gemm_check("ioupos_gemm", transa, transb, M, N, K, A, lda, B, ldb, C, ldc);
+  if (st) return st;
+  g.ta = transa, g.tb = transb, g.M = M, g.N = N, g.K = K, g.alpha = alpha, g.beta = beta;
+  g.A = A, g.B = B, g.C = C, g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+  if (M == 0 || N == 0) return IOUPOS_OK;
+  if (alpha == 0.0f || K == 0 || (double)M * N * K <= IOUPOS__GEMM_TINY) {
+    ioupos__gemm_serial(&g, NULL, NULL);
+    return IOUPOS_OK;
+  }
+  /* at least one work item per thread: row blocks times NR-wide slivers */
+  nt = ioupos__gemm_threads(2.0 * M * N * K,
+                            ((M + IOUPOS__GEMM_MC - 1) / IOUPOS__GEMM_MC) *
+                                ((N + IOUPOS__GEMM_NR - 1) / IOUPOS__GEMM_NR));
+  asz = (ioupos__gemm_asize(M, K) + 16) & ~(size_t)15; /* keep each block 64-byte aligned */
+  bsz = (ioupos__gemm_bsize(N, K) + 16) & ~(size_t)15;
+  total = (bsz + (size_t)nt * asz) * sizeof(float) + 64;
+  raw = IOUPOS_MALLOC(total);
+  if (!raw)
+    return ioupos__fail(IOUPOS_ENOMEM, "ioupos_gemm: out of memory for %lu bytes of packing "
+                        "buffers (M %d, N %d, K %d, %d threads)", (unsigned long)total, M, N, K,
+                        nt);
+  bufb = ioupos__gemm_align(raw);
+  bufa = bufb + bsz;
+  if (nt == 1) {
+    ioupos__gemm_blocked(&g, bufb, bufa, 0, 1);
+  } else {
+    IOUPOS__PRAGMA(omp parallel num_threads(nt))
+    {
+      int tid = IOUPOS__OMP_TID(), nth = IOUPOS__OMP_NTH();
+      ioupos__gemm_blocked(&g, bufb, bufa + (size_t)tid * asz, tid, nth);
+    }
+  }
+  IOUPOS_FREE(raw);
+  return IOUPOS_OK;
+}
+
+/* for b < batch: C_b[M][N] = alpha * op(A_b)[M][K] . op(B_b)[K][N] + beta * C_b */
+IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N, int K,
+                                           float alpha, const float *A, int lda,
+                                           long long strideA, const float *B, int ldb,
+                                           long long strideB, float beta, float *C, int ldc,
+                                           long long strideC, int batch) {
+  static const char fn[] = "ioupos_gemm_batched_strided";
+  ioupos__gemm_args g;
+  size_t asz, bsz, total;
+  void *raw;
+  float *buf;
+  double flops;
+  int nt, st = ioupos__gemm_check(fn, transa, transb, M, N, K, A, lda, B, ldb, C, ldc);
+  if (st) return st;
+  if (batch < 0 || strideA < 0 || strideB < 0 || strideC < 0)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: batch %d and strides %lld, %lld, %lld must not be "
+                        "negative", fn, batch, strideA, strideB, strideC);
+  if (batch == 0 || M == 0 || N == 0) return IOUPOS_OK;
+  if (batch > 1 && strideC < (long long)(M - 1) * ldc + N)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: strideC %lld makes the %d x %d (ldc %d) C items "
+                        "overlap; it must be at least %lld", fn, strideC, M, N, ldc,
+                        (long long)(M - 1) * ldc + N);
+  flops = 2.0 * M * N * K;
+  /* few large items: one after another, each on all threads */
+  if (batch < 2 * (ioupos__gemm_threads(1e300, 1 << 30)) && flops >= 4 * IOUPOS__GEMM_PAR_FLOPS) {
+    int b;
+    for (b = 0; b < batch; ++b) {
+      st = ioupos_gemm(transa, transb, M, N, K, alpha, A + (ptrdiff_t)(b * strideA), lda,
+                       B + (ptrdiff_t)(b * strideB), ldb, beta, C + (ptrdiff_t)(b * strideC), ldc);
+      if (st) return ioupos__fail(st, "%s: item %d: %s", fn, b, ioupos_failure_reason());
+    }
+    return IOUPOS_OK;
+  }
+  /* many items: each item on one thread, with that thread's own buffers */
+  nt = ioupos__gemm_threads(flops * batch, batch);
+  asz = (ioupos__gemm_asize(M, K) + 16) & ~(size_t)15;
+  bsz = (ioupos__gemm_bsize(N, K) + 16) & ~(size_t)15;
+  total = (size_t)nt * (asz + bsz) * sizeof(float) + 64;
+  raw = IOUPOS_MALLOC(total);
+  if (!raw)
+    return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %lu bytes of packing buffers (M %d, "
+                        "N %d, K %d, %d threads)", fn, (unsigned long)total, M, N, K, nt);
+  buf = ioupos__gemm_align(raw);
+  g.ta = transa, g.tb = transb, g.M = M, g.N = N, g.K = K, g.alpha = alpha, g.beta = beta;
+  g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+  g.A = A, g.B = B, g.C = C;
+  if (nt == 1) {
+    int b;
+    for (b = 0; b < batch; ++b) {
+      g.A = A + (ptrdiff_t)(b * strideA), g.B = B + (ptrdiff_t)(b * strideB);
+      g.C = C + (ptrdiff_t)(b * strideC);
+      ioupos__gemm_serial(&g, buf, buf + bsz);
+    }
+  } else {
+    IOUPOS__PRAGMA(omp parallel num_threads(nt))
+    {
+      int tid = IOUPOS__OMP_TID(), nth = IOUPOS__OMP_NTH(), b;
+      ioupos__gemm_args gt = g;
+      float *mine = buf + (size_t)tid * (asz + bsz);
+      for (b = batch * tid / nth; b < batch * (tid + 1) / nth; ++b) {
+        gt.A = A + (ptrdiff_t)(b * strideA), gt.B = B + (ptrdiff_t)(b * strideB);
+        gt.C = C + (ptrdiff_t)(b * strideC);
+        ioupos__gemm_serial(&gt, mine, mine + bsz);
+      }
+    }
+  }
+  IOUPOS_FREE(raw);
+  return IOUPOS_OK;
 }
 
 #endif /* IOUPOS_IMPLEMENTATION_DONE */
