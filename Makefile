@@ -13,7 +13,8 @@ SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 
 DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
-            $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable
+            $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
+            $(BUILD)/test_layers
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm
 
 # The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), and
@@ -74,8 +75,12 @@ $(BUILD)/consumer_check: tests/consumer/main.c tests/consumer/impl.c tests/consu
 	$(CC) -std=c99 $(CFLAGS) $(WARN) -D_POSIX_C_SOURCE=200809L -I. -I$(STB_DIR) tests/consumer/main.c \
 	  tests/consumer/impl.c $(BUILD)/consumer_stb.o -o $@ -lm -lpthread
 
-test: $(TESTS) $(DRIVERS) $(BUILD)/cxx_check $(BUILD)/consumer_check
-	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check $(BUILD)/consumer_check
+$(BUILD)/static_check: tests/consumer/static_check.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+test: $(TESTS) $(DRIVERS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
+	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
 
 # Same tests under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws: ~10x slower).
 # The loader's threads under ThreadSanitizer.

@@ -42,6 +42,8 @@
      8. Synthetic CT phantom (FLARE22 organ ids)
      9. Data sets and the threaded loader
     10. Dense float32 GEMM (packed, blocked, AVX2+FMA when targeted, OpenMP when enabled)
+    11. Layers, forward beside backward (linear, norms, activations, patch embedding and
+        merging, drop-path, MLP)
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -852,6 +854,182 @@ IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N,
 /* 1 when this build uses the AVX2+FMA micro-kernel, 0 for the portable one. */
 IOUPOS_DEF int ioupos_gemm_simd(void);
 
+
+/* ============================================================================================
+   11. Layers, forward beside backward
+   ============================================================================================ */
+
+/* Neural-network layers, forward beside backward.
+
+   CONVENTIONS (llm.c style)
+     - Free functions on raw float pointers, row-major. Tokens are channels-last: a tensor of
+       tokens is [N, C] with N = batch * spatial positions and C contiguous.
+     - Outputs come first in the argument list; a shape comment sits on top of each function.
+     - `_forward` saves what `_backward` needs in caller-provided buffers (layer norm mean / rstd,
+       patch-embedding columns, ...). Nothing allocates except ioupos_gemm's packing buffers
+       (one IOUPOS_MALLOC per GEMM call, see section 10 of ioupos.h); functions that call the
+       GEMM return 0 or a negative ioupos_status (IOUPOS_ENOMEM), the others return void.
+     - `_backward` ACCUMULATES (+=) into every gradient it is given, input gradient and parameter
+       gradients alike: zero them before the first backward of a step. A gradient pointer may be
+       NULL when that gradient is not wanted (e.g. dinp of the image in patch embedding).
+     - Deterministic: reductions run in a fixed order (double accumulators), independent of any
+       thread count; no atomics. No fast-math assumptions (erf, exp, sqrt from libm).
+*/
+
+/* ---- linear: torch.nn.Linear, y = x W^T + b ------------------------------------------------- */
+/* out[N][OC] = inp[N][C] . weight[OC][C]^T + bias[OC]   (bias may be NULL) */
+IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *weight,
+                                     const float *bias, int N, int C, int OC);
+/* dinp[N][C] += dout . weight; dweight[OC][C] += dout^T . inp; dbias[OC] += sum_n dout.
+   ACCUMULATES into dinp, dweight, dbias (each may be NULL). */
+IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
+                                      const float *dout, const float *inp, const float *weight,
+                                      int N, int C, int OC);
+
+/* ---- layer norm over the last dim: torch.nn.LayerNorm(C, eps) (biased variance) -------------- */
+/* out[N][C] = (inp - mean) * rstd * weight[C] + bias[C]; saves mean[N], rstd[N] for backward.
+   weight / bias may be NULL (elementwise_affine=False). torch's default eps is 1e-5. */
+IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, int N, int C,
+                                         float eps);
+/* ACCUMULATES into dinp[N][C], dweight[C], dbias[C] (each may be NULL). */
+IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp,
+                                          const float *weight, const float *mean,
+                                          const float *rstd, int N, int C);
+
+/* ---- GELU, exact erf form (torch.nn.GELU(approximate='none')) -------------------------------- */
+/* out[n] = 0.5 x (1 + erf(x / sqrt 2)); n elements; out may equal inp. */
+IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n);
+/* dinp[n] += dout * (Phi(x) + x phi(x)). ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/* ---- ReLU ------------------------------------------------------------------------------------ */
+/* out[n] = max(x, 0); out may equal inp. */
+IOUPOS_DEF void ioupos_relu_forward(float *out, const float *inp, size_t n);
+/* dinp[n] += dout where inp > 0 (gradient 0 at 0, as torch). ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_relu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/* ---- softmax over the last dim (rows) -------------------------------------------------------- */
+/* out[N][C] = exp(x - max_row) / sum_row; out may equal inp. */
+IOUPOS_DEF void ioupos_softmax_forward(float *out, const float *inp, int N, int C);
+/* dinp[N][C] += y * (dout - sum_c dout * y), y = the forward output. ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_softmax_backward(float *dinp, const float *out, const float *dout, int N,
+                                        int C);
+
+/* ---- L2 normalisation of rows: torch.nn.functional.normalize(x, p=2, dim=-1, eps) ------------- */
+/* out[N][C] = x / max(||x||, eps); saves denom[N] = max(||x||, eps). torch's default eps 1e-12. */
+IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp, int N, int C,
+                                      float eps);
+/* dinp[N][C] += (dout - y (y . dout)) / ||x|| where ||x|| > eps, dout / eps where it is not (the
+   clamp passes no gradient to the norm, as torch's clamp_min). ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const float *denom,
+                                       const float *dout, int N, int C, float eps);
+
+/* ---- global average pooling over tokens ------------------------------------------------------ */
+/* out[B][C] = mean over t of inp[B][T][C] */
+IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int T, int C);
+/* dinp[B][T][C] += dout[B][C] / T. ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, int T, int C);
+
+/* ---- batch norm 1d over [N, C]: torch.nn.BatchNorm1d(C, eps, momentum) ----------------------- */
+/* Train mode: statistics of the batch, over the N rows of each channel; the biased variance
+   normalises; the running statistics (may be NULL) are updated in place as torch does,
+     running_mean = (1 - momentum) running_mean + momentum mean,
+     running_var  = (1 - momentum) running_var  + momentum var * N / (N - 1)   (UNBIASED),
+   momentum 0.1 in torch. N must be >= 2 (torch refuses one value per channel in training).
+   out[N][C]; saves mean[C], rstd[C] = 1 / sqrt(var + eps) for backward. weight/bias may be NULL. */
+IOUPOS_DEF void ioupos_batchnorm_forward_train(float *out, float *mean, float *rstd,
+                                               float *running_mean, float *running_var,
+                                               const float *inp, const float *weight,
+                                               const float *bias, int N, int C, float momentum,
+                                               float eps);
+/* Backward of the train mode (the batch statistics depend on the input).
+   ACCUMULATES into dinp[N][C], dweight[C], dbias[C] (each may be NULL). */
+IOUPOS_DEF void ioupos_batchnorm_backward_train(float *dinp, float *dweight, float *dbias,
+                                                const float *dout, const float *inp,
+                                                const float *weight, const float *mean,
+                                                const float *rstd, int N, int C);
+/* Eval mode: out[N][C] = (x - running_mean) / sqrt(running_var + eps) * weight + bias. */
+IOUPOS_DEF void ioupos_batchnorm_forward_eval(float *out, const float *inp,
+                                              const float *running_mean,
+                                              const float *running_var, const float *weight,
+                                              const float *bias, int N, int C, float eps);
+/* Backward of the eval mode (statistics are constants). ACCUMULATES into dinp, dweight, dbias. */
+IOUPOS_DEF void ioupos_batchnorm_backward_eval(float *dinp, float *dweight, float *dbias,
+                                               const float *dout, const float *inp,
+                                               const float *running_mean,
+                                               const float *running_var, const float *weight,
+                                               int N, int C, float eps);
+
+/* ---- patch embedding: conv with kernel = stride (MONAI PatchEmbed, no norm) ------------------ */
+/* inp [B][Cin][S...] channels-first as MONAI feeds it, S = {H, W} (dims 2) or {D, H, W} (dims 3);
+   weight [Cout][Cin][p][p] (or [p][p][p]) as torch.nn.Conv2d/3d; bias[Cout] (may be NULL);
+   out [B][S0/p][S1/p](...)[Cout] tokens channels-last, S_k/p rounded UP: like MONAI, a size that
+   is not a multiple of p is zero-padded at its end.
+   col [B * prod(ceil(S/p))][Cin * p^dims] receives the im2col matrix (the GEMM input), which
+   backward needs: keep it until then. */
+IOUPOS_DEF size_t ioupos_patch_embed_col_size(int dims, int B, int Cin, const int shape[],
+                                              int p);
+IOUPOS_DEF int ioupos_patch_embed_forward(float *out, float *col, const float *inp,
+                                          const float *weight, const float *bias, int dims,
+                                          int B, int Cin, const int shape[], int p, int Cout);
+/* dweight += dout^T . col; dbias += sum dout; dinp [B][Cin][S...] += the conv-transpose of dout
+   (scratch: ioupos_patch_embed_col_size floats, used only when dinp != NULL).
+   ACCUMULATES into dinp, dweight, dbias (each may be NULL). */
+IOUPOS_DEF int ioupos_patch_embed_backward(float *dinp, float *dweight, float *dbias,
+                                           float *scratch, const float *dout, const float *col,
+                                           const float *weight, int dims, int B, int Cin,
+                                           const int shape[], int p, int Cout);
+
+/* ---- patch merging: MONAI swin_unetr.PatchMerging (SwinTransformer's default "merging") ------- */
+/* inp [B][S...][C] channels-last, S = {H, W} or {D, H, W}; odd sizes are zero-padded at the end;
+   the 2^dims sub-grids are concatenated on the channel axis in MONAI's order, then LayerNorm
+   (2^dims C, eps 1e-5, ln_w / ln_b) and Linear(2^dims C -> 2C, no bias; red_w [2C][2^dims C]).
+     2D (PatchMergingV2.forward, used by PatchMerging for 4-D input), offsets (h, w):
+        x0 (0,0), x1 (1,0), x2 (0,1), x3 (1,1)
+     3D (PatchMerging.forward), offsets (d, h, w):
+        x0 (0,0,0) x1 (1,0,0) x2 (0,1,0) x3 (0,0,1) x4 (1,1,0) x5 (1,0,1) x6 (0,1,1) x7 (1,1,1)
+   out [B][ceil(S/2)...][2C]. Saves, for backward, with M = B * prod(ceil(S/2)), K = 2^dims C:
+     cat [M][K] (the concatenation), lnout [M][K] (the normalised input of the Linear),
+     mean [M], rstd [M]. */
+IOUPOS_DEF int ioupos_patch_merging_forward(float *out, float *cat, float *lnout, float *mean,
+                                            float *rstd, const float *inp, const float *ln_w,
+                                            const float *ln_b, const float *red_w, int dims,
+                                            int B, const int shape[], int C);
+/* scratch: 2 * M * K floats. ACCUMULATES into dinp [B][S...][C], dln_w, dln_b [K], dred_w
+   [2C][K] (each may be NULL). */
+IOUPOS_DEF int ioupos_patch_merging_backward(float *dinp, float *dln_w, float *dln_b,
+                                             float *dred_w, float *scratch, const float *dout,
+                                             const float *cat, const float *lnout,
+                                             const float *mean, const float *rstd,
+                                             const float *ln_w, const float *red_w, int dims,
+                                             int B, const int shape[], int C);
+
+/* ---- drop path (stochastic depth), as MONAI / timm DropPath in training ---------------------- */
+/* mask[B]: per sample, keep with probability keep = 1 - drop_prob (a uniform draw from rng below
+   keep), scale 1 / keep (scale_by_keep): mask[b] is 1/keep or 0. drop_prob 0 (or eval mode:
+   simply do not call it) gives all ones and draws nothing. drop_prob 1 gives all zeros. */
+IOUPOS_DEF void ioupos_drop_path_mask(float *mask, int B, float drop_prob, ioupos_rng *rng);
+/* out[B][S] = inp[B][S] * mask[b]  (S = elements per sample); out may equal inp. */
+IOUPOS_DEF void ioupos_drop_path_forward(float *out, const float *inp, const float *mask, int B,
+                                         size_t S);
+/* dinp[B][S] += dout * mask[b]. ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const float *mask,
+                                          int B, size_t S);
+
+/* ---- MLP: MONAI MLPBlock as in Swin: Linear(C -> Hd) - GELU - Linear(Hd -> C), no dropout ---- */
+/* out[N][C]; saves h_pre[N][Hd] (first linear's output) and h_act[N][Hd] (after GELU). */
+IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
+                                  const float *w1, const float *b1, const float *w2,
+                                  const float *b2, int N, int C, int Hd);
+/* scratch: N * Hd floats. ACCUMULATES into dinp[N][C], dw1[Hd][C], db1[Hd], dw2[C][Hd], db2[C]
+   (each may be NULL). */
+IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2,
+                                   float *scratch, const float *dout, const float *inp,
+                                   const float *h_pre, const float *h_act, const float *w1,
+                                   const float *w2, int N, int C, int Hd);
+
 #ifdef __cplusplus
 }
 #endif
@@ -863,6 +1041,11 @@ IOUPOS_DEF int ioupos_gemm_simd(void);
 #ifdef IOUPOS_IMPLEMENTATION
 #ifndef IOUPOS_IMPLEMENTATION_DONE
 #define IOUPOS_IMPLEMENTATION_DONE
+#if defined(IOUPOS_STATIC) && defined(__GNUC__)
+/* with IOUPOS_STATIC every function is static: the ones a program does not call are fine */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
 
 #include <errno.h>
 #include <math.h>
@@ -6002,6 +6185,518 @@ IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N,
   return IOUPOS_OK;
 }
 
+
+/* ---- 11. Layers, forward beside backward ------------------------------------------------------- */
+
+#include <math.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- linear ---- */
+IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *weight,
+                                     const float *bias, int N, int C, int OC) {
+  int st, n, o;
+  if (bias) {
+    for (n = 0; n < N; ++n)
+      for (o = 0; o < OC; ++o) out[(size_t)n * OC + o] = bias[o];
+  }
+  st = ioupos_gemm(0, 1, N, OC, C, 1.0f, inp, C > 0 ? C : 1, weight, C > 0 ? C : 1,
+                   bias ? 1.0f : 0.0f, out, OC > 0 ? OC : 1);
+  return st;
+}
+
+IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
+                                      const float *dout, const float *inp, const float *weight,
+                                      int N, int C, int OC) {
+  int st, n, o;
+  int ldc = C > 0 ? C : 1, ldo = OC > 0 ? OC : 1;
+  if (dinp) {
+    st = ioupos_gemm(0, 0, N, C, OC, 1.0f, dout, ldo, weight, ldc, 1.0f, dinp, ldc);
+    if (st) return st;
+  }
+  if (dweight) {
+    st = ioupos_gemm(1, 0, OC, C, N, 1.0f, dout, ldo, inp, ldc, 1.0f, dweight, ldc);
+    if (st) return st;
+  }
+  if (dbias) {
+    for (o = 0; o < OC; ++o) {
+      double s = 0.0;
+      for (n = 0; n < N; ++n) s += dout[(size_t)n * OC + o];
+      dbias[o] += (float)s;
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- layer norm ---- */
+IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, int N, int C,
+                                         float eps) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *x = inp + (size_t)n * C;
+    float *y = out + (size_t)n * C;
+    double m = 0.0, v = 0.0, r;
+    for (c = 0; c < C; ++c) m += x[c];
+    m /= C;
+    for (c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+    v /= C;
+    r = 1.0 / sqrt(v + eps);
+    for (c = 0; c < C; ++c) {
+      double h = (x[c] - m) * r;
+      if (weight) h *= weight[c];
+      if (bias) h += bias[c];
+      y[c] = (float)h;
+    }
+    mean[n] = (float)m;
+    rstd[n] = (float)r;
+  }
+}
+
+IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp,
+                                          const float *weight, const float *mean,
+                                          const float *rstd, int N, int C) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+    double m = mean[n], r = rstd[n], s1 = 0.0, s2 = 0.0;
+    /* dxhat = dy * w; dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+    for (c = 0; c < C; ++c) {
+      double xh = (x[c] - m) * r, dxh = weight ? (double)dy[c] * weight[c] : dy[c];
+      s1 += dxh;
+      s2 += dxh * xh;
+    }
+    s1 /= C;
+    s2 /= C;
+    if (dinp) {
+      float *dx = dinp + (size_t)n * C;
+      for (c = 0; c < C; ++c) {
+        double xh = (x[c] - m) * r, dxh = weight ? (double)dy[c] * weight[c] : dy[c];
+        dx[c] += (float)(r * (dxh - s1 - xh * s2));
+      }
+    }
+  }
+  /* parameter gradients: per channel, rows summed in order (deterministic) */
+  if (dweight || dbias) {
+    for (c = 0; c < C; ++c) {
+      double sw = 0.0, sb = 0.0;
+      for (n = 0; n < N; ++n) {
+        double dy = dout[(size_t)n * C + c];
+        sw += dy * ((inp[(size_t)n * C + c] - (double)mean[n]) * rstd[n]);
+        sb += dy;
+      }
+      if (dweight) dweight[c] += (float)sw;
+      if (dbias) dbias[c] += (float)sb;
+    }
+  }
+}
+
+/* ---- GELU ---- */
+IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double x = inp[i];
+    out[i] = (float)(0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
+  }
+}
+
+IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double x = inp[i];
+    double cdf = 0.5 * (1.0 + erf(x * 0.70710678118654752440));
+    double pdf = 0.39894228040143267794 * exp(-0.5 * x * x);
+    dinp[i] += (float)(dout[i] * (cdf + x * pdf));
+  }
+}
+
+/* ---- ReLU ---- */
+IOUPOS_DEF void ioupos_relu_forward(float *out, const float *inp, size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+IOUPOS_DEF void ioupos_relu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i)
+    if (inp[i] > 0.0f) dinp[i] += dout[i];
+}
+
+/* ---- softmax ---- */
+IOUPOS_DEF void ioupos_softmax_forward(float *out, const float *inp, int N, int C) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *x = inp + (size_t)n * C;
+    float *y = out + (size_t)n * C;
+    float mx = -INFINITY;
+    double s = 0.0;
+    for (c = 0; c < C; ++c) mx = x[c] > mx ? x[c] : mx;
+    for (c = 0; c < C; ++c) {
+      double e = exp((double)x[c] - mx);
+      y[c] = (float)e;
+      s += e;
+    }
+    for (c = 0; c < C; ++c) y[c] = (float)(y[c] / s);
+  }
+}
+
+IOUPOS_DEF void ioupos_softmax_backward(float *dinp, const float *out, const float *dout, int N,
+                                        int C) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *y = out + (size_t)n * C, *dy = dout + (size_t)n * C;
+    float *dx = dinp + (size_t)n * C;
+    double s = 0.0;
+    for (c = 0; c < C; ++c) s += (double)dy[c] * y[c];
+    for (c = 0; c < C; ++c) dx[c] += (float)(y[c] * (dy[c] - s));
+  }
+}
+
+/* ---- L2 normalisation ---- */
+IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp, int N, int C,
+                                      float eps) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *x = inp + (size_t)n * C;
+    double s = 0.0, d;
+    for (c = 0; c < C; ++c) s += (double)x[c] * x[c];
+    d = sqrt(s);
+    if (!(d > eps)) d = eps;
+    for (c = 0; c < C; ++c) out[(size_t)n * C + c] = (float)(x[c] / d);
+    denom[n] = (float)d;
+  }
+}
+
+IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const float *denom,
+                                       const float *dout, int N, int C, float eps) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *y = out + (size_t)n * C, *dy = dout + (size_t)n * C;
+    float *dx = dinp + (size_t)n * C;
+    double d = denom[n], s = 0.0;
+    if (d > eps) /* norm above the clamp: d(x/|x|) = (I - y y^T) / |x| */
+      for (c = 0; c < C; ++c) s += (double)y[c] * dy[c];
+    for (c = 0; c < C; ++c) dx[c] += (float)((dy[c] - y[c] * s) / d);
+  }
+}
+
+/* ---- global average pooling ---- */
+IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int T, int C) {
+  int b, t, c;
+  for (b = 0; b < B; ++b)
+    for (c = 0; c < C; ++c) {
+      double s = 0.0;
+      for (t = 0; t < T; ++t) s += inp[((size_t)b * T + t) * C + c];
+      out[(size_t)b * C + c] = (float)(s / T);
+    }
+}
+
+IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, int T, int C) {
+  int b, t, c;
+  for (b = 0; b < B; ++b)
+    for (t = 0; t < T; ++t)
+      for (c = 0; c < C; ++c)
+        dinp[((size_t)b * T + t) * C + c] += (float)((double)dout[(size_t)b * C + c] / T);
+}
+
+/* ---- batch norm 1d ---- */
+IOUPOS_DEF void ioupos_batchnorm_forward_train(float *out, float *mean, float *rstd,
+                                               float *running_mean, float *running_var,
+                                               const float *inp, const float *weight,
+                                               const float *bias, int N, int C, float momentum,
+                                               float eps) {
+  int n, c;
+  for (c = 0; c < C; ++c) {
+    double m = 0.0, v = 0.0, r;
+    for (n = 0; n < N; ++n) m += inp[(size_t)n * C + c];
+    m /= N;
+    for (n = 0; n < N; ++n) {
+      double d = inp[(size_t)n * C + c] - m;
+      v += d * d;
+    }
+    r = 1.0 / sqrt(v / N + eps);
+    for (n = 0; n < N; ++n) {
+      double h = (inp[(size_t)n * C + c] - m) * r;
+      if (weight) h *= weight[c];
+      if (bias) h += bias[c];
+      out[(size_t)n * C + c] = (float)h;
+    }
+    mean[c] = (float)m;
+    rstd[c] = (float)r;
+    if (running_mean)
+      running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + (double)momentum * m);
+    if (running_var)
+      running_var[c] = (float)((1.0 - momentum) * running_var[c] +
+                               (double)momentum * (N > 1 ? v / (N - 1) : v));
+  }
+}
+
+IOUPOS_DEF void ioupos_batchnorm_backward_train(float *dinp, float *dweight, float *dbias,
+                                                const float *dout, const float *inp,
+                                                const float *weight, const float *mean,
+                                                const float *rstd, int N, int C) {
+  int n, c;
+  for (c = 0; c < C; ++c) {
+    double m = mean[c], r = rstd[c], w = weight ? weight[c] : 1.0, s1 = 0.0, s2 = 0.0;
+    for (n = 0; n < N; ++n) {
+      double dy = dout[(size_t)n * C + c], xh = (inp[(size_t)n * C + c] - m) * r;
+      s1 += dy;
+      s2 += dy * xh;
+    }
+    if (dweight) dweight[c] += (float)s2;
+    if (dbias) dbias[c] += (float)s1;
+    if (dinp)
+      for (n = 0; n < N; ++n) {
+        double dy = dout[(size_t)n * C + c], xh = (inp[(size_t)n * C + c] - m) * r;
+        dinp[(size_t)n * C + c] += (float)(w * r * (dy - s1 / N - xh * s2 / N));
+      }
+  }
+}
+
+IOUPOS_DEF void ioupos_batchnorm_forward_eval(float *out, const float *inp,
+                                              const float *running_mean,
+                                              const float *running_var, const float *weight,
+                                              const float *bias, int N, int C, float eps) {
+  int n, c;
+  for (c = 0; c < C; ++c) {
+    double m = running_mean[c], r = 1.0 / sqrt((double)running_var[c] + eps);
+    for (n = 0; n < N; ++n) {
+      double h = (inp[(size_t)n * C + c] - m) * r;
+      if (weight) h *= weight[c];
+      if (bias) h += bias[c];
+      out[(size_t)n * C + c] = (float)h;
+    }
+  }
+}
+
+IOUPOS_DEF void ioupos_batchnorm_backward_eval(float *dinp, float *dweight, float *dbias,
+                                               const float *dout, const float *inp,
+                                               const float *running_mean,
+                                               const float *running_var, const float *weight,
+                                               int N, int C, float eps) {
+  int n, c;
+  for (c = 0; c < C; ++c) {
+    double m = running_mean[c], r = 1.0 / sqrt((double)running_var[c] + eps);
+    double w = weight ? weight[c] : 1.0, sw = 0.0, sb = 0.0;
+    for (n = 0; n < N; ++n) {
+      double dy = dout[(size_t)n * C + c];
+      sw += dy * (inp[(size_t)n * C + c] - m) * r;
+      sb += dy;
+      if (dinp) dinp[(size_t)n * C + c] += (float)(dy * w * r);
+    }
+    if (dweight) dweight[c] += (float)sw;
+    if (dbias) dbias[c] += (float)sb;
+  }
+}
+
+/* ---- patch embedding ---- */
+/* Grid of patches: g[k] = ceil(S_k / p) on the 3 internal axes (2D: a leading axis of size 1
+   with kernel depth 1), kernel extent kd = p (3D) or 1 (2D). */
+static void ioupos__pe_geom(int dims, const int shape[], int p, int S[3], int g[3], int kk[3]) {
+  int k;
+  if (dims == 3) {
+    for (k = 0; k < 3; ++k) S[k] = shape[k], kk[k] = p;
+  } else {
+    S[0] = 1, kk[0] = 1, S[1] = shape[0], S[2] = shape[1], kk[1] = kk[2] = p;
+  }
+  for (k = 0; k < 3; ++k) g[k] = (S[k] + kk[k] - 1) / kk[k];
+}
+
+IOUPOS_DEF size_t ioupos_patch_embed_col_size(int dims, int B, int Cin, const int shape[],
+                                              int p) {
+  int S[3], g[3], kk[3];
+  ioupos__pe_geom(dims, shape, p, S, g, kk);
+  return (size_t)B * g[0] * g[1] * g[2] * Cin * kk[0] * kk[1] * kk[2];
+}
+
+/* col row (b, gd, gh, gw), column (ci, kd, kh, kw) = torch's weight layout [Cout][Cin][kd][kh][kw].
+   dir 0: gather inp into col (zero outside the image); dir 1: img += scatter of col. */
+static void ioupos__pe_im2col(float *col, float *img, const float *inp, int dir, int dims, int B,
+                              int Cin, const int shape[], int p) {
+  int S[3], g[3], kk[3], b, z, y, x, ci, a, e, f;
+  size_t K, row = 0;
+  ioupos__pe_geom(dims, shape, p, S, g, kk);
+  K = (size_t)Cin * kk[0] * kk[1] * kk[2];
+  for (b = 0; b < B; ++b)
+    for (z = 0; z < g[0]; ++z)
+      for (y = 0; y < g[1]; ++y)
+        for (x = 0; x < g[2]; ++x, ++row) {
+          float *cr = col + row * K;
+          size_t j = 0;
+          for (ci = 0; ci < Cin; ++ci)
+            for (a = 0; a < kk[0]; ++a)
+              for (e = 0; e < kk[1]; ++e)
+                for (f = 0; f < kk[2]; ++f, ++j) {
+                  int zz = z * kk[0] + a, yy = y * kk[1] + e, xx = x * kk[2] + f;
+                  int inside = zz < S[0] && yy < S[1] && xx < S[2];
+                  size_t off = ((((size_t)b * Cin + ci) * S[0] + zz) * S[1] + yy) * S[2] + xx;
+                  if (dir == 0)
+                    cr[j] = inside ? inp[off] : 0.0f;
+                  else if (inside)
+                    img[off] += cr[j];
+                }
+        }
+}
+
+IOUPOS_DEF int ioupos_patch_embed_forward(float *out, float *col, const float *inp,
+                                          const float *weight, const float *bias, int dims,
+                                          int B, int Cin, const int shape[], int p, int Cout) {
+  int S[3], g[3], kk[3];
+  ioupos__pe_geom(dims, shape, p, S, g, kk);
+  ioupos__pe_im2col(col, NULL, inp, 0, dims, B, Cin, shape, p);
+  return ioupos_linear_forward(out, col, weight, bias, B * g[0] * g[1] * g[2],
+                               Cin * kk[0] * kk[1] * kk[2], Cout);
+}
+
+IOUPOS_DEF int ioupos_patch_embed_backward(float *dinp, float *dweight, float *dbias,
+                                           float *scratch, const float *dout, const float *col,
+                                           const float *weight, int dims, int B, int Cin,
+                                           const int shape[], int p, int Cout) {
+  int S[3], g[3], kk[3], st, M, K;
+  ioupos__pe_geom(dims, shape, p, S, g, kk);
+  M = B * g[0] * g[1] * g[2];
+  K = Cin * kk[0] * kk[1] * kk[2];
+  if (dinp) memset(scratch, 0, sizeof(float) * (size_t)M * K);
+  st = ioupos_linear_backward(dinp ? scratch : NULL, dweight, dbias, dout, col, weight, M, K,
+                              Cout);
+  if (st) return st;
+  if (dinp) ioupos__pe_im2col(scratch, dinp, NULL, 1, dims, B, Cin, shape, p);
+  return IOUPOS_OK;
+}
+
+/* ---- patch merging ---- */
+/* MONAI's sub-grid offsets, (d, h, w); 2D uses the first 4 entries' (h, w) from the 2D table. */
+static const int ioupos__merge_off3[8][3] = {{0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {0, 0, 1},
+                                             {1, 1, 0}, {1, 0, 1}, {0, 1, 1}, {1, 1, 1}};
+static const int ioupos__merge_off2[4][3] = {{0, 0, 0}, {0, 1, 0}, {0, 0, 1}, {0, 1, 1}};
+
+/* dir 0: cat[M][K] = gather of inp (zero padding); dir 1: dinp += scatter of cat. */
+static void ioupos__merge_gather(float *cat, float *dinp, const float *inp, int dir, int dims,
+                                 int B, const int shape[], int C) {
+  int S[3], g[3], b, z, y, x, q, nq = dims == 3 ? 8 : 4, c;
+  const int(*off)[3] = dims == 3 ? ioupos__merge_off3 : ioupos__merge_off2;
+  size_t row = 0, K = (size_t)nq * C;
+  if (dims == 3) S[0] = shape[0], S[1] = shape[1], S[2] = shape[2];
+  else S[0] = 1, S[1] = shape[0], S[2] = shape[1];
+  for (q = 0; q < 3; ++q) g[q] = (S[q] + 1) / 2;
+  if (dims == 2) g[0] = 1;
+  for (b = 0; b < B; ++b)
+    for (z = 0; z < g[0]; ++z)
+      for (y = 0; y < g[1]; ++y)
+        for (x = 0; x < g[2]; ++x, ++row)
+          for (q = 0; q < nq; ++q) {
+            int zz = (dims == 3 ? 2 * z : 0) + off[q][0], yy = 2 * y + off[q][1],
+                xx = 2 * x + off[q][2];
+            float *cr = cat + row * K + (size_t)q * C;
+            int inside = zz < S[0] && yy < S[1] && xx < S[2];
+            size_t o = ((((size_t)b * S[0] + zz) * S[1] + yy) * S[2] + xx) * C;
+            if (dir == 0) {
+              for (c = 0; c < C; ++c) cr[c] = inside ? inp[o + c] : 0.0f;
+            } else if (inside) {
+              for (c = 0; c < C; ++c) dinp[o + c] += cr[c];
+            }
+          }
+}
+
+static int ioupos__merge_rows(int dims, int B, const int shape[]) {
+  if (dims == 3) return B * ((shape[0] + 1) / 2) * ((shape[1] + 1) / 2) * ((shape[2] + 1) / 2);
+  return B * ((shape[0] + 1) / 2) * ((shape[1] + 1) / 2);
+}
+
+IOUPOS_DEF int ioupos_patch_merging_forward(float *out, float *cat, float *lnout, float *mean,
+                                            float *rstd, const float *inp, const float *ln_w,
+                                            const float *ln_b, const float *red_w, int dims,
+                                            int B, const int shape[], int C) {
+  int M = ioupos__merge_rows(dims, B, shape), K = (dims == 3 ? 8 : 4) * C;
+  ioupos__merge_gather(cat, NULL, inp, 0, dims, B, shape, C);
+  ioupos_layernorm_forward(lnout, mean, rstd, cat, ln_w, ln_b, M, K, 1e-5f);
+  return ioupos_linear_forward(out, lnout, red_w, NULL, M, K, 2 * C);
+}
+
+IOUPOS_DEF int ioupos_patch_merging_backward(float *dinp, float *dln_w, float *dln_b,
+                                             float *dred_w, float *scratch, const float *dout,
+                                             const float *cat, const float *lnout,
+                                             const float *mean, const float *rstd,
+                                             const float *ln_w, const float *red_w, int dims,
+                                             int B, const int shape[], int C) {
+  int M = ioupos__merge_rows(dims, B, shape), K = (dims == 3 ? 8 : 4) * C, st;
+  float *dln = scratch, *dcat = scratch + (size_t)M * K;
+  memset(scratch, 0, sizeof(float) * 2 * (size_t)M * K);
+  st = ioupos_linear_backward(dln, dred_w, NULL, dout, lnout, red_w, M, K, 2 * C);
+  if (st) return st;
+  ioupos_layernorm_backward(dinp ? dcat : NULL, dln_w, dln_b, dln, cat, ln_w, mean, rstd, M, K);
+  if (dinp) ioupos__merge_gather(dcat, dinp, NULL, 1, dims, B, shape, C);
+  return IOUPOS_OK;
+}
+
+/* ---- drop path ---- */
+IOUPOS_DEF void ioupos_drop_path_mask(float *mask, int B, float drop_prob, ioupos_rng *rng) {
+  int b;
+  double keep = 1.0 - (double)drop_prob;
+  for (b = 0; b < B; ++b) {
+    if (drop_prob <= 0.0f) mask[b] = 1.0f;
+    else if (keep <= 0.0) mask[b] = 0.0f;
+    else mask[b] = ioupos_rng_uniform(rng) < keep ? (float)(1.0 / keep) : 0.0f;
+  }
+}
+
+IOUPOS_DEF void ioupos_drop_path_forward(float *out, const float *inp, const float *mask, int B,
+                                         size_t S) {
+  int b;
+  size_t i;
+  for (b = 0; b < B; ++b)
+    for (i = 0; i < S; ++i) out[(size_t)b * S + i] = inp[(size_t)b * S + i] * mask[b];
+}
+
+IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const float *mask,
+                                          int B, size_t S) {
+  int b;
+  size_t i;
+  for (b = 0; b < B; ++b)
+    for (i = 0; i < S; ++i) dinp[(size_t)b * S + i] += dout[(size_t)b * S + i] * mask[b];
+}
+
+/* ---- MLP ---- */
+IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
+                                  const float *w1, const float *b1, const float *w2,
+                                  const float *b2, int N, int C, int Hd) {
+  int st = ioupos_linear_forward(h_pre, inp, w1, b1, N, C, Hd);
+  if (st) return st;
+  ioupos_gelu_forward(h_act, h_pre, (size_t)N * Hd);
+  return ioupos_linear_forward(out, h_act, w2, b2, N, Hd, C);
+}
+
+IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2,
+                                   float *scratch, const float *dout, const float *inp,
+                                   const float *h_pre, const float *h_act, const float *w1,
+                                   const float *w2, int N, int C, int Hd) {
+  size_t nh = (size_t)N * Hd, i;
+  float *dh = scratch;
+  int st;
+  memset(dh, 0, sizeof(float) * nh);
+  st = ioupos_linear_backward(dh, dw2, db2, dout, h_act, w2, N, Hd, C);
+  if (st) return st;
+  /* dh := gelu'(h_pre) * dh in place (the scratch is ours: overwrite, not accumulate) */
+  for (i = 0; i < nh; ++i) {
+    double x = h_pre[i];
+    double cdf = 0.5 * (1.0 + erf(x * 0.70710678118654752440));
+    double pdf = 0.39894228040143267794 * exp(-0.5 * x * x);
+    dh[i] = (float)(dh[i] * (cdf + x * pdf));
+  }
+  return ioupos_linear_backward(dinp, dw1, db1, dh, inp, w1, N, C, Hd);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#if defined(IOUPOS_STATIC) && defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 #endif /* IOUPOS_IMPLEMENTATION_DONE */
 #endif /* IOUPOS_IMPLEMENTATION */
 
