@@ -44,6 +44,7 @@
     10. Dense float32 GEMM (packed, blocked, AVX2+FMA when targeted, OpenMP when enabled)
     11. Layers, forward beside backward (linear, norms, activations, patch embedding and
         merging, drop-path, MLP)
+    12. Shifted-window attention (Swin): partition, shift, mask, relative position bias
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -1029,6 +1030,142 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
                                    float *scratch, const float *dout, const float *inp,
                                    const float *h_pre, const float *h_act, const float *w1,
                                    const float *w2, int N, int C, int Hd);
+
+
+/* ============================================================================================
+   12. Shifted-window attention (Swin)
+   ============================================================================================ */
+
+/* Shifted-window attention of MONAI's Swin Transformer, forward beside backward.
+
+   WHAT (MONAI 1.6.1, monai/networks/nets/swin_unetr.py)
+     SwinTransformerBlock.forward_part1 without its norm1 is
+         windows = partition(roll(pad(x), -shift))        ioupos_window_partition_forward
+         windows = WindowAttention(windows, mask)          ioupos_window_attention_forward
+         x       = crop(roll(reverse(windows), +shift))    ioupos_window_reverse_forward
+     with
+       - get_window_size: on each axis where the map is not larger than the window
+         (size <= window) the window shrinks to the map size and the shift becomes 0;
+       - padding with zeros at the END of each spatial axis (F.pad(x, (0, 0, 0, pad_r, 0, pad_b[,
+         0, pad_d1]))), to a multiple of the effective window; the crop keeps the first size[d];
+       - torch.roll(x, -s) before attention: shifted[p] = padded[(p + s) mod P]; +s after;
+       - window_partition order: windows in raster order of the window grid (slowest axis first)
+         inside each image, images outermost; tokens in raster order inside a window;
+       - the mask of compute_mask on the padded map: each padded position gets the region id
+         cnt of the last of MONAI's nested Python slices (slice(-w), slice(-w, -s), slice(-s, None)
+         per axis, so with s = 0 an axis has a single region) that covers it; tokens of a window
+         with different ids get -100.0, equal ids 0.0; window w of the flat list uses mask
+         w mod nwin. A mask is applied only when some effective shift is > 0;
+       - WindowAttention: qkv = x W_qkv^T + b_qkv ([3][heads][head_dim] along the 3C outputs),
+         scores = (q * head_dim^-0.5) k^T + table[index[i][j]][h] (+ mask), softmax over j,
+         y = scores v (heads concatenated along C), out = y W_proj^T + b_proj. The relative
+         position index is built from the CONFIGURED window (MONAI's buffer) and only its
+         [:n, :n] block is used when the effective window is smaller (n tokens): MONAI's quirk,
+         reproduced on purpose;
+       - attention dropout, projection dropout: 0 (not implemented).
+
+   CONVENTIONS (llm.c): free functions on raw float pointers, row-major, channels last, outputs
+   first; every _backward ACCUMULATES (+=) into the input gradient and every parameter gradient;
+   forward saves what backward needs in caller-provided buffers (acts); no allocation here (the
+   GEMM allocates its own packing buffers); deterministic (serial reductions in fixed order).
+   Shapes: 2D map [B, H, W, C], 3D map [B, D, H, W, C]; windows [B * nwin, ntok, C]. */
+
+#define IOUPOS_SWIN_MASK_VALUE (-100.0f) /* MONAI's compute_mask fill value */
+
+/* Window geometry of one Swin block on one map size (get_window_size + padding). */
+typedef struct ioupos_swin_geom {
+  int ndim;          /* spatial dimensions, 2 or 3 */
+  int batch;         /* images */
+  int size[3];       /* map, slowest axis first: {H, W} or {D, H, W} */
+  int window_cfg[3]; /* configured window: the relative position table / index come from it */
+  int window[3];     /* effective window (get_window_size) */
+  int shift[3];      /* effective shift (0 where size <= configured window) */
+  int padded[3];     /* size rounded up to a multiple of window (zeros at the end) */
+  int grid[3];       /* windows along each axis */
+  int nwin;          /* windows per image */
+  int ntok;          /* tokens per window */
+  int shifted;       /* 1 when some shift > 0 (mask and rolls are used) */
+} ioupos_swin_geom;
+
+/* Fills g from the map size, the configured window and shift (ndim values each, shift may be
+   NULL for none). Returns 0 or IOUPOS_EINVAL (ndim not 2 / 3, sizes < 1, shift < 0 or >= window). */
+IOUPOS_DEF int ioupos_swin_geom_init(ioupos_swin_geom *g, int ndim, int batch, const int *size,
+                                     const int *window, const int *shift);
+/* Rows of the relative position bias table: prod_d (2 * window_cfg[d] - 1). */
+IOUPOS_DEF int ioupos_swin_table_rows(const ioupos_swin_geom *g);
+
+/* index [ntok][ntok]: MONAI's relative_position_index[:ntok, :ntok] (rows of the table). */
+IOUPOS_DEF void ioupos_swin_relative_index(int *index, const ioupos_swin_geom *g);
+/* mask [nwin][ntok][ntok]: compute_mask(padded, window, shift) (0 or -100). */
+IOUPOS_DEF void ioupos_swin_attn_mask(float *mask, const ioupos_swin_geom *g);
+
+/* windows [batch * nwin, ntok, C] <- x [batch, size..., C]: pad (zeros at the end), roll by
+   -shift, partition. Overwrites windows. */
+IOUPOS_DEF void ioupos_window_partition_forward(float *windows, const float *x,
+                                                const ioupos_swin_geom *g, int C);
+/* dx [batch, size..., C] += the gradient of the above for dwindows [batch * nwin, ntok, C]
+   (the padding positions' gradients are dropped). ACCUMULATES. */
+IOUPOS_DEF void ioupos_window_partition_backward(float *dx, const float *dwindows,
+                                                 const ioupos_swin_geom *g, int C);
+/* x [batch, size..., C] <- windows [batch * nwin, ntok, C]: reverse, roll by +shift, crop.
+   Overwrites x. */
+IOUPOS_DEF void ioupos_window_reverse_forward(float *x, const float *windows,
+                                              const ioupos_swin_geom *g, int C);
+/* dwindows [batch * nwin, ntok, C] += the gradient of the above for dx [batch, size..., C]
+   (padding tokens get nothing). ACCUMULATES. */
+IOUPOS_DEF void ioupos_window_reverse_backward(float *dwindows, const float *dx,
+                                               const ioupos_swin_geom *g, int C);
+
+/* Floats of the saved activations of ioupos_window_attention_forward: qkv [BW, N, 3C], attention
+   probabilities [BW, NH, N, N], heads output y [BW, N, C] (in that order). */
+IOUPOS_DEF size_t ioupos_window_attention_acts_size(int BW, int N, int C, int NH);
+/* Floats of the scratch of ioupos_window_attention_backward (forward needs none). */
+IOUPOS_DEF size_t ioupos_window_attention_scratch_size(int BW, int N, int C, int NH);
+
+/* out [BW, N, C]; acts (acts_size floats, saved for backward); inp [BW, N, C];
+   qkv_w [3C, C], qkv_b [3C] or NULL; proj_w [C, C], proj_b [C]; table [rows, NH];
+   index [N, N] (ioupos_swin_relative_index); mask [nW, N, N] or NULL (window b uses b mod nW).
+   BW = windows in the batch, N = tokens per window, NH heads, C % NH == 0.
+   Returns 0, or the GEMM's error (IOUPOS_EINVAL, IOUPOS_ENOMEM). */
+IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
+                                               const float *qkv_w, const float *qkv_b,
+                                               const float *proj_w, const float *proj_b,
+                                               const float *table, const int *index,
+                                               const float *mask, int BW, int N, int C, int NH,
+                                               int nW);
+/* dinp [BW, N, C], dqkv_w [3C, C], dqkv_b [3C] (or NULL), dproj_w [C, C], dproj_b [C],
+   dtable [rows, NH]: all ACCUMULATED (+=). scratch: scratch_size floats. dout [BW, N, C];
+   acts, inp and the weights as given to the forward. */
+IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, float *dqkv_b,
+                                                float *dproj_w, float *dproj_b, float *dtable,
+                                                float *scratch, const float *dout,
+                                                const float *acts, const float *inp,
+                                                const float *qkv_w, const float *proj_w,
+                                                const int *index, int BW, int N, int C, int NH);
+
+/* The whole attention half of a Swin block on a map, without its norm (MONAI's
+   SwinTransformerBlock.forward_part1 after norm1): partition (pad, roll -shift) -> window
+   attention -> reverse (roll +shift, crop). mask: ioupos_swin_attn_mask of g, used only when
+   g->shifted (may be NULL otherwise). */
+/* Floats of acts: windows [BW, N, C] then the window attention's acts (BW = batch * nwin). */
+IOUPOS_DEF size_t ioupos_swin_attention_acts_size(const ioupos_swin_geom *g, int C, int NH);
+/* Floats of scratch for forward and backward. */
+IOUPOS_DEF size_t ioupos_swin_attention_scratch_size(const ioupos_swin_geom *g, int C, int NH);
+/* out [batch, size..., C] (overwritten); acts, scratch as sized above; x [batch, size..., C];
+   weights as ioupos_window_attention_forward. */
+IOUPOS_DEF int ioupos_swin_attention_forward(float *out, float *acts, float *scratch,
+                                             const float *x, const float *qkv_w,
+                                             const float *qkv_b, const float *proj_w,
+                                             const float *proj_b, const float *table,
+                                             const int *index, const float *mask,
+                                             const ioupos_swin_geom *g, int C, int NH);
+/* dx [batch, size..., C] and the parameter gradients: ACCUMULATED (+=). */
+IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b,
+                                              float *dproj_w, float *dproj_b, float *dtable,
+                                              float *scratch, const float *dout,
+                                              const float *acts, const float *qkv_w,
+                                              const float *proj_w, const int *index,
+                                              const ioupos_swin_geom *g, int C, int NH);
 
 #ifdef __cplusplus
 }
@@ -6697,6 +6834,369 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
+
+/* ---- 12. Shifted-window attention (Swin) ------------------------------------------------------- */
+
+#include <math.h>
+#include <string.h>
+
+IOUPOS_DEF int ioupos_swin_geom_init(ioupos_swin_geom *g, int ndim, int batch, const int *size,
+                                     const int *window, const int *shift) {
+  int d;
+  if (!g || !size || !window || (ndim != 2 && ndim != 3) || batch < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_swin_geom_init: ndim %d (must be 2 or 3), batch %d "
+                        "(must be >= 1), or a NULL argument", ndim, batch);
+  memset(g, 0, sizeof *g);
+  g->ndim = ndim;
+  g->batch = batch;
+  g->nwin = 1;
+  g->ntok = 1;
+  for (d = 0; d < ndim; ++d) {
+    int s = shift ? shift[d] : 0;
+    if (size[d] < 1 || window[d] < 1 || s < 0 || s >= window[d])
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_swin_geom_init: axis %d: size %d, window %d, "
+                          "shift %d (need size >= 1, window >= 1, 0 <= shift < window)", d,
+                          size[d], window[d], s);
+    g->size[d] = size[d];
+    g->window_cfg[d] = window[d];
+    /* get_window_size: x_size <= window -> window = x_size, shift = 0 */
+    g->window[d] = size[d] <= window[d] ? size[d] : window[d];
+    g->shift[d] = size[d] <= window[d] ? 0 : s;
+    g->grid[d] = (size[d] + g->window[d] - 1) / g->window[d];
+    g->padded[d] = g->grid[d] * g->window[d];
+    g->nwin *= g->grid[d];
+    g->ntok *= g->window[d];
+    if (g->shift[d] > 0) g->shifted = 1;
+  }
+  for (d = ndim; d < 3; ++d) {
+    g->size[d] = g->window_cfg[d] = g->window[d] = g->padded[d] = g->grid[d] = 1;
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_swin_table_rows(const ioupos_swin_geom *g) {
+  int d, r = 1;
+  for (d = 0; d < g->ndim; ++d) r *= 2 * g->window_cfg[d] - 1;
+  return r;
+}
+
+IOUPOS_DEF void ioupos_swin_relative_index(int *index, const ioupos_swin_geom *g) {
+  /* MONAI: coords of token t in the CONFIGURED window (raster order), rel = c_i - c_j + w - 1,
+     index = sum_d rel_d * prod_{e > d} (2 w_e - 1); only the first ntok tokens are used. */
+  int i, j, d, n = g->ntok, ci[3], cj[3], mult[3];
+  mult[g->ndim - 1] = 1;
+  for (d = g->ndim - 2; d >= 0; --d) mult[d] = mult[d + 1] * (2 * g->window_cfg[d + 1] - 1);
+  for (i = 0; i < n; ++i) {
+    int r = i;
+    for (d = g->ndim - 1; d >= 0; --d) ci[d] = r % g->window_cfg[d], r /= g->window_cfg[d];
+    for (j = 0; j < n; ++j) {
+      int s = j, idx = 0;
+      for (d = g->ndim - 1; d >= 0; --d) cj[d] = s % g->window_cfg[d], s /= g->window_cfg[d];
+      for (d = 0; d < g->ndim; ++d) idx += (ci[d] - cj[d] + g->window_cfg[d] - 1) * mult[d];
+      index[(size_t)i * n + j] = idx;
+    }
+  }
+}
+
+/* Python's resolution of a negative slice bound -k (k >= 0) on a length-P axis: -0 is 0. */
+static int ioupos__attn_pyneg(int k, int P) { return k > 0 ? (P - k > 0 ? P - k : 0) : 0; }
+
+/* compute_mask's region of padded position p on axis d: the last of slice(-w), slice(-w, -s),
+   slice(-s, None) that contains p (later assignments overwrite earlier ones). */
+static int ioupos__attn_region(const ioupos_swin_geom *g, int d, int p) {
+  int P = g->padded[d], w = g->window[d], s = g->shift[d], r = -1;
+  int a = ioupos__attn_pyneg(w, P), b = ioupos__attn_pyneg(s, P);
+  if (p < a) r = 0;            /* slice(None, -w) = [0, a) */
+  if (p >= a && p < b) r = 1;  /* slice(-w, -s) = [a, b) */
+  if (p >= b) r = 2;           /* slice(-s, None) = [b, P) */
+  return r;
+}
+
+/* Padded-frame position (per axis) of token t of window w (w inside one image). */
+static void ioupos__attn_token_pos(int *p, const ioupos_swin_geom *g, int w, int t) {
+  int d;
+  for (d = g->ndim - 1; d >= 0; --d) {
+    p[d] = (w % g->grid[d]) * g->window[d] + t % g->window[d];
+    w /= g->grid[d];
+    t /= g->window[d];
+  }
+}
+
+IOUPOS_DEF void ioupos_swin_attn_mask(float *mask, const ioupos_swin_geom *g) {
+  int w, i, j, d, n = g->ntok, p[3];
+  for (w = 0; w < g->nwin; ++w) {
+    float *m = mask + (size_t)w * n * n;
+    for (i = 0; i < n; ++i) {
+      int ri = 0;
+      ioupos__attn_token_pos(p, g, w, i);
+      for (d = 0; d < g->ndim; ++d) ri = ri * 3 + ioupos__attn_region(g, d, p[d]);
+      for (j = 0; j < n; ++j) {
+        int rj = 0;
+        ioupos__attn_token_pos(p, g, w, j);
+        for (d = 0; d < g->ndim; ++d) rj = rj * 3 + ioupos__attn_region(g, d, p[d]);
+        m[(size_t)i * n + j] = ri == rj ? 0.0f : IOUPOS_SWIN_MASK_VALUE;
+      }
+    }
+  }
+}
+
+/* Row of x [batch, size..., C] that token t of window wg (over the whole batch) holds, or -1 for
+   a padding token: the shifted frame position p reads the padded position (p + s) mod P. */
+static long ioupos__attn_source(const ioupos_swin_geom *g, int wg, int t) {
+  int d, p[3], b = wg / g->nwin;
+  long row = b;
+  ioupos__attn_token_pos(p, g, wg % g->nwin, t);
+  for (d = 0; d < g->ndim; ++d) {
+    int q = (p[d] + g->shift[d]) % g->padded[d];
+    if (q >= g->size[d]) return -1;
+    row = row * g->size[d] + q;
+  }
+  return row;
+}
+
+IOUPOS_DEF void ioupos_window_partition_forward(float *windows, const float *x,
+                                                const ioupos_swin_geom *g, int C) {
+  int wg, t, c, nw = g->batch * g->nwin;
+  for (wg = 0; wg < nw; ++wg)
+    for (t = 0; t < g->ntok; ++t) {
+      long src = ioupos__attn_source(g, wg, t);
+      float *o = windows + ((size_t)wg * g->ntok + t) * C;
+      if (src < 0) {
+        for (c = 0; c < C; ++c) o[c] = 0.0f;
+      } else {
+        memcpy(o, x + (size_t)src * C, sizeof(float) * (size_t)C);
+      }
+    }
+}
+
+IOUPOS_DEF void ioupos_window_partition_backward(float *dx, const float *dwindows,
+                                                 const ioupos_swin_geom *g, int C) {
+  int wg, t, c, nw = g->batch * g->nwin;
+  for (wg = 0; wg < nw; ++wg)
+    for (t = 0; t < g->ntok; ++t) {
+      long src = ioupos__attn_source(g, wg, t);
+      const float *o = dwindows + ((size_t)wg * g->ntok + t) * C;
+      if (src >= 0)
+        for (c = 0; c < C; ++c) dx[(size_t)src * C + c] += o[c];
+    }
+}
+
+IOUPOS_DEF void ioupos_window_reverse_forward(float *x, const float *windows,
+                                              const ioupos_swin_geom *g, int C) {
+  int wg, t, nw = g->batch * g->nwin;
+  for (wg = 0; wg < nw; ++wg)
+    for (t = 0; t < g->ntok; ++t) {
+      long dst = ioupos__attn_source(g, wg, t);
+      if (dst >= 0)
+        memcpy(x + (size_t)dst * C, windows + ((size_t)wg * g->ntok + t) * C,
+               sizeof(float) * (size_t)C);
+    }
+}
+
+IOUPOS_DEF void ioupos_window_reverse_backward(float *dwindows, const float *dx,
+                                               const ioupos_swin_geom *g, int C) {
+  int wg, t, c, nw = g->batch * g->nwin;
+  for (wg = 0; wg < nw; ++wg)
+    for (t = 0; t < g->ntok; ++t) {
+      long src = ioupos__attn_source(g, wg, t);
+      float *o = dwindows + ((size_t)wg * g->ntok + t) * C;
+      if (src >= 0)
+        for (c = 0; c < C; ++c) o[c] += dx[(size_t)src * C + c];
+    }
+}
+
+IOUPOS_DEF size_t ioupos_window_attention_acts_size(int BW, int N, int C, int NH) {
+  return (size_t)BW * N * 4 * C + (size_t)BW * NH * N * N;
+}
+
+IOUPOS_DEF size_t ioupos_window_attention_scratch_size(int BW, int N, int C, int NH) {
+  return (size_t)BW * N * 4 * C + (size_t)BW * NH * N * N;
+}
+
+/* out [T, OC] = inp [T, IC] W [OC, IC]^T + b [OC] (b may be NULL). */
+static int ioupos__attn_linear_forward(float *out, const float *inp, const float *w,
+                                       const float *b, int T, int IC, int OC) {
+  int t, o, st = ioupos_gemm(0, 1, T, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
+  if (st || !b) return st;
+  for (t = 0; t < T; ++t)
+    for (o = 0; o < OC; ++o) out[(size_t)t * OC + o] += b[o];
+  return IOUPOS_OK;
+}
+
+/* dinp [T, IC] += dout W; dw [OC, IC] += dout^T inp; db [OC] += column sums (db may be NULL).
+   ACCUMULATES. */
+static int ioupos__attn_linear_backward(float *dinp, float *dw, float *db, const float *dout,
+                                        const float *inp, const float *w, int T, int IC, int OC) {
+  int t, o, st = ioupos_gemm(0, 0, T, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
+  if (!st) st = ioupos_gemm(1, 0, OC, IC, T, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+  if (st || !db) return st;
+  for (o = 0; o < OC; ++o) {
+    double s = 0.0;
+    for (t = 0; t < T; ++t) s += dout[(size_t)t * OC + o];
+    db[o] += (float)s;
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
+                                               const float *qkv_w, const float *qkv_b,
+                                               const float *proj_w, const float *proj_b,
+                                               const float *table, const int *index,
+                                               const float *mask, int BW, int N, int C, int NH,
+                                               int nW) {
+  const int hd = C / NH, C3 = 3 * C;
+  const float scale = (float)(1.0 / sqrt((double)hd));
+  float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
+  int b, h, i, j, st;
+  if (NH < 1 || C % NH != 0 || (mask && nW < 1))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_forward: C %d is not a multiple "
+                        "of heads %d, or mask without windows (nW %d)", C, NH, nW);
+  st = ioupos__attn_linear_forward(qkv, inp, qkv_w, qkv_b, BW * N, C, C3);
+  if (st) return st;
+  /* scores[b][h] = scale * q[b][h] k[b][h]^T: q and k are read in place from qkv (row stride 3C,
+     window stride N * 3C), one batched GEMM per head over the windows. MONAI scales q first;
+     alpha = scale differs only by rounding. */
+  for (h = 0; h < NH; ++h) {
+    st = ioupos_gemm_batched_strided(0, 1, N, N, hd, scale, qkv + h * hd, C3, (long long)N * C3,
+                                     qkv + C + h * hd, C3, (long long)N * C3, 0.0f,
+                                     att + (size_t)h * N * N, N, (long long)NH * N * N, BW);
+    if (st) return st;
+  }
+  /* + bias + mask, softmax over the last axis (max-subtracted, sum in double) */
+  for (b = 0; b < BW; ++b)
+    for (h = 0; h < NH; ++h)
+      for (i = 0; i < N; ++i) {
+        float *row = att + (((size_t)b * NH + h) * N + i) * N, mx = -INFINITY;
+        const float *mrow = mask ? mask + ((size_t)(b % nW) * N + i) * N : NULL;
+        double sum = 0.0;
+        for (j = 0; j < N; ++j) {
+          row[j] += table[(size_t)index[(size_t)i * N + j] * NH + h];
+          if (mrow) row[j] += mrow[j];
+          if (row[j] > mx) mx = row[j];
+        }
+        for (j = 0; j < N; ++j) {
+          row[j] = expf(row[j] - mx);
+          sum += row[j];
+        }
+        for (j = 0; j < N; ++j) row[j] = (float)(row[j] / sum);
+      }
+  /* y[b][:, h*hd:(h+1)*hd] = att[b][h] v[b][h] */
+  for (h = 0; h < NH; ++h) {
+    st = ioupos_gemm_batched_strided(0, 0, N, hd, N, 1.0f, att + (size_t)h * N * N, N,
+                                     (long long)NH * N * N, qkv + 2 * C + h * hd, C3,
+                                     (long long)N * C3, 0.0f, y + h * hd, C, (long long)N * C, BW);
+    if (st) return st;
+  }
+  return ioupos__attn_linear_forward(out, y, proj_w, proj_b, BW * N, C, C);
+}
+
+IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, float *dqkv_b,
+                                                float *dproj_w, float *dproj_b, float *dtable,
+                                                float *scratch, const float *dout,
+                                                const float *acts, const float *inp,
+                                                const float *qkv_w, const float *proj_w,
+                                                const int *index, int BW, int N, int C, int NH) {
+  const int hd = C / NH, C3 = 3 * C;
+  const float scale = (float)(1.0 / sqrt((double)hd));
+  const float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
+  float *dqkv = scratch, *datt = scratch + (size_t)BW * N * C3,
+        *dy = datt + (size_t)BW * NH * N * N;
+  int b, h, i, j, st;
+  if (NH < 1 || C % NH != 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_backward: C %d is not a multiple "
+                        "of heads %d", C, NH);
+  /* projection: dy = dout proj_w (overwrite), dproj_w += dout^T y, dproj_b += sums */
+  memset(dy, 0, sizeof(float) * (size_t)BW * N * C);
+  st = ioupos__attn_linear_backward(dy, dproj_w, dproj_b, dout, y, proj_w, BW * N, C, C);
+  if (st) return st;
+  for (h = 0; h < NH; ++h) {
+    /* datt = dy_h v_h^T; dv_h = att^T dy_h (into the v columns of dqkv) */
+    st = ioupos_gemm_batched_strided(0, 1, N, N, hd, 1.0f, dy + h * hd, C, (long long)N * C,
+                                     qkv + 2 * C + h * hd, C3, (long long)N * C3, 0.0f,
+                                     datt + (size_t)h * N * N, N, (long long)NH * N * N, BW);
+    if (!st)
+      st = ioupos_gemm_batched_strided(1, 0, N, hd, N, 1.0f, att + (size_t)h * N * N, N,
+                                       (long long)NH * N * N, dy + h * hd, C, (long long)N * C,
+                                       0.0f, dqkv + 2 * C + h * hd, C3, (long long)N * C3, BW);
+    if (st) return st;
+  }
+  /* softmax backward in place: dpre = att * (datt - sum_k att datt); the bias table gathers dpre
+     over windows (the mask is constant) in a fixed serial order */
+  for (b = 0; b < BW; ++b)
+    for (h = 0; h < NH; ++h)
+      for (i = 0; i < N; ++i) {
+        const float *p = att + (((size_t)b * NH + h) * N + i) * N;
+        float *dr = datt + (((size_t)b * NH + h) * N + i) * N;
+        double dot = 0.0;
+        for (j = 0; j < N; ++j) dot += (double)p[j] * dr[j];
+        for (j = 0; j < N; ++j) {
+          dr[j] = (float)(p[j] * (dr[j] - dot));
+          dtable[(size_t)index[(size_t)i * N + j] * NH + h] += dr[j];
+        }
+      }
+  for (h = 0; h < NH; ++h) {
+    /* dq = scale dpre k; dk = scale dpre^T q */
+    st = ioupos_gemm_batched_strided(0, 0, N, hd, N, scale, datt + (size_t)h * N * N, N,
+                                     (long long)NH * N * N, qkv + C + h * hd, C3,
+                                     (long long)N * C3, 0.0f, dqkv + h * hd, C3,
+                                     (long long)N * C3, BW);
+    if (!st)
+      st = ioupos_gemm_batched_strided(1, 0, N, hd, N, scale, datt + (size_t)h * N * N, N,
+                                       (long long)NH * N * N, qkv + h * hd, C3, (long long)N * C3,
+                                       0.0f, dqkv + C + h * hd, C3, (long long)N * C3, BW);
+    if (st) return st;
+  }
+  return ioupos__attn_linear_backward(dinp, dqkv_w, dqkv_b, dqkv, inp, qkv_w, BW * N, C, C3);
+}
+
+IOUPOS_DEF size_t ioupos_swin_attention_acts_size(const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin;
+  return (size_t)BW * g->ntok * C + ioupos_window_attention_acts_size(BW, g->ntok, C, NH);
+}
+
+IOUPOS_DEF size_t ioupos_swin_attention_scratch_size(const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin;
+  /* two window-shaped buffers (dwindows out / in, or the forward's windows out) + the window
+     attention's backward scratch */
+  return 2 * (size_t)BW * g->ntok * C + ioupos_window_attention_scratch_size(BW, g->ntok, C, NH);
+}
+
+IOUPOS_DEF int ioupos_swin_attention_forward(float *out, float *acts, float *scratch,
+                                             const float *x, const float *qkv_w,
+                                             const float *qkv_b, const float *proj_w,
+                                             const float *proj_b, const float *table,
+                                             const int *index, const float *mask,
+                                             const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin, st;
+  float *win = acts, *wout = scratch;
+  ioupos_window_partition_forward(win, x, g, C);
+  st = ioupos_window_attention_forward(wout, acts + (size_t)BW * g->ntok * C, win, qkv_w, qkv_b,
+                                       proj_w, proj_b, table, index, g->shifted ? mask : NULL,
+                                       BW, g->ntok, C, NH, g->nwin);
+  if (st) return st;
+  ioupos_window_reverse_forward(out, wout, g, C);
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b,
+                                              float *dproj_w, float *dproj_b, float *dtable,
+                                              float *scratch, const float *dout,
+                                              const float *acts, const float *qkv_w,
+                                              const float *proj_w, const int *index,
+                                              const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin, st;
+  size_t nw = (size_t)BW * g->ntok * C;
+  float *dwout = scratch, *dwin = scratch + nw;
+  memset(dwout, 0, sizeof(float) * nw * 2);
+  ioupos_window_reverse_backward(dwout, dout, g, C);
+  st = ioupos_window_attention_backward(dwin, dqkv_w, dqkv_b, dproj_w, dproj_b, dtable,
+                                        scratch + 2 * nw, dwout, acts + nw, acts, qkv_w, proj_w,
+                                        index, BW, g->ntok, C, NH);
+  if (st) return st;
+  ioupos_window_partition_backward(dx, dwin, g, C);
+  return IOUPOS_OK;
+}
+
 #endif /* IOUPOS_IMPLEMENTATION_DONE */
 #endif /* IOUPOS_IMPLEMENTATION */
 
