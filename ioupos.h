@@ -6831,9 +6831,6 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
 }
 #endif
 
-#if defined(IOUPOS_STATIC) && defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
 
 /* ---- 12. Shifted-window attention (Swin) ------------------------------------------------------- */
 
@@ -7197,6 +7194,9 @@ IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *d
   return IOUPOS_OK;
 }
 
+#if defined(IOUPOS_STATIC) && defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 #endif /* IOUPOS_IMPLEMENTATION_DONE */
 #endif /* IOUPOS_IMPLEMENTATION */
 
