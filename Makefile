@@ -14,7 +14,7 @@ SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
-            $(BUILD)/test_layers $(BUILD)/test_attention
+            $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm
 
 # The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), and
@@ -96,6 +96,9 @@ $(VENV)/bin/python:
 fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/augment_fixture.py
 	$(VENV)/bin/python tests/reference/prep_fixture.py
+	$(VENV)/bin/python tests/reference/layers_fixture.py
+	$(VENV)/bin/python tests/reference/attention_fixture.py
+	$(VENV)/bin/python tests/reference/safetensors_fixture.py
 
 test-asan: | stb
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
@@ -107,7 +110,7 @@ bench: $(BENCHES)
 # Fuzz targets (libFuzzer; clang with compiler-rt, Debian's libclang-rt-14-dev). `make fuzz`
 # runs each for FUZZ_SECONDS on a scratch copy of its seed corpus; `make fuzz-replay` feeds the
 # committed corpus once through an ASan/UBSan build with a standalone main (any compiler).
-FUZZ         := png nifti split
+FUZZ         := png nifti split safetensors
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 fuzz: | stb

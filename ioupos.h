@@ -45,6 +45,7 @@
     11. Layers, forward beside backward (linear, norms, activations, patch embedding and
         merging, drop-path, MLP)
     12. Shifted-window attention (Swin): partition, shift, mask, relative position bias
+    13. Safetensors files (checkpoints shared with PyTorch)
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -1166,6 +1167,116 @@ IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *d
                                               const float *acts, const float *qkv_w,
                                               const float *proj_w, const int *index,
                                               const ioupos_swin_geom *g, int C, int NH);
+
+
+/* ============================================================================================
+   13. Safetensors files
+   ============================================================================================ */
+
+/* Safetensors files: the checkpoint format shared with PyTorch.
+
+   THE FORMAT (https://github.com/huggingface/safetensors, as written by safetensors 0.8.0)
+     8 bytes   N, the header length, unsigned little-endian
+     N bytes   UTF-8 JSON object: {"__metadata__": {"key": "value", ...},          (optional)
+                                   "name": {"dtype": "F32", "shape": [2, 3],
+                                            "data_offsets": [begin, end]}, ...}
+               padded at the end with spaces so that 8 + N is a multiple of 8
+     rest      the byte buffer; tensor bytes are [begin, end) relative to its start, raw
+               little-endian, C order. The tensors cover the buffer exactly: no gaps, no
+               overlaps, nothing after the last one.
+
+   READING (ioupos_safetensors_parse / ioupos_safetensors_read)
+     The header is parsed by a small strict JSON parser written for this schema: objects,
+     arrays, strings (escapes incl. \uXXXX and surrogate pairs; must be valid UTF-8, no raw
+     control characters, no \u0000) and non-negative integers; any other JSON value (true,
+     null, fractions, exponents, negative numbers, nested values) is refused. Refused with
+     IOUPOS_EFORMAT and a reason naming the file, the tensor and the problem:
+       - a header length below 2, above IOUPOS_ST_MAX_HEADER (100 MB, as safetensors) or past
+         the end of the file; a header not starting with '{'; anything but JSON whitespace
+         after the closing brace;
+       - duplicate tensor names or metadata keys; a tensor entry lacking or repeating dtype,
+         shape or data_offsets, or with any other key (stricter than safetensors, which
+         ignores unknown keys); "__metadata__" that is not an object of strings;
+       - an unknown dtype; more than IOUPOS_ST_MAX_DIMS (8) dimensions;
+       - data_offsets with end < begin or end past the buffer; shape product * dtype size !=
+         end - begin (or overflowing 64 bits);
+       - tensors that leave a gap, overlap, or leave bytes after the last tensor.
+     Tensors are listed in offset order; tensor data points into the caller's bytes (parse) or
+     the file buffer owned by the ioupos_st_file (read). The data pointer may be unaligned
+     (headers that are not padded to 8 bytes) and is little-endian: read it with
+     ioupos_st_to_f32 or memcpy, never by casting to float *.
+
+   WRITING (ioupos_safetensors_write)
+     Tensors of any dtype, from host-order elements. The layout is exactly safetensors 0.8.0's
+     save_file: tensors are placed in order of dtype descending in the order U64 I64 F64 F32
+     U32 I32 BF16 F16 U16 I16 F8_E4M3 F8_E5M2 I8 U8 BOOL (the Rust Dtype enum's order), ties by
+     name (bytewise); the header lists them in that order after "__metadata__" (written only
+     when there are metadata pairs, in the order given: n_metadata 0 is save_file's
+     metadata=None, not metadata={}); compact JSON escaped as serde_json
+     does; spaces pad 8 + N to a multiple of 8. The file is therefore byte-identical to
+     save_file's for the same tensors whenever there is at most one metadata pair (safetensors
+     keeps metadata in a Rust HashMap, so with two or more pairs even its own output order
+     varies from run to run). Written atomically with ioupos_write_file_atomic. */
+
+#define IOUPOS_ST_MAX_DIMS 8
+#define IOUPOS_ST_MAX_HEADER 100000000u /* bytes; safetensors' own limit */
+
+/* dtypes, in the order of safetensors' Rust Dtype enum (the writer sorts by it). */
+typedef enum ioupos_st_dtype {
+  IOUPOS_ST_BOOL = 0, IOUPOS_ST_U8, IOUPOS_ST_I8, IOUPOS_ST_F8_E5M2, IOUPOS_ST_F8_E4M3,
+  IOUPOS_ST_I16, IOUPOS_ST_U16, IOUPOS_ST_F16, IOUPOS_ST_BF16, IOUPOS_ST_I32, IOUPOS_ST_U32,
+  IOUPOS_ST_F32, IOUPOS_ST_F64, IOUPOS_ST_I64, IOUPOS_ST_U64,
+  IOUPOS_ST_NUM_DTYPES
+} ioupos_st_dtype;
+
+typedef struct ioupos_st_tensor {
+  const char *name;                  /* UTF-8, NUL-terminated */
+  int dtype;                         /* ioupos_st_dtype */
+  int ndim;                          /* 0 (scalar) .. IOUPOS_ST_MAX_DIMS */
+  int64_t shape[IOUPOS_ST_MAX_DIMS]; /* the first ndim are used */
+  const void *data;                  /* nbytes bytes; read: little-endian, maybe unaligned */
+  size_t nbytes;                     /* product(shape) * dtype size */
+} ioupos_st_tensor;
+
+typedef struct ioupos_st_pair {
+  const char *key, *value; /* UTF-8, NUL-terminated */
+} ioupos_st_pair;
+
+typedef struct ioupos_st_file {
+  int n;                     /* number of tensors */
+  ioupos_st_tensor *tensors; /* n tensors, in data offset order */
+  int n_metadata;
+  ioupos_st_pair *metadata;  /* "__metadata__" pairs in header order */
+  /* private: */
+  void *buffer;              /* the file's bytes (read) or NULL (parse) */
+  char *strings;             /* decoded names, keys and values */
+  int *by_name;              /* tensor indices sorted by name, for ioupos_safetensors_find */
+} ioupos_st_file;
+
+/* "F32" etc., or NULL; and the element size in bytes (0 if unknown). */
+IOUPOS_DEF const char *ioupos_st_dtype_name(int dtype);
+IOUPOS_DEF size_t ioupos_st_dtype_size(int dtype);
+
+/* Parse a safetensors file held in memory; name is used in messages. out's tensors point into
+   bytes, which must outlive out. On failure out is empty (safe to free). */
+IOUPOS_DEF int ioupos_safetensors_parse(const void *bytes, size_t size, const char *name,
+                                        ioupos_st_file *out);
+/* Read and parse a file; out owns the bytes. */
+IOUPOS_DEF int ioupos_safetensors_read(const char *path, ioupos_st_file *out);
+IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f);
+/* The tensor called name, or NULL (O(log n)). */
+IOUPOS_DEF const ioupos_st_tensor *ioupos_safetensors_find(const ioupos_st_file *f,
+                                                           const char *name);
+/* Convert an F32, F16, BF16 or F64 tensor to nbytes / dtype size floats. F16 and BF16 are
+   exact (subnormals, infinities and NaN payloads included); F64 is rounded to nearest.
+   IOUPOS_EINVAL for other dtypes. */
+IOUPOS_DEF int ioupos_st_to_f32(const ioupos_st_tensor *t, float *dst);
+/* Write n tensors (name, dtype, ndim, shape, data as host-order elements; nbytes 0 or the exact
+   size) and n_metadata pairs (metadata may be NULL when 0) to path; see WRITING above.
+   IOUPOS_EINVAL (nothing written) on an empty, duplicate, "__metadata__" or non-UTF-8 name,
+   key or value, an unknown dtype, a bad ndim or negative dimension, or nbytes mismatch. */
+IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st_tensor *tensors,
+                                        int n_metadata, const ioupos_st_pair *metadata);
 
 #ifdef __cplusplus
 }
@@ -7192,6 +7303,924 @@ IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *d
   if (st) return st;
   ioupos_window_partition_backward(dx, dwin, g, C);
   return IOUPOS_OK;
+}
+
+
+/* ---- 13. Safetensors files --------------------------------------------------------------------- */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const ioupos__st_names[IOUPOS_ST_NUM_DTYPES] = {
+    "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
+    "I32", "U32", "F32", "F64", "I64", "U64"};
+static const unsigned char ioupos__st_sizes[IOUPOS_ST_NUM_DTYPES] = {1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                                     4, 4, 4, 8, 8, 8};
+
+IOUPOS_DEF const char *ioupos_st_dtype_name(int dtype) {
+  return dtype >= 0 && dtype < IOUPOS_ST_NUM_DTYPES ? ioupos__st_names[dtype] : NULL;
+}
+
+IOUPOS_DEF size_t ioupos_st_dtype_size(int dtype) {
+  return dtype >= 0 && dtype < IOUPOS_ST_NUM_DTYPES ? ioupos__st_sizes[dtype] : 0;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if invalid (overlong forms,
+   surrogates and code points above U+10FFFF are invalid). */
+static size_t ioupos__st_utf8_len(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
+    if (c == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
+    if (c == 0xED && s[1] >= 0xA0) return 0; /* surrogate */
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
+      return 0;
+    if (c == 0xF0 && s[1] < 0x90) return 0; /* overlong */
+    if (c == 0xF4 && s[1] >= 0x90) return 0; /* above U+10FFFF */
+    return 4;
+  }
+  return 0;
+}
+
+/* ---- the header parser ---------------------------------------------------------------------- */
+
+typedef struct ioupos__st_parser {
+  const unsigned char *p; /* the header, n bytes */
+  size_t n, pos;
+  const char *name;       /* file name for messages */
+  char *arena;            /* decoded strings; never longer than the header */
+  size_t used;
+} ioupos__st_parser;
+
+static int ioupos__st_syntax(ioupos__st_parser *ps, const char *what) {
+  return ioupos__fail(IOUPOS_EFORMAT,
+                      "%s: corrupt safetensors header: %s at byte %lu of the %lu-byte JSON header",
+                      ps->name, what, (unsigned long)ps->pos, (unsigned long)ps->n);
+}
+
+static void ioupos__st_ws(ioupos__st_parser *ps) {
+  while (ps->pos < ps->n) {
+    unsigned char c = ps->p[ps->pos];
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+    ++ps->pos;
+  }
+}
+
+/* Skip whitespace, then consume c or fail with "expected <what>". */
+static int ioupos__st_expect(ioupos__st_parser *ps, char c, const char *what) {
+  ioupos__st_ws(ps);
+  if (ps->pos >= ps->n || ps->p[ps->pos] != (unsigned char)c) return ioupos__st_syntax(ps, what);
+  ++ps->pos;
+  return IOUPOS_OK;
+}
+
+static int ioupos__st_hex4(ioupos__st_parser *ps, unsigned *v) {
+  size_t i;
+  *v = 0;
+  if (ps->n - ps->pos < 4) return ioupos__st_syntax(ps, "truncated \\u escape");
+  for (i = 0; i < 4; ++i) {
+    unsigned char c = ps->p[ps->pos + i];
+    unsigned d;
+    if (c >= '0' && c <= '9') d = c - '0';
+    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
+    else return ioupos__st_syntax(ps, "bad hex digit in a \\u escape");
+    *v = *v * 16 + d;
+  }
+  ps->pos += 4;
+  return IOUPOS_OK;
+}
+
+/* Parse a JSON string (after whitespace) into the arena; *out is NUL-terminated. The decoded
+   bytes plus the NUL never exceed the quoted source, so the arena (header size) cannot
+   overflow. */
+static int ioupos__st_string(ioupos__st_parser *ps, const char **out) {
+  char *dst;
+  int st;
+  ioupos__st_ws(ps);
+  if (ps->pos >= ps->n || ps->p[ps->pos] != '"') return ioupos__st_syntax(ps, "expected a string");
+  ++ps->pos;
+  dst = ps->arena + ps->used;
+  *out = dst;
+  for (;;) {
+    unsigned char c;
+    if (ps->pos >= ps->n) return ioupos__st_syntax(ps, "unterminated string");
+    c = ps->p[ps->pos];
+    if (c == '"') {
+      ++ps->pos;
+      break;
+    }
+    if (c < 0x20) return ioupos__st_syntax(ps, "raw control character in a string");
+    if (c == '\\') {
+      unsigned u, lo;
+      if (ps->n - ps->pos < 2) return ioupos__st_syntax(ps, "unterminated string");
+      c = ps->p[ps->pos + 1];
+      ps->pos += 2;
+      switch (c) {
+        case '"': *dst++ = '"'; break;
+        case '\\': *dst++ = '\\'; break;
+        case '/': *dst++ = '/'; break;
+        case 'b': *dst++ = '\b'; break;
+        case 'f': *dst++ = '\f'; break;
+        case 'n': *dst++ = '\n'; break;
+        case 'r': *dst++ = '\r'; break;
+        case 't': *dst++ = '\t'; break;
+        case 'u':
+          if ((st = ioupos__st_hex4(ps, &u)) != 0) return st;
+          if (u >= 0xDC00 && u <= 0xDFFF) return ioupos__st_syntax(ps, "lone low surrogate escape");
+          if (u >= 0xD800 && u <= 0xDBFF) {
+            if (ps->n - ps->pos < 2 || ps->p[ps->pos] != '\\' || ps->p[ps->pos + 1] != 'u')
+              return ioupos__st_syntax(ps, "lone high surrogate escape");
+            ps->pos += 2;
+            if ((st = ioupos__st_hex4(ps, &lo)) != 0) return st;
+            if (lo < 0xDC00 || lo > 0xDFFF)
+              return ioupos__st_syntax(ps, "high surrogate escape not followed by a low one");
+            u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          if (u == 0) return ioupos__st_syntax(ps, "\\u0000 in a string");
+          if (u < 0x80) {
+            *dst++ = (char)u;
+          } else if (u < 0x800) {
+            *dst++ = (char)(0xC0 | (u >> 6));
+            *dst++ = (char)(0x80 | (u & 0x3F));
+          } else if (u < 0x10000) {
+            *dst++ = (char)(0xE0 | (u >> 12));
+            *dst++ = (char)(0x80 | ((u >> 6) & 0x3F));
+            *dst++ = (char)(0x80 | (u & 0x3F));
+          } else {
+            *dst++ = (char)(0xF0 | (u >> 18));
+            *dst++ = (char)(0x80 | ((u >> 12) & 0x3F));
+            *dst++ = (char)(0x80 | ((u >> 6) & 0x3F));
+            *dst++ = (char)(0x80 | (u & 0x3F));
+          }
+          break;
+        default: ps->pos -= 1; return ioupos__st_syntax(ps, "unknown escape in a string");
+      }
+    } else {
+      size_t k = ioupos__st_utf8_len(ps->p + ps->pos, ps->n - ps->pos);
+      if (k == 0) return ioupos__st_syntax(ps, "invalid UTF-8 in a string");
+      memcpy(dst, ps->p + ps->pos, k);
+      dst += k;
+      ps->pos += k;
+    }
+  }
+  *dst++ = '\0';
+  ps->used = (size_t)(dst - ps->arena);
+  return IOUPOS_OK;
+}
+
+/* A non-negative JSON integer (no fraction, no exponent, no leading zero) below 2^63. */
+static int ioupos__st_uint(ioupos__st_parser *ps, const char *tensor, const char *field,
+                           uint64_t *v) {
+  size_t start;
+  ioupos__st_ws(ps);
+  start = ps->pos;
+  *v = 0;
+  while (ps->pos < ps->n && ps->p[ps->pos] >= '0' && ps->p[ps->pos] <= '9') {
+    unsigned d = (unsigned)(ps->p[ps->pos] - '0');
+    if (*v > (UINT64_C(0x7FFFFFFFFFFFFFFF) - d) / 10)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": %s value at byte %lu is "
+                          "too large (>= 2^63)", ps->name, tensor, field, (unsigned long)start);
+    *v = *v * 10 + d;
+    ++ps->pos;
+  }
+  if (ps->pos == start || (ps->pos - start > 1 && ps->p[start] == '0') ||
+      (ps->pos < ps->n && (ps->p[ps->pos] == '.' || ps->p[ps->pos] == 'e' ||
+                           ps->p[ps->pos] == 'E')))
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": %s entry at byte %lu of the "
+                        "header is not a non-negative integer", ps->name, tensor, field,
+                        (unsigned long)start);
+  return IOUPOS_OK;
+}
+
+/* A JSON array of non-negative integers; at most max of them (*count may then exceed max). */
+static int ioupos__st_uint_array(ioupos__st_parser *ps, const char *tensor, const char *field,
+                                 uint64_t *vals, int max, int *count) {
+  int st;
+  *count = 0;
+  if ((st = ioupos__st_expect(ps, '[', "expected '['")) != 0)
+    return ioupos__fail(st, "%s: tensor \"%.200s\": %s is not an array (byte %lu)", ps->name,
+                        tensor, field, (unsigned long)ps->pos);
+  ioupos__st_ws(ps);
+  if (ps->pos < ps->n && ps->p[ps->pos] == ']') {
+    ++ps->pos;
+    return IOUPOS_OK;
+  }
+  for (;;) {
+    uint64_t v;
+    if ((st = ioupos__st_uint(ps, tensor, field, &v)) != 0) return st;
+    if (*count >= max)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": %s has more than %d entries",
+                          ps->name, tensor, field, max);
+    vals[(*count)++] = v;
+    ioupos__st_ws(ps);
+    if (ps->pos < ps->n && ps->p[ps->pos] == ',') {
+      ++ps->pos;
+      continue;
+    }
+    return ioupos__st_expect(ps, ']', "expected ',' or ']' in an array");
+  }
+}
+
+/* arr (count used, *cap allocated, elements of size elem) grown to hold one more element:
+   returns the (possibly new) array, or NULL on failure (arr is then still valid). */
+static void *ioupos__st_grow(void *arr, size_t *cap, size_t count, size_t elem) {
+  size_t ncap;
+  void *p;
+  if (count < *cap) return arr;
+  ncap = *cap ? *cap * 2 : 16;
+  if (ncap > (size_t)-1 / elem) return NULL;
+  p = IOUPOS_MALLOC(ncap * elem);
+  if (!p) return NULL;
+  if (arr) {
+    memcpy(p, arr, count * elem);
+    IOUPOS_FREE(arr);
+  }
+  *cap = ncap;
+  return p;
+}
+
+/* Parse one tensor entry {"dtype": .., "shape": [..], "data_offsets": [b, e]}; t->data is set
+   to (const char *)0 + begin for now and t->nbytes to end - begin. */
+static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t *begin,
+                            size_t buffer_size) {
+  int st, have_dtype = 0, have_shape = 0, have_off = 0, i;
+  uint64_t shape[IOUPOS_ST_MAX_DIMS], off[2], count = 1, dsize;
+  int nshape = 0, noff = 0;
+  const char *nm = t->name;
+  if ((st = ioupos__st_expect(ps, '{', "expected '{'")) != 0)
+    return ioupos__fail(st, "%s: tensor \"%.200s\": its entry is not a JSON object (byte %lu)",
+                        ps->name, nm, (unsigned long)ps->pos);
+  ioupos__st_ws(ps);
+  if (ps->pos < ps->n && ps->p[ps->pos] == '}') {
+    ++ps->pos;
+  } else {
+    for (;;) {
+      const char *key;
+      size_t save = ps->used;
+      if ((st = ioupos__st_string(ps, &key)) != 0) return st;
+      if ((st = ioupos__st_expect(ps, ':', "expected ':'")) != 0) return st;
+      if (strcmp(key, "dtype") == 0) {
+        const char *dt;
+        if (have_dtype)
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": \"dtype\" given twice",
+                              ps->name, nm);
+        have_dtype = 1;
+        ioupos__st_ws(ps);
+        if (ps->pos >= ps->n || ps->p[ps->pos] != '"')
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": dtype is not a string",
+                              ps->name, nm);
+        if ((st = ioupos__st_string(ps, &dt)) != 0) return st;
+        for (i = 0; i < IOUPOS_ST_NUM_DTYPES; ++i)
+          if (strcmp(dt, ioupos__st_names[i]) == 0) break;
+        if (i == IOUPOS_ST_NUM_DTYPES)
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": unknown dtype \"%.40s\"",
+                              ps->name, nm, dt);
+        t->dtype = i;
+      } else if (strcmp(key, "shape") == 0) {
+        if (have_shape)
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": \"shape\" given twice",
+                              ps->name, nm);
+        have_shape = 1;
+        if ((st = ioupos__st_uint_array(ps, nm, "shape", shape, IOUPOS_ST_MAX_DIMS, &nshape)))
+          return st;
+      } else if (strcmp(key, "data_offsets") == 0) {
+        if (have_off)
+          return ioupos__fail(IOUPOS_EFORMAT,
+                              "%s: tensor \"%.200s\": \"data_offsets\" given twice", ps->name, nm);
+        have_off = 1;
+        if ((st = ioupos__st_uint_array(ps, nm, "data_offsets", off, 2, &noff)) != 0) return st;
+        if (noff != 2)
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": data_offsets has %d "
+                              "entries, not 2", ps->name, nm, noff);
+      } else {
+        return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": unexpected key \"%.60s\" "
+                            "(only dtype, shape, data_offsets)", ps->name, nm, key);
+      }
+      ps->used = save; /* keys and dtype strings need not be kept */
+      ioupos__st_ws(ps);
+      if (ps->pos < ps->n && ps->p[ps->pos] == ',') {
+        ++ps->pos;
+        continue;
+      }
+      if ((st = ioupos__st_expect(ps, '}', "expected ',' or '}' in a tensor entry")) != 0)
+        return st;
+      break;
+    }
+  }
+  if (!have_dtype || !have_shape || !have_off)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": missing \"%s\"", ps->name, nm,
+                        !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+  if (off[1] < off[0])
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": data_offsets [%llu, %llu] end "
+                        "before they begin", ps->name, nm, (unsigned long long)off[0],
+                        (unsigned long long)off[1]);
+  if (off[1] > (uint64_t)buffer_size)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": data_offsets [%llu, %llu] run "
+                        "past the end of the %llu-byte data buffer (truncated file?)", ps->name,
+                        nm, (unsigned long long)off[0], (unsigned long long)off[1],
+                        (unsigned long long)buffer_size);
+  dsize = ioupos__st_sizes[t->dtype];
+  t->ndim = nshape;
+  for (i = 0; i < nshape; ++i) {
+    t->shape[i] = (int64_t)shape[i];
+    if (count != 0 && shape[i] > UINT64_MAX / count) count = UINT64_MAX; /* overflow marker */
+    else count *= shape[i];
+  }
+  if (count == UINT64_MAX || count > UINT64_MAX / dsize || count * dsize != off[1] - off[0])
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\": shape and dtype %s need %s%llu "
+                        "bytes but data_offsets [%llu, %llu] hold %llu", ps->name, nm,
+                        ioupos__st_names[t->dtype], count == UINT64_MAX ? "more than " : "",
+                        (unsigned long long)(count == UINT64_MAX || count > UINT64_MAX / dsize
+                                                 ? UINT64_MAX : count * dsize),
+                        (unsigned long long)off[0], (unsigned long long)off[1],
+                        (unsigned long long)(off[1] - off[0]));
+  *begin = off[0];
+  t->nbytes = (size_t)(off[1] - off[0]);
+  return IOUPOS_OK;
+}
+
+static int ioupos__st_cmp_offset(const void *a, const void *b) {
+  const ioupos_st_tensor *x = (const ioupos_st_tensor *)a, *y = (const ioupos_st_tensor *)b;
+  const char *px = (const char *)x->data, *py = (const char *)y->data;
+  if (px != py) return px < py ? -1 : 1;
+  if (x->nbytes != y->nbytes) return x->nbytes < y->nbytes ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+/* qsort has no context argument, so the name sort goes through a small array of pointers. */
+typedef struct ioupos__st_nameref {
+  const char *name;
+  int index;
+} ioupos__st_nameref;
+
+static int ioupos__st_cmp_nameref(const void *a, const void *b) {
+  return strcmp(((const ioupos__st_nameref *)a)->name, ((const ioupos__st_nameref *)b)->name);
+}
+
+static int ioupos__st_cmp_pair(const void *a, const void *b) {
+  return strcmp(((const ioupos_st_pair *)a)->key, ((const ioupos_st_pair *)b)->key);
+}
+
+IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f) {
+  if (!f) return;
+  IOUPOS_FREE(f->tensors);
+  IOUPOS_FREE(f->metadata);
+  IOUPOS_FREE(f->buffer);
+  IOUPOS_FREE(f->strings);
+  IOUPOS_FREE(f->by_name);
+  memset(f, 0, sizeof *f);
+}
+
+static int ioupos__st_parse(const unsigned char *d, size_t size, const char *name,
+                            ioupos_st_file *out) {
+  ioupos__st_parser ps;
+  uint64_t hlen;
+  size_t buffer_size, tcap = 0, mcap = 0, nt = 0, nm = 0, i, expect;
+  const unsigned char *buf;
+  ioupos__st_nameref *refs = NULL;
+  ioupos_st_pair *sorted_meta = NULL;
+  int st, have_meta = 0;
+
+  if (size < 8)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: not a safetensors file (%lu bytes, shorter than "
+                        "the 8-byte header length)", name, (unsigned long)size);
+  hlen = 0;
+  for (i = 0; i < 8; ++i) hlen |= (uint64_t)d[i] << (8 * i);
+  if (hlen > IOUPOS_ST_MAX_HEADER)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: safetensors header length %llu is larger than "
+                        "%u bytes (corrupt or not a safetensors file)", name,
+                        (unsigned long long)hlen, IOUPOS_ST_MAX_HEADER);
+  if (hlen > (uint64_t)(size - 8))
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: safetensors header length %llu runs past the end "
+                        "of the %lu-byte file (truncated?)", name, (unsigned long long)hlen,
+                        (unsigned long)size);
+  if (hlen < 2)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: safetensors header length %llu is too small "
+                        "(not a safetensors file)", name, (unsigned long long)hlen);
+  if (d[8] != '{')
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: not a safetensors file (the header does not "
+                        "start with '{')", name);
+  buf = d + 8 + hlen;
+  buffer_size = size - 8 - (size_t)hlen;
+
+  memset(&ps, 0, sizeof ps);
+  ps.p = d + 8;
+  ps.n = (size_t)hlen;
+  ps.name = name;
+  out->strings = ps.arena = (char *)IOUPOS_MALLOC((size_t)hlen);
+  if (!ps.arena)
+    return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for a %llu-byte safetensors header",
+                        name, (unsigned long long)hlen);
+
+  if ((st = ioupos__st_expect(&ps, '{', "expected '{'")) != 0) return st;
+  ioupos__st_ws(&ps);
+  if (ps.pos < ps.n && ps.p[ps.pos] == '}') {
+    ++ps.pos;
+  } else {
+    for (;;) {
+      const char *key;
+      if ((st = ioupos__st_string(&ps, &key)) != 0) return st;
+      if ((st = ioupos__st_expect(&ps, ':', "expected ':'")) != 0) return st;
+      if (strcmp(key, "__metadata__") == 0) {
+        if (have_meta)
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: \"__metadata__\" appears twice", name);
+        have_meta = 1;
+        if ((st = ioupos__st_expect(&ps, '{', "expected '{'")) != 0)
+          return ioupos__fail(st, "%s: \"__metadata__\" is not a JSON object", name);
+        ioupos__st_ws(&ps);
+        if (ps.pos < ps.n && ps.p[ps.pos] == '}') {
+          ++ps.pos;
+        } else {
+          for (;;) {
+            ioupos_st_pair pr;
+            if ((st = ioupos__st_string(&ps, &pr.key)) != 0) return st;
+            if ((st = ioupos__st_expect(&ps, ':', "expected ':'")) != 0) return st;
+            ioupos__st_ws(&ps);
+            if (ps.pos >= ps.n || ps.p[ps.pos] != '"')
+              return ioupos__fail(IOUPOS_EFORMAT, "%s: metadata \"%.200s\": value is not a "
+                                  "string", name, pr.key);
+            if ((st = ioupos__st_string(&ps, &pr.value)) != 0) return st;
+            {
+              void *g = ioupos__st_grow(out->metadata, &mcap, nm, sizeof pr);
+              if (!g) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for metadata", name);
+              out->metadata = (ioupos_st_pair *)g;
+            }
+            out->metadata[nm++] = pr;
+            out->n_metadata = (int)nm;
+            ioupos__st_ws(&ps);
+            if (ps.pos < ps.n && ps.p[ps.pos] == ',') {
+              ++ps.pos;
+              continue;
+            }
+            if ((st = ioupos__st_expect(&ps, '}', "expected ',' or '}' in __metadata__")) != 0)
+              return st;
+            break;
+          }
+        }
+      } else {
+        ioupos_st_tensor *t;
+        uint64_t begin = 0;
+        void *g = ioupos__st_grow(out->tensors, &tcap, nt, sizeof *t);
+        if (!g) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for the tensor table", name);
+        out->tensors = (ioupos_st_tensor *)g;
+        if (nt >= 0x7FFFFFFF)
+          return ioupos__fail(IOUPOS_ERANGE, "%s: too many tensors", name);
+        t = &out->tensors[nt];
+        memset(t, 0, sizeof *t);
+        t->name = key;
+        if ((st = ioupos__st_entry(&ps, t, &begin, buffer_size)) != 0) return st;
+        t->data = buf + (size_t)begin;
+        out->n = (int)++nt;
+      }
+      ioupos__st_ws(&ps);
+      if (ps.pos < ps.n && ps.p[ps.pos] == ',') {
+        ++ps.pos;
+        continue;
+      }
+      if ((st = ioupos__st_expect(&ps, '}', "expected ',' or '}' after an entry")) != 0)
+        return st;
+      break;
+    }
+  }
+  ioupos__st_ws(&ps);
+  if (ps.pos != ps.n) return ioupos__st_syntax(&ps, "trailing bytes after the JSON object");
+
+  /* Duplicates: sort names. */
+  if (nm > 1) {
+    sorted_meta = (ioupos_st_pair *)IOUPOS_MALLOC(nm * sizeof *sorted_meta);
+    if (!sorted_meta) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", name);
+    memcpy(sorted_meta, out->metadata, nm * sizeof *sorted_meta);
+    qsort(sorted_meta, nm, sizeof *sorted_meta, ioupos__st_cmp_pair);
+    for (i = 1; i < nm; ++i)
+      if (strcmp(sorted_meta[i - 1].key, sorted_meta[i].key) == 0) {
+        st = ioupos__fail(IOUPOS_EFORMAT, "%s: metadata key \"%.200s\" appears twice", name,
+                          sorted_meta[i].key);
+        IOUPOS_FREE(sorted_meta);
+        return st;
+      }
+    IOUPOS_FREE(sorted_meta);
+  }
+  /* Layout: in offset order the tensors must tile [0, buffer_size). */
+  if (nt > 1) qsort(out->tensors, nt, sizeof *out->tensors, ioupos__st_cmp_offset);
+  expect = 0;
+  for (i = 0; i < nt; ++i) {
+    const ioupos_st_tensor *t = &out->tensors[i];
+    size_t b = (size_t)((const unsigned char *)t->data - buf);
+    if (b > expect && i == 0)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\" is the first in the data "
+                          "buffer but begins at byte %lu, not 0: a gap", name, t->name,
+                          (unsigned long)b);
+    if (b > expect)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\" begins at byte %lu of the "
+                          "data buffer but the previous tensor \"%.200s\" ends at %lu: a gap",
+                          name, t->name, (unsigned long)b, out->tensors[i - 1].name,
+                          (unsigned long)expect);
+    if (b < expect)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\" (bytes %lu..%lu) overlaps "
+                          "tensor \"%.200s\" (which ends at %lu)", name, t->name,
+                          (unsigned long)b, (unsigned long)(b + t->nbytes),
+                          out->tensors[i - 1].name, (unsigned long)expect);
+    expect = b + t->nbytes;
+  }
+  if (expect != buffer_size)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s: the data buffer has %lu bytes but the tensors "
+                        "cover only %lu%s%.200s%s: trailing bytes", name,
+                        (unsigned long)buffer_size, (unsigned long)expect,
+                        nt ? " (last tensor \"" : "", nt ? out->tensors[nt - 1].name : "",
+                        nt ? "\")" : "");
+  /* Name index and duplicate tensor names. */
+  if (nt > 0) {
+    refs = (ioupos__st_nameref *)IOUPOS_MALLOC(nt * sizeof *refs);
+    out->by_name = (int *)IOUPOS_MALLOC(nt * sizeof(int));
+    if (!refs || !out->by_name) {
+      IOUPOS_FREE(refs);
+      return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", name);
+    }
+    for (i = 0; i < nt; ++i) {
+      refs[i].name = out->tensors[i].name;
+      refs[i].index = (int)i;
+    }
+    qsort(refs, nt, sizeof *refs, ioupos__st_cmp_nameref);
+    for (i = 0; i < nt; ++i) {
+      if (i > 0 && strcmp(refs[i - 1].name, refs[i].name) == 0) {
+        st = ioupos__fail(IOUPOS_EFORMAT, "%s: tensor \"%.200s\" appears twice", name,
+                          refs[i].name);
+        IOUPOS_FREE(refs);
+        return st;
+      }
+      out->by_name[i] = refs[i].index;
+    }
+    IOUPOS_FREE(refs);
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_safetensors_parse(const void *bytes, size_t size, const char *name,
+                                        ioupos_st_file *out) {
+  int st;
+  if (!out) return ioupos__fail(IOUPOS_EINVAL, "ioupos_safetensors_parse: out is NULL");
+  memset(out, 0, sizeof *out);
+  if (!bytes && size) return ioupos__fail(IOUPOS_EINVAL, "ioupos_safetensors_parse: NULL bytes");
+  if (!name) name = "(memory)";
+  st = ioupos__st_parse((const unsigned char *)bytes, size, name, out);
+  if (st) ioupos_safetensors_free(out);
+  return st;
+}
+
+IOUPOS_DEF int ioupos_safetensors_read(const char *path, ioupos_st_file *out) {
+  void *data;
+  size_t size;
+  int st;
+  if (!out) return ioupos__fail(IOUPOS_EINVAL, "ioupos_safetensors_read: out is NULL");
+  memset(out, 0, sizeof *out);
+  if (!path) return ioupos__fail(IOUPOS_EINVAL, "ioupos_safetensors_read: path is NULL");
+  if ((st = ioupos_read_file(path, &data, &size)) != 0) return st;
+  st = ioupos_safetensors_parse(data, size, path, out);
+  if (st) {
+    IOUPOS_FREE(data);
+    return st;
+  }
+  out->buffer = data;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF const ioupos_st_tensor *ioupos_safetensors_find(const ioupos_st_file *f,
+                                                           const char *name) {
+  int lo = 0, hi;
+  if (!f || !name || f->n <= 0) return NULL;
+  if (!f->by_name) { /* a table built by hand */
+    for (lo = 0; lo < f->n; ++lo)
+      if (strcmp(f->tensors[lo].name, name) == 0) return &f->tensors[lo];
+    return NULL;
+  }
+  hi = f->n - 1;
+  while (lo <= hi) {
+    int mid = lo + (hi - lo) / 2, c;
+    const ioupos_st_tensor *t = &f->tensors[f->by_name[mid]];
+    c = strcmp(t->name, name);
+    if (c == 0) return t;
+    if (c < 0) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return NULL;
+}
+
+static float ioupos__st_f16(unsigned h) {
+  unsigned sign = (h >> 15) & 1u, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  uint32_t bits;
+  float f;
+  if (e == 0) {
+    f = (float)m * 5.9604644775390625e-8f; /* m * 2^-24, exact */
+    return sign ? -f : f;
+  }
+  if (e == 31) bits = (uint32_t)sign << 31 | 0x7F800000u | (uint32_t)m << 13;
+  else bits = (uint32_t)sign << 31 | (uint32_t)(e + 112) << 23 | (uint32_t)m << 13;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+IOUPOS_DEF int ioupos_st_to_f32(const ioupos_st_tensor *t, float *dst) {
+  const unsigned char *s;
+  size_t i, count, es;
+  if (!t || (!dst && t->nbytes) || (!t->data && t->nbytes))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_st_to_f32: NULL argument");
+  es = ioupos_st_dtype_size(t->dtype);
+  if (t->dtype != IOUPOS_ST_F32 && t->dtype != IOUPOS_ST_F16 && t->dtype != IOUPOS_ST_BF16 &&
+      t->dtype != IOUPOS_ST_F64)
+    return ioupos__fail(IOUPOS_EINVAL, "tensor \"%.200s\": dtype %s is not a floating-point "
+                        "type convertible to F32", t->name ? t->name : "?",
+                        es ? ioupos__st_names[t->dtype] : "(unknown)");
+  s = (const unsigned char *)t->data;
+  count = t->nbytes / es;
+  for (i = 0; i < count; ++i, s += es) {
+    uint32_t b32;
+    uint64_t b64;
+    double d;
+    switch (t->dtype) {
+      case IOUPOS_ST_F32:
+        b32 = (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
+        memcpy(&dst[i], &b32, 4);
+        break;
+      case IOUPOS_ST_F16: dst[i] = ioupos__st_f16((unsigned)s[0] | (unsigned)s[1] << 8); break;
+      case IOUPOS_ST_BF16:
+        b32 = ((uint32_t)s[0] | (uint32_t)s[1] << 8) << 16;
+        memcpy(&dst[i], &b32, 4);
+        break;
+      default: /* F64 */
+        b64 = (uint64_t)s[0] | (uint64_t)s[1] << 8 | (uint64_t)s[2] << 16 |
+              (uint64_t)s[3] << 24 | (uint64_t)s[4] << 32 | (uint64_t)s[5] << 40 |
+              (uint64_t)s[6] << 48 | (uint64_t)s[7] << 56;
+        memcpy(&d, &b64, 8);
+        /* beyond FLT_MAX the cast is undefined in ISO C: round by hand (ties to even, and
+           FLT_MAX's significand is odd, so the midpoint 2^128 - 2^103 goes to infinity) */
+        if (d >= 340282356779733661637539395458142568448.0) dst[i] = (float)HUGE_VAL;
+        else if (d <= -340282356779733661637539395458142568448.0) dst[i] = -(float)HUGE_VAL;
+        else if (d > 3.4028234663852886e38) dst[i] = 3.4028234663852886e38f;
+        else if (d < -3.4028234663852886e38) dst[i] = -3.4028234663852886e38f;
+        else dst[i] = (float)d;
+        break;
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- the writer ----------------------------------------------------------------------------- */
+
+/* Append to a buffer, or only count when out is NULL. */
+typedef struct ioupos__st_out {
+  unsigned char *p;
+  size_t n;
+} ioupos__st_out;
+
+static void ioupos__st_put(ioupos__st_out *o, const void *s, size_t k) {
+  if (o->p) memcpy(o->p + o->n, s, k);
+  o->n += k;
+}
+
+static void ioupos__st_puts(ioupos__st_out *o, const char *s) { ioupos__st_put(o, s, strlen(s)); }
+
+/* A JSON string escaped as serde_json writes it: \" \\ \b \f \n \r \t, other control
+   characters as \u00xx (lowercase hex), everything else (UTF-8 included) raw. */
+static void ioupos__st_put_string(ioupos__st_out *o, const char *s) {
+  static const char hex[] = "0123456789abcdef";
+  ioupos__st_put(o, "\"", 1);
+  for (; *s; ++s) {
+    unsigned char c = (unsigned char)*s;
+    char e[6];
+    switch (c) {
+      case '"': ioupos__st_put(o, "\\\"", 2); break;
+      case '\\': ioupos__st_put(o, "\\\\", 2); break;
+      case '\b': ioupos__st_put(o, "\\b", 2); break;
+      case '\f': ioupos__st_put(o, "\\f", 2); break;
+      case '\n': ioupos__st_put(o, "\\n", 2); break;
+      case '\r': ioupos__st_put(o, "\\r", 2); break;
+      case '\t': ioupos__st_put(o, "\\t", 2); break;
+      default:
+        if (c < 0x20) {
+          e[0] = '\\'; e[1] = 'u'; e[2] = '0'; e[3] = '0';
+          e[4] = hex[c >> 4]; e[5] = hex[c & 15];
+          ioupos__st_put(o, e, 6);
+        } else {
+          ioupos__st_put(o, s, 1);
+        }
+    }
+  }
+  ioupos__st_put(o, "\"", 1);
+}
+
+static void ioupos__st_put_u64(ioupos__st_out *o, uint64_t v) {
+  char tmp[24];
+  int k = 0;
+  do {
+    tmp[k++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (k > 0) ioupos__st_put(o, &tmp[--k], 1);
+}
+
+static int ioupos__st_valid_utf8(const char *s) {
+  size_t n = strlen(s), i = 0;
+  while (i < n) {
+    size_t k = ioupos__st_utf8_len((const unsigned char *)s + i, n - i);
+    if (!k) return 0;
+    i += k;
+  }
+  return 1;
+}
+
+/* The header (from '{' to the padding, inclusive) for tensors in the order order[]. */
+static void ioupos__st_header(ioupos__st_out *o, int n, const ioupos_st_tensor *tensors,
+                              const int *order, const size_t *nbytes, int n_metadata,
+                              const ioupos_st_pair *metadata) {
+  int i, j, first = 1;
+  uint64_t off = 0;
+  ioupos__st_put(o, "{", 1);
+  if (n_metadata > 0) {
+    ioupos__st_puts(o, "\"__metadata__\":{");
+    for (i = 0; i < n_metadata; ++i) {
+      if (i) ioupos__st_put(o, ",", 1);
+      ioupos__st_put_string(o, metadata[i].key);
+      ioupos__st_put(o, ":", 1);
+      ioupos__st_put_string(o, metadata[i].value);
+    }
+    ioupos__st_put(o, "}", 1);
+    first = 0;
+  }
+  for (i = 0; i < n; ++i) {
+    const ioupos_st_tensor *t = &tensors[order[i]];
+    if (!first) ioupos__st_put(o, ",", 1);
+    first = 0;
+    ioupos__st_put_string(o, t->name);
+    ioupos__st_puts(o, ":{\"dtype\":\"");
+    ioupos__st_puts(o, ioupos__st_names[t->dtype]);
+    ioupos__st_puts(o, "\",\"shape\":[");
+    for (j = 0; j < t->ndim; ++j) {
+      if (j) ioupos__st_put(o, ",", 1);
+      ioupos__st_put_u64(o, (uint64_t)t->shape[j]);
+    }
+    ioupos__st_puts(o, "],\"data_offsets\":[");
+    ioupos__st_put_u64(o, off);
+    ioupos__st_put(o, ",", 1);
+    off += nbytes[order[i]];
+    ioupos__st_put_u64(o, off);
+    ioupos__st_puts(o, "]}");
+  }
+  ioupos__st_put(o, "}", 1);
+  while ((o->n - 8) % 8 != 0) ioupos__st_put(o, " ", 1);
+}
+
+/* Sort context for the writer (qsort has none): pairs of (tensor pointer, index). */
+typedef struct ioupos__st_wref {
+  const ioupos_st_tensor *t;
+  int index;
+} ioupos__st_wref;
+
+static int ioupos__st_cmp_write(const void *a, const void *b) {
+  const ioupos_st_tensor *x = ((const ioupos__st_wref *)a)->t, *y = ((const ioupos__st_wref *)b)->t;
+  if (x->dtype != y->dtype) return x->dtype > y->dtype ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st_tensor *tensors,
+                                        int n_metadata, const ioupos_st_pair *metadata) {
+  ioupos__st_wref *refs = NULL;
+  int *order = NULL;
+  size_t *nbytes = NULL, total = 0, hdr;
+  ioupos__st_out o;
+  int i, j, st = IOUPOS_OK;
+  uint16_t probe = 1;
+  int little = *(unsigned char *)&probe == 1;
+
+  if (!path || n < 0 || n_metadata < 0 || (n > 0 && !tensors) || (n_metadata > 0 && !metadata))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_safetensors_write: NULL or negative argument");
+  for (i = 0; i < n_metadata; ++i) {
+    if (!metadata[i].key || !metadata[i].value || !ioupos__st_valid_utf8(metadata[i].key) ||
+        !ioupos__st_valid_utf8(metadata[i].value))
+      return ioupos__fail(IOUPOS_EINVAL, "%s: metadata pair %d: key or value NULL or not UTF-8",
+                          path, i);
+    for (j = 0; j < i; ++j)
+      if (strcmp(metadata[i].key, metadata[j].key) == 0)
+        return ioupos__fail(IOUPOS_EINVAL, "%s: metadata key \"%.200s\" given twice", path,
+                            metadata[i].key);
+  }
+  refs = (ioupos__st_wref *)ioupos__calloc((size_t)n + 1, sizeof *refs);
+  order = (int *)ioupos__calloc((size_t)n + 1, sizeof(int));
+  nbytes = (size_t *)ioupos__calloc((size_t)n + 1, sizeof(size_t));
+  if (!refs || !order || !nbytes) {
+    st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", path);
+    goto done;
+  }
+  for (i = 0; i < n; ++i) {
+    const ioupos_st_tensor *t = &tensors[i];
+    uint64_t count = 1, es;
+    const char *nm = t->name ? t->name : "(NULL)";
+    if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0 ||
+        !ioupos__st_valid_utf8(t->name)) {
+      st = ioupos__fail(IOUPOS_EINVAL, "%s: tensor %d: name \"%.200s\" is NULL, empty, "
+                        "\"__metadata__\" or not UTF-8", path, i, nm);
+      goto done;
+    }
+    es = ioupos_st_dtype_size(t->dtype);
+    if (!es || t->ndim < 0 || t->ndim > IOUPOS_ST_MAX_DIMS) {
+      st = ioupos__fail(IOUPOS_EINVAL, "%s: tensor \"%.200s\": unknown dtype %d or ndim %d not "
+                        "in 0..%d", path, nm, t->dtype, t->ndim, IOUPOS_ST_MAX_DIMS);
+      goto done;
+    }
+    for (j = 0; j < t->ndim; ++j) {
+      if (t->shape[j] < 0) {
+        st = ioupos__fail(IOUPOS_EINVAL, "%s: tensor \"%.200s\": negative dimension %lld", path,
+                          nm, (long long)t->shape[j]);
+        goto done;
+      }
+      if (count != 0 && (uint64_t)t->shape[j] > ((uint64_t)SIZE_MAX / 2) / count) {
+        st = ioupos__fail(IOUPOS_ERANGE, "%s: tensor \"%.200s\": too many elements", path, nm);
+        goto done;
+      }
+      count *= (uint64_t)t->shape[j];
+    }
+    if (count > ((uint64_t)SIZE_MAX / 2) / es) {
+      st = ioupos__fail(IOUPOS_ERANGE, "%s: tensor \"%.200s\": too many bytes", path, nm);
+      goto done;
+    }
+    nbytes[i] = (size_t)(count * es);
+    if ((t->nbytes != 0 && t->nbytes != nbytes[i]) || (nbytes[i] && !t->data)) {
+      st = ioupos__fail(IOUPOS_EINVAL, "%s: tensor \"%.200s\": nbytes %lu but shape and dtype "
+                        "%s give %lu (or data is NULL)", path, nm, (unsigned long)t->nbytes,
+                        ioupos__st_names[t->dtype], (unsigned long)nbytes[i]);
+      goto done;
+    }
+    if (nbytes[i] > SIZE_MAX / 2 - total) {
+      st = ioupos__fail(IOUPOS_ERANGE, "%s: the tensors are too large in total", path);
+      goto done;
+    }
+    total += nbytes[i];
+    refs[i].t = t;
+    refs[i].index = i;
+  }
+  qsort(refs, (size_t)n, sizeof *refs, ioupos__st_cmp_write);
+  for (i = 0; i < n; ++i) order[i] = refs[i].index;
+  { /* duplicate names (of any dtypes) */
+    ioupos__st_nameref *nr = (ioupos__st_nameref *)ioupos__calloc((size_t)n + 1, sizeof *nr);
+    if (!nr) {
+      st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", path);
+      goto done;
+    }
+    for (i = 0; i < n; ++i) nr[i].name = tensors[i].name;
+    qsort(nr, (size_t)n, sizeof *nr, ioupos__st_cmp_nameref);
+    for (i = 1; i < n; ++i)
+      if (strcmp(nr[i - 1].name, nr[i].name) == 0) {
+        st = ioupos__fail(IOUPOS_EINVAL, "%s: tensor \"%.200s\" given twice", path, nr[i].name);
+        break;
+      }
+    IOUPOS_FREE(nr);
+    if (st) goto done;
+  }
+
+  o.p = NULL;
+  o.n = 8;
+  ioupos__st_header(&o, n, tensors, order, nbytes, n_metadata, metadata);
+  hdr = o.n;
+  if (hdr - 8 > IOUPOS_ST_MAX_HEADER || total > SIZE_MAX - hdr) {
+    st = ioupos__fail(IOUPOS_ERANGE, "%s: safetensors header of %lu bytes is too large", path,
+                      (unsigned long)(hdr - 8));
+    goto done;
+  }
+  o.p = (unsigned char *)IOUPOS_MALLOC(hdr + total);
+  if (!o.p) {
+    st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %lu bytes", path,
+                      (unsigned long)(hdr + total));
+    goto done;
+  }
+  for (i = 0; i < 8; ++i) o.p[i] = (unsigned char)((uint64_t)(hdr - 8) >> (8 * i));
+  o.n = 8;
+  ioupos__st_header(&o, n, tensors, order, nbytes, n_metadata, metadata);
+  for (i = 0; i < n; ++i) {
+    const ioupos_st_tensor *t = &tensors[order[i]];
+    size_t k = nbytes[order[i]], es = ioupos_st_dtype_size(t->dtype), e, b;
+    if (k) memcpy(o.p + o.n, t->data, k);
+    if (!little && es > 1)
+      for (e = 0; e < k; e += es)
+        for (b = 0; b < es / 2; ++b) {
+          unsigned char tmp = o.p[o.n + e + b];
+          o.p[o.n + e + b] = o.p[o.n + e + es - 1 - b];
+          o.p[o.n + e + es - 1 - b] = tmp;
+        }
+    o.n += k;
+  }
+  st = ioupos_write_file_atomic(path, o.p, o.n);
+  IOUPOS_FREE(o.p);
+done:
+  IOUPOS_FREE(refs);
+  IOUPOS_FREE(order);
+  IOUPOS_FREE(nbytes);
+  return st;
 }
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
