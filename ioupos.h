@@ -46,6 +46,7 @@
         merging, drop-path, MLP)
     12. Shifted-window attention (Swin): partition, shift, mask, relative position bias
     13. Safetensors files (checkpoints shared with PyTorch)
+    14. Losses (SimSiam, DINO with centring, cross-entropy) and the weight-normalised linear
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -1277,6 +1278,109 @@ IOUPOS_DEF int ioupos_st_to_f32(const ioupos_st_tensor *t, float *dst);
    key or value, an unknown dtype, a bad ndim or negative dimension, or nbytes mismatch. */
 IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st_tensor *tensors,
                                         int n_metadata, const ioupos_st_pair *metadata);
+
+
+/* ============================================================================================
+   14. Losses and the weight-normalised linear
+   ============================================================================================ */
+
+/* SSL losses, cross-entropy and the weight-normalised linear. Same conventions as section 11:
+   free functions on raw float pointers, row-major, outputs first, shape comment on top,
+   `_forward` beside `_backward`, backward ACCUMULATES (+=) into every gradient it is given,
+   no allocation (the caller provides scratch), reductions in a fixed order in double.
+
+   CONTENTS
+     - cosine similarity (torch.nn.functional.cosine_similarity, dim 1) forward / backward
+     - SimSiam loss: symmetric negative cosine with stop-gradient on z (lightly's
+       NegativeCosineSimilarity used as in the research code)
+     - DINO loss (lightly DINOLoss / the DINO reference code): teacher centring and sharpening,
+       cross-entropy over all (teacher view, student view) pairs except the same view index,
+       centre EMA update as its own function
+     - weight-normalised linear (torch.nn.utils.weight_norm(nn.Linear(C, OC, bias=False)), dim 0)
+     - cross-entropy with softmax over classes, integer targets, mean reduction
+*/
+
+/* ---- cosine similarity of rows: torch.nn.functional.cosine_similarity(x1, x2, dim=1, eps) ----
+   torch 2.15 semantics (checked on torch 2.15.0): each norm is clamped separately,
+       out[n] = sum_c (x1[n,c] / max(|x1[n]|, eps)) * (x2[n,c] / max(|x2[n]|, eps)),
+   NOT the product of norms; the clamp is made under no_grad on a copy of the norm, so autograd
+   differentiates the norm as if unclamped (d|x|/dx = x / |x|, 0 where |x| = 0).
+   torch's default eps (and lightly's NegativeCosineSimilarity's) is 1e-8. */
+/* out[N] = cos(x1[N][C], x2[N][C]) */
+IOUPOS_DEF void ioupos_cosine_similarity_forward(float *out, const float *x1, const float *x2,
+                                                 int N, int C, float eps);
+/* dx1[N][C] += dout[n] * d out[n] / d x1[n] (gradient to the FIRST argument only; for the
+   gradient to x2 call again with x1 and x2 swapped). ACCUMULATES into dx1. */
+IOUPOS_DEF void ioupos_cosine_similarity_backward(float *dx1, const float *dout, const float *x1,
+                                                  const float *x2, int N, int C, float eps);
+
+/* ---- SimSiam loss (symmetric negative cosine, stop-gradient on z) ----------------------------
+   L = -(mean_n cos(p1[n], z2[n]) + mean_n cos(p2[n], z1[n])) / 2, eps = IOUPOS_SIMSIAM_EPS
+   (1e-8, lightly's default); z1, z2 are treated as constants (detached). p*, z*: [N][C]. */
+#define IOUPOS_SIMSIAM_EPS 1e-8f
+/* returns L */
+IOUPOS_DEF double ioupos_simsiam_loss_forward(const float *p1, const float *p2, const float *z1,
+                                              const float *z2, int N, int C);
+/* dp1[N][C] += dloss * dL/dp1, dp2[N][C] += dloss * dL/dp2 (either may be NULL); no gradient
+   to z. ACCUMULATES into dp1, dp2. */
+IOUPOS_DEF void ioupos_simsiam_loss_backward(float *dp1, float *dp2, float dloss, const float *p1,
+                                             const float *p2, const float *z1, const float *z2,
+                                             int N, int C);
+
+/* ---- DINO loss (lightly 1.6.0 DINOLoss == DINO reference code for n_teacher <= n_student) ----
+   Views are stacked view-major: teacher[NT][B][D], student[NS][B][D] (torch.stack of the lists;
+   the reference code's torch.cat of views followed by chunk() is the same layout). Student view
+   v and teacher view v are the same crop for v < min(NT, NS) (global crops first, as in DINO).
+       q[t] = softmax((teacher[t] - center) / teacher_temp)           (no gradient)
+       ls[s] = log_softmax(student[s] / student_temp)
+       L = -(1 / (n_pairs B)) sum_{t, s, s != t} sum_b sum_d q[t,b,d] ls[s,b,d]
+   with n_pairs = NT NS - min(NT, NS) (every pair except the same view index). NT, NS >= 1 and
+   n_pairs >= 1. DINO: student_temp 0.1; teacher_temp 0.04 after a linear warm-up (the caller
+   passes the current value). The centre is NOT updated here: call ioupos_dino_center_update
+   with the same teacher logits after the loss (as DINOLoss does inside forward). */
+/* tprob[NT][B][D] and slogp[NS][B][D]: caller scratch, written here, read by backward.
+   Returns L. */
+IOUPOS_DEF double ioupos_dino_loss_forward(float *tprob, float *slogp, const float *teacher,
+                                           const float *student, const float *center, int NT,
+                                           int NS, int B, int D, float teacher_temp,
+                                           float student_temp);
+/* dstudent[NS][B][D] += dloss * dL/dstudent (there is no gradient to the teacher).
+   ACCUMULATES into dstudent. */
+IOUPOS_DEF void ioupos_dino_loss_backward(float *dstudent, float dloss, const float *tprob,
+                                          const float *slogp, int NT, int NS, int B, int D,
+                                          float student_temp);
+/* center[D] = center * momentum + mean_{t,b} teacher[t][b][:] * (1 - momentum)
+   (lightly's center_mean over views and batch + center_momentum; DINO uses momentum 0.9). */
+IOUPOS_DEF void ioupos_dino_center_update(float *center, const float *teacher, int NT, int B,
+                                          int D, float momentum);
+
+/* ---- weight-normalised linear: torch.nn.utils.weight_norm(nn.Linear(C, OC, bias=False)) ------
+   W[o][:] = g[o] v[o][:] / |v[o]| (dim 0: one norm per output row, no eps, as torch), then
+   out = inp W^T. g may be NULL, meaning g = 1 (DINO's last layer with norm_last_layer: g is
+   filled with 1 and frozen). */
+/* out[N][OC] = inp[N][C] . W[OC][C]^T; writes weight[OC][C] (= W) and vnorm[OC] (= |v[o]|),
+   caller buffers that backward reads. Returns 0 or a negative ioupos_status (GEMM). */
+IOUPOS_DEF int ioupos_wnlinear_forward(float *out, float *weight, float *vnorm, const float *inp,
+                                       const float *v, const float *g, int N, int C, int OC);
+/* dinp[N][C] += dout . W; dv[OC][C] += (g/|v|) (dW - vhat (vhat . dW)); dg[OC] += vhat . dW,
+   with dW = dout^T inp computed into the caller scratch dweight[OC][C] (overwritten) and
+   vhat = v / |v|. Pass dg = NULL when g is frozen (and g = NULL when it is 1). Any of dinp, dv,
+   dg may be NULL. ACCUMULATES into dinp, dv, dg. Returns 0 or a negative ioupos_status. */
+IOUPOS_DEF int ioupos_wnlinear_backward(float *dinp, float *dv, float *dg, float *dweight,
+                                        const float *dout, const float *inp, const float *v,
+                                        const float *g, const float *weight, const float *vnorm,
+                                        int N, int C, int OC);
+
+/* ---- cross-entropy over classes: torch.nn.functional.cross_entropy(logits, target) -----------
+   logits[N][K] (classes contiguous: channels-last tokens), target[N] in [0, K), mean over N.
+   No ignore_index, no class weights, no label smoothing. */
+/* prob[N][K] = softmax(logits) (caller buffer, read by backward). Returns L = mean_n
+   (logsumexp(logits[n]) - logits[n][target[n]]). */
+IOUPOS_DEF double ioupos_crossentropy_forward(float *prob, const float *logits, const int *target,
+                                              int N, int K);
+/* dlogits[N][K] += dloss * (prob - onehot(target)) / N. ACCUMULATES into dlogits. */
+IOUPOS_DEF void ioupos_crossentropy_backward(float *dlogits, float dloss, const float *prob,
+                                             const int *target, int N, int K);
 
 #ifdef __cplusplus
 }
@@ -8222,6 +8326,263 @@ done:
   IOUPOS_FREE(nbytes);
   return st;
 }
+
+
+/* ---- 14. Losses and the weight-normalised linear ----------------------------------------------- */
+
+#include <math.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+static double ioupos__wl_norm(const float *x, int C) {
+  double s = 0.0;
+  int c;
+  for (c = 0; c < C; ++c) s += (double)x[c] * x[c];
+  return sqrt(s);
+}
+
+/* ---- cosine similarity ---- */
+IOUPOS_DEF void ioupos_cosine_similarity_forward(float *out, const float *x1, const float *x2,
+                                                 int N, int C, float eps) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *a = x1 + (size_t)n * C, *b = x2 + (size_t)n * C;
+    double na = ioupos__wl_norm(a, C), nb = ioupos__wl_norm(b, C), s = 0.0;
+    if (!(na > eps)) na = eps; /* each norm clamped on its own (torch >= 1.12) */
+    if (!(nb > eps)) nb = eps;
+    for (c = 0; c < C; ++c) s += ((double)a[c] / na) * ((double)b[c] / nb);
+    out[n] = (float)s;
+  }
+}
+
+IOUPOS_DEF void ioupos_cosine_similarity_backward(float *dx1, const float *dout, const float *x1,
+                                                  const float *x2, int N, int C, float eps) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *a = x1 + (size_t)n * C, *b = x2 + (size_t)n * C;
+    float *da = dx1 + (size_t)n * C;
+    double ta = ioupos__wl_norm(a, C), nb = ioupos__wl_norm(b, C), na = ta, dot = 0.0, k;
+    if (!(na > eps)) na = eps;
+    if (!(nb > eps)) nb = eps;
+    for (c = 0; c < C; ++c) dot += (double)a[c] * b[c];
+    /* out = (a . b) / (na nb); d/da = b / (na nb) - (a . b) / (na^2 nb) * a / |a|, where the
+       derivative of the norm is that of the unclamped |a| (torch clamps under no_grad), and 0
+       when |a| = 0 (torch masks the norm's gradient there). */
+    k = ta > 0.0 ? dot / (na * na * nb * ta) : 0.0;
+    for (c = 0; c < C; ++c)
+      da[c] += (float)((double)dout[n] * ((double)b[c] / (na * nb) - k * (double)a[c]));
+  }
+}
+
+/* ---- SimSiam ---- */
+static double ioupos__wl_meancos(const float *p, const float *z, int N, int C) {
+  double s = 0.0;
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *a = p + (size_t)n * C, *b = z + (size_t)n * C;
+    double na = ioupos__wl_norm(a, C), nb = ioupos__wl_norm(b, C), d = 0.0;
+    if (!(na > IOUPOS_SIMSIAM_EPS)) na = IOUPOS_SIMSIAM_EPS;
+    if (!(nb > IOUPOS_SIMSIAM_EPS)) nb = IOUPOS_SIMSIAM_EPS;
+    for (c = 0; c < C; ++c) d += ((double)a[c] / na) * ((double)b[c] / nb);
+    s += d;
+  }
+  return N > 0 ? s / N : 0.0;
+}
+
+IOUPOS_DEF double ioupos_simsiam_loss_forward(const float *p1, const float *p2, const float *z1,
+                                              const float *z2, int N, int C) {
+  return -0.5 * (ioupos__wl_meancos(p1, z2, N, C) + ioupos__wl_meancos(p2, z1, N, C));
+}
+
+static void ioupos__wl_negcos_back(float *dp, float scale, const float *p, const float *z, int N,
+                                   int C) {
+  int n, c;
+  for (n = 0; n < N; ++n) {
+    const float *a = p + (size_t)n * C, *b = z + (size_t)n * C;
+    float *da = dp + (size_t)n * C;
+    double ta = ioupos__wl_norm(a, C), nb = ioupos__wl_norm(b, C), na = ta, dot = 0.0, k;
+    if (!(na > IOUPOS_SIMSIAM_EPS)) na = IOUPOS_SIMSIAM_EPS;
+    if (!(nb > IOUPOS_SIMSIAM_EPS)) nb = IOUPOS_SIMSIAM_EPS;
+    for (c = 0; c < C; ++c) dot += (double)a[c] * b[c];
+    k = ta > 0.0 ? dot / (na * na * nb * ta) : 0.0;
+    for (c = 0; c < C; ++c)
+      da[c] += (float)((double)scale * ((double)b[c] / (na * nb) - k * (double)a[c]));
+  }
+}
+
+IOUPOS_DEF void ioupos_simsiam_loss_backward(float *dp1, float *dp2, float dloss, const float *p1,
+                                             const float *p2, const float *z1, const float *z2,
+                                             int N, int C) {
+  /* dL/dcos[n] = -1 / (2N) for each of the two terms */
+  double s = N > 0 ? -0.5 * (double)dloss / N : 0.0;
+  if (dp1) ioupos__wl_negcos_back(dp1, (float)s, p1, z2, N, C);
+  if (dp2) ioupos__wl_negcos_back(dp2, (float)s, p2, z1, N, C);
+}
+
+/* ---- DINO ---- */
+IOUPOS_DEF double ioupos_dino_loss_forward(float *tprob, float *slogp, const float *teacher,
+                                           const float *student, const float *center, int NT,
+                                           int NS, int B, int D, float teacher_temp,
+                                           float student_temp) {
+  int t, s, b, d;
+  long n_pairs = (long)NT * NS - (NT < NS ? NT : NS);
+  double total = 0.0;
+  /* teacher: softmax((x - c) / T_t) in double, stored as float */
+  for (t = 0; t < NT; ++t)
+    for (b = 0; b < B; ++b) {
+      const float *x = teacher + ((size_t)t * B + b) * D;
+      float *q = tprob + ((size_t)t * B + b) * D;
+      double mx = -INFINITY, sum = 0.0;
+      for (d = 0; d < D; ++d) {
+        double y = ((double)x[d] - center[d]) / teacher_temp;
+        mx = y > mx ? y : mx;
+      }
+      for (d = 0; d < D; ++d) sum += exp(((double)x[d] - center[d]) / teacher_temp - mx);
+      for (d = 0; d < D; ++d)
+        q[d] = (float)(exp(((double)x[d] - center[d]) / teacher_temp - mx) / sum);
+    }
+  /* student: log_softmax(x / T_s), kept in double for the loss (stored as float for backward);
+     the loss sums, for each (s, b, d), -sum_{t != s} q[t,b,d] ls[s,b,d] in the order s, b, d, t
+     (every pair except the same view index) */
+  for (s = 0; s < NS; ++s)
+    for (b = 0; b < B; ++b) {
+      const float *x = student + ((size_t)s * B + b) * D;
+      float *l = slogp + ((size_t)s * B + b) * D;
+      double mx = -INFINITY, sum = 0.0, lse;
+      for (d = 0; d < D; ++d) {
+        double y = (double)x[d] / student_temp;
+        mx = y > mx ? y : mx;
+      }
+      for (d = 0; d < D; ++d) sum += exp((double)x[d] / student_temp - mx);
+      lse = mx + log(sum);
+      for (d = 0; d < D; ++d) {
+        double ls = (double)x[d] / student_temp - lse, Q = 0.0;
+        l[d] = (float)ls;
+        for (t = 0; t < NT; ++t)
+          if (t != s) Q += tprob[((size_t)t * B + b) * D + d];
+        total -= Q * ls;
+      }
+    }
+  if (n_pairs <= 0 || B <= 0) return 0.0;
+  return total / ((double)n_pairs * B);
+}
+
+IOUPOS_DEF void ioupos_dino_loss_backward(float *dstudent, float dloss, const float *tprob,
+                                          const float *slogp, int NT, int NS, int B, int D,
+                                          float student_temp) {
+  int t, s, b, d;
+  long n_pairs = (long)NT * NS - (NT < NS ? NT : NS);
+  double scale;
+  if (n_pairs <= 0 || B <= 0) return;
+  /* dL/dls[s,b,d] = -scale Q[d], Q = sum_{t != s} q[t,b]; through log_softmax (as torch:
+     g - softmax * sum(g)) and the 1/T_s scaling. */
+  scale = (double)dloss / ((double)n_pairs * B);
+  for (s = 0; s < NS; ++s)
+    for (b = 0; b < B; ++b) {
+      const float *l = slogp + ((size_t)s * B + b) * D;
+      float *dx = dstudent + ((size_t)s * B + b) * D;
+      double Qsum = 0.0; /* sum_d Q[d]: 1 per teacher view up to rounding, kept as torch does */
+      for (t = 0; t < NT; ++t) {
+        if (t == s) continue;
+        for (d = 0; d < D; ++d) Qsum += tprob[((size_t)t * B + b) * D + d];
+      }
+      for (d = 0; d < D; ++d) {
+        double Q = 0.0;
+        for (t = 0; t < NT; ++t)
+          if (t != s) Q += tprob[((size_t)t * B + b) * D + d];
+        dx[d] += (float)(scale * (exp((double)l[d]) * Qsum - Q) / student_temp);
+      }
+    }
+}
+
+IOUPOS_DEF void ioupos_dino_center_update(float *center, const float *teacher, int NT, int B,
+                                          int D, float momentum) {
+  int t, b, d;
+  long rows = (long)NT * B;
+  if (rows <= 0) return;
+  for (d = 0; d < D; ++d) {
+    double s = 0.0;
+    for (t = 0; t < NT; ++t)
+      for (b = 0; b < B; ++b) s += teacher[((size_t)t * B + b) * D + d];
+    center[d] = (float)((double)center[d] * momentum + (s / rows) * (1.0 - (double)momentum));
+  }
+}
+
+/* ---- weight-normalised linear ---- */
+IOUPOS_DEF int ioupos_wnlinear_forward(float *out, float *weight, float *vnorm, const float *inp,
+                                       const float *v, const float *g, int N, int C, int OC) {
+  int o, c;
+  for (o = 0; o < OC; ++o) {
+    const float *vr = v + (size_t)o * C;
+    double nrm = ioupos__wl_norm(vr, C), k = (g ? (double)g[o] : 1.0) / nrm;
+    vnorm[o] = (float)nrm;
+    for (c = 0; c < C; ++c) weight[(size_t)o * C + c] = (float)(vr[c] * k);
+  }
+  return ioupos_linear_forward(out, inp, weight, NULL, N, C, OC);
+}
+
+IOUPOS_DEF int ioupos_wnlinear_backward(float *dinp, float *dv, float *dg, float *dweight,
+                                        const float *dout, const float *inp, const float *v,
+                                        const float *g, const float *weight, const float *vnorm,
+                                        int N, int C, int OC) {
+  int st, o, c;
+  if (dinp) {
+    st = ioupos_linear_backward(dinp, NULL, NULL, dout, inp, weight, N, C, OC);
+    if (st) return st;
+  }
+  if (!dv && !dg) return IOUPOS_OK;
+  memset(dweight, 0, sizeof(float) * (size_t)OC * (size_t)C);
+  st = ioupos_linear_backward(NULL, dweight, NULL, dout, inp, weight, N, C, OC);
+  if (st) return st;
+  for (o = 0; o < OC; ++o) {
+    const float *vr = v + (size_t)o * C, *dw = dweight + (size_t)o * C;
+    double nrm = vnorm[o], gg = g ? (double)g[o] : 1.0, dot = 0.0;
+    for (c = 0; c < C; ++c) dot += (double)vr[c] * dw[c];
+    /* W = g v / |v|: dg = vhat . dW; dv = (g / |v|) (dW - vhat (vhat . dW)) */
+    if (dg) dg[o] += (float)(dot / nrm);
+    if (dv)
+      for (c = 0; c < C; ++c)
+        dv[(size_t)o * C + c] += (float)(gg / nrm * ((double)dw[c] - vr[c] * dot / (nrm * nrm)));
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- cross-entropy ---- */
+IOUPOS_DEF double ioupos_crossentropy_forward(float *prob, const float *logits, const int *target,
+                                              int N, int K) {
+  int n, k;
+  double total = 0.0;
+  for (n = 0; n < N; ++n) {
+    const float *x = logits + (size_t)n * K;
+    float *p = prob + (size_t)n * K;
+    double mx = -INFINITY, sum = 0.0, lse;
+    for (k = 0; k < K; ++k) mx = x[k] > mx ? x[k] : mx;
+    for (k = 0; k < K; ++k) sum += exp((double)x[k] - mx);
+    lse = mx + log(sum);
+    for (k = 0; k < K; ++k) p[k] = (float)exp((double)x[k] - lse);
+    total += lse - x[target[n]];
+  }
+  return N > 0 ? total / N : 0.0;
+}
+
+IOUPOS_DEF void ioupos_crossentropy_backward(float *dlogits, float dloss, const float *prob,
+                                             const int *target, int N, int K) {
+  int n, k;
+  double s = N > 0 ? (double)dloss / N : 0.0;
+  for (n = 0; n < N; ++n) {
+    const float *p = prob + (size_t)n * K;
+    float *dx = dlogits + (size_t)n * K;
+    for (k = 0; k < K; ++k)
+      dx[k] += (float)(s * ((double)p[k] - (k == target[n] ? 1.0 : 0.0)));
+  }
+}
+
+#ifdef __cplusplus
+}
+#endif
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
 #pragma GCC diagnostic pop
