@@ -15,7 +15,7 @@ DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
-            $(BUILD)/test_losses
+            $(BUILD)/test_losses $(BUILD)/test_optim
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm
 
 # The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), and
@@ -101,6 +101,7 @@ fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/attention_fixture.py
 	$(VENV)/bin/python tests/reference/safetensors_fixture.py
 	$(VENV)/bin/python tests/reference/losses_fixture.py
+	$(VENV)/bin/python tests/reference/optim_fixture.py
 
 test-asan: | stb
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
