@@ -26,74 +26,7 @@
 #define FIX "tests/fixtures/losses/"
 #define FD_SAMPLES 12
 
-/* ---- memory: every test allocation is freed at exit (clean under LeakSanitizer) ---- */
-static void *tmem[1024];
-static int ntmem;
-static float *talloc(long n) {
-  float *p = (float *)calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-  if (!p || ntmem >= 1024) {
-    printf("out of memory\n");
-    exit(1);
-  }
-  tmem[ntmem++] = p;
-  return p;
-}
-static void tfree_all(void) {
-  while (ntmem > 0) free(tmem[--ntmem]);
-}
-
-/* Load fixture <c>_<name>.npy as float; n (if >= 0) is the expected element count. */
-static float *ld(const char *c, const char *name, long n) {
-  char path[256];
-  tu_npy a;
-  float *p;
-  long i;
-  snprintf(path, sizeof path, FIX "%s_%s.npy", c, name);
-  if (tu_npy_load(path, &a) != 0) {
-    CHECK(0, "cannot load %s", path);
-    return talloc(n);
-  }
-  CHECK(n < 0 || a.count == n, "%s: %ld elements, expected %ld", path, a.count, n);
-  p = talloc(a.count > n ? a.count : n);
-  for (i = 0; i < a.count; ++i) p[i] = (float)a.data[i];
-  tu_npy_free(&a);
-  return p;
-}
-
-/* Compare x[n] with fixture <c>_<name>.npy. */
-static void cmp(const char *c, const char *name, const float *x, long n, double atol,
-                double rtol) {
-  char path[256], label[96];
-  tu_npy a;
-  snprintf(path, sizeof path, FIX "%s_%s.npy", c, name);
-  snprintf(label, sizeof label, "%s %s", c, name);
-  if (tu_npy_load(path, &a) != 0) {
-    CHECK(0, "cannot load %s", path);
-    return;
-  }
-  CHECK(a.count == n, "%s: %ld elements, expected %ld", path, a.count, n);
-  if (a.count == n) {
-    long bad = tu_compare(label, x, a.data, n, atol, rtol);
-    CHECK(bad == 0, "%s: %ld elements out of tolerance", label, bad);
-  }
-  tu_npy_free(&a);
-}
-
-/* Backward accumulates: g2 (after a second call) == 2 * g1 (after the first). */
-static void acc_check(const char *label, const float *g2, const float *g1, long n) {
-  long i, bad = 0;
-  for (i = 0; i < n; ++i) {
-    double want = 2.0 * (double)g1[i];
-    if (!(fabs(g2[i] - want) <= 1e-6 * fabs(want) + 1e-30)) ++bad;
-  }
-  CHECK(bad == 0, "%s: second backward is not 2x the first at %ld elements", label, bad);
-}
-
-static float *copyf(const float *x, long n) {
-  float *p = talloc(n);
-  memcpy(p, x, sizeof(float) * (size_t)n);
-  return p;
-}
+#include "tests/fixture_util.h"
 
 /* ---- finite differences ---- */
 static ioupos_rng fd_rng;

@@ -21,24 +21,10 @@
 
 #define FIX "tests/fixtures/optim/"
 
-/* ---- memory: every test allocation is freed at exit (clean under LeakSanitizer) ---- */
-static void *tmem[512];
-static int ntmem;
-static float *talloc(long n) {
-  float *p = (float *)calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-  if (!p || ntmem >= 512) {
-    printf("out of memory\n");
-    exit(1);
-  }
-  tmem[ntmem++] = p;
-  return p;
-}
-static void tfree_all(void) {
-  while (ntmem > 0) free(tmem[--ntmem]);
-}
+#include "tests/fixture_util.h"
 
 /* Load fixture <name>.npy into a (data kept in double); returns 0 on success. */
-static int ld(const char *name, tu_npy *a) {
+static int ld_npy(const char *name, tu_npy *a) {
   char path[256];
   snprintf(path, sizeof path, FIX "%s.npy", name);
   if (tu_npy_load(path, a) != 0) {
@@ -53,7 +39,7 @@ static float *ld_row(const char *name, long row, long n) {
   tu_npy a;
   float *p = talloc(n);
   long i;
-  if (ld(name, &a) != 0) return p;
+  if (ld_npy(name, &a) != 0) return p;
   CHECK(a.count >= (row + 1) * n, "%s: %ld elements, row %ld of %ld needed", name, a.count, row, n);
   if (a.count >= (row + 1) * n)
     for (i = 0; i < n; ++i) p[i] = (float)a.data[row * n + i];
@@ -65,7 +51,7 @@ static float *ld_row(const char *name, long row, long n) {
 static void cmp_row(const char *label, const char *name, long row, const float *x, long n,
                     double atol, double rtol) {
   tu_npy a;
-  if (ld(name, &a) != 0) return;
+  if (ld_npy(name, &a) != 0) return;
   CHECK(a.count >= (row + 1) * n, "%s: too few elements", name);
   if (a.count >= (row + 1) * n)
     CHECK(tu_compare(label, x, a.data + row * n, n, atol, rtol) == 0, "%s", label);
@@ -106,7 +92,7 @@ static void test_sgd(void) {
   long t;
   char label[64];
   printf("sgd (momentum 0.9, wd 1e-5 weight / 0 bias)\n");
-  if (ld("sgd_lr", &lr) != 0) return;
+  if (ld_npy("sgd_lr", &lr) != 0) return;
   for (t = 0; t < NSTEP; ++t) {
     float *gw = ld_row("sgd_gw", t, nw), *gb = ld_row("sgd_gb", t, nb);
     ioupos_sgd_step(w, gw, bw, (size_t)nw, (float)lr.data[t], 0.9f,
@@ -139,7 +125,7 @@ static void test_adamw(void) {
   int lstep = 0;
   char label[64];
   printf("adamw (0.9, 0.999, eps 1e-8, wd 0.04 weights / 0 bias, last layer frozen on step 1)\n");
-  if (ld("adamw_lr", &lr) != 0) return;
+  if (ld_npy("adamw_lr", &lr) != 0) return;
   for (t = 0; t < NSTEP; ++t) {
     float *gw = ld_row("adamw_gw", t, nw), *gb = ld_row("adamw_gb", t, nb);
     float *gl = ld_row("adamw_glast", t, nl);
@@ -174,7 +160,7 @@ static void sched_check(const char *label, const char *name, long epochs, long n
   tu_npy a;
   double x[128];
   long i, total = epochs * niter;
-  if (ld(name, &a) != 0) return;
+  if (ld_npy(name, &a) != 0) return;
   CHECK(a.count == total && total <= 128, "%s: %ld values, expected %ld", name, a.count, total);
   if (a.count == total && total <= 128) {
     for (i = 0; i < total; ++i)
@@ -194,8 +180,8 @@ static void test_schedules(void) {
   sched_check("dino teacher momentum (0.9995 -> 1)", "sched_dino_mom", 6, 5, 0, 0.9995, 1.0, 0.0);
   sched_check("finetune lr (warmup to 1e-3, -> 5e-5)", "sched_ft_lr", 7, 3, 3, 1e-3, 5e-5, 1e-6);
   sched_check("1-iteration warmup", "sched_w1_lr", 4, 1, 1, 1e-3, 5e-5, 1e-6);
-  if (ld("sched_annealing_stepped", &st) != 0) return;
-  if (ld("sched_annealing_closed", &cl) != 0) {
+  if (ld_npy("sched_annealing_stepped", &st) != 0) return;
+  if (ld_npy("sched_annealing_closed", &cl) != 0) {
     tu_npy_free(&st);
     return;
   }
@@ -261,7 +247,7 @@ static void test_clip(void) {
     snprintf(label, sizeof label, "dino clip 3.0 tensor %d", i);
     cmp_row(label, name, 0, g[i], ns[i], 0.0, 1e-6);
   }
-  if (ld("clipd_norms", &rn) == 0) {
+  if (ld_npy("clipd_norms", &rn) == 0) {
     CHECK(rn.count == 3, "clipd_norms: %ld values", rn.count);
     if (rn.count == 3)
       CHECK(tu_compare("dino clip norms", norms, rn.data, 3, 0.0, 1e-6) == 0, "dino norms");
@@ -284,7 +270,7 @@ static void test_clip(void) {
       cmp_row(label, name, 0, g[i], ns[i], 0.0, k == 0 ? 1e-6 : 0.0);
     }
     snprintf(name, sizeof name, "clipg_%c_total", tag);
-    if (ld(name, &tot) == 0) {
+    if (ld_npy(name, &tot) == 0) {
       CHECK(tot.count == 1 && tu_compare("clip_grad_norm_ total", &total, tot.data, 1, 0.0, 1e-6) == 0,
             "%s", name);
       tu_npy_free(&tot);
