@@ -42,7 +42,7 @@ $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/npy.h ioupos.h | stb
+$(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/npy.h tests/fixture_util.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
