@@ -15,6 +15,10 @@
          cc -std=c99 -O2 -D_POSIX_C_SOURCE=200809L -I<repo> -I/usr/include/stb prog.c -lm -lpthread
      stb_image / stb_image_write (Debian's libstb-dev) are compiled into the implementation
      file unless you define IOUPOS_NO_STB_IMPLEMENTATION (because your project already does).
+     Optional, for speed only (results are the same without them, up to the documented FMA
+     rounding of the GEMM kernel): -fopenmp (GEMM threads; bit-identical for any thread count)
+     and -mavx2 -mfma (the GEMM's SIMD kernel). Never -ffast-math: the CPU path is the
+     reference the CUDA backend is checked against.
 
    CONFIGURATION (define before the implementation include)
      IOUPOS_MALLOC(sz) / IOUPOS_FREE(p)   allocator (default malloc / free)
