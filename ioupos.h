@@ -3723,129 +3723,188 @@ static void ioupos__json_ws(ioupos__json *j) {
     ++j->pos;
 }
 
-static int ioupos__hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if invalid (overlong forms,
+   surrogates and code points above U+10FFFF are invalid). */
+static size_t ioupos__utf8_len(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
+    if (c == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
+    if (c == 0xED && s[1] >= 0xA0) return 0; /* surrogate */
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
+      return 0;
+    if (c == 0xF0 && s[1] < 0x90) return 0; /* overlong */
+    if (c == 0xF4 && s[1] >= 0x90) return 0; /* above U+10FFFF */
+    return 4;
+  }
+  return 0;
+}
+
+/* Four hex digits at s[pos..pos+4) of s[0..len) into *v; 0 on success. */
+static int ioupos__hex4(const unsigned char *s, size_t len, size_t pos, unsigned *v) {
+  size_t i;
+  *v = 0;
+  if (len < pos || len - pos < 4) return -1;
+  for (i = 0; i < 4; ++i) {
+    unsigned char c = s[pos + i];
+    unsigned d;
+    if (c >= '0' && c <= '9') d = c - '0';
+    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10u;
+    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10u;
+    else return -1;
+    *v = *v * 16 + d;
+  }
+  return 0;
+}
+
+/* UTF-8 bytes of code point u (valid, not a surrogate) into enc; returns their number. */
+static size_t ioupos__utf8_encode(unsigned u, char enc[4]) {
+  if (u < 0x80) {
+    enc[0] = (char)u;
+    return 1;
+  }
+  if (u < 0x800) {
+    enc[0] = (char)(0xC0 | (u >> 6));
+    enc[1] = (char)(0x80 | (u & 0x3F));
+    return 2;
+  }
+  if (u < 0x10000) {
+    enc[0] = (char)(0xE0 | (u >> 12));
+    enc[1] = (char)(0x80 | ((u >> 6) & 0x3F));
+    enc[2] = (char)(0x80 | (u & 0x3F));
+    return 3;
+  }
+  enc[0] = (char)(0xF0 | (u >> 18));
+  enc[1] = (char)(0x80 | ((u >> 12) & 0x3F));
+  enc[2] = (char)(0x80 | ((u >> 6) & 0x3F));
+  enc[3] = (char)(0x80 | (u & 0x3F));
+  return 4;
+}
+
+/* The JSON string reader shared by split files (this section) and safetensors headers
+   (section 13). Decodes the string whose opening quote is at s[*pos] into dst, NUL-terminated,
+   at most cap bytes before the NUL (the decoded form is never longer than its quoted source).
+   Strict: RFC 8259 escapes, paired surrogates, valid UTF-8, no raw control characters, no
+   \u0000. Returns 0 with *pos past the closing quote and *n_out the decoded length; otherwise
+   -1 with *pos at the fault (the opening quote for an unterminated or too long string) and
+   *why set. */
+static int ioupos__json_decode_string(const unsigned char *s, size_t len, size_t *pos, char *dst,
+                                      size_t cap, size_t *n_out, const char **why) {
+  size_t start = *pos, p = *pos, n = 0, k;
+  if (p >= len || s[p] != '"') {
+    *why = "expected a string";
+    return -1;
+  }
+  ++p;
+  for (;;) {
+    unsigned char c;
+    unsigned u, lo;
+    char enc[4];
+    if (p >= len) goto unterminated;
+    c = s[p];
+    if (c == '"') break;
+    if (c < 0x20) {
+      *pos = p, *why = "raw control character in a string";
+      return -1;
+    }
+    if (c != '\\') {
+      k = ioupos__utf8_len(s + p, len - p);
+      if (k == 0) {
+        *pos = p, *why = "invalid UTF-8 in a string";
+        return -1;
+      }
+      if (n + k > cap) goto too_long;
+      memcpy(dst + n, s + p, k);
+      n += k, p += k;
+      continue;
+    }
+    if (len - p < 2) goto unterminated;
+    switch (s[p + 1]) {
+      case '"': u = '"'; break;
+      case '\\': u = '\\'; break;
+      case '/': u = '/'; break;
+      case 'b': u = 8; break;
+      case 'f': u = 12; break;
+      case 'n': u = 10; break;
+      case 'r': u = 13; break;
+      case 't': u = 9; break;
+      case 'u':
+        if (ioupos__hex4(s, len, p + 2, &u)) {
+          *pos = p, *why = "bad hex digit in a \\u escape (expected 4)";
+          return -1;
+        }
+        if (u >= 0xDC00 && u <= 0xDFFF) {
+          *pos = p, *why = "lone low surrogate escape";
+          return -1;
+        }
+        if (u >= 0xD800 && u <= 0xDBFF) {
+          if (len - p < 12 || s[p + 6] != '\\' || s[p + 7] != 'u') {
+            *pos = p, *why = "lone high surrogate escape";
+            return -1;
+          }
+          if (ioupos__hex4(s, len, p + 8, &lo)) {
+            *pos = p + 6, *why = "bad hex digit in a \\u escape (expected 4)";
+            return -1;
+          }
+          if (lo < 0xDC00 || lo > 0xDFFF) {
+            *pos = p, *why = "high surrogate escape not followed by a low one";
+            return -1;
+          }
+          u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+          p += 6;
+        }
+        if (u == 0) {
+          *pos = p, *why = "\\u0000 in a string";
+          return -1;
+        }
+        p += 4;
+        break;
+      default:
+        *pos = p, *why = "invalid escape: unknown escape character";
+        return -1;
+    }
+    p += 2;
+    k = ioupos__utf8_encode(u, enc);
+    if (n + k > cap) goto too_long;
+    memcpy(dst + n, enc, k);
+    n += k;
+  }
+  dst[n] = 0;
+  *pos = p + 1;
+  *n_out = n;
+  return 0;
+unterminated:
+  *pos = start, *why = "unterminated string";
+  return -1;
+too_long:
+  *pos = start, *why = "string too long";
   return -1;
 }
 
-/* Parse a JSON string at j->pos into a new buffer (UTF-8); max bytes max_len. */
+/* Parse a JSON string at j->pos into a new buffer (UTF-8) of at most max_len bytes. */
 static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
-  size_t start = j->pos, n = 0;
-  char *buf;
+  const char *why = NULL;
+  char msg[96];
+  size_t n;
+  char *buf = (char *)IOUPOS_MALLOC(max_len + 1);
   *out = NULL;
-  if (j->pos >= j->len || j->s[j->pos] != '"') return ioupos__json_fail(j, j->pos, "expected a string");
-  buf = (char *)IOUPOS_MALLOC(max_len + 5);
   if (!buf) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", j->name);
-  ++j->pos;
-  for (;;) {
-    unsigned char ch;
-    uint32_t cp;
-    if (j->pos >= j->len) {
-      IOUPOS_FREE(buf);
-      return ioupos__json_fail(j, start, "unterminated string");
-    }
-    ch = (unsigned char)j->s[j->pos];
-    if (ch == '"') {
-      ++j->pos;
-      break;
-    }
-    if (ch < 0x20) {
-      IOUPOS_FREE(buf);
-      return ioupos__json_fail(j, j->pos, "control character in a string");
-    }
-    if (ch != '\\') {
-      if (n >= max_len) goto too_long;
-      buf[n++] = (char)ch;
-      ++j->pos;
-      continue;
-    }
-    if (j->pos + 1 >= j->len) {
-      IOUPOS_FREE(buf);
-      return ioupos__json_fail(j, start, "unterminated string");
-    }
-    ch = (unsigned char)j->s[j->pos + 1];
-    j->pos += 2;
-    switch (ch) {
-      case '"': cp = '"'; break;
-      case '\\': cp = '\\'; break;
-      case '/': cp = '/'; break;
-      case 'b': cp = 8; break;
-      case 'f': cp = 12; break;
-      case 'n': cp = 10; break;
-      case 'r': cp = 13; break;
-      case 't': cp = 9; break;
-      case 'u': {
-        int q, h;
-        cp = 0;
-        for (q = 0; q < 4; ++q) {
-          if (j->pos >= j->len || (h = ioupos__hexval(j->s[j->pos])) < 0) {
-            IOUPOS_FREE(buf);
-            return ioupos__json_fail(j, j->pos, "bad \\u escape (expected 4 hex digits)");
-          }
-          cp = cp * 16 + (uint32_t)h;
-          ++j->pos;
-        }
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-          uint32_t lo2 = 0;
-          if (j->pos + 6 > j->len || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u') {
-            IOUPOS_FREE(buf);
-            return ioupos__json_fail(j, j->pos, "unpaired UTF-16 surrogate in \\u escape");
-          }
-          for (q = 0; q < 4; ++q) {
-            if ((h = ioupos__hexval(j->s[j->pos + 2 + q])) < 0) {
-              IOUPOS_FREE(buf);
-              return ioupos__json_fail(j, j->pos, "bad \\u escape (expected 4 hex digits)");
-            }
-            lo2 = lo2 * 16 + (uint32_t)h;
-          }
-          if (lo2 < 0xDC00 || lo2 > 0xDFFF) {
-            IOUPOS_FREE(buf);
-            return ioupos__json_fail(j, j->pos, "unpaired UTF-16 surrogate in \\u escape");
-          }
-          j->pos += 6;
-          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo2 - 0xDC00);
-        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-          IOUPOS_FREE(buf);
-          return ioupos__json_fail(j, j->pos - 6, "unpaired UTF-16 surrogate in \\u escape");
-        }
-        break;
-      }
-      default:
-        IOUPOS_FREE(buf);
-        return ioupos__json_fail(j, j->pos - 2, "invalid escape in a string");
-    }
-    if (n + 4 > max_len) goto too_long;
-    if (cp < 0x80) buf[n++] = (char)cp;
-    else if (cp < 0x800) {
-      buf[n++] = (char)(0xC0 | (cp >> 6));
-      buf[n++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      buf[n++] = (char)(0xE0 | (cp >> 12));
-      buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-      buf[n++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-      buf[n++] = (char)(0xF0 | (cp >> 18));
-      buf[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-      buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-      buf[n++] = (char)(0x80 | (cp & 0x3F));
-    }
-  }
-  buf[n] = 0;
-  if (memchr(buf, 0, n)) {
+  if (ioupos__json_decode_string((const unsigned char *)j->s, j->len, &j->pos, buf, max_len, &n,
+                                 &why)) {
     IOUPOS_FREE(buf);
-    return ioupos__json_fail(j, start, "string contains a NUL character");
+    if (strcmp(why, "string too long") == 0) {
+      snprintf(msg, sizeof msg, "string longer than %lu bytes", (unsigned long)max_len);
+      why = msg;
+    }
+    return ioupos__json_fail(j, j->pos, why);
   }
   *out = buf;
   return IOUPOS_OK;
-too_long:
-  IOUPOS_FREE(buf);
-  {
-    char why[96];
-    snprintf(why, sizeof why, "string longer than %zu bytes", max_len);
-    return ioupos__json_fail(j, start, why);
-  }
 }
 
 IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
@@ -7563,28 +7622,6 @@ IOUPOS_DEF size_t ioupos_st_dtype_size(int dtype) {
   return dtype >= 0 && dtype < IOUPOS_ST_NUM_DTYPES ? ioupos__st_sizes[dtype] : 0;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if invalid (overlong forms,
-   surrogates and code points above U+10FFFF are invalid). */
-static size_t ioupos__st_utf8_len(const unsigned char *s, size_t n) {
-  unsigned c = s[0];
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
-    if (c == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
-    if (c == 0xED && s[1] >= 0xA0) return 0; /* surrogate */
-    return 3;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
-      return 0;
-    if (c == 0xF0 && s[1] < 0x90) return 0; /* overlong */
-    if (c == 0xF4 && s[1] >= 0x90) return 0; /* above U+10FFFF */
-    return 4;
-  }
-  return 0;
-}
-
 /* ---- the header parser ---------------------------------------------------------------------- */
 
 typedef struct ioupos__st_parser {
@@ -7617,98 +7654,18 @@ static int ioupos__st_expect(ioupos__st_parser *ps, char c, const char *what) {
   return IOUPOS_OK;
 }
 
-static int ioupos__st_hex4(ioupos__st_parser *ps, unsigned *v) {
-  size_t i;
-  *v = 0;
-  if (ps->n - ps->pos < 4) return ioupos__st_syntax(ps, "truncated \\u escape");
-  for (i = 0; i < 4; ++i) {
-    unsigned char c = ps->p[ps->pos + i];
-    unsigned d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-    else return ioupos__st_syntax(ps, "bad hex digit in a \\u escape");
-    *v = *v * 16 + d;
-  }
-  ps->pos += 4;
-  return IOUPOS_OK;
-}
-
-/* Parse a JSON string (after whitespace) into the arena; *out is NUL-terminated. The decoded
-   bytes plus the NUL never exceed the quoted source, so the arena (header size) cannot
-   overflow. */
+/* Parse a JSON string (after whitespace) into the arena with section 6's reader; *out is
+   NUL-terminated. The decoded bytes plus the NUL never exceed the quoted source, so the arena
+   (header size) cannot overflow. */
 static int ioupos__st_string(ioupos__st_parser *ps, const char **out) {
-  char *dst;
-  int st;
+  const char *why = NULL;
+  size_t n;
   ioupos__st_ws(ps);
-  if (ps->pos >= ps->n || ps->p[ps->pos] != '"') return ioupos__st_syntax(ps, "expected a string");
-  ++ps->pos;
-  dst = ps->arena + ps->used;
-  *out = dst;
-  for (;;) {
-    unsigned char c;
-    if (ps->pos >= ps->n) return ioupos__st_syntax(ps, "unterminated string");
-    c = ps->p[ps->pos];
-    if (c == '"') {
-      ++ps->pos;
-      break;
-    }
-    if (c < 0x20) return ioupos__st_syntax(ps, "raw control character in a string");
-    if (c == '\\') {
-      unsigned u, lo;
-      if (ps->n - ps->pos < 2) return ioupos__st_syntax(ps, "unterminated string");
-      c = ps->p[ps->pos + 1];
-      ps->pos += 2;
-      switch (c) {
-        case '"': *dst++ = '"'; break;
-        case '\\': *dst++ = '\\'; break;
-        case '/': *dst++ = '/'; break;
-        case 'b': *dst++ = '\b'; break;
-        case 'f': *dst++ = '\f'; break;
-        case 'n': *dst++ = '\n'; break;
-        case 'r': *dst++ = '\r'; break;
-        case 't': *dst++ = '\t'; break;
-        case 'u':
-          if ((st = ioupos__st_hex4(ps, &u)) != 0) return st;
-          if (u >= 0xDC00 && u <= 0xDFFF) return ioupos__st_syntax(ps, "lone low surrogate escape");
-          if (u >= 0xD800 && u <= 0xDBFF) {
-            if (ps->n - ps->pos < 2 || ps->p[ps->pos] != '\\' || ps->p[ps->pos + 1] != 'u')
-              return ioupos__st_syntax(ps, "lone high surrogate escape");
-            ps->pos += 2;
-            if ((st = ioupos__st_hex4(ps, &lo)) != 0) return st;
-            if (lo < 0xDC00 || lo > 0xDFFF)
-              return ioupos__st_syntax(ps, "high surrogate escape not followed by a low one");
-            u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          if (u == 0) return ioupos__st_syntax(ps, "\\u0000 in a string");
-          if (u < 0x80) {
-            *dst++ = (char)u;
-          } else if (u < 0x800) {
-            *dst++ = (char)(0xC0 | (u >> 6));
-            *dst++ = (char)(0x80 | (u & 0x3F));
-          } else if (u < 0x10000) {
-            *dst++ = (char)(0xE0 | (u >> 12));
-            *dst++ = (char)(0x80 | ((u >> 6) & 0x3F));
-            *dst++ = (char)(0x80 | (u & 0x3F));
-          } else {
-            *dst++ = (char)(0xF0 | (u >> 18));
-            *dst++ = (char)(0x80 | ((u >> 12) & 0x3F));
-            *dst++ = (char)(0x80 | ((u >> 6) & 0x3F));
-            *dst++ = (char)(0x80 | (u & 0x3F));
-          }
-          break;
-        default: ps->pos -= 1; return ioupos__st_syntax(ps, "unknown escape in a string");
-      }
-    } else {
-      size_t k = ioupos__st_utf8_len(ps->p + ps->pos, ps->n - ps->pos);
-      if (k == 0) return ioupos__st_syntax(ps, "invalid UTF-8 in a string");
-      memcpy(dst, ps->p + ps->pos, k);
-      dst += k;
-      ps->pos += k;
-    }
-  }
-  *dst++ = '\0';
-  ps->used = (size_t)(dst - ps->arena);
+  *out = ps->arena + ps->used;
+  if (ioupos__json_decode_string(ps->p, ps->n, &ps->pos, ps->arena + ps->used, ps->n - ps->used,
+                                 &n, &why))
+    return ioupos__st_syntax(ps, why);
+  ps->used += n + 1;
   return IOUPOS_OK;
 }
 
@@ -8265,7 +8222,7 @@ static void ioupos__st_put_u64(ioupos__st_out *o, uint64_t v) {
 static int ioupos__st_valid_utf8(const char *s) {
   size_t n = strlen(s), i = 0;
   while (i < n) {
-    size_t k = ioupos__st_utf8_len((const unsigned char *)s + i, n - i);
+    size_t k = ioupos__utf8_len((const unsigned char *)s + i, n - i);
     if (!k) return 0;
     i += k;
   }

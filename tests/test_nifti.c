@@ -573,6 +573,8 @@ static void test_split(void) {
   split_error("{\"train\": [1]}", "1:12", "expected a string");
   split_error("{\"train\": [\"a\"] \"val\": []}", "1:17", "expected ',' or '}'");
   split_error("{\"train\": [\"\\ud800\"]}", "split.json:1:", "surrogate");
+  split_error("{\"train\": [\"a\xff\"]}", "split.json:1:14", "invalid UTF-8");
+  split_error("{\"train\": [\"a\\u0000\"]}", "split.json:1:14", "\\u0000");
   split_error("", "1:1", "expected '{'");
 }
 
