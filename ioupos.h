@@ -1642,6 +1642,23 @@ static void *ioupos__calloc(size_t count, size_t size) {
   return p;
 }
 
+/* Make room for one more element in *arr (n used, *cap allocated, elements of elem bytes),
+   doubling the allocation; 0 on failure (*arr is then unchanged and still valid). */
+static int ioupos__grow(void **arr, size_t n, size_t *cap, size_t elem) {
+  size_t ncap;
+  void *na;
+  if (n < *cap) return 1;
+  ncap = *cap ? *cap * 2 : 16;
+  if (ncap < *cap) return 0;
+  na = ioupos__calloc(ncap, elem);
+  if (!na) return 0;
+  if (n) memcpy(na, *arr, n * elem);
+  IOUPOS_FREE(*arr);
+  *arr = na;
+  *cap = ncap;
+  return 1;
+}
+
 /* ---- 3. Random numbers ---------------------------------------------------------------------- */
 
 static uint64_t ioupos__splitmix64(uint64_t x) {
@@ -3928,25 +3945,11 @@ IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_nam
   return -1;
 }
 
-static int ioupos__grow(void **arr, int n, int *cap, size_t elem) {
-  void *na;
-  int ncap;
-  if (n < *cap) return 1;
-  if (*cap > INT_MAX / 2) return 0;
-  ncap = *cap ? *cap * 2 : 8;
-  na = ioupos__calloc((size_t)ncap, elem);
-  if (!na) return 0;
-  if (n) memcpy(na, *arr, (size_t)n * elem);
-  IOUPOS_FREE(*arr);
-  *arr = na;
-  *cap = ncap;
-  return 1;
-}
-
 IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name,
                                   ioupos_split *split) {
   ioupos__json j;
-  int cap_sets = 0, st;
+  size_t cap_sets = 0;
+  int st;
   if (!split) return ioupos__fail(IOUPOS_EINVAL, "ioupos_split_parse: NULL split");
   split->n_sets = 0;
   split->sets = NULL;
@@ -3972,7 +3975,8 @@ IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name
   for (;;) {
     ioupos_split_set *set;
     size_t key_at, q;
-    int cap_cases = 0, s;
+    size_t cap_cases = 0;
+    int s;
     char *key = NULL;
     ioupos__json_ws(&j);
     key_at = j.pos;
@@ -3994,7 +3998,7 @@ IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name
         st = ioupos__json_fail(&j, key_at, "duplicate split name");
         goto fail;
       }
-    if (!ioupos__grow((void **)&split->sets, split->n_sets, &cap_sets, sizeof(ioupos_split_set))) {
+    if (!ioupos__grow((void **)&split->sets, (size_t)split->n_sets, &cap_sets, sizeof(ioupos_split_set))) {
       IOUPOS_FREE(key);
       st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", j.name);
       goto fail;
@@ -4045,7 +4049,7 @@ IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name
           st = ioupos__json_fail(&j, at, why);
           goto fail;
         }
-        if (!ioupos__grow((void **)&set->cases, set->n, &cap_cases, sizeof(char *))) {
+        if (!ioupos__grow((void **)&set->cases, (size_t)set->n, &cap_cases, sizeof(char *))) {
           IOUPOS_FREE(cs);
           st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", j.name);
           goto fail;
@@ -7722,24 +7726,6 @@ static int ioupos__st_uint_array(ioupos__st_parser *ps, const char *tensor, cons
   }
 }
 
-/* arr (count used, *cap allocated, elements of size elem) grown to hold one more element:
-   returns the (possibly new) array, or NULL on failure (arr is then still valid). */
-static void *ioupos__st_grow(void *arr, size_t *cap, size_t count, size_t elem) {
-  size_t ncap;
-  void *p;
-  if (count < *cap) return arr;
-  ncap = *cap ? *cap * 2 : 16;
-  if (ncap > (size_t)-1 / elem) return NULL;
-  p = IOUPOS_MALLOC(ncap * elem);
-  if (!p) return NULL;
-  if (arr) {
-    memcpy(p, arr, count * elem);
-    IOUPOS_FREE(arr);
-  }
-  *cap = ncap;
-  return p;
-}
-
 /* Parse one tensor entry {"dtype": .., "shape": [..], "data_offsets": [b, e]}; t->data is set
    to (const char *)0 + begin for now and t->nbytes to end - begin. */
 static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t *begin,
@@ -7941,11 +7927,8 @@ static int ioupos__st_parse(const unsigned char *d, size_t size, const char *nam
               return ioupos__fail(IOUPOS_EFORMAT, "%s: metadata \"%.200s\": value is not a "
                                   "string", name, pr.key);
             if ((st = ioupos__st_string(&ps, &pr.value)) != 0) return st;
-            {
-              void *g = ioupos__st_grow(out->metadata, &mcap, nm, sizeof pr);
-              if (!g) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for metadata", name);
-              out->metadata = (ioupos_st_pair *)g;
-            }
+            if (!ioupos__grow((void **)&out->metadata, nm, &mcap, sizeof pr))
+              return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for metadata", name);
             out->metadata[nm++] = pr;
             out->n_metadata = (int)nm;
             ioupos__st_ws(&ps);
@@ -7961,9 +7944,8 @@ static int ioupos__st_parse(const unsigned char *d, size_t size, const char *nam
       } else {
         ioupos_st_tensor *t;
         uint64_t begin = 0;
-        void *g = ioupos__st_grow(out->tensors, &tcap, nt, sizeof *t);
-        if (!g) return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for the tensor table", name);
-        out->tensors = (ioupos_st_tensor *)g;
+        if (!ioupos__grow((void **)&out->tensors, nt, &tcap, sizeof *t))
+          return ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for the tensor table", name);
         if (nt >= 0x7FFFFFFF)
           return ioupos__fail(IOUPOS_ERANGE, "%s: too many tensors", name);
         t = &out->tensors[nt];
