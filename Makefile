@@ -15,7 +15,7 @@ DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
-            $(BUILD)/test_losses $(BUILD)/test_optim
+            $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm
 
 # The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), and
@@ -24,7 +24,7 @@ SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /pro
 OPENMP   := -fopenmp
 BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h),-DIOUPOS_BENCH_OPENBLAS,)
 
-.PHONY: all test test-asan test-tsan bench demo clean stb fuzz fuzz-replay fixtures
+.PHONY: all test test-asan test-tsan bench demo clean stb fuzz fuzz-replay fixtures check-monai
 all: $(DRIVERS)
 
 # stb comes from Debian's libstb-dev: install it when we are root, else say how.
@@ -102,6 +102,13 @@ fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/safetensors_fixture.py
 	$(VENV)/bin/python tests/reference/losses_fixture.py
 	$(VENV)/bin/python tests/reference/optim_fixture.py
+	$(VENV)/bin/python tests/reference/model_fixture.py
+
+# Our checkpoints load into MONAI with load_state_dict(strict=True) and reproduce its outputs.
+check-monai: $(BUILD)/test_model $(VENV)/bin/python
+	cd $(BUILD)/.. && $(BUILD)/test_model >/dev/null
+	$(VENV)/bin/python tests/reference/check_ioupos_checkpoint.py $(BUILD)/ioupos_swin2d.safetensors swin2d
+	$(VENV)/bin/python tests/reference/check_ioupos_checkpoint.py $(BUILD)/ioupos_swin3d.safetensors swin3d
 
 test-asan: | stb
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \

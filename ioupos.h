@@ -52,6 +52,8 @@
     13. Safetensors files (checkpoints shared with PyTorch)
     14. Losses (SimSiam, DINO with centring, cross-entropy) and the weight-normalised linear
     15. Optimisers (SGD, AdamW), schedules, EMA and gradient clipping
+    16. Tensors, arenas and the backend operation table
+    17. Models: the Swin encoder, the SimSiam and DINO heads, checkpoints
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -1026,6 +1028,16 @@ IOUPOS_DEF void ioupos_drop_path_forward(float *out, const float *inp, const flo
 IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const float *mask,
                                           int B, size_t S);
 
+/* ---- residual add with drop path: x + DropPath(y), the Swin block's two shortcuts ------------ */
+/* out[B][S] = x + y * mask[b] (mask from ioupos_drop_path_mask; NULL means x + y, eval mode or
+   rate 0); out may equal x or y. */
+IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float *y,
+                                        const float *mask, int B, size_t S);
+/* dy[B][S] += dout * mask[b] (dout where mask is NULL). The gradient to x is dout itself.
+   ACCUMULATES into dy. */
+IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const float *mask, int B,
+                                         size_t S);
+
 /* ---- MLP: MONAI MLPBlock as in Swin: Linear(C -> Hd) - GELU - Linear(Hd -> C), no dropout ---- */
 /* out[N][C]; saves h_pre[N][Hd] (first linear's output) and h_act[N][Hd] (after GELU). */
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
@@ -1514,6 +1526,376 @@ IOUPOS_DEF float ioupos_clip_grad_per_param(float *grad, size_t n, float clip);
    accumulated in double and rounded to float per tensor and for the total. */
 IOUPOS_DEF float ioupos_clip_grad_norm(float *const *grads, const size_t *ns, size_t count,
                                        float max_norm);
+
+/* ============================================================================================
+   16. Tensors, arenas and the backend operation table
+   ============================================================================================ */
+
+/* Named tensors, one allocation per category, and the operations a backend provides.
+
+   THE TENSOR TABLE (llm.c's ParameterTensors, made data)
+     A model is built by registering its tensors, in a fixed order, into an ioupos_tensor_table:
+     name (the PyTorch state-dict name, e.g. "layers1.0.blocks.1.attn.qkv.weight"), shape,
+     dtype, flags and how to initialise it. The table assigns each F32 tensor an offset into ONE
+     float arena (offsets aligned to IOUPOS_TENSOR_ALIGN floats) and each I64 tensor (buffers
+     such as MONAI's relative_position_index and batch norm's num_batches_tracked) an offset
+     into one small host int64 array. The same table then drives
+       - the allocation of values, gradients and optimiser state (one arena each, same layout,
+         so an optimiser walks the table and steps tensor by tensor);
+       - initialisation (ioupos_params_init: per-tensor rule, seeded, order-independent);
+       - checkpoint I/O (ioupos_params_save / ioupos_params_load: safetensors files whose names
+         are the table's, so PyTorch loads them with load_state_dict(strict=True));
+       - tensor-by-tensor comparison of two backends or of a run against a fixture.
+     Activations use a table too (names like "stage0.block1.ln2"), so a CPU-vs-CUDA check can
+     name the first activation that differs.
+
+   THE BACKEND (ioupos_backend)
+     Models never touch tensor memory directly: they allocate, copy, zero and compute through a
+     table of function pointers. ioupos_backend_cpu() returns the reference backend whose
+     operations are the functions of sections 10-15 (host memory); a CUDA backend
+     (ioupos_cuda.cu) fills the same table with device memory and kernels. Every operation has
+     the signature of the CPU function it stands for; see that function for its semantics.
+     Operations that cannot fail on the CPU return void; a device backend reports a failure by
+     the int returned from sync(), which the models call at the end of each pass. */
+
+#define IOUPOS_TENSOR_MAX_DIMS 6
+#define IOUPOS_TENSOR_NAME_MAX 112
+#define IOUPOS_TENSOR_ALIGN 16 /* floats: 64-byte aligned tensors */
+
+/* flags */
+#define IOUPOS_TENSOR_BUFFER 1   /* state that is not trained (running statistics, indices) */
+#define IOUPOS_TENSOR_FROZEN 2   /* a parameter that receives no gradient (DINO's weight_g) */
+#define IOUPOS_TENSOR_NO_DECAY 4 /* excluded from weight decay (set by ioupos_tensor_add from
+                                    ioupos_weight_decay_applies: biases and 1-D tensors) */
+
+/* how ioupos_params_init fills a tensor (PyTorch's default initialisers) */
+typedef enum ioupos_init {
+  IOUPOS_INIT_ZERO = 0,
+  IOUPOS_INIT_ONE,
+  IOUPOS_INIT_UNIFORM,      /* U(-scale, scale): nn.Linear / nn.Conv default, scale 1/sqrt(fan_in) */
+  IOUPOS_INIT_TRUNC_NORMAL, /* N(0, scale^2) truncated to [-2, 2] (timm's trunc_normal_) */
+  IOUPOS_INIT_NONE          /* left as is (I64 buffers filled by the model) */
+} ioupos_init;
+
+typedef struct ioupos_tensor_info {
+  char name[IOUPOS_TENSOR_NAME_MAX];
+  int dtype;                            /* IOUPOS_ST_F32 or IOUPOS_ST_I64 */
+  int ndim;
+  int64_t shape[IOUPOS_TENSOR_MAX_DIMS];
+  size_t numel;
+  size_t offset;                        /* elements from the start of its arena */
+  int flags;                            /* IOUPOS_TENSOR_* */
+  int init;                             /* ioupos_init */
+  float init_scale;
+} ioupos_tensor_info;
+
+typedef struct ioupos_tensor_table {
+  int n;
+  size_t cap;
+  ioupos_tensor_info *t;
+  size_t total;  /* floats of the F32 arena (a multiple of IOUPOS_TENSOR_ALIGN) */
+  size_t itotal; /* int64 elements of the I64 array */
+} ioupos_tensor_table;
+
+/* Registers a tensor; returns its index (>= 0) or IOUPOS_EINVAL (bad shape or dtype, name too
+   long or already present) / IOUPOS_ENOMEM. */
+IOUPOS_DEF int ioupos_tensor_add(ioupos_tensor_table *tt, const char *name, int dtype, int flags,
+                                 int init, float init_scale, int ndim, const int64_t *shape);
+/* Index of the tensor called name, or -1. */
+IOUPOS_DEF int ioupos_tensor_find(const ioupos_tensor_table *tt, const char *name);
+IOUPOS_DEF void ioupos_tensor_table_free(ioupos_tensor_table *tt);
+
+typedef struct ioupos_backend {
+  const char *name;
+  /* memory: alloc returns zero-filled memory or NULL */
+  void *(*alloc)(size_t bytes);
+  void (*release)(void *p);
+  void (*upload)(void *dst, const void *host_src, size_t bytes);
+  void (*download)(void *host_dst, const void *src, size_t bytes);
+  void (*copy)(void *dst, const void *src, size_t bytes);
+  void (*zero)(void *dst, size_t bytes);
+  int (*sync)(void); /* waits for queued work; 0 or the first error since the last sync */
+  /* section 11 */
+  int (*linear_forward)(float *, const float *, const float *, const float *, int, int, int);
+  int (*linear_backward)(float *, float *, float *, const float *, const float *, const float *,
+                         int, int, int);
+  void (*layernorm_forward)(float *, float *, float *, const float *, const float *,
+                            const float *, int, int, float);
+  void (*layernorm_backward)(float *, float *, float *, const float *, const float *,
+                             const float *, const float *, const float *, int, int);
+  void (*gelu_forward)(float *, const float *, size_t);
+  void (*gelu_backward)(float *, const float *, const float *, size_t);
+  void (*relu_forward)(float *, const float *, size_t);
+  void (*relu_backward)(float *, const float *, const float *, size_t);
+  void (*l2norm_forward)(float *, float *, const float *, int, int, float);
+  void (*l2norm_backward)(float *, const float *, const float *, const float *, int, int, float);
+  void (*avgpool_forward)(float *, const float *, int, int, int);
+  void (*avgpool_backward)(float *, const float *, int, int, int);
+  void (*batchnorm_forward_train)(float *, float *, float *, float *, float *, const float *,
+                                  const float *, const float *, int, int, float, float);
+  void (*batchnorm_backward_train)(float *, float *, float *, const float *, const float *,
+                                   const float *, const float *, const float *, int, int);
+  void (*batchnorm_forward_eval)(float *, const float *, const float *, const float *,
+                                 const float *, const float *, int, int, float);
+  void (*batchnorm_backward_eval)(float *, float *, float *, const float *, const float *,
+                                  const float *, const float *, const float *, int, int, float);
+  int (*patch_embed_forward)(float *, float *, const float *, const float *, const float *, int,
+                             int, int, const int *, int, int);
+  int (*patch_embed_backward)(float *, float *, float *, float *, const float *, const float *,
+                              const float *, int, int, int, const int *, int, int);
+  int (*patch_merging_forward)(float *, float *, float *, float *, float *, const float *,
+                               const float *, const float *, const float *, int, int,
+                               const int *, int);
+  int (*patch_merging_backward)(float *, float *, float *, float *, float *, const float *,
+                                const float *, const float *, const float *, const float *,
+                                const float *, const float *, int, int, const int *, int);
+  void (*residual_forward)(float *, const float *, const float *, const float *, int, size_t);
+  void (*residual_backward)(float *, const float *, const float *, int, size_t);
+  int (*mlp_forward)(float *, float *, float *, const float *, const float *, const float *,
+                     const float *, const float *, int, int, int);
+  int (*mlp_backward)(float *, float *, float *, float *, float *, float *, const float *,
+                      const float *, const float *, const float *, const float *, const float *,
+                      int, int, int);
+  /* section 12 */
+  int (*swin_attention_forward)(float *, float *, float *, const float *, const float *,
+                                const float *, const float *, const float *, const float *,
+                                const int *, const float *, const ioupos_swin_geom *, int, int);
+  int (*swin_attention_backward)(float *, float *, float *, float *, float *, float *, float *,
+                                 const float *, const float *, const float *, const float *,
+                                 const int *, const ioupos_swin_geom *, int, int);
+  /* section 14 */
+  int (*wnlinear_forward)(float *, float *, float *, const float *, const float *, const float *,
+                          int, int, int);
+  int (*wnlinear_backward)(float *, float *, float *, float *, const float *, const float *,
+                           const float *, const float *, const float *, const float *, int, int,
+                           int);
+} ioupos_backend;
+
+/* The reference backend: host memory, the functions of sections 10-15. */
+IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void);
+
+/* ---- parameters: a table and its arenas ----------------------------------------------------- */
+typedef struct ioupos_params {
+  ioupos_tensor_table table;
+  const ioupos_backend *be;
+  float *value;   /* table.total floats on be: the F32 tensors */
+  float *grad;    /* table.total floats on be, or NULL (ioupos_params_alloc with_grad 0) */
+  int64_t *ivalue; /* table.itotal int64 on the HOST: the I64 buffers */
+} ioupos_params;
+
+/* Allocates the arenas (zeroed) once every tensor is registered. */
+IOUPOS_DEF int ioupos_params_alloc(ioupos_params *p, const ioupos_backend *be, int with_grad);
+IOUPOS_DEF void ioupos_params_free(ioupos_params *p);
+/* Pointer to F32 tensor i's values / gradient (on the backend). */
+IOUPOS_DEF float *ioupos_params_value(const ioupos_params *p, int i);
+IOUPOS_DEF float *ioupos_params_grad(const ioupos_params *p, int i);
+/* Fills every F32 tensor by its init rule from a generator split per tensor index, so the
+   values do not depend on the order of initialisation. I64 buffers are left alone. */
+IOUPOS_DEF int ioupos_params_init(ioupos_params *p, const ioupos_rng *rng);
+/* Copies all values (F32 and I64) of src into dst; the tables must be identical. */
+IOUPOS_DEF int ioupos_params_copy(ioupos_params *dst, const ioupos_params *src);
+
+/* CHECKPOINTS. Tensors of p whose names start with `ours` are matched with the file's tensors
+   named `theirs` + the rest of the name (ours = theirs = "" for all, as is).
+   Save: writes them (F32 downloaded from the backend, I64 from the host) with n_meta metadata
+   pairs, atomically (section 5). Load, strict in both directions:
+     - every selected tensor of p must be in the file, with the same shape (an error names the
+       tensor, both shapes and the file); F32, F16, BF16 and F64 files are converted exactly as
+       ioupos_st_to_f32; an I64 tensor must be I64;
+     - every tensor of the file whose name starts with `theirs` must be one of them (an error
+       names the first unexpected tensor and how many there are);
+     - relative_position_index buffers must equal the model's (they encode the window size),
+       other I64 buffers (num_batches_tracked) are loaded.
+   On failure p is unchanged (values are converted into a host copy first). *n_loaded (may be
+   NULL) receives the number of tensors loaded, *n_other (may be NULL) the number of file
+   tensors outside `theirs`, which are not looked at. */
+IOUPOS_DEF int ioupos_params_save(const ioupos_params *p, const char *path, const char *ours,
+                                  const char *theirs, int n_meta, const ioupos_st_pair *meta);
+IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, const char *ours,
+                                  const char *theirs, int *n_loaded, int *n_other);
+
+
+/* ============================================================================================
+   17. Models: the Swin encoder, the SimSiam and DINO heads
+   ============================================================================================ */
+
+/* MONAI's SwinTransformer encoder and the SSL heads, built on the tensor table and the backend.
+
+   THE SWIN ENCODER (monai.networks.nets.swin_unetr.SwinTransformer, MONAI 1.6.1, as SwinUNETR
+   builds it: qkv_bias True, mlp_ratio 4, patch_norm False, downsample "merging", use_v2 False,
+   dropout 0, normalize=True)
+       x0 = PatchEmbed(x)                           conv kernel = stride = patch, zero-padded
+       x_{s+1} = PatchMerging(blocks_s(x_s))        s = 0..3 (MONAI's layers1..layers4)
+       out_k = LayerNorm(x_k) without affine        k = 0..4, the returned stage outputs
+       feature = mean over space of out_4           the SSL backbone feature (research code)
+     Block j of a stage (MONAI SwinTransformerBlock), shift = window // 2 when j is odd:
+       x = x + DropPath(ShiftedWindowAttention(LayerNorm1(x)))
+       x = x + DropPath(MLP(LayerNorm2(x)))
+     with section 12's window rules (effective window shrinks to the map where the map is not
+     larger than the window, shift only where it is larger, zero padding to window multiples).
+     Drop-path rates grow linearly over all blocks from 0 to drop_path_rate
+     (torch.linspace(0, rate, sum(depths))); drop-path is drawn only when train is nonzero.
+     Tokens are channels-last: stage output k is [B, map_k..., C_k], C_k = embed_dim * 2^k.
+     Parameter names are MONAI's state-dict names (patch_embed.proj.weight,
+     layers1.0.blocks.0.attn.qkv.weight, layers1.0.downsample.reduction.weight, ...), each
+     block also registers MONAI's int64 buffer attn.relative_position_index, so a checkpoint
+     loads into MONAI with strict=True. Weight init is PyTorch's default (uniform
+     +-1/sqrt(fan_in) for linear and conv weights and biases, ones / zeros for layer norms) and
+     MONAI's trunc_normal(0.02) for the relative position bias tables.
+
+   THE HEADS (a sequence of ops; names as the PyTorch modules')
+     ioupos_head_simsiam_projection  lightly SimSiamProjectionHead(in, hidden, out):
+         layers.0 Linear(no bias) .1 BN .2 ReLU .3 Linear(no bias) .4 BN .5 ReLU
+         .6 Linear(no bias) .7 BN(affine=False)
+     ioupos_head_simsiam_prediction  lightly SimSiamPredictionHead(in, hidden, out):
+         layers.0 Linear(no bias) .1 BN .2 ReLU .3 Linear(bias)
+     ioupos_head_dino                the DINO reference DINOHead(in, out, use_bn False,
+         norm_last_layer, nlayers 3, hidden, bottleneck): mlp.0 Linear .1 GELU .2 Linear .3 GELU
+         .4 Linear, L2 normalisation, last_layer weight-normalised Linear(no bias) with
+         weight_g (frozen and filled with 1 when norm_last_layer) and weight_v; init as DINO's
+         _init_weights (trunc_normal(0.02) weights, zero biases) for the MLP and PyTorch's
+         default for weight_v.
+     Batch norm (momentum 0.1, eps 1e-5) uses batch statistics and updates the running ones
+     and num_batches_tracked in train mode, the running statistics in eval mode.
+
+   USE
+     ioupos_params p = {0}; ioupos_swin_encoder enc; ioupos_head proj;
+     ioupos_swin_encoder_init(&enc, &cfg, &p.table, "backbone.");   register tensors
+     ioupos_head_simsiam_projection(&proj, &p.table, "projection_head.", 768, 2048, 2048);
+     ioupos_params_alloc(&p, ioupos_backend_cpu(), 1); ioupos_params_init(&p, &rng);
+     ioupos_swin_encoder_plan(&enc, &p, batch, shape);             activations for this shape
+     ioupos_swin_encoder_forward(&enc, &p, x, train, &rng);
+     ... ioupos_swin_encoder_backward(&enc, &p, NULL, dfeature, NULL);  gradients ACCUMULATE
+   Inputs and outputs of forward / backward are backend memory. */
+
+#define IOUPOS_SWIN_STAGES 4
+#define IOUPOS_SWIN_MAX_DEPTH 16 /* blocks per stage */
+
+typedef struct ioupos_swin_config {
+  int spatial_dims;          /* 2 or 3 */
+  int in_chans;              /* input channels (1 for CT) */
+  int embed_dim;             /* C, the research runs' --embedding_size (48) */
+  int patch_size;            /* 2 */
+  int window[3];             /* configured window per axis (7) */
+  int depths[4];             /* blocks per stage (2, 2, 2, 2) */
+  int num_heads[4];          /* (3, 6, 12, 24) */
+  float drop_path_rate;      /* 0.1 */
+} ioupos_swin_config;
+
+/* The research runs' encoder: C 48, patch 2, window 7, depths 2-2-2-2, heads 3-6-12-24,
+   drop-path 0.1, one input channel. */
+IOUPOS_DEF void ioupos_swin_config_default(ioupos_swin_config *c, int spatial_dims);
+/* 0, or IOUPOS_EINVAL with a reason naming the field (heads must divide every stage's width). */
+IOUPOS_DEF int ioupos_swin_config_check(const ioupos_swin_config *c);
+/* The feature width: 16 * embed_dim. */
+IOUPOS_DEF int ioupos_swin_feature_dim(const ioupos_swin_config *c);
+
+typedef struct ioupos_swin_block {
+  int stage, index, shifted;
+  float drop_prob;
+  int norm1_w, norm1_b, table, rel_index, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b;
+  int fc1_w, fc1_b, fc2_w, fc2_b; /* parameter indices in the table */
+  size_t a_x, a_ln1_mean, a_ln1_rstd, a_attn, a_xmid, a_ln2, a_ln2_mean, a_ln2_rstd, a_h_pre,
+      a_h_act, a_dp1, a_dp2, a_out_x; /* activation offsets (floats) */
+} ioupos_swin_block;
+
+typedef struct ioupos_swin_encoder {
+  ioupos_swin_config cfg;
+  int n_blocks;
+  ioupos_swin_block blocks[IOUPOS_SWIN_STAGES * IOUPOS_SWIN_MAX_DEPTH];
+  int patch_w, patch_b;
+  int merge_norm_w[4], merge_norm_b[4], merge_red[4];
+  /* the plan: set by ioupos_swin_encoder_plan for one batch size and input shape */
+  int batch, in_shape[3];
+  int map[5][3];               /* token map of x_k, k = 0..4 */
+  size_t ntok[5];              /* batch * prod(map[k]) */
+  ioupos_swin_geom geom[4][2]; /* per stage: [0] unshifted blocks, [1] shifted blocks */
+  ioupos_tensor_table acts;    /* named activations (offsets into act) */
+  const ioupos_backend *be;
+  float *act;                  /* the activation arena */
+  float *scratch;              /* forward temporaries and backward gradients */
+  int *index;                  /* relative position index per stage (backend memory) */
+  size_t index_off[4], mask_off[4], a_col, a_x[5], a_out[5], a_out_mean[5], a_out_rstd[5],
+      a_feature, a_merge[4][4];
+  size_t scratch_n;
+  int dp_on; /* the last forward drew drop-path masks */
+} ioupos_swin_encoder;
+
+/* Registers the encoder's tensors in tt with names prefix + MONAI's name (prefix may be "" or
+   e.g. "backbone.", "swinViT."). Checks the config. */
+IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swin_config *cfg,
+                                        ioupos_tensor_table *tt, const char *prefix);
+/* Fills the relative_position_index buffers (call after ioupos_params_alloc; ioupos_params_init
+   leaves them alone) and sizes the activations for batch images of shape {H, W} or {D, H, W}
+   (reallocating only when batch or shape change). */
+IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p, int batch,
+                                        const int *shape);
+/* x [batch, in_chans, shape...] channels-first on the backend. train: draw drop-path from rng
+   (rng may be NULL when train is 0 or the rate is 0). */
+IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_params *p,
+                                           const float *x, int train, ioupos_rng *rng);
+/* Stage output k (0..4): [batch, map[k]..., embed_dim << k], normalised; and the feature
+   [batch, 16 * embed_dim]. Valid until the next forward. */
+IOUPOS_DEF const float *ioupos_swin_encoder_output(const ioupos_swin_encoder *e, int k);
+IOUPOS_DEF const float *ioupos_swin_encoder_feature(const ioupos_swin_encoder *e);
+/* Backward of the last forward: dout[k] the gradient of stage output k (dout or any entry may
+   be NULL), dfeature the gradient of the feature (may be NULL). ACCUMULATES into p->grad and
+   into dx [batch, in_chans, shape...] when dx is not NULL. */
+IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_params *p,
+                                            const float *const *dout, const float *dfeature,
+                                            float *dx);
+IOUPOS_DEF void ioupos_swin_encoder_free(ioupos_swin_encoder *e);
+/* The prefix under which a file holds a Swin encoder's tensors: the first of "", "swinViT.",
+   "backbone.", "module.backbone.", "student.backbone." for which
+   <prefix>patch_embed.proj.weight exists; NULL if none. */
+IOUPOS_DEF const char *ioupos_swin_find_prefix(const ioupos_st_file *f);
+
+/* ---- heads ---------------------------------------------------------------------------------- */
+#define IOUPOS_HEAD_MAX_OPS 12
+#define IOUPOS_HEAD_MAX_VIEWS 16
+typedef enum ioupos_head_kind {
+  IOUPOS_HEAD_LINEAR = 0, IOUPOS_HEAD_BATCHNORM, IOUPOS_HEAD_RELU, IOUPOS_HEAD_GELU,
+  IOUPOS_HEAD_L2NORM, IOUPOS_HEAD_WNLINEAR
+} ioupos_head_kind;
+
+typedef struct ioupos_head_op {
+  int kind, in, out;
+  int w, b, rm, rv, count; /* parameter / buffer indices, -1 when absent */
+  size_t a_out, a_s1, a_s2; /* activation offsets within one view's activations */
+} ioupos_head_op;
+
+typedef struct ioupos_head {
+  int n_ops, in_dim, out_dim;
+  ioupos_head_op ops[IOUPOS_HEAD_MAX_OPS];
+  /* the plan */
+  int rows, views;
+  int trained[IOUPOS_HEAD_MAX_VIEWS]; /* batch norm mode of each view's last forward */
+  size_t view_floats, max_width;
+  const ioupos_backend *be;
+  float *act, *scratch;
+  size_t scratch_n;
+} ioupos_head;
+
+IOUPOS_DEF int ioupos_head_simsiam_projection(ioupos_head *h, ioupos_tensor_table *tt,
+                                              const char *prefix, int in, int hidden, int out);
+IOUPOS_DEF int ioupos_head_simsiam_prediction(ioupos_head *h, ioupos_tensor_table *tt,
+                                              const char *prefix, int in, int hidden, int out);
+IOUPOS_DEF int ioupos_head_dino(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix,
+                                int in, int hidden, int bottleneck, int out,
+                                int norm_last_layer);
+/* Activations for `views` forward passes of `rows` rows each, kept until backward. */
+IOUPOS_DEF int ioupos_head_plan(ioupos_head *h, const ioupos_params *p, int rows, int views);
+/* inp [rows, in_dim] -> ioupos_head_output(h, view) [rows, out_dim]. train: batch statistics
+   (and running-statistics updates) in batch norm. */
+IOUPOS_DEF int ioupos_head_forward(ioupos_head *h, ioupos_params *p, int view, const float *inp,
+                                   int train);
+IOUPOS_DEF const float *ioupos_head_output(const ioupos_head *h, int view);
+/* dout [rows, out_dim] of view `view` -> ACCUMULATES into p->grad and dinp [rows, in_dim]
+   (may be NULL). inp is the forward's input. */
+IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, const float *dout,
+                                    const float *inp, float *dinp);
+IOUPOS_DEF void ioupos_head_free(ioupos_head *h);
+
 
 #ifdef __cplusplus
 }
@@ -7209,6 +7591,30 @@ IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const 
 }
 
 /* ---- MLP ---- */
+IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float *y,
+                                        const float *mask, int B, size_t S) {
+  size_t i;
+  int b;
+  for (b = 0; b < B; ++b) {
+    const float *xb = x + (size_t)b * S, *yb = y + (size_t)b * S;
+    float *ob = out + (size_t)b * S;
+    if (mask) {
+      float m = mask[b];
+      for (i = 0; i < S; ++i) ob[i] = xb[i] + yb[i] * m;
+    } else {
+      for (i = 0; i < S; ++i) ob[i] = xb[i] + yb[i];
+    }
+  }
+}
+
+IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const float *mask, int B,
+                                         size_t S) {
+  size_t i, n = (size_t)B * S;
+  if (mask) ioupos_drop_path_backward(dy, dout, mask, B, S);
+  else
+    for (i = 0; i < n; ++i) dy[i] += dout[i];
+}
+
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
                                   const float *w1, const float *b1, const float *w2,
                                   const float *b2, int N, int C, int Hd) {
@@ -8808,6 +9214,1160 @@ IOUPOS_DEF float ioupos_clip_grad_norm(float *const *grads, const size_t *ns, si
   for (t = 0; t < count; ++t)
     for (i = 0; i < ns[t]; ++i) grads[t][i] = grads[t][i] * coef;
   return total;
+}
+
+/* ---- 16. Tensors, arenas and the backend operation table ------------------------------------ */
+
+IOUPOS_DEF int ioupos_tensor_add(ioupos_tensor_table *tt, const char *name, int dtype, int flags,
+                                 int init, float init_scale, int ndim, const int64_t *shape) {
+  ioupos_tensor_info *t;
+  size_t numel = 1, len = name ? strlen(name) : 0;
+  int d;
+  if (!tt || len == 0 || len >= IOUPOS_TENSOR_NAME_MAX)
+    return ioupos__fail(IOUPOS_EINVAL, "tensor name '%s' is empty or longer than %d bytes",
+                        name ? name : "(null)", IOUPOS_TENSOR_NAME_MAX - 1);
+  if (dtype != IOUPOS_ST_F32 && dtype != IOUPOS_ST_I64)
+    return ioupos__fail(IOUPOS_EINVAL, "tensor '%s': dtype must be F32 or I64", name);
+  if (ndim < 0 || ndim > IOUPOS_TENSOR_MAX_DIMS)
+    return ioupos__fail(IOUPOS_EINVAL, "tensor '%s': %d dimensions", name, ndim);
+  for (d = 0; d < ndim; ++d) {
+    if (shape[d] < 1 || shape[d] > (int64_t)1 << 40)
+      return ioupos__fail(IOUPOS_EINVAL, "tensor '%s': dimension %d is %lld", name, d,
+                          (long long)shape[d]);
+    numel *= (size_t)shape[d];
+  }
+  if (ioupos_tensor_find(tt, name) >= 0)
+    return ioupos__fail(IOUPOS_EINVAL, "tensor '%s' registered twice", name);
+  if (!ioupos__grow((void **)&tt->t, (size_t)tt->n, &tt->cap, sizeof *tt->t))
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory registering tensor '%s'", name);
+  t = &tt->t[tt->n];
+  memset(t, 0, sizeof *t);
+  memcpy(t->name, name, len + 1);
+  t->dtype = dtype;
+  t->ndim = ndim;
+  for (d = 0; d < ndim; ++d) t->shape[d] = shape[d];
+  t->numel = numel;
+  t->flags = flags;
+  if (dtype == IOUPOS_ST_F32 && !(flags & IOUPOS_TENSOR_BUFFER) &&
+      !ioupos_weight_decay_applies(ndim, name))
+    t->flags |= IOUPOS_TENSOR_NO_DECAY;
+  t->init = init;
+  t->init_scale = init_scale;
+  if (dtype == IOUPOS_ST_F32) {
+    t->offset = tt->total;
+    tt->total += (numel + IOUPOS_TENSOR_ALIGN - 1) / IOUPOS_TENSOR_ALIGN * IOUPOS_TENSOR_ALIGN;
+  } else {
+    t->offset = tt->itotal;
+    tt->itotal += numel;
+  }
+  return tt->n++;
+}
+
+IOUPOS_DEF int ioupos_tensor_find(const ioupos_tensor_table *tt, const char *name) {
+  int i;
+  for (i = 0; i < tt->n; ++i)
+    if (strcmp(tt->t[i].name, name) == 0) return i;
+  return -1;
+}
+
+IOUPOS_DEF void ioupos_tensor_table_free(ioupos_tensor_table *tt) {
+  if (!tt) return;
+  IOUPOS_FREE(tt->t);
+  memset(tt, 0, sizeof *tt);
+}
+
+/* registers prefix + formatted name; shape given as up to 6 ints (0 ends the list) */
+#if defined(__GNUC__)
+__attribute__((format(printf, 6, 7)))
+#endif
+static int ioupos__tadd(ioupos_tensor_table *tt, int dtype, int flags, int init, const int64_t *shape,
+                        const char *fmt, ...) {
+  char name[IOUPOS_TENSOR_NAME_MAX + 1];
+  int ndim = 0, n;
+  va_list ap;
+  va_start(ap, fmt);
+  n = vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  if (n < 0 || n >= IOUPOS_TENSOR_NAME_MAX)
+    return ioupos__fail(IOUPOS_EINVAL, "tensor name '%s...' too long", name);
+  while (ndim < IOUPOS_TENSOR_MAX_DIMS && shape[ndim] > 0) ++ndim;
+  return ioupos_tensor_add(tt, name, dtype, flags, init, 0.0f, ndim, shape);
+}
+
+/* --- the CPU backend: host memory and the functions of sections 10-15 --- */
+static void *ioupos__cpu_alloc(size_t bytes) { return ioupos__calloc(bytes ? bytes : 1, 1); }
+static void ioupos__cpu_release(void *p) { IOUPOS_FREE(p); }
+static void ioupos__cpu_copy(void *dst, const void *src, size_t bytes) {
+  if (bytes) memmove(dst, src, bytes);
+}
+static void ioupos__cpu_zero(void *dst, size_t bytes) {
+  if (bytes) memset(dst, 0, bytes);
+}
+static int ioupos__cpu_sync(void) { return 0; }
+
+static const ioupos_backend ioupos__backend_cpu = {
+  "cpu", ioupos__cpu_alloc, ioupos__cpu_release, ioupos__cpu_copy, ioupos__cpu_copy,
+  ioupos__cpu_copy, ioupos__cpu_zero, ioupos__cpu_sync,
+  ioupos_linear_forward, ioupos_linear_backward, ioupos_layernorm_forward,
+  ioupos_layernorm_backward, ioupos_gelu_forward, ioupos_gelu_backward, ioupos_relu_forward,
+  ioupos_relu_backward, ioupos_l2norm_forward, ioupos_l2norm_backward, ioupos_avgpool_forward,
+  ioupos_avgpool_backward, ioupos_batchnorm_forward_train, ioupos_batchnorm_backward_train,
+  ioupos_batchnorm_forward_eval, ioupos_batchnorm_backward_eval, ioupos_patch_embed_forward,
+  ioupos_patch_embed_backward, ioupos_patch_merging_forward, ioupos_patch_merging_backward,
+  ioupos_residual_forward, ioupos_residual_backward, ioupos_mlp_forward, ioupos_mlp_backward,
+  ioupos_swin_attention_forward, ioupos_swin_attention_backward, ioupos_wnlinear_forward,
+  ioupos_wnlinear_backward
+};
+
+IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void) { return &ioupos__backend_cpu; }
+
+/* --- parameters --- */
+IOUPOS_DEF int ioupos_params_alloc(ioupos_params *p, const ioupos_backend *be, int with_grad) {
+  size_t bytes = p->table.total * sizeof(float);
+  p->be = be;
+  p->value = (float *)be->alloc(bytes);
+  p->grad = with_grad ? (float *)be->alloc(bytes) : NULL;
+  p->ivalue = (int64_t *)ioupos__calloc(p->table.itotal + 1, sizeof(int64_t));
+  if (!p->value || (with_grad && !p->grad) || !p->ivalue) {
+    ioupos_params_free(p);
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory for %zu parameters on backend %s",
+                        p->table.total, be->name);
+  }
+  return 0;
+}
+
+IOUPOS_DEF void ioupos_params_free(ioupos_params *p) {
+  if (!p) return;
+  if (p->be) {
+    p->be->release(p->value);
+    p->be->release(p->grad);
+  }
+  IOUPOS_FREE(p->ivalue);
+  ioupos_tensor_table_free(&p->table);
+  memset(p, 0, sizeof *p);
+}
+
+IOUPOS_DEF float *ioupos_params_value(const ioupos_params *p, int i) {
+  return p->value + p->table.t[i].offset;
+}
+IOUPOS_DEF float *ioupos_params_grad(const ioupos_params *p, int i) {
+  return p->grad ? p->grad + p->table.t[i].offset : NULL;
+}
+
+/* standard normal by the polar method, double precision */
+static double ioupos__rng_normal(ioupos_rng *rng) {
+  double u, v, s;
+  do {
+    u = 2.0 * ioupos_rng_uniform(rng) - 1.0;
+    v = 2.0 * ioupos_rng_uniform(rng) - 1.0;
+    s = u * u + v * v;
+  } while (s >= 1.0 || s == 0.0);
+  return u * sqrt(-2.0 * log(s) / s);
+}
+
+IOUPOS_DEF int ioupos_params_init(ioupos_params *p, const ioupos_rng *rng) {
+  const ioupos_tensor_table *tt = &p->table;
+  size_t maxn = 1, k;
+  float *host;
+  int i;
+  for (i = 0; i < tt->n; ++i)
+    if (tt->t[i].dtype == IOUPOS_ST_F32 && tt->t[i].numel > maxn) maxn = tt->t[i].numel;
+  host = (float *)ioupos__calloc(maxn, sizeof(float));
+  if (!host) return ioupos__fail(IOUPOS_ENOMEM, "out of memory initialising parameters");
+  for (i = 0; i < tt->n; ++i) {
+    const ioupos_tensor_info *t = &tt->t[i];
+    ioupos_rng r = ioupos_rng_split(rng, (uint64_t)i);
+    if (t->dtype != IOUPOS_ST_F32 || t->init == IOUPOS_INIT_NONE) continue;
+    for (k = 0; k < t->numel; ++k) {
+      double x = 0.0;
+      switch (t->init) {
+        case IOUPOS_INIT_ONE: x = 1.0; break;
+        case IOUPOS_INIT_UNIFORM: x = (2.0 * ioupos_rng_uniform(&r) - 1.0) * t->init_scale; break;
+        case IOUPOS_INIT_TRUNC_NORMAL:
+          do x = ioupos__rng_normal(&r) * t->init_scale;
+          while (x < -2.0 || x > 2.0);
+          break;
+        default: x = 0.0;
+      }
+      host[k] = (float)x;
+    }
+    p->be->upload(p->value + t->offset, host, t->numel * sizeof(float));
+  }
+  IOUPOS_FREE(host);
+  return p->be->sync();
+}
+
+IOUPOS_DEF int ioupos_params_copy(ioupos_params *dst, const ioupos_params *src) {
+  int i;
+  if (dst->table.n != src->table.n || dst->table.total != src->table.total)
+    return ioupos__fail(IOUPOS_EINVAL, "parameter copy between different tables");
+  for (i = 0; i < src->table.n; ++i)
+    if (strcmp(dst->table.t[i].name, src->table.t[i].name) != 0)
+      return ioupos__fail(IOUPOS_EINVAL, "parameter copy: tensor %d is '%s' vs '%s'", i,
+                          dst->table.t[i].name, src->table.t[i].name);
+  dst->be->copy(dst->value, src->value, src->table.total * sizeof(float));
+  if (src->table.itotal)
+    memcpy(dst->ivalue, src->ivalue, src->table.itotal * sizeof(int64_t));
+  return dst->be->sync();
+}
+
+/* dst = a b if it fits in cap bytes (returns 1), else 0 */
+static int ioupos__join(char *dst, size_t cap, const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la + lb + 1 > cap) return 0;
+  memcpy(dst, a, la);
+  memcpy(dst + la, b, lb + 1);
+  return 1;
+}
+
+static int ioupos__has_prefix(const char *s, const char *prefix) {
+  return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+IOUPOS_DEF int ioupos_params_save(const ioupos_params *p, const char *path, const char *ours,
+                                  const char *theirs, int n_meta, const ioupos_st_pair *meta) {
+  const ioupos_tensor_table *tt = &p->table;
+  ioupos_st_tensor *ts = NULL;
+  char *names = NULL;
+  float *host = NULL;
+  size_t lo = strlen(ours), lt = strlen(theirs), namecap = lt + IOUPOS_TENSOR_NAME_MAX;
+  int i, d, n = 0, rc;
+  ts = (ioupos_st_tensor *)ioupos__calloc((size_t)tt->n + 1, sizeof *ts);
+  names = (char *)ioupos__calloc((size_t)tt->n + 1, namecap);
+  host = (float *)ioupos__calloc(tt->total + 1, sizeof(float));
+  if (!ts || !names || !host) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory saving %s", path);
+    goto done;
+  }
+  p->be->download(host, p->value, tt->total * sizeof(float));
+  if ((rc = p->be->sync()) != 0) goto done;
+  for (i = 0; i < tt->n; ++i) {
+    const ioupos_tensor_info *t = &tt->t[i];
+    char *nm = names + (size_t)n * namecap;
+    if (!ioupos__has_prefix(t->name, ours)) continue;
+    memcpy(nm, theirs, lt);
+    strcpy(nm + lt, t->name + lo);
+    ts[n].name = nm;
+    ts[n].dtype = t->dtype;
+    ts[n].ndim = t->ndim;
+    for (d = 0; d < t->ndim; ++d) ts[n].shape[d] = t->shape[d];
+    ts[n].data = t->dtype == IOUPOS_ST_F32 ? (const void *)(host + t->offset)
+                                           : (const void *)(p->ivalue + t->offset);
+    ts[n].nbytes = t->numel * (t->dtype == IOUPOS_ST_F32 ? 4 : 8);
+    ++n;
+  }
+  rc = ioupos_safetensors_write(path, n, ts, n_meta, meta);
+done:
+  IOUPOS_FREE(ts);
+  IOUPOS_FREE(names);
+  IOUPOS_FREE(host);
+  return rc;
+}
+
+static void ioupos__shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+  size_t len;
+  int d;
+  snprintf(buf, cap, "[");
+  for (d = 0; d < ndim; ++d) {
+    len = strlen(buf);
+    snprintf(buf + len, cap - len, "%s%lld", d ? ", " : "", (long long)shape[d]);
+  }
+  len = strlen(buf);
+  snprintf(buf + len, cap - len, "]");
+}
+
+IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, const char *ours,
+                                  const char *theirs, int *n_loaded, int *n_other) {
+  const ioupos_tensor_table *tt = &p->table;
+  size_t lo = strlen(ours), lt = strlen(theirs);
+  float *host = NULL;
+  int64_t *ihost = NULL;
+  char name[2 * IOUPOS_TENSOR_NAME_MAX + 256], s1[160], s2[160];
+  int i, d, rc = 0, loaded = 0, other = 0, unexpected = 0;
+  const char *first_unexpected = NULL;
+  if (n_loaded) *n_loaded = 0;
+  if (n_other) *n_other = 0;
+  /* every file tensor under `theirs` must be one of ours */
+  for (i = 0; i < f->n; ++i) {
+    const char *fn = f->tensors[i].name;
+    int k;
+    if (!ioupos__has_prefix(fn, theirs)) {
+      ++other;
+      continue;
+    }
+    k = ioupos__join(name, sizeof name, ours, fn + lt) ? ioupos_tensor_find(tt, name) : -1;
+    if (k < 0) {
+      if (!first_unexpected) first_unexpected = fn;
+      ++unexpected;
+    }
+  }
+  if (unexpected)
+    return ioupos__fail(IOUPOS_EFORMAT,
+                        "checkpoint has %d tensor(s) the model does not have, e.g. '%s' (was it "
+                        "written for another model or configuration?)",
+                        unexpected, first_unexpected);
+  host = (float *)ioupos__calloc(tt->total + 1, sizeof(float));
+  ihost = (int64_t *)ioupos__calloc(tt->itotal + 1, sizeof(int64_t));
+  if (!host || !ihost) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory loading a checkpoint");
+    goto done;
+  }
+  p->be->download(host, p->value, tt->total * sizeof(float));
+  if (tt->itotal) memcpy(ihost, p->ivalue, tt->itotal * sizeof(int64_t));
+  for (i = 0; i < tt->n; ++i) {
+    const ioupos_tensor_info *t = &tt->t[i];
+    const ioupos_st_tensor *ft;
+    int same;
+    if (!ioupos__has_prefix(t->name, ours)) continue;
+    ft = ioupos__join(name, sizeof name, theirs, t->name + lo) ? ioupos_safetensors_find(f, name)
+                                                                : NULL;
+    if (!ft) {
+      rc = ioupos__fail(IOUPOS_EFORMAT, "checkpoint lacks tensor '%s'", name);
+      goto done;
+    }
+    same = ft->ndim == t->ndim;
+    for (d = 0; same && d < t->ndim; ++d) same = ft->shape[d] == t->shape[d];
+    if (!same) {
+      ioupos__shape_str(s1, sizeof s1, ft->ndim, ft->shape);
+      ioupos__shape_str(s2, sizeof s2, t->ndim, t->shape);
+      rc = ioupos__fail(IOUPOS_EFORMAT,
+                        "checkpoint tensor '%s' has shape %s, the model expects %s (another "
+                        "--embedding_size, window, patch or depth?)",
+                        name, s1, s2);
+      goto done;
+    }
+    if (t->dtype == IOUPOS_ST_F32) {
+      if (ioupos_st_to_f32(ft, host + t->offset) != 0) {
+        rc = ioupos__fail(IOUPOS_EFORMAT, "checkpoint tensor '%s' has dtype %s, not a float",
+                          name, ioupos_st_dtype_name(ft->dtype));
+        goto done;
+      }
+    } else {
+      const unsigned char *b = (const unsigned char *)ft->data;
+      size_t k;
+      if (ft->dtype != IOUPOS_ST_I64) {
+        rc = ioupos__fail(IOUPOS_EFORMAT, "checkpoint tensor '%s' has dtype %s, expected I64",
+                          name, ioupos_st_dtype_name(ft->dtype));
+        goto done;
+      }
+      for (k = 0; k < t->numel; ++k) {
+        uint64_t u = 0;
+        int byte;
+        for (byte = 7; byte >= 0; --byte) u = (u << 8) | b[8 * k + (size_t)byte];
+        if (strstr(t->name, "relative_position_index") && (int64_t)u != p->ivalue[t->offset + k]) {
+          rc = ioupos__fail(IOUPOS_EFORMAT,
+                            "checkpoint tensor '%s' differs from the model's at element %zu: the "
+                            "file was written for another window size",
+                            name, k);
+          goto done;
+        }
+        ihost[t->offset + k] = (int64_t)u;
+      }
+    }
+    ++loaded;
+  }
+  p->be->upload(p->value, host, tt->total * sizeof(float));
+  if (tt->itotal) memcpy(p->ivalue, ihost, tt->itotal * sizeof(int64_t));
+  rc = p->be->sync();
+  if (n_loaded) *n_loaded = loaded;
+  if (n_other) *n_other = other;
+done:
+  IOUPOS_FREE(host);
+  IOUPOS_FREE(ihost);
+  return rc;
+}
+
+
+/* ---- 17. Models: the Swin encoder, the SimSiam and DINO heads ------------------------------- */
+
+IOUPOS_DEF void ioupos_swin_config_default(ioupos_swin_config *c, int spatial_dims) {
+  int s;
+  memset(c, 0, sizeof *c);
+  c->spatial_dims = spatial_dims;
+  c->in_chans = 1;
+  c->embed_dim = 48;
+  c->patch_size = 2;
+  for (s = 0; s < 3; ++s) c->window[s] = s < spatial_dims ? 7 : 0;
+  for (s = 0; s < 4; ++s) {
+    c->depths[s] = 2;
+    c->num_heads[s] = 3 << s;
+  }
+  c->drop_path_rate = 0.1f;
+}
+
+IOUPOS_DEF int ioupos_swin_config_check(const ioupos_swin_config *c) {
+  int s;
+  if (c->spatial_dims != 2 && c->spatial_dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "--spatial_dims must be 2 or 3, not %d", c->spatial_dims);
+  if (c->in_chans < 1 || c->embed_dim < 1 || c->embed_dim > 4096)
+    return ioupos__fail(IOUPOS_EINVAL, "--embedding_size %d / in_chans %d out of range",
+                        c->embed_dim, c->in_chans);
+  if (c->patch_size < 1 || c->patch_size > 64)
+    return ioupos__fail(IOUPOS_EINVAL, "--patch_size %d out of range [1, 64]", c->patch_size);
+  for (s = 0; s < c->spatial_dims; ++s)
+    if (c->window[s] < 1 || c->window[s] > 64)
+      return ioupos__fail(IOUPOS_EINVAL, "--window_size %d out of range [1, 64]", c->window[s]);
+  for (s = 0; s < 4; ++s) {
+    if (c->depths[s] < 1 || c->depths[s] > IOUPOS_SWIN_MAX_DEPTH)
+      return ioupos__fail(IOUPOS_EINVAL, "--depths: stage %d has %d blocks (1..%d)", s + 1,
+                          c->depths[s], IOUPOS_SWIN_MAX_DEPTH);
+    if (c->num_heads[s] < 1 || (c->embed_dim << s) % c->num_heads[s] != 0)
+      return ioupos__fail(IOUPOS_EINVAL,
+                          "--num_heads: stage %d has %d heads, which must divide its width %d "
+                          "(--embedding_size %d x %d)",
+                          s + 1, c->num_heads[s], c->embed_dim << s, c->embed_dim, 1 << s);
+  }
+  if (!(c->drop_path_rate >= 0.0f && c->drop_path_rate < 1.0f))
+    return ioupos__fail(IOUPOS_EINVAL, "--drop_path_rate %g out of range [0, 1)",
+                        (double)c->drop_path_rate);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_swin_feature_dim(const ioupos_swin_config *c) { return 16 * c->embed_dim; }
+
+/* registers a Linear(in -> out) weight (+ bias) with PyTorch's default init */
+static int ioupos__reg_linear(ioupos_tensor_table *tt, int *w, int *b, int in, int out,
+                              const char *prefix, const char *name) {
+  int64_t sw[3], sb[2];
+  float bound = 1.0f / sqrtf((float)in);
+  sw[0] = out; sw[1] = in; sw[2] = 0;
+  sb[0] = out; sb[1] = 0;
+  *w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, sw, "%s%s.weight", prefix, name);
+  if (*w < 0) return *w;
+  tt->t[*w].init_scale = bound;
+  if (!b) return 0;
+  *b = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, sb, "%s%s.bias", prefix, name);
+  if (*b < 0) return *b;
+  tt->t[*b].init_scale = bound;
+  return 0;
+}
+
+/* registers a LayerNorm(C): weight ones, bias zeros */
+static int ioupos__reg_norm(ioupos_tensor_table *tt, int *w, int *b, int C, const char *prefix,
+                            const char *name) {
+  int64_t s[2];
+  s[0] = C; s[1] = 0;
+  *w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_ONE, s, "%s%s.weight", prefix, name);
+  if (*w < 0) return *w;
+  *b = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_ZERO, s, "%s%s.bias", prefix, name);
+  return *b < 0 ? *b : 0;
+}
+
+IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swin_config *cfg,
+                                        ioupos_tensor_table *tt, const char *prefix) {
+  int nd = cfg->spatial_dims, s, j, d, rc, total = 0, bi = 0, rows = 1, ntok = 1, K;
+  int64_t shape[IOUPOS_TENSOR_MAX_DIMS + 1];
+  char pre[IOUPOS_TENSOR_NAME_MAX];
+  memset(e, 0, sizeof *e);
+  if ((rc = ioupos_swin_config_check(cfg)) != 0) return rc;
+  e->cfg = *cfg;
+  for (s = 0; s < 4; ++s) total += cfg->depths[s];
+  for (d = 0; d < nd; ++d) {
+    rows *= 2 * cfg->window[d] - 1;
+    ntok *= cfg->window[d];
+  }
+  /* patch_embed.proj: Conv(in_chans -> C, kernel = stride = patch) */
+  shape[0] = cfg->embed_dim;
+  shape[1] = cfg->in_chans;
+  for (d = 0; d < nd; ++d) shape[2 + d] = cfg->patch_size;
+  shape[2 + nd] = 0;
+  K = cfg->in_chans;
+  for (d = 0; d < nd; ++d) K *= cfg->patch_size;
+  e->patch_w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, shape,
+                            "%spatch_embed.proj.weight", prefix);
+  if (e->patch_w < 0) return e->patch_w;
+  shape[1] = 0;
+  e->patch_b = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, shape,
+                            "%spatch_embed.proj.bias", prefix);
+  if (e->patch_b < 0) return e->patch_b;
+  tt->t[e->patch_w].init_scale = tt->t[e->patch_b].init_scale = 1.0f / sqrtf((float)K);
+  for (s = 0; s < 4; ++s) {
+    int C = cfg->embed_dim << s, NH = cfg->num_heads[s];
+    for (j = 0; j < cfg->depths[s]; ++j, ++bi) {
+      ioupos_swin_block *b = &e->blocks[bi];
+      b->stage = s;
+      b->index = j;
+      b->shifted = j % 2;
+      /* torch.linspace(0, rate, total)[bi] in float */
+      b->drop_prob = total > 1 ? (float)((double)cfg->drop_path_rate * bi / (total - 1)) : 0.0f;
+      snprintf(pre, sizeof pre, "%slayers%d.0.blocks.%d.", prefix, s + 1, j);
+      if ((rc = ioupos__reg_norm(tt, &b->norm1_w, &b->norm1_b, C, pre, "norm1")) != 0) return rc;
+      shape[0] = rows; shape[1] = NH; shape[2] = 0;
+      b->table = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_TRUNC_NORMAL, shape,
+                              "%sattn.relative_position_bias_table", pre);
+      if (b->table < 0) return b->table;
+      tt->t[b->table].init_scale = 0.02f;
+      shape[0] = ntok; shape[1] = ntok; shape[2] = 0;
+      b->rel_index = ioupos__tadd(tt, IOUPOS_ST_I64, IOUPOS_TENSOR_BUFFER, IOUPOS_INIT_NONE,
+                                  shape, "%sattn.relative_position_index", pre);
+      if (b->rel_index < 0) return b->rel_index;
+      if ((rc = ioupos__reg_linear(tt, &b->qkv_w, &b->qkv_b, C, 3 * C, pre, "attn.qkv")) ||
+          (rc = ioupos__reg_linear(tt, &b->proj_w, &b->proj_b, C, C, pre, "attn.proj")) ||
+          (rc = ioupos__reg_norm(tt, &b->norm2_w, &b->norm2_b, C, pre, "norm2")) ||
+          (rc = ioupos__reg_linear(tt, &b->fc1_w, &b->fc1_b, C, 4 * C, pre, "mlp.linear1")) ||
+          (rc = ioupos__reg_linear(tt, &b->fc2_w, &b->fc2_b, 4 * C, C, pre, "mlp.linear2")))
+        return rc;
+    }
+    snprintf(pre, sizeof pre, "%slayers%d.0.downsample.", prefix, s + 1);
+    K = (1 << nd) * C;
+    if ((rc = ioupos__reg_norm(tt, &e->merge_norm_w[s], &e->merge_norm_b[s], K, pre, "norm")) ||
+        (rc = ioupos__reg_linear(tt, &e->merge_red[s], NULL, K, 2 * C, pre, "reduction")))
+      return rc;
+  }
+  e->n_blocks = bi;
+  return 0;
+}
+
+IOUPOS_DEF const char *ioupos_swin_find_prefix(const ioupos_st_file *f) {
+  static const char *const prefixes[] = {"", "swinViT.", "backbone.", "module.backbone.",
+                                         "student.backbone."};
+  char name[96];
+  size_t i;
+  for (i = 0; i < sizeof prefixes / sizeof *prefixes; ++i) {
+    snprintf(name, sizeof name, "%spatch_embed.proj.weight", prefixes[i]);
+    if (ioupos_safetensors_find(f, name)) return prefixes[i];
+  }
+  return NULL;
+}
+
+static void ioupos__swin_release(ioupos_swin_encoder *e) {
+  if (e->be) {
+    e->be->release(e->act);
+    e->be->release(e->scratch);
+    e->be->release(e->index);
+  }
+  e->act = e->scratch = NULL;
+  e->index = NULL;
+  ioupos_tensor_table_free(&e->acts);
+}
+
+IOUPOS_DEF void ioupos_swin_encoder_free(ioupos_swin_encoder *e) {
+  if (!e) return;
+  ioupos__swin_release(e);
+  e->batch = 0;
+}
+
+/* an activation of n floats named prefix-less `fmt`; returns its offset (or -1 on failure) */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static size_t ioupos__act(ioupos_tensor_table *tt, int *bad, size_t n, const char *fmt, ...) {
+  char name[IOUPOS_TENSOR_NAME_MAX];
+  int64_t shape[1];
+  int i;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  shape[0] = (int64_t)(n ? n : 1);
+  i = ioupos_tensor_add(tt, name, IOUPOS_ST_F32, IOUPOS_TENSOR_BUFFER, IOUPOS_INIT_ZERO, 0.0f, 1,
+                        shape);
+  if (i < 0) {
+    *bad = i;
+    return 0;
+  }
+  return tt->t[i].offset;
+}
+
+#define IOUPOS__MAX(a, b) ((a) > (b) ? (a) : (b))
+
+IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p, int batch,
+                                        const int *shape) {
+  const ioupos_swin_config *c = &e->cfg;
+  const ioupos_backend *be = p->be;
+  int nd = c->spatial_dims, s, d, k, bi, rc, same = e->act && e->batch == batch;
+  int shift[3], big[3], *ihost = NULL;
+  size_t ni = 0, maxnc = 0, big_scratch = 0, col, n;
+  int bad = 0;
+  float *mhost = NULL;
+  ioupos_tensor_table *at = &e->acts;
+  if (batch < 1) return ioupos__fail(IOUPOS_EINVAL, "batch size %d < 1", batch);
+  for (d = 0; d < nd; ++d) {
+    if (shape[d] < 1 || shape[d] > 1 << 16)
+      return ioupos__fail(IOUPOS_EINVAL, "input size %d out of range", shape[d]);
+    same = same && e->in_shape[d] == shape[d];
+  }
+  /* the relative_position_index buffers (MONAI's full index of the configured window) */
+  for (d = 0; d < nd; ++d) {
+    big[d] = 2 * c->window[d];
+    shift[d] = c->window[d] / 2;
+  }
+  {
+    ioupos_swin_geom g;
+    const ioupos_tensor_info *t = &p->table.t[e->blocks[0].rel_index];
+    int *idx = (int *)ioupos__calloc(t->numel, sizeof(int));
+    size_t q;
+    if (!idx) return ioupos__fail(IOUPOS_ENOMEM, "out of memory planning the encoder");
+    ioupos_swin_geom_init(&g, nd, 1, big, c->window, NULL);
+    ioupos_swin_relative_index(idx, &g);
+    for (bi = 0; bi < e->n_blocks; ++bi)
+      for (q = 0; q < t->numel; ++q)
+        p->ivalue[p->table.t[e->blocks[bi].rel_index].offset + q] = idx[q];
+    IOUPOS_FREE(idx);
+  }
+  if (same) return 0;
+  ioupos__swin_release(e);
+  e->be = be;
+  e->batch = batch;
+  for (d = 0; d < 3; ++d) e->in_shape[d] = d < nd ? shape[d] : 1;
+  for (k = 0; k < 5; ++k) {
+    e->ntok[k] = (size_t)batch;
+    for (d = 0; d < 3; ++d) {
+      if (d >= nd) e->map[k][d] = 1;
+      else if (k == 0) e->map[k][d] = (shape[d] + c->patch_size - 1) / c->patch_size;
+      else e->map[k][d] = (e->map[k - 1][d] + 1) / 2;
+      e->ntok[k] *= (size_t)e->map[k][d];
+    }
+  }
+  for (s = 0; s < 4; ++s) {
+    if ((rc = ioupos_swin_geom_init(&e->geom[s][0], nd, batch, e->map[s], c->window, NULL)) ||
+        (rc = ioupos_swin_geom_init(&e->geom[s][1], nd, batch, e->map[s], c->window, shift)))
+      return rc;
+    e->index_off[s] = ni;
+    ni += (size_t)e->geom[s][0].ntok * e->geom[s][0].ntok;
+  }
+  /* activations */
+  col = ioupos_patch_embed_col_size(nd, batch, c->in_chans, shape, c->patch_size);
+  e->a_col = ioupos__act(at, &bad, col, "patch_embed.col");
+  for (k = 0; k < 5; ++k) {
+    size_t nc = e->ntok[k] * (size_t)(c->embed_dim << k);
+    e->a_x[k] = ioupos__act(at, &bad, nc, "x%d", k);
+    e->a_out[k] = ioupos__act(at, &bad, nc, "out%d", k);
+    e->a_out_mean[k] = ioupos__act(at, &bad, e->ntok[k], "out%d.mean", k);
+    e->a_out_rstd[k] = ioupos__act(at, &bad, e->ntok[k], "out%d.rstd", k);
+    maxnc = IOUPOS__MAX(maxnc, nc);
+  }
+  e->a_feature = ioupos__act(at, &bad, (size_t)batch * 16 * c->embed_dim, "feature");
+  if (col > big_scratch) big_scratch = col;
+  for (bi = 0; bi < e->n_blocks; ++bi) {
+    ioupos_swin_block *b = &e->blocks[bi];
+    size_t N = e->ntok[b->stage];
+    int C = c->embed_dim << b->stage, NH = c->num_heads[b->stage];
+    const ioupos_swin_geom *g = &e->geom[b->stage][b->shifted];
+    s = b->stage;
+    b->a_ln1_mean = ioupos__act(at, &bad, N, "stage%d.block%d.ln1.mean", s, b->index);
+    b->a_ln1_rstd = ioupos__act(at, &bad, N, "stage%d.block%d.ln1.rstd", s, b->index);
+    b->a_attn = ioupos__act(at, &bad, ioupos_swin_attention_acts_size(g, C, NH), "stage%d.block%d.attn",
+                            s, b->index);
+    b->a_xmid = ioupos__act(at, &bad, N * C, "stage%d.block%d.xmid", s, b->index);
+    b->a_ln2 = ioupos__act(at, &bad, N * C, "stage%d.block%d.ln2", s, b->index);
+    b->a_ln2_mean = ioupos__act(at, &bad, N, "stage%d.block%d.ln2.mean", s, b->index);
+    b->a_ln2_rstd = ioupos__act(at, &bad, N, "stage%d.block%d.ln2.rstd", s, b->index);
+    b->a_h_pre = ioupos__act(at, &bad, N * 4 * C, "stage%d.block%d.mlp.h_pre", s, b->index);
+    b->a_h_act = ioupos__act(at, &bad, N * 4 * C, "stage%d.block%d.mlp.h_act", s, b->index);
+    b->a_dp1 = ioupos__act(at, &bad, (size_t)batch, "stage%d.block%d.drop_path1", s, b->index);
+    b->a_dp2 = ioupos__act(at, &bad, (size_t)batch, "stage%d.block%d.drop_path2", s, b->index);
+    /* the block's output is the next block's input, or the stage's last block output */
+    b->a_x = b->index == 0 ? e->a_x[s] : e->blocks[bi - 1].a_out_x;
+    b->a_out_x = ioupos__act(at, &bad, N * C, "stage%d.block%d.out", s, b->index);
+    big_scratch = IOUPOS__MAX(big_scratch, ioupos_swin_attention_scratch_size(g, C, NH));
+    big_scratch = IOUPOS__MAX(big_scratch, N * 4 * C);
+  }
+  for (s = 0; s < 4; ++s) {
+    size_t M = e->ntok[s + 1], K = (size_t)(1 << nd) * (size_t)(c->embed_dim << s);
+    e->a_merge[s][0] = ioupos__act(at, &bad, M * K, "stage%d.merge.cat", s);
+    e->a_merge[s][1] = ioupos__act(at, &bad, M * K, "stage%d.merge.lnout", s);
+    e->a_merge[s][2] = ioupos__act(at, &bad, M, "stage%d.merge.mean", s);
+    e->a_merge[s][3] = ioupos__act(at, &bad, M, "stage%d.merge.rstd", s);
+    big_scratch = IOUPOS__MAX(big_scratch, 2 * M * K);
+    if (e->geom[s][1].shifted) {
+      e->mask_off[s] = ioupos__act(at, &bad, (size_t)e->geom[s][1].nwin * e->geom[s][1].ntok *
+                                           e->geom[s][1].ntok, "stage%d.mask", s);
+    }
+  }
+  if (bad) {
+    ioupos__swin_release(e);
+    e->batch = 0;
+    return bad;
+  }
+  /* scratch: 4 token-map buffers (2 temporaries, 2 gradient streams) + the largest op scratch */
+  e->scratch_n = 4 * maxnc + big_scratch;
+  e->act = (float *)be->alloc(at->total * sizeof(float));
+  e->scratch = (float *)be->alloc(e->scratch_n * sizeof(float));
+  e->index = (int *)be->alloc(ni * sizeof(int));
+  ihost = (int *)ioupos__calloc(ni + 1, sizeof(int));
+  n = 1;
+  for (s = 0; s < 4; ++s)
+    if (e->geom[s][1].shifted)
+      n = IOUPOS__MAX(n, (size_t)e->geom[s][1].nwin * e->geom[s][1].ntok * e->geom[s][1].ntok);
+  mhost = (float *)ioupos__calloc(n, sizeof(float));
+  if (!e->act || !e->scratch || !e->index || !ihost || !mhost) {
+    IOUPOS_FREE(ihost);
+    IOUPOS_FREE(mhost);
+    ioupos__swin_release(e);
+    e->batch = 0;
+    return ioupos__fail(IOUPOS_ENOMEM,
+                        "out of memory for the encoder's activations (%zu MB for batch %d)",
+                        (at->total + e->scratch_n) * sizeof(float) >> 20, batch);
+  }
+  for (s = 0; s < 4; ++s) {
+    const ioupos_swin_geom *g = &e->geom[s][1];
+    ioupos_swin_relative_index(ihost + e->index_off[s], &e->geom[s][0]);
+    if (g->shifted) {
+      ioupos_swin_attn_mask(mhost, g);
+      be->upload(e->act + e->mask_off[s], mhost,
+                 (size_t)g->nwin * g->ntok * g->ntok * sizeof(float));
+    }
+  }
+  be->upload(e->index, ihost, ni * sizeof(int));
+  IOUPOS_FREE(ihost);
+  IOUPOS_FREE(mhost);
+  return be->sync();
+}
+
+#define IOUPOS__P(i) (p->value + p->table.t[i].offset)
+#define IOUPOS__G(i) (p->grad + p->table.t[i].offset)
+
+IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_params *p,
+                                           const float *x, int train, ioupos_rng *rng) {
+  const ioupos_swin_config *c = &e->cfg;
+  const ioupos_backend *be = e->be;
+  float *A = e->act, *s0 = e->scratch, *s1, *big, *dph = NULL;
+  size_t nc0 = e->ntok[0] * (size_t)c->embed_dim;
+  int B = e->batch, nd = c->spatial_dims, bi, s, k, rc;
+  if (!A) return ioupos__fail(IOUPOS_EINVAL, "encoder forward before ioupos_swin_encoder_plan");
+  s1 = s0 + nc0;
+  big = s0 + 4 * nc0;
+  e->dp_on = train && c->drop_path_rate > 0.0f;
+  if (e->dp_on) {
+    if (!rng) return ioupos__fail(IOUPOS_EINVAL, "drop-path in training needs a generator");
+    dph = (float *)ioupos__calloc((size_t)B, sizeof(float));
+    if (!dph) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+  }
+  rc = be->patch_embed_forward(A + e->a_x[0], A + e->a_col, x, IOUPOS__P(e->patch_w),
+                               IOUPOS__P(e->patch_b), nd, B, c->in_chans, e->in_shape,
+                               c->patch_size, c->embed_dim);
+  for (bi = 0; rc == 0 && bi < e->n_blocks; ++bi) {
+    const ioupos_swin_block *b = &e->blocks[bi];
+    int C = c->embed_dim << b->stage, NH = c->num_heads[b->stage];
+    size_t N = e->ntok[b->stage], S = N / (size_t)B * (size_t)C;
+    const ioupos_swin_geom *g = &e->geom[b->stage][b->shifted];
+    const float *xin = A + b->a_x, *m1 = NULL, *m2 = NULL;
+    /* x = x + DropPath(attention(norm1(x))) */
+    be->layernorm_forward(s0, A + b->a_ln1_mean, A + b->a_ln1_rstd, xin, IOUPOS__P(b->norm1_w),
+                          IOUPOS__P(b->norm1_b), (int)N, C, 1e-5f);
+    rc = be->swin_attention_forward(s1, A + b->a_attn, big, s0, IOUPOS__P(b->qkv_w),
+                                    IOUPOS__P(b->qkv_b), IOUPOS__P(b->proj_w),
+                                    IOUPOS__P(b->proj_b), IOUPOS__P(b->table),
+                                    e->index + e->index_off[b->stage],
+                                    g->shifted ? A + e->mask_off[b->stage] : NULL, g, C, NH);
+    if (rc) break;
+    if (e->dp_on) {
+      ioupos_drop_path_mask(dph, B, b->drop_prob, rng);
+      be->upload(A + b->a_dp1, dph, (size_t)B * sizeof(float));
+      ioupos_drop_path_mask(dph, B, b->drop_prob, rng);
+      be->upload(A + b->a_dp2, dph, (size_t)B * sizeof(float));
+      m1 = A + b->a_dp1;
+      m2 = A + b->a_dp2;
+    }
+    be->residual_forward(A + b->a_xmid, xin, s1, m1, B, S);
+    /* x = x + DropPath(MLP(norm2(x))) */
+    be->layernorm_forward(A + b->a_ln2, A + b->a_ln2_mean, A + b->a_ln2_rstd, A + b->a_xmid,
+                          IOUPOS__P(b->norm2_w), IOUPOS__P(b->norm2_b), (int)N, C, 1e-5f);
+    rc = be->mlp_forward(s1, A + b->a_h_pre, A + b->a_h_act, A + b->a_ln2, IOUPOS__P(b->fc1_w),
+                         IOUPOS__P(b->fc1_b), IOUPOS__P(b->fc2_w), IOUPOS__P(b->fc2_b), (int)N, C,
+                         4 * C);
+    if (rc) break;
+    be->residual_forward(A + b->a_out_x, A + b->a_xmid, s1, m2, B, S);
+    /* the stage's last block: patch merging to the next stage */
+    if (b->index == c->depths[b->stage] - 1) {
+      s = b->stage;
+      rc = be->patch_merging_forward(A + e->a_x[s + 1], A + e->a_merge[s][0], A + e->a_merge[s][1],
+                                     A + e->a_merge[s][2], A + e->a_merge[s][3], A + b->a_out_x,
+                                     IOUPOS__P(e->merge_norm_w[s]), IOUPOS__P(e->merge_norm_b[s]),
+                                     IOUPOS__P(e->merge_red[s]), nd, B, e->map[s], C);
+    }
+  }
+  IOUPOS_FREE(dph);
+  if (rc) return rc;
+  /* normalize=True: every stage output through a layer norm without affine (proj_out) */
+  for (k = 0; k < 5; ++k)
+    be->layernorm_forward(A + e->a_out[k], A + e->a_out_mean[k], A + e->a_out_rstd[k],
+                          A + e->a_x[k], NULL, NULL, (int)e->ntok[k], c->embed_dim << k, 1e-5f);
+  be->avgpool_forward(A + e->a_feature, A + e->a_out[4], B, (int)(e->ntok[4] / (size_t)B),
+                      16 * c->embed_dim);
+  return be->sync();
+}
+
+IOUPOS_DEF const float *ioupos_swin_encoder_output(const ioupos_swin_encoder *e, int k) {
+  return e->act && k >= 0 && k < 5 ? e->act + e->a_out[k] : NULL;
+}
+IOUPOS_DEF const float *ioupos_swin_encoder_feature(const ioupos_swin_encoder *e) {
+  return e->act ? e->act + e->a_feature : NULL;
+}
+
+IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_params *p,
+                                            const float *const *dout, const float *dfeature,
+                                            float *dx) {
+  const ioupos_swin_config *c = &e->cfg;
+  const ioupos_backend *be = e->be;
+  float *A = e->act, *s0, *s1, *dA, *dB, *big, *t;
+  size_t nc0 = e->ntok[0] * (size_t)c->embed_dim;
+  int B = e->batch, nd = c->spatial_dims, bi, s, rc = 0, C4 = 16 * c->embed_dim;
+  if (!A || !p->grad)
+    return ioupos__fail(IOUPOS_EINVAL, "encoder backward without a forward or gradients");
+  s0 = e->scratch;
+  s1 = s0 + nc0;
+  dA = s1 + nc0;
+  dB = dA + nc0;
+  big = dB + nc0;
+  /* d out4 = dout[4] + d(mean over space)/d out4 . dfeature, then through its layer norm */
+  be->zero(s0, e->ntok[4] * (size_t)C4 * sizeof(float));
+  if (dout && dout[4]) be->residual_backward(s0, dout[4], NULL, 1, e->ntok[4] * (size_t)C4);
+  if (dfeature) be->avgpool_backward(s0, dfeature, B, (int)(e->ntok[4] / (size_t)B), C4);
+  be->zero(dA, e->ntok[4] * (size_t)C4 * sizeof(float));
+  be->layernorm_backward(dA, NULL, NULL, s0, A + e->a_x[4], NULL, A + e->a_out_mean[4],
+                         A + e->a_out_rstd[4], (int)e->ntok[4], C4);
+  for (s = 3; s >= 0 && rc == 0; --s) {
+    int C = c->embed_dim << s, NH = c->num_heads[s];
+    size_t N = e->ntok[s], S = N / (size_t)B * (size_t)C;
+    int last = 0;
+    for (bi = 0; bi < e->n_blocks; ++bi)
+      if (e->blocks[bi].stage == s) last = bi;
+    /* patch merging: dA (d x_{s+1}) -> dB (d of the last block's output) */
+    be->zero(dB, N * (size_t)C * sizeof(float));
+    rc = be->patch_merging_backward(dB, IOUPOS__G(e->merge_norm_w[s]),
+                                    IOUPOS__G(e->merge_norm_b[s]), IOUPOS__G(e->merge_red[s]), big,
+                                    dA, A + e->a_merge[s][0], A + e->a_merge[s][1],
+                                    A + e->a_merge[s][2], A + e->a_merge[s][3],
+                                    IOUPOS__P(e->merge_norm_w[s]), IOUPOS__P(e->merge_red[s]), nd,
+                                    B, e->map[s], C);
+    t = dA;
+    dA = dB;
+    dB = t; /* dA is now the gradient stream of this stage */
+    for (bi = last; rc == 0 && bi >= 0 && e->blocks[bi].stage == s; --bi) {
+      const ioupos_swin_block *b = &e->blocks[bi];
+      const ioupos_swin_geom *g = &e->geom[s][b->shifted];
+      const float *dmlp = dA, *dattn;
+      /* x_out = x_mid + DropPath(MLP(norm2(x_mid))) */
+      if (e->dp_on) {
+        be->zero(s0, N * (size_t)C * sizeof(float));
+        be->residual_backward(s0, dA, A + b->a_dp2, B, S);
+        dmlp = s0;
+      }
+      be->zero(s1, N * (size_t)C * sizeof(float));
+      rc = be->mlp_backward(s1, IOUPOS__G(b->fc1_w), IOUPOS__G(b->fc1_b), IOUPOS__G(b->fc2_w),
+                            IOUPOS__G(b->fc2_b), big, dmlp, A + b->a_ln2, A + b->a_h_pre,
+                            A + b->a_h_act, IOUPOS__P(b->fc1_w), IOUPOS__P(b->fc2_w), (int)N, C,
+                            4 * C);
+      if (rc) break;
+      be->layernorm_backward(dA, IOUPOS__G(b->norm2_w), IOUPOS__G(b->norm2_b), s1, A + b->a_xmid,
+                             IOUPOS__P(b->norm2_w), A + b->a_ln2_mean, A + b->a_ln2_rstd, (int)N,
+                             C);
+      /* x_mid = x_in + DropPath(attention(norm1(x_in))) */
+      dattn = dA;
+      if (e->dp_on) {
+        be->zero(s0, N * (size_t)C * sizeof(float));
+        be->residual_backward(s0, dA, A + b->a_dp1, B, S);
+        dattn = s0;
+      }
+      be->zero(s1, N * (size_t)C * sizeof(float));
+      rc = be->swin_attention_backward(s1, IOUPOS__G(b->qkv_w), IOUPOS__G(b->qkv_b),
+                                       IOUPOS__G(b->proj_w), IOUPOS__G(b->proj_b),
+                                       IOUPOS__G(b->table), big, dattn, A + b->a_attn,
+                                       IOUPOS__P(b->qkv_w), IOUPOS__P(b->proj_w),
+                                       e->index + e->index_off[s], g, C, NH);
+      if (rc) break;
+      be->layernorm_backward(dA, IOUPOS__G(b->norm1_w), IOUPOS__G(b->norm1_b), s1, A + b->a_x,
+                             IOUPOS__P(b->norm1_w), A + b->a_ln1_mean, A + b->a_ln1_rstd, (int)N,
+                             C);
+    }
+    /* stage output s = LayerNorm(x_s) also feeds the loss */
+    if (rc == 0 && dout && dout[s])
+      be->layernorm_backward(dA, NULL, NULL, dout[s], A + e->a_x[s], NULL, A + e->a_out_mean[s],
+                             A + e->a_out_rstd[s], (int)N, C);
+  }
+  if (rc == 0)
+    rc = be->patch_embed_backward(dx, IOUPOS__G(e->patch_w), IOUPOS__G(e->patch_b), big, dA,
+                                  A + e->a_col, IOUPOS__P(e->patch_w), nd, B, c->in_chans,
+                                  e->in_shape, c->patch_size, c->embed_dim);
+  if (rc) return rc;
+  return be->sync();
+}
+
+/* ---- heads ---- */
+
+static int ioupos__head_add(ioupos_head *h, int kind, int in, int out) {
+  ioupos_head_op *op;
+  if (h->n_ops == IOUPOS_HEAD_MAX_OPS)
+    return ioupos__fail(IOUPOS_EINVAL, "head has more than %d ops", IOUPOS_HEAD_MAX_OPS);
+  if (in < 1 || out < 1 || in > 1 << 20 || out > 1 << 20)
+    return ioupos__fail(IOUPOS_EINVAL, "head layer %d -> %d out of range", in, out);
+  op = &h->ops[h->n_ops++];
+  memset(op, 0, sizeof *op);
+  op->kind = kind;
+  op->in = in;
+  op->out = out;
+  op->w = op->b = op->rm = op->rv = op->count = -1;
+  if (h->n_ops == 1) h->in_dim = in;
+  h->out_dim = out;
+  return 0;
+}
+
+/* nn.BatchNorm1d(dim, affine) named prefix + name */
+static int ioupos__head_bn(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix, int idx,
+                           int dim, int affine) {
+  ioupos_head_op *op;
+  int64_t s[2], s0[1];
+  int rc = ioupos__head_add(h, IOUPOS_HEAD_BATCHNORM, dim, dim);
+  if (rc) return rc;
+  op = &h->ops[h->n_ops - 1];
+  s[0] = dim; s[1] = 0; s0[0] = 0;
+  if (affine) {
+    op->w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_ONE, s, "%slayers.%d.weight", prefix, idx);
+    op->b = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_ZERO, s, "%slayers.%d.bias", prefix, idx);
+    if (op->w < 0 || op->b < 0) return IOUPOS_EINVAL;
+  }
+  op->rm = ioupos__tadd(tt, IOUPOS_ST_F32, IOUPOS_TENSOR_BUFFER, IOUPOS_INIT_ZERO, s,
+                        "%slayers.%d.running_mean", prefix, idx);
+  op->rv = ioupos__tadd(tt, IOUPOS_ST_F32, IOUPOS_TENSOR_BUFFER, IOUPOS_INIT_ONE, s,
+                        "%slayers.%d.running_var", prefix, idx);
+  op->count = ioupos__tadd(tt, IOUPOS_ST_I64, IOUPOS_TENSOR_BUFFER, IOUPOS_INIT_NONE, s0,
+                           "%slayers.%d.num_batches_tracked", prefix, idx);
+  return op->rm < 0 || op->rv < 0 || op->count < 0 ? IOUPOS_EINVAL : 0;
+}
+
+/* lightly's ProjectionHead block: Linear(bias = no batch norm) [+ BN] [+ ReLU] */
+static int ioupos__head_block(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix,
+                              int *idx, int in, int out, int bn, int bn_affine, int relu) {
+  char nm[32];
+  ioupos_head_op *op;
+  int rc = ioupos__head_add(h, IOUPOS_HEAD_LINEAR, in, out);
+  if (rc) return rc;
+  op = &h->ops[h->n_ops - 1];
+  snprintf(nm, sizeof nm, "layers.%d", (*idx)++);
+  if ((rc = ioupos__reg_linear(tt, &op->w, bn ? NULL : &op->b, in, out, prefix, nm)) != 0)
+    return rc;
+  if (bn && (rc = ioupos__head_bn(h, tt, prefix, (*idx)++, out, bn_affine)) != 0) return rc;
+  if (relu) {
+    ++*idx;
+    return ioupos__head_add(h, IOUPOS_HEAD_RELU, out, out);
+  }
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_head_simsiam_projection(ioupos_head *h, ioupos_tensor_table *tt,
+                                              const char *prefix, int in, int hidden, int out) {
+  int idx = 0, rc;
+  memset(h, 0, sizeof *h);
+  if ((rc = ioupos__head_block(h, tt, prefix, &idx, in, hidden, 1, 1, 1)) ||
+      (rc = ioupos__head_block(h, tt, prefix, &idx, hidden, hidden, 1, 1, 1)) ||
+      (rc = ioupos__head_block(h, tt, prefix, &idx, hidden, out, 1, 0, 0)))
+    return rc;
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_head_simsiam_prediction(ioupos_head *h, ioupos_tensor_table *tt,
+                                              const char *prefix, int in, int hidden, int out) {
+  int idx = 0, rc;
+  memset(h, 0, sizeof *h);
+  if ((rc = ioupos__head_block(h, tt, prefix, &idx, in, hidden, 1, 1, 1)) ||
+      (rc = ioupos__head_block(h, tt, prefix, &idx, hidden, out, 0, 0, 0)))
+    return rc;
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_head_dino(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix,
+                                int in, int hidden, int bottleneck, int out,
+                                int norm_last_layer) {
+  static const int mlp_idx[3] = {0, 2, 4};
+  int dims[4], l, rc;
+  int64_t s[3];
+  ioupos_head_op *op;
+  memset(h, 0, sizeof *h);
+  dims[0] = in; dims[1] = hidden; dims[2] = hidden; dims[3] = bottleneck;
+  for (l = 0; l < 3; ++l) {
+    char nm[32];
+    if ((rc = ioupos__head_add(h, IOUPOS_HEAD_LINEAR, dims[l], dims[l + 1])) != 0) return rc;
+    op = &h->ops[h->n_ops - 1];
+    snprintf(nm, sizeof nm, "mlp.%d", mlp_idx[l]);
+    if ((rc = ioupos__reg_linear(tt, &op->w, &op->b, dims[l], dims[l + 1], prefix, nm)) != 0)
+      return rc;
+    /* DINO's _init_weights: trunc_normal(std 0.02) weights, zero biases */
+    tt->t[op->w].init = IOUPOS_INIT_TRUNC_NORMAL;
+    tt->t[op->w].init_scale = 0.02f;
+    tt->t[op->b].init = IOUPOS_INIT_ZERO;
+    if (l < 2 && (rc = ioupos__head_add(h, IOUPOS_HEAD_GELU, dims[l + 1], dims[l + 1])) != 0)
+      return rc;
+  }
+  if ((rc = ioupos__head_add(h, IOUPOS_HEAD_L2NORM, bottleneck, bottleneck)) != 0 ||
+      (rc = ioupos__head_add(h, IOUPOS_HEAD_WNLINEAR, bottleneck, out)) != 0)
+    return rc;
+  op = &h->ops[h->n_ops - 1];
+  s[0] = out; s[1] = 1; s[2] = 0;
+  op->b = ioupos__tadd(tt, IOUPOS_ST_F32, norm_last_layer ? IOUPOS_TENSOR_FROZEN : 0,
+                       IOUPOS_INIT_ONE, s, "%slast_layer.weight_g", prefix);
+  s[1] = bottleneck;
+  op->w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, s, "%slast_layer.weight_v",
+                       prefix);
+  if (op->b < 0 || op->w < 0) return IOUPOS_EINVAL;
+  tt->t[op->w].init_scale = 1.0f / sqrtf((float)bottleneck);
+  return 0;
+}
+
+IOUPOS_DEF void ioupos_head_free(ioupos_head *h) {
+  if (!h) return;
+  if (h->be) {
+    h->be->release(h->act);
+    h->be->release(h->scratch);
+  }
+  h->act = h->scratch = NULL;
+  h->rows = h->views = 0;
+}
+
+IOUPOS_DEF int ioupos_head_plan(ioupos_head *h, const ioupos_params *p, int rows, int views) {
+  size_t off = 0, maxw = 1, wn = 1;
+  int i;
+  if (rows < 1 || views < 1 || views > IOUPOS_HEAD_MAX_VIEWS)
+    return ioupos__fail(IOUPOS_EINVAL, "head plan: %d rows, %d views (1..%d)", rows, views,
+                        IOUPOS_HEAD_MAX_VIEWS);
+  if (h->act && h->rows == rows && h->views == views) return 0;
+  ioupos_head_free(h);
+  h->be = p->be;
+  for (i = 0; i < h->n_ops; ++i) {
+    ioupos_head_op *op = &h->ops[i];
+    op->a_out = off;
+    off += (size_t)rows * op->out;
+    op->a_s1 = off;
+    op->a_s2 = off;
+    if (op->kind == IOUPOS_HEAD_BATCHNORM) {
+      op->a_s2 = op->a_s1 + (size_t)op->out;
+      off += 2 * (size_t)op->out;
+    } else if (op->kind == IOUPOS_HEAD_L2NORM) {
+      off += (size_t)rows;
+    } else if (op->kind == IOUPOS_HEAD_WNLINEAR) {
+      op->a_s2 = op->a_s1 + (size_t)op->out * op->in;
+      off += (size_t)op->out * op->in + op->out;
+      wn = IOUPOS__MAX(wn, (size_t)op->out * op->in);
+    }
+    maxw = IOUPOS__MAX(maxw, (size_t)IOUPOS__MAX(op->in, op->out));
+  }
+  h->view_floats = off;
+  h->max_width = maxw;
+  h->scratch_n = 2 * (size_t)rows * maxw + wn;
+  h->act = (float *)h->be->alloc(off * (size_t)views * sizeof(float));
+  h->scratch = (float *)h->be->alloc(h->scratch_n * sizeof(float));
+  if (!h->act || !h->scratch) {
+    ioupos_head_free(h);
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory for a head's activations");
+  }
+  h->rows = rows;
+  h->views = views;
+  return 0;
+}
+
+IOUPOS_DEF const float *ioupos_head_output(const ioupos_head *h, int view) {
+  return h->act + (size_t)view * h->view_floats + h->ops[h->n_ops - 1].a_out;
+}
+
+IOUPOS_DEF int ioupos_head_forward(ioupos_head *h, ioupos_params *p, int view, const float *inp,
+                                   int train) {
+  const ioupos_backend *be = h->be;
+  float *A;
+  const float *cur = inp;
+  int i, rc = 0, N = h->rows;
+  if (!h->act || view < 0 || view >= h->views)
+    return ioupos__fail(IOUPOS_EINVAL, "head forward: view %d not planned", view);
+  A = h->act + (size_t)view * h->view_floats;
+  for (i = 0; i < h->n_ops && rc == 0; ++i) {
+    const ioupos_head_op *op = &h->ops[i];
+    float *out = A + op->a_out;
+    size_t n = (size_t)N * op->out;
+    switch (op->kind) {
+      case IOUPOS_HEAD_LINEAR:
+        rc = be->linear_forward(out, cur, IOUPOS__P(op->w), op->b >= 0 ? IOUPOS__P(op->b) : NULL,
+                                N, op->in, op->out);
+        break;
+      case IOUPOS_HEAD_BATCHNORM:
+        if (train) {
+          if (N < 2)
+            return ioupos__fail(IOUPOS_EINVAL, "batch norm in training needs a batch of >= 2");
+          be->batchnorm_forward_train(out, A + op->a_s1, A + op->a_s2, IOUPOS__P(op->rm),
+                                      IOUPOS__P(op->rv), cur,
+                                      op->w >= 0 ? IOUPOS__P(op->w) : NULL,
+                                      op->b >= 0 ? IOUPOS__P(op->b) : NULL, N, op->out, 0.1f,
+                                      1e-5f);
+          p->ivalue[p->table.t[op->count].offset] += 1;
+        } else {
+          be->batchnorm_forward_eval(out, cur, IOUPOS__P(op->rm), IOUPOS__P(op->rv),
+                                     op->w >= 0 ? IOUPOS__P(op->w) : NULL,
+                                     op->b >= 0 ? IOUPOS__P(op->b) : NULL, N, op->out, 1e-5f);
+        }
+        break;
+      case IOUPOS_HEAD_RELU: be->relu_forward(out, cur, n); break;
+      case IOUPOS_HEAD_GELU: be->gelu_forward(out, cur, n); break;
+      case IOUPOS_HEAD_L2NORM: be->l2norm_forward(out, A + op->a_s1, cur, N, op->out, 1e-12f); break;
+      case IOUPOS_HEAD_WNLINEAR:
+        rc = be->wnlinear_forward(out, A + op->a_s1, A + op->a_s2, cur, IOUPOS__P(op->w),
+                                  IOUPOS__P(op->b), N, op->in, op->out);
+        break;
+      default: rc = ioupos__fail(IOUPOS_EINVAL, "unknown head op %d", op->kind);
+    }
+    cur = out;
+  }
+  if (rc) return rc;
+  h->trained[view] = train;
+  return be->sync();
+}
+
+IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, const float *dout,
+                                    const float *inp, float *dinp) {
+  const ioupos_backend *be = h->be;
+  float *A, *gbuf[2], *wn;
+  const float *g = dout;
+  int i, rc = 0, N = h->rows, which = 0;
+  if (!h->act || view < 0 || view >= h->views || !p->grad)
+    return ioupos__fail(IOUPOS_EINVAL, "head backward: view %d not planned", view);
+  A = h->act + (size_t)view * h->view_floats;
+  gbuf[0] = h->scratch;
+  gbuf[1] = h->scratch + (size_t)N * h->max_width;
+  wn = h->scratch + 2 * (size_t)N * h->max_width;
+  for (i = h->n_ops - 1; i >= 0 && rc == 0; --i) {
+    const ioupos_head_op *op = &h->ops[i];
+    const float *x = i ? A + h->ops[i - 1].a_out : inp;
+    float *dx;
+    size_t nin = (size_t)N * op->in;
+    if (i == 0) dx = dinp;
+    else {
+      dx = gbuf[which];
+      which ^= 1;
+      be->zero(dx, nin * sizeof(float));
+    }
+    switch (op->kind) {
+      case IOUPOS_HEAD_LINEAR:
+        rc = be->linear_backward(dx, IOUPOS__G(op->w), op->b >= 0 ? IOUPOS__G(op->b) : NULL, g, x,
+                                 IOUPOS__P(op->w), N, op->in, op->out);
+        break;
+      case IOUPOS_HEAD_BATCHNORM:
+        if (h->trained[view])
+          be->batchnorm_backward_train(dx, op->w >= 0 ? IOUPOS__G(op->w) : NULL,
+                                       op->b >= 0 ? IOUPOS__G(op->b) : NULL, g, x,
+                                       op->w >= 0 ? IOUPOS__P(op->w) : NULL, A + op->a_s1,
+                                       A + op->a_s2, N, op->out);
+        else
+          be->batchnorm_backward_eval(dx, op->w >= 0 ? IOUPOS__G(op->w) : NULL,
+                                      op->b >= 0 ? IOUPOS__G(op->b) : NULL, g, x,
+                                      IOUPOS__P(op->rm), IOUPOS__P(op->rv),
+                                      op->w >= 0 ? IOUPOS__P(op->w) : NULL, N, op->out, 1e-5f);
+        break;
+      case IOUPOS_HEAD_RELU: if (dx) be->relu_backward(dx, x, g, nin); break;
+      case IOUPOS_HEAD_GELU: if (dx) be->gelu_backward(dx, x, g, nin); break;
+      case IOUPOS_HEAD_L2NORM:
+        if (dx) be->l2norm_backward(dx, A + op->a_out, A + op->a_s1, g, N, op->out, 1e-12f);
+        break;
+      case IOUPOS_HEAD_WNLINEAR:
+        rc = be->wnlinear_backward(dx, IOUPOS__G(op->w),
+                                   (p->table.t[op->b].flags & IOUPOS_TENSOR_FROZEN) ? NULL
+                                                                                  : IOUPOS__G(op->b),
+                                   wn, g, x, IOUPOS__P(op->w), IOUPOS__P(op->b), A + op->a_s1,
+                                   A + op->a_s2, N, op->in, op->out);
+        break;
+      default: rc = ioupos__fail(IOUPOS_EINVAL, "unknown head op %d", op->kind);
+    }
+    g = dx;
+  }
+  if (rc) return rc;
+  return be->sync();
 }
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
