@@ -54,6 +54,7 @@
     15. Optimisers (SGD, AdamW), schedules, EMA and gradient clipping
     16. Tensors, arenas and the backend operation table
     17. Models: the Swin encoder, the SimSiam and DINO heads, checkpoints
+    18. Pretraining: SimSiam and DINO, run directories, exact resume
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -202,6 +203,43 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
 IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *rng,
                                        ioupos_box *a, ioupos_box *b);
 IOUPOS_DEF void ioupos_iou_sampler_free(ioupos_iou_sampler *s);
+
+/* LOCAL CROPS (DINO multi-crop). Given a fixed box A (e.g. view 0's crop) inside an image of
+   size shape[], draw a crop B of size b[] (any size with b[k] <= shape[k]; it may differ from
+   A's) uniformly over the positions x (0 <= x[k] <= shape[k] - b[k]) whose IoU with A, exactly
+   as ioupos_box_iou computes it, lies in [min_iou, max_iou] (inclusive). No rejection: per axis
+   the overlap o_k(x_k) takes min(|A_k|, b_k) + 1 values, the IoU I / (|A| + |B| - I) is
+   non-decreasing in I = prod o_k, so the interval is an exact integer range of I (found by
+   binary search on the same double expression); positions are counted per overlap value in
+   closed form, an overlap vector is drawn by its weight (a loop over the overlap values of
+   the two axes with the fewest, the third axis summed in closed form: O(min(a, b)) per draw in
+   2D, O(product of the two smallest min(a_k, b_k) + 1) in 3D) and then a uniform position with
+   those overlaps. One ioupos_rng_below per draw. Every returned box satisfies the interval.
+
+     ioupos_local_crop_count   the number of valid positions (0 is not an error).
+     ioupos_local_crop_draw    one uniform valid position; IOUPOS_EINFEASIBLE (reason names
+                               shape, both sizes, A and the interval) when there is none.
+     ioupos_local_crop_feasible  is there ANY box A of size a[] and B of size b[], both inside
+                               the image, with IoU in the interval? Exact: per axis the
+                               achievable overlaps are [max(0, a + b - shape), min(a, b)] and
+                               the axes are independent. shape == NULL means an image as large
+                               as needed (overlaps [0, min(a, b)]): the shape-independent check
+                               a loader can make at open. IOUPOS_OK or IOUPOS_EINFEASIBLE, whose
+                               reason names the sizes, the interval and the achievable IoU range.
+   Arguments, all axes slowest first: dims 2 or 3; shape[dims]; A->dims == dims, A non-empty and
+   inside [0, shape) on every axis; a[dims], b[dims] positive; 0 <= min_iou <= max_iou <= 1.
+   Errors: IOUPOS_EINVAL for NULL pointers, dims, non-positive sizes, b or A outside the image, a
+   NaN, out-of-range or reversed interval; IOUPOS_ERANGE when a volume (image, a or b) reaches
+   2^61 or a draw would loop over more than 1e8 overlap pairs. out is written only on success.
+   The functions are pure (no state, no allocation): call them from any thread. */
+IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int a[],
+                                          const int b[], double min_iou, double max_iou);
+IOUPOS_DEF int ioupos_local_crop_count(int dims, const int shape[], const ioupos_box *A,
+                                       const int b[], double min_iou, double max_iou,
+                                       uint64_t *count);
+IOUPOS_DEF int ioupos_local_crop_draw(int dims, const int shape[], const ioupos_box *A,
+                                      const int b[], double min_iou, double max_iou,
+                                      ioupos_rng *rng, ioupos_box *out);
 
 /* "96x96", "160x320x288" style text of dims integers for messages; at most cap bytes. */
 IOUPOS_DEF void ioupos_format_shape(char *buf, size_t cap, int dims, const int v[]);
@@ -1669,6 +1707,21 @@ typedef struct ioupos_backend {
   int (*wnlinear_backward)(float *, float *, float *, float *, const float *, const float *,
                            const float *, const float *, const float *, const float *, int, int,
                            int);
+  double (*simsiam_loss_forward)(const float *, const float *, const float *, const float *, int,
+                                 int);
+  void (*simsiam_loss_backward)(float *, float *, float, const float *, const float *,
+                                const float *, const float *, int, int);
+  double (*dino_loss_forward)(float *, float *, const float *, const float *, const float *, int,
+                              int, int, int, float, float);
+  void (*dino_loss_backward)(float *, float, const float *, const float *, int, int, int, int,
+                             float);
+  void (*dino_center_update)(float *, const float *, int, int, int, float);
+  /* section 15 */
+  void (*sgd_step)(float *, const float *, float *, size_t, float, float, float, int);
+  void (*adamw_step)(float *, const float *, float *, float *, size_t, float, float, float, float,
+                     float, int);
+  void (*ema_update)(float *, const float *, size_t, double);
+  float (*clip_grad_per_param)(float *, size_t, float);
 } ioupos_backend;
 
 /* The reference backend: host memory, the functions of sections 10-15. */
@@ -1830,6 +1883,13 @@ IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swi
    (reallocating only when batch or shape change). */
 IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p, int batch,
                                         const int *shape);
+/* Fills the constant buffers (MONAI's relative_position_index) into p; plan does it too, call
+   it before loading a checkpoint into a model that has not been planned yet (the load checks
+   these buffers against the file's). */
+IOUPOS_DEF int ioupos_swin_encoder_buffers(const ioupos_swin_encoder *e, ioupos_params *p);
+/* dst: the same encoder (parameter indices) with its own plan, e.g. a second input shape on the
+   same parameters (DINO's local views). Free it with ioupos_swin_encoder_free. */
+IOUPOS_DEF void ioupos_swin_encoder_clone(ioupos_swin_encoder *dst, const ioupos_swin_encoder *src);
 /* x [batch, in_chans, shape...] channels-first on the backend. train: draw drop-path from rng
    (rng may be NULL when train is 0 or the rate is 0). */
 IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_params *p,
@@ -1895,6 +1955,182 @@ IOUPOS_DEF const float *ioupos_head_output(const ioupos_head *h, int view);
 IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, const float *dout,
                                     const float *inp, float *dinp);
 IOUPOS_DEF void ioupos_head_free(ioupos_head *h);
+
+
+/* ============================================================================================
+   18. Pretraining: SimSiam and DINO, run directories, exact resume
+   ============================================================================================ */
+
+/* Self-supervised pretraining of the Swin encoder on IoU-constrained crop pairs.
+
+   THE MODELS
+     ioupos_simsiam   the research code's SimSiam: backbone (section 17) + lightly
+                      SimSiamProjectionHead(16C, proj_hidden, proj_out) +
+                      SimSiamPredictionHead(proj_out, pred_hidden, proj_out); loss
+                      -(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2; each view through the heads on
+                      its own (batch-norm statistics per view, as the research code's two calls).
+                      Names: backbone.*, projection_head.layers.*, prediction_head.layers.*.
+     ioupos_dino      the DINO reference recipe: student backbone + DINOHead(16C, hidden,
+                      bottleneck, out_dim), teacher = EMA copy (no drop-path, no gradient),
+                      DINO loss with centring over 2 global views [x1, x2] for both networks
+                      (the reference's order; the research code fed the teacher [x2, x1], which
+                      with the loss's "skip the same index" rule compares each view with
+                      itself) and n_local local views for the student only.
+   THE STEP (both methods)
+     zero_grad; accumulate(batch) x accum_iters (each with loss scale 1 / accum_iters, as the
+     research code's loss / accum_iters); step(schedule values). All randomness (drop-path) is
+     drawn from generators the caller derives from (seed, micro-step), so a resumed run
+     reproduces an uninterrupted one bit for bit.
+   OPTIMISERS (section 15, per parameter tensor, in table order)
+     SimSiam: SGD momentum 0.9 (torch semantics), weight decay wd except on biases and 1-D
+     tensors, lr for backbone and projection head, lr_pred for the prediction head (the research
+     code holds it at --base_lr).
+     DINO: per-tensor gradient clipping (clip_grad, 0 = off), last layer (names containing
+     "last_layer") frozen while epoch < freeze_last_layer (no update, no step count), AdamW with
+     weight decay wd on the regularised tensors (not biases / 1-D) and 0 on the others; then
+     the teacher EMA with the momentum schedule.
+   MONITORS
+     loss; p_std / z_std: the mean over channels of the per-channel standard deviation (unbiased,
+     torch.std) of the l2-normalised predictor output p (view 1: lightly's and the research
+     code's collapse monitor) and projection z (view 1: the SimSiam paper's); for a healthy
+     run z_std ~ 1/sqrt(proj_out). ioupos_collapse_level(avg, dim) = max(0, 1 - sqrt(dim) avg)
+     is the research code's coefficient (it smooths p_std with an EMA of weight 0.9 first). */
+
+typedef struct ioupos_ssl_stats {
+  double loss;  /* this micro-batch's loss (not scaled) */
+  double p_std; /* SimSiam: std of normalised p (view 1); DINO: of the student output */
+  double z_std; /* SimSiam: std of normalised z (view 1); DINO: of the teacher output */
+} ioupos_ssl_stats;
+
+IOUPOS_DEF double ioupos_collapse_level(double avg_std, int dim);
+
+typedef struct ioupos_simsiam_config {
+  ioupos_swin_config enc;
+  int proj_hidden, proj_out, pred_hidden; /* research: 2048, 2048, 512 */
+} ioupos_simsiam_config;
+IOUPOS_DEF void ioupos_simsiam_config_default(ioupos_simsiam_config *c, int spatial_dims);
+
+typedef struct ioupos_simsiam {
+  ioupos_simsiam_config cfg;
+  ioupos_params p;
+  ioupos_swin_encoder enc;
+  ioupos_head proj, pred;
+  float *momentum;   /* SGD momentum buffers, the layout of p (backend memory) */
+  int64_t steps;     /* optimiser steps taken */
+  /* buffers for one micro-batch (backend memory), sized by the last accumulate */
+  int batch, npix;
+  float *x, *dp, *dz, *df;
+} ioupos_simsiam;
+
+/* Builds the model, initialises it from seed (PyTorch's default initialisers, section 16). */
+IOUPOS_DEF int ioupos_simsiam_init(ioupos_simsiam *m, const ioupos_simsiam_config *cfg,
+                                   const ioupos_backend *be, uint64_t seed);
+IOUPOS_DEF void ioupos_simsiam_free(ioupos_simsiam *m);
+IOUPOS_DEF void ioupos_simsiam_zero_grad(ioupos_simsiam *m);
+/* One micro-batch: view1, view2 [B, in_chans, shape...] on the HOST; forward in train mode,
+   backward of scale * loss, gradients ACCUMULATED. rng draws drop-path (may be NULL when the
+   rate is 0). B >= 2 (batch norm). */
+IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, const float *view2,
+                                         int B, const int *shape, float scale, ioupos_rng *rng,
+                                         ioupos_ssl_stats *st);
+IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred, double momentum,
+                                   double wd);
+
+typedef struct ioupos_dino_config {
+  ioupos_swin_config enc;
+  int hidden, bottleneck, out_dim; /* reference 2048, 256, 65536; research 2048, 256, 1024 */
+  int norm_last_layer;             /* 1: weight_g frozen at 1 */
+  float student_temp;              /* 0.1 */
+  float center_momentum;           /* 0.9 */
+} ioupos_dino_config;
+IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_dims);
+
+typedef struct ioupos_dino {
+  ioupos_dino_config cfg;
+  ioupos_params s, t;              /* student and teacher, the same names */
+  ioupos_swin_encoder enc_s, enc_sl, enc_t; /* student (global views), student (local views,
+                                               same parameters), teacher */
+  ioupos_head head_s, head_t;
+  float *m1, *m2;                  /* AdamW moments, the layout of s (backend memory) */
+  int64_t *adam_steps;             /* per tensor of s: AdamW's step count (host) */
+  float *center;                   /* [out_dim] (backend memory) */
+  int batch, n_local, npix, nlpix;
+  float *x, *xl, *feat, *dfeat, *tprob, *slogp, *dout;
+} ioupos_dino;
+
+IOUPOS_DEF int ioupos_dino_init(ioupos_dino *m, const ioupos_dino_config *cfg,
+                                const ioupos_backend *be, uint64_t seed);
+IOUPOS_DEF void ioupos_dino_free(ioupos_dino *m);
+IOUPOS_DEF void ioupos_dino_zero_grad(ioupos_dino *m);
+/* One micro-batch: global views g1, g2 [B, in_chans, shape...] and n_local local views
+   `local` [n_local][B, in_chans, lshape...] (NULL when n_local is 0), on the HOST. Teacher on
+   [g1; g2] (eval), student on [g1; g2] and on the local views (train), DINO loss with the
+   current centre and teacher_temp, backward of scale * loss (ACCUMULATED), then the centre
+   update with this micro-batch's teacher outputs. */
+IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const float *g2,
+                                      const float *local, int n_local, int B, const int *shape,
+                                      const int *lshape, float teacher_temp, float scale,
+                                      ioupos_rng *rng, ioupos_ssl_stats *st);
+/* Clip, AdamW (lr, wd), freeze the last layer while epoch < freeze_last_layer, then the teacher
+   EMA with momentum teacher_m. */
+IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
+                                int freeze_last_layer, float clip_grad, double teacher_m);
+
+/* ---- the run: ioupos-simsiam and ioupos-dino ------------------------------------------------
+   ioupos_pretrain_run trains on a folder of PNG slices (ioupos-prep's output) with the loader
+   of section 9 (one IoU pair per slice per epoch, the research augmentations), and keeps a run
+   directory <chkpt_dir>/<run_name>/ with
+     flags.json        the resolved flags (opts->flags_json), the seed and the git commit
+     metrics.jsonl     one JSON object per logged step and per epoch (epoch, step, loss, lr,
+                       monitors, images/s)
+     checkpoint.safetensors        the model after the last finished epoch, MONAI names
+                                   (SimSiam: backbone.*, heads; DINO: backbone.* and head.* are
+                                   the TEACHER, DINO's evaluation network, student.* the student)
+     checkpoint_epoch<E>.safetensors   the same, kept for every epoch
+     state.safetensors the training state after the last finished epoch or interruption point:
+                       model, optimiser state, step counters, DINO centre, the loader position
+                       and the flags; resume (opts->resume) continues from it so that the final
+                       weights equal an uninterrupted run with the same seed and threads.
+   Every file is written atomically (a crash leaves the previous version). A non-finite loss
+   stops the run (IOUPOS_ERANGE) naming epoch and step, without writing a checkpoint of the
+   broken weights. opts->log receives the console lines (the library never prints). */
+enum { IOUPOS_SSL_SIMSIAM = 0, IOUPOS_SSL_DINO = 1 };
+
+typedef struct ioupos_pretrain_opts {
+  int method;                      /* IOUPOS_SSL_SIMSIAM / IOUPOS_SSL_DINO */
+  ioupos_swin_config enc;          /* --embedding_size, --drop_path_rate, --spatial_dims, ... */
+  const char *data_dir;            /* folder of PNG slices */
+  const char *chkpt_dir, *run_name;
+  int crop[2];                     /* --crop_size (per axis allowed); research 96 x 96 */
+  double min_iou, max_iou;         /* --min_iou / --max_iou */
+  int pair_mode;                   /* --pair_mode anchored|joint */
+  int batch_size, n_epochs, accum_iters, num_workers;
+  double base_lr, end_lr, warmup_epochs, wd;
+  uint64_t seed;
+  int resume;
+  int log_every;                   /* console + metrics line every this many optimiser steps */
+  long max_steps;                  /* stop (as if interrupted) after this many optimiser steps
+                                      in this process, saving the state; 0 = no limit (tests) */
+  /* SimSiam */
+  int proj_hidden, proj_out, pred_hidden;
+  /* DINO */
+  int hidden, bottleneck, out_dim, norm_last_layer, freeze_last_layer;
+  int n_local, local_crop[2];
+  double local_min_iou, local_max_iou;
+  double momentum_teacher, teacher_temp, warmup_teacher_temp, student_temp, center_momentum;
+  double warmup_teacher_temp_epochs, wd_end, clip_grad, min_lr;
+  /* provenance, written into the run directory */
+  const char *flags_json;          /* JSON object of the resolved flags (may be NULL) */
+  const char *git_commit;          /* may be NULL */
+  void (*log)(void *ctx, const char *line);
+  void *log_ctx;
+} ioupos_pretrain_opts;
+
+/* Fills opts with the published runs' values for method (SimSiam: C 48, batch 128, 100 epochs,
+   lr 0.025 -> 1e-6, wd 1e-5, [0.3, 0.6], crop 96; DINO: the research defaults with C 48). */
+IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method);
+/* Runs (or resumes) a pretraining; 0 when all epochs are done or max_steps was reached. */
+IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o);
 
 
 #ifdef __cplusplus
@@ -2364,12 +2600,33 @@ IOUPOS_DEF void ioupos_iou_sampler_free(ioupos_iou_sampler *s) {
 
 static double ioupos__iou_of(int64_t I, int64_t V) { return (double)I / (double)(2 * V - I); }
 
+/* The intersection volumes I in [0, min(va, vb)] of a box of volume va and one of volume vb
+   whose IoU (double)I / (double)(va + vb - I), exactly as ioupos_box_iou computes it, lies in
+   [lo, hi]: the range [*ilo, *ihi] (*ilo > *ihi when there is none). The computed IoU is
+   non-decreasing in I (the numerator grows, the denominator shrinks, rounding is monotone), so
+   two binary searches find the ends. */
+static void ioupos__iou_range(int64_t va, int64_t vb, double lo, double hi, int64_t *ilo,
+                              int64_t *ihi) {
+  int64_t top = va < vb ? va : vb, sum = va + vb, l = 0, h = top + 1;
+  while (l < h) { /* smallest I with iou >= lo */
+    int64_t mid = l + (h - l) / 2;
+    if ((double)mid / (double)(sum - mid) >= lo) h = mid; else l = mid + 1;
+  }
+  *ilo = l;
+  l = -1, h = top; /* largest I with iou <= hi */
+  while (l < h) {
+    int64_t mid = h - (h - l) / 2;
+    if ((double)mid / (double)(sum - mid) <= hi) l = mid; else h = mid - 1;
+  }
+  *ihi = l;
+}
+
 IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const int shape[],
                                        const int crop[], double min_iou, double max_iou,
                                        int mode) {
   char sh[64] = "?", cr[64] = "?";
   int k, order[3], nl[3], user_c[3], user_n[3], st;
-  int64_t V = 1, lo, hi;
+  int64_t V = 1;
   double pairs = 1.0, cells = 1.0;
   if (!s) return ioupos__fail(IOUPOS_EINVAL, "ioupos_iou_sampler_init: sampler is NULL");
   memset(s, 0, sizeof *s);
@@ -2422,18 +2679,7 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
   for (k = 0; k < dims; ++k) V *= crop[k];
 
   /* The interval as intersection volumes: computed IoU is non-decreasing in I. */
-  lo = 0, hi = V + 1; /* smallest I with iou >= min */
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if (ioupos__iou_of(mid, V) >= min_iou) hi = mid; else lo = mid + 1;
-  }
-  s->inter_lo = lo;
-  lo = -1, hi = V; /* largest I with iou <= max */
-  while (lo < hi) {
-    int64_t mid = hi - (hi - lo) / 2;
-    if (ioupos__iou_of(mid, V) <= max_iou) lo = mid; else hi = mid - 1;
-  }
-  s->inter_hi = lo;
+  ioupos__iou_range(V, V, min_iou, max_iou, &s->inter_lo, &s->inter_hi);
   if (s->inter_lo > s->inter_hi)
     return ioupos__fail(IOUPOS_EINFEASIBLE,
                         "IoU sampler: no intersection volume of two %s crops has IoU in "
@@ -2712,6 +2958,340 @@ IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *
     b->hi[uk] = q[k] + s->c[k];
   }
   return IOUPOS_OK;
+}
+
+/* Local crops. One axis of a request: A = [p, p + a), crop b, positions 0..n-1 (n = shape -
+   b + 1), m = min(a, b). Over all integers x the overlap of [x, x + b) with A is a trapezoid:
+     0 for x <= p - b;  x + b - p in 1..m-1 for x in [p - b + 1, p - b + m - 1] (rising);
+     m for x in [p - b + m, p + a - m] (plateau);  p + a - x in m-1..1 for x in
+     [p + a - m + 1, p + a - 1] (falling);  0 for x >= p + a.
+   The positions with a given overlap are these runs clipped to [0, n - 1], so counts over any
+   range of overlaps, and the j-th position with a given overlap, are closed forms. Internal
+   axes are sorted by m (2D gets a dummy axis with p = 0, a = b = n = m = 1, first); the last
+   one (largest m) is summed in closed form inside the loop over the other two. */
+typedef struct ioupos__lax {
+  int64_t p, a, b, n, m;
+} ioupos__lax;
+
+typedef struct ioupos__local_req {
+  ioupos__lax ax[3]; /* internal order, ascending m */
+  int user[3];       /* internal -> user axis, -1 for the dummy */
+  int64_t ilo, ihi;  /* the interval as intersection volumes; ilo > ihi when empty */
+} ioupos__local_req;
+
+static int64_t ioupos__span(int64_t lo, int64_t hi) { return hi >= lo ? hi - lo + 1 : 0; }
+static int64_t ioupos__max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t ioupos__min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Positions of the axis whose overlap with A lies in [lo, hi]. */
+static int64_t ioupos__lax_count(const ioupos__lax *x, int64_t lo, int64_t hi) {
+  int64_t c = 0, rlo, rhi;
+  if (lo < 0) lo = 0;
+  if (hi > x->m) hi = x->m;
+  if (lo > hi) return 0;
+  if (lo == 0)
+    c += ioupos__span(0, ioupos__min64(x->n - 1, x->p - x->b)) +
+         ioupos__span(ioupos__max64(0, x->p + x->a), x->n - 1);
+  rlo = ioupos__max64(lo, 1);
+  rhi = ioupos__min64(hi, x->m - 1);
+  if (rlo <= rhi) {
+    /* rising x = p - b + o in [0, n - 1]  <=>  o in [b - p, n - 1 - p + b] */
+    c += ioupos__span(ioupos__max64(rlo, x->b - x->p),
+                      ioupos__min64(rhi, x->n - 1 - x->p + x->b));
+    /* falling x = p + a - o in [0, n - 1]  <=>  o in [p + a - n + 1, p + a] */
+    c += ioupos__span(ioupos__max64(rlo, x->p + x->a - x->n + 1),
+                      ioupos__min64(rhi, x->p + x->a));
+  }
+  if (hi == x->m)
+    c += ioupos__span(ioupos__max64(0, x->p - x->b + x->m),
+                      ioupos__min64(x->n - 1, x->p + x->a - x->m));
+  return c;
+}
+
+/* The j-th position (0-based; runs in the order above, ascending) with overlap exactly o. */
+static int64_t ioupos__lax_pick(const ioupos__lax *x, int64_t o, int64_t j) {
+  int64_t rise;
+  if (o == 0) {
+    int64_t left = ioupos__span(0, ioupos__min64(x->n - 1, x->p - x->b));
+    return j < left ? j : ioupos__max64(0, x->p + x->a) + (j - left);
+  }
+  if (o == x->m) return ioupos__max64(0, x->p - x->b + x->m) + j;
+  rise = x->p - x->b + o;
+  if (rise >= 0 && rise <= x->n - 1) {
+    if (j == 0) return rise;
+    --j;
+  }
+  IOUPOS_ASSERT(j == 0);
+  return x->p + x->a - o;
+}
+
+/* Text "A = 10..106 x 0..96" of a box for messages. */
+static void ioupos__format_box(char *buf, size_t cap, const ioupos_box *b) {
+  size_t used = 0;
+  int k;
+  if (cap == 0) return;
+  buf[0] = 0;
+  for (k = 0; k < b->dims && k < 3 && used < cap; ++k) {
+    int w = snprintf(buf + used, cap - used, k ? " x %d..%d" : "%d..%d", b->lo[k], b->hi[k]);
+    if (w < 0) break;
+    used += (size_t)w;
+  }
+}
+
+/* Checks shared by the local-crop functions: dims, sizes, interval. */
+static int ioupos__local_check(const char *fn, int dims, const int shape[], const int a[],
+                               const int b[], double lo, double hi) {
+  char sh[64] = "any", as[64] = "?", bs[64] = "?";
+  double vol_s = 1.0, vol_a = 1.0, vol_b = 1.0;
+  int k;
+  if (dims != 2 && dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: dims is %d; it must be 2 or 3", fn, dims);
+  if (!a || !b) return ioupos__fail(IOUPOS_EINVAL, "%s: a size argument is NULL", fn);
+  if (shape) ioupos_format_shape(sh, sizeof sh, dims, shape);
+  ioupos_format_shape(as, sizeof as, dims, a);
+  ioupos_format_shape(bs, sizeof bs, dims, b);
+  for (k = 0; k < dims; ++k) {
+    if (a[k] <= 0 || b[k] <= 0 || (shape && shape[k] <= 0))
+      return ioupos__fail(IOUPOS_EINVAL, "%s: image shape %s, box %s and crop %s must be "
+                          "positive on every axis", fn, sh, as, bs);
+    if (shape && (a[k] > shape[k] || b[k] > shape[k]))
+      return ioupos__fail(IOUPOS_EINVAL, "%s: box %s or crop %s is larger than the image shape "
+                          "%s on axis %d", fn, as, bs, sh, k);
+    vol_a *= a[k];
+    vol_b *= b[k];
+    if (shape) vol_s *= shape[k];
+  }
+  if (!(lo >= 0.0 && lo <= 1.0 && hi >= 0.0 && hi <= 1.0))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: IoU interval [%g, %g] must lie within [0, 1] (and "
+                        "not be NaN); image %s, box %s, crop %s", fn, lo, hi, sh, as, bs);
+  if (lo > hi)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: IoU interval [%g, %g] is reversed (min > max); image "
+                        "%s, box %s, crop %s", fn, lo, hi, sh, as, bs);
+  if (vol_s >= 2305843009213693952.0 || vol_a >= 2305843009213693952.0 ||
+      vol_b >= 2305843009213693952.0)
+    return ioupos__fail(IOUPOS_ERANGE, "%s: image %s, box %s or crop %s is too large for the "
+                        "exact arithmetic (volumes must stay below 2^61)", fn, sh, as, bs);
+  return IOUPOS_OK;
+}
+
+/* Validate a count / draw request and set up its internal axes. */
+static int ioupos__local_setup(const char *fn, int dims, const int shape[], const ioupos_box *A,
+                               const int b[], double lo, double hi, ioupos__local_req *q) {
+  int a[3], k, j, st;
+  int64_t va = 1, vb = 1;
+  if (!shape || !A)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: shape or box A is NULL", fn);
+  if (A->dims != dims)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: box A has dims %d, the request %d", fn, A->dims, dims);
+  if (dims != 2 && dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: dims is %d; it must be 2 or 3", fn, dims);
+  for (k = 0; k < dims; ++k) {
+    if (A->lo[k] < 0 || A->hi[k] <= A->lo[k] || (shape[k] > 0 && A->hi[k] > shape[k])) {
+      char sh[64], ab[96];
+      ioupos_format_shape(sh, sizeof sh, dims, shape);
+      ioupos__format_box(ab, sizeof ab, A);
+      return ioupos__fail(IOUPOS_EINVAL, "%s: box A = %s must be non-empty and inside the image "
+                          "%s", fn, ab, sh);
+    }
+    a[k] = A->hi[k] - A->lo[k];
+  }
+  st = ioupos__local_check(fn, dims, shape, a, b, lo, hi);
+  if (st) return st;
+  memset(q, 0, sizeof *q);
+  for (k = 0; k < 3; ++k) { /* 2D: internal slot 0 is the dummy axis */
+    int uk = k - (3 - dims);
+    ioupos__lax *x = &q->ax[k];
+    q->user[k] = uk;
+    if (uk < 0) {
+      x->p = 0, x->a = x->b = x->n = x->m = 1;
+      continue;
+    }
+    x->p = A->lo[uk];
+    x->a = a[uk];
+    x->b = b[uk];
+    x->n = (int64_t)shape[uk] - b[uk] + 1;
+    x->m = x->a < x->b ? x->a : x->b;
+    va *= x->a;
+    vb *= x->b;
+  }
+  for (k = 1; k < 3; ++k) /* insertion sort by m, stable */
+    for (j = k; j > 0 && q->ax[j].m < q->ax[j - 1].m; --j) {
+      ioupos__lax t = q->ax[j];
+      int u = q->user[j];
+      q->ax[j] = q->ax[j - 1], q->user[j] = q->user[j - 1];
+      q->ax[j - 1] = t, q->user[j - 1] = u;
+    }
+  if ((double)(q->ax[0].m + 1) * (double)(q->ax[1].m + 1) > 1e8) {
+    char bs[64], ab[96];
+    ioupos_format_shape(bs, sizeof bs, dims, b);
+    ioupos__format_box(ab, sizeof ab, A);
+    return ioupos__fail(IOUPOS_ERANGE, "%s: box A = %s with crop %s needs more than 1e8 overlap "
+                        "pairs per draw", fn, ab, bs);
+  }
+  ioupos__iou_range(va, vb, lo, hi, &q->ilo, &q->ihi);
+  return IOUPOS_OK;
+}
+
+/* Positions of the last internal axis given the product P of the other two overlaps. */
+static int64_t ioupos__local_zcount(const ioupos__local_req *q, int64_t P, int64_t *zlo,
+                                    int64_t *zhi) {
+  const ioupos__lax *z = &q->ax[2];
+  if (P == 0) {
+    if (q->ilo > 0) return 0;
+    *zlo = 0, *zhi = z->m;
+  } else {
+    *zlo = ioupos__ceil_div(q->ilo, P);
+    *zhi = ioupos__min64(z->m, q->ihi / P);
+  }
+  return ioupos__lax_count(z, *zlo, *zhi);
+}
+
+/* Walk the overlap pairs (o0, o1) of the first two internal axes in order, summing the number
+   of valid positions; stops at the pair where the running sum first exceeds target (o[] and
+   *before, the sum before it, say which). Returns the sum so far (the total if it never
+   stops: pass UINT64_MAX). */
+static uint64_t ioupos__local_walk(const ioupos__local_req *q, uint64_t target, int64_t o[2],
+                                   uint64_t *before) {
+  const ioupos__lax *x = &q->ax[0], *y = &q->ax[1];
+  uint64_t acc = 0;
+  int64_t o0, o1, zlo, zhi;
+  if (q->ilo > q->ihi) return 0;
+  for (o0 = 0; o0 <= x->m; ++o0) {
+    int64_t c0 = ioupos__lax_count(x, o0, o0);
+    if (c0 == 0) continue;
+    for (o1 = 0; o1 <= y->m; ++o1) {
+      int64_t c1 = ioupos__lax_count(y, o1, o1), cz;
+      uint64_t w;
+      if (c1 == 0) continue;
+      cz = ioupos__local_zcount(q, o0 * o1, &zlo, &zhi);
+      if (cz == 0) continue;
+      w = (uint64_t)c0 * (uint64_t)c1 * (uint64_t)cz;
+      if (acc + w > target) {
+        o[0] = o0, o[1] = o1;
+        *before = acc;
+        return acc + w;
+      }
+      acc += w;
+    }
+  }
+  return acc;
+}
+
+IOUPOS_DEF int ioupos_local_crop_count(int dims, const int shape[], const ioupos_box *A,
+                                       const int b[], double min_iou, double max_iou,
+                                       uint64_t *count) {
+  ioupos__local_req q;
+  int64_t o[2];
+  uint64_t before;
+  int st;
+  if (!count) return ioupos__fail(IOUPOS_EINVAL, "ioupos_local_crop_count: count is NULL");
+  *count = 0;
+  st = ioupos__local_setup("local crop", dims, shape, A, b, min_iou, max_iou, &q);
+  if (st) return st;
+  *count = ioupos__local_walk(&q, UINT64_MAX, o, &before);
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_local_crop_draw(int dims, const int shape[], const ioupos_box *A,
+                                      const int b[], double min_iou, double max_iou,
+                                      ioupos_rng *rng, ioupos_box *out) {
+  ioupos__local_req q;
+  int64_t o[2] = {0, 0}, zlo = 0, zhi = 0, cz, c0, c1, pos[3], lo, hi;
+  uint64_t total, r, before = 0;
+  int st, k;
+  if (!rng || !out)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_local_crop_draw: rng or out is NULL");
+  st = ioupos__local_setup("local crop", dims, shape, A, b, min_iou, max_iou, &q);
+  if (st) return st;
+  total = ioupos__local_walk(&q, UINT64_MAX, o, &before);
+  if (total == 0) {
+    char sh[64], bs[64], ab[96];
+    ioupos_format_shape(sh, sizeof sh, dims, shape);
+    ioupos_format_shape(bs, sizeof bs, dims, b);
+    ioupos__format_box(ab, sizeof ab, A);
+    return ioupos__fail(IOUPOS_EINFEASIBLE, "local crop: no %s crop in a %s image has IoU in "
+                        "[%g, %g] with the box A = %s", bs, sh, min_iou, max_iou, ab);
+  }
+  r = ioupos_rng_below(rng, total);
+  ioupos__local_walk(&q, r, o, &before);
+  r -= before;
+  c0 = ioupos__lax_count(&q.ax[0], o[0], o[0]);
+  c1 = ioupos__lax_count(&q.ax[1], o[1], o[1]);
+  cz = ioupos__local_zcount(&q, o[0] * o[1], &zlo, &zhi);
+  IOUPOS_ASSERT(c0 > 0 && c1 > 0 && cz > 0 && r < (uint64_t)c0 * (uint64_t)c1 * (uint64_t)cz);
+  { /* r = (j0 * c1 + j1) * cz + rz */
+    uint64_t rz = r % (uint64_t)cz;
+    r /= (uint64_t)cz;
+    pos[1] = ioupos__lax_pick(&q.ax[1], o[1], (int64_t)(r % (uint64_t)c1));
+    pos[0] = ioupos__lax_pick(&q.ax[0], o[0], (int64_t)(r / (uint64_t)c1));
+    lo = zlo, hi = zhi; /* smallest oz with count(zlo..oz) > rz */
+    while (lo < hi) {
+      int64_t mid = lo + (hi - lo) / 2;
+      if ((uint64_t)ioupos__lax_count(&q.ax[2], zlo, mid) > rz) hi = mid; else lo = mid + 1;
+    }
+    pos[2] = ioupos__lax_pick(&q.ax[2], lo,
+                              (int64_t)(rz - (uint64_t)ioupos__lax_count(&q.ax[2], zlo, lo - 1)));
+  }
+  memset(out, 0, sizeof *out);
+  out->dims = dims;
+  for (k = 0; k < 3; ++k) {
+    int uk = q.user[k];
+    if (uk < 0) continue;
+    out->lo[uk] = (int)pos[k];
+    out->hi[uk] = (int)pos[k] + b[uk];
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int a[],
+                                          const int b[], double min_iou, double max_iou) {
+  int64_t lo3[3], hi3[3], ilo, ihi, va = 1, vb = 1, imin = 1, imax = 1, o0, o1;
+  int k, j, st;
+  st = ioupos__local_check("local crop feasibility", dims, shape, a, b, min_iou, max_iou);
+  if (st) return st;
+  for (k = 0; k < 3; ++k) { /* per-axis achievable overlaps [lo3, hi3]; 2D: dummy [1, 1] */
+    int uk = k - (3 - dims);
+    if (uk < 0) {
+      lo3[k] = hi3[k] = 1;
+      continue;
+    }
+    hi3[k] = a[uk] < b[uk] ? a[uk] : b[uk];
+    lo3[k] = shape ? ioupos__max64(0, (int64_t)a[uk] + b[uk] - shape[uk]) : 0;
+    va *= a[uk];
+    vb *= b[uk];
+    imin *= lo3[k];
+    imax *= hi3[k];
+  }
+  for (k = 1; k < 3; ++k) /* ascending range length: the loop runs over the two shortest */
+    for (j = k; j > 0 && hi3[j] - lo3[j] < hi3[j - 1] - lo3[j - 1]; --j) {
+      int64_t t = lo3[j];
+      lo3[j] = lo3[j - 1], lo3[j - 1] = t;
+      t = hi3[j], hi3[j] = hi3[j - 1], hi3[j - 1] = t;
+    }
+  if ((double)(hi3[0] - lo3[0] + 1) * (double)(hi3[1] - lo3[1] + 1) > 1e8)
+    return ioupos__fail(IOUPOS_ERANGE, "local crop feasibility: sizes too large for the exact "
+                        "check (more than 1e8 overlap pairs)");
+  ioupos__iou_range(va, vb, min_iou, max_iou, &ilo, &ihi);
+  if (ilo <= ihi)
+    for (o0 = lo3[0]; o0 <= hi3[0]; ++o0)
+      for (o1 = lo3[1]; o1 <= hi3[1]; ++o1) {
+        int64_t P = o0 * o1;
+        if (P == 0 ? ilo == 0
+                   : ioupos__max64(lo3[2], ioupos__ceil_div(ilo, P)) <=
+                         ioupos__min64(hi3[2], ihi / P))
+          return IOUPOS_OK;
+      }
+  {
+    char sh[64] = "any", as[64], bs[64];
+    if (shape) ioupos_format_shape(sh, sizeof sh, dims, shape);
+    ioupos_format_shape(as, sizeof as, dims, a);
+    ioupos_format_shape(bs, sizeof bs, dims, b);
+    return ioupos__fail(IOUPOS_EINFEASIBLE, "local crops: no %s crop has an IoU in [%g, %g] with "
+                        "a %s box (image shape %s); their IoU ranges over [%.4g, %.4g] (with "
+                        "gaps)", bs, min_iou, max_iou, as, sh,
+                        (double)imin / (double)(va + vb - imin),
+                        (double)imax / (double)(va + vb - imax));
+  }
 }
 
 /* ---- 5. Image I/O --------------------------------------------------------------------------- */
@@ -6684,6 +7264,29 @@ IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
 #define IOUPOS__OMP_BARRIER(nth) ((void)(nth))
 #endif
 
+/* Loops of independent rows outside the GEMM (sections 11, 12, 17) share this rule: run them on
+   omp_get_max_threads() threads when there are at least IOUPOS_PAR_MIN_WORK units of work (about
+   floats touched) and we are not already inside a parallel region; else on the calling thread.
+   Every such loop computes each output element from the same inputs in the same order whatever
+   thread does it, and reductions across rows use partial sums over chunks of a FIXED number of
+   rows, added in chunk order, so the thread count never changes a result. */
+#ifndef IOUPOS_PAR_MIN_WORK
+#define IOUPOS_PAR_MIN_WORK 32768
+#endif
+#ifdef _OPENMP
+static int ioupos__par_ok(double work) {
+  return work >= (double)IOUPOS_PAR_MIN_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
+}
+#define IOUPOS__MAX_THREADS() (omp_in_parallel() ? 1 : omp_get_max_threads())
+#else
+#define IOUPOS__MAX_THREADS() 1
+#endif
+/* `for` over independent iterations; work is evaluated only with OpenMP */
+#define IOUPOS__PFOR(work) IOUPOS__PRAGMA(omp parallel for schedule(static) if(ioupos__par_ok(work)))
+/* a parallel region whose threads share the following `IOUPOS__FOR` loops */
+#define IOUPOS__PREGION(work) IOUPOS__PRAGMA(omp parallel if(ioupos__par_ok(work)))
+#define IOUPOS__FOR IOUPOS__PRAGMA(omp for schedule(static))
+
 /* Blocking: MR x NR registers; KC x NR sliver of B (16 KiB) stays in L1, the MC x KC block of A
    (144 KiB) in L2, the KC x NC panel of B (3 MiB) in L3. Fixed constants: results must not
    depend on anything but the inputs (see THREADS AND DETERMINISM). */
@@ -9316,7 +9919,9 @@ static const ioupos_backend ioupos__backend_cpu = {
   ioupos_patch_embed_backward, ioupos_patch_merging_forward, ioupos_patch_merging_backward,
   ioupos_residual_forward, ioupos_residual_backward, ioupos_mlp_forward, ioupos_mlp_backward,
   ioupos_swin_attention_forward, ioupos_swin_attention_backward, ioupos_wnlinear_forward,
-  ioupos_wnlinear_backward
+  ioupos_wnlinear_backward, ioupos_simsiam_loss_forward, ioupos_simsiam_loss_backward,
+  ioupos_dino_loss_forward, ioupos_dino_loss_backward, ioupos_dino_center_update,
+  ioupos_sgd_step, ioupos_adamw_step, ioupos_ema_update, ioupos_clip_grad_per_param
 };
 
 IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void) { return &ioupos__backend_cpu; }
@@ -9771,12 +10376,42 @@ static size_t ioupos__act(ioupos_tensor_table *tt, int *bad, size_t n, const cha
 
 #define IOUPOS__MAX(a, b) ((a) > (b) ? (a) : (b))
 
+IOUPOS_DEF int ioupos_swin_encoder_buffers(const ioupos_swin_encoder *e, ioupos_params *p) {
+  const ioupos_swin_config *c = &e->cfg;
+  const ioupos_tensor_info *t = &p->table.t[e->blocks[0].rel_index];
+  ioupos_swin_geom g;
+  int big[3], d, bi, *idx = (int *)ioupos__calloc(t->numel, sizeof(int));
+  size_t q;
+  if (!idx) return ioupos__fail(IOUPOS_ENOMEM, "out of memory filling the encoder's buffers");
+  /* MONAI's full index of the configured window: a geometry whose map exceeds the window */
+  for (d = 0; d < 3; ++d) big[d] = 2 * (d < c->spatial_dims ? c->window[d] : 1);
+  ioupos_swin_geom_init(&g, c->spatial_dims, 1, big, c->window, NULL);
+  ioupos_swin_relative_index(idx, &g);
+  for (bi = 0; bi < e->n_blocks; ++bi)
+    for (q = 0; q < t->numel; ++q)
+      p->ivalue[p->table.t[e->blocks[bi].rel_index].offset + q] = idx[q];
+  IOUPOS_FREE(idx);
+  return 0;
+}
+
+IOUPOS_DEF void ioupos_swin_encoder_clone(ioupos_swin_encoder *dst, const ioupos_swin_encoder *src) {
+  int k;
+  memcpy(dst, src, sizeof *dst);
+  /* the structure and parameter indices, none of the plan */
+  memset(&dst->acts, 0, sizeof dst->acts);
+  dst->be = NULL;
+  dst->act = dst->scratch = NULL;
+  dst->index = NULL;
+  dst->batch = 0;
+  for (k = 0; k < 3; ++k) dst->in_shape[k] = 0;
+}
+
 IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p, int batch,
                                         const int *shape) {
   const ioupos_swin_config *c = &e->cfg;
   const ioupos_backend *be = p->be;
   int nd = c->spatial_dims, s, d, k, bi, rc, same = e->act && e->batch == batch;
-  int shift[3], big[3], *ihost = NULL;
+  int shift[3], *ihost = NULL;
   size_t ni = 0, maxnc = 0, big_scratch = 0, col, n;
   int bad = 0;
   float *mhost = NULL;
@@ -9787,24 +10422,8 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
       return ioupos__fail(IOUPOS_EINVAL, "input size %d out of range", shape[d]);
     same = same && e->in_shape[d] == shape[d];
   }
-  /* the relative_position_index buffers (MONAI's full index of the configured window) */
-  for (d = 0; d < nd; ++d) {
-    big[d] = 2 * c->window[d];
-    shift[d] = c->window[d] / 2;
-  }
-  {
-    ioupos_swin_geom g;
-    const ioupos_tensor_info *t = &p->table.t[e->blocks[0].rel_index];
-    int *idx = (int *)ioupos__calloc(t->numel, sizeof(int));
-    size_t q;
-    if (!idx) return ioupos__fail(IOUPOS_ENOMEM, "out of memory planning the encoder");
-    ioupos_swin_geom_init(&g, nd, 1, big, c->window, NULL);
-    ioupos_swin_relative_index(idx, &g);
-    for (bi = 0; bi < e->n_blocks; ++bi)
-      for (q = 0; q < t->numel; ++q)
-        p->ivalue[p->table.t[e->blocks[bi].rel_index].offset + q] = idx[q];
-    IOUPOS_FREE(idx);
-  }
+  for (d = 0; d < nd; ++d) shift[d] = c->window[d] / 2;
+  if ((rc = ioupos_swin_encoder_buffers(e, p)) != 0) return rc;
   if (same) return 0;
   ioupos__swin_release(e);
   e->be = be;
@@ -10368,6 +10987,1037 @@ IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, 
   }
   if (rc) return rc;
   return be->sync();
+}
+
+/* ---- 18. Pretraining: SimSiam and DINO, run directories, exact resume ----------------------- */
+
+#include <sys/stat.h>
+#include <time.h>
+
+IOUPOS_DEF double ioupos_collapse_level(double avg_std, int dim) {
+  double c = 1.0 - sqrt((double)dim) * avg_std;
+  return c > 0.0 ? c : 0.0;
+}
+
+/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D] */
+static double ioupos__norm_std(const float *x, int N, int D) {
+  double *mu = (double *)ioupos__calloc((size_t)2 * D + 1, sizeof(double)), *sq = mu + D, s = 0.0;
+  int n, d;
+  if (!mu || N < 2) {
+    IOUPOS_FREE(mu);
+    return 0.0;
+  }
+  for (n = 0; n < N; ++n) {
+    const float *r = x + (size_t)n * D;
+    double nrm = 0.0;
+    for (d = 0; d < D; ++d) nrm += (double)r[d] * r[d];
+    nrm = sqrt(nrm);
+    if (nrm < 1e-12) nrm = 1e-12;
+    for (d = 0; d < D; ++d) {
+      double v = r[d] / nrm;
+      mu[d] += v;
+      sq[d] += v * v;
+    }
+  }
+  for (d = 0; d < D; ++d) {
+    double var = (sq[d] - mu[d] * mu[d] / N) / (N - 1);
+    s += sqrt(var > 0.0 ? var : 0.0);
+  }
+  IOUPOS_FREE(mu);
+  return s / D;
+}
+
+/* the monitor of rows [N][D] on the backend */
+static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x, int N, int D) {
+  float *h = (float *)ioupos__calloc((size_t)N * D + 1, sizeof(float));
+  double s;
+  if (!h) return 0.0;
+  be->download(h, x, (size_t)N * D * sizeof(float));
+  s = ioupos__norm_std(h, N, D);
+  IOUPOS_FREE(h);
+  return s;
+}
+
+/* (re)allocates a backend buffer of n floats */
+static int ioupos__bbuf(const ioupos_backend *be, float **p, size_t n) {
+  be->release(*p);
+  *p = (float *)be->alloc((n ? n : 1) * sizeof(float));
+  return *p ? 0 : ioupos__fail(IOUPOS_ENOMEM, "out of memory for %zu floats of training buffers", n);
+}
+
+static size_t ioupos__npix(const ioupos_swin_config *c, const int *shape) {
+  size_t n = (size_t)c->in_chans;
+  int d;
+  for (d = 0; d < c->spatial_dims; ++d) n *= (size_t)shape[d];
+  return n;
+}
+
+/* ---- SimSiam ---- */
+
+IOUPOS_DEF void ioupos_simsiam_config_default(ioupos_simsiam_config *c, int spatial_dims) {
+  ioupos_swin_config_default(&c->enc, spatial_dims);
+  c->proj_hidden = 2048;
+  c->proj_out = 2048;
+  c->pred_hidden = 512;
+}
+
+IOUPOS_DEF int ioupos_simsiam_init(ioupos_simsiam *m, const ioupos_simsiam_config *cfg,
+                                   const ioupos_backend *be, uint64_t seed) {
+  int rc, F = ioupos_swin_feature_dim(&cfg->enc);
+  ioupos_rng r;
+  memset(m, 0, sizeof *m);
+  m->cfg = *cfg;
+  if ((rc = ioupos_swin_encoder_init(&m->enc, &cfg->enc, &m->p.table, "backbone.")) ||
+      (rc = ioupos_head_simsiam_projection(&m->proj, &m->p.table, "projection_head.", F,
+                                           cfg->proj_hidden, cfg->proj_out)) ||
+      (rc = ioupos_head_simsiam_prediction(&m->pred, &m->p.table, "prediction_head.",
+                                           cfg->proj_out, cfg->pred_hidden, cfg->proj_out)) ||
+      (rc = ioupos_params_alloc(&m->p, be, 1)))
+    goto fail;
+  ioupos_rng_seed(&r, seed);
+  if ((rc = ioupos_params_init(&m->p, &r)) != 0) goto fail;
+  ioupos_swin_encoder_buffers(&m->enc, &m->p);
+  m->momentum = (float *)be->alloc(m->p.table.total * sizeof(float));
+  if (!m->momentum) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the optimiser state");
+    goto fail;
+  }
+  return 0;
+fail:
+  ioupos_simsiam_free(m);
+  return rc;
+}
+
+IOUPOS_DEF void ioupos_simsiam_free(ioupos_simsiam *m) {
+  const ioupos_backend *be = m->p.be;
+  if (be) {
+    be->release(m->momentum);
+    be->release(m->x);
+    be->release(m->dp);
+    be->release(m->dz);
+    be->release(m->df);
+  }
+  ioupos_swin_encoder_free(&m->enc);
+  ioupos_head_free(&m->proj);
+  ioupos_head_free(&m->pred);
+  ioupos_params_free(&m->p);
+  memset(m, 0, sizeof *m);
+}
+
+IOUPOS_DEF void ioupos_simsiam_zero_grad(ioupos_simsiam *m) {
+  m->p.be->zero(m->p.grad, m->p.table.total * sizeof(float));
+}
+
+IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, const float *view2,
+                                         int B, const int *shape, float scale, ioupos_rng *rng,
+                                         ioupos_ssl_stats *st) {
+  ioupos_params *p = &m->p;
+  const ioupos_backend *be = p->be;
+  int F = ioupos_swin_feature_dim(&m->cfg.enc), P = m->cfg.proj_out, v, rc;
+  size_t npix = ioupos__npix(&m->cfg.enc, shape);
+  const float *f, *z[2], *pp[2];
+  double loss;
+  if (B < 2) return ioupos__fail(IOUPOS_EINVAL, "SimSiam needs a batch of at least 2 (batch norm)");
+  if (B != m->batch || (int)npix != m->npix) {
+    if ((rc = ioupos__bbuf(be, &m->x, 2 * (size_t)B * npix)) ||
+        (rc = ioupos__bbuf(be, &m->dp, 2 * (size_t)B * P)) ||
+        (rc = ioupos__bbuf(be, &m->dz, 2 * (size_t)B * P)) ||
+        (rc = ioupos__bbuf(be, &m->df, 2 * (size_t)B * F)))
+      return rc;
+    m->batch = B;
+    m->npix = (int)npix;
+  }
+  if ((rc = ioupos_swin_encoder_plan(&m->enc, p, 2 * B, shape)) ||
+      (rc = ioupos_head_plan(&m->proj, p, B, 2)) || (rc = ioupos_head_plan(&m->pred, p, B, 2)))
+    return rc;
+  /* both views through the backbone at once (no batch norm there), the heads per view */
+  be->upload(m->x, view1, (size_t)B * npix * sizeof(float));
+  be->upload(m->x + (size_t)B * npix, view2, (size_t)B * npix * sizeof(float));
+  if ((rc = ioupos_swin_encoder_forward(&m->enc, p, m->x, 1, rng)) != 0) return rc;
+  f = ioupos_swin_encoder_feature(&m->enc);
+  for (v = 0; v < 2; ++v) {
+    if ((rc = ioupos_head_forward(&m->proj, p, v, f + (size_t)v * B * F, 1)) ||
+        (rc = ioupos_head_forward(&m->pred, p, v, ioupos_head_output(&m->proj, v), 1)))
+      return rc;
+    z[v] = ioupos_head_output(&m->proj, v);
+    pp[v] = ioupos_head_output(&m->pred, v);
+  }
+  loss = be->simsiam_loss_forward(pp[0], pp[1], z[0], z[1], B, P);
+  if (st) {
+    st->loss = loss;
+    st->p_std = ioupos__backend_norm_std(be, pp[0], B, P);
+    st->z_std = ioupos__backend_norm_std(be, z[0], B, P);
+  }
+  be->zero(m->dp, 2 * (size_t)B * P * sizeof(float));
+  be->zero(m->dz, 2 * (size_t)B * P * sizeof(float));
+  be->zero(m->df, 2 * (size_t)B * F * sizeof(float));
+  be->simsiam_loss_backward(m->dp, m->dp + (size_t)B * P, scale, pp[0], pp[1], z[0], z[1], B, P);
+  for (v = 0; v < 2; ++v)
+    if ((rc = ioupos_head_backward(&m->pred, p, v, m->dp + (size_t)v * B * P, z[v],
+                                   m->dz + (size_t)v * B * P)) ||
+        (rc = ioupos_head_backward(&m->proj, p, v, m->dz + (size_t)v * B * P,
+                                   f + (size_t)v * B * F, m->df + (size_t)v * B * F)))
+      return rc;
+  return ioupos_swin_encoder_backward(&m->enc, p, NULL, m->df, NULL);
+}
+
+IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred, double momentum,
+                                   double wd) {
+  ioupos_params *p = &m->p;
+  int i;
+  for (i = 0; i < p->table.n; ++i) {
+    const ioupos_tensor_info *t = &p->table.t[i];
+    int pred = strncmp(t->name, "prediction_head.", 16) == 0;
+    if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+      continue;
+    p->be->sgd_step(p->value + t->offset, p->grad + t->offset, m->momentum + t->offset, t->numel,
+                    (float)(pred ? lr_pred : lr), (float)momentum,
+                    (t->flags & IOUPOS_TENSOR_NO_DECAY) ? 0.0f : (float)wd, m->steps == 0);
+  }
+  ++m->steps;
+  return p->be->sync();
+}
+
+/* ---- DINO ---- */
+
+IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_dims) {
+  ioupos_swin_config_default(&c->enc, spatial_dims);
+  c->hidden = 2048;
+  c->bottleneck = 256;
+  c->out_dim = 1024;
+  c->norm_last_layer = 1;
+  c->student_temp = 0.1f;
+  c->center_momentum = 0.9f;
+}
+
+IOUPOS_DEF int ioupos_dino_init(ioupos_dino *m, const ioupos_dino_config *cfg,
+                                const ioupos_backend *be, uint64_t seed) {
+  int rc, F = ioupos_swin_feature_dim(&cfg->enc);
+  ioupos_swin_config tcfg = cfg->enc;
+  ioupos_rng r;
+  memset(m, 0, sizeof *m);
+  m->cfg = *cfg;
+  tcfg.drop_path_rate = 0.0f; /* the teacher never drops paths (the research code's did) */
+  if ((rc = ioupos_swin_encoder_init(&m->enc_s, &cfg->enc, &m->s.table, "backbone.")) ||
+      (rc = ioupos_head_dino(&m->head_s, &m->s.table, "head.", F, cfg->hidden, cfg->bottleneck,
+                             cfg->out_dim, cfg->norm_last_layer)) ||
+      (rc = ioupos_swin_encoder_init(&m->enc_t, &tcfg, &m->t.table, "backbone.")) ||
+      (rc = ioupos_head_dino(&m->head_t, &m->t.table, "head.", F, cfg->hidden, cfg->bottleneck,
+                             cfg->out_dim, cfg->norm_last_layer)) ||
+      (rc = ioupos_params_alloc(&m->s, be, 1)) || (rc = ioupos_params_alloc(&m->t, be, 0)))
+    goto fail;
+  ioupos_swin_encoder_clone(&m->enc_sl, &m->enc_s);
+  ioupos_rng_seed(&r, seed);
+  if ((rc = ioupos_params_init(&m->s, &r)) != 0) goto fail;
+  ioupos_swin_encoder_buffers(&m->enc_s, &m->s);
+  if ((rc = ioupos_params_copy(&m->t, &m->s)) != 0) goto fail;
+  m->m1 = (float *)be->alloc(m->s.table.total * sizeof(float));
+  m->m2 = (float *)be->alloc(m->s.table.total * sizeof(float));
+  m->center = (float *)be->alloc((size_t)cfg->out_dim * sizeof(float));
+  m->adam_steps = (int64_t *)ioupos__calloc((size_t)m->s.table.n + 1, sizeof(int64_t));
+  if (!m->m1 || !m->m2 || !m->center || !m->adam_steps) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the DINO optimiser state");
+    goto fail;
+  }
+  return 0;
+fail:
+  ioupos_dino_free(m);
+  return rc;
+}
+
+IOUPOS_DEF void ioupos_dino_free(ioupos_dino *m) {
+  const ioupos_backend *be = m->s.be;
+  if (be) {
+    float **bufs[] = {&m->m1, &m->m2, &m->center, &m->x, &m->xl, &m->feat, &m->dfeat,
+                      &m->tprob, &m->slogp, &m->dout};
+    size_t i;
+    for (i = 0; i < sizeof bufs / sizeof *bufs; ++i) be->release(*bufs[i]);
+  }
+  IOUPOS_FREE(m->adam_steps);
+  ioupos_swin_encoder_free(&m->enc_s);
+  ioupos_swin_encoder_free(&m->enc_sl);
+  ioupos_swin_encoder_free(&m->enc_t);
+  ioupos_head_free(&m->head_s);
+  ioupos_head_free(&m->head_t);
+  ioupos_params_free(&m->s);
+  ioupos_params_free(&m->t);
+  memset(m, 0, sizeof *m);
+}
+
+IOUPOS_DEF void ioupos_dino_zero_grad(ioupos_dino *m) {
+  m->s.be->zero(m->s.grad, m->s.table.total * sizeof(float));
+}
+
+IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const float *g2,
+                                      const float *local, int n_local, int B, const int *shape,
+                                      const int *lshape, float teacher_temp, float scale,
+                                      ioupos_rng *rng, ioupos_ssl_stats *st) {
+  const ioupos_backend *be = m->s.be;
+  int F = ioupos_swin_feature_dim(&m->cfg.enc), D = m->cfg.out_dim, NS = 2 + n_local, rc;
+  size_t npix = ioupos__npix(&m->cfg.enc, shape), nlpix = n_local ? ioupos__npix(&m->cfg.enc, lshape) : 0;
+  const float *tout, *sout;
+  double loss;
+  if (B < 1 || n_local < 0 || NS > IOUPOS_HEAD_MAX_VIEWS)
+    return ioupos__fail(IOUPOS_EINVAL, "DINO: batch %d, %d local views", B, n_local);
+  if (B != m->batch || n_local != m->n_local || (int)npix != m->npix || (int)nlpix != m->nlpix) {
+    if ((rc = ioupos__bbuf(be, &m->x, 2 * (size_t)B * npix)) ||
+        (rc = ioupos__bbuf(be, &m->xl, (size_t)n_local * B * nlpix)) ||
+        (rc = ioupos__bbuf(be, &m->feat, (size_t)NS * B * F)) ||
+        (rc = ioupos__bbuf(be, &m->dfeat, (size_t)NS * B * F)) ||
+        (rc = ioupos__bbuf(be, &m->tprob, 2 * (size_t)B * D)) ||
+        (rc = ioupos__bbuf(be, &m->slogp, (size_t)NS * B * D)) ||
+        (rc = ioupos__bbuf(be, &m->dout, (size_t)NS * B * D)))
+      return rc;
+    m->batch = B;
+    m->n_local = n_local;
+    m->npix = (int)npix;
+    m->nlpix = (int)nlpix;
+  }
+  if ((rc = ioupos_swin_encoder_plan(&m->enc_s, &m->s, 2 * B, shape)) ||
+      (rc = ioupos_swin_encoder_plan(&m->enc_t, &m->t, 2 * B, shape)) ||
+      (n_local && (rc = ioupos_swin_encoder_plan(&m->enc_sl, &m->s, n_local * B, lshape))) ||
+      (rc = ioupos_head_plan(&m->head_s, &m->s, NS * B, 1)) ||
+      (rc = ioupos_head_plan(&m->head_t, &m->t, 2 * B, 1)))
+    return rc;
+  be->upload(m->x, g1, (size_t)B * npix * sizeof(float));
+  be->upload(m->x + (size_t)B * npix, g2, (size_t)B * npix * sizeof(float));
+  if (n_local) be->upload(m->xl, local, (size_t)n_local * B * nlpix * sizeof(float));
+  /* teacher on the global views, eval mode */
+  if ((rc = ioupos_swin_encoder_forward(&m->enc_t, &m->t, m->x, 0, NULL)) ||
+      (rc = ioupos_head_forward(&m->head_t, &m->t, 0, ioupos_swin_encoder_feature(&m->enc_t), 0)))
+    return rc;
+  tout = ioupos_head_output(&m->head_t, 0);
+  /* student on the global then the local views; one head pass over all of them */
+  if ((rc = ioupos_swin_encoder_forward(&m->enc_s, &m->s, m->x, 1, rng)) != 0) return rc;
+  be->copy(m->feat, ioupos_swin_encoder_feature(&m->enc_s), 2 * (size_t)B * F * sizeof(float));
+  if (n_local) {
+    if ((rc = ioupos_swin_encoder_forward(&m->enc_sl, &m->s, m->xl, 1, rng)) != 0) return rc;
+    be->copy(m->feat + 2 * (size_t)B * F, ioupos_swin_encoder_feature(&m->enc_sl),
+             (size_t)n_local * B * F * sizeof(float));
+  }
+  if ((rc = ioupos_head_forward(&m->head_s, &m->s, 0, m->feat, 1)) != 0) return rc;
+  sout = ioupos_head_output(&m->head_s, 0);
+  loss = be->dino_loss_forward(m->tprob, m->slogp, tout, sout, m->center, 2, NS, B, D,
+                               teacher_temp, m->cfg.student_temp);
+  if (st) {
+    st->loss = loss;
+    st->p_std = ioupos__backend_norm_std(be, sout, B, D);
+    st->z_std = ioupos__backend_norm_std(be, tout, B, D);
+  }
+  be->zero(m->dout, (size_t)NS * B * D * sizeof(float));
+  be->zero(m->dfeat, (size_t)NS * B * F * sizeof(float));
+  be->dino_loss_backward(m->dout, scale, m->tprob, m->slogp, 2, NS, B, D, m->cfg.student_temp);
+  if ((rc = ioupos_head_backward(&m->head_s, &m->s, 0, m->dout, m->feat, m->dfeat)) ||
+      (rc = ioupos_swin_encoder_backward(&m->enc_s, &m->s, NULL, m->dfeat, NULL)) ||
+      (n_local && (rc = ioupos_swin_encoder_backward(&m->enc_sl, &m->s, NULL,
+                                                     m->dfeat + 2 * (size_t)B * F, NULL))))
+    return rc;
+  be->dino_center_update(m->center, tout, 2, B, D, m->cfg.center_momentum);
+  return be->sync();
+}
+
+IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
+                                int freeze_last_layer, float clip_grad, double teacher_m) {
+  ioupos_params *p = &m->s;
+  const ioupos_backend *be = p->be;
+  int i;
+  for (i = 0; i < p->table.n; ++i) {
+    const ioupos_tensor_info *t = &p->table.t[i];
+    float *g = p->grad + t->offset;
+    if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+      continue;
+    if (ioupos_dino_param_frozen(t->name, epoch, freeze_last_layer)) continue;
+    if (clip_grad > 0.0f) be->clip_grad_per_param(g, t->numel, clip_grad);
+    be->adamw_step(p->value + t->offset, g, m->m1 + t->offset, m->m2 + t->offset, t->numel,
+                   (float)lr, 0.9f, 0.999f, 1e-8f,
+                   (t->flags & IOUPOS_TENSOR_NO_DECAY) ? 0.0f : (float)wd,
+                   (int)++m->adam_steps[i]);
+  }
+  be->ema_update(m->t.value, p->value, p->table.total, teacher_m);
+  return be->sync();
+}
+
+/* ---- the run ---- */
+
+IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method) {
+  memset(o, 0, sizeof *o);
+  o->method = method;
+  ioupos_swin_config_default(&o->enc, 2);
+  o->chkpt_dir = "chkpts";
+  o->run_name = method == IOUPOS_SSL_DINO ? "dino" : "simsiam";
+  o->crop[0] = o->crop[1] = 96;
+  o->min_iou = 0.3;
+  o->max_iou = 0.6;
+  o->pair_mode = IOUPOS_PAIR_ANCHORED;
+  o->batch_size = 128;
+  o->n_epochs = 100;
+  o->accum_iters = 1;
+  o->seed = 4294967295u;
+  o->log_every = 10;
+  o->proj_hidden = 2048;
+  o->proj_out = 2048;
+  o->pred_hidden = 512;
+  o->hidden = 2048;
+  o->bottleneck = 256;
+  o->out_dim = 1024;
+  o->norm_last_layer = 1;
+  o->freeze_last_layer = 1;
+  o->local_crop[0] = o->local_crop[1] = 48;
+  o->local_min_iou = 0.0;
+  o->local_max_iou = 1.0;
+  o->momentum_teacher = 0.9995;
+  o->teacher_temp = 0.04;
+  o->warmup_teacher_temp = 0.04;
+  o->student_temp = 0.1;
+  o->center_momentum = 0.9;
+  o->clip_grad = 3.0;
+  if (method == IOUPOS_SSL_DINO) {
+    o->base_lr = 5e-5;
+    o->min_lr = 1e-6;
+    o->end_lr = 1e-6;
+    o->warmup_epochs = 10;
+    o->wd = 0.04;
+    o->wd_end = 0.4;
+  } else {
+    o->base_lr = 0.025;
+    o->end_lr = 1e-6;
+    o->wd = 1e-5;
+  }
+}
+
+static int ioupos__mkdirs(const char *path) {
+  char buf[4096];
+  size_t i, n = strlen(path);
+  if (n == 0 || n >= sizeof buf)
+    return ioupos__fail(IOUPOS_EINVAL, "directory name '%s' is empty or too long", path);
+  memcpy(buf, path, n + 1);
+  for (i = 1; i <= n; ++i)
+    if (buf[i] == '/' || buf[i] == '\0') {
+      char c = buf[i];
+      struct stat sb;
+      buf[i] = '\0';
+      if (stat(buf, &sb) != 0) {
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+          return ioupos__fail(IOUPOS_EIO, "cannot create directory %s: %s", buf, strerror(errno));
+      } else if (!S_ISDIR(sb.st_mode)) {
+        return ioupos__fail(IOUPOS_EIO, "%s exists and is not a directory", buf);
+      }
+      buf[i] = c;
+    }
+  return 0;
+}
+
+/* JSON string body escaping (for file names and the commit in metrics / flags files) */
+static void ioupos__json_escape(char *dst, size_t cap, const char *s) {
+  size_t k = 0;
+  for (; s && *s && k + 7 < cap; ++s) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') {
+      dst[k++] = '\\';
+      dst[k++] = (char)c;
+    } else if (c < 0x20) {
+      k += (size_t)snprintf(dst + k, cap - k, "\\u%04x", c);
+    } else {
+      dst[k++] = (char)c;
+    }
+  }
+  dst[k] = '\0';
+}
+
+/* A growing list of tensors for a state file. */
+typedef struct ioupos__tlist {
+  int n;
+  size_t cap;
+  ioupos_st_tensor *t;
+  char **names;
+  size_t ncap;
+} ioupos__tlist;
+
+static int ioupos__tlist_add(ioupos__tlist *l, const char *prefix, const char *name, int dtype,
+                             int ndim, const int64_t *shape, const void *data, size_t nbytes) {
+  size_t len = strlen(prefix) + strlen(name) + 1;
+  char *nm;
+  int d;
+  if (!ioupos__grow((void **)&l->t, (size_t)l->n, &l->cap, sizeof *l->t) ||
+      !ioupos__grow((void **)&l->names, (size_t)l->n, &l->ncap, sizeof *l->names) ||
+      !(nm = (char *)ioupos__calloc(len, 1)))
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory collecting the training state");
+  memcpy(nm, prefix, strlen(prefix));
+  memcpy(nm + strlen(prefix), name, strlen(name) + 1);
+  l->names[l->n] = nm;
+  memset(&l->t[l->n], 0, sizeof l->t[l->n]);
+  l->t[l->n].name = nm;
+  l->t[l->n].dtype = dtype;
+  l->t[l->n].ndim = ndim;
+  for (d = 0; d < ndim; ++d) l->t[l->n].shape[d] = shape[d];
+  l->t[l->n].data = data;
+  l->t[l->n].nbytes = nbytes;
+  ++l->n;
+  return 0;
+}
+
+static void ioupos__tlist_free(ioupos__tlist *l) {
+  int i;
+  for (i = 0; i < l->n; ++i) IOUPOS_FREE(l->names[i]);
+  IOUPOS_FREE(l->names);
+  IOUPOS_FREE(l->t);
+  memset(l, 0, sizeof *l);
+}
+
+/* every tensor of table tt with values in host arena h (F32) / ih (I64; NULL: F32 only) */
+static int ioupos__tlist_table(ioupos__tlist *l, const char *prefix, const ioupos_tensor_table *tt,
+                               const float *h, const int64_t *ih) {
+  int i, rc;
+  for (i = 0; i < tt->n; ++i) {
+    const ioupos_tensor_info *t = &tt->t[i];
+    if (t->dtype == IOUPOS_ST_I64 && !ih) continue;
+    if (t->dtype == IOUPOS_ST_F32 && !ih && (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+      continue;
+    rc = ioupos__tlist_add(l, prefix, t->name, t->dtype, t->ndim, t->shape,
+                           t->dtype == IOUPOS_ST_F32 ? (const void *)(h + t->offset)
+                                                     : (const void *)(ih + t->offset),
+                           t->numel * (t->dtype == IOUPOS_ST_F32 ? 4 : 8));
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* a host copy of a backend arena of n floats (NULL on failure) */
+static float *ioupos__host_copy(const ioupos_backend *be, const float *src, size_t n) {
+  float *h = (float *)ioupos__calloc(n + 1, sizeof(float));
+  if (h && n) be->download(h, src, n * sizeof(float));
+  return h;
+}
+
+/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst */
+static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
+                              const ioupos_tensor_table *tt, const ioupos_backend *be, float *dst) {
+  float *h = (float *)ioupos__calloc(tt->total + 1, sizeof(float));
+  char name[2 * IOUPOS_TENSOR_NAME_MAX];
+  int i;
+  if (!h) return ioupos__fail(IOUPOS_ENOMEM, "out of memory reading the training state");
+  for (i = 0; i < tt->n; ++i) {
+    const ioupos_tensor_info *t = &tt->t[i];
+    const ioupos_st_tensor *ft;
+    if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+      continue;
+    ioupos__join(name, sizeof name, prefix, t->name);
+    ft = ioupos_safetensors_find(f, name);
+    if (!ft || ft->dtype != IOUPOS_ST_F32 || ft->nbytes != t->numel * 4 ||
+        ioupos_st_to_f32(ft, h + t->offset) != 0) {
+      IOUPOS_FREE(h);
+      return ioupos__fail(IOUPOS_EFORMAT, "training state lacks a matching '%s'", name);
+    }
+  }
+  be->upload(dst, h, tt->total * sizeof(float));
+  IOUPOS_FREE(h);
+  return be->sync();
+}
+
+static int ioupos__st_i64(const ioupos_st_file *f, const char *name, int64_t *v, size_t n) {
+  const ioupos_st_tensor *t = ioupos_safetensors_find(f, name);
+  size_t k;
+  if (!t || t->dtype != IOUPOS_ST_I64 || t->nbytes != 8 * n)
+    return ioupos__fail(IOUPOS_EFORMAT, "training state lacks '%s' (%zu int64)", name, n);
+  for (k = 0; k < n; ++k) {
+    const unsigned char *b = (const unsigned char *)t->data + 8 * k;
+    uint64_t u = 0;
+    int i;
+    for (i = 7; i >= 0; --i) u = (u << 8) | b[i];
+    v[k] = (int64_t)u;
+  }
+  return 0;
+}
+
+/* the run's position and configuration, stored as "train.counters" */
+enum {
+  IOUPOS__C_METHOD, IOUPOS__C_EPOCH, IOUPOS__C_STEP, IOUPOS__C_OPT_STEPS, IOUPOS__C_SEED,
+  IOUPOS__C_BATCH, IOUPOS__C_ACCUM, IOUPOS__C_EPOCHS, IOUPOS__C_CROP0, IOUPOS__C_CROP1,
+  IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
+};
+
+typedef struct ioupos__run {
+  const ioupos_pretrain_opts *o;
+  char dir[4096];
+  ioupos_simsiam ss;
+  ioupos_dino dn;
+  int64_t c[IOUPOS__C_N];
+  double avg_std;        /* EMA (0.9) of p_std: the research collapse monitor */
+  double ep_loss, ep_n;  /* the current epoch's loss sum and steps (for its mean) */
+} ioupos__run;
+
+static ioupos_params *ioupos__run_params(ioupos__run *r) {
+  return r->o->method == IOUPOS_SSL_DINO ? &r->dn.s : &r->ss.p;
+}
+
+static int ioupos__save_state(ioupos__run *r, const char *path) {
+  ioupos__tlist l;
+  const ioupos_pretrain_opts *o = r->o;
+  ioupos_params *p = ioupos__run_params(r);
+  const ioupos_backend *be = p->be;
+  float *hp = ioupos__host_copy(be, p->value, p->table.total), *h1 = NULL, *h2 = NULL, *ht = NULL,
+        *hc = NULL;
+  double mon[3];
+  int64_t cshape[1] = {IOUPOS__C_N}, one[1] = {1}, three[1] = {3};
+  ioupos_st_pair meta[2];
+  int rc;
+  memset(&l, 0, sizeof l);
+  mon[0] = r->avg_std;
+  mon[1] = r->ep_loss;
+  mon[2] = r->ep_n;
+  if (!hp) return ioupos__fail(IOUPOS_ENOMEM, "out of memory saving the training state");
+  rc = ioupos__tlist_table(&l, "model.", &p->table, hp, p->ivalue);
+  if (o->method == IOUPOS_SSL_DINO) {
+    int64_t dshape[1];
+    int i;
+    h1 = ioupos__host_copy(be, r->dn.m1, p->table.total);
+    h2 = ioupos__host_copy(be, r->dn.m2, p->table.total);
+    ht = ioupos__host_copy(be, r->dn.t.value, p->table.total);
+    hc = ioupos__host_copy(be, r->dn.center, (size_t)r->dn.cfg.out_dim);
+    dshape[0] = r->dn.cfg.out_dim;
+    if (!h1 || !h2 || !ht || !hc) rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+    if (!rc) rc = ioupos__tlist_table(&l, "teacher.", &r->dn.t.table, ht, r->dn.t.ivalue);
+    if (!rc) rc = ioupos__tlist_table(&l, "optim.exp_avg.", &p->table, h1, NULL);
+    if (!rc) rc = ioupos__tlist_table(&l, "optim.exp_avg_sq.", &p->table, h2, NULL);
+    for (i = 0; !rc && i < p->table.n; ++i)
+      if (p->table.t[i].dtype == IOUPOS_ST_F32 &&
+          !(p->table.t[i].flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+        rc = ioupos__tlist_add(&l, "optim.step.", p->table.t[i].name, IOUPOS_ST_I64, 1, one,
+                               &r->dn.adam_steps[i], 8);
+    if (!rc) rc = ioupos__tlist_add(&l, "", "dino.center", IOUPOS_ST_F32, 1, dshape, hc,
+                                    (size_t)dshape[0] * 4);
+  } else {
+    h1 = ioupos__host_copy(be, r->ss.momentum, p->table.total);
+    if (!h1) rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+    if (!rc) rc = ioupos__tlist_table(&l, "optim.momentum.", &p->table, h1, NULL);
+  }
+  if (!rc) rc = ioupos__tlist_add(&l, "", "train.counters", IOUPOS_ST_I64, 1, cshape, r->c, sizeof r->c);
+  if (!rc) rc = ioupos__tlist_add(&l, "", "train.monitor", IOUPOS_ST_F64, 1, three, mon, sizeof mon);
+  meta[0].key = "flags";
+  meta[0].value = o->flags_json ? o->flags_json : "{}";
+  meta[1].key = "commit";
+  meta[1].value = o->git_commit ? o->git_commit : "unknown";
+  if (!rc) rc = ioupos_safetensors_write(path, l.n, l.t, 2, meta);
+  ioupos__tlist_free(&l);
+  IOUPOS_FREE(hp);
+  IOUPOS_FREE(h1);
+  IOUPOS_FREE(h2);
+  IOUPOS_FREE(ht);
+  IOUPOS_FREE(hc);
+  return rc;
+}
+
+static int ioupos__load_state(ioupos__run *r, const char *path) {
+  static const char *const what[IOUPOS__C_N] = {
+    "the method", NULL, NULL, NULL, "--seed", "--batch_size", "--accum_iters", "--n_epochs",
+    "--crop_size", "--crop_size", "--n_local_crops", "the data set size"};
+  const ioupos_pretrain_opts *o = r->o;
+  ioupos_params *p = ioupos__run_params(r);
+  ioupos_st_file f;
+  int64_t c[IOUPOS__C_N];
+  double mon[3] = {0.0, 0.0, 0.0};
+  int rc, i, nl, no;
+  if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
+  rc = ioupos__st_i64(&f, "train.counters", c, IOUPOS__C_N);
+  for (i = 0; rc == 0 && i < IOUPOS__C_N; ++i)
+    if (what[i] && c[i] != r->c[i])
+      rc = ioupos__fail(IOUPOS_EINVAL,
+                        "cannot resume %s: it was run with another %s (%lld, now %lld); resume "
+                        "with the same flags or start a new --run_name",
+                        path, what[i], (long long)c[i], (long long)r->c[i]);
+  if (rc == 0) rc = ioupos_params_load(p, &f, "", "model.", &nl, &no);
+  if (rc == 0 && o->method == IOUPOS_SSL_DINO) {
+    rc = ioupos_params_load(&r->dn.t, &f, "", "teacher.", &nl, &no);
+    if (!rc) rc = ioupos__load_arena(&f, "optim.exp_avg.", &p->table, p->be, r->dn.m1);
+    if (!rc) rc = ioupos__load_arena(&f, "optim.exp_avg_sq.", &p->table, p->be, r->dn.m2);
+    for (i = 0; !rc && i < p->table.n; ++i)
+      if (p->table.t[i].dtype == IOUPOS_ST_F32 &&
+          !(p->table.t[i].flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN))) {
+        char name[2 * IOUPOS_TENSOR_NAME_MAX];
+        ioupos__join(name, sizeof name, "optim.step.", p->table.t[i].name);
+        rc = ioupos__st_i64(&f, name, &r->dn.adam_steps[i], 1);
+      }
+    if (!rc) {
+      const ioupos_st_tensor *t = ioupos_safetensors_find(&f, "dino.center");
+      float *h = (float *)ioupos__calloc((size_t)r->dn.cfg.out_dim, sizeof(float));
+      if (!t || !h || t->nbytes != (size_t)r->dn.cfg.out_dim * 4 || ioupos_st_to_f32(t, h) != 0)
+        rc = ioupos__fail(IOUPOS_EFORMAT, "%s lacks a matching dino.center", path);
+      else p->be->upload(r->dn.center, h, (size_t)r->dn.cfg.out_dim * 4);
+      IOUPOS_FREE(h);
+    }
+  } else if (rc == 0) {
+    rc = ioupos__load_arena(&f, "optim.momentum.", &p->table, p->be, r->ss.momentum);
+    r->ss.steps = c[IOUPOS__C_OPT_STEPS];
+  }
+  if (rc == 0) {
+    const ioupos_st_tensor *t = ioupos_safetensors_find(&f, "train.monitor");
+    if (t && t->dtype == IOUPOS_ST_F64 && t->nbytes == sizeof mon) memcpy(mon, t->data, sizeof mon);
+    memcpy(r->c, c, sizeof c);
+    r->avg_std = mon[0];
+    r->ep_loss = mon[1];
+    r->ep_n = mon[2];
+  }
+  ioupos_safetensors_free(&f);
+  return rc;
+}
+
+/* the model checkpoint with MONAI / PyTorch names */
+static int ioupos__save_checkpoint(ioupos__run *r, const char *path) {
+  ioupos_st_pair meta[1];
+  char epoch[32];
+  snprintf(epoch, sizeof epoch, "%lld", (long long)r->c[IOUPOS__C_EPOCH]);
+  meta[0].key = "epochs_done";
+  meta[0].value = epoch;
+  if (r->o->method == IOUPOS_SSL_DINO) {
+    /* the teacher as backbone.* / head.* (DINO evaluates the teacher), the student beside it:
+       write both into one file */
+    ioupos__tlist l;
+    const ioupos_backend *be = r->dn.s.be;
+    float *hs = ioupos__host_copy(be, r->dn.s.value, r->dn.s.table.total);
+    float *ht = ioupos__host_copy(be, r->dn.t.value, r->dn.t.table.total);
+    int rc = hs && ht ? 0 : ioupos__fail(IOUPOS_ENOMEM, "out of memory saving %s", path);
+    memset(&l, 0, sizeof l);
+    if (!rc) rc = ioupos__tlist_table(&l, "", &r->dn.t.table, ht, r->dn.t.ivalue);
+    if (!rc) rc = ioupos__tlist_table(&l, "student.", &r->dn.s.table, hs, r->dn.s.ivalue);
+    if (!rc) rc = ioupos_safetensors_write(path, l.n, l.t, 1, meta);
+    ioupos__tlist_free(&l);
+    IOUPOS_FREE(hs);
+    IOUPOS_FREE(ht);
+    return rc;
+  }
+  return ioupos_params_save(&r->ss.p, path, "", "", 1, meta);
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void ioupos__run_log(const ioupos_pretrain_opts *o, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  if (!o->log) return;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  o->log(o->log_ctx, line);
+}
+
+static double ioupos__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* keeps the metrics lines whose "step" is at most `step` (a resumed run rewrites its future) */
+static int ioupos__metrics_truncate(const char *path, long long step) {
+  void *data = NULL;
+  size_t size = 0, i = 0, keep = 0;
+  char *s;
+  int rc;
+  if (ioupos_read_file(path, &data, &size) != 0) return 0; /* no file yet */
+  s = (char *)data;
+  while (i < size) {
+    size_t j = i;
+    const char *k;
+    long long v = -1;
+    while (j < size && s[j] != '\n') ++j;
+    k = strstr(s + i, "\"step\":");
+    if (k && k < s + j) v = strtoll(k + 7, NULL, 10);
+    if (v <= step) {
+      memmove(s + keep, s + i, j - i + (j < size));
+      keep += j - i + (j < size);
+    }
+    i = j + 1;
+  }
+  rc = ioupos_write_file_atomic(path, s, keep);
+  IOUPOS_FREE(data);
+  return rc;
+}
+
+static int ioupos__append(const char *path, const char *line) {
+  FILE *fp = fopen(path, "a");
+  int ok;
+  if (!fp) return ioupos__fail(IOUPOS_EIO, "cannot open %s: %s", path, strerror(errno));
+  ok = fputs(line, fp) >= 0;
+  ok = (fclose(fp) == 0) && ok;
+  return ok ? 0 : ioupos__fail(IOUPOS_EIO, "cannot write %s: %s", path, strerror(errno));
+}
+
+static int ioupos__run_check(const ioupos_pretrain_opts *o) {
+  if (o->method != IOUPOS_SSL_SIMSIAM && o->method != IOUPOS_SSL_DINO)
+    return ioupos__fail(IOUPOS_EINVAL, "unknown method %d", o->method);
+  if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "--data_dir is required");
+  if (o->enc.spatial_dims != 2)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "--spatial_dims 3: 3D pretraining needs a NIfTI volume loader, which "
+                        "ioupos does not have yet (the research code's 3D path never ran either)");
+  if (o->batch_size < (o->method == IOUPOS_SSL_SIMSIAM ? 2 : 1))
+    return ioupos__fail(IOUPOS_EINVAL, "--batch_size %d: SimSiam needs at least 2 (batch norm)",
+                        o->batch_size);
+  if (o->n_epochs < 0 || o->accum_iters < 1 || o->log_every < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "--n_epochs %d, --accum_iters %d, --log_every %d out of range",
+                        o->n_epochs, o->accum_iters, o->log_every);
+  if (!(o->base_lr > 0.0) || !(o->end_lr >= 0.0) || !(o->wd >= 0.0) || !(o->warmup_epochs >= 0.0))
+    return ioupos__fail(IOUPOS_EINVAL, "--base_lr %g, --end_lr %g, --wd %g, --warmup_epochs %g "
+                        "must be positive / non-negative", o->base_lr, o->end_lr, o->wd,
+                        o->warmup_epochs);
+  if (o->method == IOUPOS_SSL_DINO && o->n_local > 0 &&
+      (o->n_local + 2 > IOUPOS_HEAD_MAX_VIEWS))
+    return ioupos__fail(IOUPOS_EINVAL, "--n_local_crops %d: at most %d", o->n_local,
+                        IOUPOS_HEAD_MAX_VIEWS - 2);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
+  ioupos__run *r = NULL;
+  ioupos_dataset ds;
+  ioupos_loader ld;
+  ioupos_loader_config lc;
+  ioupos_rng root;
+  char path[4200], tmp[4200], line[2048], esc[512];
+  int rc, spe, dino = o->method == IOUPOS_SSL_DINO, shape[2], lshape[2], stop = 0;
+  long steps_here = 0;
+  double t_start, t_log, img_log = 0.0;
+  memset(&ds, 0, sizeof ds);
+  memset(&ld, 0, sizeof ld);
+  if ((rc = ioupos__run_check(o)) != 0) return rc;
+  r = (ioupos__run *)ioupos__calloc(1, sizeof *r);
+  if (!r) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+  r->o = o;
+  /* data first: a bad folder fails before anything is written */
+  if ((rc = ioupos_dataset_scan(o->data_dir, NULL, &ds)) != 0) goto done;
+  ioupos_loader_config_default(&lc, &ds, IOUPOS_LOADER_SSL);
+  lc.batch_size = o->batch_size;
+  lc.crop[0] = o->crop[0];
+  lc.crop[1] = o->crop[1];
+  lc.min_iou = o->min_iou;
+  lc.max_iou = o->max_iou;
+  lc.pair_mode = o->pair_mode;
+  lc.seed = o->seed;
+  lc.num_workers = o->num_workers;
+  lc.drop_last = 1;
+  lc.augment = ioupos_augment_pretrain_view;
+  if (ds.n < o->batch_size) {
+    rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d images, fewer than one batch (--batch_size %d)",
+                      o->data_dir, ds.n, o->batch_size);
+    goto done;
+  }
+  if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
+  spe = ld.batches_per_epoch / o->accum_iters;
+  if (spe < 1) {
+    rc = ioupos__fail(IOUPOS_EINVAL,
+                      "%s gives %d batches per epoch, fewer than --accum_iters %d: no optimiser "
+                      "step could be taken", o->data_dir, ld.batches_per_epoch, o->accum_iters);
+    goto done;
+  }
+  shape[0] = o->crop[0];
+  shape[1] = o->crop[1];
+  lshape[0] = o->local_crop[0];
+  lshape[1] = o->local_crop[1];
+  /* the model */
+  if (dino) {
+    ioupos_dino_config dc;
+    ioupos_dino_config_default(&dc, 2);
+    dc.enc = o->enc;
+    dc.hidden = o->hidden;
+    dc.bottleneck = o->bottleneck;
+    dc.out_dim = o->out_dim;
+    dc.norm_last_layer = o->norm_last_layer;
+    dc.student_temp = (float)o->student_temp;
+    dc.center_momentum = (float)o->center_momentum;
+    rc = ioupos_dino_init(&r->dn, &dc, ioupos_backend_cpu(), o->seed);
+  } else {
+    ioupos_simsiam_config sc;
+    sc.enc = o->enc;
+    sc.proj_hidden = o->proj_hidden;
+    sc.proj_out = o->proj_out;
+    sc.pred_hidden = o->pred_hidden;
+    rc = ioupos_simsiam_init(&r->ss, &sc, ioupos_backend_cpu(), o->seed);
+  }
+  if (rc) goto done;
+  r->c[IOUPOS__C_METHOD] = o->method;
+  r->c[IOUPOS__C_SEED] = (int64_t)o->seed;
+  r->c[IOUPOS__C_BATCH] = o->batch_size;
+  r->c[IOUPOS__C_ACCUM] = o->accum_iters;
+  r->c[IOUPOS__C_EPOCHS] = o->n_epochs;
+  r->c[IOUPOS__C_CROP0] = o->crop[0];
+  r->c[IOUPOS__C_CROP1] = o->crop[1];
+  r->c[IOUPOS__C_NLOCAL] = dino ? o->n_local : 0;
+  r->c[IOUPOS__C_SPE] = spe;
+  /* the run directory */
+  snprintf(r->dir, sizeof r->dir, "%s/%s", o->chkpt_dir ? o->chkpt_dir : ".",
+           o->run_name ? o->run_name : "run");
+  snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+  if (o->resume) {
+    if ((rc = ioupos__load_state(r, path)) != 0) {
+      if (rc == IOUPOS_EIO)
+        rc = ioupos__fail(IOUPOS_EIO, "--resume: no training state at %s (%s)", path,
+                          ioupos_failure_reason());
+      goto done;
+    }
+    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+    if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__C_OPT_STEPS])) != 0) goto done;
+    ioupos__run_log(o, "resuming %s at epoch %lld step %lld (%lld optimiser steps done)", r->dir,
+                    (long long)r->c[IOUPOS__C_EPOCH], (long long)r->c[IOUPOS__C_STEP],
+                    (long long)r->c[IOUPOS__C_OPT_STEPS]);
+  } else {
+    FILE *fp = fopen(path, "rb");
+    if (fp) {
+      fclose(fp);
+      rc = ioupos__fail(IOUPOS_EINVAL,
+                        "%s already holds a run: pass --resume to continue it or choose another "
+                        "--run_name", r->dir);
+      goto done;
+    }
+    if ((rc = ioupos__mkdirs(r->dir)) != 0) goto done;
+    ioupos__json_escape(esc, sizeof esc, o->git_commit ? o->git_commit : "unknown");
+    snprintf(tmp, sizeof tmp, "%s/flags.json", r->dir);
+    {
+      size_t n = (o->flags_json ? strlen(o->flags_json) : 2) + 256;
+      char *js = (char *)ioupos__calloc(n, 1);
+      if (!js) {
+        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+        goto done;
+      }
+      snprintf(js, n, "{\"flags\": %s, \"seed\": %llu, \"commit\": \"%s\", \"steps_per_epoch\": %d}\n",
+               o->flags_json ? o->flags_json : "{}", (unsigned long long)o->seed, esc, spe);
+      rc = ioupos_write_file_atomic(tmp, js, strlen(js));
+      IOUPOS_FREE(js);
+      if (rc) goto done;
+    }
+    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+    remove(tmp);
+  }
+  ioupos_rng_seed_stream(&root, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
+  ioupos__run_log(o, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s",
+                  dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
+                  o->n_epochs, r->dir);
+  t_start = t_log = ioupos__now();
+  while (rc == 0 && !stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs) {
+    int64_t e = r->c[IOUPOS__C_EPOCH];
+    rc = r->c[IOUPOS__C_STEP] == 0
+             ? ioupos_loader_epoch(&ld, (int)e)
+             : ioupos_loader_seek(&ld, (int)e, (int)(r->c[IOUPOS__C_STEP] * o->accum_iters));
+    if (rc) break;
+    while (rc == 0 && r->c[IOUPOS__C_STEP] < spe) {
+      int64_t it = r->c[IOUPOS__C_OPT_STEPS], total = (int64_t)spe * o->n_epochs;
+      double lr, lr2 = 0.0, wd = o->wd, tm = 0.0, ttemp = o->teacher_temp, loss = 0.0;
+      ioupos_ssl_stats sst;
+      int a;
+      /* schedules */
+      if (dino) {
+        long warm = (long)(o->warmup_epochs * spe);
+        lr = ioupos_cosine_schedule((long)it, (long)total, warm, o->base_lr, o->min_lr, 0.0);
+        wd = ioupos_cosine_schedule((long)it, (long)total, 0, o->wd, o->wd_end, 0.0);
+        tm = ioupos_cosine_schedule((long)it, (long)total, 0, o->momentum_teacher, 1.0, 0.0);
+        if (e < (int64_t)o->warmup_teacher_temp_epochs && o->warmup_teacher_temp_epochs >= 1.0) {
+          long we = (long)o->warmup_teacher_temp_epochs;
+          ttemp = we > 1 ? o->warmup_teacher_temp +
+                               (o->teacher_temp - o->warmup_teacher_temp) * (double)e / (we - 1)
+                         : o->warmup_teacher_temp;
+        }
+      } else {
+        double we = o->warmup_epochs * spe;
+        if (we > 0.0 && (double)it < we) lr = o->base_lr * ((double)it + 1.0) / we;
+        else
+          lr = ioupos_cosine_annealing_lr((long)(e - (int64_t)o->warmup_epochs),
+                                          (long)(o->n_epochs - (int)o->warmup_epochs), o->base_lr,
+                                          o->end_lr);
+        lr2 = o->base_lr; /* the predictor's lr is held (research code) */
+      }
+      if (dino) ioupos_dino_zero_grad(&r->dn);
+      else ioupos_simsiam_zero_grad(&r->ss);
+      for (a = 0; rc == 0 && a < o->accum_iters; ++a) {
+        ioupos_batch b;
+        ioupos_rng dr = ioupos_rng_split(&root, (uint64_t)(it * o->accum_iters + a));
+        if ((rc = ioupos_loader_next(&ld, &b)) != 0) break;
+        if (dino)
+          rc = ioupos_dino_accumulate(&r->dn, b.views[0], b.views[1], NULL, 0, b.n, shape,
+                                      lshape, (float)ttemp, 1.0f / o->accum_iters, &dr, &sst);
+        else
+          rc = ioupos_simsiam_accumulate(&r->ss, b.views[0], b.views[1], b.n, shape,
+                                         1.0f / o->accum_iters, &dr, &sst);
+        if (rc) break;
+        if (!isfinite(sst.loss)) {
+          rc = ioupos__fail(IOUPOS_ERANGE,
+                            "the loss is %g at epoch %lld step %lld: stopping; the last good "
+                            "checkpoint is %s/checkpoint.safetensors (if an epoch finished)",
+                            sst.loss, (long long)e, (long long)r->c[IOUPOS__C_STEP], r->dir);
+          break;
+        }
+        loss += sst.loss / o->accum_iters;
+      }
+      if (rc) break;
+      rc = dino ? ioupos_dino_step(&r->dn, lr, wd, (int)e, o->freeze_last_layer,
+                                   (float)o->clip_grad, tm)
+                : ioupos_simsiam_step(&r->ss, lr, lr2, 0.9, wd);
+      if (rc) break;
+      r->avg_std = it == 0 ? sst.p_std : 0.9 * r->avg_std + 0.1 * sst.p_std;
+      r->ep_loss += loss;
+      r->ep_n += 1.0;
+      r->c[IOUPOS__C_STEP]++;
+      r->c[IOUPOS__C_OPT_STEPS]++;
+      img_log += (double)o->batch_size * o->accum_iters;
+      ++steps_here;
+      if (r->c[IOUPOS__C_OPT_STEPS] % o->log_every == 0 || r->c[IOUPOS__C_STEP] == spe) {
+        double now = ioupos__now(), ips = img_log / (now - t_log > 1e-9 ? now - t_log : 1e-9);
+        double left = (double)(total - r->c[IOUPOS__C_OPT_STEPS]) * o->batch_size * o->accum_iters;
+        int dim = dino ? o->out_dim : o->proj_out;
+        snprintf(line, sizeof line,
+                 "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"lr\": %.6g, \"wd\": %.6g, "
+                 "\"p_std\": %.6g, \"z_std\": %.6g, \"collapse\": %.6g, \"images_per_s\": %.4g}\n",
+                 (long long)e, (long long)r->c[IOUPOS__C_OPT_STEPS], loss, lr, wd, sst.p_std,
+                 sst.z_std, ioupos_collapse_level(r->avg_std, dim), ips);
+        snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+        if ((rc = ioupos__append(tmp, line)) != 0) break;
+        ioupos__run_log(o, "epoch %lld step %lld/%d loss %.5f lr %.3g collapse %.3f z_std %.4f "
+                        "%.1f img/s ETA %.0f s", (long long)e, (long long)r->c[IOUPOS__C_STEP],
+                        spe, loss, lr, ioupos_collapse_level(r->avg_std, dim), sst.z_std, ips,
+                        ips > 0 ? left / ips : 0.0);
+        t_log = now;
+        img_log = 0.0;
+      }
+      if (o->max_steps > 0 && steps_here >= o->max_steps && r->c[IOUPOS__C_STEP] < spe) {
+        stop = 1;
+        break;
+      }
+    }
+    if (rc) break;
+    if (!stop) {
+      /* the epoch is done: checkpoint (per epoch and latest) and state */
+      r->c[IOUPOS__C_EPOCH]++;
+      r->c[IOUPOS__C_STEP] = 0;
+      snprintf(tmp, sizeof tmp, "%s/checkpoint_epoch%lld.safetensors", r->dir,
+               (long long)r->c[IOUPOS__C_EPOCH]);
+      if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
+      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->dir);
+      if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
+      snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
+               "\"collapse\": %.6g, \"seconds\": %.3f}\n", (long long)e,
+               (long long)r->c[IOUPOS__C_OPT_STEPS], r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0,
+               ioupos_collapse_level(r->avg_std, dino ? o->out_dim : o->proj_out),
+               ioupos__now() - t_start);
+      snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+      if ((rc = ioupos__append(tmp, line)) != 0) break;
+      ioupos__run_log(o, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors",
+                      (long long)e, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->dir);
+      r->ep_loss = r->ep_n = 0.0;
+      if (o->max_steps > 0 && steps_here >= o->max_steps) stop = 1;
+    }
+    snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+    if ((rc = ioupos__save_state(r, path)) != 0) break;
+  }
+  if (rc == 0 && stop)
+    ioupos__run_log(o, "stopped after %ld steps (--max_steps); --resume continues from %s", steps_here,
+                    path);
+done:
+  ioupos_loader_close(&ld);
+  ioupos_dataset_free(&ds);
+  if (r) {
+    if (dino) ioupos_dino_free(&r->dn);
+    else ioupos_simsiam_free(&r->ss);
+    IOUPOS_FREE(r);
+  }
+  return rc;
 }
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
