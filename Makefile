@@ -11,16 +11,20 @@ CFLAGS   ?= -O2 -g
 LDLIBS   := -lm -lpthread
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom
-TESTS    := $(BUILD)/test_sampler $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
+DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom $(BUILD)/ioupos-embed \
+            $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino
+TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
-            $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model
-BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm
+            $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_threads
+BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
+            $(BUILD)/bench_encoder
 
-# The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), and
-# OpenMP threads. The library stays correct without either.
-SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo -mavx2 -mfma)
+# The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), its
+# AVX-512 kernel (same results, bit for bit) when the CPU also has AVX-512F, and OpenMP threads.
+# The library stays correct without any of them.
+SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo -mavx2 -mfma \
+              $$(grep -qw avx512f /proc/cpuinfo && echo -mavx512f))
 OPENMP   := -fopenmp
 BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h),-DIOUPOS_BENCH_OPENBLAS,)
 
@@ -38,7 +42,31 @@ stb:
 	  fi; \
 	fi
 
+# Every driver gets the SIMD kernels and OpenMP threads (results do not depend on the count).
 $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+# ioupos-embed runs the encoder: the GEMM's SIMD kernel and OpenMP threads (--threads).
+$(BUILD)/ioupos-embed: drivers/ioupos_embed.c drivers/cli.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+# The pretraining drivers train the encoder: SIMD GEMM, OpenMP threads (--threads), and the
+# commit they were built from (flags.json), "+dirty" with uncommitted changes; evaluated only
+# when they are built.
+GIT_COMMIT = $(shell c=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
+  [ -n "$$(git status --porcelain 2>/dev/null | head -n 1)" ] && c="$$c+dirty"; echo "$$c")
+$(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino: $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/pretrain.h drivers/cli.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< -o $@ $(LDLIBS)
+
+# Helpers of tests/test_embed.sh: compare .npy files, re-prefix safetensors tensor names.
+TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename
+$(BUILD)/npy_compare: tests/npy_compare.c tests/npy.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/st_rename: tests/st_rename.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -50,6 +78,13 @@ $(BUILD)/test_gemm: tests/test_gemm.c tests/test_util.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
+# Thread-count independence and the SIMD paths of sections 10-12 and the encoder, built as the
+# drivers and benches are; IOUPOS_PAR_MIN_WORK=64 sends even the fixtures' small tensors through
+# the parallel loops.
+$(BUILD)/test_threads: tests/test_threads.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) -DIOUPOS_PAR_MIN_WORK=64 $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
 $(BUILD)/test_gemm_portable: tests/test_gemm.c tests/test_util.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_GEMM_NO_SIMD $(CPPFLAGS) $< -o $@ $(LDLIBS)
@@ -58,6 +93,11 @@ $(BUILD)/test_gemm_portable: tests/test_gemm.c tests/test_util.h ioupos.h | stb
 $(BUILD)/bench_gemm: bench/bench_gemm.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(BLAS) $(CPPFLAGS) $< -o $@ $(if $(BLAS),-lopenblas,) $(LDLIBS)
+
+# The encoder's training step beside PyTorch (bench/bench_torch.py, when .venv exists).
+$(BUILD)/bench_encoder: bench/bench_encoder.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
 $(BUILD)/bench_%: bench/bench_%.c ioupos.h | stb
 	@mkdir -p $(BUILD)
@@ -80,7 +120,7 @@ $(BUILD)/static_check: tests/consumer/static_check.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
-test: $(TESTS) $(DRIVERS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
+test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
 	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
 
 # Same tests under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws: ~10x slower).
@@ -103,6 +143,7 @@ fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/losses_fixture.py
 	$(VENV)/bin/python tests/reference/optim_fixture.py
 	$(VENV)/bin/python tests/reference/model_fixture.py
+	$(VENV)/bin/python tests/reference/embed_fixture.py
 
 # Our checkpoints load into MONAI with load_state_dict(strict=True) and reproduce its outputs.
 check-monai: $(BUILD)/test_model $(VENV)/bin/python

@@ -226,8 +226,9 @@ IOUPOS_DEF void ioupos_iou_sampler_free(ioupos_iou_sampler *s);
                                as needed (overlaps [0, min(a, b)]): the shape-independent check
                                a loader can make at open. IOUPOS_OK or IOUPOS_EINFEASIBLE, whose
                                reason names the sizes, the interval and the achievable IoU range.
-   Arguments, all axes slowest first: dims 2 or 3; shape[dims]; A->dims == dims, A non-empty and
-   inside [0, shape) on every axis; a[dims], b[dims] positive; 0 <= min_iou <= max_iou <= 1.
+   Arguments, all axes slowest first: dims 2 or 3; shape[dims] (feasible: or NULL); A->dims ==
+   dims, A non-empty and inside [0, shape) on every axis; a[dims], b[dims] positive;
+   0 <= min_iou <= max_iou <= 1.
    Errors: IOUPOS_EINVAL for NULL pointers, dims, non-positive sizes, b or A outside the image, a
    NaN, out-of-range or reversed interval; IOUPOS_ERANGE when a volume (image, a or b) reaches
    2^61 or a draw would loop over more than 1e8 overlap pairs. out is written only on success.
@@ -692,12 +693,30 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      un-augmented crop are the PNG's grey values in [0, 1]; an augmentation may leave [0, 1]
      (MONAI's intensity shift / noise do not clip either).
 
+     Multi-crop (DINO; SSL only). With n_local = K > 0 every sample also gets K local crops of
+     size local_crop[] (lh x lw, any size, usually smaller than the crop), each drawn by
+     ioupos_local_crop_draw: uniform over the positions inside the (padded) image whose IoU with
+     view 0's box lies in [local_min_iou, local_max_iou]; given view 0's box, independently of
+     each other and of view 1. They land in batch->local (view-major: local view k of sample i at
+     local + (k * n + i) * lh * lw) and batch->local_box[k * n + i]; each goes through the
+     augmentation callback with h, w = lh, lw. n_local = 0 (the default) ignores the local_*
+     fields and gives exactly the batches of a loader without multi-crop. Open refuses a
+     malformed local crop or interval (EINVAL) and an interval no local crop can satisfy with
+     ANY placement in an image large enough (ioupos_local_crop_feasible with shape NULL;
+     EINFEASIBLE naming --local_min_iou / --local_max_iou and the achievable range). An image
+     whose view-0 box admits no local position (e.g. A is the whole image and the interval
+     excludes the IoU of a crop inside it) fails its batch with IOUPOS_EINFEASIBLE naming the
+     file, its (padded) shape, A in that padded image's coordinates and the interval.
+
      Reproducibility. root = ioupos_rng_seed(seed); E = ioupos_rng_split(root, epoch). The order
      of epoch e is a Fisher-Yates shuffle of 0..n-1 drawn from a copy of E. The sample of data
      set image d in epoch e uses S = ioupos_rng_split(E, d): its crop boxes (the IoU pair, or the
      fine-tuning centres) are drawn from ioupos_rng_split(S, 0), and the augmentation of crop j
-     (SSL: view j; fine-tuning: crop j) from ioupos_rng_split(S, 1 + j). So a batch depends only
-     on (seed, epoch, batch index, configuration), never on num_workers, prefetch or timing.
+     (SSL: view j; fine-tuning: crop j) from ioupos_rng_split(S, 1 + j). Local crops: their boxes,
+     local 0 first, from one generator ioupos_rng_split(S, 100), the augmentation of local view
+     k from ioupos_rng_split(S, 3 + k) (so the pair and views 0, 1 do not depend on n_local).
+     So a batch depends only on (seed, epoch, batch index, configuration), never on
+     num_workers, prefetch or timing.
 
      Batching. batch_size counts images (SSL: pairs; fine-tuning: images, each giving
      num_samples crops, as the research code's "32 slices = 64 crops"). An epoch has
@@ -731,6 +750,10 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      that axis, symmetrically as MONAI's SpatialPad does (floor(d / 2) before, the rest after),
      and reports boxes in the ORIGINAL image's coordinates (so a box may then reach outside the
      image, where the crop is 0). With pad_small = 0 such an image is an error naming the file.
+     Local crops are placed in the image padded (the same way) to at least max(crop,
+     local_crop) per axis: the pair's padding when the local crop is not larger than the crop,
+     so view 0's box is the same box in both; with pad_small = 0 an image smaller than the
+     local crop is an error naming the file and both sizes.
 
      PNG decoding: 8-bit grey (and grey + alpha) PNGs, what ioupos-prep writes, take a fast
      path that decodes to bytes and converts only the crops; the values are exactly those of
@@ -778,11 +801,15 @@ typedef struct ioupos_loader_config {
   double bg_image_threshold;     /*   (MONAI's image_key / image_threshold); default off */
   ioupos_augment_fn augment;     /* NULL = no augmentation */
   void *augment_ctx;
+  /* SSL multi-crop (DINO), see "Multi-crop" above */
+  int n_local;                   /* local crops per sample, 0..256; 0 = none (default) */
+  int local_crop[2];             /* local crop h, w (default 48 x 48) */
+  double local_min_iou, local_max_iou; /* IoU interval with view 0's box (default [0, 1]) */
 } ioupos_loader_config;
 
 /* The research setup for kind: batch 128 (SSL) or 32 (fine-tuning), crop 96 x 96,
    [0.3, 0.6] anchored, seed 0, no workers, drop_last 1, pad_small 1, num_samples 2,
-   pos = neg = 1, no augmentation. */
+   pos = neg = 1, no augmentation; no local crops (n_local 0; local crop 48 x 48, [0, 1]). */
 IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
                                              const ioupos_dataset *ds, int kind);
 
@@ -799,6 +826,10 @@ typedef struct ioupos_batch {
   int *source;        /* n: data set index of each sample's image */
   ioupos_box *box[2]; /* SSL: box[v][i] is view v's crop; fine-tuning: box[0][i], box[1] NULL;
                          in the source image's coordinates (see "smaller than the crop") */
+  int n_local, lh, lw;   /* SSL multi-crop: local views per sample and their size (0 = none) */
+  float *local;          /* n_local * n * lh * lw: local view k of sample i at
+                            local + (k * n + i) * lh * lw; NULL when n_local is 0 */
+  ioupos_box *local_box; /* n_local * n: local_box[k * n + i], source coordinates; or NULL */
 } ioupos_batch;
 
 struct ioupos__loader_state;
@@ -856,10 +887,12 @@ IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
 
    HOW (BLIS-style)
      Loops jc (NC columns of C) -> pc (KC of K) -> pack op(B)[pc, jc] into NR-wide slivers ->
-     ic (MC rows) -> pack op(A)[ic, pc] into MR-tall slivers -> jr -> ir -> an MR x NR register
-     micro-kernel (6 x 16; AVX2 + FMA intrinsics when the compiler targets them, i.e. __AVX2__ and
-     __FMA__ are defined, -mavx2 -mfma or -march=x86-64-v3 / native; a portable C kernel
-     otherwise, or when IOUPOS_GEMM_NO_SIMD is defined). Problems with M * N * K <= 4096 take a
+     ic (MC rows) -> jr -> ir -> an MR x NR register micro-kernel, which reads op(A) in place
+     through its two strides (only a last, partial MR-row sliver is packed, zero-padded). Kernels:
+     6 x 16 with AVX2 + FMA intrinsics when the compiler targets them (__AVX2__ and __FMA__
+     defined: -mavx2 -mfma or -march=x86-64-v3 / native); 12 x 16 with AVX-512 when __AVX512F__
+     is defined too (-mavx512f; IOUPOS_GEMM_NO_AVX512 keeps the AVX2 one); a portable C kernel
+     otherwise, or when IOUPOS_GEMM_NO_SIMD is defined. Problems with M * N * K <= 4096 take a
      direct unpacked loop (no allocation).
 
    THREADS AND DETERMINISM
@@ -869,13 +902,21 @@ IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
      never split. Every element of C is computed by the same micro-kernel over the same KC blocks
      of K in the same order, and the blocking constants do not depend on the thread count, so the
      result is bit-identical for any number of threads (and for ioupos_gemm vs one item of
-     ioupos_gemm_batched_strided). It differs between the AVX2+FMA and the portable kernel (FMA
-     rounds once), both within the documented error bound. Without -fopenmp the code is serial.
+     ioupos_gemm_batched_strided). The AVX-512 and AVX2 kernels run the same FMA chain per
+     element, so they give bit-identical results; the portable kernel differs from them (FMA
+     rounds once), all within the documented error bound. Without -fopenmp the code is serial.
+     Sections 11, 12 and the encoder of section 17 follow the same rule outside the GEMM: loops
+     over independent rows (or windows) run on the threads when there are at least
+     IOUPOS_PAR_MIN_WORK (default 32768) units of work, and sums across rows are taken per chunk
+     of a constant number of rows, then over the chunks in order; their SIMD lanes (AVX2, or
+     AVX-512 on top) compute the same values as each other. So a whole encoder step is
+     bit-identical for any thread count (tests/test_threads.c).
 
    MEMORY
      One IOUPOS_MALLOC per call for the packing buffers (about KC * (min(N, NC) + 16) floats for
-     op(B) plus MC * KC floats per thread for op(A): at most ~3.3 MiB + 144 KiB per thread), freed
-     before returning; nothing is kept between calls. The tiny path allocates nothing.
+     op(B) plus up to MC * KC floats per thread for op(A)'s edge sliver: at most ~3.3 MiB +
+     144 KiB per thread), freed before returning; nothing is kept between calls. The tiny path
+     allocates nothing.
 
    ERRORS
      IOUPOS_EINVAL (transa / transb not 0 or 1, a negative size or batch, a leading dimension too
@@ -899,8 +940,11 @@ IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N,
                                            long long strideB, float beta, float *C, int ldc,
                                            long long strideC, int batch);
 
-/* 1 when this build uses the AVX2+FMA micro-kernel, 0 for the portable one. */
+/* 1 when this build uses the AVX2+FMA micro-kernel (or the AVX-512 one, which computes the same
+   values), 0 for the portable one. */
 IOUPOS_DEF int ioupos_gemm_simd(void);
+/* "AVX-512", "AVX2+FMA" or "portable": the micro-kernel of this build. */
+IOUPOS_DEF const char *ioupos_gemm_kernel(void);
 
 
 /* ============================================================================================
@@ -915,13 +959,19 @@ IOUPOS_DEF int ioupos_gemm_simd(void);
      - Outputs come first in the argument list; a shape comment sits on top of each function.
      - `_forward` saves what `_backward` needs in caller-provided buffers (layer norm mean / rstd,
        patch-embedding columns, ...). Nothing allocates except ioupos_gemm's packing buffers
-       (one IOUPOS_MALLOC per GEMM call, see section 10 of ioupos.h); functions that call the
-       GEMM return 0 or a negative ioupos_status (IOUPOS_ENOMEM), the others return void.
+       (one IOUPOS_MALLOC per GEMM call, see section 10 of ioupos.h) and the per-chunk partial
+       sums of the parameter gradients (layer norm, linear bias: one small IOUPOS_MALLOC per call;
+       without it they fall back to a serial loop that gives the same bits); functions that call
+       the GEMM return 0 or a negative ioupos_status (IOUPOS_ENOMEM), the others return void.
      - `_backward` ACCUMULATES (+=) into every gradient it is given, input gradient and parameter
        gradients alike: zero them before the first backward of a step. A gradient pointer may be
        NULL when that gradient is not wanted (e.g. dinp of the image in patch embedding).
      - Deterministic: reductions run in a fixed order (double accumulators), independent of any
-       thread count; no atomics. No fast-math assumptions (erf, exp, sqrt from libm).
+       thread count; no atomics. No fast-math assumptions. With -fopenmp, rows run on the threads
+       and the sums over rows (layer norm weight and bias, linear bias gradients) are taken per
+       chunk of 256 rows, then over the chunks in order (section 10, THREADS AND DETERMINISM).
+       erf, exp and sqrt come from libm, except in the SIMD builds' GELU (our own vectorised
+       erfc / exp in double: within 1 ulp of the libm formula, see ioupos_gelu_forward).
 */
 
 /* ---- linear: torch.nn.Linear, y = x W^T + b ------------------------------------------------- */
@@ -947,7 +997,11 @@ IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *db
                                           const float *rstd, int N, int C);
 
 /* ---- GELU, exact erf form (torch.nn.GELU(approximate='none')) -------------------------------- */
-/* out[n] = 0.5 x (1 + erf(x / sqrt 2)); n elements; out may equal inp. */
+/* out[n] = 0.5 x (1 + erf(x / sqrt 2)); n elements; out may equal inp. Evaluated in double and
+   rounded once: with libm's erf in the portable build; in AVX2 / AVX-512 builds by our own
+   vectorised Phi from 0.5 erfc (exp times a degree-16 polynomial, relative error < 1e-12),
+   within 1 ulp of the libm formula for x > -5.5 and more accurate below it (where 1 + erf
+   cancels). The two SIMD widths give the same values. */
 IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n);
 /* dinp[n] += dout * (Phi(x) + x phi(x)). ACCUMULATES into dinp. */
 IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
@@ -1077,12 +1131,15 @@ IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const flo
                                          size_t S);
 
 /* ---- MLP: MONAI MLPBlock as in Swin: Linear(C -> Hd) - GELU - Linear(Hd -> C), no dropout ---- */
-/* out[N][C]; saves h_pre[N][Hd] (first linear's output) and h_act[N][Hd] (after GELU). */
+/* out[N][C]; saves h_pre[N][Hd] (first linear's output) and h_act[N][Hd] (after GELU). h_act may
+   be scratch that is not kept: the backward can recompute it from h_pre (see below). */
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
                                   const float *w1, const float *b1, const float *w2,
                                   const float *b2, int N, int C, int Hd);
-/* scratch: N * Hd floats. ACCUMULATES into dinp[N][C], dw1[Hd][C], db1[Hd], dw2[C][Hd], db2[C]
-   (each may be NULL). */
+/* scratch: N * Hd floats, or 2 * N * Hd when h_act is NULL: then GELU(h_pre) is recomputed into
+   the second half, bit-identical to the forward's h_act (the encoder keeps only h_pre, saving
+   N * Hd floats per block). ACCUMULATES into dinp[N][C], dw1[Hd][C], db1[Hd], dw2[C][Hd],
+   db2[C] (each may be NULL). */
 IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2,
                                    float *scratch, const float *dout, const float *inp,
                                    const float *h_pre, const float *h_act, const float *w1,
@@ -1123,9 +1180,17 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
 
    CONVENTIONS (llm.c): free functions on raw float pointers, row-major, channels last, outputs
    first; every _backward ACCUMULATES (+=) into the input gradient and every parameter gradient;
-   forward saves what backward needs in caller-provided buffers (acts); no allocation here (the
-   GEMM allocates its own packing buffers); deterministic (serial reductions in fixed order).
-   Shapes: 2D map [B, H, W, C], 3D map [B, D, H, W, C]; windows [B * nwin, ntok, C]. */
+   forward saves what backward needs in caller-provided buffers (acts); the caller's buffers hold
+   everything large (the GEMM allocates its packing buffers, the window attention one block per
+   call for the padded bias / mask, small per-thread tiles and the table gradient's partial
+   sums); deterministic for any thread count (section 10, THREADS AND DETERMINISM).
+   Shapes: 2D map [B, H, W, C], 3D map [B, D, H, W, C]; windows [B * nwin, ntok, C].
+
+   HOW: the projections are GEMMs over all windows. The per-window products (q k^T, P v and
+   their gradients: 49 x 49 x head_dim at Swin's shapes) run as direct register-tiled kernels
+   on (window, head) pairs read in place from qkv, with the bias + mask + softmax of a score row
+   fused and vectorised; windows run on the threads in chunks of 32 per head, and the relative
+   position table's gradient is summed per chunk, then over the chunks in order. */
 
 #define IOUPOS_SWIN_MASK_VALUE (-100.0f) /* MONAI's compute_mask fill value */
 
@@ -1176,14 +1241,15 @@ IOUPOS_DEF void ioupos_window_reverse_backward(float *dwindows, const float *dx,
 /* Floats of the saved activations of ioupos_window_attention_forward: qkv [BW, N, 3C], attention
    probabilities [BW, NH, N, N], heads output y [BW, N, C] (in that order). */
 IOUPOS_DEF size_t ioupos_window_attention_acts_size(int BW, int N, int C, int NH);
-/* Floats of the scratch of ioupos_window_attention_backward (forward needs none). */
+/* Floats of the scratch of ioupos_window_attention_backward (forward needs none): dqkv and dy,
+   BW * N * 4C. */
 IOUPOS_DEF size_t ioupos_window_attention_scratch_size(int BW, int N, int C, int NH);
 
 /* out [BW, N, C]; acts (acts_size floats, saved for backward); inp [BW, N, C];
    qkv_w [3C, C], qkv_b [3C] or NULL; proj_w [C, C], proj_b [C]; table [rows, NH];
    index [N, N] (ioupos_swin_relative_index); mask [nW, N, N] or NULL (window b uses b mod nW).
    BW = windows in the batch, N = tokens per window, NH heads, C % NH == 0.
-   Returns 0, or the GEMM's error (IOUPOS_EINVAL, IOUPOS_ENOMEM). */
+   Returns 0, IOUPOS_EINVAL, or IOUPOS_ENOMEM (the GEMM's or its own per-call buffers). */
 IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
                                                const float *qkv_w, const float *qkv_b,
                                                const float *proj_w, const float *proj_b,
@@ -1849,7 +1915,8 @@ typedef struct ioupos_swin_block {
   int norm1_w, norm1_b, table, rel_index, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b;
   int fc1_w, fc1_b, fc2_w, fc2_b; /* parameter indices in the table */
   size_t a_x, a_ln1_mean, a_ln1_rstd, a_attn, a_xmid, a_ln2, a_ln2_mean, a_ln2_rstd, a_h_pre,
-      a_h_act, a_dp1, a_dp2, a_out_x; /* activation offsets (floats) */
+      a_h_act, a_dp1, a_dp2, a_out_x; /* activation offsets (floats); a_h_act is 0: GELU(h_pre)
+                                         is recomputed in the backward, not kept */
 } ioupos_swin_block;
 
 typedef struct ioupos_swin_encoder {
@@ -3205,12 +3272,15 @@ IOUPOS_DEF int ioupos_local_crop_draw(int dims, const int shape[], const ioupos_
   if (st) return st;
   total = ioupos__local_walk(&q, UINT64_MAX, o, &before);
   if (total == 0) {
-    char sh[64], bs[64], ab[96];
+    char sh[64], bs[64], as[64], ab[96];
+    int asz[3], j;
+    for (j = 0; j < dims; ++j) asz[j] = A->hi[j] - A->lo[j];
     ioupos_format_shape(sh, sizeof sh, dims, shape);
     ioupos_format_shape(bs, sizeof bs, dims, b);
+    ioupos_format_shape(as, sizeof as, dims, asz);
     ioupos__format_box(ab, sizeof ab, A);
     return ioupos__fail(IOUPOS_EINFEASIBLE, "local crop: no %s crop in a %s image has IoU in "
-                        "[%g, %g] with the box A = %s", bs, sh, min_iou, max_iou, ab);
+                        "[%g, %g] with the %s box A = %s", bs, sh, min_iou, max_iou, as, ab);
   }
   r = ioupos_rng_below(rng, total);
   ioupos__local_walk(&q, r, o, &before);
@@ -6582,6 +6652,9 @@ IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
   cfg->pad_small = 1;
   cfg->num_samples = 2;
   cfg->pos = cfg->neg = 1;
+  cfg->local_crop[0] = cfg->local_crop[1] = 48;
+  cfg->local_min_iou = 0.0;
+  cfg->local_max_iou = 1.0;
 }
 
 IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len) {
@@ -6634,7 +6707,7 @@ typedef struct ioupos__worker {
   int *perm;
   ioupos__sampler_entry cache[IOUPOS__LOADER_CACHE];
   int stamp;
-  float *scratch; /* IOUPOS_AUGMENT_SCRATCH(crop) floats */
+  float *scratch; /* IOUPOS_AUGMENT_SCRATCH of the crop and of the local crop, floats */
   int *idx;       /* fine-tuning: fg then bg pixel indices, capacity idx_cap */
   size_t idx_cap;
 } ioupos__worker;
@@ -6769,17 +6842,23 @@ static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int 
   return &wk->cache[victim].s;
 }
 
-static int ioupos__augment(const ioupos_loader_config *cfg, ioupos__worker *wk, ioupos_rng *rng,
-                           float *img, float *label, const char *path) {
+static int ioupos__augment_hw(const ioupos_loader_config *cfg, ioupos__worker *wk,
+                              ioupos_rng *rng, float *img, float *label, int h, int w,
+                              const char *path) {
   int st;
   if (!cfg->augment) return IOUPOS_OK;
-  st = cfg->augment(cfg->augment_ctx, rng, img, label, cfg->crop[0], cfg->crop[1], wk->scratch);
+  st = cfg->augment(cfg->augment_ctx, rng, img, label, h, w, wk->scratch);
   if (st) {
     char why[512];
     snprintf(why, sizeof why, "%s", ioupos_failure_reason());
     return ioupos__fail(st < 0 ? st : IOUPOS_EINVAL, "%s: augmentation failed: %s", path, why);
   }
   return IOUPOS_OK;
+}
+
+static int ioupos__augment(const ioupos_loader_config *cfg, ioupos__worker *wk, ioupos_rng *rng,
+                           float *img, float *label, const char *path) {
+  return ioupos__augment_hw(cfg, wk, rng, img, label, cfg->crop[0], cfg->crop[1], path);
 }
 
 /* Padding of an image of h x w to the crop: offsets before, or an error. */
@@ -6791,6 +6870,49 @@ static int ioupos__pad_offsets(const ioupos_loader_config *cfg, const char *path
                         cfg->crop[1]);
   *py = h < cfg->crop[0] ? (cfg->crop[0] - h) / 2 : 0;
   *px = w < cfg->crop[1] ? (cfg->crop[1] - w) / 2 : 0;
+  return IOUPOS_OK;
+}
+
+/* The local crops of sample i (see "Multi-crop"): A is view 0's box in source coordinates; the
+   image is padded to at least max(crop, local_crop), A moved with it. */
+static int ioupos__make_local(ioupos__worker *wk, const ioupos__pix *p, const ioupos_rng *S,
+                              const ioupos_box *A, ioupos_batch *b, int i, const char *path) {
+  const struct ioupos__loader_state *st = wk->st;
+  const ioupos_loader_config *cfg = st->cfg;
+  int lh = cfg->local_crop[0], lw = cfg->local_crop[1], shape[2], oy, ox, k, status;
+  size_t lhw = (size_t)lh * (size_t)lw;
+  ioupos_box a = *A;
+  ioupos_rng r;
+  if (!cfg->pad_small && (p->h < lh || p->w < lw))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: image %dx%d is smaller than the local crop %dx%d "
+                        "(the loader was opened with pad_small = 0)", path, p->h, p->w, lh, lw);
+  shape[0] = ioupos__imax(p->h, ioupos__imax(cfg->crop[0], lh));
+  shape[1] = ioupos__imax(p->w, ioupos__imax(cfg->crop[1], lw));
+  oy = (shape[0] - p->h) / 2;
+  ox = (shape[1] - p->w) / 2;
+  a.lo[0] += oy, a.hi[0] += oy;
+  a.lo[1] += ox, a.hi[1] += ox;
+  r = ioupos_rng_split(S, 100);
+  for (k = 0; k < cfg->n_local; ++k) {
+    size_t o = (size_t)k * (size_t)b->n + (size_t)i;
+    float *out = b->local + o * lhw;
+    ioupos_box L;
+    ioupos_rng ra;
+    status = ioupos_local_crop_draw(2, shape, &a, cfg->local_crop, cfg->local_min_iou,
+                                    cfg->local_max_iou, &r, &L);
+    if (status) {
+      char why[512];
+      snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+      return ioupos__fail(status, "%s: %s", path, why);
+    }
+    L.lo[0] -= oy, L.hi[0] -= oy;
+    L.lo[1] -= ox, L.hi[1] -= ox;
+    ioupos__pix_crop(st, p, L.lo[0], L.lo[1], lh, lw, out);
+    b->local_box[o] = L;
+    ra = ioupos_rng_split(S, 3u + (uint64_t)k);
+    status = ioupos__augment_hw(cfg, wk, &ra, out, NULL, lh, lw, path);
+    if (status) return status;
+  }
   return IOUPOS_OK;
 }
 
@@ -6822,6 +6944,10 @@ static int ioupos__make_ssl(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_bat
     b->box[v][i] = box[v];
     r = ioupos_rng_split(S, 1u + (uint64_t)v);
     status = ioupos__augment(cfg, wk, &r, out, NULL, path);
+    if (status) goto done;
+  }
+  if (cfg->n_local > 0) {
+    status = ioupos__make_local(wk, &p, S, &box[0], b, i, path);
     if (status) goto done;
   }
   b->source[i] = d;
@@ -7023,6 +7149,8 @@ IOUPOS_DEF void ioupos_loader_close(ioupos_loader *l) {
       IOUPOS_FREE(st->slots[i].b.source);
       IOUPOS_FREE(st->slots[i].b.box[0]);
       IOUPOS_FREE(st->slots[i].b.box[1]);
+      IOUPOS_FREE(st->slots[i].b.local);
+      IOUPOS_FREE(st->slots[i].b.local_box);
     }
     IOUPOS_FREE(st->slots);
   }
@@ -7040,7 +7168,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   const ioupos_loader_config *cfg;
   const ioupos_dataset *ds;
   int i, nw, ft, per_img, B;
-  size_t hw, scratch, floats;
+  size_t hw, scratch, floats, lfloats, lhw;
   if (!l) return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_open: loader is NULL");
   memset(l, 0, sizeof *l);
   if (!cfg_in) return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_open: config is NULL");
@@ -7078,6 +7206,29 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
     if (cfg->pair_mode != IOUPOS_PAIR_ANCHORED && cfg->pair_mode != IOUPOS_PAIR_JOINT)
       return ioupos__fail(IOUPOS_EINVAL, "loader: unknown pair mode %d", cfg->pair_mode);
   }
+  if (cfg->n_local != 0) { /* multi-crop (n_local 0 ignores the local_* fields) */
+    int fst;
+    if (ft || cfg->n_local < 0 || cfg->n_local > 256)
+      return ioupos__fail(IOUPOS_EINVAL, "loader: n_local %d must be in 0..256, and 0 for "
+                          "fine-tuning (local crops are SSL views)", cfg->n_local);
+    if (cfg->local_crop[0] < 1 || cfg->local_crop[1] < 1 || cfg->local_crop[0] > 16384 ||
+        cfg->local_crop[1] > 16384)
+      return ioupos__fail(IOUPOS_EINVAL, "loader: local crop %dx%d must be between 1 and 16384",
+                          cfg->local_crop[0], cfg->local_crop[1]);
+    if (!(cfg->local_min_iou >= 0.0 && cfg->local_max_iou <= 1.0 &&
+          cfg->local_min_iou <= cfg->local_max_iou))
+      return ioupos__fail(IOUPOS_EINVAL, "loader: --local_min_iou %g / --local_max_iou %g: the "
+                          "interval must be within [0, 1], not reversed, not NaN",
+                          cfg->local_min_iou, cfg->local_max_iou);
+    fst = ioupos_local_crop_feasible(2, NULL, cfg->crop, cfg->local_crop, cfg->local_min_iou,
+                                     cfg->local_max_iou);
+    if (fst) {
+      char why[512];
+      snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+      return ioupos__fail(fst, "loader: --local_min_iou %g / --local_max_iou %g: %s",
+                          cfg->local_min_iou, cfg->local_max_iou, why);
+    }
+  }
   l->batches_per_epoch = cfg->drop_last ? ds->n / B : (ds->n - 1) / B + 1;
   if (l->batches_per_epoch == 0)
     return ioupos__fail(IOUPOS_EINVAL, "loader: the data set has %d images, fewer than one batch "
@@ -7112,8 +7263,11 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   /* slots: each holds a whole batch */
   per_img = ft ? cfg->num_samples : 1;
   hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1];
+  lhw = cfg->n_local > 0 ? (size_t)cfg->local_crop[0] * (size_t)cfg->local_crop[1] : 1;
   floats = (size_t)B * (size_t)per_img * hw; /* <= 2^30 * 2^28: check the product below */
   if (hw != 0 && floats / hw != (size_t)B * (size_t)per_img) goto oom;
+  lfloats = (size_t)B * (size_t)cfg->n_local * lhw; /* n_local <= 256, lhw <= 2^28 */
+  if (cfg->n_local > 0 && lfloats / lhw != (size_t)B * (size_t)cfg->n_local) goto oom;
   st->slots = (ioupos__slot *)ioupos__calloc((size_t)st->nslots, sizeof(ioupos__slot));
   if (!st->slots) goto oom;
   for (i = 0; i < st->nslots; ++i) {
@@ -7125,6 +7279,15 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
     b->box[0] = (ioupos_box *)ioupos__calloc(nsamp, sizeof(ioupos_box));
     if (!ft) b->box[1] = (ioupos_box *)ioupos__calloc(nsamp, sizeof(ioupos_box));
     if (!s->mem || !b->source || !b->box[0] || (!ft && !b->box[1])) goto oom;
+    if (cfg->n_local > 0) {
+      b->local = (float *)ioupos__calloc(lfloats, sizeof(float));
+      b->local_box = (ioupos_box *)ioupos__calloc((size_t)B * (size_t)cfg->n_local,
+                                                  sizeof(ioupos_box));
+      if (!b->local || !b->local_box) goto oom;
+      b->n_local = cfg->n_local;
+      b->lh = cfg->local_crop[0];
+      b->lw = cfg->local_crop[1];
+    }
     b->kind = cfg->kind;
     b->h = cfg->crop[0];
     b->w = cfg->crop[1];
@@ -7133,6 +7296,8 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   }
   /* worker contexts (one for the synchronous mode) */
   scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
+  if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
+    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
   st->workers = (ioupos__worker *)ioupos__calloc((size_t)(nw ? nw : 1), sizeof(ioupos__worker));
   if (!st->workers) goto oom;
   for (i = 0; i < (nw ? nw : 1); ++i) {
@@ -7244,6 +7409,13 @@ IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
 #else
 #define IOUPOS__GEMM_AVX2 0
 #endif
+/* -mavx512f on top: a 12 x 16 micro-kernel of 512-bit registers. It computes every element with
+   the same FMA chain as the AVX2 kernel, so the two give bit-identical results. */
+#if IOUPOS__GEMM_AVX2 && defined(__AVX512F__) && !defined(IOUPOS_GEMM_NO_AVX512)
+#define IOUPOS__GEMM_AVX512 1
+#else
+#define IOUPOS__GEMM_AVX512 0
+#endif
 
 /* OpenMP only through these, so that a build without -fopenmp sees no pragma at all (-Wall
    warns on unknown pragmas). */
@@ -7290,7 +7462,11 @@ static int ioupos__par_ok(double work) {
 /* Blocking: MR x NR registers; KC x NR sliver of B (16 KiB) stays in L1, the MC x KC block of A
    (144 KiB) in L2, the KC x NC panel of B (3 MiB) in L3. Fixed constants: results must not
    depend on anything but the inputs (see THREADS AND DETERMINISM). */
+#if IOUPOS__GEMM_AVX512
+#define IOUPOS__GEMM_MR 12
+#else
 #define IOUPOS__GEMM_MR 6
+#endif
 #define IOUPOS__GEMM_NR 16
 #define IOUPOS__GEMM_KC 256
 #define IOUPOS__GEMM_MC 144  /* multiple of MR */
@@ -7299,6 +7475,9 @@ static int ioupos__par_ok(double work) {
 #define IOUPOS__GEMM_PAR_FLOPS 1000000.0 /* below this, one thread */
 
 IOUPOS_DEF int ioupos_gemm_simd(void) { return IOUPOS__GEMM_AVX2; }
+IOUPOS_DEF const char *ioupos_gemm_kernel(void) {
+  return IOUPOS__GEMM_AVX512 ? "AVX-512" : IOUPOS__GEMM_AVX2 ? "AVX2+FMA" : "portable";
+}
 
 /* One problem, with its leading dimensions widened for pointer arithmetic. */
 typedef struct ioupos__gemm_args {
@@ -7309,13 +7488,71 @@ typedef struct ioupos__gemm_args {
   ptrdiff_t lda, ldb, ldc;
 } ioupos__gemm_args;
 
-/* ---- micro-kernels: c[MR][NR] (ldc) = alpha * sum_p a[p][MR] b[p][NR] + beta * c -------------
-   a and b are packed slivers (kc steps of MR and NR floats); beta == 0: c is not read. The sum
-   over p runs from 0 to kc-1 in order. Edge tiles go through the same kernel on a padded copy,
-   so an element's arithmetic does not depend on where its tile lies. */
-#if IOUPOS__GEMM_AVX2
-static void ioupos__gemm_ukernel(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
-                                 float alpha, float beta) {
+/* ---- micro-kernels: c[MR][NR] (ldc) = alpha * sum_p a(r, p) b[p][NR] + beta * c -------------
+   b is a packed sliver (kc steps of NR floats); a(r, p) = a[r * ai + p * ap] is read in place
+   from op(A) (ai = lda, ap = 1 when A is not transposed; ai = 1, ap = lda when it is) or from a
+   packed edge sliver (ai = 1, ap = MR); beta == 0: c is not read. The sum over p runs from 0 to
+   kc-1 in order. Edge tiles go through the same kernel on padded copies, so an element's
+   arithmetic does not depend on where its tile lies. */
+#if IOUPOS__GEMM_AVX512
+static void ioupos__gemm_ukernel(int kc, const float *a, ptrdiff_t ai, ptrdiff_t ap,
+                                 const float *b, float *c, ptrdiff_t ldc, float alpha,
+                                 float beta) {
+  const float *a0 = a, *a3 = a + 3 * ai, *a6 = a + 6 * ai, *a9 = a + 9 * ai;
+  const ptrdiff_t a2 = 2 * ai;
+  __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
+  __m512 c3 = _mm512_setzero_ps(), c4 = _mm512_setzero_ps(), c5 = _mm512_setzero_ps();
+  __m512 c6 = _mm512_setzero_ps(), c7 = _mm512_setzero_ps(), c8 = _mm512_setzero_ps();
+  __m512 c9 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  int p;
+  for (p = 0; p < kc; ++p) {
+    __m512 bv = _mm512_load_ps(b);
+    c0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[0]), bv, c0);
+    c1 = _mm512_fmadd_ps(_mm512_set1_ps(a0[ai]), bv, c1);
+    c2 = _mm512_fmadd_ps(_mm512_set1_ps(a0[a2]), bv, c2);
+    c3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[0]), bv, c3);
+    c4 = _mm512_fmadd_ps(_mm512_set1_ps(a3[ai]), bv, c4);
+    c5 = _mm512_fmadd_ps(_mm512_set1_ps(a3[a2]), bv, c5);
+    c6 = _mm512_fmadd_ps(_mm512_set1_ps(a6[0]), bv, c6);
+    c7 = _mm512_fmadd_ps(_mm512_set1_ps(a6[ai]), bv, c7);
+    c8 = _mm512_fmadd_ps(_mm512_set1_ps(a6[a2]), bv, c8);
+    c9 = _mm512_fmadd_ps(_mm512_set1_ps(a9[0]), bv, c9);
+    c10 = _mm512_fmadd_ps(_mm512_set1_ps(a9[ai]), bv, c10);
+    c11 = _mm512_fmadd_ps(_mm512_set1_ps(a9[a2]), bv, c11);
+    a0 += ap, a3 += ap, a6 += ap, a9 += ap;
+    b += IOUPOS__GEMM_NR;
+  }
+  /* c = alpha * acc + beta * c, as the AVX2 kernel */
+#define IOUPOS__GEMM_STORE_ROW(r, x)                                                            \
+  do {                                                                                          \
+    float *cr = c + (r) * ldc;                                                                  \
+    if (beta == 0.0f)                                                                           \
+      _mm512_storeu_ps(cr, _mm512_mul_ps(va, x));                                               \
+    else                                                                                        \
+      _mm512_storeu_ps(cr, _mm512_fmadd_ps(va, x, _mm512_mul_ps(vb, _mm512_loadu_ps(cr))));    \
+  } while (0)
+  IOUPOS__GEMM_STORE_ROW(0, c0);
+  IOUPOS__GEMM_STORE_ROW(1, c1);
+  IOUPOS__GEMM_STORE_ROW(2, c2);
+  IOUPOS__GEMM_STORE_ROW(3, c3);
+  IOUPOS__GEMM_STORE_ROW(4, c4);
+  IOUPOS__GEMM_STORE_ROW(5, c5);
+  IOUPOS__GEMM_STORE_ROW(6, c6);
+  IOUPOS__GEMM_STORE_ROW(7, c7);
+  IOUPOS__GEMM_STORE_ROW(8, c8);
+  IOUPOS__GEMM_STORE_ROW(9, c9);
+  IOUPOS__GEMM_STORE_ROW(10, c10);
+  IOUPOS__GEMM_STORE_ROW(11, c11);
+#undef IOUPOS__GEMM_STORE_ROW
+}
+#elif IOUPOS__GEMM_AVX2
+static void ioupos__gemm_ukernel(int kc, const float *a, ptrdiff_t ai, ptrdiff_t ap,
+                                 const float *b, float *c, ptrdiff_t ldc, float alpha,
+                                 float beta) {
+  const float *a0 = a, *a1 = a + ai, *a2 = a + 2 * ai, *a3 = a + 3 * ai, *a4 = a + 4 * ai,
+              *a5 = a + 5 * ai;
+  ptrdiff_t off = 0;
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -7325,26 +7562,26 @@ static void ioupos__gemm_ukernel(int kc, const float *a, const float *b, float *
   __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
   int p;
   for (p = 0; p < kc; ++p) {
-    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), ai;
-    ai = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(ai, b0, c00);
-    c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(ai, b0, c10);
-    c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(ai, b0, c20);
-    c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(ai, b0, c30);
-    c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(ai, b0, c40);
-    c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(ai, b0, c50);
-    c51 = _mm256_fmadd_ps(ai, b1, c51);
-    a += IOUPOS__GEMM_MR;
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), x;
+    x = _mm256_broadcast_ss(a0 + off);
+    c00 = _mm256_fmadd_ps(x, b0, c00);
+    c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_broadcast_ss(a1 + off);
+    c10 = _mm256_fmadd_ps(x, b0, c10);
+    c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_broadcast_ss(a2 + off);
+    c20 = _mm256_fmadd_ps(x, b0, c20);
+    c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_broadcast_ss(a3 + off);
+    c30 = _mm256_fmadd_ps(x, b0, c30);
+    c31 = _mm256_fmadd_ps(x, b1, c31);
+    x = _mm256_broadcast_ss(a4 + off);
+    c40 = _mm256_fmadd_ps(x, b0, c40);
+    c41 = _mm256_fmadd_ps(x, b1, c41);
+    x = _mm256_broadcast_ss(a5 + off);
+    c50 = _mm256_fmadd_ps(x, b0, c50);
+    c51 = _mm256_fmadd_ps(x, b1, c51);
+    off += ap;
     b += IOUPOS__GEMM_NR;
   }
   /* c = alpha * acc + beta * c, one rounding for the product-sum (FMA) */
@@ -7370,18 +7607,19 @@ static void ioupos__gemm_ukernel(int kc, const float *a, const float *b, float *
 }
 #else
 /* Portable kernel: plain C the compiler can vectorise (SSE2 at -O2 on x86-64). */
-static void ioupos__gemm_ukernel(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
-                                 float alpha, float beta) {
+static void ioupos__gemm_ukernel(int kc, const float *a, ptrdiff_t ai, ptrdiff_t ap,
+                                 const float *b, float *c, ptrdiff_t ldc, float alpha,
+                                 float beta) {
   float acc[IOUPOS__GEMM_MR][IOUPOS__GEMM_NR];
   int p, i, j;
   for (i = 0; i < IOUPOS__GEMM_MR; ++i)
     for (j = 0; j < IOUPOS__GEMM_NR; ++j) acc[i][j] = 0.0f;
   for (p = 0; p < kc; ++p) {
     for (i = 0; i < IOUPOS__GEMM_MR; ++i) {
-      float ai = a[i];
-      for (j = 0; j < IOUPOS__GEMM_NR; ++j) acc[i][j] += ai * b[j];
+      float x = a[i * ai];
+      for (j = 0; j < IOUPOS__GEMM_NR; ++j) acc[i][j] += x * b[j];
     }
-    a += IOUPOS__GEMM_MR;
+    a += ap;
     b += IOUPOS__GEMM_NR;
   }
   for (i = 0; i < IOUPOS__GEMM_MR; ++i) {
@@ -7499,8 +7737,11 @@ static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float 
         int ic = ib * IOUPOS__GEMM_MC;
         int mc = g->M - ic < IOUPOS__GEMM_MC ? g->M - ic : IOUPOS__GEMM_MC;
         int s0 = ns * jn / nn, s1 = ns * (jn + 1) / nn, s, ir;
+        /* full MR-row slivers of op(A) are read in place; a last partial one is packed
+           (zero-padded) */
         if (packed_ic != ic) {
-          ioupos__gemm_pack_a(g, ic, mc, pc, kc, bufa);
+          int full = mc / MR * MR;
+          if (full < mc) ioupos__gemm_pack_a(g, ic + full, mc - full, pc, kc, bufa);
           packed_ic = ic;
         }
         for (s = s0; s < s1; ++s) {
@@ -7508,16 +7749,23 @@ static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float 
           const float *bp = bufb + (size_t)s * kc * NR;
           for (ir = 0; ir < mc; ir += MR) {
             int mr = mc - ir < MR ? mc - ir : MR;
-            const float *ap = bufa + (size_t)ir * kc;
+            const float *ap = bufa;
+            ptrdiff_t sa_i = 1, sa_p = MR;
             float *c = g->C + (ptrdiff_t)(ic + ir) * g->ldc + j;
+            if (mr == MR) {
+              if (!g->ta)
+                ap = g->A + (ptrdiff_t)(ic + ir) * g->lda + pc, sa_i = g->lda, sa_p = 1;
+              else
+                ap = g->A + (ptrdiff_t)pc * g->lda + (ic + ir), sa_i = 1, sa_p = g->lda;
+            }
             if (mr == MR && nr == NR) {
-              ioupos__gemm_ukernel(kc, ap, bp, c, g->ldc, g->alpha, beta);
+              ioupos__gemm_ukernel(kc, ap, sa_i, sa_p, bp, c, g->ldc, g->alpha, beta);
             } else { /* edge: same kernel on a padded copy */
               int r, q;
               if (beta != 0.0f)
                 for (r = 0; r < mr; ++r)
                   for (q = 0; q < nr; ++q) tile[r * NR + q] = c[r * g->ldc + q];
-              ioupos__gemm_ukernel(kc, ap, bp, tile, NR, g->alpha, beta);
+              ioupos__gemm_ukernel(kc, ap, sa_i, sa_p, bp, tile, NR, g->alpha, beta);
               for (r = 0; r < mr; ++r)
                 for (q = 0; q < nr; ++q) c[r * g->ldc + q] = tile[r * NR + q];
             }
@@ -7729,12 +7977,63 @@ extern "C" {
 #endif
 
 /* ---- linear ---- */
+
+/* Rows per chunk of the deterministic column sums below: a constant, never the thread count. */
+#define IOUPOS__ROW_CHUNK 256
+
+/* db[o] += sum over the T rows of d[t][o]: each chunk of IOUPOS__ROW_CHUNK rows is summed row by
+   row in double (in parallel over chunks), then the chunks' sums are added in chunk order. */
+static void ioupos__colsum_add(float *db, const float *d, size_t T, int OC) {
+  size_t nch = (T + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
+  double *part;
+  int o;
+  if (T == 0 || OC < 1) return;
+  part = (double *)IOUPOS_MALLOC(sizeof(double) * nch * (size_t)OC);
+  if (!part) { /* the same sums, column by column */
+    for (o = 0; o < OC; ++o) {
+      double tot = 0.0;
+      for (ch = 0; ch < nch; ++ch) {
+        size_t t, t1 = (ch + 1) * IOUPOS__ROW_CHUNK < T ? (ch + 1) * IOUPOS__ROW_CHUNK : T;
+        double s = 0.0;
+        for (t = ch * IOUPOS__ROW_CHUNK; t < t1; ++t) s += d[t * OC + o];
+        tot += s;
+      }
+      db[o] += (float)tot;
+    }
+    return;
+  }
+  {
+    long c, n = (long)nch;
+    IOUPOS__PFOR((double)T * OC)
+    for (c = 0; c < n; ++c) {
+      double *pp = part + (size_t)c * OC;
+      size_t t, t1 = ((size_t)c + 1) * IOUPOS__ROW_CHUNK < T ? ((size_t)c + 1) * IOUPOS__ROW_CHUNK : T;
+      int q;
+      for (q = 0; q < OC; ++q) pp[q] = 0.0;
+      for (t = (size_t)c * IOUPOS__ROW_CHUNK; t < t1; ++t) {
+        const float *row = d + t * OC;
+        q = 0;
+#if IOUPOS__GEMM_AVX2
+        for (; q + 4 <= OC; q += 4)
+          _mm256_storeu_pd(pp + q, _mm256_add_pd(_mm256_loadu_pd(pp + q),
+                                                 _mm256_cvtps_pd(_mm_loadu_ps(row + q))));
+#endif
+        for (; q < OC; ++q) pp[q] += row[q];
+      }
+    }
+  }
+  for (ch = 1; ch < nch; ++ch)
+    for (o = 0; o < OC; ++o) part[o] += part[ch * OC + o];
+  for (o = 0; o < OC; ++o) db[o] += (float)part[o];
+  IOUPOS_FREE(part);
+}
+
 IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *weight,
                                      const float *bias, int N, int C, int OC) {
-  int st, n, o;
+  int st, n;
   if (bias) {
-    for (n = 0; n < N; ++n)
-      for (o = 0; o < OC; ++o) out[(size_t)n * OC + o] = bias[o];
+    IOUPOS__PFOR((double)N * OC)
+    for (n = 0; n < N; ++n) memcpy(out + (size_t)n * OC, bias, sizeof(float) * (size_t)OC);
   }
   st = ioupos_gemm(0, 1, N, OC, C, 1.0f, inp, C > 0 ? C : 1, weight, C > 0 ? C : 1,
                    bias ? 1.0f : 0.0f, out, OC > 0 ? OC : 1);
@@ -7744,7 +8043,7 @@ IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *
 IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
                                       const float *dout, const float *inp, const float *weight,
                                       int N, int C, int OC) {
-  int st, n, o;
+  int st;
   int ldc = C > 0 ? C : 1, ldo = OC > 0 ? OC : 1;
   if (dinp) {
     st = ioupos_gemm(0, 0, N, C, OC, 1.0f, dout, ldo, weight, ldc, 1.0f, dinp, ldc);
@@ -7754,51 +8053,136 @@ IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
     st = ioupos_gemm(1, 0, OC, C, N, 1.0f, dout, ldo, inp, ldc, 1.0f, dweight, ldc);
     if (st) return st;
   }
-  if (dbias) {
-    for (o = 0; o < OC; ++o) {
-      double s = 0.0;
-      for (n = 0; n < N; ++n) s += dout[(size_t)n * OC + o];
-      dbias[o] += (float)s;
-    }
-  }
+  if (dbias && N > 0) ioupos__colsum_add(dbias, dout, (size_t)N, OC);
   return IOUPOS_OK;
 }
 
 /* ---- layer norm ---- */
+
+/* sum of x[0..n) in double: 8 running sums (element c into sum c mod 8), added pairwise in a
+   fixed order, then the last n mod 8 elements in order. Deterministic; vectorisable. */
+static double ioupos__dsum(const float *x, int n) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
+  int c = 0, l;
+#if IOUPOS__GEMM_AVX2 /* the same sums, four lanes at a time */
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  for (; c + 8 <= n; c += 8) {
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm_loadu_ps(x + c)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)));
+  }
+  _mm256_storeu_pd(a, lo);
+  _mm256_storeu_pd(a + 4, hi);
+#endif
+  for (; c + 8 <= n; c += 8)
+    for (l = 0; l < 8; ++l) a[l] += x[c + l];
+  s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+  for (; c < n; ++c) s += x[c];
+  return s;
+}
+
+/* sum of (x - m)^2, same order as ioupos__dsum */
+static double ioupos__dsumsq(const float *x, double m, int n) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
+  int c = 0, l;
+#if IOUPOS__GEMM_AVX2
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd(), mv = _mm256_set1_pd(m), d;
+  for (; c + 8 <= n; c += 8) {
+    d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv);
+    lo = _mm256_add_pd(lo, _mm256_mul_pd(d, d));
+    d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)), mv);
+    hi = _mm256_add_pd(hi, _mm256_mul_pd(d, d));
+  }
+  _mm256_storeu_pd(a, lo);
+  _mm256_storeu_pd(a + 4, hi);
+#endif
+  for (; c + 8 <= n; c += 8)
+    for (l = 0; l < 8; ++l) {
+      double d = x[c + l] - m;
+      a[l] += d * d;
+    }
+  s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+  for (; c < n; ++c) s += (x[c] - m) * (x[c] - m);
+  return s;
+}
+
 IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                          const float *weight, const float *bias, int N, int C,
                                          float eps) {
-  int n, c;
+  int n;
+  IOUPOS__PFOR((double)N * C)
   for (n = 0; n < N; ++n) {
     const float *x = inp + (size_t)n * C;
     float *y = out + (size_t)n * C;
-    double m = 0.0, v = 0.0, r;
-    for (c = 0; c < C; ++c) m += x[c];
-    m /= C;
-    for (c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
-    v /= C;
+    double m, v, r;
+    int c;
+    m = ioupos__dsum(x, C) / C;
+    v = ioupos__dsumsq(x, m, C) / C;
     r = 1.0 / sqrt(v + eps);
-    for (c = 0; c < C; ++c) {
-      double h = (x[c] - m) * r;
-      if (weight) h *= weight[c];
-      if (bias) h += bias[c];
-      y[c] = (float)h;
+    if (weight && bias) {
+      c = 0;
+#if IOUPOS__GEMM_AVX2
+      {
+        __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
+        for (; c + 4 <= C; c += 4) {
+          __m256d h = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv), rv);
+          h = _mm256_add_pd(_mm256_mul_pd(h, _mm256_cvtps_pd(_mm_loadu_ps(weight + c))),
+                            _mm256_cvtps_pd(_mm_loadu_ps(bias + c)));
+          _mm_storeu_ps(y + c, _mm256_cvtpd_ps(h));
+        }
+      }
+#endif
+      for (; c < C; ++c) y[c] = (float)((x[c] - m) * r * weight[c] + bias[c]);
+    } else {
+      for (c = 0; c < C; ++c) {
+        double h = (x[c] - m) * r;
+        if (weight) h *= weight[c];
+        if (bias) h += bias[c];
+        y[c] = (float)h;
+      }
     }
     mean[n] = (float)m;
     rstd[n] = (float)r;
   }
 }
 
-IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *dbias,
-                                          const float *dout, const float *inp,
-                                          const float *weight, const float *mean,
-                                          const float *rstd, int N, int C) {
-  int n, c;
-  for (n = 0; n < N; ++n) {
+/* rows [n0, n1) of the layer norm backward: dinp (may be NULL) and, when pw is not NULL, the
+   parameter gradients' partial sums pw[C] (dy xhat) and pb[C] (dy), added row by row */
+static void ioupos__ln_bwd_rows(float *dinp, double *pw, double *pb, const float *dout,
+                                const float *inp, const float *weight, const float *mean,
+                                const float *rstd, int n0, int n1, int C) {
+  int n, c, l;
+  for (n = n0; n < n1; ++n) {
     const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
-    double m = mean[n], r = rstd[n], s1 = 0.0, s2 = 0.0;
+    double m = mean[n], r = rstd[n], s1, s2, a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
+#if IOUPOS__GEMM_AVX2 /* the same arithmetic, four lanes at a time */
+    const __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
+    __m256d v1 = _mm256_setzero_pd(), v2 = _mm256_setzero_pd(), xh, dxh;
+#define IOUPOS__LN_LANES(c)                                                               \
+  do {                                                                                    \
+    xh = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + (c))), mv), rv);    \
+    dxh = _mm256_cvtps_pd(_mm_loadu_ps(dy + (c)));                                        \
+    if (weight) dxh = _mm256_mul_pd(dxh, _mm256_cvtps_pd(_mm_loadu_ps(weight + (c))));    \
+  } while (0)
+    for (c = 0; c + 4 <= C; c += 4) {
+      IOUPOS__LN_LANES(c);
+      v1 = _mm256_add_pd(v1, dxh);
+      v2 = _mm256_add_pd(v2, _mm256_mul_pd(dxh, xh));
+    }
+    _mm256_storeu_pd(a1, v1);
+    _mm256_storeu_pd(a2, v2);
+#else
+    c = 0;
+#endif
     /* dxhat = dy * w; dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
-    for (c = 0; c < C; ++c) {
+    for (; c + 4 <= C; c += 4)
+      for (l = 0; l < 4; ++l) {
+        double xh = (x[c + l] - m) * r, dxh = weight ? (double)dy[c + l] * weight[c + l] : dy[c + l];
+        a1[l] += dxh;
+        a2[l] += dxh * xh;
+      }
+    s1 = (a1[0] + a1[2]) + (a1[1] + a1[3]);
+    s2 = (a2[0] + a2[2]) + (a2[1] + a2[3]);
+    for (; c < C; ++c) {
       double xh = (x[c] - m) * r, dxh = weight ? (double)dy[c] * weight[c] : dy[c];
       s1 += dxh;
       s2 += dxh * xh;
@@ -7807,44 +8191,391 @@ IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *db
     s2 /= C;
     if (dinp) {
       float *dx = dinp + (size_t)n * C;
-      for (c = 0; c < C; ++c) {
-        double xh = (x[c] - m) * r, dxh = weight ? (double)dy[c] * weight[c] : dy[c];
-        dx[c] += (float)(r * (dxh - s1 - xh * s2));
+      c = 0;
+#if IOUPOS__GEMM_AVX2
+      {
+        const __m256d s1v = _mm256_set1_pd(s1), s2v = _mm256_set1_pd(s2);
+        for (; c + 4 <= C; c += 4) {
+          __m256d t;
+          IOUPOS__LN_LANES(c);
+          t = _mm256_mul_pd(rv, _mm256_sub_pd(_mm256_sub_pd(dxh, s1v), _mm256_mul_pd(xh, s2v)));
+          _mm_storeu_ps(dx + c, _mm_add_ps(_mm_loadu_ps(dx + c), _mm256_cvtpd_ps(t)));
+        }
       }
+#endif
+      if (weight)
+        for (; c < C; ++c) {
+          double xh1 = (x[c] - m) * r, dxh1 = (double)dy[c] * weight[c];
+          dx[c] += (float)(r * (dxh1 - s1 - xh1 * s2));
+        }
+      else
+        for (; c < C; ++c) {
+          double xh1 = (x[c] - m) * r;
+          dx[c] += (float)(r * (dy[c] - s1 - xh1 * s2));
+        }
+    }
+    if (pw) {
+      c = 0;
+#if IOUPOS__GEMM_AVX2
+      for (; c + 4 <= C; c += 4) {
+        __m256d d = _mm256_cvtps_pd(_mm_loadu_ps(dy + c));
+        xh = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv), rv);
+        _mm256_storeu_pd(pw + c, _mm256_add_pd(_mm256_loadu_pd(pw + c), _mm256_mul_pd(d, xh)));
+        _mm256_storeu_pd(pb + c, _mm256_add_pd(_mm256_loadu_pd(pb + c), d));
+      }
+#endif
+      for (; c < C; ++c) {
+        pw[c] += dy[c] * ((x[c] - m) * r);
+        pb[c] += dy[c];
+      }
+    }
+#if IOUPOS__GEMM_AVX2
+#undef IOUPOS__LN_LANES
+#endif
+  }
+}
+
+IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp,
+                                          const float *weight, const float *mean,
+                                          const float *rstd, int N, int C) {
+  /* Rows in chunks of IOUPOS__ROW_CHUNK (in parallel); the parameter gradients are summed per
+     chunk, row by row, then over the chunks in order. */
+  long nch = (N + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
+  double *part = NULL;
+  int c;
+  if (N < 1 || C < 1) return;
+  if (dweight || dbias) {
+    part = (double *)IOUPOS_MALLOC(sizeof(double) * 2 * (size_t)C * (size_t)nch);
+    if (!part) { /* the same sums, one chunk after another, with two row-sized buffers */
+      double acc[2 * 64];
+      int c0, c1;
+      ioupos__ln_bwd_rows(dinp, NULL, NULL, dout, inp, weight, mean, rstd, 0, N, C);
+      for (c0 = 0; c0 < C; c0 += 64) {
+        double tw[64], tb[64];
+        c1 = c0 + 64 < C ? c0 + 64 : C;
+        for (c = c0; c < c1; ++c) tw[c - c0] = tb[c - c0] = 0.0;
+        for (ch = 0; ch < nch; ++ch) {
+          int n, n1 = (int)(ch + 1) * IOUPOS__ROW_CHUNK < N ? (int)(ch + 1) * IOUPOS__ROW_CHUNK : N;
+          for (c = c0; c < c1; ++c) acc[c - c0] = acc[64 + c - c0] = 0.0;
+          for (n = (int)ch * IOUPOS__ROW_CHUNK; n < n1; ++n) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            double m = mean[n], r = rstd[n];
+            for (c = c0; c < c1; ++c) {
+              acc[c - c0] += dy[c] * ((x[c] - m) * r);
+              acc[64 + c - c0] += dy[c];
+            }
+          }
+          for (c = c0; c < c1; ++c) {
+            tw[c - c0] += acc[c - c0];
+            tb[c - c0] += acc[64 + c - c0];
+          }
+        }
+        for (c = c0; c < c1; ++c) {
+          if (dweight) dweight[c] += (float)tw[c - c0];
+          if (dbias) dbias[c] += (float)tb[c - c0];
+        }
+      }
+      return;
     }
   }
-  /* parameter gradients: per channel, rows summed in order (deterministic) */
-  if (dweight || dbias) {
-    for (c = 0; c < C; ++c) {
-      double sw = 0.0, sb = 0.0;
-      for (n = 0; n < N; ++n) {
-        double dy = dout[(size_t)n * C + c];
-        sw += dy * ((inp[(size_t)n * C + c] - (double)mean[n]) * rstd[n]);
-        sb += dy;
-      }
-      if (dweight) dweight[c] += (float)sw;
-      if (dbias) dbias[c] += (float)sb;
+  IOUPOS__PFOR((double)N * C)
+  for (ch = 0; ch < nch; ++ch) {
+    int n0 = (int)ch * IOUPOS__ROW_CHUNK, n1 = n0 + IOUPOS__ROW_CHUNK < N ? n0 + IOUPOS__ROW_CHUNK : N;
+    double *pw = part ? part + (size_t)ch * 2 * C : NULL;
+    if (pw) {
+      int q;
+      for (q = 0; q < 2 * C; ++q) pw[q] = 0.0;
     }
+    ioupos__ln_bwd_rows(dinp, pw, pw ? pw + C : NULL, dout, inp, weight, mean, rstd, n0, n1, C);
+  }
+  if (part) {
+    for (ch = 1; ch < nch; ++ch)
+      for (c = 0; c < 2 * C; ++c) part[c] += part[(size_t)ch * 2 * C + c];
+    for (c = 0; c < C; ++c) {
+      if (dweight) dweight[c] += (float)part[c];
+      if (dbias) dbias[c] += (float)part[C + c];
+    }
+    IOUPOS_FREE(part);
   }
 }
 
 /* ---- GELU ---- */
-IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n) {
+
+/* Elements per parallel chunk of the elementwise loops (any constant: no reductions). */
+#define IOUPOS__EW_CHUNK 4096
+
+/* GELU(x) = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)); gelu'(x) = Phi(x) + x phi(x),
+   phi(x) = exp(-x^2 / 2) / sqrt(2 pi). Evaluated in double, rounded to float once.
+   With AVX2+FMA (as the GEMM's kernel) four lanes at a time by our own approximation:
+     Q(z) = 1 - Phi(z) = 0.5 erfc(z / sqrt 2) = 0.5 exp(-z^2 / 2) t P(2t - 1), z = |x|,
+     t = 1 / (1 + 0.375 z / sqrt 2), P of degree 16 (fitted here by Chebyshev interpolation of
+     erfc(u) exp(u^2) / t over t in (0, 1], all u >= 0, relative error < 1e-12),
+     Phi(x) = Q(|x|) for x < 0 and 1 - Q(x) otherwise (no cancellation for negative x),
+     exp by Cody-Waite reduction and a degree-12 Taylor polynomial; phi shares that exp.
+   The float results are within 1 ulp of the double erf formula wherever that formula is itself
+   accurate (x > -5.5; below, 1 + erf cancels and the formula loses its relative precision,
+   while ours keeps it; both are below 1e-7 there); tests/test_threads.c measures it.
+   Without AVX2: erf and exp from libm, as written above. Either way an element's value does
+   not depend on its position, so ioupos_mlp_backward's recomputed GELU equals the forward's. */
+#if IOUPOS__GEMM_AVX2
+static __m256d ioupos__exp_neg_pd(__m256d a) { /* exp(a) for a <= 0; 0 below -708 */
+  const __m256d lo = _mm256_set1_pd(-708.0);
+  __m256d ac = _mm256_max_pd(a, lo), n, r, p;
+  __m128i ni;
+  __m256i bits;
+  n = _mm256_round_pd(_mm256_mul_pd(ac, _mm256_set1_pd(1.4426950408889634)),
+                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(0.69314718055994529), ac);
+  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(2.3190468138462996e-17), r);
+  p = _mm256_set1_pd(2.08767569878681e-09);
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.505210838544172e-08));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.7557319223985888e-07));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.7557319223985893e-06));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.4801587301587302e-05));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.00019841269841269841));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.0013888888888888889));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.0083333333333333332));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.041666666666666664));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.16666666666666666));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
+  ni = _mm256_cvtpd_epi32(n); /* -1022 <= n <= 0 */
+  bits = _mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(ni), _mm256_set1_epi64x(1023)), 52);
+  p = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
+  return _mm256_blendv_pd(p, _mm256_setzero_pd(), _mm256_cmp_pd(a, lo, _CMP_LT_OQ));
+}
+
+#if IOUPOS__GEMM_AVX512
+/* GCC 12's AVX-512 conversion intrinsics trip -Wmaybe-uninitialized in C++ (their
+   _mm512_undefined_* self-initialisation); the warning is about the compiler's header. */
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+/* The same operations on eight lanes (so the same values as the four-lane version). */
+static __m512d ioupos__exp_neg_pd8(__m512d a) {
+  const __m512d lo = _mm512_set1_pd(-708.0);
+  __m512d ac = _mm512_max_pd(a, lo), n, r, p;
+  __m512i bits;
+  n = _mm512_roundscale_pd(_mm512_mul_pd(ac, _mm512_set1_pd(1.4426950408889634)),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm512_fnmadd_pd(n, _mm512_set1_pd(0.69314718055994529), ac);
+  r = _mm512_fnmadd_pd(n, _mm512_set1_pd(2.3190468138462996e-17), r);
+  p = _mm512_set1_pd(2.08767569878681e-09);
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.505210838544172e-08));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.7557319223985888e-07));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.7557319223985893e-06));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.4801587301587302e-05));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.00019841269841269841));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.0013888888888888889));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.0083333333333333332));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.041666666666666664));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.16666666666666666));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
+  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
+  bits = _mm512_slli_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n)),
+                                            _mm512_set1_epi64(1023)), 52);
+  p = _mm512_mul_pd(p, _mm512_castsi512_pd(bits));
+  return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, lo, _CMP_LT_OQ), p, _mm512_setzero_pd());
+}
+
+static void ioupos__gelu_pd8(__m512d x, __m512d *cdf, __m512d *pdf) {
+  const __m512d one = _mm512_set1_pd(1.0);
+  __m512d z = _mm512_castsi512_pd(_mm512_andnot_si512(_mm512_castpd_si512(_mm512_set1_pd(-0.0)),
+                                                      _mm512_castpd_si512(x)));
+  __m512d e, t, s, p, q;
+  e = ioupos__exp_neg_pd8(_mm512_mul_pd(_mm512_mul_pd(z, z), _mm512_set1_pd(-0.5)));
+  t = _mm512_div_pd(one, _mm512_fmadd_pd(_mm512_mul_pd(z, _mm512_set1_pd(0.70710678118654757)),
+                                         _mm512_set1_pd(0.375), one));
+  s = _mm512_fmsub_pd(t, _mm512_set1_pd(2.0), one);
+  p = _mm512_set1_pd(1.3068295585219209e-07);
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-9.5460101937106793e-08));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-1.1651928040311007e-06));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(1.2949405375598704e-06));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(6.4558193461742565e-06));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-1.0504809837853129e-05));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-3.4958182730251455e-05));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(6.9617173156472553e-05));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.00024025670649030064));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-0.00037369087314853376));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-0.0022148163648765947));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-0.00029585473714835821));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.020862210025598949));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.081945285247995853));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.18878217143387965));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.31287840160336022));
+  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.39814526198753009));
+  q = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(e, _mm512_set1_pd(0.5)), t), p);
+  *cdf = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_GE_OQ), q,
+                              _mm512_sub_pd(one, q));
+  *pdf = _mm512_mul_pd(e, _mm512_set1_pd(0.3989422804014327));
+}
+
+static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
+                               size_t i1) {
+  size_t i = i0;
+  for (;;) {
+    float xt[8] = {0, 0, 0, 0, 0, 0, 0, 0}, at[8] = {0, 0, 0, 0, 0, 0, 0, 0},
+          bt[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const float *xp = x + i;
+    float *ap = a ? a + i : NULL, *bp = b ? b + i : NULL;
+    size_t n = i1 - i, k;
+    __m512d xv, cdf, pdf;
+    if (n == 0) break;
+    if (n < 8) { /* tail */
+      for (k = 0; k < n; ++k) {
+        xt[k] = x[i + k];
+        if (a) at[k] = a[i + k];
+        if (b) bt[k] = b[i + k];
+      }
+      xp = xt, ap = a ? at : NULL, bp = b ? bt : NULL;
+    }
+    xv = _mm512_cvtps_pd(_mm256_loadu_ps(xp));
+    ioupos__gelu_pd8(xv, &cdf, &pdf);
+    if (mode == 0) {
+      _mm256_storeu_ps(ap, _mm512_cvtpd_ps(_mm512_mul_pd(xv, cdf)));
+    } else {
+      __m512d g = _mm512_fmadd_pd(xv, pdf, cdf);
+      if (mode == 1) {
+        __m512d d = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(bp)), g);
+        _mm256_storeu_ps(ap, _mm256_add_ps(_mm256_loadu_ps(ap), _mm512_cvtpd_ps(d)));
+      } else {
+        _mm256_storeu_ps(bp, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(bp)), g)));
+        if (ap) _mm256_storeu_ps(ap, _mm512_cvtpd_ps(_mm512_mul_pd(xv, cdf)));
+      }
+    }
+    if (n < 8) {
+      for (k = 0; k < n; ++k) {
+        if (a) a[i + k] = at[k];
+        if (b) b[i + k] = bt[k];
+      }
+      break;
+    }
+    i += 8;
+  }
+}
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#else
+/* Phi(x) and phi(x), four lanes */
+static void ioupos__gelu_pd(__m256d x, __m256d *cdf, __m256d *pdf) {
+  const __m256d one = _mm256_set1_pd(1.0);
+  __m256d z = _mm256_andnot_pd(_mm256_set1_pd(-0.0), x), e, t, s, p, q;
+  e = ioupos__exp_neg_pd(_mm256_mul_pd(_mm256_mul_pd(z, z), _mm256_set1_pd(-0.5)));
+  t = _mm256_div_pd(one, _mm256_fmadd_pd(_mm256_mul_pd(z, _mm256_set1_pd(0.70710678118654757)),
+                                         _mm256_set1_pd(0.375), one));
+  s = _mm256_fmsub_pd(t, _mm256_set1_pd(2.0), one);
+  p = _mm256_set1_pd(1.3068295585219209e-07);
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-9.5460101937106793e-08));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-1.1651928040311007e-06));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(1.2949405375598704e-06));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(6.4558193461742565e-06));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-1.0504809837853129e-05));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-3.4958182730251455e-05));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(6.9617173156472553e-05));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.00024025670649030064));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-0.00037369087314853376));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-0.0022148163648765947));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-0.00029585473714835821));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.020862210025598949));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.081945285247995853));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.18878217143387965));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.31287840160336022));
+  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.39814526198753009));
+  q = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(e, _mm256_set1_pd(0.5)), t), p);
+  *cdf = _mm256_blendv_pd(q, _mm256_sub_pd(one, q), _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_GE_OQ));
+  *pdf = _mm256_mul_pd(e, _mm256_set1_pd(0.3989422804014327));
+}
+
+/* mode 0: a[i] = GELU(x[i]); mode 1: a[i] += b[i] gelu'(x[i]); mode 2: b[i] *= gelu'(x[i]) and,
+   when a is not NULL, a[i] = GELU(x[i]). For i in [i0, i1); a short tail goes through the same
+   lanes from a zero-padded copy. */
+static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
+                               size_t i1) {
+  size_t i = i0;
+  for (;;) {
+    float xt[4] = {0, 0, 0, 0}, at[4] = {0, 0, 0, 0}, bt[4] = {0, 0, 0, 0};
+    const float *xp = x + i;
+    float *ap = a ? a + i : NULL, *bp = b ? b + i : NULL;
+    size_t n = i1 - i, k;
+    __m256d xv, cdf, pdf;
+    if (n == 0) break;
+    if (n < 4) { /* tail */
+      for (k = 0; k < n; ++k) {
+        xt[k] = x[i + k];
+        if (a) at[k] = a[i + k];
+        if (b) bt[k] = b[i + k];
+      }
+      xp = xt, ap = a ? at : NULL, bp = b ? bt : NULL;
+    }
+    xv = _mm256_cvtps_pd(_mm_loadu_ps(xp));
+    ioupos__gelu_pd(xv, &cdf, &pdf);
+    if (mode == 0) {
+      _mm_storeu_ps(ap, _mm256_cvtpd_ps(_mm256_mul_pd(xv, cdf)));
+    } else {
+      __m256d g = _mm256_fmadd_pd(xv, pdf, cdf);
+      if (mode == 1) {
+        __m256d d = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(bp)), g);
+        _mm_storeu_ps(ap, _mm_add_ps(_mm_loadu_ps(ap), _mm256_cvtpd_ps(d)));
+      } else {
+        _mm_storeu_ps(bp, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(bp)), g)));
+        if (ap) _mm_storeu_ps(ap, _mm256_cvtpd_ps(_mm256_mul_pd(xv, cdf)));
+      }
+    }
+    if (n < 4) {
+      for (k = 0; k < n; ++k) {
+        if (a) a[i + k] = at[k];
+        if (b) b[i + k] = bt[k];
+      }
+      break;
+    }
+    i += 4;
+  }
+}
+#endif /* AVX-512 */
+#else
+static double ioupos__gelu_cdf(double x) { return 0.5 * (1.0 + erf(x * 0.70710678118654752440)); }
+
+static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
+                               size_t i1) {
   size_t i;
-  for (i = 0; i < n; ++i) {
-    double x = inp[i];
-    out[i] = (float)(0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
+  for (i = i0; i < i1; ++i) {
+    double v = x[i], cdf = ioupos__gelu_cdf(v), g;
+    if (mode == 0) {
+      a[i] = (float)(v * cdf);
+      continue;
+    }
+    g = cdf + v * (0.39894228040143267794 * exp(-0.5 * v * v));
+    if (mode == 1) {
+      a[i] += (float)(b[i] * g);
+    } else {
+      b[i] = (float)(b[i] * g);
+      if (a) a[i] = (float)(v * cdf);
+    }
+  }
+}
+#endif
+
+/* ioupos__gelu_range over n elements in parallel chunks */
+static void ioupos__gelu_par(int mode, float *a, float *b, const float *x, size_t n) {
+  long ch, nch = (long)((n + IOUPOS__EW_CHUNK - 1) / IOUPOS__EW_CHUNK);
+  IOUPOS__PFOR((double)n * 8)
+  for (ch = 0; ch < nch; ++ch) {
+    size_t i = (size_t)ch * IOUPOS__EW_CHUNK, e = i + IOUPOS__EW_CHUNK < n ? i + IOUPOS__EW_CHUNK : n;
+    ioupos__gelu_range(mode, a, b, x, i, e);
   }
 }
 
+IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n) {
+  ioupos__gelu_par(0, out, NULL, inp, n);
+}
+
 IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-  size_t i;
-  for (i = 0; i < n; ++i) {
-    double x = inp[i];
-    double cdf = 0.5 * (1.0 + erf(x * 0.70710678118654752440));
-    double pdf = 0.39894228040143267794 * exp(-0.5 * x * x);
-    dinp[i] += (float)(dout[i] * (cdf + x * pdf));
-  }
+  ioupos__gelu_par(1, dinp, (float *)dout, inp, n); /* mode 1 only reads b */
 }
 
 /* ---- ReLU ---- */
@@ -7919,21 +8650,33 @@ IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const floa
 
 /* ---- global average pooling ---- */
 IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int T, int C) {
-  int b, t, c;
-  for (b = 0; b < B; ++b)
-    for (c = 0; c < C; ++c) {
-      double s = 0.0;
-      for (t = 0; t < T; ++t) s += inp[((size_t)b * T + t) * C + c];
-      out[(size_t)b * C + c] = (float)(s / T);
+  int b;
+  IOUPOS__PFOR((double)B * T * C)
+  for (b = 0; b < B; ++b) {
+    /* channels in blocks of 64, tokens in order: each channel's sum as a column walk would */
+    double acc[64];
+    int c0, c, t;
+    for (c0 = 0; c0 < C; c0 += 64) {
+      int c1 = c0 + 64 < C ? c0 + 64 : C;
+      for (c = c0; c < c1; ++c) acc[c - c0] = 0.0;
+      for (t = 0; t < T; ++t) {
+        const float *row = inp + ((size_t)b * T + t) * C;
+        for (c = c0; c < c1; ++c) acc[c - c0] += row[c];
+      }
+      for (c = c0; c < c1; ++c) out[(size_t)b * C + c] = (float)(acc[c - c0] / T);
     }
+  }
 }
 
 IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, int T, int C) {
-  int b, t, c;
-  for (b = 0; b < B; ++b)
-    for (t = 0; t < T; ++t)
-      for (c = 0; c < C; ++c)
-        dinp[((size_t)b * T + t) * C + c] += (float)((double)dout[(size_t)b * C + c] / T);
+  long r, rows = (long)B * T;
+  IOUPOS__PFOR((double)rows * C)
+  for (r = 0; r < rows; ++r) {
+    const float *g = dout + (size_t)(r / T) * C;
+    float *d = dinp + (size_t)r * C;
+    int c;
+    for (c = 0; c < C; ++c) d[c] += (float)((double)g[c] / T);
+  }
 }
 
 /* ---- batch norm 1d ---- */
@@ -8107,32 +8850,40 @@ static const int ioupos__merge_off3[8][3] = {{0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {0
                                              {1, 1, 0}, {1, 0, 1}, {0, 1, 1}, {1, 1, 1}};
 static const int ioupos__merge_off2[4][3] = {{0, 0, 0}, {0, 1, 0}, {0, 0, 1}, {0, 1, 1}};
 
-/* dir 0: cat[M][K] = gather of inp (zero padding); dir 1: dinp += scatter of cat. */
+/* dir 0: cat[M][K] = gather of inp (zero padding); dir 1: dinp += scatter of cat. Rows in
+   parallel: each input position belongs to exactly one row. */
 static void ioupos__merge_gather(float *cat, float *dinp, const float *inp, int dir, int dims,
                                  int B, const int shape[], int C) {
-  int S[3], g[3], b, z, y, x, q, nq = dims == 3 ? 8 : 4, c;
+  int S[3], g[3], q, nq = dims == 3 ? 8 : 4;
   const int(*off)[3] = dims == 3 ? ioupos__merge_off3 : ioupos__merge_off2;
-  size_t row = 0, K = (size_t)nq * C;
+  size_t K = (size_t)nq * C;
+  long row, rows;
   if (dims == 3) S[0] = shape[0], S[1] = shape[1], S[2] = shape[2];
   else S[0] = 1, S[1] = shape[0], S[2] = shape[1];
   for (q = 0; q < 3; ++q) g[q] = (S[q] + 1) / 2;
   if (dims == 2) g[0] = 1;
-  for (b = 0; b < B; ++b)
-    for (z = 0; z < g[0]; ++z)
-      for (y = 0; y < g[1]; ++y)
-        for (x = 0; x < g[2]; ++x, ++row)
-          for (q = 0; q < nq; ++q) {
-            int zz = (dims == 3 ? 2 * z : 0) + off[q][0], yy = 2 * y + off[q][1],
-                xx = 2 * x + off[q][2];
-            float *cr = cat + row * K + (size_t)q * C;
-            int inside = zz < S[0] && yy < S[1] && xx < S[2];
-            size_t o = ((((size_t)b * S[0] + zz) * S[1] + yy) * S[2] + xx) * C;
-            if (dir == 0) {
-              for (c = 0; c < C; ++c) cr[c] = inside ? inp[o + c] : 0.0f;
-            } else if (inside) {
-              for (c = 0; c < C; ++c) dinp[o + c] += cr[c];
-            }
-          }
+  rows = (long)B * g[0] * g[1] * g[2];
+  IOUPOS__PFOR((double)rows * K)
+  for (row = 0; row < rows; ++row) {
+    long r = row;
+    int x = (int)(r % g[2]), y, z, b, k, c;
+    r /= g[2];
+    y = (int)(r % g[1]);
+    r /= g[1];
+    z = (int)(r % g[0]);
+    b = (int)(r / g[0]);
+    for (k = 0; k < nq; ++k) {
+      int zz = (dims == 3 ? 2 * z : 0) + off[k][0], yy = 2 * y + off[k][1], xx = 2 * x + off[k][2];
+      float *cr = cat + (size_t)row * K + (size_t)k * C;
+      int inside = zz < S[0] && yy < S[1] && xx < S[2];
+      size_t o = ((((size_t)b * S[0] + zz) * S[1] + yy) * S[2] + xx) * C;
+      if (dir == 0) {
+        for (c = 0; c < C; ++c) cr[c] = inside ? inp[o + c] : 0.0f;
+      } else if (inside) {
+        for (c = 0; c < C; ++c) dinp[o + c] += cr[c];
+      }
+    }
+  }
 }
 
 static int ioupos__merge_rows(int dims, int B, const int shape[]) {
@@ -8177,47 +8928,46 @@ IOUPOS_DEF void ioupos_drop_path_mask(float *mask, int B, float drop_prob, ioupo
   }
 }
 
+/* The elementwise loops over [B][S] below run in chunks of IOUPOS__EW_CHUNK elements of one
+   sample: chunk k covers sample k / per, elements (k % per) * IOUPOS__EW_CHUNK on. */
+#define IOUPOS__EW_LOOP(B, S, body)                                                       \
+  do {                                                                                    \
+    size_t per_ = ((S) + IOUPOS__EW_CHUNK - 1) / IOUPOS__EW_CHUNK;                        \
+    long k_, nk_ = (long)((size_t)(B) * per_);                                            \
+    IOUPOS__PFOR((double)(B) * (double)(S))                                               \
+    for (k_ = 0; k_ < nk_; ++k_) {                                                        \
+      int b = (int)((size_t)k_ / per_);                                                   \
+      size_t i0_ = ((size_t)k_ % per_) * IOUPOS__EW_CHUNK;                                \
+      size_t i1_ = i0_ + IOUPOS__EW_CHUNK < (S) ? i0_ + IOUPOS__EW_CHUNK : (S), i;        \
+      size_t o_ = (size_t)b * (S);                                                        \
+      for (i = o_ + i0_; i < o_ + i1_; ++i) body                                          \
+    }                                                                                     \
+  } while (0)
+
 IOUPOS_DEF void ioupos_drop_path_forward(float *out, const float *inp, const float *mask, int B,
                                          size_t S) {
-  int b;
-  size_t i;
-  for (b = 0; b < B; ++b)
-    for (i = 0; i < S; ++i) out[(size_t)b * S + i] = inp[(size_t)b * S + i] * mask[b];
+  IOUPOS__EW_LOOP(B, S, { out[i] = inp[i] * mask[b]; });
 }
 
 IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const float *mask,
                                           int B, size_t S) {
-  int b;
-  size_t i;
-  for (b = 0; b < B; ++b)
-    for (i = 0; i < S; ++i) dinp[(size_t)b * S + i] += dout[(size_t)b * S + i] * mask[b];
+  IOUPOS__EW_LOOP(B, S, { dinp[i] += dout[i] * mask[b]; });
 }
 
-/* ---- MLP ---- */
+/* ---- residual ---- */
 IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float *y,
                                         const float *mask, int B, size_t S) {
-  size_t i;
-  int b;
-  for (b = 0; b < B; ++b) {
-    const float *xb = x + (size_t)b * S, *yb = y + (size_t)b * S;
-    float *ob = out + (size_t)b * S;
-    if (mask) {
-      float m = mask[b];
-      for (i = 0; i < S; ++i) ob[i] = xb[i] + yb[i] * m;
-    } else {
-      for (i = 0; i < S; ++i) ob[i] = xb[i] + yb[i];
-    }
-  }
+  if (mask) IOUPOS__EW_LOOP(B, S, { out[i] = x[i] + y[i] * mask[b]; });
+  else IOUPOS__EW_LOOP(B, S, { (void)b; out[i] = x[i] + y[i]; });
 }
 
 IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const float *mask, int B,
                                          size_t S) {
-  size_t i, n = (size_t)B * S;
   if (mask) ioupos_drop_path_backward(dy, dout, mask, B, S);
-  else
-    for (i = 0; i < n; ++i) dy[i] += dout[i];
+  else IOUPOS__EW_LOOP(B, S, { (void)b; dy[i] += dout[i]; });
 }
 
+/* ---- MLP ---- */
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
                                   const float *w1, const float *b1, const float *w2,
                                   const float *b2, int N, int C, int Hd) {
@@ -8231,19 +8981,18 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
                                    float *scratch, const float *dout, const float *inp,
                                    const float *h_pre, const float *h_act, const float *w1,
                                    const float *w2, int N, int C, int Hd) {
-  size_t nh = (size_t)N * Hd, i;
-  float *dh = scratch;
+  size_t nh = (size_t)N * Hd;
+  float *dh = scratch, *act = h_act ? NULL : scratch + nh;
   int st;
-  memset(dh, 0, sizeof(float) * nh);
-  st = ioupos_linear_backward(dh, dw2, db2, dout, h_act, w2, N, Hd, C);
+  /* dh = dout w2 (overwritten: the scratch is ours) */
+  st = ioupos_gemm(0, 0, N, Hd, C, 1.0f, dout, C > 0 ? C : 1, w2, Hd > 0 ? Hd : 1, 0.0f, dh,
+                   Hd > 0 ? Hd : 1);
   if (st) return st;
-  /* dh := gelu'(h_pre) * dh in place (the scratch is ours: overwrite, not accumulate) */
-  for (i = 0; i < nh; ++i) {
-    double x = h_pre[i];
-    double cdf = 0.5 * (1.0 + erf(x * 0.70710678118654752440));
-    double pdf = 0.39894228040143267794 * exp(-0.5 * x * x);
-    dh[i] = (float)(dh[i] * (cdf + x * pdf));
-  }
+  /* dh := gelu'(h_pre) * dh in place; with h_act NULL, GELU(h_pre) is recomputed beside it (the
+     same arithmetic as ioupos_gelu_forward, so the same values) */
+  ioupos__gelu_par(2, act, dh, h_pre, nh);
+  st = ioupos_linear_backward(NULL, dw2, db2, dout, h_act ? h_act : act, w2, N, Hd, C);
+  if (st) return st;
   return ioupos_linear_backward(dinp, dw1, db1, dh, inp, w1, N, C, Hd);
 }
 
@@ -8373,8 +9122,10 @@ static long ioupos__attn_source(const ioupos_swin_geom *g, int wg, int t) {
 
 IOUPOS_DEF void ioupos_window_partition_forward(float *windows, const float *x,
                                                 const ioupos_swin_geom *g, int C) {
-  int wg, t, c, nw = g->batch * g->nwin;
-  for (wg = 0; wg < nw; ++wg)
+  int wg, nw = g->batch * g->nwin;
+  IOUPOS__PFOR((double)nw * g->ntok * C)
+  for (wg = 0; wg < nw; ++wg) {
+    int t, c;
     for (t = 0; t < g->ntok; ++t) {
       long src = ioupos__attn_source(g, wg, t);
       float *o = windows + ((size_t)wg * g->ntok + t) * C;
@@ -8384,42 +9135,53 @@ IOUPOS_DEF void ioupos_window_partition_forward(float *windows, const float *x,
         memcpy(o, x + (size_t)src * C, sizeof(float) * (size_t)C);
       }
     }
+  }
 }
 
+/* (each row of x is held by exactly one token: windows in parallel do not collide) */
 IOUPOS_DEF void ioupos_window_partition_backward(float *dx, const float *dwindows,
                                                  const ioupos_swin_geom *g, int C) {
-  int wg, t, c, nw = g->batch * g->nwin;
-  for (wg = 0; wg < nw; ++wg)
+  int wg, nw = g->batch * g->nwin;
+  IOUPOS__PFOR((double)nw * g->ntok * C)
+  for (wg = 0; wg < nw; ++wg) {
+    int t, c;
     for (t = 0; t < g->ntok; ++t) {
       long src = ioupos__attn_source(g, wg, t);
       const float *o = dwindows + ((size_t)wg * g->ntok + t) * C;
       if (src >= 0)
         for (c = 0; c < C; ++c) dx[(size_t)src * C + c] += o[c];
     }
+  }
 }
 
 IOUPOS_DEF void ioupos_window_reverse_forward(float *x, const float *windows,
                                               const ioupos_swin_geom *g, int C) {
-  int wg, t, nw = g->batch * g->nwin;
-  for (wg = 0; wg < nw; ++wg)
+  int wg, nw = g->batch * g->nwin;
+  IOUPOS__PFOR((double)nw * g->ntok * C)
+  for (wg = 0; wg < nw; ++wg) {
+    int t;
     for (t = 0; t < g->ntok; ++t) {
       long dst = ioupos__attn_source(g, wg, t);
       if (dst >= 0)
         memcpy(x + (size_t)dst * C, windows + ((size_t)wg * g->ntok + t) * C,
                sizeof(float) * (size_t)C);
     }
+  }
 }
 
 IOUPOS_DEF void ioupos_window_reverse_backward(float *dwindows, const float *dx,
                                                const ioupos_swin_geom *g, int C) {
-  int wg, t, c, nw = g->batch * g->nwin;
-  for (wg = 0; wg < nw; ++wg)
+  int wg, nw = g->batch * g->nwin;
+  IOUPOS__PFOR((double)nw * g->ntok * C)
+  for (wg = 0; wg < nw; ++wg) {
+    int t, c;
     for (t = 0; t < g->ntok; ++t) {
       long src = ioupos__attn_source(g, wg, t);
       float *o = dwindows + ((size_t)wg * g->ntok + t) * C;
       if (src >= 0)
         for (c = 0; c < C; ++c) o[c] += dx[(size_t)src * C + c];
     }
+  }
 }
 
 IOUPOS_DEF size_t ioupos_window_attention_acts_size(int BW, int N, int C, int NH) {
@@ -8427,32 +9189,371 @@ IOUPOS_DEF size_t ioupos_window_attention_acts_size(int BW, int N, int C, int NH
 }
 
 IOUPOS_DEF size_t ioupos_window_attention_scratch_size(int BW, int N, int C, int NH) {
-  return (size_t)BW * N * 4 * C + (size_t)BW * NH * N * N;
+  (void)NH; /* dqkv [BW, N, 3C] and dy [BW, N, C]; the rest lives in per-call buffers */
+  return (size_t)BW * N * 4 * C;
 }
+
+/* ---- the small products of one window and head, without packing ----------------------------
+   O[i][c] = alpha * sum_{p < K} A[i * ai + p * ap] * B[p * ldb + c]   for i < M, c < nvalid.
+   A is read in place through its two strides (a transposed operand is ap = rows, ai = 1); the
+   rows of B must be readable for np columns (np a multiple of 8, nvalid <= np). Each element is
+   one sum over p in order (an FMA chain with AVX2+FMA, products then sums otherwise), scaled by
+   alpha at the end: the same arithmetic wherever its tile lies. */
+#define IOUPOS__AMM_MR 6
+#if IOUPOS__GEMM_AVX2
+static void ioupos__amm_store(float *o, __m256 v, int nv) {
+  if (nv >= 8) {
+    _mm256_storeu_ps(o, v);
+  } else if (nv > 0) {
+    float t[8];
+    int q;
+    _mm256_storeu_ps(t, v);
+    for (q = 0; q < nv; ++q) o[q] = t[q];
+  }
+}
+
+static void ioupos__amm(int M, int K, int np, int nvalid, float alpha, const float *A,
+                        ptrdiff_t ai, ptrdiff_t ap, const float *B, ptrdiff_t ldb, float *O,
+                        ptrdiff_t ldo) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int i0, c0, p, r, last_c = 0, last_i = 0;
+  /* Edges: when there are at least 16 columns (6 rows), the last block (tile) is shifted back to
+     end at np (M), overlapping the one before: its overlapping elements are computed again, with
+     the same arithmetic, so they get the same values. */
+#if IOUPOS__GEMM_AVX512
+  if (np >= 16 && M >= 8) { /* 8 x 16 tiles of 512-bit rows: the same sums */
+    const __m512 vz = _mm512_set1_ps(alpha);
+    for (c0 = 0, last_c = 0; !last_c; c0 += 16) {
+      int nv;
+      if (c0 + 16 > np) c0 = np - 16;
+      last_c = c0 + 16 >= np;
+      nv = nvalid - c0;
+      if (nv <= 0) continue;
+      for (i0 = 0, last_i = 0; !last_i; i0 += 8) {
+        const float *a, *b = B + c0;
+        float *o;
+        __m512 x0 = _mm512_setzero_ps(), x1 = _mm512_setzero_ps(), x2 = _mm512_setzero_ps();
+        __m512 x3 = _mm512_setzero_ps(), x4 = _mm512_setzero_ps(), x5 = _mm512_setzero_ps();
+        __m512 x6 = _mm512_setzero_ps(), x7 = _mm512_setzero_ps();
+        if (i0 + 8 > M) i0 = M - 8;
+        last_i = i0 + 8 >= M;
+        a = A + i0 * ai;
+        o = O + i0 * ldo + c0;
+        for (p = 0; p < K; ++p) {
+          const float *x = a + p * ap;
+          __m512 bv = _mm512_loadu_ps(b + p * ldb);
+          x0 = _mm512_fmadd_ps(_mm512_set1_ps(x[0]), bv, x0);
+          x1 = _mm512_fmadd_ps(_mm512_set1_ps(x[ai]), bv, x1);
+          x2 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * ai]), bv, x2);
+          x3 = _mm512_fmadd_ps(_mm512_set1_ps(x[3 * ai]), bv, x3);
+          x4 = _mm512_fmadd_ps(_mm512_set1_ps(x[4 * ai]), bv, x4);
+          x5 = _mm512_fmadd_ps(_mm512_set1_ps(x[5 * ai]), bv, x5);
+          x6 = _mm512_fmadd_ps(_mm512_set1_ps(x[6 * ai]), bv, x6);
+          x7 = _mm512_fmadd_ps(_mm512_set1_ps(x[7 * ai]), bv, x7);
+        }
+        if (nv >= 16) {
+          _mm512_storeu_ps(o, _mm512_mul_ps(vz, x0));
+          _mm512_storeu_ps(o + ldo, _mm512_mul_ps(vz, x1));
+          _mm512_storeu_ps(o + 2 * ldo, _mm512_mul_ps(vz, x2));
+          _mm512_storeu_ps(o + 3 * ldo, _mm512_mul_ps(vz, x3));
+          _mm512_storeu_ps(o + 4 * ldo, _mm512_mul_ps(vz, x4));
+          _mm512_storeu_ps(o + 5 * ldo, _mm512_mul_ps(vz, x5));
+          _mm512_storeu_ps(o + 6 * ldo, _mm512_mul_ps(vz, x6));
+          _mm512_storeu_ps(o + 7 * ldo, _mm512_mul_ps(vz, x7));
+        } else {
+          const __mmask16 m = (__mmask16)((1u << nv) - 1u);
+          _mm512_mask_storeu_ps(o, m, _mm512_mul_ps(vz, x0));
+          _mm512_mask_storeu_ps(o + ldo, m, _mm512_mul_ps(vz, x1));
+          _mm512_mask_storeu_ps(o + 2 * ldo, m, _mm512_mul_ps(vz, x2));
+          _mm512_mask_storeu_ps(o + 3 * ldo, m, _mm512_mul_ps(vz, x3));
+          _mm512_mask_storeu_ps(o + 4 * ldo, m, _mm512_mul_ps(vz, x4));
+          _mm512_mask_storeu_ps(o + 5 * ldo, m, _mm512_mul_ps(vz, x5));
+          _mm512_mask_storeu_ps(o + 6 * ldo, m, _mm512_mul_ps(vz, x6));
+          _mm512_mask_storeu_ps(o + 7 * ldo, m, _mm512_mul_ps(vz, x7));
+        }
+      }
+    }
+    return;
+  }
+#endif
+  for (c0 = 0; !last_c && c0 < np && c0 < nvalid; c0 += 16) {
+    int two, nv;
+    const float *b;
+    if (np >= 16 && c0 + 16 > np) c0 = np - 16;
+    last_c = c0 + 16 >= np;
+    two = np - c0 >= 16, nv = nvalid - c0, b = B + c0;
+    for (i0 = 0, last_i = 0; !last_i && i0 < M; i0 += IOUPOS__AMM_MR) {
+      int mr;
+      const float *a;
+      float *o;
+      if (M >= IOUPOS__AMM_MR && i0 + IOUPOS__AMM_MR > M) i0 = M - IOUPOS__AMM_MR;
+      last_i = i0 + IOUPOS__AMM_MR >= M;
+      mr = M - i0 < IOUPOS__AMM_MR ? M - i0 : IOUPOS__AMM_MR;
+      a = A + i0 * ai;
+      o = O + i0 * ldo + c0;
+      if (mr == IOUPOS__AMM_MR && two) {
+        __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+        __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+        __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+        __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+        __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+        __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+        for (p = 0; p < K; ++p) {
+          const float *bp = b + p * ldb, *x = a + p * ap;
+          __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8), s;
+          s = _mm256_broadcast_ss(x);
+          c00 = _mm256_fmadd_ps(s, b0, c00);
+          c01 = _mm256_fmadd_ps(s, b1, c01);
+          s = _mm256_broadcast_ss(x + ai);
+          c10 = _mm256_fmadd_ps(s, b0, c10);
+          c11 = _mm256_fmadd_ps(s, b1, c11);
+          s = _mm256_broadcast_ss(x + 2 * ai);
+          c20 = _mm256_fmadd_ps(s, b0, c20);
+          c21 = _mm256_fmadd_ps(s, b1, c21);
+          s = _mm256_broadcast_ss(x + 3 * ai);
+          c30 = _mm256_fmadd_ps(s, b0, c30);
+          c31 = _mm256_fmadd_ps(s, b1, c31);
+          s = _mm256_broadcast_ss(x + 4 * ai);
+          c40 = _mm256_fmadd_ps(s, b0, c40);
+          c41 = _mm256_fmadd_ps(s, b1, c41);
+          s = _mm256_broadcast_ss(x + 5 * ai);
+          c50 = _mm256_fmadd_ps(s, b0, c50);
+          c51 = _mm256_fmadd_ps(s, b1, c51);
+        }
+#define IOUPOS__AMM_ROW(rr, x0, x1)                                      \
+  do {                                                                 \
+    ioupos__amm_store(o + (rr) * ldo, _mm256_mul_ps(va, x0), nv);      \
+    ioupos__amm_store(o + (rr) * ldo + 8, _mm256_mul_ps(va, x1), nv - 8); \
+  } while (0)
+        IOUPOS__AMM_ROW(0, c00, c01);
+        IOUPOS__AMM_ROW(1, c10, c11);
+        IOUPOS__AMM_ROW(2, c20, c21);
+        IOUPOS__AMM_ROW(3, c30, c31);
+        IOUPOS__AMM_ROW(4, c40, c41);
+        IOUPOS__AMM_ROW(5, c50, c51);
+#undef IOUPOS__AMM_ROW
+      } else { /* fewer rows, or one vector of columns: the same sums, tile by tile */
+        __m256 acc[IOUPOS__AMM_MR][2];
+        for (r = 0; r < mr; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (p = 0; p < K; ++p) {
+          const float *bp = b + p * ldb, *x = a + p * ap;
+          __m256 b0 = _mm256_loadu_ps(bp), b1 = two ? _mm256_loadu_ps(bp + 8) : b0;
+          for (r = 0; r < mr; ++r) {
+            __m256 s = _mm256_broadcast_ss(x + r * ai);
+            acc[r][0] = _mm256_fmadd_ps(s, b0, acc[r][0]);
+            if (two) acc[r][1] = _mm256_fmadd_ps(s, b1, acc[r][1]);
+          }
+        }
+        for (r = 0; r < mr; ++r) {
+          ioupos__amm_store(o + r * ldo, _mm256_mul_ps(va, acc[r][0]), nv);
+          if (two) ioupos__amm_store(o + r * ldo + 8, _mm256_mul_ps(va, acc[r][1]), nv - 8);
+        }
+      }
+    }
+  }
+}
+#else
+static void ioupos__amm(int M, int K, int np, int nvalid, float alpha, const float *A,
+                        ptrdiff_t ai, ptrdiff_t ap, const float *B, ptrdiff_t ldb, float *O,
+                        ptrdiff_t ldo) {
+  int i0, c0, p, r, q;
+  for (c0 = 0; c0 < np && c0 < nvalid; c0 += 16) {
+    int w = np - c0 >= 16 ? 16 : 8, nv = nvalid - c0 < w ? nvalid - c0 : w;
+    for (i0 = 0; i0 < M; i0 += IOUPOS__AMM_MR) {
+      int mr = M - i0 < IOUPOS__AMM_MR ? M - i0 : IOUPOS__AMM_MR;
+      float acc[IOUPOS__AMM_MR][16];
+      memset(acc, 0, sizeof acc);
+      for (p = 0; p < K; ++p) {
+        const float *bp = B + p * ldb + c0, *x = A + i0 * ai + p * ap;
+        for (r = 0; r < mr; ++r) {
+          float s = x[r * ai];
+          for (q = 0; q < w; ++q) acc[r][q] += s * bp[q];
+        }
+      }
+      for (r = 0; r < mr; ++r)
+        for (q = 0; q < nv; ++q) O[(i0 + r) * ldo + c0 + q] = alpha * acc[r][q];
+    }
+  }
+}
+#endif
+
+/* dst[d][j] = src[j * ld + d] for d < hd, j < n; zero for n <= j < np */
+static void ioupos__attn_transpose(float *dst, const float *src, ptrdiff_t ld, int n, int hd,
+                                   int np) {
+  int d, j;
+  for (d = 0; d < hd; ++d) {
+    float *o = dst + (size_t)d * np;
+    for (j = 0; j < n; ++j) o[j] = src[j * ld + d];
+    for (; j < np; ++j) o[j] = 0.0f;
+  }
+}
+
+/* dst[j][0..hdp) = src[j * ld + 0..hd) then zeros, j < n */
+static void ioupos__attn_pad(float *dst, const float *src, ptrdiff_t ld, int n, int hd, int hdp) {
+  int d, j;
+  for (j = 0; j < n; ++j) {
+    float *o = dst + (size_t)j * hdp;
+    for (d = 0; d < hd; ++d) o[d] = src[j * ld + d];
+    for (; d < hdp; ++d) o[d] = 0.0f;
+  }
+}
+
+/* Windows per unit of work (a unit is these windows for one head). A constant: the relative
+   position table's gradient is summed per unit, then over units in order. */
+#define IOUPOS__ATTN_WCHUNK 32
 
 /* out [T, OC] = inp [T, IC] W [OC, IC]^T + b [OC] (b may be NULL). */
 static int ioupos__attn_linear_forward(float *out, const float *inp, const float *w,
                                        const float *b, int T, int IC, int OC) {
-  int t, o, st = ioupos_gemm(0, 1, T, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
+  int t, st = ioupos_gemm(0, 1, T, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
   if (st || !b) return st;
-  for (t = 0; t < T; ++t)
-    for (o = 0; o < OC; ++o) out[(size_t)t * OC + o] += b[o];
+  IOUPOS__PFOR((double)T * OC)
+  for (t = 0; t < T; ++t) {
+    float *o = out + (size_t)t * OC;
+    int c;
+    for (c = 0; c < OC; ++c) o[c] += b[c];
+  }
   return IOUPOS_OK;
 }
 
-/* dinp [T, IC] += dout W; dw [OC, IC] += dout^T inp; db [OC] += column sums (db may be NULL).
-   ACCUMULATES. */
+/* dinp [T, IC] += dout W (dinp may be NULL); dw [OC, IC] += dout^T inp; db [OC] += column sums
+   (db may be NULL). ACCUMULATES. */
 static int ioupos__attn_linear_backward(float *dinp, float *dw, float *db, const float *dout,
                                         const float *inp, const float *w, int T, int IC, int OC) {
-  int t, o, st = ioupos_gemm(0, 0, T, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
+  int st = dinp ? ioupos_gemm(0, 0, T, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC) : 0;
   if (!st) st = ioupos_gemm(1, 0, OC, IC, T, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
   if (st || !db) return st;
-  for (o = 0; o < OC; ++o) {
-    double s = 0.0;
-    for (t = 0; t < T; ++t) s += dout[(size_t)t * OC + o];
-    db[o] += (float)s;
-  }
+  ioupos__colsum_add(db, dout, (size_t)T, OC);
   return IOUPOS_OK;
+}
+
+/* One row of the scores: P[0..N) = softmax(s + bias (+ mask)), s[0..Np) is overwritten; bias is
+   -inf and the mask 0 past N. The sum of the exponentials is taken in double. */
+#if IOUPOS__GEMM_AVX2
+static void ioupos__attn_softmax_row(float *P, float *s, const float *bias, const float *mask,
+                                     int N, int Np) {
+  __m256 m8 = _mm256_set1_ps(-INFINITY);
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), mx, iv;
+  double sum, inv, u[4];
+  float t[8], mxf;
+  int j, l;
+  for (j = 0; j < Np; j += 8) {
+    __m256 v = _mm256_add_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(bias + j));
+    if (mask) v = _mm256_add_ps(v, _mm256_loadu_ps(mask + j));
+    _mm256_storeu_ps(s + j, v);
+    m8 = _mm256_max_ps(m8, v);
+  }
+  _mm256_storeu_ps(t, m8);
+  mxf = t[0];
+  for (l = 1; l < 8; ++l) mxf = t[l] > mxf ? t[l] : mxf;
+  mx = _mm256_set1_pd((double)mxf);
+  for (j = 0; j < Np; j += 8) { /* e = exp(s - max) rounded to float, summed in double */
+    __m256 v = _mm256_loadu_ps(s + j);
+    __m128 el = _mm256_cvtpd_ps(ioupos__exp_neg_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mx)));
+    __m128 eh = _mm256_cvtpd_ps(ioupos__exp_neg_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mx)));
+    _mm_storeu_ps(s + j, el);
+    _mm_storeu_ps(s + j + 4, eh);
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(el));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(eh));
+  }
+  _mm256_storeu_pd(u, _mm256_add_pd(a0, a1));
+  sum = (u[0] + u[1]) + (u[2] + u[3]);
+  inv = 1.0 / sum;
+  iv = _mm256_set1_pd(inv);
+  for (j = 0; j + 8 <= N; j += 8) {
+    __m128 pl = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(s + j)), iv));
+    __m128 ph = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(s + j + 4)), iv));
+    _mm_storeu_ps(P + j, pl);
+    _mm_storeu_ps(P + j + 4, ph);
+  }
+  for (; j < N; ++j) P[j] = (float)((double)s[j] * inv);
+}
+
+/* One row of the softmax backward: d[0..N) holds dP and becomes dS = P (dP - sum_j P dP);
+   t[j] += dS[j] (the table gradient's partial sums). */
+static void ioupos__attn_dsoftmax_row(float *d, const float *p, double *t, int N) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), dv;
+  double dot, u[4];
+  int j;
+  for (j = 0; j + 8 <= N; j += 8) {
+    a0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + j)), _mm256_cvtps_pd(_mm_loadu_ps(d + j)), a0);
+    a1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + j + 4)),
+                         _mm256_cvtps_pd(_mm_loadu_ps(d + j + 4)), a1);
+  }
+  _mm256_storeu_pd(u, _mm256_add_pd(a0, a1));
+  dot = (u[0] + u[1]) + (u[2] + u[3]);
+  for (; j < N; ++j) dot += (double)p[j] * d[j];
+  dv = _mm256_set1_pd(dot);
+  for (j = 0; j + 8 <= N; j += 8) {
+    int h;
+    for (h = 0; h < 8; h += 4) {
+      __m128 f = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + j + h)),
+                                               _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(d + j + h)), dv)));
+      _mm_storeu_ps(d + j + h, f);
+      _mm256_storeu_pd(t + j + h, _mm256_add_pd(_mm256_loadu_pd(t + j + h), _mm256_cvtps_pd(f)));
+    }
+  }
+  for (; j < N; ++j) {
+    d[j] = (float)(p[j] * (d[j] - dot));
+    t[j] += d[j];
+  }
+}
+#else
+static void ioupos__attn_softmax_row(float *P, float *s, const float *bias, const float *mask,
+                                     int N, int Np) {
+  float mx = -INFINITY;
+  double sum = 0.0;
+  int j;
+  (void)Np;
+  for (j = 0; j < N; ++j) {
+    float v = s[j] + bias[j];
+    if (mask) v += mask[j];
+    s[j] = v;
+    if (v > mx) mx = v;
+  }
+  for (j = 0; j < N; ++j) {
+    s[j] = expf(s[j] - mx);
+    sum += s[j];
+  }
+  for (j = 0; j < N; ++j) P[j] = (float)(s[j] / sum);
+}
+
+static void ioupos__attn_dsoftmax_row(float *d, const float *p, double *t, int N) {
+  double dot = 0.0;
+  int j;
+  for (j = 0; j < N; ++j) dot += (double)p[j] * d[j];
+  for (j = 0; j < N; ++j) {
+    d[j] = (float)(p[j] * (d[j] - dot));
+    t[j] += d[j];
+  }
+}
+#endif
+
+/* scores, softmax and y for window b, head h (see ioupos_window_attention_forward); bias
+   [NH][N][Np] (-inf past N) and mask [nW][N][Np] (0 past N) are the padded copies */
+static void ioupos__attn_fwd_one(float *att, float *y, const float *qkv, const float *bias,
+                                 const float *mask, float *ws, int b, int h, int N, int C, int NH,
+                                 int nW, float scale) {
+  const int hd = C / NH, C3 = 3 * C, Np = (N + 7) & ~7, hdp = (hd + 7) & ~7;
+  const float *q = qkv + (size_t)b * N * C3 + h * hd, *k = q + C, *v = q + 2 * C;
+  const float *bh = bias + (size_t)h * N * Np, *mw = mask ? mask + (size_t)(b % nW) * N * Np : NULL;
+  float *P = att + ((size_t)b * NH + h) * N * N, *Kt = ws, *Vp = ws + (size_t)hd * Np;
+  float *S = Vp + (size_t)N * hdp;
+  int i;
+  /* scores = scale q k^T (MONAI scales q first; alpha = scale differs only by rounding) */
+  ioupos__attn_transpose(Kt, k, C3, N, hd, Np);
+  ioupos__amm(N, hd, Np, Np, scale, q, C3, 1, Kt, Np, S, Np);
+  /* + bias + mask, softmax over the row */
+  for (i = 0; i < N; ++i)
+    ioupos__attn_softmax_row(P + (size_t)i * N, S + (size_t)i * Np, bh + (size_t)i * Np,
+                             mw ? mw + (size_t)i * Np : NULL, N, Np);
+  /* y[:, h*hd:(h+1)*hd] = P v */
+  if (hd % 8 == 0) {
+    ioupos__amm(N, N, hd, hd, 1.0f, P, N, 1, v, C3, y + (size_t)b * N * C + h * hd, C);
+  } else {
+    ioupos__attn_pad(Vp, v, C3, N, hd, hdp);
+    ioupos__amm(N, N, hdp, hd, 1.0f, P, N, 1, Vp, hdp, y + (size_t)b * N * C + h * hd, C);
+  }
 }
 
 IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
@@ -8461,50 +9562,90 @@ IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const fl
                                                const float *table, const int *index,
                                                const float *mask, int BW, int N, int C, int NH,
                                                int nW) {
-  const int hd = C / NH, C3 = 3 * C;
-  const float scale = (float)(1.0 / sqrt((double)hd));
+  const int C3 = 3 * C;
   float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
-  int b, h, i, j, st;
+  float *bias, *maskp = NULL, *ws;
+  size_t wsn, nb, nm;
+  void *raw;
+  int hd, Np, hdp, h, i, j, st, nth, units;
+  float scale;
   if (NH < 1 || C % NH != 0 || (mask && nW < 1))
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_forward: C %d is not a multiple "
                         "of heads %d, or mask without windows (nW %d)", C, NH, nW);
+  hd = C / NH, Np = (N + 7) & ~7, hdp = (hd + 7) & ~7;
+  scale = (float)(1.0 / sqrt((double)hd));
   st = ioupos__attn_linear_forward(qkv, inp, qkv_w, qkv_b, BW * N, C, C3);
   if (st) return st;
-  /* scores[b][h] = scale * q[b][h] k[b][h]^T: q and k are read in place from qkv (row stride 3C,
-     window stride N * 3C), one batched GEMM per head over the windows. MONAI scales q first;
-     alpha = scale differs only by rounding. */
-  for (h = 0; h < NH; ++h) {
-    st = ioupos_gemm_batched_strided(0, 1, N, N, hd, scale, qkv + h * hd, C3, (long long)N * C3,
-                                     qkv + C + h * hd, C3, (long long)N * C3, 0.0f,
-                                     att + (size_t)h * N * N, N, (long long)NH * N * N, BW);
-    if (st) return st;
+  /* shared: bias[h][i][j] = table[index[i][j]][h] and the mask, rows padded to Np (bias -inf,
+     mask 0); per thread: k^T [hd][Np], padded v [N][hdp], scores [N][Np] */
+  nth = IOUPOS__MAX_THREADS();
+  nb = ((size_t)NH * N * Np + 15) & ~(size_t)15;
+  nm = mask ? ((size_t)nW * N * Np + 15) & ~(size_t)15 : 0;
+  wsn = ((size_t)hd * Np + (size_t)N * hdp + (size_t)N * Np + 15) & ~(size_t)15;
+  raw = IOUPOS_MALLOC(sizeof(float) * (nb + nm + (size_t)nth * wsn) + 64);
+  if (!raw)
+    return ioupos__fail(IOUPOS_ENOMEM, "ioupos_window_attention_forward: out of memory for its "
+                        "%d thread buffers", nth);
+  bias = ioupos__gemm_align(raw);
+  if (mask) maskp = bias + nb;
+  ws = bias + nb + nm;
+  for (h = 0; h < NH; ++h)
+    for (i = 0; i < N; ++i)
+      for (j = 0; j < Np; ++j)
+        bias[((size_t)h * N + i) * Np + j] =
+            j < N ? table[(size_t)index[(size_t)i * N + j] * NH + h] : -INFINITY;
+  if (mask)
+    for (h = 0; h < nW; ++h)
+      for (i = 0; i < N; ++i)
+        for (j = 0; j < Np; ++j)
+          maskp[((size_t)h * N + i) * Np + j] = j < N ? mask[((size_t)h * N + i) * N + j] : 0.0f;
+  units = (BW + IOUPOS__ATTN_WCHUNK - 1) / IOUPOS__ATTN_WCHUNK * NH;
+  IOUPOS__PREGION((double)BW * NH * N * N * (hd + 8))
+  {
+    float *mine = ws + (size_t)IOUPOS__OMP_TID() * wsn;
+    int u;
+    IOUPOS__FOR
+    for (u = 0; u < units; ++u) {
+      int hh = u % NH, b0 = u / NH * IOUPOS__ATTN_WCHUNK, b;
+      int b1 = b0 + IOUPOS__ATTN_WCHUNK < BW ? b0 + IOUPOS__ATTN_WCHUNK : BW;
+      for (b = b0; b < b1; ++b)
+        ioupos__attn_fwd_one(att, y, qkv, bias, maskp, mine, b, hh, N, C, NH, nW, scale);
+    }
   }
-  /* + bias + mask, softmax over the last axis (max-subtracted, sum in double) */
-  for (b = 0; b < BW; ++b)
-    for (h = 0; h < NH; ++h)
-      for (i = 0; i < N; ++i) {
-        float *row = att + (((size_t)b * NH + h) * N + i) * N, mx = -INFINITY;
-        const float *mrow = mask ? mask + ((size_t)(b % nW) * N + i) * N : NULL;
-        double sum = 0.0;
-        for (j = 0; j < N; ++j) {
-          row[j] += table[(size_t)index[(size_t)i * N + j] * NH + h];
-          if (mrow) row[j] += mrow[j];
-          if (row[j] > mx) mx = row[j];
-        }
-        for (j = 0; j < N; ++j) {
-          row[j] = expf(row[j] - mx);
-          sum += row[j];
-        }
-        for (j = 0; j < N; ++j) row[j] = (float)(row[j] / sum);
-      }
-  /* y[b][:, h*hd:(h+1)*hd] = att[b][h] v[b][h] */
-  for (h = 0; h < NH; ++h) {
-    st = ioupos_gemm_batched_strided(0, 0, N, hd, N, 1.0f, att + (size_t)h * N * N, N,
-                                     (long long)NH * N * N, qkv + 2 * C + h * hd, C3,
-                                     (long long)N * C3, 0.0f, y + h * hd, C, (long long)N * C, BW);
-    if (st) return st;
-  }
+  IOUPOS_FREE(raw);
   return ioupos__attn_linear_forward(out, y, proj_w, proj_b, BW * N, C, C);
+}
+
+/* gradients of window b, head h: dq, dk, dv into dqkv; the scores' gradient added to tp[N][N] */
+static void ioupos__attn_bwd_one(float *dqkv, double *tp, const float *qkv, const float *att,
+                                 const float *dy, float *ws, int b, int h, int N, int C, int NH,
+                                 float scale) {
+  const int hd = C / NH, C3 = 3 * C, Np = (N + 7) & ~7, hdp = (hd + 7) & ~7;
+  const float *q = qkv + (size_t)b * N * C3 + h * hd, *k = q + C, *v = q + 2 * C;
+  const float *P = att + ((size_t)b * NH + h) * N * N, *dY = dy + (size_t)b * N * C + h * hd;
+  float *dq = dqkv + (size_t)b * N * C3 + h * hd, *dk = dq + C, *dv = dq + 2 * C;
+  float *Vt = ws, *D = Vt + (size_t)hd * Np, *pad = D + (size_t)N * N;
+  float *dYp = pad, *Kp = pad + (size_t)N * hdp, *Qp = pad + 2 * (size_t)N * hdp;
+  int i;
+  /* dP = dy_h v_h^T */
+  ioupos__attn_transpose(Vt, v, C3, N, hd, Np);
+  ioupos__amm(N, hd, Np, N, 1.0f, dY, C, 1, Vt, Np, D, N);
+  /* softmax backward in place: dS = P * (dP - sum_j P dP); the table gathers dS */
+  for (i = 0; i < N; ++i)
+    ioupos__attn_dsoftmax_row(D + (size_t)i * N, P + (size_t)i * N, tp + (size_t)i * N, N);
+  if (hd % 8 == 0) {
+    /* dv = P^T dy_h; dq = scale dS k; dk = scale dS^T q */
+    ioupos__amm(N, N, hd, hd, 1.0f, P, 1, N, dY, C, dv, C3);
+    ioupos__amm(N, N, hd, hd, scale, D, N, 1, k, C3, dq, C3);
+    ioupos__amm(N, N, hd, hd, scale, D, 1, N, q, C3, dk, C3);
+  } else {
+    ioupos__attn_pad(dYp, dY, C, N, hd, hdp);
+    ioupos__attn_pad(Kp, k, C3, N, hd, hdp);
+    ioupos__attn_pad(Qp, q, C3, N, hd, hdp);
+    ioupos__amm(N, N, hdp, hd, 1.0f, P, 1, N, dYp, hdp, dv, C3);
+    ioupos__amm(N, N, hdp, hd, scale, D, N, 1, Kp, hdp, dq, C3);
+    ioupos__amm(N, N, hdp, hd, scale, D, 1, N, Qp, hdp, dk, C3);
+  }
 }
 
 IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, float *dqkv_b,
@@ -8513,56 +9654,69 @@ IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, floa
                                                 const float *acts, const float *inp,
                                                 const float *qkv_w, const float *proj_w,
                                                 const int *index, int BW, int N, int C, int NH) {
-  const int hd = C / NH, C3 = 3 * C;
-  const float scale = (float)(1.0 / sqrt((double)hd));
+  const int C3 = 3 * C;
   const float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
-  float *dqkv = scratch, *datt = scratch + (size_t)BW * N * C3,
-        *dy = datt + (size_t)BW * NH * N * N;
-  int b, h, i, j, st;
+  float *dqkv = scratch, *dy = scratch + (size_t)BW * N * C3, *ws;
+  double *part, *accs;
+  size_t wsn, nn = (size_t)N * N, x, np, nacc;
+  void *raw;
+  int hd, Np, hdp, h, r, st, nth, nchunk, units, rows = 0;
+  float scale;
   if (NH < 1 || C % NH != 0)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_backward: C %d is not a multiple "
                         "of heads %d", C, NH);
-  /* projection: dy = dout proj_w (overwrite), dproj_w += dout^T y, dproj_b += sums */
-  memset(dy, 0, sizeof(float) * (size_t)BW * N * C);
-  st = ioupos__attn_linear_backward(dy, dproj_w, dproj_b, dout, y, proj_w, BW * N, C, C);
+  hd = C / NH, Np = (N + 7) & ~7, hdp = (hd + 7) & ~7;
+  scale = (float)(1.0 / sqrt((double)hd));
+  /* projection: dy = dout proj_w (overwritten), dproj_w += dout^T y, dproj_b += sums */
+  st = ioupos_gemm(0, 0, BW * N, C, C, 1.0f, dout, C, proj_w, C, 0.0f, dy, C);
+  if (!st) st = ioupos__attn_linear_backward(NULL, dproj_w, dproj_b, dout, y, proj_w, BW * N, C, C);
   if (st) return st;
-  for (h = 0; h < NH; ++h) {
-    /* datt = dy_h v_h^T; dv_h = att^T dy_h (into the v columns of dqkv) */
-    st = ioupos_gemm_batched_strided(0, 1, N, N, hd, 1.0f, dy + h * hd, C, (long long)N * C,
-                                     qkv + 2 * C + h * hd, C3, (long long)N * C3, 0.0f,
-                                     datt + (size_t)h * N * N, N, (long long)NH * N * N, BW);
-    if (!st)
-      st = ioupos_gemm_batched_strided(1, 0, N, hd, N, 1.0f, att + (size_t)h * N * N, N,
-                                       (long long)NH * N * N, dy + h * hd, C, (long long)N * C,
-                                       0.0f, dqkv + 2 * C + h * hd, C3, (long long)N * C3, BW);
-    if (st) return st;
+  /* buffers: per unit (a chunk of windows, one head) the table gradient's sums per table row
+     (double); per thread: the unit's sums per score position [N][N] (double), v^T [hd][Np],
+     dS [N][N] and three padded [N][hdp] */
+  for (x = 0; x < nn; ++x)
+    if (index[x] + 1 > rows) rows = index[x] + 1;
+  nth = IOUPOS__MAX_THREADS();
+  nchunk = (BW + IOUPOS__ATTN_WCHUNK - 1) / IOUPOS__ATTN_WCHUNK;
+  units = nchunk * NH;
+  np = ((size_t)units * rows + 7) & ~(size_t)7;
+  nacc = (nn + 7) & ~(size_t)7;
+  wsn = ((size_t)hd * Np + nn + 3 * (size_t)N * hdp + 15) & ~(size_t)15;
+  raw = IOUPOS_MALLOC(sizeof(double) * (np + (size_t)nth * nacc) + sizeof(float) * (size_t)nth * wsn + 64);
+  if (!raw)
+    return ioupos__fail(IOUPOS_ENOMEM, "ioupos_window_attention_backward: out of memory for its "
+                        "buffers (%d threads)", nth);
+  part = (double *)ioupos__gemm_align(raw);
+  accs = part + np;
+  ws = (float *)(accs + (size_t)nth * nacc);
+  IOUPOS__PREGION((double)BW * NH * nn * (3 * hd + 8))
+  {
+    int tid = IOUPOS__OMP_TID(), u;
+    float *mine = ws + (size_t)tid * wsn;
+    double *acc = accs + (size_t)tid * nacc;
+    IOUPOS__FOR
+    for (u = 0; u < units; ++u) {
+      int hh = u % NH, b0 = u / NH * IOUPOS__ATTN_WCHUNK, b, q;
+      int b1 = b0 + IOUPOS__ATTN_WCHUNK < BW ? b0 + IOUPOS__ATTN_WCHUNK : BW;
+      double *tp = part + (size_t)u * rows;
+      size_t e;
+      for (e = 0; e < nn; ++e) acc[e] = 0.0;
+      for (b = b0; b < b1; ++b)
+        ioupos__attn_bwd_one(dqkv, acc, qkv, att, dy, mine, b, hh, N, C, NH, scale);
+      /* the unit's sums per table row, score positions in order */
+      for (q = 0; q < rows; ++q) tp[q] = 0.0;
+      for (e = 0; e < nn; ++e) tp[index[e]] += acc[e];
+    }
   }
-  /* softmax backward in place: dpre = att * (datt - sum_k att datt); the bias table gathers dpre
-     over windows (the mask is constant) in a fixed serial order */
-  for (b = 0; b < BW; ++b)
-    for (h = 0; h < NH; ++h)
-      for (i = 0; i < N; ++i) {
-        const float *p = att + (((size_t)b * NH + h) * N + i) * N;
-        float *dr = datt + (((size_t)b * NH + h) * N + i) * N;
-        double dot = 0.0;
-        for (j = 0; j < N; ++j) dot += (double)p[j] * dr[j];
-        for (j = 0; j < N; ++j) {
-          dr[j] = (float)(p[j] * (dr[j] - dot));
-          dtable[(size_t)index[(size_t)i * N + j] * NH + h] += dr[j];
-        }
-      }
-  for (h = 0; h < NH; ++h) {
-    /* dq = scale dpre k; dk = scale dpre^T q */
-    st = ioupos_gemm_batched_strided(0, 0, N, hd, N, scale, datt + (size_t)h * N * N, N,
-                                     (long long)NH * N * N, qkv + C + h * hd, C3,
-                                     (long long)N * C3, 0.0f, dqkv + h * hd, C3,
-                                     (long long)N * C3, BW);
-    if (!st)
-      st = ioupos_gemm_batched_strided(1, 0, N, hd, N, scale, datt + (size_t)h * N * N, N,
-                                       (long long)NH * N * N, qkv + h * hd, C3, (long long)N * C3,
-                                       0.0f, dqkv + C + h * hd, C3, (long long)N * C3, BW);
-    if (st) return st;
-  }
+  /* the table: per head and row, the units' sums in unit order */
+  for (h = 0; h < NH; ++h)
+    for (r = 0; r < rows; ++r) {
+      double t = 0.0;
+      int c;
+      for (c = 0; c < nchunk; ++c) t += part[((size_t)c * NH + h) * rows + r];
+      dtable[(size_t)r * NH + h] += (float)t;
+    }
+  IOUPOS_FREE(raw);
   return ioupos__attn_linear_backward(dinp, dqkv_w, dqkv_b, dqkv, inp, qkv_w, BW * N, C, C3);
 }
 
@@ -10473,14 +11627,14 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
     b->a_ln2_mean = ioupos__act(at, &bad, N, "stage%d.block%d.ln2.mean", s, b->index);
     b->a_ln2_rstd = ioupos__act(at, &bad, N, "stage%d.block%d.ln2.rstd", s, b->index);
     b->a_h_pre = ioupos__act(at, &bad, N * 4 * C, "stage%d.block%d.mlp.h_pre", s, b->index);
-    b->a_h_act = ioupos__act(at, &bad, N * 4 * C, "stage%d.block%d.mlp.h_act", s, b->index);
+    b->a_h_act = 0; /* GELU(h_pre) is not kept: the MLP backward recomputes it (scratch) */
     b->a_dp1 = ioupos__act(at, &bad, (size_t)batch, "stage%d.block%d.drop_path1", s, b->index);
     b->a_dp2 = ioupos__act(at, &bad, (size_t)batch, "stage%d.block%d.drop_path2", s, b->index);
     /* the block's output is the next block's input, or the stage's last block output */
     b->a_x = b->index == 0 ? e->a_x[s] : e->blocks[bi - 1].a_out_x;
     b->a_out_x = ioupos__act(at, &bad, N * C, "stage%d.block%d.out", s, b->index);
     big_scratch = IOUPOS__MAX(big_scratch, ioupos_swin_attention_scratch_size(g, C, NH));
-    big_scratch = IOUPOS__MAX(big_scratch, N * 4 * C);
+    big_scratch = IOUPOS__MAX(big_scratch, 2 * N * 4 * C); /* MLP: dh and GELU(h_pre) */
   }
   for (s = 0; s < 4; ++s) {
     size_t M = e->ntok[s + 1], K = (size_t)(1 << nd) * (size_t)(c->embed_dim << s);
@@ -10583,7 +11737,7 @@ IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_
     /* x = x + DropPath(MLP(norm2(x))) */
     be->layernorm_forward(A + b->a_ln2, A + b->a_ln2_mean, A + b->a_ln2_rstd, A + b->a_xmid,
                           IOUPOS__P(b->norm2_w), IOUPOS__P(b->norm2_b), (int)N, C, 1e-5f);
-    rc = be->mlp_forward(s1, A + b->a_h_pre, A + b->a_h_act, A + b->a_ln2, IOUPOS__P(b->fc1_w),
+    rc = be->mlp_forward(s1, A + b->a_h_pre, big, A + b->a_ln2, IOUPOS__P(b->fc1_w),
                          IOUPOS__P(b->fc1_b), IOUPOS__P(b->fc2_w), IOUPOS__P(b->fc2_b), (int)N, C,
                          4 * C);
     if (rc) break;
@@ -10667,7 +11821,7 @@ IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_param
       be->zero(s1, N * (size_t)C * sizeof(float));
       rc = be->mlp_backward(s1, IOUPOS__G(b->fc1_w), IOUPOS__G(b->fc1_b), IOUPOS__G(b->fc2_w),
                             IOUPOS__G(b->fc2_b), big, dmlp, A + b->a_ln2, A + b->a_h_pre,
-                            A + b->a_h_act, IOUPOS__P(b->fc1_w), IOUPOS__P(b->fc2_w), (int)N, C,
+                            NULL, IOUPOS__P(b->fc1_w), IOUPOS__P(b->fc2_w), (int)N, C,
                             4 * C);
       if (rc) break;
       be->layernorm_backward(dA, IOUPOS__G(b->norm2_w), IOUPOS__G(b->norm2_b), s1, A + b->a_xmid,

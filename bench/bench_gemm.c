@@ -161,7 +161,7 @@ int main(void) {
   for (i = 0; i < maxb; ++i) g_B[i] = (float)ioupos_rng_uniform(&rng) - 0.5f;
   for (i = 0; i < maxc; ++i) g_C[i] = 0.0f;
 
-  printf("bench_gemm: %s micro-kernel, %s\n", ioupos_gemm_simd() ? "AVX2+FMA" : "portable",
+  printf("bench_gemm: %s micro-kernel, %s\n", ioupos_gemm_kernel(),
 #ifdef _OPENMP
          "OpenMP"
 #else

@@ -13,6 +13,15 @@
       num_workers 0, 1, 2, 3 and a small prefetch, with an augmentation callback that draws
       from its rng; resume at (epoch, batch), by a fresh loader and by seeking back, gives the
       batches of the uninterrupted run; position fields follow the stream.
+   3b. n_local = 0 is the loader before multi-crop, bit for bit: a hash of 6 SSL batches (views,
+      boxes, sources, with aug_test) recorded before the change; n_local 3 leaves it unchanged.
+   3c. Multi-crop: every local box has the local size, lies inside the image and has IoU with
+      view 0's box in the interval; local crops equal the image at their boxes; identical
+      batches for 0, 1, 3 workers (and a one-slot ring), with and without augmentation; another
+      seed differs; boxes and views follow split(S, 100) / split(S, 3 + k); padding when the
+      local crop is wider than the crop; pad_small 0, an image with no local position for its
+      view-0 box, and bad n_local / local crop / interval (incl. an interval no local crop can
+      meet, refused at open naming --local_min_iou / --local_max_iou) are errors.
    4. Images smaller than the crop: zero padding (symmetric) and boxes in source coordinates,
       or an error naming the file with pad_small = 0.
    5. Fine-tuning crops: label crops aligned with image crops (the image's pixel value encodes
@@ -210,6 +219,10 @@ typedef struct rec {
   float *f; /* views or image + label */
   int *src;
   ioupos_box *box; /* 2 per sample (SSL) or 1 */
+  int n_local;      /* SSL multi-crop: local views (0 none), lf = their floats */
+  size_t nlf;
+  float *lf;
+  ioupos_box *lbox;
 } rec;
 
 static void rec_take(rec *r, int status, const ioupos_batch *b) {
@@ -232,12 +245,23 @@ static void rec_take(rec *r, int status, const ioupos_batch *b) {
   r->box = (ioupos_box *)calloc((size_t)b->n * nb + 1, sizeof(ioupos_box));
   memcpy(r->box, b->box[0], (size_t)b->n * sizeof(ioupos_box));
   if (nb == 2) memcpy(r->box + b->n, b->box[1], (size_t)b->n * sizeof(ioupos_box));
+  r->n_local = b->n_local;
+  if (b->n_local > 0) {
+    size_t nl = (size_t)b->n_local * (size_t)b->n;
+    r->nlf = nl * (size_t)b->lh * (size_t)b->lw;
+    r->lf = (float *)malloc(r->nlf * sizeof(float) + 1);
+    memcpy(r->lf, b->local, r->nlf * sizeof(float));
+    r->lbox = (ioupos_box *)malloc(nl * sizeof(ioupos_box) + 1);
+    memcpy(r->lbox, b->local_box, nl * sizeof(ioupos_box));
+  }
 }
 
 static void rec_free(rec *r) {
   free(r->f);
   free(r->src);
   free(r->box);
+  free(r->lf);
+  free(r->lbox);
   memset(r, 0, sizeof *r);
 }
 
@@ -247,7 +271,11 @@ static int rec_equal(const rec *a, const rec *b, int ssl) {
   return a->epoch == b->epoch && a->index == b->index && a->n == b->n && a->nf == b->nf &&
          !memcmp(a->f, b->f, a->nf * sizeof(float)) &&
          !memcmp(a->src, b->src, (size_t)a->n * sizeof(int)) &&
-         !memcmp(a->box, b->box, (size_t)a->n * (ssl ? 2 : 1) * sizeof(ioupos_box));
+         !memcmp(a->box, b->box, (size_t)a->n * (ssl ? 2 : 1) * sizeof(ioupos_box)) &&
+         a->n_local == b->n_local && a->nlf == b->nlf &&
+         (a->n_local == 0 ||
+          (!memcmp(a->lf, b->lf, a->nlf * sizeof(float)) &&
+           !memcmp(a->lbox, b->lbox, (size_t)a->n_local * (size_t)a->n * sizeof(ioupos_box))));
 }
 
 /* Run count batches from the current position into recs. */
@@ -552,6 +580,420 @@ static void test_contract_ssl(const ioupos_dataset *ds) {
   if (st == 0) ioupos_loader_close(&l);
   free(want);
   free(scratch);
+}
+
+/* ---- 3b. n_local = 0 is today's loader, bit for bit ------------------------------------------ */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = (const unsigned char *)data;
+  size_t i;
+  for (i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+/* Hash of the first 6 batches (2 epochs) of ssl_config with aug_test: views, boxes, sources. */
+static uint64_t ssl_stream_hash(const ioupos_dataset *ds, int n_local, int workers) {
+  ioupos_loader_config c = ssl_config(ds);
+  ioupos_loader l;
+  uint64_t h = 1469598103934665603ull;
+  int b;
+  c.augment = aug_test;
+  c.num_workers = workers;
+  c.n_local = n_local;
+  if (ioupos_loader_open(&l, &c) != 0) return 0;
+  for (b = 0; b < 6; ++b) {
+    ioupos_batch bt;
+    size_t hw;
+    int i, v;
+    if (ioupos_loader_next(&l, &bt) != 0) { h = 0; break; }
+    hw = (size_t)bt.h * (size_t)bt.w;
+    for (v = 0; v < 2; ++v) {
+      h = fnv1a(h, bt.views[v], (size_t)bt.n * hw * sizeof(float));
+      for (i = 0; i < bt.n; ++i) {
+        const ioupos_box *x = &bt.box[v][i];
+        int q[7];
+        q[0] = x->dims, q[1] = x->lo[0], q[2] = x->lo[1], q[3] = x->lo[2];
+        q[4] = x->hi[0], q[5] = x->hi[1], q[6] = x->hi[2];
+        h = fnv1a(h, q, sizeof q);
+      }
+    }
+    h = fnv1a(h, bt.source, (size_t)bt.n * sizeof(int));
+  }
+  ioupos_loader_close(&l);
+  return h;
+}
+
+/* The SSL stream recorded before multi-crop existed (same data, seed and aug_test). */
+#define SSL_GOLDEN_HASH 0xbf567743cc2996ecull
+
+static void test_golden(const ioupos_dataset *ds) {
+  uint64_t h0 = ssl_stream_hash(ds, 0, 0), h2 = ssl_stream_hash(ds, 0, 2);
+  uint64_t hl = ssl_stream_hash(ds, 3, 2);
+  printf("SSL stream hash: n_local 0: %016llx (2 workers %016llx), n_local 3: %016llx\n",
+         (unsigned long long)h0, (unsigned long long)h2, (unsigned long long)hl);
+  CHECK(h0 == SSL_GOLDEN_HASH, "n_local 0: SSL stream hash %016llx, recorded %016llx",
+        (unsigned long long)h0, (unsigned long long)SSL_GOLDEN_HASH);
+  CHECK(h2 == h0, "n_local 0: 2 workers hash %016llx, 0 workers %016llx", (unsigned long long)h2,
+        (unsigned long long)h0);
+  /* the pair and views 0, 1 do not depend on n_local (local crops use their own streams) */
+  CHECK(hl == h0, "n_local 3: pair and views hash %016llx, n_local 0 %016llx",
+        (unsigned long long)hl, (unsigned long long)h0);
+}
+
+/* ---- 3c. multi-crop (DINO local crops) ------------------------------------------------------- */
+
+static ioupos_loader_config mc_config(const ioupos_dataset *ds) {
+  ioupos_loader_config c = ssl_config(ds); /* crop 64 x 48, [0.3, 0.6] */
+  c.n_local = 2;
+  c.local_crop[0] = 32;
+  c.local_crop[1] = 24;
+  c.local_min_iou = 0.05; /* a 32x24 crop has IoU at most 768 / 3072 = 0.25 with view 0 */
+  c.local_max_iou = 0.2;
+  return c;
+}
+
+/* Every local box: the local size, inside the image (shape H x W, no padding here), IoU with
+   view 0's box in the interval; without augmentation its pixels are the image's at the box. */
+static void check_locals(const ioupos_dataset *ds, const ioupos_loader_config *c,
+                         const ioupos_batch *bt, int *bad_box, int *bad_iou, int *bad_pix,
+                         int *checked) {
+  int i, k, lh = c->local_crop[0], lw = c->local_crop[1];
+  size_t lhw = (size_t)lh * (size_t)lw;
+  for (k = 0; k < bt->n_local; ++k)
+    for (i = 0; i < bt->n; ++i) {
+      int d = bt->source[i], kk = ssl_k_of_path(ds->images[d]), H = ssl_shape[kk][0],
+          W = ssl_shape[kk][1];
+      const ioupos_box *L = &bt->local_box[(size_t)k * bt->n + i];
+      const float *v = bt->local + ((size_t)k * bt->n + i) * lhw;
+      double iou = ioupos_box_iou(L, &bt->box[0][i]);
+      size_t y, x;
+      if (!(L->dims == 2 && L->lo[0] >= 0 && L->lo[1] >= 0 && L->hi[0] <= H && L->hi[1] <= W &&
+            L->hi[0] - L->lo[0] == lh && L->hi[1] - L->lo[1] == lw))
+        ++*bad_box;
+      if (!(iou >= c->local_min_iou && iou <= c->local_max_iou)) ++*bad_iou;
+      if (!c->augment)
+        for (y = 0; y < (size_t)lh; ++y)
+          for (x = 0; x < (size_t)lw; ++x)
+            if (v[y * lw + x] != (float)(ssl_pixel(kk, L->lo[0] + (int)y, L->lo[1] + (int)x) / 255.0))
+              ++*bad_pix;
+      ++*checked;
+    }
+}
+
+static void test_multicrop(const ioupos_dataset *ds) {
+  enum { TOTAL = 6 };
+  ioupos_loader_config c = mc_config(ds), c0;
+  ioupos_loader l;
+  rec ref[TOTAL], got[TOTAL], plain[TOTAL];
+  int st, i, b, bad_box = 0, bad_iou = 0, bad_pix = 0, checked = 0, layout = 1, same_pair = 1;
+  int aug, workers;
+
+  /* layout, interval, content; the pair and views 0, 1 equal the n_local 0 run */
+  c0 = c;
+  c0.n_local = 0;
+  st = ioupos_loader_open(&l, &c0);
+  CHECK(st == 0, "open n_local 0: %s", ioupos_failure_reason());
+  if (st) return;
+  run_batches(&l, TOTAL, plain);
+  ioupos_loader_close(&l);
+  st = ioupos_loader_open(&l, &c);
+  CHECK(st == 0, "open n_local 2: %s", ioupos_failure_reason());
+  if (st) return;
+  for (b = 0; b < TOTAL; ++b) {
+    ioupos_batch bt;
+    rec r;
+    st = ioupos_loader_next(&l, &bt);
+    CHECK(st == 0, "next: %s", ioupos_failure_reason());
+    if (st) continue;
+    layout &= bt.n_local == 2 && bt.lh == 32 && bt.lw == 24 && bt.local && bt.local_box;
+    check_locals(ds, &c, &bt, &bad_box, &bad_iou, &bad_pix, &checked);
+    rec_take(&r, 0, &bt);
+    free(r.lf), free(r.lbox);
+    r.lf = NULL, r.lbox = NULL, r.n_local = 0, r.nlf = 0;
+    same_pair &= rec_equal(&plain[b], &r, 1);
+    rec_free(&r);
+  }
+  ioupos_loader_close(&l);
+  CHECK(checked == 2 * (4 + 4 + 3) * 2, "checked %d local crops", checked);
+  CHECK(layout, "batch layout: n_local, lh, lw, local, local_box");
+  CHECK(bad_box == 0, "%d local boxes outside the image or of the wrong size", bad_box);
+  CHECK(bad_iou == 0, "%d local boxes outside [0.05, 0.2] with view 0", bad_iou);
+  CHECK(bad_pix == 0, "%d local pixels differ from the image in the box", bad_pix);
+  CHECK(same_pair, "n_local 2 changed the pair, views 0, 1 or sources of n_local 0");
+  for (i = 0; i < TOTAL; ++i) {
+    CHECK(plain[i].n_local == 0 && plain[i].lf == NULL, "n_local 0: the batch has local views");
+    rec_free(&plain[i]);
+  }
+
+  /* n_local 0 ignores the local fields, even nonsense ones */
+  c0.local_crop[0] = -5;
+  c0.local_min_iou = NAN;
+  st = ioupos_loader_open(&l, &c0);
+  CHECK(st == 0, "n_local 0 with nonsense local fields: %s", ioupos_failure_reason());
+  if (st == 0) {
+    ioupos_batch bt;
+    st = ioupos_loader_next(&l, &bt);
+    CHECK(st == 0 && bt.n_local == 0 && bt.lh == 0 && bt.lw == 0 && !bt.local && !bt.local_box,
+          "n_local 0 batch: %d local views %dx%d", bt.n_local, bt.lh, bt.lw);
+    ioupos_loader_close(&l);
+  }
+
+  /* the same batches for 0, 1, 3 workers (and a one-slot ring), with and without augmentation;
+     a second run is identical; another seed differs */
+  for (aug = 0; aug < 2; ++aug) {
+    c = mc_config(ds);
+    c.n_local = 3;
+    c.augment = aug ? aug_test : NULL;
+    st = ioupos_loader_open(&l, &c);
+    CHECK(st == 0, "open: %s", ioupos_failure_reason());
+    if (st) return;
+    run_batches(&l, TOTAL, ref);
+    ioupos_loader_close(&l);
+    for (workers = 0; workers < 4; ++workers) {
+      int same = 1;
+      c.num_workers = workers == 2 ? 3 : workers == 3 ? 3 : workers;
+      c.prefetch = workers == 3 ? 1 : 0;
+      st = ioupos_loader_open(&l, &c);
+      CHECK(st == 0, "open: %s", ioupos_failure_reason());
+      if (st) continue;
+      run_batches(&l, TOTAL, got);
+      ioupos_loader_close(&l);
+      for (i = 0; i < TOTAL; ++i) {
+        if (ref[i].status || !rec_equal(&ref[i], &got[i], 1) || got[i].n_local != 3) same = 0;
+        rec_free(&got[i]);
+      }
+      CHECK(same, "augment %d: %d workers (prefetch %d) give other multi-crop batches than a "
+            "synchronous run", aug, c.num_workers, c.prefetch);
+    }
+    c.seed = 777;
+    c.num_workers = 2;
+    c.prefetch = 0;
+    st = ioupos_loader_open(&l, &c);
+    if (st == 0) {
+      run_batches(&l, 1, got);
+      CHECK(got[0].status == 0 && memcmp(got[0].lbox, ref[0].lbox, 3 * (size_t)got[0].n *
+                                                                       sizeof(ioupos_box)) != 0,
+            "seed 777 gives the local boxes of seed 12345");
+      rec_free(&got[0]);
+      ioupos_loader_close(&l);
+    }
+    for (i = 0; i < TOTAL; ++i) rec_free(&ref[i]);
+  }
+
+  /* the documented randomness: local boxes from split(S, 100) in order k = 0, 1, 2 on the image
+     shape; local view k's augmentation from split(S, 3 + k) */
+  {
+    size_t lhw = 32 * 24;
+    float *want = (float *)malloc(lhw * sizeof(float)), *scratch = (float *)malloc(4 * lhw * sizeof(float));
+    int bad = 0, n = 0;
+    c = mc_config(ds);
+    c.n_local = 3;
+    c.augment = aug_test;
+    c.num_workers = 2;
+    st = ioupos_loader_open(&l, &c);
+    CHECK(st == 0, "open: %s", ioupos_failure_reason());
+    for (b = 0; st == 0 && b < 2 * l.batches_per_epoch; ++b) {
+      ioupos_batch bt;
+      if (ioupos_loader_next(&l, &bt) != 0) { CHECK(0, "next: %s", ioupos_failure_reason()); continue; }
+      for (i = 0; i < bt.n; ++i) {
+        int d = bt.source[i], kk = ssl_k_of_path(ds->images[d]), k;
+        ioupos_rng r = sample_rng(c.seed, bt.epoch, d, 100);
+        for (k = 0; k < 3; ++k) {
+          ioupos_box L;
+          ioupos_rng ra;
+          size_t y, x, o = (size_t)k * bt.n + i;
+          if (ioupos_local_crop_draw(2, ssl_shape[kk], &bt.box[0][i], c.local_crop,
+                                     c.local_min_iou, c.local_max_iou, &r, &L) != 0 ||
+              memcmp(&L, &bt.local_box[o], sizeof L) != 0) {
+            ++bad;
+            continue;
+          }
+          for (y = 0; y < 32; ++y)
+            for (x = 0; x < 24; ++x)
+              want[y * 24 + x] = (float)(ssl_pixel(kk, L.lo[0] + (int)y, L.lo[1] + (int)x) / 255.0);
+          ra = sample_rng(c.seed, bt.epoch, d, 3u + (uint64_t)k);
+          aug_test(NULL, &ra, want, NULL, 32, 24, scratch);
+          if (memcmp(want, bt.local + o * lhw, lhw * sizeof(float)) != 0) ++bad;
+          ++n;
+        }
+      }
+    }
+    if (st == 0) ioupos_loader_close(&l);
+    CHECK(n > 0 && bad == 0, "documented randomness: %d of %d local crops differ from "
+          "split(S, 100) / split(S, 3 + k)", bad, n);
+    free(want);
+    free(scratch);
+  }
+}
+
+/* Local crops with padding (local larger than the crop on one axis, images smaller than both),
+   per-image infeasibility, and the errors at open. */
+static void test_multicrop_errors(const ioupos_dataset *ssl) {
+  ioupos_dataset ds;
+  ioupos_loader_config c;
+  ioupos_loader l;
+  ioupos_batch bt;
+  char dir[512];
+  int st, i;
+
+  /* padding: s_0 50x70 (rows short of the crop 64), s_1 64x41 (columns short of the local 56) */
+  make_dir("mc_small");
+  make_ssl_image("mc_small/s_0.png", 0, 50, 70);
+  make_ssl_image("mc_small/s_1.png", 1, 64, 41);
+  path_of(dir, sizeof dir, "mc_small");
+  st = ioupos_dataset_scan(dir, NULL, &ds);
+  CHECK(st == 0, "scan: %s", ioupos_failure_reason());
+  if (st) return;
+  c = ssl_config(&ds);
+  c.batch_size = 1;
+  c.min_iou = 0.0;
+  c.max_iou = 1.0;
+  c.n_local = 3;
+  c.local_crop[0] = 40;
+  c.local_crop[1] = 56; /* wider than the crop (48) */
+  c.local_min_iou = 0.1; /* s_1: A spans the padded image's rows, so IoU >= 0.566 there */
+  c.local_max_iou = 0.6;
+  c.num_workers = 1;
+  st = ioupos_loader_open(&l, &c);
+  CHECK(st == 0, "open: %s", ioupos_failure_reason());
+  for (i = 0; st == 0 && i < 20; ++i) {
+    int k, y, x, bad = 0, kk, H, W, fy, fx;
+    st = ioupos_loader_next(&l, &bt);
+    CHECK(st == 0, "padded multi-crop next: %s", ioupos_failure_reason());
+    if (st) break;
+    kk = ssl_k_of_path(ds.images[bt.source[0]]);
+    H = kk ? 64 : 50, W = kk ? 41 : 70;
+    /* local frame: s_0 padded to 64 rows (7 before), s_1 to 56 columns (7 before) */
+    fy = kk ? 0 : 7, fx = kk ? 7 : 0;
+    for (k = 0; k < 3; ++k) {
+      const ioupos_box *L = &bt.local_box[k];
+      double iou = ioupos_box_iou(L, &bt.box[0][0]);
+      if (!(iou >= 0.1 && iou <= 0.6)) ++bad;
+      if (L->hi[0] - L->lo[0] != 40 || L->hi[1] - L->lo[1] != 56 || L->lo[0] < -fy ||
+          L->lo[1] < -fx || L->hi[0] > (kk ? 64 : 57) || L->hi[1] > (kk ? 49 : 70))
+        ++bad;
+      for (y = 0; y < 40; ++y)
+        for (x = 0; x < 56; ++x) {
+          int sy = L->lo[0] + y, sx = L->lo[1] + x;
+          float want = (sy < 0 || sy >= H || sx < 0 || sx >= W) ? 0.0f
+                                                                 : (float)(ssl_pixel(kk, sy, sx) / 255.0);
+          if (bt.local[(size_t)k * 40 * 56 + (size_t)y * 56 + x] != want) ++bad;
+        }
+    }
+    CHECK(bad == 0, "padded local crops, sample %d (image %d): %d bad boxes / pixels", i, kk, bad);
+  }
+  ioupos_loader_close(&l);
+  /* pad_small 0: s_1 (64x41) is as large as the crop in rows but narrower than the local 56;
+     use a crop it fits (32 x 32) */
+  c.pad_small = 0;
+  c.crop[0] = c.crop[1] = 32;
+  c.num_workers = 0;
+  c.batch_size = 2;
+  st = ioupos_loader_open(&l, &c);
+  CHECK(st == 0, "open: %s", ioupos_failure_reason());
+  if (st == 0) {
+    st = ioupos_loader_next(&l, &bt);
+    CHECK(st == IOUPOS_EINVAL && contains(ioupos_failure_reason(), "s_1.png") &&
+              contains(ioupos_failure_reason(), "64x41") &&
+              contains(ioupos_failure_reason(), "40x56"),
+          "pad_small 0, image narrower than the local crop: %d %s", st, ioupos_failure_reason());
+    ioupos_loader_close(&l);
+  }
+  ioupos_dataset_free(&ds);
+
+  /* an image whose view-0 box admits no local crop: the crop is the whole image (A fixed), a
+     32x24 local crop inside it has IoU 0.25, [0, 0.2] needs one reaching outside: impossible */
+  make_dir("mc_whole");
+  make_ssl_image("mc_whole/w_0.png", 0, 64, 48);
+  path_of(dir, sizeof dir, "mc_whole");
+  st = ioupos_dataset_scan(dir, NULL, &ds);
+  CHECK(st == 0, "scan: %s", ioupos_failure_reason());
+  if (st) return;
+  c = mc_config(&ds);
+  c.batch_size = 1;
+  c.min_iou = c.max_iou = 1.0;
+  c.local_min_iou = 0.0;
+  c.local_max_iou = 0.2;
+  st = ioupos_loader_open(&l, &c);
+  CHECK(st == 0, "open (feasible in a larger image): %s", ioupos_failure_reason());
+  if (st == 0) {
+    st = ioupos_loader_next(&l, &bt);
+    CHECK(st == IOUPOS_EINFEASIBLE && contains(ioupos_failure_reason(), "w_0.png") &&
+              contains(ioupos_failure_reason(), "64x48") &&
+              contains(ioupos_failure_reason(), "[0, 0.2]") &&
+              contains(ioupos_failure_reason(), "epoch"),
+          "no local position for this image: %d %s", st, ioupos_failure_reason());
+    ioupos_loader_close(&l);
+  }
+  ioupos_dataset_free(&ds);
+
+  /* errors at open */
+  c = mc_config(ssl);
+  {
+    ioupos_loader_config b = c;
+    b.n_local = -1;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL && contains(ioupos_failure_reason(), "-1"),
+          "n_local -1: %s", ioupos_failure_reason());
+    b = c, b.n_local = 257;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL && contains(ioupos_failure_reason(), "257"),
+          "n_local 257: %s", ioupos_failure_reason());
+    b = c, b.local_crop[1] = 0;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL && contains(ioupos_failure_reason(), "32x0"),
+          "local crop 32x0: %s", ioupos_failure_reason());
+    b = c, b.local_min_iou = 0.3, b.local_max_iou = 0.1;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL &&
+              contains(ioupos_failure_reason(), "--local_min_iou 0.3") &&
+              contains(ioupos_failure_reason(), "--local_max_iou 0.1"),
+          "reversed local interval: %s", ioupos_failure_reason());
+    b = c, b.local_max_iou = NAN;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL &&
+              contains(ioupos_failure_reason(), "--local_max_iou"),
+          "NaN local interval: %s", ioupos_failure_reason());
+    b = c, b.local_max_iou = 1.5;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL, "local interval above 1");
+    /* a 32x24 crop has IoU at most 0.25 with a 64x48 one: [0.3, 0.6] is refused at open */
+    b = c, b.local_min_iou = 0.3, b.local_max_iou = 0.6;
+    st = ioupos_loader_open(&l, &b);
+    CHECK(st == IOUPOS_EINFEASIBLE && contains(ioupos_failure_reason(), "--local_min_iou 0.3") &&
+              contains(ioupos_failure_reason(), "--local_max_iou 0.6") &&
+              contains(ioupos_failure_reason(), "32x24") &&
+              contains(ioupos_failure_reason(), "64x48") &&
+              contains(ioupos_failure_reason(), "0.25"),
+          "infeasible local interval: %d %s", st, ioupos_failure_reason());
+    ioupos_loader_close(&l);
+    /* a thin interval between two achievable values (I = 767 and 768 of 3072 + 768: 0.2497..
+       and 0.25): none in (0.2498, 0.2499) */
+    b = c, b.local_min_iou = 0.2498, b.local_max_iou = 0.2499;
+    CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINFEASIBLE, "thin gap: %s",
+          ioupos_failure_reason());
+    b = c, b.local_min_iou = 0.25, b.local_max_iou = 0.25;
+    st = ioupos_loader_open(&l, &b);
+    CHECK(st == 0, "the maximum 0.25 exactly: %s", ioupos_failure_reason());
+    if (st == 0) ioupos_loader_close(&l);
+  }
+  { /* fine-tuning has no local crops */
+    ioupos_dataset fd;
+    char idir[512], ldir[512];
+    path_of(idir, sizeof idir, "fti");
+    path_of(ldir, sizeof ldir, "ftl");
+    if (ioupos_dataset_scan(idir, ldir, &fd) == 0) {
+      ioupos_loader_config_default(&c, &fd, IOUPOS_LOADER_FINETUNE);
+      c.crop[0] = c.crop[1] = 48;
+      c.batch_size = 2;
+      c.n_local = 2;
+      CHECK(ioupos_loader_open(&l, &c) == IOUPOS_EINVAL &&
+                contains(ioupos_failure_reason(), "fine-tuning"),
+            "fine-tuning with n_local 2: %s", ioupos_failure_reason());
+      ioupos_dataset_free(&fd);
+    }
+  }
+  { /* the defaults */
+    ioupos_loader_config_default(&c, ssl, IOUPOS_LOADER_SSL);
+    CHECK(c.n_local == 0 && c.local_crop[0] == 48 && c.local_crop[1] == 48 &&
+              c.local_min_iou == 0.0 && c.local_max_iou == 1.0,
+          "defaults: n_local %d, local %dx%d, [%g, %g]", c.n_local, c.local_crop[0],
+          c.local_crop[1], c.local_min_iou, c.local_max_iou);
+  }
 }
 
 /* ---- 4. images smaller than the crop --------------------------------------------------------- */
@@ -1143,6 +1585,8 @@ int main(void) {
     test_ssl(&ds);
     test_determinism(&ds);
     test_contract_ssl(&ds);
+    test_golden(&ds);
+    test_multicrop(&ds);
     ioupos_dataset_free(&ds);
   } else {
     CHECK(0, "scan ssl: %s", ioupos_failure_reason());
@@ -1153,6 +1597,7 @@ int main(void) {
   path_of(dir, sizeof dir, "ssl");
   if (ioupos_dataset_scan(dir, NULL, &ds) == 0) {
     test_adapters(&ds);
+    test_multicrop_errors(&ds);
     ioupos_dataset_free(&ds);
   }
   test_errors();

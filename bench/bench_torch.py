@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""bench/bench_torch.py — the PyTorch side of the training benchmarks: images/s and memory of
+the research code's Swin encoder step and of its full SimSiam step, on the CPU, with a given
+number of threads. The C benchmarks run it as a subprocess when `.venv/bin/python` exists,
+parse its last stdout line (one JSON object) and print their own figure beside it and the ratio.
+
+Versions: tests/reference/requirements.txt (torch 2.15.0, monai 1.6.1, lightly 1.6.0).
+
+Usage (from the repository root):
+  .venv/bin/python bench/bench_torch.py encoder --threads T [--batch 32 --size 96 --embed 48
+      --steps 5 --warmup 2 --spatial_dims 2]
+  .venv/bin/python bench/bench_torch.py simsiam --threads T [--config lowres|c48 --batch B
+      --steps 3 --warmup 2]
+
+encoder  MONAI swin_unetr.SwinTransformer(in_chans 1, embed_dim 48, window 7, patch 2, depths
+         (2,2,2,2), heads (3,6,12,24), drop_path_rate 0.1, spatial_dims 2) in train mode, input
+         [batch, 1, size, size] float32 in [0, 1). One step: forward (normalize=True); loss =
+         out[-1].mean over space, summed (the backbone feature is that spatial mean of the last
+         stage); backward; zero_grad(set_to_none=True). No optimiser step.
+simsiam  the research code's full SimSiam training step (main_simsiam.py, RESEARCH_CODE.md
+         section 2): the backbone above, lightly SimSiamProjectionHead(F, 2048, 2048) and
+         SimSiamPredictionHead(2048, 512, 2048), F = 16 * embed (768 for C=48, 384 for C=24);
+         for each of two views [batch, 1, 96, 96]: z = proj(feature(x)), p = pred(z); loss =
+         0.5 * (NegativeCosineSimilarity(p1, z2.detach()) + NegativeCosineSimilarity(p2,
+         z1.detach())); zero_grad, backward, SGD step (momentum 0.9, lr 0.025, weight decay 1e-5
+         on >= 2-D parameters and none on biases / 1-D parameters, one decay / no-decay pair of
+         groups per module: backbone, projector, predictor). float32 throughout (the research
+         code ran AMP on a GPU; there is no CPU equivalent here).
+         --config c48: embed 48, batch 128 (the research setup); --config lowres: the
+         low-resource setup, embed 24 (heads still 3, 6, 12, 24), batch 16. --batch and --embed
+         override the config's values.
+
+Threads: torch.set_num_threads(T) (intra-op) and torch.set_num_interop_threads(1), both right
+after importing torch.
+
+Timing: time.perf_counter around each whole step; --warmup steps untimed, then --steps timed
+steps. images_per_s = batch / median step time (for simsiam a "pair" of views is one sample,
+so this is pairs/s, also given as pairs_per_s); images_per_s_mean = batch / mean step time.
+
+Memory (Linux): peak_rss_mib = getrusage(RUSAGE_SELF).ru_maxrss at the end (KiB -> MiB).
+base_rss_mib = the same high-water mark right after importing torch / monai / lightly and
+creating the model, optimiser and inputs, before the first step, so delta_rss_mib = peak - base
+is what the steps themselves add (activations, gradients, optimiser state). import_rss_mib is
+the high-water mark right after the imports, before the model exists: delta_import_rss_mib =
+peak - import also counts the weights, which a C program's own peak RSS includes.
+
+Output: human-readable lines, then one line of JSON (the last line on stdout). Exit status 2,
+with a message on stderr, when torch, monai, lightly or einops (which MONAI's SwinTransformer
+needs at run time) cannot be imported or an argument is invalid; 1 on any other error.
+"""
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+CONFIGS = {"c48": {"embed": 48, "batch": 128}, "lowres": {"embed": 24, "batch": 16}}
+
+
+def maxrss_mib():
+    """The process's RSS high-water mark so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mib():
+    """VmRSS from /proc/self/status, or None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="PyTorch baseline for the ioupos training benchmarks")
+    sub = ap.add_subparsers(dest="bench", required=True)
+    enc = sub.add_parser("encoder", help="Swin encoder forward + backward")
+    enc.add_argument("--threads", type=int, required=True)
+    enc.add_argument("--batch", type=int, default=32)
+    enc.add_argument("--size", type=int, default=96)
+    enc.add_argument("--embed", type=int, default=48)
+    enc.add_argument("--steps", type=int, default=5)
+    enc.add_argument("--warmup", type=int, default=2)
+    enc.add_argument("--spatial_dims", type=int, default=2, choices=(2, 3))
+    sim = sub.add_parser("simsiam", help="full SimSiam training step")
+    sim.add_argument("--threads", type=int, required=True)
+    sim.add_argument("--config", choices=sorted(CONFIGS), default="c48")
+    sim.add_argument("--batch", type=int, default=None, help="default: the config's")
+    sim.add_argument("--embed", type=int, default=None, help="default: the config's")
+    sim.add_argument("--steps", type=int, default=3)
+    sim.add_argument("--warmup", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.bench == "simsiam":
+        a.batch = CONFIGS[a.config]["batch"] if a.batch is None else a.batch
+        a.embed = CONFIGS[a.config]["embed"] if a.embed is None else a.embed
+        a.size, a.spatial_dims = 96, 2
+    else:
+        a.config = None
+    # Swin heads (3, 6, 12, 24) must divide the stage widths embed * (1, 2, 4, 8); a batch of
+    # one would make the BatchNorm1d of the heads fail in train mode.
+    if a.threads < 1 or a.steps < 1 or a.warmup < 0 or a.size < 1 or a.embed < 1 or \
+            a.embed % 3 or a.batch < (2 if a.bench == "simsiam" else 1):
+        ap.error("need --threads >= 1, --steps >= 1, --warmup >= 0, --size >= 1, --embed a "
+                 "positive multiple of 3, --batch >= 1 (>= 2 for simsiam)")
+    return a
+
+
+def import_libraries():
+    try:
+        import torch
+        import monai
+        import lightly
+        import einops  # noqa: F401  (MONAI's SwinTransformer imports it lazily, on forward)
+    except ImportError as e:  # ModuleNotFoundError included
+        sys.stderr.write(
+            "bench_torch.py: cannot import torch / monai / lightly / einops (%s).\n"
+            "Install the pinned versions: python -m venv .venv && "
+            ".venv/bin/pip install -r tests/reference/requirements.txt\n" % e)
+        sys.exit(2)
+    return torch, monai, lightly
+
+
+def build_backbone(torch, embed, spatial_dims):
+    from monai.networks.nets.swin_unetr import SwinTransformer
+    return SwinTransformer(in_chans=1, embed_dim=embed, window_size=(7,) * spatial_dims,
+                           patch_size=(2,) * spatial_dims, depths=(2, 2, 2, 2),
+                           num_heads=(3, 6, 12, 24), drop_path_rate=0.1,
+                           spatial_dims=spatial_dims)
+
+
+def feature(backbone, x):
+    """The research code's backbone feature: the spatial mean of the last stage's output."""
+    out = backbone(x, normalize=True)[-1]
+    return out.mean(dim=tuple(range(2, out.dim())))
+
+
+def decay_groups(module, lr, weight_decay):
+    """One group with weight decay (>= 2-D parameters) and one without (biases, 1-D: norms)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+
+
+def main(argv):
+    a = parse_args(argv)
+    torch, monai, lightly = import_libraries()
+    torch.set_num_threads(a.threads)
+    torch.set_num_interop_threads(1)
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+    import_rss = maxrss_mib()
+
+    torch.manual_seed(0)
+    shape = (a.batch, 1) + (a.size,) * a.spatial_dims
+    backbone = build_backbone(torch, a.embed, a.spatial_dims)
+    backbone.train()
+    params = sum(p.numel() for p in backbone.parameters())
+    if a.bench == "encoder":
+        x = torch.rand(shape, dtype=torch.float32)
+        modules = [backbone]
+
+        def step():
+            loss = feature(backbone, x).sum()
+            loss.backward()
+            backbone.zero_grad(set_to_none=True)
+            return loss.item()
+    else:
+        fdim = 16 * a.embed
+        projector = SimSiamProjectionHead(fdim, 2048, 2048)
+        predictor = SimSiamPredictionHead(2048, 512, 2048)
+        projector.train()
+        predictor.train()
+        modules = [backbone, projector, predictor]
+        params += sum(p.numel() for m in (projector, predictor) for p in m.parameters())
+        groups = []
+        for m in modules:
+            groups += decay_groups(m, 0.025, 1e-5)
+        opt = torch.optim.SGD(groups, lr=0.025, momentum=0.9)
+        criterion = NegativeCosineSimilarity()
+        x1 = torch.rand(shape, dtype=torch.float32)
+        x2 = torch.rand(shape, dtype=torch.float32)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            z1 = projector(feature(backbone, x1))
+            p1 = predictor(z1)
+            z2 = projector(feature(backbone, x2))
+            p2 = predictor(z2)
+            loss = 0.5 * (criterion(p1, z2.detach()) + criterion(p2, z1.detach()))
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+    base_rss = maxrss_mib()
+    base_cur = current_rss_mib()
+
+    unit = "pairs/s" if a.bench == "simsiam" else "images/s"
+    what = ("SimSiam training step (2 views, heads, SGD)" if a.bench == "simsiam"
+            else "Swin encoder forward + backward")
+    print("bench_torch %s: %s, torch %s, monai %s, lightly %s" %
+          (a.bench, what, torch.__version__, monai.__version__, lightly.__version__))
+    print("  input %s float32, embed %d, %s%.2f M parameters, %d intra-op thread(s), "
+          "1 inter-op, %d warm-up + %d timed steps" %
+          ("x".join(map(str, shape)), a.embed,
+           ("config %s, " % a.config) if a.config else "", params / 1e6, a.threads,
+           a.warmup, a.steps))
+    sys.stdout.flush()
+
+    loss = None
+    for _ in range(a.warmup):
+        loss = step()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+    if loss is None or loss != loss:
+        sys.stderr.write("bench_torch.py: the loss is not finite (%r)\n" % loss)
+        return 1
+
+    med = statistics.median(times)
+    mean = statistics.fmean(times)
+    peak = maxrss_mib()
+    print("  step times (s): %s; last loss %.6g" % (" ".join("%.3f" % t for t in times), loss))
+    print("  %s: %.2f (median step %.3f s), %.2f (mean step %.3f s)" %
+          (unit, a.batch / med, med, a.batch / mean, mean))
+    print("  RSS (MiB): after imports %.1f; after model + inputs %.1f (current %s); peak %.1f; "
+          "delta peak - base %.1f; delta peak - imports %.1f" %
+          (import_rss, base_rss, "%.1f" % base_cur if base_cur is not None else "n/a", peak,
+           peak - base_rss, peak - import_rss))
+    res = {
+        "bench": a.bench,
+        "threads": a.threads,
+        "images_per_s": a.batch / med,
+        "images_per_s_mean": a.batch / mean,
+        "step_s_median": med,
+        "step_s_mean": mean,
+        "peak_rss_mib": peak,
+        "base_rss_mib": base_rss,
+        "delta_rss_mib": peak - base_rss,
+        "import_rss_mib": import_rss,
+        "delta_import_rss_mib": peak - import_rss,
+        "batch": a.batch,
+        "size": a.size,
+        "embed": a.embed,
+        "spatial_dims": a.spatial_dims,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "params": params,
+        "loss": loss,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "lightly": lightly.__version__,
+    }
+    if a.bench == "simsiam":
+        res["config"] = a.config
+        res["pairs_per_s"] = a.batch / med
+    print(json.dumps(res, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,14 @@
+/* ioupos-simsiam — SimSiam pretraining of a Swin encoder on IoU-constrained crop pairs of CT
+   slices, with the research code's flags (main_simsiam.py) and the published runs' defaults.
+
+   The run itself (loader, model, optimiser, run directory, metrics, checkpoints, exact resume)
+   is ioupos_pretrain_run (ioupos.h section 18); this program parses and records the flags
+   (drivers/pretrain.h). Run with --help for the flags. */
+#define IOUPOS_IMPLEMENTATION
+#include "ioupos.h"
+
+#define PROG "ioupos-simsiam"
+#define PRETRAIN_METHOD IOUPOS_SSL_SIMSIAM
+#include "pretrain.h"
+
+int main(int argc, char **argv) { return pretrain_main(argc, argv); }

@@ -1,0 +1,614 @@
+/* drivers/pretrain.h — the command line of ioupos-simsiam and ioupos-dino (not part of the
+   library): flag parsing, the resolved-flags JSON and the wiring onto ioupos_pretrain_run
+   (ioupos.h section 18), which does the run directory, metrics, checkpoints and resume.
+
+   The including file defines PROG (its command name) and PRETRAIN_METHOD (IOUPOS_SSL_SIMSIAM or
+   IOUPOS_SSL_DINO), includes ioupos.h with IOUPOS_IMPLEMENTATION, then this file, and calls
+   pretrain_main(argc, argv).
+
+   The flags are the research scripts' (main_simsiam.py, main_dino.py) plus ours; the defaults
+   are the published SimSiam runs' (C 48, batch 128, 100 epochs), not the scripts' own defaults
+   (they defaulted --embedding_size to 24). Flags the CPU backend cannot honour (--use_amp,
+   --use_gradient_checkpointing) and preprocessing flags (--a_min, --a_max, --size_x/y/z, which
+   only matter to ioupos-prep) are accepted with one note on stderr. Exit status: 0 done (or
+   --max_steps reached), 1 the run failed (the library's reason is printed), 2 bad command line. */
+#ifndef IOUPOS_DRIVERS_PRETRAIN_H
+#define IOUPOS_DRIVERS_PRETRAIN_H
+
+#if !defined(PROG) || !defined(PRETRAIN_METHOD)
+#error "define PROG and PRETRAIN_METHOD before including drivers/pretrain.h"
+#endif
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli.h"
+
+#ifndef IOUPOS_GIT_COMMIT
+#define IOUPOS_GIT_COMMIT "unknown" /* the Makefile passes -DIOUPOS_GIT_COMMIT="<hash>[+dirty]" */
+#endif
+
+#define PT_MAX_THREADS 1024
+#define PT_MAX_CROP 4096
+#define PT_IS_DINO (PRETRAIN_METHOD == IOUPOS_SSL_DINO)
+
+/* Everything the command line resolves: the library's options plus the flags that only the
+   driver sees. */
+typedef struct pt_flags {
+  ioupos_pretrain_opts o;
+  int spatial_dims;
+  double a_min, a_max, size[3];  /* ioupos-prep's; recorded only */
+  int use_amp, use_ckpt, low_resource;
+  int threads;                    /* 0: OpenMP's default (all cores or OMP_NUM_THREADS) */
+  int given_embed, given_batch, given_hidden, given_bottleneck;
+  int given_prep;                 /* --a_min/--a_max/--size_* seen */
+} pt_flags;
+
+/* The defaults --help shows and a run starts from. */
+static void pt_defaults(pt_flags *f) {
+  memset(f, 0, sizeof *f);
+  ioupos_pretrain_opts_default(&f->o, PRETRAIN_METHOD);
+  /* the published SimSiam runs' size for both methods (DINO's research defaults were batch 2,
+     300 epochs, C 24: a debugging setup) */
+  f->o.enc.embed_dim = 48;
+  f->o.batch_size = 128;
+  f->o.n_epochs = 100;
+  f->spatial_dims = f->o.enc.spatial_dims ? f->o.enc.spatial_dims : 2;
+  f->a_min = -500.0;
+  f->a_max = 500.0;
+  f->size[0] = 1.0;
+  f->size[1] = 1.0;
+  f->size[2] = 2.5;
+}
+
+/* ---- usage ------------------------------------------------------------------------------------ */
+
+static void pt_usage(FILE *out) {
+  pt_flags d;
+  const ioupos_pretrain_opts *o = &d.o;
+  pt_defaults(&d);
+  fprintf(out,
+          "usage: " PROG " --data_dir DIR [flags]\n"
+          "%s"
+          "\n"
+          "Data and crops:\n"
+          "  --data_dir DIR        folder of PNG slices (ioupos-prep's output); required\n"
+          "  --crop_size N|H,W     crop size, one number for both axes or one per axis; the\n"
+          "                        augmentations (rot90) need H = W for now (default %d;\n"
+          "                        research 96)\n"
+          "  --min_iou X           lower IoU bound of a pair, in [0, 1] (default %g)\n"
+          "  --max_iou X           upper IoU bound, in [min_iou, 1] (default %g)\n"
+          "  --pair_mode M         anchored (first crop uniform over those with a partner, then\n"
+          "                        a uniform partner) or joint (uniform over valid pairs)\n"
+          "                        (default %s)\n"
+          "  --batch_size N        pairs per micro-batch (default %d)\n"
+          "  --num_workers N       loader threads, 0 = in the training thread, 0..256 (default %d);\n"
+          "                        results do not depend on it\n"
+          "  --spatial_dims 2|3    2 only: 3D pretraining needs NIfTI volume loading, which the\n"
+          "                        loader does not have yet (default 2)\n"
+          "  --a_min HU, --a_max HU  the HU window of preprocessing: accepted for the research\n"
+          "                        command lines, but they only matter to ioupos-prep (the PNGs\n"
+          "                        are already windowed); no effect here (default -500, 500)\n"
+          "  --size_x MM, --size_y MM, --size_z MM  the resampling spacing of preprocessing\n"
+          "                        (ioupos-prep's flags of these names); no effect here\n"
+          "                        (default 1, 1, 2.5)\n"
+          "\n"
+          "Encoder (MONAI SwinTransformer, patch 2, window 7, depths 2,2,2,2, heads 3,6,12,24):\n"
+          "  --embedding_size C    feature size C; the backbone feature has 16 x C values; C x 2^s\n"
+          "                        must be divisible by stage s's heads, e.g. 6, 12, 24, 48\n"
+          "                        (default %d; the research scripts defaulted to 24, the\n"
+          "                        published runs used 48)\n"
+          "  --drop_path_rate X    stochastic depth, growing linearly over the blocks to X,\n"
+          "                        in [0, 1) (default %g)\n"
+          "  --use_gradient_checkpointing  accepted; this backend keeps all activations (a note\n"
+          "                        says so)\n"
+          "  --use_amp             accepted; the CPU backend computes in float32 (a note says so)\n",
+          PT_IS_DINO
+              ? "DINO pretraining of a Swin encoder on IoU-constrained crop pairs of CT slices:\n"
+                "student and EMA teacher, DINO head, centring; the teacher is the evaluation\n"
+                "network (checkpoint.safetensors' backbone.*).\n"
+              : "SimSiam pretraining of a Swin encoder on IoU-constrained crop pairs of CT slices\n"
+                "(the research code's setup: lightly heads, SGD, cosine lr, collapse monitor).\n",
+          o->crop[0], o->min_iou, o->max_iou,
+          o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored", o->batch_size, o->num_workers,
+          o->enc.embed_dim, (double)o->enc.drop_path_rate);
+  if (PT_IS_DINO) {
+    fprintf(out,
+            "\n"
+            "DINO head and loss (the research main_dino.py's defaults unless said):\n"
+            "  --out_dim N           prototypes, the head's output (default %d; the DINO paper\n"
+            "                        65536)\n"
+            "  --hidden_dim N        head MLP width (default %d)\n"
+            "  --bottleneck_dim N    head bottleneck before the last layer (default %d)\n"
+            "  --norm_last_layer 0|1 weight-normalised last layer with its norm frozen at 1\n"
+            "                        (default %d)\n"
+            "  --momentum_teacher X  teacher EMA momentum, cosine to 1 over the run (default %g)\n"
+            "  --teacher_temp X      teacher temperature after its warm-up (default %g)\n"
+            "  --warmup_teacher_temp X  teacher temperature at the start (default %g)\n"
+            "  --warmup_teacher_temp_epochs X  linear warm-up of the teacher temperature\n"
+            "                        (default %g)\n"
+            "  --student_temp X      student temperature (default %g)\n"
+            "  --center_momentum X   EMA momentum of the centre (default %g)\n"
+            "  --n_local_crops N     local views per pair, student only (default %d; the research\n"
+            "                        code had none). Only 0 for now: the loader does not make\n"
+            "                        local crops yet, so any other value is refused\n"
+            "  --local_crop_size N|H,W  local crop size (default %d)\n"
+            "  --local_min_iou X, --local_max_iou X  IoU interval of each local crop with the\n"
+            "                        first global crop (default %g, %g)\n"
+            "\n"
+            "Optimisation (AdamW, per-tensor gradient clipping, last layer frozen at first):\n"
+            "  --n_epochs N          epochs (default %d: the SimSiam runs' length; the research\n"
+            "                        script's 300 epochs, batch 2 and C 24 were a debugging setup)\n"
+            "  --lr X, --base_lr X   peak learning rate after the warm-up, not batch-scaled\n"
+            "                        (default %g)\n"
+            "  --min_lr X            final learning rate of the cosine (default %g)\n"
+            "  --warmup_epochs X     linear lr warm-up from 0 (default %g)\n"
+            "  --weight_decay X      weight decay at the start, cosine to --weight_decay_end; not\n"
+            "                        on biases and 1-D tensors (default %g)\n"
+            "  --weight_decay_end X  (default %g)\n"
+            "  --clip_grad X         clip each tensor's gradient norm to X, 0 = off (default %g)\n"
+            "  --freeze_last_layer N epochs with the head's last layer frozen (default %d)\n"
+            "  --accum_iters N       micro-batches per optimiser step, loss / N each (default %d)\n",
+            o->out_dim, o->hidden, o->bottleneck, o->norm_last_layer, o->momentum_teacher,
+            o->teacher_temp, o->warmup_teacher_temp, o->warmup_teacher_temp_epochs,
+            o->student_temp, o->center_momentum, o->n_local, o->local_crop[0], o->local_min_iou,
+            o->local_max_iou, o->n_epochs, o->base_lr, o->min_lr, o->warmup_epochs, o->wd,
+            o->wd_end, o->clip_grad, o->freeze_last_layer, o->accum_iters);
+  } else {
+    fprintf(out,
+            "\n"
+            "Optimisation (SGD momentum 0.9; projection head 3 x %d, predictor %d -> %d -> %d):\n"
+            "  --n_epochs N          epochs (default %d)\n"
+            "  --base_lr X           learning rate, cosine to --end_lr over the run; the\n"
+            "                        predictor stays at --base_lr (default %g)\n"
+            "  --end_lr X            final learning rate (default %g)\n"
+            "  --warmup_epochs X     linear lr warm-up (default %g)\n"
+            "  --wd X                weight decay, not on biases and 1-D tensors (default %g)\n"
+            "  --accum_iters N       micro-batches per optimiser step, loss / N each (default %d)\n",
+            o->proj_hidden, o->proj_out, o->pred_hidden, o->proj_out, o->n_epochs, o->base_lr,
+            o->end_lr, o->warmup_epochs, o->wd, o->accum_iters);
+  }
+  fprintf(out,
+          "\n"
+          "Run:\n"
+          "  --chkpt_dir DIR       where run directories go (default %s)\n"
+          "  --run_name NAME       the run directory <chkpt_dir>/<run_name> (default %s)\n"
+          "  --resume              continue the run in that directory from its state.safetensors\n"
+          "                        (the final weights equal an uninterrupted run's with the same\n"
+          "                        flags, seed and --threads)\n"
+          "  --seed S              random seed, unsigned 64-bit (default %llu, the research\n"
+          "                        default)\n"
+          "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
+          "                        cores or OMP_NUM_THREADS)\n"
+          "  --log_every N         a console and metrics.jsonl line every N optimiser steps\n"
+          "                        (default %d)\n"
+          "  --low_resource_mode   a small preset for laptops and CI (ours; the research code's\n"
+          "                        preset is not known): --embedding_size 24 and --batch_size 16\n"
+          "                        unless given, %s\n"
+          "  --help                show this text and exit\n"
+          "\n"
+          "Testing:\n"
+          "  --max_steps N         stop after N optimiser steps in this process and save the\n"
+          "                        state, as if interrupted (0 = no limit; default 0)\n"
+          "\n"
+          "The run directory <chkpt_dir>/<run_name>/ holds flags.json (these flags resolved, the\n"
+          "seed and the git commit), metrics.jsonl (one JSON line per logged step and per epoch),\n"
+          "checkpoint.safetensors (the model after the last finished epoch; the encoder under\n"
+          "'backbone.'), checkpoint_epoch<E>.safetensors (each epoch's) and state.safetensors\n"
+          "(model, optimiser, counters and loader position, for --resume). Every file is written\n"
+          "atomically. Flags take their value as '--flag value' or '--flag=value'. Progress goes\n"
+          "to stderr. Exit status: 0 done (or --max_steps reached), 1 the run failed (the reason\n"
+          "is printed), 2 bad command line.\n",
+          o->chkpt_dir ? o->chkpt_dir : "(none)", o->run_name ? o->run_name : "(none)",
+          (unsigned long long)o->seed, PT_MAX_THREADS, o->log_every,
+          PT_IS_DINO ? "DINO head hidden 512 and bottleneck 128 unless given"
+                     : "projection head 512 / 512 and predictor hidden 128");
+}
+
+/* ---- flag values ------------------------------------------------------------------------------ */
+
+/* "96" (both axes) or "96,80" / "96x80" (rows, columns). */
+static void pt_parse_crop(const char *flag, const char *s, int crop[2]) {
+  const char *p = s;
+  crop[0] = crop[1] = (int)cli_int_prefix(flag, s, &p, 1, PT_MAX_CROP, NULL);
+  if (*p == ',' || *p == 'x') {
+    ++p;
+    crop[1] = (int)cli_int_prefix(flag, s, &p, 1, PT_MAX_CROP, NULL);
+  }
+  if (*p) cli_bad_value(flag, s, "expected N or H,W with integers in 1..4096, e.g. 96 or 96,80");
+}
+
+static int pt_parse_bool(const char *flag, const char *s) {
+  if (!strcmp(s, "1") || !strcmp(s, "true") || !strcmp(s, "True")) return 1;
+  if (!strcmp(s, "0") || !strcmp(s, "false") || !strcmp(s, "False")) return 0;
+  cli_bad_value(flag, s, "expected 0 or 1");
+  return 0;
+}
+
+/* A directory entry name: not empty, no '/', not "." or "..". */
+static const char *pt_parse_name(const char *flag, const char *s) {
+  if (!*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, ".."))
+    cli_bad_value(flag, s, "expected a folder name without '/'");
+  return s;
+}
+
+static void pt_usage_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2), noreturn))
+#endif
+    ;
+static void pt_usage_error(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, PROG ": ");
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, " (see --help)\n");
+  exit(2);
+}
+
+/* The flags of both methods (a method's table lists the names it takes; switches last). */
+static const char *const pt_names[] = {
+#if PT_IS_DINO
+    "out_dim", "hidden_dim", "bottleneck_dim", "norm_last_layer", "momentum_teacher",
+    "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_epochs", "student_temp",
+    "center_momentum", "weight_decay", "weight_decay_end", "freeze_last_layer", "clip_grad",
+    "lr", "min_lr", "n_local_crops", "local_crop_size", "local_min_iou", "local_max_iou",
+#else
+    "end_lr", "wd",
+#endif
+    "base_lr", "warmup_epochs", "embedding_size", "drop_path_rate", "spatial_dims", "a_min",
+    "a_max", "size_x", "size_y", "size_z", "min_iou", "max_iou", "batch_size", "n_epochs",
+    "accum_iters", "run_name", "data_dir", "chkpt_dir", "seed", "num_workers", "crop_size",
+    "pair_mode", "threads", "log_every", "max_steps",
+    /* switches */
+    "use_gradient_checkpointing", "use_amp", "low_resource_mode", "resume"};
+#define PT_N_SWITCHES 4
+
+static void pt_flag(pt_flags *f, const char *name, const char *flag, const char *v) {
+  ioupos_pretrain_opts *o = &f->o;
+#define IS(n) (!strcmp(name, n))
+  /* common */
+  if (IS("base_lr") || IS("lr")) o->base_lr = cli_double(flag, v, 0.0, 1e6, 1);
+  else if (IS("warmup_epochs")) o->warmup_epochs = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("embedding_size")) {
+    o->enc.embed_dim = (int)cli_int(flag, v, 1, 4096);
+    f->given_embed = 1;
+  } else if (IS("drop_path_rate")) {
+    double r = cli_double(flag, v, 0.0, 1.0, 0);
+    if (r >= 1.0) cli_bad_value(flag, v, "must be in [0, 1)");
+    o->enc.drop_path_rate = (float)r;
+  } else if (IS("spatial_dims")) f->spatial_dims = (int)cli_int(flag, v, 2, 3);
+  else if (IS("a_min")) { f->a_min = cli_double(flag, v, -1e6, 1e6, 0); f->given_prep = 1; }
+  else if (IS("a_max")) { f->a_max = cli_double(flag, v, -1e6, 1e6, 0); f->given_prep = 1; }
+  else if (IS("size_x")) { f->size[0] = cli_double(flag, v, 0.0, 1e3, 1); f->given_prep = 1; }
+  else if (IS("size_y")) { f->size[1] = cli_double(flag, v, 0.0, 1e3, 1); f->given_prep = 1; }
+  else if (IS("size_z")) { f->size[2] = cli_double(flag, v, 0.0, 1e3, 1); f->given_prep = 1; }
+  else if (IS("min_iou")) o->min_iou = cli_double(flag, v, 0.0, 1.0, 0);
+  else if (IS("max_iou")) o->max_iou = cli_double(flag, v, 0.0, 1.0, 0);
+  else if (IS("batch_size")) {
+    /* SimSiam's heads have batch norm: two samples at least */
+    o->batch_size = (int)cli_int(flag, v, PT_IS_DINO ? 1 : 2, 1 << 20);
+    f->given_batch = 1;
+  } else if (IS("n_epochs")) o->n_epochs = (int)cli_int(flag, v, 1, 1000000);
+  else if (IS("accum_iters")) o->accum_iters = (int)cli_int(flag, v, 1, 1000000);
+  else if (IS("run_name")) o->run_name = pt_parse_name(flag, v);
+  else if (IS("data_dir")) o->data_dir = cli_nonempty(flag, v, "expected a folder");
+  else if (IS("chkpt_dir")) o->chkpt_dir = cli_nonempty(flag, v, "expected a folder");
+  else if (IS("seed")) o->seed = cli_u64(flag, v);
+  else if (IS("num_workers")) o->num_workers = (int)cli_int(flag, v, 0, 256);
+  else if (IS("crop_size")) pt_parse_crop(flag, v, o->crop);
+  else if (IS("pair_mode")) {
+    if (!strcmp(v, "anchored")) o->pair_mode = IOUPOS_PAIR_ANCHORED;
+    else if (!strcmp(v, "joint")) o->pair_mode = IOUPOS_PAIR_JOINT;
+    else cli_bad_value(flag, v, "expected anchored or joint");
+  } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, PT_MAX_THREADS);
+  else if (IS("log_every")) o->log_every = (int)cli_int(flag, v, 1, INT_MAX);
+  else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
+  else if (IS("use_gradient_checkpointing")) f->use_ckpt = 1;
+  else if (IS("use_amp")) f->use_amp = 1;
+  else if (IS("low_resource_mode")) f->low_resource = 1;
+  else if (IS("resume")) o->resume = 1;
+  /* SimSiam */
+  else if (IS("end_lr")) o->end_lr = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("wd")) o->wd = cli_double(flag, v, 0.0, 1e6, 0);
+  /* DINO */
+  else if (IS("out_dim")) o->out_dim = (int)cli_int(flag, v, 1, 1 << 20);
+  else if (IS("hidden_dim")) { o->hidden = (int)cli_int(flag, v, 1, 1 << 20); f->given_hidden = 1; }
+  else if (IS("bottleneck_dim")) {
+    o->bottleneck = (int)cli_int(flag, v, 1, 1 << 20);
+    f->given_bottleneck = 1;
+  } else if (IS("norm_last_layer")) o->norm_last_layer = pt_parse_bool(flag, v);
+  else if (IS("momentum_teacher")) o->momentum_teacher = cli_double(flag, v, 0.0, 1.0, 0);
+  else if (IS("teacher_temp")) o->teacher_temp = cli_double(flag, v, 0.0, 1e3, 1);
+  else if (IS("warmup_teacher_temp")) o->warmup_teacher_temp = cli_double(flag, v, 0.0, 1e3, 1);
+  else if (IS("warmup_teacher_temp_epochs"))
+    o->warmup_teacher_temp_epochs = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("student_temp")) o->student_temp = cli_double(flag, v, 0.0, 1e3, 1);
+  else if (IS("center_momentum")) o->center_momentum = cli_double(flag, v, 0.0, 1.0, 0);
+  else if (IS("weight_decay")) o->wd = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("weight_decay_end")) o->wd_end = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("freeze_last_layer")) o->freeze_last_layer = (int)cli_int(flag, v, 0, 1000000);
+  else if (IS("clip_grad")) o->clip_grad = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("min_lr")) o->min_lr = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("n_local_crops")) o->n_local = (int)cli_int(flag, v, 0, IOUPOS_HEAD_MAX_VIEWS - 2);
+  else if (IS("local_crop_size")) pt_parse_crop(flag, v, o->local_crop);
+  else if (IS("local_min_iou")) o->local_min_iou = cli_double(flag, v, 0.0, 1.0, 0);
+  else if (IS("local_max_iou")) o->local_max_iou = cli_double(flag, v, 0.0, 1.0, 0);
+#undef IS
+}
+
+static void pt_parse(int argc, char **argv, pt_flags *f) {
+  cli c;
+  int k;
+  pt_defaults(f);
+  cli_init(&c, argc, argv, pt_names, CLI_COUNT(pt_names), PT_N_SWITCHES, pt_usage);
+  while ((k = cli_next_flag(&c)) >= 0) pt_flag(f, pt_names[k], c.flag, c.value);
+
+  if (!f->o.data_dir) cli_required("--data_dir");
+  if (f->spatial_dims == 3)
+    pt_usage_error("--spatial_dims 3: 3D pretraining needs NIfTI volume loading, which is not "
+                   "implemented yet (the loader reads 2D PNG slices only); use --spatial_dims 2");
+  if (f->o.min_iou > f->o.max_iou)
+    pt_usage_error("--min_iou %g is above --max_iou %g: the IoU interval is empty", f->o.min_iou,
+                   f->o.max_iou);
+  if (PT_IS_DINO && f->o.local_min_iou > f->o.local_max_iou)
+    pt_usage_error("--local_min_iou %g is above --local_max_iou %g: the IoU interval is empty",
+                   f->o.local_min_iou, f->o.local_max_iou);
+  if (f->o.crop[0] != f->o.crop[1])
+    pt_usage_error("--crop_size %d,%d: the pretraining augmentations need square crops (their "
+                   "rot90 would change a non-square crop's shape); use e.g. --crop_size %d",
+                   f->o.crop[0], f->o.crop[1], f->o.crop[0]);
+  if (f->o.warmup_epochs > 0.0 && f->o.warmup_epochs >= (double)f->o.n_epochs)
+    pt_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end before "
+                   "the run does)", f->o.warmup_epochs, f->o.n_epochs);
+  if (PT_IS_DINO && f->o.n_local > 0)
+    pt_usage_error("--n_local_crops %d: local crops are not implemented yet (the loader makes "
+                   "only the IoU pair); use --n_local_crops 0", f->o.n_local);
+  if (f->a_min >= f->a_max)
+    pt_usage_error("--a_min %g must be below --a_max %g", f->a_min, f->a_max);
+
+  if (f->low_resource) { /* ours: the research code's preset is not known */
+    if (!f->given_embed) f->o.enc.embed_dim = 24;
+    if (!f->given_batch) f->o.batch_size = 16;
+    if (PT_IS_DINO) {
+      if (!f->given_hidden) f->o.hidden = 512;
+      if (!f->given_bottleneck) f->o.bottleneck = 128;
+    } else {
+      f->o.proj_hidden = 512;
+      f->o.proj_out = 512;
+      f->o.pred_hidden = 128;
+    }
+  }
+  f->o.enc.spatial_dims = f->spatial_dims;
+  {
+    const int *h = f->o.enc.num_heads, C = f->o.enc.embed_dim;
+    int s;
+    for (s = 0; s < 4; ++s)
+      if ((C << s) % h[s] != 0)
+        pt_usage_error("--embedding_size %d: the stages' %d, %d, %d, %d attention heads must "
+                       "divide their widths C, 2C, 4C, 8C (e.g. C a multiple of 3: 6, 24, 48)",
+                       C, h[0], h[1], h[2], h[3]);
+  }
+  if (ioupos_swin_config_check(&f->o.enc) != IOUPOS_OK)
+    pt_usage_error("--embedding_size %d: %s", f->o.enc.embed_dim, ioupos_failure_reason());
+}
+
+/* ---- the resolved flags as JSON --------------------------------------------------------------- */
+
+typedef struct pt_json {
+  char *s;
+  size_t n, cap;
+} pt_json;
+
+static void pt_put(pt_json *j, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void pt_put(pt_json *j, const char *fmt, ...) {
+  va_list ap;
+  int m;
+  for (;;) {
+    va_start(ap, fmt);
+    m = vsnprintf(j->s ? j->s + j->n : NULL, j->s ? j->cap - j->n : 0, fmt, ap);
+    va_end(ap);
+    if (m < 0) abort();
+    if (j->s && j->n + (size_t)m < j->cap) break;
+    j->cap = 2 * (j->n + (size_t)m + 256);
+    j->s = (char *)realloc(j->s, j->cap);
+    if (!j->s) {
+      fprintf(stderr, PROG ": out of memory\n");
+      exit(1);
+    }
+  }
+  j->n += (size_t)m;
+}
+
+static void pt_key(pt_json *j, const char *key) { pt_put(j, "%s\"%s\": ", j->n > 1 ? ", " : "", key); }
+
+static void pt_jstr(pt_json *j, const char *key, const char *v) {
+  const unsigned char *p;
+  pt_key(j, key);
+  if (!v) {
+    pt_put(j, "null");
+    return;
+  }
+  pt_put(j, "\"");
+  for (p = (const unsigned char *)v; *p; ++p) {
+    if (*p == '"' || *p == '\\') pt_put(j, "\\%c", *p);
+    else if (*p < 0x20) pt_put(j, "\\u%04x", *p);
+    else pt_put(j, "%c", *p);
+  }
+  pt_put(j, "\"");
+}
+
+static void pt_jint(pt_json *j, const char *key, long long v) {
+  pt_key(j, key);
+  pt_put(j, "%lld", v);
+}
+
+/* The shortest of %.15g..%.17g that reads back as v. */
+static void pt_jnum(pt_json *j, const char *key, double v) {
+  char buf[40];
+  int p;
+  for (p = 15; p <= 17; ++p) {
+    snprintf(buf, sizeof buf, "%.*g", p, v);
+    if (strtod(buf, NULL) == v) break;
+  }
+  pt_key(j, key);
+  pt_put(j, "%s", buf);
+}
+
+/* A float field: the shortest of %.6g..%.9g that reads back as v (0.1f is 0.1, not 0.100000001). */
+static void pt_jflt(pt_json *j, const char *key, float v) {
+  char buf[40];
+  int p;
+  for (p = 6; p <= 9; ++p) {
+    snprintf(buf, sizeof buf, "%.*g", p, (double)v);
+    if ((float)strtod(buf, NULL) == v) break;
+  }
+  pt_key(j, key);
+  pt_put(j, "%s", buf);
+}
+
+static void pt_jpair(pt_json *j, const char *key, const int v[2]) {
+  pt_key(j, key);
+  pt_put(j, "[%d, %d]", v[0], v[1]);
+}
+
+static void pt_jbool(pt_json *j, const char *key, int v) {
+  pt_key(j, key);
+  pt_put(j, v ? "true" : "false");
+}
+
+/* Every flag that describes the run, defaults included. --resume and --max_steps describe one
+   invocation, not the run, and are left out: the JSON is also stored in state.safetensors, which
+   must come out byte-identical whether or not the run was interrupted and resumed. */
+static char *pt_flags_json(const pt_flags *f) {
+  const ioupos_pretrain_opts *o = &f->o;
+  pt_json j = {NULL, 0, 0};
+  char buf[32];
+  int threads = f->threads;
+#ifdef _OPENMP
+  if (!threads) threads = omp_get_max_threads();
+#else
+  threads = 1;
+#endif
+  pt_put(&j, "{");
+  pt_jstr(&j, "method", PT_IS_DINO ? "dino" : "simsiam");
+  pt_jstr(&j, "data_dir", o->data_dir);
+  pt_jstr(&j, "chkpt_dir", o->chkpt_dir);
+  pt_jstr(&j, "run_name", o->run_name);
+  pt_jint(&j, "spatial_dims", f->spatial_dims);
+  pt_jint(&j, "embedding_size", o->enc.embed_dim);
+  pt_jflt(&j, "drop_path_rate", o->enc.drop_path_rate);
+  pt_jbool(&j, "use_gradient_checkpointing", f->use_ckpt);
+  pt_jbool(&j, "use_amp", f->use_amp);
+  pt_jnum(&j, "a_min", f->a_min);
+  pt_jnum(&j, "a_max", f->a_max);
+  pt_jnum(&j, "size_x", f->size[0]);
+  pt_jnum(&j, "size_y", f->size[1]);
+  pt_jnum(&j, "size_z", f->size[2]);
+  pt_jpair(&j, "crop_size", o->crop);
+  pt_jnum(&j, "min_iou", o->min_iou);
+  pt_jnum(&j, "max_iou", o->max_iou);
+  pt_jstr(&j, "pair_mode", o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored");
+  pt_jint(&j, "batch_size", o->batch_size);
+  pt_jint(&j, "n_epochs", o->n_epochs);
+  pt_jint(&j, "accum_iters", o->accum_iters);
+  pt_jnum(&j, "base_lr", o->base_lr);
+  pt_jnum(&j, "warmup_epochs", o->warmup_epochs);
+  if (PT_IS_DINO) {
+    pt_jnum(&j, "min_lr", o->min_lr);
+    pt_jnum(&j, "weight_decay", o->wd);
+    pt_jnum(&j, "weight_decay_end", o->wd_end);
+    pt_jnum(&j, "clip_grad", o->clip_grad);
+    pt_jint(&j, "freeze_last_layer", o->freeze_last_layer);
+    pt_jint(&j, "out_dim", o->out_dim);
+    pt_jint(&j, "hidden_dim", o->hidden);
+    pt_jint(&j, "bottleneck_dim", o->bottleneck);
+    pt_jint(&j, "norm_last_layer", o->norm_last_layer);
+    pt_jnum(&j, "momentum_teacher", o->momentum_teacher);
+    pt_jnum(&j, "teacher_temp", o->teacher_temp);
+    pt_jnum(&j, "warmup_teacher_temp", o->warmup_teacher_temp);
+    pt_jnum(&j, "warmup_teacher_temp_epochs", o->warmup_teacher_temp_epochs);
+    pt_jnum(&j, "student_temp", o->student_temp);
+    pt_jnum(&j, "center_momentum", o->center_momentum);
+    pt_jint(&j, "n_local_crops", o->n_local);
+    pt_jpair(&j, "local_crop_size", o->local_crop);
+    pt_jnum(&j, "local_min_iou", o->local_min_iou);
+    pt_jnum(&j, "local_max_iou", o->local_max_iou);
+  } else {
+    pt_jnum(&j, "end_lr", o->end_lr);
+    pt_jnum(&j, "wd", o->wd);
+    pt_jint(&j, "proj_hidden_dim", o->proj_hidden);
+    pt_jint(&j, "proj_output_dim", o->proj_out);
+    pt_jint(&j, "pred_hidden_dim", o->pred_hidden);
+  }
+  snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->seed);
+  pt_key(&j, "seed");
+  pt_put(&j, "%s", buf);
+  pt_jint(&j, "num_workers", o->num_workers);
+  pt_jint(&j, "threads", threads);
+  pt_jint(&j, "log_every", o->log_every);
+  pt_jbool(&j, "low_resource_mode", f->low_resource);
+  pt_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
+  pt_put(&j, "}");
+  return j.s;
+}
+
+/* ---- the run ---------------------------------------------------------------------------------- */
+
+static void pt_log(void *ctx, const char *line) {
+  size_t n = strlen(line);
+  (void)ctx;
+  fprintf(stderr, "%s%s", line, n && line[n - 1] == '\n' ? "" : "\n");
+  fflush(stderr);
+}
+
+static int pretrain_main(int argc, char **argv) {
+  pt_flags f;
+  char *json;
+  int rc;
+  pt_parse(argc, argv, &f);
+
+  if (f.use_amp)
+    fprintf(stderr, PROG ": note: --use_amp ignored: the CPU backend computes in float32\n");
+  if (f.use_ckpt)
+    fprintf(stderr, PROG ": note: --use_gradient_checkpointing ignored: this backend keeps all "
+                    "activations\n");
+  if (f.given_prep)
+    fprintf(stderr, PROG ": note: --a_min/--a_max/--size_x/--size_y/--size_z only matter to "
+                    "ioupos-prep (HU window and spacing of preprocessing); the PNGs in --data_dir "
+                    "are already windowed, so they have no effect here\n");
+#ifdef _OPENMP
+  if (f.threads > 0) omp_set_num_threads(f.threads);
+#else
+  if (f.threads > 0)
+    fprintf(stderr, PROG ": note: --threads %d ignored (built without OpenMP: one thread)\n",
+            f.threads);
+#endif
+
+  json = pt_flags_json(&f);
+  f.o.flags_json = json;
+  f.o.git_commit = IOUPOS_GIT_COMMIT;
+  f.o.log = pt_log;
+  f.o.log_ctx = NULL;
+  rc = ioupos_pretrain_run(&f.o);
+  free(json);
+  if (rc != IOUPOS_OK) {
+    const char *why = ioupos_failure_reason();
+    fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
+    return 1;
+  }
+  return 0;
+}
+
+#endif /* IOUPOS_DRIVERS_PRETRAIN_H */
