@@ -16,7 +16,7 @@ DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom $
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
-            $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_threads
+            $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder $(BUILD)/test_segeval $(BUILD)/test_threads
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder
 
@@ -143,6 +143,8 @@ fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/losses_fixture.py
 	$(VENV)/bin/python tests/reference/optim_fixture.py
 	$(VENV)/bin/python tests/reference/model_fixture.py
+	$(VENV)/bin/python tests/reference/decoder_fixture.py
+	$(VENV)/bin/python tests/reference/segeval_fixture.py
 	$(VENV)/bin/python tests/reference/embed_fixture.py
 
 # Our checkpoints load into MONAI with load_state_dict(strict=True) and reproduce its outputs.

@@ -55,6 +55,8 @@
     16. Tensors, arenas and the backend operation table
     17. Models: the Swin encoder, the SimSiam and DINO heads, checkpoints
     18. Pretraining: SimSiam and DINO, run directories, exact resume
+    19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
+    20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -2198,6 +2200,481 @@ typedef struct ioupos_pretrain_opts {
 IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method);
 /* Runs (or resumes) a pretraining; 0 when all epochs are done or max_steps was reached. */
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o);
+
+
+/* ============================================================================================
+   19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
+   ============================================================================================ */
+
+/* The SwinUNETR decoder's layers (MONAI 1.6.1 monai.networks.nets.SwinUNETR with
+   norm_name="instance", res_block=True), forward beside backward, for ioupos.h section 11.
+
+   Conventions of section 11.
+*/
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- convolutional decoder layers (SwinUNETR's UnetrBasicBlock / UnetrUpBlock / UnetOutBlock) ---
+
+   Same conventions as the rest of section 11 (outputs first, `_backward` ACCUMULATES into every
+   gradient it is given, NULL gradient pointers allowed, deterministic for any thread count), with
+   one difference: these tensors are CHANNELS-FIRST, [B][C][S...] as MONAI's CNN blocks take them,
+   S = {H, W} (dims 2) or {D, H, W} (dims 3), n = prod(S) positions per channel plane. The Swin
+   encoder's token maps are channels-last [B][S...][C]: ioupos_to_channels_first converts.
+
+   What MONAI 1.6.1 builds for SwinUNETR (checked on a built model and its state_dict):
+     - every Conv of UnetResBlock (conv1, conv2 k x k, conv3 1x1) has NO bias (get_conv_layer's
+       default bias=False); "same" padding k/2, stride 1;
+     - the up-sampling ConvTranspose (kernel 2, stride 2, padding 0, output_padding 0) has NO bias;
+       its weight is [Cin][Cout][2][2]([2]) (torch's transposed layout);
+     - UnetOutBlock's 1x1 Conv HAS a bias;
+     - norm "instance" = torch.nn.InstanceNorm2d/3d(C): affine=False, track_running_stats=False
+       (batch statistics in train and eval), eps 1e-5, biased variance over each (b, c) plane;
+     - act = LeakyReLU(negative_slope=0.01) (UnetResBlock's default act_name, in place).
+   The constants, for the composite blocks: */
+#define IOUPOS_UNET_NORM_EPS 1e-5f
+#define IOUPOS_UNET_LRELU_SLOPE 0.01f
+
+/* ---- layout transposes: channels-last tokens <-> channels-first maps ------------------------- */
+/* out[B][C][S] = inp[B][S][C]   (S = positions per sample, any spatial rank) */
+IOUPOS_DEF void ioupos_to_channels_first(float *out, const float *inp, int B, size_t S, int C);
+/* dinp[B][S][C] += dout[B][C][S] transposed (the inverse transpose). ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_to_channels_first_backward(float *dinp, const float *dout, int B, size_t S,
+                                                  int C);
+/* out[B][S][C] = inp[B][C][S] */
+IOUPOS_DEF void ioupos_to_channels_last(float *out, const float *inp, int B, size_t S, int C);
+/* dinp[B][C][S] += dout[B][S][C] transposed. ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_to_channels_last_backward(float *dinp, const float *dout, int B, size_t S,
+                                                 int C);
+
+/* ---- convolution, stride 1, "same" padding: torch.nn.Conv2d/3d(Cin, Cout, k, 1, k/2) ---------- */
+/* inp [B][Cin][S], out [B][Cout][S] (same S), weight [Cout][Cin][k][k]([k]) as torch, bias [Cout]
+   (may be NULL). k odd >= 1 (MONAI uses 3, and 1 for conv3 / the out block).
+   im2col + GEMM: per sample, out[Cout][n] = weight[Cout][Cin k^dims] . col[Cin k^dims][n], the
+   columns built for blocks of at most 4096 positions at a time into scratch, which needs
+   ioupos_conv_scratch_size floats (Cin k^dims min(n, 4096); 0 when k == 1: the input itself is
+   the GEMM operand and scratch may be NULL; 0 also for invalid arguments). Nothing is saved: backward rebuilds the columns
+   from inp. Returns 0, IOUPOS_EINVAL (bad sizes, k even, NULL operand) or IOUPOS_ENOMEM (GEMM).
+   out must not overlap inp. */
+IOUPOS_DEF size_t ioupos_conv_scratch_size(int dims, int Cin, const int shape[], int k);
+IOUPOS_DEF int ioupos_conv_forward(float *out, float *scratch, const float *inp,
+                                   const float *weight, const float *bias, int dims, int B,
+                                   int Cin, const int shape[], int k, int Cout);
+/* dweight [Cout][Cin k^dims] += dout . col^T; dbias [Cout] += sum over b and positions of dout;
+   dinp [B][Cin][S] += col2im(weight^T . dout). scratch: ioupos_conv_scratch_size floats.
+   ACCUMULATES into dinp, dweight, dbias (each may be NULL). */
+IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *inp, const float *weight,
+                                    int dims, int B, int Cin, const int shape[], int k, int Cout);
+
+/* ---- transposed convolution, kernel 2, stride 2: torch.nn.ConvTranspose2d/3d(Cin, Cout, 2, 2) -- */
+/* inp [B][Cin][S], out [B][Cout][2 S] (every axis doubled; MONAI: padding 0, output_padding 0),
+   weight [Cin][Cout][2][2]([2]) as torch (transposed layout), bias [Cout] (may be NULL; MONAI's
+   UnetrUpBlock has none). Each output element receives exactly one kernel tap:
+     out[b][co][2z+a][2y+e][2x+f] = bias[co] + sum_ci inp[b][ci][z][y][x] weight[ci][co][a][e][f].
+   GEMM of weight^T [Cout 2^dims][Cin] . inp [Cin][n] per sample, blocks of at most 4096 input
+   positions, then a scatter; scratch: ioupos_conv_transpose_scratch_size floats
+   (Cout 2^dims min(n, 4096)). Returns 0, IOUPOS_EINVAL or IOUPOS_ENOMEM. */
+IOUPOS_DEF size_t ioupos_conv_transpose_scratch_size(int dims, const int shape[], int Cout);
+IOUPOS_DEF int ioupos_conv_transpose_forward(float *out, float *scratch, const float *inp,
+                                             const float *weight, const float *bias, int dims,
+                                             int B, int Cin, const int shape[], int Cout);
+/* dinp [B][Cin][S] += weight . gather(dout); dweight [Cin][Cout 2^dims] += inp . gather(dout)^T;
+   dbias [Cout] += sum of dout. shape is the INPUT's. scratch as for forward.
+   ACCUMULATES into dinp, dweight, dbias (each may be NULL). */
+IOUPOS_DEF int ioupos_conv_transpose_backward(float *dinp, float *dweight, float *dbias,
+                                              float *scratch, const float *dout,
+                                              const float *inp, const float *weight, int dims,
+                                              int B, int Cin, const int shape[], int Cout);
+
+/* ---- instance norm: torch.nn.InstanceNorm2d/3d(C, eps, affine) ------------------------------ */
+/* out[B][C][n] = (inp - mean) * rstd (* weight[c] + bias[c]) per (b, c) plane of n positions,
+   biased variance, statistics in double; saves mean[B C], rstd[B C] = 1/sqrt(var + eps).
+   weight / bias may be NULL (MONAI's "instance": affine=False, eps 1e-5). out may equal inp in
+   forward (but backward needs the input). */
+IOUPOS_DEF void ioupos_instnorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                        const float *weight, const float *bias, int B, int C,
+                                        size_t n, float eps);
+/* ACCUMULATES into dinp[B][C][n], dweight[C], dbias[C] (each may be NULL). */
+IOUPOS_DEF void ioupos_instnorm_backward(float *dinp, float *dweight, float *dbias,
+                                         const float *dout, const float *inp,
+                                         const float *weight, const float *mean,
+                                         const float *rstd, int B, int C, size_t n);
+
+/* ---- leaky ReLU: torch.nn.LeakyReLU(slope) --------------------------------------------------- */
+/* out[n] = x > 0 ? x : slope x; out may equal inp. */
+IOUPOS_DEF void ioupos_leaky_relu_forward(float *out, const float *inp, size_t n, float slope);
+/* dinp[n] += x > 0 ? dout : slope dout (slope at 0, as torch). For slope > 0 the forward output
+   has the sign of its input, so x may be the forward's input OR its output (an in-place forward,
+   as MONAI's inplace=True; torch then also tests the output). ACCUMULATES into dinp. */
+IOUPOS_DEF void ioupos_leaky_relu_backward(float *dinp, const float *x, const float *dout,
+                                           size_t n, float slope);
+
+/* ---- channel concatenation: torch.cat((a, b), dim=1) ----------------------------------------- */
+/* out[B][C1 + C2][n] = a[B][C1][n] then b[B][C2][n] per sample */
+IOUPOS_DEF void ioupos_cat_channels_forward(float *out, const float *a, const float *b, int B,
+                                            int C1, int C2, size_t n);
+/* da[B][C1][n] += dout's first C1 channels, db[B][C2][n] += the others. ACCUMULATES into da, db
+   (each may be NULL). */
+IOUPOS_DEF void ioupos_cat_channels_backward(float *da, float *db, const float *dout, int B,
+                                             int C1, int C2, size_t n);
+
+/* ---- MONAI UnetResBlock (norm "instance", LeakyReLU 0.01, stride 1) --------------------------- */
+/* inp [B][Cin][S] -> out [B][Cout][S]:
+     h1 = conv1(inp)   (w1 [Cout][Cin][k^dims], no bias)     a1 = lrelu(norm1(h1))
+     h2 = conv2(a1)    (w2 [Cout][Cout][k^dims], no bias)    n2 = norm2(h2)
+     r  = norm3(conv3(inp)) (w3 [Cout][Cin][1^dims], no bias) when Cin != Cout, else r = inp
+     s  = n2 + r,  out = lrelu(s)
+   w3 must be non-NULL exactly when Cin != Cout (MONAI builds conv3/norm3 only then; SwinUNETR's
+   encoder1 and every decoder block have it, encoder2-4 and encoder10 do not).
+   acts (saved for backward; ioupos_unet_resblock_acts_size floats), N = B Cout n, P = B Cout:
+     [h1 N | a1 N | h2 N | s N | h3 N (conv3 only) | mean1 rstd1 mean2 rstd2 (mean3 rstd3) P each]
+   scratch: ioupos_unet_resblock_scratch_size floats (2 N + the larger conv scratch), for forward
+   and backward. Sizes are 0 for invalid arguments. Returns 0, IOUPOS_EINVAL or IOUPOS_ENOMEM. */
+IOUPOS_DEF size_t ioupos_unet_resblock_acts_size(int dims, int B, int Cin, const int shape[],
+                                                 int k, int Cout);
+IOUPOS_DEF size_t ioupos_unet_resblock_scratch_size(int dims, int B, int Cin, const int shape[],
+                                                    int k, int Cout);
+IOUPOS_DEF int ioupos_unet_resblock_forward(float *out, float *acts, float *scratch,
+                                            const float *inp, const float *w1, const float *w2,
+                                            const float *w3, int dims, int B, int Cin,
+                                            const int shape[], int k, int Cout);
+/* ACCUMULATES into dinp [B][Cin][S], dw1, dw2, dw3 (each may be NULL; dw3 is ignored when
+   Cin == Cout). acts and inp as the forward left them. */
+IOUPOS_DEF int ioupos_unet_resblock_backward(float *dinp, float *dw1, float *dw2, float *dw3,
+                                             float *scratch, const float *dout,
+                                             const float *acts, const float *inp,
+                                             const float *w1, const float *w2, const float *w3,
+                                             int dims, int B, int Cin, const int shape[], int k,
+                                             int Cout);
+
+/* ---- MONAI UnetrUpBlock (res_block=True, upsample kernel 2) ---------------------------------- */
+/* inp [B][Cin][S] (shape = S), skip [B][Cout][2S], out [B][Cout][2S]:
+     up  = conv_transpose(inp)   (wt [Cin][Cout][2^dims], no bias)
+     cat = torch.cat((up, skip), dim=1)            [B][2 Cout][2S]
+     out = UnetResBlock(2 Cout -> Cout, kernel k)(cat)   (w1 [Cout][2 Cout][k^dims],
+           w2 [Cout][Cout][k^dims], w3 [Cout][2 Cout][1^dims], all without bias)
+   acts: ioupos_unetr_upblock_acts_size floats = [cat | the resblock's acts];
+   scratch: ioupos_unetr_upblock_scratch_size floats (forward and backward). */
+IOUPOS_DEF size_t ioupos_unetr_upblock_acts_size(int dims, int B, const int shape[], int k,
+                                                 int Cout);
+IOUPOS_DEF size_t ioupos_unetr_upblock_scratch_size(int dims, int B, int Cin, const int shape[],
+                                                    int k, int Cout);
+IOUPOS_DEF int ioupos_unetr_upblock_forward(float *out, float *acts, float *scratch,
+                                            const float *inp, const float *skip, const float *wt,
+                                            const float *w1, const float *w2, const float *w3,
+                                            int dims, int B, int Cin, const int shape[], int k,
+                                            int Cout);
+/* ACCUMULATES into dinp [B][Cin][S], dskip [B][Cout][2S], dwt, dw1, dw2, dw3 (each may be NULL). */
+IOUPOS_DEF int ioupos_unetr_upblock_backward(float *dinp, float *dskip, float *dwt, float *dw1,
+                                             float *dw2, float *dw3, float *scratch,
+                                             const float *dout, const float *acts,
+                                             const float *inp, const float *wt, const float *w1,
+                                             const float *w2, const float *w3, int dims, int B,
+                                             int Cin, const int shape[], int k, int Cout);
+
+/* ---- MONAI UnetOutBlock: 1x1 conv with bias --------------------------------------------------- */
+/* out [B][Cout][S] = weight [Cout][Cin] . inp [B][Cin][S] + bias [Cout] (ioupos_conv_forward with
+   k = 1; no scratch, nothing saved). */
+IOUPOS_DEF int ioupos_unet_outblock_forward(float *out, const float *inp, const float *weight,
+                                            const float *bias, int dims, int B, int Cin,
+                                            const int shape[], int Cout);
+/* ACCUMULATES into dinp, dweight, dbias (each may be NULL). */
+IOUPOS_DEF int ioupos_unet_outblock_backward(float *dinp, float *dweight, float *dbias,
+                                             const float *dout, const float *inp,
+                                             const float *weight, int dims, int B, int Cin,
+                                             const int shape[], int Cout);
+
+#ifdef __cplusplus
+}
+#endif
+
+
+/* ============================================================================================
+   20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
+   ============================================================================================ */
+
+/* Fine-tuning and evaluation for organ segmentation (FLARE22: 14 classes, 0 is
+   background): the DiceCE loss, sliding-window inference, the per-case DSC and the research
+   code's per-slice Dice, argmax over classes and the per-organ table. It follows ioupos.h's
+   conventions (functions return
+   0 or a negative ioupos_status with the reason in ioupos_failure_reason(); the library never
+   prints; reductions in a fixed order, in double where they are ours).
+
+   WHAT IT MATCHES (tests/test_segeval.c against tests/reference/segeval_fixture.py, MONAI 1.6.1,
+   PyTorch 2.15.0)
+     ioupos_dicece_forward/_backward  monai.losses.DiceCELoss(to_onehot_y=True, softmax=True) and
+                                      its defaults (include_background True, squared_pred False,
+                                      jaccard False, reduction "mean", smooth_nr = smooth_dr =
+                                      1e-5, batch False, lambda_dice = lambda_ce = 1); the
+                                      cross-entropy part is torch's cross_entropy(logits, target).
+     ioupos_sliding_window            monai.inferers.sliding_window_inference(mode "constant",
+                                      padding_mode "constant", cval 0) for one image.
+     ioupos_slice_dice_*              monai.metrics.DiceMetric(include_background=True,
+                                      reduction="mean", ignore_empty=True) fed one-hot 2D slices
+                                      (the research code's --metric research).
+     ioupos_argmax_classes            torch.argmax(scores, dim=1).
+     ioupos_dsc_case / ioupos_dsc_eval_*  our per-case organ DSC and data-set averages (below).
+*/
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest number of classes (background included) the metrics accept; their result structs
+   hold per-class arrays of this size (no allocation). */
+#ifndef IOUPOS_SEG_MAX_CLASSES
+#define IOUPOS_SEG_MAX_CLASSES 128
+#endif
+
+/* ---- DiceCE loss: MONAI DiceCELoss(to_onehot_y=True, softmax=True) -----------------------------
+   logits[B][K][S] channels-first (S = the product of the spatial sizes, D*H*W or H*W: the loss
+   does not depend on how S is shaped), target[B][S] integer class ids in [0, K) (int, as
+   ioupos_crossentropy_forward; MONAI's [B][1][S...] target without its channel axis).
+   p = softmax over K at every (b, s); t = onehot(target). Per item b and class c (batch False:
+   nothing is summed over the batch), with sums over s:
+       I = sum p t,  P = sum p,  T = sum t                (MONAI's tp, tp + fp, tp + fn)
+       dice[b][c] = 1 - (2 I + smooth_nr) / (P + T + smooth_dr)
+   (MONAI writes the denominator 2 (tp + fp/2 + fn/2) + smooth_dr, which is P + T + smooth_dr:
+   both smooths are outside the factor 2; a class absent from item b's target scores
+   1 - smooth_nr / (P + smooth_dr), about 1 however small its probabilities, and still counts in
+   the mean). Then, reduction "mean":
+       Ldice = mean over b in [0, B) and c in [c0, K) of dice[b][c]  (c0 = 0, or 1 when
+               include_background is 0; one flat mean over B * (K - c0) values)
+       Lce   = mean over b, s of (logsumexp_k logits[b][k][s] - logits[b][target][s])
+       L     = lambda_dice Ldice + lambda_ce Lce
+   include_background 0 removes channel 0 from the Dice part only (as MONAI: the cross-entropy
+   always sees every class). The forward is computed in double from the float logits (softmax
+   in double, sums in a fixed order), the probabilities are stored as float. */
+typedef struct ioupos_dicece_opts {
+  int include_background;        /* 1 (MONAI's default); 0 drops class 0 from the Dice part */
+  double smooth_nr, smooth_dr;   /* 1e-5, 1e-5 */
+  double lambda_dice, lambda_ce; /* 1, 1; each >= 0 */
+} ioupos_dicece_opts;
+
+/* MONAI's defaults (listed above). */
+IOUPOS_DEF void ioupos_dicece_defaults(ioupos_dicece_opts *o);
+
+/* doubles in the stats buffer: per (b, c) {I, P, T}, then Ldice and Lce */
+#define IOUPOS_DICECE_STATS(B, K) ((size_t)3 * (size_t)(B) * (size_t)(K) + 2)
+
+/* prob[B][K][S] = softmax(logits) over K (caller buffer, read by backward) and
+   stats[IOUPOS_DICECE_STATS(B, K)] (caller buffer: stats[3 (b K + c) + {0, 1, 2}] = I, P, T,
+   stats[3 B K] = Ldice and stats[3 B K + 1] = Lce, unweighted, for logging). opts NULL means
+   the defaults. Returns L; returns NaN, with the reason set, when an argument is NULL, B < 1,
+   K < 2, S < 1, an option is out of range or a target id is outside [0, K) (the first such
+   voxel is named). NaN or infinite logits give a NaN loss, as torch. */
+IOUPOS_DEF double ioupos_dicece_forward(float *prob, double *stats, const float *logits,
+                                        const int *target, int B, int K, long S,
+                                        const ioupos_dicece_opts *opts);
+/* dlogits[B][K][S] += dloss * dL/dlogits from the forward's prob and stats (same target,
+   sizes and opts; call it only after a forward that did not return NaN):
+       g[c] = dL/dp[c] = -lambda_dice / (B (K - c0)) * (2 t[c] D - N) / D^2 for c >= c0, else 0
+              (N = 2 I + smooth_nr, D = P + T + smooth_dr of (b, c))
+       dL/dlogits[k] = p[k] (g[k] - sum_j p[j] g[j]) + lambda_ce / (B S) (p[k] - t[k])
+   ACCUMULATES into dlogits. */
+IOUPOS_DEF void ioupos_dicece_backward(float *dlogits, float dloss, const float *prob,
+                                       const double *stats, const int *target, int B, int K,
+                                       long S, const ioupos_dicece_opts *opts);
+
+/* ---- sliding-window inference: MONAI sliding_window_inference ---------------------------------
+   For one image img[C][shape...] (2D {H, W} or 3D {D, H, W}, slowest axis first), with MONAI's
+   semantics, mode "constant", padding_mode "constant", cval 0:
+     roi      roi[k] <= 0 means the image size on axis k (MONAI's fall_back_tuple); roi NULL
+              means IOUPOS_SW_ROI_DEFAULT (96) on every axis, the research code's roi_size.
+     padding  where the image is smaller than the roi on axis k, it is padded with zeros to the
+              roi: floor(d / 2) before and the rest after (d = roi - size; MONAI's pad_size,
+              F.pad); the windows are placed on the padded image and the output cropped back.
+              Padding is virtual here (the windows read zeros outside the image).
+     interval (MONAI _get_scan_interval) per axis on the padded size P: roi if roi == P, else
+              int(roi * (1 - overlap)) computed in double and truncated, at least 1.
+     windows  (MONAI dense_patch_slices) per axis the starts i * interval for i = 0, 1, ... up to
+              the first window that reaches the end (i * interval + roi >= P), the last one moved
+              back to end exactly at P (start - max(start + roi - P, 0)); the windows are the
+              Cartesian product of the per-axis starts, the LAST axis varying fastest (numpy
+              meshgrid "ij" order). So every voxel is covered.
+     blending the windows' outputs are summed in window order (float32, as MONAI: the result is
+              bit-identical to MONAI for the same predictor outputs) and divided by the number of
+              windows covering each voxel (MONAI's count map with the all-ones importance map).
+   The predictor is called with up to sw_batch_size consecutive windows (in window order; the
+   last call may get fewer): predict(ctx, in, n, out) with in[n][C][roi...] (the input windows,
+   scratch that the predictor may overwrite) and out[n][K][roi...] (zeroed before the call),
+   which it must fill with the model's output for each window; it returns 0, or a negative
+   ioupos_status that stops the inference and is returned (its reason kept, prefixed).
+   overlap in [0, 1) (IOUPOS_SW_OVERLAP_DEFAULT 0.25). */
+#define IOUPOS_SW_ROI_DEFAULT 96
+#define IOUPOS_SW_OVERLAP_DEFAULT 0.25
+
+typedef int (*ioupos_sw_predict_fn)(void *ctx, float *in, int n, float *out);
+
+typedef struct ioupos_sw_plan {
+  int dims;          /* 2 or 3 */
+  int shape[3];      /* the image, slowest axis first */
+  int roi[3];        /* the window, after the fall back to the image size */
+  int padded[3];     /* max(shape, roi) */
+  int pad_before[3]; /* (padded - shape) / 2, rounded down */
+  int interval[3];   /* scan interval */
+  int n_axis[3];     /* windows per axis */
+  long n_windows;    /* product of n_axis */
+} ioupos_sw_plan;
+
+/* The window grid for an image (no allocation, no callback). Fails (EINVAL) when dims is not 2
+   or 3, shape is NULL or a size < 1, overlap is NaN or outside [0, 1); ERANGE when the padded
+   image or a window has more than INT_MAX voxels. */
+IOUPOS_DEF int ioupos_sw_plan_make(ioupos_sw_plan *p, int dims, const int shape[],
+                                   const int roi[], double overlap);
+/* start[0 .. dims) of window w (0 <= w < n_windows) in PADDED coordinates (subtract
+   pad_before for image coordinates; MONAI's slices are in padded coordinates). */
+IOUPOS_DEF void ioupos_sw_plan_start(const ioupos_sw_plan *p, long w, int start[3]);
+
+/* out[K][shape...] = the blended prediction for img[C][shape...]. Allocates the window
+   buffers (min(sw_batch_size, n_windows) windows of C + K channels) with IOUPOS_MALLOC.
+   Returns 0, EINVAL (NULL pointer, K, C or sw_batch_size < 1, bad plan), ERANGE, ENOMEM, or the
+   predictor's status. */
+IOUPOS_DEF int ioupos_sliding_window(float *out, int K, const float *img, int C, int dims,
+                                     const int shape[], const int roi[], double overlap,
+                                     int sw_batch_size, ioupos_sw_predict_fn predict, void *ctx);
+
+/* ---- argmax over classes: torch.argmax(scores, dim=1) --------------------------------------------
+   labels[B][S] = the class of the largest scores[B][K][S]; the FIRST maximum wins on ties, and
+   a NaN counts as larger than any number (the first NaN wins), as torch. Returns 0 or EINVAL. */
+IOUPOS_DEF int ioupos_argmax_classes(int *labels, const float *scores, int B, int K, long S);
+
+/* ---- per-case organ DSC (3D volumes) -----------------------------------------------------------
+   pred[n] and truth[n]: one case's whole label volume (the 2D slices of a case restacked, any
+   shape, n voxels), class ids in [0, K). Per class c (0 included, for information):
+       DSC[c] = 2 |P_c & T_c| / (|P_c| + |T_c|)   (counts exact in int64, the ratio in double)
+   - absent from BOTH truth and prediction: DSC NaN and defined[c] = 0 (left out of the case's
+     mean and of the data-set averages, by default);
+   - absent from the truth but predicted: 0 (false positives are penalised);
+   - present in the truth but not predicted: 0.
+   mean = the mean of DSC[c] over the DEFINED organs c in [1, K) (background excluded); NaN when
+   no organ is defined (n_defined 0). */
+typedef struct ioupos_dsc_case {
+  int K;                                     /* classes, background included */
+  int n_defined;                             /* organs 1..K-1 in truth or prediction */
+  double mean;                               /* over the defined organs; NaN if none */
+  double dsc[IOUPOS_SEG_MAX_CLASSES];        /* per class; NaN where not defined */
+  unsigned char defined[IOUPOS_SEG_MAX_CLASSES];   /* 1: in truth or prediction */
+  int64_t n_truth[IOUPOS_SEG_MAX_CLASSES];   /* |T_c| */
+  int64_t n_pred[IOUPOS_SEG_MAX_CLASSES];    /* |P_c| */
+  int64_t n_inter[IOUPOS_SEG_MAX_CLASSES];   /* |P_c & T_c| */
+} ioupos_dsc_case;
+
+/* Fills *r. EINVAL when a pointer is NULL, n < 1, K < 2 or K > IOUPOS_SEG_MAX_CLASSES, or a label
+   is outside [0, K) (the first such voxel, truth or prediction, is named). */
+IOUPOS_DEF int ioupos_dsc_case_compute(ioupos_dsc_case *r, const int *pred, const int *truth,
+                                       long n, int K);
+
+/* ---- data-set DSC: an accumulator of cases ------------------------------------------------------
+   For organ c in [1, K):
+       organ_mean[c] = mean of DSC[c] over the cases where it counts (NaN if none)
+       organ_std[c]  = population standard deviation (ddof 0) over the same cases
+   and two data-set scores:
+       ioupos_dsc_eval_mean       = mean over organs (those with >= 1 counted case) of
+                                    organ_mean[c]: the FLARE convention (each organ's mean over
+                                    cases, then the mean over the organs). THE headline number.
+       ioupos_dsc_eval_case_mean  = mean over cases (those with >= 1 counted organ) of the case's
+                                    mean over its counted organs.
+   An organ "counts" in a case when it is defined there (in truth or prediction). The policy
+   IOUPOS_DSC_EMPTY_ONE instead counts an organ absent from both as DSC 1 in every average
+   (the official FLARE22 script, FLARE22_DSC_NSD_Eval.py, scores it 1); the per-case result
+   still reports it as NaN / not defined. Sums in case order, in double. */
+enum { IOUPOS_DSC_EMPTY_SKIP = 0, IOUPOS_DSC_EMPTY_ONE = 1 };
+
+typedef struct ioupos_dsc_eval {
+  int K, empty_policy;
+  long n_cases;                               /* cases added */
+  long n_case_means;                          /* cases with >= 1 counted organ */
+  double case_mean_sum;                       /* sum of their case means */
+  double sum[IOUPOS_SEG_MAX_CLASSES];         /* per organ: sum of counted DSCs */
+  double sumsq[IOUPOS_SEG_MAX_CLASSES];       /* ... of their squares */
+  long count[IOUPOS_SEG_MAX_CLASSES];         /* ... number of counted cases */
+  long n_empty[IOUPOS_SEG_MAX_CLASSES];       /* cases where the organ was absent from both */
+} ioupos_dsc_eval;
+
+/* K in [2, IOUPOS_SEG_MAX_CLASSES], empty_policy IOUPOS_DSC_EMPTY_SKIP (the default meaning) or
+   IOUPOS_DSC_EMPTY_ONE. */
+IOUPOS_DEF int ioupos_dsc_eval_init(ioupos_dsc_eval *e, int K, int empty_policy);
+/* Adds one case (its K must be the accumulator's). */
+IOUPOS_DEF int ioupos_dsc_eval_add(ioupos_dsc_eval *e, const ioupos_dsc_case *c);
+/* organ_mean / organ_std of organ c in [1, K) (NaN if it never counted or c is out of range). */
+IOUPOS_DEF double ioupos_dsc_eval_organ_mean(const ioupos_dsc_eval *e, int c);
+IOUPOS_DEF double ioupos_dsc_eval_organ_std(const ioupos_dsc_eval *e, int c);
+/* The data-set scores above (NaN when nothing counted); *n_used (may be NULL) gets the number
+   of organs / cases averaged. */
+IOUPOS_DEF double ioupos_dsc_eval_mean(const ioupos_dsc_eval *e, int *n_used);
+IOUPOS_DEF double ioupos_dsc_eval_case_mean(const ioupos_dsc_eval *e, long *n_used);
+
+/* ---- the research code's metric: MONAI DiceMetric per 2D slice ------------------------------------
+   DiceMetric(include_background=True, reduction="mean", ignore_empty=True) on one-hot [slices][K]
+   [H][W] prediction and truth, fed slice by slice (in any batches), then aggregate():
+     per slice and class c (background included), MONAI's compute_channel:
+       truth has c (|T_c| > 0):  2 |P_c & T_c| / (|T_c| + |P_c|)
+       truth lacks c:            NaN, WHATEVER the prediction (ignore_empty=True: a class that is
+                                 predicted on a slice where the truth has none is NOT penalised;
+                                 a class absent from both is NaN too, never 1)
+     per slice: the mean over its non-NaN classes (every slice has >= 1, since each pixel has a
+       class and the background counts; a slice with none would be left out, as MONAI does);
+     the score: the unweighted mean of the slice means over all slices (0 when no slice has a
+       value, as MONAI's aggregate; NaN here when nothing was added).
+   Also kept, MONAI's aggregate("mean_batch"): per class the mean over the slices where the truth
+   has it. Counts are exact; MONAI's float32 ratios and sums differ from these doubles by float
+   rounding only. */
+typedef struct ioupos_slice_dice {
+  int K;
+  long n_slices;                              /* slices added */
+  long n_valid;                               /* slices with >= 1 non-NaN class */
+  double sum;                                 /* sum of the slice means */
+  double class_sum[IOUPOS_SEG_MAX_CLASSES];   /* per class: sum over slices where in truth */
+  long class_count[IOUPOS_SEG_MAX_CLASSES];   /* ... number of those slices */
+} ioupos_slice_dice;
+
+/* K in [2, IOUPOS_SEG_MAX_CLASSES]. */
+IOUPOS_DEF int ioupos_slice_dice_init(ioupos_slice_dice *a, int K);
+/* Adds n_slices contiguous slices pred / truth [n_slices][slice_pixels] (a [D][H][W] volume with
+   slice_pixels = H W adds its D axial slices). slice_means[n_slices] (may be NULL) gets each
+   slice's mean (NaN for a slice without a value). EINVAL for a NULL pointer, n_slices < 1,
+   slice_pixels < 1 or a label outside [0, K) (named; nothing is added then). */
+IOUPOS_DEF int ioupos_slice_dice_add(ioupos_slice_dice *a, const int *pred, const int *truth,
+                                     long n_slices, long slice_pixels, double *slice_means);
+/* The research score (see above). */
+IOUPOS_DEF double ioupos_slice_dice_mean(const ioupos_slice_dice *a);
+/* Per class c in [0, K): mean over the slices whose truth has c (NaN if none). */
+IOUPOS_DEF double ioupos_slice_dice_class_mean(const ioupos_slice_dice *a, int c);
+
+/* ---- the per-organ table ---------------------------------------------------------------------------
+   names[K] (class id -> name) or NULL for the FLARE22 names (ioupos_label_name: 1 liver,
+   2 right kidney, 3 spleen, 4 pancreas, 5 aorta, 6 inferior vena cava, 7 right adrenal, 8 left
+   adrenal, 9 gallbladder, 10 oesophagus, 11 stomach, 12 duodenum, 13 left kidney; "class <id>"
+   past 13). research may be NULL (no research rows). Both write a NUL-terminated string into
+   buf[cap] and *len (may be NULL) = its length without the NUL; when cap is too small (or buf
+   NULL) they return ERANGE with *len the length needed, so a caller can size buf and call again.
+
+   ioupos_dsc_table: a text table, one row per organ (id, name, mean DSC, std, counted cases,
+   cases absent from both), then the mean over organs, the mean over cases and, with research,
+   its score and slice count. Values with 4 decimals, "n/a" where undefined.
+
+   ioupos_dsc_table_json: one JSON object (no newline inside, no trailing newline):
+     {"classes":K,"cases":N,"empty_policy":"skip"|"one",
+      "organs":[{"id":1,"name":"liver","dsc":m,"std":s,"cases":n,"empty":e},...],
+      "mean_dsc":M,"organs_averaged":n,"mean_case_dsc":M2,"cases_averaged":n2,
+      "research":{"metric":"monai_dicemetric_per_slice","dice":d,"slices":n,
+                  "classes":[{"id":0,"name":"background","dice":m,"slices":n},...]}}
+   ("research" only when given). Numbers print with %.10g; NaN prints as null. */
+IOUPOS_DEF int ioupos_dsc_table(char *buf, size_t cap, size_t *len, const ioupos_dsc_eval *e,
+                                const ioupos_slice_dice *research, const char *const *names);
+IOUPOS_DEF int ioupos_dsc_table_json(char *buf, size_t cap, size_t *len, const ioupos_dsc_eval *e,
+                                     const ioupos_slice_dice *research, const char *const *names);
+/* One case as a JSON object: {"case":"<case_name>","mean":m,"organs_defined":n,
+   "dsc":{"liver":d,...,"left kidney":d}} (organs 1..K-1, null where not defined). case_name may
+   be NULL (the "case" member is then left out). Same buffer protocol. */
+IOUPOS_DEF int ioupos_dsc_case_json(char *buf, size_t cap, size_t *len, const ioupos_dsc_case *c,
+                                    const char *case_name, const char *const *names);
+
+#ifdef __cplusplus
+}
+#endif
 
 
 #ifdef __cplusplus
@@ -13173,6 +13650,1434 @@ done:
   }
   return rc;
 }
+
+/* ---- 19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks ---- */
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Positions per im2col block (conv) and per GEMM block (conv transpose). A fixed constant: the
+   blocking decides the order of the float sums of the weight gradient, so it must not depend on
+   anything but the shapes (see section 10, THREADS AND DETERMINISM). */
+#define IOUPOS__CONV_BLOCK 4096
+
+/* Spatial geometry on 3 internal axes: 2D is a leading axis of size 1 (kernel depth 1). */
+typedef struct ioupos__cgeom {
+  int S[3];  /* spatial sizes, slowest first */
+  int kk[3]; /* kernel extents (k, or 1 on the dummy axis) */
+  size_t n;  /* positions per plane */
+  size_t kv; /* kernel volume */
+} ioupos__cgeom;
+
+/* 1 when dims / shape / k are valid (k odd >= 1; k = 2 for the transpose), filling g. */
+static int ioupos__cgeom_init(ioupos__cgeom *g, int dims, const int shape[], int k) {
+  int d;
+  if ((dims != 2 && dims != 3) || !shape || k < 1) return 0;
+  g->S[0] = 1, g->kk[0] = 1;
+  for (d = 0; d < dims; ++d) {
+    if (shape[d] < 1) return 0;
+    g->S[3 - dims + d] = shape[d];
+    g->kk[3 - dims + d] = k;
+  }
+  g->n = (size_t)g->S[0] * g->S[1] * g->S[2];
+  g->kv = (size_t)g->kk[0] * g->kk[1] * g->kk[2];
+  return 1;
+}
+
+static int ioupos__conv_args(const char *fn, ioupos__cgeom *g, int dims, int B, int Cin,
+                             const int shape[], int k, int Cout, int odd) {
+  if (!ioupos__cgeom_init(g, dims, shape, k) || B < 1 || Cin < 1 || Cout < 1 ||
+      (odd && k % 2 == 0))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: dims %d (must be 2 or 3), B %d, Cin %d, Cout %d "
+                        "(must be >= 1), kernel %d%s, or a missing / non-positive shape", fn,
+                        dims, B, Cin, Cout, k, odd ? " (must be odd)" : "");
+  if (g->n > (size_t)INT_MAX || (double)Cin * (double)g->kv > (double)INT_MAX ||
+      (double)Cout * (double)g->kv > (double)INT_MAX)
+    return ioupos__fail(IOUPOS_ERANGE, "%s: %lu positions x %d channels too large for the GEMM's "
+                        "int sizes", fn, (unsigned long)g->n, Cin > Cout ? Cin : Cout);
+  return IOUPOS_OK;
+}
+
+/* ---- layout transposes ---- */
+/* dst[b][c][r] (=|+=) src[b][r][c], src [B][R][Cc]; blocks of 32 x 32 for the caches. */
+static void ioupos__transpose(float *dst, const float *src, int B, size_t R, size_t Cc, int acc) {
+  long long nrb = (long long)((R + 31) / 32), ncb = (long long)((Cc + 31) / 32), t;
+  long long nt = (long long)B * nrb * ncb;
+  IOUPOS__PFOR((double)B * R * Cc)
+  for (t = 0; t < nt; ++t) {
+    long long b = t / (nrb * ncb), rem = t % (nrb * ncb);
+    size_t r0 = (size_t)(rem / ncb) * 32, c0 = (size_t)(rem % ncb) * 32, r, c;
+    size_t r1 = r0 + 32 < R ? r0 + 32 : R, c1 = c0 + 32 < Cc ? c0 + 32 : Cc;
+    const float *s = src + (size_t)b * R * Cc;
+    float *d = dst + (size_t)b * R * Cc;
+    for (c = c0; c < c1; ++c)
+      for (r = r0; r < r1; ++r) {
+        if (acc) d[c * R + r] += s[r * Cc + c];
+        else d[c * R + r] = s[r * Cc + c];
+      }
+  }
+}
+
+IOUPOS_DEF void ioupos_to_channels_first(float *out, const float *inp, int B, size_t S, int C) {
+  ioupos__transpose(out, inp, B, S, (size_t)C, 0);
+}
+IOUPOS_DEF void ioupos_to_channels_first_backward(float *dinp, const float *dout, int B, size_t S,
+                                                  int C) {
+  ioupos__transpose(dinp, dout, B, (size_t)C, S, 1);
+}
+IOUPOS_DEF void ioupos_to_channels_last(float *out, const float *inp, int B, size_t S, int C) {
+  ioupos__transpose(out, inp, B, (size_t)C, S, 0);
+}
+IOUPOS_DEF void ioupos_to_channels_last_backward(float *dinp, const float *dout, int B, size_t S,
+                                                 int C) {
+  ioupos__transpose(dinp, dout, B, S, (size_t)C, 1);
+}
+
+/* ---- convolution ---- */
+/* Rows of the column block: row r = (ci, a, e, f) in torch's weight order, column j = position
+   p0 + j of the sample (p0 <= p < p1). dir 0: col[r][j] = img[ci][pos + tap offset] (0 outside);
+   dir 1: img[ci][pos + offset] += col[r][j] (rows of one ci on one thread, in row order). */
+static void ioupos__conv_cols(float *col, float *img_acc, const float *img,
+                              const ioupos__cgeom *g, int Cin, size_t p0, size_t p1, int dir) {
+  const int S0 = g->S[0], S1 = g->S[1], S2 = g->S[2];
+  const size_t plane = g->n, len = p1 - p0, HW = (size_t)S1 * S2;
+  const int kv = (int)g->kv, nrows = dir == 0 ? Cin * kv : Cin;
+  int t;
+  IOUPOS__PFOR((double)Cin * kv * len)
+  for (t = 0; t < nrows; ++t) {
+    int r0 = dir == 0 ? t : t * kv, r1 = dir == 0 ? t + 1 : (t + 1) * kv, r;
+    for (r = r0; r < r1; ++r) {
+      int ci = r / kv, tap = r % kv;
+      int a = tap / (g->kk[1] * g->kk[2]), e = (tap / g->kk[2]) % g->kk[1], f = tap % g->kk[2];
+      int dz = a - g->kk[0] / 2, dy = e - g->kk[1] / 2, dx = f - g->kk[2] / 2;
+      float *cr = col + (size_t)r * len;
+      size_t p = p0;
+      while (p < p1) {
+        size_t rem = p % HW;
+        int z = (int)(p / HW), y = (int)(rem / S2), x = (int)(rem % S2);
+        int xe = (size_t)(S2 - x) < p1 - p ? S2 : x + (int)(p1 - p); /* end of this row run */
+        int zz = z + dz, yy = y + dy, xlo = x, xhi = xe, xi;
+        float *cj = cr + (p - p0);
+        if (xlo < -dx) xlo = -dx;
+        if (xhi > S2 - dx) xhi = S2 - dx;
+        if (zz < 0 || zz >= S0 || yy < 0 || yy >= S1 || xlo >= xhi) {
+          if (dir == 0) memset(cj, 0, sizeof(float) * (size_t)(xe - x));
+        } else { /* input row (zz, yy), columns xlo + dx .. xhi + dx - 1 */
+          size_t src = (size_t)ci * plane + ((size_t)zz * S1 + yy) * S2 + (size_t)(xlo + dx);
+          if (dir == 0) {
+            for (xi = x; xi < xlo; ++xi) cj[xi - x] = 0.0f;
+            memcpy(cj + (xlo - x), img + src, sizeof(float) * (size_t)(xhi - xlo));
+            for (xi = xhi; xi < xe; ++xi) cj[xi - x] = 0.0f;
+          } else {
+            float *dst = img_acc + src;
+            for (xi = xlo; xi < xhi; ++xi) dst[xi - xlo] += cj[xi - x];
+          }
+        }
+        p += (size_t)(xe - x);
+      }
+    }
+  }
+}
+
+IOUPOS_DEF size_t ioupos_conv_scratch_size(int dims, int Cin, const int shape[], int k) {
+  ioupos__cgeom g;
+  if (!ioupos__cgeom_init(&g, dims, shape, k) || Cin < 1 || k % 2 == 0) return 0;
+  if (k == 1) return 0;
+  return (size_t)Cin * g.kv * (g.n < IOUPOS__CONV_BLOCK ? g.n : IOUPOS__CONV_BLOCK);
+}
+
+IOUPOS_DEF int ioupos_conv_forward(float *out, float *scratch, const float *inp,
+                                   const float *weight, const float *bias, int dims, int B,
+                                   int Cin, const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  int st = ioupos__conv_args("ioupos_conv_forward", &g, dims, B, Cin, shape, k, Cout, 1), b, co;
+  int K, n;
+  if (st) return st;
+  if (!out || !inp || !weight || (k > 1 && !scratch))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_conv_forward: NULL out, inp, weight or scratch");
+  n = (int)g.n, K = Cin * (int)g.kv;
+  for (b = 0; b < B; ++b) {
+    const float *ib = inp + (size_t)b * Cin * g.n;
+    float *ob = out + (size_t)b * Cout * g.n;
+    size_t p0;
+    if (bias)
+      for (co = 0; co < Cout; ++co) {
+        size_t i;
+        for (i = 0; i < g.n; ++i) ob[(size_t)co * g.n + i] = bias[co];
+      }
+    if (k == 1) {
+      st = ioupos_gemm(0, 0, Cout, n, Cin, 1.0f, weight, Cin, ib, n, bias ? 1.0f : 0.0f, ob, n);
+      if (st) return st;
+      continue;
+    }
+    for (p0 = 0; p0 < g.n; p0 += IOUPOS__CONV_BLOCK) {
+      size_t p1 = p0 + IOUPOS__CONV_BLOCK < g.n ? p0 + IOUPOS__CONV_BLOCK : g.n;
+      int len = (int)(p1 - p0);
+      ioupos__conv_cols(scratch, NULL, ib, &g, Cin, p0, p1, 0);
+      st = ioupos_gemm(0, 0, Cout, len, K, 1.0f, weight, K, scratch, len, bias ? 1.0f : 0.0f,
+                       ob + p0, n);
+      if (st) return st;
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* dbias[c] += sum over b and positions of dout[b][c][.] (double, fixed order, one c per thread) */
+static void ioupos__chan_sum(float *dbias, const float *dout, int B, int C, size_t n) {
+  int c;
+  IOUPOS__PFOR((double)B * C * n)
+  for (c = 0; c < C; ++c) {
+    double s = 0.0;
+    int b;
+    size_t i;
+    for (b = 0; b < B; ++b) {
+      const float *d = dout + ((size_t)b * C + c) * n;
+      for (i = 0; i < n; ++i) s += d[i];
+    }
+    dbias[c] += (float)s;
+  }
+}
+
+IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *inp, const float *weight,
+                                    int dims, int B, int Cin, const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  int st = ioupos__conv_args("ioupos_conv_backward", &g, dims, B, Cin, shape, k, Cout, 1), b;
+  int K, n;
+  if (st) return st;
+  if (!dout || (dweight && !inp) || (dinp && !weight) ||
+      (k > 1 && (dinp || dweight) && !scratch))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_conv_backward: NULL dout, or NULL inp / weight / "
+                        "scratch needed for the gradients asked for");
+  n = (int)g.n, K = Cin * (int)g.kv;
+  if (dbias) ioupos__chan_sum(dbias, dout, B, Cout, g.n);
+  for (b = 0; b < B; ++b) {
+    const float *db = dout + (size_t)b * Cout * g.n;
+    const float *ib = inp ? inp + (size_t)b * Cin * g.n : NULL;
+    float *dib = dinp ? dinp + (size_t)b * Cin * g.n : NULL;
+    size_t p0;
+    if (k == 1) {
+      if (dweight) {
+        st = ioupos_gemm(0, 1, Cout, Cin, n, 1.0f, db, n, ib, n, 1.0f, dweight, Cin);
+        if (st) return st;
+      }
+      if (dib) {
+        st = ioupos_gemm(1, 0, Cin, n, Cout, 1.0f, weight, Cin, db, n, 1.0f, dib, n);
+        if (st) return st;
+      }
+      continue;
+    }
+    for (p0 = 0; p0 < g.n; p0 += IOUPOS__CONV_BLOCK) {
+      size_t p1 = p0 + IOUPOS__CONV_BLOCK < g.n ? p0 + IOUPOS__CONV_BLOCK : g.n;
+      int len = (int)(p1 - p0);
+      if (dweight) {
+        ioupos__conv_cols(scratch, NULL, ib, &g, Cin, p0, p1, 0);
+        st = ioupos_gemm(0, 1, Cout, K, len, 1.0f, db + p0, n, scratch, len, 1.0f, dweight, K);
+        if (st) return st;
+      }
+      if (dib) {
+        st = ioupos_gemm(1, 0, K, len, Cout, 1.0f, weight, K, db + p0, n, 0.0f, scratch, len);
+        if (st) return st;
+        ioupos__conv_cols(scratch, dib, NULL, &g, Cin, p0, p1, 1);
+      }
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- transposed convolution, kernel 2 stride 2 ---- */
+/* Between tmp[(co, a, e, f)][j] (input position p0 + j) and an image [co][output position].
+   dir 0: img_out = tmp (+ bias); dir 1: tmp = img_in (gather of the gradient). One co per
+   thread. */
+static void ioupos__tconv_scatter(float *tmp, float *img_out, const float *img_in,
+                                  const float *bias, const ioupos__cgeom *g, int Cout, size_t p0,
+                                  size_t p1, int dir) {
+  const int S1 = g->S[1], S2 = g->S[2], kv = (int)g->kv;
+  const int O1 = S1 * g->kk[1], O2 = S2 * g->kk[2];
+  const size_t HW = (size_t)S1 * S2, len = p1 - p0, oplane = g->n * g->kv;
+  int co;
+  IOUPOS__PFOR((double)Cout * kv * len)
+  for (co = 0; co < Cout; ++co) {
+    int tap;
+    float bv = bias ? bias[co] : 0.0f;
+    for (tap = 0; tap < kv; ++tap) {
+      int a = tap / (g->kk[1] * g->kk[2]), e = (tap / g->kk[2]) % g->kk[1], f = tap % g->kk[2];
+      float *tr = tmp + ((size_t)co * kv + tap) * len;
+      size_t p;
+      for (p = p0; p < p1; ++p) {
+        size_t rem = p % HW;
+        int z = (int)(p / HW), y = (int)(rem / S2), x = (int)(rem % S2);
+        size_t o = (size_t)co * oplane +
+                   ((size_t)(z * g->kk[0] + a) * O1 + (size_t)(y * g->kk[1] + e)) * O2 +
+                   (size_t)(x * g->kk[2] + f);
+        if (dir == 0) img_out[o] = tr[p - p0] + bv;
+        else tr[p - p0] = img_in[o];
+      }
+    }
+  }
+}
+
+IOUPOS_DEF size_t ioupos_conv_transpose_scratch_size(int dims, const int shape[], int Cout) {
+  ioupos__cgeom g;
+  if (!ioupos__cgeom_init(&g, dims, shape, 2) || Cout < 1) return 0;
+  return (size_t)Cout * g.kv * (g.n < IOUPOS__CONV_BLOCK ? g.n : IOUPOS__CONV_BLOCK);
+}
+
+IOUPOS_DEF int ioupos_conv_transpose_forward(float *out, float *scratch, const float *inp,
+                                             const float *weight, const float *bias, int dims,
+                                             int B, int Cin, const int shape[], int Cout) {
+  ioupos__cgeom g;
+  int st = ioupos__conv_args("ioupos_conv_transpose_forward", &g, dims, B, Cin, shape, 2, Cout, 0);
+  int b, n, M;
+  if (st) return st;
+  if (!out || !scratch || !inp || !weight)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_conv_transpose_forward: NULL out, scratch, inp or "
+                        "weight");
+  n = (int)g.n, M = Cout * (int)g.kv;
+  for (b = 0; b < B; ++b) {
+    const float *ib = inp + (size_t)b * Cin * g.n;
+    float *ob = out + (size_t)b * M * g.n;
+    size_t p0;
+    for (p0 = 0; p0 < g.n; p0 += IOUPOS__CONV_BLOCK) {
+      size_t p1 = p0 + IOUPOS__CONV_BLOCK < g.n ? p0 + IOUPOS__CONV_BLOCK : g.n;
+      int len = (int)(p1 - p0);
+      st = ioupos_gemm(1, 0, M, len, Cin, 1.0f, weight, M, ib + p0, n, 0.0f, scratch, len);
+      if (st) return st;
+      ioupos__tconv_scatter(scratch, ob, NULL, bias, &g, Cout, p0, p1, 0);
+    }
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_conv_transpose_backward(float *dinp, float *dweight, float *dbias,
+                                              float *scratch, const float *dout,
+                                              const float *inp, const float *weight, int dims,
+                                              int B, int Cin, const int shape[], int Cout) {
+  ioupos__cgeom g;
+  int st = ioupos__conv_args("ioupos_conv_transpose_backward", &g, dims, B, Cin, shape, 2, Cout,
+                             0);
+  int b, n, M;
+  if (st) return st;
+  if (!dout || ((dinp || dweight) && !scratch) || (dweight && !inp) || (dinp && !weight))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_conv_transpose_backward: NULL dout, or NULL "
+                        "scratch / inp / weight needed for the gradients asked for");
+  n = (int)g.n, M = Cout * (int)g.kv;
+  if (dbias) ioupos__chan_sum(dbias, dout, B, Cout, g.n * g.kv);
+  if (!dinp && !dweight) return IOUPOS_OK;
+  for (b = 0; b < B; ++b) {
+    const float *db = dout + (size_t)b * M * g.n;
+    size_t p0;
+    for (p0 = 0; p0 < g.n; p0 += IOUPOS__CONV_BLOCK) {
+      size_t p1 = p0 + IOUPOS__CONV_BLOCK < g.n ? p0 + IOUPOS__CONV_BLOCK : g.n;
+      int len = (int)(p1 - p0);
+      ioupos__tconv_scatter(scratch, NULL, db, NULL, &g, Cout, p0, p1, 1);
+      if (dinp) {
+        st = ioupos_gemm(0, 0, Cin, len, M, 1.0f, weight, M, scratch, len, 1.0f,
+                         dinp + (size_t)b * Cin * g.n + p0, n);
+        if (st) return st;
+      }
+      if (dweight) {
+        st = ioupos_gemm(0, 1, Cin, M, len, 1.0f, inp + (size_t)b * Cin * g.n + p0, n, scratch,
+                         len, 1.0f, dweight, M);
+        if (st) return st;
+      }
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- instance norm ---- */
+IOUPOS_DEF void ioupos_instnorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                        const float *weight, const float *bias, int B, int C,
+                                        size_t n, float eps) {
+  int pl, np = B * C;
+  IOUPOS__PFOR((double)np * n)
+  for (pl = 0; pl < np; ++pl) {
+    const float *x = inp + (size_t)pl * n;
+    float *y = out + (size_t)pl * n;
+    int c = pl % C;
+    double m = 0.0, v = 0.0, r, w = weight ? weight[c] : 1.0, bb = bias ? bias[c] : 0.0;
+    size_t i;
+    for (i = 0; i < n; ++i) m += x[i];
+    m /= (double)n;
+    for (i = 0; i < n; ++i) v += (x[i] - m) * (x[i] - m);
+    v /= (double)n;
+    r = 1.0 / sqrt(v + eps);
+    mean[pl] = (float)m, rstd[pl] = (float)r; /* before y: out may equal inp */
+    for (i = 0; i < n; ++i) y[i] = (float)((x[i] - m) * r * w + bb);
+  }
+}
+
+IOUPOS_DEF void ioupos_instnorm_backward(float *dinp, float *dweight, float *dbias,
+                                         const float *dout, const float *inp,
+                                         const float *weight, const float *mean,
+                                         const float *rstd, int B, int C, size_t n) {
+  int c;
+  IOUPOS__PFOR((double)B * C * n)
+  for (c = 0; c < C; ++c) {
+    double w = weight ? weight[c] : 1.0, sw = 0.0, sb = 0.0;
+    int b;
+    for (b = 0; b < B; ++b) {
+      size_t pl = (size_t)b * C + c, i;
+      const float *x = inp + pl * n, *dy = dout + pl * n;
+      double m = mean[pl], r = rstd[pl], s1 = 0.0, s2 = 0.0;
+      /* xhat = (x - m) r; dxhat = dy w; dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) */
+      for (i = 0; i < n; ++i) {
+        double xh = (x[i] - m) * r;
+        s1 += dy[i];
+        s2 += dy[i] * xh;
+      }
+      sb += s1, sw += s2;
+      if (dinp) {
+        float *dx = dinp + pl * n;
+        double k1 = w * s1 / (double)n, k2 = w * s2 / (double)n;
+        for (i = 0; i < n; ++i) {
+          double xh = (x[i] - m) * r;
+          dx[i] += (float)(r * (w * dy[i] - k1 - xh * k2));
+        }
+      }
+    }
+    if (dweight) dweight[c] += (float)sw;
+    if (dbias) dbias[c] += (float)sb;
+  }
+}
+
+/* ---- leaky ReLU ---- */
+IOUPOS_DEF void ioupos_leaky_relu_forward(float *out, const float *inp, size_t n, float slope) {
+  size_t i;
+  for (i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : inp[i] * slope;
+}
+
+IOUPOS_DEF void ioupos_leaky_relu_backward(float *dinp, const float *x, const float *dout,
+                                           size_t n, float slope) {
+  size_t i;
+  for (i = 0; i < n; ++i) dinp[i] += x[i] > 0.0f ? dout[i] : dout[i] * slope;
+}
+
+/* ---- channel concatenation ---- */
+IOUPOS_DEF void ioupos_cat_channels_forward(float *out, const float *a, const float *b, int B,
+                                            int C1, int C2, size_t n) {
+  int s;
+  size_t na = (size_t)C1 * n, nb = (size_t)C2 * n;
+  for (s = 0; s < B; ++s) {
+    memcpy(out + (size_t)s * (na + nb), a + (size_t)s * na, sizeof(float) * na);
+    memcpy(out + (size_t)s * (na + nb) + na, b + (size_t)s * nb, sizeof(float) * nb);
+  }
+}
+
+IOUPOS_DEF void ioupos_cat_channels_backward(float *da, float *db, const float *dout, int B,
+                                             int C1, int C2, size_t n) {
+  int s;
+  size_t na = (size_t)C1 * n, nb = (size_t)C2 * n, i;
+  for (s = 0; s < B; ++s) {
+    const float *d = dout + (size_t)s * (na + nb);
+    if (da)
+      for (i = 0; i < na; ++i) da[(size_t)s * na + i] += d[i];
+    if (db)
+      for (i = 0; i < nb; ++i) db[(size_t)s * nb + i] += d[na + i];
+  }
+}
+
+/* ---- UnetResBlock ---- */
+IOUPOS_DEF size_t ioupos_unet_resblock_acts_size(int dims, int B, int Cin, const int shape[],
+                                                 int k, int Cout) {
+  ioupos__cgeom g;
+  size_t N, P;
+  int has3 = Cin != Cout;
+  if (!ioupos__cgeom_init(&g, dims, shape, k) || B < 1 || Cin < 1 || Cout < 1 || k % 2 == 0)
+    return 0;
+  N = (size_t)B * Cout * g.n, P = (size_t)B * Cout;
+  return (size_t)(4 + has3) * N + (size_t)(4 + 2 * has3) * P;
+}
+
+IOUPOS_DEF size_t ioupos_unet_resblock_scratch_size(int dims, int B, int Cin, const int shape[],
+                                                    int k, int Cout) {
+  ioupos__cgeom g;
+  size_t c1, c2;
+  if (!ioupos__cgeom_init(&g, dims, shape, k) || B < 1 || Cin < 1 || Cout < 1 || k % 2 == 0)
+    return 0;
+  c1 = ioupos_conv_scratch_size(dims, Cin, shape, k);
+  c2 = ioupos_conv_scratch_size(dims, Cout, shape, k);
+  return 2 * (size_t)B * Cout * g.n + (c1 > c2 ? c1 : c2);
+}
+
+IOUPOS_DEF int ioupos_unet_resblock_forward(float *out, float *acts, float *scratch,
+                                            const float *inp, const float *w1, const float *w2,
+                                            const float *w3, int dims, int B, int Cin,
+                                            const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  int st = ioupos__conv_args("ioupos_unet_resblock_forward", &g, dims, B, Cin, shape, k, Cout, 1);
+  int has3 = Cin != Cout;
+  size_t N, P, i;
+  float *h1, *a1, *h2, *s, *h3, *stats, *cs;
+  const float eps = IOUPOS_UNET_NORM_EPS, slope = IOUPOS_UNET_LRELU_SLOPE;
+  if (st) return st;
+  if (!out || !acts || !scratch || !inp || !w1 || !w2 || (has3 != (w3 != NULL)))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_unet_resblock_forward: a NULL buffer or weight, "
+                        "or w3 %s (it must be given exactly when Cin %d != Cout %d)",
+                        w3 ? "given" : "NULL", Cin, Cout);
+  N = (size_t)B * Cout * g.n, P = (size_t)B * Cout;
+  h1 = acts, a1 = h1 + N, h2 = a1 + N, s = h2 + N, h3 = has3 ? s + N : NULL;
+  stats = s + N * (size_t)(1 + has3);
+  cs = scratch + 2 * N;
+  st = ioupos_conv_forward(h1, cs, inp, w1, NULL, dims, B, Cin, shape, k, Cout);
+  if (st) return st;
+  ioupos_instnorm_forward(a1, stats, stats + P, h1, NULL, NULL, B, Cout, g.n, eps);
+  ioupos_leaky_relu_forward(a1, a1, N, slope);
+  st = ioupos_conv_forward(h2, cs, a1, w2, NULL, dims, B, Cout, shape, k, Cout);
+  if (st) return st;
+  ioupos_instnorm_forward(s, stats + 2 * P, stats + 3 * P, h2, NULL, NULL, B, Cout, g.n, eps);
+  if (has3) {
+    st = ioupos_conv_forward(h3, NULL, inp, w3, NULL, dims, B, Cin, shape, 1, Cout);
+    if (st) return st;
+    ioupos_instnorm_forward(out, stats + 4 * P, stats + 5 * P, h3, NULL, NULL, B, Cout, g.n, eps);
+    for (i = 0; i < N; ++i) s[i] += out[i];
+  } else {
+    for (i = 0; i < N; ++i) s[i] += inp[i];
+  }
+  ioupos_leaky_relu_forward(out, s, N, slope);
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_unet_resblock_backward(float *dinp, float *dw1, float *dw2, float *dw3,
+                                             float *scratch, const float *dout,
+                                             const float *acts, const float *inp,
+                                             const float *w1, const float *w2, const float *w3,
+                                             int dims, int B, int Cin, const int shape[], int k,
+                                             int Cout) {
+  ioupos__cgeom g;
+  int st = ioupos__conv_args("ioupos_unet_resblock_backward", &g, dims, B, Cin, shape, k, Cout, 1);
+  int has3 = Cin != Cout;
+  size_t N, P, i;
+  const float *h1, *a1, *h2, *s, *h3, *stats;
+  float *g1, *g2, *cs;
+  const float slope = IOUPOS_UNET_LRELU_SLOPE;
+  if (st) return st;
+  if (!scratch || !dout || !acts || !inp || !w1 || !w2 || (has3 != (w3 != NULL)))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_unet_resblock_backward: a NULL buffer or weight, "
+                        "or w3 %s (it must be given exactly when Cin %d != Cout %d)",
+                        w3 ? "given" : "NULL", Cin, Cout);
+  N = (size_t)B * Cout * g.n, P = (size_t)B * Cout;
+  h1 = acts, a1 = h1 + N, h2 = a1 + N, s = h2 + N, h3 = has3 ? s + N : NULL;
+  stats = s + N * (size_t)(1 + has3);
+  g1 = scratch, g2 = scratch + N, cs = scratch + 2 * N;
+  /* g1 = dL/ds through the final leaky ReLU (s is its input) */
+  memset(g1, 0, sizeof(float) * N);
+  ioupos_leaky_relu_backward(g1, s, dout, N, slope);
+  /* residual branch */
+  if (has3) {
+    if (dinp || dw3) {
+      memset(g2, 0, sizeof(float) * N);
+      ioupos_instnorm_backward(g2, NULL, NULL, g1, h3, NULL, stats + 4 * P, stats + 5 * P, B,
+                               Cout, g.n);
+      st = ioupos_conv_backward(dinp, dw3, NULL, NULL, g2, inp, w3, dims, B, Cin, shape, 1, Cout);
+      if (st) return st;
+    }
+  } else if (dinp) {
+    for (i = 0; i < N; ++i) dinp[i] += g1[i];
+  }
+  /* main branch: norm2, conv2, leaky ReLU (a1 has its input's sign), norm1, conv1 */
+  memset(g2, 0, sizeof(float) * N);
+  ioupos_instnorm_backward(g2, NULL, NULL, g1, h2, NULL, stats + 2 * P, stats + 3 * P, B, Cout,
+                           g.n);
+  memset(g1, 0, sizeof(float) * N);
+  st = ioupos_conv_backward(g1, dw2, NULL, cs, g2, a1, w2, dims, B, Cout, shape, k, Cout);
+  if (st) return st;
+  for (i = 0; i < N; ++i)
+    if (!(a1[i] > 0.0f)) g1[i] *= slope;
+  memset(g2, 0, sizeof(float) * N);
+  ioupos_instnorm_backward(g2, NULL, NULL, g1, h1, NULL, stats, stats + P, B, Cout, g.n);
+  return ioupos_conv_backward(dinp, dw1, NULL, cs, g2, inp, w1, dims, B, Cin, shape, k, Cout);
+}
+
+/* ---- UnetrUpBlock ---- */
+/* The up-sampled shape (every axis doubled); 0 when it does not fit an int. */
+static int ioupos__up_shape(int dims, const int shape[], int up[3]) {
+  int d;
+  if ((dims != 2 && dims != 3) || !shape) return 0;
+  for (d = 0; d < dims; ++d) {
+    if (shape[d] < 1 || shape[d] > INT_MAX / 2) return 0;
+    up[d] = 2 * shape[d];
+  }
+  return 1;
+}
+
+IOUPOS_DEF size_t ioupos_unetr_upblock_acts_size(int dims, int B, const int shape[], int k,
+                                                 int Cout) {
+  int up[3];
+  size_t r;
+  ioupos__cgeom g;
+  if (!ioupos__up_shape(dims, shape, up) || !ioupos__cgeom_init(&g, dims, up, 1)) return 0;
+  r = ioupos_unet_resblock_acts_size(dims, B, 2 * Cout, up, k, Cout);
+  return r ? (size_t)B * 2 * Cout * g.n + r : 0;
+}
+
+IOUPOS_DEF size_t ioupos_unetr_upblock_scratch_size(int dims, int B, int Cin, const int shape[],
+                                                    int k, int Cout) {
+  int up[3];
+  size_t r, t;
+  ioupos__cgeom g;
+  if (!ioupos__up_shape(dims, shape, up) || !ioupos__cgeom_init(&g, dims, up, 1) || Cin < 1)
+    return 0;
+  r = ioupos_unet_resblock_scratch_size(dims, B, 2 * Cout, up, k, Cout);
+  t = ioupos_conv_transpose_scratch_size(dims, shape, Cout);
+  return r ? (size_t)B * 2 * Cout * g.n + (r > t ? r : t) : 0;
+}
+
+IOUPOS_DEF int ioupos_unetr_upblock_forward(float *out, float *acts, float *scratch,
+                                            const float *inp, const float *skip, const float *wt,
+                                            const float *w1, const float *w2, const float *w3,
+                                            int dims, int B, int Cin, const int shape[], int k,
+                                            int Cout) {
+  int up[3], b, st;
+  ioupos__cgeom g;
+  size_t n2, nin;
+  if (!ioupos__up_shape(dims, shape, up) || B < 1 || Cin < 1 || Cout < 1 || !inp || !skip ||
+      !wt || !acts || !scratch)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_unetr_upblock_forward: dims %d, B %d, Cin %d, "
+                        "Cout %d, a bad shape or a NULL buffer", dims, B, Cin, Cout);
+  ioupos__cgeom_init(&g, dims, up, 1);
+  n2 = g.n, nin = n2 >> dims;
+  /* cat[b] = (transp_conv(inp[b]), skip[b]): the transpose writes straight into cat */
+  for (b = 0; b < B; ++b) {
+    float *cb = acts + (size_t)b * 2 * Cout * n2;
+    st = ioupos_conv_transpose_forward(cb, scratch, inp + (size_t)b * Cin * nin, wt, NULL, dims,
+                                       1, Cin, shape, Cout);
+    if (st) return st;
+    memcpy(cb + (size_t)Cout * n2, skip + (size_t)b * Cout * n2, sizeof(float) * Cout * n2);
+  }
+  return ioupos_unet_resblock_forward(out, acts + (size_t)B * 2 * Cout * n2, scratch, acts, w1,
+                                      w2, w3, dims, B, 2 * Cout, up, k, Cout);
+}
+
+IOUPOS_DEF int ioupos_unetr_upblock_backward(float *dinp, float *dskip, float *dwt, float *dw1,
+                                             float *dw2, float *dw3, float *scratch,
+                                             const float *dout, const float *acts,
+                                             const float *inp, const float *wt, const float *w1,
+                                             const float *w2, const float *w3, int dims, int B,
+                                             int Cin, const int shape[], int k, int Cout) {
+  int up[3], b, st;
+  ioupos__cgeom g;
+  size_t n2, nin, ncat, i;
+  float *dcat, *rest;
+  if (!ioupos__up_shape(dims, shape, up) || B < 1 || Cin < 1 || Cout < 1 || !inp || !wt ||
+      !dout || !acts || !scratch)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_unetr_upblock_backward: dims %d, B %d, Cin %d, "
+                        "Cout %d, a bad shape or a NULL buffer", dims, B, Cin, Cout);
+  ioupos__cgeom_init(&g, dims, up, 1);
+  n2 = g.n, nin = n2 >> dims, ncat = (size_t)B * 2 * Cout * n2;
+  dcat = scratch, rest = scratch + ncat;
+  memset(dcat, 0, sizeof(float) * ncat);
+  st = ioupos_unet_resblock_backward(dcat, dw1, dw2, dw3, rest, dout, acts + ncat, acts, w1, w2,
+                                     w3, dims, B, 2 * Cout, up, k, Cout);
+  if (st) return st;
+  for (b = 0; b < B; ++b) {
+    const float *dcb = dcat + (size_t)b * 2 * Cout * n2;
+    if (dskip) {
+      float *ds = dskip + (size_t)b * Cout * n2;
+      const float *src = dcb + (size_t)Cout * n2;
+      for (i = 0; i < (size_t)Cout * n2; ++i) ds[i] += src[i];
+    }
+    if (dinp || dwt) {
+      st = ioupos_conv_transpose_backward(dinp ? dinp + (size_t)b * Cin * nin : NULL, dwt, NULL,
+                                          rest, dcb, inp + (size_t)b * Cin * nin, wt, dims, 1,
+                                          Cin, shape, Cout);
+      if (st) return st;
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* ---- UnetOutBlock ---- */
+IOUPOS_DEF int ioupos_unet_outblock_forward(float *out, const float *inp, const float *weight,
+                                            const float *bias, int dims, int B, int Cin,
+                                            const int shape[], int Cout) {
+  return ioupos_conv_forward(out, NULL, inp, weight, bias, dims, B, Cin, shape, 1, Cout);
+}
+
+IOUPOS_DEF int ioupos_unet_outblock_backward(float *dinp, float *dweight, float *dbias,
+                                             const float *dout, const float *inp,
+                                             const float *weight, int dims, int B, int Cin,
+                                             const int shape[], int Cout) {
+  return ioupos_conv_backward(dinp, dweight, dbias, NULL, dout, inp, weight, dims, B, Cin, shape,
+                              1, Cout);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- 20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC ---- */
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IOUPOS__SEG_CHUNK 256 /* voxels per block of the channels-first loops */
+
+/* ---- DiceCE ---- */
+
+IOUPOS_DEF void ioupos_dicece_defaults(ioupos_dicece_opts *o) {
+  if (!o) return;
+  o->include_background = 1;
+  o->smooth_nr = 1e-5;
+  o->smooth_dr = 1e-5;
+  o->lambda_dice = 1.0;
+  o->lambda_ce = 1.0;
+}
+
+static int ioupos__dicece_check(const ioupos_dicece_opts *o, const char *fn) {
+  if (o->include_background != 0 && o->include_background != 1)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: include_background is %d; it must be 0 or 1", fn,
+                        o->include_background);
+  if (!(o->lambda_dice >= 0.0) || !(o->lambda_ce >= 0.0) || o->lambda_dice > 1e300 ||
+      o->lambda_ce > 1e300)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "%s: lambda_dice %g and lambda_ce %g must be finite and >= 0 (MONAI)", fn,
+                        o->lambda_dice, o->lambda_ce);
+  if (!(o->smooth_nr >= 0.0) || !(o->smooth_dr > 0.0) || o->smooth_nr > 1e300 ||
+      o->smooth_dr > 1e300)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "%s: smooth_nr %g must be finite and >= 0, smooth_dr %g finite and > 0", fn,
+                        o->smooth_nr, o->smooth_dr);
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF double ioupos_dicece_forward(float *prob, double *stats, const float *logits,
+                                        const int *target, int B, int K, long S,
+                                        const ioupos_dicece_opts *opts) {
+  static const char *fn = "ioupos_dicece_forward";
+  ioupos_dicece_opts o;
+  double mx[IOUPOS__SEG_CHUNK], lse[IOUPOS__SEG_CHUNK];
+  double ce = 0.0, dice = 0.0;
+  long s0, i;
+  int b, k, c0;
+  if (opts) o = *opts;
+  else ioupos_dicece_defaults(&o);
+  if (!prob || !stats || !logits || !target) {
+    ioupos__fail(IOUPOS_EINVAL, "%s: a buffer is NULL", fn);
+    return NAN;
+  }
+  if (B < 1 || K < 2 || S < 1) {
+    ioupos__fail(IOUPOS_EINVAL, "%s: B %d, K %d, S %ld: need B >= 1, K >= 2 (softmax over the "
+                 "classes) and S >= 1", fn, B, K, S);
+    return NAN;
+  }
+  if ((size_t)B * (size_t)K > ((size_t)-1 / sizeof(float)) / (size_t)S) {
+    ioupos__fail(IOUPOS_ERANGE, "%s: B %d x K %d x S %ld is too large", fn, B, K, S);
+    return NAN;
+  }
+  if (ioupos__dicece_check(&o, fn) != 0) return NAN;
+  for (b = 0; b < B; ++b)
+    for (i = 0; i < S; ++i) {
+      int t = target[(size_t)b * S + i];
+      if (t < 0 || t >= K) {
+        ioupos__fail(IOUPOS_EINVAL, "%s: target[%d][%ld] = %d is not a class id in [0, %d)", fn, b,
+                     i, t, K);
+        return NAN;
+      }
+    }
+  memset(stats, 0, sizeof(double) * IOUPOS_DICECE_STATS(B, K));
+  for (b = 0; b < B; ++b) {
+    const int *tb = target + (size_t)b * S;
+    for (s0 = 0; s0 < S; s0 += IOUPOS__SEG_CHUNK) {
+      long n = S - s0 < IOUPOS__SEG_CHUNK ? S - s0 : IOUPOS__SEG_CHUNK;
+      const int *t = tb + s0;
+      for (i = 0; i < n; ++i) mx[i] = -INFINITY, lse[i] = 0.0;
+      for (k = 0; k < K; ++k) {
+        const float *x = logits + ((size_t)b * K + k) * (size_t)S + s0;
+        for (i = 0; i < n; ++i) mx[i] = x[i] > mx[i] ? (double)x[i] : mx[i];
+      }
+      for (k = 0; k < K; ++k) {
+        const float *x = logits + ((size_t)b * K + k) * (size_t)S + s0;
+        for (i = 0; i < n; ++i) lse[i] += exp((double)x[i] - mx[i]);
+      }
+      for (i = 0; i < n; ++i) lse[i] = mx[i] + log(lse[i]);
+      for (k = 0; k < K; ++k) {
+        const float *x = logits + ((size_t)b * K + k) * (size_t)S + s0;
+        float *p = prob + ((size_t)b * K + k) * (size_t)S + s0;
+        double *st = stats + 3 * ((size_t)b * K + k);
+        for (i = 0; i < n; ++i) {
+          double pv = exp((double)x[i] - lse[i]);
+          p[i] = (float)pv;
+          st[1] += pv;
+          if (t[i] == k) st[0] += pv, st[2] += 1.0;
+        }
+      }
+      for (i = 0; i < n; ++i)
+        ce += lse[i] - (double)logits[((size_t)b * K + t[i]) * (size_t)S + s0 + i];
+    }
+  }
+  c0 = o.include_background ? 0 : 1;
+  for (b = 0; b < B; ++b)
+    for (k = c0; k < K; ++k) {
+      const double *st = stats + 3 * ((size_t)b * K + k);
+      dice += 1.0 - (2.0 * st[0] + o.smooth_nr) / (st[1] + st[2] + o.smooth_dr);
+    }
+  dice /= (double)B * (double)(K - c0);
+  ce /= (double)B * (double)S;
+  stats[3 * (size_t)B * K] = dice;
+  stats[3 * (size_t)B * K + 1] = ce;
+  return o.lambda_dice * dice + o.lambda_ce * ce;
+}
+
+IOUPOS_DEF void ioupos_dicece_backward(float *dlogits, float dloss, const float *prob,
+                                       const double *stats, const int *target, int B, int K,
+                                       long S, const ioupos_dicece_opts *opts) {
+  ioupos_dicece_opts o;
+  double dot[IOUPOS__SEG_CHUNK];
+  double ce_scale, dice_scale;
+  long s0, i;
+  int b, k, c0;
+  if (opts) o = *opts;
+  else ioupos_dicece_defaults(&o);
+  if (!dlogits || !prob || !stats || !target || B < 1 || K < 2 || S < 1) return;
+  c0 = o.include_background ? 0 : 1;
+  ce_scale = o.lambda_ce / ((double)B * (double)S);
+  dice_scale = -o.lambda_dice / ((double)B * (double)(K - c0));
+  for (b = 0; b < B; ++b) {
+    const int *tb = target + (size_t)b * S;
+    for (s0 = 0; s0 < S; s0 += IOUPOS__SEG_CHUNK) {
+      long n = S - s0 < IOUPOS__SEG_CHUNK ? S - s0 : IOUPOS__SEG_CHUNK;
+      const int *t = tb + s0;
+      for (i = 0; i < n; ++i) dot[i] = 0.0;
+      /* g[k] = coef (2 t[k] - q) with coef = dice_scale / D, q = N / D */
+      for (k = c0; k < K; ++k) {
+        const double *st = stats + 3 * ((size_t)b * K + k);
+        const float *p = prob + ((size_t)b * K + k) * (size_t)S + s0;
+        double D = st[1] + st[2] + o.smooth_dr, coef = dice_scale / D;
+        double q = (2.0 * st[0] + o.smooth_nr) / D;
+        for (i = 0; i < n; ++i) dot[i] += (double)p[i] * (coef * ((t[i] == k ? 2.0 : 0.0) - q));
+      }
+      for (k = 0; k < K; ++k) {
+        const double *st = stats + 3 * ((size_t)b * K + k);
+        const float *p = prob + ((size_t)b * K + k) * (size_t)S + s0;
+        float *dx = dlogits + ((size_t)b * K + k) * (size_t)S + s0;
+        double coef = 0.0, q = 0.0;
+        if (k >= c0) {
+          double D = st[1] + st[2] + o.smooth_dr;
+          coef = dice_scale / D;
+          q = (2.0 * st[0] + o.smooth_nr) / D;
+        }
+        for (i = 0; i < n; ++i) {
+          double pv = p[i], hit = t[i] == k ? 1.0 : 0.0;
+          double g = coef * (2.0 * hit - q);
+          double d = pv * (g - dot[i]) + ce_scale * (pv - hit);
+          dx[i] += (float)((double)dloss * d);
+        }
+      }
+    }
+  }
+}
+
+/* ---- sliding window ---- */
+
+IOUPOS_DEF int ioupos_sw_plan_make(ioupos_sw_plan *p, int dims, const int shape[],
+                                   const int roi[], double overlap) {
+  static const char *fn = "ioupos_sw_plan_make";
+  int k;
+  long nw = 1;
+  if (!p) return ioupos__fail(IOUPOS_EINVAL, "%s: plan is NULL", fn);
+  memset(p, 0, sizeof *p);
+  if (dims != 2 && dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: dims is %d; it must be 2 or 3", fn, dims);
+  if (!shape) return ioupos__fail(IOUPOS_EINVAL, "%s: shape is NULL", fn);
+  if (!(overlap >= 0.0 && overlap < 1.0))
+    return ioupos__fail(IOUPOS_EINVAL, "%s: overlap %g must be in [0, 1) (MONAI)", fn, overlap);
+  p->dims = dims;
+  for (k = 0; k < dims; ++k) {
+    int r = roi ? roi[k] : IOUPOS_SW_ROI_DEFAULT;
+    if (shape[k] < 1)
+      return ioupos__fail(IOUPOS_EINVAL, "%s: image size %d on axis %d must be >= 1", fn,
+                          shape[k], k);
+    p->shape[k] = shape[k];
+    p->roi[k] = r > 0 ? r : shape[k]; /* MONAI fall_back_tuple */
+    p->padded[k] = shape[k] > p->roi[k] ? shape[k] : p->roi[k];
+    p->pad_before[k] = (p->padded[k] - shape[k]) / 2;
+  }
+  {
+    double vp = 1.0, vr = 1.0;
+    for (k = 0; k < dims; ++k) vp *= p->padded[k], vr *= p->roi[k];
+    if (vp > (double)INT_MAX || vr > (double)INT_MAX)
+      return ioupos__fail(IOUPOS_ERANGE, "%s: the padded image (%g voxels) or the window (%g) "
+                          "has more than INT_MAX voxels", fn, vp, vr);
+  }
+  for (k = 0; k < dims; ++k) {
+    int P = p->padded[k], r = p->roi[k], iv, num, d, n = 1;
+    if (r == P) {
+      iv = r;
+    } else {
+      iv = (int)((double)r * (1.0 - overlap)); /* int(roi * (1 - o)) */
+      if (iv <= 0) iv = 1;
+    }
+    p->interval[k] = iv;
+    num = (int)ceil((double)P / (double)iv);
+    for (d = 0; d < num; ++d)
+      if ((long)d * iv + r >= P) {
+        n = d + 1;
+        break;
+      }
+    p->n_axis[k] = n;
+    nw *= n;
+  }
+  for (k = dims; k < 3; ++k) p->shape[k] = p->roi[k] = p->padded[k] = p->n_axis[k] = 1;
+  p->n_windows = nw;
+  return IOUPOS_OK;
+}
+
+static int ioupos__sw_axis_start(const ioupos_sw_plan *p, int k, int i) {
+  long s = (long)i * p->interval[k];
+  long over = s + p->roi[k] - p->padded[k];
+  return (int)(s - (over > 0 ? over : 0));
+}
+
+IOUPOS_DEF void ioupos_sw_plan_start(const ioupos_sw_plan *p, long w, int start[3]) {
+  int k;
+  for (k = 2; k >= 0; --k) start[k] = 0;
+  for (k = p->dims - 1; k >= 0; --k) {
+    start[k] = ioupos__sw_axis_start(p, k, (int)(w % p->n_axis[k]));
+    w /= p->n_axis[k];
+  }
+}
+
+IOUPOS_DEF int ioupos_sliding_window(float *out, int K, const float *img, int C, int dims,
+                                     const int shape[], const int roi[], double overlap,
+                                     int sw_batch_size, ioupos_sw_predict_fn predict,
+                                     void *ctx) {
+  static const char *fn = "ioupos_sliding_window";
+  ioupos_sw_plan pl;
+  int rc, k, a;
+  int sh[3], rr[3], pb[3]; /* as 3D, a leading axis of 1 for 2D */
+  size_t vol, wvol, nb, w_in, w_out;
+  float *win = NULL, *wout = NULL;
+  int *cnt[3] = {NULL, NULL, NULL};
+  long w0;
+  if (!out || !img || !predict)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: out, img or predict is NULL", fn);
+  if (K < 1 || C < 1 || sw_batch_size < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: K %d, C %d and sw_batch_size %d must be >= 1", fn, K,
+                        C, sw_batch_size);
+  if ((rc = ioupos_sw_plan_make(&pl, dims, shape, roi, overlap)) != 0) return rc;
+  for (a = 0; a < 3; ++a) {
+    int u = a - (3 - dims);
+    sh[a] = u < 0 ? 1 : pl.shape[u];
+    rr[a] = u < 0 ? 1 : pl.roi[u];
+    pb[a] = u < 0 ? 0 : pl.pad_before[u];
+  }
+  vol = (size_t)sh[0] * sh[1] * sh[2];
+  wvol = (size_t)rr[0] * rr[1] * rr[2];
+  nb = (size_t)sw_batch_size < (size_t)pl.n_windows ? (size_t)sw_batch_size
+                                                     : (size_t)pl.n_windows;
+  if ((size_t)(C > K ? C : K) > ((size_t)-1 / sizeof(float)) / wvol / nb ||
+      (size_t)K > ((size_t)-1 / sizeof(float)) / vol)
+    return ioupos__fail(IOUPOS_ERANGE, "%s: %zu windows of %zu voxels with C %d, K %d are too "
+                        "large", fn, nb, wvol, C, K);
+  w_in = (size_t)C * wvol;
+  w_out = (size_t)K * wvol;
+  win = (float *)IOUPOS_MALLOC(sizeof(float) * nb * w_in);
+  wout = (float *)IOUPOS_MALLOC(sizeof(float) * nb * w_out);
+  for (a = 0; a < 3; ++a) cnt[a] = (int *)IOUPOS_MALLOC(sizeof(int) * (size_t)sh[a]);
+  if (!win || !wout || !cnt[0] || !cnt[1] || !cnt[2]) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %zu windows of %zu voxels (C %d, "
+                      "K %d)", fn, nb, wvol, C, K);
+    goto done;
+  }
+  memset(out, 0, sizeof(float) * (size_t)K * vol);
+  for (w0 = 0; w0 < pl.n_windows; w0 += (long)nb) {
+    int n = (int)(pl.n_windows - w0 < (long)nb ? pl.n_windows - w0 : (long)nb), j;
+    /* gather the input windows (zeros outside the image: constant padding, cval 0) */
+    for (j = 0; j < n; ++j) {
+      int st[3], o[3], z, y, c;
+      ioupos_sw_plan_start(&pl, w0 + j, st);
+      for (a = 0; a < 3; ++a) {
+        int u = a - (3 - dims);
+        o[a] = (u < 0 ? 0 : st[u]) - pb[a]; /* image coordinate of the window's first voxel */
+      }
+      for (c = 0; c < C; ++c)
+        for (z = 0; z < rr[0]; ++z)
+          for (y = 0; y < rr[1]; ++y) {
+            float *dst = win + (size_t)j * w_in + (((size_t)c * rr[0] + z) * rr[1] + y) * rr[2];
+            int iz = o[0] + z, iy = o[1] + y, x0 = o[2], lo, hi;
+            if (iz < 0 || iz >= sh[0] || iy < 0 || iy >= sh[1]) {
+              memset(dst, 0, sizeof(float) * (size_t)rr[2]);
+              continue;
+            }
+            lo = x0 < 0 ? -x0 : 0;
+            hi = x0 + rr[2] > sh[2] ? sh[2] - x0 : rr[2];
+            if (lo > rr[2]) lo = rr[2];
+            if (hi < lo) hi = lo;
+            if (lo > 0) memset(dst, 0, sizeof(float) * (size_t)lo);
+            if (hi > lo)
+              memcpy(dst + lo, img + (((size_t)c * sh[0] + iz) * sh[1] + iy) * sh[2] + (x0 + lo),
+                     sizeof(float) * (size_t)(hi - lo));
+            if (hi < rr[2]) memset(dst + hi, 0, sizeof(float) * (size_t)(rr[2] - hi));
+          }
+    }
+    memset(wout, 0, sizeof(float) * (size_t)n * w_out);
+    rc = predict(ctx, win, n, wout);
+    if (rc != 0) {
+      char why[512];
+      const char *r = ioupos_failure_reason();
+      size_t l = strlen(r);
+      if (l > sizeof why - 1) l = sizeof why - 1;
+      memcpy(why, r, l);
+      why[l] = '\0';
+      rc = ioupos__fail(rc < 0 ? rc : IOUPOS_EINVAL, "%s: the predictor returned %d on windows "
+                        "%ld..%ld of %ld: %s", fn, rc, w0, w0 + n - 1, pl.n_windows, why);
+      goto done;
+    }
+    /* add the outputs inside the image, window by window in order (MONAI's float sums) */
+    for (j = 0; j < n; ++j) {
+      int st[3], o[3], z, y;
+      ioupos_sw_plan_start(&pl, w0 + j, st);
+      for (a = 0; a < 3; ++a) {
+        int u = a - (3 - dims);
+        o[a] = (u < 0 ? 0 : st[u]) - pb[a];
+      }
+      for (k = 0; k < K; ++k)
+        for (z = 0; z < rr[0]; ++z)
+          for (y = 0; y < rr[1]; ++y) {
+            const float *src = wout + (size_t)j * w_out + (((size_t)k * rr[0] + z) * rr[1] + y) *
+                                                              rr[2];
+            int iz = o[0] + z, iy = o[1] + y, x0 = o[2], lo, hi, x;
+            float *dst;
+            if (iz < 0 || iz >= sh[0] || iy < 0 || iy >= sh[1]) continue;
+            lo = x0 < 0 ? -x0 : 0;
+            hi = x0 + rr[2] > sh[2] ? sh[2] - x0 : rr[2];
+            dst = out + (((size_t)k * sh[0] + iz) * sh[1] + iy) * sh[2] + x0;
+            for (x = lo; x < hi; ++x) dst[x] += src[x];
+          }
+    }
+  }
+  /* the count map: windows are a grid, so the count is the product of per-axis counts */
+  for (a = 0; a < 3; ++a) {
+    int u = a - (3 - dims), i, x;
+    memset(cnt[a], 0, sizeof(int) * (size_t)sh[a]);
+    if (u < 0) {
+      cnt[a][0] = 1;
+      continue;
+    }
+    for (i = 0; i < pl.n_axis[u]; ++i) {
+      int s = ioupos__sw_axis_start(&pl, u, i) - pb[a];
+      for (x = s < 0 ? 0 : s; x < s + rr[a] && x < sh[a]; ++x) ++cnt[a][x];
+    }
+  }
+  for (k = 0; k < K; ++k) {
+    int z, y, x;
+    for (z = 0; z < sh[0]; ++z)
+      for (y = 0; y < sh[1]; ++y) {
+        float *dst = out + (((size_t)k * sh[0] + z) * sh[1] + y) * sh[2];
+        for (x = 0; x < sh[2]; ++x) dst[x] = dst[x] / (float)(cnt[0][z] * cnt[1][y] * cnt[2][x]);
+      }
+  }
+  rc = IOUPOS_OK;
+done:
+  IOUPOS_FREE(win);
+  IOUPOS_FREE(wout);
+  for (a = 0; a < 3; ++a) IOUPOS_FREE(cnt[a]);
+  return rc;
+}
+
+/* ---- argmax ---- */
+
+IOUPOS_DEF int ioupos_argmax_classes(int *labels, const float *scores, int B, int K, long S) {
+  float best[IOUPOS__SEG_CHUNK];
+  long s0, i;
+  int b, k;
+  if (!labels || !scores)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_argmax_classes: labels or scores is NULL");
+  if (B < 1 || K < 1 || S < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_argmax_classes: B %d, K %d, S %ld must be >= 1",
+                        B, K, S);
+  for (b = 0; b < B; ++b)
+    for (s0 = 0; s0 < S; s0 += IOUPOS__SEG_CHUNK) {
+      long n = S - s0 < IOUPOS__SEG_CHUNK ? S - s0 : IOUPOS__SEG_CHUNK;
+      int *lab = labels + (size_t)b * S + s0;
+      const float *x0 = scores + (size_t)b * K * (size_t)S + s0;
+      for (i = 0; i < n; ++i) lab[i] = 0, best[i] = x0[i];
+      for (k = 1; k < K; ++k) {
+        const float *x = scores + ((size_t)b * K + k) * (size_t)S + s0;
+        for (i = 0; i < n; ++i) {
+          float v = x[i], bv = best[i];
+          if (bv != bv) continue;               /* a NaN already won */
+          if (v != v || v > bv) lab[i] = k, best[i] = v;
+        }
+      }
+    }
+  return IOUPOS_OK;
+}
+
+/* ---- per-case DSC ---- */
+
+static int ioupos__seg_check_k(int K, const char *fn) {
+  if (K < 2 || K > IOUPOS_SEG_MAX_CLASSES)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: K is %d; it must be in [2, %d] "
+                        "(IOUPOS_SEG_MAX_CLASSES)", fn, K, IOUPOS_SEG_MAX_CLASSES);
+  return IOUPOS_OK;
+}
+
+/* Counts per class of one labelled region (n voxels); 0 or EINVAL naming the first bad label
+   (index reported relative to base_index). */
+static int ioupos__seg_count(int64_t *nt, int64_t *np, int64_t *ni, const int *pred,
+                             const int *truth, long n, int K, long base_index, const char *fn) {
+  long i;
+  memset(nt, 0, sizeof(int64_t) * (size_t)K);
+  memset(np, 0, sizeof(int64_t) * (size_t)K);
+  memset(ni, 0, sizeof(int64_t) * (size_t)K);
+  for (i = 0; i < n; ++i) {
+    int t = truth[i], p = pred[i];
+    if (t < 0 || t >= K || p < 0 || p >= K)
+      return ioupos__fail(IOUPOS_EINVAL, "%s: voxel %ld has truth %d, prediction %d; class ids "
+                          "must be in [0, %d)", fn, base_index + i, t, p, K);
+    ++nt[t];
+    ++np[p];
+    if (t == p) ++ni[t];
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_dsc_case_compute(ioupos_dsc_case *r, const int *pred, const int *truth,
+                                       long n, int K) {
+  static const char *fn = "ioupos_dsc_case_compute";
+  int c, rc;
+  double sum = 0.0;
+  if (!r || !pred || !truth) return ioupos__fail(IOUPOS_EINVAL, "%s: a pointer is NULL", fn);
+  if ((rc = ioupos__seg_check_k(K, fn)) != 0) return rc;
+  if (n < 1) return ioupos__fail(IOUPOS_EINVAL, "%s: the case has %ld voxels", fn, n);
+  memset(r, 0, sizeof *r);
+  r->K = K;
+  if ((rc = ioupos__seg_count(r->n_truth, r->n_pred, r->n_inter, pred, truth, n, K, 0, fn)) != 0)
+    return rc;
+  for (c = 0; c < K; ++c) {
+    int64_t den = r->n_truth[c] + r->n_pred[c];
+    if (den == 0) {
+      r->dsc[c] = NAN;
+      r->defined[c] = 0;
+      continue;
+    }
+    r->defined[c] = 1;
+    r->dsc[c] = 2.0 * (double)r->n_inter[c] / (double)den;
+    if (c >= 1) sum += r->dsc[c], ++r->n_defined;
+  }
+  r->mean = r->n_defined > 0 ? sum / r->n_defined : NAN;
+  return IOUPOS_OK;
+}
+
+/* ---- data-set DSC ---- */
+
+IOUPOS_DEF int ioupos_dsc_eval_init(ioupos_dsc_eval *e, int K, int empty_policy) {
+  static const char *fn = "ioupos_dsc_eval_init";
+  int rc;
+  if (!e) return ioupos__fail(IOUPOS_EINVAL, "%s: accumulator is NULL", fn);
+  if ((rc = ioupos__seg_check_k(K, fn)) != 0) return rc;
+  if (empty_policy != IOUPOS_DSC_EMPTY_SKIP && empty_policy != IOUPOS_DSC_EMPTY_ONE)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: empty_policy %d is neither IOUPOS_DSC_EMPTY_SKIP (0) "
+                        "nor IOUPOS_DSC_EMPTY_ONE (1)", fn, empty_policy);
+  memset(e, 0, sizeof *e);
+  e->K = K;
+  e->empty_policy = empty_policy;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_dsc_eval_add(ioupos_dsc_eval *e, const ioupos_dsc_case *cs) {
+  int c, n = 0;
+  double sum = 0.0;
+  if (!e || !cs) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dsc_eval_add: a pointer is NULL");
+  if (cs->K != e->K)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_dsc_eval_add: the case has K %d, the accumulator "
+                        "%d", cs->K, e->K);
+  for (c = 1; c < e->K; ++c) {
+    double v;
+    if (cs->defined[c]) v = cs->dsc[c];
+    else {
+      ++e->n_empty[c];
+      if (e->empty_policy != IOUPOS_DSC_EMPTY_ONE) continue;
+      v = 1.0;
+    }
+    e->sum[c] += v;
+    e->sumsq[c] += v * v;
+    ++e->count[c];
+    sum += v;
+    ++n;
+  }
+  ++e->n_cases;
+  if (n > 0) e->case_mean_sum += sum / n, ++e->n_case_means;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF double ioupos_dsc_eval_organ_mean(const ioupos_dsc_eval *e, int c) {
+  if (!e || c < 1 || c >= e->K || e->count[c] == 0) return NAN;
+  return e->sum[c] / (double)e->count[c];
+}
+
+IOUPOS_DEF double ioupos_dsc_eval_organ_std(const ioupos_dsc_eval *e, int c) {
+  double m, v;
+  if (!e || c < 1 || c >= e->K || e->count[c] == 0) return NAN;
+  m = e->sum[c] / (double)e->count[c];
+  v = e->sumsq[c] / (double)e->count[c] - m * m;
+  return v > 0.0 ? sqrt(v) : 0.0;
+}
+
+IOUPOS_DEF double ioupos_dsc_eval_mean(const ioupos_dsc_eval *e, int *n_used) {
+  int c, n = 0;
+  double s = 0.0;
+  if (n_used) *n_used = 0;
+  if (!e) return NAN;
+  for (c = 1; c < e->K; ++c)
+    if (e->count[c] > 0) s += e->sum[c] / (double)e->count[c], ++n;
+  if (n_used) *n_used = n;
+  return n > 0 ? s / n : NAN;
+}
+
+IOUPOS_DEF double ioupos_dsc_eval_case_mean(const ioupos_dsc_eval *e, long *n_used) {
+  if (n_used) *n_used = e ? e->n_case_means : 0;
+  if (!e || e->n_case_means == 0) return NAN;
+  return e->case_mean_sum / (double)e->n_case_means;
+}
+
+/* ---- research metric: DiceMetric per slice ---- */
+
+IOUPOS_DEF int ioupos_slice_dice_init(ioupos_slice_dice *a, int K) {
+  int rc;
+  if (!a) return ioupos__fail(IOUPOS_EINVAL, "ioupos_slice_dice_init: accumulator is NULL");
+  if ((rc = ioupos__seg_check_k(K, "ioupos_slice_dice_init")) != 0) return rc;
+  memset(a, 0, sizeof *a);
+  a->K = K;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_slice_dice_add(ioupos_slice_dice *a, const int *pred, const int *truth,
+                                     long n_slices, long slice_pixels, double *slice_means) {
+  static const char *fn = "ioupos_slice_dice_add";
+  int64_t nt[IOUPOS_SEG_MAX_CLASSES], np[IOUPOS_SEG_MAX_CLASSES], ni[IOUPOS_SEG_MAX_CLASSES];
+  long z, i;
+  int c, rc;
+  if (!a || !pred || !truth) return ioupos__fail(IOUPOS_EINVAL, "%s: a pointer is NULL", fn);
+  if (n_slices < 1 || slice_pixels < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: %ld slices of %ld pixels; both must be >= 1", fn,
+                        n_slices, slice_pixels);
+  if ((rc = ioupos__seg_check_k(a->K, fn)) != 0) return rc;
+  /* validate everything first, so that a failure adds nothing */
+  for (i = 0; i < n_slices * slice_pixels; ++i)
+    if (truth[i] < 0 || truth[i] >= a->K || pred[i] < 0 || pred[i] >= a->K)
+      return ioupos__fail(IOUPOS_EINVAL, "%s: slice %ld pixel %ld has truth %d, prediction %d; "
+                          "class ids must be in [0, %d)", fn, i / slice_pixels, i % slice_pixels,
+                          truth[i], pred[i], a->K);
+  for (z = 0; z < n_slices; ++z) {
+    double sum = 0.0;
+    int n = 0;
+    ioupos__seg_count(nt, np, ni, pred + z * slice_pixels, truth + z * slice_pixels,
+                      slice_pixels, a->K, z * slice_pixels, fn);
+    for (c = 0; c < a->K; ++c) {
+      double d;
+      if (nt[c] == 0) continue; /* ignore_empty: NaN, dropped */
+      d = 2.0 * (double)ni[c] / (double)(nt[c] + np[c]);
+      sum += d;
+      ++n;
+      a->class_sum[c] += d;
+      ++a->class_count[c];
+    }
+    ++a->n_slices;
+    if (n > 0) {
+      a->sum += sum / n;
+      ++a->n_valid;
+    }
+    if (slice_means) slice_means[z] = n > 0 ? sum / n : NAN;
+  }
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF double ioupos_slice_dice_mean(const ioupos_slice_dice *a) {
+  if (!a || a->n_slices == 0) return NAN;
+  return a->n_valid > 0 ? a->sum / (double)a->n_valid : 0.0;
+}
+
+IOUPOS_DEF double ioupos_slice_dice_class_mean(const ioupos_slice_dice *a, int c) {
+  if (!a || c < 0 || c >= a->K || a->class_count[c] == 0) return NAN;
+  return a->class_sum[c] / (double)a->class_count[c];
+}
+
+/* ---- tables ---- */
+
+typedef struct ioupos__sbuf {
+  char *buf;
+  size_t cap, len;
+} ioupos__sbuf;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void ioupos__sb_printf(ioupos__sbuf *b, const char *fmt, ...) {
+  va_list ap;
+  int n;
+  size_t room = b->buf && b->len < b->cap ? b->cap - b->len : 0;
+  va_start(ap, fmt);
+  n = vsnprintf(room ? b->buf + b->len : NULL, room, fmt, ap);
+  va_end(ap);
+  if (n > 0) b->len += (size_t)n;
+}
+
+/* a JSON number, or null for NaN / infinity */
+static void ioupos__sb_num(ioupos__sbuf *b, double v) {
+  if (v != v || v - v != 0.0) ioupos__sb_printf(b, "null");
+  else ioupos__sb_printf(b, "%.10g", v);
+}
+
+static void ioupos__sb_jstr(ioupos__sbuf *b, const char *s) {
+  ioupos__sb_printf(b, "\"");
+  for (; *s; ++s) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\') ioupos__sb_printf(b, "\\%c", ch);
+    else if (ch < 0x20) ioupos__sb_printf(b, "\\u%04x", ch);
+    else ioupos__sb_printf(b, "%c", ch);
+  }
+  ioupos__sb_printf(b, "\"");
+}
+
+static const char *ioupos__seg_name(const char *const *names, int c, char *tmp, size_t cap) {
+  if (names && names[c]) return names[c];
+  if (c < IOUPOS_LABEL_COUNT) return ioupos_label_name(c);
+  snprintf(tmp, cap, "class %d", c);
+  return tmp;
+}
+
+static int ioupos__sb_finish(ioupos__sbuf *b, size_t *len, const char *fn) {
+  if (len) *len = b->len;
+  if (!b->buf || b->len + 1 > b->cap) {
+    if (b->buf && b->cap > 0) b->buf[0] = '\0';
+    return ioupos__fail(IOUPOS_ERANGE, "%s: the output needs %zu bytes (with the NUL), the "
+                        "buffer has %zu", fn, b->len + 1, b->buf ? b->cap : (size_t)0);
+  }
+  return IOUPOS_OK;
+}
+
+static void ioupos__sb_fix(ioupos__sbuf *b, double v, int width) {
+  if (v != v) ioupos__sb_printf(b, "%*s", width, "n/a");
+  else ioupos__sb_printf(b, "%*.4f", width, v);
+}
+
+IOUPOS_DEF int ioupos_dsc_table(char *buf, size_t cap, size_t *len, const ioupos_dsc_eval *e,
+                                const ioupos_slice_dice *research, const char *const *names) {
+  static const char *fn = "ioupos_dsc_table";
+  ioupos__sbuf b;
+  char tmp[32];
+  int c, no;
+  long nc;
+  double m;
+  if (!e) return ioupos__fail(IOUPOS_EINVAL, "%s: accumulator is NULL", fn);
+  b.buf = buf, b.cap = buf ? cap : 0, b.len = 0;
+  ioupos__sb_printf(&b, "%3s  %-20s %8s %8s %6s %6s\n", "id", "organ", "DSC", "std", "cases",
+                    "empty");
+  for (c = 1; c < e->K; ++c) {
+    ioupos__sb_printf(&b, "%3d  %-20s ", c, ioupos__seg_name(names, c, tmp, sizeof tmp));
+    ioupos__sb_fix(&b, ioupos_dsc_eval_organ_mean(e, c), 8);
+    ioupos__sb_printf(&b, " ");
+    ioupos__sb_fix(&b, ioupos_dsc_eval_organ_std(e, c), 8);
+    ioupos__sb_printf(&b, " %6ld %6ld\n", e->count[c], e->n_empty[c]);
+  }
+  m = ioupos_dsc_eval_mean(e, &no);
+  ioupos__sb_printf(&b, "     %-20s ", "mean over organs");
+  ioupos__sb_fix(&b, m, 8);
+  ioupos__sb_printf(&b, "   (%d organs, %ld cases%s)\n", no, e->n_cases,
+                    e->empty_policy == IOUPOS_DSC_EMPTY_ONE ? ", absent from both = 1" : "");
+  m = ioupos_dsc_eval_case_mean(e, &nc);
+  ioupos__sb_printf(&b, "     %-20s ", "mean over cases");
+  ioupos__sb_fix(&b, m, 8);
+  ioupos__sb_printf(&b, "   (%ld cases)\n", nc);
+  if (research) {
+    ioupos__sb_printf(&b, "     %-20s ", "research slice Dice");
+    ioupos__sb_fix(&b, ioupos_slice_dice_mean(research), 8);
+    ioupos__sb_printf(&b, "   (%ld slices, MONAI DiceMetric per slice)\n", research->n_slices);
+  }
+  return ioupos__sb_finish(&b, len, fn);
+}
+
+IOUPOS_DEF int ioupos_dsc_table_json(char *buf, size_t cap, size_t *len, const ioupos_dsc_eval *e,
+                                     const ioupos_slice_dice *research, const char *const *names) {
+  static const char *fn = "ioupos_dsc_table_json";
+  ioupos__sbuf b;
+  char tmp[32];
+  int c, no;
+  long nc;
+  double m;
+  if (!e) return ioupos__fail(IOUPOS_EINVAL, "%s: accumulator is NULL", fn);
+  b.buf = buf, b.cap = buf ? cap : 0, b.len = 0;
+  ioupos__sb_printf(&b, "{\"classes\":%d,\"cases\":%ld,\"empty_policy\":\"%s\",\"organs\":[", e->K,
+                    e->n_cases, e->empty_policy == IOUPOS_DSC_EMPTY_ONE ? "one" : "skip");
+  for (c = 1; c < e->K; ++c) {
+    ioupos__sb_printf(&b, "%s{\"id\":%d,\"name\":", c > 1 ? "," : "", c);
+    ioupos__sb_jstr(&b, ioupos__seg_name(names, c, tmp, sizeof tmp));
+    ioupos__sb_printf(&b, ",\"dsc\":");
+    ioupos__sb_num(&b, ioupos_dsc_eval_organ_mean(e, c));
+    ioupos__sb_printf(&b, ",\"std\":");
+    ioupos__sb_num(&b, ioupos_dsc_eval_organ_std(e, c));
+    ioupos__sb_printf(&b, ",\"cases\":%ld,\"empty\":%ld}", e->count[c], e->n_empty[c]);
+  }
+  m = ioupos_dsc_eval_mean(e, &no);
+  ioupos__sb_printf(&b, "],\"mean_dsc\":");
+  ioupos__sb_num(&b, m);
+  ioupos__sb_printf(&b, ",\"organs_averaged\":%d,\"mean_case_dsc\":", no);
+  m = ioupos_dsc_eval_case_mean(e, &nc);
+  ioupos__sb_num(&b, m);
+  ioupos__sb_printf(&b, ",\"cases_averaged\":%ld", nc);
+  if (research) {
+    ioupos__sb_printf(&b, ",\"research\":{\"metric\":\"monai_dicemetric_per_slice\",\"dice\":");
+    ioupos__sb_num(&b, ioupos_slice_dice_mean(research));
+    ioupos__sb_printf(&b, ",\"slices\":%ld,\"classes\":[", research->n_slices);
+    for (c = 0; c < research->K; ++c) {
+      ioupos__sb_printf(&b, "%s{\"id\":%d,\"name\":", c > 0 ? "," : "", c);
+      ioupos__sb_jstr(&b, ioupos__seg_name(names, c, tmp, sizeof tmp));
+      ioupos__sb_printf(&b, ",\"dice\":");
+      ioupos__sb_num(&b, ioupos_slice_dice_class_mean(research, c));
+      ioupos__sb_printf(&b, ",\"slices\":%ld}", research->class_count[c]);
+    }
+    ioupos__sb_printf(&b, "]}");
+  }
+  ioupos__sb_printf(&b, "}");
+  return ioupos__sb_finish(&b, len, fn);
+}
+
+IOUPOS_DEF int ioupos_dsc_case_json(char *buf, size_t cap, size_t *len, const ioupos_dsc_case *cs,
+                                    const char *case_name, const char *const *names) {
+  static const char *fn = "ioupos_dsc_case_json";
+  ioupos__sbuf b;
+  char tmp[32];
+  int c;
+  if (!cs) return ioupos__fail(IOUPOS_EINVAL, "%s: case is NULL", fn);
+  if (cs->K < 2 || cs->K > IOUPOS_SEG_MAX_CLASSES)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: the case has K %d", fn, cs->K);
+  b.buf = buf, b.cap = buf ? cap : 0, b.len = 0;
+  ioupos__sb_printf(&b, "{");
+  if (case_name) {
+    ioupos__sb_printf(&b, "\"case\":");
+    ioupos__sb_jstr(&b, case_name);
+    ioupos__sb_printf(&b, ",");
+  }
+  ioupos__sb_printf(&b, "\"mean\":");
+  ioupos__sb_num(&b, cs->mean);
+  ioupos__sb_printf(&b, ",\"organs_defined\":%d,\"dsc\":{", cs->n_defined);
+  for (c = 1; c < cs->K; ++c) {
+    if (c > 1) ioupos__sb_printf(&b, ",");
+    ioupos__sb_jstr(&b, ioupos__seg_name(names, c, tmp, sizeof tmp));
+    ioupos__sb_printf(&b, ":");
+    ioupos__sb_num(&b, cs->defined[c] ? cs->dsc[c] : NAN);
+  }
+  ioupos__sb_printf(&b, "}}");
+  return ioupos__sb_finish(&b, len, fn);
+}
+
+#ifdef __cplusplus
+}
+#endif
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
 #pragma GCC diagnostic pop

@@ -23,7 +23,6 @@
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/decoder.h"
 
 #include <math.h>
 #include <string.h>

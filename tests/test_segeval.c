@@ -22,7 +22,6 @@
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
-#include "wip/segeval.h"
 #include "tests/npy.h"
 #include "tests/test_util.h"
 
