@@ -57,6 +57,7 @@
     18. Pretraining: SimSiam and DINO, run directories, exact resume
     19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
     20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
+    21. SwinUNETR: the segmentation model
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -1790,6 +1791,25 @@ typedef struct ioupos_backend {
                      float, int);
   void (*ema_update)(float *, const float *, size_t, double);
   float (*clip_grad_per_param)(float *, size_t, float);
+  /* section 19 */
+  void (*to_channels_first)(float *, const float *, int, size_t, int);
+  void (*to_channels_first_backward)(float *, const float *, int, size_t, int);
+  int (*unet_resblock_forward)(float *, float *, float *, const float *, const float *,
+                               const float *, const float *, int, int, int, const int *, int, int);
+  int (*unet_resblock_backward)(float *, float *, float *, float *, float *, const float *,
+                                const float *, const float *, const float *, const float *,
+                                const float *, int, int, int, const int *, int, int);
+  int (*unetr_upblock_forward)(float *, float *, float *, const float *, const float *,
+                               const float *, const float *, const float *, const float *, int,
+                               int, int, const int *, int, int);
+  int (*unetr_upblock_backward)(float *, float *, float *, float *, float *, float *, float *,
+                                const float *, const float *, const float *, const float *,
+                                const float *, const float *, const float *, int, int, int,
+                                const int *, int, int);
+  int (*unet_outblock_forward)(float *, const float *, const float *, const float *, int, int,
+                               int, const int *, int);
+  int (*unet_outblock_backward)(float *, float *, float *, const float *, const float *,
+                                const float *, int, int, int, const int *, int);
 } ioupos_backend;
 
 /* The reference backend: host memory, the functions of sections 10-15. */
@@ -2159,7 +2179,22 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
      state.safetensors the training state after the last finished epoch or interruption point:
                        model, optimiser state, step counters, DINO centre, the loader position
                        and the flags; resume (opts->resume) continues from it so that the final
-                       weights equal an uninterrupted run with the same seed and threads.
+                       weights equal an uninterrupted run with the same seed.
+   Resume refuses (EINVAL, before anything is written) a state made with other settings: the
+   stored counters (method, seed, batch, accumulation, epochs, crop, local crops, data set size)
+   and, key by key, the flat JSON object opts->flags_json against the one the state recorded
+   (its "flags" metadata). Only keys that describe one invocation or where its files go may
+   differ: num_workers, threads, log_every, resume, max_steps, chkpt_dir, run_name and
+   git_commit (a note is logged when the build differs); the error names every other key that
+   differs with both values (n_epochs too: it changes the cosine schedules).
+   Stopping early: opts->max_steps, or *opts->stop becoming nonzero (a signal handler's flag),
+   ends the run at the next optimiser-step boundary: the state is saved as at an interruption
+   (and the epoch's checkpoints first when that step ended an epoch), the log says that
+   --resume continues, and the run returns 0.
+   Checks before anything is written: square crops (--crop_size, and --local_crop_size with
+   local crops: the augmentations' rot90 needs H = W), DINO's --warmup_epochs below --n_epochs.
+   DINO multi-crop: n_local > 0 local views per pair of local_crop[] (IoU with the first global
+   view in [local_min_iou, local_max_iou], section 9's loader), through the student only.
    Every file is written atomically (a crash leaves the previous version). A non-finite loss
    stops the run (IOUPOS_ERANGE) naming epoch and step, without writing a checkpoint of the
    broken weights. opts->log receives the console lines (the library never prints). */
@@ -2180,6 +2215,9 @@ typedef struct ioupos_pretrain_opts {
   int log_every;                   /* console + metrics line every this many optimiser steps */
   long max_steps;                  /* stop (as if interrupted) after this many optimiser steps
                                       in this process, saving the state; 0 = no limit (tests) */
+  volatile int *stop;              /* NULL, or a flag (e.g. set by a SIGINT handler): once it is
+                                      nonzero the run stops at the next step boundary, saving
+                                      the state, and returns 0 */
   /* SimSiam */
   int proj_hidden, proj_out, pred_hidden;
   /* DINO */
@@ -2198,7 +2236,8 @@ typedef struct ioupos_pretrain_opts {
 /* Fills opts with the published runs' values for method (SimSiam: C 48, batch 128, 100 epochs,
    lr 0.025 -> 1e-6, wd 1e-5, [0.3, 0.6], crop 96; DINO: the research defaults with C 48). */
 IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method);
-/* Runs (or resumes) a pretraining; 0 when all epochs are done or max_steps was reached. */
+/* Runs (or resumes) a pretraining; 0 when all epochs are done or it stopped early (max_steps,
+   *stop) with the state saved. */
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o);
 
 
@@ -2675,6 +2714,71 @@ IOUPOS_DEF int ioupos_dsc_case_json(char *buf, size_t cap, size_t *len, const io
 #ifdef __cplusplus
 }
 #endif
+
+
+/* ============================================================================================
+   21. SwinUNETR: the segmentation model
+   ============================================================================================ */
+
+/* MONAI's SwinUNETR (monai.networks.nets.SwinUNETR, MONAI 1.6.1, norm_name "instance",
+   res_block True, normalize True), 2D and 3D, on sections 17 and 19:
+       hs_k   = swinViT(x) stage outputs k = 0..4 (normalised), channels-first
+       enc0   = encoder1(x)        UnetResBlock(in_chans -> C)          at the input size
+       enc1   = encoder2(hs_0)     UnetResBlock(C -> C)                 at 1/2
+       enc2   = encoder3(hs_1)     UnetResBlock(2C -> 2C)               at 1/4
+       enc3   = encoder4(hs_2)     UnetResBlock(4C -> 4C)               at 1/8
+       dec4   = encoder10(hs_4)    UnetResBlock(16C -> 16C)             at 1/32
+       dec3   = decoder5(dec4, hs_3)  UnetrUpBlock(16C -> 8C)           at 1/16
+       dec2   = decoder4(dec3, enc3)  (8C -> 4C), dec1 = decoder3(dec2, enc2) (4C -> 2C),
+       dec0   = decoder2(dec1, enc1)  (2C -> C),  out = decoder1(dec0, enc0) (C -> C)
+       logits = out(out)           UnetOutBlock: 1x1 conv with bias, C -> out_channels
+   C = feature_size = the encoder's embed_dim. Input sizes must be multiples of 32 (MONAI
+   refuses others). Parameter names are MONAI's state-dict names: swinViT.* (the encoder, so
+   an SSL checkpoint's backbone.* loads with ioupos_params_load(p, f, "swinViT.", "backbone.")),
+   encoder1.layer.conv1.conv.weight, decoder5.transp_conv.conv.weight, out.conv.conv.weight, ...
+   Tensors are channels-first: x [B][in_chans][S...], logits [B][out_channels][S...]. */
+
+typedef struct ioupos_swinunetr_config {
+  ioupos_swin_config enc; /* feature_size = enc.embed_dim (research 48), in_chans */
+  int out_channels;       /* 14 for FLARE22 (13 organs + background) */
+} ioupos_swinunetr_config;
+IOUPOS_DEF void ioupos_swinunetr_config_default(ioupos_swinunetr_config *c, int spatial_dims);
+
+typedef struct ioupos_swinunetr_block {
+  int cin, cout, level; /* level: the map is the input size / 2^level */
+  int w1, w2, w3, wt;   /* parameter indices (w3 -1 when cin == cout, wt -1 for res blocks) */
+  size_t a_out, a_acts, g_out; /* activation offsets, gradient-buffer offset of out */
+} ioupos_swinunetr_block;
+
+typedef struct ioupos_swinunetr {
+  ioupos_swinunetr_config cfg;
+  ioupos_swin_encoder enc;
+  ioupos_swinunetr_block blk[10]; /* encoder1, 2, 3, 4, 10, decoder5, 4, 3, 2, 1 */
+  int out_w, out_b;
+  /* the plan */
+  int batch, shape[3];
+  const ioupos_backend *be;
+  float *act, *scratch, *grads;
+  size_t act_n, scratch_n, grads_n, a_hs[5], a_logits, g_hs[5], g_last[5];
+  const float *x; /* the last forward's input (encoder1's backward reads it) */
+} ioupos_swinunetr;
+
+/* Registers the tensors (encoder under prefix + "swinViT."). */
+IOUPOS_DEF int ioupos_swinunetr_init(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
+                                     ioupos_tensor_table *tt, const char *prefix);
+/* Activations for batch images of shape {H, W} or {D, H, W} (multiples of 32). */
+IOUPOS_DEF int ioupos_swinunetr_plan(ioupos_swinunetr *m, ioupos_params *p, int batch,
+                                     const int *shape);
+/* x [batch][in_chans][shape...] (backend memory); train: drop-path from rng. */
+IOUPOS_DEF int ioupos_swinunetr_forward(ioupos_swinunetr *m, const ioupos_params *p,
+                                        const float *x, int train, ioupos_rng *rng);
+/* [batch][out_channels][shape...], valid until the next forward. */
+IOUPOS_DEF const float *ioupos_swinunetr_logits(const ioupos_swinunetr *m);
+/* dlogits [batch][out_channels][shape...]: every parameter gradient ACCUMULATES into p->grad,
+   dx (may be NULL) too. */
+IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
+                                         const float *dlogits, float *dx);
+IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
 
 
 #ifdef __cplusplus
@@ -11552,7 +11656,10 @@ static const ioupos_backend ioupos__backend_cpu = {
   ioupos_swin_attention_forward, ioupos_swin_attention_backward, ioupos_wnlinear_forward,
   ioupos_wnlinear_backward, ioupos_simsiam_loss_forward, ioupos_simsiam_loss_backward,
   ioupos_dino_loss_forward, ioupos_dino_loss_backward, ioupos_dino_center_update,
-  ioupos_sgd_step, ioupos_adamw_step, ioupos_ema_update, ioupos_clip_grad_per_param
+  ioupos_sgd_step, ioupos_adamw_step, ioupos_ema_update, ioupos_clip_grad_per_param,
+  ioupos_to_channels_first, ioupos_to_channels_first_backward, ioupos_unet_resblock_forward,
+  ioupos_unet_resblock_backward, ioupos_unetr_upblock_forward, ioupos_unetr_upblock_backward,
+  ioupos_unet_outblock_forward, ioupos_unet_outblock_backward
 };
 
 IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void) { return &ioupos__backend_cpu; }
@@ -13238,6 +13345,181 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
   return rc;
 }
 
+/* ---- the resume check of the flags: two flat JSON objects, key by key ---- */
+
+static void ioupos__run_log(const ioupos_pretrain_opts *o, const char *fmt, ...);
+
+typedef struct ioupos__jkv {
+  const char *k, *v; /* the key's body (between its quotes) and the value's raw JSON text */
+  size_t kn, vn;
+} ioupos__jkv;
+
+static const char *ioupos__jws(const char *s) {
+  while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') ++s;
+  return s;
+}
+
+/* s at a '"': past the closing quote, or NULL */
+static const char *ioupos__jstr_end(const char *s) {
+  for (++s; *s; ++s) {
+    if (*s == '\\') {
+      if (!*++s) return NULL;
+    } else if (*s == '"') {
+      return s + 1;
+    }
+  }
+  return NULL;
+}
+
+/* s at a value: past it (a string, an array / object with its nesting, or a scalar), or NULL */
+static const char *ioupos__jvalue_end(const char *s) {
+  if (*s == '"') return ioupos__jstr_end(s);
+  if (*s == '[' || *s == '{') {
+    int depth = 0;
+    while (*s) {
+      if (*s == '"') {
+        if (!(s = ioupos__jstr_end(s))) return NULL;
+        continue;
+      }
+      if (*s == '[' || *s == '{') ++depth;
+      else if ((*s == ']' || *s == '}') && --depth == 0) return s + 1;
+      ++s;
+    }
+    return NULL;
+  }
+  {
+    const char *b = s;
+    while (*s && *s != ',' && *s != '}' && *s != ']' && *s != ' ' && *s != '\t' && *s != '\n' &&
+           *s != '\r')
+      ++s;
+    return s > b ? s : NULL;
+  }
+}
+
+/* the pairs of JSON object text s (NULL: {}) into a new array *out (free it); -1 if malformed */
+static int ioupos__jobject(const char *s, ioupos__jkv **out) {
+  ioupos__jkv *kv;
+  size_t cap = 8;
+  int n = 0;
+  *out = NULL;
+  s = ioupos__jws(s ? s : "{}");
+  if (*s++ != '{') return -1;
+  if (!(kv = (ioupos__jkv *)ioupos__calloc(cap, sizeof *kv))) return -1;
+  s = ioupos__jws(s);
+  if (*s == '}' && !*ioupos__jws(s + 1)) {
+    *out = kv;
+    return 0;
+  }
+  for (;;) {
+    const char *e;
+    if (*s != '"' || !(e = ioupos__jstr_end(s))) break;
+    if (!ioupos__grow((void **)&kv, (size_t)n, &cap, sizeof *kv)) break;
+    kv[n].k = s + 1;
+    kv[n].kn = (size_t)(e - s) - 2;
+    s = ioupos__jws(e);
+    if (*s++ != ':') break;
+    s = ioupos__jws(s);
+    if (!(e = ioupos__jvalue_end(s))) break;
+    kv[n].v = s;
+    kv[n].vn = (size_t)(e - s);
+    ++n;
+    s = ioupos__jws(e);
+    if (*s == ',') {
+      s = ioupos__jws(s + 1);
+      continue;
+    }
+    if (*s == '}' && !*ioupos__jws(s + 1)) {
+      *out = kv;
+      return n;
+    }
+    break;
+  }
+  IOUPOS_FREE(kv);
+  return -1;
+}
+
+static const ioupos__jkv *ioupos__jfind(const ioupos__jkv *kv, int n, const char *k, size_t kn) {
+  int i;
+  for (i = 0; i < n; ++i)
+    if (kv[i].kn == kn && memcmp(kv[i].k, k, kn) == 0) return &kv[i];
+  return NULL;
+}
+
+/* the keys that may differ on resume: one invocation's settings (results do not depend on
+   them), where the run directory is (the state was found there) and the build */
+static int ioupos__resume_may_differ(const char *k, size_t kn) {
+  static const char *const ok[] = {"num_workers", "threads", "log_every", "resume", "max_steps",
+                                   "chkpt_dir", "run_name", "git_commit"};
+  size_t i;
+  for (i = 0; i < sizeof ok / sizeof *ok; ++i)
+    if (strlen(ok[i]) == kn && memcmp(ok[i], k, kn) == 0) return 1;
+  return 0;
+}
+
+/* appends "--key A (now B)" to msg */
+static void ioupos__jdiff_add(char *msg, size_t cap, int *nd, const ioupos__jkv *was,
+                              const ioupos__jkv *now) {
+  const ioupos__jkv *a = was ? was : now;
+  size_t k = strlen(msg);
+  int wn = was ? (int)(was->vn < 80 ? was->vn : 80) : 0, nn = now ? (int)(now->vn < 80 ? now->vn : 80) : 0;
+  int kn = (int)(a->kn < 64 ? a->kn : 64);
+  if (k + 1 >= cap) return;
+  snprintf(msg + k, cap - k, "%s%s%.*s %.*s%s (now %.*s%s)", *nd ? ", " : "",
+           a->kn == 6 && !memcmp(a->k, "method", 6) ? "" : "--", kn, a->k,
+           was ? wn : 9, was ? was->v : "(not set)", was && (size_t)wn < was->vn ? "..." : "",
+           now ? nn : 9, now ? now->v : "(not set)", now && (size_t)nn < now->vn ? "..." : "");
+  ++*nd;
+}
+
+/* compares the state's stored flags with o->flags_json (see "Resume refuses" above) */
+static int ioupos__resume_flags_check(const ioupos_pretrain_opts *o, const ioupos_st_file *f,
+                                      const char *path) {
+  const char *stored = "{}";
+  ioupos__jkv *was = NULL, *now = NULL;
+  int nw, nn, i, nd = 0, rc = 0;
+  char msg[1536];
+  for (i = 0; i < f->n_metadata; ++i)
+    if (strcmp(f->metadata[i].key, "flags") == 0) stored = f->metadata[i].value;
+  nw = ioupos__jobject(stored, &was);
+  nn = ioupos__jobject(o->flags_json, &now);
+  if (nw < 0 || nn < 0) {
+    rc = ioupos__fail(IOUPOS_EFORMAT, "cannot resume %s: %s flags are not a flat JSON object",
+                      path, nw < 0 ? "the state's stored" : "this run's");
+    goto done;
+  }
+  msg[0] = '\0';
+  for (i = 0; i < nw; ++i) {
+    const ioupos__jkv *b = ioupos__jfind(now, nn, was[i].k, was[i].kn);
+    if (ioupos__resume_may_differ(was[i].k, was[i].kn)) continue;
+    if (!b || b->vn != was[i].vn || memcmp(b->v, was[i].v, b->vn) != 0)
+      ioupos__jdiff_add(msg, sizeof msg, &nd, &was[i], b);
+  }
+  for (i = 0; i < nn; ++i)
+    if (!ioupos__resume_may_differ(now[i].k, now[i].kn) &&
+        !ioupos__jfind(was, nw, now[i].k, now[i].kn))
+      ioupos__jdiff_add(msg, sizeof msg, &nd, NULL, &now[i]);
+  if (nd) {
+    rc = ioupos__fail(IOUPOS_EINVAL,
+                      "cannot resume %s: it was run with other flags: %s; resume with the same "
+                      "flags (only --num_workers, --threads, --log_every may change) or start a "
+                      "new --run_name", path, msg);
+    goto done;
+  }
+  {
+    const ioupos__jkv *a = ioupos__jfind(was, nw, "git_commit", 10);
+    const ioupos__jkv *b = ioupos__jfind(now, nn, "git_commit", 10);
+    if (a && b && (a->vn != b->vn || memcmp(a->v, b->v, a->vn) != 0))
+      ioupos__run_log(o, "note: resuming with build %.*s; the run was started by build %.*s "
+                      "(the result equals an uninterrupted run's only if the training code is "
+                      "the same)", (int)(b->vn < 80 ? b->vn : 80), b->v,
+                      (int)(a->vn < 80 ? a->vn : 80), a->v);
+  }
+done:
+  IOUPOS_FREE(was);
+  IOUPOS_FREE(now);
+  return rc;
+}
+
 static int ioupos__load_state(ioupos__run *r, const char *path) {
   static const char *const what[IOUPOS__C_N] = {
     "the method", NULL, NULL, NULL, "--seed", "--batch_size", "--accum_iters", "--n_epochs",
@@ -13249,7 +13531,8 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   double mon[3] = {0.0, 0.0, 0.0};
   int rc, i, nl, no;
   if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
-  rc = ioupos__st_i64(&f, "train.counters", c, IOUPOS__C_N);
+  rc = ioupos__resume_flags_check(o, &f, path);
+  if (rc == 0) rc = ioupos__st_i64(&f, "train.counters", c, IOUPOS__C_N);
   for (i = 0; rc == 0 && i < IOUPOS__C_N; ++i)
     if (what[i] && c[i] != r->c[i])
       rc = ioupos__fail(IOUPOS_EINVAL,
@@ -13391,11 +13674,33 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
     return ioupos__fail(IOUPOS_EINVAL, "--base_lr %g, --end_lr %g, --wd %g, --warmup_epochs %g "
                         "must be positive / non-negative", o->base_lr, o->end_lr, o->wd,
                         o->warmup_epochs);
-  if (o->method == IOUPOS_SSL_DINO && o->n_local > 0 &&
-      (o->n_local + 2 > IOUPOS_HEAD_MAX_VIEWS))
-    return ioupos__fail(IOUPOS_EINVAL, "--n_local_crops %d: at most %d", o->n_local,
+  if (o->method == IOUPOS_SSL_DINO && (o->n_local < 0 || o->n_local + 2 > IOUPOS_HEAD_MAX_VIEWS))
+    return ioupos__fail(IOUPOS_EINVAL, "--n_local_crops %d: 0 to %d", o->n_local,
                         IOUPOS_HEAD_MAX_VIEWS - 2);
+  /* the augmentations' rot90 turns an H x W crop into W x H: square crops only */
+  if (o->crop[0] != o->crop[1])
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "--crop_size %d,%d: the pretraining augmentations need square crops (their "
+                        "rot90 would change a non-square crop's shape); use e.g. --crop_size %d",
+                        o->crop[0], o->crop[1], o->crop[0]);
+  if (o->method == IOUPOS_SSL_DINO && o->n_local > 0 && o->local_crop[0] != o->local_crop[1])
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "--local_crop_size %d,%d: the pretraining augmentations need square crops "
+                        "(their rot90 would change a non-square crop's shape); use e.g. "
+                        "--local_crop_size %d",
+                        o->local_crop[0], o->local_crop[1], o->local_crop[0]);
+  /* DINO's cosine schedule with a warm-up as long as the run would never warm up */
+  if (o->method == IOUPOS_SSL_DINO && o->warmup_epochs > 0.0 &&
+      o->warmup_epochs >= (double)o->n_epochs)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end "
+                        "before the run does)", o->warmup_epochs, o->n_epochs);
   return 0;
+}
+
+/* the early stop requested by the caller (max_steps reached in this process, or *stop set) */
+static int ioupos__halt(const ioupos_pretrain_opts *o, long steps_here) {
+  return (o->max_steps > 0 && steps_here >= o->max_steps) || (o->stop && *o->stop);
 }
 
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
@@ -13427,6 +13732,13 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   lc.num_workers = o->num_workers;
   lc.drop_last = 1;
   lc.augment = ioupos_augment_pretrain_view;
+  if (dino && o->n_local > 0) { /* DINO multi-crop: local views for the student */
+    lc.n_local = o->n_local;
+    lc.local_crop[0] = o->local_crop[0];
+    lc.local_crop[1] = o->local_crop[1];
+    lc.local_min_iou = o->local_min_iou;
+    lc.local_max_iou = o->local_max_iou;
+  }
   if (ds.n < o->batch_size) {
     rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d images, fewer than one batch (--batch_size %d)",
                       o->data_dir, ds.n, o->batch_size);
@@ -13442,8 +13754,6 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   }
   shape[0] = o->crop[0];
   shape[1] = o->crop[1];
-  lshape[0] = o->local_crop[0];
-  lshape[1] = o->local_crop[1];
   /* the model */
   if (dino) {
     ioupos_dino_config dc;
@@ -13534,6 +13844,10 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       double lr, lr2 = 0.0, wd = o->wd, tm = 0.0, ttemp = o->teacher_temp, loss = 0.0;
       ioupos_ssl_stats sst;
       int a;
+      if (o->stop && *o->stop) { /* e.g. a signal before this step: save the state as it is */
+        stop = 1;
+        break;
+      }
       /* schedules */
       if (dino) {
         long warm = (long)(o->warmup_epochs * spe);
@@ -13561,9 +13875,12 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
         ioupos_batch b;
         ioupos_rng dr = ioupos_rng_split(&root, (uint64_t)(it * o->accum_iters + a));
         if ((rc = ioupos_loader_next(&ld, &b)) != 0) break;
+        lshape[0] = b.lh;
+        lshape[1] = b.lw;
         if (dino)
-          rc = ioupos_dino_accumulate(&r->dn, b.views[0], b.views[1], NULL, 0, b.n, shape,
-                                      lshape, (float)ttemp, 1.0f / o->accum_iters, &dr, &sst);
+          rc = ioupos_dino_accumulate(&r->dn, b.views[0], b.views[1], b.n_local ? b.local : NULL,
+                                      b.n_local, b.n, shape, lshape, (float)ttemp,
+                                      1.0f / o->accum_iters, &dr, &sst);
         else
           rc = ioupos_simsiam_accumulate(&r->ss, b.views[0], b.views[1], b.n, shape,
                                          1.0f / o->accum_iters, &dr, &sst);
@@ -13607,7 +13924,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
         t_log = now;
         img_log = 0.0;
       }
-      if (o->max_steps > 0 && steps_here >= o->max_steps && r->c[IOUPOS__C_STEP] < spe) {
+      if (ioupos__halt(o, steps_here) && r->c[IOUPOS__C_STEP] < spe) {
         stop = 1;
         break;
       }
@@ -13632,14 +13949,16 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       ioupos__run_log(o, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors",
                       (long long)e, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->dir);
       r->ep_loss = r->ep_n = 0.0;
-      if (o->max_steps > 0 && steps_here >= o->max_steps) stop = 1;
+      if (ioupos__halt(o, steps_here)) stop = 1;
     }
     snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
     if ((rc = ioupos__save_state(r, path)) != 0) break;
   }
-  if (rc == 0 && stop)
-    ioupos__run_log(o, "stopped after %ld steps (--max_steps); --resume continues from %s", steps_here,
-                    path);
+  if (rc == 0 && stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs)
+    ioupos__run_log(o, "%s after %ld optimiser steps in this process, at epoch %lld step %lld; "
+                    "the state is saved: --resume continues from %s",
+                    o->stop && *o->stop ? "interrupted" : "stopped (--max_steps)", steps_here,
+                    (long long)r->c[IOUPOS__C_EPOCH], (long long)r->c[IOUPOS__C_STEP], path);
 done:
   ioupos_loader_close(&ld);
   ioupos_dataset_free(&ds);
@@ -15078,6 +15397,283 @@ IOUPOS_DEF int ioupos_dsc_case_json(char *buf, size_t cap, size_t *len, const io
 #ifdef __cplusplus
 }
 #endif
+
+/* ---- 21. SwinUNETR: the segmentation model -------------------------------------------------- */
+
+IOUPOS_DEF void ioupos_swinunetr_config_default(ioupos_swinunetr_config *c, int spatial_dims) {
+  ioupos_swin_config_default(&c->enc, spatial_dims);
+  c->out_channels = 14;
+}
+
+/* a conv weight [o][i][k^dims] (or transposed [i][o][k^dims]) with PyTorch's default init:
+   U(+-1/sqrt(fan_in)), fan_in = size(1) * k^dims as torch computes it */
+static int ioupos__reg_conv(ioupos_tensor_table *tt, int *w, int d0, int d1, int k, int dims,
+                            const char *prefix, const char *name) {
+  int64_t sh[6];
+  int d, kk = 1;
+  sh[0] = d0;
+  sh[1] = d1;
+  for (d = 0; d < dims; ++d) {
+    sh[2 + d] = k;
+    kk *= k;
+  }
+  sh[2 + dims] = 0;
+  *w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, sh, "%s%s", prefix, name);
+  if (*w < 0) return *w;
+  tt->t[*w].init_scale = 1.0f / sqrtf((float)d1 * (float)kk);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_swinunetr_init(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
+                                     ioupos_tensor_table *tt, const char *prefix) {
+  static const char *const names[10] = {"encoder1", "encoder2", "encoder3", "encoder4",
+                                        "encoder10", "decoder5", "decoder4", "decoder3",
+                                        "decoder2", "decoder1"};
+  char pre[IOUPOS_TENSOR_NAME_MAX];
+  int C = cfg->enc.embed_dim, nd = cfg->enc.spatial_dims, i, rc;
+  /* (cin, cout, level of the output) of each block, MONAI's SwinUNETR */
+  const int io[10][3] = {{cfg->enc.in_chans, C, 0}, {C, C, 1}, {2 * C, 2 * C, 2},
+                         {4 * C, 4 * C, 3}, {16 * C, 16 * C, 5}, {16 * C, 8 * C, 4},
+                         {8 * C, 4 * C, 3}, {4 * C, 2 * C, 2}, {2 * C, C, 1}, {C, C, 0}};
+  memset(m, 0, sizeof *m);
+  m->cfg = *cfg;
+  if (cfg->out_channels < 1 || cfg->out_channels > 4096)
+    return ioupos__fail(IOUPOS_EINVAL, "--n_classes %d out of range", cfg->out_channels);
+  snprintf(pre, sizeof pre, "%sswinViT.", prefix);
+  if ((rc = ioupos_swin_encoder_init(&m->enc, &cfg->enc, tt, pre)) != 0) return rc;
+  for (i = 0; i < 10; ++i) {
+    ioupos_swinunetr_block *b = &m->blk[i];
+    int up = i >= 5, rin = up ? 2 * io[i][1] : io[i][0];
+    b->cin = io[i][0];
+    b->cout = io[i][1];
+    b->level = io[i][2];
+    b->w3 = b->wt = -1;
+    snprintf(pre, sizeof pre, "%s%s.%s", prefix, names[i], up ? "conv_block." : "layer.");
+    if ((rc = ioupos__reg_conv(tt, &b->w1, b->cout, rin, 3, nd, pre, "conv1.conv.weight")) ||
+        (rc = ioupos__reg_conv(tt, &b->w2, b->cout, b->cout, 3, nd, pre, "conv2.conv.weight")) ||
+        (rin != b->cout &&
+         (rc = ioupos__reg_conv(tt, &b->w3, b->cout, rin, 1, nd, pre, "conv3.conv.weight"))))
+      return rc;
+    if (up) {
+      snprintf(pre, sizeof pre, "%s%s.", prefix, names[i]);
+      if ((rc = ioupos__reg_conv(tt, &b->wt, b->cin, b->cout, 2, nd, pre,
+                                 "transp_conv.conv.weight")) != 0)
+        return rc;
+    }
+  }
+  snprintf(pre, sizeof pre, "%sout.conv.", prefix);
+  if ((rc = ioupos__reg_conv(tt, &m->out_w, cfg->out_channels, C, 1, nd, pre, "conv.weight")) != 0)
+    return rc;
+  {
+    int64_t sb[2];
+    sb[0] = cfg->out_channels;
+    sb[1] = 0;
+    m->out_b = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, sb, "%sout.conv.conv.bias",
+                            prefix);
+    if (m->out_b < 0) return m->out_b;
+    tt->t[m->out_b].init_scale = 1.0f / sqrtf((float)C);
+  }
+  return 0;
+}
+
+IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m) {
+  if (!m) return;
+  if (m->be) {
+    m->be->release(m->act);
+    m->be->release(m->scratch);
+    m->be->release(m->grads);
+  }
+  m->act = m->scratch = m->grads = NULL;
+  m->batch = 0;
+  ioupos_swin_encoder_free(&m->enc);
+}
+
+/* positions of the map at `level` */
+static size_t ioupos__unetr_npos(const ioupos_swinunetr *m, int level, int *shape) {
+  size_t n = 1;
+  int d;
+  for (d = 0; d < m->cfg.enc.spatial_dims; ++d) {
+    shape[d] = m->shape[d] >> level;
+    n *= (size_t)shape[d];
+  }
+  return n;
+}
+
+IOUPOS_DEF int ioupos_swinunetr_plan(ioupos_swinunetr *m, ioupos_params *p, int batch,
+                                     const int *shape) {
+  const ioupos_backend *be = p->be;
+  int nd = m->cfg.enc.spatial_dims, d, i, k, same = m->act && m->batch == batch, rc;
+  int B = batch, sh[3];
+  size_t off = 0, goff = 0, scr = 0;
+  for (d = 0; d < nd; ++d) {
+    if (shape[d] < 32 || shape[d] % 32 != 0)
+      return ioupos__fail(IOUPOS_EINVAL,
+                          "SwinUNETR needs input sizes that are multiples of 32 (the five 2x "
+                          "downsamplings), got %d (--crop_size / the sliding-window roi)",
+                          shape[d]);
+    same = same && m->shape[d] == shape[d];
+  }
+  if ((rc = ioupos_swin_encoder_plan(&m->enc, p, batch, shape)) != 0) return rc;
+  if (same) return 0;
+  be = p->be;
+  if (m->be) {
+    m->be->release(m->act);
+    m->be->release(m->scratch);
+    m->be->release(m->grads);
+    m->act = m->scratch = m->grads = NULL;
+  }
+  m->be = be;
+  m->batch = batch;
+  for (d = 0; d < 3; ++d) m->shape[d] = d < nd ? shape[d] : 1;
+  for (k = 0; k < 5; ++k) {
+    size_t n = ioupos__unetr_npos(m, k + 1, sh) * (size_t)B * (size_t)(m->cfg.enc.embed_dim << k);
+    m->a_hs[k] = off;
+    off += n;
+    m->g_hs[k] = goff;
+    goff += n;
+    m->g_last[k] = goff;
+    goff += n;
+  }
+  for (i = 0; i < 10; ++i) {
+    ioupos_swinunetr_block *b = &m->blk[i];
+    size_t nout = ioupos__unetr_npos(m, b->level, sh) * (size_t)B * (size_t)b->cout, a, s;
+    b->a_out = off;
+    off += nout;
+    b->g_out = goff;
+    goff += nout;
+    if (i < 5) {
+      a = ioupos_unet_resblock_acts_size(nd, B, b->cin, sh, 3, b->cout);
+      s = ioupos_unet_resblock_scratch_size(nd, B, b->cin, sh, 3, b->cout);
+    } else {
+      int ish[3];
+      ioupos__unetr_npos(m, b->level + 1, ish);
+      a = ioupos_unetr_upblock_acts_size(nd, B, ish, 3, b->cout);
+      s = ioupos_unetr_upblock_scratch_size(nd, B, b->cin, ish, 3, b->cout);
+    }
+    b->a_acts = off;
+    off += a;
+    if (s > scr) scr = s;
+  }
+  m->a_logits = off;
+  off += ioupos__unetr_npos(m, 0, sh) * (size_t)B * (size_t)m->cfg.out_channels;
+  m->act_n = off;
+  m->grads_n = goff;
+  m->scratch_n = scr;
+  m->act = (float *)be->alloc(off * sizeof(float));
+  m->grads = (float *)be->alloc((goff ? goff : 1) * sizeof(float));
+  m->scratch = (float *)be->alloc((scr ? scr : 1) * sizeof(float));
+  if (!m->act || !m->grads || !m->scratch) {
+    be->release(m->act);
+    be->release(m->grads);
+    be->release(m->scratch);
+    m->act = m->grads = m->scratch = NULL;
+    m->batch = 0;
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory for SwinUNETR's activations (%zu MB for batch %d)",
+                        (off + goff + scr) * sizeof(float) >> 20, batch);
+  }
+  return 0;
+}
+
+/* inputs of block i: (inp, skip) */
+static void ioupos__unetr_inputs(const ioupos_swinunetr *m, int i, const float *x, const float **inp,
+                                 const float **skip) {
+  const float *A = m->act;
+  static const int hs_of[5] = {-1, 0, 1, 2, 4}; /* encoder1..4, 10 read x, hs0, hs1, hs2, hs4 */
+  *skip = NULL;
+  if (i < 5) {
+    *inp = i == 0 ? x : A + m->a_hs[hs_of[i]];
+  } else {
+    *inp = A + m->blk[i == 5 ? 4 : i - 1].a_out;
+    /* decoder5's skip is hs3; decoder4..1 (blocks 6..9) take encoder4..1's (blocks 3..0) */
+    *skip = i == 5 ? A + m->a_hs[3] : A + m->blk[9 - i].a_out;
+  }
+}
+
+IOUPOS_DEF int ioupos_swinunetr_forward(ioupos_swinunetr *m, const ioupos_params *p,
+                                        const float *x, int train, ioupos_rng *rng) {
+  const ioupos_backend *be = m->be;
+  int nd = m->cfg.enc.spatial_dims, B = m->batch, i, k, rc, sh[3];
+  if (!m->act) return ioupos__fail(IOUPOS_EINVAL, "SwinUNETR forward before its plan");
+  if ((rc = ioupos_swin_encoder_forward(&m->enc, p, x, train, rng)) != 0) return rc;
+  m->x = x;
+  for (k = 0; k < 5; ++k) /* MONAI's hidden states are channels-first */
+    be->to_channels_first(m->act + m->a_hs[k], ioupos_swin_encoder_output(&m->enc, k), B,
+                          ioupos__unetr_npos(m, k + 1, sh), m->cfg.enc.embed_dim << k);
+  for (i = 0; i < 10; ++i) {
+    const ioupos_swinunetr_block *b = &m->blk[i];
+    const float *inp, *skip;
+    ioupos__unetr_inputs(m, i, x, &inp, &skip);
+    if (i < 5) {
+      ioupos__unetr_npos(m, b->level, sh);
+      rc = be->unet_resblock_forward(m->act + b->a_out, m->act + b->a_acts, m->scratch, inp,
+                                     IOUPOS__P(b->w1), IOUPOS__P(b->w2),
+                                     b->w3 >= 0 ? IOUPOS__P(b->w3) : NULL, nd, B, b->cin, sh, 3,
+                                     b->cout);
+    } else {
+      ioupos__unetr_npos(m, b->level + 1, sh);
+      rc = be->unetr_upblock_forward(m->act + b->a_out, m->act + b->a_acts, m->scratch, inp, skip,
+                                     IOUPOS__P(b->wt), IOUPOS__P(b->w1), IOUPOS__P(b->w2),
+                                     IOUPOS__P(b->w3), nd, B, b->cin, sh, 3, b->cout);
+    }
+    if (rc) return rc;
+  }
+  ioupos__unetr_npos(m, 0, sh);
+  rc = be->unet_outblock_forward(m->act + m->a_logits, m->act + m->blk[9].a_out,
+                                 IOUPOS__P(m->out_w), IOUPOS__P(m->out_b), nd, B,
+                                 m->cfg.enc.embed_dim, sh, m->cfg.out_channels);
+  if (rc) return rc;
+  return be->sync();
+}
+
+IOUPOS_DEF const float *ioupos_swinunetr_logits(const ioupos_swinunetr *m) {
+  return m->act ? m->act + m->a_logits : NULL;
+}
+
+IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
+                                         const float *dlogits, float *dx) {
+  const ioupos_backend *be = m->be;
+  int nd = m->cfg.enc.spatial_dims, B = m->batch, i, k, rc, sh[3];
+  float *G = m->grads;
+  const float *dlast[5];
+  if (!m->act || !p->grad) return ioupos__fail(IOUPOS_EINVAL, "SwinUNETR backward without a forward");
+  be->zero(G, m->grads_n * sizeof(float));
+  ioupos__unetr_npos(m, 0, sh);
+  rc = be->unet_outblock_backward(G + m->blk[9].g_out, IOUPOS__G(m->out_w), IOUPOS__G(m->out_b),
+                                  dlogits, m->act + m->blk[9].a_out, IOUPOS__P(m->out_w), nd, B,
+                                  m->cfg.enc.embed_dim, sh, m->cfg.out_channels);
+  for (i = 9; rc == 0 && i >= 0; --i) {
+    const ioupos_swinunetr_block *b = &m->blk[i];
+    static const int hs_of[5] = {-1, 0, 1, 2, 4};
+    const float *inp, *skip;
+    float *dinp, *dskip = NULL;
+    ioupos__unetr_inputs(m, i, m->x, &inp, &skip);
+    if (i < 5) {
+      dinp = i == 0 ? dx : G + m->g_hs[hs_of[i]];
+      ioupos__unetr_npos(m, b->level, sh);
+      rc = be->unet_resblock_backward(dinp, IOUPOS__G(b->w1), IOUPOS__G(b->w2),
+                                      b->w3 >= 0 ? IOUPOS__G(b->w3) : NULL, m->scratch,
+                                      G + b->g_out, m->act + b->a_acts, inp, IOUPOS__P(b->w1),
+                                      IOUPOS__P(b->w2), b->w3 >= 0 ? IOUPOS__P(b->w3) : NULL, nd,
+                                      B, b->cin, sh, 3, b->cout);
+    } else {
+      dinp = G + m->blk[i == 5 ? 4 : i - 1].g_out;
+      dskip = i == 5 ? G + m->g_hs[3] : G + m->blk[9 - i].g_out;
+      ioupos__unetr_npos(m, b->level + 1, sh);
+      rc = be->unetr_upblock_backward(dinp, dskip, IOUPOS__G(b->wt), IOUPOS__G(b->w1),
+                                      IOUPOS__G(b->w2), IOUPOS__G(b->w3), m->scratch,
+                                      G + b->g_out, m->act + b->a_acts, inp, IOUPOS__P(b->wt),
+                                      IOUPOS__P(b->w1), IOUPOS__P(b->w2), IOUPOS__P(b->w3), nd,
+                                      B, b->cin, sh, 3, b->cout);
+    }
+  }
+  if (rc) return rc;
+  for (k = 0; k < 5; ++k) {
+    be->to_channels_first_backward(G + m->g_last[k], G + m->g_hs[k], B,
+                                   ioupos__unetr_npos(m, k + 1, sh), m->cfg.enc.embed_dim << k);
+    dlast[k] = G + m->g_last[k];
+  }
+  return ioupos_swin_encoder_backward(&m->enc, p, dlast, NULL, dx);
+}
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
 #pragma GCC diagnostic pop

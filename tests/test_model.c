@@ -114,7 +114,14 @@ static void compare_grads(const ioupos_params *p, const ioupos_st_file *f, const
     if (!ref) continue;
     got = ioupos_params_grad(p, i);
     CHECK(k == t->numel, "%s: %zu elements vs %zu", name, k, t->numel);
-    if (k == t->numel && compare(name, got, ref, k, rel * maxabs(ref, k), rtol, 0)) ++nbad;
+    /* SwinUNETR's encoder1.layer.conv3 (a 1 -> C 1x1 conv feeding an instance norm) cancels its
+       own scale: its true gradient is only the norm's eps term, a small difference of large
+       numbers; PyTorch's float32 gets it within 1.4e-2 of its largest element (measured by
+       swinunetr_fixture.py), so it gets 5e-2 */
+    if (k == t->numel &&
+        compare(name, got, ref, k, (strstr(t->name, "encoder1.layer.conv3") ? 5e-2 : rel) * maxabs(ref, k),
+                rtol, 0))
+      ++nbad;
     ++n;
     free(ref);
   }
@@ -574,11 +581,81 @@ static void test_dino(void) {
   ioupos_dino_free(&m);
 }
 
+/* ---- SwinUNETR: logits and every gradient of L = sum(logits * G) -------------------------- */
+static void test_unetr(const char *name, int nd) {
+  char path[256];
+  ioupos_swinunetr_config cfg;
+  ioupos_swinunetr m;
+  ioupos_params p;
+  ioupos_st_file io;
+  const ioupos_st_tensor *xt;
+  int B, shape[3] = {1, 1, 1}, d, rc;
+  size_t n, nx;
+  float *x, *dx, *G, *ref;
+  printf("%s:\n", name);
+  snprintf(path, sizeof path, FIXDIR "%s_io.safetensors", name);
+  if (ioupos_safetensors_read(path, &io) != 0) {
+    CHECK(0, "read %s: %s", path, ioupos_failure_reason());
+    return;
+  }
+  memset(&p, 0, sizeof p);
+  ioupos_swinunetr_config_default(&cfg, nd);
+  cfg.enc.embed_dim = 6;
+  cfg.enc.drop_path_rate = 0.0f;
+  if (nd == 3) { /* the 3D fixture is kept small: feature size 3, window 3, 2 classes */
+    cfg.enc.embed_dim = 3;
+    cfg.enc.window[0] = cfg.enc.window[1] = cfg.enc.window[2] = 3;
+    cfg.out_channels = 2;
+  }
+  rc = ioupos_swinunetr_init(&m, &cfg, &p.table, "");
+  CHECK(rc == 0, "init: %s", ioupos_failure_reason());
+  ioupos_params_alloc(&p, ioupos_backend_cpu(), 1);
+  xt = ioupos_safetensors_find(&io, "x");
+  B = (int)xt->shape[0];
+  for (d = 0; d < nd; ++d) shape[d] = (int)xt->shape[2 + d];
+  rc = ioupos_swinunetr_plan(&m, &p, B, shape);
+  CHECK(rc == 0, "plan: %s", ioupos_failure_reason());
+  snprintf(path, sizeof path, FIXDIR "%s_weights.safetensors", name);
+  load_into(&p, path, "", "");
+  x = st_get(&io, "x", &nx);
+  rc = ioupos_swinunetr_forward(&m, &p, x, 0, NULL);
+  CHECK(rc == 0, "forward: %s", ioupos_failure_reason());
+  /* logits after ~30 layers: the reference is float64 math; PyTorch's float32 is printed beside
+     ours; 1e-4 + 1e-4 |ref| on O(1) logits */
+  ref = st_get(&io, "logits", &n);
+  CHECK(compare("logits", ioupos_swinunetr_logits(&m), ref, n, 1e-4, 1e-4, 1) == 0, "%s logits",
+        name);
+  {
+    float *f32 = st_get(&io, "f32.logits", NULL);
+    compare("  (torch f32 vs the same reference)", f32, ref, n, 1e-4, 1e-4, 1);
+    free(f32);
+  }
+  free(ref);
+  G = st_get(&io, "G", &n);
+  dx = (float *)calloc(nx, sizeof(float));
+  rc = ioupos_swinunetr_backward(&m, &p, G, dx);
+  CHECK(rc == 0, "backward: %s", ioupos_failure_reason());
+  /* gradients: instance norm over small planes and 3x3 convs summing thousands of products;
+     2e-4 of each tensor's largest element + 1e-3 |ref| */
+  compare_grads(&p, &io, name, 2e-4, 1e-3);
+  ref = st_get(&io, "dx", &n);
+  CHECK(compare("dx", dx, ref, n, 2e-4 * maxabs(ref, n), 1e-3, 1) == 0, "%s dx", name);
+  free(ref);
+  free(G);
+  free(dx);
+  free(x);
+  ioupos_safetensors_free(&io);
+  ioupos_swinunetr_free(&m);
+  ioupos_params_free(&p);
+}
+
 int main(void) {
   test_encoder("swin2d", 2);
   test_encoder("swin3d", 3);
   test_checkpoints();
   test_simsiam();
   test_dino();
+  test_unetr("unetr2d", 2);
+  test_unetr("unetr3d", 3);
   return tu_finish("test_model");
 }
