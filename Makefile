@@ -145,6 +145,7 @@ fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/model_fixture.py
 	$(VENV)/bin/python tests/reference/decoder_fixture.py
 	$(VENV)/bin/python tests/reference/segeval_fixture.py
+	$(VENV)/bin/python tests/reference/swinunetr_fixture.py
 	$(VENV)/bin/python tests/reference/embed_fixture.py
 
 # Our checkpoints load into MONAI with load_state_dict(strict=True) and reproduce its outputs.
