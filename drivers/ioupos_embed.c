@@ -318,7 +318,7 @@ typedef struct embedder {
 static void embedder_open(embedder *m, const options *o) {
   ioupos_st_file f;
   const char *prefix;
-  int n_loaded = 0, n_other = 0, tiny[3] = {1, 1, 1};
+  int n_loaded = 0, n_other = 0;
   memset(m, 0, sizeof *m);
   m->o = o;
   m->be = ioupos_backend_cpu();
@@ -338,9 +338,8 @@ static void embedder_open(embedder *m, const options *o) {
   if (ioupos_swin_encoder_init(&m->enc, &o->cfg, &m->p.table, "") != IOUPOS_OK ||
       ioupos_params_alloc(&m->p, m->be, 0) != IOUPOS_OK)
     die("%s", ioupos_failure_reason());
-  /* the plan fills the relative_position_index buffers, which the load checks against the file */
-  if (ioupos_swin_encoder_plan(&m->enc, &m->p, 1, tiny) != IOUPOS_OK)
-    die("%s", ioupos_failure_reason());
+  /* the relative_position_index buffers, which the load checks against the file's */
+  if (ioupos_swin_encoder_buffers(&m->enc, &m->p) != IOUPOS_OK) die("%s", ioupos_failure_reason());
   if (ioupos_params_load(&m->p, &f, "", prefix, &n_loaded, &n_other) != IOUPOS_OK)
     die("%s: %s", o->chkpt, ioupos_failure_reason());
   fprintf(stderr, PROG ": loaded %d tensors from %s (prefix '%s'; %d other tensors ignored)\n",

@@ -10,8 +10,17 @@
    are the published SimSiam runs' (C 48, batch 128, 100 epochs), not the scripts' own defaults
    (they defaulted --embedding_size to 24). Flags the CPU backend cannot honour (--use_amp,
    --use_gradient_checkpointing) and preprocessing flags (--a_min, --a_max, --size_x/y/z, which
-   only matter to ioupos-prep) are accepted with one note on stderr. Exit status: 0 done (or
-   --max_steps reached), 1 the run failed (the library's reason is printed), 2 bad command line. */
+   only matter to ioupos-prep) are accepted with one note on stderr.
+
+   SIGINT (Ctrl-C; unless it was ignored when the program started, as for a background job of a
+   script) and SIGTERM stop the run at the next optimiser-step boundary with the state saved
+   (ioupos_pretrain_opts.stop): --resume continues it, and the final weights equal an
+   uninterrupted run's. A second signal ends the program at once (the files on disk stay
+   consistent: every write is atomic).
+
+   Exit status: 0 done (or --max_steps reached), 1 the run failed (the library's reason is
+   printed), 2 bad command line, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM) with the
+   state saved. */
 #ifndef IOUPOS_DRIVERS_PRETRAIN_H
 #define IOUPOS_DRIVERS_PRETRAIN_H
 
@@ -20,10 +29,12 @@
 #endif
 
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -135,10 +146,9 @@ static void pt_usage(FILE *out) {
             "                        (default %g)\n"
             "  --student_temp X      student temperature (default %g)\n"
             "  --center_momentum X   EMA momentum of the centre (default %g)\n"
-            "  --n_local_crops N     local views per pair, student only (default %d; the research\n"
-            "                        code had none). Only 0 for now: the loader does not make\n"
-            "                        local crops yet, so any other value is refused\n"
-            "  --local_crop_size N|H,W  local crop size (default %d)\n"
+            "  --n_local_crops N     local views per pair (DINO multi-crop), through the student\n"
+            "                        only, 0..%d (default %d; the research code had none)\n"
+            "  --local_crop_size N|H,W  local crop size; square, as --crop_size (default %d)\n"
             "  --local_min_iou X, --local_max_iou X  IoU interval of each local crop with the\n"
             "                        first global crop (default %g, %g)\n"
             "\n"
@@ -157,7 +167,8 @@ static void pt_usage(FILE *out) {
             "  --accum_iters N       micro-batches per optimiser step, loss / N each (default %d)\n",
             o->out_dim, o->hidden, o->bottleneck, o->norm_last_layer, o->momentum_teacher,
             o->teacher_temp, o->warmup_teacher_temp, o->warmup_teacher_temp_epochs,
-            o->student_temp, o->center_momentum, o->n_local, o->local_crop[0], o->local_min_iou,
+            o->student_temp, o->center_momentum, IOUPOS_HEAD_MAX_VIEWS - 2, o->n_local,
+            o->local_crop[0], o->local_min_iou,
             o->local_max_iou, o->n_epochs, o->base_lr, o->min_lr, o->warmup_epochs, o->wd,
             o->wd_end, o->clip_grad, o->freeze_last_layer, o->accum_iters);
   } else {
@@ -180,8 +191,9 @@ static void pt_usage(FILE *out) {
           "  --chkpt_dir DIR       where run directories go (default %s)\n"
           "  --run_name NAME       the run directory <chkpt_dir>/<run_name> (default %s)\n"
           "  --resume              continue the run in that directory from its state.safetensors\n"
-          "                        (the final weights equal an uninterrupted run's with the same\n"
-          "                        flags, seed and --threads)\n"
+          "                        (the final weights equal an uninterrupted run's); the flags\n"
+          "                        must be the run's (flags.json), except --num_workers,\n"
+          "                        --threads, --log_every and --max_steps\n"
           "  --seed S              random seed, unsigned 64-bit (default %llu, the research\n"
           "                        default)\n"
           "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
@@ -204,7 +216,8 @@ static void pt_usage(FILE *out) {
           "(model, optimiser, counters and loader position, for --resume). Every file is written\n"
           "atomically. Flags take their value as '--flag value' or '--flag=value'. Progress goes\n"
           "to stderr. Exit status: 0 done (or --max_steps reached), 1 the run failed (the reason\n"
-          "is printed), 2 bad command line.\n",
+          "is printed), 2 bad command line, 130 / 143 stopped by Ctrl-C (SIGINT) / SIGTERM at the\n"
+          "next step with the state saved (--resume continues; a second signal quits at once).\n",
           o->chkpt_dir ? o->chkpt_dir : "(none)", o->run_name ? o->run_name : "(none)",
           (unsigned long long)o->seed, PT_MAX_THREADS, o->log_every,
           PT_IS_DINO ? "DINO head hidden 512 and bottleneck 128 unless given"
@@ -368,9 +381,11 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
   if (f->o.warmup_epochs > 0.0 && f->o.warmup_epochs >= (double)f->o.n_epochs)
     pt_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end before "
                    "the run does)", f->o.warmup_epochs, f->o.n_epochs);
-  if (PT_IS_DINO && f->o.n_local > 0)
-    pt_usage_error("--n_local_crops %d: local crops are not implemented yet (the loader makes "
-                   "only the IoU pair); use --n_local_crops 0", f->o.n_local);
+  if (PT_IS_DINO && f->o.n_local > 0 && f->o.local_crop[0] != f->o.local_crop[1])
+    pt_usage_error("--local_crop_size %d,%d: the pretraining augmentations need square crops "
+                   "(their rot90 would change a non-square crop's shape); use e.g. "
+                   "--local_crop_size %d", f->o.local_crop[0], f->o.local_crop[1],
+                   f->o.local_crop[0]);
   if (f->a_min >= f->a_max)
     pt_usage_error("--a_min %g must be below --a_max %g", f->a_min, f->a_max);
 
@@ -573,6 +588,42 @@ static void pt_log(void *ctx, const char *line) {
   fflush(stderr);
 }
 
+/* ---- signals: stop at the next step boundary with the state saved -------------------------- */
+
+/* The signal that asked the run to stop (0: none). The library reads it through
+   ioupos_pretrain_opts.stop (a volatile int *: sig_atomic_t is int on the POSIX platforms that
+   ioupos supports, which the assignment in pt_signals checks at compile time). */
+static volatile sig_atomic_t pt_stop_signal;
+
+static void pt_on_signal(int sig) {
+  static const char msg[] =
+      "\n" PROG ": stopping after the current step and saving the state (--resume continues it; "
+      "a second signal quits at once)\n";
+  ssize_t w;
+  pt_stop_signal = sig;
+  w = write(2, msg, sizeof msg - 1); /* async-signal-safe, unlike stdio */
+  (void)w;
+}
+
+/* SIGINT and SIGTERM set pt_stop_signal once; the handler then resets itself (SA_RESETHAND), so
+   a second signal ends the program. A SIGINT ignored at start (a background job of a
+   non-interactive shell) stays ignored, as the convention for such jobs is. */
+static void pt_signals(ioupos_pretrain_opts *o) {
+  static const int sigs[2] = {SIGINT, SIGTERM};
+  int k;
+  for (k = 0; k < 2; ++k) {
+    struct sigaction sa, old;
+    if (sigaction(sigs[k], NULL, &old) == 0 && sigs[k] == SIGINT && old.sa_handler == SIG_IGN)
+      continue;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = pt_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_RESETHAND;
+    sigaction(sigs[k], &sa, NULL);
+  }
+  o->stop = &pt_stop_signal;
+}
+
 static int pretrain_main(int argc, char **argv) {
   pt_flags f;
   char *json;
@@ -601,6 +652,7 @@ static int pretrain_main(int argc, char **argv) {
   f.o.git_commit = IOUPOS_GIT_COMMIT;
   f.o.log = pt_log;
   f.o.log_ctx = NULL;
+  pt_signals(&f.o);
   rc = ioupos_pretrain_run(&f.o);
   free(json);
   if (rc != IOUPOS_OK) {
@@ -608,7 +660,7 @@ static int pretrain_main(int argc, char **argv) {
     fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
     return 1;
   }
-  return 0;
+  return pt_stop_signal ? 128 + (int)pt_stop_signal : 0;
 }
 
 #endif /* IOUPOS_DRIVERS_PRETRAIN_H */

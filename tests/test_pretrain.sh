@@ -4,7 +4,7 @@
 # Usage: sh tests/test_pretrain.sh BUILD_DIR   (run by tests/run.sh)
 # Prints "FAIL: ..." for each failed check, then "test_pretrain: N checks passed, M failed";
 # exits 1 if any check failed. Uses one thread (--threads 1) so that a busy machine does not
-# slow it down; about 20 s on 2 cores.
+# slow it down; about 25 s on 2 cores.
 
 me=test_pretrain prog=ioupos-simsiam
 . "$(dirname "$0")/cli_lib.sh"
@@ -96,8 +96,9 @@ done
 use "$simsiam"
 refused s_bs1 2 "--batch_size: bad value '1'" --data_dir data --batch_size 1
 use "$dino"
-refused d_local 2 "--n_local_crops 2: local crops are not implemented" --data_dir data \
-  --n_local_crops 2
+refused d_lcrop 2 "--local_crop_size 16,12: .*square" --data_dir data --n_local_crops 2 \
+  --local_crop_size 16,12
+refused d_nlocal 2 "--n_local_crops: bad value '99'" --data_dir data --n_local_crops 99
 refused d_nll 2 "--norm_last_layer: bad value '2'" --data_dir data --norm_last_layer 2
 refused d_lr 2 "--lr: bad value 'x'" --data_dir data --lr x
 refused d_warm 2 "--warmup_epochs 10 must be below --n_epochs 5" --data_dir data --n_epochs 5
@@ -172,6 +173,91 @@ for p in "$simsiam" "$dino"; do
   check "$t: --num_workers 2 gives the same checkpoint" \
     cmp -s "ref_$t/checkpoint.safetensors" ck/r/checkpoint.safetensors
 done
+
+# ---- b2. DINO multi-crop: 2 local crops of 16 x 16 through the student ---------------------------
+use "$dino"
+local="--warmup_epochs 1 --n_local_crops 2 --local_crop_size 16"
+rm -rf ck
+run d_local $tiny $local
+check "dino with 2 local crops exits 0 (got $rc; $(tail -n 2 d_local.err))" [ "$rc" -eq 0 ]
+check "dino with local crops writes a checkpoint" [ -s ck/r/checkpoint.safetensors ]
+check "the local views change the training (checkpoint differs from the run without them)" \
+  sh -c '! cmp -s ref_dino/checkpoint.safetensors ck/r/checkpoint.safetensors'
+check "flags.json records the local crops" \
+  grep -q '"n_local_crops": 2, "local_crop_size": \[16, 16\]' ck/r/flags.json
+mv ck/r ref_local
+for k in 3 8; do
+  rm -rf ck
+  run "d_local_stop$k" $tiny $local --max_steps $k
+  run "d_local_resume$k" $tiny $local --resume
+  check "dino local crops: --max_steps $k then --resume exit 0 (got $rc)" [ "$rc" -eq 0 ]
+  same_run "d_local_k$k" ref_local
+done
+
+# ---- b3. --resume refuses other flags, key by key; allows the per-invocation ones ---------------
+use "$simsiam"
+rm -rf ck
+run fl_stop $tiny --max_steps 3
+cp ck/r/state.safetensors fl_state
+run fl_lr $tiny --resume --base_lr 0.05 --pair_mode joint
+check "resume with another --base_lr exits 1 (got $rc)" [ "$rc" -eq 1 ]
+check "... naming --base_lr and both values" grep -q -- "--base_lr 0.025 (now 0.05)" fl_lr.err
+check "... and --pair_mode" grep -q -- '--pair_mode "anchored" (now "joint")' fl_lr.err
+check "... leaving the state alone" cmp -s fl_state ck/r/state.safetensors
+run fl_ep $tiny --resume --n_epochs 3
+check "resume with another --n_epochs exits 1 (got $rc)" [ "$rc" -eq 1 ]
+check "... naming --n_epochs (it changes the lr schedule)" grep -q -- "--n_epochs 2 (now 3)" fl_ep.err
+run fl_lr2 $tiny --resume --embedding_size 12
+check "resume with another --embedding_size exits 1 (got $rc)" [ "$rc" -eq 1 ]
+check "... naming it" grep -q -- "--embedding_size 6 (now 12)" fl_lr2.err
+check "... leaving the state alone" cmp -s fl_state ck/r/state.safetensors
+run fl_ok $tiny --resume --num_workers 2 --threads 2 --log_every 3
+check "resume with other --num_workers, --threads, --log_every exits 0 (got $rc; $(tail -n 1 fl_ok.err))" \
+  [ "$rc" -eq 0 ]
+check "... and gives the uninterrupted run's checkpoint" \
+  cmp -s ref_simsiam/checkpoint.safetensors ck/r/checkpoint.safetensors
+
+# ---- b4. SIGINT / SIGTERM: the state is saved at the step boundary, --resume finishes the run ----
+# 8 epochs of 8 steps (about 1.5 s) so that the signal lands mid-run. A script's background job
+# starts with SIGINT ignored (which the command respects), so SIGINT goes through
+# env --default-signal=INT (GNU coreutils 8.31+); without it both cases use SIGTERM.
+use "$simsiam"
+long="--data_dir data --chkpt_dir ck --run_name r --low_resource_mode --embedding_size 6
+  --batch_size 4 --crop_size 32 --n_epochs 8 --num_workers 0 --threads 1"
+rm -rf ck
+run sig_full $long
+check "8-epoch run exits 0 (got $rc)" [ "$rc" -eq 0 ]
+mv ck/r ref_long
+# interrupt NAME SIGNAL STATUS WAIT_FOR: start the run in the background, send SIGNAL once its
+# stderr shows WAIT_FOR, expect exit STATUS and the "--resume continues" line, then resume.
+interrupt() {
+  name=$1; sig=$2; want=$3; mark=$4
+  rm -rf ck
+  if [ "$sig" = INT ] && env --default-signal=INT true 2>/dev/null; then
+    env --default-signal=INT "$bin" $long >"$name.out" 2>"$name.err" &
+  else
+    [ "$sig" = INT ] && { sig=TERM; want=143; }
+    "$bin" $long >"$name.out" 2>"$name.err" &
+  fi
+  pid=$!
+  i=0
+  while [ $i -lt 1000 ] && ! grep -q -- "$mark" "$name.err" 2>/dev/null; do
+    sleep 0.01; i=$((i + 1))
+  done
+  kill -"$sig" "$pid" 2>/dev/null
+  wait "$pid"
+  rc=$?
+  check "$name: SIG$sig stops the run with status $want (got $rc; $(tail -n 1 "$name.err"))" \
+    [ "$rc" -eq "$want" ]
+  check "$name: it stopped early and says --resume continues" \
+    grep -q "^interrupted after .*--resume continues" "$name.err"
+  check "$name: the state is saved" [ -f ck/r/state.safetensors ]
+  run "${name}_resume" $long --resume
+  check "$name: --resume exits 0 (got $rc)" [ "$rc" -eq 0 ]
+  same_run "$name" ref_long
+}
+interrupt sigint INT 130 "simsiam: 32 images"
+interrupt sigterm TERM 143 "epoch 0 done"
 
 # ---- c. SimSiam learns on the phantom slices (toy size, 10 epochs of 4 steps) ----------------
 use "$simsiam"
