@@ -12,13 +12,13 @@ LDLIBS   := -lm -lpthread
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom $(BUILD)/ioupos-embed \
-            $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino
+            $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino $(BUILD)/ioupos-finetune $(BUILD)/ioupos-sweep-plot
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
             $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder $(BUILD)/test_segeval $(BUILD)/test_threads
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
-            $(BUILD)/bench_encoder
+            $(BUILD)/bench_encoder $(BUILD)/bench_simsiam
 
 # The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), its
 # AVX-512 kernel (same results, bit for bit) when the CPU also has AVX-512F, and OpenMP threads.
@@ -61,6 +61,16 @@ $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino: $(BUILD)/ioupos-%: drivers/ioupos_
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< -o $@ $(LDLIBS)
 
+# ioupos-finetune: as the pretraining drivers.
+$(BUILD)/ioupos-finetune: drivers/ioupos_finetune.c drivers/cli.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< -o $@ $(LDLIBS)
+
+# The picture of scripts/sweep.sh's table (no Python needed).
+$(BUILD)/ioupos-sweep-plot: drivers/ioupos_sweep_plot.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
 # Helpers of tests/test_embed.sh: compare .npy files, re-prefix safetensors tensor names.
 TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename
 $(BUILD)/npy_compare: tests/npy_compare.c tests/npy.h | stb
@@ -96,6 +106,11 @@ $(BUILD)/bench_gemm: bench/bench_gemm.c ioupos.h | stb
 
 # The encoder's training step beside PyTorch (bench/bench_torch.py, when .venv exists).
 $(BUILD)/bench_encoder: bench/bench_encoder.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+# The full SimSiam training step beside PyTorch + lightly (bench_torch.py simsiam, when .venv exists).
+$(BUILD)/bench_simsiam: bench/bench_simsiam.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
@@ -184,10 +199,12 @@ fuzz-replay: | stb
 	  $(BUILD)/fuzz/replay_$$t fuzz/corpus/$$t/* || exit 1; \
 	done
 
-# The data path end to end: phantom CT (or DATA=<folder of NIfTI>), preprocessing, crop pairs.
+# The story end to end: phantom CT (or DATA=<folder of NIfTI>, LABELS=<folder of CT + labels>),
+# preprocessing, crop pairs, SimSiam pretraining, fine-tuning from it and from scratch.
 DATA ?=
+LABELS ?=
 demo: $(DRIVERS)
-	@sh scripts/demo.sh $(BUILD) $(DATA)
+	@sh scripts/demo.sh $(BUILD) "$(DATA)" "$(LABELS)"
 
 clean:
 	rm -rf $(BUILD)

@@ -58,6 +58,7 @@
     19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
     20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
     21. SwinUNETR: the segmentation model
+    22. Fine-tuning: SwinUNETR on labelled slices, evaluation, run directories, exact resume
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -2780,6 +2781,210 @@ IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
                                          const float *dlogits, float *dx);
 IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
 
+
+/* ============================================================================================
+   22. Fine-tuning: SwinUNETR on labelled slices, evaluation, run directories, exact resume
+   ============================================================================================ */
+
+/* The research code's fine-tuning (main_finetune.py) on ioupos-prep's labelled output, with its
+   faults fixed where they change the meaning (RESEARCH_CODE.md section 5: patience in epochs,
+   a held-out test split scored once, a per-case organ DSC, an exact resume).
+
+   THE DATA. A split folder <dir>/ holds the slices <case>_<z>.png (z: decimal digits, the axial
+   index; ioupos-prep writes it zero-padded) and <dir>/labels/<case>_<z>.png (the label ids as
+   8-bit grey values); every image needs its label of the same name (ioupos_dataset_scan).
+   ioupos_seg_set_scan groups the slices by case, each case's slices in increasing z (by the
+   number, not the text), so a case is restacked into its volume for the per-case DSC. A name
+   without the "_<z>" part, or two slices of one case with the same z, is an error naming them.
+
+   LOADING AN ENCODER (ioupos_swinunetr_load). A checkpoint either holds a whole SwinUNETR
+   (MONAI names: swinViT.*, encoder1.*, ..., out.conv.conv.*; e.g. a fine-tuning run's
+   best.safetensors), which is loaded strictly in full, or an encoder only: under the first
+   prefix of ioupos_swin_find_prefix ("" for bare SwinTransformer names, "swinViT." for a MONAI
+   SwinUNETR or SSL-head state dict, "backbone." for ioupos-simsiam's and ioupos-dino's
+   checkpoints (DINO: the teacher), "module.backbone.", "student.backbone."); the model's
+   swinViT.* tensors are then loaded strictly (every one must be in the file with its shape;
+   every file tensor under that prefix must be one of them) and the decoder keeps its
+   initialisation. File tensors outside the prefix (SSL heads, DINO's student) are counted and
+   ignored. A file without a Swin encoder, a missing file or a shape mismatch is an error naming
+   the file, the tensor and both shapes; the model is then unchanged.
+
+   EVALUATION (ioupos_swinunetr_evaluate). For every case of a set, every slice (an image of
+   any size) goes through sliding-window inference (section 20: roi, overlap, sw_batch_size
+   windows per model call, MONAI's semantics, the model in eval mode), argmax over classes, and
+   the slices are restacked into the case's volume: its per-organ DSC (ioupos_dsc_case_compute)
+   is added to the data-set average (ioupos_dsc_eval: the mean over organs of each organ's mean
+   over cases, THE score); with research set, the research code's per-slice MONAI DiceMetric
+   (ioupos_slice_dice) too. predict_dir (or NULL) receives every predicted slice as an 8-bit
+   PNG of label ids, under the input's name. Windows are batched up to sw_batch_size per model
+   call, so results do not depend on it (each window's output is computed on its own: the
+   model has no batch statistics).
+
+   THE RUN (ioupos_finetune_run), on <data_dir>/train, <data_dir>/val and, when present,
+   <data_dir>/test (optionally checked against a split file: every case listed under train /
+   val / test must be in that folder, and no other case; an evaluation only, n_epochs 0, needs
+   no train folder):
+     model    SwinUNETR (section 21), C = --embedding_size, n_classes outputs; the encoder from
+              chkpt_path (above) or, without one, PyTorch's default initialisation from the seed
+     loader   section 9's IOUPOS_LOADER_FINETUNE on the train split: batch_size slices per
+              step, n_crops_per_ct crops of crop x crop each (RandCropByPosNegLabeld, pos = neg =
+              1), ioupos_augment_finetune_crop, drop_last (every step has the same batch)
+     loss     Dice-CE (section 20, MONAI's defaults) over the step's crops
+     optimiser AdamW (0.9, 0.999, eps 1e-8), weight decay wd except on biases and 1-D tensors,
+              lr per iteration = ioupos_cosine_schedule(it, total, warm-up, base_lr, end_lr, 0):
+              linear warm-up from 0 over warmup_epochs, then cosine to end_lr
+     schedule validation after every eval_every-th epoch and after the last one; the best
+              validation score so far (strictly greater; NaN never counts) saves
+              best.safetensors; patience counts EPOCHS since the best (checked at evaluations;
+              0 = off); a non-finite loss stops the run naming epoch and step
+     the end  best.safetensors (or the last model if no evaluation ever scored) is evaluated
+              on val and, when the test split exists, on test: the test score is THE reported
+              number (the validation score, used for selection, is optimistic); without a test
+              split the best validation score is reported, and a note says so.
+     n_epochs 0 evaluates the initial model (chkpt_path, e.g. a run's best.safetensors) on val
+              and test, without training.
+   The run directory <chkpt_dir>/<run_name>/ (section 18's layout):
+     flags.json             {"flags": <flags_json>, "seed": S, "commit": C, "steps_per_epoch": N}
+     metrics.jsonl          one JSON line per logged step, per epoch and per evaluation (each
+                            with "epoch" and "step"; a resume drops the lines past its state)
+     checkpoint.safetensors the model after the last finished epoch (MONAI SwinUNETR names)
+     best.safetensors       the best validation model (MONAI names; metadata epoch, score)
+     state.safetensors      model, AdamW moments, counters (epoch, step in epoch = the loader
+                            position, optimiser steps, best epoch, epochs since the best,
+                            early stop), the best score and the flags; written after every
+                            epoch and at an interruption (max_steps); resume continues from it
+                            bit for bit (every random draw derives from (seed, step); the
+                            loader from (seed, epoch, batch))
+     results.json           the final evaluation: {"reported": {"split", "metric", "score",
+                            "dsc", "research_dice"}, "best_epoch", "best_val_score",
+                            "epochs_done", "stopped_early", "val": {"table": <ioupos_dsc_table_json>,
+                            "cases": [<ioupos_dsc_case_json>...]}, "test": {...}}
+   Every file is written atomically. opts->log receives the console lines. */
+
+
+/* ---- labelled slice sets -------------------------------------------------------------------- */
+typedef struct ioupos_seg_case {
+  char *name;  /* the case name */
+  int n;       /* its slices */
+  int *slices; /* n data-set indices (ds.images / ds.labels), in increasing z */
+} ioupos_seg_case;
+
+typedef struct ioupos_seg_set {
+  ioupos_dataset ds;      /* images and labels (section 9), sorted by file name */
+  int n_cases;
+  ioupos_seg_case *cases; /* sorted by case name (strcmp) */
+} ioupos_seg_set;
+
+/* Splits a slice file name "<case>_<z>.png" (a path's directories are skipped; extension
+   case-insensitive) into the case name (into case_name[cap]) and z (>= 0). EINVAL naming the
+   file when it has no such form or the case name does not fit. */
+IOUPOS_DEF int ioupos_slice_name_parse(const char *file, char *case_name, size_t cap, long *z);
+/* Scans dir (images) and dir/labels (labels) as described above. On failure *s is empty. */
+IOUPOS_DEF int ioupos_seg_set_scan(ioupos_seg_set *s, const char *dir);
+IOUPOS_DEF void ioupos_seg_set_free(ioupos_seg_set *s);
+/* Index of the case called name, or -1. */
+IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name);
+
+/* ---- checkpoints ---------------------------------------------------------------------------- */
+typedef struct ioupos_swinunetr_load_info {
+  int whole;          /* 1: a whole SwinUNETR was loaded; 0: the encoder only */
+  const char *prefix; /* encoder only: the file's encoder prefix (static string) */
+  int n_loaded;       /* tensors loaded */
+  int n_ignored;      /* file tensors not looked at (outside the prefix) */
+} ioupos_swinunetr_load_info;
+
+/* Loads path into the model m registered (without prefix) in p, as described above. info may
+   be NULL. */
+IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
+                                     ioupos_swinunetr_load_info *info);
+
+/* ---- evaluation ------------------------------------------------------------------------------ */
+typedef struct ioupos_seg_eval_opts {
+  int roi[2];              /* window (research 96 x 96); multiples of 32 */
+  double overlap;          /* 0.25 */
+  int sw_batch_size;       /* windows per model call (research 64) */
+  int research;            /* 1: also the research per-slice Dice */
+  int empty_policy;        /* IOUPOS_DSC_EMPTY_SKIP (default) or IOUPOS_DSC_EMPTY_ONE */
+  const char *predict_dir; /* NULL, or a folder for the predicted label slices */
+} ioupos_seg_eval_opts;
+IOUPOS_DEF void ioupos_seg_eval_opts_default(ioupos_seg_eval_opts *o);
+
+typedef struct ioupos_seg_eval_result {
+  ioupos_dsc_eval dsc;        /* the data-set average */
+  ioupos_slice_dice research; /* when has_research */
+  int has_research;
+  int n_cases;
+  ioupos_dsc_case *cases;     /* per case, in the set's case order */
+} ioupos_seg_eval_result;
+
+/* Evaluates the model described by cfg with parameters p (the table of a SwinUNETR registered
+   without prefix) on set. The model instances it plans are its own (p's values are only read;
+   its relative-position buffers are filled). On failure r is empty. */
+IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, ioupos_params *p,
+                                         const ioupos_seg_set *set,
+                                         const ioupos_seg_eval_opts *o, ioupos_seg_eval_result *r);
+IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r);
+/* {"table": <ioupos_dsc_table_json>, "cases": [<ioupos_dsc_case_json>, ...]} as a fresh
+   IOUPOS_MALLOC string in *json (free with IOUPOS_FREE). */
+IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r,
+                                    const ioupos_seg_set *set);
+
+/* ---- the run ----------------------------------------------------------------------------------- */
+enum { IOUPOS_FT_METRIC_DSC = 0, IOUPOS_FT_METRIC_RESEARCH = 1 };
+
+typedef struct ioupos_finetune_opts {
+  ioupos_swin_config enc;     /* --embedding_size, --drop_path_rate (fine-tuning default 0,
+                                 MONAI SwinUNETR's), spatial_dims 2 */
+  int n_classes;              /* 14 */
+  const char *data_dir;       /* ioupos-prep's output with a split: train/, val/, test/ */
+  const char *split_path;     /* NULL, or the split file to check the folders against */
+  const char *chkpt_path;     /* NULL (from scratch), an SSL checkpoint or a SwinUNETR */
+  const char *chkpt_dir, *run_name;
+  int crop;                   /* crop and window size, a multiple of 32 (research 96) */
+  int batch_size;             /* slices per step (32) */
+  int n_crops_per_ct;         /* crops per slice (2) */
+  int sw_batch_size;          /* 64 */
+  double sw_overlap;          /* 0.25 */
+  int n_epochs;               /* 225; 0 = evaluate only */
+  double base_lr, end_lr, warmup_epochs, wd; /* 1e-3, 5e-5, 10, 1e-5 */
+  int patience;               /* epochs without a better validation score; 0 = off (20) */
+  int eval_every;             /* epochs between validations (10) */
+  int eval_train;             /* also evaluate the train split (logged only) */
+  int metric;                 /* IOUPOS_FT_METRIC_DSC or _RESEARCH: the selection score */
+  uint64_t seed;
+  int num_workers;
+  int resume;
+  int log_every;              /* a console + metrics line every this many steps */
+  long max_steps;             /* stop (as if interrupted) after this many steps here; 0 = no */
+  volatile int *stop;         /* NULL, or a flag (e.g. set by a SIGINT handler): once nonzero
+                                 the run stops at the next step boundary (an epoch's end work,
+                                 checkpoint and validation, is finished first) with the state
+                                 saved, and returns 0 */
+  const char *predict_dir;    /* NULL, or where the final evaluation writes its predictions */
+  const char *flags_json;     /* JSON object of the resolved flags (may be NULL) */
+  const char *git_commit;     /* may be NULL */
+  void (*log)(void *ctx, const char *line);
+  void *log_ctx;
+} ioupos_finetune_opts;
+
+/* The research setup: C 48, 14 classes, crop 96, batch 32 x 2 crops, sw batch 64, overlap
+   0.25, 225 epochs, lr 1e-3 -> 5e-5 with 10 warm-up epochs, wd 1e-5, patience 20 epochs,
+   validation every 10 epochs, seed 4294967295, drop-path 0; run directory chkpts/finetune. */
+IOUPOS_DEF void ioupos_finetune_opts_default(ioupos_finetune_opts *o);
+
+typedef struct ioupos_finetune_result {
+  int done;                  /* 1: the run finished (final evaluation done); 0: max_steps */
+  int epochs_done, best_epoch, stopped_early, has_test;
+  double best_val;           /* the best validation score (selection metric), NaN if none */
+  const char *split;         /* "test" or "val": where the reported number comes from */
+  double score;              /* the reported number (selection metric) */
+  ioupos_seg_eval_result val, test; /* the final evaluations (test when has_test) */
+} ioupos_finetune_result;
+
+/* Runs (or resumes) a fine-tuning, or evaluates only (n_epochs 0). res (may be NULL) receives
+   the final evaluation; free it with ioupos_finetune_result_free. */
+IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res);
+IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 
 #ifdef __cplusplus
 }
@@ -15673,6 +15878,1221 @@ IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
     dlast[k] = G + m->g_last[k];
   }
   return ioupos_swin_encoder_backward(&m->enc, p, dlast, NULL, dx);
+}
+
+/* ---- 22. Fine-tuning ---- */
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- 22. Fine-tuning ---------------------------------------------------------------------- */
+
+IOUPOS_DEF int ioupos_slice_name_parse(const char *file, char *case_name, size_t cap, long *z) {
+  const char *base, *us, *p;
+  size_t len;
+  long v = 0;
+  if (!file || !case_name || !z)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_slice_name_parse: NULL argument");
+  base = strrchr(file, '/');
+  base = base ? base + 1 : file;
+  len = strlen(base);
+  if (len < 4 || base[len - 4] != '.' || tolower((unsigned char)base[len - 3]) != 'p' ||
+      tolower((unsigned char)base[len - 2]) != 'n' || tolower((unsigned char)base[len - 1]) != 'g')
+    return ioupos__fail(IOUPOS_EINVAL, "%s: not a PNG slice name <case>_<z>.png", file);
+  len -= 4;
+  for (us = base + len; us > base && us[-1] != '_'; --us) {}
+  if (us == base || us - 1 == base || us == base + len)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "%s: not a slice name <case>_<z>.png (ioupos-prep's naming: the case, "
+                        "'_', the axial index)", file);
+  for (p = us; p < base + len; ++p) {
+    if (!isdigit((unsigned char)*p) || v > 99999999L)
+      return ioupos__fail(IOUPOS_EINVAL,
+                          "%s: not a slice name <case>_<z>.png (z must be a number below 10^9)",
+                          file);
+    v = 10 * v + (*p - '0');
+  }
+  if ((size_t)(us - 1 - base) + 1 > cap)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: case name too long", file);
+  memcpy(case_name, base, (size_t)(us - 1 - base));
+  case_name[us - 1 - base] = '\0';
+  *z = v;
+  return 0;
+}
+
+IOUPOS_DEF void ioupos_seg_set_free(ioupos_seg_set *s) {
+  int c;
+  if (!s) return;
+  for (c = 0; c < s->n_cases; ++c) {
+    IOUPOS_FREE(s->cases[c].name);
+    IOUPOS_FREE(s->cases[c].slices);
+  }
+  IOUPOS_FREE(s->cases);
+  ioupos_dataset_free(&s->ds);
+  memset(s, 0, sizeof *s);
+}
+
+typedef struct ioupos__ft_slice {
+  char name[256];
+  long z;
+  int index;
+} ioupos__ft_slice;
+
+static int ioupos__ft_slice_cmp(const void *a, const void *b) {
+  const ioupos__ft_slice *x = (const ioupos__ft_slice *)a, *y = (const ioupos__ft_slice *)b;
+  int c = strcmp(x->name, y->name);
+  if (c) return c;
+  return x->z < y->z ? -1 : x->z > y->z;
+}
+
+IOUPOS_DEF int ioupos_seg_set_scan(ioupos_seg_set *s, const char *dir) {
+  char *ldir = NULL;
+  ioupos__ft_slice *sl = NULL;
+  size_t n;
+  int rc, i, c;
+  if (!s || !dir) return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_set_scan: NULL argument");
+  memset(s, 0, sizeof *s);
+  n = strlen(dir) + 8;
+  if (!(ldir = (char *)ioupos__calloc(n, 1)))
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory scanning %s", dir);
+  snprintf(ldir, n, "%s/labels", dir);
+  rc = ioupos_dataset_scan(dir, ldir, &s->ds);
+  IOUPOS_FREE(ldir);
+  if (rc) return rc;
+  sl = (ioupos__ft_slice *)ioupos__calloc((size_t)s->ds.n + 1, sizeof *sl);
+  if (!sl) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory scanning %s", dir);
+    goto fail;
+  }
+  for (i = 0; i < s->ds.n; ++i) {
+    if ((rc = ioupos_slice_name_parse(s->ds.images[i], sl[i].name, sizeof sl[i].name,
+                                      &sl[i].z)) != 0)
+      goto fail;
+    sl[i].index = i;
+  }
+  qsort(sl, (size_t)s->ds.n, sizeof *sl, ioupos__ft_slice_cmp);
+  for (i = 0; i < s->ds.n; ++i)
+    if (i == 0 || strcmp(sl[i].name, sl[i - 1].name) != 0) ++s->n_cases;
+  s->cases = (ioupos_seg_case *)ioupos__calloc((size_t)s->n_cases + 1, sizeof *s->cases);
+  if (!s->cases) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory scanning %s", dir);
+    goto fail;
+  }
+  for (i = 0, c = -1; i < s->ds.n; ++i) {
+    ioupos_seg_case *cs;
+    if (i == 0 || strcmp(sl[i].name, sl[i - 1].name) != 0) {
+      int j = i;
+      cs = &s->cases[++c];
+      while (j < s->ds.n && strcmp(sl[j].name, sl[i].name) == 0) ++j;
+      cs->name = (char *)ioupos__calloc(strlen(sl[i].name) + 1, 1);
+      cs->slices = (int *)ioupos__calloc((size_t)(j - i), sizeof(int));
+      if (!cs->name || !cs->slices) {
+        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory scanning %s", dir);
+        goto fail;
+      }
+      memcpy(cs->name, sl[i].name, strlen(sl[i].name) + 1);
+    } else if (sl[i].z == sl[i - 1].z) {
+      rc = ioupos__fail(IOUPOS_EINVAL, "%s and %s: two slices of case '%s' with z = %ld",
+                        s->ds.images[sl[i - 1].index], s->ds.images[sl[i].index], sl[i].name,
+                        sl[i].z);
+      goto fail;
+    }
+    cs = &s->cases[c];
+    cs->slices[cs->n++] = sl[i].index;
+  }
+  IOUPOS_FREE(sl);
+  return 0;
+fail:
+  IOUPOS_FREE(sl);
+  ioupos_seg_set_free(s);
+  return rc;
+}
+
+IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name) {
+  int lo = 0, hi = s ? s->n_cases - 1 : -1;
+  while (lo <= hi) {
+    int mid = lo + (hi - lo) / 2, c = strcmp(s->cases[mid].name, name);
+    if (c == 0) return mid;
+    if (c < 0) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+/* ---- checkpoints ---- */
+
+IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
+                                     ioupos_swinunetr_load_info *info) {
+  ioupos_st_file f;
+  ioupos_swinunetr_load_info li;
+  int rc;
+  memset(&li, 0, sizeof li);
+  if (info) *info = li;
+  if (!m || !p || !path) return ioupos__fail(IOUPOS_EINVAL, "ioupos_swinunetr_load: NULL argument");
+  if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
+  /* the relative-position buffers must be filled before a load compares them */
+  if ((rc = ioupos_swin_encoder_buffers(&m->enc, p)) != 0) goto done;
+  if (ioupos_safetensors_find(&f, "out.conv.conv.weight") &&
+      ioupos_safetensors_find(&f, "swinViT.patch_embed.proj.weight")) {
+    li.whole = 1;
+    rc = ioupos_params_load(p, &f, "", "", &li.n_loaded, &li.n_ignored);
+  } else {
+    li.prefix = ioupos_swin_find_prefix(&f);
+    if (!li.prefix) {
+      rc = ioupos__fail(IOUPOS_EFORMAT,
+                        "%s holds no Swin encoder: none of patch_embed.proj.weight, "
+                        "swinViT.patch_embed.proj.weight, backbone.patch_embed.proj.weight, "
+                        "module.backbone.patch_embed.proj.weight, "
+                        "student.backbone.patch_embed.proj.weight is in it (%d tensors)",
+                        path, f.n);
+      goto done;
+    }
+    rc = ioupos_params_load(p, &f, "swinViT.", li.prefix, &li.n_loaded, &li.n_ignored);
+  }
+  if (rc) {
+    char why[1024];
+    snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+    rc = ioupos__fail(rc, "%s: %s", path, why);
+  }
+done:
+  ioupos_safetensors_free(&f);
+  if (rc == 0 && info) *info = li;
+  return rc;
+}
+
+/* makes *arr hold at least need elements of elem bytes (keeping the first keep), capacity
+   *cap; 1, or 0 when out of memory */
+static int ioupos__ft_reserve(void **arr, size_t *cap, size_t need, size_t keep, size_t elem) {
+  size_t ncap;
+  void *na;
+  if (need <= *cap) return 1;
+  ncap = *cap * 2 > need ? *cap * 2 : need;
+  na = ioupos__calloc(ncap, elem);
+  if (!na) return 0;
+  if (keep) memcpy(na, *arr, keep * elem);
+  IOUPOS_FREE(*arr);
+  *arr = na;
+  *cap = ncap;
+  return 1;
+}
+
+/* ---- evaluation ---- */
+
+IOUPOS_DEF void ioupos_seg_eval_opts_default(ioupos_seg_eval_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->roi[0] = o->roi[1] = 96;
+  o->overlap = 0.25;
+  o->sw_batch_size = 64;
+  o->empty_policy = IOUPOS_DSC_EMPTY_SKIP;
+}
+
+IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r) {
+  if (!r) return;
+  IOUPOS_FREE(r->cases);
+  memset(r, 0, sizeof *r);
+}
+
+/* The predictor of the sliding window: model instances of its own (planned for the batch
+   sizes the window calls use: the full sw batch and the remainder) on the caller's params. */
+typedef struct ioupos__ft_pred {
+  const ioupos_swinunetr_config *cfg;
+  ioupos_params *p;
+  ioupos_swinunetr m[2];
+  int inited[2], last[2], stamp;
+  int roi[2];
+  float *x; /* backend buffer of sw_batch_size windows */
+} ioupos__ft_pred;
+
+static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
+                                 const ioupos_params *p) {
+  ioupos_tensor_table tt;
+  int rc, i;
+  memset(&tt, 0, sizeof tt);
+  rc = ioupos_swinunetr_init(m, cfg, &tt, "");
+  if (rc == 0 && (tt.n != p->table.n || tt.total != p->table.total))
+    rc = ioupos__fail(IOUPOS_EINVAL, "evaluation: the parameters are not those of this SwinUNETR "
+                      "configuration (%d tensors, expected %d)", p->table.n, tt.n);
+  for (i = 0; rc == 0 && i < tt.n; ++i)
+    if (strcmp(tt.t[i].name, p->table.t[i].name) != 0)
+      rc = ioupos__fail(IOUPOS_EINVAL, "evaluation: parameter %d is '%s', expected '%s'", i,
+                        p->table.t[i].name, tt.t[i].name);
+  ioupos_tensor_table_free(&tt);
+  return rc;
+}
+
+static int ioupos__ft_predict(void *ctx, float *in, int n, float *out) {
+  ioupos__ft_pred *pr = (ioupos__ft_pred *)ctx;
+  const ioupos_backend *be = pr->p->be;
+  size_t npix = (size_t)pr->roi[0] * (size_t)pr->roi[1];
+  int k, rc;
+  /* the instance planned for n, else the least recently used one re-planned */
+  for (k = 0; k < 2 && !(pr->inited[k] && pr->m[k].batch == n); ++k) {}
+  if (k == 2) {
+    k = !pr->inited[0] ? 0 : !pr->inited[1] ? 1 : pr->last[0] <= pr->last[1] ? 0 : 1;
+    if (!pr->inited[k]) {
+      if ((rc = ioupos__ft_model_like(&pr->m[k], pr->cfg, pr->p)) != 0) return rc;
+      pr->inited[k] = 1;
+    }
+    if ((rc = ioupos_swinunetr_plan(&pr->m[k], pr->p, n, pr->roi)) != 0) return rc;
+  }
+  pr->last[k] = ++pr->stamp;
+  be->upload(pr->x, in, (size_t)n * npix * (size_t)pr->cfg->enc.in_chans * sizeof(float));
+  if ((rc = ioupos_swinunetr_forward(&pr->m[k], pr->p, pr->x, 0, NULL)) != 0) return rc;
+  be->download(out, ioupos_swinunetr_logits(&pr->m[k]),
+               (size_t)n * npix * (size_t)pr->cfg->out_channels * sizeof(float));
+  return be->sync();
+}
+
+/* label ids of an 8-bit label PNG: round(v * 255), checked */
+static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const char *path) {
+  size_t i, n = (size_t)im->h * (size_t)im->w;
+  for (i = 0; i < n; ++i) {
+    double v = (double)im->data[i] * 255.0;
+    long id = lrint(v);
+    if (fabs(v - (double)id) > 1e-3)
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: pixel %zu is not an 8-bit label id (grey %g)", path,
+                          i, (double)im->data[i]);
+    if (id < 0 || id >= K)
+      return ioupos__fail(IOUPOS_EINVAL,
+                          "%s: label %ld at pixel (%zu, %zu) is outside [0, %d) (--n_classes %d)",
+                          path, id, i / (size_t)im->w, i % (size_t)im->w, K, K);
+    ids[i] = (int)id;
+  }
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, ioupos_params *p,
+                                         const ioupos_seg_set *set,
+                                         const ioupos_seg_eval_opts *o, ioupos_seg_eval_result *r) {
+  ioupos__ft_pred pr;
+  const int K = cfg ? cfg->out_channels : 0;
+  int *pred = NULL, *truth = NULL;
+  float *scores = NULL;
+  unsigned char *bytes = NULL;
+  size_t pred_cap = 0, truth_cap = 0, score_cap = 0, byte_cap = 0;
+  int rc = 0, c, s, k;
+  if (!cfg || !p || !set || !o || !r)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_swinunetr_evaluate: NULL argument");
+  memset(r, 0, sizeof *r);
+  memset(&pr, 0, sizeof pr);
+  if (cfg->enc.spatial_dims != 2 || cfg->enc.in_chans != 1)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: 2D single-channel models only (slices)");
+  if (o->sw_batch_size < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: --sw_batch_size %d must be >= 1",
+                        o->sw_batch_size);
+  if (o->predict_dir && K > 256)
+    return ioupos__fail(IOUPOS_EINVAL, "--predict_dir: %d classes do not fit 8-bit PNGs", K);
+  if ((rc = ioupos_dsc_eval_init(&r->dsc, K, o->empty_policy)) != 0) return rc;
+  if (o->research && (rc = ioupos_slice_dice_init(&r->research, K)) != 0) return rc;
+  r->has_research = o->research != 0;
+  r->cases = (ioupos_dsc_case *)ioupos__calloc((size_t)set->n_cases + 1, sizeof *r->cases);
+  pr.cfg = cfg;
+  pr.p = p;
+  pr.roi[0] = o->roi[0];
+  pr.roi[1] = o->roi[1];
+  pr.x = (float *)p->be->alloc((size_t)o->sw_batch_size * (size_t)o->roi[0] * (size_t)o->roi[1] *
+                               sizeof(float));
+  if (!r->cases || !pr.x) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the evaluation");
+    goto done;
+  }
+  if (o->predict_dir && (rc = ioupos__mkdirs(o->predict_dir)) != 0) goto done;
+  for (c = 0; rc == 0 && c < set->n_cases; ++c) {
+    const ioupos_seg_case *cs = &set->cases[c];
+    size_t used = 0;
+    for (s = 0; rc == 0 && s < cs->n; ++s) {
+      const char *ipath = set->ds.images[cs->slices[s]], *lpath = set->ds.labels[cs->slices[s]];
+      ioupos_image im, lb;
+      size_t npx;
+      memset(&im, 0, sizeof im);
+      memset(&lb, 0, sizeof lb);
+      if ((rc = ioupos_image_load(ipath, &im)) != 0) break;
+      if ((rc = ioupos_image_load(lpath, &lb)) != 0) {
+        ioupos_image_free(&im);
+        break;
+      }
+      npx = (size_t)im.h * (size_t)im.w;
+      if (lb.h != im.h || lb.w != im.w) {
+        rc = ioupos__fail(IOUPOS_EFORMAT, "%s is %d x %d but its label %s is %d x %d", ipath,
+                          im.h, im.w, lpath, lb.h, lb.w);
+      } else if (!ioupos__ft_reserve((void **)&pred, &pred_cap, used + npx, used, sizeof(int)) ||
+                 !ioupos__ft_reserve((void **)&truth, &truth_cap, used + npx, used, sizeof(int)) ||
+                 !ioupos__ft_reserve((void **)&scores, &score_cap, npx * (size_t)K, 0,
+                                     sizeof(float)) ||
+                 (o->predict_dir && !ioupos__ft_reserve((void **)&bytes, &byte_cap, npx, 0, 1))) {
+        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory evaluating %s", ipath);
+      }
+      if (rc == 0) rc = ioupos__ft_label_ids(&lb, truth + used, K, lpath);
+      if (rc == 0) {
+        const int shape[2] = {im.h, im.w};
+        rc = ioupos_sliding_window(scores, K, im.data, 1, 2, shape, o->roi, o->overlap,
+                                   o->sw_batch_size, ioupos__ft_predict, &pr);
+        if (rc) {
+          char why[1024];
+          snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+          rc = ioupos__fail(rc, "%s: %s", ipath, why);
+        }
+      }
+      if (rc == 0) rc = ioupos_argmax_classes(pred + used, scores, 1, K, (long)npx);
+      if (rc == 0 && r->has_research)
+        rc = ioupos_slice_dice_add(&r->research, pred + used, truth + used, 1, (long)npx, NULL);
+      if (rc == 0 && o->predict_dir) {
+        const char *base = strrchr(ipath, '/');
+        char out[4200];
+        size_t q;
+        for (q = 0; q < npx; ++q) bytes[q] = (unsigned char)pred[used + q];
+        snprintf(out, sizeof out, "%s/%s", o->predict_dir, base ? base + 1 : ipath);
+        rc = ioupos_png_write(out, im.w, im.h, 1, bytes);
+      }
+      used += npx;
+      ioupos_image_free(&im);
+      ioupos_image_free(&lb);
+    }
+    if (rc == 0) rc = ioupos_dsc_case_compute(&r->cases[c], pred, truth, (long)used, K);
+    if (rc == 0) rc = ioupos_dsc_eval_add(&r->dsc, &r->cases[c]);
+    if (rc == 0) ++r->n_cases;
+  }
+done:
+  for (k = 0; k < 2; ++k)
+    if (pr.inited[k]) ioupos_swinunetr_free(&pr.m[k]);
+  if (pr.x) p->be->release(pr.x);
+  IOUPOS_FREE(pred);
+  IOUPOS_FREE(truth);
+  IOUPOS_FREE(scores);
+  IOUPOS_FREE(bytes);
+  if (rc) ioupos_seg_eval_result_free(r);
+  return rc;
+}
+
+/* a growing string */
+typedef struct ioupos__ft_str {
+  char *s;
+  size_t n, cap;
+  int oom;
+} ioupos__ft_str;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void ioupos__ft_put(ioupos__ft_str *b, const char *fmt, ...) {
+  va_list ap;
+  int m;
+  if (b->oom) return;
+  for (;;) {
+    va_start(ap, fmt);
+    m = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+    va_end(ap);
+    if (m < 0) {
+      b->oom = 1;
+      return;
+    }
+    if (b->s && b->n + (size_t)m < b->cap) break;
+    if (!ioupos__ft_reserve((void **)&b->s, &b->cap, b->n + (size_t)m + 256, b->n, 1)) {
+      b->oom = 1;
+      return;
+    }
+  }
+  b->n += (size_t)m;
+}
+
+
+
+
+static int ioupos__ft_put_table(ioupos__ft_str *b, const ioupos_seg_eval_result *r) {
+  size_t len = 0;
+  int rc = ioupos_dsc_table_json(NULL, 0, &len, &r->dsc, r->has_research ? &r->research : NULL,
+                                 NULL);
+  if (rc != IOUPOS_ERANGE && rc != 0) return rc;
+  if (b->oom || !ioupos__ft_reserve((void **)&b->s, &b->cap, b->n + len + 1, b->n, 1)) {
+    b->oom = 1;
+    return 0;
+  }
+  rc = ioupos_dsc_table_json(b->s + b->n, b->cap - b->n, &len, &r->dsc,
+                             r->has_research ? &r->research : NULL, NULL);
+  if (rc == 0) b->n += len;
+  return rc;
+}
+
+static int ioupos__ft_put_case(ioupos__ft_str *b, const ioupos_dsc_case *cs, const char *name) {
+  size_t len = 0;
+  int rc = ioupos_dsc_case_json(NULL, 0, &len, cs, name, NULL);
+  if (rc != IOUPOS_ERANGE && rc != 0) return rc;
+  if (b->oom || !ioupos__ft_reserve((void **)&b->s, &b->cap, b->n + len + 1, b->n, 1)) {
+    b->oom = 1;
+    return 0;
+  }
+  rc = ioupos_dsc_case_json(b->s + b->n, b->cap - b->n, &len, cs, name, NULL);
+  if (rc == 0) b->n += len;
+  return rc;
+}
+
+static int ioupos__ft_eval_json(ioupos__ft_str *b, const ioupos_seg_eval_result *r,
+                                const ioupos_seg_set *set) {
+  int rc, c;
+  ioupos__ft_put(b, "{\"table\": ");
+  if ((rc = ioupos__ft_put_table(b, r)) != 0) return rc;
+  ioupos__ft_put(b, ", \"cases\": [");
+  for (c = 0; c < r->n_cases; ++c) {
+    if (c) ioupos__ft_put(b, ", ");
+    if ((rc = ioupos__ft_put_case(b, &r->cases[c], set->cases[c].name)) != 0) return rc;
+  }
+  ioupos__ft_put(b, "]}");
+  return b->oom ? ioupos__fail(IOUPOS_ENOMEM, "out of memory writing the evaluation JSON") : 0;
+}
+
+IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r,
+                                    const ioupos_seg_set *set) {
+  ioupos__ft_str b;
+  int rc;
+  memset(&b, 0, sizeof b);
+  if (!json || !r || !set) return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_eval_json: NULL argument");
+  *json = NULL;
+  rc = ioupos__ft_eval_json(&b, r, set);
+  if (rc) {
+    IOUPOS_FREE(b.s);
+    return rc;
+  }
+  *json = b.s;
+  return 0;
+}
+
+/* ---- the run ---- */
+
+IOUPOS_DEF void ioupos_finetune_opts_default(ioupos_finetune_opts *o) {
+  memset(o, 0, sizeof *o);
+  ioupos_swin_config_default(&o->enc, 2);
+  o->enc.drop_path_rate = 0.0f; /* MONAI SwinUNETR's dropout_path_rate default */
+  o->n_classes = 14;
+  o->chkpt_dir = "chkpts";
+  o->run_name = "finetune";
+  o->crop = 96;
+  o->batch_size = 32;
+  o->n_crops_per_ct = 2;
+  o->sw_batch_size = 64;
+  o->sw_overlap = 0.25;
+  o->n_epochs = 225;
+  o->base_lr = 1e-3;
+  o->end_lr = 5e-5;
+  o->warmup_epochs = 10;
+  o->wd = 1e-5;
+  o->patience = 20;
+  o->eval_every = 10;
+  o->metric = IOUPOS_FT_METRIC_DSC;
+  o->seed = 4294967295u;
+  o->log_every = 10;
+}
+
+IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res) {
+  if (!res) return;
+  ioupos_seg_eval_result_free(&res->val);
+  ioupos_seg_eval_result_free(&res->test);
+  memset(res, 0, sizeof *res);
+}
+
+/* the run's position and configuration, stored as "train.counters" */
+enum {
+  IOUPOS__FT_EPOCH, IOUPOS__FT_STEP, IOUPOS__FT_OPT_STEPS, IOUPOS__FT_SEED, IOUPOS__FT_BATCH,
+  IOUPOS__FT_NCROPS, IOUPOS__FT_CROP, IOUPOS__FT_EPOCHS, IOUPOS__FT_SPE, IOUPOS__FT_CLASSES,
+  IOUPOS__FT_EMBED, IOUPOS__FT_EVAL_EVERY, IOUPOS__FT_PATIENCE, IOUPOS__FT_METRIC,
+  IOUPOS__FT_BEST_EPOCH, IOUPOS__FT_SINCE_BEST, IOUPOS__FT_STOPPED, IOUPOS__FT_N
+};
+
+typedef struct ioupos__ft {
+  const ioupos_finetune_opts *o;
+  char dir[4096];
+  ioupos_swinunetr_config cfg;
+  ioupos_swinunetr m;
+  ioupos_params p;
+  float *m1, *m2;     /* AdamW moments (backend memory, the layout of p) */
+  int64_t c[IOUPOS__FT_N];
+  double best;        /* the best validation score, -1 before any */
+  double ep_loss, ep_n;
+  ioupos_seg_set train, val, test;
+  int has_test;
+} ioupos__ft;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void ioupos__ft_log(const ioupos_finetune_opts *o, const char *fmt, ...) {
+  char line[2048];
+  va_list ap;
+  if (!o->log) return;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  o->log(o->log_ctx, line);
+}
+
+static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
+  ioupos__tlist l;
+  ioupos_params *p = &r->p;
+  const ioupos_backend *be = p->be;
+  float *hp = ioupos__host_copy(be, p->value, p->table.total);
+  float *h1 = ioupos__host_copy(be, r->m1, p->table.total);
+  float *h2 = ioupos__host_copy(be, r->m2, p->table.total);
+  double mon[3];
+  int64_t cshape[1] = {IOUPOS__FT_N}, three[1] = {3};
+  ioupos_st_pair meta[2];
+  int rc = hp && h1 && h2 ? 0 : ioupos__fail(IOUPOS_ENOMEM, "out of memory saving the state");
+  memset(&l, 0, sizeof l);
+  mon[0] = r->best;
+  mon[1] = r->ep_loss;
+  mon[2] = r->ep_n;
+  if (!rc) rc = ioupos__tlist_table(&l, "model.", &p->table, hp, p->ivalue);
+  if (!rc) rc = ioupos__tlist_table(&l, "optim.exp_avg.", &p->table, h1, NULL);
+  if (!rc) rc = ioupos__tlist_table(&l, "optim.exp_avg_sq.", &p->table, h2, NULL);
+  if (!rc)
+    rc = ioupos__tlist_add(&l, "", "train.counters", IOUPOS_ST_I64, 1, cshape, r->c, sizeof r->c);
+  if (!rc) rc = ioupos__tlist_add(&l, "", "train.monitor", IOUPOS_ST_F64, 1, three, mon, sizeof mon);
+  meta[0].key = "flags";
+  meta[0].value = r->o->flags_json ? r->o->flags_json : "{}";
+  meta[1].key = "commit";
+  meta[1].value = r->o->git_commit ? r->o->git_commit : "unknown";
+  if (!rc) rc = ioupos_safetensors_write(path, l.n, l.t, 2, meta);
+  ioupos__tlist_free(&l);
+  IOUPOS_FREE(hp);
+  IOUPOS_FREE(h1);
+  IOUPOS_FREE(h2);
+  return rc;
+}
+
+static int ioupos__ft_load_state(ioupos__ft *r, const char *path) {
+  static const char *const what[IOUPOS__FT_N] = {
+      NULL, NULL, NULL, "--seed", "--batch_size", "--n_crops_per_ct", "--crop_size",
+      "--n_epochs", "training set size (steps per epoch)", "--n_classes", "--embedding_size",
+      "--eval_every", "--patience", "--metric", NULL, NULL, NULL};
+  ioupos_st_file f;
+  int64_t c[IOUPOS__FT_N];
+  double mon[3] = {-1.0, 0.0, 0.0};
+  int rc, i, nl, no;
+  if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
+  {
+    /* section 18's key-by-key flags comparison (only per-invocation keys may differ) */
+    ioupos_pretrain_opts po;
+    memset(&po, 0, sizeof po);
+    po.flags_json = r->o->flags_json;
+    po.log = r->o->log;
+    po.log_ctx = r->o->log_ctx;
+    rc = ioupos__resume_flags_check(&po, &f, path);
+  }
+  if (rc == 0) rc = ioupos__st_i64(&f, "train.counters", c, IOUPOS__FT_N);
+  for (i = 0; rc == 0 && i < IOUPOS__FT_N; ++i)
+    if (what[i] && c[i] != r->c[i])
+      rc = ioupos__fail(IOUPOS_EINVAL,
+                        "cannot resume %s: it was run with another %s (%lld, now %lld); resume "
+                        "with the same flags and data or start a new --run_name",
+                        path, what[i], (long long)c[i], (long long)r->c[i]);
+  if (rc == 0) rc = ioupos_params_load(&r->p, &f, "", "model.", &nl, &no);
+  if (rc == 0) rc = ioupos__load_arena(&f, "optim.exp_avg.", &r->p.table, r->p.be, r->m1);
+  if (rc == 0) rc = ioupos__load_arena(&f, "optim.exp_avg_sq.", &r->p.table, r->p.be, r->m2);
+  if (rc == 0) {
+    const ioupos_st_tensor *t = ioupos_safetensors_find(&f, "train.monitor");
+    if (!t || t->dtype != IOUPOS_ST_F64 || t->nbytes != sizeof mon)
+      rc = ioupos__fail(IOUPOS_EFORMAT, "%s lacks train.monitor (3 float64)", path);
+    else memcpy(mon, t->data, sizeof mon); /* little-endian hosts, as section 18 */
+  }
+  if (rc == 0) {
+    memcpy(r->c, c, sizeof c);
+    r->best = mon[0];
+    r->ep_loss = mon[1];
+    r->ep_n = mon[2];
+  }
+  ioupos_safetensors_free(&f);
+  return rc;
+}
+
+static int ioupos__ft_save_model(ioupos__ft *r, const char *path, const char *score) {
+  ioupos_st_pair meta[2];
+  char epoch[32];
+  snprintf(epoch, sizeof epoch, "%lld", (long long)r->c[IOUPOS__FT_EPOCH]);
+  meta[0].key = "epochs_done";
+  meta[0].value = epoch;
+  meta[1].key = "val_score";
+  meta[1].value = score;
+  return ioupos_params_save(&r->p, path, "", "", score ? 2 : 1, meta);
+}
+
+/* max_steps reached in this process, or the caller's stop flag set */
+static int ioupos__ft_halt(const ioupos_finetune_opts *o, long steps_here) {
+  return (o->max_steps > 0 && steps_here >= o->max_steps) || (o->stop && *o->stop);
+}
+
+/* the selection score of an evaluation */
+static double ioupos__ft_score(const ioupos_finetune_opts *o, const ioupos_seg_eval_result *e) {
+  return o->metric == IOUPOS_FT_METRIC_RESEARCH ? ioupos_slice_dice_mean(&e->research)
+                                                : ioupos_dsc_eval_mean(&e->dsc, NULL);
+}
+
+static void ioupos__ft_num(char *buf, size_t cap, double v) {
+  if (isfinite(v)) snprintf(buf, cap, "%.6g", v);
+  else snprintf(buf, cap, "null");
+}
+
+static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const char *predict_dir,
+                               ioupos_seg_eval_result *res) {
+  const ioupos_finetune_opts *o = r->o;
+  ioupos_seg_eval_opts eo;
+  ioupos_seg_eval_opts_default(&eo);
+  eo.roi[0] = eo.roi[1] = o->crop;
+  eo.overlap = o->sw_overlap;
+  eo.sw_batch_size = o->sw_batch_size;
+  eo.research = o->metric == IOUPOS_FT_METRIC_RESEARCH;
+  eo.predict_dir = predict_dir;
+  return ioupos_swinunetr_evaluate(&r->cfg, &r->p, set, &eo, res);
+}
+
+/* data: the split folders, checked against the split file */
+static int ioupos__ft_data(ioupos__ft *r) {
+  const ioupos_finetune_opts *o = r->o;
+  static const char *const names[3] = {"train", "val", "test"};
+  ioupos_seg_set *sets[3];
+  char dir[4200];
+  int rc, k;
+  struct stat sb;
+  sets[0] = &r->train;
+  sets[1] = &r->val;
+  sets[2] = &r->test;
+  for (k = 0; k < 3; ++k) {
+    snprintf(dir, sizeof dir, "%s/%s", o->data_dir, names[k]);
+    if (k == 2 && stat(dir, &sb) != 0) break;                    /* no test split */
+    if (k == 0 && o->n_epochs == 0 && stat(dir, &sb) != 0) continue; /* evaluation only */
+    if (k < 2 && stat(dir, &sb) != 0)
+      return ioupos__fail(IOUPOS_EIO,
+                          "%s: no %s split folder (--data_dir must be ioupos-prep's output "
+                          "with --split_path: %s/train, %s/val and optionally %s/test, each "
+                          "with its labels/)", dir, names[k], o->data_dir, o->data_dir,
+                          o->data_dir);
+    if ((rc = ioupos_seg_set_scan(sets[k], dir)) != 0) return rc;
+    if (k == 2) r->has_test = 1;
+  }
+  if (o->split_path) {
+    ioupos_split sp;
+    int s, i;
+    memset(&sp, 0, sizeof sp);
+    if ((rc = ioupos_split_read(o->split_path, &sp)) != 0) return rc;
+    for (s = 0; rc == 0 && s < sp.n_sets; ++s) {
+      const ioupos_split_set *ss = &sp.sets[s];
+      for (k = 0; k < 3 && strcmp(ss->name, names[k]) != 0; ++k) {}
+      if (k == 3) continue; /* a set this run does not use */
+      if (k == 0 && r->train.ds.n == 0) continue; /* evaluation only, without train/ */
+      if (k == 2 && !r->has_test) {
+        if (ss->n > 0)
+          rc = ioupos__fail(IOUPOS_EINVAL,
+                            "%s lists %d test case(s) (e.g. '%s') but %s/test does not exist",
+                            o->split_path, ss->n, ss->cases[0], o->data_dir);
+        continue;
+      }
+      for (i = 0; rc == 0 && i < ss->n; ++i)
+        if (ioupos_seg_set_find(sets[k], ss->cases[i]) < 0)
+          rc = ioupos__fail(IOUPOS_EINVAL, "%s lists case '%s' under '%s' but %s/%s has no "
+                            "slices of it", o->split_path, ss->cases[i], names[k], o->data_dir,
+                            names[k]);
+      for (i = 0; rc == 0 && i < sets[k]->n_cases; ++i) {
+        int j;
+        for (j = 0; j < ss->n && strcmp(ss->cases[j], sets[k]->cases[i].name) != 0; ++j) {}
+        if (j == ss->n)
+          rc = ioupos__fail(IOUPOS_EINVAL, "%s/%s has slices of case '%s', which %s does not "
+                            "list under '%s'", o->data_dir, names[k], sets[k]->cases[i].name,
+                            o->split_path, names[k]);
+      }
+    }
+    for (k = 0; rc == 0 && k < 3; ++k) {
+      int s2;
+      if (k == 2 && !r->has_test) break;
+      if (k == 0 && r->train.ds.n == 0) continue;
+      for (s2 = 0; s2 < sp.n_sets && strcmp(sp.sets[s2].name, names[k]) != 0; ++s2) {}
+      if (s2 == sp.n_sets)
+        rc = ioupos__fail(IOUPOS_EINVAL, "%s has no '%s' list but %s/%s exists", o->split_path,
+                          names[k], o->data_dir, names[k]);
+    }
+    ioupos_split_free(&sp);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int ioupos__ft_check(const ioupos_finetune_opts *o) {
+  if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "--data_dir is required");
+  if (o->enc.spatial_dims != 2)
+    return ioupos__fail(IOUPOS_EINVAL, "--spatial_dims %d: fine-tuning reads 2D PNG slices only",
+                        o->enc.spatial_dims);
+  if (o->crop < 32 || o->crop % 32 != 0)
+    return ioupos__fail(IOUPOS_EINVAL, "--crop_size %d: SwinUNETR needs a multiple of 32",
+                        o->crop);
+  if (o->n_classes < 2 || o->n_classes > IOUPOS_SEG_MAX_CLASSES)
+    return ioupos__fail(IOUPOS_EINVAL, "--n_classes %d must be in 2..%d", o->n_classes,
+                        IOUPOS_SEG_MAX_CLASSES);
+  if (o->batch_size < 1 || o->n_crops_per_ct < 1 || o->sw_batch_size < 1 || o->n_epochs < 0 ||
+      o->eval_every < 1 || o->patience < 0 || o->log_every < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "--batch_size %d, --n_crops_per_ct %d, --sw_batch_size %d, "
+                        "--n_epochs %d, --eval_every %d, --patience %d or --log_every %d out of "
+                        "range", o->batch_size, o->n_crops_per_ct, o->sw_batch_size, o->n_epochs,
+                        o->eval_every, o->patience, o->log_every);
+  if (!(o->sw_overlap >= 0.0 && o->sw_overlap < 1.0))
+    return ioupos__fail(IOUPOS_EINVAL, "--sw_overlap %g must be in [0, 1)", o->sw_overlap);
+  if (!(o->base_lr > 0.0) || !(o->end_lr >= 0.0) || !(o->wd >= 0.0) || !(o->warmup_epochs >= 0.0))
+    return ioupos__fail(IOUPOS_EINVAL, "--base_lr %g, --end_lr %g, --wd %g, --warmup_epochs %g "
+                        "must be positive / non-negative", o->base_lr, o->end_lr, o->wd,
+                        o->warmup_epochs);
+  if (o->metric != IOUPOS_FT_METRIC_DSC && o->metric != IOUPOS_FT_METRIC_RESEARCH)
+    return ioupos__fail(IOUPOS_EINVAL, "unknown metric %d", o->metric);
+  return 0;
+}
+
+/* one evaluation of the validation split during training: metrics line, best checkpoint,
+   patience */
+static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
+  const ioupos_finetune_opts *o = r->o;
+  ioupos_seg_eval_result ev, tr;
+  char path[4200], line[1024], s1[32], s2[32], s3[32], s4[32];
+  double score, t0 = ioupos__now();
+  int rc, better;
+  long long e = (long long)r->c[IOUPOS__FT_EPOCH];
+  memset(&tr, 0, sizeof tr);
+  if ((rc = ioupos__ft_evaluate(r, &r->val, NULL, &ev)) != 0) return rc;
+  score = ioupos__ft_score(o, &ev);
+  if (o->eval_train && (rc = ioupos__ft_evaluate(r, &r->train, NULL, &tr)) != 0) {
+    ioupos_seg_eval_result_free(&ev);
+    return rc;
+  }
+  better = isfinite(score) && score > r->best;
+  if (better) {
+    r->best = score;
+    r->c[IOUPOS__FT_BEST_EPOCH] = e;
+    r->c[IOUPOS__FT_SINCE_BEST] = 0;
+    snprintf(s1, sizeof s1, "%.10g", score);
+    snprintf(path, sizeof path, "%s/best.safetensors", r->dir);
+    rc = ioupos__ft_save_model(r, path, s1);
+  } else {
+    r->c[IOUPOS__FT_SINCE_BEST] = e - r->c[IOUPOS__FT_BEST_EPOCH];
+  }
+  ioupos__ft_num(s1, sizeof s1, ioupos_dsc_eval_mean(&ev.dsc, NULL));
+  ioupos__ft_num(s2, sizeof s2, ev.has_research ? ioupos_slice_dice_mean(&ev.research) : NAN);
+  ioupos__ft_num(s3, sizeof s3, o->eval_train ? ioupos__ft_score(o, &tr) : NAN);
+  ioupos__ft_num(s4, sizeof s4, r->best >= 0.0 ? r->best : NAN);
+  snprintf(line, sizeof line,
+           "{\"epoch\": %lld, \"step\": %lld, \"val_dsc\": %s, \"val_research_dice\": %s, "
+           "\"train_score\": %s, \"best_score\": %s, \"best_epoch\": %lld, "
+           "\"epochs_since_best\": %lld}\n",
+           e, (long long)r->c[IOUPOS__FT_OPT_STEPS], s1, s2, s3, s4,
+           (long long)r->c[IOUPOS__FT_BEST_EPOCH], (long long)r->c[IOUPOS__FT_SINCE_BEST]);
+  snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+  if (rc == 0) rc = ioupos__append(path, line);
+  ioupos__ft_log(o, "epoch %lld: validation %s %s%s (best %s at epoch %lld)%s%s, %.1f s", e,
+                 o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research dice" : "DSC",
+                 o->metric == IOUPOS_FT_METRIC_RESEARCH ? s2 : s1, better ? " *" : "", s4,
+                 (long long)r->c[IOUPOS__FT_BEST_EPOCH], o->eval_train ? ", train " : "",
+                 o->eval_train ? s3 : "", ioupos__now() - t0);
+  if (rc == 0 && o->patience > 0 && r->c[IOUPOS__FT_SINCE_BEST] >= o->patience) {
+    r->c[IOUPOS__FT_STOPPED] = 1;
+    *stop = 1;
+    ioupos__ft_log(o, "early stop: no better validation score for %lld epochs (--patience %d)",
+                   (long long)r->c[IOUPOS__FT_SINCE_BEST], o->patience);
+  }
+  ioupos_seg_eval_result_free(&ev);
+  ioupos_seg_eval_result_free(&tr);
+  return rc;
+}
+
+/* the final evaluation: best model on val (and test), results.json */
+static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
+  const ioupos_finetune_opts *o = r->o;
+  ioupos__ft_str b;
+  ioupos_seg_eval_result val, test;
+  char path[4200], pdir[4200], s1[32], s2[32];
+  int rc = 0, trained = o->n_epochs > 0;
+  double score;
+  memset(&b, 0, sizeof b);
+  memset(&val, 0, sizeof val);
+  memset(&test, 0, sizeof test);
+  if (trained) {
+    snprintf(path, sizeof path, "%s/best.safetensors", r->dir);
+    if (r->c[IOUPOS__FT_BEST_EPOCH] > 0) {
+      ioupos_st_file f;
+      if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
+      rc = ioupos_params_load(&r->p, &f, "", "", NULL, NULL);
+      ioupos_safetensors_free(&f);
+      if (rc) return rc;
+      ioupos__ft_log(o, "final evaluation of %s (epoch %lld)", path,
+                     (long long)r->c[IOUPOS__FT_BEST_EPOCH]);
+    } else {
+      ioupos__ft_log(o, "note: no validation score was ever defined; the final evaluation uses "
+                     "the last model");
+    }
+  }
+  if (o->predict_dir) snprintf(pdir, sizeof pdir, "%s/val", o->predict_dir);
+  if ((rc = ioupos__ft_evaluate(r, &r->val, o->predict_dir ? pdir : NULL, &val)) != 0) goto done;
+  if (r->has_test) {
+    if (o->predict_dir) snprintf(pdir, sizeof pdir, "%s/test", o->predict_dir);
+    if ((rc = ioupos__ft_evaluate(r, &r->test, o->predict_dir ? pdir : NULL, &test)) != 0)
+      goto done;
+  }
+  score = ioupos__ft_score(o, r->has_test ? &test : &val);
+  if (!r->has_test && trained)
+    ioupos__ft_log(o, "note: no test split: the reported score is the validation score of the "
+                   "checkpoint selected on that same validation split (optimistic, as the "
+                   "research code's)");
+  ioupos__ft_num(s1, sizeof s1, score);
+  ioupos__ft_put(&b, "{\"reported\": {\"split\": \"%s\", \"metric\": \"%s\", \"score\": %s, ",
+                 r->has_test ? "test" : "val",
+                 o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "dsc", s1);
+  ioupos__ft_num(s1, sizeof s1, ioupos_dsc_eval_mean(r->has_test ? &test.dsc : &val.dsc, NULL));
+  ioupos__ft_num(s2, sizeof s2,
+                 o->metric == IOUPOS_FT_METRIC_RESEARCH
+                     ? ioupos_slice_dice_mean(r->has_test ? &test.research : &val.research)
+                     : NAN);
+  ioupos__ft_put(&b, "\"dsc\": %s, \"research_dice\": %s}, ", s1, s2);
+  ioupos__ft_num(s1, sizeof s1, r->best >= 0.0 ? r->best : NAN);
+  ioupos__ft_put(&b, "\"best_epoch\": %lld, \"best_val_score\": %s, \"epochs_done\": %lld, "
+                 "\"stopped_early\": %s, \"val\": ", (long long)r->c[IOUPOS__FT_BEST_EPOCH], s1,
+                 (long long)r->c[IOUPOS__FT_EPOCH], r->c[IOUPOS__FT_STOPPED] ? "true" : "false");
+  if ((rc = ioupos__ft_eval_json(&b, &val, &r->val)) != 0) goto done;
+  if (r->has_test) {
+    ioupos__ft_put(&b, ", \"test\": ");
+    if ((rc = ioupos__ft_eval_json(&b, &test, &r->test)) != 0) goto done;
+  }
+  ioupos__ft_put(&b, "}\n");
+  if (b.oom) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory writing results.json");
+    goto done;
+  }
+  snprintf(path, sizeof path, "%s/results.json", r->dir);
+  if ((rc = ioupos_write_file_atomic(path, b.s, b.n)) != 0) goto done;
+  ioupos__ft_log(o, "%s %s %.4f (%s); per-organ results in %s",
+                 r->has_test ? "test" : "val",
+                 o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research dice" : "mean DSC", score,
+                 !trained ? (o->chkpt_path ? "the --chkpt_path model, evaluation only"
+                                           : "the untrained model, evaluation only")
+                 : r->has_test ? "the best validation checkpoint on the held-out test split"
+                               : "the best validation checkpoint; no test split",
+                 path);
+  if (res) {
+    res->done = 1;
+    res->epochs_done = (int)r->c[IOUPOS__FT_EPOCH];
+    res->best_epoch = (int)r->c[IOUPOS__FT_BEST_EPOCH];
+    res->stopped_early = (int)r->c[IOUPOS__FT_STOPPED];
+    res->has_test = r->has_test;
+    res->best_val = r->best >= 0.0 ? r->best : NAN;
+    res->split = r->has_test ? "test" : "val";
+    res->score = score;
+    res->val = val;
+    res->test = test;
+    memset(&val, 0, sizeof val);
+    memset(&test, 0, sizeof test);
+  }
+done:
+  IOUPOS_FREE(b.s);
+  ioupos_seg_eval_result_free(&val);
+  ioupos_seg_eval_result_free(&test);
+  return rc;
+}
+
+IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res) {
+  ioupos__ft *r = NULL;
+  ioupos_loader ld;
+  ioupos_loader_config lc;
+  ioupos_rng root;
+  char path[4200], tmp[4200], line[2048], esc[512];
+  const ioupos_backend *be = ioupos_backend_cpu();
+  float *x = NULL, *hlog = NULL, *prob = NULL, *dlog = NULL, *ddev = NULL;
+  int *target = NULL;
+  double *stats = NULL;
+  int rc, spe = 0, stop = 0, i, B = 0, K;
+  long steps_here = 0;
+  size_t npix, nlog = 0;
+  double t_start, t_log, img_log = 0.0;
+  memset(&ld, 0, sizeof ld);
+  if (res) memset(res, 0, sizeof *res);
+  if (!o) return ioupos__fail(IOUPOS_EINVAL, "ioupos_finetune_run: NULL options");
+  if ((rc = ioupos__ft_check(o)) != 0) return rc;
+  r = (ioupos__ft *)ioupos__calloc(1, sizeof *r);
+  if (!r) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+  r->o = o;
+  r->best = -1.0;
+  K = o->n_classes;
+  npix = (size_t)o->crop * (size_t)o->crop;
+  /* data first: a bad folder fails before anything is written */
+  if ((rc = ioupos__ft_data(r)) != 0) goto done;
+  if (o->n_epochs > 0) {
+    ioupos_loader_config_default(&lc, &r->train.ds, IOUPOS_LOADER_FINETUNE);
+    lc.batch_size = o->batch_size;
+    lc.crop[0] = lc.crop[1] = o->crop;
+    lc.seed = o->seed;
+    lc.num_workers = o->num_workers;
+    lc.drop_last = 1;
+    lc.num_samples = o->n_crops_per_ct;
+    lc.pos = lc.neg = 1;
+    lc.augment = ioupos_augment_finetune_crop;
+    if (r->train.ds.n < o->batch_size) {
+      rc = ioupos__fail(IOUPOS_EINVAL, "%s/train has %d slices, fewer than one batch "
+                        "(--batch_size %d)", o->data_dir, r->train.ds.n, o->batch_size);
+      goto done;
+    }
+    if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
+    spe = ld.batches_per_epoch;
+  }
+  /* the model */
+  ioupos_swinunetr_config_default(&r->cfg, 2);
+  r->cfg.enc = o->enc;
+  r->cfg.out_channels = K;
+  if ((rc = ioupos_swinunetr_init(&r->m, &r->cfg, &r->p.table, "")) != 0) goto done;
+  if ((rc = ioupos_params_alloc(&r->p, be, o->n_epochs > 0)) != 0) goto done;
+  {
+    ioupos_rng ir;
+    ioupos_rng_seed_stream(&ir, o->seed, 0x696e6974u); /* "init" */
+    if ((rc = ioupos_params_init(&r->p, &ir)) != 0) goto done;
+  }
+  if ((rc = ioupos_swin_encoder_buffers(&r->m.enc, &r->p)) != 0) goto done;
+  r->c[IOUPOS__FT_SEED] = (int64_t)o->seed;
+  r->c[IOUPOS__FT_BATCH] = o->batch_size;
+  r->c[IOUPOS__FT_NCROPS] = o->n_crops_per_ct;
+  r->c[IOUPOS__FT_CROP] = o->crop;
+  r->c[IOUPOS__FT_EPOCHS] = o->n_epochs;
+  r->c[IOUPOS__FT_SPE] = spe;
+  r->c[IOUPOS__FT_CLASSES] = K;
+  r->c[IOUPOS__FT_EMBED] = o->enc.embed_dim;
+  r->c[IOUPOS__FT_EVAL_EVERY] = o->eval_every;
+  r->c[IOUPOS__FT_PATIENCE] = o->patience;
+  r->c[IOUPOS__FT_METRIC] = o->metric;
+  /* the run directory */
+  snprintf(r->dir, sizeof r->dir, "%s/%s", o->chkpt_dir ? o->chkpt_dir : ".",
+           o->run_name ? o->run_name : "finetune");
+  snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+  if (o->resume) {
+    if (o->n_epochs == 0) {
+      rc = ioupos__fail(IOUPOS_EINVAL, "--resume with --n_epochs 0: there is nothing to resume");
+      goto done;
+    }
+    r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
+    r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
+    if (!r->m1 || !r->m2) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the AdamW moments");
+      goto done;
+    }
+    if ((rc = ioupos__ft_load_state(r, path)) != 0) {
+      if (rc == IOUPOS_EIO)
+        rc = ioupos__fail(IOUPOS_EIO, "--resume: no training state at %s (%s)", path,
+                          ioupos_failure_reason());
+      goto done;
+    }
+    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+    if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__FT_OPT_STEPS])) != 0) goto done;
+    ioupos__ft_log(o, "resuming %s at epoch %lld step %lld (%lld steps done)", r->dir,
+                   (long long)r->c[IOUPOS__FT_EPOCH], (long long)r->c[IOUPOS__FT_STEP],
+                   (long long)r->c[IOUPOS__FT_OPT_STEPS]);
+  } else {
+    FILE *fp = fopen(path, "rb");
+    if (fp) {
+      fclose(fp);
+      rc = ioupos__fail(IOUPOS_EINVAL, "%s already holds a run: pass --resume to continue it or "
+                        "choose another --run_name", r->dir);
+      goto done;
+    }
+    if (o->chkpt_path) {
+      ioupos_swinunetr_load_info li;
+      if ((rc = ioupos_swinunetr_load(&r->m, &r->p, o->chkpt_path, &li)) != 0) goto done;
+      if (li.whole)
+        ioupos__ft_log(o, "loaded a whole SwinUNETR from %s: %d tensors", o->chkpt_path,
+                       li.n_loaded);
+      else
+        ioupos__ft_log(o, "loaded the encoder from %s: %d tensors under '%s' -> swinViT.*, %d "
+                       "other file tensors ignored; the decoder is initialised from the seed",
+                       o->chkpt_path, li.n_loaded, li.prefix, li.n_ignored);
+    } else {
+      ioupos__ft_log(o, "no --chkpt_path: the whole model is initialised from the seed (from "
+                     "scratch)");
+    }
+    if ((rc = ioupos__mkdirs(r->dir)) != 0) goto done;
+    ioupos__json_escape(esc, sizeof esc, o->git_commit ? o->git_commit : "unknown");
+    snprintf(tmp, sizeof tmp, "%s/flags.json", r->dir);
+    {
+      size_t n = (o->flags_json ? strlen(o->flags_json) : 2) + 256;
+      char *js = (char *)ioupos__calloc(n, 1);
+      if (!js) {
+        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+        goto done;
+      }
+      snprintf(js, n, "{\"flags\": %s, \"seed\": %llu, \"commit\": \"%s\", \"steps_per_epoch\": "
+               "%d}\n", o->flags_json ? o->flags_json : "{}", (unsigned long long)o->seed, esc,
+               spe);
+      rc = ioupos_write_file_atomic(tmp, js, strlen(js));
+      IOUPOS_FREE(js);
+      if (rc) goto done;
+    }
+    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+    remove(tmp);
+    if (o->n_epochs > 0) {
+      r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
+      r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
+      if (!r->m1 || !r->m2) {
+        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the AdamW moments");
+        goto done;
+      }
+    }
+  }
+  if (o->n_epochs > 0)
+    ioupos__ft_log(o, "fine-tuning: train %d cases / %d slices, val %d cases / %d slices, test "
+                   "%d cases; %d steps per epoch of %d slices x %d crops of %d x %d, %d epochs -> "
+                   "%s", r->train.n_cases, r->train.ds.n, r->val.n_cases, r->val.ds.n,
+                   r->test.n_cases, spe, o->batch_size, o->n_crops_per_ct, o->crop, o->crop,
+                   o->n_epochs, r->dir);
+  else
+    ioupos__ft_log(o, "evaluation only (--n_epochs 0): val %d cases / %d slices, test %d cases / "
+                   "%d slices, windows of %d x %d -> %s", r->val.n_cases, r->val.ds.n,
+                   r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->dir);
+  if (o->n_epochs > 0) {
+    B = o->batch_size * o->n_crops_per_ct;
+    {
+      const int shape[2] = {o->crop, o->crop};
+      if ((rc = ioupos_swinunetr_plan(&r->m, &r->p, B, shape)) != 0) goto done;
+    }
+    nlog = (size_t)B * (size_t)K * npix;
+    x = (float *)be->alloc((size_t)B * npix * sizeof(float));
+    ddev = (float *)be->alloc(nlog * sizeof(float));
+    hlog = (float *)ioupos__calloc(nlog, sizeof(float));
+    prob = (float *)ioupos__calloc(nlog, sizeof(float));
+    dlog = (float *)ioupos__calloc(nlog, sizeof(float));
+    target = (int *)ioupos__calloc((size_t)B * npix, sizeof(int));
+    stats = (double *)ioupos__calloc(IOUPOS_DICECE_STATS(B, K), sizeof(double));
+    if (!x || !ddev || !hlog || !prob || !dlog || !target || !stats) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for a batch of %d crops", B);
+      goto done;
+    }
+  }
+  ioupos_rng_seed_stream(&root, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
+  t_start = t_log = ioupos__now();
+  while (rc == 0 && !stop && !r->c[IOUPOS__FT_STOPPED] && r->c[IOUPOS__FT_EPOCH] < o->n_epochs) {
+    int64_t e = r->c[IOUPOS__FT_EPOCH];
+    rc = r->c[IOUPOS__FT_STEP] == 0 ? ioupos_loader_epoch(&ld, (int)e)
+                                    : ioupos_loader_seek(&ld, (int)e, (int)r->c[IOUPOS__FT_STEP]);
+    if (rc) break;
+    while (rc == 0 && r->c[IOUPOS__FT_STEP] < spe) {
+      int64_t it = r->c[IOUPOS__FT_OPT_STEPS], total = (int64_t)spe * o->n_epochs;
+      long warm = (long)(o->warmup_epochs * spe);
+      double lr = ioupos_cosine_schedule((long)it, (long)total, warm, o->base_lr, o->end_lr, 0.0);
+      double loss;
+      ioupos_batch b;
+      ioupos_rng dr = ioupos_rng_split(&root, (uint64_t)it);
+      size_t q;
+      if ((rc = ioupos_loader_next(&ld, &b)) != 0) break;
+      if (b.n != B) {
+        rc = ioupos__fail(IOUPOS_EINVAL, "internal: batch of %d crops, planned %d", b.n, B);
+        break;
+      }
+      for (q = 0; q < (size_t)B * npix; ++q) target[q] = (int)b.label[q];
+      for (q = 0; q < (size_t)B * npix; ++q)
+        if (target[q] < 0 || target[q] >= K) {
+          rc = ioupos__fail(IOUPOS_EINVAL, "%s: label %d outside [0, %d) (--n_classes %d)",
+                            r->train.ds.labels[b.source[q / npix]], target[q], K, K);
+          break;
+        }
+      if (rc) break;
+      be->upload(x, b.image, (size_t)B * npix * sizeof(float));
+      be->zero(r->p.grad, r->p.table.total * sizeof(float));
+      if ((rc = ioupos_swinunetr_forward(&r->m, &r->p, x, 1, &dr)) != 0) break;
+      be->download(hlog, ioupos_swinunetr_logits(&r->m), nlog * sizeof(float));
+      loss = ioupos_dicece_forward(prob, stats, hlog, target, B, K, (long)npix, NULL);
+      if (!isfinite(loss)) {
+        rc = ioupos__fail(IOUPOS_ERANGE,
+                          "the loss is %g at epoch %lld step %lld: stopping; the last good "
+                          "checkpoint is %s/checkpoint.safetensors (if an epoch finished)", loss,
+                          (long long)e, (long long)r->c[IOUPOS__FT_STEP], r->dir);
+        break;
+      }
+      memset(dlog, 0, nlog * sizeof(float));
+      ioupos_dicece_backward(dlog, 1.0f, prob, stats, target, B, K, (long)npix, NULL);
+      be->upload(ddev, dlog, nlog * sizeof(float));
+      if ((rc = ioupos_swinunetr_backward(&r->m, &r->p, ddev, NULL)) != 0) break;
+      for (i = 0; i < r->p.table.n; ++i) {
+        const ioupos_tensor_info *t = &r->p.table.t[i];
+        if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+          continue;
+        be->adamw_step(r->p.value + t->offset, r->p.grad + t->offset, r->m1 + t->offset,
+                       r->m2 + t->offset, t->numel, (float)lr, 0.9f, 0.999f, 1e-8f,
+                       (t->flags & IOUPOS_TENSOR_NO_DECAY) ? 0.0f : (float)o->wd, (int)(it + 1));
+      }
+      if ((rc = be->sync()) != 0) break;
+      r->ep_loss += loss;
+      r->ep_n += 1.0;
+      r->c[IOUPOS__FT_STEP]++;
+      r->c[IOUPOS__FT_OPT_STEPS]++;
+      img_log += (double)o->batch_size;
+      ++steps_here;
+      if (r->c[IOUPOS__FT_OPT_STEPS] % o->log_every == 0 || r->c[IOUPOS__FT_STEP] == spe) {
+        double now = ioupos__now(), ips = img_log / (now - t_log > 1e-9 ? now - t_log : 1e-9);
+        snprintf(line, sizeof line,
+                 "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"dice_loss\": %.6g, "
+                 "\"ce_loss\": %.6g, \"lr\": %.6g, \"slices_per_s\": %.4g}\n",
+                 (long long)e, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
+                 stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
+        snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+        if ((rc = ioupos__append(tmp, line)) != 0) break;
+        ioupos__ft_log(o, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
+                       "slices/s", (long long)e, (long long)r->c[IOUPOS__FT_STEP], spe, loss,
+                       stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
+        t_log = now;
+        img_log = 0.0;
+      }
+      if (ioupos__ft_halt(o, steps_here) && r->c[IOUPOS__FT_STEP] < spe) {
+        stop = 1;
+        break;
+      }
+    }
+    if (rc) break;
+    if (!stop) {
+      int last = e + 1 == o->n_epochs, es = 0;
+      r->c[IOUPOS__FT_EPOCH]++;
+      r->c[IOUPOS__FT_STEP] = 0;
+      snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
+               "\"seconds\": %.3f}\n", (long long)e, (long long)r->c[IOUPOS__FT_OPT_STEPS],
+               r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, ioupos__now() - t_start);
+      snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+      if ((rc = ioupos__append(tmp, line)) != 0) break;
+      ioupos__ft_log(o, "epoch %lld done: mean loss %.5f", (long long)e,
+                     r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0);
+      r->ep_loss = r->ep_n = 0.0;
+      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->dir);
+      if ((rc = ioupos__ft_save_model(r, tmp, NULL)) != 0) break;
+      if (r->c[IOUPOS__FT_EPOCH] % o->eval_every == 0 || last)
+        if ((rc = ioupos__ft_validate(r, &es)) != 0) break;
+      if (ioupos__ft_halt(o, steps_here) && !last && !es) stop = 1;
+    }
+    snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+    if ((rc = ioupos__ft_save_state(r, path)) != 0) break;
+  }
+  if (rc == 0 && stop) {
+    ioupos__ft_log(o, "%s after %ld steps in this process, at epoch %lld step %lld; the state "
+                   "is saved: --resume continues from %s",
+                   o->stop && *o->stop ? "interrupted" : "stopped (--max_steps)", steps_here,
+                   (long long)r->c[IOUPOS__FT_EPOCH], (long long)r->c[IOUPOS__FT_STEP], path);
+    if (res) res->epochs_done = (int)r->c[IOUPOS__FT_EPOCH];
+  } else if (rc == 0) {
+    rc = ioupos__ft_final(r, res);
+  }
+done:
+  ioupos_loader_close(&ld);
+  be->release(x);
+  be->release(ddev);
+  IOUPOS_FREE(hlog);
+  IOUPOS_FREE(prob);
+  IOUPOS_FREE(dlog);
+  IOUPOS_FREE(target);
+  IOUPOS_FREE(stats);
+  if (r) {
+    be->release(r->m1);
+    be->release(r->m2);
+    ioupos_swinunetr_free(&r->m);
+    ioupos_params_free(&r->p);
+    ioupos_seg_set_free(&r->train);
+    ioupos_seg_set_free(&r->val);
+    ioupos_seg_set_free(&r->test);
+    IOUPOS_FREE(r);
+  }
+  return rc;
 }
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)

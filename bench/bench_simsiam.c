@@ -1,0 +1,478 @@
+/* bench/bench_simsiam.c — pairs/s and memory of the full SimSiam training step (section 18:
+   ioupos_simsiam_zero_grad + ioupos_simsiam_accumulate + ioupos_simsiam_step) on the CPU, on
+   1 and 2 OpenMP threads, beside PyTorch + MONAI + lightly doing the same step in the same run
+   (bench/bench_torch.py simsiam, run as a subprocess per configuration and thread count), then
+   the ratios.
+
+   The step, as bench_torch.py's `simsiam` (the research code's main_simsiam.py): Swin backbone
+   (window 7, patch 2, depths 2-2-2-2, heads 3-6-12-24, drop-path 0.1, train mode), lightly
+   SimSiamProjectionHead(16C, 2048, 2048) and SimSiamPredictionHead(2048, 512, 2048) (the
+   defaults of ioupos_simsiam_config_default, the same for both configurations, as in
+   bench_torch.py); two views [batch, 1, 96, 96] uniform in [0, 1); loss
+   -(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2; zero_grad, forward, backward, SGD step with lr
+   0.025 (backbone, projector and predictor), momentum 0.9, weight decay 1e-5 (none on biases
+   and 1-D tensors). float32 throughout.
+
+   Configurations (bench_torch.py's CONFIGS):
+     lowres  C 24, batch 16 (the low-resource setup, its published batch).
+     c48     C 48, batch 32 by default to keep the run short; the research setup's batch is 128
+             (--batch 128 runs it; --batch applies to c48 only).
+
+   Build (the Makefile's rule; `make build/bench_simsiam`):
+     cc -std=c99 -O2 -Wall -Wextra -Werror -mavx2 -mfma -fopenmp -D_POSIX_C_SOURCE=200809L \
+        -I. -I/usr/include/stb bench/bench_simsiam.c -o build/bench_simsiam -lm -lpthread
+   Usage: build/bench_simsiam [--config lowres|c48|all (default all)] [--batch B (c48; 32)]
+                              [--steps N] [--warmup N] [--threads T (one count only; default
+                              1 and 2)] [--no-torch]
+   --steps / --warmup override every configuration's defaults (lowres 2 + 10, c48 1 + 5; chosen
+   so that the whole default run, PyTorch included, takes under 3 minutes on an idle 2-core
+   machine). PyTorch runs the same numbers of steps.
+   Run it from the repository root (the baseline is .venv/bin/python bench/bench_torch.py).
+
+   Timing: CLOCK_MONOTONIC around each whole step (zero gradients, forward + loss + backward,
+   SGD step); --warmup untimed steps, then --steps timed ones; pairs/s = batch / median step
+   time (a pair of views is one sample, as bench_torch.py's pairs_per_s). The median times of
+   accumulate (forward, loss, backward) and of the optimiser step are printed too.
+   Memory: each (configuration, thread count) runs in its own forked process (the parent
+   allocates nothing big before forking), so its peak RSS (getrusage ru_maxrss) is that run's
+   alone: the whole process, weights, gradients, momentum, activations, scratch, the GEMM's
+   buffers. "base" is the high-water mark after the model, the optimiser state and the inputs
+   exist, before the first step (the activations are planned by the first accumulate). The
+   arenas are printed separately. PyTorch's figures come from bench_torch.py: peak_rss_mib (the
+   whole Python process, interpreter and libraries included) and delta_rss_mib = peak - base
+   (what its steps add: activations, gradients, momentum, allocator caches). Our peak RSS is
+   compared with both, each named.
+   Determinism: every run uses the same seeds (weights, views, drop-path), so the parameters and
+   gradients after the last step must be bit-identical for 1 and 2 threads; hashes are printed
+   and compared per configuration.
+   Exit status: 0, or 1 when our step fails, the loss is not finite or the hashes differ. A
+   missing or failing PyTorch baseline is reported ("skipped" and why), not an error. */
+#define IOUPOS_IMPLEMENTATION
+#include "ioupos.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define TORCH_PYTHON ".venv/bin/python"
+#define TORCH_SCRIPT "bench/bench_torch.py"
+#define MAX_STEPS 1000
+#define LR 0.025
+#define MOMENTUM 0.9
+#define WD 1e-5
+
+typedef struct config {
+  const char *name;
+  int embed, batch, published_batch, warmup, steps;
+} config;
+
+/* bench_torch.py's CONFIGS; the batches and step counts are this bench's defaults */
+static config CONFIGS[2] = {
+    {"lowres", 24, 16, 16, 2, 10},
+    {"c48", 48, 32, 128, 1, 5},
+};
+
+/* what a child process reports to the parent */
+typedef struct result {
+  int ok;
+  double pairs_s, pairs_s_mean, step_s, acc_s, opt_s, cpu_s, loss;
+  double peak_mib, base_mib, param_mib, act_mib, head_mib, scratch_mib;
+  size_t n_params;
+  unsigned long long value_hash, grad_hash;
+  char err[640];
+} result;
+
+typedef struct torch_result {
+  int ok;
+  double pairs_s, peak_mib, base_mib, delta_mib, loss;
+  double params;
+  char why[256];
+} torch_result;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double cpu_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double maxrss_mib(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n) {
+  double s[MAX_STEPS];
+  memcpy(s, v, sizeof(double) * (size_t)n);
+  qsort(s, (size_t)n, sizeof(double), cmp_double);
+  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+}
+
+static unsigned long long fnv1a(const void *data, size_t bytes) {
+  const unsigned char *p = (const unsigned char *)data;
+  unsigned long long h = 1469598103934665603ULL;
+  size_t i;
+  for (i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ULL;
+  return h;
+}
+
+static double mib(size_t floats) { return (double)floats * sizeof(float) / 1048576.0; }
+
+/* One (configuration, thread count), in the calling (child) process. */
+static void run_ours(const config *c, int threads, result *r) {
+  ioupos_simsiam_config cfg;
+  ioupos_simsiam m;
+  ioupos_rng rng, drng;
+  ioupos_ssl_stats st;
+  int shape[2], rc, i, total = c->warmup + c->steps, have = 0;
+  size_t nx, k;
+  float *x1 = NULL, *x2 = NULL;
+  double step[MAX_STEPS], acc[MAX_STEPS], opt[MAX_STEPS], cpu[MAX_STEPS], sum = 0.0;
+  memset(r, 0, sizeof *r);
+  memset(&m, 0, sizeof m);
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+  ioupos_simsiam_config_default(&cfg, 2); /* drop-path 0.1; heads 2048 / 2048 / 512 */
+  cfg.enc.embed_dim = c->embed;
+  shape[0] = shape[1] = 96;
+  rc = ioupos_simsiam_init(&m, &cfg, ioupos_backend_cpu(), 1);
+  if (rc) {
+    snprintf(r->err, sizeof r->err, "setup: %s", ioupos_failure_reason());
+    goto done;
+  }
+  have = 1;
+  nx = (size_t)c->batch * 96 * 96;
+  x1 = (float *)malloc(nx * sizeof(float));
+  x2 = (float *)malloc(nx * sizeof(float));
+  if (!x1 || !x2) {
+    snprintf(r->err, sizeof r->err, "out of memory for the views");
+    goto done;
+  }
+  ioupos_rng_seed(&rng, 2);
+  for (k = 0; k < nx; ++k) x1[k] = (float)ioupos_rng_uniform(&rng);
+  for (k = 0; k < nx; ++k) x2[k] = (float)ioupos_rng_uniform(&rng);
+  ioupos_rng_seed(&drng, 3); /* drop-path draws */
+  for (i = 0; i < m.p.table.n; ++i) {
+    const ioupos_tensor_info *t = &m.p.table.t[i];
+    if (t->dtype == IOUPOS_ST_F32 && !(t->flags & IOUPOS_TENSOR_BUFFER)) r->n_params += t->numel;
+  }
+  r->base_mib = maxrss_mib();
+  r->param_mib = 3.0 * mib(m.p.table.total); /* values, gradients, momentum */
+  for (i = 0; i < total; ++i) {
+    double c0 = cpu_now_s(), t0 = now_s(), t1, t2;
+    ioupos_simsiam_zero_grad(&m);
+    rc = ioupos_simsiam_accumulate(&m, x1, x2, c->batch, shape, 1.0f, &drng, &st);
+    t1 = now_s();
+    if (!rc) rc = ioupos_simsiam_step(&m, LR, LR, MOMENTUM, WD);
+    t2 = now_s();
+    if (rc) {
+      snprintf(r->err, sizeof r->err, "step %d: %s", i, ioupos_failure_reason());
+      goto done;
+    }
+    if (!isfinite(st.loss)) {
+      snprintf(r->err, sizeof r->err, "step %d: the loss is %g", i, st.loss);
+      goto done;
+    }
+    if (i >= c->warmup) {
+      acc[i - c->warmup] = t1 - t0;
+      opt[i - c->warmup] = t2 - t1;
+      step[i - c->warmup] = t2 - t0;
+      cpu[i - c->warmup] = cpu_now_s() - c0;
+      sum += t2 - t0;
+    }
+  }
+  r->step_s = median(step, c->steps);
+  r->acc_s = median(acc, c->steps);
+  r->opt_s = median(opt, c->steps);
+  r->cpu_s = median(cpu, c->steps);
+  r->pairs_s = c->batch / r->step_s;
+  r->pairs_s_mean = c->batch / (sum / c->steps);
+  r->loss = st.loss;
+  r->act_mib = mib(m.enc.acts.total);
+  r->head_mib = mib(m.proj.view_floats * (size_t)m.proj.views + m.proj.scratch_n +
+                    m.pred.view_floats * (size_t)m.pred.views + m.pred.scratch_n);
+  r->scratch_mib = mib(m.enc.scratch_n);
+  r->value_hash = fnv1a(m.p.value, m.p.table.total * sizeof(float));
+  r->grad_hash = fnv1a(m.p.grad, m.p.table.total * sizeof(float));
+  r->peak_mib = maxrss_mib();
+  r->ok = 1;
+done:
+  free(x1);
+  free(x2);
+  if (have) ioupos_simsiam_free(&m);
+}
+
+/* Runs run_ours in a forked child (its own peak RSS), result back through a pipe. */
+static void run_ours_forked(const config *c, int threads, result *r) {
+  int fd[2], status = 0;
+  pid_t pid;
+  ssize_t got = 0;
+  memset(r, 0, sizeof *r);
+  fflush(stdout);
+  fflush(stderr);
+  if (pipe(fd) != 0) {
+    snprintf(r->err, sizeof r->err, "pipe: %s", strerror(errno));
+    return;
+  }
+  pid = fork();
+  if (pid < 0) {
+    snprintf(r->err, sizeof r->err, "fork: %s", strerror(errno));
+    close(fd[0]);
+    close(fd[1]);
+    return;
+  }
+  if (pid == 0) {
+    result mine;
+    const char *p;
+    size_t left = sizeof mine;
+    close(fd[0]);
+    run_ours(c, threads, &mine);
+    p = (const char *)&mine;
+    while (left > 0) {
+      ssize_t w = write(fd[1], p, left);
+      if (w <= 0) _exit(1);
+      p += w;
+      left -= (size_t)w;
+    }
+    close(fd[1]);
+    _exit(0);
+  }
+  close(fd[1]);
+  while ((size_t)got < sizeof *r) {
+    ssize_t n = read(fd[0], (char *)r + got, sizeof *r - (size_t)got);
+    if (n <= 0) break;
+    got += n;
+  }
+  close(fd[0]);
+  waitpid(pid, &status, 0);
+  if ((size_t)got != sizeof *r) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->err, sizeof r->err, "the measuring process died (wait status 0x%x)", status);
+  }
+}
+
+/* the number after "key": in a one-line JSON object, or -1 */
+static double json_number(const char *line, const char *key) {
+  char pat[64];
+  const char *s;
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  s = strstr(line, pat);
+  if (!s) return -1.0;
+  return strtod(s + strlen(pat), NULL);
+}
+
+static void run_torch(const config *c, int threads, torch_result *t) {
+  char cmd[512], line[8192], last[8192];
+  FILE *f;
+  int status;
+  memset(t, 0, sizeof *t);
+  if (access(TORCH_PYTHON, X_OK) != 0) {
+    snprintf(t->why, sizeof t->why, "%s not found (make %s creates it)", TORCH_PYTHON,
+             TORCH_PYTHON);
+    return;
+  }
+  if (access(TORCH_SCRIPT, R_OK) != 0) {
+    snprintf(t->why, sizeof t->why, "%s not found (run from the repository root)", TORCH_SCRIPT);
+    return;
+  }
+  snprintf(cmd, sizeof cmd,
+           "%s %s simsiam --threads %d --config %s --batch %d --embed %d --steps %d --warmup %d",
+           TORCH_PYTHON, TORCH_SCRIPT, threads, c->name, c->batch, c->embed, c->steps, c->warmup);
+  fflush(stdout);
+  f = popen(cmd, "r");
+  if (!f) {
+    snprintf(t->why, sizeof t->why, "cannot run %s: %s", TORCH_PYTHON, strerror(errno));
+    return;
+  }
+  last[0] = 0;
+  while (fgets(line, sizeof line, f)) {
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    if (n > 0) memcpy(last, line, n + 1);
+  }
+  status = pclose(f);
+  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    int code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    snprintf(t->why, sizeof t->why, "bench_torch.py exited with status %d%s", code,
+             code == 2 ? " (torch / monai / lightly / einops missing, or a bad argument; "
+                         "see its message above)" : "");
+    return;
+  }
+  t->pairs_s = json_number(last, "pairs_per_s");
+  t->peak_mib = json_number(last, "peak_rss_mib");
+  t->base_mib = json_number(last, "base_rss_mib");
+  t->delta_mib = json_number(last, "delta_rss_mib");
+  t->loss = json_number(last, "loss");
+  t->params = json_number(last, "params");
+  if (last[0] != '{' || !(t->pairs_s > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
+    snprintf(t->why, sizeof t->why, "bench_torch.py's last line is not its JSON result");
+    return;
+  }
+  t->ok = 1;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *v) {
+  char *end;
+  long x = strtol(s, &end, 10);
+  if (*s == 0 || *end != 0 || x < lo || x > hi) return 0;
+  *v = (int)x;
+  return 1;
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: bench_simsiam [--config lowres|c48|all] [--batch B (c48)] [--steps N] "
+                  "[--warmup N] [--threads T] [--no-torch]\n");
+  exit(2);
+}
+
+int main(int argc, char **argv) {
+  int i, ci, nt, t0 = 1, t1 = 2, c0 = 0, c1 = 1, steps = 0, warmup = -1, torch = 1, fail = 0;
+  int threads = 0;
+  result ours[2][3];
+  torch_result base[2][3];
+  double t_start = now_s();
+  memset(ours, 0, sizeof ours);
+  memset(base, 0, sizeof base);
+  for (i = 1; i < argc; ++i) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--no-torch")) {
+      torch = 0;
+      continue;
+    }
+    if (!v) usage();
+    if (!strcmp(a, "--config")) {
+      if (!strcmp(v, "lowres")) c0 = c1 = 0;
+      else if (!strcmp(v, "c48")) c0 = c1 = 1;
+      else if (!strcmp(v, "all")) c0 = 0, c1 = 1;
+      else usage();
+    }
+    else if (!strcmp(a, "--batch")) { if (!parse_int(v, 2, 4096, &CONFIGS[1].batch)) usage(); }
+    else if (!strcmp(a, "--steps")) { if (!parse_int(v, 1, MAX_STEPS, &steps)) usage(); }
+    else if (!strcmp(a, "--warmup")) { if (!parse_int(v, 0, 100, &warmup)) usage(); }
+    else if (!strcmp(a, "--threads")) { if (!parse_int(v, 1, 2, &threads)) usage(); }
+    else usage();
+    ++i;
+  }
+  for (ci = 0; ci < 2; ++ci) {
+    if (steps) CONFIGS[ci].steps = steps;
+    if (warmup >= 0) CONFIGS[ci].warmup = warmup;
+  }
+  if (threads) t0 = t1 = threads;
+#ifndef _OPENMP
+  t0 = t1 = 1;
+#endif
+  printf("bench_simsiam: SimSiam training step (2 views 96x96 in [0, 1), Swin backbone with "
+         "drop-path 0.1 in train mode, projection 16C-2048-2048, prediction 2048-512-2048, "
+         "loss, backward, SGD lr %g momentum %g wd %g); GEMM %s, %s\n", LR, MOMENTUM, WD,
+         ioupos_gemm_kernel(),
+#ifdef _OPENMP
+         "OpenMP"
+#else
+         "no OpenMP (1 thread only)"
+#endif
+  );
+  for (ci = c0; ci <= c1; ++ci) {
+    const config *c = &CONFIGS[ci];
+    printf("config %s: C %d, batch %d%s, %d warm-up + %d timed steps\n", c->name, c->embed,
+           c->batch,
+           c->batch == c->published_batch ? " (the published batch)"
+           : ci == 1 ? " (the published batch is 128: --batch 128 runs it)"
+                     : "",
+           c->warmup, c->steps);
+  }
+  for (ci = c0; ci <= c1; ++ci) {
+    const config *c = &CONFIGS[ci];
+    for (nt = t0; nt <= t1; ++nt) {
+      result *r = &ours[ci][nt];
+      torch_result *t = &base[ci][nt];
+      run_ours_forked(c, nt, r);
+      if (!r->ok) {
+        printf("%s, threads %d: ours FAILED: %s\n", c->name, nt, r->err);
+        fail = 1;
+        continue;
+      }
+      printf("%s, threads %d: ours    %7.2f pairs/s (median step %.3f s: forward + loss + "
+             "backward %.3f s, SGD %.4f s; CPU time %.3f s; mean %.2f pairs/s); last loss "
+             "%.6f; %.2f M parameters\n", c->name, nt, r->pairs_s, r->step_s, r->acc_s, r->opt_s,
+             r->cpu_s, r->pairs_s_mean, r->loss, (double)r->n_params / 1e6);
+      printf("           ours    peak RSS %.0f MiB (base %.0f MiB before the first step); "
+             "arenas: parameters + gradients + momentum %.0f MiB, backbone activations %.0f "
+             "MiB, backbone scratch %.0f MiB, heads %.0f MiB\n", r->peak_mib, r->base_mib,
+             r->param_mib, r->act_mib, r->scratch_mib, r->head_mib);
+      printf("           ours    hash of the parameters %016llx, of the gradients %016llx\n",
+             r->value_hash, r->grad_hash);
+      fflush(stdout);
+      if (!torch) {
+        snprintf(t->why, sizeof t->why, "--no-torch");
+        t->ok = 0;
+      } else {
+        run_torch(c, nt, t);
+      }
+      if (!t->ok) {
+        printf("           PyTorch baseline skipped: %s\n", t->why);
+        continue;
+      }
+      printf("           PyTorch %7.2f pairs/s; last loss %.6f; %.2f M parameters%s; peak RSS "
+             "%.0f MiB (whole process), delta %.0f MiB (peak - base %.0f, what the steps add)\n",
+             t->pairs_s, t->loss, t->params / 1e6,
+             t->params == (double)r->n_params ? " (same count as ours)" : " (DIFFERS from ours)",
+             t->peak_mib, t->delta_mib, t->base_mib);
+      printf("           ratio   pairs/s ours / PyTorch %.2f; memory: our peak RSS / PyTorch's "
+             "delta RSS %.2f, our peak RSS / PyTorch's peak RSS %.2f\n", r->pairs_s / t->pairs_s,
+             r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
+      fflush(stdout);
+    }
+    if (t1 > t0 && ours[ci][t0].ok && ours[ci][t1].ok) {
+      int same = ours[ci][t0].value_hash == ours[ci][t1].value_hash &&
+                 ours[ci][t0].grad_hash == ours[ci][t1].grad_hash;
+      printf("%s: parameters and gradients bit-identical for %d and %d threads: %s\n", c->name,
+             t0, t1, same ? "yes" : "NO");
+      if (!same) fail = 1;
+    }
+  }
+  printf("\n| config | threads | ours pairs/s | PyTorch pairs/s | ratio | our peak RSS MiB | "
+         "PyTorch delta / peak RSS MiB | ours / delta | ours / peak |\n"
+         "|---|---|---|---|---|---|---|---|---|\n");
+  for (ci = c0; ci <= c1; ++ci)
+    for (nt = t0; nt <= t1; ++nt) {
+      const result *r = &ours[ci][nt];
+      const torch_result *t = &base[ci][nt];
+      char name[64];
+      snprintf(name, sizeof name, "%s (C %d, batch %d)", CONFIGS[ci].name, CONFIGS[ci].embed,
+               CONFIGS[ci].batch);
+      if (!r->ok) continue;
+      if (t->ok)
+        printf("| %s | %d | %.2f | %.2f | %.2f | %.0f | %.0f / %.0f | %.2f | %.2f |\n", name, nt,
+               r->pairs_s, t->pairs_s, r->pairs_s / t->pairs_s, r->peak_mib, t->delta_mib,
+               t->peak_mib, r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
+      else
+        printf("| %s | %d | %.2f | - | - | %.0f | - | - | - |\n", name, nt, r->pairs_s,
+               r->peak_mib);
+    }
+  printf("total wall time %.0f s\n", now_s() - t_start);
+  return fail;
+}

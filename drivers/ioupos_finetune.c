@@ -1,0 +1,512 @@
+/* ioupos-finetune — fine-tuning of a SwinUNETR for organ segmentation on labelled CT slices,
+   from an SSL encoder (ioupos-simsiam / ioupos-dino checkpoint, or a MONAI state dict) or from
+   scratch, with the research code's flags (main_finetune.py) and its published setup.
+
+   The run itself (data, model, loader, Dice-CE, AdamW, evaluation, run directory, exact
+   resume) is ioupos_finetune_run (ioupos.h section 22); this program parses and records the
+   flags and prints the final per-organ table. Run with --help for the flags.
+   SIGINT (Ctrl-C; unless ignored at start, as for a background job of a script) and SIGTERM
+   stop the run at the next step boundary with the state saved (an epoch's checkpoint and
+   validation are finished first): --resume continues it and the result equals an
+   uninterrupted run's. A second signal ends the program at once (every file write is atomic).
+
+   Exit status: 0 done (or --max_steps reached), 1 the run failed (the library's reason is
+   printed), 2 bad command line, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM) with the
+   state saved. */
+#define IOUPOS_IMPLEMENTATION
+#include "ioupos.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define PROG "ioupos-finetune"
+#include "cli.h"
+
+#ifndef IOUPOS_GIT_COMMIT
+#define IOUPOS_GIT_COMMIT "unknown" /* the Makefile passes -DIOUPOS_GIT_COMMIT="<hash>[+dirty]" */
+#endif
+
+#define FT_MAX_THREADS 1024
+
+typedef struct ft_flags {
+  ioupos_finetune_opts o;
+  int spatial_dims, threads, use_amp, ignore_warn, low_resource;
+  int given_embed, given_batch, given_sw;
+} ft_flags;
+
+static void ft_defaults(ft_flags *f) {
+  memset(f, 0, sizeof *f);
+  ioupos_finetune_opts_default(&f->o);
+  f->spatial_dims = 2;
+}
+
+static void ft_usage(FILE *out) {
+  ft_flags d;
+  const ioupos_finetune_opts *o = &d.o;
+  ft_defaults(&d);
+  fprintf(out,
+          "usage: " PROG " --data_dir DIR [flags]\n"
+          "Fine-tune a SwinUNETR (MONAI's, 2D) for organ segmentation on labelled CT slices,\n"
+          "from a pretrained Swin encoder or from scratch; select the best checkpoint on the\n"
+          "validation split and score it once on the test split.\n"
+          "\n"
+          "Data:\n"
+          "  --data_dir DIR        ioupos-prep's output with a split (--split_path there):\n"
+          "                        DIR/train, DIR/val and optionally DIR/test, each with PNG\n"
+          "                        slices <case>_<z>.png and labels/<case>_<z>.png; required\n"
+          "  --split_path FILE     the split file; if given, the cases of DIR/train, val, test\n"
+          "                        must be exactly its lists (default: not checked)\n"
+          "  --n_classes K         classes with the background, 2..%d (default %d: FLARE22)\n"
+          "  --spatial_dims 2|3    2 only: fine-tuning reads 2D slices (default 2)\n"
+          "\n"
+          "Model (MONAI SwinUNETR: Swin encoder patch 2, window 7, depths 2,2,2,2, heads\n"
+          "3,6,12,24; UNETR decoder with instance norm):\n"
+          "  --chkpt_path FILE     initial weights: an ioupos-simsiam / ioupos-dino checkpoint\n"
+          "                        (backbone.*; for DINO the teacher), a MONAI state dict with\n"
+          "                        swinViT.* or bare SwinTransformer names (the encoder is loaded,\n"
+          "                        the decoder initialised), or a whole SwinUNETR (e.g. a run's\n"
+          "                        best.safetensors, loaded in full). A tensor missing or of\n"
+          "                        another shape is an error. Default: none, from scratch\n"
+          "  --embedding_size C    feature size C; must match the checkpoint; C x 2^s must be\n"
+          "                        divisible by stage s's heads, e.g. 6, 12, 24, 48 (default %d;\n"
+          "                        the research script defaulted to 24, the published runs 48)\n"
+          "  --drop_path_rate X    stochastic depth of the encoder, in [0, 1) (default %g:\n"
+          "                        MONAI SwinUNETR's default)\n"
+          "\n"
+          "Training:\n"
+          "  --crop_size N         training crops and sliding-window roi, N x N, a multiple of\n"
+          "                        32 (default %d)\n"
+          "  --batch_size N        slices per step (default %d)\n"
+          "  --n_crops_per_ct N    crops per slice, centred on an organ with p = 0.5\n"
+          "                        (RandCropByPosNegLabeld pos = neg = 1) (default %d)\n"
+          "  --n_epochs N          epochs; 0 = only evaluate the --chkpt_path model on val and\n"
+          "                        test (default %d)\n"
+          "  --base_lr X           peak learning rate after the warm-up (default %g)\n"
+          "  --end_lr X            final learning rate of the cosine, per iteration (default %g;\n"
+          "                        hard-coded in the research code)\n"
+          "  --warmup_epochs X     linear warm-up from 0 (default %g)\n"
+          "  --wd X                AdamW weight decay, not on biases and 1-D tensors (default %g)\n"
+          "  --num_workers N       loader threads, 0..256; results do not depend on it\n"
+          "                        (default %d)\n"
+          "  --seed S              random seed, unsigned 64-bit (default %llu)\n"
+          "  --use_amp             accepted; the CPU backend computes in float32 (a note says so)\n"
+          "  --ignore_user_warning accepted (the research code silenced Python warnings); no\n"
+          "                        effect\n"
+          "  --low_resource_mode   a small preset (ours): --embedding_size 24, --batch_size 8 and\n"
+          "                        --sw_batch_size 8 unless given\n"
+          "\n"
+          "Evaluation (per case: slices restacked, per-organ DSC, the mean over organs):\n"
+          "  --eval_every N        validate after every N-th epoch and after the last (default %d;\n"
+          "                        the research code validated every 10 epochs, then every epoch\n"
+          "                        from epoch 90)\n"
+          "  --patience N          stop after N epochs without a better validation score,\n"
+          "                        checked at validations; 0 = never (default %d; the research\n"
+          "                        code counted validations instead of epochs)\n"
+          "  --metric M            ours: the per-case organ DSC (mean over organs of the mean\n"
+          "                        over cases, background excluded); research: the research\n"
+          "                        code's per-slice MONAI DiceMetric (background included, absent\n"
+          "                        classes ignored), reported beside ours. The selected metric\n"
+          "                        picks the best checkpoint and drives --patience (default ours)\n"
+          "  --sw_batch_size N     sliding windows per model call (default %d)\n"
+          "  --sw_overlap X        sliding-window overlap, in [0, 1) (default %g)\n"
+          "  --eval_train          also evaluate the train split at each validation (logged)\n"
+          "  --predict_dir DIR     write the final evaluation's predicted label slices as PNGs\n"
+          "                        (label ids as grey values) to DIR/val/ and DIR/test/, named as\n"
+          "                        the input slices (default: none)\n"
+          "\n"
+          "Run:\n"
+          "  --chkpt_dir DIR       where run directories go (default %s)\n"
+          "  --run_name NAME       the run directory <chkpt_dir>/<run_name> (default %s)\n"
+          "  --resume              continue the run in that directory from its state.safetensors\n"
+          "                        (the result equals an uninterrupted run's, bit for bit); the\n"
+          "                        flags must be the run's (flags.json), except --num_workers,\n"
+          "                        --threads, --log_every and --max_steps\n"
+          "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
+          "                        cores or OMP_NUM_THREADS)\n"
+          "  --log_every N         a console and metrics.jsonl line every N steps (default %d)\n"
+          "  --help                show this text and exit\n"
+          "\n"
+          "Testing:\n"
+          "  --max_steps N         stop after N steps in this process and save the state, as if\n"
+          "                        interrupted (0 = no limit; default 0)\n"
+          "\n"
+          "The run directory holds flags.json, metrics.jsonl (steps, epochs, validations),\n"
+          "checkpoint.safetensors (the last epoch's model), best.safetensors (the best validation\n"
+          "model), state.safetensors (for --resume) and results.json (the final per-organ tables\n"
+          "and per-case DSCs), all in MONAI SwinUNETR names and written atomically. At the end\n"
+          "the best checkpoint is evaluated on val and test; the test score is the reported one\n"
+          "(without a test split the best validation score is, which is optimistic). Its\n"
+          "per-organ table goes to stdout, ending with the line\n"
+          "  score <split> <dsc|research> <value>\n"
+          "Progress goes to stderr. Flags take their value as '--flag value' or '--flag=value'.\n"
+          "Exit status: 0 done (or --max_steps reached), 1 the run failed (the reason is\n"
+          "printed), 2 bad command line, 130 / 143 stopped by Ctrl-C (SIGINT) / SIGTERM at the\n"
+          "next step with the state saved (--resume continues; a second signal quits at once).\n",
+          IOUPOS_SEG_MAX_CLASSES, o->n_classes, o->enc.embed_dim, (double)o->enc.drop_path_rate,
+          o->crop, o->batch_size, o->n_crops_per_ct, o->n_epochs, o->base_lr, o->end_lr,
+          o->warmup_epochs, o->wd, o->num_workers, (unsigned long long)o->seed, o->eval_every,
+          o->patience, o->sw_batch_size, o->sw_overlap, o->chkpt_dir, o->run_name,
+          FT_MAX_THREADS, o->log_every);
+}
+
+static void ft_usage_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2), noreturn))
+#endif
+    ;
+static void ft_usage_error(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, PROG ": ");
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, " (see --help)\n");
+  exit(2);
+}
+
+/* A directory entry name: not empty, no '/', not "." or "..". */
+static const char *ft_parse_name(const char *flag, const char *s) {
+  if (!*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, ".."))
+    cli_bad_value(flag, s, "expected a folder name without '/'");
+  return s;
+}
+
+static const char *const ft_names[] = {
+    "data_dir", "split_path", "chkpt_path", "embedding_size", "spatial_dims", "n_classes",
+    "batch_size", "n_crops_per_ct", "sw_batch_size", "sw_overlap", "n_epochs", "base_lr",
+    "end_lr", "warmup_epochs", "wd", "patience", "eval_every", "seed", "num_workers",
+    "run_name", "chkpt_dir", "metric", "crop_size", "threads", "max_steps", "predict_dir",
+    "drop_path_rate", "log_every",
+    /* switches */
+    "eval_train", "use_amp", "ignore_user_warning", "low_resource_mode", "resume"};
+#define FT_N_SWITCHES 5
+
+static void ft_flag(ft_flags *f, const char *name, const char *flag, const char *v) {
+  ioupos_finetune_opts *o = &f->o;
+#define IS(s) (!strcmp(name, s))
+  if (IS("data_dir")) o->data_dir = cli_nonempty(flag, v, "expected a folder");
+  else if (IS("split_path")) o->split_path = cli_nonempty(flag, v, "expected a file");
+  else if (IS("chkpt_path")) o->chkpt_path = cli_nonempty(flag, v, "expected a file");
+  else if (IS("embedding_size")) {
+    o->enc.embed_dim = (int)cli_int(flag, v, 1, 4096);
+    f->given_embed = 1;
+  } else if (IS("spatial_dims")) f->spatial_dims = (int)cli_int(flag, v, 2, 3);
+  else if (IS("n_classes")) o->n_classes = (int)cli_int(flag, v, 2, IOUPOS_SEG_MAX_CLASSES);
+  else if (IS("batch_size")) {
+    o->batch_size = (int)cli_int(flag, v, 1, 1 << 20);
+    f->given_batch = 1;
+  } else if (IS("n_crops_per_ct")) o->n_crops_per_ct = (int)cli_int(flag, v, 1, 1 << 16);
+  else if (IS("sw_batch_size")) {
+    o->sw_batch_size = (int)cli_int(flag, v, 1, 1 << 16);
+    f->given_sw = 1;
+  } else if (IS("sw_overlap")) {
+    o->sw_overlap = cli_double(flag, v, 0.0, 1.0, 0);
+    if (o->sw_overlap >= 1.0) cli_bad_value(flag, v, "must be in [0, 1)");
+  } else if (IS("n_epochs")) o->n_epochs = (int)cli_int(flag, v, 0, 1000000);
+  else if (IS("base_lr")) o->base_lr = cli_double(flag, v, 0.0, 1e6, 1);
+  else if (IS("end_lr")) o->end_lr = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("warmup_epochs")) o->warmup_epochs = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("wd")) o->wd = cli_double(flag, v, 0.0, 1e6, 0);
+  else if (IS("patience")) o->patience = (int)cli_int(flag, v, 0, 1000000);
+  else if (IS("eval_every")) o->eval_every = (int)cli_int(flag, v, 1, 1000000);
+  else if (IS("seed")) o->seed = cli_u64(flag, v);
+  else if (IS("num_workers")) o->num_workers = (int)cli_int(flag, v, 0, 256);
+  else if (IS("run_name")) o->run_name = ft_parse_name(flag, v);
+  else if (IS("chkpt_dir")) o->chkpt_dir = cli_nonempty(flag, v, "expected a folder");
+  else if (IS("metric")) {
+    if (!strcmp(v, "ours")) o->metric = IOUPOS_FT_METRIC_DSC;
+    else if (!strcmp(v, "research")) o->metric = IOUPOS_FT_METRIC_RESEARCH;
+    else cli_bad_value(flag, v, "expected ours or research");
+  } else if (IS("crop_size")) {
+    o->crop = (int)cli_int(flag, v, 32, 4096);
+    if (o->crop % 32 != 0)
+      cli_bad_value(flag, v, "must be a multiple of 32 (SwinUNETR's five 2x downsamplings)");
+  } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, FT_MAX_THREADS);
+  else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
+  else if (IS("predict_dir")) o->predict_dir = cli_nonempty(flag, v, "expected a folder");
+  else if (IS("drop_path_rate")) {
+    double r = cli_double(flag, v, 0.0, 1.0, 0);
+    if (r >= 1.0) cli_bad_value(flag, v, "must be in [0, 1)");
+    o->enc.drop_path_rate = (float)r;
+  } else if (IS("log_every")) o->log_every = (int)cli_int(flag, v, 1, INT_MAX);
+  else if (IS("eval_train")) o->eval_train = 1;
+  else if (IS("use_amp")) f->use_amp = 1;
+  else if (IS("ignore_user_warning")) f->ignore_warn = 1;
+  else if (IS("low_resource_mode")) f->low_resource = 1;
+  else if (IS("resume")) o->resume = 1;
+#undef IS
+}
+
+static void ft_parse(int argc, char **argv, ft_flags *f) {
+  cli c;
+  int k;
+  ft_defaults(f);
+  cli_init(&c, argc, argv, ft_names, CLI_COUNT(ft_names), FT_N_SWITCHES, ft_usage);
+  while ((k = cli_next_flag(&c)) >= 0) ft_flag(f, ft_names[k], c.flag, c.value);
+  if (!f->o.data_dir) cli_required("--data_dir");
+  if (f->spatial_dims == 3)
+    ft_usage_error("--spatial_dims 3: fine-tuning reads 2D PNG slices only (the loader has no "
+                   "NIfTI volumes yet); use --spatial_dims 2");
+  if (f->low_resource) {
+    if (!f->given_embed) f->o.enc.embed_dim = 24;
+    if (!f->given_batch) f->o.batch_size = 8;
+    if (!f->given_sw) f->o.sw_batch_size = 8;
+  }
+  if (f->o.n_epochs > 0 && f->o.warmup_epochs > 0.0 &&
+      f->o.warmup_epochs >= (double)f->o.n_epochs)
+    ft_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end "
+                   "before the run does)", f->o.warmup_epochs, f->o.n_epochs);
+  if (f->o.resume && f->o.n_epochs == 0)
+    ft_usage_error("--resume with --n_epochs 0: an evaluation has nothing to resume");
+  {
+    const int *h = f->o.enc.num_heads, C = f->o.enc.embed_dim;
+    int s;
+    for (s = 0; s < 4; ++s)
+      if ((C << s) % h[s] != 0)
+        ft_usage_error("--embedding_size %d: the stages' %d, %d, %d, %d attention heads must "
+                       "divide their widths C, 2C, 4C, 8C (e.g. C a multiple of 3: 6, 24, 48)",
+                       C, h[0], h[1], h[2], h[3]);
+  }
+  if (ioupos_swin_config_check(&f->o.enc) != IOUPOS_OK)
+    ft_usage_error("--embedding_size %d: %s", f->o.enc.embed_dim, ioupos_failure_reason());
+}
+
+/* ---- the resolved flags as JSON ------------------------------------------------------------- */
+
+typedef struct ft_json {
+  char *s;
+  size_t n, cap;
+} ft_json;
+
+static void ft_put(ft_json *j, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void ft_put(ft_json *j, const char *fmt, ...) {
+  va_list ap;
+  int m;
+  for (;;) {
+    va_start(ap, fmt);
+    m = vsnprintf(j->s ? j->s + j->n : NULL, j->s ? j->cap - j->n : 0, fmt, ap);
+    va_end(ap);
+    if (m < 0) abort();
+    if (j->s && j->n + (size_t)m < j->cap) break;
+    j->cap = 2 * (j->n + (size_t)m + 256);
+    j->s = (char *)realloc(j->s, j->cap);
+    if (!j->s) {
+      fprintf(stderr, PROG ": out of memory\n");
+      exit(1);
+    }
+  }
+  j->n += (size_t)m;
+}
+
+static void ft_key(ft_json *j, const char *key) { ft_put(j, "%s\"%s\": ", j->n > 1 ? ", " : "", key); }
+
+static void ft_jstr(ft_json *j, const char *key, const char *v) {
+  const unsigned char *p;
+  ft_key(j, key);
+  if (!v) {
+    ft_put(j, "null");
+    return;
+  }
+  ft_put(j, "\"");
+  for (p = (const unsigned char *)v; *p; ++p) {
+    if (*p == '"' || *p == '\\') ft_put(j, "\\%c", *p);
+    else if (*p < 0x20) ft_put(j, "\\u%04x", *p);
+    else ft_put(j, "%c", *p);
+  }
+  ft_put(j, "\"");
+}
+
+static void ft_jint(ft_json *j, const char *key, long long v) {
+  ft_key(j, key);
+  ft_put(j, "%lld", v);
+}
+
+/* The shortest of %.15g..%.17g that reads back as v. */
+static void ft_jnum(ft_json *j, const char *key, double v) {
+  char buf[40];
+  int p;
+  for (p = 15; p <= 17; ++p) {
+    snprintf(buf, sizeof buf, "%.*g", p, v);
+    if (strtod(buf, NULL) == v) break;
+  }
+  ft_key(j, key);
+  ft_put(j, "%s", buf);
+}
+
+static void ft_jbool(ft_json *j, const char *key, int v) {
+  ft_key(j, key);
+  ft_put(j, v ? "true" : "false");
+}
+
+/* Every flag that describes the run, defaults included. --resume and --max_steps describe one
+   invocation, not the run, and are left out: the JSON is also stored in state.safetensors, which
+   must come out byte-identical whether or not the run was interrupted and resumed. On --resume
+   the library compares it key by key with the state's (section 18's rule: only num_workers,
+   threads, log_every, chkpt_dir, run_name and git_commit may differ). */
+static char *ft_flags_json(const ft_flags *f) {
+  const ioupos_finetune_opts *o = &f->o;
+  ft_json j = {NULL, 0, 0};
+  char buf[32];
+  int threads = f->threads;
+#ifdef _OPENMP
+  if (!threads) threads = omp_get_max_threads();
+#else
+  threads = 1;
+#endif
+  ft_put(&j, "{");
+  ft_jstr(&j, "data_dir", o->data_dir);
+  ft_jstr(&j, "split_path", o->split_path);
+  ft_jstr(&j, "chkpt_path", o->chkpt_path);
+  ft_jstr(&j, "chkpt_dir", o->chkpt_dir);
+  ft_jstr(&j, "run_name", o->run_name);
+  ft_jint(&j, "spatial_dims", f->spatial_dims);
+  ft_jint(&j, "embedding_size", o->enc.embed_dim);
+  ft_jnum(&j, "drop_path_rate", (double)o->enc.drop_path_rate);
+  ft_jint(&j, "n_classes", o->n_classes);
+  ft_jint(&j, "crop_size", o->crop);
+  ft_jint(&j, "batch_size", o->batch_size);
+  ft_jint(&j, "n_crops_per_ct", o->n_crops_per_ct);
+  ft_jint(&j, "sw_batch_size", o->sw_batch_size);
+  ft_jnum(&j, "sw_overlap", o->sw_overlap);
+  ft_jint(&j, "n_epochs", o->n_epochs);
+  ft_jnum(&j, "base_lr", o->base_lr);
+  ft_jnum(&j, "end_lr", o->end_lr);
+  ft_jnum(&j, "warmup_epochs", o->warmup_epochs);
+  ft_jnum(&j, "wd", o->wd);
+  ft_jint(&j, "patience", o->patience);
+  ft_jint(&j, "eval_every", o->eval_every);
+  ft_jbool(&j, "eval_train", o->eval_train);
+  ft_jstr(&j, "metric", o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "ours");
+  ft_jstr(&j, "predict_dir", o->predict_dir);
+  ft_jbool(&j, "use_amp", f->use_amp);
+  ft_jbool(&j, "low_resource_mode", f->low_resource);
+  snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->seed);
+  ft_key(&j, "seed");
+  ft_put(&j, "%s", buf);
+  ft_jint(&j, "num_workers", o->num_workers);
+  ft_jint(&j, "threads", threads);
+  ft_jint(&j, "log_every", o->log_every);
+  ft_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
+  ft_put(&j, "}");
+  return j.s;
+}
+
+/* ---- the run -------------------------------------------------------------------------------- */
+
+static void ft_log(void *ctx, const char *line) {
+  size_t n = strlen(line);
+  (void)ctx;
+  fprintf(stderr, "%s%s", line, n && line[n - 1] == '\n' ? "" : "\n");
+  fflush(stderr);
+}
+
+/* ---- signals: stop at the next step boundary with the state saved ------------------------- */
+
+/* The signal that asked the run to stop (0: none), read by the library through
+   ioupos_finetune_opts.stop (sig_atomic_t is int on the POSIX platforms ioupos supports). */
+static volatile sig_atomic_t ft_stop_signal;
+
+static void ft_on_signal(int sig) {
+  static const char msg[] =
+      "\n" PROG ": stopping after the current step (and its epoch's checkpoint and validation) "
+      "and saving the state (--resume continues it; a second signal quits at once)\n";
+  ssize_t w;
+  ft_stop_signal = sig;
+  w = write(2, msg, sizeof msg - 1); /* async-signal-safe, unlike stdio */
+  (void)w;
+}
+
+/* SIGINT and SIGTERM set ft_stop_signal once; the handler then resets itself (SA_RESETHAND), so
+   a second signal ends the program. A SIGINT ignored at start stays ignored. */
+static void ft_signals(ioupos_finetune_opts *o) {
+  static const int sigs[2] = {SIGINT, SIGTERM};
+  int k;
+  for (k = 0; k < 2; ++k) {
+    struct sigaction sa, old;
+    if (sigaction(sigs[k], NULL, &old) == 0 && sigs[k] == SIGINT && old.sa_handler == SIG_IGN)
+      continue;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = ft_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_RESETHAND;
+    sigaction(sigs[k], &sa, NULL);
+  }
+  {
+    volatile int *flag = &ft_stop_signal; /* compiles only where sig_atomic_t is int */
+    o->stop = flag;
+  }
+}
+
+static int ft_print_table(const ioupos_seg_eval_result *r) {
+  size_t len = 0;
+  char *buf;
+  int rc = ioupos_dsc_table(NULL, 0, &len, &r->dsc, r->has_research ? &r->research : NULL, NULL);
+  if (rc != IOUPOS_ERANGE && rc != 0) return rc;
+  buf = (char *)malloc(len + 1);
+  if (!buf) return IOUPOS_ENOMEM;
+  rc = ioupos_dsc_table(buf, len + 1, &len, &r->dsc, r->has_research ? &r->research : NULL, NULL);
+  if (rc == 0) fputs(buf, stdout);
+  free(buf);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  ft_flags f;
+  ioupos_finetune_result res;
+  char *json;
+  int rc;
+  ft_parse(argc, argv, &f);
+  if (f.use_amp)
+    fprintf(stderr, PROG ": note: --use_amp ignored: the CPU backend computes in float32\n");
+#ifdef _OPENMP
+  if (f.threads > 0) omp_set_num_threads(f.threads);
+#else
+  if (f.threads > 0)
+    fprintf(stderr, PROG ": note: --threads %d ignored (built without OpenMP: one thread)\n",
+            f.threads);
+#endif
+  json = ft_flags_json(&f);
+  f.o.flags_json = json;
+  f.o.git_commit = IOUPOS_GIT_COMMIT;
+  f.o.log = ft_log;
+  f.o.log_ctx = NULL;
+  ft_signals(&f.o);
+  rc = ioupos_finetune_run(&f.o, &res);
+  free(json);
+  if (rc != IOUPOS_OK) {
+    const char *why = ioupos_failure_reason();
+    fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
+    return 1;
+  }
+  if (res.done) {
+    const ioupos_seg_eval_result *r = res.has_test ? &res.test : &res.val;
+    if (f.o.n_epochs > 0)
+      printf("%s split, best validation checkpoint (epoch %d of %d%s), %d cases\n", res.split,
+             res.best_epoch, res.epochs_done, res.stopped_early ? ", stopped early" : "",
+             r->n_cases);
+    else
+      printf("%s split, %s, %d cases\n", res.split,
+             f.o.chkpt_path ? f.o.chkpt_path : "untrained model", r->n_cases);
+    if (ft_print_table(r) != 0) {
+      fprintf(stderr, PROG ": error: %s\n", ioupos_failure_reason());
+      ioupos_finetune_result_free(&res);
+      return 1;
+    }
+    printf("score %s %s %.6f\n", res.split,
+           f.o.metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "dsc", res.score);
+  }
+  ioupos_finetune_result_free(&res);
+  return ft_stop_signal ? 128 + (int)ft_stop_signal : 0;
+}
