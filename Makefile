@@ -18,7 +18,7 @@ TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
             $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder $(BUILD)/test_segeval $(BUILD)/test_threads
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
-            $(BUILD)/bench_encoder $(BUILD)/bench_simsiam
+            $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
 
 # The GEMM's AVX2+FMA kernel when this CPU has it (the portable kernel is tested too), its
 # AVX-512 kernel (same results, bit for bit) when the CPU also has AVX-512F, and OpenMP threads.
@@ -105,12 +105,17 @@ $(BUILD)/bench_gemm: bench/bench_gemm.c ioupos.h | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(BLAS) $(CPPFLAGS) $< -o $@ $(if $(BLAS),-lopenblas,) $(LDLIBS)
 
 # The encoder's training step beside PyTorch (bench/bench_torch.py, when .venv exists).
-$(BUILD)/bench_encoder: bench/bench_encoder.c ioupos.h | stb
+$(BUILD)/bench_encoder: bench/bench_encoder.c ioupos.h bench/bench_util.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
 # The full SimSiam training step beside PyTorch + lightly (bench_torch.py simsiam, when .venv exists).
-$(BUILD)/bench_simsiam: bench/bench_simsiam.c ioupos.h | stb
+$(BUILD)/bench_simsiam: bench/bench_simsiam.c ioupos.h bench/bench_util.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+
+# SwinUNETR fine-tuning step and sliding-window inference beside PyTorch + MONAI (finetune / infer).
+$(BUILD)/bench_finetune: bench/bench_finetune.c ioupos.h bench/bench_util.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 

@@ -2743,6 +2743,8 @@ typedef struct ioupos_swinunetr_config {
   ioupos_swin_config enc; /* feature_size = enc.embed_dim (research 48), in_chans */
   int out_channels;       /* 14 for FLARE22 (13 organs + background) */
 } ioupos_swinunetr_config;
+/* MONAI's SwinUNETR defaults: the research encoder (C 48, window 7, ...) with drop-path 0
+   (SwinUNETR's dropout_path_rate 0.0, unlike the SSL backbone's 0.1), 14 classes. */
 IOUPOS_DEF void ioupos_swinunetr_config_default(ioupos_swinunetr_config *c, int spatial_dims);
 
 typedef struct ioupos_swinunetr_block {
@@ -2816,9 +2818,9 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    is added to the data-set average (ioupos_dsc_eval: the mean over organs of each organ's mean
    over cases, THE score); with research set, the research code's per-slice MONAI DiceMetric
    (ioupos_slice_dice) too. predict_dir (or NULL) receives every predicted slice as an 8-bit
-   PNG of label ids, under the input's name. Windows are batched up to sw_batch_size per model
-   call, so results do not depend on it (each window's output is computed on its own: the
-   model has no batch statistics).
+   PNG of label ids, under the input's name. sw_batch_size windows go to each predictor call and
+   through the model IOUPOS_SEG_MODEL_BATCH at a time (ioupos_seg_predict), so results depend
+   on neither (each window's output is computed on its own: the model has no batch statistics).
 
    THE RUN (ioupos_finetune_run), on <data_dir>/train, <data_dir>/val and, when present,
    <data_dir>/test (optionally checked against a split file: every case listed under train /
@@ -2897,6 +2899,38 @@ typedef struct ioupos_swinunetr_load_info {
    be NULL. */
 IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
                                      ioupos_swinunetr_load_info *info);
+
+/* ---- sliding-window prediction with a SwinUNETR ------------------------------------------------
+   One image img[in_chans][h][w] (host memory, any size) -> logits[out_channels][h][w] (host) by
+   ioupos_sliding_window (section 20: roi, overlap, sw_batch_size windows per predictor call,
+   MONAI's semantics), the model in eval mode. The windows of a call go through the model
+   IOUPOS_SEG_MODEL_BATCH at a time: each window's output is its own (the model has no batch
+   statistics), so the result does not depend on it, while memory does: a plan keeps every
+   activation of its batch (about 75 MB a 96 x 96 window at C 48), so a whole sw_batch_size of
+   64 windows would take 20 times what 4 take, at the same speed (bench_finetune: 0.78 and
+   0.79 s a 352 x 288 slice on 2 threads). The predictor plans at most two model instances (the
+   chunk size and a last, smaller chunk) on the parameters p (only read; their
+   relative-position buffers are filled). */
+#define IOUPOS_SEG_MODEL_BATCH 4
+
+typedef struct ioupos_seg_predictor {
+  ioupos_swinunetr_config cfg;
+  ioupos_params *p;
+  int roi[2], sw_batch_size;
+  double overlap;
+  ioupos_swinunetr m[2]; /* model instances, planned for different batches */
+  int inited[2], last[2], stamp;
+  float *x;              /* backend buffer of IOUPOS_SEG_MODEL_BATCH windows */
+} ioupos_seg_predictor;
+
+/* 2D single-channel models; roi multiples of 32. Fails (EINVAL) when p is not the table of a
+   SwinUNETR of cfg registered without prefix (named), on a bad roi or sw_batch_size < 1. */
+IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
+                                         const ioupos_swinunetr_config *cfg, ioupos_params *p,
+                                         const int roi[2], double overlap, int sw_batch_size);
+IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const float *img,
+                                  int h, int w);
+IOUPOS_DEF void ioupos_seg_predictor_free(ioupos_seg_predictor *pr);
 
 /* ---- evaluation ------------------------------------------------------------------------------ */
 typedef struct ioupos_seg_eval_opts {
@@ -15607,6 +15641,7 @@ IOUPOS_DEF int ioupos_dsc_case_json(char *buf, size_t cap, size_t *len, const io
 
 IOUPOS_DEF void ioupos_swinunetr_config_default(ioupos_swinunetr_config *c, int spatial_dims) {
   ioupos_swin_config_default(&c->enc, spatial_dims);
+  c->enc.drop_path_rate = 0.0f;
   c->out_channels = 14;
 }
 
@@ -16097,15 +16132,7 @@ IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r) {
 
 /* The predictor of the sliding window: model instances of its own (planned for the batch
    sizes the window calls use: the full sw batch and the remainder) on the caller's params. */
-typedef struct ioupos__ft_pred {
-  const ioupos_swinunetr_config *cfg;
-  ioupos_params *p;
-  ioupos_swinunetr m[2];
-  int inited[2], last[2], stamp;
-  int roi[2];
-  float *x; /* backend buffer of sw_batch_size windows */
-} ioupos__ft_pred;
-
+/* ---- sliding-window prediction ---- */
 static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
                                  const ioupos_params *p) {
   ioupos_tensor_table tt;
@@ -16115,35 +16142,97 @@ static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_con
   if (rc == 0 && (tt.n != p->table.n || tt.total != p->table.total))
     rc = ioupos__fail(IOUPOS_EINVAL, "evaluation: the parameters are not those of this SwinUNETR "
                       "configuration (%d tensors, expected %d)", p->table.n, tt.n);
-  for (i = 0; rc == 0 && i < tt.n; ++i)
-    if (strcmp(tt.t[i].name, p->table.t[i].name) != 0)
+  for (i = 0; rc == 0 && i < tt.n; ++i) {
+    const ioupos_tensor_info *a = &tt.t[i], *b = &p->table.t[i];
+    if (strcmp(a->name, b->name) != 0)
       rc = ioupos__fail(IOUPOS_EINVAL, "evaluation: parameter %d is '%s', expected '%s'", i,
-                        p->table.t[i].name, tt.t[i].name);
+                        b->name, a->name);
+    else if (a->ndim != b->ndim || memcmp(a->shape, b->shape, sizeof a->shape) != 0 ||
+             a->offset != b->offset || a->dtype != b->dtype)
+      rc = ioupos__fail(IOUPOS_EINVAL, "evaluation: parameter '%s' has %zu elements in %d "
+                        "dimensions, this SwinUNETR configuration's has %zu in %d", b->name,
+                        b->numel, b->ndim, a->numel, a->ndim);
+  }
   ioupos_tensor_table_free(&tt);
   return rc;
 }
 
-static int ioupos__ft_predict(void *ctx, float *in, int n, float *out) {
-  ioupos__ft_pred *pr = (ioupos__ft_pred *)ctx;
+IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
+                                         const ioupos_swinunetr_config *cfg, ioupos_params *p,
+                                         const int roi[2], double overlap, int sw_batch_size) {
+  ioupos_swinunetr probe;
+  int rc;
+  if (!pr || !cfg || !p || !roi)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predictor_init: NULL argument");
+  memset(pr, 0, sizeof *pr);
+  if (cfg->enc.spatial_dims != 2 || cfg->enc.in_chans != 1)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: 2D single-channel models only (slices)");
+  if (sw_batch_size < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: --sw_batch_size %d must be >= 1",
+                        sw_batch_size);
+  if (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d must be multiples of 32",
+                        roi[0], roi[1]);
+  memset(&probe, 0, sizeof probe);
+  rc = ioupos__ft_model_like(&probe, cfg, p);
+  ioupos_swinunetr_free(&probe);
+  if (rc) return rc;
+  pr->cfg = *cfg;
+  pr->p = p;
+  pr->roi[0] = roi[0], pr->roi[1] = roi[1];
+  pr->overlap = overlap;
+  pr->sw_batch_size = sw_batch_size;
+  pr->x = (float *)p->be->alloc((size_t)IOUPOS_SEG_MODEL_BATCH * (size_t)roi[0] *
+                                (size_t)roi[1] * sizeof(float));
+  if (!pr->x) return ioupos__fail(IOUPOS_ENOMEM, "out of memory for the evaluation");
+  return 0;
+}
+
+/* ioupos_sliding_window's predictor: out[n][K][roi] for in[n][1][roi], in chunks */
+static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) {
+  ioupos_seg_predictor *pr = (ioupos_seg_predictor *)ctx;
   const ioupos_backend *be = pr->p->be;
   size_t npix = (size_t)pr->roi[0] * (size_t)pr->roi[1];
-  int k, rc;
-  /* the instance planned for n, else the least recently used one re-planned */
-  for (k = 0; k < 2 && !(pr->inited[k] && pr->m[k].batch == n); ++k) {}
-  if (k == 2) {
-    k = !pr->inited[0] ? 0 : !pr->inited[1] ? 1 : pr->last[0] <= pr->last[1] ? 0 : 1;
-    if (!pr->inited[k]) {
-      if ((rc = ioupos__ft_model_like(&pr->m[k], pr->cfg, pr->p)) != 0) return rc;
-      pr->inited[k] = 1;
+  size_t nout = npix * (size_t)pr->cfg.out_channels;
+  int done, k, rc;
+  for (done = 0; done < n; done += IOUPOS_SEG_MODEL_BATCH) {
+    int c = n - done < IOUPOS_SEG_MODEL_BATCH ? n - done : IOUPOS_SEG_MODEL_BATCH;
+    /* the instance planned for c, else the least recently used one re-planned */
+    for (k = 0; k < 2 && !(pr->inited[k] && pr->m[k].batch == c); ++k) {}
+    if (k == 2) {
+      k = !pr->inited[0] ? 0 : !pr->inited[1] ? 1 : pr->last[0] <= pr->last[1] ? 0 : 1;
+      if (!pr->inited[k]) {
+        if ((rc = ioupos__ft_model_like(&pr->m[k], &pr->cfg, pr->p)) != 0) return rc;
+        pr->inited[k] = 1;
+      }
+      if ((rc = ioupos_swinunetr_plan(&pr->m[k], pr->p, c, pr->roi)) != 0) return rc;
     }
-    if ((rc = ioupos_swinunetr_plan(&pr->m[k], pr->p, n, pr->roi)) != 0) return rc;
+    pr->last[k] = ++pr->stamp;
+    be->upload(pr->x, in + (size_t)done * npix, (size_t)c * npix * sizeof(float));
+    if ((rc = ioupos_swinunetr_forward(&pr->m[k], pr->p, pr->x, 0, NULL)) != 0) return rc;
+    be->download(out + (size_t)done * nout, ioupos_swinunetr_logits(&pr->m[k]),
+                 (size_t)c * nout * sizeof(float));
+    if ((rc = be->sync()) != 0) return rc;
   }
-  pr->last[k] = ++pr->stamp;
-  be->upload(pr->x, in, (size_t)n * npix * (size_t)pr->cfg->enc.in_chans * sizeof(float));
-  if ((rc = ioupos_swinunetr_forward(&pr->m[k], pr->p, pr->x, 0, NULL)) != 0) return rc;
-  be->download(out, ioupos_swinunetr_logits(&pr->m[k]),
-               (size_t)n * npix * (size_t)pr->cfg->out_channels * sizeof(float));
-  return be->sync();
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const float *img,
+                                  int h, int w) {
+  const int shape[2] = {h, w};
+  if (!pr || !pr->x || !logits || !img)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predict: NULL argument or no predictor");
+  return ioupos_sliding_window(logits, pr->cfg.out_channels, img, 1, 2, shape, pr->roi,
+                               pr->overlap, pr->sw_batch_size, ioupos__seg_predict_windows, pr);
+}
+
+IOUPOS_DEF void ioupos_seg_predictor_free(ioupos_seg_predictor *pr) {
+  int k;
+  if (!pr) return;
+  for (k = 0; k < 2; ++k)
+    if (pr->inited[k]) ioupos_swinunetr_free(&pr->m[k]);
+  if (pr->x) pr->p->be->release(pr->x);
+  memset(pr, 0, sizeof *pr);
 }
 
 /* label ids of an 8-bit label PNG: round(v * 255), checked */
@@ -16167,35 +16256,26 @@ static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const c
 IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, ioupos_params *p,
                                          const ioupos_seg_set *set,
                                          const ioupos_seg_eval_opts *o, ioupos_seg_eval_result *r) {
-  ioupos__ft_pred pr;
+  ioupos_seg_predictor pr;
   const int K = cfg ? cfg->out_channels : 0;
   int *pred = NULL, *truth = NULL;
   float *scores = NULL;
   unsigned char *bytes = NULL;
   size_t pred_cap = 0, truth_cap = 0, score_cap = 0, byte_cap = 0;
-  int rc = 0, c, s, k;
+  int rc = 0, c, s;
   if (!cfg || !p || !set || !o || !r)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_swinunetr_evaluate: NULL argument");
   memset(r, 0, sizeof *r);
   memset(&pr, 0, sizeof pr);
-  if (cfg->enc.spatial_dims != 2 || cfg->enc.in_chans != 1)
-    return ioupos__fail(IOUPOS_EINVAL, "evaluation: 2D single-channel models only (slices)");
-  if (o->sw_batch_size < 1)
-    return ioupos__fail(IOUPOS_EINVAL, "evaluation: --sw_batch_size %d must be >= 1",
-                        o->sw_batch_size);
   if (o->predict_dir && K > 256)
     return ioupos__fail(IOUPOS_EINVAL, "--predict_dir: %d classes do not fit 8-bit PNGs", K);
   if ((rc = ioupos_dsc_eval_init(&r->dsc, K, o->empty_policy)) != 0) return rc;
   if (o->research && (rc = ioupos_slice_dice_init(&r->research, K)) != 0) return rc;
   r->has_research = o->research != 0;
+  if ((rc = ioupos_seg_predictor_init(&pr, cfg, p, o->roi, o->overlap, o->sw_batch_size)) != 0)
+    return rc;
   r->cases = (ioupos_dsc_case *)ioupos__calloc((size_t)set->n_cases + 1, sizeof *r->cases);
-  pr.cfg = cfg;
-  pr.p = p;
-  pr.roi[0] = o->roi[0];
-  pr.roi[1] = o->roi[1];
-  pr.x = (float *)p->be->alloc((size_t)o->sw_batch_size * (size_t)o->roi[0] * (size_t)o->roi[1] *
-                               sizeof(float));
-  if (!r->cases || !pr.x) {
+  if (!r->cases) {
     rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the evaluation");
     goto done;
   }
@@ -16227,9 +16307,7 @@ IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, iou
       }
       if (rc == 0) rc = ioupos__ft_label_ids(&lb, truth + used, K, lpath);
       if (rc == 0) {
-        const int shape[2] = {im.h, im.w};
-        rc = ioupos_sliding_window(scores, K, im.data, 1, 2, shape, o->roi, o->overlap,
-                                   o->sw_batch_size, ioupos__ft_predict, &pr);
+        rc = ioupos_seg_predict(&pr, scores, im.data, im.h, im.w);
         if (rc) {
           char why[1024];
           snprintf(why, sizeof why, "%s", ioupos_failure_reason());
@@ -16256,9 +16334,7 @@ IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, iou
     if (rc == 0) ++r->n_cases;
   }
 done:
-  for (k = 0; k < 2; ++k)
-    if (pr.inited[k]) ioupos_swinunetr_free(&pr.m[k]);
-  if (pr.x) p->be->release(pr.x);
+  ioupos_seg_predictor_free(&pr);
   IOUPOS_FREE(pred);
   IOUPOS_FREE(truth);
   IOUPOS_FREE(scores);

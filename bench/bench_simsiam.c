@@ -50,23 +50,15 @@
 #define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#define TORCH_PYTHON ".venv/bin/python"
-#define TORCH_SCRIPT "bench/bench_torch.py"
-#define MAX_STEPS 1000
+#include "bench_util.h"
 #define LR 0.025
 #define MOMENTUM 0.9
 #define WD 1e-5
@@ -99,46 +91,6 @@ typedef struct torch_result {
   char why[256];
 } torch_result;
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double cpu_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double maxrss_mib(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, int n) {
-  double s[MAX_STEPS];
-  memcpy(s, v, sizeof(double) * (size_t)n);
-  qsort(s, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
-
-static unsigned long long fnv1a(const void *data, size_t bytes) {
-  const unsigned char *p = (const unsigned char *)data;
-  unsigned long long h = 1469598103934665603ULL;
-  size_t i;
-  for (i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ULL;
-  return h;
-}
-
-static double mib(size_t floats) { return (double)floats * sizeof(float) / 1048576.0; }
-
 /* One (configuration, thread count), in the calling (child) process. */
 static void run_ours(const config *c, int threads, result *r) {
   ioupos_simsiam_config cfg;
@@ -151,6 +103,7 @@ static void run_ours(const config *c, int threads, result *r) {
   double step[MAX_STEPS], acc[MAX_STEPS], opt[MAX_STEPS], cpu[MAX_STEPS], sum = 0.0;
   memset(r, 0, sizeof *r);
   memset(&m, 0, sizeof m);
+  memset(&st, 0, sizeof st);
 #ifdef _OPENMP
   omp_set_num_threads(threads);
 #else
@@ -226,121 +179,37 @@ done:
   if (have) ioupos_simsiam_free(&m);
 }
 
-/* Runs run_ours in a forked child (its own peak RSS), result back through a pipe. */
-static void run_ours_forked(const config *c, int threads, result *r) {
-  int fd[2], status = 0;
-  pid_t pid;
-  ssize_t got = 0;
-  memset(r, 0, sizeof *r);
-  fflush(stdout);
-  fflush(stderr);
-  if (pipe(fd) != 0) {
-    snprintf(r->err, sizeof r->err, "pipe: %s", strerror(errno));
-    return;
-  }
-  pid = fork();
-  if (pid < 0) {
-    snprintf(r->err, sizeof r->err, "fork: %s", strerror(errno));
-    close(fd[0]);
-    close(fd[1]);
-    return;
-  }
-  if (pid == 0) {
-    result mine;
-    const char *p;
-    size_t left = sizeof mine;
-    close(fd[0]);
-    run_ours(c, threads, &mine);
-    p = (const char *)&mine;
-    while (left > 0) {
-      ssize_t w = write(fd[1], p, left);
-      if (w <= 0) _exit(1);
-      p += w;
-      left -= (size_t)w;
-    }
-    close(fd[1]);
-    _exit(0);
-  }
-  close(fd[1]);
-  while ((size_t)got < sizeof *r) {
-    ssize_t n = read(fd[0], (char *)r + got, sizeof *r - (size_t)got);
-    if (n <= 0) break;
-    got += n;
-  }
-  close(fd[0]);
-  waitpid(pid, &status, 0);
-  if ((size_t)got != sizeof *r) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->err, sizeof r->err, "the measuring process died (wait status 0x%x)", status);
-  }
+static void run_ours_cb(const void *arg, void *out) {
+  const config *c = (const config *)((const void *const *)arg)[0];
+  int threads = *(const int *)((const void *const *)arg)[1];
+  run_ours(c, threads, (result *)out);
 }
 
-/* the number after "key": in a one-line JSON object, or -1 */
-static double json_number(const char *line, const char *key) {
-  char pat[64];
-  const char *s;
-  snprintf(pat, sizeof pat, "\"%s\":", key);
-  s = strstr(line, pat);
-  if (!s) return -1.0;
-  return strtod(s + strlen(pat), NULL);
+/* Runs run_ours in a forked child (its own peak RSS). */
+static void run_ours_forked(const config *c, int threads, result *r) {
+  const void *arg[2];
+  arg[0] = c;
+  arg[1] = &threads;
+  bench_forked(run_ours_cb, arg, r, sizeof *r, r->err, sizeof r->err);
 }
 
 static void run_torch(const config *c, int threads, torch_result *t) {
-  char cmd[512], line[8192], last[8192];
-  FILE *f;
-  int status;
+  char args[256], last[8192];
   memset(t, 0, sizeof *t);
-  if (access(TORCH_PYTHON, X_OK) != 0) {
-    snprintf(t->why, sizeof t->why, "%s not found (make %s creates it)", TORCH_PYTHON,
-             TORCH_PYTHON);
-    return;
-  }
-  if (access(TORCH_SCRIPT, R_OK) != 0) {
-    snprintf(t->why, sizeof t->why, "%s not found (run from the repository root)", TORCH_SCRIPT);
-    return;
-  }
-  snprintf(cmd, sizeof cmd,
-           "%s %s simsiam --threads %d --config %s --batch %d --embed %d --steps %d --warmup %d",
-           TORCH_PYTHON, TORCH_SCRIPT, threads, c->name, c->batch, c->embed, c->steps, c->warmup);
-  fflush(stdout);
-  f = popen(cmd, "r");
-  if (!f) {
-    snprintf(t->why, sizeof t->why, "cannot run %s: %s", TORCH_PYTHON, strerror(errno));
-    return;
-  }
-  last[0] = 0;
-  while (fgets(line, sizeof line, f)) {
-    size_t n = strlen(line);
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
-    if (n > 0) memcpy(last, line, n + 1);
-  }
-  status = pclose(f);
-  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    int code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    snprintf(t->why, sizeof t->why, "bench_torch.py exited with status %d%s", code,
-             code == 2 ? " (torch / monai / lightly / einops missing, or a bad argument; "
-                         "see its message above)" : "");
-    return;
-  }
+  snprintf(args, sizeof args, "simsiam --threads %d --config %s --batch %d --embed %d --steps %d "
+           "--warmup %d", threads, c->name, c->batch, c->embed, c->steps, c->warmup);
+  if (!bench_torch_run(args, last, sizeof last, t->why, sizeof t->why)) return;
   t->pairs_s = json_number(last, "pairs_per_s");
   t->peak_mib = json_number(last, "peak_rss_mib");
   t->base_mib = json_number(last, "base_rss_mib");
   t->delta_mib = json_number(last, "delta_rss_mib");
   t->loss = json_number(last, "loss");
   t->params = json_number(last, "params");
-  if (last[0] != '{' || !(t->pairs_s > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
-    snprintf(t->why, sizeof t->why, "bench_torch.py's last line is not its JSON result");
+  if (!(t->pairs_s > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
+    snprintf(t->why, sizeof t->why, "bench_torch.py's JSON result lacks the figures");
     return;
   }
   t->ok = 1;
-}
-
-static int parse_int(const char *s, int lo, int hi, int *v) {
-  char *end;
-  long x = strtol(s, &end, 10);
-  if (*s == 0 || *end != 0 || x < lo || x > hi) return 0;
-  *v = (int)x;
-  return 1;
 }
 
 static void usage(void) {

@@ -11,6 +11,10 @@ Usage (from the repository root):
       --steps 5 --warmup 2 --spatial_dims 2]
   .venv/bin/python bench/bench_torch.py simsiam --threads T [--config lowres|c48 --batch B
       --steps 3 --warmup 2]
+  .venv/bin/python bench/bench_torch.py finetune --threads T [--batch 16 --embed 48 --classes 14
+      --steps 3 --warmup 1]
+  .venv/bin/python bench/bench_torch.py infer --threads T [--slices 16 --height 352 --width 288
+      --embed 48 --classes 14 --sw_batch_size 64 --overlap 0.25 --repeats 1]
 
 encoder  MONAI swin_unetr.SwinTransformer(in_chans 1, embed_dim 48, window 7, patch 2, depths
          (2,2,2,2), heads (3,6,12,24), drop_path_rate 0.1, spatial_dims 2) in train mode, input
@@ -29,6 +33,18 @@ simsiam  the research code's full SimSiam training step (main_simsiam.py, RESEAR
          --config c48: embed 48, batch 128 (the research setup); --config lowres: the
          low-resource setup, embed 24 (heads still 3, 6, 12, 24), batch 16. --batch and --embed
          override the config's values.
+finetune the research code's fine-tuning step (main_finetune.py, RESEARCH_CODE.md section 1):
+         MONAI SwinUNETR(in_channels 1, out_channels classes, feature_size embed, spatial_dims
+         2; every other argument MONAI's default: drop-path 0, instance norm, normalize True) in
+         train mode; crops [batch, 1, 96, 96] uniform in [0, 1), labels uniform in [0, classes);
+         DiceCELoss(to_onehot_y=True, softmax=True); zero_grad, forward, loss, backward, AdamW
+         step (0.9, 0.999, eps 1e-8, lr 1e-3, weight decay 1e-5 on >= 2-D parameters only).
+         The research batch is 32 slices x 2 crops = 64 crops.
+infer    the research code's validation inference: the same model in eval mode under
+         torch.no_grad(); a case of --slices slices [height, width] uniform in [0, 1); each slice
+         [1, 1, height, width] through monai.inferers.sliding_window_inference(roi (96, 96),
+         sw_batch_size, overlap, mode "constant"), then argmax over classes (the result: the foreground fraction). One untimed slice
+         first, then --repeats timed passes over the case: seconds_per_case = the median pass.
 
 Threads: torch.set_num_threads(T) (intra-op) and torch.set_num_interop_threads(1), both right
 after importing torch.
@@ -93,7 +109,26 @@ def parse_args(argv):
     sim.add_argument("--embed", type=int, default=None, help="default: the config's")
     sim.add_argument("--steps", type=int, default=3)
     sim.add_argument("--warmup", type=int, default=2)
+    fin = sub.add_parser("finetune", help="SwinUNETR fine-tuning step")
+    fin.add_argument("--threads", type=int, required=True)
+    fin.add_argument("--batch", type=int, default=16)
+    fin.add_argument("--embed", type=int, default=48)
+    fin.add_argument("--classes", type=int, default=14)
+    fin.add_argument("--steps", type=int, default=3)
+    fin.add_argument("--warmup", type=int, default=1)
+    inf = sub.add_parser("infer", help="sliding-window inference of a case")
+    inf.add_argument("--threads", type=int, required=True)
+    inf.add_argument("--slices", type=int, default=16)
+    inf.add_argument("--height", type=int, default=352)
+    inf.add_argument("--width", type=int, default=288)
+    inf.add_argument("--embed", type=int, default=48)
+    inf.add_argument("--classes", type=int, default=14)
+    inf.add_argument("--sw_batch_size", type=int, default=64)
+    inf.add_argument("--overlap", type=float, default=0.25)
+    inf.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args(argv)
+    if a.bench in ("finetune", "infer"):
+        return parse_seg_args(ap, a)
     if a.bench == "simsiam":
         a.batch = CONFIGS[a.config]["batch"] if a.batch is None else a.batch
         a.embed = CONFIGS[a.config]["embed"] if a.embed is None else a.embed
@@ -106,6 +141,22 @@ def parse_args(argv):
             a.embed % 3 or a.batch < (2 if a.bench == "simsiam" else 1):
         ap.error("need --threads >= 1, --steps >= 1, --warmup >= 0, --size >= 1, --embed a "
                  "positive multiple of 3, --batch >= 1 (>= 2 for simsiam)")
+    return a
+
+
+def parse_seg_args(ap, a):
+    a.config, a.size, a.spatial_dims = None, 96, 2
+    if a.bench == "infer":
+        a.batch, a.steps, a.warmup = 1, a.repeats, 1
+    if a.threads < 1 or a.steps < 1 or a.warmup < 0 or a.embed < 12 or a.embed % 12 or \
+            a.classes < 2 or a.batch < 1:
+        ap.error("need --threads >= 1, --steps / --repeats >= 1, --warmup >= 0, --embed a "
+                 "positive multiple of 12 (SwinUNETR), --classes >= 2, --batch >= 1")
+    if a.bench == "infer" and (min(a.height, a.width) < 1 or a.sw_batch_size < 1 or
+                               not 0 <= a.overlap < 1):
+        ap.error("need --slices, --height, --width, --sw_batch_size >= 1, 0 <= --overlap < 1")
+    if a.bench == "infer" and a.slices < 1:
+        ap.error("need --slices >= 1")
     return a
 
 
@@ -148,6 +199,90 @@ def decay_groups(module, lr, weight_decay):
             {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
 
+def main_seg(a, torch, monai, import_rss):
+    """finetune and infer: MONAI SwinUNETR (see the module's docstring)."""
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import SwinUNETR
+    torch.manual_seed(0)
+    model = SwinUNETR(in_channels=1, out_channels=a.classes, feature_size=a.embed, spatial_dims=2)
+    params = sum(p.numel() for p in model.parameters())
+    if a.bench == "finetune":
+        model.train()
+        opt = torch.optim.AdamW(decay_groups(model, 1e-3, 1e-5), lr=1e-3, betas=(0.9, 0.999),
+                                eps=1e-8)
+        criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+        x = torch.rand((a.batch, 1, 96, 96), dtype=torch.float32)
+        y = torch.randint(0, a.classes, (a.batch, 1, 96, 96))
+        what = "SwinUNETR fine-tuning step (DiceCE, AdamW), crops %dx1x96x96" % a.batch
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = criterion(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+        first = step
+    else:
+        model.eval()
+        case = torch.rand((a.slices, 1, a.height, a.width), dtype=torch.float32)
+        what = ("sliding-window inference of a case of %d slices %dx%d (roi 96, overlap %g, "
+                "sw_batch_size %d)" % (a.slices, a.height, a.width, a.overlap, a.sw_batch_size))
+
+        def one(z):
+            logits = sliding_window_inference(case[z:z + 1], (96, 96), a.sw_batch_size, model,
+                                              overlap=a.overlap, mode="constant")
+            return logits.argmax(dim=1)
+
+        def first():
+            with torch.no_grad():
+                return float((one(0) != 0).float().mean())
+
+        def step():
+            with torch.no_grad():
+                s = 0.0
+                for z in range(a.slices):
+                    s += float((one(z) != 0).float().mean())
+                return s / a.slices
+    base_rss = maxrss_mib()
+    print("bench_torch %s: %s; torch %s, monai %s; %.2f M parameters, %d intra-op thread(s)" %
+          (a.bench, what, torch.__version__, monai.__version__, params / 1e6, a.threads))
+    sys.stdout.flush()
+    value = None
+    for _ in range(a.warmup):
+        value = first()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        value = step()
+        times.append(time.perf_counter() - t0)
+    if value is None or value != value:
+        sys.stderr.write("bench_torch.py: the result is not finite (%r)\n" % value)
+        return 1
+    med = statistics.median(times)
+    peak = maxrss_mib()
+    res = {"bench": a.bench, "threads": a.threads, "params": params, "embed": a.embed,
+           "classes": a.classes, "peak_rss_mib": peak, "base_rss_mib": base_rss,
+           "delta_rss_mib": peak - base_rss, "import_rss_mib": import_rss,
+           "torch": torch.__version__, "monai": monai.__version__}
+    if a.bench == "finetune":
+        print("  step times (s): %s; last loss %.6g; %.2f crops/s (median step %.3f s)" %
+              (" ".join("%.3f" % t for t in times), value, a.batch / med, med))
+        res.update({"images_per_s": a.batch / med, "step_s_median": med, "batch": a.batch,
+                    "loss": value})
+    else:
+        print("  case times (s): %s; %.3f s per case, %.3f s per slice" %
+              (" ".join("%.3f" % t for t in times), med, med / a.slices))
+        res.update({"seconds_per_case": med, "seconds_per_slice": med / a.slices,
+                    "slices": a.slices, "height": a.height, "width": a.width,
+                    "sw_batch_size": a.sw_batch_size, "overlap": a.overlap,
+                    "foreground": value})
+    print("  RSS (MiB): after imports %.1f; after model + inputs %.1f; peak %.1f; delta %.1f" %
+          (import_rss, base_rss, peak, peak - base_rss))
+    print(json.dumps(res))
+    return 0
+
+
 def main(argv):
     a = parse_args(argv)
     torch, monai, lightly = import_libraries()
@@ -156,6 +291,8 @@ def main(argv):
     from lightly.loss import NegativeCosineSimilarity
     from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
     import_rss = maxrss_mib()
+    if a.bench in ("finetune", "infer"):
+        return main_seg(a, torch, monai, import_rss)
 
     torch.manual_seed(0)
     shape = (a.batch, 1) + (a.size,) * a.spatial_dims

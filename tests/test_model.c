@@ -689,8 +689,10 @@ static void test_unetr(const char *name, int nd) {
   }
   memset(&p, 0, sizeof p);
   ioupos_swinunetr_config_default(&cfg, nd);
+  CHECK(cfg.enc.drop_path_rate == 0.0f && cfg.enc.embed_dim == 48 && cfg.out_channels == 14,
+        "the default SwinUNETR is MONAI's: drop-path %g (0), C %d (48), %d classes (14)",
+        (double)cfg.enc.drop_path_rate, cfg.enc.embed_dim, cfg.out_channels);
   cfg.enc.embed_dim = 6;
-  cfg.enc.drop_path_rate = 0.0f;
   if (nd == 3) { /* the 3D fixture is kept small: feature size 3, window 3, 2 classes */
     cfg.enc.embed_dim = 3;
     cfg.enc.window[0] = cfg.enc.window[1] = cfg.enc.window[2] = 3;

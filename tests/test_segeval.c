@@ -1,4 +1,4 @@
-/* tests/test_segeval.c — wip/segeval.h against MONAI 1.6.1 / PyTorch 2.15.0 (fixtures written by
+/* tests/test_segeval.c — section 20 of ioupos.h against MONAI 1.6.1 / PyTorch 2.15.0 (fixtures written by
    tests/reference/segeval_fixture.py into tests/fixtures/segeval), plus finite differences,
    hand-computed metric cases and argument checks.
 
@@ -18,6 +18,10 @@
         the FLARE22 both-empty = 1 policy; hand-computed cases (perfect, shifted, empty in one or
         both, all-background slices); argmax against torch.argmax (ties, NaN).
      4. The table and JSON writers: the buffer protocol, a JSON syntax check, the numbers.
+     5. ioupos_seg_predict (section 22): a small SwinUNETR over an image of many windows gives
+        bit-identical logits for sw_batch_size 1 (each window alone), 3, 5 and 64 (the windows
+        of a call chunked through the model IOUPOS_SEG_MODEL_BATCH at a time), equal to
+        ioupos_swinunetr_forward on one window where the image is one window; bad arguments.
    Prints the worst element of each comparison and "test_segeval: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
 #define IOUPOS_IMPLEMENTATION
@@ -839,6 +843,86 @@ static void test_tables(void) {
   CHECK(rc == IOUPOS_ERANGE && len > 8, "case JSON: small buffer ERANGE, needs %zu", len);
 }
 
+/* 5. sliding-window prediction with a SwinUNETR */
+static void test_seg_predictor(void) {
+  ioupos_swinunetr_config cfg, other;
+  ioupos_swinunetr m;
+  ioupos_params p, q;
+  ioupos_seg_predictor pr;
+  ioupos_rng rng;
+  const int H = 100, W = 170, roi[2] = {64, 64}, bad_roi[2] = {64, 48}, sws[4] = {1, 3, 5, 64};
+  const long n = (long)H * W;
+  float *img = talloc(n), *ref = NULL, *out = NULL, *one;
+  double worst = 0.0;
+  long i;
+  int k, rc, K;
+  printf("seg predictor:\n");
+  ioupos_swinunetr_config_default(&cfg, 2);
+  cfg.enc.embed_dim = 12;
+  cfg.out_channels = K = 3;
+  memset(&p, 0, sizeof p);
+  memset(&m, 0, sizeof m);
+  ioupos_rng_seed(&rng, 11);
+  rc = ioupos_swinunetr_init(&m, &cfg, &p.table, "");
+  if (!rc) rc = ioupos_params_alloc(&p, ioupos_backend_cpu(), 0);
+  if (!rc) rc = ioupos_params_init(&p, &rng);
+  if (!rc) rc = ioupos_swin_encoder_buffers(&m.enc, &p);
+  CHECK(rc == 0, "model: %s", ioupos_failure_reason());
+  if (rc) return;
+  for (i = 0; i < n; ++i) img[i] = (float)ioupos_rng_uniform(&rng);
+  ref = talloc(n * K);
+  out = talloc(n * K);
+  for (k = 0; k < 4; ++k) {
+    rc = ioupos_seg_predictor_init(&pr, &cfg, &p, roi, 0.25, sws[k]);
+    if (!rc) rc = ioupos_seg_predict(&pr, k == 0 ? ref : out, img, H, W);
+    CHECK(rc == 0, "predict, sw_batch_size %d: %s", sws[k], ioupos_failure_reason());
+    ioupos_seg_predictor_free(&pr);
+    if (k > 0)
+      CHECK(rc == 0 && memcmp(ref, out, sizeof(float) * (size_t)(n * K)) == 0,
+            "sw_batch_size %d (chunks of %d) gives the logits of sw_batch_size 1 bit for bit",
+            sws[k], IOUPOS_SEG_MODEL_BATCH);
+  }
+  /* a 64 x 64 image is one window: the blended output is the model's own output */
+  one = talloc(64 * 64);
+  memcpy(one, img, sizeof(float) * 64 * 64);
+  rc = ioupos_seg_predictor_init(&pr, &cfg, &p, roi, 0.25, 4);
+  if (!rc) rc = ioupos_seg_predict(&pr, out, one, 64, 64);
+  ioupos_seg_predictor_free(&pr);
+  if (!rc) rc = ioupos_swinunetr_plan(&m, &p, 1, roi);
+  if (!rc) rc = ioupos_swinunetr_forward(&m, &p, one, 0, NULL);
+  CHECK(rc == 0, "one window: %s", ioupos_failure_reason());
+  if (!rc) {
+    const float *lg = ioupos_swinunetr_logits(&m);
+    for (i = 0; i < 64 * 64 * K; ++i) {
+      double d = fabs((double)out[i] - (double)lg[i]);
+      if (d > worst) worst = d;
+    }
+    /* the constant blend divides the sum by the count 1: exact */
+    CHECK(worst == 0.0, "one window: the prediction is the forward's logits (worst %g)", worst);
+  }
+  /* bad arguments */
+  rc = ioupos_seg_predictor_init(&pr, &cfg, &p, bad_roi, 0.25, 4);
+  CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "multiples of 32"),
+        "a 64 x 48 window is refused: %s", ioupos_failure_reason());
+  rc = ioupos_seg_predictor_init(&pr, &cfg, &p, roi, 0.25, 0);
+  CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "sw_batch_size"),
+        "sw_batch_size 0 is refused: %s", ioupos_failure_reason());
+  other = cfg;
+  other.out_channels = 4;
+  rc = ioupos_seg_predictor_init(&pr, &other, &p, roi, 0.25, 4);
+  CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "'out.conv.conv.weight'"),
+        "parameters of another configuration (4 classes) are refused: %s",
+        ioupos_failure_reason());
+  memset(&q, 0, sizeof q);
+  rc = ioupos_seg_predictor_init(&pr, &cfg, &q, roi, 0.25, 4);
+  CHECK(rc == IOUPOS_EINVAL, "an empty parameter table is refused: %s", ioupos_failure_reason());
+  rc = ioupos_seg_predict(&pr, out, img, H, W);
+  CHECK(rc == IOUPOS_EINVAL, "predicting with a failed predictor is refused: %s",
+        ioupos_failure_reason());
+  ioupos_swinunetr_free(&m);
+  ioupos_params_free(&p);
+}
+
 int main(void) {
   ioupos_rng_seed(&fd_rng, 20261201u);
   test_dicece("dce2d");
@@ -859,6 +943,7 @@ int main(void) {
   test_metric_hand();
   test_argmax();
   test_tables();
+  test_seg_predictor();
   tfree_all();
   return tu_finish("test_segeval");
 }
