@@ -197,12 +197,12 @@ fuzz: | stb
 	  if ls $(BUILD)/fuzz/crash-* $(BUILD)/fuzz/leak-* $(BUILD)/fuzz/oom-* $(BUILD)/fuzz/timeout-* >/dev/null 2>&1; then echo "fuzz_$$t found a failing input in $(BUILD)/fuzz"; exit 1; fi; \
 	done
 
-fuzz-replay: | stb
+$(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c ioupos.h | stb
 	@mkdir -p $(BUILD)/fuzz
-	@for t in $(FUZZ); do \
-	  $(CC) -std=c99 -O1 -g $(SAN) $(WARN) -DIOUPOS_FUZZ_REPLAY $(CPPFLAGS) fuzz/fuzz_$$t.c -o $(BUILD)/fuzz/replay_$$t -lm -lpthread || exit 1; \
-	  $(BUILD)/fuzz/replay_$$t fuzz/corpus/$$t/* || exit 1; \
-	done
+	$(CC) -std=c99 -O1 -g $(SAN) $(WARN) -DIOUPOS_FUZZ_REPLAY $(CPPFLAGS) $< -o $@ -lm -lpthread
+
+fuzz-replay: $(FUZZ:%=$(BUILD)/fuzz/replay_%)
+	@for t in $(FUZZ); do $(BUILD)/fuzz/replay_$$t fuzz/corpus/$$t/* || exit 1; done
 
 # The story end to end: phantom CT (or DATA=<folder of NIfTI>, LABELS=<folder of CT + labels>),
 # preprocessing, crop pairs, SimSiam pretraining, fine-tuning from it and from scratch.
