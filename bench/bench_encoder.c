@@ -58,12 +58,6 @@ typedef struct result {
   char err[640];
 } result;
 
-typedef struct torch_result {
-  int ok;
-  double img_s, peak_mib, base_mib, delta_mib;
-  char why[256];
-} torch_result;
-
 static void run_ours(const opts *o, int threads, result *r) {
   ioupos_swin_config cfg;
   ioupos_swin_encoder enc;
@@ -160,20 +154,10 @@ static void run_ours_forked(const opts *o, int threads, result *r) {
 }
 
 static void run_torch(const opts *o, int threads, torch_result *t) {
-  char args[256], last[8192];
-  memset(t, 0, sizeof *t);
+  char args[256];
   snprintf(args, sizeof args, "encoder --threads %d --batch %d --size %d --embed %d --steps %d "
            "--warmup %d", threads, o->batch, o->size, o->embed, o->steps, o->warmup);
-  if (!bench_torch_run(args, last, sizeof last, t->why, sizeof t->why)) return;
-  t->img_s = json_number(last, "images_per_s");
-  t->peak_mib = json_number(last, "peak_rss_mib");
-  t->base_mib = json_number(last, "base_rss_mib");
-  t->delta_mib = json_number(last, "delta_rss_mib");
-  if (!(t->img_s > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
-    snprintf(t->why, sizeof t->why, "bench_torch.py's JSON result lacks the figures");
-    return;
-  }
-  t->ok = 1;
+  bench_torch(args, "images_per_s", t);
 }
 
 static void usage(void) {
@@ -248,10 +232,10 @@ int main(int argc, char **argv) {
       continue;
     }
     printf("           PyTorch %7.2f images/s; peak RSS %.0f MiB (whole process), delta %.0f "
-           "MiB (peak - base %.0f, what the steps add)\n", t->img_s, t->peak_mib, t->delta_mib,
+           "MiB (peak - base %.0f, what the steps add)\n", t->rate, t->peak_mib, t->delta_mib,
            t->base_mib);
     printf("           ratio   images/s ours / PyTorch %.2f; memory: our peak RSS / PyTorch's "
-           "delta RSS %.2f, our peak RSS / PyTorch's peak RSS %.2f\n", r->img_s / t->img_s,
+           "delta RSS %.2f, our peak RSS / PyTorch's peak RSS %.2f\n", r->img_s / t->rate,
            r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
     fflush(stdout);
   }
@@ -269,7 +253,7 @@ int main(int argc, char **argv) {
     if (!r->ok) continue;
     if (t->ok)
       printf("| %d | %.2f | %.2f | %.2f | %.0f | %.0f / %.0f | %.2f | %.2f |\n", nt, r->img_s,
-             t->img_s, r->img_s / t->img_s, r->peak_mib, t->delta_mib, t->peak_mib,
+             t->rate, r->img_s / t->rate, r->peak_mib, t->delta_mib, t->peak_mib,
              r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
     else
       printf("| %d | %.2f | - | - | %.0f | - | - | - |\n", nt, r->img_s, r->peak_mib);

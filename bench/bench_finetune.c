@@ -82,12 +82,6 @@ typedef struct result {
   char err[640];
 } result;
 
-typedef struct torch_result {
-  int ok;
-  double rate, peak_mib, base_mib, delta_mib, params;
-  char why[256];
-} torch_result;
-
 typedef struct job {
   const opts *o;
   int part, threads;
@@ -303,8 +297,7 @@ static void run_job(const void *arg, void *out) {
 }
 
 static void run_torch(const opts *o, int part, int threads, torch_result *t) {
-  char args[384], last[8192];
-  memset(t, 0, sizeof *t);
+  char args[384];
   if (part == PART_TRAIN)
     snprintf(args, sizeof args, "finetune --threads %d --batch %d --embed %d --classes %d "
              "--steps %d --warmup %d", threads, o->batch, o->embed, o->classes, o->steps,
@@ -313,17 +306,7 @@ static void run_torch(const opts *o, int part, int threads, torch_result *t) {
     snprintf(args, sizeof args, "infer --threads %d --slices %d --height %d --width %d --embed %d "
              "--classes %d --sw_batch_size %d --overlap %g --repeats %d", threads, o->slices,
              o->height, o->width, o->embed, o->classes, o->sw_batch, o->overlap, o->repeats);
-  if (!bench_torch_run(args, last, sizeof last, t->why, sizeof t->why)) return;
-  t->rate = json_number(last, part == PART_TRAIN ? "images_per_s" : "seconds_per_case");
-  t->peak_mib = json_number(last, "peak_rss_mib");
-  t->base_mib = json_number(last, "base_rss_mib");
-  t->delta_mib = json_number(last, "delta_rss_mib");
-  t->params = json_number(last, "params");
-  if (!(t->rate > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
-    snprintf(t->why, sizeof t->why, "bench_torch.py's JSON result lacks the figures");
-    return;
-  }
-  t->ok = 1;
+  bench_torch(args, part == PART_TRAIN ? "images_per_s" : "seconds_per_case", t);
 }
 
 static void usage(void) {

@@ -84,13 +84,6 @@ typedef struct result {
   char err[640];
 } result;
 
-typedef struct torch_result {
-  int ok;
-  double pairs_s, peak_mib, base_mib, delta_mib, loss;
-  double params;
-  char why[256];
-} torch_result;
-
 /* One (configuration, thread count), in the calling (child) process. */
 static void run_ours(const config *c, int threads, result *r) {
   ioupos_simsiam_config cfg;
@@ -194,22 +187,10 @@ static void run_ours_forked(const config *c, int threads, result *r) {
 }
 
 static void run_torch(const config *c, int threads, torch_result *t) {
-  char args[256], last[8192];
-  memset(t, 0, sizeof *t);
+  char args[256];
   snprintf(args, sizeof args, "simsiam --threads %d --config %s --batch %d --embed %d --steps %d "
            "--warmup %d", threads, c->name, c->batch, c->embed, c->steps, c->warmup);
-  if (!bench_torch_run(args, last, sizeof last, t->why, sizeof t->why)) return;
-  t->pairs_s = json_number(last, "pairs_per_s");
-  t->peak_mib = json_number(last, "peak_rss_mib");
-  t->base_mib = json_number(last, "base_rss_mib");
-  t->delta_mib = json_number(last, "delta_rss_mib");
-  t->loss = json_number(last, "loss");
-  t->params = json_number(last, "params");
-  if (!(t->pairs_s > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
-    snprintf(t->why, sizeof t->why, "bench_torch.py's JSON result lacks the figures");
-    return;
-  }
-  t->ok = 1;
+  bench_torch(args, "pairs_per_s", t);
 }
 
 static void usage(void) {
@@ -307,11 +288,11 @@ int main(int argc, char **argv) {
       }
       printf("           PyTorch %7.2f pairs/s; last loss %.6f; %.2f M parameters%s; peak RSS "
              "%.0f MiB (whole process), delta %.0f MiB (peak - base %.0f, what the steps add)\n",
-             t->pairs_s, t->loss, t->params / 1e6,
+             t->rate, t->loss, t->params / 1e6,
              t->params == (double)r->n_params ? " (same count as ours)" : " (DIFFERS from ours)",
              t->peak_mib, t->delta_mib, t->base_mib);
       printf("           ratio   pairs/s ours / PyTorch %.2f; memory: our peak RSS / PyTorch's "
-             "delta RSS %.2f, our peak RSS / PyTorch's peak RSS %.2f\n", r->pairs_s / t->pairs_s,
+             "delta RSS %.2f, our peak RSS / PyTorch's peak RSS %.2f\n", r->pairs_s / t->rate,
              r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
       fflush(stdout);
     }
@@ -336,7 +317,7 @@ int main(int argc, char **argv) {
       if (!r->ok) continue;
       if (t->ok)
         printf("| %s | %d | %.2f | %.2f | %.2f | %.0f | %.0f / %.0f | %.2f | %.2f |\n", name, nt,
-               r->pairs_s, t->pairs_s, r->pairs_s / t->pairs_s, r->peak_mib, t->delta_mib,
+               r->pairs_s, t->rate, r->pairs_s / t->rate, r->peak_mib, t->delta_mib,
                t->peak_mib, r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
       else
         printf("| %s | %d | %.2f | - | - | %.0f | - | - | - |\n", name, nt, r->pairs_s,

@@ -199,6 +199,19 @@ def decay_groups(module, lr, weight_decay):
             {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
 
+def timed(first, step, warmup, steps):
+    """warmup untimed calls of first(), then steps timed calls of step(): (last value, times)"""
+    value = None
+    for _ in range(warmup):
+        value = first()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        value = step()
+        times.append(time.perf_counter() - t0)
+    return value, times
+
+
 def main_seg(a, torch, monai, import_rss):
     """finetune and infer: MONAI SwinUNETR (see the module's docstring)."""
     from monai.inferers import sliding_window_inference
@@ -248,14 +261,7 @@ def main_seg(a, torch, monai, import_rss):
     print("bench_torch %s: %s; torch %s, monai %s; %.2f M parameters, %d intra-op thread(s)" %
           (a.bench, what, torch.__version__, monai.__version__, params / 1e6, a.threads))
     sys.stdout.flush()
-    value = None
-    for _ in range(a.warmup):
-        value = first()
-    times = []
-    for _ in range(a.steps):
-        t0 = time.perf_counter()
-        value = step()
-        times.append(time.perf_counter() - t0)
+    value, times = timed(first, step, a.warmup, a.steps)
     if value is None or value != value:
         sys.stderr.write("bench_torch.py: the result is not finite (%r)\n" % value)
         return 1
@@ -350,14 +356,7 @@ def main(argv):
            a.warmup, a.steps))
     sys.stdout.flush()
 
-    loss = None
-    for _ in range(a.warmup):
-        loss = step()
-    times = []
-    for _ in range(a.steps):
-        t0 = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - t0)
+    loss, times = timed(step, step, a.warmup, a.steps)
     if loss is None or loss != loss:
         sys.stderr.write("bench_torch.py: the loss is not finite (%r)\n" % loss)
         return 1

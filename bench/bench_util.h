@@ -169,6 +169,33 @@ static inline int bench_torch_run(const char *args, char *last, size_t cap, char
   return 1;
 }
 
+/* PyTorch's figures: rate (the JSON member the bench names), peak / base / delta RSS, the
+   parameter count and the last loss (-1 where its JSON has none) */
+typedef struct torch_result {
+  int ok;
+  double rate, peak_mib, base_mib, delta_mib, params, loss;
+  char why[256];
+} torch_result;
+
+/* bench_torch_run(args) and its JSON into *t; t->ok 0 with t->why when there is no baseline */
+static inline void bench_torch(const char *args, const char *rate_key, torch_result *t) {
+  char last[8192];
+  memset(t, 0, sizeof *t);
+  if (!bench_torch_run(args, last, sizeof last, t->why, sizeof t->why)) return;
+  t->rate = json_number(last, rate_key);
+  t->peak_mib = json_number(last, "peak_rss_mib");
+  t->base_mib = json_number(last, "base_rss_mib");
+  t->delta_mib = json_number(last, "delta_rss_mib");
+  t->params = json_number(last, "params");
+  t->loss = json_number(last, "loss");
+  if (!(t->rate > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
+    snprintf(t->why, sizeof t->why, "bench_torch.py's JSON result lacks %s or the memory figures",
+             rate_key);
+    return;
+  }
+  t->ok = 1;
+}
+
 static inline int parse_int(const char *s, int lo, int hi, int *v) {
   char *end;
   long x = strtol(s, &end, 10);
