@@ -2901,16 +2901,16 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
                                      ioupos_swinunetr_load_info *info);
 
 /* ---- sliding-window prediction with a SwinUNETR ------------------------------------------------
-   One image img[in_chans][h][w] (host memory, any size) -> logits[out_channels][h][w] (host) by
+   One slice img[h][w] (host memory, any size) -> logits[out_channels][h][w] (host) by
    ioupos_sliding_window (section 20: roi, overlap, sw_batch_size windows per predictor call,
    MONAI's semantics), the model in eval mode. The windows of a call go through the model
    IOUPOS_SEG_MODEL_BATCH at a time: each window's output is its own (the model has no batch
    statistics), so the result does not depend on it, while memory does: a plan keeps every
-   activation of its batch (about 75 MB a 96 x 96 window at C 48), so a whole sw_batch_size of
-   64 windows would take 20 times what 4 take, at the same speed (bench_finetune: 0.78 and
-   0.79 s a 352 x 288 slice on 2 threads). The predictor plans at most two model instances (the
-   chunk size and a last, smaller chunk) on the parameters p (only read; their
-   relative-position buffers are filled). */
+   activation of its batch (about 75 MB a 96 x 96 window at C 48). A 352 x 288 slice (20
+   windows) at sw_batch_size 64 peaked at 1498 MiB in one model call and at 412 MiB in chunks
+   of 4, at the same speed (bench_finetune, 2 threads: 0.81 and 0.79 s a slice). The predictor
+   plans at most two model instances (the chunk size and a last, smaller chunk) on the
+   parameters p (only read; their relative-position buffers are filled). */
 #define IOUPOS_SEG_MODEL_BATCH 4
 
 typedef struct ioupos_seg_predictor {
@@ -16130,9 +16130,9 @@ IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r) {
   memset(r, 0, sizeof *r);
 }
 
-/* The predictor of the sliding window: model instances of its own (planned for the batch
-   sizes the window calls use: the full sw batch and the remainder) on the caller's params. */
-/* ---- sliding-window prediction ---- */
+/* ---- sliding-window prediction: model instances of the predictor's own (planned for the
+   chunk sizes the window calls use: IOUPOS_SEG_MODEL_BATCH and a remainder) on the caller's
+   parameters */
 static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
                                  const ioupos_params *p) {
   ioupos_tensor_table tt;
