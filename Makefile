@@ -42,34 +42,26 @@ stb:
 	  fi; \
 	fi
 
-# Every driver gets the SIMD kernels and OpenMP threads (results do not depend on the count).
-$(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h | stb
+# The implementation, compiled once (SIMD kernels, OpenMP threads: results do not depend on the
+# count) and linked into every command; the commands include ioupos.h for its API only.
+$(BUILD)/ioupos.o: drivers/ioupos.c ioupos.h | stb
 	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -c $< -o $@
 
-# ioupos-embed runs the encoder: the GEMM's SIMD kernel and OpenMP threads (--threads).
-$(BUILD)/ioupos-embed: drivers/ioupos_embed.c drivers/cli.h ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
-# The pretraining drivers train the encoder: SIMD GEMM, OpenMP threads (--threads), and the
-# commit they were built from (flags.json), "+dirty" with uncommitted changes; evaluated only
-# when they are built.
+# The training commands record the commit they were built from (flags.json), "+dirty" with
+# uncommitted changes; evaluated only when they are built.
 GIT_COMMIT = $(shell c=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
   [ -n "$$(git status --porcelain 2>/dev/null | head -n 1)" ] && c="$$c+dirty"; echo "$$c")
-$(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino: $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/pretrain.h drivers/cli.h ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< -o $@ $(LDLIBS)
+$(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino $(BUILD)/ioupos-finetune: $(BUILD)/ioupos-%: \
+  drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h ioupos.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' \
+	  $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
-# ioupos-finetune: as the pretraining drivers.
-$(BUILD)/ioupos-finetune: drivers/ioupos_finetune.c drivers/cli.h ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< -o $@ $(LDLIBS)
-
-# The picture of scripts/sweep.sh's table (no Python needed).
-$(BUILD)/ioupos-sweep-plot: drivers/ioupos_sweep_plot.c ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/ioupos-sweep-plot: drivers/ioupos_sweep_plot.c ioupos.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # Helpers of tests/test_embed.sh: compare .npy files, re-prefix safetensors tensor names.
 TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename

@@ -11,7 +11,6 @@
    Exit status: 0 on success, 1 when the library refuses (unreadable image, crop larger than the
    image, an interval no pair can satisfy, ...), 2 for a malformed command line. On a non-zero
    exit no output file is written. Run with --help for the flags. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>

@@ -25,7 +25,6 @@
    after every image is done, so a failed or interrupted run leaves no output (and never a
    truncated one). Exit status: 0 success, 1 unusable input (missing or mismatched checkpoint,
    empty folder, unreadable image: the message names the file), 2 bad command line. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <dirent.h>

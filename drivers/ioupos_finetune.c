@@ -13,28 +13,16 @@
    Exit status: 0 done (or --max_steps reached), 1 the run failed (the library's reason is
    printed), 2 bad command line, 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM) with the
    state saved. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <limits.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define PROG "ioupos-finetune"
 #include "cli.h"
-
-#ifndef IOUPOS_GIT_COMMIT
-#define IOUPOS_GIT_COMMIT "unknown" /* the Makefile passes -DIOUPOS_GIT_COMMIT="<hash>[+dirty]" */
-#endif
-
-#define FT_MAX_THREADS 1024
+#include "train_cli.h"
 
 typedef struct ft_flags {
   ioupos_finetune_opts o;
@@ -154,22 +142,7 @@ static void ft_usage(FILE *out) {
           o->crop, o->batch_size, o->n_crops_per_ct, o->n_epochs, o->base_lr, o->end_lr,
           o->warmup_epochs, o->wd, o->num_workers, (unsigned long long)o->seed, o->eval_every,
           o->patience, o->sw_batch_size, o->sw_overlap, o->chkpt_dir, o->run_name,
-          FT_MAX_THREADS, o->log_every);
-}
-
-static void ft_usage_error(const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 1, 2), noreturn))
-#endif
-    ;
-static void ft_usage_error(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, PROG ": ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, " (see --help)\n");
-  exit(2);
+          TRAIN_MAX_THREADS, o->log_every);
 }
 
 /* A directory entry name: not empty, no '/', not "." or "..". */
@@ -229,7 +202,7 @@ static void ft_flag(ft_flags *f, const char *name, const char *flag, const char 
     o->crop = (int)cli_int(flag, v, 32, 4096);
     if (o->crop % 32 != 0)
       cli_bad_value(flag, v, "must be a multiple of 32 (SwinUNETR's five 2x downsamplings)");
-  } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, FT_MAX_THREADS);
+  } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
   else if (IS("predict_dir")) o->predict_dir = cli_nonempty(flag, v, "expected a folder");
   else if (IS("drop_path_rate")) {
@@ -253,7 +226,7 @@ static void ft_parse(int argc, char **argv, ft_flags *f) {
   while ((k = cli_next_flag(&c)) >= 0) ft_flag(f, ft_names[k], c.flag, c.value);
   if (!f->o.data_dir) cli_required("--data_dir");
   if (f->spatial_dims == 3)
-    ft_usage_error("--spatial_dims 3: fine-tuning reads 2D PNG slices only (the loader has no "
+    train_usage_error("--spatial_dims 3: fine-tuning reads 2D PNG slices only (the loader has no "
                    "NIfTI volumes yet); use --spatial_dims 2");
   if (f->low_resource) {
     if (!f->given_embed) f->o.enc.embed_dim = 24;
@@ -262,92 +235,11 @@ static void ft_parse(int argc, char **argv, ft_flags *f) {
   }
   if (f->o.n_epochs > 0 && f->o.warmup_epochs > 0.0 &&
       f->o.warmup_epochs >= (double)f->o.n_epochs)
-    ft_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end "
+    train_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end "
                    "before the run does)", f->o.warmup_epochs, f->o.n_epochs);
   if (f->o.resume && f->o.n_epochs == 0)
-    ft_usage_error("--resume with --n_epochs 0: an evaluation has nothing to resume");
-  {
-    const int *h = f->o.enc.num_heads, C = f->o.enc.embed_dim;
-    int s;
-    for (s = 0; s < 4; ++s)
-      if ((C << s) % h[s] != 0)
-        ft_usage_error("--embedding_size %d: the stages' %d, %d, %d, %d attention heads must "
-                       "divide their widths C, 2C, 4C, 8C (e.g. C a multiple of 3: 6, 24, 48)",
-                       C, h[0], h[1], h[2], h[3]);
-  }
-  if (ioupos_swin_config_check(&f->o.enc) != IOUPOS_OK)
-    ft_usage_error("--embedding_size %d: %s", f->o.enc.embed_dim, ioupos_failure_reason());
-}
-
-/* ---- the resolved flags as JSON ------------------------------------------------------------- */
-
-typedef struct ft_json {
-  char *s;
-  size_t n, cap;
-} ft_json;
-
-static void ft_put(ft_json *j, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-static void ft_put(ft_json *j, const char *fmt, ...) {
-  va_list ap;
-  int m;
-  for (;;) {
-    va_start(ap, fmt);
-    m = vsnprintf(j->s ? j->s + j->n : NULL, j->s ? j->cap - j->n : 0, fmt, ap);
-    va_end(ap);
-    if (m < 0) abort();
-    if (j->s && j->n + (size_t)m < j->cap) break;
-    j->cap = 2 * (j->n + (size_t)m + 256);
-    j->s = (char *)realloc(j->s, j->cap);
-    if (!j->s) {
-      fprintf(stderr, PROG ": out of memory\n");
-      exit(1);
-    }
-  }
-  j->n += (size_t)m;
-}
-
-static void ft_key(ft_json *j, const char *key) { ft_put(j, "%s\"%s\": ", j->n > 1 ? ", " : "", key); }
-
-static void ft_jstr(ft_json *j, const char *key, const char *v) {
-  const unsigned char *p;
-  ft_key(j, key);
-  if (!v) {
-    ft_put(j, "null");
-    return;
-  }
-  ft_put(j, "\"");
-  for (p = (const unsigned char *)v; *p; ++p) {
-    if (*p == '"' || *p == '\\') ft_put(j, "\\%c", *p);
-    else if (*p < 0x20) ft_put(j, "\\u%04x", *p);
-    else ft_put(j, "%c", *p);
-  }
-  ft_put(j, "\"");
-}
-
-static void ft_jint(ft_json *j, const char *key, long long v) {
-  ft_key(j, key);
-  ft_put(j, "%lld", v);
-}
-
-/* The shortest of %.15g..%.17g that reads back as v. */
-static void ft_jnum(ft_json *j, const char *key, double v) {
-  char buf[40];
-  int p;
-  for (p = 15; p <= 17; ++p) {
-    snprintf(buf, sizeof buf, "%.*g", p, v);
-    if (strtod(buf, NULL) == v) break;
-  }
-  ft_key(j, key);
-  ft_put(j, "%s", buf);
-}
-
-static void ft_jbool(ft_json *j, const char *key, int v) {
-  ft_key(j, key);
-  ft_put(j, v ? "true" : "false");
+    train_usage_error("--resume with --n_epochs 0: an evaluation has nothing to resume");
+  train_check_encoder(&f->o.enc);
 }
 
 /* Every flag that describes the run, defaults included. --resume and --max_steps describe one
@@ -357,96 +249,41 @@ static void ft_jbool(ft_json *j, const char *key, int v) {
    threads, log_every, chkpt_dir, run_name and git_commit may differ). */
 static char *ft_flags_json(const ft_flags *f) {
   const ioupos_finetune_opts *o = &f->o;
-  ft_json j = {NULL, 0, 0};
-  char buf[32];
-  int threads = f->threads;
-#ifdef _OPENMP
-  if (!threads) threads = omp_get_max_threads();
-#else
-  threads = 1;
-#endif
-  ft_put(&j, "{");
-  ft_jstr(&j, "data_dir", o->data_dir);
-  ft_jstr(&j, "split_path", o->split_path);
-  ft_jstr(&j, "chkpt_path", o->chkpt_path);
-  ft_jstr(&j, "chkpt_dir", o->chkpt_dir);
-  ft_jstr(&j, "run_name", o->run_name);
-  ft_jint(&j, "spatial_dims", f->spatial_dims);
-  ft_jint(&j, "embedding_size", o->enc.embed_dim);
-  ft_jnum(&j, "drop_path_rate", (double)o->enc.drop_path_rate);
-  ft_jint(&j, "n_classes", o->n_classes);
-  ft_jint(&j, "crop_size", o->crop);
-  ft_jint(&j, "batch_size", o->batch_size);
-  ft_jint(&j, "n_crops_per_ct", o->n_crops_per_ct);
-  ft_jint(&j, "sw_batch_size", o->sw_batch_size);
-  ft_jnum(&j, "sw_overlap", o->sw_overlap);
-  ft_jint(&j, "n_epochs", o->n_epochs);
-  ft_jnum(&j, "base_lr", o->base_lr);
-  ft_jnum(&j, "end_lr", o->end_lr);
-  ft_jnum(&j, "warmup_epochs", o->warmup_epochs);
-  ft_jnum(&j, "wd", o->wd);
-  ft_jint(&j, "patience", o->patience);
-  ft_jint(&j, "eval_every", o->eval_every);
-  ft_jbool(&j, "eval_train", o->eval_train);
-  ft_jstr(&j, "metric", o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "ours");
-  ft_jstr(&j, "predict_dir", o->predict_dir);
-  ft_jbool(&j, "use_amp", f->use_amp);
-  ft_jbool(&j, "low_resource_mode", f->low_resource);
-  snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->seed);
-  ft_key(&j, "seed");
-  ft_put(&j, "%s", buf);
-  ft_jint(&j, "num_workers", o->num_workers);
-  ft_jint(&j, "threads", threads);
-  ft_jint(&j, "log_every", o->log_every);
-  ft_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
-  ft_put(&j, "}");
+  train_json j = {NULL, 0, 0};
+  train_put(&j, "{");
+  train_jstr(&j, "data_dir", o->data_dir);
+  train_jstr(&j, "split_path", o->split_path);
+  train_jstr(&j, "chkpt_path", o->chkpt_path);
+  train_jstr(&j, "chkpt_dir", o->chkpt_dir);
+  train_jstr(&j, "run_name", o->run_name);
+  train_jint(&j, "spatial_dims", f->spatial_dims);
+  train_jint(&j, "embedding_size", o->enc.embed_dim);
+  train_jnum(&j, "drop_path_rate", (double)o->enc.drop_path_rate);
+  train_jint(&j, "n_classes", o->n_classes);
+  train_jint(&j, "crop_size", o->crop);
+  train_jint(&j, "batch_size", o->batch_size);
+  train_jint(&j, "n_crops_per_ct", o->n_crops_per_ct);
+  train_jint(&j, "sw_batch_size", o->sw_batch_size);
+  train_jnum(&j, "sw_overlap", o->sw_overlap);
+  train_jint(&j, "n_epochs", o->n_epochs);
+  train_jnum(&j, "base_lr", o->base_lr);
+  train_jnum(&j, "end_lr", o->end_lr);
+  train_jnum(&j, "warmup_epochs", o->warmup_epochs);
+  train_jnum(&j, "wd", o->wd);
+  train_jint(&j, "patience", o->patience);
+  train_jint(&j, "eval_every", o->eval_every);
+  train_jbool(&j, "eval_train", o->eval_train);
+  train_jstr(&j, "metric", o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "ours");
+  train_jstr(&j, "predict_dir", o->predict_dir);
+  train_jbool(&j, "use_amp", f->use_amp);
+  train_jbool(&j, "low_resource_mode", f->low_resource);
+  train_ju64(&j, "seed", o->seed);
+  train_jint(&j, "num_workers", o->num_workers);
+  train_jint(&j, "threads", f->threads);
+  train_jint(&j, "log_every", o->log_every);
+  train_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
+  train_put(&j, "}");
   return j.s;
-}
-
-/* ---- the run -------------------------------------------------------------------------------- */
-
-static void ft_log(void *ctx, const char *line) {
-  size_t n = strlen(line);
-  (void)ctx;
-  fprintf(stderr, "%s%s", line, n && line[n - 1] == '\n' ? "" : "\n");
-  fflush(stderr);
-}
-
-/* ---- signals: stop at the next step boundary with the state saved ------------------------- */
-
-/* The signal that asked the run to stop (0: none), read by the library through
-   ioupos_finetune_opts.stop (sig_atomic_t is int on the POSIX platforms ioupos supports). */
-static volatile sig_atomic_t ft_stop_signal;
-
-static void ft_on_signal(int sig) {
-  static const char msg[] =
-      "\n" PROG ": stopping after the current step (and its epoch's checkpoint and validation) "
-      "and saving the state (--resume continues it; a second signal quits at once)\n";
-  ssize_t w;
-  ft_stop_signal = sig;
-  w = write(2, msg, sizeof msg - 1); /* async-signal-safe, unlike stdio */
-  (void)w;
-}
-
-/* SIGINT and SIGTERM set ft_stop_signal once; the handler then resets itself (SA_RESETHAND), so
-   a second signal ends the program. A SIGINT ignored at start stays ignored. */
-static void ft_signals(ioupos_finetune_opts *o) {
-  static const int sigs[2] = {SIGINT, SIGTERM};
-  int k;
-  for (k = 0; k < 2; ++k) {
-    struct sigaction sa, old;
-    if (sigaction(sigs[k], NULL, &old) == 0 && sigs[k] == SIGINT && old.sa_handler == SIG_IGN)
-      continue;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = ft_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART | SA_RESETHAND;
-    sigaction(sigs[k], &sa, NULL);
-  }
-  {
-    volatile int *flag = &ft_stop_signal; /* compiles only where sig_atomic_t is int */
-    o->stop = flag;
-  }
 }
 
 static int ft_print_table(const ioupos_seg_eval_result *r) {
@@ -470,26 +307,16 @@ int main(int argc, char **argv) {
   ft_parse(argc, argv, &f);
   if (f.use_amp)
     fprintf(stderr, PROG ": note: --use_amp ignored: the CPU backend computes in float32\n");
-#ifdef _OPENMP
-  if (f.threads > 0) omp_set_num_threads(f.threads);
-#else
-  if (f.threads > 0)
-    fprintf(stderr, PROG ": note: --threads %d ignored (built without OpenMP: one thread)\n",
-            f.threads);
-#endif
+  f.threads = train_threads(f.threads); /* the count used, recorded in the flags */
   json = ft_flags_json(&f);
   f.o.flags_json = json;
   f.o.git_commit = IOUPOS_GIT_COMMIT;
-  f.o.log = ft_log;
+  f.o.log = train_log;
   f.o.log_ctx = NULL;
-  ft_signals(&f.o);
+  f.o.stop = train_catch_signals("after the current step (and its epoch's checkpoint and validation)");
   rc = ioupos_finetune_run(&f.o, &res);
   free(json);
-  if (rc != IOUPOS_OK) {
-    const char *why = ioupos_failure_reason();
-    fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
-    return 1;
-  }
+  if (rc != IOUPOS_OK) return train_exit_status(rc);
   if (res.done) {
     const ioupos_seg_eval_result *r = res.has_test ? &res.test : &res.val;
     if (f.o.n_epochs > 0)
@@ -508,5 +335,5 @@ int main(int argc, char **argv) {
            f.o.metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "dsc", res.score);
   }
   ioupos_finetune_result_free(&res);
-  return ft_stop_signal ? 128 + (int)ft_stop_signal : 0;
+  return train_exit_status(IOUPOS_OK);
 }

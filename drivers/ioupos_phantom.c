@@ -16,7 +16,6 @@
    Exit status: 0 on success, 1 when a case cannot be made or written (the reason names the
    file), 2 for a malformed command line, in which case nothing is created. Run with --help for
    the flags. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <errno.h>

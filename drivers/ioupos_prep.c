@@ -14,7 +14,6 @@
    a case's marker <dir>/.done/<case> is written last, so a re-run skips finished cases and
    redoes interrupted ones. A case that fails (corrupt file, ...) is reported by name; the others
    finish; the exit status is then 1. Run with --help for the flags. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <dirent.h>

@@ -4,7 +4,6 @@
    The run itself (loader, model, optimiser, run directory, metrics, checkpoints, exact resume)
    is ioupos_pretrain_run (ioupos.h section 18); this program parses and records the flags
    (drivers/pretrain.h). Run with --help for the flags. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #define PROG "ioupos-simsiam"

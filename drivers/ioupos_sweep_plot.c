@@ -4,7 +4,6 @@
      ioupos-sweep-plot TABLE.csv OUT.png
    TABLE.csv is sweep.sh's: a header, then "name",mean,sd,sd_sample,n,dsc_1,...,dsc_n.
    Exit status 0, 1 (unreadable table, PNG not written), 2 bad command line. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>

@@ -3,8 +3,8 @@
    (ioupos.h section 18), which does the run directory, metrics, checkpoints and resume.
 
    The including file defines PROG (its command name) and PRETRAIN_METHOD (IOUPOS_SSL_SIMSIAM or
-   IOUPOS_SSL_DINO), includes ioupos.h with IOUPOS_IMPLEMENTATION, then this file, and calls
-   pretrain_main(argc, argv).
+   IOUPOS_SSL_DINO), includes ioupos.h (its implementation is linked in from build/ioupos.o),
+   then this file, and calls pretrain_main(argc, argv).
 
    The flags are the research scripts' (main_simsiam.py, main_dino.py) plus ours; the defaults
    are the published SimSiam runs' (C 48, batch 128, 100 epochs), not the scripts' own defaults
@@ -29,23 +29,13 @@
 #endif
 
 #include <limits.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "cli.h"
+#include "train_cli.h"
 
-#ifndef IOUPOS_GIT_COMMIT
-#define IOUPOS_GIT_COMMIT "unknown" /* the Makefile passes -DIOUPOS_GIT_COMMIT="<hash>[+dirty]" */
-#endif
-
-#define PT_MAX_THREADS 1024
 #define PT_MAX_CROP 4096
 #define PT_IS_DINO (PRETRAIN_METHOD == IOUPOS_SSL_DINO)
 
@@ -219,7 +209,7 @@ static void pt_usage(FILE *out) {
           "is printed), 2 bad command line, 130 / 143 stopped by Ctrl-C (SIGINT) / SIGTERM at the\n"
           "next step with the state saved (--resume continues; a second signal quits at once).\n",
           o->chkpt_dir ? o->chkpt_dir : "(none)", o->run_name ? o->run_name : "(none)",
-          (unsigned long long)o->seed, PT_MAX_THREADS, o->log_every,
+          (unsigned long long)o->seed, TRAIN_MAX_THREADS, o->log_every,
           PT_IS_DINO ? "DINO head hidden 512 and bottleneck 128 unless given"
                      : "projection head 512 / 512 and predictor hidden 128");
 }
@@ -249,21 +239,6 @@ static const char *pt_parse_name(const char *flag, const char *s) {
   if (!*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, ".."))
     cli_bad_value(flag, s, "expected a folder name without '/'");
   return s;
-}
-
-static void pt_usage_error(const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 1, 2), noreturn))
-#endif
-    ;
-static void pt_usage_error(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, PROG ": ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, " (see --help)\n");
-  exit(2);
 }
 
 /* The flags of both methods (a method's table lists the names it takes; switches last). */
@@ -321,7 +296,7 @@ static void pt_flag(pt_flags *f, const char *name, const char *flag, const char 
     if (!strcmp(v, "anchored")) o->pair_mode = IOUPOS_PAIR_ANCHORED;
     else if (!strcmp(v, "joint")) o->pair_mode = IOUPOS_PAIR_JOINT;
     else cli_bad_value(flag, v, "expected anchored or joint");
-  } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, PT_MAX_THREADS);
+  } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
   else if (IS("log_every")) o->log_every = (int)cli_int(flag, v, 1, INT_MAX);
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
   else if (IS("use_gradient_checkpointing")) f->use_ckpt = 1;
@@ -366,28 +341,28 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
 
   if (!f->o.data_dir) cli_required("--data_dir");
   if (f->spatial_dims == 3)
-    pt_usage_error("--spatial_dims 3: 3D pretraining needs NIfTI volume loading, which is not "
+    train_usage_error("--spatial_dims 3: 3D pretraining needs NIfTI volume loading, which is not "
                    "implemented yet (the loader reads 2D PNG slices only); use --spatial_dims 2");
   if (f->o.min_iou > f->o.max_iou)
-    pt_usage_error("--min_iou %g is above --max_iou %g: the IoU interval is empty", f->o.min_iou,
+    train_usage_error("--min_iou %g is above --max_iou %g: the IoU interval is empty", f->o.min_iou,
                    f->o.max_iou);
   if (PT_IS_DINO && f->o.local_min_iou > f->o.local_max_iou)
-    pt_usage_error("--local_min_iou %g is above --local_max_iou %g: the IoU interval is empty",
+    train_usage_error("--local_min_iou %g is above --local_max_iou %g: the IoU interval is empty",
                    f->o.local_min_iou, f->o.local_max_iou);
   if (f->o.crop[0] != f->o.crop[1])
-    pt_usage_error("--crop_size %d,%d: the pretraining augmentations need square crops (their "
+    train_usage_error("--crop_size %d,%d: the pretraining augmentations need square crops (their "
                    "rot90 would change a non-square crop's shape); use e.g. --crop_size %d",
                    f->o.crop[0], f->o.crop[1], f->o.crop[0]);
   if (f->o.warmup_epochs > 0.0 && f->o.warmup_epochs >= (double)f->o.n_epochs)
-    pt_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end before "
+    train_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end before "
                    "the run does)", f->o.warmup_epochs, f->o.n_epochs);
   if (PT_IS_DINO && f->o.n_local > 0 && f->o.local_crop[0] != f->o.local_crop[1])
-    pt_usage_error("--local_crop_size %d,%d: the pretraining augmentations need square crops "
+    train_usage_error("--local_crop_size %d,%d: the pretraining augmentations need square crops "
                    "(their rot90 would change a non-square crop's shape); use e.g. "
                    "--local_crop_size %d", f->o.local_crop[0], f->o.local_crop[1],
                    f->o.local_crop[0]);
   if (f->a_min >= f->a_max)
-    pt_usage_error("--a_min %g must be below --a_max %g", f->a_min, f->a_max);
+    train_usage_error("--a_min %g must be below --a_max %g", f->a_min, f->a_max);
 
   if (f->low_resource) { /* ours: the research code's preset is not known */
     if (!f->given_embed) f->o.enc.embed_dim = 24;
@@ -402,105 +377,7 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
     }
   }
   f->o.enc.spatial_dims = f->spatial_dims;
-  {
-    const int *h = f->o.enc.num_heads, C = f->o.enc.embed_dim;
-    int s;
-    for (s = 0; s < 4; ++s)
-      if ((C << s) % h[s] != 0)
-        pt_usage_error("--embedding_size %d: the stages' %d, %d, %d, %d attention heads must "
-                       "divide their widths C, 2C, 4C, 8C (e.g. C a multiple of 3: 6, 24, 48)",
-                       C, h[0], h[1], h[2], h[3]);
-  }
-  if (ioupos_swin_config_check(&f->o.enc) != IOUPOS_OK)
-    pt_usage_error("--embedding_size %d: %s", f->o.enc.embed_dim, ioupos_failure_reason());
-}
-
-/* ---- the resolved flags as JSON --------------------------------------------------------------- */
-
-typedef struct pt_json {
-  char *s;
-  size_t n, cap;
-} pt_json;
-
-static void pt_put(pt_json *j, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-static void pt_put(pt_json *j, const char *fmt, ...) {
-  va_list ap;
-  int m;
-  for (;;) {
-    va_start(ap, fmt);
-    m = vsnprintf(j->s ? j->s + j->n : NULL, j->s ? j->cap - j->n : 0, fmt, ap);
-    va_end(ap);
-    if (m < 0) abort();
-    if (j->s && j->n + (size_t)m < j->cap) break;
-    j->cap = 2 * (j->n + (size_t)m + 256);
-    j->s = (char *)realloc(j->s, j->cap);
-    if (!j->s) {
-      fprintf(stderr, PROG ": out of memory\n");
-      exit(1);
-    }
-  }
-  j->n += (size_t)m;
-}
-
-static void pt_key(pt_json *j, const char *key) { pt_put(j, "%s\"%s\": ", j->n > 1 ? ", " : "", key); }
-
-static void pt_jstr(pt_json *j, const char *key, const char *v) {
-  const unsigned char *p;
-  pt_key(j, key);
-  if (!v) {
-    pt_put(j, "null");
-    return;
-  }
-  pt_put(j, "\"");
-  for (p = (const unsigned char *)v; *p; ++p) {
-    if (*p == '"' || *p == '\\') pt_put(j, "\\%c", *p);
-    else if (*p < 0x20) pt_put(j, "\\u%04x", *p);
-    else pt_put(j, "%c", *p);
-  }
-  pt_put(j, "\"");
-}
-
-static void pt_jint(pt_json *j, const char *key, long long v) {
-  pt_key(j, key);
-  pt_put(j, "%lld", v);
-}
-
-/* The shortest of %.15g..%.17g that reads back as v. */
-static void pt_jnum(pt_json *j, const char *key, double v) {
-  char buf[40];
-  int p;
-  for (p = 15; p <= 17; ++p) {
-    snprintf(buf, sizeof buf, "%.*g", p, v);
-    if (strtod(buf, NULL) == v) break;
-  }
-  pt_key(j, key);
-  pt_put(j, "%s", buf);
-}
-
-/* A float field: the shortest of %.6g..%.9g that reads back as v (0.1f is 0.1, not 0.100000001). */
-static void pt_jflt(pt_json *j, const char *key, float v) {
-  char buf[40];
-  int p;
-  for (p = 6; p <= 9; ++p) {
-    snprintf(buf, sizeof buf, "%.*g", p, (double)v);
-    if ((float)strtod(buf, NULL) == v) break;
-  }
-  pt_key(j, key);
-  pt_put(j, "%s", buf);
-}
-
-static void pt_jpair(pt_json *j, const char *key, const int v[2]) {
-  pt_key(j, key);
-  pt_put(j, "[%d, %d]", v[0], v[1]);
-}
-
-static void pt_jbool(pt_json *j, const char *key, int v) {
-  pt_key(j, key);
-  pt_put(j, v ? "true" : "false");
+  train_check_encoder(&f->o.enc);
 }
 
 /* Every flag that describes the run, defaults included. --resume and --max_steps describe one
@@ -508,120 +385,66 @@ static void pt_jbool(pt_json *j, const char *key, int v) {
    must come out byte-identical whether or not the run was interrupted and resumed. */
 static char *pt_flags_json(const pt_flags *f) {
   const ioupos_pretrain_opts *o = &f->o;
-  pt_json j = {NULL, 0, 0};
-  char buf[32];
-  int threads = f->threads;
-#ifdef _OPENMP
-  if (!threads) threads = omp_get_max_threads();
-#else
-  threads = 1;
-#endif
-  pt_put(&j, "{");
-  pt_jstr(&j, "method", PT_IS_DINO ? "dino" : "simsiam");
-  pt_jstr(&j, "data_dir", o->data_dir);
-  pt_jstr(&j, "chkpt_dir", o->chkpt_dir);
-  pt_jstr(&j, "run_name", o->run_name);
-  pt_jint(&j, "spatial_dims", f->spatial_dims);
-  pt_jint(&j, "embedding_size", o->enc.embed_dim);
-  pt_jflt(&j, "drop_path_rate", o->enc.drop_path_rate);
-  pt_jbool(&j, "use_gradient_checkpointing", f->use_ckpt);
-  pt_jbool(&j, "use_amp", f->use_amp);
-  pt_jnum(&j, "a_min", f->a_min);
-  pt_jnum(&j, "a_max", f->a_max);
-  pt_jnum(&j, "size_x", f->size[0]);
-  pt_jnum(&j, "size_y", f->size[1]);
-  pt_jnum(&j, "size_z", f->size[2]);
-  pt_jpair(&j, "crop_size", o->crop);
-  pt_jnum(&j, "min_iou", o->min_iou);
-  pt_jnum(&j, "max_iou", o->max_iou);
-  pt_jstr(&j, "pair_mode", o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored");
-  pt_jint(&j, "batch_size", o->batch_size);
-  pt_jint(&j, "n_epochs", o->n_epochs);
-  pt_jint(&j, "accum_iters", o->accum_iters);
-  pt_jnum(&j, "base_lr", o->base_lr);
-  pt_jnum(&j, "warmup_epochs", o->warmup_epochs);
+  train_json j = {NULL, 0, 0};
+  train_put(&j, "{");
+  train_jstr(&j, "method", PT_IS_DINO ? "dino" : "simsiam");
+  train_jstr(&j, "data_dir", o->data_dir);
+  train_jstr(&j, "chkpt_dir", o->chkpt_dir);
+  train_jstr(&j, "run_name", o->run_name);
+  train_jint(&j, "spatial_dims", f->spatial_dims);
+  train_jint(&j, "embedding_size", o->enc.embed_dim);
+  train_jflt(&j, "drop_path_rate", o->enc.drop_path_rate);
+  train_jbool(&j, "use_gradient_checkpointing", f->use_ckpt);
+  train_jbool(&j, "use_amp", f->use_amp);
+  train_jnum(&j, "a_min", f->a_min);
+  train_jnum(&j, "a_max", f->a_max);
+  train_jnum(&j, "size_x", f->size[0]);
+  train_jnum(&j, "size_y", f->size[1]);
+  train_jnum(&j, "size_z", f->size[2]);
+  train_jpair(&j, "crop_size", o->crop);
+  train_jnum(&j, "min_iou", o->min_iou);
+  train_jnum(&j, "max_iou", o->max_iou);
+  train_jstr(&j, "pair_mode", o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored");
+  train_jint(&j, "batch_size", o->batch_size);
+  train_jint(&j, "n_epochs", o->n_epochs);
+  train_jint(&j, "accum_iters", o->accum_iters);
+  train_jnum(&j, "base_lr", o->base_lr);
+  train_jnum(&j, "warmup_epochs", o->warmup_epochs);
   if (PT_IS_DINO) {
-    pt_jnum(&j, "min_lr", o->min_lr);
-    pt_jnum(&j, "weight_decay", o->wd);
-    pt_jnum(&j, "weight_decay_end", o->wd_end);
-    pt_jnum(&j, "clip_grad", o->clip_grad);
-    pt_jint(&j, "freeze_last_layer", o->freeze_last_layer);
-    pt_jint(&j, "out_dim", o->out_dim);
-    pt_jint(&j, "hidden_dim", o->hidden);
-    pt_jint(&j, "bottleneck_dim", o->bottleneck);
-    pt_jint(&j, "norm_last_layer", o->norm_last_layer);
-    pt_jnum(&j, "momentum_teacher", o->momentum_teacher);
-    pt_jnum(&j, "teacher_temp", o->teacher_temp);
-    pt_jnum(&j, "warmup_teacher_temp", o->warmup_teacher_temp);
-    pt_jnum(&j, "warmup_teacher_temp_epochs", o->warmup_teacher_temp_epochs);
-    pt_jnum(&j, "student_temp", o->student_temp);
-    pt_jnum(&j, "center_momentum", o->center_momentum);
-    pt_jint(&j, "n_local_crops", o->n_local);
-    pt_jpair(&j, "local_crop_size", o->local_crop);
-    pt_jnum(&j, "local_min_iou", o->local_min_iou);
-    pt_jnum(&j, "local_max_iou", o->local_max_iou);
+    train_jnum(&j, "min_lr", o->min_lr);
+    train_jnum(&j, "weight_decay", o->wd);
+    train_jnum(&j, "weight_decay_end", o->wd_end);
+    train_jnum(&j, "clip_grad", o->clip_grad);
+    train_jint(&j, "freeze_last_layer", o->freeze_last_layer);
+    train_jint(&j, "out_dim", o->out_dim);
+    train_jint(&j, "hidden_dim", o->hidden);
+    train_jint(&j, "bottleneck_dim", o->bottleneck);
+    train_jint(&j, "norm_last_layer", o->norm_last_layer);
+    train_jnum(&j, "momentum_teacher", o->momentum_teacher);
+    train_jnum(&j, "teacher_temp", o->teacher_temp);
+    train_jnum(&j, "warmup_teacher_temp", o->warmup_teacher_temp);
+    train_jnum(&j, "warmup_teacher_temp_epochs", o->warmup_teacher_temp_epochs);
+    train_jnum(&j, "student_temp", o->student_temp);
+    train_jnum(&j, "center_momentum", o->center_momentum);
+    train_jint(&j, "n_local_crops", o->n_local);
+    train_jpair(&j, "local_crop_size", o->local_crop);
+    train_jnum(&j, "local_min_iou", o->local_min_iou);
+    train_jnum(&j, "local_max_iou", o->local_max_iou);
   } else {
-    pt_jnum(&j, "end_lr", o->end_lr);
-    pt_jnum(&j, "wd", o->wd);
-    pt_jint(&j, "proj_hidden_dim", o->proj_hidden);
-    pt_jint(&j, "proj_output_dim", o->proj_out);
-    pt_jint(&j, "pred_hidden_dim", o->pred_hidden);
+    train_jnum(&j, "end_lr", o->end_lr);
+    train_jnum(&j, "wd", o->wd);
+    train_jint(&j, "proj_hidden_dim", o->proj_hidden);
+    train_jint(&j, "proj_output_dim", o->proj_out);
+    train_jint(&j, "pred_hidden_dim", o->pred_hidden);
   }
-  snprintf(buf, sizeof buf, "%llu", (unsigned long long)o->seed);
-  pt_key(&j, "seed");
-  pt_put(&j, "%s", buf);
-  pt_jint(&j, "num_workers", o->num_workers);
-  pt_jint(&j, "threads", threads);
-  pt_jint(&j, "log_every", o->log_every);
-  pt_jbool(&j, "low_resource_mode", f->low_resource);
-  pt_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
-  pt_put(&j, "}");
+  train_ju64(&j, "seed", o->seed);
+  train_jint(&j, "num_workers", o->num_workers);
+  train_jint(&j, "threads", f->threads);
+  train_jint(&j, "log_every", o->log_every);
+  train_jbool(&j, "low_resource_mode", f->low_resource);
+  train_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
+  train_put(&j, "}");
   return j.s;
-}
-
-/* ---- the run ---------------------------------------------------------------------------------- */
-
-static void pt_log(void *ctx, const char *line) {
-  size_t n = strlen(line);
-  (void)ctx;
-  fprintf(stderr, "%s%s", line, n && line[n - 1] == '\n' ? "" : "\n");
-  fflush(stderr);
-}
-
-/* ---- signals: stop at the next step boundary with the state saved -------------------------- */
-
-/* The signal that asked the run to stop (0: none). The library reads it through
-   ioupos_pretrain_opts.stop (a volatile int *: sig_atomic_t is int on the POSIX platforms that
-   ioupos supports, which the assignment in pt_signals checks at compile time). */
-static volatile sig_atomic_t pt_stop_signal;
-
-static void pt_on_signal(int sig) {
-  static const char msg[] =
-      "\n" PROG ": stopping after the current step and saving the state (--resume continues it; "
-      "a second signal quits at once)\n";
-  ssize_t w;
-  pt_stop_signal = sig;
-  w = write(2, msg, sizeof msg - 1); /* async-signal-safe, unlike stdio */
-  (void)w;
-}
-
-/* SIGINT and SIGTERM set pt_stop_signal once; the handler then resets itself (SA_RESETHAND), so
-   a second signal ends the program. A SIGINT ignored at start (a background job of a
-   non-interactive shell) stays ignored, as the convention for such jobs is. */
-static void pt_signals(ioupos_pretrain_opts *o) {
-  static const int sigs[2] = {SIGINT, SIGTERM};
-  int k;
-  for (k = 0; k < 2; ++k) {
-    struct sigaction sa, old;
-    if (sigaction(sigs[k], NULL, &old) == 0 && sigs[k] == SIGINT && old.sa_handler == SIG_IGN)
-      continue;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = pt_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART | SA_RESETHAND;
-    sigaction(sigs[k], &sa, NULL);
-  }
-  o->stop = &pt_stop_signal;
 }
 
 static int pretrain_main(int argc, char **argv) {
@@ -639,28 +462,18 @@ static int pretrain_main(int argc, char **argv) {
     fprintf(stderr, PROG ": note: --a_min/--a_max/--size_x/--size_y/--size_z only matter to "
                     "ioupos-prep (HU window and spacing of preprocessing); the PNGs in --data_dir "
                     "are already windowed, so they have no effect here\n");
-#ifdef _OPENMP
-  if (f.threads > 0) omp_set_num_threads(f.threads);
-#else
-  if (f.threads > 0)
-    fprintf(stderr, PROG ": note: --threads %d ignored (built without OpenMP: one thread)\n",
-            f.threads);
-#endif
+  f.threads = train_threads(f.threads); /* the count used, recorded in the flags */
 
   json = pt_flags_json(&f);
   f.o.flags_json = json;
   f.o.git_commit = IOUPOS_GIT_COMMIT;
-  f.o.log = pt_log;
+  f.o.log = train_log;
   f.o.log_ctx = NULL;
-  pt_signals(&f.o);
+  f.o.stop = train_catch_signals("after the current step");
   rc = ioupos_pretrain_run(&f.o);
   free(json);
-  if (rc != IOUPOS_OK) {
-    const char *why = ioupos_failure_reason();
-    fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
-    return 1;
-  }
-  return pt_stop_signal ? 128 + (int)pt_stop_signal : 0;
+  if (rc != IOUPOS_OK) return train_exit_status(rc);
+  return train_exit_status(IOUPOS_OK);
 }
 
 #endif /* IOUPOS_DRIVERS_PRETRAIN_H */

@@ -1,0 +1,228 @@
+/* drivers/train_cli.h — what the training commands (ioupos-simsiam, ioupos-dino through
+   drivers/pretrain.h, and ioupos-finetune) share beyond drivers/cli.h (not part of the
+   library): usage errors, the resolved flags as JSON (flags.json and the flag comparison on
+   --resume), the encoder width check, --threads, the console log callback, and Ctrl-C / SIGTERM
+   stopping the run at a step boundary with its state saved.
+
+   Include after ioupos.h and drivers/cli.h (PROG defined). Exit statuses: 0 done, 1 run error
+   (message printed), 2 bad command line, 128 + N stopped by signal N. */
+#ifndef IOUPOS_DRIVERS_TRAIN_CLI_H
+#define IOUPOS_DRIVERS_TRAIN_CLI_H
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef IOUPOS_GIT_COMMIT
+#define IOUPOS_GIT_COMMIT "unknown" /* the Makefile passes -DIOUPOS_GIT_COMMIT="<hash>[+dirty]" */
+#endif
+
+#define TRAIN_MAX_THREADS 1024
+
+/* "PROG: <message> (see --help)" on stderr, exit 2 */
+static void train_usage_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2), noreturn))
+#endif
+    ;
+static void train_usage_error(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, PROG ": ");
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, " (see --help)\n");
+  exit(2);
+}
+
+/* The stage widths C, 2C, 4C, 8C must be divisible by the stages' heads; then the library's
+   own check of the encoder configuration. */
+static void train_check_encoder(const ioupos_swin_config *enc) {
+  const int *h = enc->num_heads, C = enc->embed_dim;
+  int s;
+  for (s = 0; s < 4; ++s)
+    if ((C << s) % h[s] != 0)
+      train_usage_error("--embedding_size %d: the stages' %d, %d, %d, %d attention heads must "
+                        "divide their widths C, 2C, 4C, 8C (e.g. C a multiple of 3: 6, 24, 48)",
+                        C, h[0], h[1], h[2], h[3]);
+  if (ioupos_swin_config_check(enc) != IOUPOS_OK)
+    train_usage_error("--embedding_size %d: %s", enc->embed_dim, ioupos_failure_reason());
+}
+
+/* ---- the resolved flags as one JSON object --------------------------------------------------- */
+
+typedef struct train_json {
+  char *s;
+  size_t n, cap;
+} train_json;
+
+static void train_put(train_json *j, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void train_put(train_json *j, const char *fmt, ...) {
+  va_list ap;
+  int m;
+  for (;;) {
+    va_start(ap, fmt);
+    m = vsnprintf(j->s ? j->s + j->n : NULL, j->s ? j->cap - j->n : 0, fmt, ap);
+    va_end(ap);
+    if (m < 0) abort();
+    if (j->s && j->n + (size_t)m < j->cap) break;
+    j->cap = 2 * (j->n + (size_t)m + 256);
+    j->s = (char *)realloc(j->s, j->cap);
+    if (!j->s) {
+      fprintf(stderr, PROG ": out of memory\n");
+      exit(1);
+    }
+  }
+  j->n += (size_t)m;
+}
+
+static void train_key(train_json *j, const char *key) {
+  train_put(j, "%s\"%s\": ", j->n > 1 ? ", " : "", key);
+}
+
+CLI_DEF void train_jstr(train_json *j, const char *key, const char *v) {
+  const unsigned char *p;
+  train_key(j, key);
+  if (!v) {
+    train_put(j, "null");
+    return;
+  }
+  train_put(j, "\"");
+  for (p = (const unsigned char *)v; *p; ++p) {
+    if (*p == '"' || *p == '\\') train_put(j, "\\%c", *p);
+    else if (*p < 0x20) train_put(j, "\\u%04x", *p);
+    else train_put(j, "%c", *p);
+  }
+  train_put(j, "\"");
+}
+
+CLI_DEF void train_jint(train_json *j, const char *key, long long v) {
+  train_key(j, key);
+  train_put(j, "%lld", v);
+}
+
+CLI_DEF void train_ju64(train_json *j, const char *key, uint64_t v) {
+  train_key(j, key);
+  train_put(j, "%llu", (unsigned long long)v);
+}
+
+/* The shortest of %.15g..%.17g that reads back as v. */
+CLI_DEF void train_jnum(train_json *j, const char *key, double v) {
+  char buf[40];
+  int p;
+  for (p = 15; p <= 17; ++p) {
+    snprintf(buf, sizeof buf, "%.*g", p, v);
+    if (strtod(buf, NULL) == v) break;
+  }
+  train_key(j, key);
+  train_put(j, "%s", buf);
+}
+
+/* A float field: the shortest of %.6g..%.9g that reads back as v (0.1f is 0.1, not
+   0.100000001). */
+CLI_DEF void train_jflt(train_json *j, const char *key, float v) {
+  char buf[40];
+  int p;
+  for (p = 6; p <= 9; ++p) {
+    snprintf(buf, sizeof buf, "%.*g", p, (double)v);
+    if ((float)strtod(buf, NULL) == v) break;
+  }
+  train_key(j, key);
+  train_put(j, "%s", buf);
+}
+
+CLI_DEF void train_jpair(train_json *j, const char *key, const int v[2]) {
+  train_key(j, key);
+  train_put(j, "[%d, %d]", v[0], v[1]);
+}
+
+CLI_DEF void train_jbool(train_json *j, const char *key, int v) {
+  train_key(j, key);
+  train_put(j, v ? "true" : "false");
+}
+
+/* ---- threads, the log, signals ---------------------------------------------------------------- */
+
+/* --threads N (0: OpenMP's default) applied; returns the count the run uses (for the JSON). */
+static int train_threads(int threads) {
+#ifdef _OPENMP
+  if (threads > 0) omp_set_num_threads(threads);
+  return threads > 0 ? threads : omp_get_max_threads();
+#else
+  if (threads > 0)
+    fprintf(stderr, PROG ": note: --threads %d ignored (built without OpenMP: one thread)\n",
+            threads);
+  return 1;
+#endif
+}
+
+/* the library's console lines, on stderr */
+static void train_log(void *ctx, const char *line) {
+  size_t n = strlen(line);
+  (void)ctx;
+  fprintf(stderr, "%s%s", line, n && line[n - 1] == '\n' ? "" : "\n");
+  fflush(stderr);
+}
+
+/* The signal that asked the run to stop (0: none); the library reads it through its options'
+   stop (a volatile int *: sig_atomic_t is int on the POSIX platforms ioupos supports, which the
+   assignment in train_catch_signals checks at compile time). */
+static volatile sig_atomic_t train_stop_signal;
+static char train_stop_msg[320];
+static size_t train_stop_len;
+
+static void train_on_signal(int sig) {
+  ssize_t w;
+  train_stop_signal = sig;
+  w = write(2, train_stop_msg, train_stop_len); /* async-signal-safe, unlike stdio */
+  (void)w;
+}
+
+/* SIGINT and SIGTERM set train_stop_signal once and print "stopping <what> and saving the
+   state"; the handler then resets itself (SA_RESETHAND), so a second signal ends the program. A
+   SIGINT ignored at start (a background job of a non-interactive shell) stays ignored, as the
+   convention for such jobs is. Returns the flag for the library's options. */
+static volatile int *train_catch_signals(const char *what) {
+  static const int sigs[2] = {SIGINT, SIGTERM};
+  volatile int *flag = &train_stop_signal; /* compiles only where sig_atomic_t is int */
+  int k, n;
+  n = snprintf(train_stop_msg, sizeof train_stop_msg,
+               "\n" PROG ": stopping %s and saving the state (--resume continues it; a second "
+               "signal quits at once)\n", what);
+  train_stop_len = n < 0 ? 0 : (size_t)n < sizeof train_stop_msg ? (size_t)n
+                                                                  : sizeof train_stop_msg - 1;
+  for (k = 0; k < 2; ++k) {
+    struct sigaction sa, old;
+    if (sigaction(sigs[k], NULL, &old) == 0 && sigs[k] == SIGINT && old.sa_handler == SIG_IGN)
+      continue;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = train_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_RESETHAND;
+    sigaction(sigs[k], &sa, NULL);
+  }
+  return flag;
+}
+
+/* A run's exit status: 1 with the library's reason printed when rc is an error, else 128 + N
+   when signal N stopped it, else 0. */
+static int train_exit_status(int rc) {
+  if (rc != IOUPOS_OK) {
+    const char *why = ioupos_failure_reason();
+    fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
+    return 1;
+  }
+  return train_stop_signal ? 128 + (int)train_stop_signal : 0;
+}
+
+#endif /* IOUPOS_DRIVERS_TRAIN_CLI_H */
