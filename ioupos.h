@@ -13860,6 +13860,41 @@ static double ioupos__now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* A new run directory: refused when dir already holds a run (its state file). */
+static int ioupos__run_dir_free(const char *dir) {
+  char path[4200];
+  FILE *fp;
+  snprintf(path, sizeof path, "%s/state.safetensors", dir);
+  fp = fopen(path, "rb");
+  if (!fp) return 0;
+  fclose(fp);
+  return ioupos__fail(IOUPOS_EINVAL, "%s already holds a run: pass --resume to continue it or "
+                      "choose another --run_name", dir);
+}
+
+/* Creates the run directory dir with flags.json ({"flags": flags_json, "seed", "commit",
+   "steps_per_epoch"}, atomically) and no metrics.jsonl yet. */
+static int ioupos__run_dir_create(const char *dir, const char *flags_json, uint64_t seed,
+                                  const char *commit, int spe) {
+  char path[4200], esc[512], *js;
+  size_t n = (flags_json ? strlen(flags_json) : 2) + sizeof esc + 128;
+  int rc;
+  if ((rc = ioupos__mkdirs(dir)) != 0) return rc;
+  ioupos__json_escape(esc, sizeof esc, commit ? commit : "unknown");
+  js = (char *)ioupos__calloc(n, 1);
+  if (!js) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+  snprintf(js, n, "{\"flags\": %s, \"seed\": %llu, \"commit\": \"%s\", "
+           "\"steps_per_epoch\": %d}\n", flags_json ? flags_json : "{}",
+           (unsigned long long)seed, esc, spe);
+  snprintf(path, sizeof path, "%s/flags.json", dir);
+  rc = ioupos_write_file_atomic(path, js, strlen(js));
+  IOUPOS_FREE(js);
+  if (rc) return rc;
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  remove(path);
+  return 0;
+}
+
 /* keeps the metrics lines whose "step" is at most `step` (a resumed run rewrites its future) */
 static int ioupos__metrics_truncate(const char *path, long long step) {
   void *data = NULL;
@@ -13948,7 +13983,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos_loader ld;
   ioupos_loader_config lc;
   ioupos_rng root;
-  char path[4200], tmp[4200], line[2048], esc[512];
+  char path[4200], tmp[4200], line[2048];
   int rc, spe, dino = o->method == IOUPOS_SSL_DINO, shape[2], lshape[2], stop = 0;
   long steps_here = 0;
   double t_start, t_log, img_log = 0.0;
@@ -14039,33 +14074,10 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     ioupos__run_log(o, "resuming %s at epoch %lld step %lld (%lld optimiser steps done)", r->dir,
                     (long long)r->c[IOUPOS__C_EPOCH], (long long)r->c[IOUPOS__C_STEP],
                     (long long)r->c[IOUPOS__C_OPT_STEPS]);
-  } else {
-    FILE *fp = fopen(path, "rb");
-    if (fp) {
-      fclose(fp);
-      rc = ioupos__fail(IOUPOS_EINVAL,
-                        "%s already holds a run: pass --resume to continue it or choose another "
-                        "--run_name", r->dir);
-      goto done;
-    }
-    if ((rc = ioupos__mkdirs(r->dir)) != 0) goto done;
-    ioupos__json_escape(esc, sizeof esc, o->git_commit ? o->git_commit : "unknown");
-    snprintf(tmp, sizeof tmp, "%s/flags.json", r->dir);
-    {
-      size_t n = (o->flags_json ? strlen(o->flags_json) : 2) + 256;
-      char *js = (char *)ioupos__calloc(n, 1);
-      if (!js) {
-        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
-        goto done;
-      }
-      snprintf(js, n, "{\"flags\": %s, \"seed\": %llu, \"commit\": \"%s\", \"steps_per_epoch\": %d}\n",
-               o->flags_json ? o->flags_json : "{}", (unsigned long long)o->seed, esc, spe);
-      rc = ioupos_write_file_atomic(tmp, js, strlen(js));
-      IOUPOS_FREE(js);
-      if (rc) goto done;
-    }
-    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
-    remove(tmp);
+  } else if ((rc = ioupos__run_dir_free(r->dir)) != 0 ||
+             (rc = ioupos__run_dir_create(r->dir, o->flags_json, o->seed, o->git_commit,
+                                          spe)) != 0) {
+    goto done;
   }
   ioupos_rng_seed_stream(&root, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
   ioupos__run_log(o, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s",
@@ -16160,7 +16172,6 @@ static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_con
 IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
                                          const ioupos_swinunetr_config *cfg, ioupos_params *p,
                                          const int roi[2], double overlap, int sw_batch_size) {
-  ioupos_swinunetr probe;
   int rc;
   if (!pr || !cfg || !p || !roi)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predictor_init: NULL argument");
@@ -16173,10 +16184,12 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   if (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d must be multiples of 32",
                         roi[0], roi[1]);
-  memset(&probe, 0, sizeof probe);
-  rc = ioupos__ft_model_like(&probe, cfg, p);
-  ioupos_swinunetr_free(&probe);
-  if (rc) return rc;
+  /* the first model instance (planned by the first call) checks p against cfg */
+  if ((rc = ioupos__ft_model_like(&pr->m[0], cfg, p)) != 0) {
+    ioupos_swinunetr_free(&pr->m[0]);
+    return rc;
+  }
+  pr->inited[0] = 1;
   pr->cfg = *cfg;
   pr->p = p;
   pr->roi[0] = roi[0], pr->roi[1] = roi[1];
@@ -16197,10 +16210,11 @@ static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) 
   int done, k, rc;
   for (done = 0; done < n; done += IOUPOS_SEG_MODEL_BATCH) {
     int c = n - done < IOUPOS_SEG_MODEL_BATCH ? n - done : IOUPOS_SEG_MODEL_BATCH;
-    /* the instance planned for c, else the least recently used one re-planned */
+    /* the instance planned for c, else one never planned, else the least recently used one
+       re-planned (an unplanned instance has batch 0) */
     for (k = 0; k < 2 && !(pr->inited[k] && pr->m[k].batch == c); ++k) {}
     if (k == 2) {
-      k = !pr->inited[0] ? 0 : !pr->inited[1] ? 1 : pr->last[0] <= pr->last[1] ? 0 : 1;
+      k = pr->m[0].batch == 0 ? 0 : pr->m[1].batch == 0 ? 1 : pr->last[0] <= pr->last[1] ? 0 : 1;
       if (!pr->inited[k]) {
         if ((rc = ioupos__ft_model_like(&pr->m[k], &pr->cfg, pr->p)) != 0) return rc;
         pr->inited[k] = 1;
@@ -16872,7 +16886,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   ioupos_loader ld;
   ioupos_loader_config lc;
   ioupos_rng root;
-  char path[4200], tmp[4200], line[2048], esc[512];
+  char path[4200], tmp[4200], line[2048];
   const ioupos_backend *be = ioupos_backend_cpu();
   float *x = NULL, *hlog = NULL, *prob = NULL, *dlog = NULL, *ddev = NULL;
   int *target = NULL;
@@ -16961,13 +16975,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                    (long long)r->c[IOUPOS__FT_EPOCH], (long long)r->c[IOUPOS__FT_STEP],
                    (long long)r->c[IOUPOS__FT_OPT_STEPS]);
   } else {
-    FILE *fp = fopen(path, "rb");
-    if (fp) {
-      fclose(fp);
-      rc = ioupos__fail(IOUPOS_EINVAL, "%s already holds a run: pass --resume to continue it or "
-                        "choose another --run_name", r->dir);
-      goto done;
-    }
+    if ((rc = ioupos__run_dir_free(r->dir)) != 0) goto done;
     if (o->chkpt_path) {
       ioupos_swinunetr_load_info li;
       if ((rc = ioupos_swinunetr_load(&r->m, &r->p, o->chkpt_path, &li)) != 0) goto done;
@@ -16982,25 +16990,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       ioupos__ft_log(o, "no --chkpt_path: the whole model is initialised from the seed (from "
                      "scratch)");
     }
-    if ((rc = ioupos__mkdirs(r->dir)) != 0) goto done;
-    ioupos__json_escape(esc, sizeof esc, o->git_commit ? o->git_commit : "unknown");
-    snprintf(tmp, sizeof tmp, "%s/flags.json", r->dir);
-    {
-      size_t n = (o->flags_json ? strlen(o->flags_json) : 2) + 256;
-      char *js = (char *)ioupos__calloc(n, 1);
-      if (!js) {
-        rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
-        goto done;
-      }
-      snprintf(js, n, "{\"flags\": %s, \"seed\": %llu, \"commit\": \"%s\", \"steps_per_epoch\": "
-               "%d}\n", o->flags_json ? o->flags_json : "{}", (unsigned long long)o->seed, esc,
-               spe);
-      rc = ioupos_write_file_atomic(tmp, js, strlen(js));
-      IOUPOS_FREE(js);
-      if (rc) goto done;
-    }
-    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
-    remove(tmp);
+    if ((rc = ioupos__run_dir_create(r->dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
+      goto done;
     if (o->n_epochs > 0) {
       r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
       r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);

@@ -39,9 +39,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "bench_util.h"
 
@@ -58,7 +55,10 @@ typedef struct result {
   char err[640];
 } result;
 
-static void run_ours(const opts *o, int threads, result *r) {
+/* One measurement, in the measuring child, on the thread count bench_forked set. */
+static void run_ours(const void *arg, void *out) {
+  const opts *o = (const opts *)arg;
+  result *r = (result *)out;
   ioupos_swin_config cfg;
   ioupos_swin_encoder enc;
   ioupos_params p;
@@ -70,11 +70,6 @@ static void run_ours(const opts *o, int threads, result *r) {
   memset(r, 0, sizeof *r);
   memset(&p, 0, sizeof p);
   memset(&enc, 0, sizeof enc);
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#else
-  (void)threads;
-#endif
   ioupos_swin_config_default(&cfg, 2);
   cfg.embed_dim = o->embed;
   shape[0] = shape[1] = o->size;
@@ -139,20 +134,6 @@ done:
   ioupos_params_free(&p);
 }
 
-static void run_ours_cb(const void *arg, void *out) {
-  const opts *o = (const opts *)((const void *const *)arg)[0];
-  int threads = *(const int *)((const void *const *)arg)[1];
-  run_ours(o, threads, (result *)out);
-}
-
-/* Runs run_ours in a forked child (its own peak RSS). */
-static void run_ours_forked(const opts *o, int threads, result *r) {
-  const void *arg[2];
-  arg[0] = o;
-  arg[1] = &threads;
-  bench_forked(run_ours_cb, arg, r, sizeof *r, r->err, sizeof r->err);
-}
-
 static void run_torch(const opts *o, int threads, torch_result *t) {
   char args[256];
   snprintf(args, sizeof args, "encoder --threads %d --batch %d --size %d --embed %d --steps %d "
@@ -205,7 +186,7 @@ int main(int argc, char **argv) {
   for (nt = t0; nt <= t1; ++nt) {
     result *r = &ours[nt];
     torch_result *t = &base[nt];
-    run_ours_forked(&o, nt, r);
+    bench_forked(run_ours, &o, nt, r, sizeof *r, r->err, sizeof r->err);
     ++nres;
     if (!r->ok) {
       printf("threads %d: ours FAILED: %s\n", nt, r->err);

@@ -48,9 +48,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "bench_util.h"
 
@@ -84,7 +81,7 @@ typedef struct result {
 
 typedef struct job {
   const opts *o;
-  int part, threads;
+  int part;
 } job;
 
 /* the model (SwinUNETR registered without prefix), its parameters from seed 1 */
@@ -289,9 +286,6 @@ done:
 
 static void run_job(const void *arg, void *out) {
   const job *j = (const job *)arg;
-#ifdef _OPENMP
-  omp_set_num_threads(j->threads);
-#endif
   if (j->part == PART_TRAIN) run_train(j->o, (result *)out);
   else run_infer(j->o, (result *)out);
 }
@@ -378,8 +372,8 @@ int main(int argc, char **argv) {
       result *r = &ours[part][nt];
       torch_result *t = &base[part][nt];
       job j;
-      j.o = &o, j.part = part, j.threads = nt;
-      bench_forked(run_job, &j, r, sizeof *r, r->err, sizeof r->err);
+      j.o = &o, j.part = part;
+      bench_forked(run_job, &j, nt, r, sizeof *r, r->err, sizeof r->err);
       if (!r->ok) {
         printf("%s, threads %d: ours FAILED: %s\n", PART_NAME[part], nt, r->err);
         fail = 1;

@@ -54,9 +54,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "bench_util.h"
 #define LR 0.025
@@ -84,8 +81,10 @@ typedef struct result {
   char err[640];
 } result;
 
-/* One (configuration, thread count), in the calling (child) process. */
-static void run_ours(const config *c, int threads, result *r) {
+/* One configuration, in the measuring child, on the thread count bench_forked set. */
+static void run_ours(const void *arg, void *out) {
+  const config *c = (const config *)arg;
+  result *r = (result *)out;
   ioupos_simsiam_config cfg;
   ioupos_simsiam m;
   ioupos_rng rng, drng;
@@ -97,11 +96,6 @@ static void run_ours(const config *c, int threads, result *r) {
   memset(r, 0, sizeof *r);
   memset(&m, 0, sizeof m);
   memset(&st, 0, sizeof st);
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#else
-  (void)threads;
-#endif
   ioupos_simsiam_config_default(&cfg, 2); /* drop-path 0.1; heads 2048 / 2048 / 512 */
   cfg.enc.embed_dim = c->embed;
   shape[0] = shape[1] = 96;
@@ -170,20 +164,6 @@ done:
   free(x1);
   free(x2);
   if (have) ioupos_simsiam_free(&m);
-}
-
-static void run_ours_cb(const void *arg, void *out) {
-  const config *c = (const config *)((const void *const *)arg)[0];
-  int threads = *(const int *)((const void *const *)arg)[1];
-  run_ours(c, threads, (result *)out);
-}
-
-/* Runs run_ours in a forked child (its own peak RSS). */
-static void run_ours_forked(const config *c, int threads, result *r) {
-  const void *arg[2];
-  arg[0] = c;
-  arg[1] = &threads;
-  bench_forked(run_ours_cb, arg, r, sizeof *r, r->err, sizeof r->err);
 }
 
 static void run_torch(const config *c, int threads, torch_result *t) {
@@ -259,7 +239,7 @@ int main(int argc, char **argv) {
     for (nt = t0; nt <= t1; ++nt) {
       result *r = &ours[ci][nt];
       torch_result *t = &base[ci][nt];
-      run_ours_forked(c, nt, r);
+      bench_forked(run_ours, c, nt, r, sizeof *r, r->err, sizeof r->err);
       if (!r->ok) {
         printf("%s, threads %d: ours FAILED: %s\n", c->name, nt, r->err);
         fail = 1;

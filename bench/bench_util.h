@@ -16,6 +16,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TORCH_PYTHON ".venv/bin/python"
 #define TORCH_SCRIPT "bench/bench_torch.py"
@@ -63,11 +66,11 @@ static inline unsigned long long fnv1a(const void *data, size_t bytes) {
   return h;
 }
 
-/* Runs fn(arg, out) in a forked child and copies the child's out[0 .. size) back through a
-   pipe. Returns 1 when it came back whole; else out is zeroed and err[errcap] says why (the
-   measurement's own failures are for fn to report inside out). */
+/* Runs fn(arg, out) in a forked child on `threads` OpenMP threads and copies the child's
+   out[0 .. size) back through a pipe. Returns 1 when it came back whole; else out is zeroed
+   and err[errcap] says why (the measurement's own failures are for fn to report inside out). */
 static inline int bench_forked(void (*fn)(const void *arg, void *out), const void *arg,
-                               void *out, size_t size, char *err, size_t errcap) {
+                               int threads, void *out, size_t size, char *err, size_t errcap) {
   int fd[2], status = 0;
   pid_t pid;
   size_t got = 0;
@@ -89,6 +92,11 @@ static inline int bench_forked(void (*fn)(const void *arg, void *out), const voi
     const char *p = (const char *)out;
     size_t left = size;
     close(fd[0]);
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
     fn(arg, out);
     while (left > 0) {
       ssize_t w = write(fd[1], p, left);

@@ -3,7 +3,8 @@
 #   me=test_cli prog=ioupos-crops
 #   . "$(dirname "$0")/cli_lib.sh"
 # with the script's own arguments ($1: the build folder, default build). It sets bin (the
-# command's absolute path), fails the script at once if bin is missing, and moves into a fresh
+# command's absolute path) and bdir (the build folder's), fails the script at once if bin is
+# missing (`need` does the same for other programs), and moves into a fresh
 # temporary folder that is removed on exit. The script ends with `finish`, which prints
 # "$me: N checks passed, M failed" and exits 1 if any check failed.
 
@@ -25,11 +26,20 @@ finish() {
   exit $?
 }
 
-if [ ! -x "$bin" ]; then
-  echo "FAIL: $bin not found or not executable (run: make $build/$prog)"
-  echo "$me: 0 checks passed, 1 failed"
-  exit 1
-fi
+bdir=${bin%/*} # the build folder, absolute
+# need NAME...: fails the script at once unless every $bdir/NAME is executable
+need() {
+  for b in "$@"; do
+    if [ ! -x "$bdir/$b" ]; then
+      echo "FAIL: $bdir/$b not found or not executable (run: make $build/$b)"
+      echo "$me: 0 checks passed, 1 failed"
+      exit 1
+    fi
+  done
+}
+need "$prog"
+# use PATH: the command that run and expect_error call from now on (default: bin)
+use() { bin=$1; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/$me.XXXXXX") || exit 1
 trap 'cd / && rm -rf "$tmp"' EXIT

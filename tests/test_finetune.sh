@@ -10,15 +10,7 @@ me=test_finetune prog=ioupos-finetune
 . "$(dirname "$0")/cli_lib.sh"
 
 ft=$bin
-bdir=${bin%/*}
-for b in ioupos-phantom ioupos-prep ioupos-simsiam ioupos-dino st_rename; do
-  if [ ! -x "$bdir/$b" ]; then
-    echo "FAIL: $bdir/$b not found or not executable (run: make $build/$b)"
-    echo "$me: 0 checks passed, 1 failed"
-    exit 1
-  fi
-done
-use() { bin=$1; } # the command that run / expect_error call
+need ioupos-phantom ioupos-prep ioupos-simsiam ioupos-dino st_rename
 
 # ---- data: 4 labelled phantom cases, split 2/1/1, 16 slices each (61 x 86 at 4 mm) -----------
 "$bdir/ioupos-phantom" --output_dir ph --n_cases 4 --seed 0 --size 96x80x16 --spacing 4,4,2.5 \

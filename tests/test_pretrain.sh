@@ -14,14 +14,7 @@ dino=${bin%/*}/ioupos-dino
 phantom=${bin%/*}/ioupos-phantom
 prep=${bin%/*}/ioupos-prep
 embed=${bin%/*}/ioupos-embed
-for b in "$dino" "$phantom" "$prep"; do
-  if [ ! -x "$b" ]; then
-    echo "FAIL: $b not found or not executable (run: make $build/${b##*/})"
-    echo "$me: 0 checks passed, 1 failed"
-    exit 1
-  fi
-done
-use() { bin=$1; } # the command that run / expect_error call
+need ioupos-dino ioupos-phantom ioupos-prep
 
 # ---- data: 2 small phantom volumes -> 32 PNG slices (about 245 x 345) ----------------------------
 "$phantom" --output_dir ph --n_cases 2 --seed 0 --size 96x80x16 --spacing 4,4,2.5 --no_labels \

@@ -8,14 +8,7 @@ me=test_sweep prog=ioupos-finetune
 sweep=$(pwd)/scripts/sweep.sh
 . "$(dirname "$0")/cli_lib.sh"
 
-bdir=${bin%/*}
-for b in ioupos-phantom ioupos-prep ioupos-simsiam ioupos-sweep-plot; do
-  if [ ! -x "$bdir/$b" ]; then
-    echo "FAIL: $bdir/$b not found or not executable (run: make $build/$b)"
-    echo "$me: 0 checks passed, 1 failed"
-    exit 1
-  fi
-done
+need ioupos-phantom ioupos-prep ioupos-simsiam ioupos-sweep-plot
 
 "$bdir/ioupos-phantom" --output_dir ph --n_cases 4 --seed 0 --size 96x80x16 --spacing 4,4,2.5 \
   --split 2,1,1 >ph.out 2>ph.err &&
@@ -23,12 +16,17 @@ done
     --output_dir d --size_x 4 --size_y 4 --pad_to 32 --num_workers 2 >prep.out 2>prep.err
 check "phantom data prepared ($(tail -n 1 prep.err))" [ $? -eq 0 ]
 
-sh "$sweep" --build "$bdir" --quick --pretrain_data d/train --finetune_data d \
-  --split_path ph/split.json --out out \
-  --pretrain_flags "--low_resource_mode --batch_size 16 --n_epochs 2 --threads 1" \
-  --finetune_flags "--batch_size 4 --n_epochs 4 --warmup_epochs 1 --base_lr 5e-3 --eval_every 2 --threads 1" \
-  >s1.out 2>s1.err
-rc=$?
+# quick_sweep NAME: the quick sweep into out/, its output in NAME.out / NAME.err, status in rc
+quick_sweep() {
+  sh "$sweep" --build "$bdir" --quick --pretrain_data d/train --finetune_data d \
+    --split_path ph/split.json --out out \
+    --pretrain_flags "--low_resource_mode --batch_size 16 --n_epochs 2 --threads 1" \
+    --finetune_flags "--batch_size 4 --n_epochs 4 --warmup_epochs 1 --base_lr 5e-3 --eval_every 2 --threads 1" \
+    >"$1.out" 2>"$1.err"
+  rc=$?
+}
+
+quick_sweep s1
 check "sweep --quick exits 0 (got $rc; $(tail -n 2 s1.err))" [ "$rc" -eq 0 ]
 for f in table.md table.csv runs.csv plot.png; do
   check "sweep wrote $f" [ -s "out/$f" ]
@@ -51,12 +49,7 @@ check "the fine-tuning started from it" \
   grep -q "loaded the encoder from out/runs/pt_simsiam_iou_0.3_0.6_s1/checkpoint.safetensors" \
   out/runs/ft_simsiam_iou_0.3_0.6_p1_s1.log
 cp out/table.md table1.md
-sh "$sweep" --build "$bdir" --quick --pretrain_data d/train --finetune_data d \
-  --split_path ph/split.json --out out \
-  --pretrain_flags "--low_resource_mode --batch_size 16 --n_epochs 2 --threads 1" \
-  --finetune_flags "--batch_size 4 --n_epochs 4 --warmup_epochs 1 --base_lr 5e-3 --eval_every 2 --threads 1" \
-  >s2.out 2>s2.err
-rc=$?
+quick_sweep s2
 check "a second call exits 0 (got $rc)" [ "$rc" -eq 0 ]
 check "... redoes nothing" [ "$(grep -c 'done before' s2.out)" -eq 3 ]
 check "... and gives the same table" cmp -s table1.md out/table.md
