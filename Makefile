@@ -5,7 +5,8 @@ CC       ?= cc
 CXX      ?= c++
 STB_DIR  ?= /usr/include/stb
 BUILD    ?= build
-WARN     := -Wall -Wextra -Werror
+# -Wundef: an identifier in #if that is no macro (an enum constant, a typo) is an error, not 0
+WARN     := -Wall -Wextra -Werror -Wundef
 CPPFLAGS := -D_POSIX_C_SOURCE=200809L -I. -I$(STB_DIR)
 CFLAGS   ?= -O2 -g
 LDLIBS   := -lm -lpthread

@@ -8,7 +8,7 @@
 #include "ioupos.h"
 
 #define PROG "ioupos-dino"
-#define PRETRAIN_METHOD IOUPOS_SSL_DINO
+#define PRETRAIN_DINO 1 /* DINO; a plain number: pretrain.h tests it with #if */
 #include "pretrain.h"
 
 int main(int argc, char **argv) { return pretrain_main(argc, argv); }

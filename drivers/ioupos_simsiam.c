@@ -7,7 +7,7 @@
 #include "ioupos.h"
 
 #define PROG "ioupos-simsiam"
-#define PRETRAIN_METHOD IOUPOS_SSL_SIMSIAM
+#define PRETRAIN_DINO 0 /* SimSiam; a plain number: pretrain.h tests it with #if */
 #include "pretrain.h"
 
 int main(int argc, char **argv) { return pretrain_main(argc, argv); }

@@ -2,9 +2,12 @@
    library): flag parsing, the resolved-flags JSON and the wiring onto ioupos_pretrain_run
    (ioupos.h section 18), which does the run directory, metrics, checkpoints and resume.
 
-   The including file defines PROG (its command name) and PRETRAIN_METHOD (IOUPOS_SSL_SIMSIAM or
-   IOUPOS_SSL_DINO), includes ioupos.h (its implementation is linked in from build/ioupos.o),
-   then this file, and calls pretrain_main(argc, argv).
+   The including file defines PROG (its command name) and PRETRAIN_DINO (the literal 1 for DINO,
+   0 for SimSiam: a preprocessor number, because the flag table is chosen with #if, where an enum
+   constant such as IOUPOS_SSL_DINO would silently read as 0), includes ioupos.h (its
+   implementation is linked in from build/ioupos.o), then this file, and calls
+   pretrain_main(argc, argv). Each method parses only its own flags and the shared ones; the
+   other method's flags are unknown flags (exit 2).
 
    The flags are the research scripts' (main_simsiam.py, main_dino.py) plus ours; the defaults
    are the published SimSiam runs' (C 48, batch 128, 100 epochs), not the scripts' own defaults
@@ -24,8 +27,17 @@
 #ifndef IOUPOS_DRIVERS_PRETRAIN_H
 #define IOUPOS_DRIVERS_PRETRAIN_H
 
-#if !defined(PROG) || !defined(PRETRAIN_METHOD)
-#error "define PROG and PRETRAIN_METHOD before including drivers/pretrain.h"
+#if !defined(PROG) || !defined(PRETRAIN_DINO)
+#error "define PROG and PRETRAIN_DINO (1: DINO, 0: SimSiam) before including drivers/pretrain.h"
+#endif
+#if PRETRAIN_DINO == 1
+#define PT_IS_DINO 1
+#define PT_METHOD IOUPOS_SSL_DINO
+#elif PRETRAIN_DINO == 0
+#define PT_IS_DINO 0
+#define PT_METHOD IOUPOS_SSL_SIMSIAM
+#else
+#error "PRETRAIN_DINO must be 1 (DINO) or 0 (SimSiam)"
 #endif
 
 #include <limits.h>
@@ -37,7 +49,6 @@
 #include "train_cli.h"
 
 #define PT_MAX_CROP 4096
-#define PT_IS_DINO (PRETRAIN_METHOD == IOUPOS_SSL_DINO)
 
 /* Everything the command line resolves: the library's options plus the flags that only the
    driver sees. */
@@ -54,7 +65,7 @@ typedef struct pt_flags {
 /* The defaults --help shows and a run starts from. */
 static void pt_defaults(pt_flags *f) {
   memset(f, 0, sizeof *f);
-  ioupos_pretrain_opts_default(&f->o, PRETRAIN_METHOD);
+  ioupos_pretrain_opts_default(&f->o, PT_METHOD);
   /* the published SimSiam runs' size for both methods (DINO's research defaults were batch 2,
      300 epochs, C 24: a debugging setup) */
   f->o.enc.embed_dim = 48;
