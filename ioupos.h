@@ -105,7 +105,8 @@ typedef enum ioupos_status {
   IOUPOS_ENOMEM = -3,      /* allocation failed */
   IOUPOS_EIO = -4,         /* file could not be opened, read or written (disk full, ...) */
   IOUPOS_EFORMAT = -5,     /* corrupt or unsupported file content */
-  IOUPOS_ERANGE = -6       /* sizes too large for the exact arithmetic used */
+  IOUPOS_ERANGE = -6,      /* sizes too large for the exact arithmetic used */
+  IOUPOS_EBUSY = -7        /* a folder is held by another process (ioupos_dir_hold) */
 } ioupos_status;
 
 /* The reason for the last failure on this thread ("" if none yet). Valid until the next failing
@@ -274,6 +275,31 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
                                 const uint8_t *pixels);
 /* Write bytes to path atomically (same temporary-and-rename scheme). */
 IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size_t size);
+
+/* A folder held by one process (run directories, ioupos-prep's output).
+   ioupos_dir_hold creates dir and its missing parents and takes an advisory lock on
+   <dir>/.lock (a POSIX record lock: the kernel drops it when the process ends, so a kill -9
+   never leaves a stale lock). A folder that another live process holds is refused with
+   IOUPOS_EBUSY and a reason naming that process. Holding also deletes the folder's stale
+   temporary files "<name>.tmp.<pid>" (a kill -9 during an atomic write leaves one) whose
+   writer process is gone; *n_stale (may be NULL) counts them.
+   ioupos_dir_release deletes <dir>/.lock and drops the lock. With discard set it first deletes
+   the regular files that appeared in dir during the hold, then dir and the parents the hold
+   created when they are empty: a run that fails before it has anything worth keeping leaves
+   nothing behind.
+   Record locks belong to a process, so two holds of one folder inside one process do not
+   exclude each other; hold each folder once per process. */
+typedef struct ioupos_dir_lock {
+  char dir[4096];
+  int fd;            /* the open .lock file, -1 when not held */
+  int created_from;  /* dir[0..created_from) existed before the hold; -1: it created none */
+  char **had;        /* the names in dir when it was taken (for discard) */
+  int n_had;
+} ioupos_dir_lock;
+IOUPOS_DEF int ioupos_dir_hold(ioupos_dir_lock *lk, const char *dir, int *n_stale);
+IOUPOS_DEF void ioupos_dir_release(ioupos_dir_lock *lk, int discard);
+/* Deletes the stale temporary files of dir (as ioupos_dir_hold does); returns how many. */
+IOUPOS_DEF int ioupos_dir_clean_stale(const char *dir);
 
 /* ============================================================================================
    6. NIfTI volumes, CT preprocessing and split files
@@ -2198,7 +2224,15 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
    view in [local_min_iou, local_max_iou], section 9's loader), through the student only.
    Every file is written atomically (a crash leaves the previous version). A non-finite loss
    stops the run (IOUPOS_ERANGE) naming epoch and step, without writing a checkpoint of the
-   broken weights. opts->log receives the console lines (the library never prints). */
+   broken weights. opts->log receives the console lines (the library never prints).
+   Epochs are counted from 1 wherever they are shown: the log's "epoch 1 step 3/8" and "epoch 1
+   done", metrics.jsonl's "epoch": 1 and checkpoint_epoch1.safetensors are the first epoch.
+   The run holds its directory (ioupos_dir_hold, section 5) from before its first write to its
+   end: a second run or a resume of the same directory is refused (IOUPOS_EBUSY, naming the
+   process) while it lives, and the kernel drops the hold when the process dies, kill -9
+   included. Taking the directory removes the stale "*.tmp.<pid>" files a killed run left. A run
+   that fails before it saved its first state leaves nothing behind (the directory goes too when
+   the run created it); one that fails later keeps its files, and its state resumes it. */
 enum { IOUPOS_SSL_SIMSIAM = 0, IOUPOS_SSL_DINO = 1 };
 
 typedef struct ioupos_pretrain_opts {
@@ -2861,7 +2895,9 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
                             "dsc", "research_dice"}, "best_epoch", "best_val_score",
                             "epochs_done", "stopped_early", "val": {"table": <ioupos_dsc_table_json>,
                             "cases": [<ioupos_dsc_case_json>...]}, "test": {...}}
-   Every file is written atomically. opts->log receives the console lines. */
+   Every file is written atomically. opts->log receives the console lines. Epoch numbering, the
+   directory's hold, stale temporary files and what a failed run leaves: as section 18 says
+   (an evaluation-only run, n_epochs 0, saves no state: when it fails it leaves nothing). */
 
 
 /* ---- labelled slice sets -------------------------------------------------------------------- */
@@ -3047,7 +3083,10 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #include <process.h>
 #define ioupos__getpid _getpid
 #else
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #define ioupos__getpid getpid
 #endif
@@ -3132,6 +3171,7 @@ IOUPOS_DEF const char *ioupos_status_name(int status) {
     case IOUPOS_EIO: return "IOUPOS_EIO";
     case IOUPOS_EFORMAT: return "IOUPOS_EFORMAT";
     case IOUPOS_ERANGE: return "IOUPOS_ERANGE";
+    case IOUPOS_EBUSY: return "IOUPOS_EBUSY";
     default: return "IOUPOS_E?";
   }
 }
@@ -4345,6 +4385,205 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
     return ioupos__fail(IOUPOS_EIO, "%s: cannot rename into place: %s", path, strerror(e));
   }
   return IOUPOS_OK;
+}
+
+/* ---- folders: creation and holding ------------------------------------------------------ */
+
+/* mkdir -p. *created_from (may be NULL): where the name of the first folder it created starts
+   in path (path[0..*created_from) existed before), or -1 when it created none. */
+static int ioupos__mkdirs_from(const char *path, int *created_from) {
+  char buf[4096];
+  size_t i, n = strlen(path);
+  if (created_from) *created_from = -1;
+  if (n == 0 || n >= sizeof buf)
+    return ioupos__fail(IOUPOS_EINVAL, "directory name '%s' is empty or too long", path);
+  memcpy(buf, path, n + 1);
+  for (i = 1; i <= n; ++i)
+    if (buf[i] == '/' || buf[i] == '\0') {
+      char c = buf[i];
+      struct stat sb;
+      buf[i] = '\0';
+      if (stat(buf, &sb) != 0) {
+        if (mkdir(buf, 0777) == 0) {
+          if (created_from && *created_from < 0) { /* where this folder's name starts */
+            size_t k = i;
+            while (k > 0 && buf[k - 1] != '/') --k;
+            *created_from = (int)k;
+          }
+        } else if (errno != EEXIST) {
+          return ioupos__fail(IOUPOS_EIO, "cannot create directory %s: %s", buf, strerror(errno));
+        }
+      } else if (!S_ISDIR(sb.st_mode)) {
+        return ioupos__fail(IOUPOS_EIO, "%s exists and is not a directory", buf);
+      }
+      buf[i] = c;
+    }
+  return 0;
+}
+
+static int ioupos__mkdirs(const char *path) { return ioupos__mkdirs_from(path, NULL); }
+
+/* "<anything>.tmp.<pid>": the pid, else 0 */
+static long ioupos__tmp_pid(const char *name) {
+  const char *t = strstr(name, ".tmp.");
+  long pid = 0;
+  while (t && strstr(t + 1, ".tmp.")) t = strstr(t + 1, ".tmp.");
+  if (!t || !t[5]) return 0;
+  for (t += 5; *t; ++t) {
+    if (*t < '0' || *t > '9' || pid > 99999999L) return 0;
+    pid = 10 * pid + (*t - '0');
+  }
+  return pid;
+}
+
+static void ioupos__dir_names_free(char **names, int n) {
+  int i;
+  for (i = 0; i < n; ++i) IOUPOS_FREE(names[i]);
+  IOUPOS_FREE(names);
+}
+
+/* the names in dir (without "." and ".."), or NULL with *n = 0 */
+static char **ioupos__dir_names(const char *dir, int *n) {
+  DIR *d = opendir(dir);
+  struct dirent *de;
+  char **names = NULL;
+  int cap = 0;
+  *n = 0;
+  if (!d) return NULL;
+  while ((de = readdir(d)) != NULL) {
+    size_t len = strlen(de->d_name);
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+    if (*n == cap) {
+      char **nn = (char **)ioupos__calloc((size_t)(cap ? 2 * cap : 16), sizeof *nn);
+      if (!nn) break;
+      if (names) memcpy(nn, names, (size_t)*n * sizeof *nn);
+      IOUPOS_FREE(names);
+      names = nn;
+      cap = cap ? 2 * cap : 16;
+    }
+    if ((names[*n] = (char *)IOUPOS_MALLOC(len + 1)) == NULL) break;
+    memcpy(names[(*n)++], de->d_name, len + 1);
+  }
+  closedir(d);
+  return names;
+}
+
+IOUPOS_DEF int ioupos_dir_hold(ioupos_dir_lock *lk, const char *dir, int *n_stale) {
+  char path[4200];
+  int i, tries, rc;
+  struct flock fl;
+  if (n_stale) *n_stale = 0;
+  if (!lk || !dir) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dir_hold: NULL argument");
+  memset(lk, 0, sizeof *lk);
+  lk->fd = -1;
+  if (strlen(dir) >= sizeof lk->dir)
+    return ioupos__fail(IOUPOS_EINVAL, "folder name '%.64s...' too long", dir);
+  strcpy(lk->dir, dir);
+  for (i = (int)strlen(lk->dir); i > 1 && lk->dir[i - 1] == '/'; --i) lk->dir[i - 1] = '\0';
+  dir = lk->dir;
+  if ((rc = ioupos__mkdirs_from(dir, &lk->created_from)) != 0) return rc;
+  lk->had = ioupos__dir_names(dir, &lk->n_had);
+  snprintf(path, sizeof path, "%s/.lock", dir);
+  /* The lock file may be deleted by a releasing holder between our open and our lock: then we
+     would hold a lock on a name-less file. Check that the locked file is still <dir>/.lock. */
+  for (tries = 0; tries < 100; ++tries) {
+    struct stat a, b;
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0) {
+      rc = ioupos__fail(IOUPOS_EIO, "cannot create %s: %s", path, strerror(errno));
+      break;
+    }
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+      int e = errno;
+      long holder = 0;
+      if (e == EACCES || e == EAGAIN) {
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) holder = (long)fl.l_pid;
+        close(fd);
+        if (holder == 0) continue; /* released in between: try again */
+        rc = ioupos__fail(IOUPOS_EBUSY, "%s is in use by process %ld (another run, resume or "
+                          "preprocessing writes there); wait for it to end or use another folder",
+                          dir, holder);
+      } else {
+        close(fd);
+        rc = ioupos__fail(IOUPOS_EIO, "cannot lock %s: %s", path, strerror(e));
+      }
+      break;
+    }
+    if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
+      char pid[32];
+      int n = snprintf(pid, sizeof pid, "%ld\n", (long)ioupos__getpid());
+      if (ftruncate(fd, 0) != 0 || write(fd, pid, (size_t)n) != n) { /* informative only */ }
+      lk->fd = fd;
+      break;
+    }
+    close(fd);
+  }
+  if (lk->fd < 0) {
+    if (rc == 0) rc = ioupos__fail(IOUPOS_EBUSY, "cannot lock %s: it keeps changing", path);
+    ioupos__dir_names_free(lk->had, lk->n_had);
+    lk->had = NULL;
+    lk->n_had = 0;
+    return rc;
+  }
+  i = ioupos_dir_clean_stale(dir);
+  if (n_stale) *n_stale = i;
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_dir_clean_stale(const char *dir) {
+  char path[4200];
+  int n = 0, i, removed = 0;
+  char **names = ioupos__dir_names(dir, &n);
+  for (i = 0; i < n; ++i) { /* writers that are gone (ours, if any, are not stale) */
+    long pid = ioupos__tmp_pid(names[i]);
+    if (pid <= 0 || pid == (long)ioupos__getpid()) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive (or not ours to ask) */
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    if (remove(path) == 0) ++removed;
+  }
+  ioupos__dir_names_free(names, n);
+  return removed;
+}
+
+IOUPOS_DEF void ioupos_dir_release(ioupos_dir_lock *lk, int discard) {
+  char path[4200];
+  if (!lk || lk->fd < 0) return;
+  /* the lock file goes before the lock (a process that opened it meanwhile finds, once it
+     gets the lock, that the name no longer leads to its file, and starts over) */
+  snprintf(path, sizeof path, "%s/.lock", lk->dir);
+  remove(path);
+  if (discard) {
+    int n = 0, i, k;
+    char **now = ioupos__dir_names(lk->dir, &n);
+    for (i = 0; i < n; ++i) {
+      struct stat sb;
+      int old = 0;
+      for (k = 0; k < lk->n_had && !old; ++k) old = !strcmp(now[i], lk->had[k]);
+      snprintf(path, sizeof path, "%s/%s", lk->dir, now[i]);
+      if (!old && lstat(path, &sb) == 0 && S_ISREG(sb.st_mode)) remove(path);
+    }
+    ioupos__dir_names_free(now, n);
+    if (lk->created_from >= 0) { /* the folders the hold made, deepest first, when empty */
+      size_t j = strlen(lk->dir);
+      snprintf(path, sizeof path, "%s", lk->dir);
+      while (j > (size_t)lk->created_from && rmdir(path) == 0) {
+        while (j > 0 && path[j - 1] != '/') --j;
+        while (j > 0 && path[j - 1] == '/') --j;
+        path[j] = '\0';
+      }
+    }
+  }
+  close(lk->fd); /* drops the lock */
+  lk->fd = -1;
+  ioupos__dir_names_free(lk->had, lk->n_had);
+  lk->had = NULL;
+  lk->n_had = 0;
 }
 
 typedef struct ioupos__membuf {
@@ -13362,27 +13601,6 @@ IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method
   }
 }
 
-static int ioupos__mkdirs(const char *path) {
-  char buf[4096];
-  size_t i, n = strlen(path);
-  if (n == 0 || n >= sizeof buf)
-    return ioupos__fail(IOUPOS_EINVAL, "directory name '%s' is empty or too long", path);
-  memcpy(buf, path, n + 1);
-  for (i = 1; i <= n; ++i)
-    if (buf[i] == '/' || buf[i] == '\0') {
-      char c = buf[i];
-      struct stat sb;
-      buf[i] = '\0';
-      if (stat(buf, &sb) != 0) {
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-          return ioupos__fail(IOUPOS_EIO, "cannot create directory %s: %s", buf, strerror(errno));
-      } else if (!S_ISDIR(sb.st_mode)) {
-        return ioupos__fail(IOUPOS_EIO, "%s exists and is not a directory", buf);
-      }
-      buf[i] = c;
-    }
-  return 0;
-}
 
 /* JSON string body escaping (for file names and the commit in metrics / flags files) */
 static void ioupos__json_escape(char *dst, size_t cap, const char *s) {
@@ -13860,6 +14078,30 @@ static double ioupos__now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The run directory held for the run (ioupos_dir_hold: a second run or --resume of the same
+   directory is refused while this one lives; stale temporary files of a killed run go). */
+static int ioupos__run_dir_hold(ioupos_dir_lock *lk, const char *dir,
+                                void (*log)(void *, const char *), void *log_ctx) {
+  int n_stale = 0, rc = ioupos_dir_hold(lk, dir, &n_stale);
+  if (rc == 0 && n_stale > 0 && log) {
+    char line[4400];
+    snprintf(line, sizeof line, "removed %d stale temporary file%s of a killed earlier process "
+             "from %s", n_stale, n_stale > 1 ? "s" : "", dir);
+    log(log_ctx, line);
+  }
+  return rc;
+}
+
+/* Releases the run directory. A run that failed (rc != 0) before it saved its first state
+   leaves nothing: the files it wrote (flags.json, metrics.jsonl, checkpoints, results) and the
+   folders it created go. A run that failed later keeps everything: its state resumes it. */
+static void ioupos__run_dir_release(ioupos_dir_lock *lk, int rc) {
+  char path[4200];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/state.safetensors", lk->dir);
+  ioupos_dir_release(lk, rc != 0 && stat(path, &sb) != 0);
+}
+
 /* A new run directory: refused when dir already holds a run (its state file). */
 static int ioupos__run_dir_free(const char *dir) {
   char path[4200];
@@ -13987,6 +14229,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   int rc, spe, dino = o->method == IOUPOS_SSL_DINO, shape[2], lshape[2], stop = 0;
   long steps_here = 0;
   double t_start, t_log, img_log = 0.0;
+  ioupos_dir_lock lk;
+  lk.fd = -1;
   memset(&ds, 0, sizeof ds);
   memset(&ld, 0, sizeof ld);
   if ((rc = ioupos__run_check(o)) != 0) return rc;
@@ -14062,6 +14306,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   snprintf(r->dir, sizeof r->dir, "%s/%s", o->chkpt_dir ? o->chkpt_dir : ".",
            o->run_name ? o->run_name : "run");
   snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+  if ((rc = ioupos__run_dir_hold(&lk, r->dir, o->log, o->log_ctx)) != 0) goto done;
   if (o->resume) {
     if ((rc = ioupos__load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
@@ -14071,8 +14316,9 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     }
     snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
     if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__C_OPT_STEPS])) != 0) goto done;
-    ioupos__run_log(o, "resuming %s at epoch %lld step %lld (%lld optimiser steps done)", r->dir,
-                    (long long)r->c[IOUPOS__C_EPOCH], (long long)r->c[IOUPOS__C_STEP],
+    ioupos__run_log(o, "resuming %s at epoch %lld step %lld/%d (%lld optimiser steps done)",
+                    r->dir, (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP],
+                    spe,
                     (long long)r->c[IOUPOS__C_OPT_STEPS]);
   } else if ((rc = ioupos__run_dir_free(r->dir)) != 0 ||
              (rc = ioupos__run_dir_create(r->dir, o->flags_json, o->seed, o->git_commit,
@@ -14140,7 +14386,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
           rc = ioupos__fail(IOUPOS_ERANGE,
                             "the loss is %g at epoch %lld step %lld: stopping; the last good "
                             "checkpoint is %s/checkpoint.safetensors (if an epoch finished)",
-                            sst.loss, (long long)e, (long long)r->c[IOUPOS__C_STEP], r->dir);
+                            sst.loss, (long long)e + 1, (long long)r->c[IOUPOS__C_STEP] + 1, r->dir);
           break;
         }
         loss += sst.loss / o->accum_iters;
@@ -14164,12 +14410,12 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
         snprintf(line, sizeof line,
                  "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"lr\": %.6g, \"wd\": %.6g, "
                  "\"p_std\": %.6g, \"z_std\": %.6g, \"collapse\": %.6g, \"images_per_s\": %.4g}\n",
-                 (long long)e, (long long)r->c[IOUPOS__C_OPT_STEPS], loss, lr, wd, sst.p_std,
+                 (long long)e + 1, (long long)r->c[IOUPOS__C_OPT_STEPS], loss, lr, wd, sst.p_std,
                  sst.z_std, ioupos_collapse_level(r->avg_std, dim), ips);
         snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
         if ((rc = ioupos__append(tmp, line)) != 0) break;
         ioupos__run_log(o, "epoch %lld step %lld/%d loss %.5f lr %.3g collapse %.3f z_std %.4f "
-                        "%.1f img/s ETA %.0f s", (long long)e, (long long)r->c[IOUPOS__C_STEP],
+                        "%.1f img/s ETA %.0f s", (long long)e + 1, (long long)r->c[IOUPOS__C_STEP],
                         spe, loss, lr, ioupos_collapse_level(r->avg_std, dim), sst.z_std, ips,
                         ips > 0 ? left / ips : 0.0);
         t_log = now;
@@ -14191,14 +14437,14 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->dir);
       if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
       snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
-               "\"collapse\": %.6g, \"seconds\": %.3f}\n", (long long)e,
+               "\"collapse\": %.6g, \"seconds\": %.3f}\n", (long long)e + 1,
                (long long)r->c[IOUPOS__C_OPT_STEPS], r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0,
                ioupos_collapse_level(r->avg_std, dino ? o->out_dim : o->proj_out),
                ioupos__now() - t_start);
       snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
       if ((rc = ioupos__append(tmp, line)) != 0) break;
       ioupos__run_log(o, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors",
-                      (long long)e, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->dir);
+                      (long long)e + 1, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->dir);
       r->ep_loss = r->ep_n = 0.0;
       if (ioupos__halt(o, steps_here)) stop = 1;
     }
@@ -14206,11 +14452,12 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     if ((rc = ioupos__save_state(r, path)) != 0) break;
   }
   if (rc == 0 && stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs)
-    ioupos__run_log(o, "%s after %ld optimiser steps in this process, at epoch %lld step %lld; "
+    ioupos__run_log(o, "%s after %ld optimiser steps in this process, at epoch %lld step %lld/%d; "
                     "the state is saved: --resume continues from %s",
                     o->stop && *o->stop ? "interrupted" : "stopped (--max_steps)", steps_here,
-                    (long long)r->c[IOUPOS__C_EPOCH], (long long)r->c[IOUPOS__C_STEP], path);
+                    (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP], spe, path);
 done:
+  if (lk.fd >= 0) ioupos__run_dir_release(&lk, rc);
   ioupos_loader_close(&ld);
   ioupos_dataset_free(&ds);
   if (r) {
@@ -16895,6 +17142,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   long steps_here = 0;
   size_t npix, nlog = 0;
   double t_start, t_log, img_log = 0.0;
+  ioupos_dir_lock lk;
+  lk.fd = -1;
   memset(&ld, 0, sizeof ld);
   if (res) memset(res, 0, sizeof *res);
   if (!o) return ioupos__fail(IOUPOS_EINVAL, "ioupos_finetune_run: NULL options");
@@ -16952,11 +17201,12 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   snprintf(r->dir, sizeof r->dir, "%s/%s", o->chkpt_dir ? o->chkpt_dir : ".",
            o->run_name ? o->run_name : "finetune");
   snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+  if (o->resume && o->n_epochs == 0) {
+    rc = ioupos__fail(IOUPOS_EINVAL, "--resume with --n_epochs 0: there is nothing to resume");
+    goto done;
+  }
+  if ((rc = ioupos__run_dir_hold(&lk, r->dir, o->log, o->log_ctx)) != 0) goto done;
   if (o->resume) {
-    if (o->n_epochs == 0) {
-      rc = ioupos__fail(IOUPOS_EINVAL, "--resume with --n_epochs 0: there is nothing to resume");
-      goto done;
-    }
     r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
     r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
     if (!r->m1 || !r->m2) {
@@ -16971,8 +17221,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     }
     snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
     if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__FT_OPT_STEPS])) != 0) goto done;
-    ioupos__ft_log(o, "resuming %s at epoch %lld step %lld (%lld steps done)", r->dir,
-                   (long long)r->c[IOUPOS__FT_EPOCH], (long long)r->c[IOUPOS__FT_STEP],
+    ioupos__ft_log(o, "resuming %s at epoch %lld step %lld/%d (%lld steps done)", r->dir,
+                   (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_STEP], spe,
                    (long long)r->c[IOUPOS__FT_OPT_STEPS]);
   } else {
     if ((rc = ioupos__run_dir_free(r->dir)) != 0) goto done;
@@ -17067,7 +17317,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
         rc = ioupos__fail(IOUPOS_ERANGE,
                           "the loss is %g at epoch %lld step %lld: stopping; the last good "
                           "checkpoint is %s/checkpoint.safetensors (if an epoch finished)", loss,
-                          (long long)e, (long long)r->c[IOUPOS__FT_STEP], r->dir);
+                          (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP] + 1, r->dir);
         break;
       }
       memset(dlog, 0, nlog * sizeof(float));
@@ -17094,12 +17344,12 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
         snprintf(line, sizeof line,
                  "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"dice_loss\": %.6g, "
                  "\"ce_loss\": %.6g, \"lr\": %.6g, \"slices_per_s\": %.4g}\n",
-                 (long long)e, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
+                 (long long)e + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
                  stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
         snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
         if ((rc = ioupos__append(tmp, line)) != 0) break;
         ioupos__ft_log(o, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
-                       "slices/s", (long long)e, (long long)r->c[IOUPOS__FT_STEP], spe, loss,
+                       "slices/s", (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP], spe, loss,
                        stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
         t_log = now;
         img_log = 0.0;
@@ -17115,11 +17365,11 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       r->c[IOUPOS__FT_EPOCH]++;
       r->c[IOUPOS__FT_STEP] = 0;
       snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
-               "\"seconds\": %.3f}\n", (long long)e, (long long)r->c[IOUPOS__FT_OPT_STEPS],
+               "\"seconds\": %.3f}\n", (long long)e + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS],
                r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, ioupos__now() - t_start);
       snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
       if ((rc = ioupos__append(tmp, line)) != 0) break;
-      ioupos__ft_log(o, "epoch %lld done: mean loss %.5f", (long long)e,
+      ioupos__ft_log(o, "epoch %lld done: mean loss %.5f", (long long)e + 1,
                      r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0);
       r->ep_loss = r->ep_n = 0.0;
       snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->dir);
@@ -17132,15 +17382,17 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     if ((rc = ioupos__ft_save_state(r, path)) != 0) break;
   }
   if (rc == 0 && stop) {
-    ioupos__ft_log(o, "%s after %ld steps in this process, at epoch %lld step %lld; the state "
-                   "is saved: --resume continues from %s",
+    ioupos__ft_log(o, "%s after %ld steps in this process, at epoch %lld step %lld/%d; the "
+                   "state is saved: --resume continues from %s",
                    o->stop && *o->stop ? "interrupted" : "stopped (--max_steps)", steps_here,
-                   (long long)r->c[IOUPOS__FT_EPOCH], (long long)r->c[IOUPOS__FT_STEP], path);
+                   (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_STEP], spe,
+                   path);
     if (res) res->epochs_done = (int)r->c[IOUPOS__FT_EPOCH];
   } else if (rc == 0) {
     rc = ioupos__ft_final(r, res);
   }
 done:
+  if (lk.fd >= 0) ioupos__run_dir_release(&lk, rc);
   ioupos_loader_close(&ld);
   be->release(x);
   be->release(ddev);

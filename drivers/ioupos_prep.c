@@ -79,7 +79,9 @@ static void usage(FILE *f) {
           "\n"
           "Re-running skips cases whose marker <dir>/.done/<case> exists (written after all of\n"
           "the case's files are in place); a marker made with other settings is an error for\n"
-          "that case. Progress goes to stderr. Exit status: 0 all cases done, 1 some case failed\n"
+          "that case. A case that fails leaves none of its files. One ioupos-prep at a time\n"
+          "writes to an --output_dir (a second is refused, naming the first's process id);\n"
+          "temporary files a killed run left are removed. Progress goes to stderr. Exit status: 0 all cases done, 1 some case failed\n"
           "(the others still finish; a summary lists the failures) or the input is unusable,\n"
           "2 bad command line.\n",
           MAX_WORKERS);
@@ -320,11 +322,33 @@ static int write_slices(job *j, const ioupos_volume *v, const char *dir, int is_
   return 0;
 }
 
+/* A failed case leaves none of its files: slices 0..nz-1 (2D) or the volume (3D), with labels.
+   Files that were never written are simply absent. */
+static void remove_case_files(const job *j, const char *labels_dir, int dims, int width, int nz) {
+  size_t plen = strlen(j->dir) + strlen(labels_dir) + strlen(j->name) + 40;
+  char *path = (char *)malloc(plen);
+  int k, l;
+  if (!path) return;
+  for (l = 0; l < 2; ++l) {
+    const char *d = l ? labels_dir : j->dir;
+    if (dims == 3) {
+      snprintf(path, plen, "%s/%s.nii.gz", d, j->name);
+      remove(path);
+      continue;
+    }
+    for (k = 0; k < nz; ++k) {
+      snprintf(path, plen, "%s/%s_%0*d.png", d, j->name, width, k);
+      remove(path);
+    }
+  }
+  free(path);
+}
+
 static int run_case(shared *sh, job *j) {
   const options *o = sh->o;
   char settings[512], *done_dir, *marker, *labels_dir;
   ioupos_volume img, lab;
-  int have_label = j->label != NULL, rc = -1, width, k;
+  int have_label = j->label != NULL, rc = -1, width = 3, k, writing = 0;
   void *old;
   size_t old_size;
   settings_text(o, settings, sizeof settings);
@@ -365,8 +389,8 @@ static int run_case(shared *sh, job *j) {
     snprintf(j->reason, sizeof j->reason, "%s: %s", j->image, why);
     goto out;
   }
+  writing = 1; /* from here on a failure removes what the case wrote */
   if (o->spatial_dims == 2) {
-    width = 3;
     for (k = 1000; k <= img.dim[2] - 1 && width < 9; k *= 10) ++width;
     if (write_slices(j, &img, j->dir, 0, width) != 0) goto out;
     if (have_label && write_slices(j, &lab, labels_dir, 1, width) != 0) goto out;
@@ -403,6 +427,7 @@ static int run_case(shared *sh, job *j) {
   }
   rc = 0;
 out:
+  if (rc < 0 && writing) remove_case_files(j, labels_dir, o->spatial_dims, width, img.dim[2]);
   ioupos_volume_free(&img);
   ioupos_volume_free(&lab);
   free(done_dir);
@@ -463,6 +488,8 @@ int main(int argc, char **argv) {
   job *jobs;
   shared sh;
   pthread_t th[MAX_WORKERS];
+  ioupos_dir_lock lock;
+  int n_stale = 0;
   memset(&o, 0, sizeof o);
   o.spatial_dims = 2;
   o.num_workers = 1;
@@ -554,15 +581,27 @@ int main(int argc, char **argv) {
     fprintf(stderr, PROG ": no case to process\n");
     return 1;
   }
+  /* one ioupos-prep at a time per output folder (the kernel drops the hold if we die) */
+  if (ioupos_dir_hold(&lock, o.output_dir, &n_stale) != IOUPOS_OK) {
+    fprintf(stderr, PROG ": --output_dir %s\n", ioupos_failure_reason());
+    return 1;
+  }
   for (i = 0; i < n_jobs; ++i) {
     char *d1 = path_join(jobs[i].dir, ".done"), *d2 = path_join(jobs[i].dir, "labels");
     if (mkdir_p(d1) != 0 || (jobs[i].label && mkdir_p(d2) != 0)) {
       fprintf(stderr, PROG ": %s: cannot create folder: %s\n", jobs[i].dir, strerror(errno));
+      ioupos_dir_release(&lock, 0);
       return 1;
     }
+    /* temporary files of a killed earlier run (the top folder's went with the hold) */
+    n_stale += ioupos_dir_clean_stale(jobs[i].dir) + ioupos_dir_clean_stale(d1) +
+               ioupos_dir_clean_stale(d2);
     free(d1);
     free(d2);
   }
+  if (n_stale > 0)
+    fprintf(stderr, PROG ": removed %d stale temporary file%s of a killed earlier run\n", n_stale,
+            n_stale > 1 ? "s" : "");
 
   memset(&sh, 0, sizeof sh);
   sh.o = &o;
@@ -587,6 +626,7 @@ int main(int argc, char **argv) {
   for (i = 0; i < n_jobs; ++i)
     if (jobs[i].status == 3) printf("FAILED %s: %s\n", jobs[i].name, jobs[i].reason);
   if (sh.failed) fprintf(stderr, PROG ": %d of %d cases failed (listed on stdout)\n", sh.failed, n_jobs);
+  ioupos_dir_release(&lock, 0);
   for (i = 0; i < n_jobs; ++i) {
     free(jobs[i].image);
     free(jobs[i].label);

@@ -104,7 +104,7 @@ run b_full $tiny
 check "b: tiny run exits 0 (got $rc; $(tail -n 1 b_full.err))" [ "$rc" -eq 0 ]
 check "b: 2 validation lines in metrics.jsonl" [ "$(grep -c '"val_dsc"' ck/r/metrics.jsonl)" -eq 2 ]
 mv ck/r ref
-for k in 3 8 11; do # inside epoch 0, at its end (after its validation), inside epoch 1
+for k in 3 8 11; do # inside epoch 1, at its end (after its validation), inside epoch 2
   rm -rf ck/r
   run "b_stop$k" $tiny --max_steps $k
   check "b: --max_steps $k exits 0 (got $rc; $(tail -n 1 "b_stop$k.err"))" [ "$rc" -eq 0 ]
@@ -184,7 +184,7 @@ mv ck/r ref_long
 "$ft" $long >b_sig.out 2>b_sig.err &
 pid=$!
 i=0
-while [ $i -lt 1500 ] && ! grep -q "epoch 1 done" b_sig.err 2>/dev/null; do
+while [ $i -lt 1500 ] && ! grep -q "epoch 2 done" b_sig.err 2>/dev/null; do
   sleep 0.01; i=$((i + 1))
 done
 kill -TERM "$pid" 2>/dev/null
@@ -315,7 +315,7 @@ refused e_split 1 "wrong_split.json lists case 'phantom_003' under 'val' but d/v
 refused e_small 1 "d/train has 32 slices, fewer than one batch (--batch_size 64)" \
   --data_dir d --embedding_size 6 --batch_size 64
 rm -rf ck/e
-expect_error e_nan 1 "the loss is .* at epoch 0 step [0-9]*: stopping" $common --run_name e \
+expect_error e_nan 1 "the loss is .* at epoch 1 step [0-9]*: stopping" $common --run_name e \
   --embedding_size 6 --n_epochs 2 --warmup_epochs 0 --base_lr 1e6
 check "e_nan: no checkpoint of the broken weights" [ ! -e ck/e/checkpoint.safetensors ]
 run e_amp $common --run_name amp --embedding_size 6 --n_epochs 0 --use_amp --ignore_user_warning

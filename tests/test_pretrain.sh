@@ -250,7 +250,7 @@ interrupt() {
   same_run "$name" ref_long
 }
 interrupt sigint INT 130 "simsiam: 32 images"
-interrupt sigterm TERM 143 "epoch 0 done"
+interrupt sigterm TERM 143 "epoch 1 done"
 
 # ---- c. SimSiam learns on the phantom slices (toy size, 10 epochs of 4 steps) ----------------
 use "$simsiam"
