@@ -266,7 +266,8 @@ IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img);
 IOUPOS_DEF int ioupos_image_load_memory(const void *data, size_t size, const char *name,
                                         ioupos_image *img);
 IOUPOS_DEF void ioupos_image_free(ioupos_image *img);
-/* Read a whole file into a fresh IOUPOS_MALLOC buffer (*data, *size). */
+/* Read a whole file into a fresh IOUPOS_MALLOC buffer (*data, *size). A folder ("<path> is a
+   directory") or another non-regular file (FIFO, device) is refused with IOUPOS_EIO. */
 IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size);
 
 /* Write an 8-bit PNG (channels 1, 2, 3 or 4) atomically: to "<path>.tmp.<pid>", then rename,
@@ -1403,6 +1404,7 @@ typedef struct ioupos_st_file {
   void *buffer;              /* the file's bytes (read) or NULL (parse) */
   char *strings;             /* decoded names, keys and values */
   int *by_name;              /* tensor indices sorted by name, for ioupos_safetensors_find */
+  char *name;                /* the path (read) or name (parse), for the loaders' messages */
 } ioupos_st_file;
 
 /* "F32" etc., or NULL; and the element size in bytes (0 if unknown). */
@@ -1873,7 +1875,10 @@ IOUPOS_DEF int ioupos_params_copy(ioupos_params *dst, const ioupos_params *src);
      - every tensor of the file whose name starts with `theirs` must be one of them (an error
        names the first unexpected tensor and how many there are);
      - relative_position_index buffers must equal the model's (they encode the window size),
-       other I64 buffers (num_batches_tracked) are loaded.
+       other I64 buffers (num_batches_tracked) are loaded;
+     - every float loaded must be finite: a NaN or infinity (after conversion) is an error
+       naming the file, the tensor, the element's index and its value. The training states of
+       sections 18 and 22 (model, optimiser moments, DINO centre, monitors) are checked alike.
    On failure p is unchanged (values are converted into a host copy first). *n_loaded (may be
    NULL) receives the number of tensors loaded, *n_other (may be NULL) the number of file
    tensors outside `theirs`, which are not looked at. */
@@ -4226,6 +4231,10 @@ IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int
 
 /* ---- 5. Image I/O --------------------------------------------------------------------------- */
 
+#if !defined(_WIN32)
+#include <sys/stat.h>
+#endif
+
 IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
   FILE *f;
   long len;
@@ -4234,6 +4243,22 @@ IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
   *size = 0;
   f = fopen(path, "rb");
   if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
+#if !defined(_WIN32)
+  { /* fopen opens a folder too, and its "size" is then anything up to LONG_MAX */
+    struct stat sb;
+    int st = fstat(fileno(f), &sb) != 0 ? 2
+             : S_ISDIR(sb.st_mode)       ? 1
+             : !S_ISREG(sb.st_mode)      ? 3
+                                         : 0;
+    if (st) {
+      int e = errno;
+      fclose(f);
+      if (st == 1) return ioupos__fail(IOUPOS_EIO, "%s is a directory, not a file", path);
+      if (st == 2) return ioupos__fail(IOUPOS_EIO, "%s: cannot stat: %s", path, strerror(e));
+      return ioupos__fail(IOUPOS_EIO, "%s: not a regular file", path);
+    }
+  }
+#endif
   if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
     fclose(f);
     return ioupos__fail(IOUPOS_EIO, "%s: cannot determine the file size", path);
@@ -11077,6 +11102,7 @@ IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f) {
   IOUPOS_FREE(f->buffer);
   IOUPOS_FREE(f->strings);
   IOUPOS_FREE(f->by_name);
+  IOUPOS_FREE(f->name);
   memset(f, 0, sizeof *f);
 }
 
@@ -11268,6 +11294,12 @@ IOUPOS_DEF int ioupos_safetensors_parse(const void *bytes, size_t size, const ch
   if (!bytes && size) return ioupos__fail(IOUPOS_EINVAL, "ioupos_safetensors_parse: NULL bytes");
   if (!name) name = "(memory)";
   st = ioupos__st_parse((const unsigned char *)bytes, size, name, out);
+  if (st == 0) { /* kept for the messages of the loaders (a non-finite value names the file) */
+    size_t len = strlen(name);
+    out->name = (char *)IOUPOS_MALLOC(len + 1);
+    if (out->name) memcpy(out->name, name, len + 1);
+    else st = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", name);
+  }
   if (st) ioupos_safetensors_free(out);
   return st;
 }
@@ -11367,6 +11399,26 @@ IOUPOS_DEF int ioupos_st_to_f32(const ioupos_st_tensor *t, float *dst) {
     }
   }
   return IOUPOS_OK;
+}
+
+/* 0, or IOUPOS_EFORMAT naming file f, the tensor, its first non-finite element and the value:
+   every float that a checkpoint or a training state loads into a model, its optimiser or its
+   counters must be finite (one NaN weight makes every output NaN without a word). The n
+   values are v32 (floats) or, when v32 is NULL, v64 (doubles), after conversion. */
+static int ioupos__st_check_finite(const ioupos_st_file *f, const char *tensor, const float *v32,
+                                   const double *v64, size_t n) {
+  size_t k;
+  for (k = 0; k < n; ++k) {
+    double v = v32 ? (double)v32[k] : v64[k];
+    if (isfinite(v)) continue;
+    return ioupos__fail(IOUPOS_EFORMAT,
+                        "%s: tensor '%s' is not finite: element %zu (of %zu) is %s; a checkpoint "
+                        "or training state must hold finite numbers only (saved from a diverged "
+                        "run, or a damaged file?)",
+                        f && f->name ? f->name : "(safetensors)", tensor, k, n,
+                        isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf");
+  }
+  return 0;
 }
 
 /* ---- the writer ----------------------------------------------------------------------------- */
@@ -12363,6 +12415,7 @@ IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, con
                           name, ioupos_st_dtype_name(ft->dtype));
         goto done;
       }
+      if ((rc = ioupos__st_check_finite(f, name, host + t->offset, NULL, t->numel)) != 0) goto done;
     } else {
       const unsigned char *b = (const unsigned char *)ft->data;
       size_t k;
@@ -13689,7 +13742,7 @@ static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
                               const ioupos_tensor_table *tt, const ioupos_backend *be, float *dst) {
   float *h = (float *)ioupos__calloc(tt->total + 1, sizeof(float));
   char name[2 * IOUPOS_TENSOR_NAME_MAX];
-  int i;
+  int i, rc;
   if (!h) return ioupos__fail(IOUPOS_ENOMEM, "out of memory reading the training state");
   for (i = 0; i < tt->n; ++i) {
     const ioupos_tensor_info *t = &tt->t[i];
@@ -13702,6 +13755,10 @@ static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
         ioupos_st_to_f32(ft, h + t->offset) != 0) {
       IOUPOS_FREE(h);
       return ioupos__fail(IOUPOS_EFORMAT, "training state lacks a matching '%s'", name);
+    }
+    if ((rc = ioupos__st_check_finite(f, name, h + t->offset, NULL, t->numel)) != 0) {
+      IOUPOS_FREE(h);
+      return rc;
     }
   }
   be->upload(dst, h, tt->total * sizeof(float));
@@ -14013,7 +14070,9 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
       float *h = (float *)ioupos__calloc((size_t)r->dn.cfg.out_dim, sizeof(float));
       if (!t || !h || t->nbytes != (size_t)r->dn.cfg.out_dim * 4 || ioupos_st_to_f32(t, h) != 0)
         rc = ioupos__fail(IOUPOS_EFORMAT, "%s lacks a matching dino.center", path);
-      else p->be->upload(r->dn.center, h, (size_t)r->dn.cfg.out_dim * 4);
+      else if ((rc = ioupos__st_check_finite(&f, "dino.center", h, NULL,
+                                             (size_t)r->dn.cfg.out_dim)) == 0)
+        p->be->upload(r->dn.center, h, (size_t)r->dn.cfg.out_dim * 4);
       IOUPOS_FREE(h);
     }
   } else if (rc == 0) {
@@ -14023,6 +14082,9 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   if (rc == 0) {
     const ioupos_st_tensor *t = ioupos_safetensors_find(&f, "train.monitor");
     if (t && t->dtype == IOUPOS_ST_F64 && t->nbytes == sizeof mon) memcpy(mon, t->data, sizeof mon);
+    rc = ioupos__st_check_finite(&f, "train.monitor", NULL, mon, 3);
+  }
+  if (rc == 0) {
     memcpy(r->c, c, sizeof c);
     r->avg_std = mon[0];
     r->ep_loss = mon[1];
@@ -16349,7 +16411,8 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
   if (rc) {
     char why[1024];
     snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-    rc = ioupos__fail(rc, "%s: %s", path, why);
+    if (strncmp(why, path, strlen(path)) != 0) /* unless it names the file already */
+      rc = ioupos__fail(rc, "%s: %s", path, why);
   }
 done:
   ioupos_safetensors_free(&f);
@@ -16831,6 +16894,7 @@ static int ioupos__ft_load_state(ioupos__ft *r, const char *path) {
     if (!t || t->dtype != IOUPOS_ST_F64 || t->nbytes != sizeof mon)
       rc = ioupos__fail(IOUPOS_EFORMAT, "%s lacks train.monitor (3 float64)", path);
     else memcpy(mon, t->data, sizeof mon); /* little-endian hosts, as section 18 */
+    if (rc == 0) rc = ioupos__st_check_finite(&f, "train.monitor", NULL, mon, 3);
   }
   if (rc == 0) {
     memcpy(r->c, c, sizeof c);

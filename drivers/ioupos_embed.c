@@ -23,8 +23,12 @@
 
    Both output files are staged under temporary names (fsync'd) and renamed into place only
    after every image is done, so a failed or interrupted run leaves no output (and never a
-   truncated one). Exit status: 0 success, 1 unusable input (missing or mismatched checkpoint,
-   empty folder, unreadable image: the message names the file), 2 bad command line. */
+   truncated one). A checkpoint holding a NaN or infinity is refused (the library's load names
+   the tensor), and a feature that comes out non-finite all the same (NaN voxels, overflowing
+   weights) stops the run naming its image: a non-finite feature is never written.
+   Exit status: 0 success, 1 unusable input (missing, mismatched or non-finite checkpoint,
+   empty folder, unreadable image, non-finite feature: the message names the file), 2 bad
+   command line. */
 #include "ioupos.h"
 
 #include <dirent.h>
@@ -96,9 +100,9 @@ static void usage(FILE *f) {
           "both shapes). The feature is the mean over space of the last stage's normalised\n"
           "output (MONAI SwinTransformer(x)[4], normalize=True), as the research code's\n"
           "backbone. Progress goes to stderr (at most once a second); the summary to stdout.\n"
-          "Exit status: 0 success, 1 unusable input (missing or mismatched checkpoint, empty\n"
-          "folder, unreadable image; the message names the file), 2 bad command line. Nothing is\n"
-          "written on failure.\n",
+          "Exit status: 0 success, 1 unusable input (missing, mismatched or non-finite\n"
+          "checkpoint, empty folder, unreadable image, a non-finite feature; the message names\n"
+          "the file), 2 bad command line. Nothing is written on failure.\n",
           IOUPOS_SWIN_MAX_DEPTH, MAX_BATCH, MAX_THREADS);
 }
 
@@ -339,8 +343,11 @@ static void embedder_open(embedder *m, const options *o) {
     die("%s", ioupos_failure_reason());
   /* the relative_position_index buffers, which the load checks against the file's */
   if (ioupos_swin_encoder_buffers(&m->enc, &m->p) != IOUPOS_OK) die("%s", ioupos_failure_reason());
-  if (ioupos_params_load(&m->p, &f, "", prefix, &n_loaded, &n_other) != IOUPOS_OK)
-    die("%s: %s", o->chkpt, ioupos_failure_reason());
+  if (ioupos_params_load(&m->p, &f, "", prefix, &n_loaded, &n_other) != IOUPOS_OK) {
+    const char *why = ioupos_failure_reason();
+    if (strncmp(why, o->chkpt, strlen(o->chkpt)) == 0) die("%s", why); /* names it already */
+    die("%s: %s", o->chkpt, why);
+  }
   fprintf(stderr, PROG ": loaded %d tensors from %s (prefix '%s'; %d other tensors ignored)\n",
           n_loaded, o->chkpt, prefix, n_other);
   ioupos_safetensors_free(&f);
@@ -439,6 +446,16 @@ static void embed_batch(embedder *m, const float *x, int n, const int *shape, si
     m->be->download(out + (size_t)done * (size_t)m->feat_dim, ioupos_swin_encoder_feature(&m->enc),
                     (size_t)b * (size_t)m->feat_dim * sizeof(float));
     if (m->be->sync() != 0) die("backend failure: %s", ioupos_failure_reason());
+    { /* a non-finite feature is never written: the first one names its image */
+      size_t k, nf = (size_t)b * (size_t)m->feat_dim;
+      const float *fb = out + (size_t)done * (size_t)m->feat_dim;
+      for (k = 0; k < nf && isfinite(fb[k]); ++k) {}
+      if (k < nf)
+        die("%s: its feature is not finite (value %zu of %d is %s): NaN or infinite values in "
+            "the image, or weights so large that the encoder overflows; nothing was written",
+            names[first + done + (int)(k / (size_t)m->feat_dim)], k % (size_t)m->feat_dim,
+            m->feat_dim, isnan(fb[k]) ? "NaN" : fb[k] > 0 ? "+inf" : "-inf");
+    }
     done += b;
     progress(b);
   }
@@ -499,7 +516,7 @@ int main(int argc, char **argv) {
   ioupos_dataset ds;
   char **files = NULL, *txt_path, *npy_stage, *txt_stage, *list;
   int n = 0, i, k, cur_shape[3] = {0, 0, 0}, cur_n = 0, cur_first = 0;
-  size_t z, nonfinite = 0, cur_numel = 0, xcap = 0, list_len = 0, npy_size;
+  size_t cur_numel = 0, xcap = 0, list_len = 0, npy_size;
   float *x = NULL, *feats;
   unsigned char *npy;
   double t0, el;
@@ -584,10 +601,6 @@ int main(int argc, char **argv) {
   }
   el = now_s() - t0;
   if (g_prog.printed && g_prog.tty) fputc('\n', stderr);
-  for (z = 0; z < (size_t)n * (size_t)m.feat_dim; ++z) nonfinite += !isfinite(feats[z]);
-  if (nonfinite)
-    fprintf(stderr, PROG ": warning: %zu feature values are not finite (NaN or infinite weights?)\n",
-            nonfinite);
 
   /* the outputs: both staged in full, then renamed into place */
   for (i = 0; i < n; ++i) list_len += strlen(base_name(files[i])) + 1;
