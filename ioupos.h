@@ -13788,9 +13788,75 @@ enum {
   IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
 };
 
+/* ---- the run machinery, shared with fine-tuning (section 22) ----
+   What every run has besides its model: its console (the caller's log callback), its early
+   stop (the caller's flag, or a number of optimiser steps in this process), its directory with
+   the hold on it, and the flags and build it records. */
+typedef struct ioupos__runio {
+  void (*log)(void *ctx, const char *line);
+  void *log_ctx;
+  volatile int *stop;    /* set by the caller (a signal handler): stop at the next step */
+  int max_steps;         /* stop after this many optimiser steps in this process (0: never) */
+  long steps_here;       /* optimiser steps taken in this process */
+  const char *flags_json, *git_commit;
+  char dir[4096];        /* the run directory */
+  ioupos_dir_lock lock;  /* the hold on dir (fd -1: not held) */
+} ioupos__runio;
+
+static void ioupos__runio_init(ioupos__runio *io, void (*log)(void *, const char *), void *log_ctx,
+                               volatile int *stop, int max_steps, const char *flags_json,
+                               const char *git_commit, const char *chkpt_dir,
+                               const char *run_name) {
+  memset(io, 0, sizeof *io);
+  io->log = log;
+  io->log_ctx = log_ctx;
+  io->stop = stop;
+  io->max_steps = max_steps;
+  io->flags_json = flags_json;
+  io->git_commit = git_commit;
+  io->lock.fd = -1;
+  snprintf(io->dir, sizeof io->dir, "%s/%s", chkpt_dir ? chkpt_dir : ".", run_name);
+}
+
+/* one console line (the library never prints) */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void ioupos__say(const ioupos__runio *io, const char *fmt, ...) {
+  char line[2048];
+  va_list ap;
+  if (!io->log) return;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  io->log(io->log_ctx, line);
+}
+
+/* the caller asked to stop: its flag, or max_steps optimiser steps taken in this process */
+static int ioupos__halted(const ioupos__runio *io) {
+  return (io->max_steps > 0 && io->steps_here >= io->max_steps) || (io->stop && *io->stop);
+}
+
+/* why a run stopped early, for the log */
+static const char *ioupos__halt_reason(const ioupos__runio *io) {
+  return io->stop && *io->stop ? "interrupted" : "stopped (--max_steps)";
+}
+
+static int ioupos__append(const char *path, const char *line);
+
+/* one line of <dir>/metrics.jsonl */
+static int ioupos__metrics_put(const ioupos__runio *io, const char *line) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", io->dir);
+  return ioupos__append(path, line);
+}
+
+static int ioupos__state_write(const ioupos__runio *io, ioupos__tlist *l, const char *path,
+                               int64_t *c, int nc, double mon[3]);
+
 typedef struct ioupos__run {
   const ioupos_pretrain_opts *o;
-  char dir[4096];
+  ioupos__runio io;
   ioupos_simsiam ss;
   ioupos_dino dn;
   int64_t c[IOUPOS__C_N];
@@ -13810,8 +13876,7 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
   float *hp = ioupos__host_copy(be, p->value, p->table.total), *h1 = NULL, *h2 = NULL, *ht = NULL,
         *hc = NULL;
   double mon[3];
-  int64_t cshape[1] = {IOUPOS__C_N}, one[1] = {1}, three[1] = {3};
-  ioupos_st_pair meta[2];
+  int64_t one[1] = {1};
   int rc;
   memset(&l, 0, sizeof l);
   mon[0] = r->avg_std;
@@ -13843,13 +13908,7 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
     if (!h1) rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
     if (!rc) rc = ioupos__tlist_table(&l, "optim.momentum.", &p->table, h1, NULL);
   }
-  if (!rc) rc = ioupos__tlist_add(&l, "", "train.counters", IOUPOS_ST_I64, 1, cshape, r->c, sizeof r->c);
-  if (!rc) rc = ioupos__tlist_add(&l, "", "train.monitor", IOUPOS_ST_F64, 1, three, mon, sizeof mon);
-  meta[0].key = "flags";
-  meta[0].value = o->flags_json ? o->flags_json : "{}";
-  meta[1].key = "commit";
-  meta[1].value = o->git_commit ? o->git_commit : "unknown";
-  if (!rc) rc = ioupos_safetensors_write(path, l.n, l.t, 2, meta);
+  if (!rc) rc = ioupos__state_write(&r->io, &l, path, r->c, IOUPOS__C_N, mon);
   ioupos__tlist_free(&l);
   IOUPOS_FREE(hp);
   IOUPOS_FREE(h1);
@@ -13860,8 +13919,6 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
 }
 
 /* ---- the resume check of the flags: two flat JSON objects, key by key ---- */
-
-static void ioupos__run_log(const ioupos_pretrain_opts *o, const char *fmt, ...);
 
 typedef struct ioupos__jkv {
   const char *k, *v; /* the key's body (between its quotes) and the value's raw JSON text */
@@ -13986,7 +14043,7 @@ static void ioupos__jdiff_add(char *msg, size_t cap, int *nd, const ioupos__jkv 
 }
 
 /* compares the state's stored flags with o->flags_json (see "Resume refuses" above) */
-static int ioupos__resume_flags_check(const ioupos_pretrain_opts *o, const ioupos_st_file *f,
+static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_file *f,
                                       const char *path) {
   const char *stored = "{}";
   ioupos__jkv *was = NULL, *now = NULL;
@@ -13995,7 +14052,7 @@ static int ioupos__resume_flags_check(const ioupos_pretrain_opts *o, const ioupo
   for (i = 0; i < f->n_metadata; ++i)
     if (strcmp(f->metadata[i].key, "flags") == 0) stored = f->metadata[i].value;
   nw = ioupos__jobject(stored, &was);
-  nn = ioupos__jobject(o->flags_json, &now);
+  nn = ioupos__jobject(io->flags_json, &now);
   if (nw < 0 || nn < 0) {
     rc = ioupos__fail(IOUPOS_EFORMAT, "cannot resume %s: %s flags are not a flat JSON object",
                       path, nw < 0 ? "the state's stored" : "this run's");
@@ -14023,7 +14080,7 @@ static int ioupos__resume_flags_check(const ioupos_pretrain_opts *o, const ioupo
     const ioupos__jkv *a = ioupos__jfind(was, nw, "git_commit", 10);
     const ioupos__jkv *b = ioupos__jfind(now, nn, "git_commit", 10);
     if (a && b && (a->vn != b->vn || memcmp(a->v, b->v, a->vn) != 0))
-      ioupos__run_log(o, "note: resuming with build %.*s; the run was started by build %.*s "
+      ioupos__say(io, "note: resuming with build %.*s; the run was started by build %.*s "
                       "(the result equals an uninterrupted run's only if the training code is "
                       "the same)", (int)(b->vn < 80 ? b->vn : 80), b->v,
                       (int)(a->vn < 80 ? a->vn : 80), a->v);
@@ -14034,6 +14091,52 @@ done:
   return rc;
 }
 
+/* ---- training state files, shared with fine-tuning ----
+   A state file holds the run's own tensors (model, optimiser, ...), then "train.counters" (the
+   run's position and the settings it must keep, int64) and "train.monitor" (three float64 the
+   run carries across epochs), with the flags and the build as metadata. */
+static int ioupos__state_write(const ioupos__runio *io, ioupos__tlist *l, const char *path,
+                               int64_t *c, int nc, double mon[3]) {
+  int64_t cshape[1], three[1] = {3};
+  ioupos_st_pair meta[2];
+  int rc;
+  cshape[0] = nc;
+  rc = ioupos__tlist_add(l, "", "train.counters", IOUPOS_ST_I64, 1, cshape, c, (size_t)nc * 8);
+  if (!rc) rc = ioupos__tlist_add(l, "", "train.monitor", IOUPOS_ST_F64, 1, three, mon, 24);
+  meta[0].key = "flags";
+  meta[0].value = io->flags_json ? io->flags_json : "{}";
+  meta[1].key = "commit";
+  meta[1].value = io->git_commit ? io->git_commit : "unknown";
+  if (!rc) rc = ioupos_safetensors_write(path, l->n, l->t, 2, meta);
+  return rc;
+}
+
+/* Opens a state to resume from: its flags must be this run's (key by key), and each counter
+   that what[] names (NULL: free to differ, e.g. the position) must equal want[]. *c and mon[]
+   receive the stored counters and monitor. The caller then loads its tensors from *f and
+   frees it (also on failure: *f is empty then). */
+static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_st_file *f,
+                              const char *const *what, const int64_t *want, int64_t *c, int nc,
+                              double mon[3]) {
+  const ioupos_st_tensor *t;
+  int rc, i;
+  memset(f, 0, sizeof *f);
+  if ((rc = ioupos_safetensors_read(path, f)) != 0) return rc;
+  if ((rc = ioupos__resume_flags_check(io, f, path)) != 0) return rc;
+  if ((rc = ioupos__st_i64(f, "train.counters", c, (size_t)nc)) != 0) return rc;
+  for (i = 0; i < nc; ++i)
+    if (what[i] && c[i] != want[i])
+      return ioupos__fail(IOUPOS_EINVAL,
+                          "cannot resume %s: it was run with another %s (%lld, now %lld); resume "
+                          "with the same flags and data or start a new --run_name",
+                          path, what[i], (long long)c[i], (long long)want[i]);
+  t = ioupos_safetensors_find(f, "train.monitor");
+  if (!t || t->dtype != IOUPOS_ST_F64 || t->nbytes != 24)
+    return ioupos__fail(IOUPOS_EFORMAT, "%s lacks train.monitor (3 float64)", path);
+  memcpy(mon, t->data, 24); /* little-endian hosts (section 13 writes little-endian) */
+  return ioupos__st_check_finite(f, "train.monitor", NULL, mon, 3);
+}
+
 static int ioupos__load_state(ioupos__run *r, const char *path) {
   static const char *const what[IOUPOS__C_N] = {
     "the method", NULL, NULL, NULL, "--seed", "--batch_size", "--accum_iters", "--n_epochs",
@@ -14042,17 +14145,9 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   ioupos_params *p = ioupos__run_params(r);
   ioupos_st_file f;
   int64_t c[IOUPOS__C_N];
-  double mon[3] = {0.0, 0.0, 0.0};
+  double mon[3];
   int rc, i, nl, no;
-  if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
-  rc = ioupos__resume_flags_check(o, &f, path);
-  if (rc == 0) rc = ioupos__st_i64(&f, "train.counters", c, IOUPOS__C_N);
-  for (i = 0; rc == 0 && i < IOUPOS__C_N; ++i)
-    if (what[i] && c[i] != r->c[i])
-      rc = ioupos__fail(IOUPOS_EINVAL,
-                        "cannot resume %s: it was run with another %s (%lld, now %lld); resume "
-                        "with the same flags or start a new --run_name",
-                        path, what[i], (long long)c[i], (long long)r->c[i]);
+  rc = ioupos__state_read(&r->io, path, &f, what, r->c, c, IOUPOS__C_N, mon);
   if (rc == 0) rc = ioupos_params_load(p, &f, "", "model.", &nl, &no);
   if (rc == 0 && o->method == IOUPOS_SSL_DINO) {
     rc = ioupos_params_load(&r->dn.t, &f, "", "teacher.", &nl, &no);
@@ -14078,11 +14173,6 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   } else if (rc == 0) {
     rc = ioupos__load_arena(&f, "optim.momentum.", &p->table, p->be, r->ss.momentum);
     r->ss.steps = c[IOUPOS__C_OPT_STEPS];
-  }
-  if (rc == 0) {
-    const ioupos_st_tensor *t = ioupos_safetensors_find(&f, "train.monitor");
-    if (t && t->dtype == IOUPOS_ST_F64 && t->nbytes == sizeof mon) memcpy(mon, t->data, sizeof mon);
-    rc = ioupos__st_check_finite(&f, "train.monitor", NULL, mon, 3);
   }
   if (rc == 0) {
     memcpy(r->c, c, sizeof c);
@@ -14121,19 +14211,6 @@ static int ioupos__save_checkpoint(ioupos__run *r, const char *path) {
   return ioupos_params_save(&r->ss.p, path, "", "", 1, meta);
 }
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void ioupos__run_log(const ioupos_pretrain_opts *o, const char *fmt, ...) {
-  char line[1024];
-  va_list ap;
-  if (!o->log) return;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  o->log(o->log_ctx, line);
-}
-
 static double ioupos__now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -14142,26 +14219,23 @@ static double ioupos__now(void) {
 
 /* The run directory held for the run (ioupos_dir_hold: a second run or --resume of the same
    directory is refused while this one lives; stale temporary files of a killed run go). */
-static int ioupos__run_dir_hold(ioupos_dir_lock *lk, const char *dir,
-                                void (*log)(void *, const char *), void *log_ctx) {
-  int n_stale = 0, rc = ioupos_dir_hold(lk, dir, &n_stale);
-  if (rc == 0 && n_stale > 0 && log) {
-    char line[4400];
-    snprintf(line, sizeof line, "removed %d stale temporary file%s of a killed earlier process "
-             "from %s", n_stale, n_stale > 1 ? "s" : "", dir);
-    log(log_ctx, line);
-  }
+static int ioupos__run_dir_hold(ioupos__runio *io) {
+  int n_stale = 0, rc = ioupos_dir_hold(&io->lock, io->dir, &n_stale);
+  if (rc == 0 && n_stale > 0)
+    ioupos__say(io, "removed %d stale temporary file%s of a killed earlier process from %s",
+                n_stale, n_stale > 1 ? "s" : "", io->dir);
   return rc;
 }
 
 /* Releases the run directory. A run that failed (rc != 0) before it saved its first state
    leaves nothing: the files it wrote (flags.json, metrics.jsonl, checkpoints, results) and the
    folders it created go. A run that failed later keeps everything: its state resumes it. */
-static void ioupos__run_dir_release(ioupos_dir_lock *lk, int rc) {
+static void ioupos__run_dir_release(ioupos__runio *io, int rc) {
   char path[4200];
   struct stat sb;
-  snprintf(path, sizeof path, "%s/state.safetensors", lk->dir);
-  ioupos_dir_release(lk, rc != 0 && stat(path, &sb) != 0);
+  if (io->lock.fd < 0) return;
+  snprintf(path, sizeof path, "%s/state.safetensors", io->dir);
+  ioupos_dir_release(&io->lock, rc != 0 && stat(path, &sb) != 0);
 }
 
 /* A new run directory: refused when dir already holds a run (its state file). */
@@ -14276,11 +14350,6 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   return 0;
 }
 
-/* the early stop requested by the caller (max_steps reached in this process, or *stop set) */
-static int ioupos__halt(const ioupos_pretrain_opts *o, long steps_here) {
-  return (o->max_steps > 0 && steps_here >= o->max_steps) || (o->stop && *o->stop);
-}
-
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos__run *r = NULL;
   ioupos_dataset ds;
@@ -14289,16 +14358,15 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos_rng root;
   char path[4200], tmp[4200], line[2048];
   int rc, spe, dino = o->method == IOUPOS_SSL_DINO, shape[2], lshape[2], stop = 0;
-  long steps_here = 0;
   double t_start, t_log, img_log = 0.0;
-  ioupos_dir_lock lk;
-  lk.fd = -1;
   memset(&ds, 0, sizeof ds);
   memset(&ld, 0, sizeof ld);
   if ((rc = ioupos__run_check(o)) != 0) return rc;
   r = (ioupos__run *)ioupos__calloc(1, sizeof *r);
   if (!r) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
   r->o = o;
+  ioupos__runio_init(&r->io, o->log, o->log_ctx, o->stop, o->max_steps, o->flags_json,
+                     o->git_commit, o->chkpt_dir, o->run_name ? o->run_name : "run");
   /* data first: a bad folder fails before anything is written */
   if ((rc = ioupos_dataset_scan(o->data_dir, NULL, &ds)) != 0) goto done;
   ioupos_loader_config_default(&lc, &ds, IOUPOS_LOADER_SSL);
@@ -14365,10 +14433,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   r->c[IOUPOS__C_NLOCAL] = dino ? o->n_local : 0;
   r->c[IOUPOS__C_SPE] = spe;
   /* the run directory */
-  snprintf(r->dir, sizeof r->dir, "%s/%s", o->chkpt_dir ? o->chkpt_dir : ".",
-           o->run_name ? o->run_name : "run");
-  snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
-  if ((rc = ioupos__run_dir_hold(&lk, r->dir, o->log, o->log_ctx)) != 0) goto done;
+  snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
+  if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
   if (o->resume) {
     if ((rc = ioupos__load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
@@ -14376,21 +14442,21 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
                           ioupos_failure_reason());
       goto done;
     }
-    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->io.dir);
     if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__C_OPT_STEPS])) != 0) goto done;
-    ioupos__run_log(o, "resuming %s at epoch %lld step %lld/%d (%lld optimiser steps done)",
-                    r->dir, (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP],
+    ioupos__say(&r->io, "resuming %s at epoch %lld step %lld/%d (%lld optimiser steps done)",
+                    r->io.dir, (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP],
                     spe,
                     (long long)r->c[IOUPOS__C_OPT_STEPS]);
-  } else if ((rc = ioupos__run_dir_free(r->dir)) != 0 ||
-             (rc = ioupos__run_dir_create(r->dir, o->flags_json, o->seed, o->git_commit,
+  } else if ((rc = ioupos__run_dir_free(r->io.dir)) != 0 ||
+             (rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit,
                                           spe)) != 0) {
     goto done;
   }
   ioupos_rng_seed_stream(&root, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
-  ioupos__run_log(o, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s",
+  ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s",
                   dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
-                  o->n_epochs, r->dir);
+                  o->n_epochs, r->io.dir);
   t_start = t_log = ioupos__now();
   while (rc == 0 && !stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs) {
     int64_t e = r->c[IOUPOS__C_EPOCH];
@@ -14448,7 +14514,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
           rc = ioupos__fail(IOUPOS_ERANGE,
                             "the loss is %g at epoch %lld step %lld: stopping; the last good "
                             "checkpoint is %s/checkpoint.safetensors (if an epoch finished)",
-                            sst.loss, (long long)e + 1, (long long)r->c[IOUPOS__C_STEP] + 1, r->dir);
+                            sst.loss, (long long)e + 1, (long long)r->c[IOUPOS__C_STEP] + 1, r->io.dir);
           break;
         }
         loss += sst.loss / o->accum_iters;
@@ -14464,7 +14530,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       r->c[IOUPOS__C_STEP]++;
       r->c[IOUPOS__C_OPT_STEPS]++;
       img_log += (double)o->batch_size * o->accum_iters;
-      ++steps_here;
+      ++r->io.steps_here;
       if (r->c[IOUPOS__C_OPT_STEPS] % o->log_every == 0 || r->c[IOUPOS__C_STEP] == spe) {
         double now = ioupos__now(), ips = img_log / (now - t_log > 1e-9 ? now - t_log : 1e-9);
         double left = (double)(total - r->c[IOUPOS__C_OPT_STEPS]) * o->batch_size * o->accum_iters;
@@ -14474,16 +14540,15 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
                  "\"p_std\": %.6g, \"z_std\": %.6g, \"collapse\": %.6g, \"images_per_s\": %.4g}\n",
                  (long long)e + 1, (long long)r->c[IOUPOS__C_OPT_STEPS], loss, lr, wd, sst.p_std,
                  sst.z_std, ioupos_collapse_level(r->avg_std, dim), ips);
-        snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
-        if ((rc = ioupos__append(tmp, line)) != 0) break;
-        ioupos__run_log(o, "epoch %lld step %lld/%d loss %.5f lr %.3g collapse %.3f z_std %.4f "
+        if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
+        ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f lr %.3g collapse %.3f z_std %.4f "
                         "%.1f img/s ETA %.0f s", (long long)e + 1, (long long)r->c[IOUPOS__C_STEP],
                         spe, loss, lr, ioupos_collapse_level(r->avg_std, dim), sst.z_std, ips,
                         ips > 0 ? left / ips : 0.0);
         t_log = now;
         img_log = 0.0;
       }
-      if (ioupos__halt(o, steps_here) && r->c[IOUPOS__C_STEP] < spe) {
+      if (ioupos__halted(&r->io) && r->c[IOUPOS__C_STEP] < spe) {
         stop = 1;
         break;
       }
@@ -14493,33 +14558,32 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       /* the epoch is done: checkpoint (per epoch and latest) and state */
       r->c[IOUPOS__C_EPOCH]++;
       r->c[IOUPOS__C_STEP] = 0;
-      snprintf(tmp, sizeof tmp, "%s/checkpoint_epoch%lld.safetensors", r->dir,
+      snprintf(tmp, sizeof tmp, "%s/checkpoint_epoch%lld.safetensors", r->io.dir,
                (long long)r->c[IOUPOS__C_EPOCH]);
       if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
-      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->dir);
+      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->io.dir);
       if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
       snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
                "\"collapse\": %.6g, \"seconds\": %.3f}\n", (long long)e + 1,
                (long long)r->c[IOUPOS__C_OPT_STEPS], r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0,
                ioupos_collapse_level(r->avg_std, dino ? o->out_dim : o->proj_out),
                ioupos__now() - t_start);
-      snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
-      if ((rc = ioupos__append(tmp, line)) != 0) break;
-      ioupos__run_log(o, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors",
-                      (long long)e + 1, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->dir);
+      if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
+      ioupos__say(&r->io, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors",
+                      (long long)e + 1, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->io.dir);
       r->ep_loss = r->ep_n = 0.0;
-      if (ioupos__halt(o, steps_here)) stop = 1;
+      if (ioupos__halted(&r->io)) stop = 1;
     }
-    snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+    snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
     if ((rc = ioupos__save_state(r, path)) != 0) break;
   }
   if (rc == 0 && stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs)
-    ioupos__run_log(o, "%s after %ld optimiser steps in this process, at epoch %lld step %lld/%d; "
+    ioupos__say(&r->io, "%s after %ld optimiser steps in this process, at epoch %lld step %lld/%d; "
                     "the state is saved: --resume continues from %s",
-                    o->stop && *o->stop ? "interrupted" : "stopped (--max_steps)", steps_here,
+                    ioupos__halt_reason(&r->io), r->io.steps_here,
                     (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP], spe, path);
 done:
-  if (lk.fd >= 0) ioupos__run_dir_release(&lk, rc);
+  if (r) ioupos__run_dir_release(&r->io, rc);
   ioupos_loader_close(&ld);
   ioupos_dataset_free(&ds);
   if (r) {
@@ -16802,7 +16866,7 @@ enum {
 
 typedef struct ioupos__ft {
   const ioupos_finetune_opts *o;
-  char dir[4096];
+  ioupos__runio io;
   ioupos_swinunetr_config cfg;
   ioupos_swinunetr m;
   ioupos_params p;
@@ -16814,19 +16878,6 @@ typedef struct ioupos__ft {
   int has_test;
 } ioupos__ft;
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void ioupos__ft_log(const ioupos_finetune_opts *o, const char *fmt, ...) {
-  char line[2048];
-  va_list ap;
-  if (!o->log) return;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  o->log(o->log_ctx, line);
-}
-
 static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
   ioupos__tlist l;
   ioupos_params *p = &r->p;
@@ -16835,8 +16886,6 @@ static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
   float *h1 = ioupos__host_copy(be, r->m1, p->table.total);
   float *h2 = ioupos__host_copy(be, r->m2, p->table.total);
   double mon[3];
-  int64_t cshape[1] = {IOUPOS__FT_N}, three[1] = {3};
-  ioupos_st_pair meta[2];
   int rc = hp && h1 && h2 ? 0 : ioupos__fail(IOUPOS_ENOMEM, "out of memory saving the state");
   memset(&l, 0, sizeof l);
   mon[0] = r->best;
@@ -16845,14 +16894,7 @@ static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
   if (!rc) rc = ioupos__tlist_table(&l, "model.", &p->table, hp, p->ivalue);
   if (!rc) rc = ioupos__tlist_table(&l, "optim.exp_avg.", &p->table, h1, NULL);
   if (!rc) rc = ioupos__tlist_table(&l, "optim.exp_avg_sq.", &p->table, h2, NULL);
-  if (!rc)
-    rc = ioupos__tlist_add(&l, "", "train.counters", IOUPOS_ST_I64, 1, cshape, r->c, sizeof r->c);
-  if (!rc) rc = ioupos__tlist_add(&l, "", "train.monitor", IOUPOS_ST_F64, 1, three, mon, sizeof mon);
-  meta[0].key = "flags";
-  meta[0].value = r->o->flags_json ? r->o->flags_json : "{}";
-  meta[1].key = "commit";
-  meta[1].value = r->o->git_commit ? r->o->git_commit : "unknown";
-  if (!rc) rc = ioupos_safetensors_write(path, l.n, l.t, 2, meta);
+  if (!rc) rc = ioupos__state_write(&r->io, &l, path, r->c, IOUPOS__FT_N, mon);
   ioupos__tlist_free(&l);
   IOUPOS_FREE(hp);
   IOUPOS_FREE(h1);
@@ -16867,35 +16909,12 @@ static int ioupos__ft_load_state(ioupos__ft *r, const char *path) {
       "--eval_every", "--patience", "--metric", NULL, NULL, NULL};
   ioupos_st_file f;
   int64_t c[IOUPOS__FT_N];
-  double mon[3] = {-1.0, 0.0, 0.0};
-  int rc, i, nl, no;
-  if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
-  {
-    /* section 18's key-by-key flags comparison (only per-invocation keys may differ) */
-    ioupos_pretrain_opts po;
-    memset(&po, 0, sizeof po);
-    po.flags_json = r->o->flags_json;
-    po.log = r->o->log;
-    po.log_ctx = r->o->log_ctx;
-    rc = ioupos__resume_flags_check(&po, &f, path);
-  }
-  if (rc == 0) rc = ioupos__st_i64(&f, "train.counters", c, IOUPOS__FT_N);
-  for (i = 0; rc == 0 && i < IOUPOS__FT_N; ++i)
-    if (what[i] && c[i] != r->c[i])
-      rc = ioupos__fail(IOUPOS_EINVAL,
-                        "cannot resume %s: it was run with another %s (%lld, now %lld); resume "
-                        "with the same flags and data or start a new --run_name",
-                        path, what[i], (long long)c[i], (long long)r->c[i]);
+  double mon[3];
+  int rc, nl, no;
+  rc = ioupos__state_read(&r->io, path, &f, what, r->c, c, IOUPOS__FT_N, mon);
   if (rc == 0) rc = ioupos_params_load(&r->p, &f, "", "model.", &nl, &no);
   if (rc == 0) rc = ioupos__load_arena(&f, "optim.exp_avg.", &r->p.table, r->p.be, r->m1);
   if (rc == 0) rc = ioupos__load_arena(&f, "optim.exp_avg_sq.", &r->p.table, r->p.be, r->m2);
-  if (rc == 0) {
-    const ioupos_st_tensor *t = ioupos_safetensors_find(&f, "train.monitor");
-    if (!t || t->dtype != IOUPOS_ST_F64 || t->nbytes != sizeof mon)
-      rc = ioupos__fail(IOUPOS_EFORMAT, "%s lacks train.monitor (3 float64)", path);
-    else memcpy(mon, t->data, sizeof mon); /* little-endian hosts, as section 18 */
-    if (rc == 0) rc = ioupos__st_check_finite(&f, "train.monitor", NULL, mon, 3);
-  }
   if (rc == 0) {
     memcpy(r->c, c, sizeof c);
     r->best = mon[0];
@@ -16915,11 +16934,6 @@ static int ioupos__ft_save_model(ioupos__ft *r, const char *path, const char *sc
   meta[1].key = "val_score";
   meta[1].value = score;
   return ioupos_params_save(&r->p, path, "", "", score ? 2 : 1, meta);
-}
-
-/* max_steps reached in this process, or the caller's stop flag set */
-static int ioupos__ft_halt(const ioupos_finetune_opts *o, long steps_here) {
-  return (o->max_steps > 0 && steps_here >= o->max_steps) || (o->stop && *o->stop);
 }
 
 /* the selection score of an evaluation */
@@ -17066,7 +17080,7 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
     r->c[IOUPOS__FT_BEST_EPOCH] = e;
     r->c[IOUPOS__FT_SINCE_BEST] = 0;
     snprintf(s1, sizeof s1, "%.10g", score);
-    snprintf(path, sizeof path, "%s/best.safetensors", r->dir);
+    snprintf(path, sizeof path, "%s/best.safetensors", r->io.dir);
     rc = ioupos__ft_save_model(r, path, s1);
   } else {
     r->c[IOUPOS__FT_SINCE_BEST] = e - r->c[IOUPOS__FT_BEST_EPOCH];
@@ -17081,9 +17095,8 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
            "\"epochs_since_best\": %lld}\n",
            e, (long long)r->c[IOUPOS__FT_OPT_STEPS], s1, s2, s3, s4,
            (long long)r->c[IOUPOS__FT_BEST_EPOCH], (long long)r->c[IOUPOS__FT_SINCE_BEST]);
-  snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
-  if (rc == 0) rc = ioupos__append(path, line);
-  ioupos__ft_log(o, "epoch %lld: validation %s %s%s (best %s at epoch %lld)%s%s, %.1f s", e,
+  if (rc == 0) rc = ioupos__metrics_put(&r->io, line);
+  ioupos__say(&r->io, "epoch %lld: validation %s %s%s (best %s at epoch %lld)%s%s, %.1f s", e,
                  o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research dice" : "DSC",
                  o->metric == IOUPOS_FT_METRIC_RESEARCH ? s2 : s1, better ? " *" : "", s4,
                  (long long)r->c[IOUPOS__FT_BEST_EPOCH], o->eval_train ? ", train " : "",
@@ -17091,7 +17104,7 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
   if (rc == 0 && o->patience > 0 && r->c[IOUPOS__FT_SINCE_BEST] >= o->patience) {
     r->c[IOUPOS__FT_STOPPED] = 1;
     *stop = 1;
-    ioupos__ft_log(o, "early stop: no better validation score for %lld epochs (--patience %d)",
+    ioupos__say(&r->io, "early stop: no better validation score for %lld epochs (--patience %d)",
                    (long long)r->c[IOUPOS__FT_SINCE_BEST], o->patience);
   }
   ioupos_seg_eval_result_free(&ev);
@@ -17111,17 +17124,17 @@ static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
   memset(&val, 0, sizeof val);
   memset(&test, 0, sizeof test);
   if (trained) {
-    snprintf(path, sizeof path, "%s/best.safetensors", r->dir);
+    snprintf(path, sizeof path, "%s/best.safetensors", r->io.dir);
     if (r->c[IOUPOS__FT_BEST_EPOCH] > 0) {
       ioupos_st_file f;
       if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
       rc = ioupos_params_load(&r->p, &f, "", "", NULL, NULL);
       ioupos_safetensors_free(&f);
       if (rc) return rc;
-      ioupos__ft_log(o, "final evaluation of %s (epoch %lld)", path,
+      ioupos__say(&r->io, "final evaluation of %s (epoch %lld)", path,
                      (long long)r->c[IOUPOS__FT_BEST_EPOCH]);
     } else {
-      ioupos__ft_log(o, "note: no validation score was ever defined; the final evaluation uses "
+      ioupos__say(&r->io, "note: no validation score was ever defined; the final evaluation uses "
                      "the last model");
     }
   }
@@ -17134,7 +17147,7 @@ static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
   }
   score = ioupos__ft_score(o, r->has_test ? &test : &val);
   if (!r->has_test && trained)
-    ioupos__ft_log(o, "note: no test split: the reported score is the validation score of the "
+    ioupos__say(&r->io, "note: no test split: the reported score is the validation score of the "
                    "checkpoint selected on that same validation split (optimistic, as the "
                    "research code's)");
   ioupos__ft_num(s1, sizeof s1, score);
@@ -17161,9 +17174,9 @@ static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
     rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory writing results.json");
     goto done;
   }
-  snprintf(path, sizeof path, "%s/results.json", r->dir);
+  snprintf(path, sizeof path, "%s/results.json", r->io.dir);
   if ((rc = ioupos_write_file_atomic(path, b.s, b.n)) != 0) goto done;
-  ioupos__ft_log(o, "%s %s %.4f (%s); per-organ results in %s",
+  ioupos__say(&r->io, "%s %s %.4f (%s); per-organ results in %s",
                  r->has_test ? "test" : "val",
                  o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research dice" : "mean DSC", score,
                  !trained ? (o->chkpt_path ? "the --chkpt_path model, evaluation only"
@@ -17203,11 +17216,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   int *target = NULL;
   double *stats = NULL;
   int rc, spe = 0, stop = 0, i, B = 0, K;
-  long steps_here = 0;
   size_t npix, nlog = 0;
   double t_start, t_log, img_log = 0.0;
-  ioupos_dir_lock lk;
-  lk.fd = -1;
   memset(&ld, 0, sizeof ld);
   if (res) memset(res, 0, sizeof *res);
   if (!o) return ioupos__fail(IOUPOS_EINVAL, "ioupos_finetune_run: NULL options");
@@ -17215,6 +17225,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   r = (ioupos__ft *)ioupos__calloc(1, sizeof *r);
   if (!r) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
   r->o = o;
+  ioupos__runio_init(&r->io, o->log, o->log_ctx, o->stop, o->max_steps, o->flags_json,
+                     o->git_commit, o->chkpt_dir, o->run_name ? o->run_name : "finetune");
   r->best = -1.0;
   K = o->n_classes;
   npix = (size_t)o->crop * (size_t)o->crop;
@@ -17262,14 +17274,12 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   r->c[IOUPOS__FT_PATIENCE] = o->patience;
   r->c[IOUPOS__FT_METRIC] = o->metric;
   /* the run directory */
-  snprintf(r->dir, sizeof r->dir, "%s/%s", o->chkpt_dir ? o->chkpt_dir : ".",
-           o->run_name ? o->run_name : "finetune");
-  snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+  snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
   if (o->resume && o->n_epochs == 0) {
     rc = ioupos__fail(IOUPOS_EINVAL, "--resume with --n_epochs 0: there is nothing to resume");
     goto done;
   }
-  if ((rc = ioupos__run_dir_hold(&lk, r->dir, o->log, o->log_ctx)) != 0) goto done;
+  if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
   if (o->resume) {
     r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
     r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
@@ -17283,28 +17293,28 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                           ioupos_failure_reason());
       goto done;
     }
-    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
+    snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->io.dir);
     if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__FT_OPT_STEPS])) != 0) goto done;
-    ioupos__ft_log(o, "resuming %s at epoch %lld step %lld/%d (%lld steps done)", r->dir,
+    ioupos__say(&r->io, "resuming %s at epoch %lld step %lld/%d (%lld steps done)", r->io.dir,
                    (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_STEP], spe,
                    (long long)r->c[IOUPOS__FT_OPT_STEPS]);
   } else {
-    if ((rc = ioupos__run_dir_free(r->dir)) != 0) goto done;
+    if ((rc = ioupos__run_dir_free(r->io.dir)) != 0) goto done;
     if (o->chkpt_path) {
       ioupos_swinunetr_load_info li;
       if ((rc = ioupos_swinunetr_load(&r->m, &r->p, o->chkpt_path, &li)) != 0) goto done;
       if (li.whole)
-        ioupos__ft_log(o, "loaded a whole SwinUNETR from %s: %d tensors", o->chkpt_path,
+        ioupos__say(&r->io, "loaded a whole SwinUNETR from %s: %d tensors", o->chkpt_path,
                        li.n_loaded);
       else
-        ioupos__ft_log(o, "loaded the encoder from %s: %d tensors under '%s' -> swinViT.*, %d "
+        ioupos__say(&r->io, "loaded the encoder from %s: %d tensors under '%s' -> swinViT.*, %d "
                        "other file tensors ignored; the decoder is initialised from the seed",
                        o->chkpt_path, li.n_loaded, li.prefix, li.n_ignored);
     } else {
-      ioupos__ft_log(o, "no --chkpt_path: the whole model is initialised from the seed (from "
+      ioupos__say(&r->io, "no --chkpt_path: the whole model is initialised from the seed (from "
                      "scratch)");
     }
-    if ((rc = ioupos__run_dir_create(r->dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
+    if ((rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
       goto done;
     if (o->n_epochs > 0) {
       r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
@@ -17316,15 +17326,15 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     }
   }
   if (o->n_epochs > 0)
-    ioupos__ft_log(o, "fine-tuning: train %d cases / %d slices, val %d cases / %d slices, test "
+    ioupos__say(&r->io, "fine-tuning: train %d cases / %d slices, val %d cases / %d slices, test "
                    "%d cases; %d steps per epoch of %d slices x %d crops of %d x %d, %d epochs -> "
                    "%s", r->train.n_cases, r->train.ds.n, r->val.n_cases, r->val.ds.n,
                    r->test.n_cases, spe, o->batch_size, o->n_crops_per_ct, o->crop, o->crop,
-                   o->n_epochs, r->dir);
+                   o->n_epochs, r->io.dir);
   else
-    ioupos__ft_log(o, "evaluation only (--n_epochs 0): val %d cases / %d slices, test %d cases / "
+    ioupos__say(&r->io, "evaluation only (--n_epochs 0): val %d cases / %d slices, test %d cases / "
                    "%d slices, windows of %d x %d -> %s", r->val.n_cases, r->val.ds.n,
-                   r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->dir);
+                   r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->io.dir);
   if (o->n_epochs > 0) {
     B = o->batch_size * o->n_crops_per_ct;
     {
@@ -17381,7 +17391,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
         rc = ioupos__fail(IOUPOS_ERANGE,
                           "the loss is %g at epoch %lld step %lld: stopping; the last good "
                           "checkpoint is %s/checkpoint.safetensors (if an epoch finished)", loss,
-                          (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP] + 1, r->dir);
+                          (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP] + 1, r->io.dir);
         break;
       }
       memset(dlog, 0, nlog * sizeof(float));
@@ -17402,7 +17412,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       r->c[IOUPOS__FT_STEP]++;
       r->c[IOUPOS__FT_OPT_STEPS]++;
       img_log += (double)o->batch_size;
-      ++steps_here;
+      ++r->io.steps_here;
       if (r->c[IOUPOS__FT_OPT_STEPS] % o->log_every == 0 || r->c[IOUPOS__FT_STEP] == spe) {
         double now = ioupos__now(), ips = img_log / (now - t_log > 1e-9 ? now - t_log : 1e-9);
         snprintf(line, sizeof line,
@@ -17410,15 +17420,14 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                  "\"ce_loss\": %.6g, \"lr\": %.6g, \"slices_per_s\": %.4g}\n",
                  (long long)e + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
                  stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
-        snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
-        if ((rc = ioupos__append(tmp, line)) != 0) break;
-        ioupos__ft_log(o, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
+        if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
+        ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
                        "slices/s", (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP], spe, loss,
                        stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
         t_log = now;
         img_log = 0.0;
       }
-      if (ioupos__ft_halt(o, steps_here) && r->c[IOUPOS__FT_STEP] < spe) {
+      if (ioupos__halted(&r->io) && r->c[IOUPOS__FT_STEP] < spe) {
         stop = 1;
         break;
       }
@@ -17431,24 +17440,23 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
                "\"seconds\": %.3f}\n", (long long)e + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS],
                r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, ioupos__now() - t_start);
-      snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->dir);
-      if ((rc = ioupos__append(tmp, line)) != 0) break;
-      ioupos__ft_log(o, "epoch %lld done: mean loss %.5f", (long long)e + 1,
+      if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
+      ioupos__say(&r->io, "epoch %lld done: mean loss %.5f", (long long)e + 1,
                      r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0);
       r->ep_loss = r->ep_n = 0.0;
-      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->dir);
+      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->io.dir);
       if ((rc = ioupos__ft_save_model(r, tmp, NULL)) != 0) break;
       if (r->c[IOUPOS__FT_EPOCH] % o->eval_every == 0 || last)
         if ((rc = ioupos__ft_validate(r, &es)) != 0) break;
-      if (ioupos__ft_halt(o, steps_here) && !last && !es) stop = 1;
+      if (ioupos__halted(&r->io) && !last && !es) stop = 1;
     }
-    snprintf(path, sizeof path, "%s/state.safetensors", r->dir);
+    snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
     if ((rc = ioupos__ft_save_state(r, path)) != 0) break;
   }
   if (rc == 0 && stop) {
-    ioupos__ft_log(o, "%s after %ld steps in this process, at epoch %lld step %lld/%d; the "
+    ioupos__say(&r->io, "%s after %ld steps in this process, at epoch %lld step %lld/%d; the "
                    "state is saved: --resume continues from %s",
-                   o->stop && *o->stop ? "interrupted" : "stopped (--max_steps)", steps_here,
+                   ioupos__halt_reason(&r->io), r->io.steps_here,
                    (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_STEP], spe,
                    path);
     if (res) res->epochs_done = (int)r->c[IOUPOS__FT_EPOCH];
@@ -17456,7 +17464,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     rc = ioupos__ft_final(r, res);
   }
 done:
-  if (lk.fd >= 0) ioupos__run_dir_release(&lk, rc);
+  if (r) ioupos__run_dir_release(&r->io, rc);
   ioupos_loader_close(&ld);
   be->release(x);
   be->release(ddev);
