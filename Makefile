@@ -19,6 +19,8 @@ TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
             $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder $(BUILD)/test_segeval $(BUILD)/test_threads
 TESTS    += $(BUILD)/test_finite
+# the pre-flight check of data sets (ioupos_dataset_check)
+TESTS    += $(BUILD)/test_preflight
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
 

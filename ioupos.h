@@ -898,6 +898,49 @@ IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *i
    clamp(c - s / 2, 0, len - s). Exposed for tests. */
 IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
 
+/* PRE-FLIGHT CHECK. ioupos_dataset_check looks at every file of one or more scanned data sets
+   (ioupos_dataset_scan; a scan already names every image without its label and every label
+   without its image) before a run starts, and names ALL the bad files at once instead of
+   letting the loader find them one by one, epochs later. Per file, cheaply:
+     images  the PNG's structure without decoding it: signature, a valid IHDR (size, bit depth,
+             colour type; what stb_image reads), the chunk list up to IEND inside the file (a
+             truncated or cut-off PNG fails here), an IDAT, PLTE for palette images. With
+             decode_images the pixels are decoded too (as the loader does; slower).
+     labels  the same, then, with n_classes > 0, decoded: every pixel must be an 8-bit id below
+             n_classes; and a label must have its image's size.
+   With a loader configuration, against every distinct image size (as the loader pads it):
+     pad_small = 0: images smaller than the crop (or the local crop) are named;
+     IOUPOS_LOADER_SSL: first, with no file opened, whether two crops of the crop size can have
+             an IoU in [min_iou, max_iou] in an image of any size (e.g. --crop_size 1 with
+             [0.3, 0.6] cannot: 1x1 crops have IoU 0 or 1), and the same for the local crops
+             (n_local > 0); then, for each image size, whether the pair sampler can place a pair
+             in the interval there (and a local crop with its IoU interval around some pair
+             crop), naming the size of the file, its padded size, the crop, the interval and
+             the nearest achievable IoUs. These are the loader's own rules (ioupos_loader_open,
+             ioupos_iou_sampler_init on the padded image, ioupos_local_crop_feasible).
+   The data sets must be PNG folders (what ioupos_dataset_scan lists); NIfTI volumes are not
+   read by the loader and not checked here.
+   Returns 0 when every file passed. Otherwise the status of the first problem (EFORMAT for a
+   corrupt file, EIO for an unreadable one, EINVAL for a bad label or size, EINFEASIBLE for an
+   interval) and a reason "pre-flight check: B of N files are bad: <path>: <problem>; ..." that
+   holds as many whole problems as its 512 bytes allow, then "and K more". *report (when not
+   NULL) receives every problem, up to max_listed, one "<path>: <problem>\n" line each (then
+   "... and K more\n"), as a fresh IOUPOS_MALLOC string (free with IOUPOS_FREE); NULL when
+   nothing is wrong or memory ran out. The files are only read. */
+typedef struct ioupos_dataset_check_opts {
+  const ioupos_loader_config *loader; /* NULL, or the loader that will read the sets (its
+                                         dataset field is ignored): sizes, crops, intervals */
+  int n_classes;     /* > 0: decode the labels; ids must be below it. 0: label headers only */
+  int decode_images; /* 1: also decode every image (slower); 0: structure only */
+  int num_threads;   /* files checked in parallel by this many threads; 0 or 1: the caller's */
+  int max_listed;    /* problems listed in *report; 0: 100 */
+} ioupos_dataset_check_opts;
+
+/* Checks sets[0..n_sets) (zero-initialised opts: structure of every file only; opts may be
+   NULL for that). See above. */
+IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_sets,
+                                    const ioupos_dataset_check_opts *opts, char **report);
+
 
 /* ============================================================================================
    10. Dense float32 GEMM (CPU)
@@ -2224,7 +2267,10 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
    (and the epoch's checkpoints first when that step ended an epoch), the log says that
    --resume continues, and the run returns 0.
    Checks before anything is written: square crops (--crop_size, and --local_crop_size with
-   local crops: the augmentations' rot90 needs H = W), DINO's --warmup_epochs below --n_epochs.
+   local crops: the augmentations' rot90 needs H = W), DINO's --warmup_epochs below --n_epochs,
+   and the data (ioupos_dataset_check with the run's loader settings: every PNG's structure,
+   every image size against the crop and the IoU intervals; all bad files named at once, the
+   full list on opts->log when the reason cannot hold it).
    DINO multi-crop: n_local > 0 local views per pair of local_crop[] (IoU with the first global
    view in [local_min_iou, local_max_iou], section 9's loader), through the student only.
    Every file is written atomically (a crash leaves the previous version). A non-finite loss
@@ -2864,7 +2910,9 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    THE RUN (ioupos_finetune_run), on <data_dir>/train, <data_dir>/val and, when present,
    <data_dir>/test (optionally checked against a split file: every case listed under train /
    val / test must be in that folder, and no other case; an evaluation only, n_epochs 0, needs
-   no train folder):
+   no train folder). Before anything is written, ioupos_dataset_check reads every file of the
+   splits it uses (labels decoded: every id below n_classes, the image's size) and names all
+   bad files at once (the full list on opts->log when the reason cannot hold it):
      model    SwinUNETR (section 21), C = --embedding_size, n_classes outputs; the encoder from
               chkpt_path (above) or, without one, PyTorch's default initialisation from the seed
      loader   section 9's IOUPOS_LOADER_FINETUNE on the train split: batch_size slices per
@@ -7675,21 +7723,44 @@ IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
   st = ioupos__data_list(image_dir, "image", &im, &ni);
   if (st) return st;
   if (label_dir) {
-    int a = 0, b = 0;
+    int a = 0, b = 0, bad = 0, listed = 0;
+    char more[512];
+    size_t used = 0, cap = 0;
     st = ioupos__data_list(label_dir, "label", &lb, &nl);
     if (st) goto fail;
-    /* both sorted by strcmp: a merge walk pairs equal names and finds the first unmatched one */
+    /* both sorted by strcmp: a merge walk pairs equal names and names EVERY unmatched one (the
+       first in full, the others by name as far as they fit the reason) */
+    more[0] = 0;
     while (a < ni || b < nl) {
       int c = a == ni ? 1 : b == nl ? -1 : strcmp(im[a], lb[b]);
+      const char *name = c < 0 ? im[a] : lb[b];
       if (c == 0) { ++a; ++b; continue; }
-      if (c < 0)
-        st = ioupos__fail(IOUPOS_EINVAL, "image %s/%s has no label: %s/%s does not exist",
-                          image_dir, im[a], label_dir, im[a]);
-      else
-        st = ioupos__fail(IOUPOS_EINVAL, "label %s/%s has no image: %s/%s does not exist",
-                          label_dir, lb[b], image_dir, lb[b]);
-      goto fail;
+      if (bad++ == 0) {
+        if (c < 0)
+          st = ioupos__fail(IOUPOS_EINVAL, "image %s/%s has no label: %s/%s does not exist",
+                            image_dir, im[a], label_dir, im[a]);
+        else
+          st = ioupos__fail(IOUPOS_EINVAL, "label %s/%s has no image: %s/%s does not exist",
+                            label_dir, lb[b], image_dir, lb[b]);
+        /* room left in the 512-byte reason after the count, the first one and "; and N more" */
+        cap = strlen(ioupos_failure_reason()) + 64 < sizeof more
+                  ? sizeof more - 64 - strlen(ioupos_failure_reason()) : 0;
+      } else if (listed == bad - 2 && used + strlen(name) + 24 < cap) {
+        int k = snprintf(more + used, sizeof more - used, "; %s %s has no %s",
+                         c < 0 ? "image" : "label", name, c < 0 ? "label" : "image");
+        if (k > 0) used += (size_t)k;
+        ++listed;
+      }
+      if (c < 0) ++a; else ++b;
     }
+    if (bad > 1) {
+      char first[512];
+      snprintf(first, sizeof first, "%s", ioupos_failure_reason());
+      if (bad - 1 > listed)
+        snprintf(more + used, sizeof more - used, "; and %d more", bad - 1 - listed);
+      st = ioupos__fail(IOUPOS_EINVAL, "%d files do not pair up: %s%s", bad, first, more);
+    }
+    if (bad) goto fail;
   }
   ds->images = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
   if (lb) ds->labels = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
@@ -7896,8 +7967,10 @@ static double ioupos__pix_value(const struct ioupos__loader_state *st, const iou
   return p->u8 ? (double)st->lut[p->u8[i]] : (double)p->f.data[i];
 }
 
+/* The sampler of a (padded) h x w image; ih x iw is the file's own size, for messages. */
 static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int h, int w,
-                                                        const char *path, int *status) {
+                                                        int ih, int iw, const char *path,
+                                                        int *status) {
   const ioupos_loader_config *cfg = wk->st->cfg;
   int i, victim = 0, shape[2], st;
   for (i = 0; i < IOUPOS__LOADER_CACHE; ++i) {
@@ -7917,7 +7990,11 @@ static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int 
   if (st) {
     char why[512];
     snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-    *status = ioupos__fail(st, "%s: %s", path, why);
+    if (ih != h || iw != w) /* name the file's size, not only the padded one */
+      *status = ioupos__fail(st, "%s: image %dx%d, zero-padded to %dx%d for the %dx%d crop: %s",
+                             path, ih, iw, h, w, cfg->crop[0], cfg->crop[1], why);
+    else
+      *status = ioupos__fail(st, "%s: %s", path, why);
     return NULL;
   }
   wk->cache[victim].h = h;
@@ -8015,7 +8092,7 @@ static int ioupos__make_ssl(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_bat
   status = ioupos__pad_offsets(cfg, path, p.h, p.w, &py, &px);
   if (status) goto done;
   s = ioupos__worker_sampler(wk, p.h > cfg->crop[0] ? p.h : cfg->crop[0],
-                             p.w > cfg->crop[1] ? p.w : cfg->crop[1], path, &status);
+                             p.w > cfg->crop[1] ? p.w : cfg->crop[1], p.h, p.w, path, &status);
   if (!s) goto done;
   r = ioupos_rng_split(S, 0);
   status = ioupos_iou_sampler_draw(s, &r, &box[0], &box[1]);
@@ -8478,6 +8555,568 @@ IOUPOS_DEF int ioupos_loader_seek(ioupos_loader *l, int epoch, int batch) {
 
 IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
   return ioupos_loader_seek(l, epoch, 0);
+}
+
+/* ---- 9c. The pre-flight check of data sets ------------------------------------------------- */
+
+/* The structure of the PNG at path without decoding it (see ioupos_dataset_check): signature, a
+   valid IHDR first, the chunk list inside the file up to IEND, an IDAT (after a PLTE for a
+   palette image). *h, *w: the size from IHDR. The reason starts with the path. */
+static int ioupos__png_walk(const char *path, int *h, int *w) {
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  unsigned char hd[33], ch[8];
+  FILE *f;
+  long size, pos;
+  uint32_t pw, ph;
+  int depth, ct, ok, idat = 0, plte = 0, st = IOUPOS_OK;
+  *h = *w = 0;
+  f = fopen(path, "rb");
+  if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
+  if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    st = ioupos__fail(IOUPOS_EIO, "%s: cannot determine the file size", path);
+    goto done;
+  }
+  if (size < 8 || fread(hd, 1, 8, f) != 8 || memcmp(hd, sig, 8) != 0) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: not a PNG file (no PNG signature; %ld bytes)", path,
+                      size);
+    goto done;
+  }
+  if (size < 33 || fread(hd + 8, 1, 25, f) != 25) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (truncated: %ld bytes, no whole IHDR)",
+                      path, size);
+    goto done;
+  }
+  if (ioupos__be32(hd + 8) != 13 || memcmp(hd + 12, "IHDR", 4) != 0) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (no IHDR chunk first)", path);
+    goto done;
+  }
+  pw = ioupos__be32(hd + 16);
+  ph = ioupos__be32(hd + 20);
+  depth = hd[24];
+  ct = hd[25];
+  if (pw == 0 || ph == 0 || pw > (1u << 24) || ph > (1u << 24) ||
+      (double)pw * (double)ph > (double)IOUPOS_MAX_IMAGE_PIXELS) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: PNG of %lux%lu pixels is empty or larger than "
+                      "IOUPOS_MAX_IMAGE_PIXELS (%.0f)", path, (unsigned long)pw,
+                      (unsigned long)ph, (double)IOUPOS_MAX_IMAGE_PIXELS);
+    goto done;
+  }
+  ok = ct == 0 ? (depth == 1 || depth == 2 || depth == 4 || depth == 8 || depth == 16)
+     : ct == 3 ? (depth == 1 || depth == 2 || depth == 4 || depth == 8)
+     : (ct == 2 || ct == 4 || ct == 6) ? (depth == 8 || depth == 16) : 0;
+  if (!ok || hd[26] != 0 || hd[27] != 0 || hd[28] > 1) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt or unsupported PNG header (bit depth %d, "
+                      "colour type %d, compression %d, filter %d, interlace %d)", path, depth,
+                      ct, hd[26], hd[27], hd[28]);
+    goto done;
+  }
+  for (pos = 33;;) {
+    uint32_t len;
+    if (size - pos < 12) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (truncated: %ld bytes, no IEND)", path,
+                        size);
+      goto done;
+    }
+    if (fseek(f, pos, SEEK_SET) != 0 || fread(ch, 1, 8, f) != 8) {
+      st = ioupos__fail(IOUPOS_EIO, "%s: read error at offset %ld", path, pos);
+      goto done;
+    }
+    len = ioupos__be32(ch);
+    if ((unsigned long)len > (unsigned long)(size - pos - 12)) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (truncated: %ld bytes, its chunk of %lu "
+                        "bytes at offset %ld runs past the end)", path, size, (unsigned long)len,
+                        pos);
+      goto done;
+    }
+    if (memcmp(ch + 4, "IEND", 4) == 0) break;
+    if (memcmp(ch + 4, "IHDR", 4) == 0) {
+      st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (a second IHDR chunk)", path);
+      goto done;
+    }
+    if (memcmp(ch + 4, "PLTE", 4) == 0) plte = 1;
+    if (memcmp(ch + 4, "IDAT", 4) == 0) {
+      if (ct == 3 && !plte) {
+        st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (palette image without PLTE)", path);
+        goto done;
+      }
+      idat = 1;
+    }
+    pos += 12 + (long)len;
+  }
+  if (!idat) {
+    st = ioupos__fail(IOUPOS_EFORMAT, "%s: corrupt PNG (no IDAT chunk: no pixels)", path);
+    goto done;
+  }
+  *h = (int)ph;
+  *w = (int)pw;
+done:
+  fclose(f);
+  return st;
+}
+
+/* Every pixel of a decoded label an 8-bit id below K (as the evaluation reads labels). */
+static int ioupos__chk_label_ids(const ioupos__pix *p, int K, const char *path) {
+  size_t i, n = (size_t)p->h * (size_t)p->w, count = 0, at = 0;
+  long first = 0, top = 0;
+  for (i = 0; i < n; ++i) {
+    long id;
+    if (p->u8) {
+      id = p->u8[i];
+    } else {
+      double v = (double)p->f.data[i] * 255.0;
+      id = lrint(v);
+      if (fabs(v - (double)id) > 1e-3)
+        return ioupos__fail(IOUPOS_EFORMAT, "%s: pixel (%zu, %zu) is not an 8-bit label id "
+                            "(grey %g)", path, i / (size_t)p->w, i % (size_t)p->w,
+                            (double)p->f.data[i]);
+    }
+    if (id >= K) {
+      if (count++ == 0) first = id, at = i;
+      if (id > top) top = id;
+    }
+  }
+  if (count)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: label %ld at pixel (%zu, %zu) is outside [0, %d) "
+                        "(--n_classes %d); %zu such pixels, ids up to %ld", path, first,
+                        at / (size_t)p->w, at % (size_t)p->w, K, K, count, top);
+  return IOUPOS_OK;
+}
+
+typedef struct ioupos__chk_item {
+  const char *img, *lab; /* paths; lab NULL without labels */
+  int h, w;              /* the image's size; 0 when it could not be read */
+  int status[2];         /* the image's and the label's problem, 0 none */
+  char *msg[2];          /* their "<path>: <problem>" (IOUPOS_MALLOC), or NULL */
+} ioupos__chk_item;
+
+typedef struct ioupos__chk_job {
+  ioupos__chk_item *items;
+  size_t n, first, stride;
+  const ioupos_dataset_check_opts *o;
+  pthread_t thread;
+} ioupos__chk_job;
+
+static void ioupos__chk_note(ioupos__chk_item *it, int k, int st) {
+  const char *why = ioupos_failure_reason();
+  size_t n = strlen(why);
+  it->status[k] = st;
+  it->msg[k] = (char *)IOUPOS_MALLOC(n + 1);
+  if (it->msg[k]) memcpy(it->msg[k], why, n + 1);
+}
+
+static void ioupos__chk_run(ioupos__chk_item *it, const ioupos_dataset_check_opts *o) {
+  ioupos__pix p;
+  int st, lh = 0, lw = 0;
+  st = ioupos__png_walk(it->img, &it->h, &it->w);
+  if (st == 0 && o->decode_images) {
+    st = ioupos__pix_load(it->img, &p);
+    ioupos__pix_free(&p);
+  }
+  if (st) {
+    it->h = it->w = 0;
+    ioupos__chk_note(it, 0, st);
+  }
+  if (!it->lab) return;
+  st = ioupos__png_walk(it->lab, &lh, &lw);
+  if (st == 0 && it->h > 0 && (lh != it->h || lw != it->w))
+    st = ioupos__fail(IOUPOS_EINVAL, "label %s is %dx%d but its image %s is %dx%d", it->lab, lh,
+                      lw, it->img, it->h, it->w);
+  if (st == 0 && o->n_classes > 0) {
+    st = ioupos__pix_load(it->lab, &p);
+    if (st == 0) st = ioupos__chk_label_ids(&p, o->n_classes, it->lab);
+    ioupos__pix_free(&p);
+  }
+  if (st) ioupos__chk_note(it, 1, st);
+}
+
+static void *ioupos__chk_main(void *arg) {
+  ioupos__chk_job *j = (ioupos__chk_job *)arg;
+  size_t i;
+  for (i = j->first; i < j->n; i += j->stride) ioupos__chk_run(&j->items[i], j->o);
+  return NULL;
+}
+
+/* The IoU values two c[0] x c[1] crops in an image of shape (NULL: of any size) can have,
+   nearest to [lo, hi]: *below (largest under lo) and *above (smallest over hi), -1 if none. */
+static void ioupos__chk_pair_near(const int shape[2], const int c[2], double lo, double hi,
+                                  double *below, double *above) {
+  int64_t V = (int64_t)c[0] * c[1], ilo, ihi, o0, lo0, lo1, bI = -1, aI = -1;
+  lo0 = shape ? ioupos__max64(0, 2 * (int64_t)c[0] - shape[0]) : 0;
+  lo1 = shape ? ioupos__max64(0, 2 * (int64_t)c[1] - shape[1]) : 0;
+  ioupos__iou_range(V, V, lo, hi, &ilo, &ihi);
+  for (o0 = lo0; o0 <= c[0]; ++o0) {
+    if (o0 == 0) {
+      if (ilo > 0) bI = ioupos__max64(bI, 0); /* a product of 0, whatever o1 */
+      continue;
+    }
+    if (ilo >= 1) {
+      int64_t o1 = ioupos__min64(c[1], (ilo - 1) / o0);
+      if (o1 >= lo1) bI = ioupos__max64(bI, o0 * o1);
+    }
+    {
+      int64_t o1 = ioupos__max64(lo1, ihi / o0 + 1);
+      if (o1 <= c[1] && (aI < 0 || o0 * o1 < aI)) aI = o0 * o1;
+    }
+  }
+  *below = bI >= 0 ? ioupos__iou_of(bI, V) : -1.0;
+  *above = aI >= 0 ? ioupos__iou_of(aI, V) : -1.0;
+}
+
+static void ioupos__chk_near_text(char *buf, size_t cap, double below, double above) {
+  if (below >= 0.0 && above >= 0.0)
+    snprintf(buf, cap, "the nearest IoUs such crops can have are %.4g and %.4g", below, above);
+  else if (below >= 0.0 || above >= 0.0)
+    snprintf(buf, cap, "the nearest IoU such crops can have is %.4g",
+             below >= 0.0 ? below : above);
+  else
+    snprintf(buf, cap, "such crops cannot be placed");
+}
+
+/* The problem of one image size (h x w, as read) with the loader lc, or 0. */
+static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *buf, size_t cap) {
+  const int *c = lc->crop, *lcr = lc->local_crop;
+  int nl = lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0, shape[2], st;
+  char im[64], pad[64], cr[64], lcs[64], ps[96] = "";
+  const int hw[2] = {h, w};
+  ioupos_format_shape(im, sizeof im, 2, hw);
+  ioupos_format_shape(cr, sizeof cr, 2, c);
+  ioupos_format_shape(lcs, sizeof lcs, 2, lcr);
+  if (!lc->pad_small && (h < c[0] || w < c[1])) {
+    snprintf(buf, cap, "image %s is smaller than the %s crop (the loader is opened with "
+             "pad_small = 0)", im, cr);
+    return IOUPOS_EINVAL;
+  }
+  if (!lc->pad_small && nl && (h < lcr[0] || w < lcr[1])) {
+    snprintf(buf, cap, "image %s is smaller than the %s local crop (the loader is opened with "
+             "pad_small = 0)", im, lcs);
+    return IOUPOS_EINVAL;
+  }
+  if (lc->kind != IOUPOS_LOADER_SSL) return 0;
+  shape[0] = ioupos__imax(h, c[0]);
+  shape[1] = ioupos__imax(w, c[1]);
+  if (shape[0] != h || shape[1] != w) {
+    ioupos_format_shape(pad, sizeof pad, 2, shape);
+    snprintf(ps, sizeof ps, ", zero-padded to %s,", pad);
+  }
+  st = ioupos_local_crop_feasible(2, shape, c, c, lc->min_iou, lc->max_iou);
+  if (st == IOUPOS_EINFEASIBLE) {
+    double below, above;
+    char near[128];
+    ioupos__chk_pair_near(shape, c, lc->min_iou, lc->max_iou, &below, &above);
+    ioupos__chk_near_text(near, sizeof near, below, above);
+    snprintf(buf, cap, "image %s%s has no pair of %s crops (--crop_size) with an IoU in [%g, %g] "
+             "(--min_iou / --max_iou): %s; use a smaller --crop_size or another interval", im,
+             ps, cr, lc->min_iou, lc->max_iou, near);
+    return st;
+  }
+  if (st) {
+    snprintf(buf, cap, "image %s%s: %s", im, ps, ioupos_failure_reason());
+    return st;
+  }
+  if (nl) {
+    shape[0] = ioupos__imax(shape[0], lcr[0]);
+    shape[1] = ioupos__imax(shape[1], lcr[1]);
+    st = ioupos_local_crop_feasible(2, shape, c, lcr, lc->local_min_iou, lc->local_max_iou);
+    if (st) {
+      ioupos_format_shape(pad, sizeof pad, 2, shape);
+      snprintf(buf, cap, "image %s (as %s for the local crops): no %s local crop "
+               "(--local_crop_size) has an IoU in [%g, %g] (--local_min_iou / --local_max_iou) "
+               "with a %s crop: %s", im, pad, lcs, lc->local_min_iou, lc->local_max_iou, cr,
+               ioupos_failure_reason());
+      return st;
+    }
+  }
+  return 0;
+}
+
+typedef struct ioupos__chk_size_key {
+  int h, w;
+  size_t item;
+} ioupos__chk_size_key;
+
+static int ioupos__chk_size_cmp(const void *a, const void *b) {
+  const ioupos__chk_size_key *x = (const ioupos__chk_size_key *)a;
+  const ioupos__chk_size_key *y = (const ioupos__chk_size_key *)b;
+  if (x->h != y->h) return x->h < y->h ? -1 : 1;
+  if (x->w != y->w) return x->w < y->w ? -1 : 1;
+  return x->item < y->item ? -1 : x->item > y->item;
+}
+
+/* the problems, in report order (at most 2 per item and 1 per image size: 3 n in all) */
+typedef struct ioupos__chk_list {
+  char **line;
+  int *status;
+  size_t n, bad_files;
+  int oom;
+} ioupos__chk_list;
+
+static void ioupos__chk_add(ioupos__chk_list *l, char *line, int status) {
+  if (!line) {
+    l->oom = 1;
+    return;
+  }
+  l->line[l->n] = line;
+  l->status[l->n++] = status;
+}
+
+IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_sets,
+                                    const ioupos_dataset_check_opts *opts, char **report) {
+  ioupos_dataset_check_opts o;
+  const ioupos_loader_config *lc;
+  ioupos__chk_item *items = NULL;
+  ioupos__chk_job *jobs = NULL;
+  ioupos__chk_size_key *keys = NULL;
+  ioupos__chk_list L;
+  size_t n = 0, files = 0, i, nk = 0, T;
+  int s, st = IOUPOS_OK, k;
+  if (report) *report = NULL;
+  memset(&o, 0, sizeof o);
+  if (opts) o = *opts;
+  lc = o.loader;
+  memset(&L, 0, sizeof L);
+  if (n_sets < 0 || (n_sets > 0 && !sets))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: %d data sets, sets is NULL",
+                        n_sets);
+  for (s = 0; s < n_sets; ++s) {
+    if (!sets[s] || sets[s]->n < 0 || (sets[s]->n > 0 && !sets[s]->images))
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: data set %d is NULL or malformed",
+                          s);
+    n += (size_t)sets[s]->n;
+    files += (size_t)sets[s]->n * (sets[s]->labels ? 2u : 1u);
+  }
+  if (o.max_listed <= 0) o.max_listed = 100;
+  if (lc) {
+    if (lc->crop[0] < 1 || lc->crop[1] < 1 || lc->crop[0] > 16384 || lc->crop[1] > 16384 ||
+        (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0 &&
+         (lc->local_crop[0] < 1 || lc->local_crop[1] < 1 || lc->local_crop[0] > 16384 ||
+          lc->local_crop[1] > 16384)))
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: crop %dx%d or local crop %dx%d "
+                          "not between 1 and 16384", lc->crop[0], lc->crop[1],
+                          lc->local_crop[0], lc->local_crop[1]);
+    if (lc->kind == IOUPOS_LOADER_SSL &&
+        !(lc->min_iou >= 0.0 && lc->max_iou <= 1.0 && lc->min_iou <= lc->max_iou))
+      return ioupos__fail(IOUPOS_EINVAL, "--min_iou %g / --max_iou %g: the IoU interval must be "
+                          "within [0, 1], not reversed, not NaN", lc->min_iou, lc->max_iou);
+    /* intervals no crops can satisfy in ANY image: one message, no file opened */
+    if (lc->kind == IOUPOS_LOADER_SSL &&
+        ioupos_local_crop_feasible(2, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==
+            IOUPOS_EINFEASIBLE) {
+      double below, above;
+      char near[128], cr[64], flag[32];
+      ioupos__chk_pair_near(NULL, lc->crop, lc->min_iou, lc->max_iou, &below, &above);
+      ioupos__chk_near_text(near, sizeof near, below, above);
+      ioupos_format_shape(cr, sizeof cr, 2, lc->crop);
+      if (lc->crop[0] == lc->crop[1]) snprintf(flag, sizeof flag, "%d", lc->crop[0]);
+      else snprintf(flag, sizeof flag, "%d,%d", lc->crop[0], lc->crop[1]);
+      return ioupos__fail(IOUPOS_EINFEASIBLE, "--crop_size %s with --min_iou %g / --max_iou %g: "
+                          "no two %s crops have an IoU in [%g, %g], in an image of any size "
+                          "(%s); change --min_iou / --max_iou or --crop_size", flag, lc->min_iou,
+                          lc->max_iou, cr, lc->min_iou, lc->max_iou, near);
+    }
+    if (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0) {
+      st = ioupos_local_crop_feasible(2, NULL, lc->crop, lc->local_crop, lc->local_min_iou,
+                                      lc->local_max_iou);
+      if (st) {
+        char why[512], flag[32];
+        snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+        if (lc->local_crop[0] == lc->local_crop[1])
+          snprintf(flag, sizeof flag, "%d", lc->local_crop[0]);
+        else
+          snprintf(flag, sizeof flag, "%d,%d", lc->local_crop[0], lc->local_crop[1]);
+        return ioupos__fail(st, "--local_crop_size %s with --local_min_iou %g / --local_max_iou "
+                            "%g: %s; change the interval or --local_crop_size", flag,
+                            lc->local_min_iou, lc->local_max_iou, why);
+      }
+    }
+  }
+  if (n == 0) return IOUPOS_OK;
+  items = (ioupos__chk_item *)ioupos__calloc(n, sizeof *items);
+  L.line = (char **)ioupos__calloc(3 * n, sizeof(char *));
+  L.status = (int *)ioupos__calloc(3 * n, sizeof(int));
+  if (!items || !L.line || !L.status) {
+    st = ioupos__fail(IOUPOS_ENOMEM, "pre-flight check: out of memory");
+    goto done;
+  }
+  for (s = 0, i = 0; s < n_sets; ++s) {
+    int j;
+    for (j = 0; j < sets[s]->n; ++j, ++i) {
+      items[i].img = sets[s]->images[j];
+      items[i].lab = sets[s]->labels ? sets[s]->labels[j] : NULL;
+    }
+  }
+  /* the files, on num_threads threads (each item is its own: no locks) */
+  T = o.num_threads > 1 ? (size_t)o.num_threads : 1;
+  if (T > 256) T = 256;
+  if (T > n) T = n;
+  jobs = (ioupos__chk_job *)ioupos__calloc(T, sizeof *jobs);
+  if (!jobs) {
+    st = ioupos__fail(IOUPOS_ENOMEM, "pre-flight check: out of memory");
+    goto done;
+  }
+  for (i = 0; i < T; ++i) {
+    jobs[i].items = items;
+    jobs[i].n = n;
+    jobs[i].first = i;
+    jobs[i].stride = T;
+    jobs[i].o = &o;
+  }
+  {
+    int *started = (int *)ioupos__calloc(T, sizeof(int));
+    for (i = 1; started && i < T; ++i)
+      started[i] = pthread_create(&jobs[i].thread, NULL, ioupos__chk_main, &jobs[i]) == 0;
+    ioupos__chk_main(&jobs[0]);
+    for (i = 1; i < T; ++i) {
+      if (started && started[i]) pthread_join(jobs[i].thread, NULL);
+      else ioupos__chk_main(&jobs[i]); /* no thread: do its share here */
+    }
+    IOUPOS_FREE(started);
+  }
+  /* the problems of single files, in data-set order */
+  for (i = 0; i < n; ++i)
+    for (k = 0; k < 2; ++k)
+      if (items[i].status[k]) {
+        ioupos__chk_add(&L, items[i].msg[k], items[i].status[k]);
+        items[i].msg[k] = NULL;
+        ++L.bad_files;
+      }
+  /* the problems of image sizes with the loader: once per distinct size */
+  if (lc) {
+    keys = (ioupos__chk_size_key *)ioupos__calloc(n, sizeof *keys);
+    if (!keys) {
+      st = ioupos__fail(IOUPOS_ENOMEM, "pre-flight check: out of memory");
+      goto done;
+    }
+    for (i = 0; i < n; ++i)
+      if (items[i].h > 0) {
+        keys[nk].h = items[i].h;
+        keys[nk].w = items[i].w;
+        keys[nk++].item = i;
+      }
+    qsort(keys, nk, sizeof *keys, ioupos__chk_size_cmp);
+    for (i = 0; i < nk;) {
+      size_t j = i, cnt, first = keys[i].item;
+      char why[1024], line[1536];
+      int sst;
+      while (j < nk && keys[j].h == keys[i].h && keys[j].w == keys[i].w) {
+        if (keys[j].item < first) first = keys[j].item;
+        ++j;
+      }
+      cnt = j - i;
+      sst = ioupos__chk_size(lc, keys[i].h, keys[i].w, why, sizeof why);
+      if (sst) {
+        char *ln;
+        size_t len;
+        if (cnt > 1)
+          snprintf(line, sizeof line, "%s (and %lu more images of %dx%d): %s",
+                   items[first].img, (unsigned long)(cnt - 1), keys[i].h, keys[i].w, why);
+        else
+          snprintf(line, sizeof line, "%s: %s", items[first].img, why);
+        len = strlen(line);
+        ln = (char *)IOUPOS_MALLOC(len + 1);
+        if (ln) memcpy(ln, line, len + 1);
+        ioupos__chk_add(&L, ln, sst);
+        L.bad_files += cnt;
+      }
+      i = j;
+    }
+  }
+  if (L.oom) {
+    st = ioupos__fail(IOUPOS_ENOMEM, "pre-flight check: out of memory");
+    goto done;
+  }
+  if (L.n > 0) {
+    char head[96], reason[512];
+    size_t used, shown = 0;
+    snprintf(head, sizeof head, "pre-flight check: %lu of %lu files are bad: ",
+             (unsigned long)L.bad_files, (unsigned long)files);
+    used = (size_t)snprintf(reason, sizeof reason, "%s", head);
+    for (i = 0; i < L.n; ++i) { /* whole problems while they fit, room left for "and N more" */
+      size_t len = strlen(L.line[i]) + (i ? 2 : 0);
+      if (used + len + 24 >= sizeof reason) {
+        if (i > 0) break;
+        /* a first problem too long for the reason: as much of it as fits */
+        used += (size_t)snprintf(reason + used, sizeof reason - used, "%.*s",
+                                 (int)(sizeof reason - used - 25), L.line[0]);
+      } else {
+        used += (size_t)snprintf(reason + used, sizeof reason - used, "%s%s", i ? "; " : "",
+                                 L.line[i]);
+      }
+      ++shown;
+    }
+    if (shown < L.n)
+      snprintf(reason + used, sizeof reason - used, "%sand %lu more", shown ? "; " : "",
+               (unsigned long)(L.n - shown));
+    if (report) {
+      size_t total = 64, m = L.n < (size_t)o.max_listed ? L.n : (size_t)o.max_listed;
+      char *r;
+      for (i = 0; i < m; ++i) total += strlen(L.line[i]) + 1;
+      r = (char *)IOUPOS_MALLOC(total);
+      if (r) {
+        size_t at = 0;
+        for (i = 0; i < m; ++i) {
+          size_t len = strlen(L.line[i]);
+          memcpy(r + at, L.line[i], len);
+          r[at + len] = '\n';
+          at += len + 1;
+        }
+        if (m < L.n) snprintf(r + at, total - at, "... and %lu more\n", (unsigned long)(L.n - m));
+        else r[at] = 0;
+        *report = r;
+      }
+    }
+    st = ioupos__fail(L.status[0], "%s", reason);
+  }
+done:
+  for (i = 0; items && i < n; ++i) {
+    IOUPOS_FREE(items[i].msg[0]);
+    IOUPOS_FREE(items[i].msg[1]);
+  }
+  for (i = 0; i < L.n; ++i) IOUPOS_FREE(L.line[i]);
+  IOUPOS_FREE(L.line);
+  IOUPOS_FREE(L.status);
+  IOUPOS_FREE(keys);
+  IOUPOS_FREE(jobs);
+  IOUPOS_FREE(items);
+  return st;
+}
+
+/* The runs' pre-flight (ioupos_pretrain_run, ioupos_finetune_run): ioupos_dataset_check of the
+   sets, and on failure every problem on the log, one line each, before the error is returned. */
+static int ioupos__data_preflight(const ioupos_dataset *const sets[], int n_sets,
+                                  const ioupos_loader_config *lc, int n_classes, int threads,
+                                  void (*log)(void *, const char *), void *log_ctx) {
+  ioupos_dataset_check_opts o;
+  char *report = NULL;
+  int st;
+  memset(&o, 0, sizeof o);
+  o.loader = lc;
+  o.n_classes = n_classes;
+  o.num_threads = threads;
+  st = ioupos_dataset_check(sets, n_sets, &o, log ? &report : NULL);
+  if (st && report) {
+    char keep[512], *line = report;
+    int all = 1; /* does the reason already name every problem? then the log adds nothing */
+    snprintf(keep, sizeof keep, "%s", ioupos_failure_reason());
+    while (*line && all) {
+      char *end = strchr(line, '\n');
+      if (end) *end = 0;
+      all = strstr(keep, line) != NULL;
+      if (end) *end = '\n';
+      line = end ? end + 1 : line + strlen(line);
+    }
+    line = all ? report + strlen(report) : report; /* the whole list, or nothing */
+    if (*line) log(log_ctx, "pre-flight check of the data: every bad file:");
+    while (*line) {
+      char *end = strchr(line, '\n');
+      if (end) *end = 0;
+      log(log_ctx, line);
+      if (!end) break;
+      line = end + 1;
+    }
+    ioupos__fail(st, "%s", keep);
+  }
+  IOUPOS_FREE(report);
+  return st;
 }
 
 
@@ -14387,6 +15026,12 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     lc.local_min_iou = o->local_min_iou;
     lc.local_max_iou = o->local_max_iou;
   }
+  { /* every file, its size against the crops and intervals: all bad files named at once */
+    const ioupos_dataset *sets[1];
+    sets[0] = &ds;
+    if ((rc = ioupos__data_preflight(sets, 1, &lc, 0, o->num_workers, o->log, o->log_ctx)) != 0)
+      goto done;
+  }
   if (ds.n < o->batch_size) {
     rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d images, fewer than one batch (--batch_size %d)",
                       o->data_dir, ds.n, o->batch_size);
@@ -17232,6 +17877,15 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   npix = (size_t)o->crop * (size_t)o->crop;
   /* data first: a bad folder fails before anything is written */
   if ((rc = ioupos__ft_data(r)) != 0) goto done;
+  { /* every file of the splits read (labels decoded: ids < n_classes), all bad ones named */
+    const ioupos_dataset *sets[3];
+    int ns = 0;
+    if (o->n_epochs > 0) sets[ns++] = &r->train.ds;
+    sets[ns++] = &r->val.ds;
+    if (r->has_test) sets[ns++] = &r->test.ds;
+    if ((rc = ioupos__data_preflight(sets, ns, NULL, K, o->num_workers, o->log, o->log_ctx)) != 0)
+      goto done;
+  }
   if (o->n_epochs > 0) {
     ioupos_loader_config_default(&lc, &r->train.ds, IOUPOS_LOADER_FINETUNE);
     lc.batch_size = o->batch_size;
