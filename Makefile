@@ -136,8 +136,32 @@ $(BUILD)/static_check: tests/consumer/static_check.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
-test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
-	@sh tests/run.sh $(BUILD) $(TESTS) $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check
+# Drop-in parts. IOUPOS_ONLY_SAMPLER (sections 1-4) as strict C99 and C++11 with the C library
+# alone: no _POSIX_C_SOURCE, no include path (no stb), no -lpthread; the build also fails when the
+# preprocessor opens a POSIX, pthread, OpenMP or stb header.
+ONLY_BAD_HEADERS := (^|/)(pthread|unistd|fcntl|dirent|signal|omp|stb_image|stb_image_write)\.h$$|(^|/)sys/stat\.h$$
+$(BUILD)/sampler_only: tests/consumer/sampler_only.c tests/test_util.h ioupos.h
+	@mkdir -p $(BUILD)
+	@if $(CC) -std=c99 -E $< | sed -n 's/^# [0-9]* "\(.*\)".*/\1/p' | sort -u | grep -E '$(ONLY_BAD_HEADERS)'; then \
+	  echo "IOUPOS_ONLY_SAMPLER must not include the headers above"; exit 1; fi
+	$(CC) -std=c99 -pedantic $(CFLAGS) $(WARN) $< -o $@ -lm
+$(BUILD)/sampler_only_cxx: tests/consumer/sampler_only.c tests/test_util.h ioupos.h
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++11 -pedantic $(CFLAGS) $(WARN) -x c++ $< -x none -o $@ -lm
+
+# IOUPOS_ONLY_DATA (sections 1-9, no neural core): stb, POSIX and pthreads, no OpenMP.
+$(BUILD)/data_only: tests/consumer/data_only.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/data_only_cxx: tests/consumer/data_only.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++11 $(CFLAGS) $(WARN) $(CPPFLAGS) -x c++ $< -x none -o $@ $(LDLIBS)
+
+CONSUMER := $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check $(BUILD)/sampler_only \
+            $(BUILD)/sampler_only_cxx $(BUILD)/data_only $(BUILD)/data_only_cxx
+
+test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER)
+	@sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
 
 # Same tests under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws: ~10x slower).
 # The loader's threads under ThreadSanitizer.

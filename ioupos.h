@@ -27,6 +27,18 @@
      IOUPOS_MAX_IMAGE_PIXELS              largest PNG accepted, in pixels (default 2^26)
      IOUPOS_NO_STB_IMPLEMENTATION         do not compile stb_image / stb_image_write here
 
+   DROP-IN PARTS (define before EVERY include of ioupos.h, the implementation's included; the
+   first include in a file decides)
+     IOUPOS_ONLY_SAMPLER   sections 1-4 only: errors, RNG, boxes / IoU, the crop-pair sampler
+                           and the local crops. Standard C headers only (no stb, no POSIX, no
+                           pthreads), so a plain   cc -std=c99 prog.c -lm   builds it, also with
+                           -pedantic, and as C++11. Wins over IOUPOS_ONLY_DATA.
+     IOUPOS_ONLY_DATA      sections 1-9: the above plus PNG I/O, NIfTI and preprocessing,
+                           augmentations, the phantom, data sets and the threaded loader; no
+                           neural core (sections 10-22). Built with the USAGE line above
+                           (stb, -D_POSIX_C_SOURCE=200809L, -lpthread); -fopenmp and -mavx2
+                           -mfma are of no use to it.
+
    CONVENTIONS
      - Functions return 0 (IOUPOS_OK) or a negative ioupos_status; on failure the reason, a
        sentence naming the file, flag or values at fault, is in ioupos_failure_reason()
@@ -88,6 +100,19 @@
 #else
 #define IOUPOS_DEF extern
 #endif
+#endif
+
+/* Drop-in parts (see CONFIGURATION): IOUPOS__PART_DATA covers sections 5-9, IOUPOS__PART_CORE
+   sections 10-22. Sections 1-4 are always there and use nothing of the later ones. */
+#if defined(IOUPOS_ONLY_SAMPLER)
+#define IOUPOS__PART_DATA 0
+#define IOUPOS__PART_CORE 0
+#elif defined(IOUPOS_ONLY_DATA)
+#define IOUPOS__PART_DATA 1
+#define IOUPOS__PART_CORE 0
+#else
+#define IOUPOS__PART_DATA 1
+#define IOUPOS__PART_CORE 1
 #endif
 
 #ifdef __cplusplus
@@ -250,6 +275,7 @@ IOUPOS_DEF int ioupos_local_crop_draw(int dims, const int shape[], const ioupos_
 /* "96x96", "160x320x288" style text of dims integers for messages; at most cap bytes. */
 IOUPOS_DEF void ioupos_format_shape(char *buf, size_t cap, int dims, const int v[]);
 
+#if IOUPOS__PART_DATA /* sections 5-9: not with IOUPOS_ONLY_SAMPLER */
 /* ============================================================================================
    5. Image I/O
    ============================================================================================ */
@@ -897,7 +923,6 @@ IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *i
    the start of a crop of size s centred on voxel c of an axis of length len >= s is
    clamp(c - s / 2, 0, len - s). Exposed for tests. */
 IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
-
 /* PRE-FLIGHT CHECK. ioupos_dataset_check looks at every file of one or more scanned data sets
    (ioupos_dataset_scan; a scan already names every image without its label and every label
    without its image) before a run starts, and names ALL the bad files at once instead of
@@ -940,8 +965,9 @@ typedef struct ioupos_dataset_check_opts {
    NULL for that). See above. */
 IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_sets,
                                     const ioupos_dataset_check_opts *opts, char **report);
+#endif /* IOUPOS__PART_DATA: sections 5-9 */
 
-
+#if IOUPOS__PART_CORE /* sections 10-22: not with IOUPOS_ONLY_SAMPLER or IOUPOS_ONLY_DATA */
 /* ============================================================================================
    10. Dense float32 GEMM (CPU)
    ============================================================================================ */
@@ -3108,6 +3134,7 @@ typedef struct ioupos_finetune_result {
    the final evaluation; free it with ioupos_finetune_result_free. */
 IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res);
 IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
+#endif /* IOUPOS__PART_CORE: sections 10-22 */
 
 #ifdef __cplusplus
 }
@@ -3132,6 +3159,7 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if IOUPOS__PART_DATA /* sections 1-4 need only the standard C headers above */
 #if defined(_WIN32)
 #include <process.h>
 #define ioupos__getpid _getpid
@@ -3143,6 +3171,7 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #include <unistd.h>
 #define ioupos__getpid getpid
 #endif
+#endif /* IOUPOS__PART_DATA */
 
 #ifndef IOUPOS_MALLOC
 #define IOUPOS_MALLOC(sz) malloc(sz)
@@ -3163,6 +3192,7 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #define IOUPOS__THREAD_LOCAL __thread
 #endif
 
+#if IOUPOS__PART_DATA /* stb: section 5's PNG I/O */
 #ifndef IOUPOS_NO_STB_IMPLEMENTATION
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
@@ -3197,6 +3227,7 @@ unsigned char *stbi_zlib_compress(unsigned char *data, int data_len, int *out_le
 #define STBIW_FREE(p) free(p)
 #endif
 #endif
+#endif /* IOUPOS__PART_DATA: stb */
 
 /* ---- 2. Errors ---------------------------------------------------------------------------- */
 
@@ -3240,6 +3271,7 @@ static void *ioupos__calloc(size_t count, size_t size) {
   return p;
 }
 
+#if IOUPOS__PART_DATA /* used from section 6 on */
 /* Make room for one more element in *arr (n used, *cap allocated, elements of elem bytes),
    doubling the allocation; 0 on failure (*arr is then unchanged and still valid). */
 static int ioupos__grow(void **arr, size_t n, size_t *cap, size_t elem) {
@@ -3256,6 +3288,7 @@ static int ioupos__grow(void **arr, size_t n, size_t *cap, size_t elem) {
   *cap = ncap;
   return 1;
 }
+#endif /* IOUPOS__PART_DATA */
 
 /* ---- 3. Random numbers ---------------------------------------------------------------------- */
 
@@ -3316,13 +3349,15 @@ IOUPOS_DEF uint64_t ioupos_rng_below(ioupos_rng *rng, uint64_t n) {
     return m >> 32;
   } else {
 #if defined(__SIZEOF_INT128__)
-    /* the same with a 128-bit product: no division unless the low half is in the biased zone */
-    unsigned __int128 m = (unsigned __int128)ioupos_rng_u64(rng) * n;
+    /* the same with a 128-bit product: no division unless the low half is in the biased zone
+       (__extension__: a GNU type, which -pedantic builds accept this way) */
+    __extension__ typedef unsigned __int128 ioupos__u128;
+    ioupos__u128 m = (ioupos__u128)ioupos_rng_u64(rng) * n;
     uint64_t low = (uint64_t)m;
     if (low < n) {
       uint64_t threshold = (0u - n) % n;
       while (low < threshold) {
-        m = (unsigned __int128)ioupos_rng_u64(rng) * n;
+        m = (ioupos__u128)ioupos_rng_u64(rng) * n;
         low = (uint64_t)m;
       }
     }
@@ -4277,6 +4312,7 @@ IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int
   }
 }
 
+#if IOUPOS__PART_DATA /* sections 5-9: not with IOUPOS_ONLY_SAMPLER */
 /* ---- 5. Image I/O --------------------------------------------------------------------------- */
 
 #if !defined(_WIN32)
@@ -4494,7 +4530,9 @@ static int ioupos__mkdirs_from(const char *path, int *created_from) {
   return 0;
 }
 
+#if IOUPOS__PART_CORE /* used by sections 18 and 22 only */
 static int ioupos__mkdirs(const char *path) { return ioupos__mkdirs_from(path, NULL); }
+#endif
 
 /* "<anything>.tmp.<pid>": the pid, else 0 */
 static long ioupos__tmp_pid(const char *name) {
@@ -9080,6 +9118,7 @@ done:
   return st;
 }
 
+#if IOUPOS__PART_CORE /* the runs of sections 18 and 22 */
 /* The runs' pre-flight (ioupos_pretrain_run, ioupos_finetune_run): ioupos_dataset_check of the
    sets, and on failure every problem on the log, one line each, before the error is returned. */
 static int ioupos__data_preflight(const ioupos_dataset *const sets[], int n_sets,
@@ -9118,8 +9157,12 @@ static int ioupos__data_preflight(const ioupos_dataset *const sets[], int n_sets
   IOUPOS_FREE(report);
   return st;
 }
+#endif /* IOUPOS__PART_CORE */
 
 
+#endif /* IOUPOS__PART_DATA: sections 5-9 */
+
+#if IOUPOS__PART_CORE /* sections 10-22: not with IOUPOS_ONLY_SAMPLER or IOUPOS_ONLY_DATA */
 /* ---- 10. Dense float32 GEMM (CPU) -------------------------------------------------------------- */
 
 #include <string.h>
@@ -18139,6 +18182,7 @@ done:
   }
   return rc;
 }
+#endif /* IOUPOS__PART_CORE: sections 10-22 */
 
 #if defined(IOUPOS_STATIC) && defined(__GNUC__)
 #pragma GCC diagnostic pop
