@@ -14526,6 +14526,11 @@ static const char *ioupos__halt_reason(const ioupos__runio *io) {
 
 static int ioupos__append(const char *path, const char *line);
 
+/* wall-clock time of the log lines: the run's start, the last line, images since then */
+typedef struct ioupos__clock {
+  double t_start, t_log, img_log;
+} ioupos__clock;
+
 /* one line of <dir>/metrics.jsonl */
 static int ioupos__metrics_put(const ioupos__runio *io, const char *line) {
   char path[4200];
@@ -14539,6 +14544,9 @@ static int ioupos__state_write(const ioupos__runio *io, ioupos__tlist *l, const 
 typedef struct ioupos__run {
   const ioupos_pretrain_opts *o;
   ioupos__runio io;
+  ioupos__clock clock;
+  ioupos_rng drop;       /* the root of the drop-path draws (split by step) */
+  int spe;               /* optimiser steps per epoch */
   ioupos_simsiam ss;
   ioupos_dino dn;
   int64_t c[IOUPOS__C_N];
@@ -14899,6 +14907,20 @@ static double ioupos__now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static void ioupos__clock_start(ioupos__clock *c) {
+  c->t_start = c->t_log = ioupos__now();
+  c->img_log = 0.0;
+}
+
+/* images (or slices) per second since the last log line; starts the next interval */
+static double ioupos__clock_rate(ioupos__clock *c) {
+  double now = ioupos__now(), dt = now - c->t_log, rate;
+  rate = c->img_log / (dt > 1e-9 ? dt : 1e-9);
+  c->t_log = now;
+  c->img_log = 0.0;
+  return rate;
+}
+
 /* The run directory held for the run (ioupos_dir_hold: a second run or --resume of the same
    directory is refused while this one lives; stale temporary files of a killed run go). */
 static int ioupos__run_dir_hold(ioupos__runio *io) {
@@ -15032,15 +15054,176 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   return 0;
 }
 
+/* ---- the steps of a pretraining run, in the order the loop takes them ---- */
+
+/* the epoch's sample order; mid-epoch after a resume, from the state's position */
+static int ioupos__pt_epoch_begin(ioupos__run *r, ioupos_loader *ld) {
+  int e = (int)r->c[IOUPOS__C_EPOCH], step = (int)r->c[IOUPOS__C_STEP];
+  return step == 0 ? ioupos_loader_epoch(ld, e)
+                   : ioupos_loader_seek(ld, e, step * r->o->accum_iters);
+}
+
+/* the hyper-parameters of one optimiser step */
+typedef struct ioupos__pt_sched {
+  double lr, lr_pred;      /* learning rate; SimSiam's predictor's (held, as the research code) */
+  double wd;               /* weight decay */
+  double teacher_m;        /* DINO: teacher EMA momentum */
+  double teacher_temp;     /* DINO: teacher temperature */
+} ioupos__pt_sched;
+
+/* The schedules at the run's next step. DINO (its reference code): lr linear warm-up then cosine
+   to min_lr, weight decay and teacher momentum cosine over all steps, teacher temperature linear
+   over its warm-up epochs. SimSiam (the research code): lr linear warm-up per step, then cosine
+   per EPOCH to end_lr; the predictor keeps base_lr. */
+static ioupos__pt_sched ioupos__pt_schedules(const ioupos__run *r) {
+  const ioupos_pretrain_opts *o = r->o;
+  int64_t e = r->c[IOUPOS__C_EPOCH], it = r->c[IOUPOS__C_OPT_STEPS];
+  long total = (long)((int64_t)r->spe * o->n_epochs);
+  ioupos__pt_sched sc;
+  sc.lr_pred = 0.0;
+  sc.wd = o->wd;
+  sc.teacher_m = 0.0;
+  sc.teacher_temp = o->teacher_temp;
+  if (o->method == IOUPOS_SSL_DINO) {
+    long warm = (long)(o->warmup_epochs * r->spe);
+    sc.lr = ioupos_cosine_schedule((long)it, total, warm, o->base_lr, o->min_lr, 0.0);
+    sc.wd = ioupos_cosine_schedule((long)it, total, 0, o->wd, o->wd_end, 0.0);
+    sc.teacher_m = ioupos_cosine_schedule((long)it, total, 0, o->momentum_teacher, 1.0, 0.0);
+    if (e < (int64_t)o->warmup_teacher_temp_epochs && o->warmup_teacher_temp_epochs >= 1.0) {
+      long we = (long)o->warmup_teacher_temp_epochs;
+      sc.teacher_temp = we > 1 ? o->warmup_teacher_temp + (o->teacher_temp -
+                                                           o->warmup_teacher_temp) *
+                                                              (double)e / (we - 1)
+                               : o->warmup_teacher_temp;
+    }
+  } else {
+    double we = o->warmup_epochs * r->spe;
+    if (we > 0.0 && (double)it < we) sc.lr = o->base_lr * ((double)it + 1.0) / we;
+    else
+      sc.lr = ioupos_cosine_annealing_lr((long)(e - (int64_t)o->warmup_epochs),
+                                         (long)(o->n_epochs - (int)o->warmup_epochs), o->base_lr,
+                                         o->end_lr);
+    sc.lr_pred = o->base_lr;
+  }
+  return sc;
+}
+
+/* Batch, forward, loss, backward: accum_iters micro-batches from the loader into the zeroed
+   gradients, each loss scaled by 1 / accum_iters. *loss is their mean, *st the last one's
+   monitors. A non-finite loss stops the run (IOUPOS_ERANGE) before any weight changes. */
+static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__pt_sched *sc,
+                              double *loss, ioupos_ssl_stats *st) {
+  const ioupos_pretrain_opts *o = r->o;
+  int64_t it = r->c[IOUPOS__C_OPT_STEPS];
+  int a, rc = 0, shape[2], lshape[2];
+  shape[0] = o->crop[0];
+  shape[1] = o->crop[1];
+  *loss = 0.0;
+  if (o->method == IOUPOS_SSL_DINO) ioupos_dino_zero_grad(&r->dn);
+  else ioupos_simsiam_zero_grad(&r->ss);
+  for (a = 0; rc == 0 && a < o->accum_iters; ++a) {
+    ioupos_batch b;
+    ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)(it * o->accum_iters + a));
+    if ((rc = ioupos_loader_next(ld, &b)) != 0) break;
+    lshape[0] = b.lh;
+    lshape[1] = b.lw;
+    if (o->method == IOUPOS_SSL_DINO)
+      rc = ioupos_dino_accumulate(&r->dn, b.views[0], b.views[1], b.n_local ? b.local : NULL,
+                                  b.n_local, b.n, shape, lshape, (float)sc->teacher_temp,
+                                  1.0f / o->accum_iters, &dr, st);
+    else
+      rc = ioupos_simsiam_accumulate(&r->ss, b.views[0], b.views[1], b.n, shape,
+                                     1.0f / o->accum_iters, &dr, st);
+    if (rc) break;
+    if (!isfinite(st->loss))
+      return ioupos__fail(IOUPOS_ERANGE,
+                          "the loss is %g at epoch %lld step %lld: stopping; the last good "
+                          "checkpoint is %s/checkpoint.safetensors (if an epoch finished)",
+                          st->loss, (long long)r->c[IOUPOS__C_EPOCH] + 1,
+                          (long long)r->c[IOUPOS__C_STEP] + 1, r->io.dir);
+    *loss += st->loss / o->accum_iters;
+  }
+  return rc;
+}
+
+/* The optimiser step (SimSiam: SGD with momentum 0.9; DINO: AdamW, clipping, the frozen last
+   layer, the teacher's EMA), then the run's bookkeeping: the collapse monitor (an EMA of the
+   predictor output's std), the epoch's loss, the counters. */
+static int ioupos__pt_step(ioupos__run *r, const ioupos__pt_sched *sc, double loss,
+                           const ioupos_ssl_stats *st) {
+  const ioupos_pretrain_opts *o = r->o;
+  int rc = o->method == IOUPOS_SSL_DINO
+               ? ioupos_dino_step(&r->dn, sc->lr, sc->wd, (int)r->c[IOUPOS__C_EPOCH],
+                                  o->freeze_last_layer, (float)o->clip_grad, sc->teacher_m)
+               : ioupos_simsiam_step(&r->ss, sc->lr, sc->lr_pred, 0.9, sc->wd);
+  if (rc) return rc;
+  r->avg_std = r->c[IOUPOS__C_OPT_STEPS] == 0 ? st->p_std : 0.9 * r->avg_std + 0.1 * st->p_std;
+  r->ep_loss += loss;
+  r->ep_n += 1.0;
+  r->c[IOUPOS__C_STEP]++;
+  r->c[IOUPOS__C_OPT_STEPS]++;
+  r->clock.img_log += (double)o->batch_size * o->accum_iters;
+  ++r->io.steps_here;
+  return 0;
+}
+
+/* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line */
+static int ioupos__pt_log(ioupos__run *r, const ioupos__pt_sched *sc, double loss,
+                          const ioupos_ssl_stats *st) {
+  const ioupos_pretrain_opts *o = r->o;
+  int64_t total = (int64_t)r->spe * o->n_epochs;
+  int dim = o->method == IOUPOS_SSL_DINO ? o->out_dim : o->proj_out, rc;
+  double ips, left, collapse = ioupos_collapse_level(r->avg_std, dim);
+  char line[1024];
+  if (r->c[IOUPOS__C_OPT_STEPS] % o->log_every != 0 && r->c[IOUPOS__C_STEP] != r->spe) return 0;
+  ips = ioupos__clock_rate(&r->clock);
+  left = (double)(total - r->c[IOUPOS__C_OPT_STEPS]) * o->batch_size * o->accum_iters;
+  snprintf(line, sizeof line,
+           "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"lr\": %.6g, \"wd\": %.6g, "
+           "\"p_std\": %.6g, \"z_std\": %.6g, \"collapse\": %.6g, \"images_per_s\": %.4g}\n",
+           (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_OPT_STEPS], loss, sc->lr,
+           sc->wd, st->p_std, st->z_std, collapse, ips);
+  if ((rc = ioupos__metrics_put(&r->io, line)) != 0) return rc;
+  ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f lr %.3g collapse %.3f z_std %.4f %.1f "
+              "img/s ETA %.0f s", (long long)r->c[IOUPOS__C_EPOCH] + 1,
+              (long long)r->c[IOUPOS__C_STEP], r->spe, loss, sc->lr, collapse, st->z_std, ips,
+              ips > 0 ? left / ips : 0.0);
+  return 0;
+}
+
+/* The epoch is done: the checkpoints (checkpoint_epoch<E> and the latest), its metrics and
+   console lines. *stop when the caller asked to stop (the state is saved next). */
+static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
+  const ioupos_pretrain_opts *o = r->o;
+  long long e = (long long)++r->c[IOUPOS__C_EPOCH]; /* epochs done, the one just finished */
+  double mean = r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0;
+  char path[4200], line[512];
+  int rc;
+  r->c[IOUPOS__C_STEP] = 0;
+  snprintf(path, sizeof path, "%s/checkpoint_epoch%lld.safetensors", r->io.dir, e);
+  if ((rc = ioupos__save_checkpoint(r, path)) != 0) return rc;
+  snprintf(path, sizeof path, "%s/checkpoint.safetensors", r->io.dir);
+  if ((rc = ioupos__save_checkpoint(r, path)) != 0) return rc;
+  snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
+           "\"collapse\": %.6g, \"seconds\": %.3f}\n", e, (long long)r->c[IOUPOS__C_OPT_STEPS],
+           mean, ioupos_collapse_level(r->avg_std, o->method == IOUPOS_SSL_DINO ? o->out_dim
+                                                                               : o->proj_out),
+           ioupos__now() - r->clock.t_start);
+  if ((rc = ioupos__metrics_put(&r->io, line)) != 0) return rc;
+  ioupos__say(&r->io, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors", e,
+              mean, r->io.dir);
+  r->ep_loss = r->ep_n = 0.0;
+  if (ioupos__halted(&r->io)) *stop = 1;
+  return 0;
+}
+
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos__run *r = NULL;
   ioupos_dataset ds;
   ioupos_loader ld;
   ioupos_loader_config lc;
-  ioupos_rng root;
-  char path[4200], tmp[4200], line[2048];
-  int rc, spe, dino = o->method == IOUPOS_SSL_DINO, shape[2], lshape[2], stop = 0;
-  double t_start, t_log, img_log = 0.0;
+  char path[4200], tmp[4200];
+  int rc, spe, dino = o->method == IOUPOS_SSL_DINO, stop = 0;
   memset(&ds, 0, sizeof ds);
   memset(&ld, 0, sizeof ld);
   if ((rc = ioupos__run_check(o)) != 0) return rc;
@@ -15088,8 +15271,6 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
                       "step could be taken", o->data_dir, ld.batches_per_epoch, o->accum_iters);
     goto done;
   }
-  shape[0] = o->crop[0];
-  shape[1] = o->crop[1];
   /* the model */
   if (dino) {
     ioupos_dino_config dc;
@@ -15141,135 +15322,35 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
                                           spe)) != 0) {
     goto done;
   }
-  ioupos_rng_seed_stream(&root, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
+  ioupos_rng_seed_stream(&r->drop, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
+  r->spe = spe;
   ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s",
-                  dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
-                  o->n_epochs, r->io.dir);
-  t_start = t_log = ioupos__now();
+              dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size, o->n_epochs,
+              r->io.dir);
+  ioupos__clock_start(&r->clock);
+  /* the method, one optimiser step at a time */
   while (rc == 0 && !stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs) {
-    int64_t e = r->c[IOUPOS__C_EPOCH];
-    rc = r->c[IOUPOS__C_STEP] == 0
-             ? ioupos_loader_epoch(&ld, (int)e)
-             : ioupos_loader_seek(&ld, (int)e, (int)(r->c[IOUPOS__C_STEP] * o->accum_iters));
-    if (rc) break;
+    rc = ioupos__pt_epoch_begin(r, &ld);                      /* the epoch's sample order */
     while (rc == 0 && r->c[IOUPOS__C_STEP] < spe) {
-      int64_t it = r->c[IOUPOS__C_OPT_STEPS], total = (int64_t)spe * o->n_epochs;
-      double lr, lr2 = 0.0, wd = o->wd, tm = 0.0, ttemp = o->teacher_temp, loss = 0.0;
-      ioupos_ssl_stats sst;
-      int a;
-      if (o->stop && *o->stop) { /* e.g. a signal before this step: save the state as it is */
-        stop = 1;
-        break;
-      }
-      /* schedules */
-      if (dino) {
-        long warm = (long)(o->warmup_epochs * spe);
-        lr = ioupos_cosine_schedule((long)it, (long)total, warm, o->base_lr, o->min_lr, 0.0);
-        wd = ioupos_cosine_schedule((long)it, (long)total, 0, o->wd, o->wd_end, 0.0);
-        tm = ioupos_cosine_schedule((long)it, (long)total, 0, o->momentum_teacher, 1.0, 0.0);
-        if (e < (int64_t)o->warmup_teacher_temp_epochs && o->warmup_teacher_temp_epochs >= 1.0) {
-          long we = (long)o->warmup_teacher_temp_epochs;
-          ttemp = we > 1 ? o->warmup_teacher_temp +
-                               (o->teacher_temp - o->warmup_teacher_temp) * (double)e / (we - 1)
-                         : o->warmup_teacher_temp;
-        }
-      } else {
-        double we = o->warmup_epochs * spe;
-        if (we > 0.0 && (double)it < we) lr = o->base_lr * ((double)it + 1.0) / we;
-        else
-          lr = ioupos_cosine_annealing_lr((long)(e - (int64_t)o->warmup_epochs),
-                                          (long)(o->n_epochs - (int)o->warmup_epochs), o->base_lr,
-                                          o->end_lr);
-        lr2 = o->base_lr; /* the predictor's lr is held (research code) */
-      }
-      if (dino) ioupos_dino_zero_grad(&r->dn);
-      else ioupos_simsiam_zero_grad(&r->ss);
-      for (a = 0; rc == 0 && a < o->accum_iters; ++a) {
-        ioupos_batch b;
-        ioupos_rng dr = ioupos_rng_split(&root, (uint64_t)(it * o->accum_iters + a));
-        if ((rc = ioupos_loader_next(&ld, &b)) != 0) break;
-        lshape[0] = b.lh;
-        lshape[1] = b.lw;
-        if (dino)
-          rc = ioupos_dino_accumulate(&r->dn, b.views[0], b.views[1], b.n_local ? b.local : NULL,
-                                      b.n_local, b.n, shape, lshape, (float)ttemp,
-                                      1.0f / o->accum_iters, &dr, &sst);
-        else
-          rc = ioupos_simsiam_accumulate(&r->ss, b.views[0], b.views[1], b.n, shape,
-                                         1.0f / o->accum_iters, &dr, &sst);
-        if (rc) break;
-        if (!isfinite(sst.loss)) {
-          rc = ioupos__fail(IOUPOS_ERANGE,
-                            "the loss is %g at epoch %lld step %lld: stopping; the last good "
-                            "checkpoint is %s/checkpoint.safetensors (if an epoch finished)",
-                            sst.loss, (long long)e + 1, (long long)r->c[IOUPOS__C_STEP] + 1, r->io.dir);
-          break;
-        }
-        loss += sst.loss / o->accum_iters;
-      }
-      if (rc) break;
-      rc = dino ? ioupos_dino_step(&r->dn, lr, wd, (int)e, o->freeze_last_layer,
-                                   (float)o->clip_grad, tm)
-                : ioupos_simsiam_step(&r->ss, lr, lr2, 0.9, wd);
-      if (rc) break;
-      r->avg_std = it == 0 ? sst.p_std : 0.9 * r->avg_std + 0.1 * sst.p_std;
-      r->ep_loss += loss;
-      r->ep_n += 1.0;
-      r->c[IOUPOS__C_STEP]++;
-      r->c[IOUPOS__C_OPT_STEPS]++;
-      img_log += (double)o->batch_size * o->accum_iters;
-      ++r->io.steps_here;
-      if (r->c[IOUPOS__C_OPT_STEPS] % o->log_every == 0 || r->c[IOUPOS__C_STEP] == spe) {
-        double now = ioupos__now(), ips = img_log / (now - t_log > 1e-9 ? now - t_log : 1e-9);
-        double left = (double)(total - r->c[IOUPOS__C_OPT_STEPS]) * o->batch_size * o->accum_iters;
-        int dim = dino ? o->out_dim : o->proj_out;
-        snprintf(line, sizeof line,
-                 "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"lr\": %.6g, \"wd\": %.6g, "
-                 "\"p_std\": %.6g, \"z_std\": %.6g, \"collapse\": %.6g, \"images_per_s\": %.4g}\n",
-                 (long long)e + 1, (long long)r->c[IOUPOS__C_OPT_STEPS], loss, lr, wd, sst.p_std,
-                 sst.z_std, ioupos_collapse_level(r->avg_std, dim), ips);
-        if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
-        ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f lr %.3g collapse %.3f z_std %.4f "
-                        "%.1f img/s ETA %.0f s", (long long)e + 1, (long long)r->c[IOUPOS__C_STEP],
-                        spe, loss, lr, ioupos_collapse_level(r->avg_std, dim), sst.z_std, ips,
-                        ips > 0 ? left / ips : 0.0);
-        t_log = now;
-        img_log = 0.0;
-      }
-      if (ioupos__halted(&r->io) && r->c[IOUPOS__C_STEP] < spe) {
-        stop = 1;
-        break;
-      }
+      ioupos__pt_sched sc;
+      ioupos_ssl_stats st;
+      double loss;
+      if (o->stop && *o->stop) { stop = 1; break; }           /* a signal before this step */
+      sc = ioupos__pt_schedules(r);                           /* lr, wd, teacher */
+      rc = ioupos__pt_batches(r, &ld, &sc, &loss, &st);       /* batch, forward, loss, backward */
+      if (rc == 0) rc = ioupos__pt_step(r, &sc, loss, &st);   /* optimiser step */
+      if (rc == 0) rc = ioupos__pt_log(r, &sc, loss, &st);    /* log */
+      if (rc == 0 && ioupos__halted(&r->io) && r->c[IOUPOS__C_STEP] < spe) stop = 1;
+      if (stop) break;
     }
-    if (rc) break;
-    if (!stop) {
-      /* the epoch is done: checkpoint (per epoch and latest) and state */
-      r->c[IOUPOS__C_EPOCH]++;
-      r->c[IOUPOS__C_STEP] = 0;
-      snprintf(tmp, sizeof tmp, "%s/checkpoint_epoch%lld.safetensors", r->io.dir,
-               (long long)r->c[IOUPOS__C_EPOCH]);
-      if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
-      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->io.dir);
-      if ((rc = ioupos__save_checkpoint(r, tmp)) != 0) break;
-      snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
-               "\"collapse\": %.6g, \"seconds\": %.3f}\n", (long long)e + 1,
-               (long long)r->c[IOUPOS__C_OPT_STEPS], r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0,
-               ioupos_collapse_level(r->avg_std, dino ? o->out_dim : o->proj_out),
-               ioupos__now() - t_start);
-      if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
-      ioupos__say(&r->io, "epoch %lld done: mean loss %.5f, checkpoint %s/checkpoint.safetensors",
-                      (long long)e + 1, r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, r->io.dir);
-      r->ep_loss = r->ep_n = 0.0;
-      if (ioupos__halted(&r->io)) stop = 1;
-    }
-    snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
-    if ((rc = ioupos__save_state(r, path)) != 0) break;
+    if (rc == 0 && !stop) rc = ioupos__pt_epoch_end(r, &stop); /* checkpoint */
+    if (rc == 0) rc = ioupos__save_state(r, path);           /* state */
   }
   if (rc == 0 && stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs)
     ioupos__say(&r->io, "%s after %ld optimiser steps in this process, at epoch %lld step %lld/%d; "
-                    "the state is saved: --resume continues from %s",
-                    ioupos__halt_reason(&r->io), r->io.steps_here,
-                    (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP], spe, path);
+                "the state is saved: --resume continues from %s", ioupos__halt_reason(&r->io),
+                r->io.steps_here, (long long)r->c[IOUPOS__C_EPOCH] + 1,
+                (long long)r->c[IOUPOS__C_STEP], spe, path);
 done:
   if (r) ioupos__run_dir_release(&r->io, rc);
   ioupos_loader_close(&ld);
@@ -17564,6 +17645,17 @@ typedef struct ioupos__ft {
   double ep_loss, ep_n;
   ioupos_seg_set train, val, test;
   int has_test;
+  ioupos__clock clock;
+  ioupos_rng drop;    /* the root of the drop-path draws (split by step) */
+  int spe;            /* steps per epoch */
+  /* one training batch of B crops, K classes, npix pixels each */
+  int B, K;
+  size_t npix;
+  float *x, *ddev;    /* backend: the crops, the logits' gradient */
+  float *hlog, *prob, *dlog; /* host: logits, softmax, their gradient (B x K x npix) */
+  int *target;        /* host: labels (B x npix) */
+  double *stats;      /* Dice-CE per (crop, class) sums and the two loss parts */
+  ioupos_batch b;     /* the loader's batch */
 } ioupos__ft;
 
 static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
@@ -17893,19 +17985,162 @@ done:
   return rc;
 }
 
+/* ---- the steps of a fine-tuning run, in the order the loop takes them ---- */
+
+static int ioupos__ft_epoch_begin(ioupos__ft *r, ioupos_loader *ld) {
+  int e = (int)r->c[IOUPOS__FT_EPOCH], step = (int)r->c[IOUPOS__FT_STEP];
+  return step == 0 ? ioupos_loader_epoch(ld, e) : ioupos_loader_seek(ld, e, step);
+}
+
+/* lr: linear warm-up from 0, then cosine to end_lr, per step */
+static double ioupos__ft_lr(const ioupos__ft *r) {
+  const ioupos_finetune_opts *o = r->o;
+  long total = (long)((int64_t)r->spe * o->n_epochs), warm = (long)(o->warmup_epochs * r->spe);
+  return ioupos_cosine_schedule((long)r->c[IOUPOS__FT_OPT_STEPS], total, warm, o->base_lr,
+                                o->end_lr, 0.0);
+}
+
+/* the batch: B crops and their labels from the loader (ids checked), the crops to the backend */
+static int ioupos__ft_batch(ioupos__ft *r, ioupos_loader *ld) {
+  const ioupos_backend *be = r->p.be;
+  size_t q, n = (size_t)r->B * r->npix;
+  int rc = ioupos_loader_next(ld, &r->b);
+  if (rc) return rc;
+  if (r->b.n != r->B)
+    return ioupos__fail(IOUPOS_EINVAL, "internal: batch of %d crops, planned %d", r->b.n, r->B);
+  for (q = 0; q < n; ++q) {
+    r->target[q] = (int)r->b.label[q];
+    if (r->target[q] < 0 || r->target[q] >= r->K)
+      return ioupos__fail(IOUPOS_EINVAL, "%s: label %d outside [0, %d) (--n_classes %d)",
+                          r->train.ds.labels[r->b.source[q / r->npix]], r->target[q], r->K,
+                          r->K);
+  }
+  be->upload(r->x, r->b.image, n * sizeof(float));
+  return 0;
+}
+
+/* forward, loss (MONAI DiceCELoss on the host), backward into the zeroed gradients. A
+   non-finite loss stops the run (IOUPOS_ERANGE) before any weight changes. */
+static int ioupos__ft_forward_backward(ioupos__ft *r, double *loss) {
+  const ioupos_backend *be = r->p.be;
+  size_t nlog = (size_t)r->B * r->K * r->npix;
+  ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)r->c[IOUPOS__FT_OPT_STEPS]);
+  int rc;
+  be->zero(r->p.grad, r->p.table.total * sizeof(float));
+  if ((rc = ioupos_swinunetr_forward(&r->m, &r->p, r->x, 1, &dr)) != 0) return rc;
+  be->download(r->hlog, ioupos_swinunetr_logits(&r->m), nlog * sizeof(float));
+  *loss = ioupos_dicece_forward(r->prob, r->stats, r->hlog, r->target, r->B, r->K,
+                                (long)r->npix, NULL);
+  if (!isfinite(*loss))
+    return ioupos__fail(IOUPOS_ERANGE,
+                        "the loss is %g at epoch %lld step %lld: stopping; the last good "
+                        "checkpoint is %s/checkpoint.safetensors (if an epoch finished)", *loss,
+                        (long long)r->c[IOUPOS__FT_EPOCH] + 1,
+                        (long long)r->c[IOUPOS__FT_STEP] + 1, r->io.dir);
+  memset(r->dlog, 0, nlog * sizeof(float));
+  ioupos_dicece_backward(r->dlog, 1.0f, r->prob, r->stats, r->target, r->B, r->K, (long)r->npix,
+                         NULL);
+  be->upload(r->ddev, r->dlog, nlog * sizeof(float));
+  return ioupos_swinunetr_backward(&r->m, &r->p, r->ddev, NULL);
+}
+
+/* AdamW (0.9, 0.999, eps 1e-8; no decay on biases and 1-D tensors) on every trained tensor,
+   then the bookkeeping: the epoch's loss, the counters */
+static int ioupos__ft_step(ioupos__ft *r, double lr, double loss) {
+  const ioupos_backend *be = r->p.be;
+  int i, rc, t1 = (int)(r->c[IOUPOS__FT_OPT_STEPS] + 1);
+  for (i = 0; i < r->p.table.n; ++i) {
+    const ioupos_tensor_info *t = &r->p.table.t[i];
+    if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+      continue;
+    be->adamw_step(r->p.value + t->offset, r->p.grad + t->offset, r->m1 + t->offset,
+                   r->m2 + t->offset, t->numel, (float)lr, 0.9f, 0.999f, 1e-8f,
+                   (t->flags & IOUPOS_TENSOR_NO_DECAY) ? 0.0f : (float)r->o->wd, t1);
+  }
+  if ((rc = be->sync()) != 0) return rc;
+  r->ep_loss += loss;
+  r->ep_n += 1.0;
+  r->c[IOUPOS__FT_STEP]++;
+  r->c[IOUPOS__FT_OPT_STEPS]++;
+  r->clock.img_log += (double)r->o->batch_size;
+  ++r->io.steps_here;
+  return 0;
+}
+
+/* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line */
+static int ioupos__ft_log_step(ioupos__ft *r, double lr, double loss) {
+  const double *parts = r->stats + 3 * (size_t)r->B * r->K; /* the Dice and CE parts */
+  double ips;
+  char line[1024];
+  int rc;
+  if (r->c[IOUPOS__FT_OPT_STEPS] % r->o->log_every != 0 && r->c[IOUPOS__FT_STEP] != r->spe)
+    return 0;
+  ips = ioupos__clock_rate(&r->clock);
+  snprintf(line, sizeof line,
+           "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"dice_loss\": %.6g, "
+           "\"ce_loss\": %.6g, \"lr\": %.6g, \"slices_per_s\": %.4g}\n",
+           (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
+           parts[0], parts[1], lr, ips);
+  if ((rc = ioupos__metrics_put(&r->io, line)) != 0) return rc;
+  ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
+              "slices/s", (long long)r->c[IOUPOS__FT_EPOCH] + 1,
+              (long long)r->c[IOUPOS__FT_STEP], r->spe, loss, parts[0], parts[1], lr, ips);
+  return 0;
+}
+
+/* The epoch is done: its metrics and console lines, checkpoint.safetensors, and every
+   eval_every epochs (and after the last) the validation, which may stop the run early.
+   *stop when the caller asked to stop (the state is saved next). */
+static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
+  const ioupos_finetune_opts *o = r->o;
+  long long e = (long long)++r->c[IOUPOS__FT_EPOCH]; /* epochs done, the one just finished */
+  int last = e == o->n_epochs, early = 0, rc;
+  double mean = r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0;
+  char line[512], path[4200];
+  r->c[IOUPOS__FT_STEP] = 0;
+  snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
+           "\"seconds\": %.3f}\n", e, (long long)r->c[IOUPOS__FT_OPT_STEPS], mean,
+           ioupos__now() - r->clock.t_start);
+  if ((rc = ioupos__metrics_put(&r->io, line)) != 0) return rc;
+  ioupos__say(&r->io, "epoch %lld done: mean loss %.5f", e, mean);
+  r->ep_loss = r->ep_n = 0.0;
+  snprintf(path, sizeof path, "%s/checkpoint.safetensors", r->io.dir);
+  if ((rc = ioupos__ft_save_model(r, path, NULL)) != 0) return rc;
+  if (e % o->eval_every == 0 || last)
+    if ((rc = ioupos__ft_validate(r, &early)) != 0) return rc;
+  if (ioupos__halted(&r->io) && !last && !early) *stop = 1;
+  return 0;
+}
+
+/* the batch workspace of B crops (training only) */
+static int ioupos__ft_alloc_batch(ioupos__ft *r) {
+  const ioupos_backend *be = r->p.be;
+  size_t nlog;
+  int rc, shape[2];
+  r->B = r->o->batch_size * r->o->n_crops_per_ct;
+  shape[0] = shape[1] = r->o->crop;
+  if ((rc = ioupos_swinunetr_plan(&r->m, &r->p, r->B, shape)) != 0) return rc;
+  nlog = (size_t)r->B * (size_t)r->K * r->npix;
+  r->x = (float *)be->alloc((size_t)r->B * r->npix * sizeof(float));
+  r->ddev = (float *)be->alloc(nlog * sizeof(float));
+  r->hlog = (float *)ioupos__calloc(nlog, sizeof(float));
+  r->prob = (float *)ioupos__calloc(nlog, sizeof(float));
+  r->dlog = (float *)ioupos__calloc(nlog, sizeof(float));
+  r->target = (int *)ioupos__calloc((size_t)r->B * r->npix, sizeof(int));
+  r->stats = (double *)ioupos__calloc(IOUPOS_DICECE_STATS(r->B, r->K), sizeof(double));
+  if (!r->x || !r->ddev || !r->hlog || !r->prob || !r->dlog || !r->target || !r->stats)
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory for a batch of %d crops", r->B);
+  return 0;
+}
+
 IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res) {
   ioupos__ft *r = NULL;
   ioupos_loader ld;
   ioupos_loader_config lc;
-  ioupos_rng root;
-  char path[4200], tmp[4200], line[2048];
+  char path[4200], tmp[4200];
   const ioupos_backend *be = ioupos_backend_cpu();
-  float *x = NULL, *hlog = NULL, *prob = NULL, *dlog = NULL, *ddev = NULL;
-  int *target = NULL;
-  double *stats = NULL;
-  int rc, spe = 0, stop = 0, i, B = 0, K;
-  size_t npix, nlog = 0;
-  double t_start, t_log, img_log = 0.0;
+  int rc, spe = 0, stop = 0, K;
+  size_t npix;
   memset(&ld, 0, sizeof ld);
   if (res) memset(res, 0, sizeof *res);
   if (!o) return ioupos__fail(IOUPOS_EINVAL, "ioupos_finetune_run: NULL options");
@@ -18032,145 +18267,47 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     ioupos__say(&r->io, "evaluation only (--n_epochs 0): val %d cases / %d slices, test %d cases / "
                    "%d slices, windows of %d x %d -> %s", r->val.n_cases, r->val.ds.n,
                    r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->io.dir);
-  if (o->n_epochs > 0) {
-    B = o->batch_size * o->n_crops_per_ct;
-    {
-      const int shape[2] = {o->crop, o->crop};
-      if ((rc = ioupos_swinunetr_plan(&r->m, &r->p, B, shape)) != 0) goto done;
-    }
-    nlog = (size_t)B * (size_t)K * npix;
-    x = (float *)be->alloc((size_t)B * npix * sizeof(float));
-    ddev = (float *)be->alloc(nlog * sizeof(float));
-    hlog = (float *)ioupos__calloc(nlog, sizeof(float));
-    prob = (float *)ioupos__calloc(nlog, sizeof(float));
-    dlog = (float *)ioupos__calloc(nlog, sizeof(float));
-    target = (int *)ioupos__calloc((size_t)B * npix, sizeof(int));
-    stats = (double *)ioupos__calloc(IOUPOS_DICECE_STATS(B, K), sizeof(double));
-    if (!x || !ddev || !hlog || !prob || !dlog || !target || !stats) {
-      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for a batch of %d crops", B);
-      goto done;
-    }
-  }
-  ioupos_rng_seed_stream(&root, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
-  t_start = t_log = ioupos__now();
+  r->K = K;
+  r->npix = npix;
+  r->spe = spe;
+  if (o->n_epochs > 0 && (rc = ioupos__ft_alloc_batch(r)) != 0) goto done;
+  ioupos_rng_seed_stream(&r->drop, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
+  ioupos__clock_start(&r->clock);
+  /* the method, one optimiser step at a time */
   while (rc == 0 && !stop && !r->c[IOUPOS__FT_STOPPED] && r->c[IOUPOS__FT_EPOCH] < o->n_epochs) {
-    int64_t e = r->c[IOUPOS__FT_EPOCH];
-    rc = r->c[IOUPOS__FT_STEP] == 0 ? ioupos_loader_epoch(&ld, (int)e)
-                                    : ioupos_loader_seek(&ld, (int)e, (int)r->c[IOUPOS__FT_STEP]);
-    if (rc) break;
+    rc = ioupos__ft_epoch_begin(r, &ld);                     /* the epoch's sample order */
     while (rc == 0 && r->c[IOUPOS__FT_STEP] < spe) {
-      int64_t it = r->c[IOUPOS__FT_OPT_STEPS], total = (int64_t)spe * o->n_epochs;
-      long warm = (long)(o->warmup_epochs * spe);
-      double lr = ioupos_cosine_schedule((long)it, (long)total, warm, o->base_lr, o->end_lr, 0.0);
-      double loss;
-      ioupos_batch b;
-      ioupos_rng dr = ioupos_rng_split(&root, (uint64_t)it);
-      size_t q;
-      if ((rc = ioupos_loader_next(&ld, &b)) != 0) break;
-      if (b.n != B) {
-        rc = ioupos__fail(IOUPOS_EINVAL, "internal: batch of %d crops, planned %d", b.n, B);
-        break;
-      }
-      for (q = 0; q < (size_t)B * npix; ++q) target[q] = (int)b.label[q];
-      for (q = 0; q < (size_t)B * npix; ++q)
-        if (target[q] < 0 || target[q] >= K) {
-          rc = ioupos__fail(IOUPOS_EINVAL, "%s: label %d outside [0, %d) (--n_classes %d)",
-                            r->train.ds.labels[b.source[q / npix]], target[q], K, K);
-          break;
-        }
-      if (rc) break;
-      be->upload(x, b.image, (size_t)B * npix * sizeof(float));
-      be->zero(r->p.grad, r->p.table.total * sizeof(float));
-      if ((rc = ioupos_swinunetr_forward(&r->m, &r->p, x, 1, &dr)) != 0) break;
-      be->download(hlog, ioupos_swinunetr_logits(&r->m), nlog * sizeof(float));
-      loss = ioupos_dicece_forward(prob, stats, hlog, target, B, K, (long)npix, NULL);
-      if (!isfinite(loss)) {
-        rc = ioupos__fail(IOUPOS_ERANGE,
-                          "the loss is %g at epoch %lld step %lld: stopping; the last good "
-                          "checkpoint is %s/checkpoint.safetensors (if an epoch finished)", loss,
-                          (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP] + 1, r->io.dir);
-        break;
-      }
-      memset(dlog, 0, nlog * sizeof(float));
-      ioupos_dicece_backward(dlog, 1.0f, prob, stats, target, B, K, (long)npix, NULL);
-      be->upload(ddev, dlog, nlog * sizeof(float));
-      if ((rc = ioupos_swinunetr_backward(&r->m, &r->p, ddev, NULL)) != 0) break;
-      for (i = 0; i < r->p.table.n; ++i) {
-        const ioupos_tensor_info *t = &r->p.table.t[i];
-        if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
-          continue;
-        be->adamw_step(r->p.value + t->offset, r->p.grad + t->offset, r->m1 + t->offset,
-                       r->m2 + t->offset, t->numel, (float)lr, 0.9f, 0.999f, 1e-8f,
-                       (t->flags & IOUPOS_TENSOR_NO_DECAY) ? 0.0f : (float)o->wd, (int)(it + 1));
-      }
-      if ((rc = be->sync()) != 0) break;
-      r->ep_loss += loss;
-      r->ep_n += 1.0;
-      r->c[IOUPOS__FT_STEP]++;
-      r->c[IOUPOS__FT_OPT_STEPS]++;
-      img_log += (double)o->batch_size;
-      ++r->io.steps_here;
-      if (r->c[IOUPOS__FT_OPT_STEPS] % o->log_every == 0 || r->c[IOUPOS__FT_STEP] == spe) {
-        double now = ioupos__now(), ips = img_log / (now - t_log > 1e-9 ? now - t_log : 1e-9);
-        snprintf(line, sizeof line,
-                 "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"dice_loss\": %.6g, "
-                 "\"ce_loss\": %.6g, \"lr\": %.6g, \"slices_per_s\": %.4g}\n",
-                 (long long)e + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
-                 stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
-        if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
-        ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
-                       "slices/s", (long long)e + 1, (long long)r->c[IOUPOS__FT_STEP], spe, loss,
-                       stats[3 * (size_t)B * K], stats[3 * (size_t)B * K + 1], lr, ips);
-        t_log = now;
-        img_log = 0.0;
-      }
-      if (ioupos__halted(&r->io) && r->c[IOUPOS__FT_STEP] < spe) {
-        stop = 1;
-        break;
-      }
+      double lr = ioupos__ft_lr(r), loss = 0.0;              /* lr */
+      rc = ioupos__ft_batch(r, &ld);                         /* batch */
+      if (rc == 0) rc = ioupos__ft_forward_backward(r, &loss); /* forward, loss, backward */
+      if (rc == 0) rc = ioupos__ft_step(r, lr, loss);        /* optimiser step */
+      if (rc == 0) rc = ioupos__ft_log_step(r, lr, loss);    /* log */
+      if (rc == 0 && ioupos__halted(&r->io) && r->c[IOUPOS__FT_STEP] < spe) stop = 1;
+      if (stop) break;
     }
-    if (rc) break;
-    if (!stop) {
-      int last = e + 1 == o->n_epochs, es = 0;
-      r->c[IOUPOS__FT_EPOCH]++;
-      r->c[IOUPOS__FT_STEP] = 0;
-      snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
-               "\"seconds\": %.3f}\n", (long long)e + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS],
-               r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0, ioupos__now() - t_start);
-      if ((rc = ioupos__metrics_put(&r->io, line)) != 0) break;
-      ioupos__say(&r->io, "epoch %lld done: mean loss %.5f", (long long)e + 1,
-                     r->ep_n > 0 ? r->ep_loss / r->ep_n : 0.0);
-      r->ep_loss = r->ep_n = 0.0;
-      snprintf(tmp, sizeof tmp, "%s/checkpoint.safetensors", r->io.dir);
-      if ((rc = ioupos__ft_save_model(r, tmp, NULL)) != 0) break;
-      if (r->c[IOUPOS__FT_EPOCH] % o->eval_every == 0 || last)
-        if ((rc = ioupos__ft_validate(r, &es)) != 0) break;
-      if (ioupos__halted(&r->io) && !last && !es) stop = 1;
-    }
-    snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
-    if ((rc = ioupos__ft_save_state(r, path)) != 0) break;
+    if (rc == 0 && !stop) rc = ioupos__ft_epoch_end(r, &stop); /* checkpoint, evaluate */
+    if (rc == 0) rc = ioupos__ft_save_state(r, path);       /* state */
   }
   if (rc == 0 && stop) {
     ioupos__say(&r->io, "%s after %ld steps in this process, at epoch %lld step %lld/%d; the "
-                   "state is saved: --resume continues from %s",
-                   ioupos__halt_reason(&r->io), r->io.steps_here,
-                   (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_STEP], spe,
-                   path);
+                "state is saved: --resume continues from %s", ioupos__halt_reason(&r->io),
+                r->io.steps_here, (long long)r->c[IOUPOS__FT_EPOCH] + 1,
+                (long long)r->c[IOUPOS__FT_STEP], spe, path);
     if (res) res->epochs_done = (int)r->c[IOUPOS__FT_EPOCH];
   } else if (rc == 0) {
-    rc = ioupos__ft_final(r, res);
+    rc = ioupos__ft_final(r, res);                           /* the final evaluation */
   }
 done:
   if (r) ioupos__run_dir_release(&r->io, rc);
   ioupos_loader_close(&ld);
-  be->release(x);
-  be->release(ddev);
-  IOUPOS_FREE(hlog);
-  IOUPOS_FREE(prob);
-  IOUPOS_FREE(dlog);
-  IOUPOS_FREE(target);
-  IOUPOS_FREE(stats);
   if (r) {
+    be->release(r->x);
+    be->release(r->ddev);
+    IOUPOS_FREE(r->hlog);
+    IOUPOS_FREE(r->prob);
+    IOUPOS_FREE(r->dlog);
+    IOUPOS_FREE(r->target);
+    IOUPOS_FREE(r->stats);
     be->release(r->m1);
     be->release(r->m2);
     ioupos_swinunetr_free(&r->m);
