@@ -9052,7 +9052,9 @@ extern "C" {
    section; the public function picks one in one line, IOUPOS__IMPL(ioupos__<layer>)(...): the
    fast path in builds with AVX2+FMA or OpenMP, the reference otherwise, or everywhere when
    IOUPOS_LAYERS_REF is defined. A layer without a fast path is its own reference (an
-   IOUPOS__PFOR over independent iterations changes no result). The layer norm and the bias sums
+   IOUPOS__PFOR over independent iterations changes no result); patch embedding, patch merging
+   and the MLP are compositions of the layers here. The linear layer's fast path is the GEMM
+   (section 10) in every build, its reference is for the tests. The layer norm and the bias sums
    add in the same order in both versions (the references keep the fast paths' lanes and row
    chunks, so no result depends on which one a build runs); GELU's and window attention's SIMD
    kernels round differently (tests/test_threads.c, part 6, has the tolerances). The tests
@@ -11977,6 +11979,10 @@ done:
 extern "C" {
 #endif
 
+/* Every function of this section is its own plain reference (section 11, HOW SECTIONS 11 AND 12
+   ARE LAID OUT): scalar loops, sums in double, no SIMD lanes or threads. The weight-normalised
+   linear's products are section 11's linear layer (the GEMM, whose reference is there). */
+
 static double ioupos__wl_norm(const float *x, int C) {
   double s = 0.0;
   int c;
@@ -14828,6 +14834,13 @@ extern "C" {
    anything but the shapes (see section 10, THREADS AND DETERMINISM). */
 #define IOUPOS__CONV_BLOCK 4096
 
+/* Each layer of this section is first a plain reference: the convolutions' are the static
+   ioupos__conv_forward_ref / _backward_ref and ioupos__conv_transpose_forward_ref / _backward_ref
+   (direct loops, double sums) beside the public im2col + GEMM versions, which run in every build
+   (tests/test_decoder.c compares them within the GEMM's error bound). Instance norm, leaky ReLU
+   and the concatenation are their own references (loops over independent planes or channels on
+   the threads change no result); the blocks are compositions of these layers. */
+
 /* Spatial geometry on 3 internal axes: 2D is a leading axis of size 1 (kernel depth 1). */
 typedef struct ioupos__cgeom {
   int S[3];  /* spatial sizes, slowest first */
@@ -14901,6 +14914,86 @@ IOUPOS_DEF void ioupos_to_channels_last_backward(float *dinp, const float *dout,
 }
 
 /* ---- convolution ---- */
+/* The input position under tap t (raster order over the kernel, slowest axis first) of the
+   "same" kernel centred on plane position p: 1 and its plane index in *q when inside. */
+static int ioupos__conv_tap(const ioupos__cgeom *g, size_t p, int t, size_t *q) {
+  const size_t HW = (size_t)g->S[1] * g->S[2];
+  int z = (int)(p / HW) + t / (g->kk[1] * g->kk[2]) - g->kk[0] / 2;
+  int y = (int)(p % HW / (size_t)g->S[2]) + t / g->kk[2] % g->kk[1] - g->kk[1] / 2;
+  int x = (int)(p % (size_t)g->S[2]) + t % g->kk[2] - g->kk[2] / 2;
+  if (z < 0 || z >= g->S[0] || y < 0 || y >= g->S[1] || x < 0 || x >= g->S[2]) return 0;
+  *q = ((size_t)z * g->S[1] + y) * g->S[2] + x;
+  return 1;
+}
+
+/* out[B][Cout][n] = bias[co] + sum over ci and the kv = k^dims taps t of weight[co][ci][t] *
+   inp[b][ci][position under t] (zero outside: "same" padding, stride 1), n positions per plane;
+   in double, rounded once. Valid arguments (ioupos_conv_forward checks them). */
+IOUPOS__REF void ioupos__conv_forward_ref(float *out, const float *inp, const float *weight,
+                                          const float *bias, int dims, int B, int Cin,
+                                          const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  size_t p, q;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, k);
+  for (b = 0; b < B; ++b)
+    for (co = 0; co < Cout; ++co)
+      for (p = 0; p < g.n; ++p) {
+        double s = bias ? bias[co] : 0.0;
+        for (ci = 0; ci < Cin; ++ci)
+          for (t = 0; t < (int)g.kv; ++t)
+            if (ioupos__conv_tap(&g, p, t, &q))
+              s += (double)weight[((size_t)co * Cin + ci) * g.kv + t] *
+                   inp[((size_t)b * Cin + ci) * g.n + q];
+        out[((size_t)b * Cout + co) * g.n + p] = (float)s;
+      }
+}
+
+/* Gradients of ioupos__conv_forward_ref, each sum in double: dinp[b][ci][q] += sum over co and
+   the taps t that read q (from p) of weight[co][ci][t] dout[b][co][p]; dweight[co][ci][t] +=
+   sum over b and p of dout[b][co][p] inp[b][ci][under t]; dbias[co] += sum of dout[.][co][.].
+   ACCUMULATES (each may be NULL). */
+IOUPOS__REF void ioupos__conv_backward_ref(float *dinp, float *dweight, float *dbias,
+                                           const float *dout, const float *inp,
+                                           const float *weight, int dims, int B, int Cin,
+                                           const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  size_t p, q;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, k);
+  for (b = 0; dinp && b < B; ++b)
+    for (ci = 0; ci < Cin; ++ci)
+      for (q = 0; q < g.n; ++q) {
+        double s = 0.0;
+        for (co = 0; co < Cout; ++co)
+          for (t = 0; t < (int)g.kv; ++t) /* tap t reads q from p = q - its offset: the position
+                                              under the mirrored tap kv - 1 - t (k odd) */
+            if (ioupos__conv_tap(&g, q, (int)g.kv - 1 - t, &p))
+              s += (double)weight[((size_t)co * Cin + ci) * g.kv + t] *
+                   dout[((size_t)b * Cout + co) * g.n + p];
+        dinp[((size_t)b * Cin + ci) * g.n + q] += (float)s;
+      }
+  for (co = 0; co < Cout; ++co) {
+    double sb = 0.0;
+    for (ci = 0; dweight && ci < Cin; ++ci)
+      for (t = 0; t < (int)g.kv; ++t) {
+        double s = 0.0;
+        for (b = 0; b < B; ++b)
+          for (p = 0; p < g.n; ++p)
+            if (ioupos__conv_tap(&g, p, t, &q))
+              s += (double)dout[((size_t)b * Cout + co) * g.n + p] *
+                   inp[((size_t)b * Cin + ci) * g.n + q];
+        dweight[((size_t)co * Cin + ci) * g.kv + t] += (float)s;
+      }
+    for (b = 0; dbias && b < B; ++b)
+      for (p = 0; p < g.n; ++p) sb += dout[((size_t)b * Cout + co) * g.n + p];
+    if (dbias) dbias[co] += (float)sb;
+  }
+}
+
+/* The public convolution: im2col + GEMM, the columns of blocks of IOUPOS__CONV_BLOCK positions
+   (its fast path, in every build: the GEMM of section 10). */
+
 /* Rows of the column block: row r = (ci, a, e, f) in torch's weight order, column j = position
    p0 + j of the sample (p0 <= p < p1). dir 0: col[r][j] = img[ci][pos + tap offset] (0 outside);
    dir 1: img[ci][pos + offset] += col[r][j] (rows of one ci on one thread, in row order). */
@@ -15053,6 +15146,81 @@ IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, f
 }
 
 /* ---- transposed convolution, kernel 2 stride 2 ---- */
+/* Output plane index of input position p under tap t of the 2^dims kernel of stride 2. */
+static size_t ioupos__tconv_out(const ioupos__cgeom *g, size_t p, int t) {
+  const size_t HW = (size_t)g->S[1] * g->S[2];
+  size_t z = p / HW * g->kk[0] + t / (g->kk[1] * g->kk[2]);
+  size_t y = p % HW / (size_t)g->S[2] * 2 + t / g->kk[2] % g->kk[1];
+  size_t x = p % (size_t)g->S[2] * 2 + t % g->kk[2];
+  return (z * ((size_t)g->S[1] * 2) + y) * ((size_t)g->S[2] * 2) + x;
+}
+
+/* out[b][co][under tap t of p] = bias[co] + sum_ci inp[b][ci][p] weight[ci][co][t] for every
+   input position p and tap t (each output has exactly one); in double, rounded once. */
+IOUPOS__REF void ioupos__conv_transpose_forward_ref(float *out, const float *inp,
+                                                    const float *weight, const float *bias,
+                                                    int dims, int B, int Cin, const int shape[],
+                                                    int Cout) {
+  ioupos__cgeom g;
+  size_t p;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, 2);
+  for (b = 0; b < B; ++b)
+    for (co = 0; co < Cout; ++co)
+      for (p = 0; p < g.n; ++p)
+        for (t = 0; t < (int)g.kv; ++t) {
+          double s = bias ? bias[co] : 0.0;
+          for (ci = 0; ci < Cin; ++ci)
+            s += (double)inp[((size_t)b * Cin + ci) * g.n + p] *
+                 weight[((size_t)ci * Cout + co) * g.kv + t];
+          out[((size_t)b * Cout + co) * g.n * g.kv + ioupos__tconv_out(&g, p, t)] = (float)s;
+        }
+}
+
+/* Its gradients, each sum in double: dinp[b][ci][p] += sum over co, t of weight[ci][co][t]
+   dout[b][co][under t of p]; dweight[ci][co][t] += sum over b, p of inp[b][ci][p]
+   dout[b][co][under t of p]; dbias[co] += sum of dout[.][co][.]. ACCUMULATES (each may be
+   NULL). shape is the input's. */
+IOUPOS__REF void ioupos__conv_transpose_backward_ref(float *dinp, float *dweight, float *dbias,
+                                                     const float *dout, const float *inp,
+                                                     const float *weight, int dims, int B,
+                                                     int Cin, const int shape[], int Cout) {
+  ioupos__cgeom g;
+  size_t p, no;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, 2);
+  no = g.n * g.kv; /* outputs per plane */
+  for (b = 0; dinp && b < B; ++b)
+    for (ci = 0; ci < Cin; ++ci)
+      for (p = 0; p < g.n; ++p) {
+        double s = 0.0;
+        for (co = 0; co < Cout; ++co)
+          for (t = 0; t < (int)g.kv; ++t)
+            s += (double)weight[((size_t)ci * Cout + co) * g.kv + t] *
+                 dout[((size_t)b * Cout + co) * no + ioupos__tconv_out(&g, p, t)];
+        dinp[((size_t)b * Cin + ci) * g.n + p] += (float)s;
+      }
+  for (ci = 0; dweight && ci < Cin; ++ci)
+    for (co = 0; co < Cout; ++co)
+      for (t = 0; t < (int)g.kv; ++t) {
+        double s = 0.0;
+        for (b = 0; b < B; ++b)
+          for (p = 0; p < g.n; ++p)
+            s += (double)inp[((size_t)b * Cin + ci) * g.n + p] *
+                 dout[((size_t)b * Cout + co) * no + ioupos__tconv_out(&g, p, t)];
+        dweight[((size_t)ci * Cout + co) * g.kv + t] += (float)s;
+      }
+  for (co = 0; dbias && co < Cout; ++co) {
+    double s = 0.0;
+    for (b = 0; b < B; ++b)
+      for (p = 0; p < no; ++p) s += dout[((size_t)b * Cout + co) * no + p];
+    dbias[co] += (float)s;
+  }
+}
+
+/* The public transposed convolution: a GEMM per block of IOUPOS__CONV_BLOCK input positions,
+   then a scatter (its fast path, in every build). */
+
 /* Between tmp[(co, a, e, f)][j] (input position p0 + j) and an image [co][output position].
    dir 0: img_out = tmp (+ bias); dir 1: tmp = img_in (gather of the gradient). One co per
    thread. */
