@@ -9050,15 +9050,16 @@ extern "C" {
    per chunk in parallel) has its reference as the static ioupos__<layer>_ref and its fast path
    as ioupos__<layer>_fast, which sits with the others under "fast paths" at the end of the
    section; the public function picks one in one line, IOUPOS__IMPL(ioupos__<layer>)(...): the
-   fast path in builds with AVX2+FMA or OpenMP, the reference otherwise, or everywhere when
-   IOUPOS_LAYERS_REF is defined. A layer without a fast path is its own reference (an
+   fast path in builds with AVX2+FMA or OpenMP, the reference otherwise (and in every build when
+   IOUPOS_LAYERS_REF is defined). A layer without a fast path is its own reference (an
    IOUPOS__PFOR over independent iterations changes no result); patch embedding, patch merging
    and the MLP are compositions of the layers here. The linear layer's fast path is the GEMM
    (section 10) in every build, its reference is for the tests. The layer norm and the bias sums
    add in the same order in both versions (the references keep the fast paths' lanes and row
    chunks, so no result depends on which one a build runs); GELU's and window attention's SIMD
-   kernels round differently (tests/test_threads.c, part 6, has the tolerances). The tests
-   include the implementation and call the references directly. */
+   kernels round differently (tests/test_threads.c, part 6, has the tolerances). The references
+   are private (static), not API: the tests include the implementation and call them directly,
+   and IOUPOS_LAYERS_REF runs a whole program on them. */
 #if !defined(IOUPOS_LAYERS_REF) && (IOUPOS__GEMM_AVX2 || defined(_OPENMP))
 #define IOUPOS__LAYERS_FAST 1
 #define IOUPOS__IMPL(f) f##_fast
