@@ -1061,7 +1061,7 @@ IOUPOS_DEF const char *ioupos_gemm_kernel(void);
        patch-embedding columns, ...). Nothing allocates except ioupos_gemm's packing buffers
        (one IOUPOS_MALLOC per GEMM call, see section 10 of ioupos.h) and the per-chunk partial
        sums of the parameter gradients (layer norm, linear bias: one small IOUPOS_MALLOC per call;
-       without it they fall back to a serial loop that gives the same bits); functions that call
+       without it they run their plain reference, which gives the same bits); functions that call
        the GEMM return 0 or a negative ioupos_status (IOUPOS_ENOMEM), the others return void.
      - `_backward` ACCUMULATES (+=) into every gradient it is given, input gradient and parameter
        gradients alike: zero them before the first backward of a step. A gradient pointer may be
@@ -1072,6 +1072,13 @@ IOUPOS_DEF const char *ioupos_gemm_kernel(void);
        chunk of 256 rows, then over the chunks in order (section 10, THREADS AND DETERMINISM).
        erf, exp and sqrt come from libm, except in the SIMD builds' GELU (our own vectorised
        erfc / exp in double: within 1 ulp of the libm formula, see ioupos_gelu_forward).
+     - Reference and fast paths: every layer of sections 11, 12, 14 and 19 is written first as a
+       plain reference (scalar loops, the static ioupos__<layer>_ref of the implementation where
+       a fast path exists). Builds with AVX2+FMA or OpenMP run the fast paths instead (SIMD lanes,
+       rows on the threads, chunked sums); they give the reference's bits where they add in the
+       same order (layer norm, bias sums) and stay within stated tolerances otherwise (GELU,
+       window attention: tests/test_threads.c). Defining IOUPOS_LAYERS_REF runs the references
+       in any build (the GEMM of section 10 keeps its kernels).
 */
 
 /* ---- linear: torch.nn.Linear, y = x W^T + b ------------------------------------------------- */
@@ -1290,7 +1297,8 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
    their gradients: 49 x 49 x head_dim at Swin's shapes) run as direct register-tiled kernels
    on (window, head) pairs read in place from qkv, with the bias + mask + softmax of a score row
    fused and vectorised; windows run on the threads in chunks of 32 per head, and the relative
-   position table's gradient is summed per chunk, then over the chunks in order. */
+   position table's gradient is summed per chunk, then over the chunks in order. That is the fast
+   path; the plain reference (section 11's CONVENTIONS) does the same sums in scalar loops. */
 
 #define IOUPOS_SWIN_MASK_VALUE (-100.0f) /* MONAI's compute_mask fill value */
 
@@ -9742,58 +9750,115 @@ IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N,
 extern "C" {
 #endif
 
+/* HOW SECTIONS 11 AND 12 ARE LAID OUT
+   Every layer is first written as its plain reference: scalar loops on raw float pointers, a
+   shape comment on top, one screen each (llm.c's layernorm_forward is the model). A layer that
+   also has a fast path (SIMD lanes, rows or chunks on the OpenMP threads, sums over rows taken
+   per chunk in parallel) has its reference as the static ioupos__<layer>_ref and its fast path
+   as ioupos__<layer>_fast, which sits with the others under "fast paths" at the end of the
+   section; the public function picks one in one line, IOUPOS__IMPL(ioupos__<layer>)(...): the
+   fast path in builds with AVX2+FMA or OpenMP, the reference otherwise (and in every build when
+   IOUPOS_LAYERS_REF is defined). A layer without a fast path is its own reference (an
+   IOUPOS__PFOR over independent iterations changes no result); patch embedding, patch merging
+   and the MLP are compositions of the layers here. The linear layer's fast path is the GEMM
+   (section 10) in every build, its reference is for the tests. The layer norm and the bias sums
+   add in the same order in both versions (the references keep the fast paths' lanes and row
+   chunks, so no result depends on which one a build runs); GELU's and window attention's SIMD
+   kernels round differently (tests/test_threads.c, part 6, has the tolerances). The references
+   are private (static), not API: the tests include the implementation and call them directly,
+   and IOUPOS_LAYERS_REF runs a whole program on them. */
+#if !defined(IOUPOS_LAYERS_REF) && (IOUPOS__GEMM_AVX2 || defined(_OPENMP))
+#define IOUPOS__LAYERS_FAST 1
+#define IOUPOS__IMPL(f) f##_fast
+#else
+#define IOUPOS__LAYERS_FAST 0
+#define IOUPOS__IMPL(f) f##_ref
+#endif
+/* static, and no warning where only the tests call it (the fast builds) */
+#if defined(__GNUC__) || defined(__clang__)
+#define IOUPOS__REF static __attribute__((unused))
+#else
+#define IOUPOS__REF static
+#endif
+
+#if IOUPOS__LAYERS_FAST /* defined under "fast paths" at the end of the section */
+static void ioupos__colsum_add_fast(float *db, const float *d, size_t T, int OC);
+static void ioupos__layernorm_forward_fast(float *out, float *mean, float *rstd, const float *inp,
+                                           const float *weight, const float *bias, int N, int C,
+                                           float eps);
+static void ioupos__layernorm_backward_fast(float *dinp, float *dweight, float *dbias,
+                                            const float *dout, const float *inp,
+                                            const float *weight, const float *mean,
+                                            const float *rstd, int N, int C);
+static void ioupos__gelu_forward_fast(float *out, const float *inp, size_t n);
+static void ioupos__gelu_backward_fast(float *dinp, const float *inp, const float *dout, size_t n);
+static void ioupos__gelu_backward_inplace_fast(float *dh, float *act, const float *x, size_t n);
+#endif
+
 /* ---- linear ---- */
 
-/* Rows per chunk of the deterministic column sums below: a constant, never the thread count. */
+/* Rows per chunk of the sums over rows (linear bias, layer norm weight and bias): a constant,
+   never the thread count, so that the fast paths can sum the chunks on any number of threads
+   and still add them in one order. */
 #define IOUPOS__ROW_CHUNK 256
 
-/* db[o] += sum over the T rows of d[t][o]: each chunk of IOUPOS__ROW_CHUNK rows is summed row by
-   row in double (in parallel over chunks), then the chunks' sums are added in chunk order. */
-static void ioupos__colsum_add(float *db, const float *d, size_t T, int OC) {
-  size_t nch = (T + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
-  double *part;
+/* db[OC] += sum over t of d[T][OC]: in double, the rows of each chunk of IOUPOS__ROW_CHUNK in
+   order, then the chunks' sums in order (the fast path's order; T >= 1). */
+IOUPOS__REF void ioupos__colsum_add_ref(float *db, const float *d, size_t T, int OC) {
+  size_t t0, t;
   int o;
-  if (T == 0 || OC < 1) return;
-  part = (double *)IOUPOS_MALLOC(sizeof(double) * nch * (size_t)OC);
-  if (!part) { /* the same sums, column by column */
-    for (o = 0; o < OC; ++o) {
-      double tot = 0.0;
-      for (ch = 0; ch < nch; ++ch) {
-        size_t t, t1 = (ch + 1) * IOUPOS__ROW_CHUNK < T ? (ch + 1) * IOUPOS__ROW_CHUNK : T;
-        double s = 0.0;
-        for (t = ch * IOUPOS__ROW_CHUNK; t < t1; ++t) s += d[t * OC + o];
-        tot += s;
-      }
-      db[o] += (float)tot;
+  for (o = 0; o < OC; ++o) {
+    double tot = 0.0;
+    for (t0 = 0; t0 < T; t0 += IOUPOS__ROW_CHUNK) {
+      double s = 0.0;
+      for (t = t0; t < T && t < t0 + IOUPOS__ROW_CHUNK; ++t) s += d[t * OC + o];
+      tot += s;
     }
-    return;
+    db[o] += (float)tot;
   }
-  {
-    long c, n = (long)nch;
-    IOUPOS__PFOR((double)T * OC)
-    for (c = 0; c < n; ++c) {
-      double *pp = part + (size_t)c * OC;
-      size_t t, t1 = ((size_t)c + 1) * IOUPOS__ROW_CHUNK < T ? ((size_t)c + 1) * IOUPOS__ROW_CHUNK : T;
-      int q;
-      for (q = 0; q < OC; ++q) pp[q] = 0.0;
-      for (t = (size_t)c * IOUPOS__ROW_CHUNK; t < t1; ++t) {
-        const float *row = d + t * OC;
-        q = 0;
-#if IOUPOS__GEMM_AVX2
-        for (; q + 4 <= OC; q += 4)
-          _mm256_storeu_pd(pp + q, _mm256_add_pd(_mm256_loadu_pd(pp + q),
-                                                 _mm256_cvtps_pd(_mm_loadu_ps(row + q))));
-#endif
-        for (; q < OC; ++q) pp[q] += row[q];
-      }
-    }
-  }
-  for (ch = 1; ch < nch; ++ch)
-    for (o = 0; o < OC; ++o) part[o] += part[ch * OC + o];
-  for (o = 0; o < OC; ++o) db[o] += (float)part[o];
-  IOUPOS_FREE(part);
 }
 
+static void ioupos__colsum_add(float *db, const float *d, size_t T, int OC) {
+  IOUPOS__IMPL(ioupos__colsum_add)(db, d, T, OC);
+}
+
+/* out[N][OC] = inp[N][C] weight[OC][C]^T + bias[OC] (bias may be NULL); each output one dot
+   product in double, rounded once (what the GEMM's float sums are measured against). */
+IOUPOS__REF void ioupos__linear_forward_ref(float *out, const float *inp, const float *weight,
+                                            const float *bias, int N, int C, int OC) {
+  int n, o, c;
+  for (n = 0; n < N; ++n)
+    for (o = 0; o < OC; ++o) {
+      const float *x = inp + (size_t)n * C, *w = weight + (size_t)o * C;
+      double s = bias ? bias[o] : 0.0;
+      for (c = 0; c < C; ++c) s += (double)x[c] * w[c];
+      out[(size_t)n * OC + o] = (float)s;
+    }
+}
+
+/* dinp[N][C] += dout[N][OC] weight; dweight[OC][C] += dout^T inp; dbias[OC] += sum_n dout.
+   ACCUMULATES (each may be NULL). Dot products in double; the bias as ioupos__colsum_add_ref. */
+IOUPOS__REF void ioupos__linear_backward_ref(float *dinp, float *dweight, float *dbias,
+                                             const float *dout, const float *inp,
+                                             const float *weight, int N, int C, int OC) {
+  int n, o, c;
+  for (n = 0; dinp && n < N; ++n)
+    for (c = 0; c < C; ++c) {
+      double s = 0.0;
+      for (o = 0; o < OC; ++o) s += (double)dout[(size_t)n * OC + o] * weight[(size_t)o * C + c];
+      dinp[(size_t)n * C + c] += (float)s;
+    }
+  for (o = 0; dweight && o < OC; ++o)
+    for (c = 0; c < C; ++c) {
+      double s = 0.0;
+      for (n = 0; n < N; ++n) s += (double)dout[(size_t)n * OC + o] * inp[(size_t)n * C + c];
+      dweight[(size_t)o * C + c] += (float)s;
+    }
+  if (dbias && N > 0) ioupos__colsum_add_ref(dbias, dout, (size_t)N, OC);
+}
+
+/* The public linear layer is the GEMM (section 10: its own SIMD / portable kernels and threads)
+   in every build; the references above are for the tests. */
 IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *weight,
                                      const float *bias, int N, int C, int OC) {
   int st, n;
@@ -9825,20 +9890,12 @@ IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
 
 /* ---- layer norm ---- */
 
-/* sum of x[0..n) in double: 8 running sums (element c into sum c mod 8), added pairwise in a
-   fixed order, then the last n mod 8 elements in order. Deterministic; vectorisable. */
-static double ioupos__dsum(const float *x, int n) {
+/* sum of x[0..n) in double: 8 running sums (element c into sum c mod 8) added pairwise in a
+   fixed order, then the last n mod 8 elements in order; that is the fast path's vector lanes,
+   so both give the same bits. */
+IOUPOS__REF double ioupos__dsum(const float *x, int n) {
   double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
   int c = 0, l;
-#if IOUPOS__GEMM_AVX2 /* the same sums, four lanes at a time */
-  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-  for (; c + 8 <= n; c += 8) {
-    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm_loadu_ps(x + c)));
-    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)));
-  }
-  _mm256_storeu_pd(a, lo);
-  _mm256_storeu_pd(a + 4, hi);
-#endif
   for (; c + 8 <= n; c += 8)
     for (l = 0; l < 8; ++l) a[l] += x[c + l];
   s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
@@ -9846,21 +9903,10 @@ static double ioupos__dsum(const float *x, int n) {
   return s;
 }
 
-/* sum of (x - m)^2, same order as ioupos__dsum */
-static double ioupos__dsumsq(const float *x, double m, int n) {
+/* sum of (x - m)^2, in the order of ioupos__dsum */
+IOUPOS__REF double ioupos__dsumsq(const float *x, double m, int n) {
   double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
   int c = 0, l;
-#if IOUPOS__GEMM_AVX2
-  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd(), mv = _mm256_set1_pd(m), d;
-  for (; c + 8 <= n; c += 8) {
-    d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv);
-    lo = _mm256_add_pd(lo, _mm256_mul_pd(d, d));
-    d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)), mv);
-    hi = _mm256_add_pd(hi, _mm256_mul_pd(d, d));
-  }
-  _mm256_storeu_pd(a, lo);
-  _mm256_storeu_pd(a + 4, hi);
-#endif
   for (; c + 8 <= n; c += 8)
     for (l = 0; l < 8; ++l) {
       double d = x[c + l] - m;
@@ -9871,81 +9917,55 @@ static double ioupos__dsumsq(const float *x, double m, int n) {
   return s;
 }
 
-IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                                         const float *weight, const float *bias, int N, int C,
-                                         float eps) {
-  int n;
-  IOUPOS__PFOR((double)N * C)
+/* out[N][C] = (inp - mean) * rstd * weight[C] + bias[C] over each row of inp[N][C] (weight /
+   bias may be NULL); saves mean[N] and rstd[N] = 1 / sqrt(var + eps), var biased, for backward.
+   In double, rounded once. */
+IOUPOS__REF void ioupos__layernorm_forward_ref(float *out, float *mean, float *rstd,
+                                               const float *inp, const float *weight,
+                                               const float *bias, int N, int C, float eps) {
+  int n, c;
   for (n = 0; n < N; ++n) {
     const float *x = inp + (size_t)n * C;
     float *y = out + (size_t)n * C;
-    double m, v, r;
-    int c;
-    m = ioupos__dsum(x, C) / C;
-    v = ioupos__dsumsq(x, m, C) / C;
-    r = 1.0 / sqrt(v + eps);
-    if (weight && bias) {
-      c = 0;
-#if IOUPOS__GEMM_AVX2
-      {
-        __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
-        for (; c + 4 <= C; c += 4) {
-          __m256d h = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv), rv);
-          h = _mm256_add_pd(_mm256_mul_pd(h, _mm256_cvtps_pd(_mm_loadu_ps(weight + c))),
-                            _mm256_cvtps_pd(_mm_loadu_ps(bias + c)));
-          _mm_storeu_ps(y + c, _mm256_cvtpd_ps(h));
-        }
-      }
-#endif
-      for (; c < C; ++c) y[c] = (float)((x[c] - m) * r * weight[c] + bias[c]);
-    } else {
-      for (c = 0; c < C; ++c) {
-        double h = (x[c] - m) * r;
-        if (weight) h *= weight[c];
-        if (bias) h += bias[c];
-        y[c] = (float)h;
-      }
+    double m = ioupos__dsum(x, C) / C;
+    double r = 1.0 / sqrt(ioupos__dsumsq(x, m, C) / C + eps);
+    for (c = 0; c < C; ++c) {
+      double h = (x[c] - m) * r;
+      if (weight) h *= weight[c];
+      if (bias) h += bias[c];
+      y[c] = (float)h;
     }
     mean[n] = (float)m;
     rstd[n] = (float)r;
   }
 }
 
-/* rows [n0, n1) of the layer norm backward: dinp (may be NULL) and, when pw is not NULL, the
-   parameter gradients' partial sums pw[C] (dy xhat) and pb[C] (dy), added row by row */
-static void ioupos__ln_bwd_rows(float *dinp, double *pw, double *pb, const float *dout,
-                                const float *inp, const float *weight, const float *mean,
-                                const float *rstd, int n0, int n1, int C) {
-  int n, c, l;
-  for (n = n0; n < n1; ++n) {
+IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, int N, int C,
+                                         float eps) {
+  IOUPOS__IMPL(ioupos__layernorm_forward)(out, mean, rstd, inp, weight, bias, N, C, eps);
+}
+
+/* dinp[N][C] += r (dxh - mean_c(dxh) - xh mean_c(dxh xh)), xh = (inp - mean) r, dxh = dout *
+   weight (dout when weight is NULL), r = rstd; dweight[C] += sum_n dout xh; dbias[C] += sum_n
+   dout. ACCUMULATES (each may be NULL). The row sums in 4 running sums (element c into sum
+   c mod 4), the column sums per chunk of IOUPOS__ROW_CHUNK rows, then over the chunks: the
+   fast path's lanes and chunks, so both give the same bits. */
+IOUPOS__REF void ioupos__layernorm_backward_ref(float *dinp, float *dweight, float *dbias,
+                                                const float *dout, const float *inp,
+                                                const float *weight, const float *mean,
+                                                const float *rstd, int N, int C) {
+  int n, n0, c;
+  if (N < 1 || C < 1) return;
+  for (n = 0; dinp && n < N; ++n) {
     const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+    float *dx = dinp + (size_t)n * C;
     double m = mean[n], r = rstd[n], s1, s2, a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
-#if IOUPOS__GEMM_AVX2 /* the same arithmetic, four lanes at a time */
-    const __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
-    __m256d v1 = _mm256_setzero_pd(), v2 = _mm256_setzero_pd(), xh, dxh;
-#define IOUPOS__LN_LANES(c)                                                               \
-  do {                                                                                    \
-    xh = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + (c))), mv), rv);    \
-    dxh = _mm256_cvtps_pd(_mm_loadu_ps(dy + (c)));                                        \
-    if (weight) dxh = _mm256_mul_pd(dxh, _mm256_cvtps_pd(_mm_loadu_ps(weight + (c))));    \
-  } while (0)
-    for (c = 0; c + 4 <= C; c += 4) {
-      IOUPOS__LN_LANES(c);
-      v1 = _mm256_add_pd(v1, dxh);
-      v2 = _mm256_add_pd(v2, _mm256_mul_pd(dxh, xh));
+    for (c = 0; c < C - C % 4; ++c) {
+      double xh = (x[c] - m) * r, dxh = weight ? (double)dy[c] * weight[c] : dy[c];
+      a1[c % 4] += dxh;
+      a2[c % 4] += dxh * xh;
     }
-    _mm256_storeu_pd(a1, v1);
-    _mm256_storeu_pd(a2, v2);
-#else
-    c = 0;
-#endif
-    /* dxhat = dy * w; dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
-    for (; c + 4 <= C; c += 4)
-      for (l = 0; l < 4; ++l) {
-        double xh = (x[c + l] - m) * r, dxh = weight ? (double)dy[c + l] * weight[c + l] : dy[c + l];
-        a1[l] += dxh;
-        a2[l] += dxh * xh;
-      }
     s1 = (a1[0] + a1[2]) + (a1[1] + a1[3]);
     s2 = (a2[0] + a2[2]) + (a2[1] + a2[3]);
     for (; c < C; ++c) {
@@ -9955,49 +9975,25 @@ static void ioupos__ln_bwd_rows(float *dinp, double *pw, double *pb, const float
     }
     s1 /= C;
     s2 /= C;
-    if (dinp) {
-      float *dx = dinp + (size_t)n * C;
-      c = 0;
-#if IOUPOS__GEMM_AVX2
-      {
-        const __m256d s1v = _mm256_set1_pd(s1), s2v = _mm256_set1_pd(s2);
-        for (; c + 4 <= C; c += 4) {
-          __m256d t;
-          IOUPOS__LN_LANES(c);
-          t = _mm256_mul_pd(rv, _mm256_sub_pd(_mm256_sub_pd(dxh, s1v), _mm256_mul_pd(xh, s2v)));
-          _mm_storeu_ps(dx + c, _mm_add_ps(_mm_loadu_ps(dx + c), _mm256_cvtpd_ps(t)));
-        }
-      }
-#endif
-      if (weight)
-        for (; c < C; ++c) {
-          double xh1 = (x[c] - m) * r, dxh1 = (double)dy[c] * weight[c];
-          dx[c] += (float)(r * (dxh1 - s1 - xh1 * s2));
-        }
-      else
-        for (; c < C; ++c) {
-          double xh1 = (x[c] - m) * r;
-          dx[c] += (float)(r * (dy[c] - s1 - xh1 * s2));
-        }
+    for (c = 0; c < C; ++c) {
+      double xh = (x[c] - m) * r, dxh = weight ? (double)dy[c] * weight[c] : dy[c];
+      dx[c] += (float)(r * (dxh - s1 - xh * s2));
     }
-    if (pw) {
-      c = 0;
-#if IOUPOS__GEMM_AVX2
-      for (; c + 4 <= C; c += 4) {
-        __m256d d = _mm256_cvtps_pd(_mm_loadu_ps(dy + c));
-        xh = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv), rv);
-        _mm256_storeu_pd(pw + c, _mm256_add_pd(_mm256_loadu_pd(pw + c), _mm256_mul_pd(d, xh)));
-        _mm256_storeu_pd(pb + c, _mm256_add_pd(_mm256_loadu_pd(pb + c), d));
+  }
+  for (c = 0; (dweight || dbias) && c < C; ++c) {
+    double tw = 0.0, tb = 0.0;
+    for (n0 = 0; n0 < N; n0 += IOUPOS__ROW_CHUNK) {
+      double sw = 0.0, sb = 0.0;
+      for (n = n0; n < N && n < n0 + IOUPOS__ROW_CHUNK; ++n) {
+        double m = mean[n], r = rstd[n];
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        sw += dy[c] * ((x[c] - m) * r);
+        sb += dy[c];
       }
-#endif
-      for (; c < C; ++c) {
-        pw[c] += dy[c] * ((x[c] - m) * r);
-        pb[c] += dy[c];
-      }
+      tw += sw, tb += sb;
     }
-#if IOUPOS__GEMM_AVX2
-#undef IOUPOS__LN_LANES
-#endif
+    if (dweight) dweight[c] += (float)tw;
+    if (dbias) dbias[c] += (float)tb;
   }
 }
 
@@ -10005,343 +10001,54 @@ IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *db
                                           const float *dout, const float *inp,
                                           const float *weight, const float *mean,
                                           const float *rstd, int N, int C) {
-  /* Rows in chunks of IOUPOS__ROW_CHUNK (in parallel); the parameter gradients are summed per
-     chunk, row by row, then over the chunks in order. */
-  long nch = (N + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
-  double *part = NULL;
-  int c;
-  if (N < 1 || C < 1) return;
-  if (dweight || dbias) {
-    part = (double *)IOUPOS_MALLOC(sizeof(double) * 2 * (size_t)C * (size_t)nch);
-    if (!part) { /* the same sums, one chunk after another, with two row-sized buffers */
-      double acc[2 * 64];
-      int c0, c1;
-      ioupos__ln_bwd_rows(dinp, NULL, NULL, dout, inp, weight, mean, rstd, 0, N, C);
-      for (c0 = 0; c0 < C; c0 += 64) {
-        double tw[64], tb[64];
-        c1 = c0 + 64 < C ? c0 + 64 : C;
-        for (c = c0; c < c1; ++c) tw[c - c0] = tb[c - c0] = 0.0;
-        for (ch = 0; ch < nch; ++ch) {
-          int n, n1 = (int)(ch + 1) * IOUPOS__ROW_CHUNK < N ? (int)(ch + 1) * IOUPOS__ROW_CHUNK : N;
-          for (c = c0; c < c1; ++c) acc[c - c0] = acc[64 + c - c0] = 0.0;
-          for (n = (int)ch * IOUPOS__ROW_CHUNK; n < n1; ++n) {
-            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
-            double m = mean[n], r = rstd[n];
-            for (c = c0; c < c1; ++c) {
-              acc[c - c0] += dy[c] * ((x[c] - m) * r);
-              acc[64 + c - c0] += dy[c];
-            }
-          }
-          for (c = c0; c < c1; ++c) {
-            tw[c - c0] += acc[c - c0];
-            tb[c - c0] += acc[64 + c - c0];
-          }
-        }
-        for (c = c0; c < c1; ++c) {
-          if (dweight) dweight[c] += (float)tw[c - c0];
-          if (dbias) dbias[c] += (float)tb[c - c0];
-        }
-      }
-      return;
-    }
-  }
-  IOUPOS__PFOR((double)N * C)
-  for (ch = 0; ch < nch; ++ch) {
-    int n0 = (int)ch * IOUPOS__ROW_CHUNK, n1 = n0 + IOUPOS__ROW_CHUNK < N ? n0 + IOUPOS__ROW_CHUNK : N;
-    double *pw = part ? part + (size_t)ch * 2 * C : NULL;
-    if (pw) {
-      int q;
-      for (q = 0; q < 2 * C; ++q) pw[q] = 0.0;
-    }
-    ioupos__ln_bwd_rows(dinp, pw, pw ? pw + C : NULL, dout, inp, weight, mean, rstd, n0, n1, C);
-  }
-  if (part) {
-    for (ch = 1; ch < nch; ++ch)
-      for (c = 0; c < 2 * C; ++c) part[c] += part[(size_t)ch * 2 * C + c];
-    for (c = 0; c < C; ++c) {
-      if (dweight) dweight[c] += (float)part[c];
-      if (dbias) dbias[c] += (float)part[C + c];
-    }
-    IOUPOS_FREE(part);
-  }
+  IOUPOS__IMPL(ioupos__layernorm_backward)(dinp, dweight, dbias, dout, inp, weight, mean, rstd,
+                                           N, C);
 }
 
 /* ---- GELU ---- */
 
-/* Elements per parallel chunk of the elementwise loops (any constant: no reductions). */
-#define IOUPOS__EW_CHUNK 4096
-
 /* GELU(x) = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)); gelu'(x) = Phi(x) + x phi(x),
-   phi(x) = exp(-x^2 / 2) / sqrt(2 pi). Evaluated in double, rounded to float once.
-   With AVX2+FMA (as the GEMM's kernel) four lanes at a time by our own approximation:
-     Q(z) = 1 - Phi(z) = 0.5 erfc(z / sqrt 2) = 0.5 exp(-z^2 / 2) t P(2t - 1), z = |x|,
-     t = 1 / (1 + 0.375 z / sqrt 2), P of degree 16 (fitted here by Chebyshev interpolation of
-     erfc(u) exp(u^2) / t over t in (0, 1], all u >= 0, relative error < 1e-12),
-     Phi(x) = Q(|x|) for x < 0 and 1 - Q(x) otherwise (no cancellation for negative x),
-     exp by Cody-Waite reduction and a degree-12 Taylor polynomial; phi shares that exp.
-   The float results are within 1 ulp of the double erf formula wherever that formula is itself
-   accurate (x > -5.5; below, 1 + erf cancels and the formula loses its relative precision,
-   while ours keeps it; both are below 1e-7 there); tests/test_threads.c measures it.
-   Without AVX2: erf and exp from libm, as written above. Either way an element's value does
-   not depend on its position, so ioupos_mlp_backward's recomputed GELU equals the forward's. */
-#if IOUPOS__GEMM_AVX2
-static __m256d ioupos__exp_neg_pd(__m256d a) { /* exp(a) for a <= 0; 0 below -708 */
-  const __m256d lo = _mm256_set1_pd(-708.0);
-  __m256d ac = _mm256_max_pd(a, lo), n, r, p;
-  __m128i ni;
-  __m256i bits;
-  n = _mm256_round_pd(_mm256_mul_pd(ac, _mm256_set1_pd(1.4426950408889634)),
-                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(0.69314718055994529), ac);
-  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(2.3190468138462996e-17), r);
-  p = _mm256_set1_pd(2.08767569878681e-09);
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.505210838544172e-08));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.7557319223985888e-07));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.7557319223985893e-06));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(2.4801587301587302e-05));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.00019841269841269841));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.0013888888888888889));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.0083333333333333332));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.041666666666666664));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.16666666666666666));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-  ni = _mm256_cvtpd_epi32(n); /* -1022 <= n <= 0 */
-  bits = _mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(ni), _mm256_set1_epi64x(1023)), 52);
-  p = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
-  return _mm256_blendv_pd(p, _mm256_setzero_pd(), _mm256_cmp_pd(a, lo, _CMP_LT_OQ));
+   phi(x) = exp(-x^2 / 2) / sqrt(2 pi): in double with libm's erf and exp, rounded to float once.
+   (The fast path's SIMD kernel computes Phi from erfc instead, see "fast paths".) */
+IOUPOS__REF double ioupos__gelu_cdf(double x) {
+  return 0.5 * (1.0 + erf(x * 0.70710678118654752440));
+}
+IOUPOS__REF double ioupos__gelu_grad(double x, double cdf) {
+  return cdf + x * (0.39894228040143267794 * exp(-0.5 * x * x));
 }
 
-#if IOUPOS__GEMM_AVX512
-/* GCC 12's AVX-512 conversion intrinsics trip -Wmaybe-uninitialized in C++ (their
-   _mm512_undefined_* self-initialisation); the warning is about the compiler's header. */
-#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-/* The same operations on eight lanes (so the same values as the four-lane version). */
-static __m512d ioupos__exp_neg_pd8(__m512d a) {
-  const __m512d lo = _mm512_set1_pd(-708.0);
-  __m512d ac = _mm512_max_pd(a, lo), n, r, p;
-  __m512i bits;
-  n = _mm512_roundscale_pd(_mm512_mul_pd(ac, _mm512_set1_pd(1.4426950408889634)),
-                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  r = _mm512_fnmadd_pd(n, _mm512_set1_pd(0.69314718055994529), ac);
-  r = _mm512_fnmadd_pd(n, _mm512_set1_pd(2.3190468138462996e-17), r);
-  p = _mm512_set1_pd(2.08767569878681e-09);
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.505210838544172e-08));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.7557319223985888e-07));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.7557319223985893e-06));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(2.4801587301587302e-05));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.00019841269841269841));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.0013888888888888889));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.0083333333333333332));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.041666666666666664));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.16666666666666666));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
-  p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
-  bits = _mm512_slli_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n)),
-                                            _mm512_set1_epi64(1023)), 52);
-  p = _mm512_mul_pd(p, _mm512_castsi512_pd(bits));
-  return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, lo, _CMP_LT_OQ), p, _mm512_setzero_pd());
-}
-
-static void ioupos__gelu_pd8(__m512d x, __m512d *cdf, __m512d *pdf) {
-  const __m512d one = _mm512_set1_pd(1.0);
-  __m512d z = _mm512_castsi512_pd(_mm512_andnot_si512(_mm512_castpd_si512(_mm512_set1_pd(-0.0)),
-                                                      _mm512_castpd_si512(x)));
-  __m512d e, t, s, p, q;
-  e = ioupos__exp_neg_pd8(_mm512_mul_pd(_mm512_mul_pd(z, z), _mm512_set1_pd(-0.5)));
-  t = _mm512_div_pd(one, _mm512_fmadd_pd(_mm512_mul_pd(z, _mm512_set1_pd(0.70710678118654757)),
-                                         _mm512_set1_pd(0.375), one));
-  s = _mm512_fmsub_pd(t, _mm512_set1_pd(2.0), one);
-  p = _mm512_set1_pd(1.3068295585219209e-07);
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-9.5460101937106793e-08));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-1.1651928040311007e-06));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(1.2949405375598704e-06));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(6.4558193461742565e-06));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-1.0504809837853129e-05));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-3.4958182730251455e-05));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(6.9617173156472553e-05));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.00024025670649030064));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-0.00037369087314853376));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-0.0022148163648765947));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(-0.00029585473714835821));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.020862210025598949));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.081945285247995853));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.18878217143387965));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.31287840160336022));
-  p = _mm512_fmadd_pd(p, s, _mm512_set1_pd(0.39814526198753009));
-  q = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(e, _mm512_set1_pd(0.5)), t), p);
-  *cdf = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_GE_OQ), q,
-                              _mm512_sub_pd(one, q));
-  *pdf = _mm512_mul_pd(e, _mm512_set1_pd(0.3989422804014327));
-}
-
-static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
-                               size_t i1) {
-  size_t i = i0;
-  for (;;) {
-    float xt[8] = {0, 0, 0, 0, 0, 0, 0, 0}, at[8] = {0, 0, 0, 0, 0, 0, 0, 0},
-          bt[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const float *xp = x + i;
-    float *ap = a ? a + i : NULL, *bp = b ? b + i : NULL;
-    size_t n = i1 - i, k;
-    __m512d xv, cdf, pdf;
-    if (n == 0) break;
-    if (n < 8) { /* tail */
-      for (k = 0; k < n; ++k) {
-        xt[k] = x[i + k];
-        if (a) at[k] = a[i + k];
-        if (b) bt[k] = b[i + k];
-      }
-      xp = xt, ap = a ? at : NULL, bp = b ? bt : NULL;
-    }
-    xv = _mm512_cvtps_pd(_mm256_loadu_ps(xp));
-    ioupos__gelu_pd8(xv, &cdf, &pdf);
-    if (mode == 0) {
-      _mm256_storeu_ps(ap, _mm512_cvtpd_ps(_mm512_mul_pd(xv, cdf)));
-    } else {
-      __m512d g = _mm512_fmadd_pd(xv, pdf, cdf);
-      if (mode == 1) {
-        __m512d d = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(bp)), g);
-        _mm256_storeu_ps(ap, _mm256_add_ps(_mm256_loadu_ps(ap), _mm512_cvtpd_ps(d)));
-      } else {
-        _mm256_storeu_ps(bp, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(bp)), g)));
-        if (ap) _mm256_storeu_ps(ap, _mm512_cvtpd_ps(_mm512_mul_pd(xv, cdf)));
-      }
-    }
-    if (n < 8) {
-      for (k = 0; k < n; ++k) {
-        if (a) a[i + k] = at[k];
-        if (b) b[i + k] = bt[k];
-      }
-      break;
-    }
-    i += 8;
-  }
-}
-#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#else
-/* Phi(x) and phi(x), four lanes */
-static void ioupos__gelu_pd(__m256d x, __m256d *cdf, __m256d *pdf) {
-  const __m256d one = _mm256_set1_pd(1.0);
-  __m256d z = _mm256_andnot_pd(_mm256_set1_pd(-0.0), x), e, t, s, p, q;
-  e = ioupos__exp_neg_pd(_mm256_mul_pd(_mm256_mul_pd(z, z), _mm256_set1_pd(-0.5)));
-  t = _mm256_div_pd(one, _mm256_fmadd_pd(_mm256_mul_pd(z, _mm256_set1_pd(0.70710678118654757)),
-                                         _mm256_set1_pd(0.375), one));
-  s = _mm256_fmsub_pd(t, _mm256_set1_pd(2.0), one);
-  p = _mm256_set1_pd(1.3068295585219209e-07);
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-9.5460101937106793e-08));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-1.1651928040311007e-06));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(1.2949405375598704e-06));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(6.4558193461742565e-06));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-1.0504809837853129e-05));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-3.4958182730251455e-05));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(6.9617173156472553e-05));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.00024025670649030064));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-0.00037369087314853376));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-0.0022148163648765947));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(-0.00029585473714835821));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.020862210025598949));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.081945285247995853));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.18878217143387965));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.31287840160336022));
-  p = _mm256_fmadd_pd(p, s, _mm256_set1_pd(0.39814526198753009));
-  q = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(e, _mm256_set1_pd(0.5)), t), p);
-  *cdf = _mm256_blendv_pd(q, _mm256_sub_pd(one, q), _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_GE_OQ));
-  *pdf = _mm256_mul_pd(e, _mm256_set1_pd(0.3989422804014327));
-}
-
-/* mode 0: a[i] = GELU(x[i]); mode 1: a[i] += b[i] gelu'(x[i]); mode 2: b[i] *= gelu'(x[i]) and,
-   when a is not NULL, a[i] = GELU(x[i]). For i in [i0, i1); a short tail goes through the same
-   lanes from a zero-padded copy. */
-static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
-                               size_t i1) {
-  size_t i = i0;
-  for (;;) {
-    float xt[4] = {0, 0, 0, 0}, at[4] = {0, 0, 0, 0}, bt[4] = {0, 0, 0, 0};
-    const float *xp = x + i;
-    float *ap = a ? a + i : NULL, *bp = b ? b + i : NULL;
-    size_t n = i1 - i, k;
-    __m256d xv, cdf, pdf;
-    if (n == 0) break;
-    if (n < 4) { /* tail */
-      for (k = 0; k < n; ++k) {
-        xt[k] = x[i + k];
-        if (a) at[k] = a[i + k];
-        if (b) bt[k] = b[i + k];
-      }
-      xp = xt, ap = a ? at : NULL, bp = b ? bt : NULL;
-    }
-    xv = _mm256_cvtps_pd(_mm_loadu_ps(xp));
-    ioupos__gelu_pd(xv, &cdf, &pdf);
-    if (mode == 0) {
-      _mm_storeu_ps(ap, _mm256_cvtpd_ps(_mm256_mul_pd(xv, cdf)));
-    } else {
-      __m256d g = _mm256_fmadd_pd(xv, pdf, cdf);
-      if (mode == 1) {
-        __m256d d = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(bp)), g);
-        _mm_storeu_ps(ap, _mm_add_ps(_mm_loadu_ps(ap), _mm256_cvtpd_ps(d)));
-      } else {
-        _mm_storeu_ps(bp, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(bp)), g)));
-        if (ap) _mm_storeu_ps(ap, _mm256_cvtpd_ps(_mm256_mul_pd(xv, cdf)));
-      }
-    }
-    if (n < 4) {
-      for (k = 0; k < n; ++k) {
-        if (a) a[i + k] = at[k];
-        if (b) b[i + k] = bt[k];
-      }
-      break;
-    }
-    i += 4;
-  }
-}
-#endif /* AVX-512 */
-#else
-static double ioupos__gelu_cdf(double x) { return 0.5 * (1.0 + erf(x * 0.70710678118654752440)); }
-
-static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
-                               size_t i1) {
+/* out[n] = GELU(inp[n]) (out may equal inp) */
+IOUPOS__REF void ioupos__gelu_forward_ref(float *out, const float *inp, size_t n) {
   size_t i;
-  for (i = i0; i < i1; ++i) {
-    double v = x[i], cdf = ioupos__gelu_cdf(v), g;
-    if (mode == 0) {
-      a[i] = (float)(v * cdf);
-      continue;
-    }
-    g = cdf + v * (0.39894228040143267794 * exp(-0.5 * v * v));
-    if (mode == 1) {
-      a[i] += (float)(b[i] * g);
-    } else {
-      b[i] = (float)(b[i] * g);
-      if (a) a[i] = (float)(v * cdf);
-    }
-  }
+  for (i = 0; i < n; ++i) out[i] = (float)(inp[i] * ioupos__gelu_cdf(inp[i]));
 }
-#endif
 
-/* ioupos__gelu_range over n elements in parallel chunks */
-static void ioupos__gelu_par(int mode, float *a, float *b, const float *x, size_t n) {
-  long ch, nch = (long)((n + IOUPOS__EW_CHUNK - 1) / IOUPOS__EW_CHUNK);
-  IOUPOS__PFOR((double)n * 8)
-  for (ch = 0; ch < nch; ++ch) {
-    size_t i = (size_t)ch * IOUPOS__EW_CHUNK, e = i + IOUPOS__EW_CHUNK < n ? i + IOUPOS__EW_CHUNK : n;
-    ioupos__gelu_range(mode, a, b, x, i, e);
+/* dinp[n] += dout[n] gelu'(inp[n]). ACCUMULATES. */
+IOUPOS__REF void ioupos__gelu_backward_ref(float *dinp, const float *inp, const float *dout,
+                                           size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i)
+    dinp[i] += (float)(dout[i] * ioupos__gelu_grad(inp[i], ioupos__gelu_cdf(inp[i])));
+}
+
+/* The MLP backward's: dh[n] = dh * gelu'(x) in place and, when act is not NULL, act[n] =
+   GELU(x) (recomputed instead of kept: the same values as the forward's). */
+IOUPOS__REF void ioupos__gelu_backward_inplace_ref(float *dh, float *act, const float *x,
+                                                   size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double cdf = ioupos__gelu_cdf(x[i]);
+    dh[i] = (float)(dh[i] * ioupos__gelu_grad(x[i], cdf));
+    if (act) act[i] = (float)(x[i] * cdf);
   }
 }
 
 IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n) {
-  ioupos__gelu_par(0, out, NULL, inp, n);
+  IOUPOS__IMPL(ioupos__gelu_forward)(out, inp, n);
 }
 
 IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-  ioupos__gelu_par(1, dinp, (float *)dout, inp, n); /* mode 1 only reads b */
+  IOUPOS__IMPL(ioupos__gelu_backward)(dinp, inp, dout, n);
 }
 
 /* ---- ReLU ---- */
@@ -10694,6 +10401,9 @@ IOUPOS_DEF void ioupos_drop_path_mask(float *mask, int B, float drop_prob, ioupo
   }
 }
 
+/* Elements per parallel chunk of the elementwise loops (any constant: no reductions). */
+#define IOUPOS__EW_CHUNK 4096
+
 /* The elementwise loops over [B][S] below run in chunks of IOUPOS__EW_CHUNK elements of one
    sample: chunk k covers sample k / per, elements (k % per) * IOUPOS__EW_CHUNK on. */
 #define IOUPOS__EW_LOOP(B, S, body)                                                       \
@@ -10756,11 +10466,489 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
   if (st) return st;
   /* dh := gelu'(h_pre) * dh in place; with h_act NULL, GELU(h_pre) is recomputed beside it (the
      same arithmetic as ioupos_gelu_forward, so the same values) */
-  ioupos__gelu_par(2, act, dh, h_pre, nh);
+  IOUPOS__IMPL(ioupos__gelu_backward_inplace)(dh, act, h_pre, nh);
   st = ioupos_linear_backward(NULL, dw2, db2, dout, h_act ? h_act : act, w2, N, Hd, C);
   if (st) return st;
   return ioupos_linear_backward(dinp, dw1, db1, dh, inp, w1, N, C, Hd);
 }
+
+/* ==== 11. fast paths =============================================================================
+   The same layers with rows (or chunks of IOUPOS__ROW_CHUNK rows, IOUPOS__EW_CHUNK elements) on
+   the OpenMP threads and, in AVX2+FMA builds, SIMD kernels; without AVX2 the kernels are the
+   references' own loops. Layer norm and bias sums: the references' order, so the same bits.
+   GELU: our own vectorised erfc / exp (below), within 1 ulp of the reference. */
+#if IOUPOS__LAYERS_FAST
+
+#if IOUPOS__GEMM_AVX2
+/* -- a vector of doubles, ioupos__vd: IOUPOS__VD_N lanes of __m512d (AVX-512) or __m256d (AVX2).
+   The exp and GELU kernels below (and window attention's softmax, section 12) are written once
+   on it; every operation is the same per lane at either width, so both widths give the same
+   values. */
+#if IOUPOS__GEMM_AVX512
+/* GCC 12's AVX-512 conversion intrinsics trip -W(maybe-)uninitialized in C++ (their
+   _mm512_undefined_* self-initialisation); the warning is about the compiler's header. */
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#define IOUPOS__VD_N 8
+typedef __m512d ioupos__vd;
+static inline ioupos__vd ioupos__vd_set1(double a) { return _mm512_set1_pd(a); }
+static inline ioupos__vd ioupos__vd_loadf(const float *p) {
+  return _mm512_cvtps_pd(_mm256_loadu_ps(p));
+}
+static inline void ioupos__vd_storef(float *p, ioupos__vd v) {
+  _mm256_storeu_ps(p, _mm512_cvtpd_ps(v));
+}
+/* p[0..N) += v rounded to float, the sums in float */
+static inline void ioupos__vd_addf(float *p, ioupos__vd v) {
+  _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm512_cvtpd_ps(v)));
+}
+static inline void ioupos__vd_stored(double *p, ioupos__vd v) { _mm512_storeu_pd(p, v); }
+static inline ioupos__vd ioupos__vd_add(ioupos__vd a, ioupos__vd b) { return _mm512_add_pd(a, b); }
+static inline ioupos__vd ioupos__vd_sub(ioupos__vd a, ioupos__vd b) { return _mm512_sub_pd(a, b); }
+static inline ioupos__vd ioupos__vd_mul(ioupos__vd a, ioupos__vd b) { return _mm512_mul_pd(a, b); }
+static inline ioupos__vd ioupos__vd_div(ioupos__vd a, ioupos__vd b) { return _mm512_div_pd(a, b); }
+static inline ioupos__vd ioupos__vd_max(ioupos__vd a, ioupos__vd b) { return _mm512_max_pd(a, b); }
+/* a b + c, c - a b, a b - c: each rounded once */
+static inline ioupos__vd ioupos__vd_fmadd(ioupos__vd a, ioupos__vd b, ioupos__vd c) {
+  return _mm512_fmadd_pd(a, b, c);
+}
+static inline ioupos__vd ioupos__vd_fnmadd(ioupos__vd a, ioupos__vd b, ioupos__vd c) {
+  return _mm512_fnmadd_pd(a, b, c);
+}
+static inline ioupos__vd ioupos__vd_fmsub(ioupos__vd a, ioupos__vd b, ioupos__vd c) {
+  return _mm512_fmsub_pd(a, b, c);
+}
+static inline ioupos__vd ioupos__vd_abs(ioupos__vd a) {
+  return _mm512_castsi512_pd(_mm512_andnot_si512(_mm512_castpd_si512(_mm512_set1_pd(-0.0)),
+                                                 _mm512_castpd_si512(a)));
+}
+/* to the nearest integer (ties to even) */
+static inline ioupos__vd ioupos__vd_round(ioupos__vd a) {
+  return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+/* 2^n for integral n in [-1022, 1023] */
+static inline ioupos__vd ioupos__vd_pow2i(ioupos__vd n) {
+  return _mm512_castsi512_pd(_mm512_slli_epi64(
+      _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n)), _mm512_set1_epi64(1023)), 52));
+}
+/* per lane: a < b ? t : f, and a >= b ? t : f (ordered: a NaN gives f) */
+static inline ioupos__vd ioupos__vd_if_lt(ioupos__vd a, ioupos__vd b, ioupos__vd t, ioupos__vd f) {
+  return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), f, t);
+}
+static inline ioupos__vd ioupos__vd_if_ge(ioupos__vd a, ioupos__vd b, ioupos__vd t, ioupos__vd f) {
+  return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_GE_OQ), f, t);
+}
+#else
+#define IOUPOS__VD_N 4
+typedef __m256d ioupos__vd;
+static inline ioupos__vd ioupos__vd_set1(double a) { return _mm256_set1_pd(a); }
+static inline ioupos__vd ioupos__vd_loadf(const float *p) {
+  return _mm256_cvtps_pd(_mm_loadu_ps(p));
+}
+static inline void ioupos__vd_storef(float *p, ioupos__vd v) {
+  _mm_storeu_ps(p, _mm256_cvtpd_ps(v));
+}
+static inline void ioupos__vd_addf(float *p, ioupos__vd v) {
+  _mm_storeu_ps(p, _mm_add_ps(_mm_loadu_ps(p), _mm256_cvtpd_ps(v)));
+}
+static inline void ioupos__vd_stored(double *p, ioupos__vd v) { _mm256_storeu_pd(p, v); }
+static inline ioupos__vd ioupos__vd_add(ioupos__vd a, ioupos__vd b) { return _mm256_add_pd(a, b); }
+static inline ioupos__vd ioupos__vd_sub(ioupos__vd a, ioupos__vd b) { return _mm256_sub_pd(a, b); }
+static inline ioupos__vd ioupos__vd_mul(ioupos__vd a, ioupos__vd b) { return _mm256_mul_pd(a, b); }
+static inline ioupos__vd ioupos__vd_div(ioupos__vd a, ioupos__vd b) { return _mm256_div_pd(a, b); }
+static inline ioupos__vd ioupos__vd_max(ioupos__vd a, ioupos__vd b) { return _mm256_max_pd(a, b); }
+static inline ioupos__vd ioupos__vd_fmadd(ioupos__vd a, ioupos__vd b, ioupos__vd c) {
+  return _mm256_fmadd_pd(a, b, c);
+}
+static inline ioupos__vd ioupos__vd_fnmadd(ioupos__vd a, ioupos__vd b, ioupos__vd c) {
+  return _mm256_fnmadd_pd(a, b, c);
+}
+static inline ioupos__vd ioupos__vd_fmsub(ioupos__vd a, ioupos__vd b, ioupos__vd c) {
+  return _mm256_fmsub_pd(a, b, c);
+}
+static inline ioupos__vd ioupos__vd_abs(ioupos__vd a) {
+  return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a);
+}
+static inline ioupos__vd ioupos__vd_round(ioupos__vd a) {
+  return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+static inline ioupos__vd ioupos__vd_pow2i(ioupos__vd n) {
+  return _mm256_castsi256_pd(_mm256_slli_epi64(
+      _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)), _mm256_set1_epi64x(1023)),
+      52));
+}
+static inline ioupos__vd ioupos__vd_if_lt(ioupos__vd a, ioupos__vd b, ioupos__vd t, ioupos__vd f) {
+  return _mm256_blendv_pd(f, t, _mm256_cmp_pd(a, b, _CMP_LT_OQ));
+}
+static inline ioupos__vd ioupos__vd_if_ge(ioupos__vd a, ioupos__vd b, ioupos__vd t, ioupos__vd f) {
+  return _mm256_blendv_pd(f, t, _mm256_cmp_pd(a, b, _CMP_GE_OQ));
+}
+#endif
+
+/* exp(a) for a <= 0 (0 below -708): Cody-Waite reduction a = n ln 2 + r, a degree-12 Taylor
+   polynomial of exp(r), times 2^n. */
+static inline ioupos__vd ioupos__vd_exp_neg(ioupos__vd a) {
+  const ioupos__vd lo = ioupos__vd_set1(-708.0);
+  ioupos__vd ac = ioupos__vd_max(a, lo), n, r, p;
+  n = ioupos__vd_round(ioupos__vd_mul(ac, ioupos__vd_set1(1.4426950408889634)));
+  r = ioupos__vd_fnmadd(n, ioupos__vd_set1(0.69314718055994529), ac);
+  r = ioupos__vd_fnmadd(n, ioupos__vd_set1(2.3190468138462996e-17), r);
+  p = ioupos__vd_set1(2.08767569878681e-09);
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(2.505210838544172e-08));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(2.7557319223985888e-07));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(2.7557319223985893e-06));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(2.4801587301587302e-05));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(0.00019841269841269841));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(0.0013888888888888889));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(0.0083333333333333332));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(0.041666666666666664));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(0.16666666666666666));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(0.5));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(1.0));
+  p = ioupos__vd_fmadd(p, r, ioupos__vd_set1(1.0));
+  p = ioupos__vd_mul(p, ioupos__vd_pow2i(n)); /* -1022 <= n <= 0 */
+  return ioupos__vd_if_lt(a, lo, ioupos__vd_set1(0.0), p);
+}
+
+/* GELU's Phi(x) and phi(x), lane by lane, by our own approximation:
+     Q(z) = 1 - Phi(z) = 0.5 erfc(z / sqrt 2) = 0.5 exp(-z^2 / 2) t P(2t - 1), z = |x|,
+     t = 1 / (1 + 0.375 z / sqrt 2), P of degree 16 (fitted here by Chebyshev interpolation of
+     erfc(u) exp(u^2) / t over t in (0, 1], all u >= 0, relative error < 1e-12),
+     Phi(x) = Q(|x|) for x < 0 and 1 - Q(x) otherwise (no cancellation for negative x);
+     phi shares Q's exp. The float results are within 1 ulp of the reference's double erf
+   formula wherever that formula is itself accurate (x > -5.5; below, 1 + erf cancels and the
+   formula loses its relative precision, while ours keeps it; both are below 1e-7 there);
+   tests/test_threads.c measures it. An element's value does not depend on its position, so
+   ioupos_mlp_backward's recomputed GELU equals the forward's. */
+static void ioupos__vd_gelu(ioupos__vd x, ioupos__vd *cdf, ioupos__vd *pdf) {
+  const ioupos__vd one = ioupos__vd_set1(1.0);
+  ioupos__vd z = ioupos__vd_abs(x), e, t, s, p, q;
+  e = ioupos__vd_exp_neg(ioupos__vd_mul(ioupos__vd_mul(z, z), ioupos__vd_set1(-0.5)));
+  t = ioupos__vd_div(one, ioupos__vd_fmadd(ioupos__vd_mul(z, ioupos__vd_set1(0.70710678118654757)),
+                                           ioupos__vd_set1(0.375), one));
+  s = ioupos__vd_fmsub(t, ioupos__vd_set1(2.0), one);
+  p = ioupos__vd_set1(1.3068295585219209e-07);
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-9.5460101937106793e-08));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-1.1651928040311007e-06));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(1.2949405375598704e-06));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(6.4558193461742565e-06));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-1.0504809837853129e-05));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-3.4958182730251455e-05));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(6.9617173156472553e-05));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(0.00024025670649030064));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-0.00037369087314853376));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-0.0022148163648765947));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(-0.00029585473714835821));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(0.020862210025598949));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(0.081945285247995853));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(0.18878217143387965));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(0.31287840160336022));
+  p = ioupos__vd_fmadd(p, s, ioupos__vd_set1(0.39814526198753009));
+  q = ioupos__vd_mul(ioupos__vd_mul(ioupos__vd_mul(e, ioupos__vd_set1(0.5)), t), p);
+  *cdf = ioupos__vd_if_ge(x, ioupos__vd_set1(0.0), ioupos__vd_sub(one, q), q);
+  *pdf = ioupos__vd_mul(e, ioupos__vd_set1(0.3989422804014327));
+}
+
+/* mode 0: a[i] = GELU(x[i]); mode 1: a[i] += b[i] gelu'(x[i]); mode 2: b[i] *= gelu'(x[i]) and,
+   when a is not NULL, a[i] = GELU(x[i]). For i in [i0, i1); a short tail goes through the same
+   lanes from a zero-padded copy. */
+static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
+                               size_t i1) {
+  size_t i = i0;
+  for (;;) {
+    float xt[IOUPOS__VD_N] = {0}, at[IOUPOS__VD_N] = {0}, bt[IOUPOS__VD_N] = {0};
+    const float *xp = x + i;
+    float *ap = a ? a + i : NULL, *bp = b ? b + i : NULL;
+    size_t n = i1 - i, k;
+    ioupos__vd xv, cdf, pdf;
+    if (n == 0) break;
+    if (n < IOUPOS__VD_N) { /* tail */
+      for (k = 0; k < n; ++k) {
+        xt[k] = x[i + k];
+        if (a) at[k] = a[i + k];
+        if (b) bt[k] = b[i + k];
+      }
+      xp = xt, ap = a ? at : NULL, bp = b ? bt : NULL;
+    }
+    xv = ioupos__vd_loadf(xp);
+    ioupos__vd_gelu(xv, &cdf, &pdf);
+    if (mode == 0) {
+      ioupos__vd_storef(ap, ioupos__vd_mul(xv, cdf));
+    } else {
+      ioupos__vd g = ioupos__vd_fmadd(xv, pdf, cdf);
+      if (mode == 1) {
+        ioupos__vd_addf(ap, ioupos__vd_mul(ioupos__vd_loadf(bp), g));
+      } else {
+        ioupos__vd_storef(bp, ioupos__vd_mul(ioupos__vd_loadf(bp), g));
+        if (ap) ioupos__vd_storef(ap, ioupos__vd_mul(xv, cdf));
+      }
+    }
+    if (n < IOUPOS__VD_N) {
+      for (k = 0; k < n; ++k) {
+        if (a) a[i + k] = at[k];
+        if (b) b[i + k] = bt[k];
+      }
+      break;
+    }
+    i += IOUPOS__VD_N;
+  }
+}
+#if IOUPOS__GEMM_AVX512 && defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+/* -- layer norm kernels: the references' sums, the 8 (4) running sums as vector lanes -- */
+static double ioupos__dsum_fast(const float *x, int n) {
+  double a[8], s;
+  int c = 0;
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  for (; c + 8 <= n; c += 8) {
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm_loadu_ps(x + c)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)));
+  }
+  _mm256_storeu_pd(a, lo);
+  _mm256_storeu_pd(a + 4, hi);
+  s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+  for (; c < n; ++c) s += x[c];
+  return s;
+}
+
+static double ioupos__dsumsq_fast(const float *x, double m, int n) {
+  double a[8], s;
+  int c = 0;
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd(), mv = _mm256_set1_pd(m), d;
+  for (; c + 8 <= n; c += 8) {
+    d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv);
+    lo = _mm256_add_pd(lo, _mm256_mul_pd(d, d));
+    d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)), mv);
+    hi = _mm256_add_pd(hi, _mm256_mul_pd(d, d));
+  }
+  _mm256_storeu_pd(a, lo);
+  _mm256_storeu_pd(a + 4, hi);
+  s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+  for (; c < n; ++c) s += (x[c] - m) * (x[c] - m);
+  return s;
+}
+
+/* one row of ioupos__layernorm_forward_ref */
+static void ioupos__layernorm_row_fast(float *y, float *mean, float *rstd, const float *x,
+                                       const float *weight, const float *bias, int C, float eps) {
+  double m = ioupos__dsum_fast(x, C) / C, r = 1.0 / sqrt(ioupos__dsumsq_fast(x, m, C) / C + eps);
+  int c = 0;
+  if (weight && bias) {
+    __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
+    for (; c + 4 <= C; c += 4) {
+      __m256d h = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv), rv);
+      h = _mm256_add_pd(_mm256_mul_pd(h, _mm256_cvtps_pd(_mm_loadu_ps(weight + c))),
+                        _mm256_cvtps_pd(_mm_loadu_ps(bias + c)));
+      _mm_storeu_ps(y + c, _mm256_cvtpd_ps(h));
+    }
+  }
+  for (; c < C; ++c) {
+    double h = (x[c] - m) * r;
+    if (weight) h *= weight[c];
+    if (bias) h += bias[c];
+    y[c] = (float)h;
+  }
+  *mean = (float)m;
+  *rstd = (float)r;
+}
+
+/* row n of ioupos__layernorm_backward_ref's dinp */
+static void ioupos__layernorm_dinp_row(float *dinp, const float *dout, const float *inp,
+                                       const float *weight, const float *mean, const float *rstd,
+                                       int n, int C) {
+  const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+  float *dx = dinp + (size_t)n * C;
+  double m = mean[n], r = rstd[n], s1, s2, a1[4], a2[4];
+  const __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
+  __m256d v1 = _mm256_setzero_pd(), v2 = _mm256_setzero_pd(), xh, dxh, s1v, s2v;
+  int c;
+#define IOUPOS__LN_LANES(c)                                                               \
+  do {                                                                                    \
+    xh = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + (c))), mv), rv);    \
+    dxh = _mm256_cvtps_pd(_mm_loadu_ps(dy + (c)));                                        \
+    if (weight) dxh = _mm256_mul_pd(dxh, _mm256_cvtps_pd(_mm_loadu_ps(weight + (c))));    \
+  } while (0)
+  for (c = 0; c + 4 <= C; c += 4) {
+    IOUPOS__LN_LANES(c);
+    v1 = _mm256_add_pd(v1, dxh);
+    v2 = _mm256_add_pd(v2, _mm256_mul_pd(dxh, xh));
+  }
+  _mm256_storeu_pd(a1, v1);
+  _mm256_storeu_pd(a2, v2);
+  s1 = (a1[0] + a1[2]) + (a1[1] + a1[3]);
+  s2 = (a2[0] + a2[2]) + (a2[1] + a2[3]);
+  for (; c < C; ++c) {
+    double xh1 = (x[c] - m) * r, dxh1 = weight ? (double)dy[c] * weight[c] : dy[c];
+    s1 += dxh1;
+    s2 += dxh1 * xh1;
+  }
+  s1 /= C;
+  s2 /= C;
+  s1v = _mm256_set1_pd(s1), s2v = _mm256_set1_pd(s2);
+  for (c = 0; c + 4 <= C; c += 4) {
+    __m256d t;
+    IOUPOS__LN_LANES(c);
+    t = _mm256_mul_pd(rv, _mm256_sub_pd(_mm256_sub_pd(dxh, s1v), _mm256_mul_pd(xh, s2v)));
+    _mm_storeu_ps(dx + c, _mm_add_ps(_mm_loadu_ps(dx + c), _mm256_cvtpd_ps(t)));
+  }
+#undef IOUPOS__LN_LANES
+  for (; c < C; ++c) {
+    double xh1 = (x[c] - m) * r, dxh1 = weight ? (double)dy[c] * weight[c] : dy[c];
+    dx[c] += (float)(r * (dxh1 - s1 - xh1 * s2));
+  }
+}
+#else /* no SIMD kernels: the references' loops, on the threads */
+static void ioupos__gelu_range(int mode, float *a, float *b, const float *x, size_t i0,
+                               size_t i1) {
+  if (mode == 0) ioupos__gelu_forward_ref(a + i0, x + i0, i1 - i0);
+  else if (mode == 1) ioupos__gelu_backward_ref(a + i0, x + i0, b + i0, i1 - i0);
+  else ioupos__gelu_backward_inplace_ref(b + i0, a ? a + i0 : NULL, x + i0, i1 - i0);
+}
+
+static void ioupos__layernorm_row_fast(float *y, float *mean, float *rstd, const float *x,
+                                       const float *weight, const float *bias, int C, float eps) {
+  ioupos__layernorm_forward_ref(y, mean, rstd, x, weight, bias, 1, C, eps);
+}
+
+static void ioupos__layernorm_dinp_row(float *dinp, const float *dout, const float *inp,
+                                       const float *weight, const float *mean, const float *rstd,
+                                       int n, int C) {
+  ioupos__layernorm_backward_ref(dinp + (size_t)n * C, NULL, NULL, dout + (size_t)n * C,
+                                 inp + (size_t)n * C, weight, mean + n, rstd + n, 1, C);
+}
+#endif /* IOUPOS__GEMM_AVX2 */
+
+/* -- the threads -- */
+
+static void ioupos__colsum_add_fast(float *db, const float *d, size_t T, int OC) {
+  /* each chunk's sums in parallel into part[chunk][OC], then added in chunk order */
+  size_t nch = (T + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
+  double *part;
+  int o;
+  long c, n = (long)nch;
+  if (T == 0 || OC < 1) return;
+  part = (double *)IOUPOS_MALLOC(sizeof(double) * nch * (size_t)OC);
+  if (!part) { /* the same sums, serially */
+    ioupos__colsum_add_ref(db, d, T, OC);
+    return;
+  }
+  IOUPOS__PFOR((double)T * OC)
+  for (c = 0; c < n; ++c) {
+    double *pp = part + (size_t)c * OC;
+    size_t t, t1 = ((size_t)c + 1) * IOUPOS__ROW_CHUNK < T ? ((size_t)c + 1) * IOUPOS__ROW_CHUNK : T;
+    int q;
+    for (q = 0; q < OC; ++q) pp[q] = 0.0;
+    for (t = (size_t)c * IOUPOS__ROW_CHUNK; t < t1; ++t) {
+      const float *row = d + t * OC;
+      q = 0;
+#if IOUPOS__GEMM_AVX2
+      for (; q + 4 <= OC; q += 4)
+        _mm256_storeu_pd(pp + q, _mm256_add_pd(_mm256_loadu_pd(pp + q),
+                                               _mm256_cvtps_pd(_mm_loadu_ps(row + q))));
+#endif
+      for (; q < OC; ++q) pp[q] += row[q];
+    }
+  }
+  for (ch = 1; ch < nch; ++ch)
+    for (o = 0; o < OC; ++o) part[o] += part[ch * OC + o];
+  for (o = 0; o < OC; ++o) db[o] += (float)part[o];
+  IOUPOS_FREE(part);
+}
+
+static void ioupos__layernorm_forward_fast(float *out, float *mean, float *rstd, const float *inp,
+                                           const float *weight, const float *bias, int N, int C,
+                                           float eps) {
+  int n;
+  IOUPOS__PFOR((double)N * C)
+  for (n = 0; n < N; ++n)
+    ioupos__layernorm_row_fast(out + (size_t)n * C, mean + n, rstd + n, inp + (size_t)n * C,
+                               weight, bias, C, eps);
+}
+
+static void ioupos__layernorm_backward_fast(float *dinp, float *dweight, float *dbias,
+                                            const float *dout, const float *inp,
+                                            const float *weight, const float *mean,
+                                            const float *rstd, int N, int C) {
+  /* chunks of IOUPOS__ROW_CHUNK rows in parallel: dinp row by row, and the parameter
+     gradients' sums per chunk, part[chunk][2][C] (row by row), then over the chunks in order */
+  long nch = (N + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
+  double *part = NULL;
+  int c;
+  if (N < 1 || C < 1) return;
+  if (dweight || dbias) {
+    part = (double *)IOUPOS_MALLOC(sizeof(double) * 2 * (size_t)C * (size_t)nch);
+    if (!part) { /* the same sums, serially */
+      ioupos__layernorm_backward_ref(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+      return;
+    }
+  }
+  IOUPOS__PFOR((double)N * C)
+  for (ch = 0; ch < nch; ++ch) {
+    int n, n0 = (int)ch * IOUPOS__ROW_CHUNK, n1 = n0 + IOUPOS__ROW_CHUNK < N ? n0 + IOUPOS__ROW_CHUNK : N;
+    double *pw = part ? part + (size_t)ch * 2 * C : NULL, *pb = pw ? pw + C : NULL;
+    for (c = 0; pw && c < 2 * C; ++c) pw[c] = 0.0;
+    for (n = n0; n < n1; ++n) {
+      const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+      double m = mean[n], r = rstd[n];
+      if (dinp) ioupos__layernorm_dinp_row(dinp, dout, inp, weight, mean, rstd, n, C);
+      if (!pw) continue;
+      c = 0;
+#if IOUPOS__GEMM_AVX2
+      {
+        const __m256d mv = _mm256_set1_pd(m), rv = _mm256_set1_pd(r);
+        for (; c + 4 <= C; c += 4) {
+          __m256d d = _mm256_cvtps_pd(_mm_loadu_ps(dy + c));
+          __m256d xh = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), mv), rv);
+          _mm256_storeu_pd(pw + c, _mm256_add_pd(_mm256_loadu_pd(pw + c), _mm256_mul_pd(d, xh)));
+          _mm256_storeu_pd(pb + c, _mm256_add_pd(_mm256_loadu_pd(pb + c), d));
+        }
+      }
+#endif
+      for (; c < C; ++c) {
+        pw[c] += dy[c] * ((x[c] - m) * r);
+        pb[c] += dy[c];
+      }
+    }
+  }
+  if (part) {
+    for (ch = 1; ch < nch; ++ch)
+      for (c = 0; c < 2 * C; ++c) part[c] += part[(size_t)ch * 2 * C + c];
+    for (c = 0; c < C; ++c) {
+      if (dweight) dweight[c] += (float)part[c];
+      if (dbias) dbias[c] += (float)part[C + c];
+    }
+    IOUPOS_FREE(part);
+  }
+}
+
+/* GELU over n elements in chunks of IOUPOS__EW_CHUNK on the threads */
+static void ioupos__gelu_par(int mode, float *a, float *b, const float *x, size_t n) {
+  long ch, nch = (long)((n + IOUPOS__EW_CHUNK - 1) / IOUPOS__EW_CHUNK);
+  IOUPOS__PFOR((double)n * 8)
+  for (ch = 0; ch < nch; ++ch) {
+    size_t i = (size_t)ch * IOUPOS__EW_CHUNK, e = i + IOUPOS__EW_CHUNK < n ? i + IOUPOS__EW_CHUNK : n;
+    ioupos__gelu_range(mode, a, b, x, i, e);
+  }
+}
+
+static void ioupos__gelu_forward_fast(float *out, const float *inp, size_t n) {
+  ioupos__gelu_par(0, out, NULL, inp, n);
+}
+
+static void ioupos__gelu_backward_fast(float *dinp, const float *inp, const float *dout, size_t n) {
+  ioupos__gelu_par(1, dinp, (float *)dout, inp, n); /* mode 1 only reads b */
+}
+
+static void ioupos__gelu_backward_inplace_fast(float *dh, float *act, const float *x, size_t n) {
+  ioupos__gelu_par(2, act, dh, x, n);
+}
+
+#endif /* IOUPOS__LAYERS_FAST */
 
 #ifdef __cplusplus
 }
@@ -10958,6 +11146,269 @@ IOUPOS_DEF size_t ioupos_window_attention_scratch_size(int BW, int N, int C, int
   (void)NH; /* dqkv [BW, N, 3C] and dy [BW, N, C]; the rest lives in per-call buffers */
   return (size_t)BW * N * 4 * C;
 }
+
+#if IOUPOS__LAYERS_FAST /* defined under "fast paths" at the end of the section */
+static int ioupos__window_attention_forward_fast(float *out, float *acts, const float *inp,
+                                                 const float *qkv_w, const float *qkv_b,
+                                                 const float *proj_w, const float *proj_b,
+                                                 const float *table, const int *index,
+                                                 const float *mask, int BW, int N, int C, int NH,
+                                                 int nW);
+static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, float *dqkv_b,
+                                                  float *dproj_w, float *dproj_b, float *dtable,
+                                                  float *scratch, const float *dout,
+                                                  const float *acts, const float *inp,
+                                                  const float *qkv_w, const float *proj_w,
+                                                  const int *index, int BW, int N, int C, int NH);
+#endif
+
+/* Windows per unit of work (a unit is these windows for one head). A constant: the relative
+   position table's gradient is summed per unit, then over units in order. */
+#define IOUPOS__ATTN_WCHUNK 32
+
+/* out [T, OC] = inp [T, IC] W [OC, IC]^T + b [OC] (b may be NULL). */
+static int ioupos__attn_linear_forward(float *out, const float *inp, const float *w,
+                                       const float *b, int T, int IC, int OC) {
+  int t, st = ioupos_gemm(0, 1, T, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
+  if (st || !b) return st;
+  IOUPOS__PFOR((double)T * OC)
+  for (t = 0; t < T; ++t) {
+    float *o = out + (size_t)t * OC;
+    int c;
+    for (c = 0; c < OC; ++c) o[c] += b[c];
+  }
+  return IOUPOS_OK;
+}
+
+/* dinp [T, IC] += dout W (dinp may be NULL); dw [OC, IC] += dout^T inp; db [OC] += column sums
+   (db may be NULL). ACCUMULATES. */
+static int ioupos__attn_linear_backward(float *dinp, float *dw, float *db, const float *dout,
+                                        const float *inp, const float *w, int T, int IC, int OC) {
+  int st = dinp ? ioupos_gemm(0, 0, T, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC) : 0;
+  if (!st) st = ioupos_gemm(1, 0, OC, IC, T, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+  if (st || !db) return st;
+  ioupos__colsum_add(db, dout, (size_t)T, OC);
+  return IOUPOS_OK;
+}
+
+/* p[0..N) = softmax(p) in place: float, the sum of the exponentials in double */
+IOUPOS__REF void ioupos__attn_softmax_ref(float *p, int N) {
+  float mx = -INFINITY;
+  double sum = 0.0;
+  int j;
+  for (j = 0; j < N; ++j) mx = p[j] > mx ? p[j] : mx;
+  for (j = 0; j < N; ++j) {
+    p[j] = expf(p[j] - mx);
+    sum += p[j];
+  }
+  for (j = 0; j < N; ++j) p[j] = (float)(p[j] / sum);
+}
+
+/* One row of the softmax backward: d[0..N) holds dP and becomes dS = P (dP - sum_j P dP);
+   t[j] += dS[j] (the bias's gradient, summed in double). */
+IOUPOS__REF void ioupos__attn_dsoftmax_ref(float *d, const float *p, double *t, int N) {
+  double dot = 0.0;
+  int j;
+  for (j = 0; j < N; ++j) dot += (double)p[j] * d[j];
+  for (j = 0; j < N; ++j) {
+    d[j] = (float)(p[j] * (d[j] - dot));
+    t[j] += d[j];
+  }
+}
+
+/* out[BW][N][C] for BW windows of N tokens, NH heads of hd = C / NH channels (q, k, v of head h
+   at columns h hd of their thirds of qkv):
+     qkv = inp W_qkv^T + b_qkv                                   [BW][N][3C], kept in acts
+     P[b][h][i][j] = softmax_j(scale (q_i . k_j) + table[index[i][j]][h] + mask[b % nW][i][j])
+     y[b][i][h hd + d] = sum_j P[i][j] v_j[d];   out = y W_proj^T + b_proj
+   scale = hd^-1/2 multiplies the float dot product (as a GEMM's alpha); mask may be NULL. acts
+   keeps qkv, P [BW][NH][N][N] and y [BW][N][C] for backward. */
+IOUPOS__REF int ioupos__window_attention_forward_ref(float *out, float *acts, const float *inp,
+                                                     const float *qkv_w, const float *qkv_b,
+                                                     const float *proj_w, const float *proj_b,
+                                                     const float *table, const int *index,
+                                                     const float *mask, int BW, int N, int C,
+                                                     int NH, int nW) {
+  const int C3 = 3 * C, hd = C / NH;
+  const float scale = (float)(1.0 / sqrt((double)hd));
+  float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
+  int b, h, i, j, d, st = ioupos__attn_linear_forward(qkv, inp, qkv_w, qkv_b, BW * N, C, C3);
+  if (st) return st;
+  for (b = 0; b < BW; ++b)
+    for (h = 0; h < NH; ++h)
+      for (i = 0; i < N; ++i) {
+        const float *w = qkv + (size_t)b * N * C3 + h * hd; /* token t: q at w + t 3C, k, v after */
+        const float *q = w + (size_t)i * C3, *k = w + C, *v = w + 2 * C;
+        float *P = att + (((size_t)b * NH + h) * N + i) * N;
+        for (j = 0; j < N; ++j) {
+          float s = 0.0f;
+          for (d = 0; d < hd; ++d) s += q[d] * k[(size_t)j * C3 + d];
+          P[j] = scale * s + table[(size_t)index[(size_t)i * N + j] * NH + h];
+          if (mask) P[j] += mask[((size_t)(b % nW) * N + i) * N + j];
+        }
+        ioupos__attn_softmax_ref(P, N);
+        for (d = 0; d < hd; ++d) {
+          float s = 0.0f;
+          for (j = 0; j < N; ++j) s += P[j] * v[(size_t)j * C3 + d];
+          y[((size_t)b * N + i) * C + h * hd + d] = s;
+        }
+      }
+  return ioupos__attn_linear_forward(out, y, proj_w, proj_b, BW * N, C, C);
+}
+
+IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
+                                               const float *qkv_w, const float *qkv_b,
+                                               const float *proj_w, const float *proj_b,
+                                               const float *table, const int *index,
+                                               const float *mask, int BW, int N, int C, int NH,
+                                               int nW) {
+  if (NH < 1 || C % NH != 0 || (mask && nW < 1))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_forward: C %d is not a multiple "
+                        "of heads %d, or mask without windows (nW %d)", C, NH, nW);
+  return IOUPOS__IMPL(ioupos__window_attention_forward)(out, acts, inp, qkv_w, qkv_b, proj_w,
+                                                        proj_b, table, index, mask, BW, N, C, NH,
+                                                        nW);
+}
+
+/* Gradients of ioupos__window_attention_forward_ref (ACCUMULATES into dinp, every parameter
+   gradient and dtable; dinp, dqkv_b, dproj_b may be NULL), through scratch = dqkv [BW][N][3C],
+   dy [BW][N][C]:
+     dy = dout W_proj;  dP_ij = dy_i . v_j;  dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij)
+     dv_i = sum_j P_ji dy_j;  dq_i = scale sum_j dS_ij k_j;  dk_i = scale sum_j dS_ji q_j
+     dtable[index[i][j]][h] += sum_b dS[b][h][i][j]
+   The table's sums in double, over the windows of each chunk of IOUPOS__ATTN_WCHUNK per score
+   position, then over positions per table row, then over the chunks: the fast path's order. */
+IOUPOS__REF int ioupos__window_attention_backward_ref(float *dinp, float *dqkv_w, float *dqkv_b,
+                                                      float *dproj_w, float *dproj_b,
+                                                      float *dtable, float *scratch,
+                                                      const float *dout, const float *acts,
+                                                      const float *inp, const float *qkv_w,
+                                                      const float *proj_w, const int *index,
+                                                      int BW, int N, int C, int NH) {
+  const int C3 = 3 * C, hd = C / NH;
+  const float scale = (float)(1.0 / sqrt((double)hd));
+  const float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
+  float *dqkv = scratch, *dy = scratch + (size_t)BW * N * C3, *dS;
+  size_t nn = (size_t)N * N, e;
+  double *acc, *tot, *row;
+  int b0, b, h, i, j, d, r, rows = 0, st;
+  st = ioupos_gemm(0, 0, BW * N, C, C, 1.0f, dout, C, proj_w, C, 0.0f, dy, C);
+  if (!st) st = ioupos__attn_linear_backward(NULL, dproj_w, dproj_b, dout, y, proj_w, BW * N, C, C);
+  if (st) return st;
+  for (e = 0; e < nn; ++e) rows = index[e] + 1 > rows ? index[e] + 1 : rows;
+  /* acc [N][N]: a chunk's sums per score position; tot [rows][NH], row [rows]; dS [N][N] */
+  acc = (double *)IOUPOS_MALLOC(sizeof(double) * (nn + (size_t)rows * (NH + 1)) +
+                                sizeof(float) * nn);
+  if (!acc) return ioupos__fail(IOUPOS_ENOMEM, "ioupos_window_attention_backward: out of memory");
+  tot = acc + nn, row = tot + (size_t)rows * NH, dS = (float *)(row + rows);
+  for (e = 0; e < (size_t)rows * NH; ++e) tot[e] = 0.0;
+  for (h = 0; h < NH; ++h)
+    for (b0 = 0; b0 < BW; b0 += IOUPOS__ATTN_WCHUNK) {
+      for (e = 0; e < nn; ++e) acc[e] = 0.0;
+      for (b = b0; b < BW && b < b0 + IOUPOS__ATTN_WCHUNK; ++b) {
+        const float *P = att + ((size_t)b * NH + h) * nn, *dY = dy + (size_t)b * N * C + h * hd;
+        const float *q = qkv + (size_t)b * N * C3 + h * hd, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + (size_t)b * N * C3 + h * hd, *dk = dq + C, *dv = dq + 2 * C;
+        for (i = 0; i < N; ++i) {
+          for (j = 0; j < N; ++j) {
+            float s = 0.0f;
+            for (d = 0; d < hd; ++d) s += dY[(size_t)i * C + d] * v[(size_t)j * C3 + d];
+            dS[(size_t)i * N + j] = s;
+          }
+          ioupos__attn_dsoftmax_ref(dS + (size_t)i * N, P + (size_t)i * N, acc + (size_t)i * N, N);
+        }
+        for (i = 0; i < N; ++i)
+          for (d = 0; d < hd; ++d) {
+            float sv = 0.0f, sq = 0.0f, sk = 0.0f;
+            for (j = 0; j < N; ++j) {
+              sv += P[(size_t)j * N + i] * dY[(size_t)j * C + d];
+              sq += dS[(size_t)i * N + j] * k[(size_t)j * C3 + d];
+              sk += dS[(size_t)j * N + i] * q[(size_t)j * C3 + d];
+            }
+            dv[(size_t)i * C3 + d] = sv;
+            dq[(size_t)i * C3 + d] = scale * sq;
+            dk[(size_t)i * C3 + d] = scale * sk;
+          }
+      }
+      for (r = 0; r < rows; ++r) row[r] = 0.0;
+      for (e = 0; e < nn; ++e) row[index[e]] += acc[e];
+      for (r = 0; r < rows; ++r) tot[(size_t)r * NH + h] += row[r];
+    }
+  for (e = 0; e < (size_t)rows * NH; ++e) dtable[e] += (float)tot[e];
+  IOUPOS_FREE(acc);
+  return ioupos__attn_linear_backward(dinp, dqkv_w, dqkv_b, dqkv, inp, qkv_w, BW * N, C, C3);
+}
+
+IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, float *dqkv_b,
+                                                float *dproj_w, float *dproj_b, float *dtable,
+                                                float *scratch, const float *dout,
+                                                const float *acts, const float *inp,
+                                                const float *qkv_w, const float *proj_w,
+                                                const int *index, int BW, int N, int C, int NH) {
+  if (NH < 1 || C % NH != 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_backward: C %d is not a multiple "
+                        "of heads %d", C, NH);
+  return IOUPOS__IMPL(ioupos__window_attention_backward)(dinp, dqkv_w, dqkv_b, dproj_w, dproj_b,
+                                                         dtable, scratch, dout, acts, inp, qkv_w,
+                                                         proj_w, index, BW, N, C, NH);
+}
+
+IOUPOS_DEF size_t ioupos_swin_attention_acts_size(const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin;
+  return (size_t)BW * g->ntok * C + ioupos_window_attention_acts_size(BW, g->ntok, C, NH);
+}
+
+IOUPOS_DEF size_t ioupos_swin_attention_scratch_size(const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin;
+  /* two window-shaped buffers (dwindows out / in, or the forward's windows out) + the window
+     attention's backward scratch */
+  return 2 * (size_t)BW * g->ntok * C + ioupos_window_attention_scratch_size(BW, g->ntok, C, NH);
+}
+
+IOUPOS_DEF int ioupos_swin_attention_forward(float *out, float *acts, float *scratch,
+                                             const float *x, const float *qkv_w,
+                                             const float *qkv_b, const float *proj_w,
+                                             const float *proj_b, const float *table,
+                                             const int *index, const float *mask,
+                                             const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin, st;
+  float *win = acts, *wout = scratch;
+  ioupos_window_partition_forward(win, x, g, C);
+  st = ioupos_window_attention_forward(wout, acts + (size_t)BW * g->ntok * C, win, qkv_w, qkv_b,
+                                       proj_w, proj_b, table, index, g->shifted ? mask : NULL,
+                                       BW, g->ntok, C, NH, g->nwin);
+  if (st) return st;
+  ioupos_window_reverse_forward(out, wout, g, C);
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b,
+                                              float *dproj_w, float *dproj_b, float *dtable,
+                                              float *scratch, const float *dout,
+                                              const float *acts, const float *qkv_w,
+                                              const float *proj_w, const int *index,
+                                              const ioupos_swin_geom *g, int C, int NH) {
+  int BW = g->batch * g->nwin, st;
+  size_t nw = (size_t)BW * g->ntok * C;
+  float *dwout = scratch, *dwin = scratch + nw;
+  memset(dwout, 0, sizeof(float) * nw * 2);
+  ioupos_window_reverse_backward(dwout, dout, g, C);
+  st = ioupos_window_attention_backward(dwin, dqkv_w, dqkv_b, dproj_w, dproj_b, dtable,
+                                        scratch + 2 * nw, dwout, acts + nw, acts, qkv_w, proj_w,
+                                        index, BW, g->ntok, C, NH);
+  if (st) return st;
+  ioupos_window_partition_backward(dx, dwin, g, C);
+  return IOUPOS_OK;
+}
+
+/* ==== 12. fast paths =============================================================================
+   Window attention with the windows in chunks of IOUPOS__ATTN_WCHUNK per head on the OpenMP
+   threads, the per-window products as direct register-tiled kernels on (window, head) pairs read
+   in place from qkv, and the bias + mask + softmax of a score row fused and vectorised (AVX2+FMA,
+   AVX-512 on top; without AVX2 a portable tiled kernel and the reference's rows). The sums run in
+   the reference's order; with AVX2 the products are FMAs and exp is section 11's vector exp, so
+   the results differ from the reference's by rounding (tests/test_threads.c, part 6). */
+#if IOUPOS__LAYERS_FAST
 
 /* ---- the small products of one window and head, without packing ----------------------------
    O[i][c] = alpha * sum_{p < K} A[i * ai + p * ap] * B[p * ldb + c]   for i < M, c < nvalid.
@@ -11164,45 +11615,16 @@ static void ioupos__attn_pad(float *dst, const float *src, ptrdiff_t ld, int n, 
   }
 }
 
-/* Windows per unit of work (a unit is these windows for one head). A constant: the relative
-   position table's gradient is summed per unit, then over units in order. */
-#define IOUPOS__ATTN_WCHUNK 32
-
-/* out [T, OC] = inp [T, IC] W [OC, IC]^T + b [OC] (b may be NULL). */
-static int ioupos__attn_linear_forward(float *out, const float *inp, const float *w,
-                                       const float *b, int T, int IC, int OC) {
-  int t, st = ioupos_gemm(0, 1, T, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
-  if (st || !b) return st;
-  IOUPOS__PFOR((double)T * OC)
-  for (t = 0; t < T; ++t) {
-    float *o = out + (size_t)t * OC;
-    int c;
-    for (c = 0; c < OC; ++c) o[c] += b[c];
-  }
-  return IOUPOS_OK;
-}
-
-/* dinp [T, IC] += dout W (dinp may be NULL); dw [OC, IC] += dout^T inp; db [OC] += column sums
-   (db may be NULL). ACCUMULATES. */
-static int ioupos__attn_linear_backward(float *dinp, float *dw, float *db, const float *dout,
-                                        const float *inp, const float *w, int T, int IC, int OC) {
-  int st = dinp ? ioupos_gemm(0, 0, T, IC, OC, 1.0f, dout, OC, w, IC, 1.0f, dinp, IC) : 0;
-  if (!st) st = ioupos_gemm(1, 0, OC, IC, T, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
-  if (st || !db) return st;
-  ioupos__colsum_add(db, dout, (size_t)T, OC);
-  return IOUPOS_OK;
-}
-
 /* One row of the scores: P[0..N) = softmax(s + bias (+ mask)), s[0..Np) is overwritten; bias is
    -inf and the mask 0 past N. The sum of the exponentials is taken in double. */
 #if IOUPOS__GEMM_AVX2
 static void ioupos__attn_softmax_row(float *P, float *s, const float *bias, const float *mask,
                                      int N, int Np) {
   __m256 m8 = _mm256_set1_ps(-INFINITY);
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), mx, iv;
-  double sum, inv, u[4];
+  ioupos__vd acc[8 / IOUPOS__VD_N], mx, iv;
+  double sum, inv, u[8];
   float t[8], mxf;
-  int j, l;
+  int j, l, k;
   for (j = 0; j < Np; j += 8) {
     __m256 v = _mm256_add_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(bias + j));
     if (mask) v = _mm256_add_ps(v, _mm256_loadu_ps(mask + j));
@@ -11212,26 +11634,22 @@ static void ioupos__attn_softmax_row(float *P, float *s, const float *bias, cons
   _mm256_storeu_ps(t, m8);
   mxf = t[0];
   for (l = 1; l < 8; ++l) mxf = t[l] > mxf ? t[l] : mxf;
-  mx = _mm256_set1_pd((double)mxf);
-  for (j = 0; j < Np; j += 8) { /* e = exp(s - max) rounded to float, summed in double */
-    __m256 v = _mm256_loadu_ps(s + j);
-    __m128 el = _mm256_cvtpd_ps(ioupos__exp_neg_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mx)));
-    __m128 eh = _mm256_cvtpd_ps(ioupos__exp_neg_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mx)));
-    _mm_storeu_ps(s + j, el);
-    _mm_storeu_ps(s + j + 4, eh);
-    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(el));
-    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(eh));
-  }
-  _mm256_storeu_pd(u, _mm256_add_pd(a0, a1));
-  sum = (u[0] + u[1]) + (u[2] + u[3]);
+  mx = ioupos__vd_set1((double)mxf);
+  for (k = 0; k < 8 / IOUPOS__VD_N; ++k) acc[k] = ioupos__vd_set1(0.0);
+  /* e = exp(s - max) rounded to float, summed in double: element j into sum j mod 8 */
+  for (j = 0; j < Np; j += 8)
+    for (k = 0; k < 8 / IOUPOS__VD_N; ++k) {
+      float *sj = s + j + k * IOUPOS__VD_N;
+      ioupos__vd_storef(sj, ioupos__vd_exp_neg(ioupos__vd_sub(ioupos__vd_loadf(sj), mx)));
+      acc[k] = ioupos__vd_add(acc[k], ioupos__vd_loadf(sj));
+    }
+  for (k = 0; k < 8 / IOUPOS__VD_N; ++k) ioupos__vd_stored(u + k * IOUPOS__VD_N, acc[k]);
+  sum = ((u[0] + u[4]) + (u[1] + u[5])) + ((u[2] + u[6]) + (u[3] + u[7]));
   inv = 1.0 / sum;
-  iv = _mm256_set1_pd(inv);
-  for (j = 0; j + 8 <= N; j += 8) {
-    __m128 pl = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(s + j)), iv));
-    __m128 ph = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(s + j + 4)), iv));
-    _mm_storeu_ps(P + j, pl);
-    _mm_storeu_ps(P + j + 4, ph);
-  }
+  iv = ioupos__vd_set1(inv);
+  for (j = 0; j + 8 <= N; j += 8)
+    for (k = 0; k < 8; k += IOUPOS__VD_N)
+      ioupos__vd_storef(P + j + k, ioupos__vd_mul(ioupos__vd_loadf(s + j + k), iv));
   for (; j < N; ++j) P[j] = (float)((double)s[j] * inv);
 }
 
@@ -11264,34 +11682,17 @@ static void ioupos__attn_dsoftmax_row(float *d, const float *p, double *t, int N
     t[j] += d[j];
   }
 }
-#else
+#else /* no SIMD kernels: the reference's rows */
 static void ioupos__attn_softmax_row(float *P, float *s, const float *bias, const float *mask,
                                      int N, int Np) {
-  float mx = -INFINITY;
-  double sum = 0.0;
   int j;
   (void)Np;
-  for (j = 0; j < N; ++j) {
-    float v = s[j] + bias[j];
-    if (mask) v += mask[j];
-    s[j] = v;
-    if (v > mx) mx = v;
-  }
-  for (j = 0; j < N; ++j) {
-    s[j] = expf(s[j] - mx);
-    sum += s[j];
-  }
-  for (j = 0; j < N; ++j) P[j] = (float)(s[j] / sum);
+  for (j = 0; j < N; ++j) P[j] = mask ? s[j] + bias[j] + mask[j] : s[j] + bias[j];
+  ioupos__attn_softmax_ref(P, N);
 }
 
 static void ioupos__attn_dsoftmax_row(float *d, const float *p, double *t, int N) {
-  double dot = 0.0;
-  int j;
-  for (j = 0; j < N; ++j) dot += (double)p[j] * d[j];
-  for (j = 0; j < N; ++j) {
-    d[j] = (float)(p[j] * (d[j] - dot));
-    t[j] += d[j];
-  }
+  ioupos__attn_dsoftmax_ref(d, p, t, N);
 }
 #endif
 
@@ -11322,12 +11723,12 @@ static void ioupos__attn_fwd_one(float *att, float *y, const float *qkv, const f
   }
 }
 
-IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
-                                               const float *qkv_w, const float *qkv_b,
-                                               const float *proj_w, const float *proj_b,
-                                               const float *table, const int *index,
-                                               const float *mask, int BW, int N, int C, int NH,
-                                               int nW) {
+static int ioupos__window_attention_forward_fast(float *out, float *acts, const float *inp,
+                                                 const float *qkv_w, const float *qkv_b,
+                                                 const float *proj_w, const float *proj_b,
+                                                 const float *table, const int *index,
+                                                 const float *mask, int BW, int N, int C, int NH,
+                                                 int nW) {
   const int C3 = 3 * C;
   float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
   float *bias, *maskp = NULL, *ws;
@@ -11335,9 +11736,6 @@ IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const fl
   void *raw;
   int hd, Np, hdp, h, i, j, st, nth, units;
   float scale;
-  if (NH < 1 || C % NH != 0 || (mask && nW < 1))
-    return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_forward: C %d is not a multiple "
-                        "of heads %d, or mask without windows (nW %d)", C, NH, nW);
   hd = C / NH, Np = (N + 7) & ~7, hdp = (hd + 7) & ~7;
   scale = (float)(1.0 / sqrt((double)hd));
   st = ioupos__attn_linear_forward(qkv, inp, qkv_w, qkv_b, BW * N, C, C3);
@@ -11414,12 +11812,12 @@ static void ioupos__attn_bwd_one(float *dqkv, double *tp, const float *qkv, cons
   }
 }
 
-IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, float *dqkv_b,
-                                                float *dproj_w, float *dproj_b, float *dtable,
-                                                float *scratch, const float *dout,
-                                                const float *acts, const float *inp,
-                                                const float *qkv_w, const float *proj_w,
-                                                const int *index, int BW, int N, int C, int NH) {
+static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, float *dqkv_b,
+                                                  float *dproj_w, float *dproj_b, float *dtable,
+                                                  float *scratch, const float *dout,
+                                                  const float *acts, const float *inp,
+                                                  const float *qkv_w, const float *proj_w,
+                                                  const int *index, int BW, int N, int C, int NH) {
   const int C3 = 3 * C;
   const float *qkv = acts, *att = acts + (size_t)BW * N * C3, *y = att + (size_t)BW * NH * N * N;
   float *dqkv = scratch, *dy = scratch + (size_t)BW * N * C3, *ws;
@@ -11428,9 +11826,6 @@ IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, floa
   void *raw;
   int hd, Np, hdp, h, r, st, nth, nchunk, units, rows = 0;
   float scale;
-  if (NH < 1 || C % NH != 0)
-    return ioupos__fail(IOUPOS_EINVAL, "ioupos_window_attention_backward: C %d is not a multiple "
-                        "of heads %d", C, NH);
   hd = C / NH, Np = (N + 7) & ~7, hdp = (hd + 7) & ~7;
   scale = (float)(1.0 / sqrt((double)hd));
   /* projection: dy = dout proj_w (overwritten), dproj_w += dout^T y, dproj_b += sums */
@@ -11486,53 +11881,7 @@ IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, floa
   return ioupos__attn_linear_backward(dinp, dqkv_w, dqkv_b, dqkv, inp, qkv_w, BW * N, C, C3);
 }
 
-IOUPOS_DEF size_t ioupos_swin_attention_acts_size(const ioupos_swin_geom *g, int C, int NH) {
-  int BW = g->batch * g->nwin;
-  return (size_t)BW * g->ntok * C + ioupos_window_attention_acts_size(BW, g->ntok, C, NH);
-}
-
-IOUPOS_DEF size_t ioupos_swin_attention_scratch_size(const ioupos_swin_geom *g, int C, int NH) {
-  int BW = g->batch * g->nwin;
-  /* two window-shaped buffers (dwindows out / in, or the forward's windows out) + the window
-     attention's backward scratch */
-  return 2 * (size_t)BW * g->ntok * C + ioupos_window_attention_scratch_size(BW, g->ntok, C, NH);
-}
-
-IOUPOS_DEF int ioupos_swin_attention_forward(float *out, float *acts, float *scratch,
-                                             const float *x, const float *qkv_w,
-                                             const float *qkv_b, const float *proj_w,
-                                             const float *proj_b, const float *table,
-                                             const int *index, const float *mask,
-                                             const ioupos_swin_geom *g, int C, int NH) {
-  int BW = g->batch * g->nwin, st;
-  float *win = acts, *wout = scratch;
-  ioupos_window_partition_forward(win, x, g, C);
-  st = ioupos_window_attention_forward(wout, acts + (size_t)BW * g->ntok * C, win, qkv_w, qkv_b,
-                                       proj_w, proj_b, table, index, g->shifted ? mask : NULL,
-                                       BW, g->ntok, C, NH, g->nwin);
-  if (st) return st;
-  ioupos_window_reverse_forward(out, wout, g, C);
-  return IOUPOS_OK;
-}
-
-IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b,
-                                              float *dproj_w, float *dproj_b, float *dtable,
-                                              float *scratch, const float *dout,
-                                              const float *acts, const float *qkv_w,
-                                              const float *proj_w, const int *index,
-                                              const ioupos_swin_geom *g, int C, int NH) {
-  int BW = g->batch * g->nwin, st;
-  size_t nw = (size_t)BW * g->ntok * C;
-  float *dwout = scratch, *dwin = scratch + nw;
-  memset(dwout, 0, sizeof(float) * nw * 2);
-  ioupos_window_reverse_backward(dwout, dout, g, C);
-  st = ioupos_window_attention_backward(dwin, dqkv_w, dqkv_b, dproj_w, dproj_b, dtable,
-                                        scratch + 2 * nw, dwout, acts + nw, acts, qkv_w, proj_w,
-                                        index, BW, g->ntok, C, NH);
-  if (st) return st;
-  ioupos_window_partition_backward(dx, dwin, g, C);
-  return IOUPOS_OK;
-}
+#endif /* IOUPOS__LAYERS_FAST */
 
 
 /* ---- 13. Safetensors files --------------------------------------------------------------------- */
@@ -12364,6 +12713,10 @@ done:
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Every function of this section is its own plain reference (section 11, HOW SECTIONS 11 AND 12
+   ARE LAID OUT): scalar loops, sums in double, no SIMD lanes or threads. The weight-normalised
+   linear's products are section 11's linear layer (the GEMM, whose reference is there). */
 
 static double ioupos__wl_norm(const float *x, int C) {
   double s = 0.0;
@@ -15377,6 +15730,13 @@ extern "C" {
    anything but the shapes (see section 10, THREADS AND DETERMINISM). */
 #define IOUPOS__CONV_BLOCK 4096
 
+/* Each layer of this section is first a plain reference: the convolutions' are the static
+   ioupos__conv_forward_ref / _backward_ref and ioupos__conv_transpose_forward_ref / _backward_ref
+   (direct loops, double sums) beside the public im2col + GEMM versions, which run in every build
+   (tests/test_decoder.c compares them within the GEMM's error bound). Instance norm, leaky ReLU
+   and the concatenation are their own references (loops over independent planes or channels on
+   the threads change no result); the blocks are compositions of these layers. */
+
 /* Spatial geometry on 3 internal axes: 2D is a leading axis of size 1 (kernel depth 1). */
 typedef struct ioupos__cgeom {
   int S[3];  /* spatial sizes, slowest first */
@@ -15450,6 +15810,86 @@ IOUPOS_DEF void ioupos_to_channels_last_backward(float *dinp, const float *dout,
 }
 
 /* ---- convolution ---- */
+/* The input position under tap t (raster order over the kernel, slowest axis first) of the
+   "same" kernel centred on plane position p: 1 and its plane index in *q when inside. */
+static int ioupos__conv_tap(const ioupos__cgeom *g, size_t p, int t, size_t *q) {
+  const size_t HW = (size_t)g->S[1] * g->S[2];
+  int z = (int)(p / HW) + t / (g->kk[1] * g->kk[2]) - g->kk[0] / 2;
+  int y = (int)(p % HW / (size_t)g->S[2]) + t / g->kk[2] % g->kk[1] - g->kk[1] / 2;
+  int x = (int)(p % (size_t)g->S[2]) + t % g->kk[2] - g->kk[2] / 2;
+  if (z < 0 || z >= g->S[0] || y < 0 || y >= g->S[1] || x < 0 || x >= g->S[2]) return 0;
+  *q = ((size_t)z * g->S[1] + y) * g->S[2] + x;
+  return 1;
+}
+
+/* out[B][Cout][n] = bias[co] + sum over ci and the kv = k^dims taps t of weight[co][ci][t] *
+   inp[b][ci][position under t] (zero outside: "same" padding, stride 1), n positions per plane;
+   in double, rounded once. Valid arguments (ioupos_conv_forward checks them). */
+IOUPOS__REF void ioupos__conv_forward_ref(float *out, const float *inp, const float *weight,
+                                          const float *bias, int dims, int B, int Cin,
+                                          const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  size_t p, q;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, k);
+  for (b = 0; b < B; ++b)
+    for (co = 0; co < Cout; ++co)
+      for (p = 0; p < g.n; ++p) {
+        double s = bias ? bias[co] : 0.0;
+        for (ci = 0; ci < Cin; ++ci)
+          for (t = 0; t < (int)g.kv; ++t)
+            if (ioupos__conv_tap(&g, p, t, &q))
+              s += (double)weight[((size_t)co * Cin + ci) * g.kv + t] *
+                   inp[((size_t)b * Cin + ci) * g.n + q];
+        out[((size_t)b * Cout + co) * g.n + p] = (float)s;
+      }
+}
+
+/* Gradients of ioupos__conv_forward_ref, each sum in double: dinp[b][ci][q] += sum over co and
+   the taps t that read q (from p) of weight[co][ci][t] dout[b][co][p]; dweight[co][ci][t] +=
+   sum over b and p of dout[b][co][p] inp[b][ci][under t]; dbias[co] += sum of dout[.][co][.].
+   ACCUMULATES (each may be NULL). */
+IOUPOS__REF void ioupos__conv_backward_ref(float *dinp, float *dweight, float *dbias,
+                                           const float *dout, const float *inp,
+                                           const float *weight, int dims, int B, int Cin,
+                                           const int shape[], int k, int Cout) {
+  ioupos__cgeom g;
+  size_t p, q;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, k);
+  for (b = 0; dinp && b < B; ++b)
+    for (ci = 0; ci < Cin; ++ci)
+      for (q = 0; q < g.n; ++q) {
+        double s = 0.0;
+        for (co = 0; co < Cout; ++co)
+          for (t = 0; t < (int)g.kv; ++t) /* tap t reads q from p = q - its offset: the position
+                                              under the mirrored tap kv - 1 - t (k odd) */
+            if (ioupos__conv_tap(&g, q, (int)g.kv - 1 - t, &p))
+              s += (double)weight[((size_t)co * Cin + ci) * g.kv + t] *
+                   dout[((size_t)b * Cout + co) * g.n + p];
+        dinp[((size_t)b * Cin + ci) * g.n + q] += (float)s;
+      }
+  for (co = 0; co < Cout; ++co) {
+    double sb = 0.0;
+    for (ci = 0; dweight && ci < Cin; ++ci)
+      for (t = 0; t < (int)g.kv; ++t) {
+        double s = 0.0;
+        for (b = 0; b < B; ++b)
+          for (p = 0; p < g.n; ++p)
+            if (ioupos__conv_tap(&g, p, t, &q))
+              s += (double)dout[((size_t)b * Cout + co) * g.n + p] *
+                   inp[((size_t)b * Cin + ci) * g.n + q];
+        dweight[((size_t)co * Cin + ci) * g.kv + t] += (float)s;
+      }
+    for (b = 0; dbias && b < B; ++b)
+      for (p = 0; p < g.n; ++p) sb += dout[((size_t)b * Cout + co) * g.n + p];
+    if (dbias) dbias[co] += (float)sb;
+  }
+}
+
+/* The public convolution: im2col + GEMM, the columns of blocks of IOUPOS__CONV_BLOCK positions
+   (its fast path, in every build: the GEMM of section 10). */
+
 /* Rows of the column block: row r = (ci, a, e, f) in torch's weight order, column j = position
    p0 + j of the sample (p0 <= p < p1). dir 0: col[r][j] = img[ci][pos + tap offset] (0 outside);
    dir 1: img[ci][pos + offset] += col[r][j] (rows of one ci on one thread, in row order). */
@@ -15602,6 +16042,81 @@ IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, f
 }
 
 /* ---- transposed convolution, kernel 2 stride 2 ---- */
+/* Output plane index of input position p under tap t of the 2^dims kernel of stride 2. */
+static size_t ioupos__tconv_out(const ioupos__cgeom *g, size_t p, int t) {
+  const size_t HW = (size_t)g->S[1] * g->S[2];
+  size_t z = p / HW * g->kk[0] + t / (g->kk[1] * g->kk[2]);
+  size_t y = p % HW / (size_t)g->S[2] * 2 + t / g->kk[2] % g->kk[1];
+  size_t x = p % (size_t)g->S[2] * 2 + t % g->kk[2];
+  return (z * ((size_t)g->S[1] * 2) + y) * ((size_t)g->S[2] * 2) + x;
+}
+
+/* out[b][co][under tap t of p] = bias[co] + sum_ci inp[b][ci][p] weight[ci][co][t] for every
+   input position p and tap t (each output has exactly one); in double, rounded once. */
+IOUPOS__REF void ioupos__conv_transpose_forward_ref(float *out, const float *inp,
+                                                    const float *weight, const float *bias,
+                                                    int dims, int B, int Cin, const int shape[],
+                                                    int Cout) {
+  ioupos__cgeom g;
+  size_t p;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, 2);
+  for (b = 0; b < B; ++b)
+    for (co = 0; co < Cout; ++co)
+      for (p = 0; p < g.n; ++p)
+        for (t = 0; t < (int)g.kv; ++t) {
+          double s = bias ? bias[co] : 0.0;
+          for (ci = 0; ci < Cin; ++ci)
+            s += (double)inp[((size_t)b * Cin + ci) * g.n + p] *
+                 weight[((size_t)ci * Cout + co) * g.kv + t];
+          out[((size_t)b * Cout + co) * g.n * g.kv + ioupos__tconv_out(&g, p, t)] = (float)s;
+        }
+}
+
+/* Its gradients, each sum in double: dinp[b][ci][p] += sum over co, t of weight[ci][co][t]
+   dout[b][co][under t of p]; dweight[ci][co][t] += sum over b, p of inp[b][ci][p]
+   dout[b][co][under t of p]; dbias[co] += sum of dout[.][co][.]. ACCUMULATES (each may be
+   NULL). shape is the input's. */
+IOUPOS__REF void ioupos__conv_transpose_backward_ref(float *dinp, float *dweight, float *dbias,
+                                                     const float *dout, const float *inp,
+                                                     const float *weight, int dims, int B,
+                                                     int Cin, const int shape[], int Cout) {
+  ioupos__cgeom g;
+  size_t p, no;
+  int b, co, ci, t;
+  ioupos__cgeom_init(&g, dims, shape, 2);
+  no = g.n * g.kv; /* outputs per plane */
+  for (b = 0; dinp && b < B; ++b)
+    for (ci = 0; ci < Cin; ++ci)
+      for (p = 0; p < g.n; ++p) {
+        double s = 0.0;
+        for (co = 0; co < Cout; ++co)
+          for (t = 0; t < (int)g.kv; ++t)
+            s += (double)weight[((size_t)ci * Cout + co) * g.kv + t] *
+                 dout[((size_t)b * Cout + co) * no + ioupos__tconv_out(&g, p, t)];
+        dinp[((size_t)b * Cin + ci) * g.n + p] += (float)s;
+      }
+  for (ci = 0; dweight && ci < Cin; ++ci)
+    for (co = 0; co < Cout; ++co)
+      for (t = 0; t < (int)g.kv; ++t) {
+        double s = 0.0;
+        for (b = 0; b < B; ++b)
+          for (p = 0; p < g.n; ++p)
+            s += (double)inp[((size_t)b * Cin + ci) * g.n + p] *
+                 dout[((size_t)b * Cout + co) * no + ioupos__tconv_out(&g, p, t)];
+        dweight[((size_t)ci * Cout + co) * g.kv + t] += (float)s;
+      }
+  for (co = 0; dbias && co < Cout; ++co) {
+    double s = 0.0;
+    for (b = 0; b < B; ++b)
+      for (p = 0; p < no; ++p) s += dout[((size_t)b * Cout + co) * no + p];
+    dbias[co] += (float)s;
+  }
+}
+
+/* The public transposed convolution: a GEMM per block of IOUPOS__CONV_BLOCK input positions,
+   then a scatter (its fast path, in every build). */
+
 /* Between tmp[(co, a, e, f)][j] (input position p0 + j) and an image [co][output position].
    dir 0: img_out = tmp (+ bias); dir 1: tmp = img_in (gather of the gradient). One co per
    thread. */

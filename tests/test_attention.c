@@ -15,6 +15,10 @@
    random elements against an independent double-precision forward written here, and the whole
    block (with temporary test-only layer norm / GELU, see run_block).
 
+   This build has no SIMD and no OpenMP: the window attention runs its plain reference
+   (ioupos__window_attention_forward_ref / _backward_ref); tests/test_threads.c, part 6, runs
+   the fast path (register-tiled kernels, threads) against it.
+
    Build: cc -std=c99 -O2 -g -Wall -Wextra -Werror -mavx2 -mfma -D_POSIX_C_SOURCE=200809L -I.
           -I/usr/include/stb tests/test_attention.c -o build/test_attention -lm -lpthread
    Run from the repository root (the fixture paths are relative). */

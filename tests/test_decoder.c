@@ -17,8 +17,12 @@
         (fewer outputs, less noise). Where the layer has leaky ReLUs, a sample whose +-h
         forward flips the sign of any leaky ReLU input is skipped (the central difference
         straddles the kink there) and counted; at least half the samples must remain.
+   The convolutions' plain references (ioupos__conv_forward_ref and the others: direct loops,
+   double sums) run the same fixture cases with the same tolerances.
    Then: the im2col / GEMM blocking (4096 positions) on sizes above one block against direct
-   double loops, NULL-gradient and bias-NULL variants, and argument errors.
+   double loops, and the plain references within the same bound of those loops (their bias
+   gradients bit-identical to the fast path's), NULL-gradient and bias-NULL variants, and
+   argument errors.
    Prints the worst element of each comparison and "test_decoder: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
 #define IOUPOS_IMPLEMENTATION
@@ -58,6 +62,7 @@ static struct {
   int dims, B, Cin, Cout, k, shape[3], C2;
   size_t n; /* positions per plane of the input shape */
   int bias; /* the last parameter is a bias */
+  int ref;  /* run the plain reference (ioupos__conv*_ref) instead of the public function */
   float *scratch, *acts, *mean, *rstd;
 } Kf;
 
@@ -270,13 +275,21 @@ static void test_transpose(const char *name, int first, int dims, int C, const i
 
 /* ---- convolution: p0 = x, p1 = w, p2 = b (when bias) ---- */
 static void conv_fwd(void) {
-  st_ok(ioupos_conv_forward(T.out, Kf.scratch, T.p[0], T.p[1], Kf.bias ? T.p[2] : NULL, Kf.dims,
-                            Kf.B, Kf.Cin, Kf.shape, Kf.k, Kf.Cout), "conv forward");
+  if (Kf.ref)
+    ioupos__conv_forward_ref(T.out, T.p[0], T.p[1], Kf.bias ? T.p[2] : NULL, Kf.dims, Kf.B, Kf.Cin,
+                             Kf.shape, Kf.k, Kf.Cout);
+  else
+    st_ok(ioupos_conv_forward(T.out, Kf.scratch, T.p[0], T.p[1], Kf.bias ? T.p[2] : NULL, Kf.dims,
+                              Kf.B, Kf.Cin, Kf.shape, Kf.k, Kf.Cout), "conv forward");
 }
 static void conv_bwd(void) {
-  st_ok(ioupos_conv_backward(T.g[0], T.g[1], Kf.bias ? T.g[2] : NULL, Kf.scratch, T.G, T.p[0],
-                             T.p[1], Kf.dims, Kf.B, Kf.Cin, Kf.shape, Kf.k, Kf.Cout),
-        "conv backward");
+  if (Kf.ref)
+    ioupos__conv_backward_ref(T.g[0], T.g[1], Kf.bias ? T.g[2] : NULL, T.G, T.p[0], T.p[1],
+                              Kf.dims, Kf.B, Kf.Cin, Kf.shape, Kf.k, Kf.Cout);
+  else
+    st_ok(ioupos_conv_backward(T.g[0], T.g[1], Kf.bias ? T.g[2] : NULL, Kf.scratch, T.G, T.p[0],
+                               T.p[1], Kf.dims, Kf.B, Kf.Cin, Kf.shape, Kf.k, Kf.Cout),
+          "conv backward");
 }
 static void setup_conv(const char *name, int dims, int B, int Cin, int Cout, int k,
                        const int *shape, int bias) {
@@ -299,18 +312,31 @@ static void test_conv(const char *name, int dims, int Cin, int Cout, int k, cons
   static const double at[3] = {2e-5, 1e-4, 1e-4}, rt[3] = {1e-4, 1e-4, 1e-4};
   setup_conv(name, dims, 2, Cin, Cout, k, shape, bias);
   run_fixture(2e-5, 1e-4, at, rt, 1);
+  /* the plain reference (direct loops, double sums) against the same fixture and tolerances */
+  printf("(plain reference) ");
+  setup_conv(name, dims, 2, Cin, Cout, k, shape, bias);
+  Kf.ref = 1;
+  run_fixture(2e-5, 1e-4, at, rt, 1);
 }
 
 /* ---- transposed convolution: p0 = x, p1 = w, p2 = b ---- */
 static void tconv_fwd(void) {
-  st_ok(ioupos_conv_transpose_forward(T.out, Kf.scratch, T.p[0], T.p[1], Kf.bias ? T.p[2] : NULL,
-                                      Kf.dims, Kf.B, Kf.Cin, Kf.shape, Kf.Cout),
-        "conv transpose forward");
+  if (Kf.ref)
+    ioupos__conv_transpose_forward_ref(T.out, T.p[0], T.p[1], Kf.bias ? T.p[2] : NULL, Kf.dims,
+                                       Kf.B, Kf.Cin, Kf.shape, Kf.Cout);
+  else
+    st_ok(ioupos_conv_transpose_forward(T.out, Kf.scratch, T.p[0], T.p[1],
+                                        Kf.bias ? T.p[2] : NULL, Kf.dims, Kf.B, Kf.Cin, Kf.shape,
+                                        Kf.Cout), "conv transpose forward");
 }
 static void tconv_bwd(void) {
-  st_ok(ioupos_conv_transpose_backward(T.g[0], T.g[1], Kf.bias ? T.g[2] : NULL, Kf.scratch, T.G,
-                                       T.p[0], T.p[1], Kf.dims, Kf.B, Kf.Cin, Kf.shape, Kf.Cout),
-        "conv transpose backward");
+  if (Kf.ref)
+    ioupos__conv_transpose_backward_ref(T.g[0], T.g[1], Kf.bias ? T.g[2] : NULL, T.G, T.p[0],
+                                        T.p[1], Kf.dims, Kf.B, Kf.Cin, Kf.shape, Kf.Cout);
+  else
+    st_ok(ioupos_conv_transpose_backward(T.g[0], T.g[1], Kf.bias ? T.g[2] : NULL, Kf.scratch,
+                                         T.G, T.p[0], T.p[1], Kf.dims, Kf.B, Kf.Cin, Kf.shape,
+                                         Kf.Cout), "conv transpose backward");
 }
 static void setup_tconv(const char *name, int dims, int B, int Cin, int Cout, const int *shape,
                         int bias) {
@@ -329,6 +355,10 @@ static void test_tconv(const char *name, int dims, int Cin, int Cout, const int 
      positions (of O(1) products), values O(10) */
   static const double at[3] = {1e-5, 1e-5, 1e-4}, rt[3] = {1e-4, 1e-4, 1e-4};
   setup_tconv(name, dims, 2, Cin, Cout, shape, bias);
+  run_fixture(1e-5, 1e-4, at, rt, 1);
+  printf("(plain reference) "); /* the same fixture and tolerances */
+  setup_tconv(name, dims, 2, Cin, Cout, shape, bias);
+  Kf.ref = 1;
   run_fixture(1e-5, 1e-4, at, rt, 1);
 }
 
@@ -612,6 +642,20 @@ static void test_conv_blocks(int dims, int B, int Cin, int Cout, const int *shap
   snprintf(label, sizeof label, "conv%dd blocks dx", dims), cmp_mag(label, dx, rdx, mdx, nx, 1e-5);
   snprintf(label, sizeof label, "conv%dd blocks dw", dims), cmp_mag(label, dw, rdw, mdw, nw, 1e-5);
   snprintf(label, sizeof label, "conv%dd blocks db", dims), cmp_mag(label, db, rdb, mdb, Cout, 1e-5);
+  /* the plain reference (ioupos__conv_*_ref: direct loops, double sums, rounded once) within the
+     same bound of these loops; its bias gradient adds in the fast path's order: bit-identical */
+  {
+    float *o2 = talloc(no), *dx2 = talloc(nx), *dw2 = talloc(nw), *db2 = talloc(Cout);
+    ioupos__conv_forward_ref(o2, xv, w, bias, dims, B, Cin, shape, 3, Cout);
+    ioupos__conv_backward_ref(dx2, dw2, db2, G, xv, w, dims, B, Cin, shape, 3, Cout);
+    snprintf(label, sizeof label, "conv%dd reference out", dims);
+    cmp_mag(label, o2, ro, mo, no, 1e-5);
+    snprintf(label, sizeof label, "conv%dd reference dx", dims);
+    cmp_mag(label, dx2, rdx, mdx, nx, 1e-5);
+    snprintf(label, sizeof label, "conv%dd reference dw", dims);
+    cmp_mag(label, dw2, rdw, mdw, nw, 1e-5);
+    CHECK(memcmp(db2, db, sizeof(float) * (size_t)Cout) == 0, "conv db: reference bits differ");
+  }
   /* NULL gradients: each gradient alone equals the one computed together, bit for bit */
   {
     float *dx2 = talloc(nx), *dw2 = talloc(nw), *db2 = talloc(Cout);
@@ -678,6 +722,19 @@ static void test_tconv_blocks(int dims, int B, int Cin, int Cout, const int *sha
   snprintf(label, sizeof label, "tconv%dd blocks dw", dims), cmp_mag(label, dw, rdw, mdw, nw, 1e-5);
   snprintf(label, sizeof label, "tconv%dd blocks db", dims),
       cmp_mag(label, db, rdb, mdb, Cout, 1e-5);
+  /* the plain reference: as for the convolution above */
+  {
+    float *o2 = talloc(no), *dx2 = talloc(nx), *dw2 = talloc(nw), *db2 = talloc(Cout);
+    ioupos__conv_transpose_forward_ref(o2, xv, w, bias, dims, B, Cin, shape, Cout);
+    ioupos__conv_transpose_backward_ref(dx2, dw2, db2, G, xv, w, dims, B, Cin, shape, Cout);
+    snprintf(label, sizeof label, "tconv%dd reference out", dims);
+    cmp_mag(label, o2, ro, mo, no, 1e-5);
+    snprintf(label, sizeof label, "tconv%dd reference dx", dims);
+    cmp_mag(label, dx2, rdx, mdx, nx, 1e-5);
+    snprintf(label, sizeof label, "tconv%dd reference dw", dims);
+    cmp_mag(label, dw2, rdw, mdw, nw, 1e-5);
+    CHECK(memcmp(db2, db, sizeof(float) * (size_t)Cout) == 0, "tconv db: reference bits differ");
+  }
   free(ro), free(mo), free(rdx), free(mdx), free(rdw), free(mdw), free(rdb), free(mdb);
 }
 

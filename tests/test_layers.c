@@ -15,6 +15,10 @@
         1e-2 |g|: the float forward rounds each output to ~6e-8 relative, which over a few
         hundred outputs of O(1) gives a noise in L of ~1e-6, i.e. ~1e-3 after dividing by 2h;
         the central difference's truncation error is O(h^2 f''') ~ 1e-6.
+   This build has no SIMD and no OpenMP, so the layers with fast paths run their plain
+   references (section 11 of ioupos.h); the linear layer, whose fast path is the GEMM in every
+   build, also runs its reference against the fixture (test_threads, part 6, runs the fast paths
+   against the references).
    Prints the worst element of each comparison and "test_layers: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
 #define IOUPOS_IMPLEMENTATION
@@ -109,6 +113,18 @@ static void test_linear(void) {
     fd_check("linear x", li_x, dx1, N * C, 0);
     fd_check("linear w", li_w, dw1, OC * C, 0);
     fd_check("linear b", li_b, db1, OC, 0);
+  }
+  /* the plain reference (ioupos__linear_forward_ref / _backward_ref: double dot products; the
+     public layer is the GEMM in every build) against the same fixture and tolerances */
+  {
+    float *o2 = talloc(N * OC), *dx2 = talloc(N * C), *dw2 = talloc(OC * C), *db2 = talloc(OC);
+    printf("linear (plain reference)\n");
+    ioupos__linear_forward_ref(o2, li_x, li_w, li_b, N, C, OC);
+    cmp(L, "out", o2, N * OC, 1e-5, 1e-4);
+    ioupos__linear_backward_ref(dx2, dw2, db2, G, li_x, li_w, N, C, OC);
+    cmp(L, "dx", dx2, N * C, 1e-5, 1e-4);
+    cmp(L, "dw", dw2, OC * C, 1e-4, 1e-4);
+    cmp(L, "db", db2, OC, 1e-4, 1e-4);
   }
   /* bias NULL: out = x W^T exactly the biased output minus b (within rounding) */
   {

@@ -17,8 +17,12 @@
         (h_act NULL, as the encoder calls it) equals the one given the forward's h_act, bit for
         bit.
      5. without memory for their partial sums, the layer norm backward and the bias gradient
-        take their serial fallbacks and give the same bits; the window attention reports
-        IOUPOS_ENOMEM.
+        run their plain references and give the same bits; the window attention reports
+        IOUPOS_ENOMEM;
+     6. every fast path of sections 11 and 12 against its plain reference on awkward sizes:
+        bias sums and layer norm bit-identical (the same order of sums), GELU within 1 ulp,
+        the linear layer's GEMM within its error bound, window attention within a stated
+        tolerance (bit-identical without AVX2); the tolerances and reasons are in part 6.
    Built with -DIOUPOS_PAR_MIN_WORK=64, so that even the fixtures' small tensors take the
    parallel loops. Without OpenMP, 1 is the only thread count and part 1-2 compare runs only. */
 #include <stdlib.h>
@@ -609,7 +613,7 @@ static void test_no_memory(void) {
     tt_fail = 0;
   }
   for (k = 0; k < 4; ++k) same = same && !memcmp(g[0][k], g[1][k], (k ? C : n) * 4);
-  CHECK(same, "the serial fallbacks give other bits than the chunked sums");
+  CHECK(same, "the references (no memory) give other bits than the chunked sums");
   {
     int index[4] = {0, 1, 1, 0}, st;
     float in[2 * 2 * 4] = {0}, wq[12 * 4] = {0}, wp[16] = {0}, tab[2 * 2] = {0}, out[16], acts[96];
@@ -622,6 +626,304 @@ static void test_no_memory(void) {
   for (q = 0; q < 2; ++q)
     for (k = 0; k < 4; ++k) free(g[q][k]);
   free(x), free(dy), free(y), free(w), free(bb), free(mean), free(rstd);
+}
+
+/* ---- 6. fast paths against their plain references ------------------------------------------
+   Each layer of sections 11 and 12 that has a fast path (ioupos__<layer>_fast: SIMD lanes, rows
+   and chunks on the threads) is run beside its plain reference (ioupos__<layer>_ref) on random
+   inputs of awkward sizes (1, primes, one past a vector width or a row chunk). */
+#if IOUPOS__LAYERS_FAST
+static float *rndv(ioupos_rng *rng, size_t n, double lo, double hi) {
+  float *x = (float *)malloc((n ? n : 1) * sizeof(float));
+  size_t i;
+  for (i = 0; i < n; ++i) x[i] = (float)(lo + (hi - lo) * ioupos_rng_uniform(rng));
+  return x;
+}
+
+static float *fdup(const float *x, size_t n) {
+  float *y = (float *)malloc((n ? n : 1) * sizeof(float));
+  memcpy(y, x, n * sizeof(float));
+  return y;
+}
+
+/* elements whose bits differ */
+static size_t bits_differ(const float *a, const float *b, size_t n) {
+  size_t i, k = 0;
+  for (i = 0; i < n; ++i) k += memcmp(a + i, b + i, sizeof(float)) != 0;
+  return k;
+}
+
+/* the bias sums and the layer norm add in the reference's order: bit-identical */
+static void fast_sums(ioupos_rng *rng) {
+  static const int Ns[] = {1, 3, 257, 700}, Cs[] = {1, 3, 5, 7, 9, 13, 37, 383};
+  size_t bad[4] = {0, 0, 0, 0};
+  int a, b, aff, v, cases = 0;
+  for (a = 0; a < 4; ++a)
+    for (b = 0; b < 8; ++b) {
+      int N = Ns[a], C = Cs[b];
+      size_t n = (size_t)N * C;
+      float *x = rndv(rng, n, -2, 2), *dy = rndv(rng, n, -1, 1), *w = rndv(rng, C, 0.5, 1.5);
+      float *bb = rndv(rng, C, -1, 1), *g0 = rndv(rng, n + 2 * (size_t)C, -1, 1);
+      float *y[2], *m[2], *r[2], *g[2];
+      int k, q;
+      for (k = 0; k < C && N > 1; ++k) x[C + k] += 3.0f; /* a row far from 0 */
+      /* bias sums over N rows of C columns */
+      g[0] = fdup(g0, C), g[1] = fdup(g0, C);
+      ioupos__colsum_add_fast(g[0], dy, (size_t)N, C);
+      ioupos__colsum_add_ref(g[1], dy, (size_t)N, C);
+      bad[0] += bits_differ(g[0], g[1], C);
+      free(g[0]), free(g[1]);
+      for (aff = 0; aff < 3; ++aff) { /* weight and bias, weight only, neither */
+        const float *wa = aff < 2 ? w : NULL, *ba = aff < 1 ? bb : NULL;
+        for (q = 0; q < 2; ++q) {
+          y[q] = (float *)calloc(n, sizeof(float)), m[q] = (float *)calloc(N, sizeof(float));
+          r[q] = (float *)calloc(N, sizeof(float));
+        }
+        ioupos__layernorm_forward_fast(y[0], m[0], r[0], x, wa, ba, N, C, 1e-5f);
+        ioupos__layernorm_forward_ref(y[1], m[1], r[1], x, wa, ba, N, C, 1e-5f);
+        bad[1] += bits_differ(y[0], y[1], n) + bits_differ(m[0], m[1], N) +
+                  bits_differ(r[0], r[1], N);
+        for (v = 0; v < 3; ++v) { /* all gradients, dinp only, parameters only (ACCUMULATE) */
+          for (q = 0; q < 2; ++q) {
+            float *gi = fdup(g0, n + 2 * (size_t)C);
+            (q ? ioupos__layernorm_backward_ref : ioupos__layernorm_backward_fast)(
+                v < 2 ? gi : NULL, v != 1 ? gi + n : NULL, v != 1 ? gi + n + C : NULL, dy, x, wa,
+                m[0], r[0], N, C);
+            g[q] = gi;
+          }
+          bad[2 + (v == 2)] += bits_differ(g[0], g[1], n + 2 * (size_t)C);
+          free(g[0]), free(g[1]);
+          ++cases;
+        }
+        for (q = 0; q < 2; ++q) free(y[q]), free(m[q]), free(r[q]);
+      }
+      free(x), free(dy), free(w), free(bb), free(g0);
+    }
+  printf("  bias sums (%d shapes), layer norm forward and backward (%d cases): %zu, %zu, %zu, %zu "
+         "values differ from the reference\n", 4 * 8, cases, bad[0], bad[1], bad[2], bad[3]);
+  CHECK(bad[0] == 0, "bias sums: %zu values differ from the reference", bad[0]);
+  CHECK(bad[1] == 0, "layer norm forward: %zu values differ from the reference", bad[1]);
+  CHECK(bad[2] + bad[3] == 0, "layer norm backward: %zu values differ from the reference",
+        bad[2] + bad[3]);
+}
+
+/* GELU: the SIMD kernel is our own erfc / exp, the reference libm's erf / exp. Tolerance, as part
+   4 states it: 1 ulp where the reference formula is accurate (x > -5.5 and |value| > 1e-6),
+   1e-12 absolute elsewhere (tiny values: the formula's own cancellation, gelu' near its zero).
+   Without AVX2 the fast path runs the reference's loops: bit-identical. Also, bit for bit: the
+   short tail's lanes equal full lanes (a value does not depend on its position) and the MLP's
+   in-place backward equals the forward and the backward. */
+static void fast_gelu(ioupos_rng *rng) {
+  static const size_t ns[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 4095, 4097, 3 * 4096 + 5};
+  size_t k, worst = 0, nbad = 0, nshift = 0, nmode = 0, total = 0;
+  for (k = 0; k < sizeof ns / sizeof ns[0]; ++k) {
+    size_t n = ns[k], i;
+    float *x = rndv(rng, n + 1, -8, 8), *y[2], *g[2], *one = rndv(rng, n + 1, 1, 1), *dh, *act;
+    int q;
+    if (n > 4) x[0] = 0.0f, x[1] = -0.0f, x[2] = -6.0f, x[3] = -0.75f;
+    for (q = 0; q < 2; ++q) {
+      y[q] = (float *)calloc(n + 1, sizeof(float)), g[q] = (float *)calloc(n + 1, sizeof(float));
+    }
+    ioupos__gelu_forward_fast(y[0], x, n);
+    ioupos__gelu_forward_ref(y[1], x, n);
+    ioupos__gelu_backward_fast(g[0], x, one, n);
+    ioupos__gelu_backward_ref(g[1], x, one, n);
+    for (i = 0; i < 2 * n; ++i) {
+      float f = i < n ? y[0][i] : g[0][i - n], r = i < n ? y[1][i] : g[1][i - n];
+      int64_t d = ord(f) - ord(r);
+      d = d < 0 ? -d : d;
+      if (!IOUPOS__GEMM_AVX2 && d) ++nbad;
+      else if (x[i % n] > -5.5f && fabs(r) > 1e-6)
+        nbad += d > 1, worst = (size_t)d > worst ? (size_t)d : worst;
+      else nbad += !(fabs((double)f - r) <= 1e-12);
+    }
+    /* x + 1: every element one lane over, the tail shorter or longer */
+    if (n > 1) {
+      float *ys = (float *)calloc(n, sizeof(float));
+      ioupos__gelu_forward_fast(ys, x + 1, n - 1);
+      nshift += bits_differ(ys, y[0] + 1, n - 1);
+      free(ys);
+    }
+    dh = fdup(one, n), act = (float *)calloc(n + 1, sizeof(float));
+    ioupos__gelu_backward_inplace_fast(dh, act, x, n);
+    nmode += bits_differ(dh, g[0], n) + bits_differ(act, y[0], n);
+    memcpy(dh, one, n * sizeof(float));
+    ioupos__gelu_backward_inplace_ref(dh, act, x, n);
+    nmode += bits_differ(dh, g[1], n) + bits_differ(act, y[1], n);
+    total += 2 * n;
+    free(x), free(one), free(dh), free(act);
+    for (q = 0; q < 2; ++q) free(y[q]), free(g[q]);
+  }
+  printf("  GELU (13 sizes, %zu values): worst %zu ulp from the reference, %zu beyond tolerance; "
+         "%zu shifted, %zu in-place values differ\n", total, worst, nbad, nshift, nmode);
+  CHECK(nbad == 0, "GELU: %zu values beyond the tolerance", nbad);
+  CHECK(nshift == 0 && nmode == 0, "GELU: a value depends on its lane (%zu) or the in-place "
+        "backward differs (%zu)", nshift, nmode);
+}
+
+/* linear: the GEMM (section 10) against the reference's double dot products. Tolerance per
+   element: the GEMM's float sum of K products (and the bias) is within (K + 5) 2^-24 S of the
+   exact value, S = sum of |products| (test_gemm's bound with one more rounding for the bias),
+   the reference within 2^-24 |ref|. The bias gradient sums as the reference: bit-identical. */
+static void fast_linear(ioupos_rng *rng) {
+  static const int sh[][3] = {{1, 1, 1}, {7, 5, 3}, {300, 37, 29}, {257, 13, 48}};
+  long bad = 0, bits = 0;
+  double worst = 0.0;
+  int k;
+  for (k = 0; k < 4; ++k) {
+    int N = sh[k][0], C = sh[k][1], OC = sh[k][2], n, c, o;
+    float *x = rndv(rng, (size_t)N * C, -1, 1), *w = rndv(rng, (size_t)OC * C, -1, 1);
+    float *b = rndv(rng, OC, -1, 1), *dy = rndv(rng, (size_t)N * OC, -1, 1);
+    float *y[2], *dx[2], *dw[2], *db[2];
+    int q;
+    for (q = 0; q < 2; ++q) {
+      y[q] = (float *)calloc((size_t)N * OC, 4), dx[q] = (float *)calloc((size_t)N * C, 4);
+      dw[q] = (float *)calloc((size_t)OC * C, 4), db[q] = (float *)calloc(OC, 4);
+    }
+    CHECK(ioupos_linear_forward(y[0], x, w, b, N, C, OC) == 0, "linear forward");
+    CHECK(ioupos_linear_backward(dx[0], dw[0], db[0], dy, x, w, N, C, OC) == 0, "linear backward");
+    ioupos__linear_forward_ref(y[1], x, w, b, N, C, OC);
+    ioupos__linear_backward_ref(dx[1], dw[1], db[1], dy, x, w, N, C, OC);
+#define LIN_CHECK(got, ref, K, S)                                                         \
+  do {                                                                                    \
+    double d_ = fabs((double)(got) - (ref)), t_ = ((K) + 5) * ldexp(1, -24) * (S) +        \
+                                                  ldexp(1, -24) * fabs(ref);             \
+    if (!(d_ <= t_)) ++bad;                                                               \
+    if (d_ / t_ > worst) worst = d_ / t_;                                                 \
+  } while (0)
+    for (n = 0; n < N; ++n)
+      for (o = 0; o < OC; ++o) {
+        double S = fabs(b[o]);
+        for (c = 0; c < C; ++c) S += fabs((double)x[n * C + c] * w[o * C + c]);
+        LIN_CHECK(y[0][n * OC + o], y[1][n * OC + o], C, S);
+      }
+    for (n = 0; n < N; ++n)
+      for (c = 0; c < C; ++c) {
+        double S = 0.0;
+        for (o = 0; o < OC; ++o) S += fabs((double)dy[n * OC + o] * w[o * C + c]);
+        LIN_CHECK(dx[0][n * C + c], dx[1][n * C + c], OC, S);
+      }
+    for (o = 0; o < OC; ++o)
+      for (c = 0; c < C; ++c) {
+        double S = 0.0;
+        for (n = 0; n < N; ++n) S += fabs((double)dy[n * OC + o] * x[n * C + c]);
+        LIN_CHECK(dw[0][o * C + c], dw[1][o * C + c], N, S);
+      }
+#undef LIN_CHECK
+    bits += (long)bits_differ(db[0], db[1], OC);
+    for (q = 0; q < 2; ++q) free(y[q]), free(dx[q]), free(dw[q]), free(db[q]);
+    free(x), free(w), free(b), free(dy);
+  }
+  printf("  linear (4 shapes): worst %.2f of the GEMM's error bound, %ld beyond it; bias "
+         "gradient: %ld values differ from the reference\n", worst, bad, bits);
+  CHECK(bad == 0 && bits == 0, "linear: %ld beyond the bound, %ld bias values differ", bad, bits);
+}
+
+/* Window attention: fast against reference on window geometries of the encoder's kinds. The two
+   compute the same sums in the same order; with AVX2 the fast kernels' products are FMAs (one
+   rounding instead of two) and their exp is the vector one (within 1 ulp of expf), so each float
+   sum of K <= 49 terms may differ by about K 2^-24 of its terms' magnitude (3e-6 at K = 49),
+   and the differences pass through the softmax and the projections (the same GEMMs in both).
+   Tolerance per tensor: |fast - ref| <= 1e-5 max|ref| + 1e-4 |ref| (observed below 1e-6 max|ref|;
+   the table gradient sums dS over every window: the same bound relative to its largest value).
+   Without AVX2 the fast path's portable kernels do the reference's arithmetic: bit-identical.
+   qkv (the same GEMM in both) is bit-identical either way. */
+static void fast_attention(ioupos_rng *rng) {
+  static const int geo[][9] = {
+      /* ndim, batch, size[3], window, shift, C, NH */
+      {2, 3, 28, 28, 0, 7, 3, 48, 3}, /* N 49, hd 16, 48 windows: two chunks, mask */
+      {2, 2, 9, 11, 0, 7, 3, 12, 3},  /* N 49, hd 4 (padded), mask */
+      {2, 2, 12, 12, 0, 6, 0, 24, 4}, /* N 36, hd 6, no mask */
+      {3, 2, 4, 5, 6, 3, 1, 30, 2},   /* 3D: N 27, hd 15, mask */
+      {2, 2, 5, 6, 0, 7, 3, 40, 5},   /* shrunk windows: N 30, hd 8, no shift */
+  };
+  double worst = 0.0;
+  long bad = 0, bits = 0;
+  int k;
+  for (k = 0; k < 5; ++k) {
+    const int *q = geo[k];
+    int size[3] = {q[2], q[3], q[4]}, win[3] = {q[5], q[5], q[5]}, sh[3] = {q[6], q[6], q[6]};
+    int C = q[7], NH = q[8], C3 = 3 * C, BW, N, rows, *index, v, t;
+    ioupos_swin_geom g;
+    float *x, *qw, *qb, *pw, *pb, *tab, *mask, *dout, *g0, *out[2], *acts[2], *sc[2], *gr[2];
+    size_t nx, na, ns, ng, off[7];
+    ioupos_swin_geom_init(&g, q[0], q[1], size, win, sh);
+    BW = g.batch * g.nwin, N = g.ntok, rows = ioupos_swin_table_rows(&g);
+    index = (int *)malloc(sizeof(int) * (size_t)N * N);
+    ioupos_swin_relative_index(index, &g);
+    mask = g.shifted ? (float *)malloc(sizeof(float) * (size_t)g.nwin * N * N) : NULL;
+    if (mask) ioupos_swin_attn_mask(mask, &g);
+    nx = (size_t)BW * N * C;
+    x = rndv(rng, nx, -1, 1), qw = rndv(rng, (size_t)C3 * C, -0.3, 0.3);
+    qb = rndv(rng, C3, -0.1, 0.1), pw = rndv(rng, (size_t)C * C, -0.2, 0.2);
+    pb = rndv(rng, C, -0.1, 0.1), tab = rndv(rng, (size_t)rows * NH, -0.5, 0.5);
+    dout = rndv(rng, nx, -1, 1);
+    /* gradients, one block: dx, dqkv_w, dqkv_b, dproj_w, dproj_b, dtable (ACCUMULATE onto g0) */
+    off[0] = 0, off[1] = nx, off[2] = off[1] + (size_t)C3 * C, off[3] = off[2] + C3;
+    off[4] = off[3] + (size_t)C * C, off[5] = off[4] + C, off[6] = off[5] + (size_t)rows * NH;
+    ng = off[6], g0 = rndv(rng, ng, -0.1, 0.1);
+    na = ioupos_window_attention_acts_size(BW, N, C, NH);
+    ns = ioupos_window_attention_scratch_size(BW, N, C, NH);
+    for (v = 0; v < 2; ++v) {
+      int st;
+      out[v] = (float *)calloc(nx, 4), acts[v] = (float *)calloc(na, 4);
+      sc[v] = (float *)calloc(ns, 4), gr[v] = fdup(g0, ng);
+      st = (v ? ioupos__window_attention_forward_ref : ioupos__window_attention_forward_fast)(
+          out[v], acts[v], x, qw, qb, pw, pb, tab, index, mask, BW, N, C, NH, g.nwin);
+      if (!st)
+        st = (v ? ioupos__window_attention_backward_ref : ioupos__window_attention_backward_fast)(
+            gr[v], gr[v] + off[1], gr[v] + off[2], gr[v] + off[3], gr[v] + off[4], gr[v] + off[5],
+            sc[v], dout, acts[v], x, qw, pw, index, BW, N, C, NH);
+      CHECK(st == 0, "attention %d: %s", k, ioupos_failure_reason());
+    }
+    bits += (long)bits_differ(acts[0], acts[1], (size_t)BW * N * C3);
+    {
+      struct { const float *f, *r; size_t n; } ts[8];
+      ts[0].f = out[0], ts[0].r = out[1], ts[0].n = nx;
+      ts[1].f = acts[0] + (size_t)BW * N * C3, ts[1].r = acts[1] + (size_t)BW * N * C3;
+      ts[1].n = na - (size_t)BW * N * C3; /* P and y */
+      for (t = 0; t < 6; ++t)
+        ts[2 + t].f = gr[0] + off[t], ts[2 + t].r = gr[1] + off[t],
+        ts[2 + t].n = off[t + 1] - off[t];
+      for (t = 0; t < 8; ++t) {
+        double m = maxabs(ts[t].r, ts[t].n);
+        size_t i;
+        if (!IOUPOS__GEMM_AVX2) {
+          bits += (long)bits_differ(ts[t].f, ts[t].r, ts[t].n);
+          continue;
+        }
+        for (i = 0; i < ts[t].n; ++i) {
+          double d = fabs((double)ts[t].f[i] - ts[t].r[i]);
+          double tol = 1e-5 * m + 1e-4 * fabs(ts[t].r[i]);
+          if (!(d <= tol)) ++bad;
+          if (m > 0 && d / m > worst) worst = d / m;
+        }
+      }
+    }
+    for (v = 0; v < 2; ++v) free(out[v]), free(acts[v]), free(sc[v]), free(gr[v]);
+    free(index), free(mask), free(x), free(qw), free(qb), free(pw), free(pb), free(tab), free(dout);
+    free(g0);
+  }
+  printf("  window attention (5 geometries): %s; worst |fast - ref| = %.2g of the tensor's largest "
+         "value, %ld beyond tolerance; %ld values differ where bits must agree\n",
+         IOUPOS__GEMM_AVX2 ? "SIMD kernels" : "portable kernels (bit-identical)", worst, bad, bits);
+  CHECK(bad == 0 && bits == 0, "window attention: %ld beyond tolerance, %ld bits differ", bad,
+        bits);
+}
+#endif
+
+static void test_fast_paths(void) {
+#if IOUPOS__LAYERS_FAST
+  ioupos_rng rng;
+  printf("fast paths against their plain references:\n");
+  ioupos_rng_seed(&rng, 6);
+  fast_sums(&rng);
+  fast_gelu(&rng);
+  fast_linear(&rng);
+  fast_attention(&rng);
+#else
+  printf("fast paths: none in this build (the references run)\n");
+#endif
 }
 
 int main(void) {
@@ -643,5 +945,6 @@ int main(void) {
   test_attention_hd16();
   test_gelu();
   test_no_memory();
+  test_fast_paths();
   return tu_finish("test_threads");
 }
