@@ -47,7 +47,9 @@
        is reproducible from its seed.
      - Axis order follows memory order, slowest first: 2D shape {H, W}, 3D shape {D, H, W}.
 
-   TABLE OF CONTENTS
+   TABLE OF CONTENTS (the declarations come in this order, then the implementation in the same
+   order, each implementation section under one banner comment "---- N. Title ----", its only
+   comment that starts with four dashes: grep -n '^/.\ ---- ' ioupos.h is the map)
      1. Configuration and version
      2. Errors
      3. Random numbers (PCG32, seedable, splittable)
@@ -135,7 +137,9 @@ typedef enum ioupos_status {
 } ioupos_status;
 
 /* The reason for the last failure on this thread ("" if none yet). Valid until the next failing
-   call on the same thread. */
+   call on the same thread. Reasons and log lines name an option by its field name in
+   backquotes, e.g. "`batch_size` 1: SimSiam needs at least 2": the library knows its options'
+   fields, not a program's flags (the ioupos commands print them as their --flags). */
 IOUPOS_DEF const char *ioupos_failure_reason(void);
 /* "IOUPOS_EINVAL" etc. */
 IOUPOS_DEF const char *ioupos_status_name(int status);
@@ -583,7 +587,7 @@ IOUPOS_DEF int ioupos_view_apply(const ioupos_view_params *p, float *img, int h,
 IOUPOS_DEF int ioupos_view_apply_labelled(const ioupos_view_params *p, float *img, float *label,
                                           int h, int w, float *tmp);
 
-/* ---- deterministic building blocks (2D, row-major h x w) ---------------------------------- */
+/* -- deterministic building blocks (2D, row-major h x w) -- */
 
 /* out[h][w] = in[h][w] zoomed by zoom > 0 and centre-cropped / zero-padded back to h x w
    (bilinear, MONAI Zoom keep_size). If floor(n * zoom) is 0 on an axis the output is all 0
@@ -615,7 +619,7 @@ IOUPOS_DEF void ioupos_aug_shift(float *img, size_t n, double o);
 IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box *box,
                                 float *out);
 
-/* ---- fine-tuning crops: MONAI RandCropByPosNegLabeld ------------------------------------- */
+/* -- fine-tuning crops: MONAI RandCropByPosNegLabeld -- */
 
 typedef struct ioupos_posneg_crop {
   int fg;          /* 1 if the centre was drawn from the foreground */
@@ -1081,7 +1085,7 @@ IOUPOS_DEF const char *ioupos_gemm_kernel(void);
        in any build (the GEMM of section 10 keeps its kernels).
 */
 
-/* ---- linear: torch.nn.Linear, y = x W^T + b ------------------------------------------------- */
+/* -- linear: torch.nn.Linear, y = x W^T + b -- */
 /* out[N][OC] = inp[N][C] . weight[OC][C]^T + bias[OC]   (bias may be NULL) */
 IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *weight,
                                      const float *bias, int N, int C, int OC);
@@ -1091,7 +1095,7 @@ IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
                                       const float *dout, const float *inp, const float *weight,
                                       int N, int C, int OC);
 
-/* ---- layer norm over the last dim: torch.nn.LayerNorm(C, eps) (biased variance) -------------- */
+/* -- layer norm over the last dim: torch.nn.LayerNorm(C, eps) (biased variance) -- */
 /* out[N][C] = (inp - mean) * rstd * weight[C] + bias[C]; saves mean[N], rstd[N] for backward.
    weight / bias may be NULL (elementwise_affine=False). torch's default eps is 1e-5. */
 IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
@@ -1103,7 +1107,7 @@ IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *db
                                           const float *weight, const float *mean,
                                           const float *rstd, int N, int C);
 
-/* ---- GELU, exact erf form (torch.nn.GELU(approximate='none')) -------------------------------- */
+/* -- GELU, exact erf form (torch.nn.GELU(approximate='none')) -- */
 /* out[n] = 0.5 x (1 + erf(x / sqrt 2)); n elements; out may equal inp. Evaluated in double and
    rounded once: with libm's erf in the portable build; in AVX2 / AVX-512 builds by our own
    vectorised Phi from 0.5 erfc (exp times a degree-16 polynomial, relative error < 1e-12),
@@ -1113,20 +1117,20 @@ IOUPOS_DEF void ioupos_gelu_forward(float *out, const float *inp, size_t n);
 /* dinp[n] += dout * (Phi(x) + x phi(x)). ACCUMULATES into dinp. */
 IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
-/* ---- ReLU ------------------------------------------------------------------------------------ */
+/* -- ReLU -- */
 /* out[n] = max(x, 0); out may equal inp. */
 IOUPOS_DEF void ioupos_relu_forward(float *out, const float *inp, size_t n);
 /* dinp[n] += dout where inp > 0 (gradient 0 at 0, as torch). ACCUMULATES into dinp. */
 IOUPOS_DEF void ioupos_relu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
-/* ---- softmax over the last dim (rows) -------------------------------------------------------- */
+/* -- softmax over the last dim (rows) -- */
 /* out[N][C] = exp(x - max_row) / sum_row; out may equal inp. */
 IOUPOS_DEF void ioupos_softmax_forward(float *out, const float *inp, int N, int C);
 /* dinp[N][C] += y * (dout - sum_c dout * y), y = the forward output. ACCUMULATES into dinp. */
 IOUPOS_DEF void ioupos_softmax_backward(float *dinp, const float *out, const float *dout, int N,
                                         int C);
 
-/* ---- L2 normalisation of rows: torch.nn.functional.normalize(x, p=2, dim=-1, eps) ------------- */
+/* -- L2 normalisation of rows: torch.nn.functional.normalize(x, p=2, dim=-1, eps) -- */
 /* out[N][C] = x / max(||x||, eps); saves denom[N] = max(||x||, eps). torch's default eps 1e-12. */
 IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp, int N, int C,
                                       float eps);
@@ -1135,13 +1139,13 @@ IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp
 IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const float *denom,
                                        const float *dout, int N, int C, float eps);
 
-/* ---- global average pooling over tokens ------------------------------------------------------ */
+/* -- global average pooling over tokens -- */
 /* out[B][C] = mean over t of inp[B][T][C] */
 IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int T, int C);
 /* dinp[B][T][C] += dout[B][C] / T. ACCUMULATES into dinp. */
 IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, int T, int C);
 
-/* ---- batch norm 1d over [N, C]: torch.nn.BatchNorm1d(C, eps, momentum) ----------------------- */
+/* -- batch norm 1d over [N, C]: torch.nn.BatchNorm1d(C, eps, momentum) -- */
 /* Train mode: statistics of the batch, over the N rows of each channel; the biased variance
    normalises; the running statistics (may be NULL) are updated in place as torch does,
      running_mean = (1 - momentum) running_mean + momentum mean,
@@ -1171,7 +1175,7 @@ IOUPOS_DEF void ioupos_batchnorm_backward_eval(float *dinp, float *dweight, floa
                                                const float *running_var, const float *weight,
                                                int N, int C, float eps);
 
-/* ---- patch embedding: conv with kernel = stride (MONAI PatchEmbed, no norm) ------------------ */
+/* -- patch embedding: conv with kernel = stride (MONAI PatchEmbed, no norm) -- */
 /* inp [B][Cin][S...] channels-first as MONAI feeds it, S = {H, W} (dims 2) or {D, H, W} (dims 3);
    weight [Cout][Cin][p][p] (or [p][p][p]) as torch.nn.Conv2d/3d; bias[Cout] (may be NULL);
    out [B][S0/p][S1/p](...)[Cout] tokens channels-last, S_k/p rounded UP: like MONAI, a size that
@@ -1191,7 +1195,7 @@ IOUPOS_DEF int ioupos_patch_embed_backward(float *dinp, float *dweight, float *d
                                            const float *weight, int dims, int B, int Cin,
                                            const int shape[], int p, int Cout);
 
-/* ---- patch merging: MONAI swin_unetr.PatchMerging (SwinTransformer's default "merging") ------- */
+/* -- patch merging: MONAI swin_unetr.PatchMerging (SwinTransformer's default "merging") -- */
 /* inp [B][S...][C] channels-last, S = {H, W} or {D, H, W}; odd sizes are zero-padded at the end;
    the 2^dims sub-grids are concatenated on the channel axis in MONAI's order, then LayerNorm
    (2^dims C, eps 1e-5, ln_w / ln_b) and Linear(2^dims C -> 2C, no bias; red_w [2C][2^dims C]).
@@ -1215,7 +1219,7 @@ IOUPOS_DEF int ioupos_patch_merging_backward(float *dinp, float *dln_w, float *d
                                              const float *ln_w, const float *red_w, int dims,
                                              int B, const int shape[], int C);
 
-/* ---- drop path (stochastic depth), as MONAI / timm DropPath in training ---------------------- */
+/* -- drop path (stochastic depth), as MONAI / timm DropPath in training -- */
 /* mask[B]: per sample, keep with probability keep = 1 - drop_prob (a uniform draw from rng below
    keep), scale 1 / keep (scale_by_keep): mask[b] is 1/keep or 0. drop_prob 0 (or eval mode:
    simply do not call it) gives all ones and draws nothing. drop_prob 1 gives all zeros. */
@@ -1227,7 +1231,7 @@ IOUPOS_DEF void ioupos_drop_path_forward(float *out, const float *inp, const flo
 IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const float *mask,
                                           int B, size_t S);
 
-/* ---- residual add with drop path: x + DropPath(y), the Swin block's two shortcuts ------------ */
+/* -- residual add with drop path: x + DropPath(y), the Swin block's two shortcuts -- */
 /* out[B][S] = x + y * mask[b] (mask from ioupos_drop_path_mask; NULL means x + y, eval mode or
    rate 0); out may equal x or y. */
 IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float *y,
@@ -1237,7 +1241,7 @@ IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float 
 IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const float *mask, int B,
                                          size_t S);
 
-/* ---- MLP: MONAI MLPBlock as in Swin: Linear(C -> Hd) - GELU - Linear(Hd -> C), no dropout ---- */
+/* -- MLP: MONAI MLPBlock as in Swin: Linear(C -> Hd) - GELU - Linear(Hd -> C), no dropout -- */
 /* out[N][C]; saves h_pre[N][Hd] (first linear's output) and h_act[N][Hd] (after GELU). h_act may
    be scratch that is not kept: the backward can recompute it from h_pre (see below). */
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
@@ -1530,7 +1534,7 @@ IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st
      - cross-entropy with softmax over classes, integer targets, mean reduction
 */
 
-/* ---- cosine similarity of rows: torch.nn.functional.cosine_similarity(x1, x2, dim=1, eps) ----
+/* -- cosine similarity of rows: torch.nn.functional.cosine_similarity(x1, x2, dim=1, eps)
    torch 2.15 semantics (checked on torch 2.15.0): each norm is clamped separately,
        out[n] = sum_c (x1[n,c] / max(|x1[n]|, eps)) * (x2[n,c] / max(|x2[n]|, eps)),
    NOT the product of norms; the clamp is made under no_grad on a copy of the norm, so autograd
@@ -1544,7 +1548,7 @@ IOUPOS_DEF void ioupos_cosine_similarity_forward(float *out, const float *x1, co
 IOUPOS_DEF void ioupos_cosine_similarity_backward(float *dx1, const float *dout, const float *x1,
                                                   const float *x2, int N, int C, float eps);
 
-/* ---- SimSiam loss (symmetric negative cosine, stop-gradient on z) ----------------------------
+/* -- SimSiam loss (symmetric negative cosine, stop-gradient on z)
    L = -(mean_n cos(p1[n], z2[n]) + mean_n cos(p2[n], z1[n])) / 2, eps = IOUPOS_SIMSIAM_EPS
    (1e-8, lightly's default); z1, z2 are treated as constants (detached). p*, z*: [N][C]. */
 #define IOUPOS_SIMSIAM_EPS 1e-8f
@@ -1557,7 +1561,7 @@ IOUPOS_DEF void ioupos_simsiam_loss_backward(float *dp1, float *dp2, float dloss
                                              const float *p2, const float *z1, const float *z2,
                                              int N, int C);
 
-/* ---- DINO loss (lightly 1.6.0 DINOLoss == DINO reference code for n_teacher <= n_student) ----
+/* -- DINO loss (lightly 1.6.0 DINOLoss == DINO reference code for n_teacher <= n_student)
    Views are stacked view-major: teacher[NT][B][D], student[NS][B][D] (torch.stack of the lists;
    the reference code's torch.cat of views followed by chunk() is the same layout). Student view
    v and teacher view v are the same crop for v < min(NT, NS) (global crops first, as in DINO).
@@ -1584,7 +1588,7 @@ IOUPOS_DEF void ioupos_dino_loss_backward(float *dstudent, float dloss, const fl
 IOUPOS_DEF void ioupos_dino_center_update(float *center, const float *teacher, int NT, int B,
                                           int D, float momentum);
 
-/* ---- weight-normalised linear: torch.nn.utils.weight_norm(nn.Linear(C, OC, bias=False)) ------
+/* -- weight-normalised linear: torch.nn.utils.weight_norm(nn.Linear(C, OC, bias=False))
    W[o][:] = g[o] v[o][:] / |v[o]| (dim 0: one norm per output row, no eps, as torch), then
    out = inp W^T. g may be NULL, meaning g = 1 (DINO's last layer with norm_last_layer: g is
    filled with 1 and frozen). */
@@ -1601,7 +1605,7 @@ IOUPOS_DEF int ioupos_wnlinear_backward(float *dinp, float *dv, float *dg, float
                                         const float *g, const float *weight, const float *vnorm,
                                         int N, int C, int OC);
 
-/* ---- cross-entropy over classes: torch.nn.functional.cross_entropy(logits, target) -----------
+/* -- cross-entropy over classes: torch.nn.functional.cross_entropy(logits, target)
    logits[N][K] (classes contiguous: channels-last tokens), target[N] in [0, K), mean over N.
    No ignore_index, no class weights, no label smoothing. */
 /* prob[N][K] = softmax(logits) (caller buffer, read by backward). Returns L = mean_n
@@ -1651,7 +1655,7 @@ IOUPOS_DEF void ioupos_crossentropy_backward(float *dlogits, float dloss, const 
      ioupos_clip_grad_norm    torch.nn.utils.clip_grad_norm_ (one norm over all tensors).
 */
 
-/* ---- optimiser steps: call once per parameter tensor per iteration ------------------------ */
+/* -- optimiser steps: call once per parameter tensor per iteration -- */
 
 /* SGD with momentum, torch semantics (dampening 0, nesterov false):
      d = fma(weight_decay, param, grad)
@@ -1681,7 +1685,7 @@ IOUPOS_DEF void ioupos_adamw_step(float *param, const float *grad, float *m, flo
                                   float lr, float beta1, float beta2, float eps,
                                   float weight_decay, int step);
 
-/* ---- schedules: pure functions, double in and out ----------------------------------------- */
+/* -- schedules: pure functions, double in and out -- */
 
 /* DINO reference cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs,
    start_warmup), element `it` of the per-iteration array, with total = epochs * niter_per_ep
@@ -1706,7 +1710,7 @@ IOUPOS_DEF double ioupos_cosine_schedule(long it, long total, long warmup, doubl
    returns base. */
 IOUPOS_DEF double ioupos_cosine_annealing_lr(long t, long t_max, double base, double eta_min);
 
-/* ---- parameter groups --------------------------------------------------------------------- */
+/* -- parameter groups -- */
 
 /* 1 if weight decay applies to a parameter of `ndim` dimensions named `name`, 0 for biases
    (name ending in "bias", e.g. "head.0.bias") and every 1-D (or 0-D) parameter (norm weights,
@@ -1719,14 +1723,14 @@ IOUPOS_DEF int ioupos_weight_decay_applies(int ndim, const char *name);
    no step count, momentum/moments untouched): do not call the step function for it. */
 IOUPOS_DEF int ioupos_dino_param_frozen(const char *name, int epoch, int freeze_last_layer);
 
-/* ---- teacher EMA --------------------------------------------------------------------------- */
+/* -- teacher EMA -- */
 
 /* teacher[i] = teacher[i] * m + student[i] * (1 - m), with m and 1 - m rounded to float as torch
    rounds Python scalars (DINO: param_k.mul_(m).add_((1 - m) * param_q)); bit-identical to
    torch. m comes from the momentum schedule (double). */
 IOUPOS_DEF void ioupos_ema_update(float *teacher, const float *student, size_t n, double m);
 
-/* ---- gradient clipping --------------------------------------------------------------------- */
+/* -- gradient clipping -- */
 
 /* DINO clip_gradients for ONE parameter tensor: norm = ||grad||_2,
    coef = clip / (norm + 1e-6) (float); if coef < 1, grad *= coef. Returns norm (before
@@ -1921,7 +1925,7 @@ typedef struct ioupos_backend {
 /* The reference backend: host memory, the functions of sections 10-15. */
 IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void);
 
-/* ---- parameters: a table and its arenas ----------------------------------------------------- */
+/* -- parameters: a table and its arenas -- */
 typedef struct ioupos_params {
   ioupos_tensor_table table;
   const ioupos_backend *be;
@@ -2108,7 +2112,7 @@ IOUPOS_DEF void ioupos_swin_encoder_free(ioupos_swin_encoder *e);
    <prefix>patch_embed.proj.weight exists; NULL if none. */
 IOUPOS_DEF const char *ioupos_swin_find_prefix(const ioupos_st_file *f);
 
-/* ---- heads ---------------------------------------------------------------------------------- */
+/* -- heads -- */
 #define IOUPOS_HEAD_MAX_OPS 12
 #define IOUPOS_HEAD_MAX_VIEWS 16
 typedef enum ioupos_head_kind {
@@ -2274,7 +2278,7 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
 IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                                 int freeze_last_layer, float clip_grad, double teacher_m);
 
-/* ---- the run: ioupos-simsiam and ioupos-dino ------------------------------------------------
+/* -- the run: ioupos-simsiam and ioupos-dino
    ioupos_pretrain_run trains on a folder of PNG slices (ioupos-prep's output) with the loader
    of section 9 (one IoU pair per slice per epoch, the research augmentations), and keeps a run
    directory <chkpt_dir>/<run_name>/ with
@@ -2374,7 +2378,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o);
 extern "C" {
 #endif
 
-/* ---- convolutional decoder layers (SwinUNETR's UnetrBasicBlock / UnetrUpBlock / UnetOutBlock) ---
+/* -- convolutional decoder layers (SwinUNETR's UnetrBasicBlock / UnetrUpBlock / UnetOutBlock)
 
    Same conventions as the rest of section 11 (outputs first, `_backward` ACCUMULATES into every
    gradient it is given, NULL gradient pointers allowed, deterministic for any thread count), with
@@ -2395,7 +2399,7 @@ extern "C" {
 #define IOUPOS_UNET_NORM_EPS 1e-5f
 #define IOUPOS_UNET_LRELU_SLOPE 0.01f
 
-/* ---- layout transposes: channels-last tokens <-> channels-first maps ------------------------- */
+/* -- layout transposes: channels-last tokens <-> channels-first maps -- */
 /* out[B][C][S] = inp[B][S][C]   (S = positions per sample, any spatial rank) */
 IOUPOS_DEF void ioupos_to_channels_first(float *out, const float *inp, int B, size_t S, int C);
 /* dinp[B][S][C] += dout[B][C][S] transposed (the inverse transpose). ACCUMULATES into dinp. */
@@ -2407,7 +2411,7 @@ IOUPOS_DEF void ioupos_to_channels_last(float *out, const float *inp, int B, siz
 IOUPOS_DEF void ioupos_to_channels_last_backward(float *dinp, const float *dout, int B, size_t S,
                                                  int C);
 
-/* ---- convolution, stride 1, "same" padding: torch.nn.Conv2d/3d(Cin, Cout, k, 1, k/2) ---------- */
+/* -- convolution, stride 1, "same" padding: torch.nn.Conv2d/3d(Cin, Cout, k, 1, k/2) -- */
 /* inp [B][Cin][S], out [B][Cout][S] (same S), weight [Cout][Cin][k][k]([k]) as torch, bias [Cout]
    (may be NULL). k odd >= 1 (MONAI uses 3, and 1 for conv3 / the out block).
    im2col + GEMM: per sample, out[Cout][n] = weight[Cout][Cin k^dims] . col[Cin k^dims][n], the
@@ -2427,7 +2431,7 @@ IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, f
                                     const float *dout, const float *inp, const float *weight,
                                     int dims, int B, int Cin, const int shape[], int k, int Cout);
 
-/* ---- transposed convolution, kernel 2, stride 2: torch.nn.ConvTranspose2d/3d(Cin, Cout, 2, 2) -- */
+/* -- transposed convolution, kernel 2, stride 2: torch.nn.ConvTranspose2d/3d(Cin, Cout, 2, 2) -- */
 /* inp [B][Cin][S], out [B][Cout][2 S] (every axis doubled; MONAI: padding 0, output_padding 0),
    weight [Cin][Cout][2][2]([2]) as torch (transposed layout), bias [Cout] (may be NULL; MONAI's
    UnetrUpBlock has none). Each output element receives exactly one kernel tap:
@@ -2447,7 +2451,7 @@ IOUPOS_DEF int ioupos_conv_transpose_backward(float *dinp, float *dweight, float
                                               const float *inp, const float *weight, int dims,
                                               int B, int Cin, const int shape[], int Cout);
 
-/* ---- instance norm: torch.nn.InstanceNorm2d/3d(C, eps, affine) ------------------------------ */
+/* -- instance norm: torch.nn.InstanceNorm2d/3d(C, eps, affine) -- */
 /* out[B][C][n] = (inp - mean) * rstd (* weight[c] + bias[c]) per (b, c) plane of n positions,
    biased variance, statistics in double; saves mean[B C], rstd[B C] = 1/sqrt(var + eps).
    weight / bias may be NULL (MONAI's "instance": affine=False, eps 1e-5). out may equal inp in
@@ -2461,7 +2465,7 @@ IOUPOS_DEF void ioupos_instnorm_backward(float *dinp, float *dweight, float *dbi
                                          const float *weight, const float *mean,
                                          const float *rstd, int B, int C, size_t n);
 
-/* ---- leaky ReLU: torch.nn.LeakyReLU(slope) --------------------------------------------------- */
+/* -- leaky ReLU: torch.nn.LeakyReLU(slope) -- */
 /* out[n] = x > 0 ? x : slope x; out may equal inp. */
 IOUPOS_DEF void ioupos_leaky_relu_forward(float *out, const float *inp, size_t n, float slope);
 /* dinp[n] += x > 0 ? dout : slope dout (slope at 0, as torch). For slope > 0 the forward output
@@ -2470,7 +2474,7 @@ IOUPOS_DEF void ioupos_leaky_relu_forward(float *out, const float *inp, size_t n
 IOUPOS_DEF void ioupos_leaky_relu_backward(float *dinp, const float *x, const float *dout,
                                            size_t n, float slope);
 
-/* ---- channel concatenation: torch.cat((a, b), dim=1) ----------------------------------------- */
+/* -- channel concatenation: torch.cat((a, b), dim=1) -- */
 /* out[B][C1 + C2][n] = a[B][C1][n] then b[B][C2][n] per sample */
 IOUPOS_DEF void ioupos_cat_channels_forward(float *out, const float *a, const float *b, int B,
                                             int C1, int C2, size_t n);
@@ -2479,7 +2483,7 @@ IOUPOS_DEF void ioupos_cat_channels_forward(float *out, const float *a, const fl
 IOUPOS_DEF void ioupos_cat_channels_backward(float *da, float *db, const float *dout, int B,
                                              int C1, int C2, size_t n);
 
-/* ---- MONAI UnetResBlock (norm "instance", LeakyReLU 0.01, stride 1) --------------------------- */
+/* -- MONAI UnetResBlock (norm "instance", LeakyReLU 0.01, stride 1) -- */
 /* inp [B][Cin][S] -> out [B][Cout][S]:
      h1 = conv1(inp)   (w1 [Cout][Cin][k^dims], no bias)     a1 = lrelu(norm1(h1))
      h2 = conv2(a1)    (w2 [Cout][Cout][k^dims], no bias)    n2 = norm2(h2)
@@ -2508,7 +2512,7 @@ IOUPOS_DEF int ioupos_unet_resblock_backward(float *dinp, float *dw1, float *dw2
                                              int dims, int B, int Cin, const int shape[], int k,
                                              int Cout);
 
-/* ---- MONAI UnetrUpBlock (res_block=True, upsample kernel 2) ---------------------------------- */
+/* -- MONAI UnetrUpBlock (res_block=True, upsample kernel 2) -- */
 /* inp [B][Cin][S] (shape = S), skip [B][Cout][2S], out [B][Cout][2S]:
      up  = conv_transpose(inp)   (wt [Cin][Cout][2^dims], no bias)
      cat = torch.cat((up, skip), dim=1)            [B][2 Cout][2S]
@@ -2533,7 +2537,7 @@ IOUPOS_DEF int ioupos_unetr_upblock_backward(float *dinp, float *dskip, float *d
                                              const float *w2, const float *w3, int dims, int B,
                                              int Cin, const int shape[], int k, int Cout);
 
-/* ---- MONAI UnetOutBlock: 1x1 conv with bias --------------------------------------------------- */
+/* -- MONAI UnetOutBlock: 1x1 conv with bias -- */
 /* out [B][Cout][S] = weight [Cout][Cin] . inp [B][Cin][S] + bias [Cout] (ioupos_conv_forward with
    k = 1; no scratch, nothing saved). */
 IOUPOS_DEF int ioupos_unet_outblock_forward(float *out, const float *inp, const float *weight,
@@ -2586,7 +2590,7 @@ extern "C" {
 #define IOUPOS_SEG_MAX_CLASSES 128
 #endif
 
-/* ---- DiceCE loss: MONAI DiceCELoss(to_onehot_y=True, softmax=True) -----------------------------
+/* -- DiceCE loss: MONAI DiceCELoss(to_onehot_y=True, softmax=True)
    logits[B][K][S] channels-first (S = the product of the spatial sizes, D*H*W or H*W: the loss
    does not depend on how S is shaped), target[B][S] integer class ids in [0, K) (int, as
    ioupos_crossentropy_forward; MONAI's [B][1][S...] target without its channel axis).
@@ -2636,7 +2640,7 @@ IOUPOS_DEF void ioupos_dicece_backward(float *dlogits, float dloss, const float 
                                        const double *stats, const int *target, int B, int K,
                                        long S, const ioupos_dicece_opts *opts);
 
-/* ---- sliding-window inference: MONAI sliding_window_inference ---------------------------------
+/* -- sliding-window inference: MONAI sliding_window_inference
    For one image img[C][shape...] (2D {H, W} or 3D {D, H, W}, slowest axis first), with MONAI's
    semantics, mode "constant", padding_mode "constant", cval 0:
      roi      roi[k] <= 0 means the image size on axis k (MONAI's fall_back_tuple); roi NULL
@@ -2694,12 +2698,12 @@ IOUPOS_DEF int ioupos_sliding_window(float *out, int K, const float *img, int C,
                                      const int shape[], const int roi[], double overlap,
                                      int sw_batch_size, ioupos_sw_predict_fn predict, void *ctx);
 
-/* ---- argmax over classes: torch.argmax(scores, dim=1) --------------------------------------------
+/* -- argmax over classes: torch.argmax(scores, dim=1)
    labels[B][S] = the class of the largest scores[B][K][S]; the FIRST maximum wins on ties, and
    a NaN counts as larger than any number (the first NaN wins), as torch. Returns 0 or EINVAL. */
 IOUPOS_DEF int ioupos_argmax_classes(int *labels, const float *scores, int B, int K, long S);
 
-/* ---- per-case organ DSC (3D volumes) -----------------------------------------------------------
+/* -- per-case organ DSC (3D volumes)
    pred[n] and truth[n]: one case's whole label volume (the 2D slices of a case restacked, any
    shape, n voxels), class ids in [0, K). Per class c (0 included, for information):
        DSC[c] = 2 |P_c & T_c| / (|P_c| + |T_c|)   (counts exact in int64, the ratio in double)
@@ -2725,7 +2729,7 @@ typedef struct ioupos_dsc_case {
 IOUPOS_DEF int ioupos_dsc_case_compute(ioupos_dsc_case *r, const int *pred, const int *truth,
                                        long n, int K);
 
-/* ---- data-set DSC: an accumulator of cases ------------------------------------------------------
+/* -- data-set DSC: an accumulator of cases
    For organ c in [1, K):
        organ_mean[c] = mean of DSC[c] over the cases where it counts (NaN if none)
        organ_std[c]  = population standard deviation (ddof 0) over the same cases
@@ -2765,7 +2769,7 @@ IOUPOS_DEF double ioupos_dsc_eval_organ_std(const ioupos_dsc_eval *e, int c);
 IOUPOS_DEF double ioupos_dsc_eval_mean(const ioupos_dsc_eval *e, int *n_used);
 IOUPOS_DEF double ioupos_dsc_eval_case_mean(const ioupos_dsc_eval *e, long *n_used);
 
-/* ---- the research code's metric: MONAI DiceMetric per 2D slice ------------------------------------
+/* -- the research code's metric: MONAI DiceMetric per 2D slice
    DiceMetric(include_background=True, reduction="mean", ignore_empty=True) on one-hot [slices][K]
    [H][W] prediction and truth, fed slice by slice (in any batches), then aggregate():
      per slice and class c (background included), MONAI's compute_channel:
@@ -2802,7 +2806,7 @@ IOUPOS_DEF double ioupos_slice_dice_mean(const ioupos_slice_dice *a);
 /* Per class c in [0, K): mean over the slices whose truth has c (NaN if none). */
 IOUPOS_DEF double ioupos_slice_dice_class_mean(const ioupos_slice_dice *a, int c);
 
-/* ---- the per-organ table ---------------------------------------------------------------------------
+/* -- the per-organ table
    names[K] (class id -> name) or NULL for the FLARE22 names (ioupos_label_name: 1 liver,
    2 right kidney, 3 spleen, 4 pancreas, 5 aorta, 6 inferior vena cava, 7 right adrenal, 8 left
    adrenal, 9 gallbladder, 10 oesophagus, 11 stomach, 12 duodenum, 13 left kidney; "class <id>"
@@ -2987,7 +2991,7 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    (an evaluation-only run, n_epochs 0, saves no state: when it fails it leaves nothing). */
 
 
-/* ---- labelled slice sets -------------------------------------------------------------------- */
+/* -- labelled slice sets -- */
 typedef struct ioupos_seg_case {
   char *name;  /* the case name */
   int n;       /* its slices */
@@ -3010,7 +3014,7 @@ IOUPOS_DEF void ioupos_seg_set_free(ioupos_seg_set *s);
 /* Index of the case called name, or -1. */
 IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name);
 
-/* ---- checkpoints ---------------------------------------------------------------------------- */
+/* -- checkpoints -- */
 typedef struct ioupos_swinunetr_load_info {
   int whole;          /* 1: a whole SwinUNETR was loaded; 0: the encoder only */
   const char *prefix; /* encoder only: the file's encoder prefix (static string) */
@@ -3023,7 +3027,7 @@ typedef struct ioupos_swinunetr_load_info {
 IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
                                      ioupos_swinunetr_load_info *info);
 
-/* ---- sliding-window prediction with a SwinUNETR ------------------------------------------------
+/* -- sliding-window prediction with a SwinUNETR
    One slice img[h][w] (host memory, any size) -> logits[out_channels][h][w] (host) by
    ioupos_sliding_window (section 20: roi, overlap, sw_batch_size windows per predictor call,
    MONAI's semantics), the model in eval mode. The windows of a call go through the model
@@ -3055,7 +3059,7 @@ IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const
                                   int h, int w);
 IOUPOS_DEF void ioupos_seg_predictor_free(ioupos_seg_predictor *pr);
 
-/* ---- evaluation ------------------------------------------------------------------------------ */
+/* -- evaluation -- */
 typedef struct ioupos_seg_eval_opts {
   int roi[2];              /* window (research 96 x 96); multiples of 32 */
   double overlap;          /* 0.25 */
@@ -3086,7 +3090,7 @@ IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r);
 IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r,
                                     const ioupos_seg_set *set);
 
-/* ---- the run ----------------------------------------------------------------------------------- */
+/* -- the run -- */
 enum { IOUPOS_FT_METRIC_DSC = 0, IOUPOS_FT_METRIC_RESEARCH = 1 };
 
 typedef struct ioupos_finetune_opts {
@@ -3161,25 +3165,35 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #pragma GCC diagnostic ignored "-Wunused-function"
 #endif
 
+/* ---- 1. Configuration: system headers, allocator, stb --------------------------------------- */
+
+/* Every system header of the implementation is included here. Sections 1-4 need the standard
+   C library only; the data path (5-9) needs POSIX (files, folders, locks, threads); the neural
+   core (10-22) adds OpenMP and x86 intrinsics when the build enables them. */
+#include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if IOUPOS__PART_DATA /* sections 1-4 need only the standard C headers above */
-#if defined(_WIN32)
-#include <process.h>
-#define ioupos__getpid _getpid
-#else
+#if IOUPOS__PART_DATA
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #define ioupos__getpid getpid
 #endif
-#endif /* IOUPOS__PART_DATA */
+#if IOUPOS__PART_CORE && defined(_OPENMP)
+#include <omp.h>
+#endif
+#if IOUPOS__PART_CORE && defined(__AVX2__) && defined(__FMA__) && !defined(IOUPOS_GEMM_NO_SIMD)
+#include <immintrin.h>
+#endif
 
 #ifndef IOUPOS_MALLOC
 #define IOUPOS_MALLOC(sz) malloc(sz)
@@ -4323,10 +4337,6 @@ IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int
 #if IOUPOS__PART_DATA /* sections 5-9: not with IOUPOS_ONLY_SAMPLER */
 /* ---- 5. Image I/O --------------------------------------------------------------------------- */
 
-#if !defined(_WIN32)
-#include <sys/stat.h>
-#endif
-
 IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
   FILE *f;
   long len;
@@ -4335,7 +4345,6 @@ IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
   *size = 0;
   f = fopen(path, "rb");
   if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot open: %s", path, strerror(errno));
-#if !defined(_WIN32)
   { /* fopen opens a folder too, and its "size" is then anything up to LONG_MAX */
     struct stat sb;
     int st = fstat(fileno(f), &sb) != 0 ? 2
@@ -4350,7 +4359,6 @@ IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
       return ioupos__fail(IOUPOS_EIO, "%s: not a regular file", path);
     }
   }
-#endif
   if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
     fclose(f);
     return ioupos__fail(IOUPOS_EIO, "%s: cannot determine the file size", path);
@@ -4470,9 +4478,6 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
   int bad, e;
   if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)ioupos__getpid()) >= (int)sizeof tmp)
     return ioupos__fail(IOUPOS_EINVAL, "%s: path too long", path);
-#if defined(_WIN32)
-  f = fopen(tmp, "wb");
-#else
   { /* a fresh file: never follow a symlink or reuse a leftover from a crashed run */
     int fd;
     remove(tmp);
@@ -4480,15 +4485,12 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
     f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (fd >= 0 && !f) close(fd);
   }
-#endif
   if (!f) return ioupos__fail(IOUPOS_EIO, "%s: cannot create (%s)", path, strerror(errno));
   errno = 0;
   bad = size && fwrite(data, 1, size, f) != size;
   bad |= fflush(f) != 0;
   bad |= ferror(f) != 0;
-#if !defined(_WIN32)
   bad |= fsync(fileno(f)) != 0; /* the data is on disk before the name points to it */
-#endif
   e = errno;
   if (fclose(f) != 0 && !bad) bad = 1, e = errno;
   if (bad) {
@@ -4504,7 +4506,7 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
   return IOUPOS_OK;
 }
 
-/* ---- folders: creation and holding ------------------------------------------------------ */
+/* -- folders: creation and holding -- */
 
 /* mkdir -p. *created_from (may be NULL): where the name of the first folder it created starts
    in path (path[0..*created_from) existed before), or -1 when it created none. */
@@ -4748,9 +4750,8 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
 
 /* ---- 6. NIfTI volumes, CT preprocessing and split files --------------------------------------- */
 
-#include <limits.h>
 
-/* ---- small helpers ------------------------------------------------------------------------- */
+/* -- small helpers -- */
 
 IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n) {
   uint32_t table[256];
@@ -4850,7 +4851,7 @@ IOUPOS_DEF int ioupos_volume_alloc(ioupos_volume *vol, int nx, int ny, int nz) {
   return IOUPOS_OK;
 }
 
-/* ---- gzip ----------------------------------------------------------------------------------- */
+/* -- gzip -- */
 
 static uint32_t ioupos__le32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -4968,7 +4969,7 @@ static int ioupos__gzip(const unsigned char *in, size_t size, unsigned char **ou
   return IOUPOS_OK;
 }
 
-/* ---- NIfTI-1 reading ------------------------------------------------------------------------ */
+/* -- NIfTI-1 reading -- */
 
 typedef struct ioupos__hdr {
   const unsigned char *p;
@@ -5255,7 +5256,7 @@ IOUPOS_DEF int ioupos_nifti_read(const char *path, ioupos_volume *vol) {
   return st;
 }
 
-/* ---- NIfTI-1 writing ------------------------------------------------------------------------ */
+/* -- NIfTI-1 writing -- */
 
 static void ioupos__put16le(unsigned char *p, int v) {
   p[0] = (unsigned char)(v & 0xFF);
@@ -5454,7 +5455,7 @@ IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, in
   return st;
 }
 
-/* ---- orientation ---------------------------------------------------------------------------- */
+/* -- orientation -- */
 
 IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
   double R[3][3], rs[3][3], zoom[3];
@@ -5543,7 +5544,7 @@ IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
   return IOUPOS_OK;
 }
 
-/* ---- resampling (MONAI Spacing) ------------------------------------------------------------- */
+/* -- resampling (MONAI Spacing) -- */
 
 IOUPOS_DEF int ioupos_volume_resample_grid(const ioupos_volume *vol, const double spacing[3],
                                            int out_dim[3], double out_affine[4][4]) {
@@ -5772,7 +5773,7 @@ IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3
   return IOUPOS_OK;
 }
 
-/* ---- intensity, crop, pad ------------------------------------------------------------------- */
+/* -- intensity, crop, pad -- */
 
 IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_max) {
   size_t i, n;
@@ -5927,7 +5928,7 @@ IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_l
     }
 }
 
-/* ---- split files ---------------------------------------------------------------------------- */
+/* -- split files -- */
 
 typedef struct ioupos__json {
   const char *s;
@@ -6383,7 +6384,7 @@ IOUPOS_DEF void ioupos_view_params_draw(ioupos_rng *rng, ioupos_view_params *p) 
   ioupos_view_params_draw_config(&c, rng, p);
 }
 
-/* ---- zoom ---------------------------------------------------------------------------------- */
+/* -- zoom -- */
 
 /* Size of the zoomed axis (MONAI / torch: floor(n * zoom) in double), and where output index i
    of the kept-size axis reads in it: zi = i + off (off = crop start or minus pad before). */
@@ -6493,7 +6494,7 @@ IOUPOS_DEF int ioupos_aug_zoom_nearest(const float *in, int h, int w, double zoo
   return IOUPOS_OK;
 }
 
-/* ---- flip, rot90 --------------------------------------------------------------------------- */
+/* -- flip, rot90 -- */
 
 IOUPOS_DEF void ioupos_aug_flip(float *img, int h, int w, int axis) {
   int i, j;
@@ -6542,7 +6543,7 @@ IOUPOS_DEF void ioupos_aug_rot90(const float *in, int h, int w, int k, float *ou
   }
 }
 
-/* ---- Gaussian blur ------------------------------------------------------------------------- */
+/* -- Gaussian blur -- */
 
 IOUPOS_DEF int ioupos_aug_gaussian_kernel(double sigma, float *kernel, int cap) {
   float s = (float)sigma, c;
@@ -6626,7 +6627,7 @@ IOUPOS_DEF int ioupos_aug_gaussian_blur(float *img, int h, int w, double sigma0,
   return IOUPOS_OK;
 }
 
-/* ---- noise, intensity ---------------------------------------------------------------------- */
+/* -- noise, intensity -- */
 
 IOUPOS_DEF void ioupos_aug_gaussian_noise(float *img, size_t n, double mean, double std,
                                           uint64_t seed) {
@@ -6672,7 +6673,7 @@ IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box 
            sizeof(float) * (size_t)cw);
 }
 
-/* ---- the view pipeline --------------------------------------------------------------------- */
+/* -- the view pipeline -- */
 
 static int ioupos__view_check(const ioupos_view_params *p, const void *img, int h, int w,
                               const void *tmp) {
@@ -6762,7 +6763,7 @@ IOUPOS_DEF int ioupos_view_apply(const ioupos_view_params *p, float *img, int h,
   return ioupos_view_apply_labelled(p, img, NULL, h, w, tmp);
 }
 
-/* ---- RandCropByPosNegLabeld ---------------------------------------------------------------- */
+/* -- RandCropByPosNegLabeld -- */
 
 static int ioupos__posneg_is(const float *label, const float *image, double thr, size_t i, int fg) {
   if (label[i] != 0.0f) return fg; /* NaN counts as foreground, as numpy's nonzero does */
@@ -7661,11 +7662,8 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
 
 /* ---- 9. Data sets and the threaded loader ----------------------------------------------------- */
 
-#include <dirent.h>
-#include <pthread.h>
-#include <sys/stat.h>
 
-/* ---- 7a. Data sets ---------------------------------------------------------------------- */
+/* -- 7a. Data sets -- */
 
 static int ioupos__data_is_png_name(const char *name) {
   size_t n = strlen(name);
@@ -7836,7 +7834,7 @@ fail:
   return st;
 }
 
-/* ---- 7b. The loader ----------------------------------------------------------------------- */
+/* -- 7b. The loader -- */
 
 IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
                                              const ioupos_dataset *ds, int kind) {
@@ -8424,7 +8422,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
                           cfg->local_crop[0], cfg->local_crop[1]);
     if (!(cfg->local_min_iou >= 0.0 && cfg->local_max_iou <= 1.0 &&
           cfg->local_min_iou <= cfg->local_max_iou))
-      return ioupos__fail(IOUPOS_EINVAL, "loader: --local_min_iou %g / --local_max_iou %g: the "
+      return ioupos__fail(IOUPOS_EINVAL, "loader: `local_min_iou` %g / `local_max_iou` %g: the "
                           "interval must be within [0, 1], not reversed, not NaN",
                           cfg->local_min_iou, cfg->local_max_iou);
     fst = ioupos_local_crop_feasible(2, NULL, cfg->crop, cfg->local_crop, cfg->local_min_iou,
@@ -8432,7 +8430,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
     if (fst) {
       char why[512];
       snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-      return ioupos__fail(fst, "loader: --local_min_iou %g / --local_max_iou %g: %s",
+      return ioupos__fail(fst, "loader: `local_min_iou` %g / `local_max_iou` %g: %s",
                           cfg->local_min_iou, cfg->local_max_iou, why);
     }
   }
@@ -8603,7 +8601,7 @@ IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
   return ioupos_loader_seek(l, epoch, 0);
 }
 
-/* ---- 9c. The pre-flight check of data sets ------------------------------------------------- */
+/* -- 9c. The pre-flight check of data sets -- */
 
 /* The structure of the PNG at path without decoding it (see ioupos_dataset_check): signature, a
    valid IHDR first, the chunk list inside the file up to IEND, an IDAT (after a PLTE for a
@@ -8723,7 +8721,7 @@ static int ioupos__chk_label_ids(const ioupos__pix *p, int K, const char *path) 
   }
   if (count)
     return ioupos__fail(IOUPOS_EINVAL, "%s: label %ld at pixel (%zu, %zu) is outside [0, %d) "
-                        "(--n_classes %d); %zu such pixels, ids up to %ld", path, first,
+                        "(`n_classes` %d); %zu such pixels, ids up to %ld", path, first,
                         at / (size_t)p->w, at % (size_t)p->w, K, K, count, top);
   return IOUPOS_OK;
 }
@@ -8850,8 +8848,8 @@ static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *
     char near[128];
     ioupos__chk_pair_near(shape, c, lc->min_iou, lc->max_iou, &below, &above);
     ioupos__chk_near_text(near, sizeof near, below, above);
-    snprintf(buf, cap, "image %s%s has no pair of %s crops (--crop_size) with an IoU in [%g, %g] "
-             "(--min_iou / --max_iou): %s; use a smaller --crop_size or another interval", im,
+    snprintf(buf, cap, "image %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
+             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", im,
              ps, cr, lc->min_iou, lc->max_iou, near);
     return st;
   }
@@ -8866,7 +8864,7 @@ static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *
     if (st) {
       ioupos_format_shape(pad, sizeof pad, 2, shape);
       snprintf(buf, cap, "image %s (as %s for the local crops): no %s local crop "
-               "(--local_crop_size) has an IoU in [%g, %g] (--local_min_iou / --local_max_iou) "
+               "(`local_crop`) has an IoU in [%g, %g] (`local_min_iou` / `local_max_iou`) "
                "with a %s crop: %s", im, pad, lcs, lc->local_min_iou, lc->local_max_iou, cr,
                ioupos_failure_reason());
       return st;
@@ -8941,7 +8939,7 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
                           lc->local_crop[0], lc->local_crop[1]);
     if (lc->kind == IOUPOS_LOADER_SSL &&
         !(lc->min_iou >= 0.0 && lc->max_iou <= 1.0 && lc->min_iou <= lc->max_iou))
-      return ioupos__fail(IOUPOS_EINVAL, "--min_iou %g / --max_iou %g: the IoU interval must be "
+      return ioupos__fail(IOUPOS_EINVAL, "`min_iou` %g / `max_iou` %g: the IoU interval must be "
                           "within [0, 1], not reversed, not NaN", lc->min_iou, lc->max_iou);
     /* intervals no crops can satisfy in ANY image: one message, no file opened */
     if (lc->kind == IOUPOS_LOADER_SSL &&
@@ -8954,9 +8952,9 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
       ioupos_format_shape(cr, sizeof cr, 2, lc->crop);
       if (lc->crop[0] == lc->crop[1]) snprintf(flag, sizeof flag, "%d", lc->crop[0]);
       else snprintf(flag, sizeof flag, "%d,%d", lc->crop[0], lc->crop[1]);
-      return ioupos__fail(IOUPOS_EINFEASIBLE, "--crop_size %s with --min_iou %g / --max_iou %g: "
+      return ioupos__fail(IOUPOS_EINFEASIBLE, "`crop` %s with `min_iou` %g / `max_iou` %g: "
                           "no two %s crops have an IoU in [%g, %g], in an image of any size "
-                          "(%s); change --min_iou / --max_iou or --crop_size", flag, lc->min_iou,
+                          "(%s); change `min_iou` / `max_iou` or `crop`", flag, lc->min_iou,
                           lc->max_iou, cr, lc->min_iou, lc->max_iou, near);
     }
     if (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0) {
@@ -8969,8 +8967,8 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
           snprintf(flag, sizeof flag, "%d", lc->local_crop[0]);
         else
           snprintf(flag, sizeof flag, "%d,%d", lc->local_crop[0], lc->local_crop[1]);
-        return ioupos__fail(st, "--local_crop_size %s with --local_min_iou %g / --local_max_iou "
-                            "%g: %s; change the interval or --local_crop_size", flag,
+        return ioupos__fail(st, "`local_crop` %s with `local_min_iou` %g / `local_max_iou` "
+                            "%g: %s; change the interval or `local_crop`", flag,
                             lc->local_min_iou, lc->local_max_iou, why);
       }
     }
@@ -9173,12 +9171,7 @@ static int ioupos__data_preflight(const ioupos_dataset *const sets[], int n_sets
 #if IOUPOS__PART_CORE /* sections 10-22: not with IOUPOS_ONLY_SAMPLER or IOUPOS_ONLY_DATA */
 /* ---- 10. Dense float32 GEMM (CPU) -------------------------------------------------------------- */
 
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #if defined(__AVX2__) && defined(__FMA__) && !defined(IOUPOS_GEMM_NO_SIMD)
-#include <immintrin.h>
 #define IOUPOS__GEMM_AVX2 1
 #else
 #define IOUPOS__GEMM_AVX2 0
@@ -9262,7 +9255,7 @@ typedef struct ioupos__gemm_args {
   ptrdiff_t lda, ldb, ldc;
 } ioupos__gemm_args;
 
-/* ---- micro-kernels: c[MR][NR] (ldc) = alpha * sum_p a(r, p) b[p][NR] + beta * c -------------
+/* -- micro-kernels: c[MR][NR] (ldc) = alpha * sum_p a(r, p) b[p][NR] + beta * c
    b is a packed sliver (kc steps of NR floats); a(r, p) = a[r * ai + p * ap] is read in place
    from op(A) (ai = lda, ap = 1 when A is not transposed; ai = 1, ap = lda when it is) or from a
    packed edge sliver (ai = 1, ap = MR); beta == 0: c is not read. The sum over p runs from 0 to
@@ -9409,7 +9402,7 @@ static void ioupos__gemm_ukernel(int kc, const float *a, ptrdiff_t ai, ptrdiff_t
 }
 #endif
 
-/* ---- packing ------------------------------------------------------------------------------ */
+/* -- packing -- */
 
 /* dst[s][kc][MR] = op(A)[i0 + s*MR + r][p0 + k], rows past i0 + mc zero. */
 static void ioupos__gemm_pack_a(const ioupos__gemm_args *g, int i0, int mc, int p0, int kc,
@@ -9468,7 +9461,7 @@ static void ioupos__gemm_pack_b(const ioupos__gemm_args *g, int j0, int nc, int 
   }
 }
 
-/* ---- the blocked driver ------------------------------------------------------------------- */
+/* -- the blocked driver -- */
 
 static size_t ioupos__gemm_bsize(int N, int K) { /* floats of the packed op(B) panel */
   int nc = N < IOUPOS__GEMM_NC ? N : IOUPOS__GEMM_NC, kc = K < IOUPOS__GEMM_KC ? K : IOUPOS__GEMM_KC;
@@ -9743,8 +9736,6 @@ IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N,
 
 /* ---- 11. Layers, forward beside backward ------------------------------------------------------- */
 
-#include <math.h>
-#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -9795,7 +9786,7 @@ static void ioupos__gelu_backward_fast(float *dinp, const float *inp, const floa
 static void ioupos__gelu_backward_inplace_fast(float *dh, float *act, const float *x, size_t n);
 #endif
 
-/* ---- linear ---- */
+/* -- linear -- */
 
 /* Rows per chunk of the sums over rows (linear bias, layer norm weight and bias): a constant,
    never the thread count, so that the fast paths can sum the chunks on any number of threads
@@ -9888,7 +9879,7 @@ IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
   return IOUPOS_OK;
 }
 
-/* ---- layer norm ---- */
+/* -- layer norm -- */
 
 /* sum of x[0..n) in double: 8 running sums (element c into sum c mod 8) added pairwise in a
    fixed order, then the last n mod 8 elements in order; that is the fast path's vector lanes,
@@ -10005,7 +9996,7 @@ IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *db
                                            N, C);
 }
 
-/* ---- GELU ---- */
+/* -- GELU -- */
 
 /* GELU(x) = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)); gelu'(x) = Phi(x) + x phi(x),
    phi(x) = exp(-x^2 / 2) / sqrt(2 pi): in double with libm's erf and exp, rounded to float once.
@@ -10051,7 +10042,7 @@ IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float 
   IOUPOS__IMPL(ioupos__gelu_backward)(dinp, inp, dout, n);
 }
 
-/* ---- ReLU ---- */
+/* -- ReLU -- */
 IOUPOS_DEF void ioupos_relu_forward(float *out, const float *inp, size_t n) {
   size_t i;
   for (i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -10063,7 +10054,7 @@ IOUPOS_DEF void ioupos_relu_backward(float *dinp, const float *inp, const float 
     if (inp[i] > 0.0f) dinp[i] += dout[i];
 }
 
-/* ---- softmax ---- */
+/* -- softmax -- */
 IOUPOS_DEF void ioupos_softmax_forward(float *out, const float *inp, int N, int C) {
   int n, c;
   for (n = 0; n < N; ++n) {
@@ -10093,7 +10084,7 @@ IOUPOS_DEF void ioupos_softmax_backward(float *dinp, const float *out, const flo
   }
 }
 
-/* ---- L2 normalisation ---- */
+/* -- L2 normalisation -- */
 IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp, int N, int C,
                                       float eps) {
   int n, c;
@@ -10121,7 +10112,7 @@ IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const floa
   }
 }
 
-/* ---- global average pooling ---- */
+/* -- global average pooling -- */
 IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int T, int C) {
   int b;
   IOUPOS__PFOR((double)B * T * C)
@@ -10152,7 +10143,7 @@ IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, i
   }
 }
 
-/* ---- batch norm 1d ---- */
+/* -- batch norm 1d -- */
 IOUPOS_DEF void ioupos_batchnorm_forward_train(float *out, float *mean, float *rstd,
                                                float *running_mean, float *running_var,
                                                const float *inp, const float *weight,
@@ -10242,7 +10233,7 @@ IOUPOS_DEF void ioupos_batchnorm_backward_eval(float *dinp, float *dweight, floa
   }
 }
 
-/* ---- patch embedding ---- */
+/* -- patch embedding -- */
 /* Grid of patches: g[k] = ceil(S_k / p) on the 3 internal axes (2D: a leading axis of size 1
    with kernel depth 1), kernel extent kd = p (3D) or 1 (2D). */
 static void ioupos__pe_geom(int dims, const int shape[], int p, int S[3], int g[3], int kk[3]) {
@@ -10317,7 +10308,7 @@ IOUPOS_DEF int ioupos_patch_embed_backward(float *dinp, float *dweight, float *d
   return IOUPOS_OK;
 }
 
-/* ---- patch merging ---- */
+/* -- patch merging -- */
 /* MONAI's sub-grid offsets, (d, h, w); 2D uses the first 4 entries' (h, w) from the 2D table. */
 static const int ioupos__merge_off3[8][3] = {{0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {0, 0, 1},
                                              {1, 1, 0}, {1, 0, 1}, {0, 1, 1}, {1, 1, 1}};
@@ -10390,7 +10381,7 @@ IOUPOS_DEF int ioupos_patch_merging_backward(float *dinp, float *dln_w, float *d
   return IOUPOS_OK;
 }
 
-/* ---- drop path ---- */
+/* -- drop path -- */
 IOUPOS_DEF void ioupos_drop_path_mask(float *mask, int B, float drop_prob, ioupos_rng *rng) {
   int b;
   double keep = 1.0 - (double)drop_prob;
@@ -10430,7 +10421,7 @@ IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const 
   IOUPOS__EW_LOOP(B, S, { dinp[i] += dout[i] * mask[b]; });
 }
 
-/* ---- residual ---- */
+/* -- residual -- */
 IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float *y,
                                         const float *mask, int B, size_t S) {
   if (mask) IOUPOS__EW_LOOP(B, S, { out[i] = x[i] + y[i] * mask[b]; });
@@ -10443,7 +10434,7 @@ IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const flo
   else IOUPOS__EW_LOOP(B, S, { (void)b; dy[i] += dout[i]; });
 }
 
-/* ---- MLP ---- */
+/* -- MLP -- */
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
                                   const float *w1, const float *b1, const float *w2,
                                   const float *b2, int N, int C, int Hd) {
@@ -10957,8 +10948,6 @@ static void ioupos__gelu_backward_inplace_fast(float *dh, float *act, const floa
 
 /* ---- 12. Shifted-window attention (Swin) ------------------------------------------------------- */
 
-#include <math.h>
-#include <string.h>
 
 IOUPOS_DEF int ioupos_swin_geom_init(ioupos_swin_geom *g, int ndim, int batch, const int *size,
                                      const int *window, const int *shift) {
@@ -11410,7 +11399,7 @@ IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *d
    the results differ from the reference's by rounding (tests/test_threads.c, part 6). */
 #if IOUPOS__LAYERS_FAST
 
-/* ---- the small products of one window and head, without packing ----------------------------
+/* -- the small products of one window and head, without packing
    O[i][c] = alpha * sum_{p < K} A[i * ai + p * ap] * B[p * ldb + c]   for i < M, c < nvalid.
    A is read in place through its two strides (a transposed operand is ap = rows, ai = 1); the
    rows of B must be readable for np columns (np a multiple of 8, nvalid <= np). Each element is
@@ -11886,9 +11875,6 @@ static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, fl
 
 /* ---- 13. Safetensors files --------------------------------------------------------------------- */
 
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 static const char *const ioupos__st_names[IOUPOS_ST_NUM_DTYPES] = {
     "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
@@ -11904,7 +11890,7 @@ IOUPOS_DEF size_t ioupos_st_dtype_size(int dtype) {
   return dtype >= 0 && dtype < IOUPOS_ST_NUM_DTYPES ? ioupos__st_sizes[dtype] : 0;
 }
 
-/* ---- the header parser ---------------------------------------------------------------------- */
+/* -- the header parser -- */
 
 typedef struct ioupos__st_parser {
   const unsigned char *p; /* the header, n bytes */
@@ -12452,7 +12438,7 @@ static int ioupos__st_check_finite(const ioupos_st_file *f, const char *tensor, 
   return 0;
 }
 
-/* ---- the writer ----------------------------------------------------------------------------- */
+/* -- the writer -- */
 
 /* Append to a buffer, or only count when out is NULL. */
 typedef struct ioupos__st_out {
@@ -12707,8 +12693,6 @@ done:
 
 /* ---- 14. Losses and the weight-normalised linear ----------------------------------------------- */
 
-#include <math.h>
-#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -12725,7 +12709,7 @@ static double ioupos__wl_norm(const float *x, int C) {
   return sqrt(s);
 }
 
-/* ---- cosine similarity ---- */
+/* -- cosine similarity -- */
 IOUPOS_DEF void ioupos_cosine_similarity_forward(float *out, const float *x1, const float *x2,
                                                  int N, int C, float eps) {
   int n, c;
@@ -12758,7 +12742,7 @@ IOUPOS_DEF void ioupos_cosine_similarity_backward(float *dx1, const float *dout,
   }
 }
 
-/* ---- SimSiam ---- */
+/* -- SimSiam -- */
 static double ioupos__wl_meancos(const float *p, const float *z, int N, int C) {
   double s = 0.0;
   int n, c;
@@ -12803,7 +12787,7 @@ IOUPOS_DEF void ioupos_simsiam_loss_backward(float *dp1, float *dp2, float dloss
   if (dp2) ioupos__wl_negcos_back(dp2, (float)s, p2, z1, N, C);
 }
 
-/* ---- DINO ---- */
+/* -- DINO -- */
 IOUPOS_DEF double ioupos_dino_loss_forward(float *tprob, float *slogp, const float *teacher,
                                            const float *student, const float *center, int NT,
                                            int NS, int B, int D, float teacher_temp,
@@ -12892,7 +12876,7 @@ IOUPOS_DEF void ioupos_dino_center_update(float *center, const float *teacher, i
   }
 }
 
-/* ---- weight-normalised linear ---- */
+/* -- weight-normalised linear -- */
 IOUPOS_DEF int ioupos_wnlinear_forward(float *out, float *weight, float *vnorm, const float *inp,
                                        const float *v, const float *g, int N, int C, int OC) {
   int o, c;
@@ -12931,7 +12915,7 @@ IOUPOS_DEF int ioupos_wnlinear_backward(float *dinp, float *dv, float *dg, float
   return IOUPOS_OK;
 }
 
-/* ---- cross-entropy ---- */
+/* -- cross-entropy -- */
 IOUPOS_DEF double ioupos_crossentropy_forward(float *prob, const float *logits, const int *target,
                                               int N, int K) {
   int n, k;
@@ -12968,8 +12952,6 @@ IOUPOS_DEF void ioupos_crossentropy_backward(float *dlogits, float dloss, const 
 
 /* ---- 15. Optimisers, schedules, EMA and gradient clipping -------------------------------------- */
 
-#include <math.h>
-#include <string.h>
 
 #define IOUPOS__OPT_PI 3.14159265358979323846
 
@@ -13208,26 +13190,71 @@ static void ioupos__cpu_zero(void *dst, size_t bytes) {
 }
 static int ioupos__cpu_sync(void) { return 0; }
 
-static const ioupos_backend ioupos__backend_cpu = {
-  "cpu", ioupos__cpu_alloc, ioupos__cpu_release, ioupos__cpu_copy, ioupos__cpu_copy,
-  ioupos__cpu_copy, ioupos__cpu_zero, ioupos__cpu_sync,
-  ioupos_linear_forward, ioupos_linear_backward, ioupos_layernorm_forward,
-  ioupos_layernorm_backward, ioupos_gelu_forward, ioupos_gelu_backward, ioupos_relu_forward,
-  ioupos_relu_backward, ioupos_l2norm_forward, ioupos_l2norm_backward, ioupos_avgpool_forward,
-  ioupos_avgpool_backward, ioupos_batchnorm_forward_train, ioupos_batchnorm_backward_train,
-  ioupos_batchnorm_forward_eval, ioupos_batchnorm_backward_eval, ioupos_patch_embed_forward,
-  ioupos_patch_embed_backward, ioupos_patch_merging_forward, ioupos_patch_merging_backward,
-  ioupos_residual_forward, ioupos_residual_backward, ioupos_mlp_forward, ioupos_mlp_backward,
-  ioupos_swin_attention_forward, ioupos_swin_attention_backward, ioupos_wnlinear_forward,
-  ioupos_wnlinear_backward, ioupos_simsiam_loss_forward, ioupos_simsiam_loss_backward,
-  ioupos_dino_loss_forward, ioupos_dino_loss_backward, ioupos_dino_center_update,
-  ioupos_sgd_step, ioupos_adamw_step, ioupos_ema_update, ioupos_clip_grad_per_param,
-  ioupos_to_channels_first, ioupos_to_channels_first_backward, ioupos_unet_resblock_forward,
-  ioupos_unet_resblock_backward, ioupos_unetr_upblock_forward, ioupos_unetr_upblock_backward,
-  ioupos_unet_outblock_forward, ioupos_unet_outblock_backward
-};
+/* The table, filled by name (C++11 has no designated initializers), once for all threads. */
+static ioupos_backend ioupos__backend_cpu;
+static pthread_once_t ioupos__backend_cpu_once = PTHREAD_ONCE_INIT;
 
-IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void) { return &ioupos__backend_cpu; }
+static void ioupos__backend_cpu_fill(void) {
+  ioupos_backend *b = &ioupos__backend_cpu;
+  b->name = "cpu";
+  b->alloc = ioupos__cpu_alloc;
+  b->release = ioupos__cpu_release;
+  b->upload = ioupos__cpu_copy;
+  b->download = ioupos__cpu_copy;
+  b->copy = ioupos__cpu_copy;
+  b->zero = ioupos__cpu_zero;
+  b->sync = ioupos__cpu_sync;
+  b->linear_forward = ioupos_linear_forward;
+  b->linear_backward = ioupos_linear_backward;
+  b->layernorm_forward = ioupos_layernorm_forward;
+  b->layernorm_backward = ioupos_layernorm_backward;
+  b->gelu_forward = ioupos_gelu_forward;
+  b->gelu_backward = ioupos_gelu_backward;
+  b->relu_forward = ioupos_relu_forward;
+  b->relu_backward = ioupos_relu_backward;
+  b->l2norm_forward = ioupos_l2norm_forward;
+  b->l2norm_backward = ioupos_l2norm_backward;
+  b->avgpool_forward = ioupos_avgpool_forward;
+  b->avgpool_backward = ioupos_avgpool_backward;
+  b->batchnorm_forward_train = ioupos_batchnorm_forward_train;
+  b->batchnorm_backward_train = ioupos_batchnorm_backward_train;
+  b->batchnorm_forward_eval = ioupos_batchnorm_forward_eval;
+  b->batchnorm_backward_eval = ioupos_batchnorm_backward_eval;
+  b->patch_embed_forward = ioupos_patch_embed_forward;
+  b->patch_embed_backward = ioupos_patch_embed_backward;
+  b->patch_merging_forward = ioupos_patch_merging_forward;
+  b->patch_merging_backward = ioupos_patch_merging_backward;
+  b->residual_forward = ioupos_residual_forward;
+  b->residual_backward = ioupos_residual_backward;
+  b->mlp_forward = ioupos_mlp_forward;
+  b->mlp_backward = ioupos_mlp_backward;
+  b->swin_attention_forward = ioupos_swin_attention_forward;
+  b->swin_attention_backward = ioupos_swin_attention_backward;
+  b->wnlinear_forward = ioupos_wnlinear_forward;
+  b->wnlinear_backward = ioupos_wnlinear_backward;
+  b->simsiam_loss_forward = ioupos_simsiam_loss_forward;
+  b->simsiam_loss_backward = ioupos_simsiam_loss_backward;
+  b->dino_loss_forward = ioupos_dino_loss_forward;
+  b->dino_loss_backward = ioupos_dino_loss_backward;
+  b->dino_center_update = ioupos_dino_center_update;
+  b->sgd_step = ioupos_sgd_step;
+  b->adamw_step = ioupos_adamw_step;
+  b->ema_update = ioupos_ema_update;
+  b->clip_grad_per_param = ioupos_clip_grad_per_param;
+  b->to_channels_first = ioupos_to_channels_first;
+  b->to_channels_first_backward = ioupos_to_channels_first_backward;
+  b->unet_resblock_forward = ioupos_unet_resblock_forward;
+  b->unet_resblock_backward = ioupos_unet_resblock_backward;
+  b->unetr_upblock_forward = ioupos_unetr_upblock_forward;
+  b->unetr_upblock_backward = ioupos_unetr_upblock_backward;
+  b->unet_outblock_forward = ioupos_unet_outblock_forward;
+  b->unet_outblock_backward = ioupos_unet_outblock_backward;
+}
+
+IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void) {
+  pthread_once(&ioupos__backend_cpu_once, ioupos__backend_cpu_fill);
+  return &ioupos__backend_cpu;
+}
 
 /* --- parameters --- */
 IOUPOS_DEF int ioupos_params_alloc(ioupos_params *p, const ioupos_backend *be, int with_grad) {
@@ -13440,7 +13467,7 @@ IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, con
       ioupos__shape_str(s2, sizeof s2, t->ndim, t->shape);
       rc = ioupos__fail(IOUPOS_EFORMAT,
                         "checkpoint tensor '%s' has shape %s, the model expects %s (another "
-                        "--embedding_size, window, patch or depth?)",
+                        "`embed_dim`, window, patch or depth?)",
                         name, s1, s2);
       goto done;
     }
@@ -13507,27 +13534,27 @@ IOUPOS_DEF void ioupos_swin_config_default(ioupos_swin_config *c, int spatial_di
 IOUPOS_DEF int ioupos_swin_config_check(const ioupos_swin_config *c) {
   int s;
   if (c->spatial_dims != 2 && c->spatial_dims != 3)
-    return ioupos__fail(IOUPOS_EINVAL, "--spatial_dims must be 2 or 3, not %d", c->spatial_dims);
+    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` must be 2 or 3, not %d", c->spatial_dims);
   if (c->in_chans < 1 || c->embed_dim < 1 || c->embed_dim > 4096)
-    return ioupos__fail(IOUPOS_EINVAL, "--embedding_size %d / in_chans %d out of range",
+    return ioupos__fail(IOUPOS_EINVAL, "`embed_dim` %d / in_chans %d out of range",
                         c->embed_dim, c->in_chans);
   if (c->patch_size < 1 || c->patch_size > 64)
-    return ioupos__fail(IOUPOS_EINVAL, "--patch_size %d out of range [1, 64]", c->patch_size);
+    return ioupos__fail(IOUPOS_EINVAL, "`patch_size` %d out of range [1, 64]", c->patch_size);
   for (s = 0; s < c->spatial_dims; ++s)
     if (c->window[s] < 1 || c->window[s] > 64)
-      return ioupos__fail(IOUPOS_EINVAL, "--window_size %d out of range [1, 64]", c->window[s]);
+      return ioupos__fail(IOUPOS_EINVAL, "`window` %d out of range [1, 64]", c->window[s]);
   for (s = 0; s < 4; ++s) {
     if (c->depths[s] < 1 || c->depths[s] > IOUPOS_SWIN_MAX_DEPTH)
-      return ioupos__fail(IOUPOS_EINVAL, "--depths: stage %d has %d blocks (1..%d)", s + 1,
+      return ioupos__fail(IOUPOS_EINVAL, "`depths`: stage %d has %d blocks (1..%d)", s + 1,
                           c->depths[s], IOUPOS_SWIN_MAX_DEPTH);
     if (c->num_heads[s] < 1 || (c->embed_dim << s) % c->num_heads[s] != 0)
       return ioupos__fail(IOUPOS_EINVAL,
-                          "--num_heads: stage %d has %d heads, which must divide its width %d "
-                          "(--embedding_size %d x %d)",
+                          "`num_heads`: stage %d has %d heads, which must divide its width %d "
+                          "(`embed_dim` %d x %d)",
                           s + 1, c->num_heads[s], c->embed_dim << s, c->embed_dim, 1 << s);
   }
   if (!(c->drop_path_rate >= 0.0f && c->drop_path_rate < 1.0f))
-    return ioupos__fail(IOUPOS_EINVAL, "--drop_path_rate %g out of range [0, 1)",
+    return ioupos__fail(IOUPOS_EINVAL, "`drop_path_rate` %g out of range [0, 1)",
                         (double)c->drop_path_rate);
   return 0;
 }
@@ -14008,7 +14035,7 @@ IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_param
   return be->sync();
 }
 
-/* ---- heads ---- */
+/* -- heads -- */
 
 static int ioupos__head_add(ioupos_head *h, int kind, int in, int out) {
   ioupos_head_op *op;
@@ -14295,8 +14322,6 @@ IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, 
 
 /* ---- 18. Pretraining: SimSiam and DINO, run directories, exact resume ----------------------- */
 
-#include <sys/stat.h>
-#include <time.h>
 
 IOUPOS_DEF double ioupos_collapse_level(double avg_std, int dim) {
   double c = 1.0 - sqrt((double)dim) * avg_std;
@@ -14356,7 +14381,7 @@ static size_t ioupos__npix(const ioupos_swin_config *c, const int *shape) {
   return n;
 }
 
-/* ---- SimSiam ---- */
+/* -- SimSiam -- */
 
 IOUPOS_DEF void ioupos_simsiam_config_default(ioupos_simsiam_config *c, int spatial_dims) {
   ioupos_swin_config_default(&c->enc, spatial_dims);
@@ -14482,7 +14507,7 @@ IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred,
   return p->be->sync();
 }
 
-/* ---- DINO ---- */
+/* -- DINO -- */
 
 IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_dims) {
   ioupos_swin_config_default(&c->enc, spatial_dims);
@@ -14641,7 +14666,7 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
   return be->sync();
 }
 
-/* ---- the run ---- */
+/* -- the run -- */
 
 IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method) {
   memset(o, 0, sizeof *o);
@@ -14823,7 +14848,7 @@ enum {
   IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
 };
 
-/* ---- the run machinery, shared with fine-tuning (section 22) ----
+/* -- the run machinery, shared with fine-tuning (section 22)
    What every run has besides its model: its console (the caller's log callback), its early
    stop (the caller's flag, or a number of optimiser steps in this process), its directory with
    the hold on it, and the flags and build it records. */
@@ -14874,7 +14899,7 @@ static int ioupos__halted(const ioupos__runio *io) {
 
 /* why a run stopped early, for the log */
 static const char *ioupos__halt_reason(const ioupos__runio *io) {
-  return io->stop && *io->stop ? "interrupted" : "stopped (--max_steps)";
+  return io->stop && *io->stop ? "interrupted" : "stopped (`max_steps`)";
 }
 
 static int ioupos__append(const char *path, const char *line);
@@ -14961,7 +14986,7 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
   return rc;
 }
 
-/* ---- the resume check of the flags: two flat JSON objects, key by key ---- */
+/* -- the resume check of the flags: two flat JSON objects, key by key -- */
 
 typedef struct ioupos__jkv {
   const char *k, *v; /* the key's body (between its quotes) and the value's raw JSON text */
@@ -15070,16 +15095,17 @@ static int ioupos__resume_may_differ(const char *k, size_t kn) {
   return 0;
 }
 
-/* appends "--key A (now B)" to msg */
+/* appends "`key` A (now B)" to msg (the key of flags_json in backquotes, as options are named
+   in messages; "method" is the run's, not an option) */
 static void ioupos__jdiff_add(char *msg, size_t cap, int *nd, const ioupos__jkv *was,
                               const ioupos__jkv *now) {
   const ioupos__jkv *a = was ? was : now;
   size_t k = strlen(msg);
   int wn = was ? (int)(was->vn < 80 ? was->vn : 80) : 0, nn = now ? (int)(now->vn < 80 ? now->vn : 80) : 0;
-  int kn = (int)(a->kn < 64 ? a->kn : 64);
+  int kn = (int)(a->kn < 64 ? a->kn : 64), method = a->kn == 6 && !memcmp(a->k, "method", 6);
   if (k + 1 >= cap) return;
-  snprintf(msg + k, cap - k, "%s%s%.*s %.*s%s (now %.*s%s)", *nd ? ", " : "",
-           a->kn == 6 && !memcmp(a->k, "method", 6) ? "" : "--", kn, a->k,
+  snprintf(msg + k, cap - k, "%s%s%.*s%s %.*s%s (now %.*s%s)", *nd ? ", " : "",
+           method ? "" : "`", kn, a->k, method ? "" : "`",
            was ? wn : 9, was ? was->v : "(not set)", was && (size_t)wn < was->vn ? "..." : "",
            now ? nn : 9, now ? now->v : "(not set)", now && (size_t)nn < now->vn ? "..." : "");
   ++*nd;
@@ -15115,8 +15141,8 @@ static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_f
   if (nd) {
     rc = ioupos__fail(IOUPOS_EINVAL,
                       "cannot resume %s: it was run with other flags: %s; resume with the same "
-                      "flags (only --num_workers, --threads, --log_every may change) or start a "
-                      "new --run_name", path, msg);
+                      "flags (only `num_workers`, `threads`, `log_every` may change) or start a "
+                      "new `run_name`", path, msg);
     goto done;
   }
   {
@@ -15134,7 +15160,7 @@ done:
   return rc;
 }
 
-/* ---- training state files, shared with fine-tuning ----
+/* -- training state files, shared with fine-tuning
    A state file holds the run's own tensors (model, optimiser, ...), then "train.counters" (the
    run's position and the settings it must keep, int64) and "train.monitor" (three float64 the
    run carries across epochs), with the flags and the build as metadata. */
@@ -15171,7 +15197,7 @@ static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_
     if (what[i] && c[i] != want[i])
       return ioupos__fail(IOUPOS_EINVAL,
                           "cannot resume %s: it was run with another %s (%lld, now %lld); resume "
-                          "with the same flags and data or start a new --run_name",
+                          "with the same flags and data or start a new `run_name`",
                           path, what[i], (long long)c[i], (long long)want[i]);
   t = ioupos_safetensors_find(f, "train.monitor");
   if (!t || t->dtype != IOUPOS_ST_F64 || t->nbytes != 24)
@@ -15182,8 +15208,8 @@ static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_
 
 static int ioupos__load_state(ioupos__run *r, const char *path) {
   static const char *const what[IOUPOS__C_N] = {
-    "the method", NULL, NULL, NULL, "--seed", "--batch_size", "--accum_iters", "--n_epochs",
-    "--crop_size", "--crop_size", "--n_local_crops", "the data set size"};
+    "the method", NULL, NULL, NULL, "`seed`", "`batch_size`", "`accum_iters`", "`n_epochs`",
+    "`crop`", "`crop`", "`n_local`", "the data set size"};
   const ioupos_pretrain_opts *o = r->o;
   ioupos_params *p = ioupos__run_params(r);
   ioupos_st_file f;
@@ -15303,8 +15329,8 @@ static int ioupos__run_dir_free(const char *dir) {
   fp = fopen(path, "rb");
   if (!fp) return 0;
   fclose(fp);
-  return ioupos__fail(IOUPOS_EINVAL, "%s already holds a run: pass --resume to continue it or "
-                      "choose another --run_name", dir);
+  return ioupos__fail(IOUPOS_EINVAL, "%s already holds a run: pass `resume` to continue it or "
+                      "choose another `run_name`", dir);
 }
 
 /* Creates the run directory dir with flags.json ({"flags": flags_json, "seed", "commit",
@@ -15368,46 +15394,46 @@ static int ioupos__append(const char *path, const char *line) {
 static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   if (o->method != IOUPOS_SSL_SIMSIAM && o->method != IOUPOS_SSL_DINO)
     return ioupos__fail(IOUPOS_EINVAL, "unknown method %d", o->method);
-  if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "--data_dir is required");
+  if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
   if (o->enc.spatial_dims != 2)
     return ioupos__fail(IOUPOS_EINVAL,
-                        "--spatial_dims 3: 3D pretraining needs a NIfTI volume loader, which "
+                        "`spatial_dims` 3: 3D pretraining needs a NIfTI volume loader, which "
                         "ioupos does not have yet (the research code's 3D path never ran either)");
   if (o->batch_size < (o->method == IOUPOS_SSL_SIMSIAM ? 2 : 1))
-    return ioupos__fail(IOUPOS_EINVAL, "--batch_size %d: SimSiam needs at least 2 (batch norm)",
+    return ioupos__fail(IOUPOS_EINVAL, "`batch_size` %d: SimSiam needs at least 2 (batch norm)",
                         o->batch_size);
   if (o->n_epochs < 0 || o->accum_iters < 1 || o->log_every < 1)
-    return ioupos__fail(IOUPOS_EINVAL, "--n_epochs %d, --accum_iters %d, --log_every %d out of range",
+    return ioupos__fail(IOUPOS_EINVAL, "`n_epochs` %d, `accum_iters` %d, `log_every` %d out of range",
                         o->n_epochs, o->accum_iters, o->log_every);
   if (!(o->base_lr > 0.0) || !(o->end_lr >= 0.0) || !(o->wd >= 0.0) || !(o->warmup_epochs >= 0.0))
-    return ioupos__fail(IOUPOS_EINVAL, "--base_lr %g, --end_lr %g, --wd %g, --warmup_epochs %g "
+    return ioupos__fail(IOUPOS_EINVAL, "`base_lr` %g, `end_lr` %g, `wd` %g, `warmup_epochs` %g "
                         "must be positive / non-negative", o->base_lr, o->end_lr, o->wd,
                         o->warmup_epochs);
   if (o->method == IOUPOS_SSL_DINO && (o->n_local < 0 || o->n_local + 2 > IOUPOS_HEAD_MAX_VIEWS))
-    return ioupos__fail(IOUPOS_EINVAL, "--n_local_crops %d: 0 to %d", o->n_local,
+    return ioupos__fail(IOUPOS_EINVAL, "`n_local` %d: 0 to %d", o->n_local,
                         IOUPOS_HEAD_MAX_VIEWS - 2);
   /* the augmentations' rot90 turns an H x W crop into W x H: square crops only */
   if (o->crop[0] != o->crop[1])
     return ioupos__fail(IOUPOS_EINVAL,
-                        "--crop_size %d,%d: the pretraining augmentations need square crops (their "
-                        "rot90 would change a non-square crop's shape); use e.g. --crop_size %d",
+                        "`crop` %d,%d: the pretraining augmentations need square crops (their "
+                        "rot90 would change a non-square crop's shape); use e.g. `crop` %d",
                         o->crop[0], o->crop[1], o->crop[0]);
   if (o->method == IOUPOS_SSL_DINO && o->n_local > 0 && o->local_crop[0] != o->local_crop[1])
     return ioupos__fail(IOUPOS_EINVAL,
-                        "--local_crop_size %d,%d: the pretraining augmentations need square crops "
+                        "`local_crop` %d,%d: the pretraining augmentations need square crops "
                         "(their rot90 would change a non-square crop's shape); use e.g. "
-                        "--local_crop_size %d",
+                        "`local_crop` %d",
                         o->local_crop[0], o->local_crop[1], o->local_crop[0]);
   /* DINO's cosine schedule with a warm-up as long as the run would never warm up */
   if (o->method == IOUPOS_SSL_DINO && o->warmup_epochs > 0.0 &&
       o->warmup_epochs >= (double)o->n_epochs)
     return ioupos__fail(IOUPOS_EINVAL,
-                        "--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end "
+                        "`warmup_epochs` %g must be below `n_epochs` %d (the warm-up has to end "
                         "before the run does)", o->warmup_epochs, o->n_epochs);
   return 0;
 }
 
-/* ---- the steps of a pretraining run, in the order the loop takes them ---- */
+/* -- the steps of a pretraining run, in the order the loop takes them -- */
 
 /* the epoch's sample order; mid-epoch after a resume, from the state's position */
 static int ioupos__pt_epoch_begin(ioupos__run *r, ioupos_loader *ld) {
@@ -15612,7 +15638,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       goto done;
   }
   if (ds.n < o->batch_size) {
-    rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d images, fewer than one batch (--batch_size %d)",
+    rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d images, fewer than one batch (`batch_size` %d)",
                       o->data_dir, ds.n, o->batch_size);
     goto done;
   }
@@ -15620,7 +15646,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   spe = ld.batches_per_epoch / o->accum_iters;
   if (spe < 1) {
     rc = ioupos__fail(IOUPOS_EINVAL,
-                      "%s gives %d batches per epoch, fewer than --accum_iters %d: no optimiser "
+                      "%s gives %d batches per epoch, fewer than `accum_iters` %d: no optimiser "
                       "step could be taken", o->data_dir, ld.batches_per_epoch, o->accum_iters);
     goto done;
   }
@@ -15660,7 +15686,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   if (o->resume) {
     if ((rc = ioupos__load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
-        rc = ioupos__fail(IOUPOS_EIO, "--resume: no training state at %s (%s)", path,
+        rc = ioupos__fail(IOUPOS_EIO, "`resume`: no training state at %s (%s)", path,
                           ioupos_failure_reason());
       goto done;
     }
@@ -15701,7 +15727,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   }
   if (rc == 0 && stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs)
     ioupos__say(&r->io, "%s after %ld optimiser steps in this process, at epoch %lld step %lld/%d; "
-                "the state is saved: --resume continues from %s", ioupos__halt_reason(&r->io),
+                "the state is saved: `resume` continues from %s", ioupos__halt_reason(&r->io),
                 r->io.steps_here, (long long)r->c[IOUPOS__C_EPOCH] + 1,
                 (long long)r->c[IOUPOS__C_STEP], spe, path);
 done:
@@ -15717,9 +15743,6 @@ done:
 }
 
 /* ---- 19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks ---- */
-#include <limits.h>
-#include <math.h>
-#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -15774,7 +15797,7 @@ static int ioupos__conv_args(const char *fn, ioupos__cgeom *g, int dims, int B, 
   return IOUPOS_OK;
 }
 
-/* ---- layout transposes ---- */
+/* -- layout transposes -- */
 /* dst[b][c][r] (=|+=) src[b][r][c], src [B][R][Cc]; blocks of 32 x 32 for the caches. */
 static void ioupos__transpose(float *dst, const float *src, int B, size_t R, size_t Cc, int acc) {
   long long nrb = (long long)((R + 31) / 32), ncb = (long long)((Cc + 31) / 32), t;
@@ -15809,7 +15832,7 @@ IOUPOS_DEF void ioupos_to_channels_last_backward(float *dinp, const float *dout,
   ioupos__transpose(dinp, dout, B, S, (size_t)C, 1);
 }
 
-/* ---- convolution ---- */
+/* -- convolution -- */
 /* The input position under tap t (raster order over the kernel, slowest axis first) of the
    "same" kernel centred on plane position p: 1 and its plane index in *q when inside. */
 static int ioupos__conv_tap(const ioupos__cgeom *g, size_t p, int t, size_t *q) {
@@ -16041,7 +16064,7 @@ IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, f
   return IOUPOS_OK;
 }
 
-/* ---- transposed convolution, kernel 2 stride 2 ---- */
+/* -- transposed convolution, kernel 2 stride 2 -- */
 /* Output plane index of input position p under tap t of the 2^dims kernel of stride 2. */
 static size_t ioupos__tconv_out(const ioupos__cgeom *g, size_t p, int t) {
   const size_t HW = (size_t)g->S[1] * g->S[2];
@@ -16217,7 +16240,7 @@ IOUPOS_DEF int ioupos_conv_transpose_backward(float *dinp, float *dweight, float
   return IOUPOS_OK;
 }
 
-/* ---- instance norm ---- */
+/* -- instance norm -- */
 IOUPOS_DEF void ioupos_instnorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                         const float *weight, const float *bias, int B, int C,
                                         size_t n, float eps) {
@@ -16273,7 +16296,7 @@ IOUPOS_DEF void ioupos_instnorm_backward(float *dinp, float *dweight, float *dbi
   }
 }
 
-/* ---- leaky ReLU ---- */
+/* -- leaky ReLU -- */
 IOUPOS_DEF void ioupos_leaky_relu_forward(float *out, const float *inp, size_t n, float slope) {
   size_t i;
   for (i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : inp[i] * slope;
@@ -16285,7 +16308,7 @@ IOUPOS_DEF void ioupos_leaky_relu_backward(float *dinp, const float *x, const fl
   for (i = 0; i < n; ++i) dinp[i] += x[i] > 0.0f ? dout[i] : dout[i] * slope;
 }
 
-/* ---- channel concatenation ---- */
+/* -- channel concatenation -- */
 IOUPOS_DEF void ioupos_cat_channels_forward(float *out, const float *a, const float *b, int B,
                                             int C1, int C2, size_t n) {
   int s;
@@ -16309,7 +16332,7 @@ IOUPOS_DEF void ioupos_cat_channels_backward(float *da, float *db, const float *
   }
 }
 
-/* ---- UnetResBlock ---- */
+/* -- UnetResBlock -- */
 IOUPOS_DEF size_t ioupos_unet_resblock_acts_size(int dims, int B, int Cin, const int shape[],
                                                  int k, int Cout) {
   ioupos__cgeom g;
@@ -16421,7 +16444,7 @@ IOUPOS_DEF int ioupos_unet_resblock_backward(float *dinp, float *dw1, float *dw2
   return ioupos_conv_backward(dinp, dw1, NULL, cs, g2, inp, w1, dims, B, Cin, shape, k, Cout);
 }
 
-/* ---- UnetrUpBlock ---- */
+/* -- UnetrUpBlock -- */
 /* The up-sampled shape (every axis doubled); 0 when it does not fit an int. */
 static int ioupos__up_shape(int dims, const int shape[], int up[3]) {
   int d;
@@ -16519,7 +16542,7 @@ IOUPOS_DEF int ioupos_unetr_upblock_backward(float *dinp, float *dskip, float *d
   return IOUPOS_OK;
 }
 
-/* ---- UnetOutBlock ---- */
+/* -- UnetOutBlock -- */
 IOUPOS_DEF int ioupos_unet_outblock_forward(float *out, const float *inp, const float *weight,
                                             const float *bias, int dims, int B, int Cin,
                                             const int shape[], int Cout) {
@@ -16539,11 +16562,6 @@ IOUPOS_DEF int ioupos_unet_outblock_backward(float *dinp, float *dweight, float 
 #endif
 
 /* ---- 20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC ---- */
-#include <limits.h>
-#include <math.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -16551,7 +16569,7 @@ extern "C" {
 
 #define IOUPOS__SEG_CHUNK 256 /* voxels per block of the channels-first loops */
 
-/* ---- DiceCE ---- */
+/* -- DiceCE -- */
 
 IOUPOS_DEF void ioupos_dicece_defaults(ioupos_dicece_opts *o) {
   if (!o) return;
@@ -16706,7 +16724,7 @@ IOUPOS_DEF void ioupos_dicece_backward(float *dlogits, float dloss, const float 
   }
 }
 
-/* ---- sliding window ---- */
+/* -- sliding window -- */
 
 IOUPOS_DEF int ioupos_sw_plan_make(ioupos_sw_plan *p, int dims, const int shape[],
                                    const int roi[], double overlap) {
@@ -16914,7 +16932,7 @@ done:
   return rc;
 }
 
-/* ---- argmax ---- */
+/* -- argmax -- */
 
 IOUPOS_DEF int ioupos_argmax_classes(int *labels, const float *scores, int B, int K, long S) {
   float best[IOUPOS__SEG_CHUNK];
@@ -16943,7 +16961,7 @@ IOUPOS_DEF int ioupos_argmax_classes(int *labels, const float *scores, int B, in
   return IOUPOS_OK;
 }
 
-/* ---- per-case DSC ---- */
+/* -- per-case DSC -- */
 
 static int ioupos__seg_check_k(int K, const char *fn) {
   if (K < 2 || K > IOUPOS_SEG_MAX_CLASSES)
@@ -16999,7 +17017,7 @@ IOUPOS_DEF int ioupos_dsc_case_compute(ioupos_dsc_case *r, const int *pred, cons
   return IOUPOS_OK;
 }
 
-/* ---- data-set DSC ---- */
+/* -- data-set DSC -- */
 
 IOUPOS_DEF int ioupos_dsc_eval_init(ioupos_dsc_eval *e, int K, int empty_policy) {
   static const char *fn = "ioupos_dsc_eval_init";
@@ -17071,7 +17089,7 @@ IOUPOS_DEF double ioupos_dsc_eval_case_mean(const ioupos_dsc_eval *e, long *n_us
   return e->case_mean_sum / (double)e->n_case_means;
 }
 
-/* ---- research metric: DiceMetric per slice ---- */
+/* -- research metric: DiceMetric per slice -- */
 
 IOUPOS_DEF int ioupos_slice_dice_init(ioupos_slice_dice *a, int K) {
   int rc;
@@ -17133,7 +17151,7 @@ IOUPOS_DEF double ioupos_slice_dice_class_mean(const ioupos_slice_dice *a, int c
   return a->class_sum[c] / (double)a->class_count[c];
 }
 
-/* ---- tables ---- */
+/* -- tables -- */
 
 typedef struct ioupos__sbuf {
   char *buf;
@@ -17347,7 +17365,7 @@ IOUPOS_DEF int ioupos_swinunetr_init(ioupos_swinunetr *m, const ioupos_swinunetr
   memset(m, 0, sizeof *m);
   m->cfg = *cfg;
   if (cfg->out_channels < 1 || cfg->out_channels > 4096)
-    return ioupos__fail(IOUPOS_EINVAL, "--n_classes %d out of range", cfg->out_channels);
+    return ioupos__fail(IOUPOS_EINVAL, "`n_classes` %d out of range", cfg->out_channels);
   snprintf(pre, sizeof pre, "%sswinViT.", prefix);
   if ((rc = ioupos_swin_encoder_init(&m->enc, &cfg->enc, tt, pre)) != 0) return rc;
   for (i = 0; i < 10; ++i) {
@@ -17418,7 +17436,7 @@ IOUPOS_DEF int ioupos_swinunetr_plan(ioupos_swinunetr *m, ioupos_params *p, int 
     if (shape[d] < 32 || shape[d] % 32 != 0)
       return ioupos__fail(IOUPOS_EINVAL,
                           "SwinUNETR needs input sizes that are multiples of 32 (the five 2x "
-                          "downsamplings), got %d (--crop_size / the sliding-window roi)",
+                          "downsamplings), got %d (`crop` / the sliding-window roi)",
                           shape[d]);
     same = same && m->shape[d] == shape[d];
   }
@@ -17584,14 +17602,6 @@ IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
   return ioupos_swin_encoder_backward(&m->enc, p, dlast, NULL, dx);
 }
 
-/* ---- 22. Fine-tuning ---- */
-#include <ctype.h>
-#include <limits.h>
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
 /* ---- 22. Fine-tuning ---------------------------------------------------------------------- */
 
 IOUPOS_DEF int ioupos_slice_name_parse(const char *file, char *case_name, size_t cap, long *z) {
@@ -17726,7 +17736,7 @@ IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name) {
   return -1;
 }
 
-/* ---- checkpoints ---- */
+/* -- checkpoints -- */
 
 IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
                                      ioupos_swinunetr_load_info *info) {
@@ -17784,7 +17794,7 @@ static int ioupos__ft_reserve(void **arr, size_t *cap, size_t need, size_t keep,
   return 1;
 }
 
-/* ---- evaluation ---- */
+/* -- evaluation -- */
 
 IOUPOS_DEF void ioupos_seg_eval_opts_default(ioupos_seg_eval_opts *o) {
   memset(o, 0, sizeof *o);
@@ -17800,7 +17810,7 @@ IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r) {
   memset(r, 0, sizeof *r);
 }
 
-/* ---- sliding-window prediction: model instances of the predictor's own (planned for the
+/* -- sliding-window prediction: model instances of the predictor's own (planned for the
    chunk sizes the window calls use: IOUPOS_SEG_MODEL_BATCH and a remainder) on the caller's
    parameters */
 static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
@@ -17837,7 +17847,7 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   if (cfg->enc.spatial_dims != 2 || cfg->enc.in_chans != 1)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: 2D single-channel models only (slices)");
   if (sw_batch_size < 1)
-    return ioupos__fail(IOUPOS_EINVAL, "evaluation: --sw_batch_size %d must be >= 1",
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: `sw_batch_size` %d must be >= 1",
                         sw_batch_size);
   if (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d must be multiples of 32",
@@ -17918,7 +17928,7 @@ static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const c
                           i, (double)im->data[i]);
     if (id < 0 || id >= K)
       return ioupos__fail(IOUPOS_EINVAL,
-                          "%s: label %ld at pixel (%zu, %zu) is outside [0, %d) (--n_classes %d)",
+                          "%s: label %ld at pixel (%zu, %zu) is outside [0, %d) (`n_classes` %d)",
                           path, id, i / (size_t)im->w, i % (size_t)im->w, K, K);
     ids[i] = (int)id;
   }
@@ -17940,7 +17950,7 @@ IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, iou
   memset(r, 0, sizeof *r);
   memset(&pr, 0, sizeof pr);
   if (o->predict_dir && K > 256)
-    return ioupos__fail(IOUPOS_EINVAL, "--predict_dir: %d classes do not fit 8-bit PNGs", K);
+    return ioupos__fail(IOUPOS_EINVAL, "`predict_dir`: %d classes do not fit 8-bit PNGs", K);
   if ((rc = ioupos_dsc_eval_init(&r->dsc, K, o->empty_policy)) != 0) return rc;
   if (o->research && (rc = ioupos_slice_dice_init(&r->research, K)) != 0) return rc;
   r->has_research = o->research != 0;
@@ -18107,7 +18117,7 @@ IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r
   return 0;
 }
 
-/* ---- the run ---- */
+/* -- the run -- */
 
 IOUPOS_DEF void ioupos_finetune_opts_default(ioupos_finetune_opts *o) {
   memset(o, 0, sizeof *o);
@@ -18199,9 +18209,9 @@ static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
 
 static int ioupos__ft_load_state(ioupos__ft *r, const char *path) {
   static const char *const what[IOUPOS__FT_N] = {
-      NULL, NULL, NULL, "--seed", "--batch_size", "--n_crops_per_ct", "--crop_size",
-      "--n_epochs", "training set size (steps per epoch)", "--n_classes", "--embedding_size",
-      "--eval_every", "--patience", "--metric", NULL, NULL, NULL};
+      NULL, NULL, NULL, "`seed`", "`batch_size`", "`n_crops_per_ct`", "`crop`",
+      "`n_epochs`", "training set size (steps per epoch)", "`n_classes`", "`embed_dim`",
+      "`eval_every`", "`patience`", "`metric`", NULL, NULL, NULL};
   ioupos_st_file f;
   int64_t c[IOUPOS__FT_N];
   double mon[3];
@@ -18272,8 +18282,8 @@ static int ioupos__ft_data(ioupos__ft *r) {
     if (k == 0 && o->n_epochs == 0 && stat(dir, &sb) != 0) continue; /* evaluation only */
     if (k < 2 && stat(dir, &sb) != 0)
       return ioupos__fail(IOUPOS_EIO,
-                          "%s: no %s split folder (--data_dir must be ioupos-prep's output "
-                          "with --split_path: %s/train, %s/val and optionally %s/test, each "
+                          "%s: no %s split folder (`data_dir` must be ioupos-prep's output "
+                          "with `split_path`: %s/train, %s/val and optionally %s/test, each "
                           "with its labels/)", dir, names[k], o->data_dir, o->data_dir,
                           o->data_dir);
     if ((rc = ioupos_seg_set_scan(sets[k], dir)) != 0) return rc;
@@ -18326,26 +18336,26 @@ static int ioupos__ft_data(ioupos__ft *r) {
 }
 
 static int ioupos__ft_check(const ioupos_finetune_opts *o) {
-  if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "--data_dir is required");
+  if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
   if (o->enc.spatial_dims != 2)
-    return ioupos__fail(IOUPOS_EINVAL, "--spatial_dims %d: fine-tuning reads 2D PNG slices only",
+    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` %d: fine-tuning reads 2D PNG slices only",
                         o->enc.spatial_dims);
   if (o->crop < 32 || o->crop % 32 != 0)
-    return ioupos__fail(IOUPOS_EINVAL, "--crop_size %d: SwinUNETR needs a multiple of 32",
+    return ioupos__fail(IOUPOS_EINVAL, "`crop` %d: SwinUNETR needs a multiple of 32",
                         o->crop);
   if (o->n_classes < 2 || o->n_classes > IOUPOS_SEG_MAX_CLASSES)
-    return ioupos__fail(IOUPOS_EINVAL, "--n_classes %d must be in 2..%d", o->n_classes,
+    return ioupos__fail(IOUPOS_EINVAL, "`n_classes` %d must be in 2..%d", o->n_classes,
                         IOUPOS_SEG_MAX_CLASSES);
   if (o->batch_size < 1 || o->n_crops_per_ct < 1 || o->sw_batch_size < 1 || o->n_epochs < 0 ||
       o->eval_every < 1 || o->patience < 0 || o->log_every < 1)
-    return ioupos__fail(IOUPOS_EINVAL, "--batch_size %d, --n_crops_per_ct %d, --sw_batch_size %d, "
-                        "--n_epochs %d, --eval_every %d, --patience %d or --log_every %d out of "
+    return ioupos__fail(IOUPOS_EINVAL, "`batch_size` %d, `n_crops_per_ct` %d, `sw_batch_size` %d, "
+                        "`n_epochs` %d, `eval_every` %d, `patience` %d or `log_every` %d out of "
                         "range", o->batch_size, o->n_crops_per_ct, o->sw_batch_size, o->n_epochs,
                         o->eval_every, o->patience, o->log_every);
   if (!(o->sw_overlap >= 0.0 && o->sw_overlap < 1.0))
-    return ioupos__fail(IOUPOS_EINVAL, "--sw_overlap %g must be in [0, 1)", o->sw_overlap);
+    return ioupos__fail(IOUPOS_EINVAL, "`sw_overlap` %g must be in [0, 1)", o->sw_overlap);
   if (!(o->base_lr > 0.0) || !(o->end_lr >= 0.0) || !(o->wd >= 0.0) || !(o->warmup_epochs >= 0.0))
-    return ioupos__fail(IOUPOS_EINVAL, "--base_lr %g, --end_lr %g, --wd %g, --warmup_epochs %g "
+    return ioupos__fail(IOUPOS_EINVAL, "`base_lr` %g, `end_lr` %g, `wd` %g, `warmup_epochs` %g "
                         "must be positive / non-negative", o->base_lr, o->end_lr, o->wd,
                         o->warmup_epochs);
   if (o->metric != IOUPOS_FT_METRIC_DSC && o->metric != IOUPOS_FT_METRIC_RESEARCH)
@@ -18399,7 +18409,7 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
   if (rc == 0 && o->patience > 0 && r->c[IOUPOS__FT_SINCE_BEST] >= o->patience) {
     r->c[IOUPOS__FT_STOPPED] = 1;
     *stop = 1;
-    ioupos__say(&r->io, "early stop: no better validation score for %lld epochs (--patience %d)",
+    ioupos__say(&r->io, "early stop: no better validation score for %lld epochs (`patience` %d)",
                    (long long)r->c[IOUPOS__FT_SINCE_BEST], o->patience);
   }
   ioupos_seg_eval_result_free(&ev);
@@ -18474,7 +18484,7 @@ static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
   ioupos__say(&r->io, "%s %s %.4f (%s); per-organ results in %s",
                  r->has_test ? "test" : "val",
                  o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research dice" : "mean DSC", score,
-                 !trained ? (o->chkpt_path ? "the --chkpt_path model, evaluation only"
+                 !trained ? (o->chkpt_path ? "the `chkpt_path` model, evaluation only"
                                            : "the untrained model, evaluation only")
                  : r->has_test ? "the best validation checkpoint on the held-out test split"
                                : "the best validation checkpoint; no test split",
@@ -18500,7 +18510,7 @@ done:
   return rc;
 }
 
-/* ---- the steps of a fine-tuning run, in the order the loop takes them ---- */
+/* -- the steps of a fine-tuning run, in the order the loop takes them -- */
 
 static int ioupos__ft_epoch_begin(ioupos__ft *r, ioupos_loader *ld) {
   int e = (int)r->c[IOUPOS__FT_EPOCH], step = (int)r->c[IOUPOS__FT_STEP];
@@ -18526,7 +18536,7 @@ static int ioupos__ft_batch(ioupos__ft *r, ioupos_loader *ld) {
   for (q = 0; q < n; ++q) {
     r->target[q] = (int)r->b.label[q];
     if (r->target[q] < 0 || r->target[q] >= r->K)
-      return ioupos__fail(IOUPOS_EINVAL, "%s: label %d outside [0, %d) (--n_classes %d)",
+      return ioupos__fail(IOUPOS_EINVAL, "%s: label %d outside [0, %d) (`n_classes` %d)",
                           r->train.ds.labels[r->b.source[q / r->npix]], r->target[q], r->K,
                           r->K);
   }
@@ -18691,7 +18701,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     lc.augment = ioupos_augment_finetune_crop;
     if (r->train.ds.n < o->batch_size) {
       rc = ioupos__fail(IOUPOS_EINVAL, "%s/train has %d slices, fewer than one batch "
-                        "(--batch_size %d)", o->data_dir, r->train.ds.n, o->batch_size);
+                        "(`batch_size` %d)", o->data_dir, r->train.ds.n, o->batch_size);
       goto done;
     }
     if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
@@ -18723,7 +18733,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   /* the run directory */
   snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
   if (o->resume && o->n_epochs == 0) {
-    rc = ioupos__fail(IOUPOS_EINVAL, "--resume with --n_epochs 0: there is nothing to resume");
+    rc = ioupos__fail(IOUPOS_EINVAL, "`resume` with `n_epochs` 0: there is nothing to resume");
     goto done;
   }
   if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
@@ -18736,7 +18746,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     }
     if ((rc = ioupos__ft_load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
-        rc = ioupos__fail(IOUPOS_EIO, "--resume: no training state at %s (%s)", path,
+        rc = ioupos__fail(IOUPOS_EIO, "`resume`: no training state at %s (%s)", path,
                           ioupos_failure_reason());
       goto done;
     }
@@ -18758,7 +18768,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                        "other file tensors ignored; the decoder is initialised from the seed",
                        o->chkpt_path, li.n_loaded, li.prefix, li.n_ignored);
     } else {
-      ioupos__say(&r->io, "no --chkpt_path: the whole model is initialised from the seed (from "
+      ioupos__say(&r->io, "no `chkpt_path`: the whole model is initialised from the seed (from "
                      "scratch)");
     }
     if ((rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
@@ -18779,7 +18789,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                    r->test.n_cases, spe, o->batch_size, o->n_crops_per_ct, o->crop, o->crop,
                    o->n_epochs, r->io.dir);
   else
-    ioupos__say(&r->io, "evaluation only (--n_epochs 0): val %d cases / %d slices, test %d cases / "
+    ioupos__say(&r->io, "evaluation only (`n_epochs` 0): val %d cases / %d slices, test %d cases / "
                    "%d slices, windows of %d x %d -> %s", r->val.n_cases, r->val.ds.n,
                    r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->io.dir);
   r->K = K;
@@ -18805,7 +18815,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   }
   if (rc == 0 && stop) {
     ioupos__say(&r->io, "%s after %ld steps in this process, at epoch %lld step %lld/%d; the "
-                "state is saved: --resume continues from %s", ioupos__halt_reason(&r->io),
+                "state is saved: `resume` continues from %s", ioupos__halt_reason(&r->io),
                 r->io.steps_here, (long long)r->c[IOUPOS__FT_EPOCH] + 1,
                 (long long)r->c[IOUPOS__FT_STEP], spe, path);
     if (res) res->epochs_done = (int)r->c[IOUPOS__FT_EPOCH];

@@ -227,4 +227,39 @@ CLI_DEF void cli_double_list(const char *flag, const char *s, char sep, int n, d
   if (*p) cli_bad_value(flag, s, expect);
 }
 
+/* The library names options by their field names in backquotes ("`crop` 32,24: ..."); the
+   commands speak of flags. cli_flags(text) is text with each `field` as its --flag: the fields
+   whose flag has another name are listed, every other field is its flag's name. The result is
+   in a static buffer (the commands print from one thread), cut at 8 KiB. */
+CLI_DEF const char *cli_flags(const char *text) {
+  static const char *const renamed[][2] = {{"crop", "crop_size"},
+                                           {"local_crop", "local_crop_size"},
+                                           {"embed_dim", "embedding_size"},
+                                           {"n_local", "n_local_crops"},
+                                           {"window", "window_size"}};
+  static char out[8192];
+  size_t n = 0, k;
+  const char *p = text ? text : "";
+  while (*p && n + 1 < sizeof out) {
+    const char *e = *p == '`' ? strchr(p + 1, '`') : NULL;
+    size_t len = e ? (size_t)(e - p - 1) : 0;
+    if (e && len > 0 && strspn(p + 1, "abcdefghijklmnopqrstuvwxyz0123456789_") == len) {
+      const char *flag = NULL;
+      int w;
+      for (k = 0; k < sizeof renamed / sizeof *renamed && !flag; ++k)
+        if (strlen(renamed[k][0]) == len && !memcmp(renamed[k][0], p + 1, len))
+          flag = renamed[k][1];
+      w = flag ? snprintf(out + n, sizeof out - n, "--%s", flag)
+               : snprintf(out + n, sizeof out - n, "--%.*s", (int)len, p + 1);
+      if (w < 0 || (size_t)w >= sizeof out - n) break;
+      n += (size_t)w;
+      p = e + 1;
+    } else {
+      out[n++] = *p++;
+    }
+  }
+  out[n] = '\0';
+  return out;
+}
+
 #endif /* IOUPOS_DRIVERS_CLI_H */

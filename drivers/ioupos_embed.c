@@ -167,7 +167,7 @@ static void parse_args(int argc, char **argv, options *o) {
   parse_window(o->window ? o->window : "7", o->cfg.spatial_dims, o->cfg.window);
   o->cfg.drop_path_rate = 0.0f; /* eval: no drop-path anyway */
   if (ioupos_swin_config_check(&o->cfg) != 0) {
-    fprintf(stderr, PROG ": %s (see --help)\n", ioupos_failure_reason());
+    fprintf(stderr, PROG ": %s (see --help)\n", cli_flags(ioupos_failure_reason()));
     exit(2);
   }
 }
@@ -193,14 +193,14 @@ static void on_signal(int sig) {
 
 static void die(const char *fmt, ...) {
   va_list ap;
+  char msg[4096];
   int k;
   for (k = 0; k < 2; ++k)
     if (g_stage[k]) remove(g_stage[k]);
-  fprintf(stderr, PROG ": ");
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
+  fprintf(stderr, PROG ": %s\n", cli_flags(msg)); /* the library's `field` names as --flags */
   exit(1);
 }
 

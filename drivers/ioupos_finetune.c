@@ -327,7 +327,7 @@ int main(int argc, char **argv) {
       printf("%s split, %s, %d cases\n", res.split,
              f.o.chkpt_path ? f.o.chkpt_path : "untrained model", r->n_cases);
     if (ft_print_table(r) != 0) {
-      fprintf(stderr, PROG ": error: %s\n", ioupos_failure_reason());
+      fprintf(stderr, PROG ": error: %s\n", cli_flags(ioupos_failure_reason()));
       ioupos_finetune_result_free(&res);
       return 1;
     }

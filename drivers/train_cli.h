@@ -52,7 +52,7 @@ static void train_check_encoder(const ioupos_swin_config *enc) {
                         "divide their widths C, 2C, 4C, 8C (e.g. C a multiple of 3: 6, 24, 48)",
                         C, h[0], h[1], h[2], h[3]);
   if (ioupos_swin_config_check(enc) != IOUPOS_OK)
-    train_usage_error("--embedding_size %d: %s", enc->embed_dim, ioupos_failure_reason());
+    train_usage_error("--embedding_size %d: %s", enc->embed_dim, cli_flags(ioupos_failure_reason()));
 }
 
 /* ---- the resolved flags as one JSON object --------------------------------------------------- */
@@ -168,8 +168,10 @@ static int train_threads(int threads) {
 
 /* the library's console lines, on stderr */
 static void train_log(void *ctx, const char *line) {
-  size_t n = strlen(line);
+  size_t n;
   (void)ctx;
+  line = cli_flags(line); /* the library's `field` names as our --flags */
+  n = strlen(line);
   fprintf(stderr, "%s%s", line, n && line[n - 1] == '\n' ? "" : "\n");
   fflush(stderr);
 }
@@ -219,7 +221,7 @@ static volatile int *train_catch_signals(const char *what) {
 static int train_exit_status(int rc) {
   if (rc != IOUPOS_OK) {
     const char *why = ioupos_failure_reason();
-    fprintf(stderr, PROG ": error: %s\n", why && *why ? why : ioupos_status_name(rc));
+    fprintf(stderr, PROG ": error: %s\n", why && *why ? cli_flags(why) : ioupos_status_name(rc));
     return 1;
   }
   return train_stop_signal ? 128 + (int)train_stop_signal : 0;

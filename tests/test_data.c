@@ -942,20 +942,20 @@ static void test_multicrop_errors(const ioupos_dataset *ssl) {
           "local crop 32x0: %s", ioupos_failure_reason());
     b = c, b.local_min_iou = 0.3, b.local_max_iou = 0.1;
     CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL &&
-              contains(ioupos_failure_reason(), "--local_min_iou 0.3") &&
-              contains(ioupos_failure_reason(), "--local_max_iou 0.1"),
+              contains(ioupos_failure_reason(), "`local_min_iou` 0.3") &&
+              contains(ioupos_failure_reason(), "`local_max_iou` 0.1"),
           "reversed local interval: %s", ioupos_failure_reason());
     b = c, b.local_max_iou = NAN;
     CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL &&
-              contains(ioupos_failure_reason(), "--local_max_iou"),
+              contains(ioupos_failure_reason(), "`local_max_iou`"),
           "NaN local interval: %s", ioupos_failure_reason());
     b = c, b.local_max_iou = 1.5;
     CHECK(ioupos_loader_open(&l, &b) == IOUPOS_EINVAL, "local interval above 1");
     /* a 32x24 crop has IoU at most 0.25 with a 64x48 one: [0.3, 0.6] is refused at open */
     b = c, b.local_min_iou = 0.3, b.local_max_iou = 0.6;
     st = ioupos_loader_open(&l, &b);
-    CHECK(st == IOUPOS_EINFEASIBLE && contains(ioupos_failure_reason(), "--local_min_iou 0.3") &&
-              contains(ioupos_failure_reason(), "--local_max_iou 0.6") &&
+    CHECK(st == IOUPOS_EINFEASIBLE && contains(ioupos_failure_reason(), "`local_min_iou` 0.3") &&
+              contains(ioupos_failure_reason(), "`local_max_iou` 0.6") &&
               contains(ioupos_failure_reason(), "32x24") &&
               contains(ioupos_failure_reason(), "64x48") &&
               contains(ioupos_failure_reason(), "0.25"),

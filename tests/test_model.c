@@ -376,7 +376,7 @@ static void test_checkpoints(void) {
     ioupos_tensor_table tt;
     memset(&tt, 0, sizeof tt);
     rc = ioupos_swin_encoder_init(&enc2, &cfg, &tt, "");
-    CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "--num_heads"), "heads: %s",
+    CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "`num_heads`"), "heads: %s",
           ioupos_failure_reason());
     ioupos_tensor_table_free(&tt);
   }
@@ -647,21 +647,21 @@ static void test_run_checks(void) {
   o.chkpt_dir = "test_model_run_checks.tmp";
   o.crop[0] = 32;
   o.crop[1] = 24;
-  run_refused(&o, "simsiam --crop_size 32,24", "--crop_size 32,24", "square");
+  run_refused(&o, "simsiam crop 32,24", "`crop` 32,24", "square");
   ioupos_pretrain_opts_default(&o, IOUPOS_SSL_DINO);
   o.data_dir = "no_such_data_dir";
   o.chkpt_dir = "test_model_run_checks.tmp";
   o.crop[0] = 24;
   o.crop[1] = 32;
-  run_refused(&o, "dino --crop_size 24,32", "--crop_size 24,32", "square");
+  run_refused(&o, "dino crop 24,32", "`crop` 24,32", "square");
   o.crop[1] = 24;
   o.n_local = 2;
   o.local_crop[0] = 16;
   o.local_crop[1] = 12;
-  run_refused(&o, "dino --local_crop_size 16,12", "--local_crop_size 16,12", "square");
+  run_refused(&o, "dino local_crop 16,12", "`local_crop` 16,12", "square");
   o.local_crop[1] = 16;
   o.n_epochs = 10; /* the default --warmup_epochs is 10 */
-  run_refused(&o, "dino --warmup_epochs 10 --n_epochs 10", "--warmup_epochs 10", "--n_epochs 10");
+  run_refused(&o, "dino warmup_epochs 10, n_epochs 10", "`warmup_epochs` 10", "`n_epochs` 10");
   /* without local crops their size is not used, so not checked; a warm-up inside the run is
      fine: both get as far as the data folder */
   o.n_local = 0;

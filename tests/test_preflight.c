@@ -262,7 +262,7 @@ static void test_labels(void) {
   CHECK(st == IOUPOS_EINVAL, "bad labels: status %d", st);
   CHECK(count_lines(rep) == 2, "two problems: %s", rep ? rep : "(null)");
   CHECK(contains(rep, "tr/labels/c_002.png: label 20 at pixel (0, 0) is outside [0, 14) "
-                      "(--n_classes 14); "),
+                      "(`n_classes` 14); "),
         "id 20 named: %s", rep ? rep : "(null)");
   CHECK(contains(rep, "label ") && contains(rep, "va/labels/v_001.png is 36x44 but its image ") &&
             contains(rep, "va/v_001.png is 44x36"),
@@ -345,7 +345,7 @@ static void test_loader_sizes(void) {
   lc.crop[0] = lc.crop[1] = 1;
   st = ioupos_dataset_check(sets, 1, &o, &rep);
   CHECK(st == IOUPOS_EINFEASIBLE && rep == NULL &&
-            contains(ioupos_failure_reason(), "--crop_size 1 with --min_iou 0.3 / --max_iou 0.6: "
+            contains(ioupos_failure_reason(), "`crop` 1 with `min_iou` 0.3 / `max_iou` 0.6: "
                                               "no two 1x1 crops have an IoU in [0.3, 0.6]") &&
             contains(ioupos_failure_reason(), "are 0 and 1"),
         "crop 1: %d %s", st, ioupos_failure_reason());
@@ -356,7 +356,7 @@ static void test_loader_sizes(void) {
   CHECK(st == IOUPOS_EINFEASIBLE && count_lines(rep) == 1, "crop 32: %d %s", st,
         rep ? rep : ioupos_failure_reason());
   CHECK(contains(rep, "s0.png (and 2 more images of 24x24): image 24x24, zero-padded to 32x32, "
-                      "has no pair of 32x32 crops (--crop_size) with an IoU in [0.3, 0.6]") &&
+                      "has no pair of 32x32 crops (`crop`) with an IoU in [0.3, 0.6]") &&
             contains(rep, "the nearest IoU such crops can have is 1"),
         "24x24 named: %s", rep ? rep : "(null)");
   CHECK(contains(ioupos_failure_reason(), "pre-flight check: 3 of 4 files are bad: ") &&
@@ -393,8 +393,8 @@ static void test_loader_sizes(void) {
   st = ioupos_dataset_check(sets, 1, &o, &rep);
   CHECK(st == IOUPOS_EINFEASIBLE && count_lines(rep) == 1 &&
             contains(rep, "s0.png (and 2 more images of 24x24): image 24x24 (as 32x32 for the "
-                          "local crops): no 16x16 local crop (--local_crop_size)") &&
-            contains(rep, "--local_min_iou / --local_max_iou"),
+                          "local crops): no 16x16 local crop (`local_crop`)") &&
+            contains(rep, "`local_min_iou` / `local_max_iou`"),
         "local crops: %d %s", st, rep ? rep : ioupos_failure_reason());
   IOUPOS_FREE(rep);
   rep = NULL;
@@ -403,7 +403,7 @@ static void test_loader_sizes(void) {
   lc.local_max_iou = 1.0;
   st = ioupos_dataset_check(sets, 1, &o, &rep);
   CHECK(st == IOUPOS_EINFEASIBLE && rep == NULL &&
-            contains(ioupos_failure_reason(), "--local_crop_size 16 with --local_min_iou 0.9"),
+            contains(ioupos_failure_reason(), "`local_crop` 16 with `local_min_iou` 0.9"),
         "local interval: %d %s", st, ioupos_failure_reason());
   ioupos_dataset_free(&ds);
 }
