@@ -1,13 +1,27 @@
 # ioupos — make (build), make test, make test-asan, make bench, make demo, make clean
 # The CPU path is the reference: no -ffast-math anywhere.
 
+# Parallel by default: unless the user gave -j, as many jobs as there are cores (make -j1 for
+# one at a time). `make test` also runs one test per core (IOUPOS_TEST_JOBS, tests/run.sh),
+# each test's output printed whole when it ends.
+# (A command-line -j wins over this; a -j in the MAKEFLAGS environment variable is looked for;
+# sub-makes share the top make's job slots.)
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+ifeq ($(MAKELEVEL),0)
+ifeq ($(filter -j%,$(MAKEFLAGS) $(shell printenv MAKEFLAGS)),)
+MAKEFLAGS += -j$(NPROC)
+endif
+endif
+
 CC       ?= cc
 CXX      ?= c++
 STB_DIR  ?= /usr/include/stb
 BUILD    ?= build
 # -Wundef: an identifier in #if that is no macro (an enum constant, a typo) is an error, not 0
 WARN     := -Wall -Wextra -Werror -Wundef
-CPPFLAGS := -D_POSIX_C_SOURCE=200809L -I. -I$(STB_DIR)
+# IOUPOS_REFERENCE_API: the implementation object exports, and the C tests see, the plain
+# references of the layers (ioupos.h section 11) that the tests compare the GEMM forms with.
+CPPFLAGS := -D_POSIX_C_SOURCE=200809L -DIOUPOS_REFERENCE_API -I. -I$(STB_DIR)
 CFLAGS   ?= -O2 -g
 LDLIBS   := -lm -lpthread
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -16,8 +30,9 @@ DRIVERS  := $(BUILD)/ioupos-crops $(BUILD)/ioupos-prep $(BUILD)/ioupos-phantom $
             $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino $(BUILD)/ioupos-finetune $(BUILD)/ioupos-sweep-plot
 TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $(BUILD)/test_nifti $(BUILD)/test_augment \
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
-            $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
-            $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder $(BUILD)/test_segeval $(BUILD)/test_threads
+            $(BUILD)/test_layers $(BUILD)/test_layers_portable $(BUILD)/test_attention $(BUILD)/test_attention_portable \
+            $(BUILD)/test_safetensors $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder \
+            $(BUILD)/test_segeval $(BUILD)/test_threads
 TESTS    += $(BUILD)/test_finite
 # the pre-flight check of data sets (ioupos_dataset_check)
 TESTS    += $(BUILD)/test_preflight
@@ -47,10 +62,18 @@ stb:
 	fi
 
 # The implementation, compiled once (SIMD kernels, OpenMP threads: results do not depend on the
-# count) and linked into every command; the commands include ioupos.h for its API only.
+# count) and linked into every command, the C tests, the helpers and most benches; they include
+# ioupos.h for its API only.
 $(BUILD)/ioupos.o: drivers/ioupos.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -c $< -o $@
+
+# The portable implementation: no SIMD kernel (IOUPOS_GEMM_NO_SIMD even under -march flags), no
+# OpenMP, as a plain `cc` build of the header gives. The *_portable tests and the sampler,
+# loader and preprocessing benches link it.
+$(BUILD)/ioupos_portable.o: drivers/ioupos.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_GEMM_NO_SIMD $(CPPFLAGS) -c $< -o $@
 
 $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
@@ -72,52 +95,46 @@ TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename
 $(BUILD)/npy_compare: tests/npy_compare.c tests/npy.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
-$(BUILD)/st_rename: tests/st_rename.c ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/st_rename: tests/st_rename.c ioupos.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
-$(BUILD)/test_%: tests/test_%.c tests/test_util.h tests/npy.h tests/fixture_util.h ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+# The C tests include ioupos.h for its API and link the implementation: build/ioupos.o (what the
+# commands run), and for the GEMM, the layers and the attention also build/ioupos_portable.o
+# (test_*_portable: the scalar kernels).
+TEST_H := tests/test_util.h tests/npy.h tests/fixture_util.h tests/fd_check.h ioupos.h
+$(BUILD)/test_%: tests/test_%.c $(TEST_H) $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
-$(BUILD)/test_gemm: tests/test_gemm.c tests/test_util.h ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/test_%_portable: tests/test_%.c $(TEST_H) $(BUILD)/ioupos_portable.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< $(BUILD)/ioupos_portable.o -o $@ $(LDLIBS)
 
 # Thread-count independence and the SIMD paths of sections 10-12 and the encoder, built as the
-# drivers and benches are; IOUPOS_PAR_MIN_WORK=64 sends even the fixtures' small tensors through
-# the parallel loops.
+# drivers and benches are. Its own implementation (one file): an allocator that can be told to
+# fail, and IOUPOS_PAR_MIN_WORK=64, which sends even the fixtures' small tensors through the
+# parallel loops.
 $(BUILD)/test_threads: tests/test_threads.c tests/test_util.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) -DIOUPOS_PAR_MIN_WORK=64 $(CPPFLAGS) $< -o $@ $(LDLIBS)
 
-$(BUILD)/test_gemm_portable: tests/test_gemm.c tests/test_util.h ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_GEMM_NO_SIMD $(CPPFLAGS) $< -o $@ $(LDLIBS)
-
 # OpenBLAS (Debian's libopenblas-dev) is the baseline when installed; the bench says so if not.
-$(BUILD)/bench_gemm: bench/bench_gemm.c ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(BLAS) $(CPPFLAGS) $< -o $@ $(if $(BLAS),-lopenblas,) $(LDLIBS)
+$(BUILD)/bench_gemm: bench/bench_gemm.c ioupos.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(BLAS) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(if $(BLAS),-lopenblas,) $(LDLIBS)
 
 # The encoder's training step beside PyTorch (bench/bench_torch.py, when .venv exists).
-$(BUILD)/bench_encoder: bench/bench_encoder.c ioupos.h bench/bench_util.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/bench_encoder: bench/bench_encoder.c ioupos.h bench/bench_util.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # The full SimSiam training step beside PyTorch + lightly (bench_torch.py simsiam, when .venv exists).
-$(BUILD)/bench_simsiam: bench/bench_simsiam.c ioupos.h bench/bench_util.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/bench_simsiam: bench/bench_simsiam.c ioupos.h bench/bench_util.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # SwinUNETR fine-tuning step and sliding-window inference beside PyTorch + MONAI (finetune / infer).
-$(BUILD)/bench_finetune: bench/bench_finetune.c ioupos.h bench/bench_util.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+$(BUILD)/bench_finetune: bench/bench_finetune.c ioupos.h bench/bench_util.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
-$(BUILD)/bench_%: bench/bench_%.c ioupos.h | stb
-	@mkdir -p $(BUILD)
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
+# sampler, loader, preprocessing: the portable build, one thread per worker
+$(BUILD)/bench_%: bench/bench_%.c ioupos.h $(BUILD)/ioupos_portable.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< $(BUILD)/ioupos_portable.o -o $@ $(LDLIBS)
 
 # The header must compile cleanly as C++ too (declarations and implementation).
 $(BUILD)/cxx_check: tests/cxx_check.cpp ioupos.h | stb
@@ -161,12 +178,12 @@ CONSUMER := $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check $(B
             $(BUILD)/sampler_only_cxx $(BUILD)/data_only $(BUILD)/data_only_cxx
 
 test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER)
-	@sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
+	@IOUPOS_TEST_JOBS=$${IOUPOS_TEST_JOBS:-$(NPROC)} sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
 
-# Same tests under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws: ~10x slower).
-# The loader's threads under ThreadSanitizer.
+# The loader's threads under ThreadSanitizer (no OpenMP there: libgomp is not instrumented, and
+# ThreadSanitizer would report its barriers).
 test-tsan: | stb
-	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" $(BUILD)/tsan/test_data
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" OPENMP= $(BUILD)/tsan/test_data
 	$(BUILD)/tsan/test_data
 
 # Reference fixtures (committed; CI needs no Python): PyTorch + MONAI in a pinned venv.
@@ -194,8 +211,11 @@ check-monai: $(BUILD)/test_model $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/check_ioupos_checkpoint.py $(BUILD)/ioupos_swin2d.safetensors swin2d
 	$(VENV)/bin/python tests/reference/check_ioupos_checkpoint.py $(BUILD)/ioupos_swin3d.safetensors swin3d
 
+# The same tests as `make test` under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws:
+# ~10x slower), each with a time limit of 1800 s unless IOUPOS_TEST_TIMEOUT says otherwise.
 test-asan: | stb
-	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
+	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} \
+	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
 	  IOUPOS_TEST_DRAWS=$${IOUPOS_TEST_DRAWS:-100000} test
 
 bench: $(BENCHES)
@@ -217,9 +237,11 @@ fuzz: | stb
 	  if ls $(BUILD)/fuzz/crash-* $(BUILD)/fuzz/leak-* $(BUILD)/fuzz/oom-* $(BUILD)/fuzz/timeout-* >/dev/null 2>&1; then echo "fuzz_$$t found a failing input in $(BUILD)/fuzz"; exit 1; fi; \
 	done
 
-$(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c ioupos.h | stb
+$(BUILD)/fuzz/ioupos.o: drivers/ioupos.c ioupos.h | stb
 	@mkdir -p $(BUILD)/fuzz
-	$(CC) -std=c99 -O1 -g $(SAN) $(WARN) -DIOUPOS_FUZZ_REPLAY $(CPPFLAGS) $< -o $@ -lm -lpthread
+	$(CC) -std=c99 -O1 -g $(SAN) $(WARN) $(CPPFLAGS) -c $< -o $@
+$(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c fuzz/replay_main.h ioupos.h $(BUILD)/fuzz/ioupos.o | stb
+	$(CC) -std=c99 -O1 -g $(SAN) $(WARN) -DIOUPOS_FUZZ_REPLAY $(CPPFLAGS) $< $(BUILD)/fuzz/ioupos.o -o $@ -lm -lpthread
 
 fuzz-replay: $(FUZZ:%=$(BUILD)/fuzz/replay_%)
 	@for t in $(FUZZ); do $(BUILD)/fuzz/replay_$$t fuzz/corpus/$$t/* || exit 1; done

@@ -1257,6 +1257,34 @@ IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *d
                                    const float *w2, int N, int C, int Hd);
 
 
+/* The plain references that the tests compare the public layers' GEMM forms with (see HOW
+   SECTIONS 11 AND 12 ARE LAID OUT in the implementation): the same arguments as the public
+   functions they mirror, sums in double. Private to the implementation unless
+   IOUPOS_REFERENCE_API is defined where it is compiled and where they are called (the Makefile
+   builds build/ioupos.o and the C tests so). */
+#ifdef IOUPOS_REFERENCE_API
+IOUPOS_DEF void ioupos__linear_forward_ref(float *out, const float *inp, const float *weight,
+                                           const float *bias, int N, int C, int OC);
+IOUPOS_DEF void ioupos__linear_backward_ref(float *dinp, float *dweight, float *dbias,
+                                            const float *dout, const float *inp,
+                                            const float *weight, int N, int C, int OC);
+IOUPOS_DEF void ioupos__conv_forward_ref(float *out, const float *inp, const float *weight,
+                                         const float *bias, int dims, int B, int Cin,
+                                         const int shape[], int k, int Cout);
+IOUPOS_DEF void ioupos__conv_backward_ref(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp,
+                                          const float *weight, int dims, int B, int Cin,
+                                          const int shape[], int k, int Cout);
+IOUPOS_DEF void ioupos__conv_transpose_forward_ref(float *out, const float *inp,
+                                                   const float *weight, const float *bias,
+                                                   int dims, int B, int Cin, const int shape[],
+                                                   int Cout);
+IOUPOS_DEF void ioupos__conv_transpose_backward_ref(float *dinp, float *dweight, float *dbias,
+                                                    const float *dout, const float *inp,
+                                                    const float *weight, int dims, int B,
+                                                    int Cin, const int shape[], int Cout);
+#endif
+
 /* ============================================================================================
    12. Shifted-window attention (Swin)
    ============================================================================================ */
@@ -9765,8 +9793,11 @@ extern "C" {
 #define IOUPOS__LAYERS_FAST 0
 #define IOUPOS__IMPL(f) f##_ref
 #endif
-/* static, and no warning where only the tests call it (the fast builds) */
-#if defined(__GNUC__) || defined(__clang__)
+/* static, and no warning where only the tests call it (the fast builds); with
+   IOUPOS_REFERENCE_API (the tests' build) linked as declared in section 11's API */
+#if defined(IOUPOS_REFERENCE_API)
+#define IOUPOS__REF IOUPOS_DEF
+#elif defined(__GNUC__) || defined(__clang__)
 #define IOUPOS__REF static __attribute__((unused))
 #else
 #define IOUPOS__REF static

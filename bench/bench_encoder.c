@@ -9,9 +9,9 @@
    spatial mean of the last stage's output (so dfeature = ones), backward; the gradients are
    zeroed before each step (torch: zero_grad(set_to_none=True)). No optimiser step.
 
-   Build (the Makefile's rule; `make build/bench_encoder`):
-     cc -std=c99 -O2 -Wall -Wextra -Werror -mavx2 -mfma -fopenmp -D_POSIX_C_SOURCE=200809L \
-        -I. -I/usr/include/stb bench/bench_encoder.c -o build/bench_encoder -lm -lpthread
+   Build (the Makefile's rule; `make build/bench_encoder`): this file with -fopenmp, linked
+   with the implementation build/ioupos.o (-mavx2 -mfma where the CPU has them, -fopenmp), as
+   the commands are.
    Usage: build/bench_encoder [--batch 32] [--size 96] [--embed 48] [--steps 5] [--warmup 2]
                               [--threads T (one count only; default 1 and 2)] [--no-torch]
    Run it from the repository root (the baseline is .venv/bin/python bench/bench_torch.py).
@@ -33,7 +33,6 @@
    printed per thread count and compared.
    Exit status: 0, or 1 when our step fails or the hashes differ. A missing or failing PyTorch
    baseline is reported ("skipped" and why), not an error. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <stdio.h>

@@ -17,9 +17,9 @@
           foreground crop; 20 windows a slice); a FLARE22 case has about 100 such slices, so
           the seconds per slice are printed too.
 
-   Build (the Makefile's rule; `make build/bench_finetune`):
-     cc -std=c99 -O2 -Wall -Wextra -Werror -mavx2 -mfma -fopenmp -D_POSIX_C_SOURCE=200809L \
-        -I. -I/usr/include/stb bench/bench_finetune.c -o build/bench_finetune -lm -lpthread
+   Build (the Makefile's rule; `make build/bench_finetune`): this file with -fopenmp, linked
+   with the implementation build/ioupos.o (-mavx2 -mfma where the CPU has them, -fopenmp), as
+   the commands are.
    Usage: build/bench_finetune [--part train|infer|all] [--batch B] [--steps N] [--warmup N]
                                [--slices N] [--height H] [--width W] [--sw_batch_size N]
                                [--repeats N] [--threads T (one count only)] [--no-torch]
@@ -41,7 +41,6 @@
    threads; hashes are printed and compared.
    Exit status: 0, or 1 when ours fails, a loss is not finite or the hashes differ. A missing or
    failing PyTorch baseline is reported ("skipped" and why), not an error. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>

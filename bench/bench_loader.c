@@ -19,8 +19,8 @@
    Target: >= 500 augmented pairs/s per core. Speed targets are reported ("ok" / "BELOW
    TARGET") but only errors change the exit status. Wall clock, CLOCK_MONOTONIC; each case runs
    whole epochs until at least MIN_SECONDS have passed. The whole program takes well under 60 s. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
+#include "stb_image.h" /* declarations; stb_image itself is compiled into the implementation */
 
 #include <dirent.h>
 #include <math.h>
@@ -120,7 +120,7 @@ static result bench_decode(const ioupos_dataset *ds, int full) {
         unsigned char *px;
         if (st) die_api("ioupos_read_file", st);
         px = stbi_load_from_memory((const stbi_uc *)data, (int)size, &w, &h, &c, 1);
-        IOUPOS_FREE(data);
+        free(data); /* ioupos_read_file's buffer: IOUPOS_MALLOC, malloc by default */
         if (!px) die_api("stbi_load_from_memory", IOUPOS_EFORMAT);
         sink += px[0];
         stbi_image_free(px);

@@ -12,7 +12,6 @@
         seconds, slices/s, and the ratio prep time / read time.
    Each figure is one pass (the files sit in the page cache after the first read: the baseline
    runs first on a warm-up pass). The whole program takes well under 60 s on 2 cores. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <dirent.h>

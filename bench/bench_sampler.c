@@ -17,7 +17,6 @@
    takes >= MIN_SECONDS and reports that run. Speed targets are reported ("ok" or "BELOW
    TARGET" / "OVER TARGET") but never change the exit status; only errors and IoU violations
    do. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>

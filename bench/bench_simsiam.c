@@ -18,9 +18,9 @@
      c48     C 48, batch 32 by default to keep the run short; the research setup's batch is 128
              (--batch 128 runs it; --batch applies to c48 only).
 
-   Build (the Makefile's rule; `make build/bench_simsiam`):
-     cc -std=c99 -O2 -Wall -Wextra -Werror -mavx2 -mfma -fopenmp -D_POSIX_C_SOURCE=200809L \
-        -I. -I/usr/include/stb bench/bench_simsiam.c -o build/bench_simsiam -lm -lpthread
+   Build (the Makefile's rule; `make build/bench_simsiam`): this file with -fopenmp, linked
+   with the implementation build/ioupos.o (-mavx2 -mfma where the CPU has them, -fopenmp), as
+   the commands are.
    Usage: build/bench_simsiam [--config lowres|c48|all (default all)] [--batch B (c48; 32)]
                               [--steps N] [--warmup N] [--threads T (one count only; default
                               1 and 2)] [--no-torch]
@@ -47,7 +47,6 @@
    and compared per configuration.
    Exit status: 0, or 1 when our step fails, the loss is not finite or the hashes differ. A
    missing or failing PyTorch baseline is reported ("skipped" and why), not an error. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>

@@ -17,7 +17,10 @@
    Numbers are strict: the whole string, no leading space, range-checked; a bad one is reported
    as "PROG: --flag: bad value 'VALUE': WHY (see --help)". The *_prefix parsers read one number
    of a longer value (e.g. "64x96") and quote the whole value; the list parsers read exactly n
-   numbers with one separator between them. */
+   numbers with one separator between them.
+
+   Besides flags, the small helpers several commands need: cli_now_s (a monotonic clock),
+   cli_ends_with, cli_mkdir (mkdir, or mkdir -p). */
 #ifndef IOUPOS_DRIVERS_CLI_H
 #define IOUPOS_DRIVERS_CLI_H
 
@@ -32,6 +35,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
 
 /* Not every driver uses every helper. */
 #if defined(__GNUC__)
@@ -260,6 +266,49 @@ CLI_DEF const char *cli_flags(const char *text) {
   }
   out[n] = '\0';
   return out;
+}
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+/* Seconds on a monotonic clock (for elapsed times). */
+CLI_DEF double cli_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* 1 if s ends with suf. */
+CLI_DEF int cli_ends_with(const char *s, const char *suf) {
+  size_t n = strlen(s), m = strlen(suf);
+  return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+/* Makes the folder path (mode 0755), with its missing parents when `parents` (mkdir -p), else
+   only path itself. Returns 0 when path is a folder afterwards (one that already exists is
+   fine), else -1 with errno set: EEXIST when something that is not a folder has the name,
+   ENAMETOOLONG past 4095 bytes, else mkdir's error. */
+CLI_DEF int cli_mkdir(const char *path, int parents) {
+  char buf[4096];
+  struct stat st;
+  size_t i, n = strlen(path);
+  if (n >= sizeof buf) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  memcpy(buf, path, n + 1);
+  for (i = parents ? 1 : n; i <= n; ++i)
+    if (buf[i] == '/' || buf[i] == 0) {
+      char c = buf[i];
+      buf[i] = 0;
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+      buf[i] = c;
+    }
+  if (stat(path, &st) != 0) return -1;
+  if (!S_ISDIR(st.st_mode)) {
+    errno = EEXIST;
+    return -1;
+  }
+  return 0;
 }
 
 #endif /* IOUPOS_DRIVERS_CLI_H */

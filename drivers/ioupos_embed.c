@@ -210,17 +210,6 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int ends_with(const char *s, const char *suf) {
-  size_t n = strlen(s), m = strlen(suf);
-  return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
 static const char *base_name(const char *path) {
   const char *s = strrchr(path, '/');
   return s ? s + 1 : path;
@@ -243,7 +232,7 @@ static char **scan_volumes(const char *dir, int *count) {
     const char *f = de->d_name;
     struct stat sb;
     char *full;
-    if (f[0] == '.' || !(ends_with(f, ".nii") || ends_with(f, ".nii.gz"))) continue;
+    if (f[0] == '.' || !(cli_ends_with(f, ".nii") || cli_ends_with(f, ".nii.gz"))) continue;
     full = (char *)xmalloc(strlen(dir) + strlen(f) + 2);
     sprintf(full, "%s/%s", dir, f);
     if (stat(full, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -366,7 +355,7 @@ static struct {
 } g_prog;
 
 static void progress(int images) {
-  double t = now_s(), el = t - g_prog.t0;
+  double t = cli_now_s(), el = t - g_prog.t0;
   g_prog.done += images;
   if (t - g_prog.last < 1.0 || g_prog.done >= g_prog.total) return;
   fprintf(stderr, "%s" PROG ": images %d/%d, %.1f images/s%s", g_prog.tty ? "\r" : "",
@@ -499,7 +488,7 @@ static char *list_path(const char *output) {
   size_t n = strlen(output);
   char *s = (char *)xmalloc(n + 16);
   memcpy(s, output, n + 1);
-  if (ends_with(s, ".npy")) s[n - 4] = 0;
+  if (cli_ends_with(s, ".npy")) s[n - 4] = 0;
   strcat(s, ".files.txt");
   return s;
 }
@@ -563,7 +552,7 @@ int main(int argc, char **argv) {
 
   g_prog.total = n;
   g_prog.tty = isatty(2);
-  g_prog.t0 = g_prog.last = t0 = now_s();
+  g_prog.t0 = g_prog.last = t0 = cli_now_s();
   for (i = 0; i <= n; ++i) {
     input in;
     int same = 0;
@@ -599,7 +588,7 @@ int main(int argc, char **argv) {
     ++cur_n;
     free(in.data);
   }
-  el = now_s() - t0;
+  el = cli_now_s() - t0;
   if (g_prog.printed && g_prog.tty) fputc('\n', stderr);
 
   /* the outputs: both staged in full, then renamed into place */

@@ -128,9 +128,7 @@ static void parse_args(int argc, char **argv, options *o) {
 /* ---- output ------------------------------------------------------------------------------- */
 
 static int make_dir(const char *path) {
-  struct stat st;
-  if (mkdir(path, 0755) == 0) return 1;
-  if (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
+  if (cli_mkdir(path, 0) == 0) return 1;
   fprintf(stderr, PROG ": %s: cannot create directory: %s\n", path,
           errno == EEXIST ? "a file of that name exists" : strerror(errno));
   return 0;
@@ -179,12 +177,6 @@ static int write_text(const char *dir, const char *name, const text *t) {
   return 1;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int main(int argc, char **argv) {
   options o;
   ioupos_phantom_opts po;
@@ -192,7 +184,7 @@ int main(int argc, char **argv) {
   char dir_img[4096], dir_lab[4096], path[4096], name[64];
   uint64_t *seeds;
   text manifest = {NULL, 0, 0}, split = {NULL, 0, 0};
-  double t0 = now_s();
+  double t0 = cli_now_s();
   long i;
   int digits = 3, a;
 
@@ -234,7 +226,7 @@ int main(int argc, char **argv) {
 
   for (i = 0; i < o.n_cases; ++i) {
     ioupos_volume img, lab;
-    double tc = now_s();
+    double tc = cli_now_s();
     po.seed = seeds[i];
     if (snprintf(name, sizeof name, "phantom_%0*ld", digits, i) >= (int)sizeof name) return 1;
     if (ioupos_phantom_make(&po, &img, &lab) != IOUPOS_OK) {
@@ -257,7 +249,7 @@ int main(int argc, char **argv) {
     ioupos_volume_free(&img);
     ioupos_volume_free(&lab);
     fprintf(stderr, PROG ": case %ld/%ld %s (seed %llu) %.2f s\n", i + 1, o.n_cases, name,
-            (unsigned long long)seeds[i], now_s() - tc);
+            (unsigned long long)seeds[i], cli_now_s() - tc);
   }
 
   put(&manifest, "{\n  \"generator\": \"ioupos-phantom %s\",\n", IOUPOS_VERSION);
@@ -295,7 +287,7 @@ int main(int argc, char **argv) {
   printf("wrote %ld case%s (%dx%dx%d at %g,%g,%g mm%s) to %s in %.2f s\n", o.n_cases,
          o.n_cases == 1 ? "" : "s", o.size[0], o.size[1], o.size[2], o.spacing[0],
          o.spacing[1], o.spacing[2], o.no_labels ? ", no labels" : ", with labels",
-         o.output_dir, now_s() - t0);
+         o.output_dir, cli_now_s() - t0);
   free(manifest.s);
   free(split.s);
   free(seeds);

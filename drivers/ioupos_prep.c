@@ -162,19 +162,14 @@ static char *path_join(const char *a, const char *b) {
   return p;
 }
 
-static int ends_with(const char *s, const char *suf) {
-  size_t n = strlen(s), m = strlen(suf);
-  return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
 /* Case name: strip .nii.gz / .nii, then the first suffix of the comma list that matches (and
    leaves a non-empty name). */
 static char *case_name(const char *file, const char *suffixes) {
   char *n = xstrdup(file);
   const char *p = suffixes;
   size_t len = strlen(n);
-  if (ends_with(n, ".nii.gz")) n[len - 7] = 0;
-  else if (ends_with(n, ".nii")) n[len - 4] = 0;
+  if (cli_ends_with(n, ".nii.gz")) n[len - 7] = 0;
+  else if (cli_ends_with(n, ".nii")) n[len - 4] = 0;
   len = strlen(n);
   while (p && *p) {
     const char *e = strchr(p, ',');
@@ -224,7 +219,7 @@ static entry *scan_dir(const char *dir, const char *suffixes, const char *exclud
     const char *f = de->d_name;
     char *full;
     struct stat sb;
-    if (f[0] == '.' || !(ends_with(f, ".nii") || ends_with(f, ".nii.gz"))) continue;
+    if (f[0] == '.' || !(cli_ends_with(f, ".nii") || cli_ends_with(f, ".nii.gz"))) continue;
     if (exclude && has_suffix(f, exclude)) continue;
     full = path_join(dir, f);
     if (stat(full, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -250,21 +245,6 @@ static entry *scan_dir(const char *dir, const char *suffixes, const char *exclud
   return list;
 }
 
-static int mkdir_p(const char *path) {
-  char buf[4096];
-  size_t i, n = strlen(path);
-  if (n >= sizeof buf) return -1;
-  memcpy(buf, path, n + 1);
-  for (i = 1; i <= n; ++i)
-    if (buf[i] == '/' || buf[i] == 0) {
-      char c = buf[i];
-      buf[i] = 0;
-      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-      buf[i] = c;
-    }
-  return 0;
-}
-
 /* ---- the workers ----------------------------------------------------------------------------- */
 
 typedef struct shared {
@@ -276,12 +256,6 @@ typedef struct shared {
   int tty;
   pthread_mutex_t mu;
 } shared;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void settings_text(const options *o, char *buf, size_t cap) {
   snprintf(buf, cap,
@@ -437,7 +411,7 @@ out:
 }
 
 static void progress(shared *sh, int final) {
-  double el = now_s() - sh->t0, eta = -1;
+  double el = cli_now_s() - sh->t0, eta = -1;
   int finished = sh->done + sh->failed + sh->skipped, rem = sh->n_jobs - finished;
   int worked = sh->processed + sh->failed;
   if (worked > 0 && rem > 0) eta = el / worked * rem;
@@ -588,7 +562,9 @@ int main(int argc, char **argv) {
   }
   for (i = 0; i < n_jobs; ++i) {
     char *d1 = path_join(jobs[i].dir, ".done"), *d2 = path_join(jobs[i].dir, "labels");
-    if (mkdir_p(d1) != 0 || (jobs[i].label && mkdir_p(d2) != 0)) {
+    /* a file where a folder should be (EEXIST) fails that case alone, later, by name */
+    if ((cli_mkdir(d1, 1) != 0 && errno != EEXIST) ||
+        (jobs[i].label && cli_mkdir(d2, 1) != 0 && errno != EEXIST)) {
       fprintf(stderr, PROG ": %s: cannot create folder: %s\n", jobs[i].dir, strerror(errno));
       ioupos_dir_release(&lock, 0);
       return 1;
@@ -607,7 +583,7 @@ int main(int argc, char **argv) {
   sh.o = &o;
   sh.jobs = jobs;
   sh.n_jobs = n_jobs;
-  sh.t0 = now_s();
+  sh.t0 = cli_now_s();
   sh.tty = isatty(2);
   pthread_mutex_init(&sh.mu, NULL);
   nthreads = o.num_workers < n_jobs ? o.num_workers : n_jobs;
@@ -622,7 +598,7 @@ int main(int argc, char **argv) {
 
   printf("%d cases: %d processed, %d skipped (already done), %d failed; %ld %s written in %.1f s\n", n_jobs,
          sh.done, sh.skipped, sh.failed, o.spatial_dims == 2 ? sh.slices : (long)sh.done,
-         o.spatial_dims == 2 ? "slices" : "volumes", now_s() - sh.t0);
+         o.spatial_dims == 2 ? "slices" : "volumes", cli_now_s() - sh.t0);
   for (i = 0; i < n_jobs; ++i)
     if (jobs[i].status == 3) printf("FAILED %s: %s\n", jobs[i].name, jobs[i].reason);
   if (sh.failed) fprintf(stderr, PROG ": %d of %d cases failed (listed on stdout)\n", sh.failed, n_jobs);

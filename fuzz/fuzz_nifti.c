@@ -3,8 +3,12 @@
    the cheap preprocessing steps on what it returns (RAS reorientation, window, foreground box).
    Seeds: fuzz/corpus/nifti, made by fuzz/make_nifti_corpus.c. How it is built and replayed:
    fuzz/replay_main.h. */
+#ifndef IOUPOS_FUZZ_REPLAY /* the replay build links the implementation (build/fuzz/ioupos.o) */
 #define IOUPOS_IMPLEMENTATION
+#endif
 #include "ioupos.h"
+
+#include <math.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

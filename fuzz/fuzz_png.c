@@ -1,7 +1,9 @@
 /* fuzz/fuzz_png.c — libFuzzer target for the PNG path (ioupos_image_load_memory): every pixel
    of a decoded image must be in [0, 1]. Seeds: fuzz/corpus/png. How it is built and replayed:
    fuzz/replay_main.h. */
+#ifndef IOUPOS_FUZZ_REPLAY /* the replay build links the implementation (build/fuzz/ioupos.o) */
 #define IOUPOS_IMPLEMENTATION
+#endif
 #include "ioupos.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -3,8 +3,13 @@
    input, tile the data buffer in offset order, have nbytes = product(shape) * dtype size, be
    found by its name, and convert to float when it has a float dtype. Seeds:
    fuzz/corpus/safetensors. How it is built and replayed: fuzz/replay_main.h. */
+#ifndef IOUPOS_FUZZ_REPLAY /* the replay build links the implementation (build/fuzz/ioupos.o) */
 #define IOUPOS_IMPLEMENTATION
+#endif
 #include "ioupos.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -1,7 +1,11 @@
 /* fuzz/fuzz_split.c — libFuzzer target for the split-file parser (ioupos_split_parse). Seeds:
    fuzz/corpus/split. How it is built and replayed: fuzz/replay_main.h. */
+#ifndef IOUPOS_FUZZ_REPLAY /* the replay build links the implementation (build/fuzz/ioupos.o) */
 #define IOUPOS_IMPLEMENTATION
+#endif
 #include "ioupos.h"
+
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

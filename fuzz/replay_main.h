@@ -5,10 +5,14 @@
      make fuzz         clang -g -O1 -fsanitize=fuzzer,address,undefined: libFuzzer supplies the
                        main and runs the target for FUZZ_SECONDS on a copy of fuzz/corpus/NAME;
                        this file adds nothing
-     make fuzz-replay  any compiler with -DIOUPOS_FUZZ_REPLAY and ASan/UBSan: the main below
-                       reads every file named on the command line with ioupos_read_file and
-                       feeds it to the target once (exit 1 if a file cannot be read) */
+     make fuzz-replay  any compiler with -DIOUPOS_FUZZ_REPLAY and ASan/UBSan, linked with the
+                       implementation compiled once for all targets (build/fuzz/ioupos.o, the
+                       same flags): the main below reads every file named on the command line
+                       with ioupos_read_file and feeds it to the target once (exit 1 if a file
+                       cannot be read) */
 #ifdef IOUPOS_FUZZ_REPLAY
+#include <stdio.h>
+#include <stdlib.h>
 int main(int argc, char **argv) {
   int i;
   for (i = 1; i < argc; ++i) {

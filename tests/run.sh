@@ -2,20 +2,48 @@
 # Runs every test program given on the command line and every tests/test_*.sh script (with the
 # build folder as $1), then prints one closing line "N passed, N failed" and exits non-zero if
 # any failed. Each program prints its own checks and worst cases, and each test its seconds.
-# IOUPOS_TEST_JOBS=N (default 1) runs N tests at a time (xargs -P; the tests share no files),
-# the command scripts, the longest, first; each test's output is then printed whole, in the
-# usual order, once all have finished.
+# IOUPOS_TEST_JOBS=N (default 1; `make test` gives it the number of cores) runs N tests at a
+# time (xargs -P; the tests share no files), the command scripts, the longest, first; each test's
+# output is printed whole as soon as it has finished, and the closing lines list the failures in
+# the usual order. OpenMP threads wait passively (OMP_WAIT_POLICY=passive unless set): with
+# several programs on the same cores, threads spinning for a descheduled one slow a test tenfold.
+# IOUPOS_TEST_TIMEOUT=S (default 600; 0: none) is the time limit of each test, in seconds: a
+# test still running then is stopped (TERM to it and its children, KILL 10 s later), named as
+# hung, and counted failed. It needs `timeout` (coreutils); without it there is no limit.
 
-# --one BUILD T: one test, its output and its seconds; the exit status is the test's
+# --one BUILD T: one test, its output and its seconds; the exit status is the test's (124 when
+# it ran past the time limit)
 if [ "$1" = --one ]; then
+  t=$3
+  limit=${IOUPOS_TEST_TIMEOUT:-600}
   t0=$(date +%s)
-  echo "== $3"
-  case "$3" in
-    *.sh) sh "$3" "$2" ;;
-    *) "$3" ;;
+  echo "== $t"
+  case "$t" in
+    *.sh) set -- sh "$t" "$2" ;;
+    *) set -- "$t" ;;
   esac
-  rc=$?
-  echo "-- $3: $(( $(date +%s) - t0 )) s"
+  if [ "$limit" -gt 0 ] && command -v timeout >/dev/null 2>&1; then
+    # in the background, so that an interrupt (^C, TERM) reaches the test's whole process group
+    # through timeout, which runs it in a group of its own
+    timeout -k 10 "$limit" "$@" &
+    pid=$!
+    trap 'kill -TERM $pid 2>/dev/null' INT TERM HUP
+    while :; do
+      wait $pid
+      rc=$?
+      kill -0 $pid 2>/dev/null || break
+    done
+    trap - INT TERM HUP
+    el=$(( $(date +%s) - t0 ))
+    if [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ $el -ge "$limit" ]; }; then
+      echo "TIMEOUT: $t still running after $limit s (IOUPOS_TEST_TIMEOUT): stopped, counted failed"
+      rc=124
+    fi
+  else
+    "$@"
+    rc=$?
+  fi
+  echo "-- $t: $(( $(date +%s) - t0 )) s"
   exit $rc
 fi
 
@@ -24,32 +52,57 @@ jobs=${IOUPOS_TEST_JOBS:-1}
 case "$jobs" in
   '' | *[!0-9]* | 0) echo "run.sh: IOUPOS_TEST_JOBS must be a positive integer" >&2; exit 2 ;;
 esac
+case "${IOUPOS_TEST_TIMEOUT:-600}" in
+  '' | *[!0-9]*) echo "run.sh: IOUPOS_TEST_TIMEOUT must be a number of seconds (0: no limit)" >&2; exit 2 ;;
+esac
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+command -v timeout >/dev/null 2>&1 ||
+  echo "run.sh: no 'timeout' command (coreutils): the tests run without a time limit"
 out=$(mktemp -d "${TMPDIR:-/tmp}/ioupos_run.XXXXXX") || exit 2
 trap 'rm -rf "$out"' EXIT
+trap 'exit 130' INT TERM HUP
 n=0
 for t in "$@" tests/test_*.sh; do
   [ -e "$t" ] || continue
   n=$((n + 1))
-  if [ "$jobs" -eq 1 ]; then
-    sh "$0" --one "$build" "$t"
-    echo $? >"$out/$n.rc"
-  else
-    case "$t" in *.sh) echo "$n $t" >>"$out/first" ;; *) echo "$n $t" >>"$out/then" ;; esac
-  fi
+  case "$t" in *.sh) echo "$n $t" >>"$out/first" ;; *) echo "$n $t" >>"$out/then" ;; esac
 done
 if [ "$jobs" -gt 1 ]; then
+  show() { # the output of each test that has finished and is not shown yet
+    k=0
+    while [ $k -lt $n ]; do
+      k=$((k + 1))
+      if [ -f "$out/$k.rc" ] && [ ! -f "$out/$k.shown" ]; then
+        cat "$out/$k"
+        : >"$out/$k.shown"
+      fi
+    done
+  }
+  (while [ -d "$out" ] && [ ! -f "$out/all_run" ]; do show; sleep 1; done) &
+  shower=$!
   cat "$out/first" "$out/then" 2>/dev/null |
     RUNSH=$0 BUILD=$build OUT=$out xargs -P "$jobs" -n 2 sh -c \
-      'sh "$RUNSH" --one "$BUILD" "$2" >"$OUT/$1" 2>&1; echo $? >"$OUT/$1.rc"' sh
+      'sh "$RUNSH" --one "$BUILD" "$2" >"$OUT/$1" 2>&1; echo $? >"$OUT/$1.tmp" && mv "$OUT/$1.tmp" "$OUT/$1.rc"' sh
+  : >"$out/all_run"
+  wait $shower
+  show
 fi
 
 passed=0; failed=0; failures=""; k=0
 for t in "$@" tests/test_*.sh; do
   [ -e "$t" ] || continue
   k=$((k + 1))
-  [ "$jobs" -eq 1 ] || cat "$out/$k"
+  if [ "$jobs" -eq 1 ]; then
+    sh "$0" --one "$build" "$t"
+    echo $? >"$out/$k.rc"
+  fi
   rc=$(cat "$out/$k.rc" 2>/dev/null || echo 127)
-  if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); failures="$failures $t(rc=$rc)"; fi
+  if [ "$rc" -eq 0 ]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    if [ "$rc" -eq 124 ]; then failures="$failures $t(timed out)"; else failures="$failures $t(rc=$rc)"; fi
+  fi
 done
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed"

@@ -9,7 +9,6 @@
    replaced by NEW (tests/test_finetune.sh: "backbone.=swinViT." makes a MONAI state dict of
    an ioupos-simsiam checkpoint's encoder, "backbone.=" bare SwinTransformer names).
    Metadata is copied. Exit status 0, or 1 with the library's reason. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <stdio.h>

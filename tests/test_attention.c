@@ -15,14 +15,13 @@
    random elements against an independent double-precision forward written here, and the whole
    block (with temporary test-only layer norm / GELU, see run_block).
 
-   This build has no SIMD and no OpenMP: the window attention runs its plain reference
-   (ioupos__window_attention_forward_ref / _backward_ref); tests/test_threads.c, part 6, runs
-   the fast path (register-tiled kernels, threads) against it.
+   The window attention's plain reference (ioupos__window_attention_forward_ref / _backward_ref)
+   runs in the portable build, its fast path (register-tiled kernels, threads) in the SIMD and
+   OpenMP build; tests/test_threads.c, part 6, runs the fast path against the reference.
 
-   Build: cc -std=c99 -O2 -g -Wall -Wextra -Werror -mavx2 -mfma -D_POSIX_C_SOURCE=200809L -I.
-          -I/usr/include/stb tests/test_attention.c -o build/test_attention -lm -lpthread
+   Build: make build/test_attention (linked with the implementation build/ioupos.o, SIMD and
+          OpenMP as the commands) and build/test_attention_portable (build/ioupos_portable.o).
    Run from the repository root (the fixture paths are relative). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/test_util.h"
 #include "tests/npy.h"
@@ -431,9 +430,9 @@ static void run_block(const attn_case *k) {
   CHECK(st == 0, "%s: attention forward: %s", k->name, ioupos_failure_reason());
   for (n = 0; n < nx; ++n) x1[n] = fx[n] + a[n];
   ioupos_layernorm_forward(h2, m2, r2, x1, p[P_N2W], p[P_N2B], T, C, 1e-5f);
-  st = ioupos__attn_linear_forward(f1, h2, p[P_F1W], p[P_F1B], T, C, H4);
+  st = ioupos_linear_forward(f1, h2, p[P_F1W], p[P_F1B], T, C, H4);
   ioupos_gelu_forward(f1g, f1, (size_t)T * H4);
-  if (!st) st = ioupos__attn_linear_forward(out, f1g, p[P_F2W], p[P_F2B], T, H4, C);
+  if (!st) st = ioupos_linear_forward(out, f1g, p[P_F2W], p[P_F2B], T, H4, C);
   CHECK(st == 0, "%s: mlp forward", k->name);
   for (n = 0; n < nx; ++n) out[n] += x1[n];
   ref = load(k->name, "out", &n, 1);
@@ -446,9 +445,9 @@ static void run_block(const attn_case *k) {
   dx = zeros((size_t)nx), dx1 = zeros((size_t)nx), dh1 = zeros((size_t)nx), dh2 = zeros((size_t)nx);
   df1 = zeros((size_t)T * H4), df1g = zeros((size_t)T * H4), dm = zeros((size_t)nx);
   memcpy(dx1, fG, sizeof(float) * (size_t)nx); /* residual */
-  st = ioupos__attn_linear_backward(df1g, dpar[P_F2W], dpar[P_F2B], fG, f1g, p[P_F2W], T, H4, C);
+  st = ioupos_linear_backward(df1g, dpar[P_F2W], dpar[P_F2B], fG, f1g, p[P_F2W], T, H4, C);
   ioupos_gelu_backward(df1, f1, df1g, (size_t)T * H4);
-  if (!st) st = ioupos__attn_linear_backward(dh2, dpar[P_F1W], dpar[P_F1B], df1, h2, p[P_F1W], T, C, H4);
+  if (!st) st = ioupos_linear_backward(dh2, dpar[P_F1W], dpar[P_F1B], df1, h2, p[P_F1W], T, C, H4);
   ioupos_layernorm_backward(dx1, dpar[P_N2W], dpar[P_N2B], dh2, x1, p[P_N2W], m2, r2, T, C);
   memcpy(dx, dx1, sizeof(float) * (size_t)nx); /* residual */
   if (!st)

@@ -14,7 +14,6 @@
    3. Replay from parameters is bit-identical; label maps keep their values (no interpolation of
       ids) and stay aligned with the image; invalid requests fail and leave the image untouched.
    Run from the repository root (fixture paths are relative to it). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "test_util.h"
 #include "npy.h"

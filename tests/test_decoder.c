@@ -25,7 +25,6 @@
    argument errors.
    Prints the worst element of each comparison and "test_decoder: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>
@@ -38,6 +37,7 @@
 #define FD_RTOL 1e-2
 
 #include "tests/fixture_util.h"
+#include "tests/fd_check.h"
 
 /* ============================================================================================
    The case under test: up to 8 differentiable tensors (inputs then parameters), the output,
@@ -73,11 +73,8 @@ static void st_ok(int st, const char *what) {
   if (st) CHECK(0, "%s returned %d (%s)", what, st, ioupos_failure_reason());
 }
 
-/* ---- finite differences ---- */
-static ioupos_rng fd_rng;
-static unsigned char *kink_ref;
-static long kink_total;
-
+/* ---- finite differences (tests/fd_check.h): L = sum(out * G); a sample whose +-h forward
+   flips the sign of a leaky ReLU input (T.kink) is skipped ---- */
 static double fd_loss(void) {
   double s = 0.0;
   long i;
@@ -85,55 +82,11 @@ static double fd_loss(void) {
   for (i = 0; i < T.nout; ++i) s += (double)T.out[i] * T.G[i];
   return s;
 }
-static void kink_save(void) {
-  long r, i, j = 0;
-  for (r = 0; r < 2; ++r)
-    for (i = 0; i < T.nkink[r]; ++i) kink_ref[j++] = T.kink[r][i] > 0.0f;
-}
-static int kink_same(void) {
-  long r, i, j = 0;
-  for (r = 0; r < 2; ++r)
-    for (i = 0; i < T.nkink[r]; ++i)
-      if ((T.kink[r][i] > 0.0f) != kink_ref[j++]) return 0;
-  return 1;
-}
-
-/* grad: the analytic gradient of p[n] from one backward into zeros. */
-static void fd_check(const char *label, float *p, const float *grad, long n) {
-  long k, worst_i = -1, bad = 0, tried = 0, skipped = 0, ns = n < FD_SAMPLES ? n : FD_SAMPLES;
-  double worst_ex = -1e300, worst_fd = 0, worst_g = 0;
-  kink_total = T.nkink[0] + T.nkink[1];
-  kink_ref = (unsigned char *)malloc((size_t)(kink_total > 0 ? kink_total : 1));
-  fd_loss();
-  kink_save();
-  for (k = 0; k < ns; ++k) {
-    long i = n <= FD_SAMPLES ? k : (long)ioupos_rng_below(&fd_rng, (uint64_t)n);
-    float v = p[i], vp = (float)(v + FD_H), vm = (float)(v - FD_H);
-    double lp, lm, fd, ex;
-    int same;
-    p[i] = vp;
-    lp = fd_loss();
-    same = kink_same();
-    p[i] = vm;
-    lm = fd_loss();
-    same = same && kink_same();
-    p[i] = v;
-    if (!same) {
-      ++skipped;
-      continue;
-    }
-    fd = (lp - lm) / ((double)vp - (double)vm);
-    ex = fabs(fd - grad[i]) - (FD_ATOL + FD_RTOL * fabs(grad[i]));
-    ++tried;
-    if (!(ex <= 0)) ++bad;
-    if (ex > worst_ex || ex != ex) worst_ex = ex, worst_i = i, worst_fd = fd, worst_g = grad[i];
-  }
-  fd_loss(); /* leave the forward output as it was */
-  free(kink_ref);
-  printf("  %-36s fd %ld samples (%ld skipped at a kink), bad %ld, worst [%ld] fd %.8g vs "
-         "analytic %.8g\n", label, tried, skipped, bad, worst_i, worst_fd, worst_g);
-  CHECK(bad == 0, "%s: finite differences disagree at %ld elements", label, bad);
-  CHECK(2 * tried >= ns, "%s: only %ld of %ld samples away from a kink", label, tried, ns);
+static fd_opts fd_T(void) {
+  fd_opts o = fd_opts_make(fd_loss, FD_SAMPLES, FD_H, FD_ATOL, FD_RTOL);
+  o.kink[0] = T.kink[0], o.kink[1] = T.kink[1];
+  o.nkink[0] = T.nkink[0], o.nkink[1] = T.nkink[1];
+  return o;
 }
 
 /* ---- backward accumulates: a second call gives twice the first ----
@@ -204,7 +157,7 @@ static void run_fixture(double atol_out, double rtol_out, const double *atol_g,
   if (do_fd)
     for (j = 0; j < T.np; ++j) {
       snprintf(label, sizeof label, "%s %s", T.name, T.pn[j]);
-      fd_check(label, T.p[j], g1[j], T.psz[j]);
+      fd_check(label, T.p[j], g1[j], T.psz[j], fd_T());
     }
 }
 
@@ -235,7 +188,7 @@ static void run_tiny(const float *scale) {
   }
   for (j = 0; j < T.np; ++j) {
     snprintf(label, sizeof label, "%s tiny %s", T.name, T.pn[j]);
-    fd_check(label, T.p[j], g1[j], T.psz[j]);
+    fd_check(label, T.p[j], g1[j], T.psz[j], fd_T());
   }
 }
 
@@ -410,7 +363,7 @@ static void test_lrelu(void) {
   {
     float *g1 = talloc(n);
     ioupos_leaky_relu_backward(g1, T.p[0], T.G, (size_t)n, IOUPOS_UNET_LRELU_SLOPE);
-    fd_check("lrelu x", T.p[0], g1, n);
+    fd_check("lrelu x", T.p[0], g1, n, fd_T());
     /* in place, and backward from the output (MONAI's inplace=True) */
     o2 = copyf(T.p[0], n), d2 = talloc(n);
     ioupos_leaky_relu_forward(o2, o2, (size_t)n, IOUPOS_UNET_LRELU_SLOPE);

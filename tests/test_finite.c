@@ -11,7 +11,7 @@
    The command-level checks (ioupos-embed, --chkpt_path, --resume) are tests/test_ckpt_finite.sh.
    Build: cc -std=c99 -O2 -g -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L -I. \
             -I/usr/include/stb tests/test_finite.c -o build/test_finite -lm -lpthread */
-#define IOUPOS_IMPLEMENTATION
+
 #include "ioupos.h"
 
 #include <math.h>

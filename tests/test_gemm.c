@@ -2,15 +2,16 @@
    reference: all four transpose cases, odd sizes, the Swin-T (C=48) layer shapes, alpha / beta
    variants (beta 0 over a NaN-filled C), leading dimensions above the minimum (the padding must
    stay untouched), batched strided attention shapes, argument errors; with -fopenmp also
-   bit-identical results for 1 and 2 threads. Build it with and without -mavx2 -mfma to cover
-   both micro-kernels (the first line printed says which one ran).
+   bit-identical results for 1 and 2 threads. Linked with build/ioupos.o (-mavx2 -mfma where the
+   CPU has them, OpenMP) as build/test_gemm and with build/ioupos_portable.o as
+   build/test_gemm_portable, it covers both micro-kernels (the first line printed says which one
+   ran).
 
    Tolerance, per element: |C - ref| <= (K + 4) * 2^-23 * (|alpha| * sum_k |a_ik b_kj| + |beta c|)
    + 1e-30. Why: ref is exact to double rounding; the float result accumulates K products with
    one rounding each (u = 2^-24 per step, or fewer with FMA), plus one per K block and 2 for
    alpha and beta: the classical dot-product bound gamma_n <= n u sum|a||b|. The factor 2 (2^-23
    instead of 2^-24) and the + 4 are slack for the alpha/beta and K-block roundings. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/test_util.h"
 

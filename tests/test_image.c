@@ -1,7 +1,6 @@
 /* tests/test_image.c — PNG loading (8/16 bit, grey/alpha/colour/palette/interlaced, luma),
    refusal of corrupt or non-PNG input with the file named, atomic writes. Uses the fuzz seed
    corpus written by fuzz/make_png_corpus.py, whose pixel values are known. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "test_util.h"
 

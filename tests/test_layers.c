@@ -21,7 +21,6 @@
    against the references).
    Prints the worst element of each comparison and "test_layers: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/npy.h"
 #include "tests/test_util.h"
@@ -36,9 +35,9 @@
 #define FD_RTOL 1e-2
 
 #include "tests/fixture_util.h"
+#include "tests/fd_check.h"
 
 /* ---- finite differences ---- */
-static ioupos_rng fd_rng;
 static void (*fd_fwd)(void);
 static const float *fd_out;
 static const float *fd_G;
@@ -52,32 +51,8 @@ static double fd_loss(void) {
   return s;
 }
 
-/* Check grad[n] (analytic, from one backward into zeros) against central differences of L at
-   up to FD_SAMPLES elements of p[n]. skip_kink: skip elements within 2h of 0 (ReLU). */
-static void fd_check(const char *label, float *p, const float *grad, long n, int skip_kink) {
-  long k, worst_i = -1, bad = 0, tried = 0;
-  double worst_ex = -1e300, worst_fd = 0, worst_g = 0;
-  for (k = 0; k < (n < FD_SAMPLES ? n : FD_SAMPLES); ++k) {
-    long i = n <= FD_SAMPLES ? k : (long)ioupos_rng_below(&fd_rng, (uint64_t)n);
-    float v = p[i], vp = (float)(v + FD_H), vm = (float)(v - FD_H);
-    double lp, lm, fd, ex;
-    if (skip_kink && fabs(v) < 2 * FD_H) continue;
-    p[i] = vp;
-    lp = fd_loss();
-    p[i] = vm;
-    lm = fd_loss();
-    p[i] = v;
-    fd = (lp - lm) / ((double)vp - (double)vm);
-    ex = fabs(fd - grad[i]) - (FD_ATOL + FD_RTOL * fabs(grad[i]));
-    ++tried;
-    if (!(ex <= 0)) ++bad;
-    if (ex > worst_ex || ex != ex) worst_ex = ex, worst_i = i, worst_fd = fd, worst_g = grad[i];
-  }
-  fd_loss(); /* leave the forward output as it was */
-  printf("  %-40s fd %ld samples, bad %ld, worst [%ld] fd %.8g vs analytic %.8g\n", label,
-         tried, bad, worst_i, worst_fd, worst_g);
-  CHECK(bad == 0, "%s: finite differences disagree at %ld elements", label, bad);
-}
+/* L = sum(out * G) through fd_loss; at a ReLU (fd_relu) elements within 2h of 0 are skipped */
+static fd_opts fd_o, fd_relu;
 
 static void fd_setup(void (*f)(void), const float *out, const float *G, long nout) {
   fd_fwd = f, fd_out = out, fd_G = G, fd_nout = nout;
@@ -110,9 +85,9 @@ static void test_linear(void) {
     acc_check("linear dw", dw, dw1, OC * C);
     acc_check("linear db", db, db1, OC);
     fd_setup(li_fwd, li_out, G, N * OC);
-    fd_check("linear x", li_x, dx1, N * C, 0);
-    fd_check("linear w", li_w, dw1, OC * C, 0);
-    fd_check("linear b", li_b, db1, OC, 0);
+    fd_check("linear x", li_x, dx1, N * C, fd_o);
+    fd_check("linear w", li_w, dw1, OC * C, fd_o);
+    fd_check("linear b", li_b, db1, OC, fd_o);
   }
   /* the plain reference (ioupos__linear_forward_ref / _backward_ref: double dot products; the
      public layer is the GEMM in every build) against the same fixture and tolerances */
@@ -163,9 +138,9 @@ static void test_layernorm(void) {
     acc_check("layernorm dw", dw, dw1, C);
     acc_check("layernorm db", db, db1, C);
     fd_setup(ln_fwd, ln_out, G, N * C);
-    fd_check("layernorm x", ln_x, dx1, N * C, 0);
-    fd_check("layernorm w", ln_w, dw1, C, 0);
-    fd_check("layernorm b", ln_b, db1, C, 0);
+    fd_check("layernorm x", ln_x, dx1, N * C, fd_o);
+    fd_check("layernorm w", ln_w, dw1, C, fd_o);
+    fd_check("layernorm b", ln_b, db1, C, fd_o);
   }
 }
 
@@ -204,7 +179,7 @@ static void test_elementwise(const char *L, int kind) {
   acc_check(label, dx, dx1, N * C);
   fd_setup(ew_fwd, ew_out, G, N * C);
   snprintf(label, sizeof label, "%s x", L);
-  fd_check(label, ew_x, dx1, N * C, kind == 1);
+  fd_check(label, ew_x, dx1, N * C, kind == 1 ? fd_relu : fd_o);
 }
 
 /* ---- global average pooling ---- */
@@ -225,7 +200,7 @@ static void test_avgpool(void) {
   ioupos_avgpool_backward(dx, G, AP_B, AP_T, C);
   acc_check("avgpool dx", dx, dx1, AP_B * AP_T * C);
   fd_setup(ap_fwd, ap_out, G, AP_B * C);
-  fd_check("avgpool x", ap_x, dx1, AP_B * AP_T * C, 0);
+  fd_check("avgpool x", ap_x, dx1, AP_B * AP_T * C, fd_o);
 }
 
 /* ---- batch norm 1d ---- */
@@ -277,9 +252,9 @@ static void test_batchnorm(int eval) {
   snprintf(label, sizeof label, "%s dw", L), acc_check(label, dw, dw1, C);
   snprintf(label, sizeof label, "%s db", L), acc_check(label, db, db1, C);
   fd_setup(bn_fwd, bn_out, G, N * C);
-  snprintf(label, sizeof label, "%s x", L), fd_check(label, bn_x, dx1, N * C, 0);
-  snprintf(label, sizeof label, "%s w", L), fd_check(label, bn_w, dw1, C, 0);
-  snprintf(label, sizeof label, "%s b", L), fd_check(label, bn_b, db1, C, 0);
+  snprintf(label, sizeof label, "%s x", L), fd_check(label, bn_x, dx1, N * C, fd_o);
+  snprintf(label, sizeof label, "%s w", L), fd_check(label, bn_w, dw1, C, fd_o);
+  snprintf(label, sizeof label, "%s b", L), fd_check(label, bn_b, db1, C, fd_o);
 }
 
 /* ---- patch embedding ---- */
@@ -319,9 +294,9 @@ static void test_patch_embed(const char *L, int dims, int B, int Cin, const int 
   snprintf(label, sizeof label, "%s dw", L), acc_check(label, dw, dw1, Cout * K);
   snprintf(label, sizeof label, "%s db", L), acc_check(label, db, db1, Cout);
   fd_setup(pe_fwd, pe_out, G, ntok * Cout);
-  snprintf(label, sizeof label, "%s x", L), fd_check(label, pe_x, dx1, nx, 0);
-  snprintf(label, sizeof label, "%s w", L), fd_check(label, pe_w, dw1, Cout * K, 0);
-  snprintf(label, sizeof label, "%s b", L), fd_check(label, pe_b, db1, Cout, 0);
+  snprintf(label, sizeof label, "%s x", L), fd_check(label, pe_x, dx1, nx, fd_o);
+  snprintf(label, sizeof label, "%s w", L), fd_check(label, pe_w, dw1, Cout * K, fd_o);
+  snprintf(label, sizeof label, "%s b", L), fd_check(label, pe_b, db1, Cout, fd_o);
 }
 
 /* ---- patch merging ---- */
@@ -361,10 +336,10 @@ static void test_patch_merging(const char *L, int dims, int B, const int *shape,
   snprintf(label, sizeof label, "%s dlnb", L), acc_check(label, dlnb, dlnb1, K);
   snprintf(label, sizeof label, "%s dw", L), acc_check(label, dw, dw1, 2 * Cc * K);
   fd_setup(pm_fwd, pm_out, G, M * 2 * Cc);
-  snprintf(label, sizeof label, "%s x", L), fd_check(label, pm_x, dx1, nx, 0);
-  snprintf(label, sizeof label, "%s lnw", L), fd_check(label, pm_lnw, dlnw1, K, 0);
-  snprintf(label, sizeof label, "%s lnb", L), fd_check(label, pm_lnb, dlnb1, K, 0);
-  snprintf(label, sizeof label, "%s w", L), fd_check(label, pm_w, dw1, 2 * Cc * K, 0);
+  snprintf(label, sizeof label, "%s x", L), fd_check(label, pm_x, dx1, nx, fd_o);
+  snprintf(label, sizeof label, "%s lnw", L), fd_check(label, pm_lnw, dlnw1, K, fd_o);
+  snprintf(label, sizeof label, "%s lnb", L), fd_check(label, pm_lnb, dlnb1, K, fd_o);
+  snprintf(label, sizeof label, "%s w", L), fd_check(label, pm_w, dw1, 2 * Cc * K, fd_o);
 }
 
 /* ---- MLP ---- */
@@ -405,11 +380,11 @@ static void test_mlp(void) {
     acc_check(label, s[k], c1[k], sz[k]);
   }
   fd_setup(ml_fwd, ml_out, G, N * C);
-  fd_check("mlp x", ml_x, c1[0], N * C, 0);
-  fd_check("mlp w1", ml_w1, c1[1], MLP_H * C, 0);
-  fd_check("mlp b1", ml_b1, c1[2], MLP_H, 0);
-  fd_check("mlp w2", ml_w2, c1[3], C * MLP_H, 0);
-  fd_check("mlp b2", ml_b2, c1[4], C, 0);
+  fd_check("mlp x", ml_x, c1[0], N * C, fd_o);
+  fd_check("mlp w1", ml_w1, c1[1], MLP_H * C, fd_o);
+  fd_check("mlp b1", ml_b1, c1[2], MLP_H, fd_o);
+  fd_check("mlp w2", ml_w2, c1[3], C * MLP_H, fd_o);
+  fd_check("mlp b2", ml_b2, c1[4], C, fd_o);
 }
 
 /* ---- drop path: no torch fixture (torch's RNG is not ours); semantics checked directly ---- */
@@ -458,13 +433,16 @@ static void test_drop_path(void) {
   ioupos_drop_path_backward(dx, G, dp_mask, DP_B, DP_S);
   acc_check("drop_path dx", dx, dx1, DP_B * DP_S);
   fd_setup(dp_fwd, dp_out, G, DP_B * DP_S);
-  fd_check("drop_path x", dp_x, dx1, DP_B * DP_S, 0);
+  fd_check("drop_path x", dp_x, dx1, DP_B * DP_S, fd_o);
 }
 
 int main(void) {
   static const int pe2[2] = {12, 16}, pe2pad[2] = {13, 15}, pe3[3] = {4, 6, 5};
   static const int pm2[2] = {5, 7}, pm3[3] = {3, 4, 5};
   ioupos_rng_seed(&fd_rng, 7);
+  fd_o = fd_opts_make(fd_loss, FD_SAMPLES, FD_H, FD_ATOL, FD_RTOL);
+  fd_relu = fd_o;
+  fd_relu.skip_near_zero = 2 * FD_H;
   printf("GEMM kernel: %s\n", ioupos_gemm_simd() ? "AVX2+FMA" : "portable");
   test_linear();
   test_layernorm();

@@ -17,7 +17,6 @@
       sampler), boxes inside the image with the crop size; draws per second are printed.
    5. Same seed, same boxes; different seeds differ.
    6. Malformed requests fail with IOUPOS_EINVAL / IOUPOS_ERANGE and leave out untouched. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "test_util.h"
 

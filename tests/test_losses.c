@@ -15,7 +15,6 @@
         per case, with reasons, at each fd_check call.
    Prints the worst element of each comparison and "test_losses: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/npy.h"
 #include "tests/test_util.h"
@@ -27,34 +26,12 @@
 #define FD_SAMPLES 12
 
 #include "tests/fixture_util.h"
+#include "tests/fd_check.h"
 
-/* ---- finite differences ---- */
-static ioupos_rng fd_rng;
+/* ---- finite differences (tests/fd_check.h): L is fd_loss, set per case ---- */
 static double (*fd_loss)(void);
-
-static void fd_check(const char *label, float *p, const float *grad, long n, double FD_H,
-                     double atol, double rtol) {
-  long k, worst_i = -1, bad = 0, tried = 0;
-  double worst_ex = -1e300, worst_fd = 0, worst_g = 0;
-  for (k = 0; k < (n < FD_SAMPLES ? n : FD_SAMPLES); ++k) {
-    long i = n <= FD_SAMPLES ? k : (long)ioupos_rng_below(&fd_rng, (uint64_t)n);
-    float v = p[i], vp = (float)(v + FD_H), vm = (float)(v - FD_H);
-    double lp, lm, fd, ex;
-    p[i] = vp;
-    lp = fd_loss();
-    p[i] = vm;
-    lm = fd_loss();
-    p[i] = v;
-    fd = (lp - lm) / ((double)vp - (double)vm);
-    ex = fabs(fd - grad[i]) - (atol + rtol * fabs(grad[i]));
-    ++tried;
-    if (!(ex <= 0)) ++bad;
-    if (ex > worst_ex || ex != ex) worst_ex = ex, worst_i = i, worst_fd = fd, worst_g = grad[i];
-  }
-  fd_loss(); /* leave the forward state as it was */
-  printf("  %-40s fd %ld samples, bad %ld, worst [%ld] fd %.8g vs analytic %.8g\n", label,
-         tried, bad, worst_i, worst_fd, worst_g);
-  CHECK(bad == 0, "%s: finite differences disagree at %ld elements", label, bad);
+static fd_opts tol(double h, double atol, double rtol) {
+  return fd_opts_make(fd_loss, FD_SAMPLES, h, atol, rtol);
 }
 
 /* ============================================================================================ */
@@ -86,8 +63,8 @@ static void test_simsiam(const char *c, int do_fd) {
       /* L is exact in double; central-difference truncation h^2 |L'''| / 6 with |L'''| ~
          1 / (N |p|^3) ~ 1e-3 gives ~1e-10; the float perturbation is exact in the
          denominator. 1e-6 absolute leaves room for the double sums' rounding / 2h. */
-      fd_check("simsiam p1", ss_p1, g1, n, 1e-3, 1e-6, 1e-3);
-      fd_check("simsiam p2", ss_p2, g2, n, 1e-3, 1e-6, 1e-3);
+      fd_check("simsiam p1", ss_p1, g1, n, tol(1e-3, 1e-6, 1e-3));
+      fd_check("simsiam p2", ss_p2, g2, n, tol(1e-3, 1e-6, 1e-3));
     }
   }
   /* the public cosine similarity gives the same: L = -(mean cos(p1,z2) + mean cos(p2,z1)) / 2,
@@ -143,7 +120,7 @@ static void test_dino(const char *c) {
        / 2h); the logits are divided by T_s = 0.1, so |L'''| ~ 1 / (T_s^3 n_pairs B) ~ 100 and
        h = 1e-4 keeps the truncation h^2 |L'''| / 6 ~ 2e-7 (h = 1e-3 would give ~2e-5, the size of
        the smallest gradients); the float perturbation x +- h is exact in the denominator. */
-    fd_check("dino student", dn_s, g1, ns, 1e-4, 1e-6, 1e-3);
+    fd_check("dino student", dn_s, g1, ns, tol(1e-4, 1e-6, 1e-3));
   }
   /* the centre update, after the loss, with the same (uncentred) teacher logits */
   c1 = copyf(dn_c, dn_D);
@@ -198,9 +175,9 @@ static void test_wn(const char *c, int frozen) {
     fd_loss = wn_fwd;
     /* L = sum(out * G) from the float output: 192 outputs of O(1) rounded to 6e-8 relative give
        L noise ~1e-6, ~1e-3 after / 2h (as test_layers.c) */
-    fd_check("wnlinear x", wn_x, dx1, WN * WC, 1e-3, 5e-3, 1e-2);
-    fd_check("wnlinear v", wn_v, dv1, WO * WC, 1e-3, 5e-3, 1e-2);
-    if (!frozen) fd_check("wnlinear g", wn_g, dg1, WO, 1e-3, 5e-3, 1e-2);
+    fd_check("wnlinear x", wn_x, dx1, WN * WC, tol(1e-3, 5e-3, 1e-2));
+    fd_check("wnlinear v", wn_v, dv1, WO * WC, tol(1e-3, 5e-3, 1e-2));
+    if (!frozen) fd_check("wnlinear g", wn_g, dg1, WO, tol(1e-3, 5e-3, 1e-2));
   }
 }
 
@@ -228,7 +205,7 @@ static void test_ce(void) {
     acc_check("ce dlogits", dx, g1, CN * CK);
     fd_loss = ce_fwd;
     /* L exact in double from the float logits; truncation h^2 |L'''| / 6 ~ 1e-8 */
-    fd_check("ce logits", ce_x, g1, CN * CK, 1e-3, 1e-6, 1e-3);
+    fd_check("ce logits", ce_x, g1, CN * CK, tol(1e-3, 1e-6, 1e-3));
   }
 }
 

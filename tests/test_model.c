@@ -15,7 +15,6 @@
    The references were computed in float64 (encoders) or float32 (steps) by PyTorch; each
    comparison's tolerance is written beside it with its reason, and the worst element is printed.
    Also: checkpoint round trips (ours -> ours byte-identical, prefixes), and the load errors. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>

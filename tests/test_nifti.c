@@ -3,11 +3,11 @@
    tests/reference/prep_fixture.py).
 
    Real data: $IOUPOS_DATA (default ../shared/data, relative to the repository root, where the
-   tests run); those checks are skipped, saying so, when the folder is absent.
+   tests run); those checks are skipped, saying so, when the folder is absent, and fail instead
+   when IOUPOS_REQUIRE_DATA=1 (CI sets it).
    MONAI agreement thresholds: output shape equal, affine within 1e-6 mm, and on the stored
    slices of totalseg_sm at least 99.9 % of pixels within one grey level (1/255) with none off
    by more than 2, and at least 99.9 % of label pixels equal. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 
 #include <math.h>
@@ -590,7 +590,11 @@ static void test_real(void) {
   if (!data || !*data) data = "../shared/data";
   snprintf(path, sizeof path, "%s/ct", data);
   if (stat(path, &sb) != 0) {
-    printf("SKIP real CT checks: %s not found (set IOUPOS_DATA)\n", path);
+    if (tu_env_long("IOUPOS_REQUIRE_DATA", 0))
+      CHECK(0, "real CT: %s not found, and IOUPOS_REQUIRE_DATA is set (CI): the real-CT checks "
+               "must run (set IOUPOS_DATA)", path);
+    else
+      printf("SKIP real CT checks: %s not found (set IOUPOS_DATA)\n", path);
     return;
   }
   if (tu_npy_load("tests/fixtures/prep/shapes.npy", &shapes) || tu_npy_load("tests/fixtures/prep/affines.npy", &affines) ||

@@ -11,7 +11,6 @@
      - the weight-decay selection rule and the frozen-last-layer rule.
    Prints the worst element of each comparison and "test_optim: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/npy.h"
 #include "tests/test_util.h"

@@ -2,7 +2,6 @@
    with a plausible volume, organs on the correct sides in RAS+ world coordinates, plausible HU
    per tissue, labels inside the body, bit-identical volumes for a seed and different ones for
    another, argument checks, and a NIfTI write / read round trip. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/test_util.h"
 

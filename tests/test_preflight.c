@@ -20,7 +20,7 @@
       crop that cannot meet its interval in some image size is named; feasible settings pass.
    5. The loader itself names the file's own size (24x24), not only its padded size, when an
       image admits no pair. */
-#define IOUPOS_IMPLEMENTATION
+
 #include "ioupos.h"
 #include "test_util.h"
 

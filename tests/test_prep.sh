@@ -2,7 +2,8 @@
 # tests/test_prep.sh — command-line checks for build/ioupos-prep on the real CT.
 # Usage: sh tests/test_prep.sh BUILD_DIR   (run by tests/run.sh from the repository root)
 # The CT comes from $IOUPOS_DATA (default ../shared/data); without it the data checks are
-# skipped (saying so) and only the command-line checks run.
+# skipped (saying so) and only the command-line checks run; with IOUPOS_REQUIRE_DATA=1 (CI) its
+# absence is a failure.
 # Prints "FAIL: ..." for each failed check, then "test_prep: N checks passed, M failed";
 # exits 1 if any check failed.
 
@@ -34,7 +35,11 @@ expect_error e_empty 1 "no .nii or .nii.gz files" --data_dir empty --output_dir 
 expect_error e_nodir 1 "cannot open folder" --data_dir no_such_dir --output_dir o
 
 if [ ! -d "$data/ct" ]; then
-  echo "SKIP real-CT checks of ioupos-prep: $data/ct not found (set IOUPOS_DATA)"
+  if [ "${IOUPOS_REQUIRE_DATA:-0}" = 1 ]; then
+    fail "real CT: $data/ct not found, and IOUPOS_REQUIRE_DATA=1 (CI): the real-CT checks must run (set IOUPOS_DATA)"
+  else
+    echo "SKIP real-CT checks of ioupos-prep: $data/ct not found (set IOUPOS_DATA)"
+  fi
   finish
 fi
 ct=$data/ct

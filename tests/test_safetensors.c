@@ -13,9 +13,7 @@
        .venv/bin/python tests/reference/safetensors_fixture.py --check build/st_out.safetensors
    - every corruption case gives IOUPOS_EFORMAT (or the right status) and a reason naming the
      problem and the tensor.
-   Build: cc -std=c99 -O2 -g -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L -I. \
-            -I/usr/include/stb tests/test_safetensors.c -o build/test_safetensors -lm -lpthread */
-#define IOUPOS_IMPLEMENTATION
+   Build: make build/test_safetensors (linked with the implementation, build/ioupos.o). */
 #include "ioupos.h"
 
 #include <math.h>

@@ -15,7 +15,6 @@
       shape, crop and interval; draw on an unusable sampler fails.
    5. Same seed, same pairs; RNG below() is uniform; split() is deterministic and independent.
    6. Box IoU on hand-computed cases. */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "test_util.h"
 

@@ -24,7 +24,6 @@
         ioupos_swinunetr_forward on one window where the image is one window; bad arguments.
    Prints the worst element of each comparison and "test_segeval: N checks passed, M failed";
    exits 1 on any failure. Run from the repository root (fixture paths are relative). */
-#define IOUPOS_IMPLEMENTATION
 #include "ioupos.h"
 #include "tests/npy.h"
 #include "tests/test_util.h"
@@ -36,6 +35,7 @@
 #define FD_SAMPLES 12
 
 #include "tests/fixture_util.h"
+#include "tests/fd_check.h"
 
 static int *ialloc(long n) { return (int *)(void *)talloc(n); }
 
@@ -51,7 +51,6 @@ static int has(const char *s, const char *sub) { return strstr(s, sub) != NULL; 
 
 /* ============================================================================================ */
 /* ---- 1. DiceCE ---- */
-static ioupos_rng fd_rng;
 static float *dc_x, *dc_p;
 static double *dc_st;
 static int *dc_t;
@@ -60,31 +59,6 @@ static long dc_S;
 static ioupos_dicece_opts dc_o;
 static double dc_fwd(void) {
   return ioupos_dicece_forward(dc_p, dc_st, dc_x, dc_t, dc_B, dc_K, dc_S, &dc_o);
-}
-
-static void fd_check(const char *label, float *p, const float *grad, long n, double h, double atol,
-                     double rtol) {
-  long k, worst_i = -1, bad = 0, tried = 0;
-  double worst_ex = -1e300, worst_fd = 0, worst_g = 0;
-  for (k = 0; k < (n < FD_SAMPLES ? n : FD_SAMPLES); ++k) {
-    long i = n <= FD_SAMPLES ? k : (long)ioupos_rng_below(&fd_rng, (uint64_t)n);
-    float v = p[i], vp = (float)(v + h), vm = (float)(v - h);
-    double lp, lm, fd, ex;
-    p[i] = vp;
-    lp = dc_fwd();
-    p[i] = vm;
-    lm = dc_fwd();
-    p[i] = v;
-    fd = (lp - lm) / ((double)vp - (double)vm);
-    ex = fabs(fd - grad[i]) - (atol + rtol * fabs(grad[i]));
-    ++tried;
-    if (!(ex <= 0)) ++bad;
-    if (ex > worst_ex || ex != ex) worst_ex = ex, worst_i = i, worst_fd = fd, worst_g = grad[i];
-  }
-  dc_fwd();
-  printf("  %-40s fd %ld samples, bad %ld, worst [%ld] fd %.10g vs analytic %.10g\n", label, tried,
-         bad, worst_i, worst_fd, worst_g);
-  CHECK(bad == 0, "%s: finite differences disagree at %ld elements", label, bad);
 }
 
 static void test_dicece(const char *c) {
@@ -140,7 +114,7 @@ static void test_dicece(const char *c) {
      with |L'''| <= ~1 (a softmax of O(1) logits over B S >= 12 voxels) gives <= 2e-7; the float
      perturbation x +- h is exact in the denominator; the analytic gradient uses the float prob
      (relative 6e-8). */
-  fd_check("dicece logits", dc_x, g1, n, 1e-3, 3e-7, 1e-4);
+  fd_check("dicece logits", dc_x, g1, n, fd_opts_make(dc_fwd, FD_SAMPLES, 1e-3, 3e-7, 1e-4));
 }
 
 static void test_dicece_args(void) {
@@ -226,7 +200,10 @@ static int sw_predict(void *vctx, float *in, int n, float *out) {
   if (x->ncalls < 256) x->calls[x->ncalls] = n;
   ++x->ncalls;
   if (x->fail_on_call > 0 && x->ncalls == x->fail_on_call) {
-    ioupos__fail(IOUPOS_EIO, "test predictor: disk on fire");
+    /* leave a reason, as a user's predictor can: a library call that fails ("test predictor:
+       disk on fire: not a PNG file ..."); ioupos_sliding_window must keep it */
+    ioupos_image im;
+    ioupos_image_load_memory(NULL, 0, "test predictor: disk on fire", &im);
     return IOUPOS_EIO;
   }
   for (j = 0; j < n; ++j) {
