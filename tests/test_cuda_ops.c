@@ -1,0 +1,890 @@
+/* tests/test_cuda_ops.c — every operation of the CUDA backend against the CPU backend, on the
+   same seeded inputs (the model of ggml's test-backend-ops).
+
+   Built two ways from this one file:
+     - `make test` (build/test_cuda_ops): linked with the HOST BUILD of ioupos_cuda.cu
+       (IOUPOS_CUDA_HOST: kernels as host loops, cuBLAS through the column-major reference of
+       tests/cuda_host/cublas_ref.h), so it runs on any machine;
+     - `make test-cuda` (build/test_cuda_ops_gpu, IOUPOS_TEST_CUDA_GPU): linked with the nvcc
+       object and cudart / cuBLAS; without a usable GPU it prints SKIP with the reason and exits 0.
+
+   For each case (an operation and a shape / NULL-pointer variant):
+     - every buffer is allocated through the backend with GUARD floats on each side, filled with
+       a NaN pattern no operation writes; after the call the guards must be intact (out-of-bounds
+       writes), inputs must be unchanged (bit for bit), and gradient outputs start from random
+       values, so that += accumulation is checked as well as the values;
+     - the case runs on the CPU backend, then twice on the CUDA backend: the two CUDA runs must
+       agree bit for bit (determinism), and each output must match the CPU's within the case's
+       tolerance |got - ref| <= atol + rtol |ref| (set beside each case, with its reason); a NaN
+       or an infinity where the other backend has none fails; the report gives the worst element,
+       the largest absolute and relative errors and the first element out of tolerance;
+     - scalar results (losses, norms) and statuses are compared the same way;
+     - an operation that the CUDA table leaves NULL is reported "unsupported": a skip, counted,
+       never a pass.
+   The host build also checks the backend's failure paths (no driver, no device, device out of
+   range, out of device memory at start-up and in alloc, errors reported by sync).
+   Exits 1 on any failure. */
+#define IOUPOS_IMPLEMENTATION
+#include "ioupos.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GUARD 64
+#define GUARD_BITS 0x7fa5a5a5u /* a quiet NaN with a payload that no operation produces */
+#define MAXB 32
+
+enum { IN, OUT, SCR }; /* input (unchanged), output (compared), scratch (guards only) */
+
+typedef struct {
+  char name[48];
+  int role, isint;
+  size_t n;
+  void *dev;        /* this pass's allocation: GUARD + n + GUARD 4-byte elements */
+  uint32_t *init;   /* initial values, n */
+  uint32_t *res[3]; /* values after the case, per pass */
+  double atol, rtol;
+} buf;
+
+typedef struct {
+  const char *name;
+  const ioupos_backend *be;
+  int pass, cur, nb, unsupported, has_ret;
+  uint64_t seed;
+  double atol, rtol;
+  double ret[3];
+  int status[3];
+  buf b[MAXB];
+} tc;
+
+static const ioupos_backend *cpu_be, *cuda_be;
+static int n_cases, n_unsupported;
+static char unsupported_list[4096];
+
+/* ---- seeded values ---- */
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+static uint64_t hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+  return h;
+}
+
+static uint32_t f2u(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+static float u2f(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* a buffer of the case on this pass's backend; its values: vals (n of them) or uniform in
+   [lo, hi] from the case's seed (the same on every pass) */
+static void *mk(tc *t, const char *name, int role, int isint, size_t n, const void *vals,
+                float lo, float hi) {
+  buf *b;
+  uint32_t *h;
+  size_t i, bytes = (n + 2 * GUARD) * 4;
+  if (t->cur >= MAXB) {
+    printf("test_cuda_ops: too many buffers in %s\n", t->name);
+    exit(2);
+  }
+  b = &t->b[t->cur++];
+  if (t->pass == 0) {
+    uint64_t s = t->seed ^ (0x51ED27ull * (uint64_t)t->cur);
+    snprintf(b->name, sizeof b->name, "%s", name);
+    b->role = role, b->isint = isint, b->n = n;
+    b->atol = t->atol, b->rtol = t->rtol;
+    b->init = (uint32_t *)malloc((n ? n : 1) * 4);
+    if (vals) memcpy(b->init, vals, n * 4);
+    else
+      for (i = 0; i < n; ++i)
+        b->init[i] = f2u(lo + (hi - lo) * (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)));
+    t->nb = t->cur;
+  } else if (strcmp(b->name, name) != 0 || b->n != n) {
+    printf("test_cuda_ops: %s: buffer %d differs between passes (a bug of the test)\n", t->name,
+           t->cur - 1);
+    exit(2);
+  }
+  h = (uint32_t *)malloc(bytes);
+  for (i = 0; i < GUARD; ++i) h[i] = h[GUARD + n + i] = GUARD_BITS;
+  memcpy(h + GUARD, b->init, n * 4);
+  b->dev = t->be->alloc(bytes);
+  if (!b->dev) {
+    printf("test_cuda_ops: %s: alloc of %zu bytes failed: %s\n", t->name, bytes,
+           ioupos_failure_reason());
+    exit(2);
+  }
+  t->be->upload(b->dev, h, bytes);
+  free(h);
+  return (uint32_t *)b->dev + GUARD;
+}
+
+#define F(name, role, n, lo, hi) ((float *)mk(t, name, role, 0, (size_t)(n), NULL, lo, hi))
+#define FV(name, role, n, vals) ((float *)mk(t, name, role, 0, (size_t)(n), vals, 0.0f, 0.0f))
+#define IV(name, n, vals) ((int *)mk(t, name, IN, 1, (size_t)(n), vals, 0.0f, 0.0f))
+/* the host values of the buffer made last */
+#define HOST() ((const float *)t->b[t->cur - 1].init)
+/* the tolerance of the buffer made last (default: the case's) */
+#define TOL(a, r) (t->b[t->cur - 1].atol = (a), t->b[t->cur - 1].rtol = (r))
+#define NEED(op)               \
+  do {                         \
+    if (!t->be->op) {          \
+      t->unsupported = 1;      \
+      return;                  \
+    }                          \
+  } while (0)
+#define RET(x) (t->ret[t->pass] = (double)(x), t->has_ret = 1)
+#define ST(x) (t->status[t->pass] = (x))
+
+/* ---- comparison ---- */
+typedef struct {
+  double max_abs, max_rel, worst_ratio;
+  size_t worst, first_bad, n_bad;
+} cmp_stats;
+
+static cmp_stats compare(const uint32_t *ref, const uint32_t *got, size_t n, int isint,
+                         double atol, double rtol) {
+  cmp_stats s;
+  size_t i;
+  memset(&s, 0, sizeof s);
+  s.first_bad = (size_t)-1;
+  for (i = 0; i < n; ++i) {
+    int bad;
+    double r, g, e, ratio;
+    if (isint) {
+      bad = ref[i] != got[i];
+      e = bad ? 1.0 : 0.0;
+      ratio = e;
+      r = 1.0;
+    } else {
+      r = u2f(ref[i]), g = u2f(got[i]);
+      if (isnan(r) || isnan(g) || isinf(r) || isinf(g)) {
+        bad = !((isnan(r) && isnan(g)) || (isinf(r) && isinf(g) && (r > 0) == (g > 0)));
+        e = bad ? INFINITY : 0.0;
+        ratio = e;
+      } else {
+        e = fabs(g - r);
+        ratio = e == 0.0 ? 0.0 : e / (atol + rtol * fabs(r));
+        bad = e > atol + rtol * fabs(r);
+      }
+    }
+    if (e > s.max_abs) s.max_abs = e;
+    if (!isint && fabs(r) > 0 && e / fabs(r) > s.max_rel) s.max_rel = e / fabs(r);
+    if (ratio > s.worst_ratio || i == 0) s.worst_ratio = ratio, s.worst = i;
+    if (bad) {
+      if (s.first_bad == (size_t)-1) s.first_bad = i;
+      ++s.n_bad;
+    }
+  }
+  return s;
+}
+
+static void report(const tc *t, const char *what, const uint32_t *ref, const uint32_t *got,
+                   size_t n, int isint, double atol, double rtol) {
+  cmp_stats s = compare(ref, got, n, isint, atol, rtol);
+  CHECK(s.n_bad == 0, "%s.%s: %zu of %zu elements out of tolerance (atol %.1e, rtol %.1e); first "
+        "bad [%zu] cpu %.9g cuda %.9g; max abs err %.3e, max rel err %.3e", t->name, what,
+        s.n_bad, n, atol, rtol, s.first_bad,
+        s.first_bad < n ? (isint ? (double)(int32_t)ref[s.first_bad] : (double)u2f(ref[s.first_bad])) : 0.0,
+        s.first_bad < n ? (isint ? (double)(int32_t)got[s.first_bad] : (double)u2f(got[s.first_bad])) : 0.0,
+        s.max_abs, s.max_rel);
+  if (s.n_bad == 0 && n > 0)
+    printf("  %-44s n %-7zu max abs %.2e  max rel %.2e  worst [%zu] %.3f of tol\n", what, n,
+           s.max_abs, s.max_rel, s.worst, s.worst_ratio);
+}
+
+/* runs the case on the CPU, then twice on the CUDA backend, and compares */
+static void run_case(const char *name, void (*fn)(tc *), double atol, double rtol) {
+  tc *t = (tc *)calloc(1, sizeof(tc));
+  int pass, i;
+  t->name = name;
+  t->seed = hash_str(name);
+  t->atol = atol, t->rtol = rtol;
+  ++n_cases;
+  printf("%s (atol %.1e, rtol %.1e)\n", name, atol, rtol);
+  for (pass = 0; pass < 3; ++pass) {
+    int st;
+    t->pass = pass;
+    t->be = pass ? cuda_be : cpu_be;
+    t->cur = 0;
+    fn(t);
+    st = t->be->sync();
+    CHECK(st == 0, "%s: pass %d: sync returned %d (%s)", name, pass, st, ioupos_failure_reason());
+    for (i = 0; i < t->cur; ++i) {
+      buf *b = &t->b[i];
+      size_t k, bytes = (b->n + 2 * GUARD) * 4;
+      uint32_t *h = (uint32_t *)malloc(bytes);
+      int guards_ok = 1;
+      t->be->download(h, b->dev, bytes);
+      t->be->release(b->dev);
+      for (k = 0; k < GUARD; ++k)
+        if (h[k] != GUARD_BITS || h[GUARD + b->n + k] != GUARD_BITS) guards_ok = 0;
+      CHECK(guards_ok, "%s: pass %d (%s): a write outside buffer %s (guard bytes changed)", name,
+            pass, pass ? "cuda" : "cpu", b->name);
+      b->res[pass] = (uint32_t *)malloc((b->n ? b->n : 1) * 4);
+      memcpy(b->res[pass], h + GUARD, b->n * 4);
+      free(h);
+      if (b->role == IN)
+        CHECK(memcmp(b->res[pass], b->init, b->n * 4) == 0, "%s: pass %d (%s): input %s changed",
+              name, pass, pass ? "cuda" : "cpu", b->name);
+    }
+    if (t->unsupported) break;
+  }
+  if (t->unsupported) {
+    printf("  unsupported by the CUDA backend (skipped)\n");
+    ++n_unsupported;
+    if (strlen(unsupported_list) + strlen(name) + 3 < sizeof unsupported_list) {
+      if (unsupported_list[0]) strcat(unsupported_list, ", ");
+      strcat(unsupported_list, name);
+    }
+  } else {
+    for (pass = 0; pass < 3; ++pass)
+      CHECK(t->status[pass] == 0, "%s: pass %d returned status %d (%s)", name, pass,
+            t->status[pass], ioupos_failure_reason());
+    for (i = 0; i < t->nb; ++i) {
+      buf *b = &t->b[i];
+      if (b->role != OUT) continue;
+      report(t, b->name, b->res[0], b->res[1], b->n, b->isint, b->atol, b->rtol);
+      CHECK(memcmp(b->res[1], b->res[2], b->n * 4) == 0,
+            "%s.%s: two CUDA runs differ (not deterministic)", name, b->name);
+    }
+    if (t->has_ret) {
+      double r = t->ret[0], g = t->ret[1];
+      int bad = (isnan(r) != isnan(g)) || (!isnan(r) && !(fabs(g - r) <= atol + rtol * fabs(r)));
+      CHECK(!bad, "%s: returned value cpu %.17g cuda %.17g (atol %.1e, rtol %.1e)", name, r, g,
+            atol, rtol);
+      CHECK(memcmp(&t->ret[1], &t->ret[2], sizeof(double)) == 0,
+            "%s: returned values of two CUDA runs differ: %.17g %.17g", name, t->ret[1],
+            t->ret[2]);
+      if (!bad) printf("  %-44s cpu %.10g cuda %.10g (abs err %.2e)\n", "returned", r, g,
+                       fabs(g - r));
+    }
+  }
+  for (i = 0; i < t->nb; ++i) {
+    free(t->b[i].init);
+    for (pass = 0; pass < 3; ++pass) free(t->b[i].res[pass]);
+  }
+  free(t);
+}
+
+/* host-side helpers for cases whose inputs must be consistent (saved statistics, activations) */
+static float *hmalloc(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
+
+/* ---- tolerances ----
+   GEMM_TOL(K): outputs of float matrix products with K-term sums of values in [-1, 1] (inputs
+     in [-1, 1] or O(1)): cuBLAS and ioupos_gemm sum in different orders (and cuBLAS may split K),
+     each rounding adds < 2^-24 of the partial sum; 1e-6 K absolute covers K roundings of sums up
+     to ~16 with room, while a wrong index, transpose or leading dimension gives O(0.1) errors.
+   ROW_TOL: element-wise and reduction kernels computed in double and rounded once to float (as
+     the CPU): at most one float ulp apart (different summation order in double, or the device's
+     double exp / erf / log within 2 double ulps); 3e-7 relative is 2.5 ulps, 1e-7 absolute
+     covers results that are differences of nearly equal O(1) terms.
+   EXACT: the same float operations in the same order (optimiser steps with explicit fmaf and
+     round-to-nearest intrinsics, copies, gathers): bit for bit. */
+#define GEMM_TOL(K) (1e-6 * (K) + 1e-6)
+#define ROW_ATOL 1e-7
+#define ROW_RTOL 3e-7
+
+/* =============================================================================================
+   Section 11
+   ============================================================================================= */
+
+static void c_linear_fwd_bias(tc *t) {
+  int N = 300, C = 37, OC = 19;
+  NEED(linear_forward);
+  {
+    float *out = F("out", OUT, N * OC, -1, 1), *inp = F("inp", IN, N * C, -1, 1);
+    float *w = F("weight", IN, OC * C, -1, 1), *b = F("bias", IN, OC, -1, 1);
+    ST(t->be->linear_forward(out, inp, w, b, N, C, OC));
+  }
+}
+static void c_linear_fwd_nobias(tc *t) {
+  int N = 7, C = 1, OC = 300;
+  NEED(linear_forward);
+  {
+    float *out = F("out", OUT, N * OC, -1, 1), *inp = F("inp", IN, N * C, -1, 1);
+    float *w = F("weight", IN, OC * C, -1, 1);
+    ST(t->be->linear_forward(out, inp, w, NULL, N, C, OC));
+  }
+}
+static void c_linear_bwd_all(tc *t) {
+  int N = 300, C = 37, OC = 19;
+  NEED(linear_backward);
+  {
+    float *dinp = F("dinp", OUT, N * C, -1, 1), *dw = F("dweight", OUT, OC * C, -1, 1);
+    float *db = F("dbias", OUT, OC, -1, 1), *dout = F("dout", IN, N * OC, -1, 1);
+    float *inp = F("inp", IN, N * C, -1, 1), *w = F("weight", IN, OC * C, -1, 1);
+    ST(t->be->linear_backward(dinp, dw, db, dout, inp, w, N, C, OC));
+  }
+}
+static void c_linear_bwd_some(tc *t) { /* dinp NULL; dweight only, then dbias only */
+  int N = 530, C = 5, OC = 3;
+  NEED(linear_backward);
+  {
+    float *dw = F("dweight", OUT, OC * C, -1, 1), *db = F("dbias", OUT, OC, -1, 1);
+    float *dout = F("dout", IN, N * OC, -1, 1), *inp = F("inp", IN, N * C, -1, 1);
+    float *w = F("weight", IN, OC * C, -1, 1);
+    ST(t->be->linear_backward(NULL, dw, NULL, dout, inp, w, N, C, OC));
+    if (!t->status[t->pass]) ST(t->be->linear_backward(NULL, NULL, db, dout, inp, w, N, C, OC));
+  }
+}
+
+static void ln_case(tc *t, int N, int C, int affine) {
+  float *out = F("out", OUT, N * C, -1, 1), *mean = F("mean", OUT, N, -1, 1);
+  float *rstd = F("rstd", OUT, N, -1, 1), *inp = F("inp", IN, N * C, -3, 2);
+  float *w = affine ? F("weight", IN, C, -2, 2) : NULL, *b = affine ? F("bias", IN, C, -1, 1) : NULL;
+  t->be->layernorm_forward(out, mean, rstd, inp, w, b, N, C, 1e-5f);
+}
+static void c_ln_fwd(tc *t) {
+  NEED(layernorm_forward);
+  ln_case(t, 70, 37, 1);
+}
+static void c_ln_fwd_wide(tc *t) {
+  NEED(layernorm_forward);
+  ln_case(t, 9, 300, 1);
+}
+static void c_ln_fwd_plain(tc *t) {
+  NEED(layernorm_forward);
+  ln_case(t, 33, 16, 0);
+}
+
+static void ln_bwd_case(tc *t, int N, int C, int affine, int with_dinp) {
+  float *hm = hmalloc(N), *hr = hmalloc(N), *ho = hmalloc((size_t)N * C);
+  float *inp, *w = NULL, *mean, *rstd, *dinp, *dw, *db, *dout;
+  inp = F("inp", IN, N * C, -3, 2);
+  ioupos_layernorm_forward(ho, hm, hr, HOST(), NULL, NULL, N, C, 1e-5f);
+  if (affine) w = F("weight", IN, C, -2, 2);
+  mean = FV("mean", IN, N, hm);
+  rstd = FV("rstd", IN, N, hr);
+  dout = F("dout", IN, N * C, -1, 1);
+  dinp = with_dinp ? F("dinp", OUT, N * C, -1, 1) : NULL;
+  dw = affine ? F("dweight", OUT, C, -1, 1) : NULL;
+  db = affine ? F("dbias", OUT, C, -1, 1) : NULL;
+  t->be->layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+  free(hm), free(hr), free(ho);
+}
+static void c_ln_bwd(tc *t) {
+  NEED(layernorm_backward);
+  ln_bwd_case(t, 300, 37, 1, 1);
+}
+static void c_ln_bwd_params(tc *t) {
+  NEED(layernorm_backward);
+  ln_bwd_case(t, 520, 200, 1, 0);
+}
+static void c_ln_bwd_plain(tc *t) {
+  NEED(layernorm_backward);
+  ln_bwd_case(t, 40, 24, 0, 1);
+}
+
+static void c_gelu_fwd(tc *t) {
+  NEED(gelu_forward);
+  {
+    float *out = F("out", OUT, 3000, -1, 1), *inp = F("inp", IN, 3000, -7, 7);
+    t->be->gelu_forward(out, inp, 3000);
+  }
+}
+static void c_gelu_bwd(tc *t) {
+  NEED(gelu_backward);
+  {
+    float *dinp = F("dinp", OUT, 3000, -1, 1), *inp = F("inp", IN, 3000, -7, 7);
+    float *dout = F("dout", IN, 3000, -2, 2);
+    t->be->gelu_backward(dinp, inp, dout, 3000);
+  }
+}
+
+static void c_relu(tc *t) {
+  float x[600];
+  int i;
+  NEED(relu_forward);
+  NEED(relu_backward);
+  for (i = 0; i < 600; ++i) x[i] = i % 7 == 0 ? 0.0f : (float)((i * 37) % 101 - 50) / 25.0f;
+  x[1] = -0.0f;
+  {
+    float *out = F("out", OUT, 600, -1, 1), *inp = FV("inp", IN, 600, x);
+    float *dinp = F("dinp", OUT, 600, -1, 1), *dout = F("dout", IN, 600, -1, 1);
+    t->be->relu_forward(out, inp, 600);
+    t->be->relu_backward(dinp, inp, dout, 600);
+  }
+}
+
+static void c_l2norm(tc *t) {
+  int N = 20, C = 150, i;
+  float *x = hmalloc((size_t)N * C), *y = hmalloc((size_t)N * C), *d = hmalloc(N);
+  NEED(l2norm_forward);
+  NEED(l2norm_backward);
+  for (i = 0; i < N * C; ++i) x[i] = (float)sin(0.37 * i);
+  for (i = 0; i < C; ++i) x[3 * C + i] = 0.0f;   /* a zero row: the clamp */
+  for (i = 0; i < C; ++i) x[5 * C + i] = 1e-15f; /* norm below eps */
+  ioupos_l2norm_forward(y, d, x, N, C, 1e-12f);
+  {
+    float *out = F("out", OUT, N * C, -1, 1), *den = F("denom", OUT, N, -1, 1);
+    float *inp = FV("inp", IN, N * C, x), *dinp = F("dinp", OUT, N * C, -1, 1);
+    float *yo = FV("y (cpu)", IN, N * C, y), *dd = FV("denom (cpu)", IN, N, d);
+    float *dout = F("dout", IN, N * C, -1, 1);
+    t->be->l2norm_forward(out, den, inp, N, C, 1e-12f);
+    t->be->l2norm_backward(dinp, yo, dd, dout, N, C, 1e-12f);
+  }
+  free(x), free(y), free(d);
+}
+
+static void c_avgpool(tc *t) {
+  int B = 3, T = 49, C = 40;
+  NEED(avgpool_forward);
+  NEED(avgpool_backward);
+  {
+    float *out = F("out", OUT, B * C, -1, 1), *inp = F("inp", IN, B * T * C, -2, 2);
+    float *dinp = F("dinp", OUT, B * T * C, -1, 1), *dout = F("dout", IN, B * C, -1, 1);
+    t->be->avgpool_forward(out, inp, B, T, C);
+    t->be->avgpool_backward(dinp, dout, B, T, C);
+  }
+}
+
+static void c_bn_train(tc *t) {
+  int N = 33, C = 150;
+  float *hm = hmalloc(C), *hr = hmalloc(C), *ho = hmalloc((size_t)N * C);
+  NEED(batchnorm_forward_train);
+  NEED(batchnorm_backward_train);
+  {
+    float *out = F("out", OUT, N * C, -1, 1), *mean = F("mean", OUT, C, -1, 1);
+    float *rstd = F("rstd", OUT, C, -1, 1), *rm = F("running_mean", OUT, C, -1, 1);
+    float *rv = F("running_var", OUT, C, 0.5f, 2), *inp = F("inp", IN, N * C, -2, 3);
+    const float *hinp = HOST();
+    float *w = F("weight", IN, C, -2, 2), *b = F("bias", IN, C, -1, 1), *m2, *r2;
+    float *dinp = F("dinp", OUT, N * C, -1, 1), *dw = F("dweight", OUT, C, -1, 1);
+    float *db = F("dbias", OUT, C, -1, 1), *dout = F("dout", IN, N * C, -1, 1);
+    float *out2 = F("out (no affine, no running)", OUT, N * C, -1, 1);
+    ioupos_batchnorm_forward_train(ho, hm, hr, NULL, NULL, hinp, NULL, NULL, N, C, 0.1f, 1e-5f);
+    m2 = FV("mean (cpu)", IN, C, hm);
+    r2 = FV("rstd (cpu)", IN, C, hr);
+    t->be->batchnorm_forward_train(out, mean, rstd, rm, rv, inp, w, b, N, C, 0.1f, 1e-5f);
+    t->be->batchnorm_forward_train(out2, mean, rstd, NULL, NULL, inp, NULL, NULL, N, C, 0.1f,
+                                   1e-5f);
+    t->be->batchnorm_backward_train(dinp, dw, db, dout, inp, w, m2, r2, N, C);
+  }
+  free(hm), free(hr), free(ho);
+}
+
+static void c_bn_eval(tc *t) {
+  int N = 17, C = 70;
+  NEED(batchnorm_forward_eval);
+  NEED(batchnorm_backward_eval);
+  {
+    float *out = F("out", OUT, N * C, -1, 1), *inp = F("inp", IN, N * C, -2, 3);
+    float *rm = F("running_mean", IN, C, -1, 1), *rv = F("running_var", IN, C, 0.2f, 3);
+    float *w = F("weight", IN, C, -2, 2), *b = F("bias", IN, C, -1, 1);
+    float *dinp = F("dinp", OUT, N * C, -1, 1), *dw = F("dweight", OUT, C, -1, 1);
+    float *db = F("dbias", OUT, C, -1, 1), *dout = F("dout", IN, N * C, -1, 1);
+    float *dinp2 = F("dinp (no weight)", OUT, N * C, -1, 1);
+    t->be->batchnorm_forward_eval(out, inp, rm, rv, w, b, N, C, 1e-5f);
+    t->be->batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, 1e-5f);
+    t->be->batchnorm_backward_eval(dinp2, NULL, NULL, dout, inp, rm, rv, NULL, N, C, 1e-5f);
+  }
+}
+
+static void pe_case(tc *t, int dims, int B, int Cin, const int *shape, int p, int Cout, int bias) {
+  int k, g = 1, S = 1;
+  size_t M, K, colsz = ioupos_patch_embed_col_size(dims, B, Cin, shape, p);
+  float *hcol = hmalloc(colsz), *hout;
+  for (k = 0; k < dims; ++k) g *= (shape[k] + p - 1) / p, S *= shape[k];
+  M = (size_t)B * g;
+  K = colsz / M;
+  hout = hmalloc(M * Cout);
+  {
+    float *out = F("out", OUT, M * Cout, -1, 1), *col = F("col", OUT, colsz, -1, 1);
+    float *inp = F("inp", IN, (size_t)B * Cin * S, -1, 1);
+    const float *hinp = HOST();
+    float *w = F("weight", IN, (size_t)Cout * K, -1, 1), *hw = (float *)HOST();
+    float *b = bias ? F("bias", IN, Cout, -1, 1) : NULL;
+    float *dinp = F("dinp", OUT, (size_t)B * Cin * S, -1, 1), *dw = F("dweight", OUT, Cout * K, -1, 1);
+    float *db = bias ? F("dbias", OUT, Cout, -1, 1) : NULL, *scr = F("scratch", SCR, colsz, 0, 0);
+    float *dout = F("dout", IN, M * Cout, -1, 1), *c2;
+    ioupos_patch_embed_forward(hout, hcol, hinp, hw, NULL, dims, B, Cin, shape, p, Cout);
+    c2 = FV("col (cpu)", IN, colsz, hcol);
+    ST(t->be->patch_embed_forward(out, col, inp, w, b, dims, B, Cin, shape, p, Cout));
+    if (!t->status[t->pass])
+      ST(t->be->patch_embed_backward(dinp, dw, db, scr, dout, c2, w, dims, B, Cin, shape, p, Cout));
+  }
+  free(hcol), free(hout);
+}
+static void c_pe_2d(tc *t) {
+  int shape[2] = {10, 9};
+  NEED(patch_embed_forward);
+  NEED(patch_embed_backward);
+  pe_case(t, 2, 2, 2, shape, 4, 5, 1);
+}
+static void c_pe_3d(tc *t) {
+  int shape[3] = {5, 6, 4};
+  NEED(patch_embed_forward);
+  NEED(patch_embed_backward);
+  pe_case(t, 3, 2, 1, shape, 2, 6, 0);
+}
+
+static void pm_case(tc *t, int dims, int B, const int *shape, int C, int with_dinp) {
+  int k, S = 1, nq = dims == 3 ? 8 : 4, Kd = nq * C;
+  size_t M = (size_t)B;
+  float *hcat, *hln, *hm, *hr, *ho;
+  for (k = 0; k < dims; ++k) M *= (size_t)(shape[k] + 1) / 2, S *= shape[k];
+  hcat = hmalloc(M * Kd), hln = hmalloc(M * Kd), hm = hmalloc(M), hr = hmalloc(M);
+  ho = hmalloc(M * 2 * C);
+  {
+    float *out = F("out", OUT, M * 2 * C, -1, 1), *cat = F("cat", OUT, M * Kd, -1, 1);
+    float *ln = F("lnout", OUT, M * Kd, -1, 1), *mean = F("mean", OUT, M, -1, 1);
+    float *rstd = F("rstd", OUT, M, -1, 1), *inp = F("inp", IN, (size_t)B * S * C, -2, 2);
+    const float *hinp = HOST();
+    float *lw = F("ln_w", IN, Kd, 0.5f, 1.5f), *hlw = (float *)HOST();
+    float *lb = F("ln_b", IN, Kd, -0.5f, 0.5f), *hlb = (float *)HOST();
+    float *rw = F("red_w", IN, 2 * C * Kd, -1, 1), *hrw = (float *)HOST();
+    float *dinp = with_dinp ? F("dinp", OUT, (size_t)B * S * C, -1, 1) : NULL;
+    float *dlw = F("dln_w", OUT, Kd, -1, 1), *dlb = F("dln_b", OUT, Kd, -1, 1);
+    float *drw = F("dred_w", OUT, 2 * C * Kd, -1, 1), *scr = F("scratch", SCR, 2 * M * Kd, 0, 0);
+    float *dout = F("dout", IN, M * 2 * C, -1, 1), *c2, *l2, *m2, *r2;
+    ioupos_patch_merging_forward(ho, hcat, hln, hm, hr, hinp, hlw, hlb, hrw, dims, B, shape, C);
+    c2 = FV("cat (cpu)", IN, M * Kd, hcat);
+    l2 = FV("lnout (cpu)", IN, M * Kd, hln);
+    m2 = FV("mean (cpu)", IN, M, hm);
+    r2 = FV("rstd (cpu)", IN, M, hr);
+    ST(t->be->patch_merging_forward(out, cat, ln, mean, rstd, inp, lw, lb, rw, dims, B, shape, C));
+    if (!t->status[t->pass])
+      ST(t->be->patch_merging_backward(dinp, dlw, dlb, drw, scr, dout, c2, l2, m2, r2, lw, rw, dims,
+                                       B, shape, C));
+  }
+  free(hcat), free(hln), free(hm), free(hr), free(ho);
+}
+static void c_pm_2d(tc *t) {
+  int shape[2] = {5, 6};
+  NEED(patch_merging_forward);
+  NEED(patch_merging_backward);
+  pm_case(t, 2, 2, shape, 3, 1);
+}
+static void c_pm_3d(tc *t) {
+  int shape[3] = {3, 4, 5};
+  NEED(patch_merging_forward);
+  NEED(patch_merging_backward);
+  pm_case(t, 3, 1, shape, 2, 1);
+}
+static void c_pm_2d_nodinp(tc *t) {
+  int shape[2] = {4, 4};
+  NEED(patch_merging_forward);
+  NEED(patch_merging_backward);
+  pm_case(t, 2, 3, shape, 4, 0);
+}
+
+static void c_residual(tc *t) {
+  int B = 3;
+  size_t S = 5000;
+  float mask[3] = {1.25f, 0.0f, 1.25f};
+  NEED(residual_forward);
+  NEED(residual_backward);
+  {
+    float *out = F("out (mask)", OUT, B * S, -1, 1), *out2 = F("out (no mask)", OUT, B * S, -1, 1);
+    float *x = F("x", IN, B * S, -1, 1), *y = F("y", IN, B * S, -1, 1);
+    float *m = FV("mask", IN, B, mask);
+    float *dy = F("dy (mask)", OUT, B * S, -1, 1), *dy2 = F("dy (no mask)", OUT, B * S, -1, 1);
+    float *dout = F("dout", IN, B * S, -1, 1);
+    t->be->residual_forward(out, x, y, m, B, S);
+    t->be->residual_forward(out2, x, y, NULL, B, S);
+    t->be->residual_backward(dy, dout, m, B, S);
+    t->be->residual_backward(dy2, dout, NULL, 1, B * S);
+  }
+}
+
+static void mlp_case(tc *t, int N, int C, int Hd, int keep_act) {
+  float *hpre = hmalloc((size_t)N * Hd), *hact = hmalloc((size_t)N * Hd), *hout = hmalloc((size_t)N * C);
+  {
+    float *out = F("out", OUT, N * C, -1, 1), *pre = F("h_pre", OUT, N * Hd, -1, 1);
+    float *act = F("h_act", OUT, N * Hd, -1, 1), *inp = F("inp", IN, N * C, -1, 1);
+    const float *hinp = HOST();
+    float *w1 = F("w1", IN, Hd * C, -1, 1), *hw1 = (float *)HOST();
+    float *b1 = F("b1", IN, Hd, -1, 1), *hb1 = (float *)HOST();
+    float *w2 = F("w2", IN, C * Hd, -0.5f, 0.5f), *hw2 = (float *)HOST();
+    float *b2 = F("b2", IN, C, -1, 1), *hb2 = (float *)HOST();
+    float *dinp = F("dinp", OUT, N * C, -1, 1), *dw1 = F("dw1", OUT, Hd * C, -1, 1);
+    float *db1 = F("db1", OUT, Hd, -1, 1), *dw2 = F("dw2", OUT, C * Hd, -1, 1);
+    float *db2 = F("db2", OUT, C, -1, 1), *dout = F("dout", IN, N * C, -1, 1);
+    float *scr = F("scratch", SCR, (keep_act ? 1 : 2) * N * Hd, 0, 0), *p2, *a2;
+    ioupos_mlp_forward(hout, hpre, hact, hinp, hw1, hb1, hw2, hb2, N, C, Hd);
+    p2 = FV("h_pre (cpu)", IN, N * Hd, hpre);
+    a2 = keep_act ? FV("h_act (cpu)", IN, N * Hd, hact) : NULL;
+    ST(t->be->mlp_forward(out, pre, act, inp, w1, b1, w2, b2, N, C, Hd));
+    if (!t->status[t->pass])
+      ST(t->be->mlp_backward(dinp, dw1, db1, dw2, db2, scr, dout, inp, p2, a2, w1, w2, N, C, Hd));
+  }
+  free(hpre), free(hact), free(hout);
+}
+static void c_mlp(tc *t) {
+  NEED(mlp_forward);
+  NEED(mlp_backward);
+  mlp_case(t, 270, 12, 48, 1);
+}
+static void c_mlp_recompute(tc *t) {
+  NEED(mlp_forward);
+  NEED(mlp_backward);
+  mlp_case(t, 50, 8, 32, 0);
+}
+
+/* =============================================================================================
+   Section 12
+   ============================================================================================= */
+
+static void swin_case(tc *t, int nd, int batch, const int *size, const int *window,
+                      const int *shift, int C, int NH) {
+  ioupos_swin_geom g;
+  size_t nx, na, ns, nm;
+  int rows, d;
+  int *hidx;
+  float *hmask, *hacts, *hscr, *hout;
+  if (ioupos_swin_geom_init(&g, nd, batch, size, window, shift) != 0) {
+    printf("test_cuda_ops: %s: bad geometry (a bug of the test)\n", t->name);
+    exit(2);
+  }
+  nx = (size_t)batch * C;
+  for (d = 0; d < nd; ++d) nx *= (size_t)size[d];
+  na = ioupos_swin_attention_acts_size(&g, C, NH);
+  ns = ioupos_swin_attention_scratch_size(&g, C, NH);
+  nm = (size_t)g.nwin * g.ntok * g.ntok;
+  rows = ioupos_swin_table_rows(&g);
+  hidx = (int *)calloc((size_t)g.ntok * g.ntok, sizeof(int));
+  hmask = hmalloc(nm), hacts = hmalloc(na), hscr = hmalloc(ns), hout = hmalloc(nx);
+  ioupos_swin_relative_index(hidx, &g);
+  if (g.shifted) ioupos_swin_attn_mask(hmask, &g);
+  {
+    float *out = F("out", OUT, nx, -1, 1), *acts = F("acts", OUT, na, -1, 1);
+    float *scr = F("scratch", SCR, ns, 0, 0), *x = F("x", IN, nx, -1, 1);
+    const float *hx = HOST();
+    float *qw = F("qkv_w", IN, 3 * C * C, -0.5f, 0.5f), *hqw = (float *)HOST();
+    float *qb = F("qkv_b", IN, 3 * C, -0.5f, 0.5f), *hqb = (float *)HOST();
+    float *pw = F("proj_w", IN, C * C, -0.5f, 0.5f), *hpw = (float *)HOST();
+    float *pb = F("proj_b", IN, C, -0.5f, 0.5f), *hpb = (float *)HOST();
+    float *tab = F("table", IN, rows * NH, -1, 1), *htab = (float *)HOST();
+    int *idx = IV("index", g.ntok * g.ntok, hidx);
+    float *mask = g.shifted ? FV("mask", IN, nm, hmask) : NULL;
+    float *dx = F("dx", OUT, nx, -1, 1), *dqw = F("dqkv_w", OUT, 3 * C * C, -1, 1);
+    float *dqb = F("dqkv_b", OUT, 3 * C, -1, 1), *dpw = F("dproj_w", OUT, C * C, -1, 1);
+    float *dpb = F("dproj_b", OUT, C, -1, 1), *dtab = F("dtable", OUT, rows * NH, -1, 1);
+    float *dout = F("dout", IN, nx, -1, 1), *a2;
+    ioupos_swin_attention_forward(hout, hacts, hscr, hx, hqw, hqb, hpw, hpb, htab, hidx,
+                                  g.shifted ? hmask : NULL, &g, C, NH);
+    a2 = FV("acts (cpu)", IN, na, hacts);
+    ST(t->be->swin_attention_forward(out, acts, scr, x, qw, qb, pw, pb, tab, idx, mask, &g, C, NH));
+    if (!t->status[t->pass])
+      ST(t->be->swin_attention_backward(dx, dqw, dqb, dpw, dpb, dtab, scr, dout, a2, qw, pw, idx, &g,
+                                        C, NH));
+  }
+  free(hidx), free(hmask), free(hacts), free(hscr), free(hout);
+}
+static void c_swin_2d_shift(tc *t) {
+  int size[2] = {6, 6}, win[2] = {3, 3}, sh[2] = {1, 1};
+  NEED(swin_attention_forward);
+  NEED(swin_attention_backward);
+  swin_case(t, 2, 2, size, win, sh, 8, 2);
+}
+static void c_swin_2d_pad(tc *t) {
+  int size[2] = {5, 7}, win[2] = {3, 3};
+  NEED(swin_attention_forward);
+  NEED(swin_attention_backward);
+  swin_case(t, 2, 1, size, win, NULL, 6, 3);
+}
+static void c_swin_3d_shift(tc *t) {
+  int size[3] = {4, 4, 3}, win[3] = {2, 2, 2}, sh[3] = {1, 1, 1};
+  NEED(swin_attention_forward);
+  NEED(swin_attention_backward);
+  swin_case(t, 3, 1, size, win, sh, 4, 1);
+}
+static void c_swin_2d_small_map(tc *t) { /* window shrinks on axis 0: the index's [:n, :n] */
+  int size[2] = {2, 5}, win[2] = {3, 3}, sh[2] = {1, 1};
+  NEED(swin_attention_forward);
+  NEED(swin_attention_backward);
+  swin_case(t, 2, 2, size, win, sh, 4, 2);
+}
+static void c_swin_2d_swin(tc *t) { /* Swin's own shape: 49 tokens, head dim 16, shift 3 */
+  int size[2] = {7, 14}, win[2] = {7, 7}, sh[2] = {3, 3};
+  NEED(swin_attention_forward);
+  NEED(swin_attention_backward);
+  swin_case(t, 2, 1, size, win, sh, 32, 2);
+}
+
+/* =============================================================================================
+   Memory operations and failure paths
+   ============================================================================================= */
+
+static void test_memory(void) {
+  const ioupos_backend *be = cuda_be;
+  size_t n = 1000, i;
+  unsigned char *h = (unsigned char *)malloc(n), *g = (unsigned char *)malloc(n);
+  unsigned char *a = (unsigned char *)be->alloc(n), *b = (unsigned char *)be->alloc(n);
+  void *z = be->alloc(0);
+  int zeros = 1, same = 1;
+  printf("memory operations\n");
+  CHECK(a && b && z, "alloc returned NULL: %s", ioupos_failure_reason());
+  if (!a || !b || !z) return;
+  be->download(g, a, n);
+  for (i = 0; i < n; ++i) zeros &= g[i] == 0;
+  CHECK(zeros, "alloc: memory not zero-filled");
+  for (i = 0; i < n; ++i) h[i] = (unsigned char)(i * 7 + 3);
+  be->upload(a, h, n);
+  be->download(g, a, n);
+  CHECK(memcmp(g, h, n) == 0, "upload / download: the bytes differ");
+  be->copy(b, a, n);
+  be->zero(b + 100, 50);
+  be->download(g, b, n);
+  for (i = 0; i < n; ++i) same &= g[i] == (i >= 100 && i < 150 ? 0 : h[i]);
+  CHECK(same, "copy / zero: wrong bytes");
+  CHECK(be->sync() == 0, "sync after the memory operations: %s", ioupos_failure_reason());
+  be->release(a);
+  be->release(b);
+  be->release(z);
+  be->release(NULL);
+  free(h), free(g);
+}
+
+#ifndef IOUPOS_TEST_CUDA_GPU
+#include <stdlib.h>
+static int reason_has(const char *s) { return strstr(ioupos_failure_reason(), s) != NULL; }
+
+/* the host emulation's switches (tests/cuda_host/cuda_host.h): no driver, no device, memory cap */
+static void test_failures_before_start(void) {
+  printf("failure paths at start-up (host emulation)\n");
+  setenv("IOUPOS_CUDA_HOST_DEVICES", "-1", 1);
+  CHECK(ioupos_backend_cuda(0) == NULL && reason_has("no usable CUDA device") &&
+        reason_has("InsufficientDriver"), "no driver: %s", ioupos_failure_reason());
+  setenv("IOUPOS_CUDA_HOST_DEVICES", "0", 1);
+  CHECK(ioupos_backend_cuda(0) == NULL && reason_has("no usable CUDA device") &&
+        reason_has("NoDevice"), "no device: %s", ioupos_failure_reason());
+  unsetenv("IOUPOS_CUDA_HOST_DEVICES");
+  CHECK(ioupos_backend_cuda(3) == NULL && reason_has("out of range"), "device 3 of 1: %s",
+        ioupos_failure_reason());
+  setenv("IOUPOS_CUDA_HOST_MEM", "16", 1);
+  CHECK(ioupos_backend_cuda(0) == NULL && reason_has("out of device memory"),
+        "out of memory at start-up: %s", ioupos_failure_reason());
+  unsetenv("IOUPOS_CUDA_HOST_MEM");
+}
+
+static void test_failures_after_start(void) {
+  const ioupos_backend *be = cuda_be;
+  float host[16];
+  void *p;
+  int st;
+  printf("failure paths after start-up (host emulation)\n");
+  setenv("IOUPOS_CUDA_HOST_DEVICES", "2", 1);
+  CHECK(ioupos_backend_cuda(1) == NULL && reason_has("already uses CUDA device 0"),
+        "a second device: %s", ioupos_failure_reason());
+  CHECK(ioupos_backend_cuda(0) == be, "the same device again must give the same table");
+  unsetenv("IOUPOS_CUDA_HOST_DEVICES");
+  setenv("IOUPOS_CUDA_HOST_MEM", "1048576", 1);
+  p = be->alloc(2u << 20);
+  CHECK(p == NULL && reason_has("out of device memory"), "alloc beyond the memory: %s",
+        ioupos_failure_reason());
+  unsetenv("IOUPOS_CUDA_HOST_MEM");
+  CHECK(be->sync() == 0, "a failed alloc is reported by its NULL, not by sync");
+  /* an invalid argument: recorded, returned by the int op and by the next sync, then cleared */
+  st = be->linear_forward(NULL, NULL, NULL, NULL, -1, 2, 2);
+  CHECK(st == IOUPOS_EINVAL, "linear_forward with N = -1 returned %d", st);
+  st = be->sync();
+  CHECK(st == IOUPOS_EINVAL && reason_has("negative size"), "sync after a failure: %d (%s)", st,
+        ioupos_failure_reason());
+  CHECK(be->sync() == 0, "the failure must be cleared by the sync that reported it");
+  /* host memory given as device memory: the cuBLAS reference refuses it */
+  p = be->alloc(64 * sizeof(float));
+  printf("  (the cublas_ref message on stderr below is expected)\n");
+  fflush(stdout);
+  st = be->linear_forward((float *)p, host, host, NULL, 4, 4, 4);
+  CHECK(st != 0 && be->sync() != 0 && reason_has("cublasSgemm"),
+        "a GEMM on host memory must fail: status %d (%s)", st, ioupos_failure_reason());
+  be->release(p);
+  CHECK(be->sync() == 0, "sync after the cleared failure");
+}
+#endif
+
+/* =============================================================================================
+   The cases
+   ============================================================================================= */
+
+typedef struct {
+  const char *name;
+  void (*fn)(tc *);
+  double atol, rtol;
+} case_def;
+
+static const case_def cases[] = {
+    /* section 11 */
+    {"linear_forward[bias, N 300 C 37 OC 19]", c_linear_fwd_bias, GEMM_TOL(37), 1e-5},
+    {"linear_forward[no bias, C 1]", c_linear_fwd_nobias, GEMM_TOL(1), 1e-5},
+    {"linear_backward[all, N 300]", c_linear_bwd_all, GEMM_TOL(300), 1e-5},
+    {"linear_backward[dweight; dbias; N 530]", c_linear_bwd_some, GEMM_TOL(530), 1e-5},
+    {"layernorm_forward[N 70 C 37]", c_ln_fwd, ROW_ATOL, ROW_RTOL},
+    {"layernorm_forward[C 300 > threads]", c_ln_fwd_wide, ROW_ATOL, ROW_RTOL},
+    {"layernorm_forward[no affine]", c_ln_fwd_plain, ROW_ATOL, ROW_RTOL},
+    /* the parameter gradients are sums of N terms rounded once: 1e-6 relative covers the
+       double-order differences (the column sums use the CPU's order, usually bit-identical) */
+    {"layernorm_backward[N 300 C 37]", c_ln_bwd, 1e-6, 1e-6},
+    {"layernorm_backward[params only, N 520 C 200]", c_ln_bwd_params, 1e-6, 1e-6},
+    {"layernorm_backward[no affine]", c_ln_bwd_plain, 1e-6, 1e-6},
+    {"gelu_forward", c_gelu_fwd, ROW_ATOL, ROW_RTOL},
+    {"gelu_backward", c_gelu_bwd, ROW_ATOL, ROW_RTOL},
+    {"relu_forward/backward", c_relu, 0, 0},
+    {"l2norm_forward/backward[zero rows]", c_l2norm, ROW_ATOL, ROW_RTOL},
+    {"avgpool_forward/backward", c_avgpool, ROW_ATOL, ROW_RTOL},
+    {"batchnorm train forward/backward", c_bn_train, 1e-6, 1e-6},
+    {"batchnorm eval forward/backward", c_bn_eval, 1e-6, 1e-6},
+    {"patch_embed 2D[pad, bias]", c_pe_2d, GEMM_TOL(32), 1e-5},
+    {"patch_embed 3D[pad, no bias]", c_pe_3d, GEMM_TOL(32), 1e-5},
+    {"patch_merging 2D[odd sizes]", c_pm_2d, GEMM_TOL(12), 1e-5},
+    {"patch_merging 3D[odd sizes]", c_pm_3d, GEMM_TOL(40), 1e-5},
+    {"patch_merging 2D[no dinp]", c_pm_2d_nodinp, GEMM_TOL(16), 1e-5},
+    {"residual forward/backward[mask, none]", c_residual, 0, 0},
+    {"mlp forward/backward[h_act kept]", c_mlp, GEMM_TOL(270), 1e-5},
+    {"mlp forward/backward[h_act recomputed]", c_mlp_recompute, GEMM_TOL(50), 1e-5},
+    /* section 12: products of up to C (qkv, proj), head-dim (scores) and N (P v, dv, dk, dq)
+       terms and the weight gradients over every token (BW N rows); the attention probabilities
+       come from scores with GEMM rounding, through exp: relative 1e-4 */
+    {"swin_attention 2D[shift 1, 2 heads]", c_swin_2d_shift, GEMM_TOL(72), 1e-4},
+    {"swin_attention 2D[padding, no shift, head dim 2]", c_swin_2d_pad, GEMM_TOL(54), 1e-4},
+    {"swin_attention 3D[shift 1, padding]", c_swin_3d_shift, GEMM_TOL(64), 1e-4},
+    {"swin_attention 2D[map smaller than the window]", c_swin_2d_small_map, GEMM_TOL(24), 1e-4},
+    {"swin_attention 2D[7x7 windows, 49 tokens, head dim 16]", c_swin_2d_swin, GEMM_TOL(98), 1e-4},
+};
+
+int main(void) {
+  size_t k;
+  cpu_be = ioupos_backend_cpu();
+#ifndef IOUPOS_TEST_CUDA_GPU
+  test_failures_before_start();
+#endif
+  cuda_be = ioupos_backend_cuda(0);
+  if (!cuda_be) {
+#ifdef IOUPOS_TEST_CUDA_GPU
+    if (strncmp(ioupos_failure_reason(), "no usable CUDA device", 21) == 0) {
+      printf("test_cuda_ops_gpu: SKIP: %s\n", ioupos_failure_reason());
+      return 0;
+    }
+#endif
+    printf("test_cuda_ops: FAIL: ioupos_backend_cuda(0): %s\n", ioupos_failure_reason());
+    return 1;
+  }
+  CHECK(strcmp(cuda_be->name, "cuda") == 0, "backend name %s", cuda_be->name);
+  test_memory();
+#ifndef IOUPOS_TEST_CUDA_GPU
+  test_failures_after_start();
+#endif
+  for (k = 0; k < sizeof cases / sizeof cases[0]; ++k)
+    run_case(cases[k].name, cases[k].fn, cases[k].atol, cases[k].rtol);
+  printf("%d cases: %d run, %d unsupported by the CUDA backend (skipped, not passed)%s%s\n",
+         n_cases, n_cases - n_unsupported, n_unsupported, n_unsupported ? ": " : "",
+         unsupported_list);
+#ifdef IOUPOS_TEST_CUDA_GPU
+  return tu_finish("test_cuda_ops_gpu");
+#else
+  return tu_finish("test_cuda_ops (host build of ioupos_cuda.cu)");
+#endif
+}
