@@ -219,7 +219,7 @@ static int cu_sync(void) {
 
 /* a scalar result: waits for the stream; NaN after any failure since the last sync (which stays
    recorded for it) */
-__attribute__((unused)) static double cu_scalar(int i) {
+static double cu_scalar(int i) {
   double v = NAN;
   if (cu_check(cudaMemcpyAsync(&v, cu.scalars + i, sizeof v, cudaMemcpyDeviceToHost, cu.stream),
                "scalar result"))
@@ -1242,6 +1242,422 @@ static int cu_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b, f
 }
 
 /* =============================================================================================
+   Section 14: losses and the weight-normalised linear
+   ============================================================================================= */
+
+/* ---- weight-normalised linear: W[o] = g[o] v[o] / |v[o]|, one block per output row ---- */
+static __global__ void cu_wn_weight_k(float *weight, float *vnorm, const float *v, const float *g,
+                                      int C) {
+  size_t o = blockIdx.x;
+  const float *vr = v + o * C;
+  double s = 0.0, nrm, k;
+  int c;
+  for (c = threadIdx.x; c < C; c += blockDim.x) s += (double)vr[c] * vr[c];
+  nrm = sqrt(cu_block_sum(s));
+  k = (g ? (double)g[o] : 1.0) / nrm;
+  for (c = threadIdx.x; c < C; c += blockDim.x) weight[o * C + c] = (float)(vr[c] * k);
+  if (threadIdx.x == 0) vnorm[o] = (float)nrm;
+}
+
+/* dg[o] += vhat . dW; dv[o] += (g / |v|) (dW - vhat (vhat . dW)) */
+static __global__ void cu_wn_bwd_k(float *dv, float *dg, const float *dweight, const float *v,
+                                   const float *g, const float *vnorm, int C) {
+  size_t o = blockIdx.x;
+  const float *vr = v + o * C, *dw = dweight + o * C;
+  double nrm = vnorm[o], gg = g ? (double)g[o] : 1.0, dot = 0.0;
+  int c;
+  for (c = threadIdx.x; c < C; c += blockDim.x) dot += (double)vr[c] * dw[c];
+  dot = cu_block_sum(dot);
+  if (dg && threadIdx.x == 0) dg[o] += (float)(dot / nrm);
+  if (dv)
+    for (c = threadIdx.x; c < C; c += blockDim.x)
+      dv[o * C + c] += (float)(gg / nrm * ((double)dw[c] - vr[c] * dot / (nrm * nrm)));
+}
+
+static int cu_wnlinear_forward(float *out, float *weight, float *vnorm, const float *inp,
+                               const float *v, const float *g, int N, int C, int OC) {
+  if (N < 0 || C < 1 || OC < 1) return cu_bad("wnlinear_forward", "bad sizes");
+  CU_RUN_SYNC(cu_wn_weight_k, dim3((unsigned)OC), dim3(CU_RT), weight, vnorm, v, g, C);
+  return cu_linear_forward(out, inp, weight, NULL, N, C, OC);
+}
+
+static int cu_wnlinear_backward(float *dinp, float *dv, float *dg, float *dweight,
+                                const float *dout, const float *inp, const float *v,
+                                const float *g, const float *weight, const float *vnorm, int N,
+                                int C, int OC) {
+  int st = 0;
+  if (N < 0 || C < 1 || OC < 1) return cu_bad("wnlinear_backward", "bad sizes");
+  if (dinp) st = cu_gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+  if (st || (!dv && !dg)) return st;
+  /* dW = dout^T inp into the caller's dweight (overwritten) */
+  st = cu_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 0.0f, dweight, C);
+  if (st) return st;
+  CU_RUN_SYNC(cu_wn_bwd_k, dim3((unsigned)OC), dim3(CU_RT), dv, dg, dweight, v, g, vnorm, C);
+  return cu.err;
+}
+
+/* ---- SimSiam: negative cosine, per-row values, then the rows in order by one thread ---- */
+/* Row r < N: cos(p1[r], z2[r]); row N + r: cos(p2[r], z1[r]) (each norm clamped at eps). */
+static __global__ void cu_simsiam_rows_k(double *rowval, const float *p1, const float *p2,
+                                         const float *z1, const float *z2, int N, int C) {
+  size_t r = blockIdx.x, n = r < (size_t)N ? r : r - N;
+  const float *a = (r < (size_t)N ? p1 : p2) + n * C, *b = (r < (size_t)N ? z2 : z1) + n * C;
+  double na = 0.0, nb = 0.0, d = 0.0;
+  int c;
+  for (c = threadIdx.x; c < C; c += blockDim.x) {
+    na += (double)a[c] * a[c];
+    nb += (double)b[c] * b[c];
+  }
+  na = sqrt(cu_block_sum(na));
+  nb = sqrt(cu_block_sum(nb));
+  if (!(na > IOUPOS_SIMSIAM_EPS)) na = IOUPOS_SIMSIAM_EPS;
+  if (!(nb > IOUPOS_SIMSIAM_EPS)) nb = IOUPOS_SIMSIAM_EPS;
+  for (c = threadIdx.x; c < C; c += blockDim.x) d += ((double)a[c] / na) * ((double)b[c] / nb);
+  d = cu_block_sum(d);
+  if (threadIdx.x == 0) rowval[r] = d;
+}
+
+static __global__ void cu_simsiam_final_k(double *res, const double *rowval, int N) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    double s1 = 0.0, s2 = 0.0;
+    int n;
+    for (n = 0; n < N; ++n) s1 += rowval[n];
+    for (n = 0; n < N; ++n) s2 += rowval[N + n];
+    res[0] = -0.5 * ((N > 0 ? s1 / N : 0.0) + (N > 0 ? s2 / N : 0.0));
+  }
+}
+
+static double cu_simsiam_loss_forward(const float *p1, const float *p2, const float *z1,
+                                      const float *z2, int N, int C) {
+  double *rows;
+  if (N < 0 || C < 1) return cu_bad("simsiam_loss_forward", "bad sizes"), NAN;
+  rows = (double *)cu_ws(CU_WS_ROWS, sizeof(double) * (2 * (size_t)N + 1));
+  if (!rows) return NAN;
+  if (N > 0)
+    CU_RUN_SYNC(cu_simsiam_rows_k, dim3(2 * (unsigned)N), dim3(CU_RT), rows, p1, p2, z1, z2, N, C);
+  CU_RUN(cu_simsiam_final_k, dim3(1), dim3(1), cu.scalars, rows, N);
+  return cu_scalar(0);
+}
+
+/* dp[n] += scale d cos(p[n], z[n]) / dp[n], the norm's derivative that of the unclamped |p| */
+static __global__ void cu_negcos_bwd_k(float *dp, float scale, const float *p, const float *z,
+                                       int C) {
+  size_t n = blockIdx.x;
+  const float *a = p + n * C, *b = z + n * C;
+  float *da = dp + n * C;
+  double ta = 0.0, nb = 0.0, dot = 0.0, na, k;
+  int c;
+  for (c = threadIdx.x; c < C; c += blockDim.x) {
+    ta += (double)a[c] * a[c];
+    nb += (double)b[c] * b[c];
+    dot += (double)a[c] * b[c];
+  }
+  ta = sqrt(cu_block_sum(ta));
+  nb = sqrt(cu_block_sum(nb));
+  dot = cu_block_sum(dot);
+  na = ta;
+  if (!(na > IOUPOS_SIMSIAM_EPS)) na = IOUPOS_SIMSIAM_EPS;
+  if (!(nb > IOUPOS_SIMSIAM_EPS)) nb = IOUPOS_SIMSIAM_EPS;
+  k = ta > 0.0 ? dot / (na * na * nb * ta) : 0.0;
+  for (c = threadIdx.x; c < C; c += blockDim.x)
+    da[c] += (float)((double)scale * ((double)b[c] / (na * nb) - k * (double)a[c]));
+}
+
+static void cu_simsiam_loss_backward(float *dp1, float *dp2, float dloss, const float *p1,
+                                     const float *p2, const float *z1, const float *z2, int N,
+                                     int C) {
+  float s = (float)(N > 0 ? -0.5 * (double)dloss / N : 0.0);
+  if (N < 1 || C < 1) return;
+  if (dp1) CU_RUN_SYNC(cu_negcos_bwd_k, dim3((unsigned)N), dim3(CU_RT), dp1, s, p1, z2, C);
+  if (dp2) CU_RUN_SYNC(cu_negcos_bwd_k, dim3((unsigned)N), dim3(CU_RT), dp2, s, p2, z1, C);
+}
+
+/* ---- DINO: teacher softmax, student log-softmax and the loss per (view, sample) row ---- */
+static __global__ void cu_dino_teacher_k(float *tprob, const float *teacher, const float *center,
+                                         int D, float teacher_temp) {
+  size_t row = blockIdx.x;
+  const float *x = teacher + row * D;
+  float *q = tprob + row * D;
+  double mx = -INFINITY, sum = 0.0;
+  int d;
+  for (d = threadIdx.x; d < D; d += blockDim.x) {
+    double y = ((double)x[d] - center[d]) / teacher_temp;
+    mx = y > mx ? y : mx;
+  }
+  mx = cu_block_max(mx);
+  for (d = threadIdx.x; d < D; d += blockDim.x)
+    sum += exp(((double)x[d] - center[d]) / teacher_temp - mx);
+  sum = cu_block_sum(sum);
+  for (d = threadIdx.x; d < D; d += blockDim.x)
+    q[d] = (float)(exp(((double)x[d] - center[d]) / teacher_temp - mx) / sum);
+}
+
+/* row (s, b): slogp = log_softmax(student / T_s); rowval = -sum_d Q[d] ls[d], Q the sum of the
+   teacher probabilities of every other view t != s */
+static __global__ void cu_dino_student_k(float *slogp, double *rowval, const float *student,
+                                         const float *tprob, int NT, int B, int D,
+                                         float student_temp) {
+  size_t row = blockIdx.x;
+  int s = (int)(row / B), b = (int)(row % B), d, t;
+  const float *x = student + row * D;
+  float *l = slogp + row * D;
+  double mx = -INFINITY, sum = 0.0, lse, loss = 0.0;
+  for (d = threadIdx.x; d < D; d += blockDim.x) {
+    double y = (double)x[d] / student_temp;
+    mx = y > mx ? y : mx;
+  }
+  mx = cu_block_max(mx);
+  for (d = threadIdx.x; d < D; d += blockDim.x) sum += exp((double)x[d] / student_temp - mx);
+  lse = mx + log(cu_block_sum(sum));
+  for (d = threadIdx.x; d < D; d += blockDim.x) {
+    double ls = (double)x[d] / student_temp - lse, Q = 0.0;
+    l[d] = (float)ls;
+    for (t = 0; t < NT; ++t)
+      if (t != s) Q += tprob[((size_t)t * B + b) * D + d];
+    loss -= Q * ls;
+  }
+  loss = cu_block_sum(loss);
+  if (threadIdx.x == 0) rowval[row] = loss;
+}
+
+static __global__ void cu_rows_sum_k(double *res, const double *rowval, size_t n, double div) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    double s = 0.0;
+    size_t i;
+    for (i = 0; i < n; ++i) s += rowval[i];
+    res[0] = div > 0.0 ? s / div : 0.0;
+  }
+}
+
+static double cu_dino_loss_forward(float *tprob, float *slogp, const float *teacher,
+                                   const float *student, const float *center, int NT, int NS,
+                                   int B, int D, float teacher_temp, float student_temp) {
+  long n_pairs = (long)NT * NS - (NT < NS ? NT : NS);
+  double *rows;
+  if (NT < 1 || NS < 1 || B < 0 || D < 1) return cu_bad("dino_loss_forward", "bad sizes"), NAN;
+  rows = (double *)cu_ws(CU_WS_ROWS, sizeof(double) * ((size_t)NS * B + 1));
+  if (!rows) return NAN;
+  if (B > 0) {
+    CU_RUN_SYNC(cu_dino_teacher_k, dim3((unsigned)((size_t)NT * B)), dim3(CU_RT), tprob, teacher,
+                center, D, teacher_temp);
+    CU_RUN_SYNC(cu_dino_student_k, dim3((unsigned)((size_t)NS * B)), dim3(CU_RT), slogp, rows,
+                student, tprob, NT, B, D, student_temp);
+  }
+  CU_RUN(cu_rows_sum_k, dim3(1), dim3(1), cu.scalars, rows, (size_t)NS * B,
+         n_pairs > 0 && B > 0 ? (double)n_pairs * B : 0.0);
+  return cu_scalar(0);
+}
+
+static __global__ void cu_dino_bwd_k(float *dstudent, double scale, const float *tprob,
+                                     const float *slogp, int NT, int B, int D,
+                                     float student_temp) {
+  size_t row = blockIdx.x;
+  int s = (int)(row / B), b = (int)(row % B), d, t;
+  const float *l = slogp + row * D;
+  float *dx = dstudent + row * D;
+  double qsum = 0.0; /* sum_d Q[d]: 1 per teacher view up to rounding, kept as torch does */
+  for (d = threadIdx.x; d < D; d += blockDim.x)
+    for (t = 0; t < NT; ++t)
+      if (t != s) qsum += tprob[((size_t)t * B + b) * D + d];
+  qsum = cu_block_sum(qsum);
+  for (d = threadIdx.x; d < D; d += blockDim.x) {
+    double Q = 0.0;
+    for (t = 0; t < NT; ++t)
+      if (t != s) Q += tprob[((size_t)t * B + b) * D + d];
+    dx[d] += (float)(scale * (exp((double)l[d]) * qsum - Q) / student_temp);
+  }
+}
+
+static void cu_dino_loss_backward(float *dstudent, float dloss, const float *tprob,
+                                  const float *slogp, int NT, int NS, int B, int D,
+                                  float student_temp) {
+  long n_pairs = (long)NT * NS - (NT < NS ? NT : NS);
+  if (n_pairs <= 0 || B <= 0 || D < 1) return;
+  CU_RUN_SYNC(cu_dino_bwd_k, dim3((unsigned)((size_t)NS * B)), dim3(CU_RT), dstudent,
+              (double)dloss / ((double)n_pairs * B), tprob, slogp, NT, B, D, student_temp);
+}
+
+/* center = center m + mean over (t, b) of teacher (1 - m): one thread per d, rows in order */
+static __global__ void cu_dino_center_k(float *center, const float *teacher, int NT, int B, int D,
+                                        float momentum) {
+  CU_FOR(d, (size_t)D) {
+    long rows = (long)NT * B, r;
+    double s = 0.0;
+    for (r = 0; r < rows; ++r) s += teacher[(size_t)r * D + d];
+    center[d] = (float)((double)center[d] * momentum + (s / rows) * (1.0 - (double)momentum));
+  }
+}
+
+static void cu_dino_center_update(float *center, const float *teacher, int NT, int B, int D,
+                                  float momentum) {
+  if ((long)NT * B <= 0 || D < 1) return;
+  CU_RUN(cu_dino_center_k, dim3(cu_blocks((size_t)D, CU_EW)), dim3(CU_EW), center, teacher, NT, B,
+         D, momentum);
+}
+
+/* =============================================================================================
+   Section 15: optimisers, EMA, clipping (the CPU's float operations in the CPU's order: fmaf
+   where it fuses, round-to-nearest intrinsics where it does not, so the results are bit-identical)
+   ============================================================================================= */
+
+static __global__ void cu_sgd_k(float *param, const float *grad, float *buf, size_t n, float lr,
+                                float momentum, float weight_decay, int first_step) {
+  CU_FOR(i, n) {
+    float d = grad[i];
+    if (weight_decay != 0.0f) d = fmaf(weight_decay, param[i], d);
+    if (momentum != 0.0f) {
+      if (first_step) buf[i] = d;
+      else buf[i] = __fadd_rn(__fmul_rn(buf[i], momentum), d);
+      d = buf[i];
+    }
+    param[i] = fmaf(-lr, d, param[i]);
+  }
+}
+
+static void cu_sgd_step(float *param, const float *grad, float *momentum_buf, size_t n, float lr,
+                        float momentum, float weight_decay, int first_step) {
+  if (n) CU_RUN(cu_sgd_k, dim3(cu_blocks(n, CU_EW)), dim3(CU_EW), param, grad, momentum_buf, n, lr,
+                momentum, weight_decay, first_step);
+}
+
+struct cu_adamw_scalars {
+  float decay, w1, w1c, omb2, beta2, eps, neg_step_size, bc2_sqrt;
+  int lerp_low, decays;
+};
+
+static __global__ void cu_adamw_k(float *param, const float *grad, float *m, float *v, size_t n,
+                                  cu_adamw_scalars k) {
+  CU_FOR(i, n) {
+    float g = grad[i], p = param[i], mi = m[i], vi = v[i], denom;
+    if (k.decays) p = __fmul_rn(p, k.decay);
+    if (k.lerp_low) mi = fmaf(k.w1, __fsub_rn(g, mi), mi);
+    else mi = fmaf(-__fsub_rn(g, mi), k.w1c, g);
+    vi = __fmul_rn(vi, k.beta2);
+    vi = fmaf(k.omb2, __fmul_rn(g, g), vi);
+    denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), k.bc2_sqrt), k.eps);
+    p = fmaf(k.neg_step_size, __fdiv_rn(mi, denom), p);
+    param[i] = p;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+static void cu_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                          float beta1, float beta2, float eps, float weight_decay, int step) {
+  /* the scalars exactly as the CPU computes them (double, rounded where torch rounds) */
+  double dlr = (double)lr, db1 = (double)beta1, db2 = (double)beta2;
+  double lr_wd = dlr * (double)weight_decay, bc1, bc2;
+  cu_adamw_scalars k;
+  if (!n) return;
+  k.decay = (float)(1.0 - lr_wd);
+  k.w1 = (float)(1.0 - db1);
+  k.w1c = 1.0f - k.w1;
+  k.omb2 = (float)(1.0 - db2);
+  bc1 = 1.0 - pow(db1, (double)step);
+  bc2 = 1.0 - pow(db2, (double)step);
+  k.neg_step_size = (float)(-(dlr / bc1));
+  k.bc2_sqrt = (float)sqrt(bc2);
+  k.lerp_low = k.w1 < 0.5f;
+  k.decays = weight_decay != 0.0f;
+  k.beta2 = beta2;
+  k.eps = eps;
+  CU_RUN(cu_adamw_k, dim3(cu_blocks(n, CU_EW)), dim3(CU_EW), param, grad, m, v, n, k);
+}
+
+static __global__ void cu_ema_k(float *teacher, const float *student, size_t n, float mf,
+                                float omf) {
+  CU_FOR(i, n) teacher[i] = __fadd_rn(__fmul_rn(teacher[i], mf), __fmul_rn(student[i], omf));
+}
+
+static void cu_ema_update(float *teacher, const float *student, size_t n, double m) {
+  if (n) CU_RUN(cu_ema_k, dim3(cu_blocks(n, CU_EW)), dim3(CU_EW), teacher, student, n, (float)m,
+                (float)(1.0 - m));
+}
+
+/* ---- gradient clipping: the norm in double, per block of CU_NORM_CHUNK elements (a tree of
+   fixed shape), then the blocks in order; the coefficient stays on the device ---- */
+static __global__ void cu_sumsq_part_k(double *part, const float *x, size_t n) {
+  size_t i0 = (size_t)blockIdx.x * CU_NORM_CHUNK, i1 = i0 + CU_NORM_CHUNK < n ? i0 + CU_NORM_CHUNK : n;
+  size_t i;
+  double s = 0.0;
+  for (i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += (double)x[i] * (double)x[i];
+  s = cu_block_sum(s);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+static __global__ void cu_clip_final_k(double *res, const double *part, size_t nblk, float clip) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    double s = 0.0;
+    size_t b;
+    float norm;
+    for (b = 0; b < nblk; ++b) s += part[b];
+    norm = (float)sqrt(s);
+    res[0] = norm;
+    res[1] = __fdiv_rn(clip, __fadd_rn(norm, 1e-6f));
+  }
+}
+
+static __global__ void cu_clip_scale_k(float *grad, size_t n, const double *res) {
+  float coef = (float)res[1];
+  if (coef < 1.0f) CU_FOR(i, n) grad[i] = __fmul_rn(grad[i], coef);
+}
+
+static float cu_clip_grad_per_param(float *grad, size_t n, float clip) {
+  size_t nblk = (n + CU_NORM_CHUNK - 1) / CU_NORM_CHUNK;
+  double *part = (double *)cu_ws(CU_WS_ROWS, sizeof(double) * (nblk + 1));
+  if (!part) return NAN;
+  if (nblk > 0x7fffffff) return cu_bad("clip_grad_per_param", "too many elements"), NAN;
+  if (nblk) CU_RUN_SYNC(cu_sumsq_part_k, dim3((unsigned)nblk), dim3(256), part, grad, n);
+  CU_RUN(cu_clip_final_k, dim3(1), dim3(1), cu.scalars, part, nblk, clip);
+  if (n) CU_RUN(cu_clip_scale_k, dim3(cu_blocks(n, CU_EW)), dim3(CU_EW), grad, n, cu.scalars);
+  return (float)cu_scalar(0);
+}
+
+/* =============================================================================================
+   Section 19: layout transposes (channels-last tokens <-> channels-first maps)
+   ============================================================================================= */
+
+/* dst[b][c][r] (= or +=) src[b][r][c], src [B][R][Cc]: 32 x 32 tiles through shared memory, so
+   that reads and writes are both contiguous */
+static __global__ void cu_transpose_k(float *dst, const float *src, size_t R, size_t Cc, int acc) {
+  __shared__ float tile[32][33];
+  size_t b = blockIdx.z, r0 = (size_t)blockIdx.y * 32, c0 = (size_t)blockIdx.x * 32;
+  unsigned k;
+  for (k = threadIdx.y; k < 32; k += blockDim.y) {
+    size_t r = r0 + k, c = c0 + threadIdx.x;
+    if (r < R && c < Cc) tile[k][threadIdx.x] = src[(b * R + r) * Cc + c];
+  }
+  __syncthreads();
+  for (k = threadIdx.y; k < 32; k += blockDim.y) {
+    size_t c = c0 + k, r = r0 + threadIdx.x;
+    if (r < R && c < Cc) {
+      float *d = dst + (b * Cc + c) * R + r;
+      if (acc) *d += tile[threadIdx.x][k];
+      else *d = tile[threadIdx.x][k];
+    }
+  }
+}
+
+static void cu_transpose(float *dst, const float *src, int B, size_t R, size_t Cc, int acc) {
+  size_t gx = (Cc + 31) / 32, gy = (R + 31) / 32;
+  if (B < 1 || !R || !Cc) return;
+  if (gx > 0x7fffffff || gy > 65535 || B > 65535) {
+    cu_bad("to_channels_first", "map too large for the transpose's grid");
+    return;
+  }
+  CU_RUN_SYNC(cu_transpose_k, dim3((unsigned)gx, (unsigned)gy, (unsigned)B), dim3(32, 8), dst, src,
+              R, Cc, acc);
+}
+
+static void cu_to_channels_first(float *out, const float *inp, int B, size_t S, int C) {
+  cu_transpose(out, inp, B, S, (size_t)(C > 0 ? C : 0), 0);
+}
+
+static void cu_to_channels_first_backward(float *dinp, const float *dout, int B, size_t S, int C) {
+  cu_transpose(dinp, dout, B, (size_t)(C > 0 ? C : 0), S, 1);
+}
+
+/* =============================================================================================
    The table and its initialisation
    ============================================================================================= */
 
@@ -1295,6 +1711,22 @@ static const ioupos_backend *cu_table(void) {
   /* section 12 */
   t.swin_attention_forward = cu_swin_attention_forward;
   t.swin_attention_backward = cu_swin_attention_backward;
+  /* section 14 */
+  t.wnlinear_forward = cu_wnlinear_forward;
+  t.wnlinear_backward = cu_wnlinear_backward;
+  t.simsiam_loss_forward = cu_simsiam_loss_forward;
+  t.simsiam_loss_backward = cu_simsiam_loss_backward;
+  t.dino_loss_forward = cu_dino_loss_forward;
+  t.dino_loss_backward = cu_dino_loss_backward;
+  t.dino_center_update = cu_dino_center_update;
+  /* section 15 */
+  t.sgd_step = cu_sgd_step;
+  t.adamw_step = cu_adamw_step;
+  t.ema_update = cu_ema_update;
+  t.clip_grad_per_param = cu_clip_grad_per_param;
+  /* section 19 */
+  t.to_channels_first = cu_to_channels_first;
+  t.to_channels_first_backward = cu_to_channels_first_backward;
   /* IOUPOS_CU_TABLE_MORE */
   return &t;
 }

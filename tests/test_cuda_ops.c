@@ -715,6 +715,173 @@ static void c_swin_2d_swin(tc *t) { /* Swin's own shape: 49 tokens, head dim 16,
 }
 
 /* =============================================================================================
+   Section 14
+   ============================================================================================= */
+
+static void wn_case(tc *t, int N, int C, int OC, int with_g) {
+  float *hw = hmalloc((size_t)OC * C), *hn = hmalloc(OC), *ho = hmalloc((size_t)N * OC);
+  {
+    float *out = F("out", OUT, N * OC, -1, 1), *w = F("weight", OUT, OC * C, -1, 1);
+    float *vn = F("vnorm", OUT, OC, -1, 1), *inp = F("inp", IN, N * C, -1, 1);
+    const float *hinp = HOST();
+    float *v = F("v", IN, OC * C, -1, 1), *hv = (float *)HOST();
+    float *g = with_g ? F("g", IN, OC, 0.5f, 2) : NULL, *hg = with_g ? (float *)HOST() : NULL;
+    float *dinp = F("dinp", OUT, N * C, -1, 1), *dv = F("dv", OUT, OC * C, -1, 1);
+    float *dg = with_g ? F("dg", OUT, OC, -1, 1) : NULL, *dw = F("dweight", OUT, OC * C, 0, 0);
+    float *dout = F("dout", IN, N * OC, -1, 1), *w2, *n2;
+    ioupos_wnlinear_forward(ho, hw, hn, hinp, hv, hg, N, C, OC);
+    w2 = FV("weight (cpu)", IN, OC * C, hw);
+    n2 = FV("vnorm (cpu)", IN, OC, hn);
+    ST(t->be->wnlinear_forward(out, w, vn, inp, v, g, N, C, OC));
+    if (!t->status[t->pass])
+      ST(t->be->wnlinear_backward(dinp, dv, dg, dw, dout, inp, v, g, w2, n2, N, C, OC));
+  }
+  free(hw), free(hn), free(ho);
+}
+static void c_wn(tc *t) {
+  NEED(wnlinear_forward);
+  NEED(wnlinear_backward);
+  wn_case(t, 40, 33, 70, 1);
+}
+static void c_wn_nog(tc *t) {
+  NEED(wnlinear_forward);
+  NEED(wnlinear_backward);
+  wn_case(t, 9, 150, 20, 0);
+}
+
+static void c_simsiam(tc *t) {
+  int N = 12, C = 200, i;
+  float *p1 = hmalloc((size_t)N * C), *p2 = hmalloc((size_t)N * C), *z1 = hmalloc((size_t)N * C);
+  float *z2 = hmalloc((size_t)N * C);
+  NEED(simsiam_loss_forward);
+  NEED(simsiam_loss_backward);
+  for (i = 0; i < N * C; ++i) {
+    p1[i] = (float)sin(0.1 * i), p2[i] = (float)cos(0.37 * i);
+    z1[i] = (float)sin(0.05 * i + 1), z2[i] = (float)cos(0.011 * i * i);
+  }
+  for (i = 0; i < C; ++i) p2[2 * C + i] = 0.0f, z1[4 * C + i] = 1e-12f; /* clamped norms */
+  {
+    float *a = FV("p1", IN, N * C, p1), *b = FV("p2", IN, N * C, p2);
+    float *c = FV("z1", IN, N * C, z1), *d = FV("z2", IN, N * C, z2);
+    float *dp1 = F("dp1", OUT, N * C, -1, 1), *dp2 = F("dp2", OUT, N * C, -1, 1);
+    float *dp1b = F("dp1 (dp2 NULL)", OUT, N * C, -1, 1);
+    RET(t->be->simsiam_loss_forward(a, b, c, d, N, C));
+    t->be->simsiam_loss_backward(dp1, dp2, 0.75f, a, b, c, d, N, C);
+    t->be->simsiam_loss_backward(dp1b, NULL, 1.0f, a, b, c, d, N, C);
+  }
+  free(p1), free(p2), free(z1), free(z2);
+}
+
+static void dino_case(tc *t, int NT, int NS, int B, int D) {
+  size_t nt = (size_t)NT * B * D, ns = (size_t)NS * B * D;
+  float *hq = hmalloc(nt), *hl = hmalloc(ns);
+  {
+    float *tp = F("tprob", OUT, nt, -1, 1), *sl = F("slogp", OUT, ns, -1, 1);
+    float *te = F("teacher", IN, nt, -3, 3), *hte = (float *)HOST();
+    float *st = F("student", IN, ns, -3, 3), *hst = (float *)HOST();
+    float *ce = F("center", IN, D, -0.5f, 0.5f), *hce = (float *)HOST();
+    float *ce2 = F("center (updated)", OUT, D, -0.5f, 0.5f);
+    float *ds = F("dstudent", OUT, ns, -1, 1), *q2, *l2;
+    ioupos_dino_loss_forward(hq, hl, hte, hst, hce, NT, NS, B, D, 0.04f, 0.1f);
+    q2 = FV("tprob (cpu)", IN, nt, hq);
+    l2 = FV("slogp (cpu)", IN, ns, hl);
+    RET(t->be->dino_loss_forward(tp, sl, te, st, ce, NT, NS, B, D, 0.04f, 0.1f));
+    t->be->dino_loss_backward(ds, 0.5f, q2, l2, NT, NS, B, D, 0.1f);
+    t->be->dino_center_update(ce2, te, NT, B, D, 0.9f);
+  }
+  free(hq), free(hl);
+}
+static void c_dino(tc *t) {
+  NEED(dino_loss_forward);
+  NEED(dino_loss_backward);
+  NEED(dino_center_update);
+  dino_case(t, 2, 4, 3, 300);
+}
+static void c_dino_one_view(tc *t) { /* NT 1, NS 2: one pair */
+  NEED(dino_loss_forward);
+  NEED(dino_loss_backward);
+  NEED(dino_center_update);
+  dino_case(t, 1, 2, 5, 17);
+}
+
+/* =============================================================================================
+   Section 15
+   ============================================================================================= */
+
+static void c_sgd(tc *t) {
+  size_t n = 3000;
+  NEED(sgd_step);
+  {
+    float *p1 = F("param (first step, wd)", OUT, n, -1, 1), *b1 = F("buf (first step)", OUT, n, 0, 0);
+    float *p2 = F("param (momentum, wd)", OUT, n, -1, 1), *b2 = F("buf", OUT, n, -1, 1);
+    float *p3 = F("param (plain)", OUT, n, -1, 1), *g = F("grad", IN, n, -1, 1);
+    t->be->sgd_step(p1, g, b1, n, 0.05f, 0.9f, 1e-4f, 1);
+    t->be->sgd_step(p2, g, b2, n, 0.05f, 0.9f, 1e-4f, 0);
+    t->be->sgd_step(p2, g, b2, n, 0.03f, 0.9f, 1e-4f, 0);
+    t->be->sgd_step(p3, g, NULL, n, 0.1f, 0.0f, 0.0f, 0);
+  }
+}
+
+static void c_adamw(tc *t) {
+  size_t n = 3000;
+  NEED(adamw_step);
+  {
+    float *p = F("param (step 1..3, wd)", OUT, n, -1, 1), *m = F("m", OUT, n, 0, 0);
+    float *v = F("v", OUT, n, 0, 0), *g = F("grad", IN, n, -1, 1);
+    float *p2 = F("param (beta1 0.3, no wd, step 7)", OUT, n, -1, 1);
+    float *m2 = F("m (beta1 0.3)", OUT, n, -0.1f, 0.1f), *v2 = F("v (beta1 0.3)", OUT, n, 0, 0.01f);
+    t->be->adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.04f, 1);
+    t->be->adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.04f, 2);
+    t->be->adamw_step(p, g, m, v, n, 5e-4f, 0.9f, 0.999f, 1e-8f, 0.4f, 3);
+    t->be->adamw_step(p2, g, m2, v2, n, 1e-2f, 0.3f, 0.99f, 1e-6f, 0.0f, 7);
+  }
+}
+
+static void c_ema(tc *t) {
+  size_t n = 3000;
+  NEED(ema_update);
+  {
+    float *te = F("teacher", OUT, n, -1, 1), *st = F("student", IN, n, -1, 1);
+    t->be->ema_update(te, st, n, 0.9995);
+    t->be->ema_update(te, st, n, 0.996);
+  }
+}
+
+static void c_clip_scaled(tc *t) {
+  size_t n = 20000;
+  NEED(clip_grad_per_param);
+  {
+    float *g = F("grad", OUT, n, -1, 1);
+    RET(t->be->clip_grad_per_param(g, n, 3.0f));
+  }
+}
+static void c_clip_kept(tc *t) {
+  size_t n = 777;
+  NEED(clip_grad_per_param);
+  {
+    float *g = F("grad", OUT, n, -1, 1);
+    RET(t->be->clip_grad_per_param(g, n, 1000.0f));
+  }
+}
+
+/* =============================================================================================
+   Section 19
+   ============================================================================================= */
+
+static void c_channels_first(tc *t) {
+  int B = 2, C = 37;
+  size_t S = 100;
+  NEED(to_channels_first);
+  NEED(to_channels_first_backward);
+  {
+    float *out = F("out", OUT, B * S * C, -1, 1), *inp = F("inp", IN, B * S * C, -1, 1);
+    float *dinp = F("dinp", OUT, B * S * C, -1, 1), *dout = F("dout", IN, B * S * C, -1, 1);
+    t->be->to_channels_first(out, inp, B, S, C);
+    t->be->to_channels_first_backward(dinp, dout, B, S, C);
+  }
+}
+
+/* =============================================================================================
    Memory operations and failure paths
    ============================================================================================= */
 
@@ -853,6 +1020,24 @@ static const case_def cases[] = {
     {"swin_attention 3D[shift 1, padding]", c_swin_3d_shift, GEMM_TOL(64), 1e-4},
     {"swin_attention 2D[map smaller than the window]", c_swin_2d_small_map, GEMM_TOL(24), 1e-4},
     {"swin_attention 2D[7x7 windows, 49 tokens, head dim 16]", c_swin_2d_swin, GEMM_TOL(98), 1e-4},
+    /* section 14: weight norm (row norms in double; the products are GEMMs over N or C) */
+    {"wnlinear forward/backward[g]", c_wn, GEMM_TOL(40), 1e-5},
+    {"wnlinear forward/backward[g = 1, C 150]", c_wn_nog, GEMM_TOL(150), 1e-5},
+    /* the losses: per-row values in double, the rows in order (the returned double differs
+       from the CPU's by a different order of double sums, ~1e-15 relative); ROW_* for all */
+    {"simsiam_loss forward/backward[clamped norms]", c_simsiam, ROW_ATOL, ROW_RTOL},
+    {"dino_loss forward/backward, center update", c_dino, ROW_ATOL, ROW_RTOL},
+    {"dino_loss[one teacher view]", c_dino_one_view, ROW_ATOL, ROW_RTOL},
+    /* section 15: the CPU's float operations in its order: bit-identical */
+    {"sgd_step[first, momentum, plain]", c_sgd, 0, 0},
+    {"adamw_step[steps 1-3 wd, beta1 0.3 step 7]", c_adamw, 0, 0},
+    {"ema_update", c_ema, 0, 0},
+    /* the norm is a double sum in another order, rounded to float: at most one ulp apart,
+       which can move the coefficient (and the scaled gradient) by a few ulps */
+    {"clip_grad_per_param[clipped, 3 blocks]", c_clip_scaled, ROW_ATOL, 5e-7},
+    {"clip_grad_per_param[not clipped]", c_clip_kept, 0, 0},
+    /* section 19 */
+    {"to_channels_first forward/backward", c_channels_first, 0, 0},
 };
 
 int main(void) {
