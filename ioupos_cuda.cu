@@ -1657,6 +1657,533 @@ static void cu_to_channels_first_backward(float *dinp, const float *dout, int B,
   cu_transpose(dinp, dout, B, (size_t)(C > 0 ? C : 0), S, 1);
 }
 
+/* ---- convolutional decoder layers (channels-first [B][C][S...]) ----
+   The CPU's scheme and scratch: per sample, the positions in blocks of CU_CONV_BLOCK, each block
+   im2col into the caller's scratch [Cin k^dims][len] and one GEMM; the input gradient through
+   col2im as a gather (each input element adds its taps' columns in tap order, as the CPU's
+   scatter does row by row), so no two threads write one element. */
+#define CU_CONV_BLOCK 4096 /* the CPU's IOUPOS__CONV_BLOCK: the same blocks, the same scratch */
+
+struct cu_cg { /* the CPU's ioupos__cgeom: 3 internal axes, 2D has a leading axis of size 1 */
+  int S[3], kk[3];
+  size_t n, kv;
+};
+
+static int cu_cg_init(cu_cg *g, int dims, const int *shape, int k) {
+  int d;
+  if ((dims != 2 && dims != 3) || !shape || k < 1) return 0;
+  g->S[0] = 1, g->kk[0] = 1;
+  for (d = 0; d < dims; ++d) {
+    if (shape[d] < 1) return 0;
+    g->S[3 - dims + d] = shape[d];
+    g->kk[3 - dims + d] = k;
+  }
+  g->n = (size_t)g->S[0] * g->S[1] * g->S[2];
+  g->kv = (size_t)g->kk[0] * g->kk[1] * g->kk[2];
+  return 1;
+}
+
+static int cu_conv_args(const char *op, cu_cg *g, int dims, int B, int Cin, const int *shape,
+                        int k, int Cout, int odd) {
+  if (!cu_cg_init(g, dims, shape, k) || B < 1 || Cin < 1 || Cout < 1 || (odd && k % 2 == 0))
+    return cu_fail(IOUPOS_EINVAL, "CUDA backend: %s: dims %d (must be 2 or 3), B %d, Cin %d, "
+                   "Cout %d (must be >= 1), kernel %d, or a missing / non-positive shape", op,
+                   dims, B, Cin, Cout, k);
+  if (g->n > 0x7fffffffu || (double)Cin * (double)g->kv > 2147483647.0 ||
+      (double)Cout * (double)g->kv > 2147483647.0)
+    return cu_fail(IOUPOS_ERANGE, "CUDA backend: %s: sizes too large for the GEMM's int sizes",
+                   op);
+  return 0;
+}
+
+/* Input position (within a plane) read by tap `tap` of the "same"-padded convolution at output
+   position p, or -1 outside the image. */
+static __host__ __device__ long long cu_conv_src(const cu_cg &g, size_t p, int tap) {
+  size_t HW = (size_t)g.S[1] * g.S[2];
+  int a = tap / (g.kk[1] * g.kk[2]), e = (tap / g.kk[2]) % g.kk[1], f = tap % g.kk[2];
+  int z = (int)(p / HW) + a - g.kk[0] / 2, y = (int)(p % HW / g.S[2]) + e - g.kk[1] / 2;
+  int x = (int)(p % g.S[2]) + f - g.kk[2] / 2;
+  if (z < 0 || z >= g.S[0] || y < 0 || y >= g.S[1] || x < 0 || x >= g.S[2]) return -1;
+  return ((long long)z * g.S[1] + y) * g.S[2] + x;
+}
+
+/* col[(ci, tap)][j] = img[ci][the tap's input position for output p0 + j] (0 outside) */
+static __global__ void cu_conv_cols_k(float *col, const float *img, cu_cg g, int Cin, size_t p0,
+                                      size_t len) {
+  CU_FOR(i, (size_t)Cin * g.kv * len) {
+    size_t r = i / len, j = i % len;
+    long long s = cu_conv_src(g, p0 + j, (int)(r % g.kv));
+    col[i] = s < 0 ? 0.0f : img[(r / g.kv) * g.n + s];
+  }
+}
+
+/* img[ci][q] += the columns that read q, taps in order (the col2im of one block): for input
+   positions q0 .. q0 + nq - 1 */
+static __global__ void cu_conv_col2im_k(float *img, const float *col, cu_cg g, int Cin, size_t p0,
+                                        size_t len, size_t q0, size_t nq) {
+  CU_FOR(i, (size_t)Cin * nq) {
+    size_t ci = i / nq, q = q0 + i % nq, HW = (size_t)g.S[1] * g.S[2];
+    int zq = (int)(q / HW), yq = (int)(q % HW / g.S[2]), xq = (int)(q % g.S[2]), tap, any = 0;
+    float acc = img[ci * g.n + q];
+    for (tap = 0; tap < (int)g.kv; ++tap) {
+      int a = tap / (g.kk[1] * g.kk[2]), e = (tap / g.kk[2]) % g.kk[1], f = tap % g.kk[2];
+      int z = zq - (a - g.kk[0] / 2), y = yq - (e - g.kk[1] / 2), x = xq - (f - g.kk[2] / 2);
+      size_t p;
+      if (z < 0 || z >= g.S[0] || y < 0 || y >= g.S[1] || x < 0 || x >= g.S[2]) continue;
+      p = ((size_t)z * g.S[1] + y) * g.S[2] + x;
+      if (p < p0 || p >= p0 + len) continue;
+      acc += col[(ci * g.kv + tap) * len + (p - p0)];
+      any = 1;
+    }
+    if (any) img[ci * g.n + q] = acc;
+  }
+}
+
+/* out[b][c][i] = bias[c] */
+static __global__ void cu_fill_planes_k(float *out, const float *bias, int C, size_t n,
+                                        size_t total) {
+  CU_FOR(i, total) out[i] = bias[i / n % C];
+}
+
+/* dbias[c] += sum over samples and positions of d[b][c][.]: partial sums per (c, b, block of
+   CU_CONV_BLOCK positions), then per channel in order */
+static __global__ void cu_chan_part_k(double *part, const float *d, int B, int C, size_t n,
+                                      size_t nch) {
+  CU_FOR(i, (size_t)C * B * nch) {
+    size_t c = i / (B * nch), b = i / nch % B, ch = i % nch, k;
+    size_t k0 = ch * CU_CONV_BLOCK, k1 = k0 + CU_CONV_BLOCK < n ? k0 + CU_CONV_BLOCK : n;
+    const float *x = d + (b * C + c) * n;
+    double s = 0.0;
+    for (k = k0; k < k1; ++k) s += x[k];
+    part[i] = s;
+  }
+}
+
+static __global__ void cu_chan_final_k(float *dbias, const double *part, int C, size_t m) {
+  CU_FOR(c, (size_t)C) {
+    double s = 0.0;
+    size_t k;
+    for (k = 0; k < m; ++k) s += part[c * m + k];
+    dbias[c] += (float)s;
+  }
+}
+
+static int cu_chan_sum(float *dbias, const float *d, int B, int C, size_t n) {
+  size_t nch = (n + CU_CONV_BLOCK - 1) / CU_CONV_BLOCK, m = (size_t)B * nch;
+  double *part = (double *)cu_ws(CU_WS_COLSUM, sizeof(double) * m * C);
+  if (!part) return IOUPOS_ENOMEM;
+  CU_RUN(cu_chan_part_k, dim3(cu_blocks(m * C, CU_EW)), dim3(CU_EW), part, d, B, C, n, nch);
+  CU_RUN(cu_chan_final_k, dim3(cu_blocks((size_t)C, CU_EW)), dim3(CU_EW), dbias, part, C, m);
+  return 0;
+}
+
+static int cu_conv_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, int dims, int B, int Cin, const int *shape, int k,
+                           int Cout) {
+  cu_cg g = cu_cg();
+  int st = cu_conv_args("conv_forward", &g, dims, B, Cin, shape, k, Cout, 1), b, K, n;
+  if (st) return st;
+  n = (int)g.n, K = Cin * (int)g.kv;
+  if (bias)
+    CU_RUN(cu_fill_planes_k, dim3(cu_blocks((size_t)B * Cout * g.n, CU_EW)), dim3(CU_EW), out,
+           bias, Cout, g.n, (size_t)B * Cout * g.n);
+  for (b = 0; b < B && !st; ++b) {
+    const float *ib = inp + (size_t)b * Cin * g.n;
+    float *ob = out + (size_t)b * Cout * g.n;
+    size_t p0;
+    if (k == 1) {
+      st = cu_gemm(0, 0, Cout, n, Cin, 1.0f, weight, Cin, ib, n, bias ? 1.0f : 0.0f, ob, n);
+      continue;
+    }
+    for (p0 = 0; p0 < g.n && !st; p0 += CU_CONV_BLOCK) {
+      size_t len = g.n - p0 < CU_CONV_BLOCK ? g.n - p0 : CU_CONV_BLOCK;
+      CU_RUN(cu_conv_cols_k, dim3(cu_blocks((size_t)K * len, CU_EW)), dim3(CU_EW), scratch, ib, g,
+             Cin, p0, len);
+      st = cu_gemm(0, 0, Cout, (int)len, K, 1.0f, weight, K, scratch, (int)len,
+                   bias ? 1.0f : 0.0f, ob + p0, n);
+    }
+  }
+  return st;
+}
+
+static int cu_conv_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight, int dims,
+                            int B, int Cin, const int *shape, int k, int Cout) {
+  cu_cg g = cu_cg();
+  int st = cu_conv_args("conv_backward", &g, dims, B, Cin, shape, k, Cout, 1), b, K, n;
+  size_t R;
+  if (st) return st;
+  n = (int)g.n, K = Cin * (int)g.kv;
+  R = (size_t)(g.kk[0] / 2) * g.S[1] * g.S[2] + (size_t)(g.kk[1] / 2) * g.S[2] + g.kk[2] / 2;
+  if (dbias) st = cu_chan_sum(dbias, dout, B, Cout, g.n);
+  for (b = 0; b < B && !st; ++b) {
+    const float *db = dout + (size_t)b * Cout * g.n;
+    const float *ib = inp ? inp + (size_t)b * Cin * g.n : NULL;
+    float *dib = dinp ? dinp + (size_t)b * Cin * g.n : NULL;
+    size_t p0;
+    if (k == 1) {
+      if (dweight) st = cu_gemm(0, 1, Cout, Cin, n, 1.0f, db, n, ib, n, 1.0f, dweight, Cin);
+      if (!st && dib) st = cu_gemm(1, 0, Cin, n, Cout, 1.0f, weight, Cin, db, n, 1.0f, dib, n);
+      continue;
+    }
+    for (p0 = 0; p0 < g.n && !st; p0 += CU_CONV_BLOCK) {
+      size_t len = g.n - p0 < CU_CONV_BLOCK ? g.n - p0 : CU_CONV_BLOCK;
+      if (dweight) {
+        CU_RUN(cu_conv_cols_k, dim3(cu_blocks((size_t)K * len, CU_EW)), dim3(CU_EW), scratch, ib,
+               g, Cin, p0, len);
+        st = cu_gemm(0, 1, Cout, K, (int)len, 1.0f, db + p0, n, scratch, (int)len, 1.0f, dweight,
+                     K);
+      }
+      if (!st && dib) {
+        size_t q0 = p0 > R ? p0 - R : 0, q1 = p0 + len + R < g.n ? p0 + len + R : g.n;
+        st = cu_gemm(1, 0, K, (int)len, Cout, 1.0f, weight, K, db + p0, n, 0.0f, scratch,
+                     (int)len);
+        if (!st)
+          CU_RUN(cu_conv_col2im_k, dim3(cu_blocks((size_t)Cin * (q1 - q0), CU_EW)), dim3(CU_EW),
+                 dib, scratch, g, Cin, p0, len, q0, q1 - q0);
+      }
+    }
+  }
+  return st;
+}
+
+/* ---- transposed convolution, kernel 2, stride 2: GEMM then a scatter (every output element
+   receives exactly one tap) ---- */
+/* dir 0: img_out[co][output of (p, tap)] = tmp[(co, tap)][p - p0] (+ bias); dir 1: the gather */
+static __global__ void cu_tconv_k(float *tmp, float *img_out, const float *img_in,
+                                  const float *bias, cu_cg g, int Cout, size_t p0, size_t len,
+                                  int dir) {
+  CU_FOR(i, (size_t)Cout * g.kv * len) {
+    size_t r = i / len, p = p0 + i % len, co = r / g.kv, HW = (size_t)g.S[1] * g.S[2];
+    int tap = (int)(r % g.kv);
+    int a = tap / (g.kk[1] * g.kk[2]), e = (tap / g.kk[2]) % g.kk[1], f = tap % g.kk[2];
+    int z = (int)(p / HW), y = (int)(p % HW / g.S[2]), x = (int)(p % g.S[2]);
+    size_t O1 = (size_t)g.S[1] * g.kk[1], O2 = (size_t)g.S[2] * g.kk[2];
+    size_t o = co * g.n * g.kv + ((size_t)(z * g.kk[0] + a) * O1 + (size_t)(y * g.kk[1] + e)) * O2 +
+               (size_t)(x * g.kk[2] + f);
+    if (dir == 0) img_out[o] = tmp[i] + (bias ? bias[co] : 0.0f);
+    else tmp[i] = img_in[o];
+  }
+}
+
+static int cu_conv_transpose_forward(float *out, float *scratch, const float *inp,
+                                     const float *weight, const float *bias, int dims, int B,
+                                     int Cin, const int *shape, int Cout) {
+  cu_cg g = cu_cg();
+  int st = cu_conv_args("conv_transpose_forward", &g, dims, B, Cin, shape, 2, Cout, 0), b, n, M;
+  if (st) return st;
+  n = (int)g.n, M = Cout * (int)g.kv;
+  for (b = 0; b < B && !st; ++b) {
+    const float *ib = inp + (size_t)b * Cin * g.n;
+    float *ob = out + (size_t)b * M * g.n;
+    size_t p0;
+    for (p0 = 0; p0 < g.n && !st; p0 += CU_CONV_BLOCK) {
+      size_t len = g.n - p0 < CU_CONV_BLOCK ? g.n - p0 : CU_CONV_BLOCK;
+      st = cu_gemm(1, 0, M, (int)len, Cin, 1.0f, weight, M, ib + p0, n, 0.0f, scratch, (int)len);
+      if (!st)
+        CU_RUN(cu_tconv_k, dim3(cu_blocks((size_t)M * len, CU_EW)), dim3(CU_EW), scratch, ob,
+               (const float *)NULL, bias, g, Cout, p0, len, 0);
+    }
+  }
+  return st;
+}
+
+static int cu_conv_transpose_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                      const float *dout, const float *inp, const float *weight,
+                                      int dims, int B, int Cin, const int *shape, int Cout) {
+  cu_cg g = cu_cg();
+  int st = cu_conv_args("conv_transpose_backward", &g, dims, B, Cin, shape, 2, Cout, 0), b, n, M;
+  if (st) return st;
+  n = (int)g.n, M = Cout * (int)g.kv;
+  if (dbias) st = cu_chan_sum(dbias, dout, B, Cout, g.n * g.kv);
+  for (b = 0; b < B && !st && (dinp || dweight); ++b) {
+    const float *db = dout + (size_t)b * M * g.n;
+    size_t p0;
+    for (p0 = 0; p0 < g.n && !st; p0 += CU_CONV_BLOCK) {
+      size_t len = g.n - p0 < CU_CONV_BLOCK ? g.n - p0 : CU_CONV_BLOCK;
+      CU_RUN(cu_tconv_k, dim3(cu_blocks((size_t)M * len, CU_EW)), dim3(CU_EW), scratch,
+             (float *)NULL, db, (const float *)NULL, g, Cout, p0, len, 1);
+      if (dinp)
+        st = cu_gemm(0, 0, Cin, (int)len, M, 1.0f, weight, M, scratch, (int)len, 1.0f,
+                     dinp + (size_t)b * Cin * g.n + p0, n);
+      if (!st && dweight)
+        st = cu_gemm(0, 1, Cin, M, (int)len, 1.0f, inp + (size_t)b * Cin * g.n + p0, n, scratch,
+                     (int)len, 1.0f, dweight, M);
+    }
+  }
+  return st;
+}
+
+/* ---- instance norm over each (b, c) plane of n positions: one block per plane ---- */
+#define CU_PLANE_THREADS 256
+
+static __global__ void cu_instnorm_fwd_k(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, int C, size_t n,
+                                         float eps) {
+  size_t pl = blockIdx.x, i;
+  const float *x = inp + pl * n;
+  float *y = out + pl * n;
+  int c = (int)(pl % C);
+  double m = 0.0, v = 0.0, r, w = weight ? weight[c] : 1.0, bb = bias ? bias[c] : 0.0;
+  for (i = threadIdx.x; i < n; i += blockDim.x) m += x[i];
+  m = cu_block_sum(m) / (double)n;
+  for (i = threadIdx.x; i < n; i += blockDim.x) v += (x[i] - m) * (x[i] - m);
+  v = cu_block_sum(v) / (double)n;
+  r = 1.0 / sqrt(v + eps);
+  if (threadIdx.x == 0) mean[pl] = (float)m, rstd[pl] = (float)r;
+  for (i = threadIdx.x; i < n; i += blockDim.x) y[i] = (float)((x[i] - m) * r * w + bb);
+}
+
+static void cu_instnorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, int B, int C, size_t n,
+                                float eps) {
+  if (B < 1 || C < 1 || !n) return;
+  CU_RUN_SYNC(cu_instnorm_fwd_k, dim3((unsigned)((size_t)B * C)), dim3(CU_PLANE_THREADS), out,
+              mean, rstd, inp, weight, bias, C, n, eps);
+}
+
+/* per plane: dinp += r (w dy - w mean(dy) - xhat w mean(dy xhat)); the plane's sums of dy and
+   dy xhat are kept in part[pl][2] for the parameter gradients */
+static __global__ void cu_instnorm_bwd_k(float *dinp, double *part, const float *dout,
+                                         const float *inp, const float *weight, const float *mean,
+                                         const float *rstd, int C, size_t n) {
+  size_t pl = blockIdx.x, i;
+  const float *x = inp + pl * n, *dy = dout + pl * n;
+  double m = mean[pl], r = rstd[pl], w = weight ? weight[pl % C] : 1.0, s1 = 0.0, s2 = 0.0;
+  for (i = threadIdx.x; i < n; i += blockDim.x) {
+    double xh = (x[i] - m) * r;
+    s1 += dy[i];
+    s2 += dy[i] * xh;
+  }
+  s1 = cu_block_sum(s1);
+  s2 = cu_block_sum(s2);
+  if (part && threadIdx.x == 0) part[2 * pl] = s1, part[2 * pl + 1] = s2;
+  if (dinp) {
+    double k1 = w * s1 / (double)n, k2 = w * s2 / (double)n;
+    float *dx = dinp + pl * n;
+    for (i = threadIdx.x; i < n; i += blockDim.x) {
+      double xh = (x[i] - m) * r;
+      dx[i] += (float)(r * (w * dy[i] - k1 - xh * k2));
+    }
+  }
+}
+
+static __global__ void cu_instnorm_params_k(float *dweight, float *dbias, const double *part,
+                                            int B, int C) {
+  CU_FOR(c, (size_t)C) {
+    double sw = 0.0, sb = 0.0;
+    int b;
+    for (b = 0; b < B; ++b) sb += part[2 * ((size_t)b * C + c)], sw += part[2 * ((size_t)b * C + c) + 1];
+    if (dweight) dweight[c] += (float)sw;
+    if (dbias) dbias[c] += (float)sb;
+  }
+}
+
+static void cu_instnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *inp, const float *weight, const float *mean,
+                                 const float *rstd, int B, int C, size_t n) {
+  double *part = NULL;
+  if (B < 1 || C < 1 || !n) return;
+  if (dweight || dbias) {
+    part = (double *)cu_ws(CU_WS_ROWS, sizeof(double) * 2 * (size_t)B * C);
+    if (!part) return;
+  }
+  CU_RUN_SYNC(cu_instnorm_bwd_k, dim3((unsigned)((size_t)B * C)), dim3(CU_PLANE_THREADS), dinp,
+              part, dout, inp, weight, mean, rstd, C, n);
+  if (part)
+    CU_RUN(cu_instnorm_params_k, dim3(cu_blocks((size_t)C, CU_EW)), dim3(CU_EW), dweight, dbias,
+           part, B, C);
+}
+
+/* ---- the element-wise steps of the residual block ----
+   op 0: a = lrelu(a)                    op 1: a = lrelu(a + b)    (s = n2 + r; out = lrelu(s):
+   op 2: a += b                          op 3: a = lrelu'(b) c     writes s and out)
+   op 4: a = (b > 0 ? a : a slope)       op 5: a += b (dinp += g1) */
+static __global__ void cu_res_ew_k(int op, float *a, float *o, const float *b, const float *c,
+                                   size_t n, float slope) {
+  CU_FOR(i, n) {
+    switch (op) {
+      case 0: a[i] = a[i] > 0.0f ? a[i] : a[i] * slope; break;
+      case 1: {
+        float s = a[i] + b[i];
+        a[i] = s;
+        o[i] = s > 0.0f ? s : s * slope;
+        break;
+      }
+      case 3: a[i] = b[i] > 0.0f ? c[i] : c[i] * slope; break;
+      case 4: if (!(b[i] > 0.0f)) a[i] *= slope; break;
+      default: a[i] += b[i]; break;
+    }
+  }
+}
+
+#define CU_EWRUN(op, a, o, b, c, n)                                                               \
+  CU_RUN(cu_res_ew_k, dim3(cu_blocks((n), CU_EW)), dim3(CU_EW), (op), (a), (o), (b), (c), (n),     \
+         IOUPOS_UNET_LRELU_SLOPE)
+
+/* ---- MONAI UnetResBlock (the CPU's ioupos_unet_resblock_forward / _backward, step by step) ---- */
+static int cu_unet_resblock_forward(float *out, float *acts, float *scratch, const float *inp,
+                                    const float *w1, const float *w2, const float *w3, int dims,
+                                    int B, int Cin, const int shape[], int k, int Cout) {
+  cu_cg g = cu_cg();
+  int st = cu_conv_args("unet_resblock_forward", &g, dims, B, Cin, shape, k, Cout, 1);
+  int has3 = Cin != Cout;
+  size_t N, P;
+  float *h1, *a1, *h2, *s, *h3, *stats, *cs;
+  const float eps = IOUPOS_UNET_NORM_EPS;
+  if (st) return st;
+  if (!out || !acts || !scratch || !inp || !w1 || !w2 || (has3 != (w3 != NULL)))
+    return cu_bad("unet_resblock_forward", "a NULL buffer or weight, or w3 given exactly when "
+                  "Cin == Cout");
+  N = (size_t)B * Cout * g.n, P = (size_t)B * Cout;
+  h1 = acts, a1 = h1 + N, h2 = a1 + N, s = h2 + N, h3 = has3 ? s + N : NULL;
+  stats = s + N * (size_t)(1 + has3);
+  cs = scratch + 2 * N;
+  st = cu_conv_forward(h1, cs, inp, w1, NULL, dims, B, Cin, shape, k, Cout);
+  if (st) return st;
+  cu_instnorm_forward(a1, stats, stats + P, h1, NULL, NULL, B, Cout, g.n, eps);
+  CU_EWRUN(0, a1, (float *)NULL, (const float *)NULL, (const float *)NULL, N);
+  st = cu_conv_forward(h2, cs, a1, w2, NULL, dims, B, Cout, shape, k, Cout);
+  if (st) return st;
+  cu_instnorm_forward(s, stats + 2 * P, stats + 3 * P, h2, NULL, NULL, B, Cout, g.n, eps);
+  if (has3) {
+    st = cu_conv_forward(h3, NULL, inp, w3, NULL, dims, B, Cin, shape, 1, Cout);
+    if (st) return st;
+    cu_instnorm_forward(out, stats + 4 * P, stats + 5 * P, h3, NULL, NULL, B, Cout, g.n, eps);
+    CU_EWRUN(1, s, out, out, (const float *)NULL, N);
+  } else {
+    CU_EWRUN(1, s, out, inp, (const float *)NULL, N);
+  }
+  return cu.err;
+}
+
+static int cu_unet_resblock_backward(float *dinp, float *dw1, float *dw2, float *dw3,
+                                     float *scratch, const float *dout, const float *acts,
+                                     const float *inp, const float *w1, const float *w2,
+                                     const float *w3, int dims, int B, int Cin, const int shape[],
+                                     int k, int Cout) {
+  cu_cg g = cu_cg();
+  int st = cu_conv_args("unet_resblock_backward", &g, dims, B, Cin, shape, k, Cout, 1);
+  int has3 = Cin != Cout;
+  size_t N, P;
+  const float *h1, *a1, *h2, *s, *h3, *stats;
+  float *g1, *g2, *cs;
+  if (st) return st;
+  if (!scratch || !dout || !acts || !inp || !w1 || !w2 || (has3 != (w3 != NULL)))
+    return cu_bad("unet_resblock_backward", "a NULL buffer or weight, or w3 given exactly when "
+                  "Cin == Cout");
+  N = (size_t)B * Cout * g.n, P = (size_t)B * Cout;
+  h1 = acts, a1 = h1 + N, h2 = a1 + N, s = h2 + N, h3 = has3 ? s + N : NULL;
+  stats = s + N * (size_t)(1 + has3);
+  g1 = scratch, g2 = scratch + N, cs = scratch + 2 * N;
+  /* g1 = dL/ds through the final leaky ReLU */
+  CU_EWRUN(3, g1, (float *)NULL, s, dout, N);
+  if (has3) {
+    if (dinp || dw3) {
+      cu_zero(g2, sizeof(float) * N);
+      cu_instnorm_backward(g2, NULL, NULL, g1, h3, NULL, stats + 4 * P, stats + 5 * P, B, Cout,
+                           g.n);
+      st = cu_conv_backward(dinp, dw3, NULL, NULL, g2, inp, w3, dims, B, Cin, shape, 1, Cout);
+      if (st) return st;
+    }
+  } else if (dinp) {
+    CU_EWRUN(5, dinp, (float *)NULL, g1, (const float *)NULL, N);
+  }
+  /* main branch: norm2, conv2, leaky ReLU (a1 has its input's sign), norm1, conv1 */
+  cu_zero(g2, sizeof(float) * N);
+  cu_instnorm_backward(g2, NULL, NULL, g1, h2, NULL, stats + 2 * P, stats + 3 * P, B, Cout, g.n);
+  cu_zero(g1, sizeof(float) * N);
+  st = cu_conv_backward(g1, dw2, NULL, cs, g2, a1, w2, dims, B, Cout, shape, k, Cout);
+  if (st) return st;
+  CU_EWRUN(4, g1, (float *)NULL, a1, (const float *)NULL, N);
+  cu_zero(g2, sizeof(float) * N);
+  cu_instnorm_backward(g2, NULL, NULL, g1, h1, NULL, stats, stats + P, B, Cout, g.n);
+  st = cu_conv_backward(dinp, dw1, NULL, cs, g2, inp, w1, dims, B, Cin, shape, k, Cout);
+  return st ? st : cu.err;
+}
+
+/* ---- MONAI UnetrUpBlock: transposed conv into the concatenation, then the residual block ---- */
+static int cu_up_shape(int dims, const int *shape, int up[3]) {
+  int d;
+  if ((dims != 2 && dims != 3) || !shape) return 0;
+  for (d = 0; d < dims; ++d) {
+    if (shape[d] < 1 || shape[d] > 0x3fffffff) return 0;
+    up[d] = 2 * shape[d];
+  }
+  return 1;
+}
+
+static int cu_unetr_upblock_forward(float *out, float *acts, float *scratch, const float *inp,
+                                    const float *skip, const float *wt, const float *w1,
+                                    const float *w2, const float *w3, int dims, int B, int Cin,
+                                    const int shape[], int k, int Cout) {
+  int up[3], b, st;
+  cu_cg g = cu_cg();
+  size_t n2, nin;
+  if (!cu_up_shape(dims, shape, up) || B < 1 || Cin < 1 || Cout < 1 || !inp || !skip || !wt ||
+      !acts || !scratch)
+    return cu_bad("unetr_upblock_forward", "bad sizes or a NULL buffer");
+  cu_cg_init(&g, dims, up, 1);
+  n2 = g.n, nin = n2 >> dims;
+  for (b = 0; b < B; ++b) {
+    float *cb = acts + (size_t)b * 2 * Cout * n2;
+    st = cu_conv_transpose_forward(cb, scratch, inp + (size_t)b * Cin * nin, wt, NULL, dims, 1,
+                                   Cin, shape, Cout);
+    if (st) return st;
+    cu_copy(cb + (size_t)Cout * n2, skip + (size_t)b * Cout * n2, sizeof(float) * Cout * n2);
+  }
+  return cu_unet_resblock_forward(out, acts + (size_t)B * 2 * Cout * n2, scratch, acts, w1, w2,
+                                  w3, dims, B, 2 * Cout, up, k, Cout);
+}
+
+static int cu_unetr_upblock_backward(float *dinp, float *dskip, float *dwt, float *dw1,
+                                     float *dw2, float *dw3, float *scratch, const float *dout,
+                                     const float *acts, const float *inp, const float *wt,
+                                     const float *w1, const float *w2, const float *w3, int dims,
+                                     int B, int Cin, const int shape[], int k, int Cout) {
+  int up[3], b, st;
+  cu_cg g = cu_cg();
+  size_t n2, nin, ncat;
+  float *dcat, *rest;
+  if (!cu_up_shape(dims, shape, up) || B < 1 || Cin < 1 || Cout < 1 || !inp || !wt || !dout ||
+      !acts || !scratch)
+    return cu_bad("unetr_upblock_backward", "bad sizes or a NULL buffer");
+  cu_cg_init(&g, dims, up, 1);
+  n2 = g.n, nin = n2 >> dims, ncat = (size_t)B * 2 * Cout * n2;
+  dcat = scratch, rest = scratch + ncat;
+  cu_zero(dcat, sizeof(float) * ncat);
+  st = cu_unet_resblock_backward(dcat, dw1, dw2, dw3, rest, dout, acts + ncat, acts, w1, w2, w3,
+                                 dims, B, 2 * Cout, up, k, Cout);
+  if (st) return st;
+  for (b = 0; b < B; ++b) {
+    const float *dcb = dcat + (size_t)b * 2 * Cout * n2;
+    if (dskip)
+      CU_EWRUN(5, dskip + (size_t)b * Cout * n2, (float *)NULL, dcb + (size_t)Cout * n2,
+               (const float *)NULL, (size_t)Cout * n2);
+    if (dinp || dwt) {
+      st = cu_conv_transpose_backward(dinp ? dinp + (size_t)b * Cin * nin : NULL, dwt, NULL, rest,
+                                      dcb, inp + (size_t)b * Cin * nin, wt, dims, 1, Cin, shape,
+                                      Cout);
+      if (st) return st;
+    }
+  }
+  return cu.err;
+}
+
+/* ---- MONAI UnetOutBlock: a 1x1 convolution with bias ---- */
+static int cu_unet_outblock_forward(float *out, const float *inp, const float *weight,
+                                    const float *bias, int dims, int B, int Cin, const int shape[],
+                                    int Cout) {
+  return cu_conv_forward(out, NULL, inp, weight, bias, dims, B, Cin, shape, 1, Cout);
+}
+
+static int cu_unet_outblock_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                     const float *inp, const float *weight, int dims, int B,
+                                     int Cin, const int shape[], int Cout) {
+  return cu_conv_backward(dinp, dweight, dbias, NULL, dout, inp, weight, dims, B, Cin, shape, 1,
+                          Cout);
+}
+
 /* =============================================================================================
    The table and its initialisation
    ============================================================================================= */
@@ -1727,7 +2254,12 @@ static const ioupos_backend *cu_table(void) {
   /* section 19 */
   t.to_channels_first = cu_to_channels_first;
   t.to_channels_first_backward = cu_to_channels_first_backward;
-  /* IOUPOS_CU_TABLE_MORE */
+  t.unet_resblock_forward = cu_unet_resblock_forward;
+  t.unet_resblock_backward = cu_unet_resblock_backward;
+  t.unetr_upblock_forward = cu_unetr_upblock_forward;
+  t.unetr_upblock_backward = cu_unetr_upblock_backward;
+  t.unet_outblock_forward = cu_unet_outblock_forward;
+  t.unet_outblock_backward = cu_unet_outblock_backward;
   return &t;
 }
 
