@@ -14,7 +14,9 @@
        writes), inputs must be unchanged (bit for bit), and gradient outputs start from random
        values, so that += accumulation is checked as well as the values;
      - the case runs on the CPU backend, then twice on the CUDA backend: the two CUDA runs must
-       agree bit for bit (determinism), and each output must match the CPU's within the case's
+       agree bit for bit (determinism; in the host build the second run executes every grid's
+       blocks and every block's threads in reverse order, so a kernel whose result depends on
+       thread order, i.e. a race, fails here), and each output must match the CPU's within the case's
        tolerance |got - ref| <= atol + rtol |ref| (set beside each case, with its reason); a NaN
        or an infinity where the other backend has none fails; the report gives the worst element,
        the largest absolute and relative errors and the first element out of tolerance;
@@ -226,7 +228,14 @@ static void run_case(const char *name, void (*fn)(tc *), double atol, double rto
     t->pass = pass;
     t->be = pass ? cuda_be : cpu_be;
     t->cur = 0;
+#ifndef IOUPOS_TEST_CUDA_GPU
+    /* host build: the second CUDA run goes through every grid and block in reverse order */
+    if (pass == 2) setenv("IOUPOS_CUDA_HOST_ORDER", "reverse", 1);
+#endif
     fn(t);
+#ifndef IOUPOS_TEST_CUDA_GPU
+    unsetenv("IOUPOS_CUDA_HOST_ORDER");
+#endif
     st = t->be->sync();
     CHECK(st == 0, "%s: pass %d: sync returned %d (%s)", name, pass, st, ioupos_failure_reason());
     for (i = 0; i < t->cur; ++i) {
@@ -1046,7 +1055,6 @@ static void test_memory(void) {
 }
 
 #ifndef IOUPOS_TEST_CUDA_GPU
-#include <stdlib.h>
 static int reason_has(const char *s) { return strstr(ioupos_failure_reason(), s) != NULL; }
 
 /* the host emulation's switches (tests/cuda_host/cuda_host.h): no driver, no device, memory cap */
@@ -1102,6 +1110,110 @@ static void test_failures_after_start(void) {
   CHECK(be->sync() == 0, "sync after the cleared failure");
 }
 #endif
+
+/* =============================================================================================
+   A whole training step: the models call every operation through the table, so one SimSiam
+   step (Swin encoder with shifted windows, padding and drop-path, projection and prediction
+   heads with batch norm, the loss, SGD) on the CUDA backend must give the CPU's loss, gradients
+   and updated parameters. Compared per tensor by the error relative to the tensor's largest
+   magnitude: max |cuda - cpu| / max |cpu| <= 5e-3. The step is ill-conditioned at this size
+   (batch norm over 2 samples in the heads, a loss of cosines near 0): on the CPU alone, moving
+   every 7th input pixel by one float ulp changes the loss by 5e-7 (2.5e-5 relative) and the
+   worst gradient tensor by 6e-4 of its maximum, the same size as the CPU / host-build
+   difference (3e-4), so the bound leaves room for cuBLAS's other summation orders while a wrong
+   operation gives O(1). The loss: 1e-4 relative + 2e-6.
+   ============================================================================================= */
+
+static void simsiam_cfg(ioupos_simsiam_config *c) {
+  int s;
+  ioupos_simsiam_config_default(c, 2);
+  c->enc.embed_dim = 12;
+  c->enc.window[0] = c->enc.window[1] = 4;
+  for (s = 0; s < 4; ++s) c->enc.depths[s] = s == 0 ? 2 : 1, c->enc.num_heads[s] = 3;
+  c->enc.drop_path_rate = 0.2f;
+  c->proj_hidden = 24, c->proj_out = 20, c->pred_hidden = 10;
+}
+
+static int simsiam_run(const ioupos_backend *be, float *grad, float *value, double *loss) {
+  ioupos_simsiam_config c;
+  ioupos_simsiam m;
+  ioupos_ssl_stats st;
+  ioupos_rng rng;
+  int shape[2] = {18, 16}, B = 2, rc;
+  size_t i, npix = 18 * 16;
+  float *v1 = hmalloc(B * npix), *v2 = hmalloc(B * npix);
+  for (i = 0; i < B * npix; ++i) v1[i] = (float)sin(0.3 * i), v2[i] = (float)cos(0.17 * i + 0.5);
+  simsiam_cfg(&c);
+  rc = ioupos_simsiam_init(&m, &c, be, 7);
+  if (rc) return rc;
+  ioupos_rng_seed(&rng, 11);
+  ioupos_simsiam_zero_grad(&m);
+  rc = ioupos_simsiam_accumulate(&m, v1, v2, B, shape, 1.0f, &rng, &st);
+  if (!rc) {
+    be->download(grad, m.p.grad, m.p.table.total * sizeof(float));
+    rc = ioupos_simsiam_step(&m, 0.05, 0.05, 0.9, 1e-4);
+  }
+  if (!rc) be->download(value, m.p.value, m.p.table.total * sizeof(float));
+  *loss = st.loss;
+  ioupos_simsiam_free(&m);
+  free(v1), free(v2);
+  return rc ? rc : be->sync();
+}
+
+static void test_simsiam_step(void) {
+  ioupos_simsiam_config c;
+  ioupos_simsiam m;
+  size_t total;
+  float *g[2], *v[2];
+  double loss[2];
+  int rc[2], k, i;
+  simsiam_cfg(&c); /* the parameter table (the same for both backends) */
+  if (ioupos_simsiam_init(&m, &c, cpu_be, 7)) {
+    CHECK(0, "simsiam init: %s", ioupos_failure_reason());
+    return;
+  }
+  total = m.p.table.total;
+  printf("one SimSiam step (2D 18x16, C 12, window 4, drop-path 0.2), %zu parameters\n", total);
+  for (k = 0; k < 2; ++k) g[k] = hmalloc(total), v[k] = hmalloc(total);
+  rc[0] = simsiam_run(cpu_be, g[0], v[0], &loss[0]);
+  rc[1] = simsiam_run(cuda_be, g[1], v[1], &loss[1]);
+  CHECK(rc[0] == 0 && rc[1] == 0, "simsiam step: cpu %d, cuda %d (%s)", rc[0], rc[1],
+        ioupos_failure_reason());
+  if (rc[0] == 0 && rc[1] == 0) {
+    int bad = 0;
+    double worst = 0.0;
+    const char *wname = "";
+    CHECK(fabs(loss[1] - loss[0]) <= 1e-4 * fabs(loss[0]) + 2e-6, "simsiam loss cpu %.9g cuda %.9g",
+          loss[0], loss[1]);
+    for (i = 0; i < m.p.table.n; ++i) {
+      const ioupos_tensor_info *ti = &m.p.table.t[i];
+      int w;
+      if (ti->dtype != IOUPOS_ST_F32) continue;
+      for (w = 0; w < 2; ++w) {
+        const float *ref = (w ? v[0] : g[0]) + ti->offset, *got = (w ? v[1] : g[1]) + ti->offset;
+        double mx = 0.0, err = 0.0, rel;
+        size_t e;
+        for (e = 0; e < ti->numel; ++e) {
+          double d = fabs((double)got[e] - ref[e]);
+          if (fabs(ref[e]) > mx) mx = fabs(ref[e]);
+          if (!(d <= err)) err = d; /* NaN wins */
+        }
+        rel = err / (mx > 1e-30 ? mx : 1e-30);
+        if (!(rel <= 5e-3)) {
+          ++bad;
+          CHECK(0, "simsiam step: %s of %s: max error %.3e of max |cpu| %.3e", w ? "value" : "grad",
+                ti->name, err, mx);
+        }
+        if (rel > worst || !(rel == rel)) worst = rel, wname = ti->name;
+      }
+    }
+    CHECK(bad == 0, "simsiam step: %d tensors out of tolerance", bad);
+    printf("  loss cpu %.9g cuda %.9g; worst tensor error %.2e of its max |cpu| (%s)\n", loss[0],
+           loss[1], worst, wname);
+  }
+  for (k = 0; k < 2; ++k) free(g[k]), free(v[k]);
+  ioupos_simsiam_free(&m);
+}
 
 /* =============================================================================================
    The cases
@@ -1204,6 +1316,7 @@ int main(void) {
 #endif
   for (k = 0; k < sizeof cases / sizeof cases[0]; ++k)
     run_case(cases[k].name, cases[k].fn, cases[k].atol, cases[k].rtol);
+  test_simsiam_step();
   printf("%d cases: %d run, %d unsupported by the CUDA backend (skipped, not passed)%s%s\n",
          n_cases, n_cases - n_unsupported, n_unsupported, n_unsupported ? ": " : "",
          unsupported_list);

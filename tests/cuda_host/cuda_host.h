@@ -19,6 +19,11 @@
      registered, so the cuBLAS reference (cublas_ref.h) checks that each matrix it reads or
      writes, as described by its sizes, leading dimension and batch stride, lies inside one
      allocation.
+   - IOUPOS_CUDA_HOST_ORDER=reverse in the environment runs the blocks of every grid and the
+     threads of every block (between barriers too) in reverse order. A kernel whose result
+     depends on the order in which its threads run (two threads writing one element, a read of
+     another thread's write without a barrier) then gives different bits: tests/test_cuda_ops.c
+     runs each case once in each order and requires the same bits.
    - IOUPOS_CUDA_HOST_DEVICES=0 in the environment makes cudaGetDeviceCount answer "no device"
      (error 100), a negative value "insufficient driver" (error 35, what machines without a GPU
      driver answer), and IOUPOS_CUDA_HOST_MEM=<bytes> caps the emulated device memory, so the
@@ -265,6 +270,12 @@ static ucontext_t sched;
 static int in_fiber = 0, cur = 0;
 static const std::function<void()> *body = NULL;
 
+/* 1 when IOUPOS_CUDA_HOST_ORDER=reverse (read at every launch) */
+static int reverse_order(void) {
+  const char *v = getenv("IOUPOS_CUDA_HOST_ORDER");
+  return v && strcmp(v, "reverse") == 0;
+}
+
 static void set_thread(unsigned t) {
   threadIdx.x = t % blockDim.x;
   threadIdx.y = (t / blockDim.x) % blockDim.y;
@@ -276,9 +287,9 @@ static void fiber_entry(void) {
   fstate[cur] = T_DONE; /* uc_link returns to the scheduler */
 }
 
-/* one block, its threads as fibers, barriers respected */
-static void run_block_fibers(unsigned nt) {
-  unsigned t;
+/* one block, its threads as fibers, barriers respected; rev: threads in reverse order */
+static void run_block_fibers(unsigned nt, int rev) {
+  unsigned t, k;
   while (fib.size() < nt) {
     fib.push_back(ucontext_t());
     stacks.push_back((char *)malloc(fiber_stack));
@@ -299,7 +310,8 @@ static void run_block_fibers(unsigned nt) {
   in_fiber = 1;
   for (;;) {
     unsigned waiting = 0, done = 0;
-    for (t = 0; t < nt; ++t) {
+    for (k = 0; k < nt; ++k) {
+      t = rev ? nt - 1 - k : k;
       if (fstate[t] != T_READY) continue;
       cur = (int)t;
       set_thread(t);
@@ -337,7 +349,9 @@ static inline void __syncthreads(void) {
 }
 
 static inline void ioupos_cuh_launch(dim3 g, dim3 b, int sync, const std::function<void()> &fn) {
-  unsigned bx, by, bz, t, nt = b.x * b.y * b.z;
+  unsigned bx, by, bz, t, k, nt = b.x * b.y * b.z;
+  unsigned long long blk, nblk = (unsigned long long)g.x * g.y * g.z;
+  int rev = ioupos_cuhost::reverse_order();
   if (nt == 0 || nt > 1024 || b.z > 64 || g.x == 0 || g.y == 0 || g.z == 0 ||
       g.x > 2147483647u || g.y > 65535 || g.z > 65535) {
     ioupos_cuhost::set_error(cudaErrorInvalidConfiguration);
@@ -346,20 +360,21 @@ static inline void ioupos_cuh_launch(dim3 g, dim3 b, int sync, const std::functi
   gridDim = g;
   blockDim = b;
   ioupos_cuhost::body = &fn;
-  for (bz = 0; bz < g.z; ++bz)
-    for (by = 0; by < g.y; ++by)
-      for (bx = 0; bx < g.x; ++bx) {
-        blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
-        if (sync) {
-          ioupos_cuhost::run_block_fibers(nt);
-        } else {
-          ioupos_cuhost::in_fiber = 0;
-          for (t = 0; t < nt; ++t) {
-            ioupos_cuhost::set_thread(t);
-            fn();
-          }
-        }
+  for (blk = 0; blk < nblk; ++blk) {
+    unsigned long long q = rev ? nblk - 1 - blk : blk;
+    bx = (unsigned)(q % g.x), by = (unsigned)(q / g.x % g.y), bz = (unsigned)(q / g.x / g.y);
+    blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
+    if (sync) {
+      ioupos_cuhost::run_block_fibers(nt, rev);
+    } else {
+      ioupos_cuhost::in_fiber = 0;
+      for (k = 0; k < nt; ++k) {
+        t = rev ? nt - 1 - k : k;
+        ioupos_cuhost::set_thread(t);
+        fn();
       }
+    }
+  }
   ioupos_cuhost::body = NULL;
 }
 
