@@ -73,11 +73,11 @@ $(BUILD)/ioupos_cuda_host.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_host.h
 
 $(BUILD)/test_cuda_ops: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda_host.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -c $< -o $@.o
-	$(CXX) $@.o $(BUILD)/ioupos_cuda_host.o -o $@ $(LDLIBS)
+	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda_host.o -o $@ $(LDLIBS)
 
 $(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_TEST_CUDA_GPU $(CPPFLAGS) -c $< -o $@.o
-	$(CXX) $@.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) $(LDLIBS)
+	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) $(LDLIBS)
 
 # The op test on a real GPU (prints SKIP and succeeds without nvcc or without a usable GPU).
 test-cuda:

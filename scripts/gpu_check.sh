@@ -9,6 +9,10 @@
 # ends the script's output. Exits 1 if any step failed, including "no usable GPU" (a SKIP of
 # the op test is a failure here: this script is meant for a GPU machine).
 # Usage: OUT=/some/dir sh scripts/gpu_check.sh      (from the repository root)
+# The GPU machine may have no network and no stb headers (Debian's libstb-dev): the build then
+# uses $STB_DIR, else build/stb (copy /usr/include/stb there beforehand and bring it along).
+# Without nvcc on that machine, a $BUILD/test_cuda_ops_gpu built elsewhere (same CUDA major
+# version) is run as it is.
 set -u
 OUT=${OUT:-build/gpu_check}
 BUILD=${BUILD:-build}
@@ -24,12 +28,22 @@ note() { echo "$1" | tee -a "$summary"; }
 note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
 
 # 2. build (make finds nvcc on PATH or in /usr/local/cuda/bin)
-if make --no-print-directory BUILD="$BUILD" "$BUILD/test_cuda_ops_gpu" >"$OUT/build.txt" 2>&1; then
-  note "build: ok ($BUILD/test_cuda_ops_gpu)"
-  cp "$BUILD/ioupos_cuda.ptxas.txt" "$OUT/" 2>/dev/null
+STB_DIR=${STB_DIR:-/usr/include/stb}
+[ -f "$STB_DIR/stb_image.h" ] || STB_DIR=$(pwd)/build/stb
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  if make --no-print-directory BUILD="$BUILD" STB_DIR="$STB_DIR" "$BUILD/test_cuda_ops_gpu" \
+      >"$OUT/build.txt" 2>&1; then
+    note "build: ok ($BUILD/test_cuda_ops_gpu, stb from $STB_DIR)"
+    cp "$BUILD/ioupos_cuda.ptxas.txt" "$OUT/" 2>/dev/null
+  else
+    note "build: FAILED (see $OUT/build.txt)"
+    tail -n 30 "$OUT/build.txt"
+    exit 1
+  fi
+elif [ -x "$BUILD/test_cuda_ops_gpu" ]; then
+  note "build: no nvcc here; running the $BUILD/test_cuda_ops_gpu brought along"
 else
-  note "build: FAILED (see $OUT/build.txt)"
-  tail -n 30 "$OUT/build.txt"
+  note "build: FAILED: no nvcc and no $BUILD/test_cuda_ops_gpu"
   exit 1
 fi
 

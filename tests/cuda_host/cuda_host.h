@@ -264,8 +264,14 @@ namespace ioupos_cuhost {
 enum { T_READY, T_WAIT, T_DONE };
 static const size_t fiber_stack = 128 * 1024;
 static std::vector<ucontext_t> fib;
-static std::vector<char *> stacks;
 static std::vector<int> fstate;
+/* the fiber stacks, kept for the next launch and freed at exit */
+static struct stack_pool {
+  std::vector<char *> v;
+  ~stack_pool() {
+    for (size_t i = 0; i < v.size(); ++i) free(v[i]);
+  }
+} stacks;
 static ucontext_t sched;
 static int in_fiber = 0, cur = 0;
 static const std::function<void()> *body = NULL;
@@ -292,16 +298,16 @@ static void run_block_fibers(unsigned nt, int rev) {
   unsigned t, k;
   while (fib.size() < nt) {
     fib.push_back(ucontext_t());
-    stacks.push_back((char *)malloc(fiber_stack));
+    stacks.v.push_back((char *)malloc(fiber_stack));
     fstate.push_back(T_DONE);
-    if (!stacks.back()) {
+    if (!stacks.v.back()) {
       fprintf(stderr, "cuda_host: out of memory for fiber stacks\n");
       abort();
     }
   }
   for (t = 0; t < nt; ++t) {
     getcontext(&fib[t]);
-    fib[t].uc_stack.ss_sp = stacks[t];
+    fib[t].uc_stack.ss_sp = stacks.v[t];
     fib[t].uc_stack.ss_size = fiber_stack;
     fib[t].uc_link = &sched;
     makecontext(&fib[t], fiber_entry, 0);
