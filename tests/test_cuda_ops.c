@@ -1160,13 +1160,42 @@ static int simsiam_run(const ioupos_backend *be, float *grad, float *value, doub
   return rc ? rc : be->sync();
 }
 
+/* max |got - ref| / max |ref| per F32 tensor of the table must be <= tol; prints the worst */
+static void compare_params(const char *what, const ioupos_tensor_table *tt, const float *ref,
+                           const float *got, double tol) {
+  double worst = 0.0;
+  const char *wname = "";
+  int i, bad = 0;
+  for (i = 0; i < tt->n; ++i) {
+    const ioupos_tensor_info *ti = &tt->t[i];
+    const float *r = ref + ti->offset, *g = got + ti->offset;
+    double mx = 0.0, err = 0.0, rel;
+    size_t e;
+    if (ti->dtype != IOUPOS_ST_F32) continue;
+    for (e = 0; e < ti->numel; ++e) {
+      double d = fabs((double)g[e] - r[e]);
+      if (fabs(r[e]) > mx) mx = fabs(r[e]);
+      if (!(d <= err)) err = d; /* NaN wins */
+    }
+    rel = err / (mx > 1e-30 ? mx : 1e-30);
+    if (!(rel <= tol)) {
+      ++bad;
+      CHECK(0, "%s of %s: max error %.3e of max |cpu| %.3e (tolerance %.1e of it)", what,
+            ti->name, err, mx, tol);
+    }
+    if (!(rel <= worst)) worst = rel, wname = ti->name;
+  }
+  CHECK(bad == 0, "%s: %d tensors out of tolerance", what, bad);
+  printf("  %-28s worst tensor error %.2e of its max |cpu| (%s)\n", what, worst, wname);
+}
+
 static void test_simsiam_step(void) {
   ioupos_simsiam_config c;
   ioupos_simsiam m;
   size_t total;
   float *g[2], *v[2];
   double loss[2];
-  int rc[2], k, i;
+  int rc[2], k;
   simsiam_cfg(&c); /* the parameter table (the same for both backends) */
   if (ioupos_simsiam_init(&m, &c, cpu_be, 7)) {
     CHECK(0, "simsiam init: %s", ioupos_failure_reason());
@@ -1180,39 +1209,105 @@ static void test_simsiam_step(void) {
   CHECK(rc[0] == 0 && rc[1] == 0, "simsiam step: cpu %d, cuda %d (%s)", rc[0], rc[1],
         ioupos_failure_reason());
   if (rc[0] == 0 && rc[1] == 0) {
-    int bad = 0;
-    double worst = 0.0;
-    const char *wname = "";
     CHECK(fabs(loss[1] - loss[0]) <= 1e-4 * fabs(loss[0]) + 2e-6, "simsiam loss cpu %.9g cuda %.9g",
           loss[0], loss[1]);
-    for (i = 0; i < m.p.table.n; ++i) {
-      const ioupos_tensor_info *ti = &m.p.table.t[i];
-      int w;
-      if (ti->dtype != IOUPOS_ST_F32) continue;
-      for (w = 0; w < 2; ++w) {
-        const float *ref = (w ? v[0] : g[0]) + ti->offset, *got = (w ? v[1] : g[1]) + ti->offset;
-        double mx = 0.0, err = 0.0, rel;
-        size_t e;
-        for (e = 0; e < ti->numel; ++e) {
-          double d = fabs((double)got[e] - ref[e]);
-          if (fabs(ref[e]) > mx) mx = fabs(ref[e]);
-          if (!(d <= err)) err = d; /* NaN wins */
-        }
-        rel = err / (mx > 1e-30 ? mx : 1e-30);
-        if (!(rel <= 5e-3)) {
-          ++bad;
-          CHECK(0, "simsiam step: %s of %s: max error %.3e of max |cpu| %.3e", w ? "value" : "grad",
-                ti->name, err, mx);
-        }
-        if (rel > worst || !(rel == rel)) worst = rel, wname = ti->name;
-      }
-    }
-    CHECK(bad == 0, "simsiam step: %d tensors out of tolerance", bad);
-    printf("  loss cpu %.9g cuda %.9g; worst tensor error %.2e of its max |cpu| (%s)\n", loss[0],
-           loss[1], worst, wname);
+    printf("  loss cpu %.9g cuda %.9g\n", loss[0], loss[1]);
+    compare_params("gradients", &m.p.table, g[0], g[1], 5e-3);
+    compare_params("parameters after SGD", &m.p.table, v[0], v[1], 5e-3);
   }
   for (k = 0; k < 2; ++k) free(g[k]), free(v[k]);
   ioupos_simsiam_free(&m);
+}
+
+/* One DINO step (student on 2 global and 2 local views, teacher, weight-normalised last layer
+   with a trained g, the loss and centre, per-tensor clipping, AdamW, the teacher EMA): the same
+   comparison and tolerance (the heads' batch norm over 2 samples again), except for the student
+   after AdamW: its first step moves each parameter by lr g / (|g| + eps), about lr whatever |g|,
+   so where |g| is near eps (1e-8) the move depends on the gradient's last bits. Zero-initialised
+   biases then differ by 2e-3 of their largest value (which is lr itself), with gradients that
+   agree to 3e-6; 2e-2 keeps a margin, and a wrong sign or a missed step still gives 1 to 2. */
+static void dino_cfg(ioupos_dino_config *c) {
+  int s;
+  ioupos_dino_config_default(c, 2);
+  c->enc.embed_dim = 12;
+  c->enc.window[0] = c->enc.window[1] = 4;
+  for (s = 0; s < 4; ++s) c->enc.depths[s] = s == 0 ? 2 : 1, c->enc.num_heads[s] = 3;
+  c->enc.drop_path_rate = 0.1f;
+  c->hidden = 24, c->bottleneck = 8, c->out_dim = 40, c->norm_last_layer = 0;
+}
+
+typedef struct {
+  float *sgrad, *svalue, *tvalue, *center;
+  double loss;
+} dino_result;
+
+static int dino_run(const ioupos_backend *be, dino_result *r) {
+  ioupos_dino_config c;
+  ioupos_dino m;
+  ioupos_ssl_stats st;
+  ioupos_rng rng;
+  int shape[2] = {16, 16}, lshape[2] = {10, 8}, B = 2, rc;
+  size_t i, npix = 256, nl = 80;
+  float *g1 = hmalloc(B * npix), *g2 = hmalloc(B * npix), *loc = hmalloc(2 * B * nl);
+  for (i = 0; i < B * npix; ++i) g1[i] = (float)sin(0.21 * i), g2[i] = (float)cos(0.13 * i + 1);
+  for (i = 0; i < 2 * B * nl; ++i) loc[i] = (float)sin(0.7 * i + 0.2);
+  dino_cfg(&c);
+  rc = ioupos_dino_init(&m, &c, be, 5);
+  if (rc) return rc;
+  ioupos_rng_seed(&rng, 3);
+  ioupos_dino_zero_grad(&m);
+  rc = ioupos_dino_accumulate(&m, g1, g2, loc, 2, B, shape, lshape, 0.04f, 1.0f, &rng, &st);
+  if (!rc) {
+    be->download(r->sgrad, m.s.grad, m.s.table.total * sizeof(float));
+    rc = ioupos_dino_step(&m, 1e-3, 0.04, 0, 0, 3.0f, 0.996);
+  }
+  if (!rc) {
+    be->download(r->svalue, m.s.value, m.s.table.total * sizeof(float));
+    be->download(r->tvalue, m.t.value, m.t.table.total * sizeof(float));
+    be->download(r->center, m.center, (size_t)c.out_dim * sizeof(float));
+  }
+  r->loss = st.loss;
+  ioupos_dino_free(&m);
+  free(g1), free(g2), free(loc);
+  return rc ? rc : be->sync();
+}
+
+static void test_dino_step(void) {
+  ioupos_dino_config c;
+  ioupos_dino m;
+  dino_result r[2];
+  size_t total;
+  int rc[2], k;
+  dino_cfg(&c);
+  if (ioupos_dino_init(&m, &c, cpu_be, 5)) {
+    CHECK(0, "dino init: %s", ioupos_failure_reason());
+    return;
+  }
+  total = m.s.table.total;
+  printf("one DINO step (2 global 16x16 + 2 local 10x8 views, out_dim 40, trained g), %zu "
+         "parameters\n", total);
+  for (k = 0; k < 2; ++k) {
+    r[k].sgrad = hmalloc(total), r[k].svalue = hmalloc(total), r[k].tvalue = hmalloc(total);
+    r[k].center = hmalloc((size_t)c.out_dim);
+  }
+  rc[0] = dino_run(cpu_be, &r[0]);
+  rc[1] = dino_run(cuda_be, &r[1]);
+  CHECK(rc[0] == 0 && rc[1] == 0, "dino step: cpu %d, cuda %d (%s)", rc[0], rc[1],
+        ioupos_failure_reason());
+  if (rc[0] == 0 && rc[1] == 0) {
+    cmp_stats cs = compare((const uint32_t *)r[0].center, (const uint32_t *)r[1].center,
+                           (size_t)c.out_dim, 0, 1e-6, 1e-5);
+    CHECK(fabs(r[1].loss - r[0].loss) <= 1e-4 * fabs(r[0].loss) + 2e-6,
+          "dino loss cpu %.9g cuda %.9g", r[0].loss, r[1].loss);
+    printf("  loss cpu %.9g cuda %.9g\n", r[0].loss, r[1].loss);
+    CHECK(cs.n_bad == 0, "dino centre: %zu of %d elements out of tolerance, max abs err %.3e",
+          cs.n_bad, c.out_dim, cs.max_abs);
+    compare_params("student gradients", &m.s.table, r[0].sgrad, r[1].sgrad, 5e-3);
+    compare_params("student after AdamW", &m.s.table, r[0].svalue, r[1].svalue, 2e-2);
+    compare_params("teacher after the EMA", &m.t.table, r[0].tvalue, r[1].tvalue, 5e-3);
+  }
+  for (k = 0; k < 2; ++k) free(r[k].sgrad), free(r[k].svalue), free(r[k].tvalue), free(r[k].center);
+  ioupos_dino_free(&m);
 }
 
 /* =============================================================================================
@@ -1317,6 +1412,7 @@ int main(void) {
   for (k = 0; k < sizeof cases / sizeof cases[0]; ++k)
     run_case(cases[k].name, cases[k].fn, cases[k].atol, cases[k].rtol);
   test_simsiam_step();
+  test_dino_step();
   printf("%d cases: %d run, %d unsupported by the CUDA backend (skipped, not passed)%s%s\n",
          n_cases, n_cases - n_unsupported, n_unsupported, n_unsupported ? ": " : "",
          unsupported_list);
