@@ -18,7 +18,7 @@ TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $
             $(BUILD)/test_phantom $(BUILD)/test_data $(BUILD)/test_gemm $(BUILD)/test_gemm_portable \
             $(BUILD)/test_layers $(BUILD)/test_attention $(BUILD)/test_safetensors \
             $(BUILD)/test_losses $(BUILD)/test_optim $(BUILD)/test_model $(BUILD)/test_decoder $(BUILD)/test_segeval $(BUILD)/test_threads \
-            $(BUILD)/test_cuda_ops
+            $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
 
@@ -71,9 +71,22 @@ $(BUILD)/ioupos_cuda_host.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_host.h
 	$(CXX) -std=c++11 $(CFLAGS) $(WARN) -ffp-contract=off -DIOUPOS_CUDA_HOST -Itests/cuda_host $(CPPFLAGS) \
 	  -x c++ -c $< -o $@
 
-$(BUILD)/test_cuda_ops: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda_host.o | stb
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -c $< -o $@.o
-	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda_host.o -o $@ $(LDLIBS)
+# The host build's reducing kernels have 32 threads per block (their threads run as fibers);
+# ioupos_cuda_host_gpublocks.o keeps the GPU's launch configuration for the op cases.
+$(BUILD)/ioupos_cuda_host_gpublocks.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_host.h tests/cuda_host/cublas_ref.h
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++11 $(CFLAGS) $(WARN) -ffp-contract=off -DIOUPOS_CUDA_HOST -DIOUPOS_CUDA_HOST_GPU_BLOCKS \
+	  -Itests/cuda_host $(CPPFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/test_cuda_ops.o: tests/test_cuda_ops.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -c $< -o $@
+
+$(BUILD)/test_cuda_ops: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host.o
+	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test_cuda_ops_gpublocks: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host_gpublocks.o
+	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_TEST_CUDA_GPU $(CPPFLAGS) -c $< -o $@.o

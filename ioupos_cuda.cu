@@ -80,7 +80,23 @@
   } while (0)
 
 #define CU_EW 256            /* threads per block of the element-wise kernels */
-#define CU_RT 128            /* threads per block of the row kernels (a power of two) */
+/* Threads per block of the kernels that reduce through shared memory and __syncthreads()
+   (powers of two): rows (layer norm, L2 norm, losses, weight norm), attention score rows,
+   instance-norm planes, gradient-norm blocks. The host build runs every thread of such a kernel
+   as a fiber, and a fiber switch costs a system call: there the blocks have 32 threads (the
+   same kernels with a smaller tree; all sizes the code handles, rows shorter and longer than a
+   block, are still exercised) unless IOUPOS_CUDA_HOST_GPU_BLOCKS is defined. */
+#if defined(IOUPOS_CUDA_HOST) && !defined(IOUPOS_CUDA_HOST_GPU_BLOCKS)
+#define CU_RT 32
+#define CU_ATT_T 32
+#define CU_PLANE_T 32
+#define CU_NORM_T 32
+#else
+#define CU_RT 128     /* rows */
+#define CU_ATT_T 64   /* attention score rows (49 or 343 tokens) */
+#define CU_PLANE_T 256 /* instance-norm planes */
+#define CU_NORM_T 256  /* gradient-norm blocks */
+#endif
 #define CU_ROW_CHUNK 256     /* rows per chunk of the column sums (the CPU's IOUPOS__ROW_CHUNK) */
 #define CU_NORM_CHUNK 8192   /* elements per block of the gradient-norm partial sums */
 #define CU_MAX_GRID 1048576u /* blocks of a grid-stride launch */
@@ -1152,7 +1168,7 @@ static int cu_swin_attention_forward(float *out, float *acts, float *scratch, co
                          qkv + C + h * hd, C3, (long long)N * C3, 0.0f, att + h * nn, N,
                          (long long)NH * nn, BW);
   if (st) return st;
-  CU_RUN_SYNC(cu_attn_softmax_k, dim3((unsigned)((size_t)BW * NH * N)), dim3(64), att, table,
+  CU_RUN_SYNC(cu_attn_softmax_k, dim3((unsigned)((size_t)BW * NH * N)), dim3(CU_ATT_T), att, table,
               index, g->shifted ? mask : NULL, N, NH, g->nwin);
   /* y[:, h hd .. (h + 1) hd) = P v */
   for (h = 0; !st && h < NH; ++h)
@@ -1216,7 +1232,7 @@ static int cu_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b, f
                          qkv + 2 * C + h * hd, C3, (long long)N * C3, 0.0f, D + h * nn, N,
                          (long long)NH * nn, BW);
   if (st) return st;
-  CU_RUN_SYNC(cu_attn_dsoftmax_k, dim3((unsigned)((size_t)BW * NH * N)), dim3(64), D, att, N);
+  CU_RUN_SYNC(cu_attn_dsoftmax_k, dim3((unsigned)((size_t)BW * NH * N)), dim3(CU_ATT_T), D, att, N);
   /* dv = P^T dy_h; dq = scale dS k; dk = scale dS^T q (every element of dqkv written once) */
   for (h = 0; !st && h < NH; ++h) {
     const float *q = qkv + h * hd, *k = q + C;
@@ -1607,7 +1623,7 @@ static float cu_clip_grad_per_param(float *grad, size_t n, float clip) {
   double *part = (double *)cu_ws(CU_WS_ROWS, sizeof(double) * (nblk + 1));
   if (!part) return NAN;
   if (nblk > 0x7fffffff) return cu_bad("clip_grad_per_param", "too many elements"), NAN;
-  if (nblk) CU_RUN_SYNC(cu_sumsq_part_k, dim3((unsigned)nblk), dim3(256), part, grad, n);
+  if (nblk) CU_RUN_SYNC(cu_sumsq_part_k, dim3((unsigned)nblk), dim3(CU_NORM_T), part, grad, n);
   CU_RUN(cu_clip_final_k, dim3(1), dim3(1), cu.scalars, part, nblk, clip);
   if (n) CU_RUN(cu_clip_scale_k, dim3(cu_blocks(n, CU_EW)), dim3(CU_EW), grad, n, cu.scalars);
   return (float)cu_scalar(0);
@@ -1915,7 +1931,6 @@ static int cu_conv_transpose_backward(float *dinp, float *dweight, float *dbias,
 }
 
 /* ---- instance norm over each (b, c) plane of n positions: one block per plane ---- */
-#define CU_PLANE_THREADS 256
 
 static __global__ void cu_instnorm_fwd_k(float *out, float *mean, float *rstd, const float *inp,
                                          const float *weight, const float *bias, int C, size_t n,
@@ -1938,7 +1953,7 @@ static void cu_instnorm_forward(float *out, float *mean, float *rstd, const floa
                                 const float *weight, const float *bias, int B, int C, size_t n,
                                 float eps) {
   if (B < 1 || C < 1 || !n) return;
-  CU_RUN_SYNC(cu_instnorm_fwd_k, dim3((unsigned)((size_t)B * C)), dim3(CU_PLANE_THREADS), out,
+  CU_RUN_SYNC(cu_instnorm_fwd_k, dim3((unsigned)((size_t)B * C)), dim3(CU_PLANE_T), out,
               mean, rstd, inp, weight, bias, C, n, eps);
 }
 
@@ -1988,7 +2003,7 @@ static void cu_instnorm_backward(float *dinp, float *dweight, float *dbias, cons
     part = (double *)cu_ws(CU_WS_ROWS, sizeof(double) * 2 * (size_t)B * C);
     if (!part) return;
   }
-  CU_RUN_SYNC(cu_instnorm_bwd_k, dim3((unsigned)((size_t)B * C)), dim3(CU_PLANE_THREADS), dinp,
+  CU_RUN_SYNC(cu_instnorm_bwd_k, dim3((unsigned)((size_t)B * C)), dim3(CU_PLANE_T), dinp,
               part, dout, inp, weight, mean, rstd, C, n);
   if (part)
     CU_RUN(cu_instnorm_params_k, dim3(cu_blocks((size_t)C, CU_EW)), dim3(CU_EW), dweight, dbias,
@@ -2262,6 +2277,12 @@ static const ioupos_backend *cu_table(void) {
   t.unet_outblock_backward = cu_unet_outblock_backward;
   return &t;
 }
+
+#ifdef IOUPOS_CUDA_HOST
+/* host build only: the threads per block of the row kernels (tests/test_cuda_ops.c reports
+   which launch configuration it runs) */
+extern "C" int ioupos_cuda_host_row_threads(void) { return CU_RT; }
+#endif
 
 extern "C" const ioupos_backend *ioupos_backend_cuda(int device) {
   static const ioupos_backend *table = NULL;
