@@ -10,10 +10,11 @@
      with tests/cuda_host on the include path (-ffp-contract=off). cuda_host.h replaces the CUDA
      runtime and cuBLAS: kernels run as host loops over blocks and threads, kernels with
      __syncthreads() run their threads as fibers (so the shared-memory reductions below run
-     exactly as written), and every cuBLAS call goes through a column-major reference with the
-     real signature that also checks each operand against its device allocation. This is how
-     tests/test_cuda_ops.c checks every kernel and every cuBLAS call against the CPU backend on a
-     machine without a GPU.
+     exactly as written; there the reducing kernels' blocks have 32 threads, see CU_RT), and
+     every cuBLAS call goes through a column-major reference with the real signature that also
+     checks each operand against its device allocation. This is how tests/test_cuda_ops.c checks
+     every kernel and every cuBLAS call against the CPU backend on a machine without a GPU (and
+     runs each case a second time with every grid and block in reverse order).
 
    DESIGN
      - One device and one stream per process; every operation is queued on that stream in call
@@ -26,10 +27,13 @@
        operand). The window attention's per-window products are strided-batched SGEMMs, one call
        per head over all windows.
      - Reductions: every sum is a fixed-order reduction in double: rows (layer norm, L2 norm,
-       softmax, losses) by one block per row with a shared-memory tree of fixed shape; columns
-       (bias and norm-parameter gradients) per chunk of 256 rows (as the CPU: the same chunks,
-       the same order, so these sums are bit-identical to the CPU's), then over chunks in order;
-       the losses' rows then in row order by one thread. No floating-point atomics anywhere: the
+       softmax, losses) and instance-norm planes by one block each with a shared-memory tree of
+       fixed shape; columns (linear bias and layer-norm parameter gradients) per chunk of 256
+       rows (as the CPU: the same chunks, the same order, so these sums are bit-identical to the
+       CPU's), then over chunks in order; batch norm and the DINO centre one thread per channel,
+       rows in order (the CPU's loops); convolution bias gradients per (channel, sample, block
+       of 4096 positions), then in order; the losses' rows then in row order by one thread.
+       No floating-point atomics anywhere: the
        relative-position-table gradient uses integer atomics only to build, once per call, the
        list of score positions of each table row, sorted before use. Two runs on the same device
        give the same bits.
@@ -40,7 +44,19 @@
      - Scratch: operations use the caller's scratch exactly as the CPU functions size it; what
        the CPU keeps in per-call host buffers (column-sum partials, the attention's score
        gradients, the losses' per-row values) lives in device workspaces owned by the backend,
-       grown on demand and kept. */
+       grown on demand and kept.
+     - Element-wise arithmetic follows the CPU's expressions (double where it uses double, the
+       same order; exp, erf, log in double); the optimiser steps use fmaf and round-to-nearest
+       intrinsics exactly where the CPU does, so they are bit-identical to it.
+
+   NOT YET MEASURED ON A GPU (correctness is tested in the host build; speed is a first version)
+     - convolutions keep the CPU's blocks of 4096 positions and its scratch: many small GEMMs
+       per sample on 3D maps; the window attention makes one strided-batched GEMM per head and
+       product (FasterTransformer's layout; no fused kernel yet);
+     - clip_grad_per_param returns the norm, so each call waits for the device (DINO clips every
+       parameter tensor: one wait per tensor per step);
+     - the relative-position-table gradient rebuilds its position lists (6 small kernels) on
+       every backward. */
 
 #ifdef IOUPOS_CUDA_HOST
 #include "cuda_host.h"

@@ -1536,6 +1536,7 @@ int main(void) {
 #ifdef IOUPOS_TEST_CUDA_GPU
   return tu_finish("test_cuda_ops_gpu");
 #else
-  return tu_finish("test_cuda_ops (host build of ioupos_cuda.cu)");
+  return tu_finish(full ? "test_cuda_ops (host build of ioupos_cuda.cu)"
+                        : "test_cuda_ops (host build of ioupos_cuda.cu, op cases)");
 #endif
 }
