@@ -1522,7 +1522,10 @@ int main(void) {
   if (getenv("IOUPOS_TEST_OPS_ONLY") && strcmp(getenv("IOUPOS_TEST_OPS_ONLY"), "1") == 0) full = 0;
   for (k = 0; k < sizeof cases / sizeof cases[0]; ++k)
     run_case(cases[k].name, cases[k].fn, cases[k].atol, cases[k].rtol);
-  if (full) {
+  if (full && n_unsupported) { /* the models call every operation without looking */
+    printf("whole-model steps: SKIPPED (not passed): the models need every operation, %d are "
+           "unsupported\n", n_unsupported);
+  } else if (full) {
     test_simsiam_step();
     test_dino_step();
     test_swinunetr();
