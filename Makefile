@@ -36,6 +36,7 @@ TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $
 TESTS    += $(BUILD)/test_finite
 # the pre-flight check of data sets (ioupos_dataset_check)
 TESTS    += $(BUILD)/test_preflight
+TESTS    += $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
 
@@ -47,8 +48,76 @@ SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /pro
 OPENMP   := -fopenmp
 BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h),-DIOUPOS_BENCH_OPENBLAS,)
 
-.PHONY: all test test-asan test-tsan bench demo clean stb fuzz fuzz-replay fixtures check-monai
-all: $(DRIVERS)
+.PHONY: all test test-asan test-tsan test-cuda bench demo clean stb fuzz fuzz-replay fixtures check-monai
+
+# ---- the CUDA backend (ioupos_cuda.cu) ---------------------------------------------------------
+# `make` builds $(BUILD)/ioupos_cuda.o with nvcc when nvcc is found (CUDA=0 forces CPU only) and
+# says which it did in one line. The commands do not link it yet: a program that wants the CUDA
+# backend links $(BUILD)/ioupos_cuda.o with $(CUDA_LIBS) and calls ioupos_backend_cuda().
+# sm_80 (A100) and sm_90 (H100/H200) code plus sm_90 PTX for newer GPUs; --fmad=false keeps the
+# element-wise kernels' rounding equal to the CPU reference's; CUDA warnings are errors; the
+# ptxas report (registers, spills, stack per kernel) is kept in $(BUILD)/ioupos_cuda.ptxas.txt.
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+CUDA      ?= $(if $(NVCC),1,0)
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC)))
+CUDA_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+NVCCFLAGS ?= -O3 -lineinfo
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+ifeq ($(CUDA),1)
+CUDA_OBJ  := $(BUILD)/ioupos_cuda.o
+CUDA_MSG  := CUDA backend: built $(CUDA_OBJ) with $(NVCC) (sm_80, sm_90 + PTX; not linked into the commands yet)
+else
+CUDA_OBJ  :=
+CUDA_MSG  := CUDA backend: not built ($(if $(NVCC),CUDA=0,nvcc not found)): CPU backend only
+endif
+
+all: $(DRIVERS) $(CUDA_OBJ)
+	@echo "$(CUDA_MSG)"
+
+$(BUILD)/ioupos_cuda.o: ioupos_cuda.cu ioupos.h
+	@mkdir -p $(BUILD)
+	@echo "$(NVCC) -c ioupos_cuda.cu -o $@ (report: $(BUILD)/ioupos_cuda.ptxas.txt)"
+	@$(NVCC) -std=c++17 $(NVCCFLAGS) --fmad=false $(CUDA_ARCH) -Werror all-warnings \
+	  -Xcompiler -Wall,-Wextra,-Werror -Xptxas -v -I. -c $< -o $@ 2>$(BUILD)/ioupos_cuda.ptxas.txt \
+	  || { grep -v '^ptxas info' $(BUILD)/ioupos_cuda.ptxas.txt; rm -f $@; exit 1; }
+
+# The host build of the same file (tests/cuda_host: kernels as host loops, reference cuBLAS) and
+# the op test against the CPU backend; test_cuda_ops_gpu is the same test on the real backend.
+$(BUILD)/ioupos_cuda_host.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_host.h tests/cuda_host/cublas_ref.h
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++11 $(CFLAGS) $(WARN) -ffp-contract=off -DIOUPOS_CUDA_HOST -Itests/cuda_host $(CPPFLAGS) \
+	  -x c++ -c $< -o $@
+
+# The host build's reducing kernels have 32 threads per block (their threads run as fibers);
+# ioupos_cuda_host_gpublocks.o keeps the GPU's launch configuration for the op cases.
+$(BUILD)/ioupos_cuda_host_gpublocks.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_host.h tests/cuda_host/cublas_ref.h
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++11 $(CFLAGS) $(WARN) -ffp-contract=off -DIOUPOS_CUDA_HOST -DIOUPOS_CUDA_HOST_GPU_BLOCKS \
+	  -Itests/cuda_host $(CPPFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/test_cuda_ops.o: tests/test_cuda_ops.c tests/test_util.h ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -c $< -o $@
+
+$(BUILD)/test_cuda_ops: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host.o
+	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test_cuda_ops_gpublocks: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host_gpublocks.o
+	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_TEST_CUDA_GPU $(CPPFLAGS) -c $< -o $@.o
+	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) $(LDLIBS)
+
+# The op test on a real GPU (prints SKIP and succeeds without nvcc or without a usable GPU).
+test-cuda:
+ifeq ($(CUDA),1)
+	@$(MAKE) --no-print-directory $(BUILD)/test_cuda_ops_gpu
+	$(BUILD)/test_cuda_ops_gpu
+else
+	@echo "test-cuda: SKIP: $(if $(NVCC),CUDA=0,nvcc not found)"
+endif
 
 # stb comes from Debian's libstb-dev: install it when we are root, else say how.
 stb:

@@ -1996,6 +1996,34 @@ IOUPOS_DEF int ioupos_params_save(const ioupos_params *p, const char *path, cons
 IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, const char *ours,
                                   const char *theirs, int *n_loaded, int *n_other);
 
+/* ---- the CUDA backend (ioupos_cuda.cu, built by `make` when nvcc is found) -------------------
+   ioupos_backend_cuda(device) returns the same operation table on CUDA device `device`, or
+   NULL with the reason in ioupos_failure_reason() (no usable driver: cudaGetDeviceCount's
+   error 35, or no device: error 100 or a count of 0; both reasons start with "no usable CUDA
+   device"; a device number out of range; out of device memory; cuBLAS could not start). Link
+   build/ioupos_cuda.o with -lcudart -lcublas; the function is not in ioupos.h's
+   implementation.
+     - One device per process: a second call with another device fails (the first one's table
+       stays valid). Every operation is queued on one stream of that device, in call order.
+     - alloc / upload / download / copy / zero work on device memory (alloc zero-fills; upload
+       and download return when the copy is done; copy's regions must not overlap). Every
+       pointer an operation takes is device memory from alloc (including the relative position
+       index, the attention mask and the drop-path masks) except the host-side descriptions:
+       shape[] arrays and the ioupos_swin_geom.
+     - Semantics are those of the CPU functions, within float rounding: every matrix product
+       is an FP32 cuBLAS GEMM (TF32 off; IOUPOS_CUDA_TF32=1 in the environment allows it);
+       sums over rows, columns, windows and the losses' reductions are fixed-order kernels in
+       double, never floating-point atomics, so two runs on the same device give the same bits.
+     - Errors: operations that return void record the first failure, which the next sync()
+       returns (with its reason); operations that return a value (the losses, the clipping
+       norm) wait for the device and return NaN after a failure.
+     - Operations that the CUDA backend does not have are NULL in its table, never a CPU
+       fallback. */
+extern const ioupos_backend *ioupos_backend_cuda(int device);
+/* For backends outside this file: sets this thread's ioupos_failure_reason() and returns
+   status. */
+IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
+
 
 /* ============================================================================================
    17. Models: the Swin encoder, the SimSiam and DINO heads
@@ -3294,6 +3322,10 @@ static int ioupos__fail(int status, const char *fmt, ...) {
   vsnprintf(ioupos__reason, sizeof ioupos__reason, fmt, ap);
   va_end(ap);
   return status;
+}
+
+IOUPOS_DEF int ioupos_failure_set(int status, const char *reason) {
+  return ioupos__fail(status, "%s", reason ? reason : "");
 }
 
 IOUPOS_DEF const char *ioupos_status_name(int status) {

@@ -189,14 +189,14 @@ static void test_structure(void) {
   st = ioupos_dataset_check(sets, 1, &o, &rep3);
   CHECK(st == IOUPOS_EFORMAT && rep && rep3 && !strcmp(rep, rep3), "3 threads: same report:\n%s",
         rep3 ? rep3 : "(null)");
-  IOUPOS_FREE(rep3);
+  free(rep3);
   rep3 = NULL;
   /* max_listed */
   o.max_listed = 2;
   st = ioupos_dataset_check(sets, 1, &o, &rep3);
   CHECK(st == IOUPOS_EFORMAT && count_lines(rep3) == 3 && contains(rep3, "... and 4 more"),
         "max_listed 2: %s", rep3 ? rep3 : "(null)");
-  IOUPOS_FREE(rep3);
+  free(rep3);
   rep3 = NULL;
   o.max_listed = 0;
   o.num_threads = 0;
@@ -205,8 +205,8 @@ static void test_structure(void) {
   st = ioupos_dataset_check(sets, 1, &o, &rep3);
   CHECK(st != 0 && count_lines(rep3) == 7 && contains(rep3, "bad_pixels.png: corrupt"),
         "decode_images names bad_pixels.png: %s", rep3 ? rep3 : "(null)");
-  IOUPOS_FREE(rep3);
-  IOUPOS_FREE(rep);
+  free(rep3);
+  free(rep);
   ioupos_dataset_free(&ds);
 
   /* a good folder passes; report stays NULL */
@@ -271,21 +271,21 @@ static void test_labels(void) {
             contains(ioupos_failure_reason(), "c_002.png") &&
             contains(ioupos_failure_reason(), "v_001.png"),
         "the reason names both: %s", ioupos_failure_reason());
-  IOUPOS_FREE(rep);
+  free(rep);
   rep = NULL;
   /* n_classes 20: id 20 still outside; 21: only the size */
   o.n_classes = 21;
   st = ioupos_dataset_check(sets, 2, &o, &rep);
   CHECK(st == IOUPOS_EINVAL && count_lines(rep) == 1 && contains(rep, "v_001.png"),
         "n_classes 21: only the size: %s", rep ? rep : "(null)");
-  IOUPOS_FREE(rep);
+  free(rep);
   rep = NULL;
   /* n_classes 0: no decoding, sizes still compared */
   o.n_classes = 0;
   st = ioupos_dataset_check(sets, 2, &o, &rep);
   CHECK(st == IOUPOS_EINVAL && count_lines(rep) == 1 && contains(rep, "v_001.png"),
         "n_classes 0: only the size: %s", rep ? rep : "(null)");
-  IOUPOS_FREE(rep);
+  free(rep);
   ioupos_dataset_free(&tr);
   ioupos_dataset_free(&va);
 }
@@ -362,7 +362,7 @@ static void test_loader_sizes(void) {
   CHECK(contains(ioupos_failure_reason(), "pre-flight check: 3 of 4 files are bad: ") &&
             contains(ioupos_failure_reason(), "24x24"),
         "reason: %s", ioupos_failure_reason());
-  IOUPOS_FREE(rep);
+  free(rep);
   rep = NULL;
   /* [0.3, 1] is feasible for them (the whole padded image twice: IoU 1) */
   lc.max_iou = 1.0;
@@ -380,7 +380,7 @@ static void test_loader_sizes(void) {
   st = ioupos_dataset_check(sets, 1, &o, &rep);
   CHECK(st == IOUPOS_EINVAL && contains(rep, "image 24x24 is smaller than the 32x32 crop"),
         "pad_small 0: %d %s", st, rep ? rep : ioupos_failure_reason());
-  IOUPOS_FREE(rep);
+  free(rep);
   rep = NULL;
   lc.pad_small = 1;
   /* local crops: 16x16 with IoU at most 0.1 against a 32x32 crop: impossible in a 32x32
@@ -396,7 +396,7 @@ static void test_loader_sizes(void) {
                           "local crops): no 16x16 local crop (`local_crop`)") &&
             contains(rep, "`local_min_iou` / `local_max_iou`"),
         "local crops: %d %s", st, rep ? rep : ioupos_failure_reason());
-  IOUPOS_FREE(rep);
+  free(rep);
   rep = NULL;
   /* a local interval no size allows: one message, no file */
   lc.local_min_iou = 0.9;
