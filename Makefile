@@ -170,7 +170,7 @@ $(BUILD)/st_rename: tests/st_rename.c ioupos.h $(BUILD)/ioupos.o | stb
 # The C tests include ioupos.h for its API and link the implementation: build/ioupos.o (what the
 # commands run), and for the GEMM, the layers and the attention also build/ioupos_portable.o
 # (test_*_portable: the scalar kernels).
-TEST_H := tests/test_util.h tests/npy.h tests/fixture_util.h tests/fd_check.h ioupos.h
+TEST_H := tests/test_util.h tests/npy.h tests/fixture_util.h tests/fd_check.h tests/tmp_tree.h ioupos.h
 $(BUILD)/test_%: tests/test_%.c $(TEST_H) $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
