@@ -10932,7 +10932,7 @@ static void ioupos__layernorm_backward_fast(float *dinp, float *dweight, float *
      gradients' sums per chunk, part[chunk][2][C] (row by row), then over the chunks in order */
   long nch = (N + IOUPOS__ROW_CHUNK - 1) / IOUPOS__ROW_CHUNK, ch;
   double *part = NULL;
-  int c;
+  int c; /* the serial sums below; the parallel loop has its own (a shared c was a data race) */
   if (N < 1 || C < 1) return;
   if (dweight || dbias) {
     part = (double *)IOUPOS_MALLOC(sizeof(double) * 2 * (size_t)C * (size_t)nch);
@@ -10943,7 +10943,7 @@ static void ioupos__layernorm_backward_fast(float *dinp, float *dweight, float *
   }
   IOUPOS__PFOR((double)N * C)
   for (ch = 0; ch < nch; ++ch) {
-    int n, n0 = (int)ch * IOUPOS__ROW_CHUNK, n1 = n0 + IOUPOS__ROW_CHUNK < N ? n0 + IOUPOS__ROW_CHUNK : N;
+    int n, n0 = (int)ch * IOUPOS__ROW_CHUNK, n1 = n0 + IOUPOS__ROW_CHUNK < N ? n0 + IOUPOS__ROW_CHUNK : N, c;
     double *pw = part ? part + (size_t)ch * 2 * C : NULL, *pb = pw ? pw + C : NULL;
     for (c = 0; pw && c < 2 * C; ++c) pw[c] = 0.0;
     for (n = n0; n < n1; ++n) {

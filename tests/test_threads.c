@@ -108,6 +108,34 @@ static void to_last(float *dst, const float *src, int B, int C, size_t S) {
       for (s = 0; s < S; ++s) dst[((size_t)b * S + s) * C + c] = src[((size_t)b * C + c) * S + s];
 }
 
+/* the sizes of run_encoder's pieces (stage outputs 0..4, feature, gradients, dx), to say where
+   a difference lies */
+static size_t g_seg[8];
+static const ioupos_params *g_params;
+
+/* "stage 2 output", "gradient of <tensor>", ... for value i of run_encoder's result */
+static const char *where(size_t i, char *buf, size_t cap) {
+  static const char *names[8] = {"stage 0 output", "stage 1 output", "stage 2 output",
+                                 "stage 3 output", "stage 4 output", "feature", "gradient", "dx"};
+  int s;
+  for (s = 0; s < 8; ++s) {
+    if (i < g_seg[s]) break;
+    i -= g_seg[s];
+  }
+  if (s == 6 && g_params) {
+    int k;
+    for (k = 0; k < g_params->table.n; ++k) {
+      const ioupos_tensor_info *t = &g_params->table.t[k];
+      if (t->dtype == IOUPOS_ST_F32 && i >= t->offset && i < t->offset + t->numel) {
+        snprintf(buf, cap, "gradient of %s [%zu]", t->name, i - t->offset);
+        return buf;
+      }
+    }
+  }
+  snprintf(buf, cap, "%s [%zu]", s < 8 ? names[s] : "?", i);
+  return buf;
+}
+
 /* One forward + backward; returns every result concatenated: stage outputs 0..4, the feature,
    the parameter gradients, dx. drop-path draws from seed when train. */
 static float *run_encoder(ioupos_swin_encoder *e, ioupos_params *p, const float *x, int train,
@@ -126,6 +154,10 @@ static float *run_encoder(ioupos_swin_encoder *e, ioupos_params *p, const float 
   for (s = 0; s < 5; ++s) sz[s] = e->ntok[s] * (size_t)(e->cfg.embed_dim << s);
   sz[5] = (size_t)e->batch * 16 * (size_t)e->cfg.embed_dim;
   for (s = 0; s < 6; ++s) n += sz[s];
+  for (s = 0; s < 6; ++s) g_seg[s] = sz[s];
+  g_seg[6] = p->table.total;
+  g_seg[7] = nx;
+  g_params = p;
   n += p->table.total + nx;
   all = (float *)malloc(n * sizeof(float));
   n = 0;
@@ -165,9 +197,10 @@ static float *runs_agree(const char *label, ioupos_swin_encoder *e, ioupos_param
           if (!ndiff) at = i;
           ++ndiff;
         }
+      char buf[160];
       CHECK(n == n0 && ndiff == 0, "%s: %d threads differ from 1 thread at %zu of %zu values "
-            "(first at %zu: %.9g vs %.9g)", label, t, ndiff, n, at, ndiff ? r[at] : 0.0,
-            ndiff ? first[at] : 0.0);
+            "(first at %zu, %s: %.9g vs %.9g)", label, t, ndiff, n, at,
+            where(at, buf, sizeof buf), ndiff ? r[at] : 0.0, ndiff ? first[at] : 0.0);
       if (n == n0 && ndiff == 0) printf("  %s: %d threads bit-identical to 1 (%zu values)\n", label, t, n);
       free(r);
     }
