@@ -51,9 +51,10 @@ BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/c
 .PHONY: all test test-asan test-asan-all test-tsan test-cuda bench demo clean stb fuzz fuzz-replay fixtures check-monai
 
 # ---- the CUDA backend (ioupos_cuda.cu) ---------------------------------------------------------
-# `make` builds $(BUILD)/ioupos_cuda.o with nvcc when nvcc is found (CUDA=0 forces CPU only) and
-# says which it did in one line. The commands do not link it yet: a program that wants the CUDA
-# backend links $(BUILD)/ioupos_cuda.o with $(CUDA_LIBS) and calls ioupos_backend_cuda().
+# `make` builds $(BUILD)/ioupos_cuda.o with nvcc when nvcc is found (CUDA=0 forces CPU only),
+# links it into the commands whose model runs on a backend (ioupos-embed, -simsiam, -dino,
+# -finetune: their --device flag) and says which it did in one line. Another program that wants
+# the CUDA backend links $(BUILD)/ioupos_cuda.o with $(CUDA_LIBS) and calls ioupos_backend_cuda().
 # sm_80 (A100) and sm_90 (H100/H200) code plus sm_90 PTX for newer GPUs; --fmad=false keeps the
 # element-wise kernels' rounding equal to the CPU reference's; CUDA warnings are errors; the
 # ptxas report (registers, spills, stack per kernel) is kept in $(BUILD)/ioupos_cuda.ptxas.txt.
@@ -66,7 +67,9 @@ NVCCFLAGS ?= -O3 -lineinfo
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
 ifeq ($(CUDA),1)
 CUDA_OBJ  := $(BUILD)/ioupos_cuda.o
-CUDA_MSG  := CUDA backend: built $(CUDA_OBJ) with $(NVCC) (sm_80, sm_90 + PTX; not linked into the commands yet)
+CUDA_MSG  := CUDA backend: built $(CUDA_OBJ) with $(NVCC) (sm_80, sm_90 + PTX) and linked into the --device commands
+DEV_FLAGS := -DIOUPOS_WITH_CUDA
+DEV_LINK  := $(CUDA_OBJ) $(CUDA_LIBS) -lstdc++
 else
 CUDA_OBJ  :=
 CUDA_MSG  := CUDA backend: not built ($(if $(NVCC),CUDA=0,nvcc not found)): CPU backend only
@@ -147,20 +150,37 @@ $(BUILD)/ioupos_portable.o: drivers/ioupos.c ioupos.h | stb
 $(BUILD)/ioupos-%: drivers/ioupos_%.c drivers/cli.h ioupos.h $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
+# The --device commands: with the CUDA backend when it is built (DEV_FLAGS, DEV_LINK).
+$(BUILD)/ioupos-embed: drivers/ioupos_embed.c drivers/cli.h ioupos.h $(BUILD)/ioupos.o $(CUDA_OBJ) | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $(DEV_FLAGS) $< $(BUILD)/ioupos.o -o $@ \
+	  $(DEV_LINK) $(LDLIBS)
+
 # The training commands record the commit they were built from (flags.json), "+dirty" with
 # uncommitted changes; evaluated only when they are built.
 GIT_COMMIT = $(shell c=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
   [ -n "$$(git status --porcelain 2>/dev/null | head -n 1)" ] && c="$$c+dirty"; echo "$$c")
 $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino $(BUILD)/ioupos-finetune: $(BUILD)/ioupos-%: \
-  drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h ioupos.h $(BUILD)/ioupos.o | stb
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' \
-	  $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
+  drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h ioupos.h $(BUILD)/ioupos.o \
+  $(CUDA_OBJ) | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $(DEV_FLAGS) \
+	  -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< $(BUILD)/ioupos.o -o $@ $(DEV_LINK) $(LDLIBS)
+
+# The same four commands on the host build of the CUDA backend (tests/cuda_host: kernels as host
+# loops, any machine): tests/test_device.sh runs --device cuda through them.
+HOSTCUDA_CMDS := $(BUILD)/hostcuda/ioupos-embed $(BUILD)/hostcuda/ioupos-simsiam \
+                 $(BUILD)/hostcuda/ioupos-dino $(BUILD)/hostcuda/ioupos-finetune
+$(BUILD)/hostcuda/ioupos-%: drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h \
+  ioupos.h $(BUILD)/ioupos.o $(BUILD)/ioupos_cuda_host.o | stb
+	@mkdir -p $(BUILD)/hostcuda
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_CUDA \
+	  -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' -c $< -o $@.o
+	$(CXX) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos.o $(BUILD)/ioupos_cuda_host.o -o $@ $(LDLIBS)
 
 $(BUILD)/ioupos-sweep-plot: drivers/ioupos_sweep_plot.c ioupos.h $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # Helpers of tests/test_embed.sh: compare .npy files, re-prefix safetensors tensor names.
-TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename
+TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename $(HOSTCUDA_CMDS)
 $(BUILD)/npy_compare: tests/npy_compare.c tests/npy.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)

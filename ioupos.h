@@ -2398,6 +2398,10 @@ typedef struct ioupos_pretrain_opts {
   volatile int *stop;              /* NULL, or a flag (e.g. set by a SIGINT handler): once it is
                                       nonzero the run stops at the next step boundary, saving
                                       the state, and returns 0 */
+  const ioupos_backend *backend;   /* where the model runs: NULL = ioupos_backend_cpu(), or
+                                      ioupos_backend_cuda(device); the log names it. State and
+                                      checkpoints are the same files whatever the backend, so a
+                                      run may resume on another one */
   /* SimSiam */
   int proj_hidden, proj_out, pred_hidden;
   /* DINO */
@@ -3177,6 +3181,8 @@ typedef struct ioupos_finetune_opts {
                                  the run stops at the next step boundary (an epoch's end work,
                                  checkpoint and validation, is finished first) with the state
                                  saved, and returns 0 */
+  const ioupos_backend *backend; /* NULL = ioupos_backend_cpu(), or ioupos_backend_cuda(device)
+                                 (see ioupos_pretrain_opts) */
   const char *predict_dir;    /* NULL, or where the final evaluation writes its predictions */
   const char *flags_json;     /* JSON object of the resolved flags (may be NULL) */
   const char *git_commit;     /* may be NULL */
@@ -3317,10 +3323,12 @@ IOUPOS_DEF const char *ioupos_failure_reason(void) { return ioupos__reason; }
 __attribute__((format(printf, 2, 3)))
 #endif
 static int ioupos__fail(int status, const char *fmt, ...) {
+  char msg[sizeof ioupos__reason]; /* an argument may be the current reason itself */
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(ioupos__reason, sizeof ioupos__reason, fmt, ap);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  memcpy(ioupos__reason, msg, sizeof msg);
   return status;
 }
 
@@ -6080,7 +6088,7 @@ static size_t ioupos__utf8_encode(unsigned u, char enc[4]) {
    Strict: RFC 8259 escapes, paired surrogates, valid UTF-8, no raw control characters, no
    \u0000. Returns 0 with *pos past the closing quote and *n_out the decoded length; otherwise
    -1 with *pos at the fault (the opening quote for an unterminated or too long string) and
-   *why set. */
+   *why set. dst NULL checks the string without storing it (cap is then not a limit). */
 static int ioupos__json_decode_string(const unsigned char *s, size_t len, size_t *pos, char *dst,
                                       size_t cap, size_t *n_out, const char **why) {
   size_t start = *pos, p = *pos, n = 0, k;
@@ -6106,8 +6114,8 @@ static int ioupos__json_decode_string(const unsigned char *s, size_t len, size_t
         *pos = p, *why = "invalid UTF-8 in a string";
         return -1;
       }
-      if (n + k > cap) goto too_long;
-      memcpy(dst + n, s + p, k);
+      if (dst && n + k > cap) goto too_long;
+      if (dst) memcpy(dst + n, s + p, k);
       n += k, p += k;
       continue;
     }
@@ -6158,11 +6166,11 @@ static int ioupos__json_decode_string(const unsigned char *s, size_t len, size_t
     }
     p += 2;
     k = ioupos__utf8_encode(u, enc);
-    if (n + k > cap) goto too_long;
-    memcpy(dst + n, enc, k);
+    if (dst && n + k > cap) goto too_long;
+    if (dst) memcpy(dst + n, enc, k);
     n += k;
   }
-  dst[n] = 0;
+  if (dst) dst[n] = 0;
   *pos = p + 1;
   *n_out = n;
   return 0;
@@ -6193,6 +6201,61 @@ static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
   }
   *out = buf;
   return IOUPOS_OK;
+}
+
+/* Skips the JSON value at j->pos (whitespace first): a string (checked as above), an array or
+   object with everything in it, or a scalar (a number, true, false or null: the characters up to
+   the next delimiter, not checked further). j->pos is then past it; a malformed or unterminated
+   value fails with its line and column. The resume check (section 18) compares values by their
+   text, so it needs their extent, not their meaning. */
+static int ioupos__json_skip_value(ioupos__json *j, int depth) {
+  const char *why = NULL;
+  size_t n, b;
+  char open, close;
+  ioupos__json_ws(j);
+  if (j->pos >= j->len) return ioupos__json_fail(j, j->pos, "expected a value");
+  open = j->s[j->pos];
+  if (open == '"') {
+    if (ioupos__json_decode_string((const unsigned char *)j->s, j->len, &j->pos, NULL, 0, &n, &why))
+      return ioupos__json_fail(j, j->pos, why);
+    return IOUPOS_OK;
+  }
+  if (open == '[' || open == '{') {
+    int st;
+    if (depth >= 64) return ioupos__json_fail(j, j->pos, "nested deeper than 64 levels");
+    close = open == '[' ? ']' : '}';
+    ++j->pos;
+    ioupos__json_ws(j);
+    if (j->pos < j->len && j->s[j->pos] == close) {
+      ++j->pos;
+      return IOUPOS_OK;
+    }
+    for (;;) {
+      if (open == '{') { /* "key": */
+        ioupos__json_ws(j);
+        if (j->pos >= j->len || j->s[j->pos] != '"')
+          return ioupos__json_fail(j, j->pos, "expected a string key");
+        if ((st = ioupos__json_skip_value(j, depth + 1)) != 0) return st;
+        ioupos__json_ws(j);
+        if (j->pos >= j->len || j->s[j->pos] != ':') return ioupos__json_fail(j, j->pos, "expected ':'");
+        ++j->pos;
+      }
+      if ((st = ioupos__json_skip_value(j, depth + 1)) != 0) return st;
+      ioupos__json_ws(j);
+      if (j->pos < j->len && j->s[j->pos] == ',') {
+        ++j->pos;
+        continue;
+      }
+      if (j->pos < j->len && j->s[j->pos] == close) {
+        ++j->pos;
+        return IOUPOS_OK;
+      }
+      return ioupos__json_fail(j, j->pos, open == '[' ? "expected ',' or ']'" : "expected ',' or '}'");
+    }
+  }
+  for (b = j->pos; j->pos < j->len && !strchr(",:]}[{\" \t\r\n", j->s[j->pos]); ++j->pos) {
+  }
+  return j->pos > b ? IOUPOS_OK : ioupos__json_fail(j, j->pos, "expected a value");
 }
 
 IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
@@ -15056,86 +15119,78 @@ typedef struct ioupos__jkv {
   size_t kn, vn;
 } ioupos__jkv;
 
-static const char *ioupos__jws(const char *s) {
-  while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') ++s;
-  return s;
-}
-
-/* s at a '"': past the closing quote, or NULL */
-static const char *ioupos__jstr_end(const char *s) {
-  for (++s; *s; ++s) {
-    if (*s == '\\') {
-      if (!*++s) return NULL;
-    } else if (*s == '"') {
-      return s + 1;
-    }
-  }
-  return NULL;
-}
-
-/* s at a value: past it (a string, an array / object with its nesting, or a scalar), or NULL */
-static const char *ioupos__jvalue_end(const char *s) {
-  if (*s == '"') return ioupos__jstr_end(s);
-  if (*s == '[' || *s == '{') {
-    int depth = 0;
-    while (*s) {
-      if (*s == '"') {
-        if (!(s = ioupos__jstr_end(s))) return NULL;
-        continue;
-      }
-      if (*s == '[' || *s == '{') ++depth;
-      else if ((*s == ']' || *s == '}') && --depth == 0) return s + 1;
-      ++s;
-    }
-    return NULL;
-  }
-  {
-    const char *b = s;
-    while (*s && *s != ',' && *s != '}' && *s != ']' && *s != ' ' && *s != '\t' && *s != '\n' &&
-           *s != '\r')
-      ++s;
-    return s > b ? s : NULL;
-  }
-}
-
-/* the pairs of JSON object text s (NULL: {}) into a new array *out (free it); -1 if malformed */
-static int ioupos__jobject(const char *s, ioupos__jkv **out) {
+/* The pairs of the flat JSON object text s (NULL: {}) into a new array *out (free it), read
+   with section 6's reader; returns their number, or -1 with the reason in
+   ioupos_failure_reason(). Keys and values are kept as their source text: two flag sets are
+   compared by text, and our drivers write both the same way. */
+static int ioupos__jobject(const char *s, const char *name, ioupos__jkv **out) {
+  ioupos__json j;
   ioupos__jkv *kv;
-  size_t cap = 8;
+  size_t cap = 8, at;
   int n = 0;
   *out = NULL;
-  s = ioupos__jws(s ? s : "{}");
-  if (*s++ != '{') return -1;
+  j.s = s ? s : "{}";
+  j.len = strlen(j.s);
+  j.pos = 0;
+  j.name = name;
   if (!(kv = (ioupos__jkv *)ioupos__calloc(cap, sizeof *kv))) return -1;
-  s = ioupos__jws(s);
-  if (*s == '}' && !*ioupos__jws(s + 1)) {
-    *out = kv;
-    return 0;
+  ioupos__json_ws(&j);
+  if (j.pos >= j.len || j.s[j.pos] != '{') {
+    ioupos__json_fail(&j, j.pos, "expected '{'");
+    goto fail;
   }
-  for (;;) {
-    const char *e;
-    if (*s != '"' || !(e = ioupos__jstr_end(s))) break;
-    if (!ioupos__grow((void **)&kv, (size_t)n, &cap, sizeof *kv)) break;
-    kv[n].k = s + 1;
-    kv[n].kn = (size_t)(e - s) - 2;
-    s = ioupos__jws(e);
-    if (*s++ != ':') break;
-    s = ioupos__jws(s);
-    if (!(e = ioupos__jvalue_end(s))) break;
-    kv[n].v = s;
-    kv[n].vn = (size_t)(e - s);
-    ++n;
-    s = ioupos__jws(e);
-    if (*s == ',') {
-      s = ioupos__jws(s + 1);
-      continue;
+  ++j.pos;
+  ioupos__json_ws(&j);
+  if (j.pos < j.len && j.s[j.pos] == '}') {
+    ++j.pos;
+  } else {
+    for (;;) {
+      ioupos__json_ws(&j);
+      at = j.pos;
+      if (at >= j.len || j.s[at] != '"') {
+        ioupos__json_fail(&j, at, "expected a string key");
+        goto fail;
+      }
+      if (ioupos__json_skip_value(&j, 1)) goto fail;
+      if (!ioupos__grow((void **)&kv, (size_t)n, &cap, sizeof *kv)) {
+        ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory", name);
+        goto fail;
+      }
+      kv[n].k = j.s + at + 1;
+      kv[n].kn = j.pos - at - 2;
+      ioupos__json_ws(&j);
+      if (j.pos >= j.len || j.s[j.pos] != ':') {
+        ioupos__json_fail(&j, j.pos, "expected ':'");
+        goto fail;
+      }
+      ++j.pos;
+      ioupos__json_ws(&j);
+      at = j.pos;
+      if (ioupos__json_skip_value(&j, 1)) goto fail;
+      kv[n].v = j.s + at;
+      kv[n].vn = j.pos - at;
+      ++n;
+      ioupos__json_ws(&j);
+      if (j.pos < j.len && j.s[j.pos] == ',') {
+        ++j.pos;
+        continue;
+      }
+      if (j.pos < j.len && j.s[j.pos] == '}') {
+        ++j.pos;
+        break;
+      }
+      ioupos__json_fail(&j, j.pos, "expected ',' or '}'");
+      goto fail;
     }
-    if (*s == '}' && !*ioupos__jws(s + 1)) {
-      *out = kv;
-      return n;
-    }
-    break;
   }
+  ioupos__json_ws(&j);
+  if (j.pos != j.len) {
+    ioupos__json_fail(&j, j.pos, "unexpected content after the object");
+    goto fail;
+  }
+  *out = kv;
+  return n;
+fail:
   IOUPOS_FREE(kv);
   return -1;
 }
@@ -15151,7 +15206,7 @@ static const ioupos__jkv *ioupos__jfind(const ioupos__jkv *kv, int n, const char
    them), where the run directory is (the state was found there) and the build */
 static int ioupos__resume_may_differ(const char *k, size_t kn) {
   static const char *const ok[] = {"num_workers", "threads", "log_every", "resume", "max_steps",
-                                   "chkpt_dir", "run_name", "git_commit"};
+                                   "chkpt_dir", "run_name", "git_commit", "device"};
   size_t i;
   for (i = 0; i < sizeof ok / sizeof *ok; ++i)
     if (strlen(ok[i]) == kn && memcmp(ok[i], k, kn) == 0) return 1;
@@ -15183,11 +15238,12 @@ static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_f
   char msg[1536];
   for (i = 0; i < f->n_metadata; ++i)
     if (strcmp(f->metadata[i].key, "flags") == 0) stored = f->metadata[i].value;
-  nw = ioupos__jobject(stored, &was);
-  nn = ioupos__jobject(io->flags_json, &now);
+  nw = ioupos__jobject(stored, "the stored flags", &was);
+  nn = nw < 0 ? 0 : ioupos__jobject(io->flags_json, "this run's flags", &now);
   if (nw < 0 || nn < 0) {
-    rc = ioupos__fail(IOUPOS_EFORMAT, "cannot resume %s: %s flags are not a flat JSON object",
-                      path, nw < 0 ? "the state's stored" : "this run's");
+    rc = ioupos__fail(IOUPOS_EFORMAT, "cannot resume %s: %s flags are not a flat JSON object "
+                      "(%s)", path, nw < 0 ? "the state's stored" : "this run's",
+                      ioupos_failure_reason());
     goto done;
   }
   msg[0] = '\0';
@@ -15204,7 +15260,7 @@ static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_f
   if (nd) {
     rc = ioupos__fail(IOUPOS_EINVAL,
                       "cannot resume %s: it was run with other flags: %s; resume with the same "
-                      "flags (only `num_workers`, `threads`, `log_every` may change) or start a "
+                      "flags (only `num_workers`, `threads`, `log_every`, `device` may change) or start a "
                       "new `run_name`", path, msg);
     goto done;
   }
@@ -15666,6 +15722,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos_loader_config lc;
   char path[4200], tmp[4200];
   int rc, spe, dino = o->method == IOUPOS_SSL_DINO, stop = 0;
+  const ioupos_backend *be = o->backend ? o->backend : ioupos_backend_cpu();
   memset(&ds, 0, sizeof ds);
   memset(&ld, 0, sizeof ld);
   if ((rc = ioupos__run_check(o)) != 0) return rc;
@@ -15724,14 +15781,14 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     dc.norm_last_layer = o->norm_last_layer;
     dc.student_temp = (float)o->student_temp;
     dc.center_momentum = (float)o->center_momentum;
-    rc = ioupos_dino_init(&r->dn, &dc, ioupos_backend_cpu(), o->seed);
+    rc = ioupos_dino_init(&r->dn, &dc, be, o->seed);
   } else {
     ioupos_simsiam_config sc;
     sc.enc = o->enc;
     sc.proj_hidden = o->proj_hidden;
     sc.proj_out = o->proj_out;
     sc.pred_hidden = o->pred_hidden;
-    rc = ioupos_simsiam_init(&r->ss, &sc, ioupos_backend_cpu(), o->seed);
+    rc = ioupos_simsiam_init(&r->ss, &sc, be, o->seed);
   }
   if (rc) goto done;
   r->c[IOUPOS__C_METHOD] = o->method;
@@ -15766,9 +15823,9 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   }
   ioupos_rng_seed_stream(&r->drop, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
   r->spe = spe;
-  ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s",
-              dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size, o->n_epochs,
-              r->io.dir);
+  ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s; "
+              "device %s", dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
+              o->n_epochs, r->io.dir, be->name);
   ioupos__clock_start(&r->clock);
   /* the method, one optimiser step at a time */
   while (rc == 0 && !stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs) {
@@ -18726,7 +18783,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   ioupos_loader ld;
   ioupos_loader_config lc;
   char path[4200], tmp[4200];
-  const ioupos_backend *be = ioupos_backend_cpu();
+  const ioupos_backend *be = o && o->backend ? o->backend : ioupos_backend_cpu();
   int rc, spe = 0, stop = 0, K;
   size_t npix;
   memset(&ld, 0, sizeof ld);
@@ -18848,13 +18905,13 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   if (o->n_epochs > 0)
     ioupos__say(&r->io, "fine-tuning: train %d cases / %d slices, val %d cases / %d slices, test "
                    "%d cases; %d steps per epoch of %d slices x %d crops of %d x %d, %d epochs -> "
-                   "%s", r->train.n_cases, r->train.ds.n, r->val.n_cases, r->val.ds.n,
-                   r->test.n_cases, spe, o->batch_size, o->n_crops_per_ct, o->crop, o->crop,
-                   o->n_epochs, r->io.dir);
+                   "%s; device %s", r->train.n_cases, r->train.ds.n, r->val.n_cases,
+                   r->val.ds.n, r->test.n_cases, spe, o->batch_size, o->n_crops_per_ct, o->crop,
+                   o->crop, o->n_epochs, r->io.dir, be->name);
   else
     ioupos__say(&r->io, "evaluation only (`n_epochs` 0): val %d cases / %d slices, test %d cases / "
-                   "%d slices, windows of %d x %d -> %s", r->val.n_cases, r->val.ds.n,
-                   r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->io.dir);
+                   "%d slices, windows of %d x %d -> %s; device %s", r->val.n_cases, r->val.ds.n,
+                   r->test.n_cases, r->test.ds.n, o->crop, o->crop, r->io.dir, be->name);
   r->K = K;
   r->npix = npix;
   r->spe = spe;

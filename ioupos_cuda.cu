@@ -2232,8 +2232,16 @@ static void cu_teardown(void) {
 
 static const ioupos_backend *cu_table(void) {
   static ioupos_backend t;
+  static char name[320];
+  cudaDeviceProp prop;
   memset(&t, 0, sizeof t); /* what is not assigned below is NULL: not in the CUDA backend */
-  t.name = "cuda";
+  /* "cuda:N (the card, its memory)": the logs say which device ran */
+  if (cudaGetDeviceProperties(&prop, cu.device) == cudaSuccess)
+    snprintf(name, sizeof name, "cuda:%d (%.200s, %.1f GiB)", cu.device, prop.name,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+  else
+    snprintf(name, sizeof name, "cuda:%d", cu.device);
+  t.name = name;
   t.alloc = cu_alloc;
   t.release = cu_release;
   t.upload = cu_upload;

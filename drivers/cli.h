@@ -311,4 +311,64 @@ CLI_DEF int cli_mkdir(const char *path, int parents) {
   return 0;
 }
 
+/* ---- --device auto|cpu|cuda[:N] -------------------------------------------------------------
+   The backend a command's model runs on. The commands link the CUDA backend when `make` found
+   nvcc (it then defines IOUPOS_WITH_CUDA). cuda[:N] must get device N (default 0), or the
+   command stops with the reason (exit 1); auto takes device 0 when the build has CUDA and a
+   device answers, else the CPU, and says why on stderr when a CUDA build falls back. */
+#define CLI_DEVICE_HELP                                                                      \
+  "  --device D            auto, cpu, cuda or cuda:N: where the model runs (default auto: the\n" \
+  "                        GPU when this build has the CUDA backend and a device answers,\n"    \
+  "                        else the CPU); the log names the device\n"
+
+typedef struct cli_device {
+  int kind;          /* 0 auto, 1 cpu, 2 cuda */
+  int index;         /* cuda:N */
+  const char *spec;  /* as given (for the flags JSON) */
+} cli_device;
+
+/* parses the value of --device; exits 2 naming the flag when it is none of the forms */
+CLI_DEF void cli_device_parse(const char *flag, const char *v, cli_device *d) {
+  char *end = NULL;
+  d->spec = v;
+  d->index = 0;
+  if (!strcmp(v, "auto")) d->kind = 0;
+  else if (!strcmp(v, "cpu")) d->kind = 1;
+  else if (!strcmp(v, "cuda")) d->kind = 2;
+  else if (!strncmp(v, "cuda:", 5) && v[5] >= '0' && v[5] <= '9') {
+    long n;
+    errno = 0;
+    n = strtol(v + 5, &end, 10);
+    if (*end || errno || n > 1023) cli_bad_value(flag, v, "expected auto, cpu, cuda or cuda:N");
+    d->kind = 2;
+    d->index = (int)n;
+  } else {
+    cli_bad_value(flag, v, "expected auto, cpu, cuda or cuda:N");
+  }
+}
+
+/* The backend --device asks for; exits 1 with the reason when it asks for a GPU that cannot be
+   used (no CUDA in this build, no driver, no device, device out of range, no memory). */
+CLI_DEF const ioupos_backend *cli_device_backend(const cli_device *d) {
+#ifdef IOUPOS_WITH_CUDA
+  const ioupos_backend *be;
+  if (d->kind == 1) return ioupos_backend_cpu();
+  be = ioupos_backend_cuda(d->index);
+  if (be) return be;
+  if (d->kind == 2) {
+    fprintf(stderr, PROG ": error: --device %s: %s\n", d->spec, ioupos_failure_reason());
+    exit(1);
+  }
+  fprintf(stderr, PROG ": note: --device auto: %s; running on the CPU\n", ioupos_failure_reason());
+  return ioupos_backend_cpu();
+#else
+  if (d->kind == 2) {
+    fprintf(stderr, PROG ": error: --device %s: this build has no CUDA backend (make found no "
+                    "nvcc, or ran with CUDA=0)\n", d->spec);
+    exit(1);
+  }
+  return ioupos_backend_cpu();
+#endif
+}
+
 #endif /* IOUPOS_DRIVERS_CLI_H */

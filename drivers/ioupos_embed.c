@@ -57,6 +57,7 @@ typedef struct options {
   ioupos_swin_config cfg;
   int batch_size, threads;
   long long max_memory_mb; /* 0: half the physical memory */
+  cli_device device;       /* --device (auto) */
 } options;
 
 static void usage(FILE *f) {
@@ -93,6 +94,7 @@ static void usage(FILE *f) {
           "  --threads N          threads of the matrix products, 1..%d (OpenMP; default: all\n"
           "                       cores or OMP_NUM_THREADS); ignored, with a note, in a build\n"
           "                       without OpenMP. Results do not depend on it\n"
+          CLI_DEVICE_HELP
           "  --help               show this text and exit\n"
           "\n"
           "Flags take their value as '--flag value' or '--flag=value'. The encoder flags must be\n"
@@ -139,7 +141,7 @@ static void parse_args(int argc, char **argv, options *o) {
   static const char *const names[] = {"chkpt_path", "data_dir",  "output",      "spatial_dims",
                                       "embedding_size", "depths", "num_heads",  "window_size",
                                       "patch_size", "in_chans",  "batch_size",  "threads",
-                                      "max_memory_mb"};
+                                      "max_memory_mb", "device"};
   cli c;
   int k;
   cli_init(&c, argc, argv, names, CLI_COUNT(names), 0, usage);
@@ -158,7 +160,8 @@ static void parse_args(int argc, char **argv, options *o) {
       case 9: o->cfg.in_chans = (int)cli_int(flag, val, 1, 64); break;
       case 10: o->batch_size = (int)cli_int(flag, val, 1, MAX_BATCH); break;
       case 11: o->threads = (int)cli_int(flag, val, 1, MAX_THREADS); break;
-      default: o->max_memory_mb = cli_int(flag, val, 1, 1LL << 40); break;
+      case 12: o->max_memory_mb = cli_int(flag, val, 1, 1LL << 40); break;
+      default: cli_device_parse(flag, val, &o->device); break;
     }
   }
   if (!o->chkpt) cli_required("--chkpt_path");
@@ -313,7 +316,8 @@ static void embedder_open(embedder *m, const options *o) {
   int n_loaded = 0, n_other = 0;
   memset(m, 0, sizeof *m);
   m->o = o;
-  m->be = ioupos_backend_cpu();
+  m->be = cli_device_backend(&o->device);
+  fprintf(stderr, PROG ": device %s\n", m->be->name);
   m->feat_dim = ioupos_swin_feature_dim(&o->cfg);
   if (o->max_memory_mb > 0) {
     m->budget = (double)o->max_memory_mb * 1048576.0;
@@ -513,6 +517,7 @@ int main(int argc, char **argv) {
   memset(&o, 0, sizeof o);
   ioupos_swin_config_default(&o.cfg, 2);
   o.batch_size = 32;
+  o.device.spec = "auto";
   parse_args(argc, argv, &o);
 #ifdef _OPENMP
   if (o.threads > 0) omp_set_num_threads(o.threads);

@@ -28,12 +28,14 @@ typedef struct ft_flags {
   ioupos_finetune_opts o;
   int spatial_dims, threads, use_amp, ignore_warn, low_resource;
   int given_embed, given_batch, given_sw;
+  cli_device device; /* --device (auto) */
 } ft_flags;
 
 static void ft_defaults(ft_flags *f) {
   memset(f, 0, sizeof *f);
   ioupos_finetune_opts_default(&f->o);
   f->spatial_dims = 2;
+  f->device.spec = "auto";
 }
 
 static void ft_usage(FILE *out) {
@@ -116,9 +118,10 @@ static void ft_usage(FILE *out) {
           "  --resume              continue the run in that directory from its state.safetensors\n"
           "                        (the result equals an uninterrupted run's, bit for bit); the\n"
           "                        flags must be the run's (flags.json), except --num_workers,\n"
-          "                        --threads, --log_every and --max_steps\n"
+          "                        --threads, --device, --log_every and --max_steps\n"
           "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
           "                        cores or OMP_NUM_THREADS)\n"
+          CLI_DEVICE_HELP
           "  --log_every N         a console and metrics.jsonl line every N steps (default %d)\n"
           "  --help                show this text and exit\n"
           "\n"
@@ -157,7 +160,7 @@ static const char *const ft_names[] = {
     "batch_size", "n_crops_per_ct", "sw_batch_size", "sw_overlap", "n_epochs", "base_lr",
     "end_lr", "warmup_epochs", "wd", "patience", "eval_every", "seed", "num_workers",
     "run_name", "chkpt_dir", "metric", "crop_size", "threads", "max_steps", "predict_dir",
-    "drop_path_rate", "log_every",
+    "drop_path_rate", "log_every", "device",
     /* switches */
     "eval_train", "use_amp", "ignore_user_warning", "low_resource_mode", "resume"};
 #define FT_N_SWITCHES 5
@@ -203,6 +206,7 @@ static void ft_flag(ft_flags *f, const char *name, const char *flag, const char 
     if (o->crop % 32 != 0)
       cli_bad_value(flag, v, "must be a multiple of 32 (SwinUNETR's five 2x downsamplings)");
   } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
+  else if (IS("device")) cli_device_parse(flag, v, &f->device);
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
   else if (IS("predict_dir")) o->predict_dir = cli_nonempty(flag, v, "expected a folder");
   else if (IS("drop_path_rate")) {
@@ -280,6 +284,7 @@ static char *ft_flags_json(const ft_flags *f) {
   train_ju64(&j, "seed", o->seed);
   train_jint(&j, "num_workers", o->num_workers);
   train_jint(&j, "threads", f->threads);
+  train_jstr(&j, "device", f->device.spec);
   train_jint(&j, "log_every", o->log_every);
   train_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
   train_put(&j, "}");
@@ -306,7 +311,8 @@ int main(int argc, char **argv) {
   int rc;
   ft_parse(argc, argv, &f);
   if (f.use_amp)
-    fprintf(stderr, PROG ": note: --use_amp ignored: the CPU backend computes in float32\n");
+    fprintf(stderr, PROG ": note: --use_amp ignored: both backends compute in float32 (bf16 is "
+                    "not there yet)\n");
   f.threads = train_threads(f.threads); /* the count used, recorded in the flags */
   json = ft_flags_json(&f);
   f.o.flags_json = json;
@@ -314,6 +320,7 @@ int main(int argc, char **argv) {
   f.o.log = train_log;
   f.o.log_ctx = NULL;
   f.o.stop = train_catch_signals("after the current step (and its epoch's checkpoint and validation)");
+  f.o.backend = cli_device_backend(&f.device);
   rc = ioupos_finetune_run(&f.o, &res);
   free(json);
   if (rc != IOUPOS_OK) return train_exit_status(rc);

@@ -58,6 +58,7 @@ typedef struct pt_flags {
   double a_min, a_max, size[3];  /* ioupos-prep's; recorded only */
   int use_amp, use_ckpt, low_resource;
   int threads;                    /* 0: OpenMP's default (all cores or OMP_NUM_THREADS) */
+  cli_device device;              /* --device (auto) */
   int given_embed, given_batch, given_hidden, given_bottleneck;
   int given_prep;                 /* --a_min/--a_max/--size_* seen */
 } pt_flags;
@@ -77,6 +78,7 @@ static void pt_defaults(pt_flags *f) {
   f->size[0] = 1.0;
   f->size[1] = 1.0;
   f->size[2] = 2.5;
+  f->device.spec = "auto";
 }
 
 /* ---- usage ------------------------------------------------------------------------------------ */
@@ -194,11 +196,12 @@ static void pt_usage(FILE *out) {
           "  --resume              continue the run in that directory from its state.safetensors\n"
           "                        (the final weights equal an uninterrupted run's); the flags\n"
           "                        must be the run's (flags.json), except --num_workers,\n"
-          "                        --threads, --log_every and --max_steps\n"
+          "                        --threads, --device, --log_every and --max_steps\n"
           "  --seed S              random seed, unsigned 64-bit (default %llu, the research\n"
           "                        default)\n"
           "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
           "                        cores or OMP_NUM_THREADS)\n"
+          CLI_DEVICE_HELP
           "  --log_every N         a console and metrics.jsonl line every N optimiser steps\n"
           "                        (default %d)\n"
           "  --low_resource_mode   a small preset for laptops and CI (ours; the research code's\n"
@@ -265,7 +268,7 @@ static const char *const pt_names[] = {
     "base_lr", "warmup_epochs", "embedding_size", "drop_path_rate", "spatial_dims", "a_min",
     "a_max", "size_x", "size_y", "size_z", "min_iou", "max_iou", "batch_size", "n_epochs",
     "accum_iters", "run_name", "data_dir", "chkpt_dir", "seed", "num_workers", "crop_size",
-    "pair_mode", "threads", "log_every", "max_steps",
+    "pair_mode", "threads", "log_every", "max_steps", "device",
     /* switches */
     "use_gradient_checkpointing", "use_amp", "low_resource_mode", "resume"};
 #define PT_N_SWITCHES 4
@@ -308,6 +311,7 @@ static void pt_flag(pt_flags *f, const char *name, const char *flag, const char 
     else if (!strcmp(v, "joint")) o->pair_mode = IOUPOS_PAIR_JOINT;
     else cli_bad_value(flag, v, "expected anchored or joint");
   } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
+  else if (IS("device")) cli_device_parse(flag, v, &f->device);
   else if (IS("log_every")) o->log_every = (int)cli_int(flag, v, 1, INT_MAX);
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
   else if (IS("use_gradient_checkpointing")) f->use_ckpt = 1;
@@ -451,6 +455,7 @@ static char *pt_flags_json(const pt_flags *f) {
   train_ju64(&j, "seed", o->seed);
   train_jint(&j, "num_workers", o->num_workers);
   train_jint(&j, "threads", f->threads);
+  train_jstr(&j, "device", f->device.spec);
   train_jint(&j, "log_every", o->log_every);
   train_jbool(&j, "low_resource_mode", f->low_resource);
   train_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
@@ -465,7 +470,8 @@ static int pretrain_main(int argc, char **argv) {
   pt_parse(argc, argv, &f);
 
   if (f.use_amp)
-    fprintf(stderr, PROG ": note: --use_amp ignored: the CPU backend computes in float32\n");
+    fprintf(stderr, PROG ": note: --use_amp ignored: both backends compute in float32 (bf16 is "
+                    "not there yet)\n");
   if (f.use_ckpt)
     fprintf(stderr, PROG ": note: --use_gradient_checkpointing ignored: this backend keeps all "
                     "activations\n");
@@ -481,6 +487,7 @@ static int pretrain_main(int argc, char **argv) {
   f.o.log = train_log;
   f.o.log_ctx = NULL;
   f.o.stop = train_catch_signals("after the current step");
+  f.o.backend = cli_device_backend(&f.device);
   rc = ioupos_pretrain_run(&f.o);
   free(json);
   if (rc != IOUPOS_OK) return train_exit_status(rc);

@@ -1504,7 +1504,7 @@ int main(void) {
     printf("test_cuda_ops: FAIL: ioupos_backend_cuda(0): %s\n", ioupos_failure_reason());
     return 1;
   }
-  CHECK(strcmp(cuda_be->name, "cuda") == 0, "backend name %s", cuda_be->name);
+  CHECK(strncmp(cuda_be->name, "cuda:0 (", 8) == 0, "backend name %s", cuda_be->name);
   test_memory();
 #ifndef IOUPOS_TEST_CUDA_GPU
   test_failures_after_start();

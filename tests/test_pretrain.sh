@@ -204,6 +204,17 @@ run fl_lr2 $tiny --resume --embedding_size 12
 check "resume with another --embedding_size exits 1 (got $rc)" [ "$rc" -eq 1 ]
 check "... naming it" grep -q -- "--embedding_size 6 (now 12)" fl_lr2.err
 check "... leaving the state alone" cmp -s fl_state ck/r/state.safetensors
+# stored flags that are not JSON (the comma after embedding_size made a '[', same length): refused
+# with the place of the fault (section 6's JSON reader), the state left as it was
+perl -pi -e 's/\\"embedding_size\\": 6,/\\"embedding_size\\": [6/' ck/r/state.safetensors
+check "the stored flags were corrupted for the test" ! cmp -s fl_state ck/r/state.safetensors
+cp ck/r/state.safetensors fl_bad
+run fl_json $tiny --resume
+check "resume with corrupt stored flags exits 1 (got $rc)" [ "$rc" -eq 1 ]
+check "... saying where the JSON is wrong ($(tail -n 1 fl_json.err))" \
+  grep -q "stored flags are not a flat JSON object (the stored flags:1:[0-9]*: expected ',' or ']')" fl_json.err
+check "... leaving the state alone" cmp -s fl_bad ck/r/state.safetensors
+cp fl_state ck/r/state.safetensors
 run fl_ok $tiny --resume --num_workers 2 --threads 2 --log_every 3
 check "resume with other --num_workers, --threads, --log_every exits 0 (got $rc; $(tail -n 1 fl_ok.err))" \
   [ "$rc" -eq 0 ]
