@@ -3257,6 +3257,13 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #include <immintrin.h>
 #endif
 
+/* The allocator is overridden as a pair: a program that defines IOUPOS_MALLOC must define
+   IOUPOS_FREE too (stb's convention for STBI_MALLOC / STBI_FREE). There is no realloc or
+   calloc hook on purpose: ioupos__calloc and ioupos__grow below build both from the pair, so
+   an arena or a counting allocator needs only two functions. IOUPOS_ASSERT guards internal
+   invariants only (a sampler table that must be non-empty, a box known to be inside the
+   image), never user input, which is checked and reported through ioupos_failure_reason;
+   building with NDEBUG removes the checks, not any error path. */
 #ifndef IOUPOS_MALLOC
 #define IOUPOS_MALLOC(sz) malloc(sz)
 #define IOUPOS_FREE(p) free(p)
@@ -3266,6 +3273,9 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #define IOUPOS_ASSERT(x) assert(x)
 #endif
 
+/* Thread-local storage for the failure reason (section 2), which must be per thread because
+   the loader's workers and a program's own threads fail independently. C11 and C++11 have a
+   keyword; MSVC and GCC / Clang in C99 mode have an extension with the same meaning. */
 #if defined(__cplusplus) && __cplusplus >= 201103L
 #define IOUPOS__THREAD_LOCAL thread_local
 #elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
@@ -3276,6 +3286,12 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #define IOUPOS__THREAD_LOCAL __thread
 #endif
 
+/* stb_image and stb_image_write (public domain, Sean Barrett) are compiled into this
+   translation unit unless IOUPOS_NO_STB_IMPLEMENTATION says the program already has them; two
+   copies would collide at link time. STBI_ONLY_PNG drops every other decoder: the data path
+   reads only PNG slices, and less decoder code is less exposure to corrupt files. stb's own
+   warnings are silenced around its implementation only, so a -Wall -Wextra build stays clean
+   without hiding warnings in ioupos's code. */
 #if IOUPOS__PART_DATA /* stb: section 5's PNG I/O */
 #ifndef IOUPOS_NO_STB_IMPLEMENTATION
 #if defined(__GNUC__)
@@ -3315,10 +3331,17 @@ unsigned char *stbi_zlib_compress(unsigned char *data, int data_len, int *out_le
 
 /* ---- 2. Errors ---------------------------------------------------------------------------- */
 
+/* The failure reason: one buffer per thread, overwritten by each failing call and never
+   cleared by a successful one, so it describes the LAST failure, which is what a caller that
+   just got a negative status wants. 512 bytes hold the library's messages, paths included, in
+   practice; longer text is truncated by vsnprintf, never overflowed. */
 static IOUPOS__THREAD_LOCAL char ioupos__reason[512];
 
 IOUPOS_DEF const char *ioupos_failure_reason(void) { return ioupos__reason; }
 
+/* Formats the reason and returns status unchanged, so that every error path is the single
+   statement  return ioupos__fail(IOUPOS_E..., "...", ...);  The format attribute makes GCC
+   and Clang check each call's arguments against its format string. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
@@ -3332,10 +3355,15 @@ static int ioupos__fail(int status, const char *fmt, ...) {
   return status;
 }
 
+/* The reason goes through "%s" so that a '%' in text from outside (a CUDA error string, a
+   path) is copied, not interpreted as a conversion. */
 IOUPOS_DEF int ioupos_failure_set(int status, const char *reason) {
   return ioupos__fail(status, "%s", reason ? reason : "");
 }
 
+/* The enum's own spelling, for logs and test messages. A status this version does not know
+   (a positive value, a code from a newer backend) gets "IOUPOS_E?" rather than NULL, so the
+   result can always be printed. */
 IOUPOS_DEF const char *ioupos_status_name(int status) {
   switch (status) {
     case IOUPOS_OK: return "IOUPOS_OK";
@@ -3350,7 +3378,10 @@ IOUPOS_DEF const char *ioupos_status_name(int status) {
   }
 }
 
-/* Overflow-checked array allocation (count * size), zero-filled. */
+/* Overflow-checked array allocation (count * size), zero-filled. Built on IOUPOS_MALLOC
+   because the allocator hook has no calloc; a zero-byte request allocates one byte because
+   malloc(0) may return NULL, which callers would mistake for out-of-memory. Returns NULL on
+   overflow or failure; the block is freed with IOUPOS_FREE. */
 static void *ioupos__calloc(size_t count, size_t size) {
   void *p;
   size_t bytes;
@@ -3363,7 +3394,9 @@ static void *ioupos__calloc(size_t count, size_t size) {
 
 #if IOUPOS__PART_DATA /* used from section 6 on */
 /* Make room for one more element in *arr (n used, *cap allocated, elements of elem bytes),
-   doubling the allocation; 0 on failure (*arr is then unchanged and still valid). */
+   doubling the allocation; 0 on failure (*arr is then unchanged and still valid).
+   Doubling keeps n appends at O(n) element copies in all; the copy goes through a fresh block
+   because the allocator hook has no realloc. New slots are zero (ioupos__calloc). */
 static int ioupos__grow(void **arr, size_t n, size_t *cap, size_t elem) {
   size_t ncap;
   void *na;
@@ -3382,6 +3415,10 @@ static int ioupos__grow(void **arr, size_t n, size_t *cap, size_t elem) {
 
 /* ---- 3. Random numbers ---------------------------------------------------------------------- */
 
+/* SplitMix64's output function (Steele, Lea and Flood 2014, with Stafford's "Mix13" constants,
+   as in Vigna's splitmix64.c): a bijective 64-bit mixer in which every input bit affects every
+   output bit. It scrambles user seeds and split keys, so that seeds 0, 1, 2 or keys e, e + 1
+   give unrelated PCG states and streams instead of neighbouring ones. */
 static uint64_t ioupos__splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -3389,6 +3426,11 @@ static uint64_t ioupos__splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+/* PCG32, i.e. PCG-XSH-RR 64/32 (O'Neill 2014; pcg32_random_r of the reference C code): a
+   64-bit LCG (Knuth's MMIX multiplier; inc is odd, so every stream has period 2^64) whose
+   state is output through a permutation: xorshift the high bits down to 32, then rotate by
+   the state's top 5 bits. The output is computed from the OLD state, as the reference does, so
+   the multiply and the permutation do not wait on each other. Not cryptographic. */
 IOUPOS_DEF uint32_t ioupos_rng_u32(ioupos_rng *rng) {
   uint64_t old = rng->state;
   uint32_t xorshifted, rot;
@@ -3398,6 +3440,10 @@ IOUPOS_DEF uint32_t ioupos_rng_u32(ioupos_rng *rng) {
   return (xorshifted >> rot) | (xorshifted << ((32u - rot) & 31u));
 }
 
+/* pcg32_srandom_r of the reference implementation: inc = 2 * stream + 1 (odd, which full
+   period needs; the top bit of stream is lost, hence 2^63 streams), then one step before and
+   one after adding seed, so the first output already depends on both. Streams differ in the
+   LCG increment, i.e. they follow different recurrences, not offsets into one sequence. */
 IOUPOS_DEF void ioupos_rng_seed_stream(ioupos_rng *rng, uint64_t seed, uint64_t stream) {
   rng->state = 0;
   rng->inc = (stream << 1) | 1u;
@@ -3406,10 +3452,19 @@ IOUPOS_DEF void ioupos_rng_seed_stream(ioupos_rng *rng, uint64_t seed, uint64_t 
   (void)ioupos_rng_u32(rng);
 }
 
+/* One 64-bit seed picks both the starting state and the stream, through SplitMix64 of seed and
+   of ~seed, so nearby seeds get unrelated states and unrelated streams. The mapping is part of
+   the reproducibility contract: changing it changes the crops and views of every seed. */
 IOUPOS_DEF void ioupos_rng_seed(ioupos_rng *rng, uint64_t seed) {
   ioupos_rng_seed_stream(rng, ioupos__splitmix64(seed), ioupos__splitmix64(~seed));
 }
 
+/* The child is a function of the parent's current (state, inc) and key only, and the parent is
+   const (not advanced). The loader derives its epoch, image and crop generators by splitting
+   (section 9), so a sample's randomness does not depend on how many samples a thread drew
+   before it or on which thread draws it. key enters twice (the state hash and the stream), so
+   keys k and k + 1 give unrelated children; children of different keys are independent in
+   practice, not provably (64-bit hashes can collide). */
 IOUPOS_DEF ioupos_rng ioupos_rng_split(const ioupos_rng *rng, uint64_t key) {
   ioupos_rng child;
   uint64_t h = ioupos__splitmix64(rng->state ^ ioupos__splitmix64(rng->inc + key));
@@ -3417,11 +3472,20 @@ IOUPOS_DEF ioupos_rng ioupos_rng_split(const ioupos_rng *rng, uint64_t key) {
   return child;
 }
 
+/* High word first. The order is part of the stream contract: ioupos_rng_uniform, and
+   ioupos_rng_below for n >= 2^32, consume two u32 draws this way. */
 IOUPOS_DEF uint64_t ioupos_rng_u64(ioupos_rng *rng) {
   uint64_t hi = ioupos_rng_u32(rng);
   return (hi << 32) | ioupos_rng_u32(rng);
 }
 
+/* Exact uniform integers by Lemire's method ("Fast random integer generation in an interval",
+   ACM TOMACS 2019): of the 2^w products x * n (x a w-bit draw), the high halves are exactly
+   uniform over [0, n) once the products whose low half is below 2^w mod n are rejected. The
+   modulo that computes that threshold runs only when the low half is below n (probability
+   n / 2^w), so the common case costs one multiply and no division. n < 2^32 uses 32-bit draws,
+   so how many PCG outputs a call consumes depends on n: streams stay reproducible as long as
+   the sequence of n does. */
 IOUPOS_DEF uint64_t ioupos_rng_below(ioupos_rng *rng, uint64_t n) {
   IOUPOS_ASSERT(n >= 1);
   if (n <= 0xFFFFFFFFull) {
@@ -3461,12 +3525,21 @@ IOUPOS_DEF uint64_t ioupos_rng_below(ioupos_rng *rng, uint64_t n) {
   }
 }
 
+/* The top 53 bits of a 64-bit draw times 2^-53: every value is an exact double, a multiple of
+   2^-53 in [0, 1), never 1.0 (dividing a whole u64 by 2^64 in double would round the largest
+   draws up to 1.0). The augmentations fire a transform iff u < prob, so prob 0 never fires and
+   prob 1 always does. */
 IOUPOS_DEF double ioupos_rng_uniform(ioupos_rng *rng) {
   return (double)(ioupos_rng_u64(rng) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* ---- 4. Boxes, IoU and the exact crop-pair sampler ------------------------------------------ */
 
+/* Integer volumes in int64 (exact below 2^63, i.e. for any image this library handles), then
+   one double division of intersection by union. The sampler converts its IoU interval with
+   this very expression (ioupos__iou_range), so the IoU of a sampled pair recomputed here lies
+   in the requested interval bit for bit, with no tolerance. A box with hi <= lo on some axis
+   is empty; two empty boxes have IoU 0 rather than 0 / 0. */
 IOUPOS_DEF double ioupos_box_iou(const ioupos_box *a, const ioupos_box *b) {
   int64_t va = 1, vb = 1, vi = 1;
   int k;
@@ -3483,6 +3556,8 @@ IOUPOS_DEF double ioupos_box_iou(const ioupos_box *a, const ioupos_box *b) {
   return (double)vi / (double)(va + vb - vi);
 }
 
+/* Used to build failure reasons: truncation at cap is silent (snprintf never writes past it)
+   and the text is always NUL-terminated. */
 IOUPOS_DEF void ioupos_format_shape(char *buf, size_t cap, int dims, const int v[]) {
   size_t used = 0;
   int k;
@@ -3538,24 +3613,36 @@ IOUPOS_DEF void ioupos_format_shape(char *buf, size_t cap, int dims, const int v
    number of placements with that (eA, eB) and eC at least it; a draw picks (eA, eB) by binary
    search and decodes the placements. */
 
+/* Default cap on the ANCHORED partner draw's rejections. Each try is accepted with probability
+   at least 1/8 (see above), so 256 failures in a row have probability below 2e-15: the exact
+   fallback is there for correctness, not speed, and max_tries = 0 forces it for tests. */
 #define IOUPOS__SAMPLER_DEFAULT_TRIES 256
 
+/* ceil(a / b) for b > 0, and 0 for a <= 0: the smallest overlap o >= 0 with o * b >= a (every
+   o qualifies when a <= 0). */
 static int64_t ioupos__ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 static int ioupos__imin(int a, int b) { return a < b ? a : b; }
 static int ioupos__imax(int a, int b) { return a > b ? a : b; }
 
-/* Number of placements p in 0..n-1 with max(p, n-1-p) >= t. */
+/* Number of placements p in 0..n-1 with max(p, n-1-p) >= t. The room max(p, n-1-p) is at
+   least ceil((n-1)/2) = n/2 (integer division) for every p, so t <= n/2 admits all n
+   placements; otherwise the qualifying placements are the two tails p <= n-1-t and p >= t,
+   n - t each and disjoint. */
 static uint64_t ioupos__reach_count(int n, int t) {
   if (t > n - 1) return 0;
   if (2 * t <= n) return (uint64_t)n;
   return 2 * (uint64_t)(n - t);
 }
-/* The idx-th placement (0-based) with max(p, n-1-p) >= t. */
+/* The idx-th placement (0-based) with max(p, n-1-p) >= t: the low tail 0..n-1-t first, then
+   the high tail t..n-1; when every placement qualifies, idx is the placement itself. */
 static int ioupos__reach_pos(int n, int t, uint64_t idx) {
   if (2 * t <= n) return (int)idx;
   return idx < (uint64_t)(n - t) ? (int)idx : t + (int)(idx - (uint64_t)(n - t));
 }
-/* Placements whose reach class min(max(p, n-1-p), c) is exactly e. */
+/* Placements whose reach class min(max(p, n-1-p), c) is exactly e. Below c the class is the
+   room itself, which only the mirror pair p = e and p = n-1-e has (one placement when they
+   coincide, the centre of an odd n); the class e = c gathers every placement with room >= c.
+   ioupos__class_pos numbers them: for e < c index 0 is p = n-1-e and index 1 is p = e. */
 static uint64_t ioupos__class_count(int n, int c, int e) {
   if (e >= c) return ioupos__reach_count(n, c);
   return 2 * e == n - 1 ? 1u : 2u;
@@ -3565,7 +3652,10 @@ static int ioupos__class_pos(int n, int c, int e, uint64_t idx) {
   return idx == 0 ? n - 1 - e : e;
 }
 
-/* Ordered placement pairs on internal axis k with overlap class o (see J above). */
+/* Ordered placement pairs on internal axis k with overlap class o (see J above). The o = 0
+   case is the closed form of sum_{d=c}^{n-1} 2 (n - d) = (n - c)(n - c + 1); a displacement
+   beyond n - 1 does not fit (weight 0). A product of three weights never exceeds the number
+   of placement pairs, below 4e18 by init's check, so no uint64 sum of them overflows. */
 static uint64_t ioupos__joint_weight(const ioupos_iou_sampler *s, int k, int o) {
   int64_t n = s->n[k], c = s->c[k], d = c - o;
   if (o == 0) return n > c ? (uint64_t)((n - c) * (n - c + 1)) : 0u;
@@ -3573,7 +3663,11 @@ static uint64_t ioupos__joint_weight(const ioupos_iou_sampler *s, int k, int o) 
   return d == 0 ? (uint64_t)n : (uint64_t)(2 * (n - d));
 }
 
-/* Index helpers for the anchored tables. */
+/* Index helpers for the anchored tables. s1 is laid out [oA][lC][oB] and s0 [lB][lC][oA],
+   the suffix dimension innermost and contiguous, so a decode (ioupos__draw_reflected) binary
+   searches one contiguous row. Overlap dimensions start at omin (no smaller nonzero overlap
+   can occur on the axis) and have one extra slot, at c + 1, holding the empty suffix 0: it
+   ends the recurrences without a bounds test. */
 static size_t ioupos__s1_index(const ioupos_iou_sampler *s, int oA, int lC, int oB) {
   size_t nl_c = (size_t)(s->lam_hi[2] - s->lam_lo[2] + 1);
   size_t nb = (size_t)(s->c[1] - s->omin[1] + 2);
@@ -3586,14 +3680,22 @@ static size_t ioupos__s0_index(const ioupos_iou_sampler *s, int lB, int lC, int 
   return ((size_t)(lB - s->lam_lo[1]) * nl_c + (size_t)(lC - s->lam_lo[2])) * na +
          (size_t)(oA - s->omin[0]);
 }
-/* H(l): nonzero valid overlap vectors with o_k >= l_k (l inside the tabulated ranges). */
+/* H(l): nonzero valid overlap vectors with o_k >= l_k (l inside the tabulated ranges). s0 is
+   NULL when no nonzero vector is valid (U < L1: the interval is IoU 0 only), hence 0. */
 static uint64_t ioupos__nonzero_count(const ioupos_iou_sampler *s, const int l[3]) {
   if (!s->s0) return 0;
   return s->s0[ioupos__s0_index(s, l[1], l[2], l[0])];
 }
+/* The smallest nonzero overlap a partner can have on axis k when the first crop's reach class
+   is e: u = c - o must not exceed the room m, so o >= c - m, and overlap 0 belongs to the zero
+   class, counted apart; hence l = max(1, c - e) (e = min(m, c) gives the same bound). */
 static int ioupos__lower_bound(const ioupos_iou_sampler *s, int k, int e) {
   return ioupos__imax(1, s->c[k] - e);
 }
+/* Does a placement with reach classes (eA, eB, eC) have a valid partner? With L = 0, an axis
+   whose room reaches c can push the partner off entirely (overlap 0, I = 0, valid); otherwise
+   some nonzero vector with o_k >= l_k must be valid (H(l) > 0). Both tests can only turn true
+   as any e grows, which the binary search over eC in ioupos__sampler_tables relies on. */
 static int ioupos__first_valid(const ioupos_iou_sampler *s, int eA, int eB, int eC) {
   int l[3];
   if (s->inter_lo == 0 && (eA >= s->c[0] || eB >= s->c[1] || eC >= s->c[2])) return 1;
@@ -3603,6 +3705,12 @@ static int ioupos__first_valid(const ioupos_iou_sampler *s, int eA, int eB, int 
   return ioupos__nonzero_count(s, l) > 0;
 }
 
+/* Builds the tables of s->mode (the notes above say what each holds) and sets n_pairs and, for
+   ANCHORED, n_first. Returns IOUPOS_OK, also when n_pairs is 0 (init reports infeasibility
+   with a better message), or IOUPOS_ENOMEM, leaving what was allocated to
+   ioupos_iou_sampler_free. Work: O(c_A c_B) for JOINT; ANCHORED adds O(c_A c_B nl_C) for s1,
+   O(c_A nl_B nl_C) for s0 and O(ne_A ne_B log ne_C) constant-time lookups for the first
+   placements. */
 static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
   int k, oA, oB, lB, lC, eA, eB, eC;
   int64_t L = s->inter_lo, U = s->inter_hi, L1 = L > 1 ? L : 1;
@@ -3622,6 +3730,9 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
     for (oB = 0; oB <= s->c[1]; ++oB) {
       uint64_t wb = ioupos__joint_weight(s, 1, oB), wc = 0;
       int64_t P = (int64_t)oA * oB;
+      /* P = 0 means I = 0 whatever oC, valid only when L = 0 (then all of J_C counts);
+         otherwise the valid oC form the run [ceil(L / P), min(c_C, U / P)], one difference
+         of prefix sums. */
       if (wa && wb) {
         if (P == 0) {
           wc = L == 0 ? s->joint_prefC[s->c[2] + 1] : 0;
@@ -3651,6 +3762,8 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
       for (oB = s->c[1]; oB >= s->omin[1]; --oB) {
         int64_t P = (int64_t)oA * oB, lo = ioupos__ceil_div(L1, P), hi = U / P;
         if (hi > s->c[2]) hi = s->c[2];
+        /* nonzero oC with oA oB oC in [L1, U] and oC >= lC: the run [max(lC, ceil(L1 / P)),
+           min(c_C, U / P)], so each s1 entry adds that run's length to the next oB's */
         for (lC = s->lam_lo[2]; lC <= s->lam_hi[2]; ++lC) {
           int64_t from = lo > lC ? lo : lC;
           s->s1[ioupos__s1_index(s, oA, lC, oB)] = s->s1[ioupos__s1_index(s, oA, lC, oB + 1)] +
@@ -3664,7 +3777,10 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
     }
   }
 
-  /* ANCHORED: first placements, by reach class. */
+  /* ANCHORED: first placements, by reach class. A cell (eA, eB) weighs class_count_A *
+     class_count_B * reach_count_C(eC*), eC* the smallest valid C class: the placements of
+     those classes whose room on C reaches eC*. A cell with no valid eC (eC* > emax) weighs 0
+     but keeps its slot, so a cell index maps back to (eA, eB) by division. */
   ne_a = (size_t)(s->emax[0] - s->emin[0] + 1);
   ne_b = (size_t)(s->emax[1] - s->emin[1] + 1);
   s->first_cum = (uint64_t *)ioupos__calloc(ne_a * ne_b, sizeof(uint64_t));
@@ -3691,6 +3807,8 @@ static int ioupos__sampler_tables(ioupos_iou_sampler *s) {
   return IOUPOS_OK;
 }
 
+/* Safe on NULL, on a sampler whose init failed and on one already freed: the pointers are
+   reset, and a draw on a freed sampler fails cleanly because draw checks its tables. */
 IOUPOS_DEF void ioupos_iou_sampler_free(ioupos_iou_sampler *s) {
   if (!s) return;
   IOUPOS_FREE(s->joint_cum);
@@ -3703,13 +3821,18 @@ IOUPOS_DEF void ioupos_iou_sampler_free(ioupos_iou_sampler *s) {
   s->first_thr = NULL;
 }
 
+/* The IoU of two crops of volume V with intersection I, as ioupos_box_iou computes it (union
+   2V - I); used in messages. */
 static double ioupos__iou_of(int64_t I, int64_t V) { return (double)I / (double)(2 * V - I); }
 
 /* The intersection volumes I in [0, min(va, vb)] of a box of volume va and one of volume vb
    whose IoU (double)I / (double)(va + vb - I), exactly as ioupos_box_iou computes it, lies in
    [lo, hi]: the range [*ilo, *ihi] (*ilo > *ihi when there is none). The computed IoU is
    non-decreasing in I (the numerator grows, the denominator shrinks, rounding is monotone), so
-   two binary searches find the ends. */
+   two binary searches find the ends. Searching on the double expression itself, rather than
+   solving I >= lo (va + vb) / (1 + lo) algebraically, makes the conversion agree with
+   ioupos_box_iou at every boundary (an interval end that is exactly some I's IoU, or falls
+   between two): whatever the sampler draws passes a check made with ioupos_box_iou. */
 static void ioupos__iou_range(int64_t va, int64_t vb, double lo, double hi, int64_t *ilo,
                               int64_t *ihi) {
   int64_t top = va < vb ? va : vb, sum = va + vb, l = 0, h = top + 1;
@@ -3726,6 +3849,16 @@ static void ioupos__iou_range(int64_t va, int64_t vb, double lo, double hi, int6
   *ihi = l;
 }
 
+/* Validation first, every reason naming shape, crop and interval. Then, in order:
+   (1) the size limits: below 4e18 ordered placement pairs, so every count (n_pairs, H, the
+       cumulative tables) fits in uint64 without overflow checks; at most 1e8 overlap classes
+       prod (c_k + 1), which also bounds V = prod c_k (I fits in int64 with room to spare),
+       the table sizes and the exact fallback's enumeration;
+   (2) the interval as an integer range [inter_lo, inter_hi] of I (empty: EINFEASIBLE);
+   (3) the internal axis order and the per-axis ranges omin, lam and e;
+   (4) the tables, whose total n_pairs decides feasibility.
+   On failure nothing stays allocated, ioupos_iou_sampler_free is still safe, and draw refuses
+   the sampler (n_pairs is 0). */
 IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const int shape[],
                                        const int crop[], double min_iou, double max_iou,
                                        int mode) {
@@ -3791,7 +3924,10 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
                         "[%g, %g] (image %s); widen the interval", cr, min_iou, max_iou, sh);
 
   /* Internal axes: the user's axes plus a dummy (c = n = 1) for 2D, ordered by the size of
-     their range of partner-box lower bounds, largest first. */
+     their range of partner-box lower bounds, largest first. Why: axis A's range costs no table
+     dimension (s0's suffix index over oA doubles as lA), axis B's multiplies s0 only, and
+     axis C's multiplies both s1 and s0, so the widest range goes to A, the narrowest to C.
+     The dummy axis always has overlap 1: it multiplies I and every count by 1. */
   for (k = 0; k < 3; ++k) {
     int uk = k - (3 - dims); /* 2D: internal slot 0 is the dummy before sorting */
     user_c[k] = uk >= 0 ? crop[uk] : 1;
@@ -3825,6 +3961,9 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
     return ioupos__fail(st, "IoU sampler: out of memory building the tables for image %s, crop %s",
                         sh, cr);
   }
+  /* For the message: the smallest intersection two crops can have (crops in opposite corners,
+     overlap max(0, 2c - shape) per axis); the largest is V (the same placement). In between
+     only products of per-axis overlaps occur, hence "with gaps". */
   if (s->n_pairs == 0) {
     int64_t imin = 1;
     for (k = 0; k < dims; ++k) imin *= ioupos__imax(0, 2 * crop[k] - shape[k]);
@@ -3838,7 +3977,9 @@ IOUPOS_DEF int ioupos_iou_sampler_init(ioupos_iou_sampler *s, int dims, const in
   return IOUPOS_OK;
 }
 
-/* Smallest i in [lo, hi] with key(i) > r for a non-decreasing cumulative array. */
+/* Smallest i in [lo, hi] with key(i) > r for a non-decreasing cumulative array. With r
+   uniform in [0, total) this returns i with probability (cum[i] - cum[i-1]) / total: inverse
+   CDF sampling over a table, one rng draw and O(log size) steps. */
 static size_t ioupos__search_cum(const uint64_t *cum, size_t lo, size_t hi, uint64_t r) {
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
@@ -3847,7 +3988,10 @@ static size_t ioupos__search_cum(const uint64_t *cum, size_t lo, size_t hi, uint
   return lo;
 }
 
-/* Draw k in 1..K with probability proportional to k. */
+/* Draw k in 1..K with probability proportional to k. Inverse CDF of the triangular numbers:
+   k is the smallest with k (k + 1) / 2 > r. The square root gives k up to rounding and the
+   two integer loops correct it, so the result is exact; K (K + 1) / 2 stays below 2^63
+   because every n is below 2e9 (init's 4e18 limit on pairs). */
 static int64_t ioupos__draw_triangular(ioupos_rng *rng, int64_t K) {
   uint64_t r = ioupos_rng_below(rng, (uint64_t)(K * (K + 1) / 2));
   int64_t k = (int64_t)((1.0 + sqrt(1.0 + 8.0 * (double)r)) / 2.0);
@@ -3858,6 +4002,13 @@ static int64_t ioupos__draw_triangular(ioupos_rng *rng, int64_t K) {
   return k;
 }
 
+/* JOINT draw in three exact steps: (1) the cell (oA, oB) by inverse CDF over joint_cum, whose
+   weights are J_A J_B times the summed J_C of the valid oC; (2) oC within its valid run
+   [lo, hi] by inverse CDF over J_C's prefix sums (a cell with P = 0 has weight only when
+   L = 0, and then every oC in 0..c_C is valid); (3) per axis, a placement pair with that
+   overlap: d = c - o, or for o = 0 a d in c..n-1 with weight 2 (n - d); then one of the
+   2 (n - d) ordered pairs (pos, pos + d) or (pos + d, pos), or p = q uniform when d = 0.
+   Every valid ordered pair of placements thus has probability exactly 1 / n_pairs. */
 static void ioupos__draw_joint(const ioupos_iou_sampler *s, ioupos_rng *rng, int p[3], int q[3]) {
   size_t nb = (size_t)(s->c[1] + 1), cell;
   int o[3], k;
@@ -3890,6 +4041,9 @@ static void ioupos__draw_joint(const ioupos_iou_sampler *s, ioupos_rng *rng, int
   }
 }
 
+/* ANCHORED first crop: a cell (eA, eB) by inverse CDF over first_cum; the remainder r, uniform
+   over that cell's class_count_A * class_count_B * reach_count_C(eC*) placements, is decoded
+   as mixed-radix digits (C fastest). Uniform over the n_first placements with a partner. */
 static void ioupos__draw_first(const ioupos_iou_sampler *s, ioupos_rng *rng, int p[3]) {
   size_t ne_b = (size_t)(s->emax[1] - s->emin[1] + 1), ne = (size_t)(s->emax[0] - s->emin[0] + 1) * ne_b;
   uint64_t r = ioupos_rng_below(rng, s->n_first), ca, cb, cc;
@@ -3907,7 +4061,12 @@ static void ioupos__draw_first(const ioupos_iou_sampler *s, ioupos_rng *rng, int
   p[0] = ioupos__class_pos(s->n[0], s->c[0], eA, r / cb);
 }
 
-/* A uniform valid u in prod [0, m_k] (see the notes above); returns 0 if there is none. */
+/* A uniform valid u in prod [0, m_k] (see the notes above); returns 0 if there is none.
+   One ioupos_rng_below over H + Z. The nonzero part is ordered by (oA, oB, oC) ascending:
+   top - s0[oA] vectors come before oA, so oA is the first value at which that count exceeds
+   r (binary search on the suffix row), likewise oB in s1's row for that oA, and oC is the
+   r-th value of its contiguous valid run. The zero part (only when L = 0) is split by the
+   first axis whose overlap is zero, which makes its blocks disjoint with product sizes. */
 static int ioupos__draw_reflected(const ioupos_iou_sampler *s, ioupos_rng *rng, const int m[3],
                                   int u[3]) {
   int l[3], k;
@@ -3961,6 +4120,9 @@ static int ioupos__draw_reflected(const ioupos_iou_sampler *s, ioupos_rng *rng, 
     for (j = 0; j < 3; ++j)
       block *= j < k ? N[j] : j == k ? zk : N[j] + (m[j] >= s->c[j] ? (uint64_t)(m[j] - s->c[j] + 1) : 0u);
     if (r < block) {
+      /* mixed-radix digits, axis 2 fastest. A zero class exists on axis j only when
+         m_j >= c_j, and then l_j = 1 and N_j = c_j: digit t < c_j is the nonzero u = t and
+         t >= c_j the zero-overlap u = t, so one formula covers both ranges */
       for (j = 2; j >= 0; --j) {
         uint64_t zj = m[j] >= s->c[j] ? (uint64_t)(m[j] - s->c[j] + 1) : 0u;
         uint64_t radix = j < k ? N[j] : j == k ? zk : N[j] + zj;
@@ -3976,7 +4138,12 @@ static int ioupos__draw_reflected(const ioupos_iou_sampler *s, ioupos_rng *rng, 
   return 0;
 }
 
-/* Exact slow path for the partner of p: enumerate overlap classes with their multiplicities. */
+/* Exact slow path for the partner of p: enumerate overlap classes with their multiplicities.
+   Two passes over all prod (c_k + 1) overlap vectors (at most 1e8, init's limit): the first
+   sums each valid vector's number of partners of p, the second stops at the r-th. Per axis the
+   partners with overlap o are: o = 0, every q with |q - p| >= c on either side; o = c, q = p;
+   otherwise q = p - d and q = p + d where inside. q is then uniform among them, so the result
+   has exactly the fast path's distribution. Reached after max_tries rejections only. */
 static void ioupos__draw_partner_exact(const ioupos_iou_sampler *s, ioupos_rng *rng,
                                        const int p[3], int q[3]) {
   uint64_t total = 0, r = 0;
@@ -4021,6 +4188,11 @@ found:
   }
 }
 
+/* ANCHORED draw: p uniform over the placements with a partner, then a partner uniform over p's
+   valid partners: a uniform reflected displacement u from the valid set for p's rooms m, a
+   sign per axis (one u32 per try, bit k for axis k), accept if q lies inside the image. A try
+   fails only when a sign points to the near side and u exceeds the room there, or when u = 0
+   meets its second sign; the far-side signs always fit, hence acceptance >= 2^-d'. */
 static void ioupos__draw_anchored(const ioupos_iou_sampler *s, ioupos_rng *rng, int p[3], int q[3]) {
   int m[3], u[3], k, tries;
   ioupos__draw_first(s, rng, p);
@@ -4042,6 +4214,10 @@ static void ioupos__draw_anchored(const ioupos_iou_sampler *s, ioupos_rng *rng, 
   ioupos__draw_partner_exact(s, rng, p, q);
 }
 
+/* Checks only what a caller can get wrong after init (NULL pointers, a sampler whose init
+   failed or that was freed); everything else was validated once by init, so a draw on a good
+   sampler cannot fail. Internal axes go back to user order and the 2D dummy axis is dropped.
+   The sampler is only read: concurrent draws are safe with one rng per thread. */
 IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *rng,
                                        ioupos_box *a, ioupos_box *b) {
   int p[3], q[3], k;
@@ -4075,6 +4251,8 @@ IOUPOS_DEF int ioupos_iou_sampler_draw(const ioupos_iou_sampler *s, ioupos_rng *
    axes are sorted by m (2D gets a dummy axis with p = 0, a = b = n = m = 1, first); the last
    one (largest m) is summed in closed form inside the loop over the other two. */
 typedef struct ioupos__lax {
+  /* p: A's start, a: A's length, b: the crop's length, n: the crop's positions (shape - b + 1),
+     m = min(a, b): the largest overlap; int64 so their sums and products cannot overflow. */
   int64_t p, a, b, n, m;
 } ioupos__lax;
 
@@ -4088,7 +4266,11 @@ static int64_t ioupos__span(int64_t lo, int64_t hi) { return hi >= lo ? hi - lo 
 static int64_t ioupos__max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t ioupos__min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Positions of the axis whose overlap with A lies in [lo, hi]. */
+/* Positions of the axis whose overlap with A lies in [lo, hi]. O(1): the clipped lengths of
+   the trapezoid's runs, namely the two zero runs (when lo = 0), the rising and the falling
+   ramp for overlaps in [max(lo, 1), min(hi, m - 1)] (each ramp maps overlap to position one
+   to one, so its count is an overlap range intersected with the positions in [0, n - 1]), and
+   the plateau (when hi = m). */
 static int64_t ioupos__lax_count(const ioupos__lax *x, int64_t lo, int64_t hi) {
   int64_t c = 0, rlo, rhi;
   if (lo < 0) lo = 0;
@@ -4113,7 +4295,9 @@ static int64_t ioupos__lax_count(const ioupos__lax *x, int64_t lo, int64_t hi) {
   return c;
 }
 
-/* The j-th position (0-based; runs in the order above, ascending) with overlap exactly o. */
+/* The j-th position (0-based; runs in the order above, ascending) with overlap exactly o.
+   For 0 < o < m the rising position comes before the falling one, as in ioupos__lax_count, so
+   j names exactly one position; the assertion checks that the caller's j is in range. */
 static int64_t ioupos__lax_pick(const ioupos__lax *x, int64_t o, int64_t j) {
   int64_t rise;
   if (o == 0) {
@@ -4143,7 +4327,9 @@ static void ioupos__format_box(char *buf, size_t cap, const ioupos_box *b) {
   }
 }
 
-/* Checks shared by the local-crop functions: dims, sizes, interval. */
+/* Checks shared by the local-crop functions: dims, sizes, interval. shape may be NULL (the
+   feasibility check's image as large as needed). Volumes below 2^61 keep va + vb - I and the
+   products of overlaps exact in int64; the bound itself is a power of two, exact in double. */
 static int ioupos__local_check(const char *fn, int dims, const int shape[], const int a[],
                                const int b[], double lo, double hi) {
   char sh[64] = "any", as[64] = "?", bs[64] = "?";
@@ -4179,7 +4365,9 @@ static int ioupos__local_check(const char *fn, int dims, const int shape[], cons
   return IOUPOS_OK;
 }
 
-/* Validate a count / draw request and set up its internal axes. */
+/* Validate a count / draw request and set up its internal axes. They are sorted by m
+   ascending (stable, so equal m keep user order): a walk loops over the overlaps of the two
+   smallest and sums the largest in closed form, O((m0 + 1)(m1 + 1)), capped at 1e8. */
 static int ioupos__local_setup(const char *fn, int dims, const int shape[], const ioupos_box *A,
                                const int b[], double lo, double hi, ioupos__local_req *q) {
   int a[3], k, j, st;
@@ -4237,7 +4425,9 @@ static int ioupos__local_setup(const char *fn, int dims, const int shape[], cons
   return IOUPOS_OK;
 }
 
-/* Positions of the last internal axis given the product P of the other two overlaps. */
+/* Positions of the last internal axis given the product P of the other two overlaps. For
+   P > 0 the valid overlaps form the run [ceil(ilo / P), min(m, ihi / P)]; for P = 0, I = 0
+   and every overlap is valid iff ilo = 0. *zlo and *zhi are set except when that fails. */
 static int64_t ioupos__local_zcount(const ioupos__local_req *q, int64_t P, int64_t *zlo,
                                     int64_t *zhi) {
   const ioupos__lax *z = &q->ax[2];
@@ -4282,6 +4472,7 @@ static uint64_t ioupos__local_walk(const ioupos__local_req *q, uint64_t target, 
   return acc;
 }
 
+/* No valid position is a count of 0 with IOUPOS_OK: only the draw treats it as infeasible. */
 IOUPOS_DEF int ioupos_local_crop_count(int dims, const int shape[], const ioupos_box *A,
                                        const int b[], double min_iou, double max_iou,
                                        uint64_t *count) {
@@ -4297,6 +4488,11 @@ IOUPOS_DEF int ioupos_local_crop_count(int dims, const int shape[], const ioupos
   return IOUPOS_OK;
 }
 
+/* Two walks: one for the total (to draw r uniform in [0, total)), one that stops at r's cell
+   (o0, o1). Within the cell r splits into digits (j0, j1, rz), rz fastest; o_z is found by a
+   binary search on the count over [zlo, oz], which grows with oz, and each axis's digit picks
+   a position with ioupos__lax_pick. Every valid position has probability 1 / total. The walk
+   is repeated rather than stored so that a draw allocates nothing. */
 IOUPOS_DEF int ioupos_local_crop_draw(int dims, const int shape[], const ioupos_box *A,
                                       const int b[], double min_iou, double max_iou,
                                       ioupos_rng *rng, ioupos_box *out) {
@@ -4351,6 +4547,12 @@ IOUPOS_DEF int ioupos_local_crop_draw(int dims, const int shape[], const ioupos_
   return IOUPOS_OK;
 }
 
+/* Existence only, no positions: per axis the achievable overlaps form the whole range
+   [max(0, a + b - shape), min(a, b)] (two segments of lengths a and b inside shape overlap by
+   at least a + b - shape, and moving one by a voxel changes the overlap by at most 1), and the
+   axes are independent, so a valid pair exists iff some vector of that product box has I in
+   [ilo, ihi]. The loop runs over the two shortest ranges, tests the third as an interval
+   intersection, and stops at the first hit. */
 IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int a[],
                                           const int b[], double min_iou, double max_iou) {
   int64_t lo3[3], hi3[3], ilo, ihi, va = 1, vb = 1, imin = 1, imax = 1, o0, o1;
@@ -4405,6 +4607,11 @@ IOUPOS_DEF int ioupos_local_crop_feasible(int dims, const int shape[], const int
 #if IOUPOS__PART_DATA /* sections 5-9: not with IOUPOS_ONLY_SAMPLER */
 /* ---- 5. Image I/O --------------------------------------------------------------------------- */
 
+/* stdio and a whole-file read, no mmap: every caller (PNG slices, NIfTI volumes, split files,
+   checkpoints, run state) needs the whole file anyway. The buffer gets one spare byte so an
+   empty file still yields a non-NULL buffer (malloc(0) may return NULL, which would read as
+   out-of-memory). The size comes from ftell, so files are limited to LONG_MAX bytes. On any
+   failure *data is NULL and *size 0; on success the caller frees *data with IOUPOS_FREE. */
 IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
   FILE *f;
   long len;
@@ -4447,12 +4654,18 @@ IOUPOS_DEF int ioupos_read_file(const char *path, void **data, size_t *size) {
   return IOUPOS_OK;
 }
 
+/* PNG stores its integers big-endian ("network byte order" in the PNG specification). */
 static uint32_t ioupos__be32(const unsigned char *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 /* Walk the PNG chunk list before stb_image sees it: stb_image sizes buffers from declared chunk
-   lengths and image dimensions, so a few corrupt bytes could make it allocate gigabytes. */
+   lengths and image dimensions, so a few corrupt bytes could make it allocate gigabytes.
+   Per the PNG specification a chunk is a 4-byte length, a 4-byte type, the data and a 4-byte
+   CRC (12 bytes besides the data); IHDR comes first with 13 data bytes, width and height
+   first; IEND ends the stream. Only the structure and the pixel count (against
+   IOUPOS_MAX_IMAGE_PIXELS) are checked here: CRCs and the compressed data are stb_image's
+   business, and bytes after IEND are ignored. */
 static int ioupos__png_precheck(const unsigned char *d, size_t size, const char *name) {
   static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   size_t pos = 8;
@@ -4485,6 +4698,12 @@ static int ioupos__png_precheck(const unsigned char *d, size_t size, const char 
   }
 }
 
+/* Decodes with stb_image at 16 bits per channel whatever the file's depth: stb widens 8-bit
+   samples by replication (v * 257), so dividing by 65535 gives exactly v / 255 for 8-bit files
+   and v / 65535 for 16-bit ones, one code path for both. comp is the file's channel count
+   (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA); alpha is ignored. Colour becomes luma with the
+   ITU-R 601-2 weights of PIL's convert("L"), computed in double without PIL's rounding to 8
+   bits. On failure img is left empty (h = w = 0, data NULL), so freeing it is always safe. */
 IOUPOS_DEF int ioupos_image_load_memory(const void *data, size_t size, const char *name,
                                         ioupos_image *img) {
   int w = 0, h = 0, comp = 0, st;
@@ -4496,6 +4715,7 @@ IOUPOS_DEF int ioupos_image_load_memory(const void *data, size_t size, const cha
   img->data = NULL;
   st = ioupos__png_precheck((const unsigned char *)data, size, name);
   if (st) return st;
+  /* stb_image takes the buffer length as an int */
   if (size > 0x7FFFFFFF)
     return ioupos__fail(IOUPOS_ERANGE, "%s: PNG larger than 2 GiB", name);
   px = stbi_load_16_from_memory((const stbi_uc *)data, (int)size, &w, &h, &comp, 0);
@@ -4519,6 +4739,8 @@ IOUPOS_DEF int ioupos_image_load_memory(const void *data, size_t size, const cha
   return IOUPOS_OK;
 }
 
+/* The whole file is read first so that the chunk precheck sees it before stb_image does; the
+   path names the file in every failure reason. */
 IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img) {
   void *data;
   size_t size;
@@ -4533,6 +4755,7 @@ IOUPOS_DEF int ioupos_image_load(const char *path, ioupos_image *img) {
   return st;
 }
 
+/* Safe on NULL, on a failed load and twice in a row. */
 IOUPOS_DEF void ioupos_image_free(ioupos_image *img) {
   if (!img) return;
   IOUPOS_FREE(img->data);
@@ -4540,6 +4763,12 @@ IOUPOS_DEF void ioupos_image_free(ioupos_image *img) {
   img->h = img->w = 0;
 }
 
+/* The temporary-and-rename protocol (the API half says why). The temporary's name carries the
+   writer's pid, so concurrent writers never share one and ioupos_dir_clean_stale can tell a
+   dead writer's leftover from a live one's. rename() within one folder is atomic on POSIX:
+   readers see the old file or the complete new one, never a mix. The folder is not fsynced,
+   so after a power loss the rename itself may be lost (the old file remains), but a new name
+   that survives always has its data. path plus the suffix must fit in 4095 bytes. */
 IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size_t size) {
   char tmp[4096];
   FILE *f;
@@ -4577,7 +4806,10 @@ IOUPOS_DEF int ioupos_write_file_atomic(const char *path, const void *data, size
 /* -- folders: creation and holding -- */
 
 /* mkdir -p. *created_from (may be NULL): where the name of the first folder it created starts
-   in path (path[0..*created_from) existed before), or -1 when it created none. */
+   in path (path[0..*created_from) existed before), or -1 when it created none.
+   stat before mkdir, so existing folders cost no failing call; EEXIST from mkdir is still
+   accepted because another process may create the same folder between the two calls. Mode
+   0777 is reduced by the umask, as with mkdir -p. An existing non-folder is an error. */
 static int ioupos__mkdirs_from(const char *path, int *created_from) {
   char buf[4096];
   size_t i, n = strlen(path);
@@ -4612,7 +4844,9 @@ static int ioupos__mkdirs_from(const char *path, int *created_from) {
 static int ioupos__mkdirs(const char *path) { return ioupos__mkdirs_from(path, NULL); }
 #endif
 
-/* "<anything>.tmp.<pid>": the pid, else 0 */
+/* "<anything>.tmp.<pid>": the pid, else 0. The last ".tmp." counts (a name may contain the
+   marker earlier), and the pid must be all digits and at most nine of them, so a name that
+   merely resembles a temporary is left alone rather than parsed into an absurd pid. */
 static long ioupos__tmp_pid(const char *name) {
   const char *t = strstr(name, ".tmp.");
   long pid = 0;
@@ -4631,7 +4865,9 @@ static void ioupos__dir_names_free(char **names, int n) {
   IOUPOS_FREE(names);
 }
 
-/* the names in dir (without "." and ".."), or NULL with *n = 0 */
+/* the names in dir (without "." and ".."), or NULL with *n = 0. readdir order, unsorted.
+   When memory runs out the names read so far are returned (*n counts them) and no failure is
+   reported; free the list with ioupos__dir_names_free. */
 static char **ioupos__dir_names(const char *dir, int *n) {
   DIR *d = opendir(dir);
   struct dirent *de;
@@ -4657,6 +4893,12 @@ static char **ioupos__dir_names(const char *dir, int *n) {
   return names;
 }
 
+/* The hold, step by step: normalise dir (trailing slashes dropped, so "<dir>/.lock" and
+   created_from refer to one spelling), create the missing folders and remember where they
+   start, snapshot the names present (for release with discard), then lock. fcntl record locks
+   rather than flock: they are POSIX and work over NFS. F_SETLK never blocks, so a busy folder
+   is reported at once, with the holder's pid from F_GETLK. The pid written into .lock is for
+   people looking at the folder; the lock, not the file's content, is what excludes. */
 IOUPOS_DEF int ioupos_dir_hold(ioupos_dir_lock *lk, const char *dir, int *n_stale) {
   char path[4200];
   int i, tries, rc;
@@ -4720,11 +4962,17 @@ IOUPOS_DEF int ioupos_dir_hold(ioupos_dir_lock *lk, const char *dir, int *n_stal
     lk->n_had = 0;
     return rc;
   }
+  /* stale temporaries go only once the lock is ours, so no other holder is writing here */
   i = ioupos_dir_clean_stale(dir);
   if (n_stale) *n_stale = i;
   return 0;
 }
 
+/* kill(pid, 0) probes a process without signalling it: ESRCH means gone, anything else
+   (EPERM: alive under another user) keeps the file. A recycled pid keeps a dead writer's file
+   until a later clean, so mistakes err towards keeping. pids are this machine's: a temporary
+   written from another host sharing the folder can look stale. A folder that cannot be read
+   counts as having none; the return value is the number actually removed. */
 IOUPOS_DEF int ioupos_dir_clean_stale(const char *dir) {
   char path[4200];
   int n = 0, i, removed = 0;
@@ -4740,6 +4988,10 @@ IOUPOS_DEF int ioupos_dir_clean_stale(const char *dir) {
   return removed;
 }
 
+/* No-op on a lock that is not held. With discard, only regular files that were not there when
+   the hold began are deleted (lstat: a symlink is neither followed nor deleted, subfolders are
+   kept), then the folders the hold created, deepest first, each only if empty: rmdir fails on
+   a non-empty folder, which ends the climb. */
 IOUPOS_DEF void ioupos_dir_release(ioupos_dir_lock *lk, int discard) {
   char path[4200];
   if (!lk || lk->fd < 0) return;
@@ -4775,6 +5027,9 @@ IOUPOS_DEF void ioupos_dir_release(ioupos_dir_lock *lk, int discard) {
   lk->n_had = 0;
 }
 
+/* stb_image_write's output callback cannot report failure, so an allocation failure sets
+   failed and drops the rest; the caller checks failed after encoding. Doubling from 4 KiB
+   keeps the copying linear in the PNG's size. */
 typedef struct ioupos__membuf {
   unsigned char *data;
   size_t size, cap;
@@ -4799,6 +5054,9 @@ static void ioupos__membuf_put(void *ctx, void *data, int size) {
   m->size += (size_t)size;
 }
 
+/* Encodes into memory first, then writes with ioupos_write_file_atomic, so the file appears
+   complete or not at all. pixels are tightly packed rows (stride w * channels), 8 bits per
+   channel, as stbi_write_png expects; stb's own deflate does the compression. */
 IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
                                 const uint8_t *pixels) {
   ioupos__membuf m = {NULL, 0, 0, 0};
@@ -6441,6 +6699,10 @@ IOUPOS_DEF int ioupos_split_read(const char *path, ioupos_split *split) {
 
 /* ---- 7. Augmentations ------------------------------------------------------------------------- */
 
+/* The research pretraining views (thesis p.29; transforms.py:282-345), value for value. The
+   memset first leaves every field this preset does not name at 0, i.e. off: flip_prob[2]
+   stays 0 until 3D exists. Blur sigmas are set on all three axes so a 3D record will not need
+   a new preset. */
 IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c) {
   int k;
   memset(c, 0, sizeof *c);
@@ -6455,6 +6717,10 @@ IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c) {
   c->intensity_first = 0;
 }
 
+/* Starts from the pretraining preset: the fine-tuning ranges the research code states (scale
+   and shift 0.1, noise 0.01) are the pretraining ones, so only probabilities and the order
+   change. Zoom is off, as the research fine-tuning has no RandZoomd; its values are still
+   drawn, so fine-tuning and pretraining records use the same sequence of draws. */
 IOUPOS_DEF void ioupos_aug_config_finetune(ioupos_aug_config *c) {
   ioupos_aug_config_pretrain(c);
   c->zoom_prob = 0.0;
@@ -6464,6 +6730,8 @@ IOUPOS_DEF void ioupos_aug_config_finetune(ioupos_aug_config *c) {
   c->intensity_first = 1;
 }
 
+/* Every transform off. zoom 1 and sigma 1 are harmless placeholders: switching one flag on by
+   hand yields a record that passes ioupos_view_apply's checks. */
 IOUPOS_DEF void ioupos_view_params_identity(ioupos_view_params *p) {
   memset(p, 0, sizeof *p);
   p->dims = 2;
@@ -6471,12 +6739,19 @@ IOUPOS_DEF void ioupos_view_params_identity(ioupos_view_params *p) {
   p->blur_sigma[0] = p->blur_sigma[1] = p->blur_sigma[2] = 1.0;
 }
 
-/* fires with probability prob; the value draw happens whatever the outcome */
+/* fires with probability prob; the value draw happens whatever the outcome. u < prob as MONAI's
+   R.rand() < prob; ioupos__aug_range is uniform in [lo, hi) as R.uniform(lo, hi). */
 static int ioupos__aug_fire(ioupos_rng *rng, double prob) { return ioupos_rng_uniform(rng) < prob; }
 static double ioupos__aug_range(ioupos_rng *rng, double lo, double hi) {
   return lo + (hi - lo) * ioupos_rng_uniform(rng);
 }
 
+/* The order of the draws below (zoom, flips, rot90's k then its coin, scale, shift, blur,
+   noise, the noise std and seed) is fixed and every draw is made whatever fires or is set:
+   each view's record depends on the rng only through this order, so a resumed run replays its
+   views bit for bit and changing one probability does not shift the others' values. Changing
+   the order changes every view a seed produces. Only axes 0 and 1 are drawn (dims 2). The
+   configuration is not validated here; ioupos_view_apply checks the values it will use. */
 IOUPOS_DEF void ioupos_view_params_draw_config(const ioupos_aug_config *c, ioupos_rng *rng,
                                                ioupos_view_params *p) {
   int k;
@@ -6510,7 +6785,9 @@ IOUPOS_DEF void ioupos_view_params_draw(ioupos_rng *rng, ioupos_view_params *p) 
 /* -- zoom -- */
 
 /* Size of the zoomed axis (MONAI / torch: floor(n * zoom) in double), and where output index i
-   of the kept-size axis reads in it: zi = i + off (off = crop start or minus pad before). */
+   of the kept-size axis reads in it: zi = i + off (off = crop start or minus pad before).
+   The double floor is clamped to INT32_MAX, so even the largest accepted zoom (1e6) on a large
+   image cannot overflow the int. */
 static int ioupos__zoom_size(int n, double zoom, int *off) {
   double zd = floor((double)n * zoom);
   int zn = zd > (double)INT32_MAX ? INT32_MAX : (int)zd;
@@ -6520,7 +6797,11 @@ static int ioupos__zoom_size(int n, double zoom, int *off) {
 }
 
 /* torch's linear source index for output index dst (align_corners False, scale in / out in
-   float32, HelperInterpLinear::compute_indices_weights / compute_source_index_and_lambda). */
+   float32, HelperInterpLinear::compute_indices_weights / compute_source_index_and_lambda).
+   It stays in float32: torch computes scale and source index in float for float tensors, and
+   only the same float formula picks the same neighbours and weights as the MONAI fixtures
+   (compared to 2e-6). Clamping lambda to [0, 1] only guards rounding; at the last source row
+   i1 = i0, so the edge value is repeated rather than read past the end. */
 static void ioupos__lin_src(int in, int out, int dst, int *i0, int *i1, float *l0, float *l1) {
   float scale, src, lam;
   int i;
@@ -6543,7 +6824,10 @@ static void ioupos__lin_src(int in, int out, int dst, int *i0, int *i1, float *l
   *l0 = 1.0f - lam;
 }
 
-/* torch's "nearest" source index (nearest_idx). */
+/* torch's "nearest" source index (nearest_idx), branch for branch. This legacy mode takes
+   floor(dst * in / out), not the nearest source centre (that is "nearest-exact"), so labels
+   move by up to half a source pixel exactly as MONAI's do. Every output copies one input value:
+   label ids are never mixed. */
 static int ioupos__nn_src(int in, int out, int dst) {
   float scale;
   int i;
@@ -6554,12 +6838,19 @@ static int ioupos__nn_src(int in, int out, int dst) {
   return i < in - 1 ? i : in - 1;
 }
 
+/* One check and one reason for every zoom entry point: refuses NaN, zero, negative and
+   factors above 1e6 (which keeps floor(n * zoom) finite and meaningful). */
 static int ioupos__zoom_check(double zoom) {
   if (!(zoom > 0.0) || zoom > 1e6)
     return ioupos__fail(IOUPOS_EINVAL, "zoom: factor %g is not in (0, 1e6]", zoom);
   return IOUPOS_OK;
 }
 
+/* Separable bilinear. For each block of up to B output columns the column sources and weights
+   are computed once into fixed-size stack arrays (no allocation; ioupos__lin_src's float
+   division is not repeated per row); every output row then blends two source rows, each
+   interpolated along the columns first. Padded outputs are 0: whole rows directly, columns
+   through zero weights on source column 0, so the input must be finite (0 * inf is NaN). */
 IOUPOS_DEF int ioupos_aug_zoom(const float *in, int h, int w, double zoom, float *out) {
   enum { B = 128 }; /* columns per block of precomputed source indices and weights */
   int c0[B], c1[B], zh, zw, oh, ow, i, j, j0;
@@ -6595,6 +6886,8 @@ IOUPOS_DEF int ioupos_aug_zoom(const float *in, int h, int w, double zoom, float
   return IOUPOS_OK;
 }
 
+/* The geometry of ioupos_aug_zoom (same sizes, same crop or pad offsets) with torch's nearest
+   source indices: every output is one input value or the padding 0. */
 IOUPOS_DEF int ioupos_aug_zoom_nearest(const float *in, int h, int w, double zoom, float *out) {
   int zh, zw, oh, ow, i, j;
   if (ioupos__zoom_check(zoom) != IOUPOS_OK) return IOUPOS_EINVAL;
@@ -6619,6 +6912,8 @@ IOUPOS_DEF int ioupos_aug_zoom_nearest(const float *in, int h, int w, double zoo
 
 /* -- flip, rot90 -- */
 
+/* In place by swapping mirrored rows (axis 0) or mirrored elements of each row (any other
+   axis); the middle row or column of an odd size stays put. Cannot fail. */
 IOUPOS_DEF void ioupos_aug_flip(float *img, int h, int w, int axis) {
   int i, j;
   if (axis == 0) {
@@ -6642,6 +6937,8 @@ IOUPOS_DEF void ioupos_aug_flip(float *img, int h, int w, int axis) {
   }
 }
 
+/* k is reduced to 0..3 (negative k too, as torch.rot90 does). Each case writes out
+   sequentially and gathers from in. Odd k swaps the shape: out holds w rows of h values. */
 IOUPOS_DEF void ioupos_aug_rot90(const float *in, int h, int w, int k, float *out) {
   int i, j;
   k = ((k % 4) + 4) % 4;
@@ -6668,6 +6965,10 @@ IOUPOS_DEF void ioupos_aug_rot90(const float *in, int h, int w, int k, float *ou
 
 /* -- Gaussian blur -- */
 
+/* MONAI's gaussian_1d(sigma, truncated=4.0, approx="erf", normalize=False). sigma becomes a
+   float32 tensor there, hence s; the tail is tested before the int conversion so a huge sigma
+   cannot overflow it. Each tap is the mass of N(0, s^2) on [x - 0.5, x + 0.5] (a difference of
+   erf), clamped at 0 as MONAI's clamp(min=0) does against rounding; no normalisation. */
 IOUPOS_DEF int ioupos_aug_gaussian_kernel(double sigma, float *kernel, int cap) {
   float s = (float)sigma, c;
   double st;
@@ -6687,6 +6988,10 @@ IOUPOS_DEF int ioupos_aug_gaussian_kernel(double sigma, float *kernel, int cap) 
   return tail;
 }
 
+/* MONAI's GaussianSmooth on one 2D channel: separable_filtering, one 1D convolution per axis
+   with zero padding of tail pixels (output size unchanged), axis 0 first. Each output sums its
+   taps in kernel order in the 16-wide blocks and at the borders alike, so the value of a pixel
+   does not depend on which path computed it. Fails before touching img. */
 IOUPOS_DEF int ioupos_aug_gaussian_blur(float *img, int h, int w, double sigma0, double sigma1,
                                         float *tmp) {
   float k0[2 * IOUPOS_AUG_MAX_TAIL + 1], k1[2 * IOUPOS_AUG_MAX_TAIL + 1];
@@ -6756,7 +7061,9 @@ IOUPOS_DEF void ioupos_aug_gaussian_noise(float *img, size_t n, double mean, dou
                                           uint64_t seed) {
   /* Marsaglia's polar method in single precision on 32-bit uniforms: two independent N(0, 1)
      per accepted point (acceptance pi/4). float is plenty for noise added to float32 pixels
-     (|z| reaches about 9.4), and logf keeps the cost near 4 ns a value. */
+     (|z| reaches about 9.4), and logf keeps the cost near 4 ns a value. The generator is
+     seeded from seed, not taken from the caller, so a stored view record replays its noise;
+     an odd n uses only u of the last pair. */
   ioupos_rng rng;
   size_t i = 0;
   float fm = (float)mean, fs = (float)std;
@@ -6774,18 +7081,24 @@ IOUPOS_DEF void ioupos_aug_gaussian_noise(float *img, size_t n, double mean, dou
   }
 }
 
+/* The factor 1 + f is formed in double and rounded to float32 once, as torch does when a
+   float32 tensor is multiplied by a Python float; then one float32 multiply per value. */
 IOUPOS_DEF void ioupos_aug_scale(float *img, size_t n, double f) {
   float m = (float)(1.0 + f);
   size_t i;
   for (i = 0; i < n; ++i) img[i] *= m;
 }
 
+/* MONAI's ShiftIntensity: v + offset, the offset rounded to float32 once. */
 IOUPOS_DEF void ioupos_aug_shift(float *img, size_t n, double o) {
   float a = (float)o;
   size_t i;
   for (i = 0; i < n; ++i) img[i] += a;
 }
 
+/* One memcpy per row. The box must lie inside the image: asserted, not reported, because the
+   boxes come from the samplers or ioupos_posneg_locate, which guarantee it; h serves only the
+   assertion. out holds the box's rows x columns. */
 IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box *box,
                                 float *out) {
   int ch = box->hi[0] - box->lo[0], cw = box->hi[1] - box->lo[1], i;
@@ -6798,6 +7111,9 @@ IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box 
 
 /* -- the view pipeline -- */
 
+/* Every check that ioupos_view_apply documents, done before anything is written, so a failing
+   apply leaves img and label untouched. The blur sigmas are tested by building their kernels
+   into a stack buffer that is then discarded. */
 static int ioupos__view_check(const ioupos_view_params *p, const void *img, int h, int w,
                               const void *tmp) {
   float kern[2 * IOUPOS_AUG_MAX_TAIL + 1];
@@ -6829,7 +7145,9 @@ static int ioupos__view_check(const ioupos_view_params *p, const void *img, int 
 }
 
 /* spatial part on *cur (h x w), using *other as scratch; swaps the two when the result lands
-   in the scratch. nearest: label map. */
+   in the scratch. nearest: label map. Flips work in place; zoom and rot90 write into the
+   scratch and swap the pointers (ping-pong), so nothing allocates and the caller copies back
+   only when the result ended in tmp. The order is the research code's. */
 static void ioupos__view_spatial(const ioupos_view_params *p, float **cur, float **other, int h,
                                  int w, int nearest) {
   float *t;
@@ -6860,6 +7178,9 @@ static void ioupos__view_intensity(const ioupos_view_params *p, float *cur, floa
   if (p->noise_on) ioupos_aug_gaussian_noise(cur, n, p->noise_mean, p->noise_std, p->noise_seed);
 }
 
+/* The label gets the spatial part of the same record (same zoom, flips and rot90; nearest for
+   the zoom), so image and label stay aligned pixel for pixel; intensity transforms never touch
+   it. tmp serves the image first and then the label, so h * w floats suffice. */
 IOUPOS_DEF int ioupos_view_apply_labelled(const ioupos_view_params *p, float *img, float *label,
                                           int h, int w, float *tmp) {
   float *cur = img, *other = tmp;
@@ -6890,9 +7211,11 @@ IOUPOS_DEF int ioupos_view_apply(const ioupos_view_params *p, float *img, int h,
 
 static int ioupos__posneg_is(const float *label, const float *image, double thr, size_t i, int fg) {
   if (label[i] != 0.0f) return fg; /* NaN counts as foreground, as numpy's nonzero does */
+  /* a NaN image value is not above the threshold, so it is never background */
   return !fg && (!image || (double)image[i] > thr);
 }
 
+/* The classification of ioupos__posneg_is, inlined into one pass over the map. */
 IOUPOS_DEF void ioupos_posneg_count(const float *label, const float *image,
                                     double image_threshold, int h, int w, uint64_t *n_fg,
                                     uint64_t *n_bg) {
@@ -6916,13 +7239,20 @@ static int ioupos__posneg_check(const float *label, int h, int w, const int crop
   return IOUPOS_OK;
 }
 
-/* correct_crop_centers on one axis: centre c of a crop of size s in n voxels */
+/* correct_crop_centers on one axis: centre c of a crop of size s in n voxels. MONAI computes
+   valid_end = n + 1 - s / 2 in floating point and truncates it, i.e. n + 1 - ceil(s / 2) for
+   positive sizes. Its end == start adjustment would need s = n + 1, a crop that does not fit,
+   so it never fires here; it is kept to mirror MONAI line for line. */
 static int ioupos__posneg_center(int c, int s, int n) {
   int start = s / 2, end = n + 1 - (s + 1) / 2; /* (int)(n + 1 - s / 2.0) */
   if (end == start) ++end;
   return c < start ? start : c > end - 1 ? end - 1 : c;
 }
 
+/* The rank-th member of the set in flattened row-major order, the order of the indices MONAI's
+   map_binary_to_indices returns. A scan, O(h w) per crop, instead of an index array: drawing
+   allocates nothing, and two crops per slice make the scan negligible next to training. The box
+   starts at centre - crop / 2, which the correction keeps inside the image (asserted). */
 IOUPOS_DEF int ioupos_posneg_locate(const float *label, const float *image,
                                     double image_threshold, int h, int w, const int crop[2],
                                     int fg, uint64_t rank, ioupos_posneg_crop *out) {
@@ -6954,6 +7284,11 @@ IOUPOS_DEF int ioupos_posneg_locate(const float *label, const float *image,
   return IOUPOS_OK;
 }
 
+/* MONAI's generate_pos_neg_label_crop_centers: per crop a foreground coin (uniform < ratio),
+   then a uniform rank in the chosen set. The coin is drawn even when the ratio is 0 or 1, as
+   MONAI's is, so the draws per crop do not depend on the label map. ratio is 0 without
+   foreground and 1 without background, as MONAI falls back to the set that exists. The sets
+   are counted once. */
 IOUPOS_DEF int ioupos_posneg_crops_draw(ioupos_rng *rng, const float *label, const float *image,
                                         double image_threshold, int h, int w, const int crop[2],
                                         double pos, double neg, int num_samples,
