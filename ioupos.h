@@ -7376,6 +7376,10 @@ typedef struct ioupos__ph_case {
   double rib_phase;
 } ioupos__ph_case;
 
+/* Uniform in [a, b). Every draw of a case comes from the anatomy stream in program order, so
+   the sequence of calls IS the case: moving, adding or removing a draw changes every later
+   one, and with it the volumes of every seed. "Same seed, same volumes" holds within one
+   version of this code, not across versions that change the draws. */
 static double ioupos__ph_u(ioupos_rng *rng, double a, double b) {
   return a + (b - a) * ioupos_rng_uniform(rng);
 }
@@ -7384,7 +7388,9 @@ static double ioupos__ph_clamp(double v, double lo, double hi) {
   return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* Rotation, local -> world: R = Rz(az) Ry(ay) Rx(ax); m gets its transpose (world -> local). */
+/* Rotation, local -> world: R = Rz(az) Ry(ay) Rx(ax); m gets its transpose (world -> local).
+   Only world -> local is ever used (ph_eval and the kidney shading map a point into the
+   ellipsoid's frame), and the inverse of a rotation is its transpose: nothing is inverted. */
 static void ioupos__ph_rotation(double m[3][3], double az, double ay, double ax) {
   double cz = cos(az), sz = sin(az), cy = cos(ay), sy = sin(ay), cx = cos(ax), sx = sin(ax);
   double R[3][3];
@@ -7397,7 +7403,10 @@ static void ioupos__ph_rotation(double m[3][3], double az, double ay, double ax)
 }
 
 /* An ellipsoid: nominal centre c, semi-axes r, angles (rad) about z, y, x; jittered by the
-   organ's draws (shift sh, scale sc) already applied by the caller. */
+   organ's draws (shift sh, scale sc) already applied by the caller.
+   The bounding box is the cube of half-side max(r) around c: loose, but right for any
+   rotation, and it only limits the voxels ph_paint visits. At most IOUPOS__PH_MAXSHAPES per
+   organ; the organ table is fixed code, so going over is a bug and is only asserted. */
 static void ioupos__ph_ellipsoid(ioupos__ph_organ *g, const double c[3], const double r[3],
                                  double az, double ay, double ax) {
   ioupos__ph_shape *s = &g->s[g->nshapes++];
@@ -7417,7 +7426,15 @@ static void ioupos__ph_ellipsoid(ioupos__ph_organ *g, const double c[3], const d
   ioupos__ph_rotation(s->m, az, ay, ax);
 }
 
-/* A tube through n control points cp[i] = {x, y, z, radius}, smoothed by Catmull-Rom. */
+/* A tube through n control points cp[i] = {x, y, z, radius}, smoothed by Catmull-Rom.
+   Catmull-Rom passes through every control point with a continuous tangent, so a few
+   anatomical landmarks give a smooth centre line; the radius goes through the same spline, so
+   the calibre changes smoothly too. The end segments repeat the end point as the missing
+   neighbour. Each segment gives IOUPOS__PH_SUB points (t = 0, 1 / SUB, ...), the last one also
+   its end (t = 1), so n control points give (n - 1) SUB + 1 <= IOUPOS__PH_MAXPTS points.
+   The box is that of the spheres at the smoothed points: ph_eval interpolates centre and
+   radius linearly between two of them, and such a tapered segment lies in the convex hull of
+   its two end spheres, so inside the box. */
 static void ioupos__ph_tube(ioupos__ph_organ *g, const double (*cp)[4], int n) {
   ioupos__ph_shape *s = &g->s[g->nshapes++];
   int i, j, k;
@@ -7449,7 +7466,14 @@ static void ioupos__ph_tube(ioupos__ph_organ *g, const double (*cp)[4], int n) {
 }
 
 /* Normalised distance of point x to a shape (< 1 inside); *rad gets the local radius (tube:
-   the radius at the nearest centre-line point; ellipsoid: the smallest semi-axis). */
+   the radius at the nearest centre-line point; ellipsoid: the smallest semi-axis).
+   Ellipsoid: the length of the point in the frame where the ellipsoid is the unit ball. Tube:
+   the smallest, over the smoothed segments, of the distance to the segment divided by the
+   radius interpolated at the foot of the perpendicular (squared ratios are compared, one sqrt
+   taken at the end). The value is relative, not in mm, so ph_shade can put shells at fixed
+   fractions of the radius (kidney medulla, oesophageal and duodenal lumen) that scale with
+   the organ. A tube costs a pass over up to IOUPOS__PH_MAXPTS - 1 segments per voxel, which
+   is why ph_paint first restricts the voxels to the shapes' boxes. */
 static double ioupos__ph_eval(const ioupos__ph_shape *s, const double x[3], double *rad) {
   int i, k;
   if (!s->tube) {
@@ -7489,7 +7513,10 @@ static double ioupos__ph_eval(const ioupos__ph_shape *s, const double x[3], doub
 }
 
 /* Diaphragm height (nominal z) over the nominal point (x, y): two domes, the right higher,
-   falling fastest towards the back, never below the posterior recesses. */
+   falling fastest towards the back, never below the posterior recesses.
+   Organs with clip stop 5 mm below this surface (ph_paint) and the thorax pass fills that band
+   with diaphragm muscle, so the one surface is both the roof of the abdomen and the floor of
+   the lungs. */
 static double ioupos__ph_diaphragm(const ioupos__ph_case *cs, double x, double y) {
   double dy = y + 5.0, ky = dy < 0 ? 1.0 / (60.0 * 60.0) : 1.0 / (120.0 * 120.0);
   double zr = cs->dome_r - 32.0 * ((x - 62.0) * (x - 62.0) / (75.0 * 75.0) + dy * dy * ky);
@@ -7500,12 +7527,19 @@ static double ioupos__ph_diaphragm(const ioupos__ph_case *cs, double x, double y
 }
 
 /* Body outline test at nominal (x, y) for semi-axes a, b_ant, b_post: < 1 inside. The back is
-   squarer than the front. */
+   squarer than the front. The value is not a distance: callers only compare it with 1. The
+   layers (skin, fat, wall muscle) are the same test with the semi-axes shrunk by their
+   thicknesses, so each layer is about that many mm thick all the way round. */
 static double ioupos__ph_outline(double x, double y, double a, double bant, double bpost) {
   double u = x / a, v = y / (y >= 0 ? bant : bpost), u2 = u * u, v2 = v * v;
   return y >= 0 ? u2 + v2 : u2 + v2 - 0.55 * u2 * v2;
 }
 
+/* The case-wide draws, from the anatomy stream in this fixed order. The ranges are plausible
+   for adult abdominal CT and narrow enough that the organs keep their order of brightness
+   (aorta > IVC > liver > spleen) for every seed, so every case poses the same segmentation
+   task at another size, shape and contrast. The left dome is drawn below the right one, so
+   the right is always the higher, as in most patients. */
 static void ioupos__ph_draw_case(ioupos_rng *rng, ioupos__ph_case *cs) {
   int t, k;
   cs->body_a = ioupos__ph_u(rng, 150.0, 168.0);
@@ -7531,6 +7565,9 @@ static void ioupos__ph_draw_case(ioupos_rng *rng, ioupos__ph_case *cs) {
   cs->hu_ivc = ioupos__ph_u(rng, 80.0, 120.0);
   for (t = 0; t < IOUPOS__PH_NWAVES; ++t) { /* random direction, wavelength 40..75 mm */
     double d[3], len = 0.0, w = 2.0 * IOUPOS__PH_PI / ioupos__ph_u(rng, 40.0, 75.0);
+    /* rejection in the unit ball gives an isotropic direction (normalising a point of the cube
+       would favour the diagonals); very short vectors are rejected too, so that normalising them
+       stays well conditioned */
     do {
       len = 0.0;
       for (k = 0; k < 3; ++k) {
@@ -7551,6 +7588,10 @@ typedef struct ioupos__ph_jit {
   double rot;       /* extra rotation about z (rad) */
 } ioupos__ph_jit;
 
+/* The draws of one organ's rigid jitter: a shift of up to shift_mm per axis, a scale in
+   [1 - scale, 1 + scale] and a rotation of up to 0.12 rad (about 7 degrees) about z, the axis
+   across the axial slices. All the shapes of an organ share it, about one anchor, so a
+   multi-part organ (the liver's lobes, a vessel's branches) moves as one and stays joined. */
 static void ioupos__ph_jitter(ioupos_rng *rng, ioupos__ph_jit *j, const double anchor[3],
                               double shift_mm, double scale) {
   int k;
@@ -7571,6 +7612,10 @@ static void ioupos__ph_jpoint(const ioupos__ph_jit *j, const double in[3], doubl
   out[2] = j->anchor[2] + j->sc * dz + j->sh[2];
 }
 
+/* An ellipsoid given in the organ's nominal frame, jittered: the centre goes through the
+   jitter and the semi-axes scale with it. The jitter's rotation about the anchor's z axis
+   turns the shape by the same angle (Rz(rot) Rz(az) = Rz(az + rot)), so the organ moves
+   rigidly. */
 static void ioupos__ph_add_ell(ioupos__ph_organ *g, const ioupos__ph_jit *j, double cx,
                                double cy, double cz, double rx, double ry, double rz, double az,
                                double ay, double ax) {
@@ -7581,6 +7626,10 @@ static void ioupos__ph_add_ell(ioupos__ph_organ *g, const ioupos__ph_jit *j, dou
   ioupos__ph_ellipsoid(g, c, r, az + j->rot, ay, ax);
 }
 
+/* A tube given in the organ's nominal frame: each control point goes through the jitter, then
+   gets its own uniform wobble of up to `wobble` mm per axis and a radius factor in
+   [0.92, 1.08], so the course and calibre of tubular organs vary beyond the rigid jitter.
+   Draws per point, in order: three wobbles, then the radius factor. */
 static void ioupos__ph_add_tube(ioupos__ph_organ *g, const ioupos__ph_jit *j, ioupos_rng *rng,
                                 const double (*cp)[4], int n, double wobble) {
   double q[IOUPOS__PH_MAXCP][4];
@@ -7593,6 +7642,11 @@ static void ioupos__ph_add_tube(ioupos__ph_organ *g, const ioupos__ph_jit *j, io
   ioupos__ph_tube(g, (const double (*)[4])q, n);
 }
 
+/* The organ's smooth deformation (see the implementation notes): amplitudes 0.3..1 times
+   amp_mm, wavelengths 60..150 mm, long against the organs, so the warp bends a shape without
+   tearing it. d_c does not depend on x_c, so d is divergence-free: to first order the warp
+   changes an organ's shape but not its volume. The sum of the six amplitudes bounds every
+   component of d; ph_paint widens its search box by it. */
 static void ioupos__ph_warp(ioupos_rng *rng, ioupos__ph_organ *g, double amp_mm) {
   int c, t;
   for (c = 0; c < 3; ++c)
@@ -7603,9 +7657,17 @@ static void ioupos__ph_warp(ioupos_rng *rng, ioupos__ph_organ *g, double amp_mm)
     }
 }
 
+/* 13 labelled organs and 3 unlabelled vessel groups. The vessels' ids start at 100, above any
+   label id: ph_paint tells a vessel by label >= IOUPOS__PH_PORTAL and ph_shade can tell them
+   apart, but they never reach the label volume. */
 enum { IOUPOS__PH_NORGANS = 16, IOUPOS__PH_PORTAL = 100, IOUPOS__PH_HEPATIC, IOUPOS__PH_SMV };
 
-/* Build the organs of a case in painting order (later wins). Returns the count. */
+/* Build the organs of a case in painting order (later wins). Returns the count.
+   org holds IOUPOS__PH_NORGANS organs. Per organ the draws are the warp (in IOUPOS__PH_NEW),
+   the jitter, then the tubes' wobbles, all from rng in this order. The order of the organs is
+   a priority: small or embedded organs come after the large ones they touch, so the
+   gallbladder cuts into the liver, the pancreatic head into the duodenal C-loop and the great
+   vessels through everything, not the reverse. */
 static int ioupos__ph_build(ioupos_rng *rng, const ioupos__ph_case *cs, ioupos__ph_organ *org) {
   ioupos__ph_jit j;
   ioupos__ph_organ *g;
@@ -7770,7 +7832,9 @@ typedef struct ioupos__ph_grid {
   double *px, *py, *pz; /* nominal coordinate of each index along x, y, z */
 } ioupos__ph_grid;
 
-/* index range [*lo, *hi) along an axis whose nominal coordinates p[0..n-1] increase */
+/* index range [*lo, *hi) along an axis whose nominal coordinates p[0..n-1] increase, of the
+   points in [a, b]; empty (lo == hi) when [a, b] misses the grid. A linear scan is enough: an
+   axis has at most 4096 points and this runs three times per organ. */
 static void ioupos__ph_range(const double *p, int n, double a, double b, int *lo, int *hi) {
   int i = 0, k;
   while (i < n && p[i] < a) ++i;
@@ -7781,7 +7845,13 @@ static void ioupos__ph_range(const double *p, int n, double a, double b, int *lo
 }
 
 /* HU of an organ voxel given the organ, the shape index it fell in, its normalised distance q,
-   the local radius and the nominal point. */
+   the local radius and the nominal point.
+   The shading is a function of the position only, never random, so the inner structure of an
+   organ follows it when it is jittered or warped; texture comes from the noise added at the
+   end. The kidney's sinus is placed in the frame of its one ellipsoid, so it faces the hilum
+   whatever the rotation. The stomach's lumen is what lies more than 4 mm inside the wall
+   (q * rad is the distance from the centre line in mm); its gas is in front of air_level
+   because the patient lies supine and gas rises to the anterior side. */
 static double ioupos__ph_shade(const ioupos__ph_organ *g, const ioupos__ph_case *cs, int shape,
                                double q, double rad, const double x[3]) {
   switch (g->label) {
@@ -7816,6 +7886,9 @@ static double ioupos__ph_shade(const ioupos__ph_organ *g, const ioupos__ph_case 
   }
 }
 
+/* Tabulate the six warp terms of g over the grid's nominal coordinates into buf, which must
+   hold 2 (nx + ny + nz) doubles (each axis feeds two terms) and outlive the painting: g->wt
+   points into it. That is 2 (nx + ny + nz) sin() calls instead of six per voxel. */
 static void ioupos__ph_tabulate(ioupos__ph_organ *g, const ioupos__ph_grid *gr, double *buf) {
   /* component c takes terms over the other two axes, in order: c=0: y, z; c=1: x, z; c=2: x, y */
   static const int other[3][2] = {{1, 2}, {0, 2}, {0, 1}};
@@ -7832,6 +7905,13 @@ static void ioupos__ph_tabulate(ioupos__ph_organ *g, const ioupos__ph_grid *gr, 
     }
 }
 
+/* Paint organ g into lab and hu. Only the box of its shapes, widened by the warp's bound, is
+   visited. A voxel is tested at its nominal point plus the warp and shaded by the shape it is
+   deepest in (smallest normalised distance). Gates: the cavity only (region 2, read only);
+   organs with clip stop 5 mm below the diaphragm, leaving the band the thorax pass paints as
+   muscle; vessels paint only over background or liver and never write a label, so they
+   darken the liver's texture without carving holes in its label. Later organs overwrite
+   earlier ones. */
 static void ioupos__ph_paint(const ioupos__ph_organ *g, const ioupos__ph_case *cs,
                              const ioupos__ph_grid *gr, const uint8_t *region, uint8_t *lab,
                              float *hu) {
@@ -7869,6 +7949,8 @@ static void ioupos__ph_paint(const ioupos__ph_organ *g, const ioupos__ph_case *c
       }
 }
 
+/* The defaults are exactly the reference field of view (192 x 2 = 384, 160 x 2 = 320,
+   64 x 2.5 = 160 mm), so the anatomy is drawn at full size (fit factors 1). */
 IOUPOS_DEF void ioupos_phantom_defaults(ioupos_phantom_opts *o) {
   if (!o) return;
   memset(o, 0, sizeof *o);
@@ -7890,6 +7972,12 @@ IOUPOS_DEF const char *ioupos_label_name(int id) {
   return id >= 0 && id < IOUPOS_LABEL_COUNT ? names[id] : "?";
 }
 
+/* Passes: validate (nothing allocated for a bad option), allocate everything, draw the case,
+   tabulate, paint the body layers and bowel, the organs, the thorax and bone, then the noise.
+   After the allocations nothing can fail, so there is never a partial result to undo. hu and
+   lf become image->data and label->data (the caller's, freed by ioupos_volume_free); region,
+   lab and the tables are scratch. No static state: calls on different threads are
+   independent. */
 IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *image,
                                    ioupos_volume *label) {
   ioupos__ph_case cs;
@@ -7936,13 +8024,18 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
                         o->ny, o->nz);
   }
 
-  /* the case, independent streams for anatomy and noise */
+  /* the case, independent streams for anatomy and noise. The anatomy stream draws nothing that
+     depends on the grid and the noise has a stream of its own, so a seed gives the same
+     patient at any size, spacing or noise_sd (shrunk by the fit below when the field of view
+     is small); only the noise field depends on the grid. */
   ioupos_rng_seed(&root, o->seed);
   rng = ioupos_rng_split(&root, 1);
   ioupos__ph_draw_case(&rng, &cs);
   norg = ioupos__ph_build(&rng, &cs, org);
   {
     double body_scale = ioupos__ph_u(&rng, 0.94, 1.04);
+    /* one fit factor for x and y keeps the body's aspect; z fits on its own. Capped at 1: a
+       larger field of view adds air and more body above and below, never a larger patient. */
     fit_xy = o->nx * o->spacing[0] / IOUPOS__PH_REF_X;
     if (o->ny * o->spacing[1] / IOUPOS__PH_REF_Y < fit_xy) fit_xy = o->ny * o->spacing[1] / IOUPOS__PH_REF_Y;
     fit_z = o->nz * o->spacing[2] / IOUPOS__PH_REF_Z;
@@ -7951,20 +8044,27 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
     scale[0] = scale[1] = fit_xy * body_scale;
     scale[2] = fit_z * ioupos__ph_u(&rng, 0.95, 1.03);
   }
+  /* the nominal coordinate of index i: its world coordinate (voxel centres symmetric about 0,
+     as in the affine at the end) divided by the axis' scale */
   gr.nx = o->nx, gr.ny = o->ny, gr.nz = o->nz;
   gr.px = axes, gr.py = axes + o->nx, gr.pz = axes + o->nx + o->ny;
   for (i = 0; i < o->nx; ++i) gr.px[i] = o->spacing[0] * (i - 0.5 * (o->nx - 1)) / scale[0];
   for (j = 0; j < o->ny; ++j) gr.py[j] = o->spacing[1] * (j - 0.5 * (o->ny - 1)) / scale[1];
   for (k = 0; k < o->nz; ++k) gr.pz[k] = o->spacing[2] * (k - 0.5 * (o->nz - 1)) / scale[2];
   for (c = 0; c < norg; ++c) ioupos__ph_tabulate(&org[c], &gr, warp + (size_t)c * 2 * nsum);
-  /* bowel waves: cos(kx x + (ky y + kz z + ph)) = cos(kx x) C - sin(kx x) S per row */
+  /* bowel waves: cos(kx x + (ky y + kz z + ph)) = cos(kx x) C - sin(kx x) S per row; the x
+     factors are tabulated once here and C, S once per row (bw), so a voxel costs two
+     multiplies per wave instead of a cos */
   for (c = 0; c < IOUPOS__PH_NWAVES; ++c)
     for (i = 0; i < o->nx; ++i) {
       wave[(size_t)(2 * c) * o->nx + i] = cos(cs.bowel_k[c][0] * gr.px[i]);
       wave[(size_t)(2 * c + 1) * o->nx + i] = sin(cs.bowel_k[c][0] * gr.px[i]);
     }
 
-  /* body layers and bowel */
+  /* body layers and bowel. The outline's semi-axes vary slowly with z (wavelengths 170 and
+     150 mm), so the trunk is not a cylinder. Each layer is the outline shrunk by the
+     thicknesses of the layers outside it; region records 1 for the body wall and 2 for the
+     cavity, the organs' gate. */
   for (k = 0; k < o->nz; ++k) {
     double z = gr.pz[k];
     double fa = 1.0 + cs.body_wa * sin(2.0 * IOUPOS__PH_PI * z / 170.0 + cs.body_pa);
@@ -8004,6 +8104,10 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
             }
           }
         } else {
+          /* cavity: fat, or bowel where f + bias > 0.05. f, the mean of the plane waves, is a
+             smooth random field, and a level set of it gives connected, winding loops. bias
+             favours loops low (z < 20 mm) and in front (y > 0), below and in front of the solid
+             organs, and the crests (f > 0.5) in front of y = -30 mm are gas. */
           double f = 0.0, bias;
           val = cs.hu_fat, reg = 2;
           for (t = 0; t < IOUPOS__PH_NWAVES; ++t)
@@ -8023,7 +8127,12 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
   /* organs and vessels */
   for (c = 0; c < norg; ++c) ioupos__ph_paint(&org[c], &cs, &gr, region, lab, hu);
 
-  /* thorax above the diaphragm; posterior muscles and bone */
+  /* thorax above the diaphragm; posterior muscles and bone. After the organs on purpose: the
+     thorax fills only cavity voxels no organ took (lab 0) above the diaphragm line, and bone
+     and muscle (set 2) overwrite everything and clear the label, so no jittered organ can ever
+     overlap the spine. Vertebral levels repeat every 32 mm along z; the phase within a level
+     picks the disc, the endplates, the arch and the transverse processes. The psoas radius
+     grows from 3 to 20 mm downwards, as the muscle thickens towards the pelvis. */
   for (k = 0; k < o->nz; ++k) {
     double z = gr.pz[k];
     double per = (z + 200.0) / 32.0, phase = per - floor(per); /* vertebral level */
@@ -8075,7 +8184,11 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
     }
   }
 
-  /* noise, rounding, the label volume */
+  /* noise, rounding, the label volume. Box-Muller turns two uniforms into two independent
+     normals, used for voxels v and v + 1; u1 = 1 - uniform is in (0, 1], so the log is
+     finite. noise_sd 0 draws nothing. floor(x + 0.5) rounds the same under any FP rounding
+     mode (rint would not), and the clamp to [-1024, 3071] makes every value an int16 CT
+     number, so writing the image as NIfTI int16 is lossless. */
   rng = ioupos_rng_split(&root, 2);
   for (v = 0; v < nvox; v += 2) {
     double g0 = 0.0, g1 = 0.0, h;
@@ -8106,6 +8219,7 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
   image->dim[2] = label->dim[2] = o->nz;
   image->data = hu;
   label->data = lf;
+  /* diagonal RAS+ affine with the volume's centre at world 0 (Geometry, in the API half) */
   for (i = 0; i < 4; ++i)
     for (j = 0; j < 4; ++j) image->affine[i][j] = 0.0;
   for (c = 0; c < 3; ++c) {
@@ -8123,6 +8237,8 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
 
 /* -- 7a. Data sets -- */
 
+/* A *.png name, the extension ASCII case-insensitive. Dot-files are skipped as hidden: they
+   include macOS "._name.png" resource forks, which are not images. */
 static int ioupos__data_is_png_name(const char *name) {
   size_t n = strlen(name);
   const char *e;
@@ -8136,6 +8252,8 @@ static int ioupos__data_cmp_str(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* "<dir>/<name>" in a fresh IOUPOS_MALLOC string (the caller frees it), or NULL; no second
+   slash when dir already ends with one, and the name alone when dir is empty. */
 static char *ioupos__data_join(const char *dir, const char *name) {
   size_t a = strlen(dir), b = strlen(name);
   int slash = a > 0 && dir[a - 1] != '/';
@@ -8154,7 +8272,11 @@ static void ioupos__data_free_names(char **v, int n) {
   IOUPOS_FREE(v);
 }
 
-/* The sorted names (not paths) of the regular *.png files in dir. what = "image" / "label". */
+/* The sorted names (not paths) of the regular *.png files in dir. what = "image" / "label".
+   On success *out (free with ioupos__data_free_names) holds *count >= 1 names; on failure
+   both are empty and nothing is left allocated. readdir's order depends on the file system:
+   the strcmp sort (bytes, not the locale) is what makes the list, and so every seed's
+   shuffles, the same on every machine. */
 static int ioupos__data_list(const char *dir, const char *what, char ***out, int *count) {
   DIR *d;
   struct dirent *e;
@@ -8207,6 +8329,7 @@ oom:
   return ioupos__fail(IOUPOS_ENOMEM, "%s folder %s: out of memory listing files", what, dir);
 }
 
+/* Safe on a zeroed or already freed data set; leaves it empty. */
 IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds) {
   if (!ds) return;
   ioupos__data_free_names(ds->images, ds->n);
@@ -8215,6 +8338,9 @@ IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds) {
   ds->n = 0;
 }
 
+/* Pairing is by file name, never by position in the two lists: one extra or missing file in a
+   folder would otherwise shift every later label onto the wrong image without an error.
+   The paths are built only once the pairing succeeded. */
 IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
                                    ioupos_dataset *ds) {
   char **im = NULL, **lb = NULL;
@@ -8231,7 +8357,10 @@ IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
     st = ioupos__data_list(label_dir, "label", &lb, &nl);
     if (st) goto fail;
     /* both sorted by strcmp: a merge walk pairs equal names and names EVERY unmatched one (the
-       first in full, the others by name as far as they fit the reason) */
+       first in full, the others by name as far as they fit the reason). A name is appended
+       only while every earlier one was (listed == bad - 2), so the list is a prefix of the
+       unmatched names and "and N more" counts exactly the rest. The reasons are copied out
+       before the next ioupos__fail: its buffer is the one ioupos_failure_reason returns. */
     more[0] = 0;
     while (a < ni || b < nl) {
       int c = a == ni ? 1 : b == nl ? -1 : strcmp(im[a], lb[b]);
@@ -8321,6 +8450,9 @@ IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len) {
   return start;
 }
 
+/* Both callbacks copy ctx and never write it: workers call them at once with the same ctx
+   (ioupos_augment_fn). Each call draws its parameters from the crop's own rng, so a crop's
+   augmentation depends only on (seed, epoch, image, crop). */
 IOUPOS_DEF int ioupos_augment_pretrain_view(void *ctx, ioupos_rng *rng, float *img, float *label,
                                             int h, int w, float *scratch) {
   ioupos_aug_config c;
@@ -8356,6 +8488,12 @@ typedef struct ioupos__pix {
   ioupos_image f;    /* used when u8 is NULL */
 } ioupos__pix;
 
+/* A worker's private state, touched only by its own thread (in the synchronous mode the one
+   worker belongs to the caller's thread), so none of it is locked. None of it carries
+   information from one batch to the next: perm caches the epoch's order, rebuilt from (seed,
+   epoch) when the worker's next batch is from another epoch; a sampler is a function of the
+   shape and read-only once built; scratch and idx are work space. So a batch is the same
+   whichever worker makes it and whatever that worker made before. */
 typedef struct ioupos__worker {
   struct ioupos__loader_state *st;
   pthread_t thread;
@@ -8369,8 +8507,18 @@ typedef struct ioupos__worker {
   size_t idx_cap;
 } ioupos__worker;
 
+/* The ring of prefetched batches. Batch g of the stream always lives in slot g % nslots. A
+   slot's life: FREE -> FILLING (a worker claimed g for it, under mu) -> READY (made, with its
+   status) -> held by the caller (st->held) -> FREE at the caller's next call of next or seek.
+   Workers claim only g < released + nslots, and every batch below released was given back,
+   so the batches alive at once (held, ready, filling) lie within nslots consecutive numbers
+   and never share a slot: the ring cannot overtake the caller. */
 enum { IOUPOS__SLOT_FREE = 0, IOUPOS__SLOT_FILLING = 1, IOUPOS__SLOT_READY = 2 };
 
+/* A slot's contents (b, mem, status, reason) are written without the lock by the one thread
+   that moved it to FILLING, and read by the caller only after it saw READY under the lock, so
+   the mutex orders the two. reason is a copy: the failure reason is per thread, and a
+   worker's must reach the caller's thread. */
 typedef struct ioupos__slot {
   int state;
   int64_t g; /* stream number of the batch it holds (epoch * batches_per_epoch + index) */
@@ -8380,6 +8528,14 @@ typedef struct ioupos__slot {
   float *mem; /* the batch's float arrays, one allocation */
 } ioupos__slot;
 
+/* Read-only after open, shared without the lock: cfg, bpe, root, lut, nslots, nworkers and
+   the slots and workers arrays themselves. mu protects the rest: the slots' state and g, stop
+   (close), pausing (a seek is dropping the ring: no new claims), busy (batches being made),
+   next_claim (the next batch a worker takes), next_return (the next batch the caller gets),
+   released (the batches below it were given back) and held. mu is never held while a batch
+   is made, so workers decode in parallel. cv_work wakes the workers (a slot was given back,
+   a seek ended, or stop); cv_ready wakes the caller waiting for its batch and a seek waiting
+   for busy to reach 0. Both are broadcast, as their waiters wait for different conditions. */
 struct ioupos__loader_state {
   const ioupos_loader_config *cfg; /* points at the loader's copy */
   int bpe;                         /* batches per epoch */
@@ -8405,7 +8561,11 @@ static void ioupos__pix_free(ioupos__pix *p) {
   p->h = p->w = 0;
 }
 
-/* Decode path: 8-bit grey (colour type 0) or grey+alpha (4) to bytes, the rest as floats. */
+/* Decode path: 8-bit grey (colour type 0) or grey+alpha (4) to bytes, the rest as floats.
+   The byte path is what ioupos-prep writes: it keeps one byte per pixel (stb drops the alpha
+   for one component) and converts only the cropped pixels, through st->lut, to the values
+   ioupos_image_load gives. Other PNGs go through ioupos_image_load, so their conversion rules
+   live in one place. The size limit is stb's int length. On failure p is empty. */
 static int ioupos__pix_load(const char *path, ioupos__pix *p) {
   void *data;
   size_t size;
@@ -8435,7 +8595,10 @@ static int ioupos__pix_load(const char *path, ioupos__pix *p) {
   return st;
 }
 
-/* Copy the h x w window at (y0, x0) of the image (coordinates of the source; outside is 0). */
+/* Copy the h x w window at (y0, x0) of the image (coordinates of the source; outside is 0).
+   out holds h * w floats. 0 is also what MONAI's SpatialPad pads with, so cropping at source
+   coordinates that reach outside the image equals padding first and cropping the padded
+   image, without ever building it. */
 static void ioupos__pix_crop(const struct ioupos__loader_state *st, const ioupos__pix *p, int y0,
                              int x0, int h, int w, float *out) {
   int y, x;
@@ -8459,7 +8622,8 @@ static void ioupos__pix_crop(const struct ioupos__loader_state *st, const ioupos
   }
 }
 
-/* Pixel value at (y, x) of the source as a byte-scaled number 0..255 (labels), or as [0, 1]. */
+/* Pixel value at (y, x) of the source as a byte-scaled number 0..255 (labels), or as [0, 1].
+   A label that did not take the byte path is rounded back from v / 255 to its byte. */
 static int ioupos__pix_label(const ioupos__pix *p, size_t i) {
   if (p->u8) return p->u8[i];
   return (int)floor(p->f.data[i] * 255.0 + 0.5);
@@ -8469,7 +8633,10 @@ static double ioupos__pix_value(const struct ioupos__loader_state *st, const iou
   return p->u8 ? (double)st->lut[p->u8[i]] : (double)p->f.data[i];
 }
 
-/* The sampler of a (padded) h x w image; ih x iw is the file's own size, for messages. */
+/* The sampler of a (padded) h x w image; ih x iw is the file's own size, for messages.
+   An LRU cache of IOUPOS__LOADER_CACHE entries: an empty entry if any, else the least
+   recently used one is rebuilt. On failure NULL, *status set and the entry left empty, so a
+   shape that admits no pair fails again for each of its images, each naming its own file. */
 static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int h, int w,
                                                         int ih, int iw, const char *path,
                                                         int *status) {
@@ -8505,6 +8672,8 @@ static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int 
   return &wk->cache[victim].s;
 }
 
+/* Any non-zero return of the callback becomes an error naming the file; a positive one (not
+   an ioupos_status) is reported as EINVAL, so the caller always gets a negative status. */
 static int ioupos__augment_hw(const ioupos_loader_config *cfg, ioupos__worker *wk,
                               ioupos_rng *rng, float *img, float *label, int h, int w,
                               const char *path) {
@@ -8524,7 +8693,9 @@ static int ioupos__augment(const ioupos_loader_config *cfg, ioupos__worker *wk, 
   return ioupos__augment_hw(cfg, wk, rng, img, label, cfg->crop[0], cfg->crop[1], path);
 }
 
-/* Padding of an image of h x w to the crop: offsets before, or an error. */
+/* Padding of an image of h x w to the crop: offsets before, or an error. floor(d / 2) before,
+   as MONAI's SpatialPad. Nothing is padded in memory: the sampler works on the padded shape
+   and the boxes are moved back by these offsets. */
 static int ioupos__pad_offsets(const ioupos_loader_config *cfg, const char *path, int h, int w,
                                int *py, int *px) {
   if ((h < cfg->crop[0] || w < cfg->crop[1]) && !cfg->pad_small)
@@ -8537,7 +8708,9 @@ static int ioupos__pad_offsets(const ioupos_loader_config *cfg, const char *path
 }
 
 /* The local crops of sample i (see "Multi-crop"): A is view 0's box in source coordinates; the
-   image is padded to at least max(crop, local_crop), A moved with it. */
+   image is padded to at least max(crop, local_crop), A moved with it. The boxes come from
+   split(S, 100), local k's augmentation from split(S, 3 + k), never the pair's splits 0, 1
+   and 2, so turning multi-crop on does not change the pair or its views. */
 static int ioupos__make_local(ioupos__worker *wk, const ioupos__pix *p, const ioupos_rng *S,
                               const ioupos_box *A, ioupos_batch *b, int i, const char *path) {
   const struct ioupos__loader_state *st = wk->st;
@@ -8579,6 +8752,9 @@ static int ioupos__make_local(ioupos__worker *wk, const ioupos__pix *p, const io
   return IOUPOS_OK;
 }
 
+/* The SSL sample i of a batch, from data set image d with generator S: the pair is drawn on
+   the image padded to the crop (split(S, 0)), moved back to source coordinates, cropped and
+   augmented (view v with split(S, 1 + v)). Writes only sample i's parts of b. */
 static int ioupos__make_ssl(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b, int i) {
   const struct ioupos__loader_state *st = wk->st;
   const ioupos_loader_config *cfg = st->cfg;
@@ -8619,6 +8795,11 @@ done:
   return status;
 }
 
+/* The fine-tuning crops of image d: crops i * num_samples .. (i + 1) * num_samples - 1 of b.
+   As MONAI's RandCropByPosNegLabeld: each centre is a foreground pixel with probability
+   pos / (pos + neg), else a background one, uniform among them, then moved so the crop lies
+   inside the (padded) image. fg and bg indices share one buffer of H W ints (fg from the
+   front, bg from the back) that the worker keeps and only grows. */
 static int ioupos__make_finetune(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b,
                                  int i) {
   const struct ioupos__loader_state *st = wk->st;
@@ -8713,7 +8894,14 @@ done:
   return status;
 }
 
-/* Make batch g of the stream into slot (any thread; touches only the worker and the slot). */
+/* Make batch g of the stream into slot (any thread; touches only the worker and the slot).
+   Everything comes from (seed, g) alone: E = split(root, epoch); the epoch's order is a
+   Fisher-Yates shuffle drawn from a copy of E, so it is a function of (seed, epoch), as with
+   PyTorch's DistributedSampler.set_epoch, and a seek can resume anywhere; image d uses
+   S = split(E, d), keyed by its data set index rather than its place in the batch, so its
+   sample in an epoch does not depend on batch_size. Hence the stream is the same for any
+   num_workers, prefetch and timing. The first failing sample ends the batch; its status and
+   a reason with the batch position go into the slot. */
 static int ioupos__make_batch(ioupos__worker *wk, int64_t g, ioupos__slot *slot) {
   struct ioupos__loader_state *st = wk->st;
   const ioupos_loader_config *cfg = st->cfg;
@@ -8751,6 +8939,11 @@ static int ioupos__make_batch(ioupos__worker *wk, int64_t g, ioupos__slot *slot)
   return status;
 }
 
+/* A worker holds mu except while it makes a batch. It claims next_claim under the lock, so
+   batches are claimed in increasing order and each once, though they may finish out of order
+   (the caller waits for its own g). It waits while a seek pauses the loader or the ring is
+   full (next_claim >= released + nslots). A batch once started is always finished: stop is
+   seen only between batches, which is why close waits at most for the batches being made. */
 static void *ioupos__worker_main(void *arg) {
   ioupos__worker *wk = (ioupos__worker *)arg;
   struct ioupos__loader_state *st = wk->st;
@@ -8788,6 +8981,11 @@ static void ioupos__worker_free(ioupos__worker *wk) {
   memset(wk, 0, sizeof *wk);
 }
 
+/* Shutdown: stop is set under mu and cv_work broadcast, so idle workers wake and leave; busy
+   ones finish their batch and leave at the top of their loop; all are joined before anything
+   is freed. Safe on a partly opened loader (open's failure paths call it): sync_ok says the
+   mutex and conditions exist, started which threads to join. The batch the caller holds dies
+   with the loader. One thread drives a loader: next, seek and close must not run at once. */
 IOUPOS_DEF void ioupos_loader_close(ioupos_loader *l) {
   struct ioupos__loader_state *st;
   int i;
@@ -8826,6 +9024,10 @@ IOUPOS_DEF void ioupos_loader_close(ioupos_loader *l) {
   l->st = NULL;
 }
 
+/* Validation first, naming the fields, with nothing allocated; then the state, the mutex and
+   conditions, the slots (each a whole batch, allocated once; its two crop arrays share one
+   block, mem), the workers' contexts, and the threads last, so a failure before them leaves
+   nothing running. Every failure after the state exists goes through ioupos_loader_close. */
 IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *cfg_in) {
   struct ioupos__loader_state *st;
   const ioupos_loader_config *cfg;
@@ -8892,6 +9094,8 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
                           cfg->local_min_iou, cfg->local_max_iou, why);
     }
   }
+  /* as PyTorch's DataLoader: n / B batches with drop_last, else ceil(n / B); the samples of a
+     batch (B, or B * num_samples) must fit an int with room to spare */
   l->batches_per_epoch = cfg->drop_last ? ds->n / B : (ds->n - 1) / B + 1;
   if (l->batches_per_epoch == 0)
     return ioupos__fail(IOUPOS_EINVAL, "loader: the data set has %d images, fewer than one batch "
@@ -8906,10 +9110,13 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   st->cfg = cfg;
   st->bpe = l->batches_per_epoch;
   ioupos_rng_seed(&st->root, cfg->seed);
+  /* v / 255 rounded to float, as ioupos_image_load computes it: the byte path's exact values */
   for (i = 0; i < 256; ++i) st->lut[i] = (float)((double)i / 255.0);
   st->held = -1;
   nw = cfg->num_workers;
   st->nworkers = nw;
+  /* one slot in the synchronous mode; else prefetch, by default 2 per worker, as PyTorch's
+     DataLoader keeps prefetch_factor (2) batches per worker in flight */
   st->nslots = nw == 0 ? 1 : cfg->prefetch ? cfg->prefetch : 2 * nw;
   if (pthread_mutex_init(&st->mu, NULL) != 0) goto oom;
   if (pthread_cond_init(&st->cv_work, NULL) != 0) {
@@ -8971,6 +9178,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
     wk->scratch = (float *)ioupos__calloc(scratch, sizeof(float));
     if (!wk->perm || !wk->scratch) goto oom;
   }
+  /* if a thread cannot start, close stops and joins the ones already started */
   for (i = 0; i < nw; ++i) {
     int e = pthread_create(&st->workers[i].thread, NULL, ioupos__worker_main, &st->workers[i]);
     if (e != 0) {
@@ -8988,6 +9196,13 @@ oom:
                       "crops", i, cfg_in->batch_size, cfg_in->crop[0], cfg_in->crop[1]);
 }
 
+/* Gives back the batch the caller held (its arrays are valid only until this call), which may
+   let a worker claim its slot, then returns batch next_return. Synchronous mode: the batch is
+   made here, in the caller's thread, without the lock (no worker exists to touch the slot).
+   Threaded: waits until that very batch is READY (slot->g guards against another batch in
+   the slot). A failed batch is held and moves the stream on like a good one, so the next call
+   goes past it (the caller decides whether to stop); its reason is raised again on this
+   thread. *batch is a shallow copy: its arrays are the slot's. */
 IOUPOS_DEF int ioupos_loader_next(ioupos_loader *l, ioupos_batch *batch) {
   struct ioupos__loader_state *st;
   ioupos__slot *slot;
@@ -9025,6 +9240,12 @@ IOUPOS_DEF int ioupos_loader_next(ioupos_loader *l, ioupos_batch *batch) {
   return IOUPOS_OK;
 }
 
+/* A seek to the current position costs nothing and keeps the prefetched batches (so
+   ioupos_loader_epoch at the top of every epoch is free). Any other position drops the whole
+   ring: pausing stops new claims, the batches being made are waited for (a worker cannot be
+   interrupted, and it writes its slot without the lock), then every slot is freed, the one
+   the caller held too, and the counters restart at g. The bound on g keeps g + nslots and
+   the counters far from int64 overflow. */
 IOUPOS_DEF int ioupos_loader_seek(ioupos_loader *l, int epoch, int batch) {
   struct ioupos__loader_state *st;
   int64_t g;
@@ -9063,7 +9284,10 @@ IOUPOS_DEF int ioupos_loader_epoch(ioupos_loader *l, int epoch) {
 
 /* The structure of the PNG at path without decoding it (see ioupos_dataset_check): signature, a
    valid IHDR first, the chunk list inside the file up to IEND, an IDAT (after a PLTE for a
-   palette image). *h, *w: the size from IHDR. The reason starts with the path. */
+   palette image). *h, *w: the size from IHDR. The reason starts with the path.
+   Only the 8-byte chunk headers are read (the data is seeked over), so checking thousands of
+   slices costs little I/O. CRCs are not checked, as stb_image does not check them either; the
+   size limits are the decoder's (2^24 per side as stb's, IOUPOS_MAX_IMAGE_PIXELS). */
 static int ioupos__png_walk(const char *path, int *h, int *w) {
   static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   unsigned char hd[33], ch[8];
@@ -9156,7 +9380,9 @@ done:
   return st;
 }
 
-/* Every pixel of a decoded label an 8-bit id below K (as the evaluation reads labels). */
+/* Every pixel of a decoded label an 8-bit id below K (as the evaluation reads labels). A label
+   that did not take the byte path must be within 1e-3 / 255 of some k / 255. All pixels
+   are scanned, so the reason can give the count of bad ones and the largest bad id. */
 static int ioupos__chk_label_ids(const ioupos__pix *p, int K, const char *path) {
   size_t i, n = (size_t)p->h * (size_t)p->w, count = 0, at = 0;
   long first = 0, top = 0;
@@ -9184,6 +9410,9 @@ static int ioupos__chk_label_ids(const ioupos__pix *p, int K, const char *path) 
   return IOUPOS_OK;
 }
 
+/* The pre-flight's per-file results. Each item is written only by the one thread whose stride
+   covers it, so there are no locks; a failure's reason is copied into msg at once, as the
+   reason buffer is per thread and the next file would overwrite it. */
 typedef struct ioupos__chk_item {
   const char *img, *lab; /* paths; lab NULL without labels */
   int h, w;              /* the image's size; 0 when it could not be read */
@@ -9231,6 +9460,9 @@ static void ioupos__chk_run(ioupos__chk_item *it, const ioupos_dataset_check_opt
   if (st) ioupos__chk_note(it, 1, st);
 }
 
+/* Thread j checks items j, j + T, j + 2T, ...: neighbouring files of a sorted folder are often
+   slices of one volume, alike in size, so striding balances the load better than blocks;
+   results land in their own item, so the report's order does not depend on T. */
 static void *ioupos__chk_main(void *arg) {
   ioupos__chk_job *j = (ioupos__chk_job *)arg;
   size_t i;
@@ -9239,7 +9471,11 @@ static void *ioupos__chk_main(void *arg) {
 }
 
 /* The IoU values two c[0] x c[1] crops in an image of shape (NULL: of any size) can have,
-   nearest to [lo, hi]: *below (largest under lo) and *above (smallest over hi), -1 if none. */
+   nearest to [lo, hi]: *below (largest under lo) and *above (smallest over hi), -1 if none.
+   Two equal crops of area V overlapping by I have IoU I / (2V - I), increasing in I, so the
+   nearest IoUs are those of the nearest achievable overlaps: products o0 o1 of per-axis
+   overlaps, each in [max(0, 2c - s), c] (two crops of length c in an axis of length s overlap
+   by at least 2c - s). For each o0 the best o1 on either side is one division away. */
 static void ioupos__chk_pair_near(const int shape[2], const int c[2], double lo, double hi,
                                   double *below, double *above) {
   int64_t V = (int64_t)c[0] * c[1], ilo, ihi, o0, lo0, lo1, bI = -1, aI = -1;
@@ -9274,7 +9510,11 @@ static void ioupos__chk_near_text(char *buf, size_t cap, double below, double ab
     snprintf(buf, cap, "such crops cannot be placed");
 }
 
-/* The problem of one image size (h x w, as read) with the loader lc, or 0. */
+/* The problem of one image size (h x w, as read) with the loader lc, or 0.
+   The loader's rules in the loader's order (ioupos_loader_open, ioupos__make_ssl,
+   ioupos__make_local) on the same padded shapes, so the two judge a size alike (a batch can
+   still fail when its own view-0 box admits no local crop: this asks only for some box).
+   Fine-tuning has only the pad_small rule: any image can centre a crop. */
 static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *buf, size_t cap) {
   const int *c = lc->crop, *lcr = lc->local_crop;
   int nl = lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0, shape[2], st;
@@ -9336,6 +9576,8 @@ typedef struct ioupos__chk_size_key {
   size_t item;
 } ioupos__chk_size_key;
 
+/* By size, then by item: qsort is not stable, and the tie-break makes the order total, so the
+   report does not depend on the C library's qsort. */
 static int ioupos__chk_size_cmp(const void *a, const void *b) {
   const ioupos__chk_size_key *x = (const ioupos__chk_size_key *)a;
   const ioupos__chk_size_key *y = (const ioupos__chk_size_key *)b;
@@ -9361,6 +9603,11 @@ static void ioupos__chk_add(ioupos__chk_list *l, char *line, int status) {
   l->status[l->n++] = status;
 }
 
+/* Order of work: the checks that need no file (malformed arguments, intervals no image of any
+   size can satisfy) fail at once with one message; then every file, on up to num_threads
+   threads (a thread that cannot start has its share run on the caller's); then the report:
+   single-file problems in data-set order, then size problems once per distinct size, in size
+   order. */
 IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_sets,
                                     const ioupos_dataset_check_opts *opts, char **report) {
   ioupos_dataset_check_opts o;
@@ -9686,7 +9933,12 @@ static int ioupos__par_ok(double work) {
 
 /* Blocking: MR x NR registers; KC x NR sliver of B (16 KiB) stays in L1, the MC x KC block of A
    (144 KiB) in L2, the KC x NC panel of B (3 MiB) in L3. Fixed constants: results must not
-   depend on anything but the inputs (see THREADS AND DETERMINISM). */
+   depend on anything but the inputs (see THREADS AND DETERMINISM).
+   The sizes follow the GotoBLAS / BLIS model. 6 x 16 (AVX2) keeps 12 of the 16 ymm registers
+   as accumulators, leaving room for the two B vectors and the broadcast A; 12 x 16 (AVX-512)
+   uses 12 of the 32 zmm. The 16 KiB sliver is half a 32 KiB L1, so the A values streaming past
+   do not evict it. MC = 144 is a multiple of both MRs. KC also decides where the sums over K
+   are cut into blocks, one more reason it must not vary with the machine or thread count. */
 #if IOUPOS__GEMM_AVX512
 #define IOUPOS__GEMM_MR 12
 #else
@@ -9696,6 +9948,9 @@ static int ioupos__par_ok(double work) {
 #define IOUPOS__GEMM_KC 256
 #define IOUPOS__GEMM_MC 144  /* multiple of MR */
 #define IOUPOS__GEMM_NC 3072 /* multiple of NR */
+/* Below about a million flops the fork and join of an OpenMP team cost more than the work,
+   and for the tiniest problems packing does. Both tests look at the sizes only, so a problem
+   always takes the same path. */
 #define IOUPOS__GEMM_TINY 4096 /* M * N * K at or below this: direct loop */
 #define IOUPOS__GEMM_PAR_FLOPS 1000000.0 /* below this, one thread */
 
@@ -9704,7 +9959,8 @@ IOUPOS_DEF const char *ioupos_gemm_kernel(void) {
   return IOUPOS__GEMM_AVX512 ? "AVX-512" : IOUPOS__GEMM_AVX2 ? "AVX2+FMA" : "portable";
 }
 
-/* One problem, with its leading dimensions widened for pointer arithmetic. */
+/* One problem, with its leading dimensions widened for pointer arithmetic (row * ld in
+   ptrdiff_t cannot overflow for large matrices, as it could in int). */
 typedef struct ioupos__gemm_args {
   int ta, tb, M, N, K;
   float alpha, beta;
@@ -9718,11 +9974,17 @@ typedef struct ioupos__gemm_args {
    from op(A) (ai = lda, ap = 1 when A is not transposed; ai = 1, ap = lda when it is) or from a
    packed edge sliver (ai = 1, ap = MR); beta == 0: c is not read. The sum over p runs from 0 to
    kc-1 in order. Edge tiles go through the same kernel on padded copies, so an element's
-   arithmetic does not depend on where its tile lies. */
+   arithmetic does not depend on where its tile lies.
+   b must be 64-byte aligned (aligned loads): the panel is, and each sliver is kc NR floats, a
+   multiple of 64 bytes. Full slivers of A are not packed: the kernel reads A by scalar
+   broadcasts, which need neither alignment nor contiguity, and this saves a copy of op(A) per
+   column panel. The accumulators start at 0 and alpha and beta are applied once at the end, so
+   each kc block is a separate partial sum that the driver adds to C in K order. */
 #if IOUPOS__GEMM_AVX512
 static void ioupos__gemm_ukernel(int kc, const float *a, ptrdiff_t ai, ptrdiff_t ap,
                                  const float *b, float *c, ptrdiff_t ldc, float alpha,
                                  float beta) {
+  /* four row pointers with offsets 0, ai and 2 ai reach the 12 rows with few general registers */
   const float *a0 = a, *a3 = a + 3 * ai, *a6 = a + 6 * ai, *a9 = a + 9 * ai;
   const ptrdiff_t a2 = 2 * ai;
   __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
@@ -9862,7 +10124,11 @@ static void ioupos__gemm_ukernel(int kc, const float *a, ptrdiff_t ai, ptrdiff_t
 
 /* -- packing -- */
 
-/* dst[s][kc][MR] = op(A)[i0 + s*MR + r][p0 + k], rows past i0 + mc zero. */
+/* dst[s][kc][MR] = op(A)[i0 + s*MR + r][p0 + k], rows past i0 + mc zero.
+   Used only for the last, partial MR-row sliver of a row block (full slivers are read in
+   place), so mc < MR in practice; the zero rows let the full kernel run, and the driver
+   discards their results. Per k, MR consecutive floats: the kernel's packed-edge strides
+   (ai = 1, ap = MR). */
 static void ioupos__gemm_pack_a(const ioupos__gemm_args *g, int i0, int mc, int p0, int kc,
                                 float *dst) {
   int s, r, k, ns = (mc + IOUPOS__GEMM_MR - 1) / IOUPOS__GEMM_MR;
@@ -9889,7 +10155,9 @@ static void ioupos__gemm_pack_a(const ioupos__gemm_args *g, int i0, int mc, int 
 }
 
 /* dst[s][kc][NR] = op(B)[p0 + k][j0 + s*NR + j] for slivers s in [s0, s1), columns past j0 + nc
-   zero. */
+   zero. Only slivers [s0, s1): the threads pack disjoint parts of the one shared panel between
+   two barriers. k-major NR-wide slivers give the kernel NR contiguous, aligned floats per
+   step; the zero columns past nc let edge tiles run the full kernel. */
 static void ioupos__gemm_pack_b(const ioupos__gemm_args *g, int j0, int nc, int p0, int kc, int s0,
                                 int s1, float *dst) {
   int s, j, k;
@@ -9933,7 +10201,15 @@ static size_t ioupos__gemm_asize(int M, int K) { /* floats of one packed op(A) b
 /* C = alpha op(A) op(B) + beta C for K >= 1, alpha != 0, run by thread tid of nth (all nth call
    it together; nth == 1 needs no parallel region). bufb is shared by the nth threads, bufa is
    this thread's own. Threads split the (row block, column run) work items of C; all K blocks
-   of an element are done by one thread, in order. */
+   of an element are done by one thread, in order.
+   BLIS's loops jc -> pc -> (pack B) -> ic -> jr -> ir, with ic and jr fused into work items
+   (a row block and a run of slivers). Determinism: element (i, j) gets its K blocks
+   pc = 0, KC, 2 KC, ... in order, each one kernel call that sums p in order and adds the C
+   value left by the previous block (the caller's beta on the first block only). The blocks
+   depend on K alone; the thread count only decides which thread runs an item and how the
+   columns of a row block are grouped into items, never the arithmetic of an element. Every
+   thread passes the same barriers (the jc and pc loops are the same for all, even for a
+   thread without items), as OpenMP requires. */
 static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float *bufa, int tid,
                                  int nth) {
   const int MR = IOUPOS__GEMM_MR, NR = IOUPOS__GEMM_NR;
@@ -9954,6 +10230,8 @@ static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float 
       IOUPOS__OMP_BARRIER(nth); /* everyone is done with the previous panel */
       ioupos__gemm_pack_b(g, jc, nc, pc, kc, ns * tid / nth, ns * (tid + 1) / nth, bufb);
       IOUPOS__OMP_BARRIER(nth);
+      /* contiguous ranges of items, so a thread mostly stays in one row block and packs the edge
+         sliver of A once per row block and K block (packed_ic) */
       it0 = items * tid / nth;
       it1 = items * (tid + 1) / nth;
       packed_ic = -1;
@@ -9987,6 +10265,8 @@ static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float 
               ioupos__gemm_ukernel(kc, ap, sa_i, sa_p, bp, c, g->ldc, g->alpha, beta);
             } else { /* edge: same kernel on a padded copy */
               int r, q;
+              /* C is read only when beta != 0: with beta 0, NaN or Inf in C must not
+                 propagate (BLAS) */
               if (beta != 0.0f)
                 for (r = 0; r < mr; ++r)
                   for (q = 0; q < nr; ++q) tile[r * NR + q] = c[r * g->ldc + q];
@@ -10001,7 +10281,8 @@ static void ioupos__gemm_blocked(const ioupos__gemm_args *g, float *bufb, float 
   }
 }
 
-/* C = beta * C (alpha == 0 or K == 0); beta == 0 writes zeros without reading. */
+/* C = beta * C (alpha == 0 or K == 0); beta == 0 writes zeros without reading. As BLAS: A and
+   B are not read (with K == 0 they may be NULL), and beta == 1 leaves C untouched. */
 static void ioupos__gemm_scale(const ioupos__gemm_args *g) {
   int i, j;
   for (i = 0; i < g->M; ++i) {
@@ -10013,7 +10294,10 @@ static void ioupos__gemm_scale(const ioupos__gemm_args *g) {
   }
 }
 
-/* Tiny problems: one pass, float sum over k in order, no packing. */
+/* Tiny problems: one pass, float sum over k in order, no packing. Chosen by M * N * K alone,
+   so a problem always takes the same path whatever the thread count; the sum runs in the
+   kernel's order but not necessarily with its fused multiply-adds, so results just under the
+   limit may differ in the last bit from what the blocked path would give. */
 static void ioupos__gemm_tiny(const ioupos__gemm_args *g) {
   int i, j, k;
   for (i = 0; i < g->M; ++i)
@@ -10032,7 +10316,9 @@ static void ioupos__gemm_tiny(const ioupos__gemm_args *g) {
     }
 }
 
-/* One item on the calling thread (tid 0 of 1) with the given buffers. */
+/* One item on the calling thread (tid 0 of 1) with the given buffers. The batched GEMM's
+   per-item path: the same choice of path and the same blocked arithmetic as ioupos_gemm,
+   whose result does not depend on its threads, so an item equals ioupos_gemm on it. */
 static void ioupos__gemm_serial(const ioupos__gemm_args *g, float *bufb, float *bufa) {
   if (g->M == 0 || g->N == 0) return;
   if (g->alpha == 0.0f || g->K == 0) ioupos__gemm_scale(g);
@@ -10040,6 +10326,9 @@ static void ioupos__gemm_serial(const ioupos__gemm_args *g, float *bufb, float *
   else ioupos__gemm_blocked(g, bufb, bufa, 0, 1);
 }
 
+/* The BLAS argument rules (as its xerbla checks them), before anything is read or written, so
+   C is untouched on failure. A pointer is needed only when it would be used: C when M, N > 0,
+   A and B also when K > 0. */
 static int ioupos__gemm_check(const char *fn, int ta, int tb, int M, int N, int K,
                               const float *A, int lda, const float *B, int ldb, const float *C,
                               int ldc) {
@@ -10067,6 +10356,9 @@ static float *ioupos__gemm_align(void *raw) {
   return (float *)((p + 63) & ~(uintptr_t)63);
 }
 
+/* Threads for a call: 1 inside an enclosing parallel region (the caller's loop is already
+   parallel, and nesting would oversubscribe the cores) and below IOUPOS__GEMM_PAR_FLOPS; else
+   omp_get_max_threads(), but never more than the work items. */
 static int ioupos__gemm_threads(double flops, int items) {
   int nt = 1;
 #ifdef _OPENMP
@@ -10077,7 +10369,11 @@ static int ioupos__gemm_threads(double flops, int items) {
   return nt < 1 ? 1 : nt;
 }
 
-/* C[M][N] = alpha * op(A)[M][K] . op(B)[K][N] + beta * C */
+/* C[M][N] = alpha * op(A)[M][K] . op(B)[K][N] + beta * C
+   One allocation: the shared B panel, then one A edge buffer per thread, each rounded up to a
+   multiple of 16 floats so that every one starts 64-byte aligned. num_threads(nt) is only an
+   upper bound, OpenMP may give fewer: the region takes the team's real size as nth, and the
+   buffers are sized for nt >= nth. */
 IOUPOS_DEF int ioupos_gemm(int transa, int transb, int M, int N, int K, float alpha,
                            const float *A, int lda, const float *B, int ldb, float beta, float *C,
                            int ldc) {
@@ -10121,7 +10417,13 @@ IOUPOS_DEF int ioupos_gemm(int transa, int transb, int M, int N, int K, float al
   return IOUPOS_OK;
 }
 
-/* for b < batch: C_b[M][N] = alpha * op(A_b)[M][K] . op(B_b)[K][N] + beta * C_b */
+/* for b < batch: C_b[M][N] = alpha * op(A_b)[M][K] . op(B_b)[K][N] + beta * C_b
+   Two schedules with the same per-item arithmetic (ioupos_gemm's, which does not depend on
+   threads), so they agree bit for bit: few large items (fewer than two per thread, each at
+   least 4 Mflop) run one after another, each on all threads; otherwise each item runs whole
+   on one thread with its own buffers and no barriers, the threads taking contiguous ranges of
+   items. Items run at once write disjoint C items (strideC is checked); A and B are only
+   read, so a stride of 0 may share them. */
 IOUPOS_DEF int ioupos_gemm_batched_strided(int transa, int transb, int M, int N, int K,
                                            float alpha, const float *A, int lda,
                                            long long strideA, const float *B, int ldb,
