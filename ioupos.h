@@ -10557,7 +10557,10 @@ static void ioupos__gelu_backward_inplace_fast(float *dh, float *act, const floa
 #define IOUPOS__ROW_CHUNK 256
 
 /* db[OC] += sum over t of d[T][OC]: in double, the rows of each chunk of IOUPOS__ROW_CHUNK in
-   order, then the chunks' sums in order (the fast path's order; T >= 1). */
+   order, then the chunks' sums in order (the fast path's order; T >= 1).
+   Why double: a bias gradient sums one row per token of the batch (tens of thousands at Swin's
+   first stage), where a float running sum would lose the small rows' digits; why fixed chunks:
+   the chunk size does not depend on the thread count, so neither do the bits. */
 IOUPOS__REF void ioupos__colsum_add_ref(float *db, const float *d, size_t T, int OC) {
   size_t t0, t;
   int o;
@@ -10572,12 +10575,16 @@ IOUPOS__REF void ioupos__colsum_add_ref(float *db, const float *d, size_t T, int
   }
 }
 
+/* db[OC] += column sums of d[T][OC] (ACCUMULATES), by the fast path or the reference: the same
+   bits either way. */
 static void ioupos__colsum_add(float *db, const float *d, size_t T, int OC) {
   IOUPOS__IMPL(ioupos__colsum_add)(db, d, T, OC);
 }
 
 /* out[N][OC] = inp[N][C] weight[OC][C]^T + bias[OC] (bias may be NULL); each output one dot
-   product in double, rounded once (what the GEMM's float sums are measured against). */
+   product in double, rounded once (what the GEMM's float sums are measured against).
+   torch.nn.Linear's layout: weight row o is output o's filter over the C inputs, so both
+   operands of each dot product are contiguous. Overwrites out. */
 IOUPOS__REF void ioupos__linear_forward_ref(float *out, const float *inp, const float *weight,
                                             const float *bias, int N, int C, int OC) {
   int n, o, c;
@@ -10591,7 +10598,10 @@ IOUPOS__REF void ioupos__linear_forward_ref(float *out, const float *inp, const 
 }
 
 /* dinp[N][C] += dout[N][OC] weight; dweight[OC][C] += dout^T inp; dbias[OC] += sum_n dout.
-   ACCUMULATES (each may be NULL). Dot products in double; the bias as ioupos__colsum_add_ref. */
+   ACCUMULATES (each may be NULL). Dot products in double; the bias as ioupos__colsum_add_ref.
+   Why: y[n][o] = sum_c x[n][c] W[o][c] + b[o] is linear in each operand, so dy[n][o]/dx[n][c] =
+   W[o][c], dy[n][o]/dW[o][c] = x[n][c] and dy[n][o]/db[o] = 1; the chain rule sums these over
+   the outputs (for dinp) or over the rows (for dweight, dbias). */
 IOUPOS__REF void ioupos__linear_backward_ref(float *dinp, float *dweight, float *dbias,
                                              const float *dout, const float *inp,
                                              const float *weight, int N, int C, int OC) {
@@ -10612,7 +10622,11 @@ IOUPOS__REF void ioupos__linear_backward_ref(float *dinp, float *dweight, float 
 }
 
 /* The public linear layer is the GEMM (section 10: its own SIMD / portable kernels and threads)
-   in every build; the references above are for the tests. */
+   in every build; the references above are for the tests.
+   Overwrites out: with a bias, each row of out is first set to the bias and the GEMM adds
+   inp weight^T on top (beta 1), the shape of torch's addmm(bias, x, W^T); without one, beta 0.
+   Returns 0 or the GEMM's IOUPOS_EINVAL (bad sizes, NULL operand) / IOUPOS_ENOMEM (its packing
+   buffers). */
 IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *weight,
                                      const float *bias, int N, int C, int OC) {
   int st, n;
@@ -10625,6 +10639,10 @@ IOUPOS_DEF int ioupos_linear_forward(float *out, const float *inp, const float *
   return st;
 }
 
+/* The three products of ioupos__linear_backward_ref as two GEMMs with beta 1 (so dinp and
+   dweight ACCUMULATE: a weight used more than once before the optimiser step gathers every
+   use's gradient) and the bias's column sums. Returns 0 or the GEMM's status; on an error the
+   gradients before it (dinp before dweight before dbias) may already have been added. */
 IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
                                       const float *dout, const float *inp, const float *weight,
                                       int N, int C, int OC) {
@@ -10646,7 +10664,8 @@ IOUPOS_DEF int ioupos_linear_backward(float *dinp, float *dweight, float *dbias,
 
 /* sum of x[0..n) in double: 8 running sums (element c into sum c mod 8) added pairwise in a
    fixed order, then the last n mod 8 elements in order; that is the fast path's vector lanes,
-   so both give the same bits. */
+   so both give the same bits. (Eight: two AVX2 registers of 4 doubles, and eight independent
+   chains keep the adder busy.) */
 IOUPOS__REF double ioupos__dsum(const float *x, int n) {
   double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s;
   int c = 0, l;
@@ -10673,7 +10692,13 @@ IOUPOS__REF double ioupos__dsumsq(const float *x, double m, int n) {
 
 /* out[N][C] = (inp - mean) * rstd * weight[C] + bias[C] over each row of inp[N][C] (weight /
    bias may be NULL); saves mean[N] and rstd[N] = 1 / sqrt(var + eps), var biased, for backward.
-   In double, rounded once. */
+   In double, rounded once.
+   torch.nn.LayerNorm's definition: eps is added to the biased variance (1 / C) inside the square
+   root, not to the standard deviation as some hand-written layer norms do (the two differ for
+   rows whose variance is near eps). The variance is taken in two passes (mean first, then the
+   squared deviations) rather than as E[x^2] - E[x]^2, which cancels when |mean| is large
+   against the spread. mean and rstd are kept in float: backward recomputes xh
+   from them instead of storing it (N C floats saved per layer norm). */
 IOUPOS__REF void ioupos__layernorm_forward_ref(float *out, float *mean, float *rstd,
                                                const float *inp, const float *weight,
                                                const float *bias, int N, int C, float eps) {
@@ -10704,7 +10729,12 @@ IOUPOS_DEF void ioupos_layernorm_forward(float *out, float *mean, float *rstd, c
    weight (dout when weight is NULL), r = rstd; dweight[C] += sum_n dout xh; dbias[C] += sum_n
    dout. ACCUMULATES (each may be NULL). The row sums in 4 running sums (element c into sum
    c mod 4), the column sums per chunk of IOUPOS__ROW_CHUNK rows, then over the chunks: the
-   fast path's lanes and chunks, so both give the same bits. */
+   fast path's lanes and chunks, so both give the same bits.
+   Why: with xh = (x - mu) r and r = (var + eps)^-1/2, dmu/dx_c = 1/C and dvar/dx_c =
+   2 (x_c - mu) / C give dxh/dx = r (I - 1 1^T / C - xh xh^T / C); applied to dxh this is the
+   formula above. The two means remove from dxh its component along the all-ones vector (a shift
+   of the row changes nothing) and along xh (nor does a scaling of it, up to eps). dweight and
+   dbias are the plain affine gradients, xh and 1 weighted by dout. */
 IOUPOS__REF void ioupos__layernorm_backward_ref(float *dinp, float *dweight, float *dbias,
                                                 const float *dout, const float *inp,
                                                 const float *weight, const float *mean,
@@ -10763,7 +10793,10 @@ IOUPOS_DEF void ioupos_layernorm_backward(float *dinp, float *dweight, float *db
 
 /* GELU(x) = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)); gelu'(x) = Phi(x) + x phi(x),
    phi(x) = exp(-x^2 / 2) / sqrt(2 pi): in double with libm's erf and exp, rounded to float once.
-   (The fast path's SIMD kernel computes Phi from erfc instead, see "fast paths".) */
+   (The fast path's SIMD kernel computes Phi from erfc instead, see "fast paths".)
+   This is torch.nn.GELU() with approximate='none', which MONAI's MLPBlock and timm's Mlp use,
+   not the tanh approximation (approximate='tanh'). gelu' is the product rule on x Phi(x):
+   Phi(x) + x Phi'(x), and Phi' is the normal density phi. */
 IOUPOS__REF double ioupos__gelu_cdf(double x) {
   return 0.5 * (1.0 + erf(x * 0.70710678118654752440));
 }
@@ -10806,11 +10839,15 @@ IOUPOS_DEF void ioupos_gelu_backward(float *dinp, const float *inp, const float 
 }
 
 /* -- ReLU -- */
+/* torch.nn.ReLU: out = max(x, 0), overwritten (out may equal inp); a NaN input gives 0. */
 IOUPOS_DEF void ioupos_relu_forward(float *out, const float *inp, size_t n) {
   size_t i;
   for (i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
+/* dinp += dout where inp > 0, ACCUMULATES; the subgradient at 0 is 0, as torch's. relu(x) > 0
+   exactly where x > 0, so the forward's output serves as inp too (what an in-place forward
+   leaves behind). */
 IOUPOS_DEF void ioupos_relu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
   size_t i;
   for (i = 0; i < n; ++i)
@@ -10818,6 +10855,10 @@ IOUPOS_DEF void ioupos_relu_backward(float *dinp, const float *inp, const float 
 }
 
 /* -- softmax -- */
+/* out[N][C] = softmax of each row, overwritten (out may equal inp). Softmax is unchanged by a
+   shift of its row, so the row's maximum is subtracted first: the largest term is exp(0) = 1,
+   nothing overflows and the sum is >= 1. The exponentials are summed in double, rounded to float
+   once in out and divided there by the double sum. */
 IOUPOS_DEF void ioupos_softmax_forward(float *out, const float *inp, int N, int C) {
   int n, c;
   for (n = 0; n < N; ++n) {
@@ -10835,6 +10876,9 @@ IOUPOS_DEF void ioupos_softmax_forward(float *out, const float *inp, int N, int 
   }
 }
 
+/* dinp[N][C] += y (dout - sum_c dout y), ACCUMULATES; y = the forward's output (all it needs).
+   Why: dy_i/dx_j = y_i (delta_ij - y_j), so dx_j = sum_i dout_i y_i (delta_ij - y_j) =
+   y_j (dout_j - dout . y): one dot product per row instead of the C x C Jacobian. */
 IOUPOS_DEF void ioupos_softmax_backward(float *dinp, const float *out, const float *dout, int N,
                                         int C) {
   int n, c;
@@ -10848,6 +10892,9 @@ IOUPOS_DEF void ioupos_softmax_backward(float *dinp, const float *out, const flo
 }
 
 /* -- L2 normalisation -- */
+/* torch.nn.functional.normalize(p=2, dim=-1): out[N][C] = x / max(|x|, eps), overwritten; the
+   sum of squares in double, in order. denom[N] keeps the clamped norm, the one number per row
+   that backward needs besides the output. */
 IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp, int N, int C,
                                       float eps) {
   int n, c;
@@ -10862,6 +10909,10 @@ IOUPOS_DEF void ioupos_l2norm_forward(float *out, float *denom, const float *inp
   }
 }
 
+/* dinp[N][C] += (dout - y (y . dout)) / |x| where |x| > eps, else dout / eps; ACCUMULATES.
+   Why: y = x / |x| has Jacobian (I - y y^T) / |x|; the projection drops dout's component along y,
+   since scaling x leaves y unchanged. Below the clamp the divisor is the constant eps (torch's
+   clamp_min passes no gradient to the norm), so s stays 0 and only dout / eps remains. */
 IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const float *denom,
                                        const float *dout, int N, int C, float eps) {
   int n, c;
@@ -10876,6 +10927,10 @@ IOUPOS_DEF void ioupos_l2norm_backward(float *dinp, const float *out, const floa
 }
 
 /* -- global average pooling -- */
+/* out[B][C] = (1 / T) sum_t inp[B][T][C], overwritten: the encoder's feature vector, the mean
+   of the last stage's tokens, which the SimSiam and DINO heads take. Images on the threads;
+   each channel's sum in double over the tokens in order, so the bits do not depend on the
+   thread count. */
 IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int T, int C) {
   int b;
   IOUPOS__PFOR((double)B * T * C)
@@ -10895,6 +10950,8 @@ IOUPOS_DEF void ioupos_avgpool_forward(float *out, const float *inp, int B, int 
   }
 }
 
+/* The mean weighs every token by 1 / T: dinp[B][T][C] += dout[B][C] / T, ACCUMULATES; rows on
+   the threads (each row written by one iteration). */
 IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, int T, int C) {
   long r, rows = (long)B * T;
   IOUPOS__PFOR((double)rows * C)
@@ -10907,6 +10964,10 @@ IOUPOS_DEF void ioupos_avgpool_backward(float *dinp, const float *dout, int B, i
 }
 
 /* -- batch norm 1d -- */
+/* torch.nn.BatchNorm1d in training (the norm of lightly's SimSiam heads): per channel,
+   mean and biased variance over the N rows (two passes, in double), out overwritten, mean[C] and
+   rstd[C] saved. The running statistics are EMAs with torch's convention for momentum (weight of
+   the NEW value) and the unbiased variance v / (N - 1); they only serve eval mode. */
 IOUPOS_DEF void ioupos_batchnorm_forward_train(float *out, float *mean, float *rstd,
                                                float *running_mean, float *running_var,
                                                const float *inp, const float *weight,
@@ -10938,6 +10999,9 @@ IOUPOS_DEF void ioupos_batchnorm_forward_train(float *out, float *mean, float *r
   }
 }
 
+/* Layer norm's derivation with rows and columns exchanged: the statistics of channel c are over
+   the N rows, so dinp += w r (dy - mean_n dy - xh mean_n (dy xh)), and the two sums it needs,
+   sum_n dy and sum_n dy xh, are exactly dbias and dweight. ACCUMULATES (each may be NULL). */
 IOUPOS_DEF void ioupos_batchnorm_backward_train(float *dinp, float *dweight, float *dbias,
                                                 const float *dout, const float *inp,
                                                 const float *weight, const float *mean,
@@ -10960,6 +11024,8 @@ IOUPOS_DEF void ioupos_batchnorm_backward_train(float *dinp, float *dweight, flo
   }
 }
 
+/* Eval mode: the running buffers replace the batch statistics, so the layer is a fixed affine
+   map per channel; rstd from the float running_var in double. out overwritten. */
 IOUPOS_DEF void ioupos_batchnorm_forward_eval(float *out, const float *inp,
                                               const float *running_mean,
                                               const float *running_var, const float *weight,
@@ -10976,6 +11042,8 @@ IOUPOS_DEF void ioupos_batchnorm_forward_eval(float *out, const float *inp,
   }
 }
 
+/* The statistics are constants here: dinp += dy w r with no mean terms (unlike train mode);
+   dweight += sum_n dy xh, dbias += sum_n dy. ACCUMULATES (each may be NULL). */
 IOUPOS_DEF void ioupos_batchnorm_backward_eval(float *dinp, float *dweight, float *dbias,
                                                const float *dout, const float *inp,
                                                const float *running_mean,
@@ -11009,6 +11077,8 @@ static void ioupos__pe_geom(int dims, const int shape[], int p, int S[3], int g[
   for (k = 0; k < 3; ++k) g[k] = (S[k] + kk[k] - 1) / kk[k];
 }
 
+/* Floats of the im2col matrix: one row per patch (B prod(ceil(S / p))), one column per weight
+   element of a filter (Cin p^dims). */
 IOUPOS_DEF size_t ioupos_patch_embed_col_size(int dims, int B, int Cin, const int shape[],
                                               int p) {
   int S[3], g[3], kk[3];
@@ -11017,7 +11087,10 @@ IOUPOS_DEF size_t ioupos_patch_embed_col_size(int dims, int B, int Cin, const in
 }
 
 /* col row (b, gd, gh, gw), column (ci, kd, kh, kw) = torch's weight layout [Cout][Cin][kd][kh][kw].
-   dir 0: gather inp into col (zero outside the image); dir 1: img += scatter of col. */
+   dir 0: gather inp into col (zero outside the image); dir 1: img += scatter of col.
+   The kernel equals the stride, so patches do not overlap: every image element is one entry of
+   one row, the gather is a permutation (plus the zero padding) and the scatter is its transpose,
+   with += for the ACCUMULATE contract and nothing sent to the padding. */
 static void ioupos__pe_im2col(float *col, float *img, const float *inp, int dir, int dims, int B,
                               int Cin, const int shape[], int p) {
   int S[3], g[3], kk[3], b, z, y, x, ci, a, e, f;
@@ -11045,6 +11118,10 @@ static void ioupos__pe_im2col(float *col, float *img, const float *inp, int dir,
         }
 }
 
+/* MONAI's PatchEmbed conv (kernel = stride = p) is a matrix product: each token is one
+   flattened patch (a row of col, in torch's weight order) times each filter, plus the bias. col
+   is overwritten and must be kept for the weight gradient; out overwritten. Returns the linear
+   layer's status. */
 IOUPOS_DEF int ioupos_patch_embed_forward(float *out, float *col, const float *inp,
                                           const float *weight, const float *bias, int dims,
                                           int B, int Cin, const int shape[], int p, int Cout) {
@@ -11055,6 +11132,9 @@ IOUPOS_DEF int ioupos_patch_embed_forward(float *out, float *col, const float *i
                                Cin * kk[0] * kk[1] * kk[2], Cout);
 }
 
+/* dweight, dbias: the linear layer's, with col as its input. dinp: dcol = dout weight into the
+   zeroed scratch (the linear layer accumulates), then scattered back to the image (col2im, the
+   conv-transpose). ACCUMULATES; returns the linear layer's status. */
 IOUPOS_DEF int ioupos_patch_embed_backward(float *dinp, float *dweight, float *dbias,
                                            float *scratch, const float *dout, const float *col,
                                            const float *weight, int dims, int B, int Cin,
@@ -11113,11 +11193,15 @@ static void ioupos__merge_gather(float *cat, float *dinp, const float *inp, int 
   }
 }
 
+/* M, the merged tokens: B prod(ceil(S / 2)), the odd sizes padded to even */
 static int ioupos__merge_rows(int dims, int B, const int shape[]) {
   if (dims == 3) return B * ((shape[0] + 1) / 2) * ((shape[1] + 1) / 2) * ((shape[2] + 1) / 2);
   return B * ((shape[0] + 1) / 2) * ((shape[1] + 1) / 2);
 }
 
+/* MONAI PatchMerging: gather the 2^dims neighbours of each 2 x 2 (x 2) cell into channels,
+   LayerNorm over the 2^dims C channels, then Linear(2^dims C -> 2C, no bias): each axis halves,
+   channels double. cat, lnout, mean, rstd and out overwritten (kept for backward). */
 IOUPOS_DEF int ioupos_patch_merging_forward(float *out, float *cat, float *lnout, float *mean,
                                             float *rstd, const float *inp, const float *ln_w,
                                             const float *ln_b, const float *red_w, int dims,
@@ -11128,6 +11212,9 @@ IOUPOS_DEF int ioupos_patch_merging_forward(float *out, float *cat, float *lnout
   return ioupos_linear_forward(out, lnout, red_w, NULL, M, K, 2 * C);
 }
 
+/* The three stages in reverse through scratch [2][M][K]: dln (the linear's input gradient),
+   then dcat (the layer norm's), both zeroed first because those layers accumulate, then the
+   scatter of dcat into dinp. Parameter gradients ACCUMULATE. Returns the linear's status. */
 IOUPOS_DEF int ioupos_patch_merging_backward(float *dinp, float *dln_w, float *dln_b,
                                              float *dred_w, float *scratch, const float *dout,
                                              const float *cat, const float *lnout,
@@ -11145,6 +11232,9 @@ IOUPOS_DEF int ioupos_patch_merging_backward(float *dinp, float *dln_w, float *d
 }
 
 /* -- drop path -- */
+/* timm's drop_path (scale_by_keep): each sample's residual branch is kept with probability keep
+   and then scaled by 1 / keep, so E[mask] = 1 and eval mode needs no rescaling. One uniform per
+   sample, in batch order, none when drop_prob <= 0 or >= 1: the rng advances by a known count. */
 IOUPOS_DEF void ioupos_drop_path_mask(float *mask, int B, float drop_prob, ioupos_rng *rng) {
   int b;
   double keep = 1.0 - (double)drop_prob;
@@ -11179,6 +11269,7 @@ IOUPOS_DEF void ioupos_drop_path_forward(float *out, const float *inp, const flo
   IOUPOS__EW_LOOP(B, S, { out[i] = inp[i] * mask[b]; });
 }
 
+/* mask is a constant per sample: dinp += dout mask[b], ACCUMULATES */
 IOUPOS_DEF void ioupos_drop_path_backward(float *dinp, const float *dout, const float *mask,
                                           int B, size_t S) {
   IOUPOS__EW_LOOP(B, S, { dinp[i] += dout[i] * mask[b]; });
@@ -11191,6 +11282,8 @@ IOUPOS_DEF void ioupos_residual_forward(float *out, const float *x, const float 
   else IOUPOS__EW_LOOP(B, S, { (void)b; out[i] = x[i] + y[i]; });
 }
 
+/* Only the branch y is scaled by the mask; x's gradient is dout itself, which the caller passes
+   on to x's producer unchanged (no copy made here). dy ACCUMULATES. */
 IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const float *mask, int B,
                                          size_t S) {
   if (mask) ioupos_drop_path_backward(dy, dout, mask, B, S);
@@ -11198,6 +11291,9 @@ IOUPOS_DEF void ioupos_residual_backward(float *dy, const float *dout, const flo
 }
 
 /* -- MLP -- */
+/* MONAI MLPBlock / timm Mlp with dropout 0: h_pre = inp W1^T + b1, h_act = GELU(h_pre), out =
+   h_act W2^T + b2, all overwritten. h_pre is what GELU's derivative needs; h_act is what the
+   second linear's weight gradient needs, and may be recomputed instead of kept. */
 IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const float *inp,
                                   const float *w1, const float *b1, const float *w2,
                                   const float *b2, int N, int C, int Hd) {
@@ -11207,6 +11303,9 @@ IOUPOS_DEF int ioupos_mlp_forward(float *out, float *h_pre, float *h_act, const 
   return ioupos_linear_forward(out, h_act, w2, b2, N, Hd, C);
 }
 
+/* The chain backwards: dh = dout W2, dh *= gelu'(h_pre), then each linear's gradients (dW2 from
+   dout and h_act, dinp, dW1, db1 from dh). dh is scratch [N][Hd] and overwritten; the recomputed
+   h_act, when h_act is NULL, is a second [N][Hd]. Returns the first failing GEMM's status. */
 IOUPOS_DEF int ioupos_mlp_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2,
                                    float *scratch, const float *dout, const float *inp,
                                    const float *h_pre, const float *h_act, const float *w1,
@@ -11343,7 +11442,11 @@ static inline ioupos__vd ioupos__vd_if_ge(ioupos__vd a, ioupos__vd b, ioupos__vd
 #endif
 
 /* exp(a) for a <= 0 (0 below -708): Cody-Waite reduction a = n ln 2 + r, a degree-12 Taylor
-   polynomial of exp(r), times 2^n. */
+   polynomial of exp(r), times 2^n.
+   ln 2 is taken as a double plus that double's rounding error, both through FMAs, so r keeps
+   its accuracy for large |n|; |r| <= ln 2 / 2, where the first omitted Taylor term,
+   (ln 2 / 2)^13 / 13!, is below 2e-16. 2^n is written straight into the exponent field, which
+   needs n >= -1022: hence the clamp at -708 (exp(-708) is still a normal double). */
 static inline ioupos__vd ioupos__vd_exp_neg(ioupos__vd a) {
   const ioupos__vd lo = ioupos__vd_set1(-708.0);
   ioupos__vd ac = ioupos__vd_max(a, lo), n, r, p;
@@ -11487,7 +11590,9 @@ static double ioupos__dsumsq_fast(const float *x, double m, int n) {
   return s;
 }
 
-/* one row of ioupos__layernorm_forward_ref */
+/* one row of ioupos__layernorm_forward_ref: the same double arithmetic (the reference's
+   multiply, then add), 4 columns per vector when both weight and bias are given, the scalar
+   loop otherwise and for the last C mod 4 columns */
 static void ioupos__layernorm_row_fast(float *y, float *mean, float *rstd, const float *x,
                                        const float *weight, const float *bias, int C, float eps) {
   double m = ioupos__dsum_fast(x, C) / C, r = 1.0 / sqrt(ioupos__dsumsq_fast(x, m, C) / C + eps);
@@ -11511,7 +11616,8 @@ static void ioupos__layernorm_row_fast(float *y, float *mean, float *rstd, const
   *rstd = (float)r;
 }
 
-/* row n of ioupos__layernorm_backward_ref's dinp */
+/* row n of ioupos__layernorm_backward_ref's dinp (ACCUMULATES): the reference's 4 running sums
+   are the 4 lanes of one register, combined in its order, so the bits are the same */
 static void ioupos__layernorm_dinp_row(float *dinp, const float *dout, const float *inp,
                                        const float *weight, const float *mean, const float *rstd,
                                        int n, int C) {
@@ -11712,6 +11818,11 @@ static void ioupos__gelu_backward_inplace_fast(float *dh, float *act, const floa
 /* ---- 12. Shifted-window attention (Swin) ------------------------------------------------------- */
 
 
+/* The whole window geometry of one block, computed once: the effective window and shift
+   (MONAI's get_window_size: on an axis no larger than the window, the window shrinks to the map
+   and the shift is dropped, since rolling a single window would only wrap it onto itself), the
+   padded size, the window grid and the counts. Axes past ndim are 1, so 2D maps run through the
+   3-axis loops unchanged. Returns 0, or IOUPOS_EINVAL with a message and g unspecified. */
 IOUPOS_DEF int ioupos_swin_geom_init(ioupos_swin_geom *g, int ndim, int batch, const int *size,
                                      const int *window, const int *shift) {
   int d;
@@ -11746,12 +11857,17 @@ IOUPOS_DEF int ioupos_swin_geom_init(ioupos_swin_geom *g, int ndim, int batch, c
   return IOUPOS_OK;
 }
 
+/* The relative offset of two tokens on axis d ranges over -(w_d - 1) .. w_d - 1: 2 w_d - 1
+   values; MONAI's relative_position_bias_table has one row per combination of offsets (one bias
+   per head in each row), sized from the CONFIGURED window. */
 IOUPOS_DEF int ioupos_swin_table_rows(const ioupos_swin_geom *g) {
   int d, r = 1;
   for (d = 0; d < g->ndim; ++d) r *= 2 * g->window_cfg[d] - 1;
   return r;
 }
 
+/* Why relative: the bias of a pair depends only on the offset between the two tokens, so one
+   small table serves every window and every position inside it. index[ntok][ntok] overwritten. */
 IOUPOS_DEF void ioupos_swin_relative_index(int *index, const ioupos_swin_geom *g) {
   /* MONAI: coords of token t in the CONFIGURED window (raster order), rel = c_i - c_j + w - 1,
      index = sum_d rel_d * prod_{e > d} (2 w_e - 1); only the first ntok tokens are used. */
@@ -11784,7 +11900,9 @@ static int ioupos__attn_region(const ioupos_swin_geom *g, int d, int p) {
   return r;
 }
 
-/* Padded-frame position (per axis) of token t of window w (w inside one image). */
+/* Padded-frame position (per axis) of token t of window w (w inside one image): windows and the
+   tokens inside them are both in raster order, last axis fastest, as window_partition's view and
+   permute lay them out. */
 static void ioupos__attn_token_pos(int *p, const ioupos_swin_geom *g, int w, int t) {
   int d;
   for (d = g->ndim - 1; d >= 0; --d) {
@@ -11794,6 +11912,12 @@ static void ioupos__attn_token_pos(int *p, const ioupos_swin_geom *g, int w, int
   }
 }
 
+/* Why a mask: after the cyclic roll, the windows along the far edges hold tokens from opposite
+   ends of the map, which are not neighbours. Swin labels each padded position with its region
+   (3 per axis, combined in base 3) and gives -100 to pairs of different regions, weighted by
+   exp(-100), about 4e-44, against an equal score inside the region: after the softmax each
+   token attends only within its own region.
+   mask[nwin][ntok][ntok], overwritten; the same for every image of the batch. */
 IOUPOS_DEF void ioupos_swin_attn_mask(float *mask, const ioupos_swin_geom *g) {
   int w, i, j, d, n = g->ntok, p[3];
   for (w = 0; w < g->nwin; ++w) {
@@ -11826,6 +11950,9 @@ static long ioupos__attn_source(const ioupos_swin_geom *g, int wg, int t) {
   return row;
 }
 
+/* Pad, roll by -shift and partition are one index map (ioupos__attn_source), so the windows are
+   gathered straight from x, with no padded or rolled copy of the map. windows overwritten,
+   padding tokens 0. */
 IOUPOS_DEF void ioupos_window_partition_forward(float *windows, const float *x,
                                                 const ioupos_swin_geom *g, int C) {
   int wg, nw = g->batch * g->nwin;
@@ -11844,7 +11971,9 @@ IOUPOS_DEF void ioupos_window_partition_forward(float *windows, const float *x,
   }
 }
 
-/* (each row of x is held by exactly one token: windows in parallel do not collide) */
+/* The transpose of the gather above: each window token's gradient is added back to the row of x
+   it was read from (ACCUMULATES); padding tokens were constants and their gradients are dropped.
+   (each row of x is held by exactly one token: windows in parallel do not collide) */
 IOUPOS_DEF void ioupos_window_partition_backward(float *dx, const float *dwindows,
                                                  const ioupos_swin_geom *g, int C) {
   int wg, nw = g->batch * g->nwin;
@@ -11860,6 +11989,8 @@ IOUPOS_DEF void ioupos_window_partition_backward(float *dx, const float *dwindow
   }
 }
 
+/* Reverse, roll by +shift and crop: the inverse of the partition's index map. Every row of x
+   is held by exactly one token, so every row is overwritten; padding tokens are cropped away. */
 IOUPOS_DEF void ioupos_window_reverse_forward(float *x, const float *windows,
                                               const ioupos_swin_geom *g, int C) {
   int wg, nw = g->batch * g->nwin;
@@ -11875,6 +12006,8 @@ IOUPOS_DEF void ioupos_window_reverse_forward(float *x, const float *windows,
   }
 }
 
+/* The transpose of the copy above: each real token gains the gradient of the row it was copied
+   to (ACCUMULATES into dwindows); padding tokens get nothing. */
 IOUPOS_DEF void ioupos_window_reverse_backward(float *dwindows, const float *dx,
                                                const ioupos_swin_geom *g, int C) {
   int wg, nw = g->batch * g->nwin;
@@ -11890,6 +12023,7 @@ IOUPOS_DEF void ioupos_window_reverse_backward(float *dwindows, const float *dx,
   }
 }
 
+/* qkv (3C) and y (C) per token, and one N x N probability matrix per window and head */
 IOUPOS_DEF size_t ioupos_window_attention_acts_size(int BW, int N, int C, int NH) {
   return (size_t)BW * N * 4 * C + (size_t)BW * NH * N * N;
 }
@@ -11918,7 +12052,9 @@ static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, fl
    position table's gradient is summed per unit, then over units in order. */
 #define IOUPOS__ATTN_WCHUNK 32
 
-/* out [T, OC] = inp [T, IC] W [OC, IC]^T + b [OC] (b may be NULL). */
+/* out [T, OC] = inp [T, IC] W [OC, IC]^T + b [OC] (b may be NULL), overwritten. The bias is added
+   after the product, in its own rounding (ioupos_linear_forward preloads it into out and lets the
+   GEMM's FMA add it): the same value up to float rounding. Returns the GEMM's status. */
 static int ioupos__attn_linear_forward(float *out, const float *inp, const float *w,
                                        const float *b, int T, int IC, int OC) {
   int t, st = ioupos_gemm(0, 1, T, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
@@ -11943,7 +12079,10 @@ static int ioupos__attn_linear_backward(float *dinp, float *dw, float *db, const
   return IOUPOS_OK;
 }
 
-/* p[0..N) = softmax(p) in place: float, the sum of the exponentials in double */
+/* p[0..N) = softmax(p) in place: float, the sum of the exponentials in double. The max is
+   subtracted first (no overflow; the masked scores, about 100 below the rest, come out near
+   4e-44, as in torch's float softmax). expf, not exp: each exponential is a float, as in the
+   fast path's vector exp, which rounds its double result to float before the sum. */
 IOUPOS__REF void ioupos__attn_softmax_ref(float *p, int N) {
   float mx = -INFINITY;
   double sum = 0.0;
@@ -11957,7 +12096,10 @@ IOUPOS__REF void ioupos__attn_softmax_ref(float *p, int N) {
 }
 
 /* One row of the softmax backward: d[0..N) holds dP and becomes dS = P (dP - sum_j P dP);
-   t[j] += dS[j] (the bias's gradient, summed in double). */
+   t[j] += dS[j] (the bias's gradient, summed in double).
+   Why: the softmax's Jacobian is diag(P) - P P^T. The bias and the mask are added to the scores,
+   so the score gradient dS is their gradient too; the mask is a constant and only the bias's
+   is kept. */
 IOUPOS__REF void ioupos__attn_dsoftmax_ref(float *d, const float *p, double *t, int N) {
   double dot = 0.0;
   int j;
@@ -11974,7 +12116,12 @@ IOUPOS__REF void ioupos__attn_dsoftmax_ref(float *d, const float *p, double *t, 
      P[b][h][i][j] = softmax_j(scale (q_i . k_j) + table[index[i][j]][h] + mask[b % nW][i][j])
      y[b][i][h hd + d] = sum_j P[i][j] v_j[d];   out = y W_proj^T + b_proj
    scale = hd^-1/2 multiplies the float dot product (as a GEMM's alpha); mask may be NULL. acts
-   keeps qkv, P [BW][NH][N][N] and y [BW][N][C] for backward. */
+   keeps qkv, P [BW][NH][N][N] and y [BW][N][C] for backward.
+   Why the scale: for q, k of unit-variance entries q . k has variance hd; hd^-1/2 brings it back
+   to 1, so the softmax does not start saturated (Vaswani et al.). The relative position bias
+   adds a learned term per head and relative offset, shared by all windows (Swin's B in
+   softmax(Q K^T / sqrt(d) + B) V). The dot products are float sums in the fast path's order
+   (its kernels fuse each step into an FMA). Returns 0 or the linear layers' status. */
 IOUPOS__REF int ioupos__window_attention_forward_ref(float *out, float *acts, const float *inp,
                                                      const float *qkv_w, const float *qkv_b,
                                                      const float *proj_w, const float *proj_b,
@@ -12008,6 +12155,9 @@ IOUPOS__REF int ioupos__window_attention_forward_ref(float *out, float *acts, co
   return ioupos__attn_linear_forward(out, y, proj_w, proj_b, BW * N, C, C);
 }
 
+/* Checks what the kernels rely on (heads divide C; a mask needs nW >= 1, b % nW), then the fast
+   path or the reference. IOUPOS_EINVAL, or the path's status (IOUPOS_ENOMEM from the GEMM's or
+   the fast path's buffers). */
 IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const float *inp,
                                                const float *qkv_w, const float *qkv_b,
                                                const float *proj_w, const float *proj_b,
@@ -12029,7 +12179,13 @@ IOUPOS_DEF int ioupos_window_attention_forward(float *out, float *acts, const fl
      dv_i = sum_j P_ji dy_j;  dq_i = scale sum_j dS_ij k_j;  dk_i = scale sum_j dS_ji q_j
      dtable[index[i][j]][h] += sum_b dS[b][h][i][j]
    The table's sums in double, over the windows of each chunk of IOUPOS__ATTN_WCHUNK per score
-   position, then over positions per table row, then over the chunks: the fast path's order. */
+   position, then over positions per table row, then over the chunks: the fast path's order.
+   Why: y = P v is a product, so dP = dy v^T and dv = P^T dy; S = scale q k^T + bias is bilinear
+   in q and k, so dq = scale dS k and dk = scale dS^T q; the bias is gathered from the table by
+   index, so its gradient is scattered back by index (many (i, j) share a table row: a sum).
+   dqkv and dy in scratch are overwritten (the heads' columns partition them). One allocation per
+   call (the table's partial sums and dS [N][N]): IOUPOS_ENOMEM if it fails, and then
+   dproj_w, dproj_b have already been accumulated and nothing else has. */
 IOUPOS__REF int ioupos__window_attention_backward_ref(float *dinp, float *dqkv_w, float *dqkv_b,
                                                       float *dproj_w, float *dproj_b,
                                                       float *dtable, float *scratch,
@@ -12091,6 +12247,7 @@ IOUPOS__REF int ioupos__window_attention_backward_ref(float *dinp, float *dqkv_w
   return ioupos__attn_linear_backward(dinp, dqkv_w, dqkv_b, dqkv, inp, qkv_w, BW * N, C, C3);
 }
 
+/* The forward's checks on the heads, then the fast path or the reference. */
 IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, float *dqkv_b,
                                                 float *dproj_w, float *dproj_b, float *dtable,
                                                 float *scratch, const float *dout,
@@ -12105,6 +12262,8 @@ IOUPOS_DEF int ioupos_window_attention_backward(float *dinp, float *dqkv_w, floa
                                                          proj_w, index, BW, N, C, NH);
 }
 
+/* The partitioned windows (the qkv projection's input, which its weight gradient needs), then
+   the window attention's own acts. */
 IOUPOS_DEF size_t ioupos_swin_attention_acts_size(const ioupos_swin_geom *g, int C, int NH) {
   int BW = g->batch * g->nwin;
   return (size_t)BW * g->ntok * C + ioupos_window_attention_acts_size(BW, g->ntok, C, NH);
@@ -12117,6 +12276,9 @@ IOUPOS_DEF size_t ioupos_swin_attention_scratch_size(const ioupos_swin_geom *g, 
   return 2 * (size_t)BW * g->ntok * C + ioupos_window_attention_scratch_size(BW, g->ntok, C, NH);
 }
 
+/* out overwritten; the windows are kept at the front of acts, the attention's output passes
+   through scratch. The mask goes to the kernels only for a shifted geometry: MONAI computes and
+   applies it only when some effective shift is > 0. Returns the window attention's status. */
 IOUPOS_DEF int ioupos_swin_attention_forward(float *out, float *acts, float *scratch,
                                              const float *x, const float *qkv_w,
                                              const float *qkv_b, const float *proj_w,
@@ -12134,6 +12296,9 @@ IOUPOS_DEF int ioupos_swin_attention_forward(float *out, float *acts, float *scr
   return IOUPOS_OK;
 }
 
+/* The three stages in reverse through scratch: dwout [BW][N][C] (the attention output's
+   gradient) and dwin [BW][N][C] (its input's), both zeroed because every stage accumulates, then
+   the window attention's own scratch. dx and the parameter gradients ACCUMULATE. */
 IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *dqkv_b,
                                               float *dproj_w, float *dproj_b, float *dtable,
                                               float *scratch, const float *dout,
@@ -12170,6 +12335,8 @@ IOUPOS_DEF int ioupos_swin_attention_backward(float *dx, float *dqkv_w, float *d
    alpha at the end: the same arithmetic wherever its tile lies. */
 #define IOUPOS__AMM_MR 6
 #if IOUPOS__GEMM_AVX2
+/* o[0..nv) = the first nv lanes of v (all 8 when nv >= 8): columns past nvalid are never
+   written, so a tile may hang over the end of a row of the output */
 static void ioupos__amm_store(float *o, __m256 v, int nv) {
   if (nv >= 8) {
     _mm256_storeu_ps(o, v);
@@ -12368,7 +12535,10 @@ static void ioupos__attn_pad(float *dst, const float *src, ptrdiff_t ld, int n, 
 }
 
 /* One row of the scores: P[0..N) = softmax(s + bias (+ mask)), s[0..Np) is overwritten; bias is
-   -inf and the mask 0 past N. The sum of the exponentials is taken in double. */
+   -inf and the mask 0 past N. The sum of the exponentials is taken in double.
+   Why Np: the vector version runs the row in whole vectors of 8; the -inf bias past N makes
+   those lanes' exp exactly 0, so they change neither the max nor the sum, and they are never
+   stored into P. */
 #if IOUPOS__GEMM_AVX2
 static void ioupos__attn_softmax_row(float *P, float *s, const float *bias, const float *mask,
                                      int N, int Np) {
@@ -12449,7 +12619,10 @@ static void ioupos__attn_dsoftmax_row(float *d, const float *p, double *t, int N
 #endif
 
 /* scores, softmax and y for window b, head h (see ioupos_window_attention_forward); bias
-   [NH][N][Np] (-inf past N) and mask [nW][N][Np] (0 past N) are the padded copies */
+   [NH][N][Np] (-inf past N) and mask [nW][N][Np] (0 past N) are the padded copies. ws is this
+   thread's k^T [hd][Np], padded v [N][hdp] and scores [N][Np]; v is read in place from qkv when
+   hd is a multiple of 8 and copied into rows of hdp otherwise, so the kernel reads whole
+   vectors. P and y's columns of head h are overwritten. */
 static void ioupos__attn_fwd_one(float *att, float *y, const float *qkv, const float *bias,
                                  const float *mask, float *ws, int b, int h, int N, int C, int NH,
                                  int nW, float scale) {
@@ -12475,6 +12648,10 @@ static void ioupos__attn_fwd_one(float *att, float *y, const float *qkv, const f
   }
 }
 
+/* The reference's computation in units of (a chunk of IOUPOS__ATTN_WCHUNK windows, one head) on
+   the threads. The bias [NH][N][Np] is gathered from the table once per call, not per window,
+   and the mask is padded beside it. IOUPOS_ENOMEM if that per-call block cannot be allocated
+   (qkv in acts is written by then); otherwise the GEMMs' status. */
 static int ioupos__window_attention_forward_fast(float *out, float *acts, const float *inp,
                                                  const float *qkv_w, const float *qkv_b,
                                                  const float *proj_w, const float *proj_b,
@@ -12532,7 +12709,9 @@ static int ioupos__window_attention_forward_fast(float *out, float *acts, const 
   return ioupos__attn_linear_forward(out, y, proj_w, proj_b, BW * N, C, C);
 }
 
-/* gradients of window b, head h: dq, dk, dv into dqkv; the scores' gradient added to tp[N][N] */
+/* gradients of window b, head h: dq, dk, dv into dqkv; the scores' gradient added to tp[N][N].
+   ws: v^T [hd][Np], dP (then dS) [N][N], and dy_h, k, q padded to rows of hdp when hd is not a
+   multiple of 8. dq, dk, dv are overwritten (each window and head owns its columns). */
 static void ioupos__attn_bwd_one(float *dqkv, double *tp, const float *qkv, const float *att,
                                  const float *dy, float *ws, int b, int h, int N, int C, int NH,
                                  float scale) {
@@ -12564,6 +12743,10 @@ static void ioupos__attn_bwd_one(float *dqkv, double *tp, const float *qkv, cons
   }
 }
 
+/* The reference's gradients, unit by unit on the threads; each unit's table sums go to its own
+   slot of part[unit][rows] and are added over the units in chunk order, the reference's order
+   of additions, so the table gradient does not depend on the thread count. As in the
+   reference, an IOUPOS_ENOMEM leaves dproj_w and dproj_b accumulated and nothing else. */
 static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, float *dqkv_b,
                                                   float *dproj_w, float *dproj_b, float *dtable,
                                                   float *scratch, const float *dout,
@@ -13465,6 +13648,7 @@ extern "C" {
    ARE LAID OUT): scalar loops, sums in double, no SIMD lanes or threads. The weight-normalised
    linear's products are section 11's linear layer (the GEMM, whose reference is there). */
 
+/* |x|_2 of x[0..C): the sum of squares in double, in order; no eps (the callers clamp) */
 static double ioupos__wl_norm(const float *x, int C) {
   double s = 0.0;
   int c;
@@ -13473,6 +13657,9 @@ static double ioupos__wl_norm(const float *x, int C) {
 }
 
 /* -- cosine similarity -- */
+/* out[N] overwritten. Each row is divided by its own clamped norm before the dot product, as
+   torch >= 1.12 does, not (a . b) / max(|a| |b|, eps) as older torch did (the two differ when
+   a norm, or the product of the norms, is below eps). In double, rounded once. */
 IOUPOS_DEF void ioupos_cosine_similarity_forward(float *out, const float *x1, const float *x2,
                                                  int N, int C, float eps) {
   int n, c;
@@ -13486,6 +13673,9 @@ IOUPOS_DEF void ioupos_cosine_similarity_forward(float *out, const float *x1, co
   }
 }
 
+/* dx1[N][C] += dout[n] dcos/dx1[n] (ACCUMULATES); the gradient to x2 is the same call with x1
+   and x2 exchanged. Unclamped, the derivative is (b - cos |b| a / |a|) / (|a| |b|): the part of
+   b orthogonal to a, scaled, since the cosine does not change along a itself. */
 IOUPOS_DEF void ioupos_cosine_similarity_backward(float *dx1, const float *dout, const float *x1,
                                                   const float *x2, int N, int C, float eps) {
   int n, c;
@@ -13506,6 +13696,7 @@ IOUPOS_DEF void ioupos_cosine_similarity_backward(float *dx1, const float *dout,
 }
 
 /* -- SimSiam -- */
+/* mean over the N rows of cos(p[n], z[n]), with lightly's eps; 0 for N = 0 */
 static double ioupos__wl_meancos(const float *p, const float *z, int N, int C) {
   double s = 0.0;
   int n, c;
@@ -13520,11 +13711,17 @@ static double ioupos__wl_meancos(const float *p, const float *z, int N, int C) {
   return N > 0 ? s / N : 0.0;
 }
 
+/* SimSiam (Chen and He, 2021): D(p, z) = -cos(p, stopgrad(z)), L = D(p1, z2) / 2 + D(p2, z1) / 2.
+   Each view's prediction p (the predictor's output) is pulled towards the other view's
+   projection z, which is held constant: the stop-gradient is what keeps the two branches from
+   collapsing to a constant, so z gets no gradient. Returns L (in [-1, 1]). */
 IOUPOS_DEF double ioupos_simsiam_loss_forward(const float *p1, const float *p2, const float *z1,
                                               const float *z2, int N, int C) {
   return -0.5 * (ioupos__wl_meancos(p1, z2, N, C) + ioupos__wl_meancos(p2, z1, N, C));
 }
 
+/* dp[n] += scale dcos(p[n], z[n])/dp[n] (ACCUMULATES): ioupos_cosine_similarity_backward's
+   formula with IOUPOS_SIMSIAM_EPS and one scale for every row */
 static void ioupos__wl_negcos_back(float *dp, float scale, const float *p, const float *z, int N,
                                    int C) {
   int n, c;
@@ -13551,6 +13748,12 @@ IOUPOS_DEF void ioupos_simsiam_loss_backward(float *dp1, float *dp2, float dloss
 }
 
 /* -- DINO -- */
+/* DINO (Caron et al., 2021): the teacher's output is CENTRED (the EMA centre subtracted, which
+   keeps one dimension from dominating) and SHARPENED (teacher_temp below student_temp, which
+   keeps the output from going uniform); the two act against the two ways the pair can
+   collapse, and the student learns the teacher's distribution by cross-entropy. Both softmaxes
+   in double with the row's maximum subtracted, log_softmax as x / T - logsumexp. tprob and
+   slogp overwritten; returns L, 0 when there is no pair or B <= 0. */
 IOUPOS_DEF double ioupos_dino_loss_forward(float *tprob, float *slogp, const float *teacher,
                                            const float *student, const float *center, int NT,
                                            int NS, int B, int D, float teacher_temp,
@@ -13598,6 +13801,11 @@ IOUPOS_DEF double ioupos_dino_loss_forward(float *tprob, float *slogp, const flo
   return total / ((double)n_pairs * B);
 }
 
+/* Why: per (s, b), L holds -c sum_d Q_d ls_d with c = 1 / (n_pairs B) and
+   ls = log_softmax(x / T_s); d ls_d / dx_e = (delta_de - p_e) / T_s with p = exp(ls), so
+   dx_e = c (p_e sum_d Q_d - Q_e) / T_s, times dloss. The teacher is a constant (its EMA
+   weights take no gradient). ACCUMULATES into dstudent; nothing when there is no pair or
+   B <= 0. */
 IOUPOS_DEF void ioupos_dino_loss_backward(float *dstudent, float dloss, const float *tprob,
                                           const float *slogp, int NT, int NS, int B, int D,
                                           float student_temp) {
@@ -13626,6 +13834,10 @@ IOUPOS_DEF void ioupos_dino_loss_backward(float *dstudent, float dloss, const fl
     }
 }
 
+/* The centre is an EMA of the teacher's mean logits over views and batch; the caller passes
+   the logits the loss saw, after the loss (DINOLoss updates it at the end of its forward).
+   Single process: the reference code's all_reduce of the batch centre over GPUs is the
+   identity here. Sums in double, views then batch in order. */
 IOUPOS_DEF void ioupos_dino_center_update(float *center, const float *teacher, int NT, int B,
                                           int D, float momentum) {
   int t, b, d;
@@ -13640,6 +13852,10 @@ IOUPOS_DEF void ioupos_dino_center_update(float *center, const float *teacher, i
 }
 
 /* -- weight-normalised linear -- */
+/* Weight normalisation (Salimans and Kingma, 2016), DINO's last layer: W = g v / |v| per
+   output row, materialised into weight (overwritten) and then an ordinary linear layer without
+   bias. |v| in double, no eps, as torch (a zero row of v divides by 0); vnorm[OC] saved for
+   backward. Returns the linear layer's status. */
 IOUPOS_DEF int ioupos_wnlinear_forward(float *out, float *weight, float *vnorm, const float *inp,
                                        const float *v, const float *g, int N, int C, int OC) {
   int o, c;
@@ -13652,6 +13868,11 @@ IOUPOS_DEF int ioupos_wnlinear_forward(float *out, float *weight, float *vnorm, 
   return ioupos_linear_forward(out, inp, weight, NULL, N, C, OC);
 }
 
+/* Why: dW/dg = vhat, so dg = vhat . dW; dW/dv = (g / |v|) (I - vhat vhat^T), so dv is dW with
+   its component along v removed, times g / |v|. dv is orthogonal to v: a gradient step leaves
+   |v| unchanged to first order, which is what decouples the direction from the length g.
+   dinp ACCUMULATES through W itself; dweight is scratch, overwritten with dW = dout^T inp
+   only when dv or dg is wanted. Returns 0 or a GEMM's status. */
 IOUPOS_DEF int ioupos_wnlinear_backward(float *dinp, float *dv, float *dg, float *dweight,
                                         const float *dout, const float *inp, const float *v,
                                         const float *g, const float *weight, const float *vnorm,
@@ -13679,6 +13900,9 @@ IOUPOS_DEF int ioupos_wnlinear_backward(float *dinp, float *dv, float *dg, float
 }
 
 /* -- cross-entropy -- */
+/* torch.nn.functional.cross_entropy, mean reduction: per row, logsumexp with the maximum
+   subtracted, prob (overwritten) = exp(x - lse), and the loss lse - x[target]. target is not
+   range-checked (it must be in [0, K)). Returns the mean, 0 for N = 0. */
 IOUPOS_DEF double ioupos_crossentropy_forward(float *prob, const float *logits, const int *target,
                                               int N, int K) {
   int n, k;
@@ -13696,6 +13920,8 @@ IOUPOS_DEF double ioupos_crossentropy_forward(float *prob, const float *logits, 
   return N > 0 ? total / N : 0.0;
 }
 
+/* d(lse - x_t)/dx_k = softmax_k - [k == t]: the saved prob minus the one-hot target, times
+   dloss / N from the mean. ACCUMULATES into dlogits. */
 IOUPOS_DEF void ioupos_crossentropy_backward(float *dlogits, float dloss, const float *prob,
                                              const int *target, int N, int K) {
   int n, k;
@@ -13718,6 +13944,10 @@ IOUPOS_DEF void ioupos_crossentropy_backward(float *dlogits, float dloss, const 
 
 #define IOUPOS__OPT_PI 3.14159265358979323846
 
+/* torch.optim.SGD's single-tensor step. The weight decay is coupled (L2: added to the gradient,
+   so it passes through the momentum), unlike AdamW's. On the first step torch creates the buffer
+   as a clone of d (no dampening, no m * 0 term). The fmafs stand where torch's Vectorized
+   add(alpha) fuses; the momentum product stays a separate rounding as in buf.mul_(m). */
 IOUPOS_DEF void ioupos_sgd_step(float *param, const float *grad, float *momentum_buf, size_t n,
                                 float lr, float momentum, float weight_decay, int first_step) {
   size_t i;
@@ -13737,6 +13967,13 @@ IOUPOS_DEF void ioupos_sgd_step(float *param, const float *grad, float *momentum
   }
 }
 
+/* torch.optim.AdamW's _single_tensor_adamw (Loshchilov and Hutter): the decay is DECOUPLED,
+   param *= 1 - lr wd before the Adam update and never through the moments. m and v are EMAs of
+   g and g^2 started at 0, so for a stationary g E[m_t] = (1 - beta1^t) E[g]: the bias
+   corrections undo that shrinkage towards 0. As in
+   torch, eps is added after dividing sqrt(v) by sqrt(bc2), and bc1 is folded into the step
+   size. torch's lerp takes start + w (end - start) for w < 0.5 and end - (end - start) (1 - w)
+   otherwise, each exact at its own end; both branches are kept. */
 IOUPOS_DEF void ioupos_adamw_step(float *param, const float *grad, float *m, float *v, size_t n,
                                   float lr, float beta1, float beta2, float eps,
                                   float weight_decay, int step) {
@@ -13772,6 +14009,10 @@ IOUPOS_DEF void ioupos_adamw_step(float *param, const float *grad, float *m, flo
   }
 }
 
+/* DINO's utils.cosine_scheduler, one element at a time instead of the whole array: the warm-up
+   is np.linspace (step = (base - start) / (warmup - 1), the last element set to base), then
+   final + 0.5 (base - final) (1 + cos(pi i / len)). Written in numpy's operation order (pi i
+   first, then / len; the half first) so that the doubles match the array's. */
 IOUPOS_DEF double ioupos_cosine_schedule(long it, long total, long warmup, double base,
                                          double final_value, double start_warmup) {
   long len;
@@ -13796,6 +14037,8 @@ IOUPOS_DEF double ioupos_cosine_schedule(long it, long total, long warmup, doubl
   return final_value + term;
 }
 
+/* CosineAnnealingLR's closed form, eta_min + (base - eta_min) (1 + cos(pi t / t_max)) / 2, in
+   torch's order of operations; t_max <= 0 returns base. */
 IOUPOS_DEF double ioupos_cosine_annealing_lr(long t, long t_max, double base, double eta_min) {
   double angle, term;
   if (t_max <= 0) return base;
@@ -13805,6 +14048,9 @@ IOUPOS_DEF double ioupos_cosine_annealing_lr(long t, long t_max, double base, do
   return eta_min + term / 2.0;
 }
 
+/* DINO's get_params_groups rule: biases and every parameter of at most one dimension (norm
+   weights, ...) are not decayed: they set offsets and scales rather than features, and
+   shrinking them towards 0 does not regularise the way decaying a weight matrix does. */
 IOUPOS_DEF int ioupos_weight_decay_applies(int ndim, const char *name) {
   size_t len;
   if (ndim <= 1) return 0;
@@ -13814,10 +14060,16 @@ IOUPOS_DEF int ioupos_weight_decay_applies(int ndim, const char *name) {
   return 1;
 }
 
+/* DINO's cancel_gradients_last_layer: the last layer's gradient is set to None in the first
+   freeze_last_layer epochs ("typically doing so during the first epoch helps training", the
+   DINO code's help text), so the optimiser skips it entirely. */
 IOUPOS_DEF int ioupos_dino_param_frozen(const char *name, int epoch, int freeze_last_layer) {
   return name && epoch < freeze_last_layer && strstr(name, "last_layer") != NULL;
 }
 
+/* DINO's momentum teacher, param_k.mul_(m).add_((1 - m) * param_q): m near 1 makes the teacher
+   an average of the recent students, a slower, more stable target. The two products are
+   separate statements: torch rounds each, and a fused multiply-add would change the bits. */
 IOUPOS_DEF void ioupos_ema_update(float *teacher, const float *student, size_t n, double m) {
   size_t i;
   float mf = (float)m, omf = (float)(1.0 - m);
@@ -13827,6 +14079,7 @@ IOUPOS_DEF void ioupos_ema_update(float *teacher, const float *student, size_t n
   }
 }
 
+/* ||x||_2 rounded to float, the sum of squares in double, in order */
 static float ioupos__opt_norm(const float *x, size_t n) {
   double s = 0.0;
   size_t i;
@@ -13837,6 +14090,8 @@ static float ioupos__opt_norm(const float *x, size_t n) {
   return (float)sqrt(s);
 }
 
+/* DINO's utils.clip_gradients for one tensor: coef = clip / (norm + 1e-6) in float, applied only
+   when below 1. Returns the norm before clipping. */
 IOUPOS_DEF float ioupos_clip_grad_per_param(float *grad, size_t n, float clip) {
   float norm = ioupos__opt_norm(grad, n);
   float coef = clip / (norm + 1e-6f);
@@ -13846,6 +14101,9 @@ IOUPOS_DEF float ioupos_clip_grad_per_param(float *grad, size_t n, float clip) {
   return norm;
 }
 
+/* torch.nn.utils.clip_grad_norm_: the total is the norm of the per-tensor norms (torch stacks
+   them), each rounded to float first as torch's are; coef = min(max_norm / (total + 1e-6), 1)
+   multiplies every gradient, also when it is 1 (exact). Returns the total before clipping. */
 IOUPOS_DEF float ioupos_clip_grad_norm(float *const *grads, const size_t *ns, size_t count,
                                        float max_norm) {
   double s = 0.0;
