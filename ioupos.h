@@ -14124,6 +14124,15 @@ IOUPOS_DEF float ioupos_clip_grad_norm(float *const *grads, const size_t *ns, si
 
 /* ---- 16. Tensors, arenas and the backend operation table ------------------------------------ */
 
+/* Registration only computes the layout: no memory exists until ioupos_params_alloc, so a model
+   (encoder, heads, decoder) is registered into one table first and its total size is known before
+   a backend is chosen. Each F32 tensor's size is rounded up to IOUPOS_TENSOR_ALIGN floats, so
+   every offset is a multiple of 64 bytes: tensors start as aligned as the arena itself (CUDA
+   allocations are at least 256-byte aligned), for vector loads and the device kernels alike, in
+   the value, gradient and optimiser-moment arenas, which all share these offsets. I64 buffers need
+   no alignment: they sit in a small host array that no kernel reads. The weight-decay exclusion is
+   decided here, once, from the name and rank, so every optimiser applies the same rule. Every
+   check comes before the table grows: on an error nothing is registered. */
 IOUPOS_DEF int ioupos_tensor_add(ioupos_tensor_table *tt, const char *name, int dtype, int flags,
                                  int init, float init_scale, int ndim, const int64_t *shape) {
   ioupos_tensor_info *t;
@@ -14169,6 +14178,8 @@ IOUPOS_DEF int ioupos_tensor_add(ioupos_tensor_table *tt, const char *name, int 
   return tt->n++;
 }
 
+/* A linear search: a model has a few hundred tensors at most and names are looked up while
+   building, loading and comparing, never per training step. */
 IOUPOS_DEF int ioupos_tensor_find(const ioupos_tensor_table *tt, const char *name) {
   int i;
   for (i = 0; i < tt->n; ++i)
@@ -14182,7 +14193,11 @@ IOUPOS_DEF void ioupos_tensor_table_free(ioupos_tensor_table *tt) {
   memset(tt, 0, sizeof *tt);
 }
 
-/* registers prefix + formatted name; shape given as up to 6 ints (0 ends the list) */
+/* registers prefix + formatted name; shape given as up to 6 ints (0 ends the list).
+   An empty list (shape[0] == 0) registers a 0-dimensional tensor of one element, which is how
+   torch stores num_batches_tracked. A name that does not fit is an error, never truncated: a
+   truncated name would silently miss the state dict's key. init_scale is left 0; callers of the
+   UNIFORM and TRUNC_NORMAL rules set tt->t[i].init_scale after the call. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 6, 7)))
 #endif
@@ -14201,6 +14216,12 @@ static int ioupos__tadd(ioupos_tensor_table *tt, int dtype, int flags, int init,
 }
 
 /* --- the CPU backend: host memory and the functions of sections 10-15 --- */
+/* Host memory needs no transfers, so upload, download and copy are all memmove (overlap is
+   harmless here, although the CUDA backend's copy forbids it). alloc zero-fills, as the table's
+   contract requires: parameter gradients and activation buffers start at zero without a zero()
+   call, and a zero-byte request still returns a unique pointer, so NULL always means out of
+   memory. Every CPU operation runs synchronously and reports a failure through its own return
+   value, so sync() has nothing to wait for. */
 static void *ioupos__cpu_alloc(size_t bytes) { return ioupos__calloc(bytes ? bytes : 1, 1); }
 static void ioupos__cpu_release(void *p) { IOUPOS_FREE(p); }
 static void ioupos__cpu_copy(void *dst, const void *src, size_t bytes) {
@@ -14215,6 +14236,12 @@ static int ioupos__cpu_sync(void) { return 0; }
 static ioupos_backend ioupos__backend_cpu;
 static pthread_once_t ioupos__backend_cpu_once = PTHREAD_ONCE_INIT;
 
+/* Every entry is the public CPU function itself, so a model run on this table IS the reference
+   that a device backend is compared with, and each function's comment is the operation's contract.
+   Section 19's entries are whole MONAI blocks (UnetResBlock, UnetrUpBlock, UnetOutBlock) rather
+   than their convolutions and norms: the CPU blocks call those layers directly on host pointers,
+   so a device backend provides each block as one operation (ioupos_cuda.cu composes it from its
+   own kernels) and the model code above the table stays the same for both. */
 static void ioupos__backend_cpu_fill(void) {
   ioupos_backend *b = &ioupos__backend_cpu;
   b->name = "cpu";
@@ -14272,12 +14299,21 @@ static void ioupos__backend_cpu_fill(void) {
   b->unet_outblock_backward = ioupos_unet_outblock_backward;
 }
 
+/* The first call from any thread fills the table, exactly once (pthread_once); the pointer is to
+   static storage and is never released. */
 IOUPOS_DEF const ioupos_backend *ioupos_backend_cpu(void) {
   pthread_once(&ioupos__backend_cpu_once, ioupos__backend_cpu_fill);
   return &ioupos__backend_cpu;
 }
 
 /* --- parameters --- */
+/* Values and gradients come from the backend (device memory on CUDA); the I64 buffers always come
+   from the host, because only host code touches them: num_batches_tracked is counted by the head's
+   forward and relative_position_index is a state-dict copy (each encoder uploads its own int index
+   at plan time). The + 1 keeps that allocation non-empty for a model without I64 tensors.
+   with_grad 0 is for parameters that are never differentiated (the DINO teacher, evaluation). On
+   failure everything goes through ioupos_params_free, which frees the table too: the model must be
+   registered again before another try. */
 IOUPOS_DEF int ioupos_params_alloc(ioupos_params *p, const ioupos_backend *be, int with_grad) {
   size_t bytes = p->table.total * sizeof(float);
   p->be = be;
@@ -14303,6 +14339,9 @@ IOUPOS_DEF void ioupos_params_free(ioupos_params *p) {
   memset(p, 0, sizeof *p);
 }
 
+/* Offset arithmetic only, valid for any backend: on CUDA the result is device memory, which host
+   code must not dereference. The gradient pointer is NULL when the arenas were allocated without
+   gradients. */
 IOUPOS_DEF float *ioupos_params_value(const ioupos_params *p, int i) {
   return p->value + p->table.t[i].offset;
 }
@@ -14321,6 +14360,14 @@ static double ioupos__rng_normal(ioupos_rng *rng) {
   return u * sqrt(-2.0 * log(s) / s);
 }
 
+/* The values are drawn on the host and uploaded tensor by tensor through one staging buffer the
+   size of the largest tensor, so a seed gives the same model on every backend. Each tensor draws
+   from ioupos_rng_split(rng, its index): its values depend on the seed and its place in the table,
+   not on the order of filling. The truncation bounds are absolute (-2, 2), as timm's and MONAI's
+   trunc_normal_(std, a=-2, b=2), enforced by redrawing; with std 0.02 a redraw practically never
+   happens. ZERO and ONE tensors are written too rather than left to alloc's zeros, so init also
+   resets a model that has been trained. The return value is sync()'s: a device failure during the
+   uploads is reported here. */
 IOUPOS_DEF int ioupos_params_init(ioupos_params *p, const ioupos_rng *rng) {
   const ioupos_tensor_table *tt = &p->table;
   size_t maxn = 1, k;
@@ -14353,6 +14400,10 @@ IOUPOS_DEF int ioupos_params_init(ioupos_params *p, const ioupos_rng *rng) {
   return p->be->sync();
 }
 
+/* Identical registration (the same names in the same order, checked here) implies identical
+   offsets, so the whole F32 arena, alignment padding included, moves in one backend copy (device
+   to device on CUDA) and the I64 buffers in one host memcpy. This is how the DINO teacher starts
+   as a copy of the student. Gradients are not copied: dst may have none. */
 IOUPOS_DEF int ioupos_params_copy(ioupos_params *dst, const ioupos_params *src) {
   int i;
   if (dst->table.n != src->table.n || dst->table.total != src->table.total)
@@ -14380,6 +14431,12 @@ static int ioupos__has_prefix(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+/* One download of the whole F32 arena, then a list of views into it. A selected tensor is renamed
+   by replacing the prefix `ours` with `theirs` (a SwinUNETR's swinViT.* can be written as
+   backbone.*, or the reverse) and keeps the table's shape and dtype, so the file's keys and shapes
+   are the PyTorch state dict's. Each name gets a slot of namecap bytes, enough for `theirs` plus
+   any table name. F32 tensors are written as F32 without conversion, I64 buffers from the host
+   array; the safetensors writer replaces the file atomically (section 5). */
 IOUPOS_DEF int ioupos_params_save(const ioupos_params *p, const char *path, const char *ours,
                                   const char *theirs, int n_meta, const ioupos_st_pair *meta) {
   const ioupos_tensor_table *tt = &p->table;
@@ -14432,6 +14489,15 @@ static void ioupos__shape_str(char *buf, size_t cap, int ndim, const int64_t *sh
   snprintf(buf + len, cap - len, "]");
 }
 
+/* load_state_dict(strict=True), all or nothing. The first pass looks only at the file's names, so
+   a checkpoint written for another model fails before anything is converted. The second converts
+   every selected tensor into a host copy of the WHOLE arena, downloaded first so that tensors
+   outside `ours` keep their current values when the arena is uploaded back in one piece; p is
+   written only after every tensor has passed. I64 data are decoded from safetensors' little-endian
+   bytes whatever the host's byte order. relative_position_index is compared, not just loaded,
+   because shapes cannot always tell windows apart: windows 7 x 5 and 5 x 7 give the same table and
+   index shapes, only the index's contents differ. The model's buffers must have been filled
+   (ioupos_swin_encoder_buffers or plan) for that comparison to mean anything. */
 IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, const char *ours,
                                   const char *theirs, int *n_loaded, int *n_other) {
   const ioupos_tensor_table *tt = &p->table;
@@ -14537,6 +14603,9 @@ done:
 
 /* ---- 17. Models: the Swin encoder, the SimSiam and DINO heads ------------------------------- */
 
+/* MONAI SwinUNETR's encoder at feature_size 48: heads 3 << s, i.e. (3, 6, 12, 24), keep every head
+   16 channels wide while the width doubles per stage; window axes beyond spatial_dims stay 0 and
+   are never read. */
 IOUPOS_DEF void ioupos_swin_config_default(ioupos_swin_config *c, int spatial_dims) {
   int s;
   memset(c, 0, sizeof *c);
@@ -14552,6 +14621,10 @@ IOUPOS_DEF void ioupos_swin_config_default(ioupos_swin_config *c, int spatial_di
   c->drop_path_rate = 0.1f;
 }
 
+/* Catches here, with the option's name, what would otherwise fail deep inside a layer: the
+   attention splits each stage's C into NH heads of C / NH channels, so NH must divide the width of
+   its own stage (embed_dim << s), not only embed_dim. The back-quoted names are the fields, which
+   the command-line tools turn into their option names (drivers/cli.h, cli_flags). */
 IOUPOS_DEF int ioupos_swin_config_check(const ioupos_swin_config *c) {
   int s;
   if (c->spatial_dims != 2 && c->spatial_dims != 3)
@@ -14580,9 +14653,14 @@ IOUPOS_DEF int ioupos_swin_config_check(const ioupos_swin_config *c) {
   return 0;
 }
 
+/* stage 4's width: embed_dim doubled by each of the four patch mergings */
 IOUPOS_DEF int ioupos_swin_feature_dim(const ioupos_swin_config *c) { return 16 * c->embed_dim; }
 
-/* registers a Linear(in -> out) weight (+ bias) with PyTorch's default init */
+/* registers a Linear(in -> out) weight (+ bias) with PyTorch's default init.
+   nn.Linear's reset_parameters, kaiming_uniform_(a = sqrt 5), amounts to U(+-1/sqrt(in)), and the
+   bias uses the same bound. The weight is [out][in] as torch stores it (the layers use it
+   transposed in the GEMM, no copy). b NULL registers no bias: lightly's Linear in front of a batch
+   norm, whose mean subtraction would cancel one. */
 static int ioupos__reg_linear(ioupos_tensor_table *tt, int *w, int *b, int in, int out,
                               const char *prefix, const char *name) {
   int64_t sw[3], sb[2];
@@ -14610,6 +14688,12 @@ static int ioupos__reg_norm(ioupos_tensor_table *tt, int *w, int *b, int C, cons
   return *b < 0 ? *b : 0;
 }
 
+/* Tensors are registered in MONAI's module order (patch_embed, then per stage its blocks and its
+   downsample), so the table, the checkpoint files and a PyTorch state_dict list them alike. MONAI
+   keeps each stage as a ModuleList holding one BasicLayer (layers1..layers4), hence the ".0." in
+   every name. The int64 relative_position_index buffer is registered only so that a checkpoint
+   round-trips through MONAI with strict=True; its contents come from ioupos_swin_encoder_buffers.
+   Nothing is allocated and no memory is owned until plan. */
 IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swin_config *cfg,
                                         ioupos_tensor_table *tt, const char *prefix) {
   int nd = cfg->spatial_dims, s, j, d, rc, total = 0, bi = 0, rows = 1, ntok = 1, K;
@@ -14628,6 +14712,8 @@ IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swi
   shape[1] = cfg->in_chans;
   for (d = 0; d < nd; ++d) shape[2 + d] = cfg->patch_size;
   shape[2 + nd] = 0;
+  /* torch's fan_in of a conv weight [C][in_chans][p...] is in_chans p^dims; the bias shares its
+     bound */
   K = cfg->in_chans;
   for (d = 0; d < nd; ++d) K *= cfg->patch_size;
   e->patch_w = ioupos__tadd(tt, IOUPOS_ST_F32, 0, IOUPOS_INIT_UNIFORM, shape,
@@ -14665,6 +14751,8 @@ IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swi
           (rc = ioupos__reg_linear(tt, &b->fc2_w, &b->fc2_b, 4 * C, C, pre, "mlp.linear2")))
         return rc;
     }
+    /* MONAI's PatchMerging: LayerNorm over the 2^dims concatenated sub-grids, then Linear(2^dims C
+       -> 2C) without bias. Stage 4 has one too: its output x4 is the deepest stage output. */
     snprintf(pre, sizeof pre, "%slayers%d.0.downsample.", prefix, s + 1);
     K = (1 << nd) * C;
     if ((rc = ioupos__reg_norm(tt, &e->merge_norm_w[s], &e->merge_norm_b[s], K, pre, "norm")) ||
@@ -14675,6 +14763,9 @@ IOUPOS_DEF int ioupos_swin_encoder_init(ioupos_swin_encoder *e, const ioupos_swi
   return 0;
 }
 
+/* patch_embed.proj.weight is the one tensor every Swin encoder has and no head has, so it alone
+   decides. The order matters when a file holds several encoders: a bare or SwinUNETR encoder
+   first, then an SSL run's backbone (DINO's teacher, saved as backbone.*), the student last. */
 IOUPOS_DEF const char *ioupos_swin_find_prefix(const ioupos_st_file *f) {
   static const char *const prefixes[] = {"", "swinViT.", "backbone.", "module.backbone.",
                                          "student.backbone."};
@@ -14687,6 +14778,8 @@ IOUPOS_DEF const char *ioupos_swin_find_prefix(const ioupos_st_file *f) {
   return NULL;
 }
 
+/* Releases the plan (activations, scratch, device index) and the activation table; the structure
+   and parameter indices stay, so the encoder can be planned again. */
 static void ioupos__swin_release(ioupos_swin_encoder *e) {
   if (e->be) {
     e->be->release(e->act);
@@ -14704,7 +14797,11 @@ IOUPOS_DEF void ioupos_swin_encoder_free(ioupos_swin_encoder *e) {
   e->batch = 0;
 }
 
-/* an activation of n floats named prefix-less `fmt`; returns its offset (or -1 on failure) */
+/* an activation of n floats named prefix-less `fmt`; returns its offset (or -1 on failure).
+   Activations are BUFFER tensors of a second table, e->acts, laid out like parameters: each has a
+   name (e.g. "stage0.block1.ln2"), so a CPU-vs-CUDA comparison can name the first activation that
+   differs. A failure is latched in *bad (and 0 returned), so plan registers everything and checks
+   once. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 4, 5)))
 #endif
@@ -14728,6 +14825,11 @@ static size_t ioupos__act(ioupos_tensor_table *tt, int *bad, size_t n, const cha
 
 #define IOUPOS__MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* MONAI's buffer is the index of the CONFIGURED window, the same in every block, even where a
+   stage's map is smaller than the window and the attention really runs on a smaller effective
+   window (section 12). That index is what the state dict holds and what a checkpoint load
+   compares; the index the kernels use is another one, built per stage by plan. The int index is
+   widened to the buffer's int64 on the host. */
 IOUPOS_DEF int ioupos_swin_encoder_buffers(const ioupos_swin_encoder *e, ioupos_params *p) {
   const ioupos_swin_config *c = &e->cfg;
   const ioupos_tensor_info *t = &p->table.t[e->blocks[0].rel_index];
@@ -14746,6 +14848,9 @@ IOUPOS_DEF int ioupos_swin_encoder_buffers(const ioupos_swin_encoder *e, ioupos_
   return 0;
 }
 
+/* A copy that shares the parameter indices, hence the parameters in p, but owns no memory: DINO's
+   local views use the same weights at another input size, which needs its own plan, not its own
+   tensors. */
 IOUPOS_DEF void ioupos_swin_encoder_clone(ioupos_swin_encoder *dst, const ioupos_swin_encoder *src) {
   int k;
   memcpy(dst, src, sizeof *dst);
@@ -14758,6 +14863,20 @@ IOUPOS_DEF void ioupos_swin_encoder_clone(ioupos_swin_encoder *dst, const ioupos
   for (k = 0; k < 3; ++k) dst->in_shape[k] = 0;
 }
 
+/* Cheap for an unchanged batch and shape (only the I64 buffers are refilled), so callers may plan
+   before every forward; otherwise the old plan is released and rebuilt:
+     - token maps: map_0 = ceil(shape / patch) (PatchEmbed zero-pads the end), each merging halves
+       rounding up (PatchMerging zero-pads odd sizes);
+     - per stage two window geometries, unshifted and shifted by window / 2 (section 12 decides per
+       axis whether the shift applies);
+     - one activation arena holding everything the backward reads, each piece named in e->acts;
+     - one scratch buffer: room for four token maps (two forward temporaries, two backward
+       gradient streams), then the largest scratch of any single operation;
+     - per stage the relative position index of the stage's effective window (device int) and, for
+       shifted geometries, the attention mask, both computed on the host and uploaded once here,
+       then only read by every forward and backward.
+   Everything is allocated through p's backend, which the encoder keeps for its later passes. On
+   failure the encoder is left unplanned (batch 0) and the error is returned. */
 IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p, int batch,
                                         const int *shape) {
   const ioupos_swin_config *c = &e->cfg;
@@ -14873,6 +14992,8 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
   }
   for (s = 0; s < 4; ++s) {
     const ioupos_swin_geom *g = &e->geom[s][1];
+    /* One index per stage serves both geometries: the shift rolls the map, not the window, so only
+       the mask depends on it. The mask is kept in the activation arena, released with the plan. */
     ioupos_swin_relative_index(ihost + e->index_off[s], &e->geom[s][0]);
     if (g->shifted) {
       ioupos_swin_attn_mask(mhost, g);
@@ -14889,6 +15010,13 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
 #define IOUPOS__P(i) (p->value + p->table.t[i].offset)
 #define IOUPOS__G(i) (p->grad + p->table.t[i].offset)
 
+/* MONAI's SwinTransformer.forward on the planned shape. Every activation the backward needs is
+   written into the arena (replacing the previous forward's); only the norm1 output (s0) and the
+   branch outputs (s1) are temporaries, since the attention keeps its own windowed copy of its
+   input in a_attn and the residual adds produce the saved block states. Drop-path masks are drawn
+   on the host, two per block in block order (attention branch, then MLP branch), and uploaded, so
+   runs on the CPU and on CUDA with the same generator drop the same samples; e->dp_on tells the
+   backward whether masks exist. The final sync() reports any failure of the queued operations. */
 IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_params *p,
                                            const float *x, int train, ioupos_rng *rng) {
   const ioupos_swin_config *c = &e->cfg;
@@ -14955,11 +15083,15 @@ IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_
   for (k = 0; k < 5; ++k)
     be->layernorm_forward(A + e->a_out[k], A + e->a_out_mean[k], A + e->a_out_rstd[k],
                           A + e->a_x[k], NULL, NULL, (int)e->ntok[k], c->embed_dim << k, 1e-5f);
+  /* the SSL feature: the mean over stage 4's tokens of its normalised output (the research code's
+     pooling; MONAI's SwinTransformer has none) */
   be->avgpool_forward(A + e->a_feature, A + e->a_out[4], B, (int)(e->ntok[4] / (size_t)B),
                       16 * c->embed_dim);
   return be->sync();
 }
 
+/* Views into the activation arena (backend memory), channels-last, NULL before the first plan;
+   overwritten by the next forward and freed by the next re-plan. */
 IOUPOS_DEF const float *ioupos_swin_encoder_output(const ioupos_swin_encoder *e, int k) {
   return e->act && k >= 0 && k < 5 ? e->act + e->a_out[k] : NULL;
 }
@@ -14967,6 +15099,14 @@ IOUPOS_DEF const float *ioupos_swin_encoder_feature(const ioupos_swin_encoder *e
   return e->act ? e->act + e->a_feature : NULL;
 }
 
+/* The forward in reverse, with two gradient streams in scratch (dA, dB) that swap at each patch
+   merging. The residual shortcuts cost nothing: dA holds the gradient of a block's output, and the
+   branch's layer norm backward ACCUMULATES into dA, which so becomes the gradient of the block's
+   input. With drop-path the branch gradient is first scaled by the forward's mask (into s0). A
+   stage output out_k = LayerNorm(x_k) joins the stream where the gradient of x_k is otherwise
+   complete: out_4 with the pooled feature before the loop, out_s after stage s's blocks. Parameter
+   gradients accumulate into p->grad, which the caller zeroes once per optimiser step (gradient
+   accumulation over micro-batches relies on it); dx likewise when given. */
 IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_params *p,
                                             const float *const *dout, const float *dfeature,
                                             float *dx) {
@@ -15058,6 +15198,8 @@ IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_param
 
 /* -- heads -- */
 
+/* Appends an op with its widths; its parameter indices start at -1 (absent) and are set by the
+   caller. The head's in_dim is its first op's, out_dim its last op's. */
 static int ioupos__head_add(ioupos_head *h, int kind, int in, int out) {
   ioupos_head_op *op;
   if (h->n_ops == IOUPOS_HEAD_MAX_OPS)
@@ -15075,7 +15217,10 @@ static int ioupos__head_add(ioupos_head *h, int kind, int in, int out) {
   return 0;
 }
 
-/* nn.BatchNorm1d(dim, affine) named prefix + name */
+/* nn.BatchNorm1d(dim, affine) named prefix + name.
+   The running statistics and num_batches_tracked are BUFFERS (not trained, no decay) with torch's
+   initial values 0, 1 and 0, so the head's state dict is torch's; without affine (the SimSiam
+   projection's last norm) no weight and bias exist, as in torch. */
 static int ioupos__head_bn(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix, int idx,
                            int dim, int affine) {
   ioupos_head_op *op;
@@ -15098,7 +15243,9 @@ static int ioupos__head_bn(ioupos_head *h, ioupos_tensor_table *tt, const char *
   return op->rm < 0 || op->rv < 0 || op->count < 0 ? IOUPOS_EINVAL : 0;
 }
 
-/* lightly's ProjectionHead block: Linear(bias = no batch norm) [+ BN] [+ ReLU] */
+/* lightly's ProjectionHead block: Linear(bias = no batch norm) [+ BN] [+ ReLU].
+   The index advances over the BN and the ReLU too: they are modules of lightly's nn.Sequential and
+   take the indices between the Linear layers (layers.0, .1 BN, .2 ReLU, .3 Linear, ...). */
 static int ioupos__head_block(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix,
                               int *idx, int in, int out, int bn, int bn_affine, int relu) {
   char nm[32];
@@ -15138,6 +15285,11 @@ IOUPOS_DEF int ioupos_head_simsiam_prediction(ioupos_head *h, ioupos_tensor_tabl
   return 0;
 }
 
+/* DINO's nn.Sequential puts GELUs at mlp.1 and mlp.3, hence Linear layers at 0, 2 and 4 (mlp_idx).
+   The last layer is weight_norm(nn.Linear(bottleneck, out, bias=False)): weight_g [out][1] and
+   weight_v [out][bottleneck], registered in torch's order (g first); the op keeps g in op->b and v
+   in op->w. With norm_last_layer g is 1 and FROZEN (DINO's requires_grad = False), so the backward
+   passes it no gradient. */
 IOUPOS_DEF int ioupos_head_dino(ioupos_head *h, ioupos_tensor_table *tt, const char *prefix,
                                 int in, int hidden, int bottleneck, int out,
                                 int norm_last_layer) {
@@ -15176,6 +15328,7 @@ IOUPOS_DEF int ioupos_head_dino(ioupos_head *h, ioupos_tensor_table *tt, const c
   return 0;
 }
 
+/* Releases the plan only; the ops and parameter indices stay, so the head can be planned again. */
 IOUPOS_DEF void ioupos_head_free(ioupos_head *h) {
   if (!h) return;
   if (h->be) {
@@ -15186,6 +15339,14 @@ IOUPOS_DEF void ioupos_head_free(ioupos_head *h) {
   h->rows = h->views = 0;
 }
 
+/* Each view's activations are one block of view_floats floats, the views side by side. Per op: its
+   output [rows][out], then what its backward reads besides its input and output: a batch norm's
+   batch mean and rstd [out] each (s1, s2), an L2 norm's row norms [rows] (s1), a weight-normalised
+   linear's effective weight [out][in] (s1) and |v| per row [out] (s2). Views are kept apart
+   because each is its own forward (SimSiam's two views go through the heads in two calls, as in
+   the research code): batch norm statistics are per view, and every view's activations must
+   survive until its backward. Scratch: two ping-pong gradient buffers [rows][the widest op] and
+   the weight-norm backward's dW [out][in]. Re-planning the same rows and views is free. */
 IOUPOS_DEF int ioupos_head_plan(ioupos_head *h, const ioupos_params *p, int rows, int views) {
   size_t off = 0, maxw = 1, wn = 1;
   int i;
@@ -15231,6 +15392,11 @@ IOUPOS_DEF const float *ioupos_head_output(const ioupos_head *h, int view) {
   return h->act + (size_t)view * h->view_floats + h->ops[h->n_ops - 1].a_out;
 }
 
+/* The ops in order, each reading the previous op's output; the first reads inp, which the backward
+   reads again (the caller keeps it). Batch norm in train mode uses the batch's statistics, updates
+   the running ones in place and counts num_batches_tracked on the host (where I64 buffers live),
+   as torch's train(); in eval mode it uses the running statistics. The mode is remembered per view
+   because the two modes have different backwards. */
 IOUPOS_DEF int ioupos_head_forward(ioupos_head *h, ioupos_params *p, int view, const float *inp,
                                    int train) {
   const ioupos_backend *be = h->be;
@@ -15281,6 +15447,10 @@ IOUPOS_DEF int ioupos_head_forward(ioupos_head *h, ioupos_params *p, int view, c
   return be->sync();
 }
 
+/* The ops in reverse. The gradients between ops alternate between the two scratch buffers, each
+   zeroed before use since every op ACCUMULATES into its input gradient; only the first op writes
+   into the caller's dinp, which may be NULL (the elementwise ops then do nothing; a Linear still
+   accumulates its parameter gradients). A frozen weight_g gets no gradient (NULL dg). */
 IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, const float *dout,
                                     const float *inp, float *dinp) {
   const ioupos_backend *be = h->be;
@@ -16798,6 +16968,9 @@ static int ioupos__cgeom_init(ioupos__cgeom *g, int dims, const int shape[], int
   return 1;
 }
 
+/* The shared argument check of the public convolutions and the blocks built on them. ERANGE
+   guards the casts to int: section 10's GEMM takes int sizes, and a plane's positions (n) and a
+   column's length (Cin or Cout times the kernel volume) become its N and K. */
 static int ioupos__conv_args(const char *fn, ioupos__cgeom *g, int dims, int B, int Cin,
                              const int shape[], int k, int Cout, int odd) {
   if (!ioupos__cgeom_init(g, dims, shape, k) || B < 1 || Cin < 1 || Cout < 1 ||
@@ -16813,7 +16986,10 @@ static int ioupos__conv_args(const char *fn, ioupos__cgeom *g, int dims, int B, 
 }
 
 /* -- layout transposes -- */
-/* dst[b][c][r] (=|+=) src[b][r][c], src [B][R][Cc]; blocks of 32 x 32 for the caches. */
+/* dst[b][c][r] (=|+=) src[b][r][c], src [B][R][Cc]; blocks of 32 x 32 for the caches.
+   One task per (sample, row block, column block) tile; tiles write disjoint parts of dst, so the
+   threads change no result. acc makes the same routine the backward of either direction: the
+   gradient of a transpose is the inverse transpose, accumulated. */
 static void ioupos__transpose(float *dst, const float *src, int B, size_t R, size_t Cc, int acc) {
   long long nrb = (long long)((R + 31) / 32), ncb = (long long)((Cc + 31) / 32), t;
   long long nt = (long long)B * nrb * ncb;
@@ -16832,6 +17008,13 @@ static void ioupos__transpose(float *dst, const float *src, int B, size_t R, siz
   }
 }
 
+/* The Swin encoder works channels-last, where LayerNorm over C and the linear layers are GEMMs
+   on contiguous token rows; MONAI's CNN decoder works channels-first, where a convolution's
+   im2col and instance norm run over contiguous planes. Each layout is the fast one for its half,
+   so SwinUNETR converts exactly where MONAI does (its hidden states leave the encoder
+   channels-first), once per hidden state per pass, instead of either half running on the other's
+   layout. Only the channels-first direction and its backward are in the backend table: the
+   models need no other. */
 IOUPOS_DEF void ioupos_to_channels_first(float *out, const float *inp, int B, size_t S, int C) {
   ioupos__transpose(out, inp, B, S, (size_t)C, 0);
 }
@@ -16973,6 +17156,8 @@ static void ioupos__conv_cols(float *col, float *img_acc, const float *img,
   }
 }
 
+/* A column block holds at most IOUPOS__CONV_BLOCK positions, so scratch does not grow with the
+   image. k == 1 needs no columns: a 1x1 conv's input plane [Cin][n] already is the GEMM operand. */
 IOUPOS_DEF size_t ioupos_conv_scratch_size(int dims, int Cin, const int shape[], int k) {
   ioupos__cgeom g;
   if (!ioupos__cgeom_init(&g, dims, shape, k) || Cin < 1 || k % 2 == 0) return 0;
@@ -16980,6 +17165,11 @@ IOUPOS_DEF size_t ioupos_conv_scratch_size(int dims, int Cin, const int shape[],
   return (size_t)Cin * g.kv * (g.n < IOUPOS__CONV_BLOCK ? g.n : IOUPOS__CONV_BLOCK);
 }
 
+/* Per sample, since channels-first samples are separate [Cin][n] matrices:
+     out = W [Cout][Cin kv] . col [Cin kv][len]
+   for each block of len positions, written straight into the output's columns p0.. (row stride
+   n). The bias is broadcast into out first and the GEMM adds onto it (beta 1); without a bias
+   beta is 0, so out need not be initialised. OVERWRITES out. */
 IOUPOS_DEF int ioupos_conv_forward(float *out, float *scratch, const float *inp,
                                    const float *weight, const float *bias, int dims, int B,
                                    int Cin, const int shape[], int k, int Cout) {
@@ -17032,6 +17222,11 @@ static void ioupos__chan_sum(float *dbias, const float *dout, int B, int C, size
   }
 }
 
+/* The forward saved nothing, so the columns are rebuilt from inp for dweight, which accumulates
+   sample by sample and block by block (beta 1) in an order fixed by the shapes: its float sums
+   do not depend on the thread count. dinp's block is computed into the column scratch
+   (W^T . dout, beta 0) and scattered back with += by col2im, the adjoint of the im2col gather;
+   for k == 1 both products use the planes directly. All three gradients ACCUMULATE. */
 IOUPOS_DEF int ioupos_conv_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                                     const float *dout, const float *inp, const float *weight,
                                     int dims, int B, int Cin, const int shape[], int k, int Cout) {
@@ -17192,6 +17387,9 @@ IOUPOS_DEF size_t ioupos_conv_transpose_scratch_size(int dims, const int shape[]
   return (size_t)Cout * g.kv * (g.n < IOUPOS__CONV_BLOCK ? g.n : IOUPOS__CONV_BLOCK);
 }
 
+/* With kernel = stride = 2 the taps of different input positions never overlap: one GEMM per
+   block, weight^T [Cout 2^dims][Cin] . inp [Cin][len], then a scatter that only writes (no
+   overlap-add, so out need not be zeroed), adding the bias on the way. OVERWRITES out. */
 IOUPOS_DEF int ioupos_conv_transpose_forward(float *out, float *scratch, const float *inp,
                                              const float *weight, const float *bias, int dims,
                                              int B, int Cin, const int shape[], int Cout) {
@@ -17218,6 +17416,9 @@ IOUPOS_DEF int ioupos_conv_transpose_forward(float *out, float *scratch, const f
   return IOUPOS_OK;
 }
 
+/* The adjoint of the forward: gather each input position's 2^dims taps of dout into scratch (the
+   scatter run backwards), then dinp += weight . gathered and dweight += inp . gathered^T, summed
+   over samples and blocks in a fixed order. ACCUMULATES. */
 IOUPOS_DEF int ioupos_conv_transpose_backward(float *dinp, float *dweight, float *dbias,
                                               float *scratch, const float *dout,
                                               const float *inp, const float *weight, int dims,
@@ -17256,6 +17457,11 @@ IOUPOS_DEF int ioupos_conv_transpose_backward(float *dinp, float *dweight, float
 }
 
 /* -- instance norm -- */
+/* Each (b, c) plane is independent, so the planes run on threads without changing a result. Two
+   passes in double (the mean, then the centred sum of squares) rather than E[x^2] - mean^2,
+   which loses precision when the mean is large against the spread. Batch statistics per plane in
+   train AND eval mode, with the biased variance: torch's InstanceNorm with track_running_stats
+   False, which is MONAI's "instance". */
 IOUPOS_DEF void ioupos_instnorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                         const float *weight, const float *bias, int B, int C,
                                         size_t n, float eps) {
@@ -17277,6 +17483,9 @@ IOUPOS_DEF void ioupos_instnorm_forward(float *out, float *mean, float *rstd, co
   }
 }
 
+/* One channel per thread: the loop over b inside sums dweight[c] and dbias[c] over the batch
+   without races and in a fixed order. xhat is recomputed from inp and the saved statistics, so
+   an in-place forward (out == inp) is fine as long as the caller kept the input. */
 IOUPOS_DEF void ioupos_instnorm_backward(float *dinp, float *dweight, float *dbias,
                                          const float *dout, const float *inp,
                                          const float *weight, const float *mean,
@@ -17312,6 +17521,8 @@ IOUPOS_DEF void ioupos_instnorm_backward(float *dinp, float *dweight, float *dbi
 }
 
 /* -- leaky ReLU -- */
+/* x > 0 sends 0 and NaN to the slope branch, as torch's leaky_relu (its backward tests x > 0
+   too). */
 IOUPOS_DEF void ioupos_leaky_relu_forward(float *out, const float *inp, size_t n, float slope) {
   size_t i;
   for (i = 0; i < n; ++i) out[i] = inp[i] > 0.0f ? inp[i] : inp[i] * slope;
@@ -17324,6 +17535,8 @@ IOUPOS_DEF void ioupos_leaky_relu_backward(float *dinp, const float *x, const fl
 }
 
 /* -- channel concatenation -- */
+/* Channels-first: per sample each part is one contiguous block, so the concatenation is two
+   copies per sample, and its backward two accumulating adds, one to each producer's gradient. */
 IOUPOS_DEF void ioupos_cat_channels_forward(float *out, const float *a, const float *b, int B,
                                             int C1, int C2, size_t n) {
   int s;
@@ -17348,6 +17561,8 @@ IOUPOS_DEF void ioupos_cat_channels_backward(float *da, float *db, const float *
 }
 
 /* -- UnetResBlock -- */
+/* The forward's carving of acts: h1, a1, h2, s (N each, and h3 with conv3), then each norm's
+   mean and rstd (P each: three norms with conv3, two without). */
 IOUPOS_DEF size_t ioupos_unet_resblock_acts_size(int dims, int B, int Cin, const int shape[],
                                                  int k, int Cout) {
   ioupos__cgeom g;
@@ -17359,6 +17574,9 @@ IOUPOS_DEF size_t ioupos_unet_resblock_acts_size(int dims, int B, int Cin, const
   return (size_t)(4 + has3) * N + (size_t)(4 + 2 * has3) * P;
 }
 
+/* Two N-float gradient buffers for the backward, then the larger column scratch of conv1 (Cin
+   channels) and conv2 (Cout); conv3 is 1x1 and needs none. The forward uses only the columns
+   part. */
 IOUPOS_DEF size_t ioupos_unet_resblock_scratch_size(int dims, int B, int Cin, const int shape[],
                                                     int k, int Cout) {
   ioupos__cgeom g;
@@ -17370,6 +17588,11 @@ IOUPOS_DEF size_t ioupos_unet_resblock_scratch_size(int dims, int B, int Cin, co
   return 2 * (size_t)B * Cout * g.n + (c1 > c2 ? c1 : c2);
 }
 
+/* MONAI's UnetResBlock.forward step by step, keeping in acts what the backward reads. The leaky
+   ReLU after norm1 runs in place, as MONAI's (inplace=True), so a1 holds the activation's
+   output; its sign is its input's, which is all the backward needs. norm3's output is not kept:
+   it is built in out, added to s as the residual, and out is then overwritten by the final
+   activation. The norms are affine-free (weight and bias NULL), MONAI's "instance". */
 IOUPOS_DEF int ioupos_unet_resblock_forward(float *out, float *acts, float *scratch,
                                             const float *inp, const float *w1, const float *w2,
                                             const float *w3, int dims, int B, int Cin,
@@ -17408,6 +17631,11 @@ IOUPOS_DEF int ioupos_unet_resblock_forward(float *out, float *acts, float *scra
   return IOUPOS_OK;
 }
 
+/* The forward in reverse: final activation, residual (conv3 branch or identity), norm2, conv2,
+   activation, norm1, conv1. g1 and g2 take turns as the current gradient and are zeroed before
+   each accumulating call; the conv column scratch follows them. dinp receives both the
+   residual's and conv1's gradients. The conv3 branch is skipped when neither dinp nor dw3 is
+   asked for. */
 IOUPOS_DEF int ioupos_unet_resblock_backward(float *dinp, float *dw1, float *dw2, float *dw3,
                                              float *scratch, const float *dout,
                                              const float *acts, const float *inp,
@@ -17471,6 +17699,8 @@ static int ioupos__up_shape(int dims, const int shape[], int up[3]) {
   return 1;
 }
 
+/* [cat: B 2 Cout n2 | the resblock's acts on the doubled shape]: the concatenation is the
+   resblock's input, which its backward reads, so it is kept rather than rebuilt. */
 IOUPOS_DEF size_t ioupos_unetr_upblock_acts_size(int dims, int B, const int shape[], int k,
                                                  int Cout) {
   int up[3];
@@ -17481,6 +17711,8 @@ IOUPOS_DEF size_t ioupos_unetr_upblock_acts_size(int dims, int B, const int shap
   return r ? (size_t)B * 2 * Cout * g.n + r : 0;
 }
 
+/* [dcat: B 2 Cout n2 | the larger of the resblock's and the transposed conv's scratch]: the
+   backward holds the concatenation's gradient while running both. */
 IOUPOS_DEF size_t ioupos_unetr_upblock_scratch_size(int dims, int B, int Cin, const int shape[],
                                                     int k, int Cout) {
   int up[3];
@@ -17493,6 +17725,10 @@ IOUPOS_DEF size_t ioupos_unetr_upblock_scratch_size(int dims, int B, int Cin, co
   return r ? (size_t)B * 2 * Cout * g.n + (r > t ? r : t) : 0;
 }
 
+/* The transposed conv runs one sample at a time (B = 1) so that its output lands directly in the
+   first Cout channels of that sample's part of cat, with the skip copied behind it:
+   torch.cat((up, skip), dim=1) without an intermediate buffer. MONAI's order, up first, decides
+   which input channels of conv1 and conv3 meet which half, so MONAI's weights line up. */
 IOUPOS_DEF int ioupos_unetr_upblock_forward(float *out, float *acts, float *scratch,
                                             const float *inp, const float *skip, const float *wt,
                                             const float *w1, const float *w2, const float *w3,
@@ -17519,6 +17755,10 @@ IOUPOS_DEF int ioupos_unetr_upblock_forward(float *out, float *acts, float *scra
                                       w2, w3, dims, B, 2 * Cout, up, k, Cout);
 }
 
+/* dcat, at the start of scratch, is zeroed because the resblock ACCUMULATES into it; the
+   resblock's own scratch (rest) follows, and the transposed conv reuses it afterwards. Per
+   sample, dcat's second half is added to dskip and its first half goes back through the
+   transposed conv. */
 IOUPOS_DEF int ioupos_unetr_upblock_backward(float *dinp, float *dskip, float *dwt, float *dw1,
                                              float *dw2, float *dw3, float *scratch,
                                              const float *dout, const float *acts,
@@ -17558,6 +17798,8 @@ IOUPOS_DEF int ioupos_unetr_upblock_backward(float *dinp, float *dskip, float *d
 }
 
 /* -- UnetOutBlock -- */
+/* UnetOutBlock is one 1x1 Convolution with bias and no norm or activation: k = 1 needs no
+   scratch and saves nothing, so the backward reads the block's input. */
 IOUPOS_DEF int ioupos_unet_outblock_forward(float *out, const float *inp, const float *weight,
                                             const float *bias, int dims, int B, int Cin,
                                             const int shape[], int Cout) {
@@ -17582,6 +17824,10 @@ IOUPOS_DEF int ioupos_unet_outblock_backward(float *dinp, float *dweight, float 
 extern "C" {
 #endif
 
+/* The loss and argmax read channels-first [B][K][S] tensors, where the K values of one voxel are
+   S floats apart. They work on blocks of IOUPOS__SEG_CHUNK voxels: per class one contiguous run,
+   with the per-voxel state (running max, log-sum-exp, dot product, best score) in a small stack
+   array, so each class plane is streamed once per pass without transposing the logits. */
 #define IOUPOS__SEG_CHUNK 256 /* voxels per block of the channels-first loops */
 
 /* -- DiceCE -- */
@@ -17595,6 +17841,9 @@ IOUPOS_DEF void ioupos_dicece_defaults(ioupos_dicece_opts *o) {
   o->lambda_ce = 1.0;
 }
 
+/* MONAI's DiceCELoss refuses negative lambdas; smooth_dr must be > 0 here so that every Dice
+   denominator stays positive even where a class's probabilities underflow to 0 on every voxel.
+   The > 1e300 tests refuse infinities, the >= tests NaN. */
 static int ioupos__dicece_check(const ioupos_dicece_opts *o, const char *fn) {
   if (o->include_background != 0 && o->include_background != 1)
     return ioupos__fail(IOUPOS_EINVAL, "%s: include_background is %d; it must be 0 or 1", fn,
@@ -17612,6 +17861,13 @@ static int ioupos__dicece_check(const ioupos_dicece_opts *o, const char *fn) {
   return IOUPOS_OK;
 }
 
+/* Every argument, option and target id is checked before anything is written, so an argument
+   error leaves prob and stats untouched. Then per item and voxel block: the log-sum-exp over
+   classes with the max subtracted, in double; p = exp(x - lse), stored as float; the Dice sums
+   I, P, T accumulated per (b, k) in voxel order, so the result depends on neither threads nor
+   blocking. The cross-entropy uses lse - logit[target] rather than -log p, which stays finite
+   where p underflows. The Dice part is one flat mean over B (K - c0) terms: MONAI's "mean"
+   reduction of its [B][K] Dice tensor with batch False. */
 IOUPOS_DEF double ioupos_dicece_forward(float *prob, double *stats, const float *logits,
                                         const int *target, int B, int K, long S,
                                         const ioupos_dicece_opts *opts) {
@@ -17690,6 +17946,13 @@ IOUPOS_DEF double ioupos_dicece_forward(float *prob, double *stats, const float 
   return o.lambda_dice * dice + o.lambda_ce * ce;
 }
 
+/* The Dice part couples every voxel of (b, c) through I and P, which is why the forward keeps
+   the sums in stats. Per voxel block: dot = sum_j p_j g_j over the Dice classes, then
+     dL/dx_k = p_k (g_k - dot) + (p_k - t_k) lambda_ce / (B S),
+   the softmax Jacobian applied to the Dice gradient g plus the cross-entropy's. The result is
+   scaled by dloss (the caller's loss scale, e.g. 1 / accumulation steps) and ADDED to dlogits.
+   This function has no status: invalid arguments return silently, so call it only after a
+   forward that succeeded on the same arguments. */
 IOUPOS_DEF void ioupos_dicece_backward(float *dlogits, float dloss, const float *prob,
                                        const double *stats, const int *target, int B, int K,
                                        long S, const ioupos_dicece_opts *opts) {
@@ -17741,6 +18004,10 @@ IOUPOS_DEF void ioupos_dicece_backward(float *dlogits, float dloss, const float 
 
 /* -- sliding window -- */
 
+/* MONAI's _get_scan_interval and dense_patch_slices reduced to numbers per axis: the windows
+   form a Cartesian grid, so interval and n_axis describe them all and a window's start is
+   computed on demand (ioupos_sw_plan_start) instead of building MONAI's list of slices. Padding
+   is only recorded here (pad_before); the gather applies it virtually. */
 IOUPOS_DEF int ioupos_sw_plan_make(ioupos_sw_plan *p, int dims, const int shape[],
                                    const int roi[], double overlap) {
   static const char *fn = "ioupos_sw_plan_make";
@@ -17780,6 +18047,8 @@ IOUPOS_DEF int ioupos_sw_plan_make(ioupos_sw_plan *p, int dims, const int shape[
       if (iv <= 0) iv = 1;
     }
     p->interval[k] = iv;
+    /* MONAI's scan_num: the first d < ceil(P / interval) whose window reaches the padded end,
+       plus one */
     num = (int)ceil((double)P / (double)iv);
     for (d = 0; d < num; ++d)
       if ((long)d * iv + r >= P) {
@@ -17794,12 +18063,16 @@ IOUPOS_DEF int ioupos_sw_plan_make(ioupos_sw_plan *p, int dims, const int shape[
   return IOUPOS_OK;
 }
 
+/* Window i's start on axis k in padded coordinates: i * interval, pulled back so that the last
+   window ends exactly at the padded size (MONAI's start - max(start + roi - P, 0)). */
 static int ioupos__sw_axis_start(const ioupos_sw_plan *p, int k, int i) {
   long s = (long)i * p->interval[k];
   long over = s + p->roi[k] - p->padded[k];
   return (int)(s - (over > 0 ? over : 0));
 }
 
+/* w counts in meshgrid "ij" order, the last axis fastest, so it is decoded from the last axis
+   up. */
 IOUPOS_DEF void ioupos_sw_plan_start(const ioupos_sw_plan *p, long w, int start[3]) {
   int k;
   for (k = 2; k >= 0; --k) start[k] = 0;
@@ -17809,6 +18082,14 @@ IOUPOS_DEF void ioupos_sw_plan_start(const ioupos_sw_plan *p, long w, int start[
   }
 }
 
+/* Memory is bounded by the batch of windows, not by their number: only min(sw_batch_size,
+   n_windows) input and output windows exist at a time, and out is the accumulator. Each batch is
+   gathered (zeros outside the image stand for MONAI's constant padding, so no padded image is
+   built), predicted, and added into out window by window, only where the window lies inside the
+   image: MONAI crops the padded parts away, and inside the image the float sums are the same, in
+   the same order. The count map is separable, cnt_z cnt_y cnt_x, because the windows form a
+   grid: three 1-D arrays replace a volume of counts. The final division is in float, as MONAI
+   divides its float32 sums by its float32 count map (small integers, exact in float). */
 IOUPOS_DEF int ioupos_sliding_window(float *out, int K, const float *img, int C, int dims,
                                      const int shape[], const int roi[], double overlap,
                                      int sw_batch_size, ioupos_sw_predict_fn predict,
@@ -17885,6 +18166,8 @@ IOUPOS_DEF int ioupos_sliding_window(float *out, int K, const float *img, int C,
     memset(wout, 0, sizeof(float) * (size_t)n * w_out);
     rc = predict(ctx, win, n, wout);
     if (rc != 0) {
+      /* ioupos__fail formats into this thread's reason buffer, which r points into: copy it
+         first */
       char why[512];
       const char *r = ioupos_failure_reason();
       size_t l = strlen(r);
@@ -17949,6 +18232,9 @@ done:
 
 /* -- argmax -- */
 
+/* torch.argmax decided per voxel over the K planes: a strictly larger value replaces the best,
+   so the first maximum wins ties; a NaN replaces any number and is never replaced, so the first
+   NaN wins. Channels-first blocks as in the loss. */
 IOUPOS_DEF int ioupos_argmax_classes(int *labels, const float *scores, int B, int K, long S) {
   float best[IOUPOS__SEG_CHUNK];
   long s0, i;
@@ -18005,6 +18291,10 @@ static int ioupos__seg_count(int64_t *nt, int64_t *np, int64_t *ni, const int *p
   return IOUPOS_OK;
 }
 
+/* Counts in int64 make each ratio exact up to one double rounding. A class absent from both
+   volumes has no Dice (0 / 0): it is NaN and not defined here, left out of the case mean;
+   whether an average scores it 1 instead (the FLARE22 script) is ioupos_dsc_eval's policy, not
+   the case's. The background is computed for information and never enters the mean. */
 IOUPOS_DEF int ioupos_dsc_case_compute(ioupos_dsc_case *r, const int *pred, const int *truth,
                                        long n, int K) {
   static const char *fn = "ioupos_dsc_case_compute";
@@ -18048,6 +18338,10 @@ IOUPOS_DEF int ioupos_dsc_eval_init(ioupos_dsc_eval *e, int K, int empty_policy)
   return IOUPOS_OK;
 }
 
+/* An organ's DSC counts where it is defined; where the organ is absent from both volumes it
+   counts as 1 under IOUPOS_DSC_EMPTY_ONE and not at all under IOUPOS_DSC_EMPTY_SKIP, and n_empty
+   records it under either policy so the table can say how often it happened. The case's mean
+   uses the same counted values, so both data-set scores follow the policy. */
 IOUPOS_DEF int ioupos_dsc_eval_add(ioupos_dsc_eval *e, const ioupos_dsc_case *cs) {
   int c, n = 0;
   double sum = 0.0;
@@ -18079,6 +18373,8 @@ IOUPOS_DEF double ioupos_dsc_eval_organ_mean(const ioupos_dsc_eval *e, int c) {
   return e->sum[c] / (double)e->count[c];
 }
 
+/* The population std (ddof 0, numpy's np.std default) from the running sums; when all values are
+   equal the difference can round slightly below 0, hence the clamp. */
 IOUPOS_DEF double ioupos_dsc_eval_organ_std(const ioupos_dsc_eval *e, int c) {
   double m, v;
   if (!e || c < 1 || c >= e->K || e->count[c] == 0) return NAN;
@@ -18087,6 +18383,8 @@ IOUPOS_DEF double ioupos_dsc_eval_organ_std(const ioupos_dsc_eval *e, int c) {
   return v > 0.0 ? sqrt(v) : 0.0;
 }
 
+/* The FLARE convention: each organ's mean over its counted cases first, then the unweighted mean
+   over organs, so a small organ weighs as much as the liver whatever its case count. */
 IOUPOS_DEF double ioupos_dsc_eval_mean(const ioupos_dsc_eval *e, int *n_used) {
   int c, n = 0;
   double s = 0.0;
@@ -18132,6 +18430,8 @@ IOUPOS_DEF int ioupos_slice_dice_add(ioupos_slice_dice *a, const int *pred, cons
       return ioupos__fail(IOUPOS_EINVAL, "%s: slice %ld pixel %ld has truth %d, prediction %d; "
                           "class ids must be in [0, %d)", fn, i / slice_pixels, i % slice_pixels,
                           truth[i], pred[i], a->K);
+  /* MONAI's compute_channel per slice; ioupos__seg_count cannot fail here (the labels were
+     checked) */
   for (z = 0; z < n_slices; ++z) {
     double sum = 0.0;
     int n = 0;
@@ -18156,6 +18456,8 @@ IOUPOS_DEF int ioupos_slice_dice_add(ioupos_slice_dice *a, const int *pred, cons
   return IOUPOS_OK;
 }
 
+/* MONAI's aggregate gives 0 when no slice has a value; NaN is reserved for nothing added, so an
+   empty evaluation is never mistaken for a score of 0. */
 IOUPOS_DEF double ioupos_slice_dice_mean(const ioupos_slice_dice *a) {
   if (!a || a->n_slices == 0) return NAN;
   return a->n_valid > 0 ? a->sum / (double)a->n_valid : 0.0;
@@ -18168,6 +18470,9 @@ IOUPOS_DEF double ioupos_slice_dice_class_mean(const ioupos_slice_dice *a, int c
 
 /* -- tables -- */
 
+/* The output builder of the table functions. It keeps counting after the buffer is full
+   (vsnprintf without room only measures), so a call with a small or NULL buffer reports the
+   exact size needed (ERANGE, *len) and the caller can allocate and call again. */
 typedef struct ioupos__sbuf {
   char *buf;
   size_t cap, len;
@@ -18192,6 +18497,8 @@ static void ioupos__sb_num(ioupos__sbuf *b, double v) {
   else ioupos__sb_printf(b, "%.10g", v);
 }
 
+/* A JSON string: quotes and backslashes escaped, control characters as 6-character unicode
+   escapes, every other byte (UTF-8 names included) as is. */
 static void ioupos__sb_jstr(ioupos__sbuf *b, const char *s) {
   ioupos__sb_printf(b, "\"");
   for (; *s; ++s) {
@@ -18203,6 +18510,7 @@ static void ioupos__sb_jstr(ioupos__sbuf *b, const char *s) {
   ioupos__sb_printf(b, "\"");
 }
 
+/* the caller's name for class c, else the FLARE22 label name, else "class <c>" formatted in tmp */
 static const char *ioupos__seg_name(const char *const *names, int c, char *tmp, size_t cap) {
   if (names && names[c]) return names[c];
   if (c < IOUPOS_LABEL_COUNT) return ioupos_label_name(c);
@@ -18210,6 +18518,8 @@ static const char *ioupos__seg_name(const char *const *names, int c, char *tmp, 
   return tmp;
 }
 
+/* On ERANGE the buffer, if any, holds an empty string, never a cut table that could pass for a
+   whole one. */
 static int ioupos__sb_finish(ioupos__sbuf *b, size_t *len, const char *fn) {
   if (len) *len = b->len;
   if (!b->buf || b->len + 1 > b->cap) {
@@ -18341,6 +18651,8 @@ IOUPOS_DEF int ioupos_dsc_case_json(char *buf, size_t cap, size_t *len, const io
 
 /* ---- 21. SwinUNETR: the segmentation model -------------------------------------------------- */
 
+/* MONAI's SwinUNETR passes dropout_path_rate 0.0 to its SwinTransformer unless told otherwise,
+   so fine-tuning runs without drop-path by default; 14 = FLARE22's 13 organs and the background. */
 IOUPOS_DEF void ioupos_swinunetr_config_default(ioupos_swinunetr_config *c, int spatial_dims) {
   ioupos_swin_config_default(&c->enc, spatial_dims);
   c->enc.drop_path_rate = 0.0f;
@@ -18348,7 +18660,10 @@ IOUPOS_DEF void ioupos_swinunetr_config_default(ioupos_swinunetr_config *c, int 
 }
 
 /* a conv weight [o][i][k^dims] (or transposed [i][o][k^dims]) with PyTorch's default init:
-   U(+-1/sqrt(fan_in)), fan_in = size(1) * k^dims as torch computes it */
+   U(+-1/sqrt(fan_in)), fan_in = size(1) * k^dims as torch computes it.
+   That bound is what torch's conv reset_parameters, kaiming_uniform_(a = sqrt 5), amounts to.
+   For the transposed conv, whose torch layout is [Cin][Cout][k...], size(1) is Cout: the
+   caller passes d1 = Cout there, so the bound is torch's in that case too. */
 static int ioupos__reg_conv(ioupos_tensor_table *tt, int *w, int d0, int d1, int k, int dims,
                             const char *prefix, const char *name) {
   int64_t sh[6];
@@ -18366,6 +18681,13 @@ static int ioupos__reg_conv(ioupos_tensor_table *tt, int *w, int d0, int d1, int
   return 0;
 }
 
+/* The names follow MONAI's module tree: UnetrBasicBlock wraps its UnetResBlock as .layer,
+   UnetrUpBlock holds .transp_conv and .conv_block, and every MONAI Convolution keeps its torch
+   conv as .conv, hence encoder1.layer.conv1.conv.weight and decoder5.transp_conv.conv.weight. A
+   decoder's resblock reads the concatenation (2 cout channels), so it always has conv3; an
+   encoder block has it only where cin != cout (encoder1). Registration follows MONAI's order
+   (swinViT, encoder1..4, encoder10, decoder5..1, out), so the table lists tensors as the state
+   dict does. The instance norms have no parameters (affine False) and register nothing. */
 IOUPOS_DEF int ioupos_swinunetr_init(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
                                      ioupos_tensor_table *tt, const char *prefix) {
   static const char *const names[10] = {"encoder1", "encoder2", "encoder3", "encoder4",
@@ -18418,6 +18740,7 @@ IOUPOS_DEF int ioupos_swinunetr_init(ioupos_swinunetr *m, const ioupos_swinunetr
   return 0;
 }
 
+/* Releases both plans, the decoder's and the encoder's; the parameter indices stay. */
 IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m) {
   if (!m) return;
   if (m->be) {
@@ -18430,7 +18753,9 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m) {
   ioupos_swin_encoder_free(&m->enc);
 }
 
-/* positions of the map at `level` */
+/* positions of the map at `level`.
+   Also writes the map's sizes, the input's halved `level` times, into shape[0 .. dims): exact,
+   because plan accepts only multiples of 32. */
 static size_t ioupos__unetr_npos(const ioupos_swinunetr *m, int level, int *shape) {
   size_t n = 1;
   int d;
@@ -18441,6 +18766,17 @@ static size_t ioupos__unetr_npos(const ioupos_swinunetr *m, int level, int *shap
   return n;
 }
 
+/* The sizes are checked first because every level must halve exactly, or an up block's doubled
+   map would not match the size of its skip. The encoder is planned on every
+   call (cheap when unchanged); the decoder's memory is rebuilt only when batch or shape change.
+   Three backend allocations:
+     act      the channels-first hidden states hs_0..hs_4, then per block its output and its saved
+              activations, then the logits;
+     grads    per hidden state its gradient channels-first (g_hs) and transposed back to
+              channels-last for the encoder (g_last), then per block its output's gradient;
+              zeroed by every backward;
+     scratch  the largest any block needs: blocks run one at a time and keep nothing in it.
+   After an allocation failure the decoder is unplanned (act NULL). */
 IOUPOS_DEF int ioupos_swinunetr_plan(ioupos_swinunetr *m, ioupos_params *p, int batch,
                                      const int *shape) {
   const ioupos_backend *be = p->be;
@@ -18531,6 +18867,11 @@ static void ioupos__unetr_inputs(const ioupos_swinunetr *m, int i, const float *
   }
 }
 
+/* MONAI's SwinUNETR.forward: the encoder, its five stage outputs transposed once to
+   channels-first, the ten blocks in index order (each reads only x, the hidden states and the
+   outputs of blocks before it), then the out block. Every operation goes through the backend
+   table, so this same code runs on the CPU and on CUDA. x is referenced, not copied: it must
+   stay unchanged until the backward, which reads it again (encoder1's convolutions). */
 IOUPOS_DEF int ioupos_swinunetr_forward(ioupos_swinunetr *m, const ioupos_params *p,
                                         const float *x, int train, ioupos_rng *rng) {
   const ioupos_backend *be = m->be;
@@ -18571,6 +18912,14 @@ IOUPOS_DEF const float *ioupos_swinunetr_logits(const ioupos_swinunetr *m) {
   return m->act ? m->act + m->a_logits : NULL;
 }
 
+/* The activations' gradients live in m->grads, zeroed first because every block backward
+   ACCUMULATES into its input's and its skip's gradient. Blocks run in reverse index order, so
+   each block's output gradient is complete before its own backward: a decoder feeds the previous
+   decoder (or encoder10) and its skip's producer (hs_3 or encoder1..4), an encoder block feeds
+   its hidden state or, for encoder1, dx. The hidden-state gradients are then transposed back to
+   channels-last and handed to the Swin encoder as its stage-output gradients, with no feature
+   gradient (SwinUNETR does not pool). dx thus gets both encoder1's and the patch embedding's
+   parts. Parameter gradients ACCUMULATE into p->grad. */
 IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
                                          const float *dlogits, float *dx) {
   const ioupos_backend *be = m->be;
