@@ -302,11 +302,12 @@ check-monai: $(BUILD)/test_model $(VENV)/bin/python
 
 # The tests of `make test` under AddressSanitizer + UndefinedBehaviorSanitizer (fewer draws:
 # ~10x slower), each with a time limit of 1800 s unless IOUPOS_TEST_TIMEOUT says otherwise, less
-# the three longest command scripts (training runs: 17 of the step's 20 minutes on 2 cores; the
+# the longest command scripts (training runs: 17 of the step's 20 minutes on 2 cores; the
 # library code under them runs here in the C tests, the commands' own file, resume and failure
-# handling in test_rundir, test_ckpt_finite, test_cli, test_preflight and test_prep).
+# handling in test_rundir, test_ckpt_finite, test_cli, test_preflight and test_prep; the CUDA
+# backend's host build in test_cuda_ops).
 # `make test-asan-all` runs those too.
-ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh
+ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh
 test-asan: | stb
 	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} IOUPOS_TEST_SKIP="$(ASAN_SKIP)" \
 	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \

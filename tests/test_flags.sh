@@ -48,6 +48,7 @@ value_for() {
     --chkpt_dir) echo ck ;;
     --n_epochs) echo 20 ;; # above DINO's default warm-up of 10 epochs
     --pair_mode) echo joint ;;
+    --device) echo cpu ;; # every build has the CPU
     *)
       case $2 in
         -) ;;
