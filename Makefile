@@ -306,15 +306,16 @@ check-monai: $(BUILD)/test_model $(VENV)/bin/python
 # library code under them runs here in the C tests, the commands' own file, resume and failure
 # handling in test_rundir, test_ckpt_finite, test_cli, test_preflight and test_prep; the CUDA
 # backend's host build in test_cuda_ops).
-# `make test-asan-all` runs those too.
+# `make test-asan-all` runs those too. CUDA=0 there: the nvcc object is not instrumented and the
+# commands need not link it (their --device cuda runs in test_device, outside ASan).
 ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh
 test-asan: | stb
 	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} IOUPOS_TEST_SKIP="$(ASAN_SKIP)" \
-	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
+	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" CUDA=0 \
 	  IOUPOS_TEST_DRAWS=$${IOUPOS_TEST_DRAWS:-100000} test
 test-asan-all: | stb
 	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} \
-	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" \
+	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" CUDA=0 \
 	  IOUPOS_TEST_DRAWS=$${IOUPOS_TEST_DRAWS:-100000} test
 
 bench: $(BENCHES)

@@ -6461,6 +6461,7 @@ static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
   return IOUPOS_OK;
 }
 
+#if IOUPOS__PART_CORE /* only section 18 (the resume check) skips values */
 /* Skips the JSON value at j->pos (whitespace first): a string (checked as above), an array or
    object with everything in it, or a scalar (a number, true, false or null: the characters up to
    the next delimiter, not checked further). j->pos is then past it; a malformed or unterminated
@@ -6515,6 +6516,7 @@ static int ioupos__json_skip_value(ioupos__json *j, int depth) {
   }
   return j->pos > b ? IOUPOS_OK : ioupos__json_fail(j, j->pos, "expected a value");
 }
+#endif
 
 IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
   int s, c;
