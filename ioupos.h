@@ -5079,6 +5079,11 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
 
 /* -- small helpers -- */
 
+/* CRC-32 as gzip's trailer uses it (reflected polynomial 0xEDB88320, register inverted before
+   and after), so the reader can verify an inflated .nii.gz and the writer can produce one. The
+   table is rebuilt on each call: 2,048 shifts are nothing beside a volume, and the function
+   keeps no static state (thread-safe without a once-guard). Chainable: pass the previous
+   result as crc to continue over more bytes. */
 IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n) {
   uint32_t table[256];
   const unsigned char *p = (const unsigned char *)data;
@@ -5094,6 +5099,8 @@ IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n) {
   return c ^ 0xFFFFFFFFu;
 }
 
+/* Leaves vol empty (data NULL, dims 0) so a second free, or a reuse of vol as an output, is
+   safe; the affine is left as it was. */
 IOUPOS_DEF void ioupos_volume_free(ioupos_volume *vol) {
   if (!vol) return;
   IOUPOS_FREE(vol->data);
@@ -5151,6 +5158,9 @@ static int ioupos__mat4_solve(const double a_in[4][4], const double b_in[4][4], 
   return 1;
 }
 
+/* The column norms, not the header's pixdim: every step of this section (reorient, resample,
+   crop, pad) keeps only the affine up to date, and MONAI's Spacing measures the input spacing
+   the same way (affine_to_spacing). */
 IOUPOS_DEF void ioupos_volume_spacing(const ioupos_volume *vol, double spacing[3]) {
   int c;
   for (c = 0; c < 3; ++c)
@@ -5158,6 +5168,9 @@ IOUPOS_DEF void ioupos_volume_spacing(const ioupos_volume *vol, double spacing[3
                       vol->affine[2][c] * vol->affine[2][c]);
 }
 
+/* Contract: on any failure vol is left empty (data NULL, dims 0), so the caller may free it
+   unconditionally. The 2^31-voxel cap is the reader's, so every volume the pipeline makes
+   obeys the same limit; ioupos__calloc checks the byte count for overflow. */
 IOUPOS_DEF int ioupos_volume_alloc(ioupos_volume *vol, int nx, int ny, int nz) {
   size_t n;
   vol->data = NULL;
@@ -5183,7 +5196,13 @@ static uint32_t ioupos__le32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Inflate a single-member gzip stream; *out freed with IOUPOS_FREE. */
+/* Inflate a single-member gzip stream; *out freed with IOUPOS_FREE.
+   RFC 1952: a 10-byte header (1f 8b, CM 8 = deflate, FLG, MTIME, XFL, OS), then the optional
+   FEXTRA, FNAME, FCOMMENT and FHCRC fields in that order, the raw deflate data, and an 8-byte
+   trailer: CRC-32 and ISIZE (length mod 2^32), both little-endian. The magic is the caller's
+   check. The trailer is verified because inflate alone can accept a stream cut at a block
+   boundary; a multi-member file (concatenated gzip) fails that check instead of being read in
+   part. The header CRC-16 (FHCRC) is skipped, not verified: the data's CRC-32 covers the data. */
 static int ioupos__gunzip(const unsigned char *in, size_t size, const char *name,
                           unsigned char **out, size_t *out_size) {
   size_t pos = 10;
@@ -5262,6 +5281,10 @@ static void ioupos__put32le(unsigned char *p, uint32_t v) {
   p[3] = (unsigned char)(v >> 24);
 }
 
+/* The writer's gzip: stb's zlib compressor (level 5) rewrapped as one gzip member, its 2-byte
+   zlib header and Adler-32 trailer replaced by the gzip header and the CRC-32 / ISIZE trailer.
+   MTIME 0 and OS 255 make the bytes a function of the volume alone, so two exports of the same
+   data compare equal by checksum. *out is IOUPOS_MALLOC'd; the caller frees it. */
 static int ioupos__gzip(const unsigned char *in, size_t size, unsigned char **out, size_t *out_size) {
   int zlen = 0;
   unsigned char *z, *g;
@@ -5297,6 +5320,9 @@ static int ioupos__gzip(const unsigned char *in, size_t size, unsigned char **ou
 
 /* -- NIfTI-1 reading -- */
 
+/* The 348-byte header is read field by field at its fixed offsets, never cast to a struct (no
+   padding, alignment or host-order assumptions). swap is set when sizeof_hdr reads 348 only
+   byte-reversed: the file was written on a big-endian host, and every field is swapped. */
 typedef struct ioupos__hdr {
   const unsigned char *p;
   int swap;
@@ -5342,7 +5368,10 @@ static const char *ioupos__dtype_name(int dt) {
   }
 }
 
-/* Element i of raw data as double. */
+/* Element i of raw data as double.
+   Every datatype goes through double, which holds all of them exactly except 64-bit integers
+   beyond 2^53, so the scaling v * slope + inter is done in double and the value is rounded to
+   float once, at the end. */
 static double ioupos__load_elem(const unsigned char *src, int dt, int swap) {
   unsigned char b[8];
   int n = ioupos__dtype_size(dt), k;
@@ -5374,7 +5403,10 @@ static double ioupos__load_elem(const unsigned char *src, int dt, int swap) {
   }
 }
 
-/* nibabel's quat2mat (fillpositive for w) */
+/* nibabel's quat2mat (fillpositive for w).
+   NIfTI-1 stores only the quaternion's b, c, d; a = sqrt(1 - b^2 - c^2 - d^2). nibabel's
+   tolerance is kept: 1 - |bcd|^2 within 3 float32 epsilons of 0 counts as a = 0 (a 180-degree
+   rotation); anything more negative is an invalid header (returns 0). */
 static int ioupos__quat_to_mat(double b, double c, double d, double m[3][3]) {
   double w2 = 1.0 - (b * b + c * c + d * d), w, nq, s, X, Y, Z;
   if (fabs(w2) < 3.0 * 1.1920928955078125e-07) w = 0.0;
@@ -5395,6 +5427,13 @@ static int ioupos__quat_to_mat(double b, double c, double d, double m[3][3]) {
   return 1;
 }
 
+/* The single-file NIfTI-1 layout: the 348-byte header (sizeof_hdr at 0, dim[8] at 40, datatype
+   70, bitpix 72, pixdim[8] 76, vox_offset 108, scl_slope / scl_inter 112 / 116, qform_code /
+   sform_code 252 / 254, quatern_b/c/d 256-264, qoffset 268-276, srow_x/y/z 280-327, magic
+   "n+1" 344), 4 extension bytes, then the voxels at vox_offset, x fastest. All structural
+   checks (size, sizeof_hdr, magic, dims, datatype, offset, data length) come before the voxel
+   allocation, so a corrupt or hostile header fails without allocating what it claims. On
+   success vol owns its data (ioupos_volume_free); on failure it is empty and nothing leaks. */
 IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const char *name,
                                         ioupos_volume *vol) {
   const unsigned char *p = (const unsigned char *)data;
@@ -5531,6 +5570,8 @@ IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const cha
       st = ioupos__fail(IOUPOS_EFORMAT, "%s: the affine (sform/qform) has a non-finite entry", name);
       goto done;
     }
+  /* scl_slope 0 means "no scaling" in NIfTI-1, and nibabel treats a non-finite slope the same.
+     A valid slope with a non-finite intercept cannot be applied: an error, not silently ignored. */
   slope = ioupos__rdf(&h, 112);
   inter = ioupos__rdf(&h, 116);
   use_scale = slope != 0.0 && isfinite(slope);
@@ -5545,6 +5586,9 @@ IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const cha
   }
   {
     const unsigned char *src = p + off;
+    /* Little-endian int16 is the common CT case (HU stored as short): decoded inline, every other
+       type through ioupos__load_elem. A value beyond float's range becomes +-inf explicitly, since
+       converting an out-of-range double to float is undefined behaviour in C. */
     int fast = !h.swap && dt == IOUPOS_NIFTI_INT16;
     for (i = 0; i < nvox; ++i) {
       double v = fast ? (double)(int16_t)(uint16_t)(src[2 * i] | src[2 * i + 1] << 8)
@@ -5568,6 +5612,8 @@ done:
   return st;
 }
 
+/* Reads the whole file, then parses it in memory (a .nii.gz must be inflated whole anyway);
+   path names the file in every message. vol is empty on failure. */
 IOUPOS_DEF int ioupos_nifti_read(const char *path, ioupos_volume *vol) {
   void *buf;
   size_t size;
@@ -5595,7 +5641,10 @@ static void ioupos__putf(unsigned char *p, double v) {
   ioupos__put32le(p, u);
 }
 
-/* Orthonormal polar factor of m (Newton iteration); 0 if m is singular. */
+/* Orthonormal polar factor of m (Newton iteration); 0 if m is singular.
+   Used by the writer (a qform holds a pure rotation) and by reorientation (nibabel's
+   io_orientation takes the polar factor through an SVD): the iteration m <- (m + m^-T) / 2
+   converges quadratically to the same orthonormal factor for any non-singular m. */
 static int ioupos__polar3(const double m_in[3][3], double q[3][3]) {
   double m[3][3];
   int it, r, c;
@@ -5625,6 +5674,12 @@ static int ioupos__polar3(const double m_in[3][3], double q[3][3]) {
   return 1;
 }
 
+/* Layout written: the 348-byte header, 4 zero extension bytes, the voxels at offset 352,
+   little-endian whatever the host. Both sform and qform are set (code 1): the sform holds the
+   affine itself (in float32), the qform its rotation-plus-zooms approximation for readers that
+   use only the qform; this reader and nibabel prefer the sform, so a written volume reads back
+   with its affine to float32 precision. scl_slope 1, scl_inter 0: stored values are the values.
+   Nothing touches the disk here; *out belongs to the caller. */
 IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int gzip,
                                    unsigned char **out, size_t *size) {
   unsigned char *buf;
@@ -5733,6 +5788,8 @@ IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int g
       continue;
     }
     {
+      /* integers: round half away from zero, then clamp to the type's range (the 64-bit bounds are
+         the largest doubles below 2^63 and 2^64, so the cast back is defined); NaN becomes 0 */
       double lo, hi, rv;
       uint64_t u;
       switch (datatype) {
@@ -5763,6 +5820,9 @@ IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int g
   return st;
 }
 
+/* The ".gz" suffix chooses compression (the reader decides by content instead). The file
+   appears under its name only when complete (temporary file, fsync, rename), so a crash never
+   leaves a truncated .nii that a later step would read as a volume. */
 IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, int datatype) {
   unsigned char *bytes;
   size_t size, n;
@@ -5783,6 +5843,11 @@ IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, in
 
 /* -- orientation -- */
 
+/* Why RAS first: after it, voxel axis 0 of every volume points Right, 1 Anterior, 2 Superior
+   (as closely as the scan allows), whatever the scanner wrote, so the axial slices that the
+   exporter cuts at fixed k have the same in-plane orientation in every case. Only flips and an
+   axis permutation are applied, no interpolation: voxel values move, never change, and an
+   already-RAS volume costs only the affine update. On failure vol is unchanged. */
 IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
   double R[3][3], rs[3][3], zoom[3];
   int ornt[3][2], used_in[3] = {0, 0, 0}, order[3], a, b, r, c, n, identity = 1;
@@ -5808,6 +5873,8 @@ IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
         int t = order[b]; order[b] = order[b - 1]; order[b - 1] = t;
       }
   }
+  /* io_orientation's greedy assignment: input axes strongest first; each takes the world axis
+     where its column is largest, and that world row is zeroed so no other axis can take it */
   for (n = 0; n < 3; ++n) {
     int in_ax = order[n], out_ax = 0, nonzero = 0;
     double best = -1.0;
@@ -5872,6 +5939,13 @@ IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
 
 /* -- resampling (MONAI Spacing) -- */
 
+/* The output grid as MONAI's Spacing computes it, in three steps kept apart so each maps to one
+   MONAI / nibabel function: (1) zoom_affine: the input's rotation (its shear dropped through a
+   Cholesky factor of A^T A) times the target spacing, except on axes already within 1e-3 of it;
+   (2) compute_shape_offset: the input's eight corners mapped into the new voxel grid, the shape
+   their extent + 1 rounded half to even (np.round); (3) the origin: the corner that is minimal
+   on every axis when there is one, otherwise the two grids' centres aligned. Exactness
+   matters here: a shape one voxel off would shift every slice the exporter writes. */
 IOUPOS_DEF int ioupos_volume_resample_grid(const ioupos_volume *vol, const double spacing[3],
                                            int out_dim[3], double out_affine[4][4]) {
   double orig[3], outd[3], g[3][3], L[3][3], zs[3][3], zinv[3][3], rot[3][3], N[4][4], X[4][4];
@@ -5994,6 +6068,12 @@ static void ioupos__torch_base_grid(int n, double *out) {
   }
 }
 
+/* Sampling follows torch's affine_grid + grid_sample (MONAI's backend for Spacing) step by
+   step instead of mapping output voxels to input voxels directly: theta lives in normalised
+   [-1, 1] coordinates, each output position is computed in torch's floating-point order and
+   only then unnormalised. A direct formula agrees to ~1e-12 but flips nearest-neighbour ties,
+   which moves label voxels at organ borders. Contract: on success *vol is replaced (old data
+   freed) by the new grid and affine; on failure *vol is unchanged. */
 IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3], int nearest) {
   double na[4][4], X[4][4], S[4][4], Dinv[4][4], M[4][4], T[4][4];
   int odim[3], st, r, c, k, unchanged;
@@ -6101,6 +6181,10 @@ IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3
 
 /* -- intensity, crop, pad -- */
 
+/* Float32 arithmetic in torch's order ((v - a_min) / (a_max - a_min), then the clip), so each
+   voxel equals ScaleIntensityRanged's to the bit. With the research window [-500, 500] HU air
+   and lung go to 0 and bone and contrast saturate at 1. A zero range skips the division, as
+   MONAI does (with a warning). */
 IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_max) {
   size_t i, n;
   float lo = (float)a_min, range = (float)(a_max - a_min);
@@ -6115,6 +6199,9 @@ IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_
   }
 }
 
+/* CropForegroundd's select_fn (x > 0) on the WINDOWED image: a voxel is foreground when its HU
+   was above a_min (-500 in the research setup): the body and anything as dense (the table),
+   not the surrounding air. One box for the whole volume, margin 0, not one per slice. */
 IOUPOS_DEF void ioupos_volume_foreground_box(const ioupos_volume *vol, int lo[3], int hi[3]) {
   int i, j, k, any = 0;
   lo[0] = lo[1] = lo[2] = 0;
@@ -6174,6 +6261,9 @@ static int ioupos__subvolume(ioupos_volume *vol, const int lo[3], const int hi[3
   return IOUPOS_OK;
 }
 
+/* The box must lie inside the volume (growing it is ioupos_volume_pad_xy's job). The new
+   affine is translated so every kept voxel keeps its world position. vol is replaced on
+   success, unchanged on failure. */
 IOUPOS_DEF int ioupos_volume_crop(ioupos_volume *vol, const int lo[3], const int hi[3]) {
   int k;
   if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "crop: empty volume");
@@ -6184,6 +6274,9 @@ IOUPOS_DEF int ioupos_volume_crop(ioupos_volume *vol, const int lo[3], const int
   return ioupos__subvolume(vol, lo, hi);
 }
 
+/* z is never padded: the exporter writes one PNG per z, and the crops that need the minimum
+   size are 2D. In ioupos_preprocess the pad follows the window, so its zeros stand for a_min,
+   the value of the air around the body. */
 IOUPOS_DEF int ioupos_volume_pad_xy(ioupos_volume *vol, int min_x, int min_y) {
   int lo[3], hi[3], need[2], k;
   if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "pad: empty volume");
@@ -6200,6 +6293,8 @@ IOUPOS_DEF int ioupos_volume_pad_xy(ioupos_volume *vol, int min_x, int min_y) {
   return ioupos__subvolume(vol, lo, hi);
 }
 
+/* The research protocol's values (RESEARCH_CODE.md, Preprocessing): HU window [-500, 500],
+   spacing 1 x 1 x 2.5 mm, x and y padded to the 96-pixel crop. */
 IOUPOS_DEF void ioupos_prep_opts_default(ioupos_prep_opts *o) {
   o->a_min = -500.0;
   o->a_max = 500.0;
@@ -6209,6 +6304,13 @@ IOUPOS_DEF void ioupos_prep_opts_default(ioupos_prep_opts *o) {
   o->pad_xy = 96;
 }
 
+/* The research transform chain in its order: Orientationd RAS, Spacingd (bilinear image,
+   nearest label), ScaleIntensityRanged with clip, CropForegroundd (the label cut with the
+   image's box), SpatialPadd in x and y. The order matters: the window precedes the foreground
+   box because the box is "windowed value > 0", and the pad comes last so its zeros never count
+   as foreground. Image and label get the same geometry and stay voxel-aligned; a label on
+   another grid is caught after resampling. On failure both volumes may be partly processed
+   (free them); nothing is written to disk here. */
 IOUPOS_DEF int ioupos_preprocess(ioupos_volume *image, ioupos_volume *label,
                                  const ioupos_prep_opts *o) {
   int st, lo[3], hi[3], k;
@@ -6241,6 +6343,8 @@ IOUPOS_DEF int ioupos_preprocess(ioupos_volume *image, ioupos_volume *label,
   return IOUPOS_OK;
 }
 
+/* The research export truncated to uint8 (RESEARCH_CODE.md fault 15: up to one grey level, about
+   3.9 HU, too low); this rounds, so a stored slice is within half a level of the float volume. */
 IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_label,
                                        uint8_t *out) {
   int r, c, nx = vol->dim[0], ny = vol->dim[1];
@@ -6256,12 +6360,16 @@ IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_l
 
 /* -- split files -- */
 
+/* A strict reader for the small JSON files this library reads (split files here; section 18's
+   resume check of the flags reuses it): the text, a position, and the file name for the
+   line:column messages. */
 typedef struct ioupos__json {
   const char *s;
   size_t len, pos;
   const char *name;
 } ioupos__json;
 
+/* fails with the 1-based line and column (in bytes) of byte `at`, which an editor can jump to */
 static int ioupos__json_fail(const ioupos__json *j, size_t at, const char *what) {
   size_t i, line = 1, col = 1;
   for (i = 0; i < at && i < j->len; ++i) {
@@ -6441,6 +6549,8 @@ too_long:
 }
 
 /* Parse a JSON string at j->pos into a new buffer (UTF-8) of at most max_len bytes. */
+/* On success *out is a fresh buffer the caller frees (IOUPOS_FREE); on failure it is NULL and
+   the message has the string's line and column. */
 static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
   const char *why = NULL;
   char msg[96];
@@ -6516,6 +6626,7 @@ static int ioupos__json_skip_value(ioupos__json *j, int depth) {
   return j->pos > b ? IOUPOS_OK : ioupos__json_fail(j, j->pos, "expected a value");
 }
 
+/* Safe on a partly parsed split (the parser's failure path calls it) and twice. */
 IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
   int s, c;
   if (!split) return;
@@ -6529,6 +6640,8 @@ IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
   split->n_sets = 0;
 }
 
+/* Linear: split files list tens to a few thousand cases, and the parser's duplicate check calls
+   this once per case, which stays cheap at those sizes. */
 IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_name) {
   int s, c;
   for (s = 0; s < split->n_sets; ++s)
@@ -6537,6 +6650,11 @@ IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_nam
   return -1;
 }
 
+/* Why strict: a split file decides which CTs are trained on and which are scored, so a case
+   listed twice, a trailing comma another parser would accept, or a path where a name belongs
+   must stop the run with a line and column rather than silently move a case between sets.
+   Case names must be plain file-name stems because they are joined to folder paths. Sets keep
+   the file's order. On failure split is empty. */
 IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name,
                                   ioupos_split *split) {
   ioupos__json j;
@@ -12822,6 +12940,8 @@ static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, fl
 /* ---- 13. Safetensors files --------------------------------------------------------------------- */
 
 
+/* Indexed by ioupos_st_dtype, the Rust Dtype enum's order, so the writer's sort by dtype is a
+   sort by index. The F8 types take one byte per element, and so does BOOL. */
 static const char *const ioupos__st_names[IOUPOS_ST_NUM_DTYPES] = {
     "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
     "I32", "U32", "F32", "F64", "I64", "U64"};
@@ -12838,6 +12958,10 @@ IOUPOS_DEF size_t ioupos_st_dtype_size(int dtype) {
 
 /* -- the header parser -- */
 
+/* A parser of its own rather than a general JSON library: the schema is fixed, the header may
+   come from an untrusted file, and every refusal should name the tensor and the byte. One pass
+   over the header; decoded strings go into one arena as large as the header, so there is no
+   allocation per string and no bound to check beyond the arena's. */
 typedef struct ioupos__st_parser {
   const unsigned char *p; /* the header, n bytes */
   size_t n, pos;
@@ -12883,7 +13007,10 @@ static int ioupos__st_string(ioupos__st_parser *ps, const char **out) {
   return IOUPOS_OK;
 }
 
-/* A non-negative JSON integer (no fraction, no exponent, no leading zero) below 2^63. */
+/* A non-negative JSON integer (no fraction, no exponent, no leading zero) below 2^63.
+   JSON forbids leading zeros, and safetensors' own reader (serde into usize) refuses fractions
+   and exponents; so does this one. The 2^63 bound keeps every offset and dimension
+   representable as an int64 (shape[] and torch's sizes). */
 static int ioupos__st_uint(ioupos__st_parser *ps, const char *tensor, const char *field,
                            uint64_t *v) {
   size_t start;
@@ -12938,6 +13065,9 @@ static int ioupos__st_uint_array(ioupos__st_parser *ps, const char *tensor, cons
 
 /* Parse one tensor entry {"dtype": .., "shape": [..], "data_offsets": [b, e]}; t->data is set
    to (const char *)0 + begin for now and t->nbytes to end - begin. */
+/* The checks after the keys are the ones that make the data pointer safe to read: begin <= end,
+   end within the buffer, and end - begin == product(shape) * dtype size, with overflow caught.
+   The layout (gaps, overlaps) needs every entry and is checked later, in ioupos__st_parse. */
 static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t *begin,
                             size_t buffer_size) {
   int st, have_dtype = 0, have_shape = 0, have_off = 0, i;
@@ -13036,6 +13166,9 @@ static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t
   return IOUPOS_OK;
 }
 
+/* Offset order, then size, then name: a total order, so the result does not depend on qsort's
+   instability, and a zero-size tensor sorts before a tensor that starts at the same offset
+   (the other way round the layout check would see a false overlap). */
 static int ioupos__st_cmp_offset(const void *a, const void *b) {
   const ioupos_st_tensor *x = (const ioupos_st_tensor *)a, *y = (const ioupos_st_tensor *)b;
   const char *px = (const char *)x->data, *py = (const char *)y->data;
@@ -13058,6 +13191,9 @@ static int ioupos__st_cmp_pair(const void *a, const void *b) {
   return strcmp(((const ioupos_st_pair *)a)->key, ((const ioupos_st_pair *)b)->key);
 }
 
+/* Frees everything a parse or read allocated (for read, the file's bytes too); safe on a
+   zeroed or failed ioupos_st_file and twice, since it zeroes f. After parse the tensors'
+   data point into the caller's bytes, which are not freed here. */
 IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f) {
   if (!f) return;
   IOUPOS_FREE(f->tensors);
@@ -13069,6 +13205,15 @@ IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f) {
   memset(f, 0, sizeof *f);
 }
 
+/* The whole validation, in the order that keeps each later step safe: (1) the 8-byte
+   little-endian header length N, bounded by the file and by IOUPOS_ST_MAX_HEADER before
+   anything is allocated; (2) the JSON header in one pass, each tensor entry checked on its own;
+   (3) duplicate metadata keys; (4) the layout: sorted by offset, the tensors must tile the data
+   buffer exactly; (5) duplicate tensor names, with the name index built in the same sort.
+   Why this strict: checkpoints are loaded into a model by name, so with a duplicate name the
+   value loaded would depend on which entry wins, and a gap or an overlap means a damaged or
+   hand-edited file whose bytes cannot be trusted to be the tensors they claim to be. On failure
+   out may hold partial allocations: the caller frees them (ioupos_safetensors_parse does). */
 static int ioupos__st_parse(const unsigned char *d, size_t size, const char *name,
                             ioupos_st_file *out) {
   ioupos__st_parser ps;
@@ -13098,6 +13243,8 @@ static int ioupos__st_parse(const unsigned char *d, size_t size, const char *nam
   if (d[8] != '{')
     return ioupos__fail(IOUPOS_EFORMAT, "%s: not a safetensors file (the header does not "
                         "start with '{')", name);
+  /* the data buffer starts right after the header; data_offsets are relative to it, not to the
+     file */
   buf = d + 8 + hlen;
   buffer_size = size - 8 - (size_t)hlen;
 
@@ -13267,6 +13414,10 @@ IOUPOS_DEF int ioupos_safetensors_parse(const void *bytes, size_t size, const ch
   return st;
 }
 
+/* On success out owns the file's bytes (out->buffer) and every tensor's data points into them;
+   on failure nothing is kept. The file is read whole rather than mapped: checkpoints here are
+   tens of MB, a copy is portable, and the file stays free to be replaced atomically (a run
+   saving its next checkpoint) while the caller still uses the loaded tensors. */
 IOUPOS_DEF int ioupos_safetensors_read(const char *path, ioupos_st_file *out) {
   void *data;
   size_t size;
@@ -13284,6 +13435,8 @@ IOUPOS_DEF int ioupos_safetensors_read(const char *path, ioupos_st_file *out) {
   return IOUPOS_OK;
 }
 
+/* Binary search over by_name, which the parser sorted with strcmp; a table built by hand has no
+   index and is searched linearly. */
 IOUPOS_DEF const ioupos_st_tensor *ioupos_safetensors_find(const ioupos_st_file *f,
                                                            const char *name) {
   int lo = 0, hi;
@@ -13305,6 +13458,8 @@ IOUPOS_DEF const ioupos_st_tensor *ioupos_safetensors_find(const ioupos_st_file 
   return NULL;
 }
 
+/* IEEE binary16 to float, exact: subnormals as m * 2^-24, normal exponents re-biased by 112
+   (127 - 15), infinities and NaN payloads kept bit for bit. */
 static float ioupos__st_f16(unsigned h) {
   unsigned sign = (h >> 15) & 1u, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
   uint32_t bits;
@@ -13319,6 +13474,8 @@ static float ioupos__st_f16(unsigned h) {
   return f;
 }
 
+/* Each element is assembled from its little-endian bytes, so this works on any host and on
+   unaligned data (a header written by another tool need not be padded to 8 bytes). */
 IOUPOS_DEF int ioupos_st_to_f32(const ioupos_st_tensor *t, float *dst) {
   const unsigned char *s;
   size_t i, count, es;
@@ -13428,6 +13585,7 @@ static void ioupos__st_put_string(ioupos__st_out *o, const char *s) {
   ioupos__st_put(o, "\"", 1);
 }
 
+/* decimal without leading zeros, as serde_json writes integers */
 static void ioupos__st_put_u64(ioupos__st_out *o, uint64_t v) {
   char tmp[24];
   int k = 0;
@@ -13438,6 +13596,8 @@ static void ioupos__st_put_u64(ioupos__st_out *o, uint64_t v) {
   while (k > 0) ioupos__st_put(o, &tmp[--k], 1);
 }
 
+/* Names, keys and values must be valid UTF-8: the header is JSON, and Rust readers (str) refuse
+   anything else, so such a file would load here but not in PyTorch. */
 static int ioupos__st_valid_utf8(const char *s) {
   size_t n = strlen(s), i = 0;
   while (i < n) {
@@ -13448,7 +13608,9 @@ static int ioupos__st_valid_utf8(const char *s) {
   return 1;
 }
 
-/* The header (from '{' to the padding, inclusive) for tensors in the order order[]. */
+/* The header (from '{' to the padding, inclusive) for tensors in the order order[].
+   Spaces (JSON whitespace) pad 8 + N to a multiple of 8, as safetensors' writer does, so a
+   reader that maps the file can view every tensor in place, F64 and I64 included. */
 static void ioupos__st_header(ioupos__st_out *o, int n, const ioupos_st_tensor *tensors,
                               const int *order, const size_t *nbytes, int n_metadata,
                               const ioupos_st_pair *metadata) {
@@ -13495,12 +13657,21 @@ typedef struct ioupos__st_wref {
   int index;
 } ioupos__st_wref;
 
+/* safetensors' save_file order: dtype descending (U64 first), ties by name bytewise. Element
+   sizes never grow along that order, so with the buffer starting 8-aligned every tensor starts
+   at a multiple of its own element size. */
 static int ioupos__st_cmp_write(const void *a, const void *b) {
   const ioupos_st_tensor *x = ((const ioupos__st_wref *)a)->t, *y = ((const ioupos__st_wref *)b)->t;
   if (x->dtype != y->dtype) return x->dtype > y->dtype ? -1 : 1;
   return strcmp(x->name, y->name);
 }
 
+/* Steps: validate every argument (nothing is written when one is bad), sort, measure the
+   header, build the whole file in memory, write it atomically. Building in memory costs one
+   copy of the tensors but makes the write a single ioupos_write_file_atomic: the file on disk is
+   always the previous complete version or the new one, never a mix, which is what lets a run be
+   killed at any moment and resume from its state file. A big-endian host byte-swaps each
+   element while copying, so the file is little-endian everywhere. */
 IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st_tensor *tensors,
                                         int n_metadata, const ioupos_st_pair *metadata) {
   ioupos__st_wref *refs = NULL;
@@ -13596,6 +13767,8 @@ IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st
     if (st) goto done;
   }
 
+  /* the header twice: a counting pass (o.p NULL) gives its padded length N, then the real pass
+     writes it after the 8 length bytes; both passes depend on the arguments only, so they agree */
   o.p = NULL;
   o.n = 8;
   ioupos__st_header(&o, n, tensors, order, nbytes, n_metadata, metadata);
