@@ -6548,8 +6548,8 @@ too_long:
   return -1;
 }
 
-/* Parse a JSON string at j->pos into a new buffer (UTF-8) of at most max_len bytes. */
-/* On success *out is a fresh buffer the caller frees (IOUPOS_FREE); on failure it is NULL and
+/* Parse a JSON string at j->pos into a new buffer (UTF-8) of at most max_len bytes.
+   On success *out is a fresh buffer the caller frees (IOUPOS_FREE); on failure it is NULL and
    the message has the string's line and column. */
 static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
   const char *why = NULL;
@@ -13064,8 +13064,8 @@ static int ioupos__st_uint_array(ioupos__st_parser *ps, const char *tensor, cons
 }
 
 /* Parse one tensor entry {"dtype": .., "shape": [..], "data_offsets": [b, e]}; t->data is set
-   to (const char *)0 + begin for now and t->nbytes to end - begin. */
-/* The checks after the keys are the ones that make the data pointer safe to read: begin <= end,
+   to (const char *)0 + begin for now and t->nbytes to end - begin.
+   The checks after the keys are the ones that make the data pointer safe to read: begin <= end,
    end within the buffer, and end - begin == product(shape) * dtype size, with overflow caught.
    The layout (gaps, overlaps) needs every entry and is checked later, in ioupos__st_parse. */
 static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t *begin,
@@ -15692,7 +15692,10 @@ IOUPOS_DEF double ioupos_collapse_level(double avg_std, int dim) {
   return c > 0.0 ? c : 0.0;
 }
 
-/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D] */
+/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D]
+   In double on the host; unbiased (N - 1) as torch.std; the 1e-12 floor of F.normalize's eps
+   keeps an all-zero row at zeros instead of NaN. Returns 0 for N < 2 (no std) or when out of
+   memory: a monitor must never stop a run. */
 static double ioupos__norm_std(const float *x, int N, int D) {
   double *mu = (double *)ioupos__calloc((size_t)2 * D + 1, sizeof(double)), *sq = mu + D, s = 0.0;
   int n, d;
@@ -15720,7 +15723,9 @@ static double ioupos__norm_std(const float *x, int N, int D) {
   return s / D;
 }
 
-/* the monitor of rows [N][D] on the backend */
+/* the monitor of rows [N][D] on the backend
+   The rows are downloaded and reduced on the host whatever the backend, so CPU and CUDA runs
+   log the same figure for the same outputs. */
 static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x, int N, int D) {
   float *h = (float *)ioupos__calloc((size_t)N * D + 1, sizeof(float));
   double s;
@@ -15731,7 +15736,9 @@ static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x,
   return s;
 }
 
-/* (re)allocates a backend buffer of n floats */
+/* (re)allocates a backend buffer of n floats
+   Re-made only when the batch or crop shape changes, which a run never does (drop_last keeps
+   every batch full); the old contents are not kept. */
 static int ioupos__bbuf(const ioupos_backend *be, float **p, size_t n) {
   be->release(*p);
   *p = (float *)be->alloc((n ? n : 1) * sizeof(float));
@@ -15754,6 +15761,11 @@ IOUPOS_DEF void ioupos_simsiam_config_default(ioupos_simsiam_config *c, int spat
   c->pred_hidden = 512;
 }
 
+/* The tensor table is built in a fixed order (backbone, projection head, prediction head) and
+   ioupos_params_init draws every tensor from one generator in that order, so a seed gives the
+   same initial weights on every backend. The momentum buffers need no initial value: SGD's
+   first step overwrites them (torch's momentum_buffer None). On failure everything is freed and
+   *m is zeroed. */
 IOUPOS_DEF int ioupos_simsiam_init(ioupos_simsiam *m, const ioupos_simsiam_config *cfg,
                                    const ioupos_backend *be, uint64_t seed) {
   int rc, F = ioupos_swin_feature_dim(&cfg->enc);
@@ -15835,12 +15847,17 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
     z[v] = ioupos_head_output(&m->proj, v);
     pp[v] = ioupos_head_output(&m->pred, v);
   }
+  /* D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2: its backward reaches p1 and p2 only (the stop-gradient),
+     so z's gradient comes solely back through the predictor; the monitors use view 1, as
+     lightly's and the research code's */
   loss = be->simsiam_loss_forward(pp[0], pp[1], z[0], z[1], B, P);
   if (st) {
     st->loss = loss;
     st->p_std = ioupos__backend_norm_std(be, pp[0], B, P);
     st->z_std = ioupos__backend_norm_std(be, z[0], B, P);
   }
+  /* the backward adds into dp, dz and df: they start from zero in every micro-batch (the
+     parameter gradients, in contrast, accumulate across micro-batches until zero_grad) */
   be->zero(m->dp, 2 * (size_t)B * P * sizeof(float));
   be->zero(m->dz, 2 * (size_t)B * P * sizeof(float));
   be->zero(m->df, 2 * (size_t)B * F * sizeof(float));
@@ -15854,6 +15871,11 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
   return ioupos_swin_encoder_backward(&m->enc, p, NULL, m->df, NULL);
 }
 
+/* One SGD step per trained tensor in table order (torch's single-tensor path). Buffers and
+   frozen tensors are skipped; the prediction head takes lr_pred (the research code's second
+   parameter group, held at base_lr); biases and 1-D tensors get no weight decay. first_step
+   holds only on the run's very first step: m->steps comes back from the state on resume, so a
+   resumed run keeps its momentum instead of restarting it. */
 IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred, double momentum,
                                    double wd) {
   ioupos_params *p = &m->p;
@@ -15873,6 +15895,8 @@ IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred,
 
 /* -- DINO -- */
 
+/* The research code's DINO head and loss (RESEARCH_CODE.md section 4): 2048 -> 256 -> 1024
+   (the reference's out_dim is 65536), student temperature 0.1, centre momentum 0.9. */
 IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_dims) {
   ioupos_swin_config_default(&c->enc, spatial_dims);
   c->hidden = 2048;
@@ -15883,6 +15907,11 @@ IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_di
   c->center_momentum = 0.9f;
 }
 
+/* The teacher starts as an exact copy of the student (the reference's
+   teacher.load_state_dict(student.state_dict())) and has no gradient arena: only the EMA moves
+   it. enc_sl is a second plan of the student's encoder for the local-crop shape: the same
+   parameters, its own activations. Moments and centre start at zero (backend memory is
+   zero-filled), as AdamW and the reference's register_buffer("center", zeros) need. */
 IOUPOS_DEF int ioupos_dino_init(ioupos_dino *m, const ioupos_dino_config *cfg,
                                 const ioupos_backend *be, uint64_t seed) {
   int rc, F = ioupos_swin_feature_dim(&cfg->enc);
@@ -15975,7 +16004,10 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   be->upload(m->x, g1, (size_t)B * npix * sizeof(float));
   be->upload(m->x + (size_t)B * npix, g2, (size_t)B * npix * sizeof(float));
   if (n_local) be->upload(m->xl, local, (size_t)n_local * B * nlpix * sizeof(float));
-  /* teacher on the global views, eval mode */
+  /* teacher on the global views, eval mode
+     The reference's order within a step: teacher forward (targets only, no gradient, no
+     drop-path), student forward on every view, loss against the current centre, backward, and
+     only then the centre update, so this micro-batch's loss used the previous centre. */
   if ((rc = ioupos_swin_encoder_forward(&m->enc_t, &m->t, m->x, 0, NULL)) ||
       (rc = ioupos_head_forward(&m->head_t, &m->t, 0, ioupos_swin_encoder_feature(&m->enc_t), 0)))
     return rc;
@@ -15990,6 +16022,8 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   }
   if ((rc = ioupos_head_forward(&m->head_s, &m->s, 0, m->feat, 1)) != 0) return rc;
   sout = ioupos_head_output(&m->head_s, 0);
+  /* cross-entropy between each global view's centred, sharpened teacher softmax and the
+     student's log-softmax of every other view (pairs with the same index skipped), averaged */
   loss = be->dino_loss_forward(m->tprob, m->slogp, tout, sout, m->center, 2, NS, B, D,
                                teacher_temp, m->cfg.student_temp);
   if (st) {
@@ -16009,6 +16043,10 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   return be->sync();
 }
 
+/* The reference's order per iteration: clip each tensor's gradient (clip_gradients), skip the
+   last layer entirely during the first freeze_last_layer epochs (cancel_gradients_last_layer:
+   no decay, no step count, so AdamW's step differs between tensors and is kept per tensor in
+   adam_steps), the AdamW step, then the teacher EMA with the scheduled momentum. */
 IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                                 int freeze_last_layer, float clip_grad, double teacher_m) {
   ioupos_params *p = &m->s;
@@ -16032,6 +16070,11 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
 
 /* -- the run -- */
 
+/* The published settings. SimSiam: the research runs (batch 128, 100 epochs, SGD lr 0.025
+   cosine to 1e-6 without warm-up, wd 1e-5, seed 4294967295, 96 x 96 crops with IoU in
+   [0.3, 0.6], the interval with the best DSC). DINO: main_dino.py's defaults (lr 5e-5 with 10
+   warm-up epochs, wd 0.04 -> 0.4, teacher momentum 0.9995, temperatures 0.04 / 0.1, clip 3.0),
+   except batch, epochs and encoder width, which stay SimSiam's. */
 IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method) {
   memset(o, 0, sizeof *o);
   o->method = method;
@@ -16096,7 +16139,9 @@ static void ioupos__json_escape(char *dst, size_t cap, const char *s) {
   dst[k] = '\0';
 }
 
-/* A growing list of tensors for a state file. */
+/* A growing list of tensors for a state file.
+   A state file is assembled as a list of (name, dtype, shape, pointer) over host copies; the
+   list owns the names only, the data stay with the caller until the write returns. */
 typedef struct ioupos__tlist {
   int n;
   size_t cap;
@@ -16136,7 +16181,10 @@ static void ioupos__tlist_free(ioupos__tlist *l) {
   memset(l, 0, sizeof *l);
 }
 
-/* every tensor of table tt with values in host arena h (F32) / ih (I64; NULL: F32 only) */
+/* every tensor of table tt with values in host arena h (F32) / ih (I64; NULL: F32 only)
+   With ih (a model) every tensor goes in, buffers and the I64 index tables included, so the
+   file alone rebuilds the model; without it (optimiser moments) buffers and frozen tensors are
+   left out, as they have no optimiser state. */
 static int ioupos__tlist_table(ioupos__tlist *l, const char *prefix, const ioupos_tensor_table *tt,
                                const float *h, const int64_t *ih) {
   int i, rc;
@@ -16161,7 +16209,10 @@ static float *ioupos__host_copy(const ioupos_backend *be, const float *src, size
   return h;
 }
 
-/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst */
+/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst
+   Strict: each tensor must be present with its exact size and be finite. A state that loaded in
+   part would resume a different run from the one saved, without a word. The slots not loaded
+   (buffers, frozen tensors) are set to 0: the arenas loaded here are optimiser states. */
 static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
                               const ioupos_tensor_table *tt, const ioupos_backend *be, float *dst) {
   float *h = (float *)ioupos__calloc(tt->total + 1, sizeof(float));
@@ -16190,6 +16241,8 @@ static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
   return be->sync();
 }
 
+/* n int64 from little-endian bytes (the file's order), so a state written on one host reads on
+   any other */
 static int ioupos__st_i64(const ioupos_st_file *f, const char *name, int64_t *v, size_t n) {
   const ioupos_st_tensor *t = ioupos_safetensors_find(f, name);
   size_t k;
@@ -16207,6 +16260,9 @@ static int ioupos__st_i64(const ioupos_st_file *f, const char *name, int64_t *v,
 
 /* the run's position and configuration, stored as "train.counters" */
 enum {
+  /* Position (epoch, step within the epoch, optimiser steps) says where to continue; the others
+     are settings a resume must not change, compared one by one (ioupos__load_state's what[]).
+     int64 holds the seed exactly. The order is the file format: append, never reorder. */
   IOUPOS__C_METHOD, IOUPOS__C_EPOCH, IOUPOS__C_STEP, IOUPOS__C_OPT_STEPS, IOUPOS__C_SEED,
   IOUPOS__C_BATCH, IOUPOS__C_ACCUM, IOUPOS__C_EPOCHS, IOUPOS__C_CROP0, IOUPOS__C_CROP1,
   IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
@@ -16273,7 +16329,9 @@ typedef struct ioupos__clock {
   double t_start, t_log, img_log;
 } ioupos__clock;
 
-/* one line of <dir>/metrics.jsonl */
+/* one line of <dir>/metrics.jsonl
+   Appended, not rewritten atomically: metrics are a log, and a resume first cuts the lines
+   past its state's step (ioupos__metrics_truncate), so none appears twice. */
 static int ioupos__metrics_put(const ioupos__runio *io, const char *line) {
   char path[4200];
   snprintf(path, sizeof path, "%s/metrics.jsonl", io->dir);
@@ -16300,6 +16358,13 @@ static ioupos_params *ioupos__run_params(ioupos__run *r) {
   return r->o->method == IOUPOS_SSL_DINO ? &r->dn.s : &r->ss.p;
 }
 
+/* The pretraining state: model.* (every tensor), then the optimiser (SimSiam: optim.momentum.*;
+   DINO: teacher.*, optim.exp_avg.*, optim.exp_avg_sq.*, optim.step.* per tensor, dino.center),
+   then train.counters and train.monitor. Everything the next step reads is in it; with the
+   loader's position in the counters and every random stream derived from (seed, position),
+   the step after a resume computes exactly what the uninterrupted run would have. Arenas are
+   downloaded to host copies first, so the file is the same whatever the backend, and the
+   atomic write means a kill during the save leaves the previous state intact. */
 static int ioupos__save_state(ioupos__run *r, const char *path) {
   ioupos__tlist l;
   const ioupos_pretrain_opts *o = r->o;
@@ -16467,7 +16532,10 @@ static void ioupos__jdiff_add(char *msg, size_t cap, int *nd, const ioupos__jkv 
   ++*nd;
 }
 
-/* compares the state's stored flags with o->flags_json (see "Resume refuses" above) */
+/* compares the state's stored flags with o->flags_json (see "Resume refuses" above)
+   Why key by key on top of the counters: the counters hold only integer settings, while learning
+   rates, IoU intervals, temperatures and the like live in the flags, and a change to any of them
+   would alter the resumed half of the run without a trace in its files. */
 static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_file *f,
                                       const char *path) {
   const char *stored = "{}";
@@ -16520,7 +16588,10 @@ done:
 /* -- training state files, shared with fine-tuning
    A state file holds the run's own tensors (model, optimiser, ...), then "train.counters" (the
    run's position and the settings it must keep, int64) and "train.monitor" (three float64 the
-   run carries across epochs), with the flags and the build as metadata. */
+   run carries across epochs), with the flags and the build as metadata. The monitor is float64
+   because the epoch's loss sum and the collapse EMA must come back bit for bit (a float32 copy
+   would change the logged means after a resume). l keeps pointers to c and mon, which must
+   live until the write returns. */
 static int ioupos__state_write(const ioupos__runio *io, ioupos__tlist *l, const char *path,
                                int64_t *c, int nc, double mon[3]) {
   int64_t cshape[1], three[1] = {3};
@@ -16563,6 +16634,11 @@ static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_
   return ioupos__st_check_finite(f, "train.monitor", NULL, mon, 3);
 }
 
+/* Loads in the order ioupos__save_state wrote: the counters, checked against this run (what[]
+   names each counter that must match; NULL marks the position, free to differ), the model,
+   then the optimiser state. The counters and monitor are taken over only once every tensor has
+   loaded; on failure the caller abandons the run. SimSiam's step count comes from the counters:
+   it decides whether the next SGD step is a first step. */
 static int ioupos__load_state(ioupos__run *r, const char *path) {
   static const char *const what[IOUPOS__C_N] = {
     "the method", NULL, NULL, NULL, "`seed`", "`batch_size`", "`accum_iters`", "`n_epochs`",
@@ -16610,7 +16686,9 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   return rc;
 }
 
-/* the model checkpoint with MONAI / PyTorch names */
+/* the model checkpoint with MONAI / PyTorch names
+   Weights only (no optimiser), named so that ioupos_swinunetr_load and PyTorch code find the
+   encoder under backbone.*; "epochs_done" metadata says which epoch the file holds. */
 static int ioupos__save_checkpoint(ioupos__run *r, const char *path) {
   ioupos_st_pair meta[1];
   char epoch[32];
@@ -16658,7 +16736,10 @@ static double ioupos__clock_rate(ioupos__clock *c) {
 }
 
 /* The run directory held for the run (ioupos_dir_hold: a second run or --resume of the same
-   directory is refused while this one lives; stale temporary files of a killed run go). */
+   directory is refused while this one lives; stale temporary files of a killed run go).
+   Why a hold: two processes writing one run directory (a resume started while the run still
+   lives, or two launches with one run_name) would interleave states and checkpoints of
+   different runs, and neither could be resumed correctly. */
 static int ioupos__run_dir_hold(ioupos__runio *io) {
   int n_stale = 0, rc = ioupos_dir_hold(&io->lock, io->dir, &n_stale);
   if (rc == 0 && n_stale > 0)
@@ -16678,7 +16759,9 @@ static void ioupos__run_dir_release(ioupos__runio *io, int rc) {
   ioupos_dir_release(&io->lock, rc != 0 && stat(path, &sb) != 0);
 }
 
-/* A new run directory: refused when dir already holds a run (its state file). */
+/* A new run directory: refused when dir already holds a run (its state file).
+   Checked after the hold, so no other process can create a state between this check and the
+   run's first write. */
 static int ioupos__run_dir_free(const char *dir) {
   char path[4200];
   FILE *fp;
@@ -16691,7 +16774,9 @@ static int ioupos__run_dir_free(const char *dir) {
 }
 
 /* Creates the run directory dir with flags.json ({"flags": flags_json, "seed", "commit",
-   "steps_per_epoch"}, atomically) and no metrics.jsonl yet. */
+   "steps_per_epoch"}, atomically) and no metrics.jsonl yet.
+   An old metrics.jsonl is removed: a run killed before its first state (kill -9 skips the
+   clean-up) leaves one behind, and its lines must not pass on to the new run. */
 static int ioupos__run_dir_create(const char *dir, const char *flags_json, uint64_t seed,
                                   const char *commit, int spe) {
   char path[4200], esc[512], *js;
@@ -16713,7 +16798,9 @@ static int ioupos__run_dir_create(const char *dir, const char *flags_json, uint6
   return 0;
 }
 
-/* keeps the metrics lines whose "step" is at most `step` (a resumed run rewrites its future) */
+/* keeps the metrics lines whose "step" is at most `step` (a resumed run rewrites its future)
+   Without the cut, the steps recomputed after a resume would be logged twice. Lines without a
+   "step" are kept. The rewrite is atomic. */
 static int ioupos__metrics_truncate(const char *path, long long step) {
   void *data = NULL;
   size_t size = 0, i = 0, keep = 0;
@@ -16739,6 +16826,8 @@ static int ioupos__metrics_truncate(const char *path, long long step) {
   return rc;
 }
 
+/* opened and closed per line: a crash loses at most the line being written, and no descriptor
+   stays open across a long evaluation */
 static int ioupos__append(const char *path, const char *line) {
   FILE *fp = fopen(path, "a");
   int ok;
@@ -16748,6 +16837,8 @@ static int ioupos__append(const char *path, const char *line) {
   return ok ? 0 : ioupos__fail(IOUPOS_EIO, "cannot write %s: %s", path, strerror(errno));
 }
 
+/* Every option checked before the data are scanned or anything is written: a bad invocation
+   costs nothing and leaves no directory. */
 static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   if (o->method != IOUPOS_SSL_SIMSIAM && o->method != IOUPOS_SSL_DINO)
     return ioupos__fail(IOUPOS_EINVAL, "unknown method %d", o->method);
@@ -16792,7 +16883,10 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
 
 /* -- the steps of a pretraining run, in the order the loop takes them -- */
 
-/* the epoch's sample order; mid-epoch after a resume, from the state's position */
+/* the epoch's sample order; mid-epoch after a resume, from the state's position
+   The state counts optimiser steps and the loader micro-batches, hence step * accum_iters. The
+   loader's order and augmentations are functions of (seed, epoch, batch) only, so the seek
+   yields exactly the batches the interrupted run would have drawn next. */
 static int ioupos__pt_epoch_begin(ioupos__run *r, ioupos_loader *ld) {
   int e = (int)r->c[IOUPOS__C_EPOCH], step = (int)r->c[IOUPOS__C_STEP];
   return step == 0 ? ioupos_loader_epoch(ld, e)
@@ -16810,7 +16904,13 @@ typedef struct ioupos__pt_sched {
 /* The schedules at the run's next step. DINO (its reference code): lr linear warm-up then cosine
    to min_lr, weight decay and teacher momentum cosine over all steps, teacher temperature linear
    over its warm-up epochs. SimSiam (the research code): lr linear warm-up per step, then cosine
-   per EPOCH to end_lr; the predictor keeps base_lr. */
+   per EPOCH to end_lr; the predictor keeps base_lr.
+   Every value is a pure function of the counters and the options, never of anything kept
+   between calls: that is what makes the schedules resume exactly. SimSiam's cosine moves once
+   per epoch because the research code steps its CosineAnnealingLR scheduler once per epoch
+   (T_max: the epochs after the warm-up), so the lr is constant within an epoch; DINO's values are the elements
+   `it` of the reference's per-iteration cosine_scheduler arrays, and its teacher temperature is
+   np.linspace(warmup_teacher_temp, teacher_temp, warmup epochs)[epoch], then constant. */
 static ioupos__pt_sched ioupos__pt_schedules(const ioupos__run *r) {
   const ioupos_pretrain_opts *o = r->o;
   int64_t e = r->c[IOUPOS__C_EPOCH], it = r->c[IOUPOS__C_OPT_STEPS];
@@ -16859,6 +16959,8 @@ static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__p
   else ioupos_simsiam_zero_grad(&r->ss);
   for (a = 0; rc == 0 && a < o->accum_iters; ++a) {
     ioupos_batch b;
+    /* drop-path masks from (seed, micro-step index): the same micro-batch draws the same masks
+       after a resume, whatever ran before it in this process */
     ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)(it * o->accum_iters + a));
     if ((rc = ioupos_loader_next(ld, &b)) != 0) break;
     lshape[0] = b.lh;
@@ -16871,6 +16973,8 @@ static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__p
       rc = ioupos_simsiam_accumulate(&r->ss, b.views[0], b.views[1], b.n, shape,
                                      1.0f / o->accum_iters, &dr, st);
     if (rc) break;
+    /* checked before the optimiser step: the weights in memory and on disk are still the last good
+       ones, and no checkpoint of the broken model is ever written */
     if (!isfinite(st->loss))
       return ioupos__fail(IOUPOS_ERANGE,
                           "the loss is %g at epoch %lld step %lld: stopping; the last good "
@@ -16893,6 +16997,7 @@ static int ioupos__pt_step(ioupos__run *r, const ioupos__pt_sched *sc, double lo
                                   o->freeze_last_layer, (float)o->clip_grad, sc->teacher_m)
                : ioupos_simsiam_step(&r->ss, sc->lr, sc->lr_pred, 0.9, sc->wd);
   if (rc) return rc;
+  /* the research collapse monitor: an EMA (0.9) of p_std, started at the first value */
   r->avg_std = r->c[IOUPOS__C_OPT_STEPS] == 0 ? st->p_std : 0.9 * r->avg_std + 0.1 * st->p_std;
   r->ep_loss += loss;
   r->ep_n += 1.0;
@@ -16903,7 +17008,9 @@ static int ioupos__pt_step(ioupos__run *r, const ioupos__pt_sched *sc, double lo
   return 0;
 }
 
-/* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line */
+/* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line.
+   Called after the step, so a line's "step" is the count of optimiser steps done, the number the
+   state stores: a resume can cut metrics.jsonl exactly at its state. */
 static int ioupos__pt_log(ioupos__run *r, const ioupos__pt_sched *sc, double loss,
                           const ioupos_ssl_stats *st) {
   const ioupos_pretrain_opts *o = r->o;
@@ -16928,7 +17035,10 @@ static int ioupos__pt_log(ioupos__run *r, const ioupos__pt_sched *sc, double los
 }
 
 /* The epoch is done: the checkpoints (checkpoint_epoch<E> and the latest), its metrics and
-   console lines. *stop when the caller asked to stop (the state is saved next). */
+   console lines. *stop when the caller asked to stop (the state is saved next).
+   A kill between these checkpoints and the state save (the caller's next call) loses nothing:
+   the state on disk still points into this epoch, which is recomputed identically and its
+   checkpoints rewritten with the same bytes. */
 static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
   const ioupos_pretrain_opts *o = r->o;
   long long e = (long long)++r->c[IOUPOS__C_EPOCH]; /* epochs done, the one just finished */
@@ -16953,6 +17063,18 @@ static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
   return 0;
 }
 
+/* The pretraining run, in the order that keeps failures cheap and resumes exact:
+     1. check the options, scan and preflight the data, open the loader (no file written yet);
+     2. build the model from the seed (a resume then overwrites it from the state);
+     3. hold the run directory; load the state (resume) or create a fresh directory;
+     4. the loop: per optimiser step the schedules, accum_iters micro-batches (batch, forward,
+        loss, backward), the step and the log; per epoch the checkpoints, then the state;
+     5. release the directory (deleted when the run failed before its first state).
+   Exact resume rests on three things: every random draw is a function of (seed, position)
+   (the loader's order and augmentations of (seed, epoch, batch), drop-path of (seed,
+   micro-step)); every schedule is a function of the counters; and the state holds every number
+   a step reads. A stop request is honoured only between optimiser steps, so a state never
+   describes half a step. */
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos__run *r = NULL;
   ioupos_dataset ds;
@@ -16980,6 +17102,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   lc.pair_mode = o->pair_mode;
   lc.seed = o->seed;
   lc.num_workers = o->num_workers;
+  /* every step has a full batch: batch-norm statistics and the steps per epoch (a counter the
+     resume checks) do not depend on the data set size modulo the batch */
   lc.drop_last = 1;
   lc.augment = ioupos_augment_pretrain_view;
   if (dino && o->n_local > 0) { /* DINO multi-crop: local views for the student */
@@ -17029,6 +17153,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     rc = ioupos_simsiam_init(&r->ss, &sc, be, o->seed);
   }
   if (rc) goto done;
+  /* this run's settings, set before any state is read so that a stored state is compared
+     against them */
   r->c[IOUPOS__C_METHOD] = o->method;
   r->c[IOUPOS__C_SEED] = (int64_t)o->seed;
   r->c[IOUPOS__C_BATCH] = o->batch_size;
@@ -17065,7 +17191,9 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
               "device %s", dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
               o->n_epochs, r->io.dir, be->name);
   ioupos__clock_start(&r->clock);
-  /* the method, one optimiser step at a time */
+  /* the method, one optimiser step at a time.
+     The state is saved after every epoch and after a stop, never inside a step. A stop mid-epoch
+     leaves the step counter above 0, which ioupos__pt_epoch_begin turns into a loader seek. */
   while (rc == 0 && !stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs) {
     rc = ioupos__pt_epoch_begin(r, &ld);                      /* the epoch's sample order */
     while (rc == 0 && r->c[IOUPOS__C_STEP] < spe) {
