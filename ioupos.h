@@ -15692,7 +15692,7 @@ IOUPOS_DEF double ioupos_collapse_level(double avg_std, int dim) {
   return c > 0.0 ? c : 0.0;
 }
 
-/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D]
+/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D].
    In double on the host; unbiased (N - 1) as torch.std; the 1e-12 floor of F.normalize's eps
    keeps an all-zero row at zeros instead of NaN. Returns 0 for N < 2 (no std) or when out of
    memory: a monitor must never stop a run. */
@@ -15723,7 +15723,7 @@ static double ioupos__norm_std(const float *x, int N, int D) {
   return s / D;
 }
 
-/* the monitor of rows [N][D] on the backend
+/* the monitor of rows [N][D] on the backend.
    The rows are downloaded and reduced on the host whatever the backend, so CPU and CUDA runs
    log the same figure for the same outputs. */
 static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x, int N, int D) {
@@ -15736,7 +15736,7 @@ static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x,
   return s;
 }
 
-/* (re)allocates a backend buffer of n floats
+/* (re)allocates a backend buffer of n floats.
    Re-made only when the batch or crop shape changes, which a run never does (drop_last keeps
    every batch full); the old contents are not kept. */
 static int ioupos__bbuf(const ioupos_backend *be, float **p, size_t n) {
@@ -16004,7 +16004,7 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   be->upload(m->x, g1, (size_t)B * npix * sizeof(float));
   be->upload(m->x + (size_t)B * npix, g2, (size_t)B * npix * sizeof(float));
   if (n_local) be->upload(m->xl, local, (size_t)n_local * B * nlpix * sizeof(float));
-  /* teacher on the global views, eval mode
+  /* teacher on the global views, eval mode.
      The reference's order within a step: teacher forward (targets only, no gradient, no
      drop-path), student forward on every view, loss against the current centre, backward, and
      only then the centre update, so this micro-batch's loss used the previous centre. */
@@ -16209,7 +16209,7 @@ static float *ioupos__host_copy(const ioupos_backend *be, const float *src, size
   return h;
 }
 
-/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst
+/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst.
    Strict: each tensor must be present with its exact size and be finite. A state that loaded in
    part would resume a different run from the one saved, without a word. The slots not loaded
    (buffers, frozen tensors) are set to 0: the arenas loaded here are optimiser states. */
@@ -16329,7 +16329,7 @@ typedef struct ioupos__clock {
   double t_start, t_log, img_log;
 } ioupos__clock;
 
-/* one line of <dir>/metrics.jsonl
+/* one line of <dir>/metrics.jsonl.
    Appended, not rewritten atomically: metrics are a log, and a resume first cuts the lines
    past its state's step (ioupos__metrics_truncate), so none appears twice. */
 static int ioupos__metrics_put(const ioupos__runio *io, const char *line) {
@@ -16686,7 +16686,7 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   return rc;
 }
 
-/* the model checkpoint with MONAI / PyTorch names
+/* the model checkpoint with MONAI / PyTorch names.
    Weights only (no optimiser), named so that ioupos_swinunetr_load and PyTorch code find the
    encoder under backbone.*; "epochs_done" metadata says which epoch the file holds. */
 static int ioupos__save_checkpoint(ioupos__run *r, const char *path) {
@@ -16883,7 +16883,7 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
 
 /* -- the steps of a pretraining run, in the order the loop takes them -- */
 
-/* the epoch's sample order; mid-epoch after a resume, from the state's position
+/* the epoch's sample order; mid-epoch after a resume, from the state's position.
    The state counts optimiser steps and the loader micro-batches, hence step * accum_iters. The
    loader's order and augmentations are functions of (seed, epoch, batch) only, so the seek
    yields exactly the batches the interrupted run would have drawn next. */
@@ -19269,6 +19269,9 @@ IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
 
 /* ---- 22. Fine-tuning ---------------------------------------------------------------------- */
 
+/* The name is split at its LAST underscore: case names may contain underscores themselves
+   (FLARE22's "FLARE22_Tr_0001"), the axial index never does. z is read as a number, so "_9" and
+   "_009" are the same slice; case_name is written only after every check passed. */
 IOUPOS_DEF int ioupos_slice_name_parse(const char *file, char *case_name, size_t cap, long *z) {
   const char *base, *us, *p;
   size_t len;
@@ -19320,6 +19323,8 @@ typedef struct ioupos__ft_slice {
   int index;
 } ioupos__ft_slice;
 
+/* by case name, then by z as a number (as text, "10" would sort before "9" wherever the
+   zero padding is missing) */
 static int ioupos__ft_slice_cmp(const void *a, const void *b) {
   const ioupos__ft_slice *x = (const ioupos__ft_slice *)a, *y = (const ioupos__ft_slice *)b;
   int c = strcmp(x->name, y->name);
@@ -19327,6 +19332,10 @@ static int ioupos__ft_slice_cmp(const void *a, const void *b) {
   return x->z < y->z ? -1 : x->z > y->z;
 }
 
+/* On success s owns the data set (each image paired with labels/<same name>) and the cases,
+   sorted by name, each with its slices by increasing z; on failure s is empty. Pairing by name,
+   every image required to have its label, avoids the research code's pairing by sorted order
+   alone (RESEARCH_CODE.md fault 14), where one missing label shifts every pair after it. */
 IOUPOS_DEF int ioupos_seg_set_scan(ioupos_seg_set *s, const char *dir) {
   char *ldir = NULL;
   ioupos__ft_slice *sl = NULL;
@@ -19390,6 +19399,7 @@ fail:
   return rc;
 }
 
+/* binary search: ioupos_seg_set_scan sorted the cases with strcmp */
 IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name) {
   int lo = 0, hi = s ? s->n_cases - 1 : -1;
   while (lo <= hi) {
@@ -19414,6 +19424,8 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
   if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
   /* the relative-position buffers must be filled before a load compares them */
   if ((rc = ioupos_swin_encoder_buffers(&m->enc, p)) != 0) goto done;
+  /* a whole SwinUNETR is told apart by two names only its state dict has together: the output
+     convolution and the encoder's patch embedding under swinViT */
   if (ioupos_safetensors_find(&f, "out.conv.conv.weight") &&
       ioupos_safetensors_find(&f, "swinViT.patch_embed.proj.weight")) {
     li.whole = 1;
@@ -19461,6 +19473,9 @@ static int ioupos__ft_reserve(void **arr, size_t *cap, size_t need, size_t keep,
 
 /* -- evaluation -- */
 
+/* The research evaluation: windows of 96 x 96 at overlap 0.25, 64 windows per call (the
+   reported runs; the research code's default of 4 changes only the speed), organs absent from a
+   case and its prediction skipped by the per-case DSC (section 20). */
 IOUPOS_DEF void ioupos_seg_eval_opts_default(ioupos_seg_eval_opts *o) {
   memset(o, 0, sizeof *o);
   o->roi[0] = o->roi[1] = 96;
@@ -19477,7 +19492,9 @@ IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r) {
 
 /* -- sliding-window prediction: model instances of the predictor's own (planned for the
    chunk sizes the window calls use: IOUPOS_SEG_MODEL_BATCH and a remainder) on the caller's
-   parameters */
+   parameters.
+   The predictor's models read the caller's parameter arena by offset, so the table is compared
+   name by name, shape and offset too: a mismatch would otherwise read the wrong weights. */
 static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
                                  const ioupos_params *p) {
   ioupos_tensor_table tt;
@@ -19514,6 +19531,8 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   if (sw_batch_size < 1)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: `sw_batch_size` %d must be >= 1",
                         sw_batch_size);
+  /* the encoder halves the resolution five times (patch 2, then four merges), and the decoder's
+     skip connections line up only when the window divides by 32 */
   if (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d must be multiples of 32",
                         roi[0], roi[1]);
@@ -19534,7 +19553,10 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   return 0;
 }
 
-/* ioupos_sliding_window's predictor: out[n][K][roi] for in[n][1][roi], in chunks */
+/* ioupos_sliding_window's predictor: out[n][K][roi] for in[n][1][roi], in chunks.
+   Two model instances because the window calls come in two sizes per slice (full chunks of
+   IOUPOS_SEG_MODEL_BATCH and one remainder): one planned instance per size saves re-planning
+   (re-allocating activations) on every call. */
 static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) {
   ioupos_seg_predictor *pr = (ioupos_seg_predictor *)ctx;
   const ioupos_backend *be = pr->p->be;
@@ -19564,6 +19586,8 @@ static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) 
   return 0;
 }
 
+/* logits [K][h][w] of a whole slice of any size: section 20's ioupos_sliding_window (MONAI's
+   sliding_window_inference, mode "constant": overlapping windows averaged) */
 IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const float *img,
                                   int h, int w) {
   const int shape[2] = {h, w};
@@ -19582,7 +19606,9 @@ IOUPOS_DEF void ioupos_seg_predictor_free(ioupos_seg_predictor *pr) {
   memset(pr, 0, sizeof *pr);
 }
 
-/* label ids of an 8-bit label PNG: round(v * 255), checked */
+/* label ids of an 8-bit label PNG: round(v * 255), checked.
+   A grey value that is not within 1e-3 of an id means the file is no label map (an image
+   saved under labels/ by mistake, or a resized label): an error, never a silent rounding. */
 static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const char *path) {
   size_t i, n = (size_t)im->h * (size_t)im->w;
   for (i = 0; i < n; ++i) {
@@ -19600,6 +19626,13 @@ static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const c
   return 0;
 }
 
+/* The protocol per case: each slice is predicted whole (sliding window, never a centre crop),
+   argmaxed, and stacked with its ground truth; once the case is complete its per-organ DSC is
+   computed on the stack and added to the set's average. Why per case: the research metric was a
+   per-slice mean with background included, which weights organ-free slices like organ slices
+   and leaves false positives in absent classes unpunished (RESEARCH_CODE.md section 1,
+   Metric); FLARE scores volumes. The research per-slice dice is computed beside it on request,
+   to compare with the thesis. Memory holds one case at a time. On failure r is empty. */
 IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, ioupos_params *p,
                                          const ioupos_seg_set *set,
                                          const ioupos_seg_eval_opts *o, ioupos_seg_eval_result *r) {
@@ -19700,6 +19733,8 @@ typedef struct ioupos__ft_str {
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
+/* printf into the growing string; out of memory sets b->oom and later calls do nothing, so a
+   chain of puts is checked once, at the end */
 static void ioupos__ft_put(ioupos__ft_str *b, const char *fmt, ...) {
   va_list ap;
   int m;
@@ -19724,6 +19759,8 @@ static void ioupos__ft_put(ioupos__ft_str *b, const char *fmt, ...) {
 
 
 
+/* section 20's JSON writers fill a caller's buffer: measure (IOUPOS_ERANGE with the length),
+   reserve, then write */
 static int ioupos__ft_put_table(ioupos__ft_str *b, const ioupos_seg_eval_result *r) {
   size_t len = 0;
   int rc = ioupos_dsc_table_json(NULL, 0, &len, &r->dsc, r->has_research ? &r->research : NULL,
@@ -19766,6 +19803,8 @@ static int ioupos__ft_eval_json(ioupos__ft_str *b, const ioupos_seg_eval_result 
   return b->oom ? ioupos__fail(IOUPOS_ENOMEM, "out of memory writing the evaluation JSON") : 0;
 }
 
+/* *json is a NUL-terminated IOUPOS_MALLOC string on success (the caller frees it), NULL on
+   failure */
 IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r,
                                     const ioupos_seg_set *set) {
   ioupos__ft_str b;
@@ -19784,6 +19823,12 @@ IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r
 
 /* -- the run -- */
 
+/* The research protocol (RESEARCH_CODE.md, Fine-tuning): 14 classes (13 FLARE22 organs and
+   background), 32 slices x 2 crops of 96 per step, AdamW lr 1e-3 with 10 warm-up epochs and
+   cosine to 5e-5, wd 1e-5, 225 epochs, sliding window 96 at overlap 0.25 with 64 windows per
+   call. Deliberate departures: patience counts 20 EPOCHS since the best (the research code
+   counted evaluations), and validation runs every 10 epochs throughout (the research code went
+   to every epoch after epoch 90; eval_every 1 gives at least that density). */
 IOUPOS_DEF void ioupos_finetune_opts_default(ioupos_finetune_opts *o) {
   memset(o, 0, sizeof *o);
   ioupos_swin_config_default(&o->enc, 2);
@@ -19817,6 +19862,8 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res) {
 
 /* the run's position and configuration, stored as "train.counters" */
 enum {
+  /* position first, then the settings a resume must match, then the selection state (best
+     epoch, epochs since the best, early stop); the order is the file format: append only */
   IOUPOS__FT_EPOCH, IOUPOS__FT_STEP, IOUPOS__FT_OPT_STEPS, IOUPOS__FT_SEED, IOUPOS__FT_BATCH,
   IOUPOS__FT_NCROPS, IOUPOS__FT_CROP, IOUPOS__FT_EPOCHS, IOUPOS__FT_SPE, IOUPOS__FT_CLASSES,
   IOUPOS__FT_EMBED, IOUPOS__FT_EVAL_EVERY, IOUPOS__FT_PATIENCE, IOUPOS__FT_METRIC,
@@ -19848,6 +19895,10 @@ typedef struct ioupos__ft {
   ioupos_batch b;     /* the loader's batch */
 } ioupos__ft;
 
+/* The fine-tuning state: model.*, AdamW's two moments, the counters and the monitor (best score,
+   the epoch's loss sum and count). No per-tensor step count, unlike DINO: every trained tensor
+   is stepped at every iteration, so AdamW's step is the optimiser-step counter. best.safetensors
+   is not part of it: the validation wrote that file; the state keeps its epoch and score. */
 static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
   ioupos__tlist l;
   ioupos_params *p = &r->p;
@@ -19895,6 +19946,9 @@ static int ioupos__ft_load_state(ioupos__ft *r, const char *path) {
   return rc;
 }
 
+/* Weights only, MONAI SwinUNETR names: loadable whole by ioupos_swinunetr_load, or by
+   SwinUNETR.load_state_dict through safetensors.torch.load_file. The metadata give the epochs
+   done and, for best.safetensors, the validation score it was selected by. */
 static int ioupos__ft_save_model(ioupos__ft *r, const char *path, const char *score) {
   ioupos_st_pair meta[2];
   char epoch[32];
@@ -19906,17 +19960,22 @@ static int ioupos__ft_save_model(ioupos__ft *r, const char *path, const char *sc
   return ioupos_params_save(&r->p, path, "", "", score ? 2 : 1, meta);
 }
 
-/* the selection score of an evaluation */
+/* the selection score of an evaluation.
+   The per-case organ DSC by default; the research per-slice dice only with metric research, to
+   reproduce the research selection. */
 static double ioupos__ft_score(const ioupos_finetune_opts *o, const ioupos_seg_eval_result *e) {
   return o->metric == IOUPOS_FT_METRIC_RESEARCH ? ioupos_slice_dice_mean(&e->research)
                                                 : ioupos_dsc_eval_mean(&e->dsc, NULL);
 }
 
+/* JSON has no NaN: an undefined score (e.g. no organ in any case) is written as null */
 static void ioupos__ft_num(char *buf, size_t cap, double v) {
   if (isfinite(v)) snprintf(buf, cap, "%.6g", v);
   else snprintf(buf, cap, "null");
 }
 
+/* windows of the training crop size (the input size the model was trained on), with the run's
+   overlap and windows per call */
 static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const char *predict_dir,
                                ioupos_seg_eval_result *res) {
   const ioupos_finetune_opts *o = r->o;
@@ -19930,7 +19989,10 @@ static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const c
   return ioupos_swinunetr_evaluate(&r->cfg, &r->p, set, &eo, res);
 }
 
-/* data: the split folders, checked against the split file */
+/* data: the split folders, checked against the split file.
+   Why the check: the folders are what is trained and scored, the split file is what the
+   experiment claims; a validation CT sitting in train/ would inflate every score without a
+   trace. Both ways: every listed case is in its folder, every case in a folder is listed there. */
 static int ioupos__ft_data(ioupos__ft *r) {
   const ioupos_finetune_opts *o = r->o;
   static const char *const names[3] = {"train", "val", "test"};
@@ -20000,6 +20062,7 @@ static int ioupos__ft_data(ioupos__ft *r) {
   return 0;
 }
 
+/* options checked before any file is read or written */
 static int ioupos__ft_check(const ioupos_finetune_opts *o) {
   if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
   if (o->enc.spatial_dims != 2)
@@ -20029,7 +20092,13 @@ static int ioupos__ft_check(const ioupos_finetune_opts *o) {
 }
 
 /* one evaluation of the validation split during training: metrics line, best checkpoint,
-   patience */
+   patience.
+   Selection as the protocol wants it: "better" is strictly greater (a tie keeps the earlier
+   model; NaN never wins), and best.safetensors is written at once, atomically, so a crash after
+   this evaluation still has its best model. Patience counts epochs since the best epoch, not
+   evaluations (the research code's fault 6), and is checked only here: with eval_every 10 and
+   patience 20 the run stops at the second evaluation without improvement. The optional train
+   evaluation watches over-fitting and never takes part in the selection. */
 static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
   const ioupos_finetune_opts *o = r->o;
   ioupos_seg_eval_result ev, tr;
@@ -20082,7 +20151,11 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
   return rc;
 }
 
-/* the final evaluation: best model on val (and test), results.json */
+/* the final evaluation: best model on val (and test), results.json.
+   The reported model is the selected one, not the last, hence the reload of best.safetensors.
+   The test split, when present, is scored here once and was never seen by the selection: the
+   held-out set the research protocol lacked (RESEARCH_CODE.md fault 5). results.json is the
+   run's last file, written atomically. */
 static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
   const ioupos_finetune_opts *o = r->o;
   ioupos__ft_str b;
@@ -20177,12 +20250,16 @@ done:
 
 /* -- the steps of a fine-tuning run, in the order the loop takes them -- */
 
+/* the loader's position; without accumulation the state's step counts batches directly, and the
+   order is a function of (seed, epoch), so a seek resumes the exact batch stream */
 static int ioupos__ft_epoch_begin(ioupos__ft *r, ioupos_loader *ld) {
   int e = (int)r->c[IOUPOS__FT_EPOCH], step = (int)r->c[IOUPOS__FT_STEP];
   return step == 0 ? ioupos_loader_epoch(ld, e) : ioupos_loader_seek(ld, e, step);
 }
 
-/* lr: linear warm-up from 0, then cosine to end_lr, per step */
+/* lr: linear warm-up from 0, then cosine to end_lr, per step.
+   The protocol's 10-epoch warm-up to 1e-3 and cosine to 5e-5, computed per optimiser step as a
+   pure function of the step counter, so it resumes exactly. */
 static double ioupos__ft_lr(const ioupos__ft *r) {
   const ioupos_finetune_opts *o = r->o;
   long total = (long)((int64_t)r->spe * o->n_epochs), warm = (long)(o->warmup_epochs * r->spe);
@@ -20198,6 +20275,8 @@ static int ioupos__ft_batch(ioupos__ft *r, ioupos_loader *ld) {
   if (rc) return rc;
   if (r->b.n != r->B)
     return ioupos__fail(IOUPOS_EINVAL, "internal: batch of %d crops, planned %d", r->b.n, r->B);
+  /* checked again although the preflight decoded every label: an id outside [0, K) would index
+     past the loss's class arrays, so the loss never sees one */
   for (q = 0; q < n; ++q) {
     r->target[q] = (int)r->b.label[q];
     if (r->target[q] < 0 || r->target[q] >= r->K)
@@ -20214,11 +20293,16 @@ static int ioupos__ft_batch(ioupos__ft *r, ioupos_loader *ld) {
 static int ioupos__ft_forward_backward(ioupos__ft *r, double *loss) {
   const ioupos_backend *be = r->p.be;
   size_t nlog = (size_t)r->B * r->K * r->npix;
+  /* drop-path masks from (seed, optimiser step): the same after a resume; zero_grad here, since
+     the backward accumulates */
   ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)r->c[IOUPOS__FT_OPT_STEPS]);
   int rc;
   be->zero(r->p.grad, r->p.table.total * sizeof(float));
   if ((rc = ioupos_swinunetr_forward(&r->m, &r->p, r->x, 1, &dr)) != 0) return rc;
   be->download(r->hlog, ioupos_swinunetr_logits(&r->m), nlog * sizeof(float));
+  /* The loss runs on the host in double whatever the backend: the logits come down, their
+     gradient goes back up. One Dice-CE implementation, checked against MONAI, serves every backend;
+     its cost is small beside the model's. */
   *loss = ioupos_dicece_forward(r->prob, r->stats, r->hlog, r->target, r->B, r->K,
                                 (long)r->npix, NULL);
   if (!isfinite(*loss))
@@ -20238,6 +20322,7 @@ static int ioupos__ft_forward_backward(ioupos__ft *r, double *loss) {
    then the bookkeeping: the epoch's loss, the counters */
 static int ioupos__ft_step(ioupos__ft *r, double lr, double loss) {
   const ioupos_backend *be = r->p.be;
+  /* AdamW's step t1 (1 on the first update) is shared: no tensor is ever skipped here */
   int i, rc, t1 = (int)(r->c[IOUPOS__FT_OPT_STEPS] + 1);
   for (i = 0; i < r->p.table.n; ++i) {
     const ioupos_tensor_info *t = &r->p.table.t[i];
@@ -20280,7 +20365,10 @@ static int ioupos__ft_log_step(ioupos__ft *r, double lr, double loss) {
 
 /* The epoch is done: its metrics and console lines, checkpoint.safetensors, and every
    eval_every epochs (and after the last) the validation, which may stop the run early.
-   *stop when the caller asked to stop (the state is saved next). */
+   *stop when the caller asked to stop (the state is saved next).
+   Order: the plain checkpoint, then the validation (which may write best.safetensors), then the
+   state (the caller). A kill before the state save redoes the epoch identically and rewrites the
+   same files. The last epoch is always validated, so the final model is a candidate too. */
 static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
   const ioupos_finetune_opts *o = r->o;
   long long e = (long long)++r->c[IOUPOS__FT_EPOCH]; /* epochs done, the one just finished */
@@ -20302,7 +20390,9 @@ static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
   return 0;
 }
 
-/* the batch workspace of B crops (training only) */
+/* the batch workspace of B crops (training only).
+   B = batch_size * n_crops_per_ct, the research "32 slices = 64 crops"; planned once, since
+   drop_last makes every batch exactly this size. */
 static int ioupos__ft_alloc_batch(ioupos__ft *r) {
   const ioupos_backend *be = r->p.be;
   size_t nlog;
@@ -20323,6 +20413,18 @@ static int ioupos__ft_alloc_batch(ioupos__ft *r) {
   return 0;
 }
 
+/* The fine-tuning run, as the research protocol (main_finetune.py) with its faults fixed:
+     1. options; the split folders, checked against the split file; every file preflighted; the
+        loader opened: all before the run directory is touched;
+     2. the model from the seed's "init" stream;
+     3. hold the directory; resume from the state, or (fresh run) load chkpt_path's encoder or
+        whole model and create the directory;
+     4. the loop per optimiser step: lr, batch, forward, Dice-CE loss, backward, AdamW step, log;
+        per epoch: checkpoint, validation every eval_every epochs (best model, patience), state;
+     5. unless stopped: the best model evaluated on val and test, results.json.
+   n_epochs 0 skips the loop: an evaluation of the given model only. A stop request saves the
+   state and skips 5, which the resumed run does; an early stop is a counter in the state, so
+   resuming a run that stopped early goes straight to 5. */
 IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res) {
   ioupos__ft *r = NULL;
   ioupos_loader ld;
@@ -20409,6 +20511,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the AdamW moments");
       goto done;
     }
+    /* chkpt_path is not read on resume: the state holds the model as trained so far */
     if ((rc = ioupos__ft_load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
         rc = ioupos__fail(IOUPOS_EIO, "`resume`: no training state at %s (%s)", path,
@@ -20436,6 +20539,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       ioupos__say(&r->io, "no `chkpt_path`: the whole model is initialised from the seed (from "
                      "scratch)");
     }
+    /* after the checkpoint load: a missing or mismatched chkpt_path fails before the directory
+       gets its first file */
     if ((rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
       goto done;
     if (o->n_epochs > 0) {
