@@ -5079,6 +5079,11 @@ IOUPOS_DEF int ioupos_png_write(const char *path, int w, int h, int channels,
 
 /* -- small helpers -- */
 
+/* CRC-32 as gzip's trailer uses it (reflected polynomial 0xEDB88320, register inverted before
+   and after), so the reader can verify an inflated .nii.gz and the writer can produce one. The
+   table is rebuilt on each call: 2,048 shifts are nothing beside a volume, and the function
+   keeps no static state (thread-safe without a once-guard). Chainable: pass the previous
+   result as crc to continue over more bytes. */
 IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n) {
   uint32_t table[256];
   const unsigned char *p = (const unsigned char *)data;
@@ -5094,6 +5099,8 @@ IOUPOS_DEF uint32_t ioupos_crc32(uint32_t crc, const void *data, size_t n) {
   return c ^ 0xFFFFFFFFu;
 }
 
+/* Leaves vol empty (data NULL, dims 0) so a second free, or a reuse of vol as an output, is
+   safe; the affine is left as it was. */
 IOUPOS_DEF void ioupos_volume_free(ioupos_volume *vol) {
   if (!vol) return;
   IOUPOS_FREE(vol->data);
@@ -5151,6 +5158,9 @@ static int ioupos__mat4_solve(const double a_in[4][4], const double b_in[4][4], 
   return 1;
 }
 
+/* The column norms, not the header's pixdim: every step of this section (reorient, resample,
+   crop, pad) keeps only the affine up to date, and MONAI's Spacing measures the input spacing
+   the same way (affine_to_spacing). */
 IOUPOS_DEF void ioupos_volume_spacing(const ioupos_volume *vol, double spacing[3]) {
   int c;
   for (c = 0; c < 3; ++c)
@@ -5158,6 +5168,9 @@ IOUPOS_DEF void ioupos_volume_spacing(const ioupos_volume *vol, double spacing[3
                       vol->affine[2][c] * vol->affine[2][c]);
 }
 
+/* Contract: on any failure vol is left empty (data NULL, dims 0), so the caller may free it
+   unconditionally. The 2^31-voxel cap is the reader's, so every volume the pipeline makes
+   obeys the same limit; ioupos__calloc checks the byte count for overflow. */
 IOUPOS_DEF int ioupos_volume_alloc(ioupos_volume *vol, int nx, int ny, int nz) {
   size_t n;
   vol->data = NULL;
@@ -5183,7 +5196,13 @@ static uint32_t ioupos__le32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Inflate a single-member gzip stream; *out freed with IOUPOS_FREE. */
+/* Inflate a single-member gzip stream; *out freed with IOUPOS_FREE.
+   RFC 1952: a 10-byte header (1f 8b, CM 8 = deflate, FLG, MTIME, XFL, OS), then the optional
+   FEXTRA, FNAME, FCOMMENT and FHCRC fields in that order, the raw deflate data, and an 8-byte
+   trailer: CRC-32 and ISIZE (length mod 2^32), both little-endian. The magic is the caller's
+   check. The trailer is verified because inflate alone can accept a stream cut at a block
+   boundary; a multi-member file (concatenated gzip) fails that check instead of being read in
+   part. The header CRC-16 (FHCRC) is skipped, not verified: the data's CRC-32 covers the data. */
 static int ioupos__gunzip(const unsigned char *in, size_t size, const char *name,
                           unsigned char **out, size_t *out_size) {
   size_t pos = 10;
@@ -5262,6 +5281,10 @@ static void ioupos__put32le(unsigned char *p, uint32_t v) {
   p[3] = (unsigned char)(v >> 24);
 }
 
+/* The writer's gzip: stb's zlib compressor (level 5) rewrapped as one gzip member, its 2-byte
+   zlib header and Adler-32 trailer replaced by the gzip header and the CRC-32 / ISIZE trailer.
+   MTIME 0 and OS 255 make the bytes a function of the volume alone, so two exports of the same
+   data compare equal by checksum. *out is IOUPOS_MALLOC'd; the caller frees it. */
 static int ioupos__gzip(const unsigned char *in, size_t size, unsigned char **out, size_t *out_size) {
   int zlen = 0;
   unsigned char *z, *g;
@@ -5297,6 +5320,9 @@ static int ioupos__gzip(const unsigned char *in, size_t size, unsigned char **ou
 
 /* -- NIfTI-1 reading -- */
 
+/* The 348-byte header is read field by field at its fixed offsets, never cast to a struct (no
+   padding, alignment or host-order assumptions). swap is set when sizeof_hdr reads 348 only
+   byte-reversed: the file was written on a big-endian host, and every field is swapped. */
 typedef struct ioupos__hdr {
   const unsigned char *p;
   int swap;
@@ -5342,7 +5368,10 @@ static const char *ioupos__dtype_name(int dt) {
   }
 }
 
-/* Element i of raw data as double. */
+/* Element i of raw data as double.
+   Every datatype goes through double, which holds all of them exactly except 64-bit integers
+   beyond 2^53, so the scaling v * slope + inter is done in double and the value is rounded to
+   float once, at the end. */
 static double ioupos__load_elem(const unsigned char *src, int dt, int swap) {
   unsigned char b[8];
   int n = ioupos__dtype_size(dt), k;
@@ -5374,7 +5403,10 @@ static double ioupos__load_elem(const unsigned char *src, int dt, int swap) {
   }
 }
 
-/* nibabel's quat2mat (fillpositive for w) */
+/* nibabel's quat2mat (fillpositive for w).
+   NIfTI-1 stores only the quaternion's b, c, d; a = sqrt(1 - b^2 - c^2 - d^2). nibabel's
+   tolerance is kept: 1 - |bcd|^2 within 3 float32 epsilons of 0 counts as a = 0 (a 180-degree
+   rotation); anything more negative is an invalid header (returns 0). */
 static int ioupos__quat_to_mat(double b, double c, double d, double m[3][3]) {
   double w2 = 1.0 - (b * b + c * c + d * d), w, nq, s, X, Y, Z;
   if (fabs(w2) < 3.0 * 1.1920928955078125e-07) w = 0.0;
@@ -5395,6 +5427,13 @@ static int ioupos__quat_to_mat(double b, double c, double d, double m[3][3]) {
   return 1;
 }
 
+/* The single-file NIfTI-1 layout: the 348-byte header (sizeof_hdr at 0, dim[8] at 40, datatype
+   70, bitpix 72, pixdim[8] 76, vox_offset 108, scl_slope / scl_inter 112 / 116, qform_code /
+   sform_code 252 / 254, quatern_b/c/d 256-264, qoffset 268-276, srow_x/y/z 280-327, magic
+   "n+1" 344), 4 extension bytes, then the voxels at vox_offset, x fastest. All structural
+   checks (size, sizeof_hdr, magic, dims, datatype, offset, data length) come before the voxel
+   allocation, so a corrupt or hostile header fails without allocating what it claims. On
+   success vol owns its data (ioupos_volume_free); on failure it is empty and nothing leaks. */
 IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const char *name,
                                         ioupos_volume *vol) {
   const unsigned char *p = (const unsigned char *)data;
@@ -5531,6 +5570,8 @@ IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const cha
       st = ioupos__fail(IOUPOS_EFORMAT, "%s: the affine (sform/qform) has a non-finite entry", name);
       goto done;
     }
+  /* scl_slope 0 means "no scaling" in NIfTI-1, and nibabel treats a non-finite slope the same.
+     A valid slope with a non-finite intercept cannot be applied: an error, not silently ignored. */
   slope = ioupos__rdf(&h, 112);
   inter = ioupos__rdf(&h, 116);
   use_scale = slope != 0.0 && isfinite(slope);
@@ -5545,6 +5586,9 @@ IOUPOS_DEF int ioupos_nifti_read_memory(const void *data, size_t size, const cha
   }
   {
     const unsigned char *src = p + off;
+    /* Little-endian int16 is the common CT case (HU stored as short): decoded inline, every other
+       type through ioupos__load_elem. A value beyond float's range becomes +-inf explicitly, since
+       converting an out-of-range double to float is undefined behaviour in C. */
     int fast = !h.swap && dt == IOUPOS_NIFTI_INT16;
     for (i = 0; i < nvox; ++i) {
       double v = fast ? (double)(int16_t)(uint16_t)(src[2 * i] | src[2 * i + 1] << 8)
@@ -5568,6 +5612,8 @@ done:
   return st;
 }
 
+/* Reads the whole file, then parses it in memory (a .nii.gz must be inflated whole anyway);
+   path names the file in every message. vol is empty on failure. */
 IOUPOS_DEF int ioupos_nifti_read(const char *path, ioupos_volume *vol) {
   void *buf;
   size_t size;
@@ -5595,7 +5641,10 @@ static void ioupos__putf(unsigned char *p, double v) {
   ioupos__put32le(p, u);
 }
 
-/* Orthonormal polar factor of m (Newton iteration); 0 if m is singular. */
+/* Orthonormal polar factor of m (Newton iteration); 0 if m is singular.
+   Used by the writer (a qform holds a pure rotation) and by reorientation (nibabel's
+   io_orientation takes the polar factor through an SVD): the iteration m <- (m + m^-T) / 2
+   converges quadratically to the same orthonormal factor for any non-singular m. */
 static int ioupos__polar3(const double m_in[3][3], double q[3][3]) {
   double m[3][3];
   int it, r, c;
@@ -5625,6 +5674,12 @@ static int ioupos__polar3(const double m_in[3][3], double q[3][3]) {
   return 1;
 }
 
+/* Layout written: the 348-byte header, 4 zero extension bytes, the voxels at offset 352,
+   little-endian whatever the host. Both sform and qform are set (code 1): the sform holds the
+   affine itself (in float32), the qform its rotation-plus-zooms approximation for readers that
+   use only the qform; this reader and nibabel prefer the sform, so a written volume reads back
+   with its affine to float32 precision. scl_slope 1, scl_inter 0: stored values are the values.
+   Nothing touches the disk here; *out belongs to the caller. */
 IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int gzip,
                                    unsigned char **out, size_t *size) {
   unsigned char *buf;
@@ -5733,6 +5788,8 @@ IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int g
       continue;
     }
     {
+      /* integers: round half away from zero, then clamp to the type's range (the 64-bit bounds are
+         the largest doubles below 2^63 and 2^64, so the cast back is defined); NaN becomes 0 */
       double lo, hi, rv;
       uint64_t u;
       switch (datatype) {
@@ -5763,6 +5820,9 @@ IOUPOS_DEF int ioupos_nifti_encode(const ioupos_volume *vol, int datatype, int g
   return st;
 }
 
+/* The ".gz" suffix chooses compression (the reader decides by content instead). The file
+   appears under its name only when complete (temporary file, fsync, rename), so a crash never
+   leaves a truncated .nii that a later step would read as a volume. */
 IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, int datatype) {
   unsigned char *bytes;
   size_t size, n;
@@ -5783,6 +5843,11 @@ IOUPOS_DEF int ioupos_nifti_write(const char *path, const ioupos_volume *vol, in
 
 /* -- orientation -- */
 
+/* Why RAS first: after it, voxel axis 0 of every volume points Right, 1 Anterior, 2 Superior
+   (as closely as the scan allows), whatever the scanner wrote, so the axial slices that the
+   exporter cuts at fixed k have the same in-plane orientation in every case. Only flips and an
+   axis permutation are applied, no interpolation: voxel values move, never change, and an
+   already-RAS volume costs only the affine update. On failure vol is unchanged. */
 IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
   double R[3][3], rs[3][3], zoom[3];
   int ornt[3][2], used_in[3] = {0, 0, 0}, order[3], a, b, r, c, n, identity = 1;
@@ -5808,6 +5873,8 @@ IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
         int t = order[b]; order[b] = order[b - 1]; order[b - 1] = t;
       }
   }
+  /* io_orientation's greedy assignment: input axes strongest first; each takes the world axis
+     where its column is largest, and that world row is zeroed so no other axis can take it */
   for (n = 0; n < 3; ++n) {
     int in_ax = order[n], out_ax = 0, nonzero = 0;
     double best = -1.0;
@@ -5872,6 +5939,13 @@ IOUPOS_DEF int ioupos_volume_reorient_ras(ioupos_volume *vol) {
 
 /* -- resampling (MONAI Spacing) -- */
 
+/* The output grid as MONAI's Spacing computes it, in three steps kept apart so each maps to one
+   MONAI / nibabel function: (1) zoom_affine: the input's rotation (its shear dropped through a
+   Cholesky factor of A^T A) times the target spacing, except on axes already within 1e-3 of it;
+   (2) compute_shape_offset: the input's eight corners mapped into the new voxel grid, the shape
+   their extent + 1 rounded half to even (np.round); (3) the origin: the corner that is minimal
+   on every axis when there is one, otherwise the two grids' centres aligned. Exactness
+   matters here: a shape one voxel off would shift every slice the exporter writes. */
 IOUPOS_DEF int ioupos_volume_resample_grid(const ioupos_volume *vol, const double spacing[3],
                                            int out_dim[3], double out_affine[4][4]) {
   double orig[3], outd[3], g[3][3], L[3][3], zs[3][3], zinv[3][3], rot[3][3], N[4][4], X[4][4];
@@ -5994,6 +6068,12 @@ static void ioupos__torch_base_grid(int n, double *out) {
   }
 }
 
+/* Sampling follows torch's affine_grid + grid_sample (MONAI's backend for Spacing) step by
+   step instead of mapping output voxels to input voxels directly: theta lives in normalised
+   [-1, 1] coordinates, each output position is computed in torch's floating-point order and
+   only then unnormalised. A direct formula agrees to ~1e-12 but flips nearest-neighbour ties,
+   which moves label voxels at organ borders. Contract: on success *vol is replaced (old data
+   freed) by the new grid and affine; on failure *vol is unchanged. */
 IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3], int nearest) {
   double na[4][4], X[4][4], S[4][4], Dinv[4][4], M[4][4], T[4][4];
   int odim[3], st, r, c, k, unchanged;
@@ -6101,6 +6181,10 @@ IOUPOS_DEF int ioupos_volume_resample(ioupos_volume *vol, const double spacing[3
 
 /* -- intensity, crop, pad -- */
 
+/* Float32 arithmetic in torch's order ((v - a_min) / (a_max - a_min), then the clip), so each
+   voxel equals ScaleIntensityRanged's to the bit. With the research window [-500, 500] HU air
+   and lung go to 0 and bone and contrast saturate at 1. A zero range skips the division, as
+   MONAI does (with a warning). */
 IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_max) {
   size_t i, n;
   float lo = (float)a_min, range = (float)(a_max - a_min);
@@ -6115,6 +6199,9 @@ IOUPOS_DEF void ioupos_volume_window(ioupos_volume *vol, double a_min, double a_
   }
 }
 
+/* CropForegroundd's select_fn (x > 0) on the WINDOWED image: a voxel is foreground when its HU
+   was above a_min (-500 in the research setup): the body and anything as dense (the table),
+   not the surrounding air. One box for the whole volume, margin 0, not one per slice. */
 IOUPOS_DEF void ioupos_volume_foreground_box(const ioupos_volume *vol, int lo[3], int hi[3]) {
   int i, j, k, any = 0;
   lo[0] = lo[1] = lo[2] = 0;
@@ -6174,6 +6261,9 @@ static int ioupos__subvolume(ioupos_volume *vol, const int lo[3], const int hi[3
   return IOUPOS_OK;
 }
 
+/* The box must lie inside the volume (growing it is ioupos_volume_pad_xy's job). The new
+   affine is translated so every kept voxel keeps its world position. vol is replaced on
+   success, unchanged on failure. */
 IOUPOS_DEF int ioupos_volume_crop(ioupos_volume *vol, const int lo[3], const int hi[3]) {
   int k;
   if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "crop: empty volume");
@@ -6184,6 +6274,9 @@ IOUPOS_DEF int ioupos_volume_crop(ioupos_volume *vol, const int lo[3], const int
   return ioupos__subvolume(vol, lo, hi);
 }
 
+/* z is never padded: the exporter writes one PNG per z, and the crops that need the minimum
+   size are 2D. In ioupos_preprocess the pad follows the window, so its zeros stand for a_min,
+   the value of the air around the body. */
 IOUPOS_DEF int ioupos_volume_pad_xy(ioupos_volume *vol, int min_x, int min_y) {
   int lo[3], hi[3], need[2], k;
   if (!vol || !vol->data) return ioupos__fail(IOUPOS_EINVAL, "pad: empty volume");
@@ -6200,6 +6293,8 @@ IOUPOS_DEF int ioupos_volume_pad_xy(ioupos_volume *vol, int min_x, int min_y) {
   return ioupos__subvolume(vol, lo, hi);
 }
 
+/* The research protocol's values (RESEARCH_CODE.md, Preprocessing): HU window [-500, 500],
+   spacing 1 x 1 x 2.5 mm, x and y padded to the 96-pixel crop. */
 IOUPOS_DEF void ioupos_prep_opts_default(ioupos_prep_opts *o) {
   o->a_min = -500.0;
   o->a_max = 500.0;
@@ -6209,6 +6304,13 @@ IOUPOS_DEF void ioupos_prep_opts_default(ioupos_prep_opts *o) {
   o->pad_xy = 96;
 }
 
+/* The research transform chain in its order: Orientationd RAS, Spacingd (bilinear image,
+   nearest label), ScaleIntensityRanged with clip, CropForegroundd (the label cut with the
+   image's box), SpatialPadd in x and y. The order matters: the window precedes the foreground
+   box because the box is "windowed value > 0", and the pad comes last so its zeros never count
+   as foreground. Image and label get the same geometry and stay voxel-aligned; a label on
+   another grid is caught after resampling. On failure both volumes may be partly processed
+   (free them); nothing is written to disk here. */
 IOUPOS_DEF int ioupos_preprocess(ioupos_volume *image, ioupos_volume *label,
                                  const ioupos_prep_opts *o) {
   int st, lo[3], hi[3], k;
@@ -6241,6 +6343,8 @@ IOUPOS_DEF int ioupos_preprocess(ioupos_volume *image, ioupos_volume *label,
   return IOUPOS_OK;
 }
 
+/* The research export truncated to uint8 (RESEARCH_CODE.md fault 15: up to one grey level, about
+   3.9 HU, too low); this rounds, so a stored slice is within half a level of the float volume. */
 IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_label,
                                        uint8_t *out) {
   int r, c, nx = vol->dim[0], ny = vol->dim[1];
@@ -6256,12 +6360,16 @@ IOUPOS_DEF void ioupos_volume_slice_u8(const ioupos_volume *vol, int k, int is_l
 
 /* -- split files -- */
 
+/* A strict reader for the small JSON files this library reads (split files here; section 18's
+   resume check of the flags reuses it): the text, a position, and the file name for the
+   line:column messages. */
 typedef struct ioupos__json {
   const char *s;
   size_t len, pos;
   const char *name;
 } ioupos__json;
 
+/* fails with the 1-based line and column (in bytes) of byte `at`, which an editor can jump to */
 static int ioupos__json_fail(const ioupos__json *j, size_t at, const char *what) {
   size_t i, line = 1, col = 1;
   for (i = 0; i < at && i < j->len; ++i) {
@@ -6440,7 +6548,9 @@ too_long:
   return -1;
 }
 
-/* Parse a JSON string at j->pos into a new buffer (UTF-8) of at most max_len bytes. */
+/* Parse a JSON string at j->pos into a new buffer (UTF-8) of at most max_len bytes.
+   On success *out is a fresh buffer the caller frees (IOUPOS_FREE); on failure it is NULL and
+   the message has the string's line and column. */
 static int ioupos__json_string(ioupos__json *j, char **out, size_t max_len) {
   const char *why = NULL;
   char msg[96];
@@ -6518,6 +6628,7 @@ static int ioupos__json_skip_value(ioupos__json *j, int depth) {
 }
 #endif
 
+/* Safe on a partly parsed split (the parser's failure path calls it) and twice. */
 IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
   int s, c;
   if (!split) return;
@@ -6531,6 +6642,8 @@ IOUPOS_DEF void ioupos_split_free(ioupos_split *split) {
   split->n_sets = 0;
 }
 
+/* Linear: split files list tens to a few thousand cases, and the parser's duplicate check calls
+   this once per case, which stays cheap at those sizes. */
 IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_name) {
   int s, c;
   for (s = 0; s < split->n_sets; ++s)
@@ -6539,6 +6652,11 @@ IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_nam
   return -1;
 }
 
+/* Why strict: a split file decides which CTs are trained on and which are scored, so a case
+   listed twice, a trailing comma another parser would accept, or a path where a name belongs
+   must stop the run with a line and column rather than silently move a case between sets.
+   Case names must be plain file-name stems because they are joined to folder paths. Sets keep
+   the file's order. On failure split is empty. */
 IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name,
                                   ioupos_split *split) {
   ioupos__json j;
@@ -12824,6 +12942,8 @@ static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, fl
 /* ---- 13. Safetensors files --------------------------------------------------------------------- */
 
 
+/* Indexed by ioupos_st_dtype, the Rust Dtype enum's order, so the writer's sort by dtype is a
+   sort by index. The F8 types take one byte per element, and so does BOOL. */
 static const char *const ioupos__st_names[IOUPOS_ST_NUM_DTYPES] = {
     "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
     "I32", "U32", "F32", "F64", "I64", "U64"};
@@ -12840,6 +12960,10 @@ IOUPOS_DEF size_t ioupos_st_dtype_size(int dtype) {
 
 /* -- the header parser -- */
 
+/* A parser of its own rather than a general JSON library: the schema is fixed, the header may
+   come from an untrusted file, and every refusal should name the tensor and the byte. One pass
+   over the header; decoded strings go into one arena as large as the header, so there is no
+   allocation per string and no bound to check beyond the arena's. */
 typedef struct ioupos__st_parser {
   const unsigned char *p; /* the header, n bytes */
   size_t n, pos;
@@ -12885,7 +13009,10 @@ static int ioupos__st_string(ioupos__st_parser *ps, const char **out) {
   return IOUPOS_OK;
 }
 
-/* A non-negative JSON integer (no fraction, no exponent, no leading zero) below 2^63. */
+/* A non-negative JSON integer (no fraction, no exponent, no leading zero) below 2^63.
+   JSON forbids leading zeros, and safetensors' own reader (serde into usize) refuses fractions
+   and exponents; so does this one. The 2^63 bound keeps every offset and dimension
+   representable as an int64 (shape[] and torch's sizes). */
 static int ioupos__st_uint(ioupos__st_parser *ps, const char *tensor, const char *field,
                            uint64_t *v) {
   size_t start;
@@ -12939,7 +13066,10 @@ static int ioupos__st_uint_array(ioupos__st_parser *ps, const char *tensor, cons
 }
 
 /* Parse one tensor entry {"dtype": .., "shape": [..], "data_offsets": [b, e]}; t->data is set
-   to (const char *)0 + begin for now and t->nbytes to end - begin. */
+   to (const char *)0 + begin for now and t->nbytes to end - begin.
+   The checks after the keys are the ones that make the data pointer safe to read: begin <= end,
+   end within the buffer, and end - begin == product(shape) * dtype size, with overflow caught.
+   The layout (gaps, overlaps) needs every entry and is checked later, in ioupos__st_parse. */
 static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t *begin,
                             size_t buffer_size) {
   int st, have_dtype = 0, have_shape = 0, have_off = 0, i;
@@ -13038,6 +13168,9 @@ static int ioupos__st_entry(ioupos__st_parser *ps, ioupos_st_tensor *t, uint64_t
   return IOUPOS_OK;
 }
 
+/* Offset order, then size, then name: a total order, so the result does not depend on qsort's
+   instability, and a zero-size tensor sorts before a tensor that starts at the same offset
+   (the other way round the layout check would see a false overlap). */
 static int ioupos__st_cmp_offset(const void *a, const void *b) {
   const ioupos_st_tensor *x = (const ioupos_st_tensor *)a, *y = (const ioupos_st_tensor *)b;
   const char *px = (const char *)x->data, *py = (const char *)y->data;
@@ -13060,6 +13193,9 @@ static int ioupos__st_cmp_pair(const void *a, const void *b) {
   return strcmp(((const ioupos_st_pair *)a)->key, ((const ioupos_st_pair *)b)->key);
 }
 
+/* Frees everything a parse or read allocated (for read, the file's bytes too); safe on a
+   zeroed or failed ioupos_st_file and twice, since it zeroes f. After parse the tensors'
+   data point into the caller's bytes, which are not freed here. */
 IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f) {
   if (!f) return;
   IOUPOS_FREE(f->tensors);
@@ -13071,6 +13207,15 @@ IOUPOS_DEF void ioupos_safetensors_free(ioupos_st_file *f) {
   memset(f, 0, sizeof *f);
 }
 
+/* The whole validation, in the order that keeps each later step safe: (1) the 8-byte
+   little-endian header length N, bounded by the file and by IOUPOS_ST_MAX_HEADER before
+   anything is allocated; (2) the JSON header in one pass, each tensor entry checked on its own;
+   (3) duplicate metadata keys; (4) the layout: sorted by offset, the tensors must tile the data
+   buffer exactly; (5) duplicate tensor names, with the name index built in the same sort.
+   Why this strict: checkpoints are loaded into a model by name, so with a duplicate name the
+   value loaded would depend on which entry wins, and a gap or an overlap means a damaged or
+   hand-edited file whose bytes cannot be trusted to be the tensors they claim to be. On failure
+   out may hold partial allocations: the caller frees them (ioupos_safetensors_parse does). */
 static int ioupos__st_parse(const unsigned char *d, size_t size, const char *name,
                             ioupos_st_file *out) {
   ioupos__st_parser ps;
@@ -13100,6 +13245,8 @@ static int ioupos__st_parse(const unsigned char *d, size_t size, const char *nam
   if (d[8] != '{')
     return ioupos__fail(IOUPOS_EFORMAT, "%s: not a safetensors file (the header does not "
                         "start with '{')", name);
+  /* the data buffer starts right after the header; data_offsets are relative to it, not to the
+     file */
   buf = d + 8 + hlen;
   buffer_size = size - 8 - (size_t)hlen;
 
@@ -13269,6 +13416,10 @@ IOUPOS_DEF int ioupos_safetensors_parse(const void *bytes, size_t size, const ch
   return st;
 }
 
+/* On success out owns the file's bytes (out->buffer) and every tensor's data points into them;
+   on failure nothing is kept. The file is read whole rather than mapped: checkpoints here are
+   tens of MB, a copy is portable, and the file stays free to be replaced atomically (a run
+   saving its next checkpoint) while the caller still uses the loaded tensors. */
 IOUPOS_DEF int ioupos_safetensors_read(const char *path, ioupos_st_file *out) {
   void *data;
   size_t size;
@@ -13286,6 +13437,8 @@ IOUPOS_DEF int ioupos_safetensors_read(const char *path, ioupos_st_file *out) {
   return IOUPOS_OK;
 }
 
+/* Binary search over by_name, which the parser sorted with strcmp; a table built by hand has no
+   index and is searched linearly. */
 IOUPOS_DEF const ioupos_st_tensor *ioupos_safetensors_find(const ioupos_st_file *f,
                                                            const char *name) {
   int lo = 0, hi;
@@ -13307,6 +13460,8 @@ IOUPOS_DEF const ioupos_st_tensor *ioupos_safetensors_find(const ioupos_st_file 
   return NULL;
 }
 
+/* IEEE binary16 to float, exact: subnormals as m * 2^-24, normal exponents re-biased by 112
+   (127 - 15), infinities and NaN payloads kept bit for bit. */
 static float ioupos__st_f16(unsigned h) {
   unsigned sign = (h >> 15) & 1u, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
   uint32_t bits;
@@ -13321,6 +13476,8 @@ static float ioupos__st_f16(unsigned h) {
   return f;
 }
 
+/* Each element is assembled from its little-endian bytes, so this works on any host and on
+   unaligned data (a header written by another tool need not be padded to 8 bytes). */
 IOUPOS_DEF int ioupos_st_to_f32(const ioupos_st_tensor *t, float *dst) {
   const unsigned char *s;
   size_t i, count, es;
@@ -13430,6 +13587,7 @@ static void ioupos__st_put_string(ioupos__st_out *o, const char *s) {
   ioupos__st_put(o, "\"", 1);
 }
 
+/* decimal without leading zeros, as serde_json writes integers */
 static void ioupos__st_put_u64(ioupos__st_out *o, uint64_t v) {
   char tmp[24];
   int k = 0;
@@ -13440,6 +13598,8 @@ static void ioupos__st_put_u64(ioupos__st_out *o, uint64_t v) {
   while (k > 0) ioupos__st_put(o, &tmp[--k], 1);
 }
 
+/* Names, keys and values must be valid UTF-8: the header is JSON, and Rust readers (str) refuse
+   anything else, so such a file would load here but not in PyTorch. */
 static int ioupos__st_valid_utf8(const char *s) {
   size_t n = strlen(s), i = 0;
   while (i < n) {
@@ -13450,7 +13610,9 @@ static int ioupos__st_valid_utf8(const char *s) {
   return 1;
 }
 
-/* The header (from '{' to the padding, inclusive) for tensors in the order order[]. */
+/* The header (from '{' to the padding, inclusive) for tensors in the order order[].
+   Spaces (JSON whitespace) pad 8 + N to a multiple of 8, as safetensors' writer does, so a
+   reader that maps the file can view every tensor in place, F64 and I64 included. */
 static void ioupos__st_header(ioupos__st_out *o, int n, const ioupos_st_tensor *tensors,
                               const int *order, const size_t *nbytes, int n_metadata,
                               const ioupos_st_pair *metadata) {
@@ -13497,12 +13659,21 @@ typedef struct ioupos__st_wref {
   int index;
 } ioupos__st_wref;
 
+/* safetensors' save_file order: dtype descending (U64 first), ties by name bytewise. Element
+   sizes never grow along that order, so with the buffer starting 8-aligned every tensor starts
+   at a multiple of its own element size. */
 static int ioupos__st_cmp_write(const void *a, const void *b) {
   const ioupos_st_tensor *x = ((const ioupos__st_wref *)a)->t, *y = ((const ioupos__st_wref *)b)->t;
   if (x->dtype != y->dtype) return x->dtype > y->dtype ? -1 : 1;
   return strcmp(x->name, y->name);
 }
 
+/* Steps: validate every argument (nothing is written when one is bad), sort, measure the
+   header, build the whole file in memory, write it atomically. Building in memory costs one
+   copy of the tensors but makes the write a single ioupos_write_file_atomic: the file on disk is
+   always the previous complete version or the new one, never a mix, which is what lets a run be
+   killed at any moment and resume from its state file. A big-endian host byte-swaps each
+   element while copying, so the file is little-endian everywhere. */
 IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st_tensor *tensors,
                                         int n_metadata, const ioupos_st_pair *metadata) {
   ioupos__st_wref *refs = NULL;
@@ -13598,6 +13769,8 @@ IOUPOS_DEF int ioupos_safetensors_write(const char *path, int n, const ioupos_st
     if (st) goto done;
   }
 
+  /* the header twice: a counting pass (o.p NULL) gives its padded length N, then the real pass
+     writes it after the 8 length bytes; both passes depend on the arguments only, so they agree */
   o.p = NULL;
   o.n = 8;
   ioupos__st_header(&o, n, tensors, order, nbytes, n_metadata, metadata);
@@ -15521,7 +15694,10 @@ IOUPOS_DEF double ioupos_collapse_level(double avg_std, int dim) {
   return c > 0.0 ? c : 0.0;
 }
 
-/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D] */
+/* mean over channels of the unbiased per-channel std of the l2-normalised rows of x [N][D].
+   In double on the host; unbiased (N - 1) as torch.std; the 1e-12 floor of F.normalize's eps
+   keeps an all-zero row at zeros instead of NaN. Returns 0 for N < 2 (no std) or when out of
+   memory: a monitor must never stop a run. */
 static double ioupos__norm_std(const float *x, int N, int D) {
   double *mu = (double *)ioupos__calloc((size_t)2 * D + 1, sizeof(double)), *sq = mu + D, s = 0.0;
   int n, d;
@@ -15549,7 +15725,9 @@ static double ioupos__norm_std(const float *x, int N, int D) {
   return s / D;
 }
 
-/* the monitor of rows [N][D] on the backend */
+/* the monitor of rows [N][D] on the backend.
+   The rows are downloaded and reduced on the host whatever the backend, so CPU and CUDA runs
+   log the same figure for the same outputs. */
 static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x, int N, int D) {
   float *h = (float *)ioupos__calloc((size_t)N * D + 1, sizeof(float));
   double s;
@@ -15560,7 +15738,9 @@ static double ioupos__backend_norm_std(const ioupos_backend *be, const float *x,
   return s;
 }
 
-/* (re)allocates a backend buffer of n floats */
+/* (re)allocates a backend buffer of n floats.
+   Re-made only when the batch or crop shape changes, which a run never does (drop_last keeps
+   every batch full); the old contents are not kept. */
 static int ioupos__bbuf(const ioupos_backend *be, float **p, size_t n) {
   be->release(*p);
   *p = (float *)be->alloc((n ? n : 1) * sizeof(float));
@@ -15583,6 +15763,11 @@ IOUPOS_DEF void ioupos_simsiam_config_default(ioupos_simsiam_config *c, int spat
   c->pred_hidden = 512;
 }
 
+/* The tensor table is built in a fixed order (backbone, projection head, prediction head) and
+   ioupos_params_init draws every tensor from one generator in that order, so a seed gives the
+   same initial weights on every backend. The momentum buffers need no initial value: SGD's
+   first step overwrites them (torch's momentum_buffer None). On failure everything is freed and
+   *m is zeroed. */
 IOUPOS_DEF int ioupos_simsiam_init(ioupos_simsiam *m, const ioupos_simsiam_config *cfg,
                                    const ioupos_backend *be, uint64_t seed) {
   int rc, F = ioupos_swin_feature_dim(&cfg->enc);
@@ -15664,12 +15849,17 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
     z[v] = ioupos_head_output(&m->proj, v);
     pp[v] = ioupos_head_output(&m->pred, v);
   }
+  /* D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2: its backward reaches p1 and p2 only (the stop-gradient),
+     so z's gradient comes solely back through the predictor; the monitors use view 1, as
+     lightly's and the research code's */
   loss = be->simsiam_loss_forward(pp[0], pp[1], z[0], z[1], B, P);
   if (st) {
     st->loss = loss;
     st->p_std = ioupos__backend_norm_std(be, pp[0], B, P);
     st->z_std = ioupos__backend_norm_std(be, z[0], B, P);
   }
+  /* the backward adds into dp, dz and df: they start from zero in every micro-batch (the
+     parameter gradients, in contrast, accumulate across micro-batches until zero_grad) */
   be->zero(m->dp, 2 * (size_t)B * P * sizeof(float));
   be->zero(m->dz, 2 * (size_t)B * P * sizeof(float));
   be->zero(m->df, 2 * (size_t)B * F * sizeof(float));
@@ -15683,6 +15873,11 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
   return ioupos_swin_encoder_backward(&m->enc, p, NULL, m->df, NULL);
 }
 
+/* One SGD step per trained tensor in table order (torch's single-tensor path). Buffers and
+   frozen tensors are skipped; the prediction head takes lr_pred (the research code's second
+   parameter group, held at base_lr); biases and 1-D tensors get no weight decay. first_step
+   holds only on the run's very first step: m->steps comes back from the state on resume, so a
+   resumed run keeps its momentum instead of restarting it. */
 IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred, double momentum,
                                    double wd) {
   ioupos_params *p = &m->p;
@@ -15702,6 +15897,8 @@ IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred,
 
 /* -- DINO -- */
 
+/* The research code's DINO head and loss (RESEARCH_CODE.md section 4): 2048 -> 256 -> 1024
+   (the reference's out_dim is 65536), student temperature 0.1, centre momentum 0.9. */
 IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_dims) {
   ioupos_swin_config_default(&c->enc, spatial_dims);
   c->hidden = 2048;
@@ -15712,6 +15909,11 @@ IOUPOS_DEF void ioupos_dino_config_default(ioupos_dino_config *c, int spatial_di
   c->center_momentum = 0.9f;
 }
 
+/* The teacher starts as an exact copy of the student (the reference's
+   teacher.load_state_dict(student.state_dict())) and has no gradient arena: only the EMA moves
+   it. enc_sl is a second plan of the student's encoder for the local-crop shape: the same
+   parameters, its own activations. Moments and centre start at zero (backend memory is
+   zero-filled), as AdamW and the reference's register_buffer("center", zeros) need. */
 IOUPOS_DEF int ioupos_dino_init(ioupos_dino *m, const ioupos_dino_config *cfg,
                                 const ioupos_backend *be, uint64_t seed) {
   int rc, F = ioupos_swin_feature_dim(&cfg->enc);
@@ -15804,7 +16006,10 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   be->upload(m->x, g1, (size_t)B * npix * sizeof(float));
   be->upload(m->x + (size_t)B * npix, g2, (size_t)B * npix * sizeof(float));
   if (n_local) be->upload(m->xl, local, (size_t)n_local * B * nlpix * sizeof(float));
-  /* teacher on the global views, eval mode */
+  /* teacher on the global views, eval mode.
+     The reference's order within a step: teacher forward (targets only, no gradient, no
+     drop-path), student forward on every view, loss against the current centre, backward, and
+     only then the centre update, so this micro-batch's loss used the previous centre. */
   if ((rc = ioupos_swin_encoder_forward(&m->enc_t, &m->t, m->x, 0, NULL)) ||
       (rc = ioupos_head_forward(&m->head_t, &m->t, 0, ioupos_swin_encoder_feature(&m->enc_t), 0)))
     return rc;
@@ -15819,6 +16024,8 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   }
   if ((rc = ioupos_head_forward(&m->head_s, &m->s, 0, m->feat, 1)) != 0) return rc;
   sout = ioupos_head_output(&m->head_s, 0);
+  /* cross-entropy between each global view's centred, sharpened teacher softmax and the
+     student's log-softmax of every other view (pairs with the same index skipped), averaged */
   loss = be->dino_loss_forward(m->tprob, m->slogp, tout, sout, m->center, 2, NS, B, D,
                                teacher_temp, m->cfg.student_temp);
   if (st) {
@@ -15838,6 +16045,10 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   return be->sync();
 }
 
+/* The reference's order per iteration: clip each tensor's gradient (clip_gradients), skip the
+   last layer entirely during the first freeze_last_layer epochs (cancel_gradients_last_layer:
+   no decay, no step count, so AdamW's step differs between tensors and is kept per tensor in
+   adam_steps), the AdamW step, then the teacher EMA with the scheduled momentum. */
 IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                                 int freeze_last_layer, float clip_grad, double teacher_m) {
   ioupos_params *p = &m->s;
@@ -15861,6 +16072,11 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
 
 /* -- the run -- */
 
+/* The published settings. SimSiam: the research runs (batch 128, 100 epochs, SGD lr 0.025
+   cosine to 1e-6 without warm-up, wd 1e-5, seed 4294967295, 96 x 96 crops with IoU in
+   [0.3, 0.6], the interval with the best DSC). DINO: main_dino.py's defaults (lr 5e-5 with 10
+   warm-up epochs, wd 0.04 -> 0.4, teacher momentum 0.9995, temperatures 0.04 / 0.1, clip 3.0),
+   except batch, epochs and encoder width, which stay SimSiam's. */
 IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method) {
   memset(o, 0, sizeof *o);
   o->method = method;
@@ -15925,7 +16141,9 @@ static void ioupos__json_escape(char *dst, size_t cap, const char *s) {
   dst[k] = '\0';
 }
 
-/* A growing list of tensors for a state file. */
+/* A growing list of tensors for a state file.
+   A state file is assembled as a list of (name, dtype, shape, pointer) over host copies; the
+   list owns the names only, the data stay with the caller until the write returns. */
 typedef struct ioupos__tlist {
   int n;
   size_t cap;
@@ -15965,7 +16183,10 @@ static void ioupos__tlist_free(ioupos__tlist *l) {
   memset(l, 0, sizeof *l);
 }
 
-/* every tensor of table tt with values in host arena h (F32) / ih (I64; NULL: F32 only) */
+/* every tensor of table tt with values in host arena h (F32) / ih (I64; NULL: F32 only)
+   With ih (a model) every tensor goes in, buffers and the I64 index tables included, so the
+   file alone rebuilds the model; without it (optimiser moments) buffers and frozen tensors are
+   left out, as they have no optimiser state. */
 static int ioupos__tlist_table(ioupos__tlist *l, const char *prefix, const ioupos_tensor_table *tt,
                                const float *h, const int64_t *ih) {
   int i, rc;
@@ -15990,7 +16211,10 @@ static float *ioupos__host_copy(const ioupos_backend *be, const float *src, size
   return h;
 }
 
-/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst */
+/* load the F32 trainable tensors of tt from "<prefix><name>" into backend arena dst.
+   Strict: each tensor must be present with its exact size and be finite. A state that loaded in
+   part would resume a different run from the one saved, without a word. The slots not loaded
+   (buffers, frozen tensors) are set to 0: the arenas loaded here are optimiser states. */
 static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
                               const ioupos_tensor_table *tt, const ioupos_backend *be, float *dst) {
   float *h = (float *)ioupos__calloc(tt->total + 1, sizeof(float));
@@ -16019,6 +16243,8 @@ static int ioupos__load_arena(const ioupos_st_file *f, const char *prefix,
   return be->sync();
 }
 
+/* n int64 from little-endian bytes (the file's order), so a state written on one host reads on
+   any other */
 static int ioupos__st_i64(const ioupos_st_file *f, const char *name, int64_t *v, size_t n) {
   const ioupos_st_tensor *t = ioupos_safetensors_find(f, name);
   size_t k;
@@ -16036,6 +16262,9 @@ static int ioupos__st_i64(const ioupos_st_file *f, const char *name, int64_t *v,
 
 /* the run's position and configuration, stored as "train.counters" */
 enum {
+  /* Position (epoch, step within the epoch, optimiser steps) says where to continue; the others
+     are settings a resume must not change, compared one by one (ioupos__load_state's what[]).
+     int64 holds the seed exactly. The order is the file format: append, never reorder. */
   IOUPOS__C_METHOD, IOUPOS__C_EPOCH, IOUPOS__C_STEP, IOUPOS__C_OPT_STEPS, IOUPOS__C_SEED,
   IOUPOS__C_BATCH, IOUPOS__C_ACCUM, IOUPOS__C_EPOCHS, IOUPOS__C_CROP0, IOUPOS__C_CROP1,
   IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
@@ -16102,7 +16331,9 @@ typedef struct ioupos__clock {
   double t_start, t_log, img_log;
 } ioupos__clock;
 
-/* one line of <dir>/metrics.jsonl */
+/* one line of <dir>/metrics.jsonl.
+   Appended, not rewritten atomically: metrics are a log, and a resume first cuts the lines
+   past its state's step (ioupos__metrics_truncate), so none appears twice. */
 static int ioupos__metrics_put(const ioupos__runio *io, const char *line) {
   char path[4200];
   snprintf(path, sizeof path, "%s/metrics.jsonl", io->dir);
@@ -16129,6 +16360,13 @@ static ioupos_params *ioupos__run_params(ioupos__run *r) {
   return r->o->method == IOUPOS_SSL_DINO ? &r->dn.s : &r->ss.p;
 }
 
+/* The pretraining state: model.* (every tensor), then the optimiser (SimSiam: optim.momentum.*;
+   DINO: teacher.*, optim.exp_avg.*, optim.exp_avg_sq.*, optim.step.* per tensor, dino.center),
+   then train.counters and train.monitor. Everything the next step reads is in it; with the
+   loader's position in the counters and every random stream derived from (seed, position),
+   the step after a resume computes exactly what the uninterrupted run would have. Arenas are
+   downloaded to host copies first, so the file is the same whatever the backend, and the
+   atomic write means a kill during the save leaves the previous state intact. */
 static int ioupos__save_state(ioupos__run *r, const char *path) {
   ioupos__tlist l;
   const ioupos_pretrain_opts *o = r->o;
@@ -16296,7 +16534,10 @@ static void ioupos__jdiff_add(char *msg, size_t cap, int *nd, const ioupos__jkv 
   ++*nd;
 }
 
-/* compares the state's stored flags with o->flags_json (see "Resume refuses" above) */
+/* compares the state's stored flags with o->flags_json (see "Resume refuses" above)
+   Why key by key on top of the counters: the counters hold only integer settings, while learning
+   rates, IoU intervals, temperatures and the like live in the flags, and a change to any of them
+   would alter the resumed half of the run without a trace in its files. */
 static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_file *f,
                                       const char *path) {
   const char *stored = "{}";
@@ -16349,7 +16590,10 @@ done:
 /* -- training state files, shared with fine-tuning
    A state file holds the run's own tensors (model, optimiser, ...), then "train.counters" (the
    run's position and the settings it must keep, int64) and "train.monitor" (three float64 the
-   run carries across epochs), with the flags and the build as metadata. */
+   run carries across epochs), with the flags and the build as metadata. The monitor is float64
+   because the epoch's loss sum and the collapse EMA must come back bit for bit (a float32 copy
+   would change the logged means after a resume). l keeps pointers to c and mon, which must
+   live until the write returns. */
 static int ioupos__state_write(const ioupos__runio *io, ioupos__tlist *l, const char *path,
                                int64_t *c, int nc, double mon[3]) {
   int64_t cshape[1], three[1] = {3};
@@ -16392,6 +16636,11 @@ static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_
   return ioupos__st_check_finite(f, "train.monitor", NULL, mon, 3);
 }
 
+/* Loads in the order ioupos__save_state wrote: the counters, checked against this run (what[]
+   names each counter that must match; NULL marks the position, free to differ), the model,
+   then the optimiser state. The counters and monitor are taken over only once every tensor has
+   loaded; on failure the caller abandons the run. SimSiam's step count comes from the counters:
+   it decides whether the next SGD step is a first step. */
 static int ioupos__load_state(ioupos__run *r, const char *path) {
   static const char *const what[IOUPOS__C_N] = {
     "the method", NULL, NULL, NULL, "`seed`", "`batch_size`", "`accum_iters`", "`n_epochs`",
@@ -16439,7 +16688,9 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   return rc;
 }
 
-/* the model checkpoint with MONAI / PyTorch names */
+/* the model checkpoint with MONAI / PyTorch names.
+   Weights only (no optimiser), named so that ioupos_swinunetr_load and PyTorch code find the
+   encoder under backbone.*; "epochs_done" metadata says which epoch the file holds. */
 static int ioupos__save_checkpoint(ioupos__run *r, const char *path) {
   ioupos_st_pair meta[1];
   char epoch[32];
@@ -16487,7 +16738,10 @@ static double ioupos__clock_rate(ioupos__clock *c) {
 }
 
 /* The run directory held for the run (ioupos_dir_hold: a second run or --resume of the same
-   directory is refused while this one lives; stale temporary files of a killed run go). */
+   directory is refused while this one lives; stale temporary files of a killed run go).
+   Why a hold: two processes writing one run directory (a resume started while the run still
+   lives, or two launches with one run_name) would interleave states and checkpoints of
+   different runs, and neither could be resumed correctly. */
 static int ioupos__run_dir_hold(ioupos__runio *io) {
   int n_stale = 0, rc = ioupos_dir_hold(&io->lock, io->dir, &n_stale);
   if (rc == 0 && n_stale > 0)
@@ -16507,7 +16761,9 @@ static void ioupos__run_dir_release(ioupos__runio *io, int rc) {
   ioupos_dir_release(&io->lock, rc != 0 && stat(path, &sb) != 0);
 }
 
-/* A new run directory: refused when dir already holds a run (its state file). */
+/* A new run directory: refused when dir already holds a run (its state file).
+   Checked after the hold, so no other process can create a state between this check and the
+   run's first write. */
 static int ioupos__run_dir_free(const char *dir) {
   char path[4200];
   FILE *fp;
@@ -16520,7 +16776,9 @@ static int ioupos__run_dir_free(const char *dir) {
 }
 
 /* Creates the run directory dir with flags.json ({"flags": flags_json, "seed", "commit",
-   "steps_per_epoch"}, atomically) and no metrics.jsonl yet. */
+   "steps_per_epoch"}, atomically) and no metrics.jsonl yet.
+   An old metrics.jsonl is removed: a run killed before its first state (kill -9 skips the
+   clean-up) leaves one behind, and its lines must not pass on to the new run. */
 static int ioupos__run_dir_create(const char *dir, const char *flags_json, uint64_t seed,
                                   const char *commit, int spe) {
   char path[4200], esc[512], *js;
@@ -16542,7 +16800,9 @@ static int ioupos__run_dir_create(const char *dir, const char *flags_json, uint6
   return 0;
 }
 
-/* keeps the metrics lines whose "step" is at most `step` (a resumed run rewrites its future) */
+/* keeps the metrics lines whose "step" is at most `step` (a resumed run rewrites its future)
+   Without the cut, the steps recomputed after a resume would be logged twice. Lines without a
+   "step" are kept. The rewrite is atomic. */
 static int ioupos__metrics_truncate(const char *path, long long step) {
   void *data = NULL;
   size_t size = 0, i = 0, keep = 0;
@@ -16568,6 +16828,8 @@ static int ioupos__metrics_truncate(const char *path, long long step) {
   return rc;
 }
 
+/* opened and closed per line: a crash loses at most the line being written, and no descriptor
+   stays open across a long evaluation */
 static int ioupos__append(const char *path, const char *line) {
   FILE *fp = fopen(path, "a");
   int ok;
@@ -16577,6 +16839,8 @@ static int ioupos__append(const char *path, const char *line) {
   return ok ? 0 : ioupos__fail(IOUPOS_EIO, "cannot write %s: %s", path, strerror(errno));
 }
 
+/* Every option checked before the data are scanned or anything is written: a bad invocation
+   costs nothing and leaves no directory. */
 static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   if (o->method != IOUPOS_SSL_SIMSIAM && o->method != IOUPOS_SSL_DINO)
     return ioupos__fail(IOUPOS_EINVAL, "unknown method %d", o->method);
@@ -16621,7 +16885,10 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
 
 /* -- the steps of a pretraining run, in the order the loop takes them -- */
 
-/* the epoch's sample order; mid-epoch after a resume, from the state's position */
+/* the epoch's sample order; mid-epoch after a resume, from the state's position.
+   The state counts optimiser steps and the loader micro-batches, hence step * accum_iters. The
+   loader's order and augmentations are functions of (seed, epoch, batch) only, so the seek
+   yields exactly the batches the interrupted run would have drawn next. */
 static int ioupos__pt_epoch_begin(ioupos__run *r, ioupos_loader *ld) {
   int e = (int)r->c[IOUPOS__C_EPOCH], step = (int)r->c[IOUPOS__C_STEP];
   return step == 0 ? ioupos_loader_epoch(ld, e)
@@ -16639,7 +16906,13 @@ typedef struct ioupos__pt_sched {
 /* The schedules at the run's next step. DINO (its reference code): lr linear warm-up then cosine
    to min_lr, weight decay and teacher momentum cosine over all steps, teacher temperature linear
    over its warm-up epochs. SimSiam (the research code): lr linear warm-up per step, then cosine
-   per EPOCH to end_lr; the predictor keeps base_lr. */
+   per EPOCH to end_lr; the predictor keeps base_lr.
+   Every value is a pure function of the counters and the options, never of anything kept
+   between calls: that is what makes the schedules resume exactly. SimSiam's cosine moves once
+   per epoch because the research code steps its CosineAnnealingLR scheduler once per epoch
+   (T_max: the epochs after the warm-up), so the lr is constant within an epoch; DINO's values are the elements
+   `it` of the reference's per-iteration cosine_scheduler arrays, and its teacher temperature is
+   np.linspace(warmup_teacher_temp, teacher_temp, warmup epochs)[epoch], then constant. */
 static ioupos__pt_sched ioupos__pt_schedules(const ioupos__run *r) {
   const ioupos_pretrain_opts *o = r->o;
   int64_t e = r->c[IOUPOS__C_EPOCH], it = r->c[IOUPOS__C_OPT_STEPS];
@@ -16688,6 +16961,8 @@ static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__p
   else ioupos_simsiam_zero_grad(&r->ss);
   for (a = 0; rc == 0 && a < o->accum_iters; ++a) {
     ioupos_batch b;
+    /* drop-path masks from (seed, micro-step index): the same micro-batch draws the same masks
+       after a resume, whatever ran before it in this process */
     ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)(it * o->accum_iters + a));
     if ((rc = ioupos_loader_next(ld, &b)) != 0) break;
     lshape[0] = b.lh;
@@ -16700,6 +16975,8 @@ static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__p
       rc = ioupos_simsiam_accumulate(&r->ss, b.views[0], b.views[1], b.n, shape,
                                      1.0f / o->accum_iters, &dr, st);
     if (rc) break;
+    /* checked before the optimiser step: the weights in memory and on disk are still the last good
+       ones, and no checkpoint of the broken model is ever written */
     if (!isfinite(st->loss))
       return ioupos__fail(IOUPOS_ERANGE,
                           "the loss is %g at epoch %lld step %lld: stopping; the last good "
@@ -16722,6 +16999,7 @@ static int ioupos__pt_step(ioupos__run *r, const ioupos__pt_sched *sc, double lo
                                   o->freeze_last_layer, (float)o->clip_grad, sc->teacher_m)
                : ioupos_simsiam_step(&r->ss, sc->lr, sc->lr_pred, 0.9, sc->wd);
   if (rc) return rc;
+  /* the research collapse monitor: an EMA (0.9) of p_std, started at the first value */
   r->avg_std = r->c[IOUPOS__C_OPT_STEPS] == 0 ? st->p_std : 0.9 * r->avg_std + 0.1 * st->p_std;
   r->ep_loss += loss;
   r->ep_n += 1.0;
@@ -16732,7 +17010,9 @@ static int ioupos__pt_step(ioupos__run *r, const ioupos__pt_sched *sc, double lo
   return 0;
 }
 
-/* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line */
+/* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line.
+   Called after the step, so a line's "step" is the count of optimiser steps done, the number the
+   state stores: a resume can cut metrics.jsonl exactly at its state. */
 static int ioupos__pt_log(ioupos__run *r, const ioupos__pt_sched *sc, double loss,
                           const ioupos_ssl_stats *st) {
   const ioupos_pretrain_opts *o = r->o;
@@ -16757,7 +17037,10 @@ static int ioupos__pt_log(ioupos__run *r, const ioupos__pt_sched *sc, double los
 }
 
 /* The epoch is done: the checkpoints (checkpoint_epoch<E> and the latest), its metrics and
-   console lines. *stop when the caller asked to stop (the state is saved next). */
+   console lines. *stop when the caller asked to stop (the state is saved next).
+   A kill between these checkpoints and the state save (the caller's next call) loses nothing:
+   the state on disk still points into this epoch, which is recomputed identically and its
+   checkpoints rewritten with the same bytes. */
 static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
   const ioupos_pretrain_opts *o = r->o;
   long long e = (long long)++r->c[IOUPOS__C_EPOCH]; /* epochs done, the one just finished */
@@ -16782,6 +17065,18 @@ static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
   return 0;
 }
 
+/* The pretraining run, in the order that keeps failures cheap and resumes exact:
+     1. check the options, scan and preflight the data, open the loader (no file written yet);
+     2. build the model from the seed (a resume then overwrites it from the state);
+     3. hold the run directory; load the state (resume) or create a fresh directory;
+     4. the loop: per optimiser step the schedules, accum_iters micro-batches (batch, forward,
+        loss, backward), the step and the log; per epoch the checkpoints, then the state;
+     5. release the directory (deleted when the run failed before its first state).
+   Exact resume rests on three things: every random draw is a function of (seed, position)
+   (the loader's order and augmentations of (seed, epoch, batch), drop-path of (seed,
+   micro-step)); every schedule is a function of the counters; and the state holds every number
+   a step reads. A stop request is honoured only between optimiser steps, so a state never
+   describes half a step. */
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos__run *r = NULL;
   ioupos_dataset ds;
@@ -16809,6 +17104,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   lc.pair_mode = o->pair_mode;
   lc.seed = o->seed;
   lc.num_workers = o->num_workers;
+  /* every step has a full batch: batch-norm statistics and the steps per epoch (a counter the
+     resume checks) do not depend on the data set size modulo the batch */
   lc.drop_last = 1;
   lc.augment = ioupos_augment_pretrain_view;
   if (dino && o->n_local > 0) { /* DINO multi-crop: local views for the student */
@@ -16858,6 +17155,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     rc = ioupos_simsiam_init(&r->ss, &sc, be, o->seed);
   }
   if (rc) goto done;
+  /* this run's settings, set before any state is read so that a stored state is compared
+     against them */
   r->c[IOUPOS__C_METHOD] = o->method;
   r->c[IOUPOS__C_SEED] = (int64_t)o->seed;
   r->c[IOUPOS__C_BATCH] = o->batch_size;
@@ -16894,7 +17193,9 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
               "device %s", dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
               o->n_epochs, r->io.dir, be->name);
   ioupos__clock_start(&r->clock);
-  /* the method, one optimiser step at a time */
+  /* the method, one optimiser step at a time.
+     The state is saved after every epoch and after a stop, never inside a step. A stop mid-epoch
+     leaves the step counter above 0, which ioupos__pt_epoch_begin turns into a loader seek. */
   while (rc == 0 && !stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs) {
     rc = ioupos__pt_epoch_begin(r, &ld);                      /* the epoch's sample order */
     while (rc == 0 && r->c[IOUPOS__C_STEP] < spe) {
@@ -18970,6 +19271,9 @@ IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
 
 /* ---- 22. Fine-tuning ---------------------------------------------------------------------- */
 
+/* The name is split at its LAST underscore: case names may contain underscores themselves
+   (FLARE22's "FLARE22_Tr_0001"), the axial index never does. z is read as a number, so "_9" and
+   "_009" are the same slice; case_name is written only after every check passed. */
 IOUPOS_DEF int ioupos_slice_name_parse(const char *file, char *case_name, size_t cap, long *z) {
   const char *base, *us, *p;
   size_t len;
@@ -19021,6 +19325,8 @@ typedef struct ioupos__ft_slice {
   int index;
 } ioupos__ft_slice;
 
+/* by case name, then by z as a number (as text, "10" would sort before "9" wherever the
+   zero padding is missing) */
 static int ioupos__ft_slice_cmp(const void *a, const void *b) {
   const ioupos__ft_slice *x = (const ioupos__ft_slice *)a, *y = (const ioupos__ft_slice *)b;
   int c = strcmp(x->name, y->name);
@@ -19028,6 +19334,10 @@ static int ioupos__ft_slice_cmp(const void *a, const void *b) {
   return x->z < y->z ? -1 : x->z > y->z;
 }
 
+/* On success s owns the data set (each image paired with labels/<same name>) and the cases,
+   sorted by name, each with its slices by increasing z; on failure s is empty. Pairing by name,
+   every image required to have its label, avoids the research code's pairing by sorted order
+   alone (RESEARCH_CODE.md fault 14), where one missing label shifts every pair after it. */
 IOUPOS_DEF int ioupos_seg_set_scan(ioupos_seg_set *s, const char *dir) {
   char *ldir = NULL;
   ioupos__ft_slice *sl = NULL;
@@ -19091,6 +19401,7 @@ fail:
   return rc;
 }
 
+/* binary search: ioupos_seg_set_scan sorted the cases with strcmp */
 IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name) {
   int lo = 0, hi = s ? s->n_cases - 1 : -1;
   while (lo <= hi) {
@@ -19115,6 +19426,8 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
   if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
   /* the relative-position buffers must be filled before a load compares them */
   if ((rc = ioupos_swin_encoder_buffers(&m->enc, p)) != 0) goto done;
+  /* a whole SwinUNETR is told apart by two names only its state dict has together: the output
+     convolution and the encoder's patch embedding under swinViT */
   if (ioupos_safetensors_find(&f, "out.conv.conv.weight") &&
       ioupos_safetensors_find(&f, "swinViT.patch_embed.proj.weight")) {
     li.whole = 1;
@@ -19162,6 +19475,9 @@ static int ioupos__ft_reserve(void **arr, size_t *cap, size_t need, size_t keep,
 
 /* -- evaluation -- */
 
+/* The research evaluation: windows of 96 x 96 at overlap 0.25, 64 windows per call (the
+   reported runs; the research code's default of 4 changes only the speed), organs absent from a
+   case and its prediction skipped by the per-case DSC (section 20). */
 IOUPOS_DEF void ioupos_seg_eval_opts_default(ioupos_seg_eval_opts *o) {
   memset(o, 0, sizeof *o);
   o->roi[0] = o->roi[1] = 96;
@@ -19178,7 +19494,9 @@ IOUPOS_DEF void ioupos_seg_eval_result_free(ioupos_seg_eval_result *r) {
 
 /* -- sliding-window prediction: model instances of the predictor's own (planned for the
    chunk sizes the window calls use: IOUPOS_SEG_MODEL_BATCH and a remainder) on the caller's
-   parameters */
+   parameters.
+   The predictor's models read the caller's parameter arena by offset, so the table is compared
+   name by name, shape and offset too: a mismatch would otherwise read the wrong weights. */
 static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_config *cfg,
                                  const ioupos_params *p) {
   ioupos_tensor_table tt;
@@ -19215,6 +19533,8 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   if (sw_batch_size < 1)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: `sw_batch_size` %d must be >= 1",
                         sw_batch_size);
+  /* the encoder halves the resolution five times (patch 2, then four merges), and the decoder's
+     skip connections line up only when the window divides by 32 */
   if (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d must be multiples of 32",
                         roi[0], roi[1]);
@@ -19235,7 +19555,10 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   return 0;
 }
 
-/* ioupos_sliding_window's predictor: out[n][K][roi] for in[n][1][roi], in chunks */
+/* ioupos_sliding_window's predictor: out[n][K][roi] for in[n][1][roi], in chunks.
+   Two model instances because the window calls come in two sizes per slice (full chunks of
+   IOUPOS_SEG_MODEL_BATCH and one remainder): one planned instance per size saves re-planning
+   (re-allocating activations) on every call. */
 static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) {
   ioupos_seg_predictor *pr = (ioupos_seg_predictor *)ctx;
   const ioupos_backend *be = pr->p->be;
@@ -19265,6 +19588,8 @@ static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) 
   return 0;
 }
 
+/* logits [K][h][w] of a whole slice of any size: section 20's ioupos_sliding_window (MONAI's
+   sliding_window_inference, mode "constant": overlapping windows averaged) */
 IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const float *img,
                                   int h, int w) {
   const int shape[2] = {h, w};
@@ -19283,7 +19608,9 @@ IOUPOS_DEF void ioupos_seg_predictor_free(ioupos_seg_predictor *pr) {
   memset(pr, 0, sizeof *pr);
 }
 
-/* label ids of an 8-bit label PNG: round(v * 255), checked */
+/* label ids of an 8-bit label PNG: round(v * 255), checked.
+   A grey value that is not within 1e-3 of an id means the file is no label map (an image
+   saved under labels/ by mistake, or a resized label): an error, never a silent rounding. */
 static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const char *path) {
   size_t i, n = (size_t)im->h * (size_t)im->w;
   for (i = 0; i < n; ++i) {
@@ -19301,6 +19628,13 @@ static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const c
   return 0;
 }
 
+/* The protocol per case: each slice is predicted whole (sliding window, never a centre crop),
+   argmaxed, and stacked with its ground truth; once the case is complete its per-organ DSC is
+   computed on the stack and added to the set's average. Why per case: the research metric was a
+   per-slice mean with background included, which weights organ-free slices like organ slices
+   and leaves false positives in absent classes unpunished (RESEARCH_CODE.md section 1,
+   Metric); FLARE scores volumes. The research per-slice dice is computed beside it on request,
+   to compare with the thesis. Memory holds one case at a time. On failure r is empty. */
 IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, ioupos_params *p,
                                          const ioupos_seg_set *set,
                                          const ioupos_seg_eval_opts *o, ioupos_seg_eval_result *r) {
@@ -19401,6 +19735,8 @@ typedef struct ioupos__ft_str {
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
+/* printf into the growing string; out of memory sets b->oom and later calls do nothing, so a
+   chain of puts is checked once, at the end */
 static void ioupos__ft_put(ioupos__ft_str *b, const char *fmt, ...) {
   va_list ap;
   int m;
@@ -19425,6 +19761,8 @@ static void ioupos__ft_put(ioupos__ft_str *b, const char *fmt, ...) {
 
 
 
+/* section 20's JSON writers fill a caller's buffer: measure (IOUPOS_ERANGE with the length),
+   reserve, then write */
 static int ioupos__ft_put_table(ioupos__ft_str *b, const ioupos_seg_eval_result *r) {
   size_t len = 0;
   int rc = ioupos_dsc_table_json(NULL, 0, &len, &r->dsc, r->has_research ? &r->research : NULL,
@@ -19467,6 +19805,8 @@ static int ioupos__ft_eval_json(ioupos__ft_str *b, const ioupos_seg_eval_result 
   return b->oom ? ioupos__fail(IOUPOS_ENOMEM, "out of memory writing the evaluation JSON") : 0;
 }
 
+/* *json is a NUL-terminated IOUPOS_MALLOC string on success (the caller frees it), NULL on
+   failure */
 IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r,
                                     const ioupos_seg_set *set) {
   ioupos__ft_str b;
@@ -19485,6 +19825,12 @@ IOUPOS_DEF int ioupos_seg_eval_json(char **json, const ioupos_seg_eval_result *r
 
 /* -- the run -- */
 
+/* The research protocol (RESEARCH_CODE.md, Fine-tuning): 14 classes (13 FLARE22 organs and
+   background), 32 slices x 2 crops of 96 per step, AdamW lr 1e-3 with 10 warm-up epochs and
+   cosine to 5e-5, wd 1e-5, 225 epochs, sliding window 96 at overlap 0.25 with 64 windows per
+   call. Deliberate departures: patience counts 20 EPOCHS since the best (the research code
+   counted evaluations), and validation runs every 10 epochs throughout (the research code went
+   to every epoch after epoch 90; eval_every 1 gives at least that density). */
 IOUPOS_DEF void ioupos_finetune_opts_default(ioupos_finetune_opts *o) {
   memset(o, 0, sizeof *o);
   ioupos_swin_config_default(&o->enc, 2);
@@ -19518,6 +19864,8 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res) {
 
 /* the run's position and configuration, stored as "train.counters" */
 enum {
+  /* position first, then the settings a resume must match, then the selection state (best
+     epoch, epochs since the best, early stop); the order is the file format: append only */
   IOUPOS__FT_EPOCH, IOUPOS__FT_STEP, IOUPOS__FT_OPT_STEPS, IOUPOS__FT_SEED, IOUPOS__FT_BATCH,
   IOUPOS__FT_NCROPS, IOUPOS__FT_CROP, IOUPOS__FT_EPOCHS, IOUPOS__FT_SPE, IOUPOS__FT_CLASSES,
   IOUPOS__FT_EMBED, IOUPOS__FT_EVAL_EVERY, IOUPOS__FT_PATIENCE, IOUPOS__FT_METRIC,
@@ -19549,6 +19897,10 @@ typedef struct ioupos__ft {
   ioupos_batch b;     /* the loader's batch */
 } ioupos__ft;
 
+/* The fine-tuning state: model.*, AdamW's two moments, the counters and the monitor (best score,
+   the epoch's loss sum and count). No per-tensor step count, unlike DINO: every trained tensor
+   is stepped at every iteration, so AdamW's step is the optimiser-step counter. best.safetensors
+   is not part of it: the validation wrote that file; the state keeps its epoch and score. */
 static int ioupos__ft_save_state(ioupos__ft *r, const char *path) {
   ioupos__tlist l;
   ioupos_params *p = &r->p;
@@ -19596,6 +19948,9 @@ static int ioupos__ft_load_state(ioupos__ft *r, const char *path) {
   return rc;
 }
 
+/* Weights only, MONAI SwinUNETR names: loadable whole by ioupos_swinunetr_load, or by
+   SwinUNETR.load_state_dict through safetensors.torch.load_file. The metadata give the epochs
+   done and, for best.safetensors, the validation score it was selected by. */
 static int ioupos__ft_save_model(ioupos__ft *r, const char *path, const char *score) {
   ioupos_st_pair meta[2];
   char epoch[32];
@@ -19607,17 +19962,22 @@ static int ioupos__ft_save_model(ioupos__ft *r, const char *path, const char *sc
   return ioupos_params_save(&r->p, path, "", "", score ? 2 : 1, meta);
 }
 
-/* the selection score of an evaluation */
+/* the selection score of an evaluation.
+   The per-case organ DSC by default; the research per-slice dice only with metric research, to
+   reproduce the research selection. */
 static double ioupos__ft_score(const ioupos_finetune_opts *o, const ioupos_seg_eval_result *e) {
   return o->metric == IOUPOS_FT_METRIC_RESEARCH ? ioupos_slice_dice_mean(&e->research)
                                                 : ioupos_dsc_eval_mean(&e->dsc, NULL);
 }
 
+/* JSON has no NaN: an undefined score (e.g. no organ in any case) is written as null */
 static void ioupos__ft_num(char *buf, size_t cap, double v) {
   if (isfinite(v)) snprintf(buf, cap, "%.6g", v);
   else snprintf(buf, cap, "null");
 }
 
+/* windows of the training crop size (the input size the model was trained on), with the run's
+   overlap and windows per call */
 static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const char *predict_dir,
                                ioupos_seg_eval_result *res) {
   const ioupos_finetune_opts *o = r->o;
@@ -19631,7 +19991,10 @@ static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const c
   return ioupos_swinunetr_evaluate(&r->cfg, &r->p, set, &eo, res);
 }
 
-/* data: the split folders, checked against the split file */
+/* data: the split folders, checked against the split file.
+   Why the check: the folders are what is trained and scored, the split file is what the
+   experiment claims; a validation CT sitting in train/ would inflate every score without a
+   trace. Both ways: every listed case is in its folder, every case in a folder is listed there. */
 static int ioupos__ft_data(ioupos__ft *r) {
   const ioupos_finetune_opts *o = r->o;
   static const char *const names[3] = {"train", "val", "test"};
@@ -19701,6 +20064,7 @@ static int ioupos__ft_data(ioupos__ft *r) {
   return 0;
 }
 
+/* options checked before any file is read or written */
 static int ioupos__ft_check(const ioupos_finetune_opts *o) {
   if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
   if (o->enc.spatial_dims != 2)
@@ -19730,7 +20094,13 @@ static int ioupos__ft_check(const ioupos_finetune_opts *o) {
 }
 
 /* one evaluation of the validation split during training: metrics line, best checkpoint,
-   patience */
+   patience.
+   Selection as the protocol wants it: "better" is strictly greater (a tie keeps the earlier
+   model; NaN never wins), and best.safetensors is written at once, atomically, so a crash after
+   this evaluation still has its best model. Patience counts epochs since the best epoch, not
+   evaluations (the research code's fault 6), and is checked only here: with eval_every 10 and
+   patience 20 the run stops at the second evaluation without improvement. The optional train
+   evaluation watches over-fitting and never takes part in the selection. */
 static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
   const ioupos_finetune_opts *o = r->o;
   ioupos_seg_eval_result ev, tr;
@@ -19783,7 +20153,11 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
   return rc;
 }
 
-/* the final evaluation: best model on val (and test), results.json */
+/* the final evaluation: best model on val (and test), results.json.
+   The reported model is the selected one, not the last, hence the reload of best.safetensors.
+   The test split, when present, is scored here once and was never seen by the selection: the
+   held-out set the research protocol lacked (RESEARCH_CODE.md fault 5). results.json is the
+   run's last file, written atomically. */
 static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
   const ioupos_finetune_opts *o = r->o;
   ioupos__ft_str b;
@@ -19878,12 +20252,16 @@ done:
 
 /* -- the steps of a fine-tuning run, in the order the loop takes them -- */
 
+/* the loader's position; without accumulation the state's step counts batches directly, and the
+   order is a function of (seed, epoch), so a seek resumes the exact batch stream */
 static int ioupos__ft_epoch_begin(ioupos__ft *r, ioupos_loader *ld) {
   int e = (int)r->c[IOUPOS__FT_EPOCH], step = (int)r->c[IOUPOS__FT_STEP];
   return step == 0 ? ioupos_loader_epoch(ld, e) : ioupos_loader_seek(ld, e, step);
 }
 
-/* lr: linear warm-up from 0, then cosine to end_lr, per step */
+/* lr: linear warm-up from 0, then cosine to end_lr, per step.
+   The protocol's 10-epoch warm-up to 1e-3 and cosine to 5e-5, computed per optimiser step as a
+   pure function of the step counter, so it resumes exactly. */
 static double ioupos__ft_lr(const ioupos__ft *r) {
   const ioupos_finetune_opts *o = r->o;
   long total = (long)((int64_t)r->spe * o->n_epochs), warm = (long)(o->warmup_epochs * r->spe);
@@ -19899,6 +20277,8 @@ static int ioupos__ft_batch(ioupos__ft *r, ioupos_loader *ld) {
   if (rc) return rc;
   if (r->b.n != r->B)
     return ioupos__fail(IOUPOS_EINVAL, "internal: batch of %d crops, planned %d", r->b.n, r->B);
+  /* checked again although the preflight decoded every label: an id outside [0, K) would index
+     past the loss's class arrays, so the loss never sees one */
   for (q = 0; q < n; ++q) {
     r->target[q] = (int)r->b.label[q];
     if (r->target[q] < 0 || r->target[q] >= r->K)
@@ -19915,11 +20295,16 @@ static int ioupos__ft_batch(ioupos__ft *r, ioupos_loader *ld) {
 static int ioupos__ft_forward_backward(ioupos__ft *r, double *loss) {
   const ioupos_backend *be = r->p.be;
   size_t nlog = (size_t)r->B * r->K * r->npix;
+  /* drop-path masks from (seed, optimiser step): the same after a resume; zero_grad here, since
+     the backward accumulates */
   ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)r->c[IOUPOS__FT_OPT_STEPS]);
   int rc;
   be->zero(r->p.grad, r->p.table.total * sizeof(float));
   if ((rc = ioupos_swinunetr_forward(&r->m, &r->p, r->x, 1, &dr)) != 0) return rc;
   be->download(r->hlog, ioupos_swinunetr_logits(&r->m), nlog * sizeof(float));
+  /* The loss runs on the host in double whatever the backend: the logits come down, their
+     gradient goes back up. One Dice-CE implementation, checked against MONAI, serves every backend;
+     its cost is small beside the model's. */
   *loss = ioupos_dicece_forward(r->prob, r->stats, r->hlog, r->target, r->B, r->K,
                                 (long)r->npix, NULL);
   if (!isfinite(*loss))
@@ -19939,6 +20324,7 @@ static int ioupos__ft_forward_backward(ioupos__ft *r, double *loss) {
    then the bookkeeping: the epoch's loss, the counters */
 static int ioupos__ft_step(ioupos__ft *r, double lr, double loss) {
   const ioupos_backend *be = r->p.be;
+  /* AdamW's step t1 (1 on the first update) is shared: no tensor is ever skipped here */
   int i, rc, t1 = (int)(r->c[IOUPOS__FT_OPT_STEPS] + 1);
   for (i = 0; i < r->p.table.n; ++i) {
     const ioupos_tensor_info *t = &r->p.table.t[i];
@@ -19981,7 +20367,10 @@ static int ioupos__ft_log_step(ioupos__ft *r, double lr, double loss) {
 
 /* The epoch is done: its metrics and console lines, checkpoint.safetensors, and every
    eval_every epochs (and after the last) the validation, which may stop the run early.
-   *stop when the caller asked to stop (the state is saved next). */
+   *stop when the caller asked to stop (the state is saved next).
+   Order: the plain checkpoint, then the validation (which may write best.safetensors), then the
+   state (the caller). A kill before the state save redoes the epoch identically and rewrites the
+   same files. The last epoch is always validated, so the final model is a candidate too. */
 static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
   const ioupos_finetune_opts *o = r->o;
   long long e = (long long)++r->c[IOUPOS__FT_EPOCH]; /* epochs done, the one just finished */
@@ -20003,7 +20392,9 @@ static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
   return 0;
 }
 
-/* the batch workspace of B crops (training only) */
+/* the batch workspace of B crops (training only).
+   B = batch_size * n_crops_per_ct, the research "32 slices = 64 crops"; planned once, since
+   drop_last makes every batch exactly this size. */
 static int ioupos__ft_alloc_batch(ioupos__ft *r) {
   const ioupos_backend *be = r->p.be;
   size_t nlog;
@@ -20024,6 +20415,18 @@ static int ioupos__ft_alloc_batch(ioupos__ft *r) {
   return 0;
 }
 
+/* The fine-tuning run, as the research protocol (main_finetune.py) with its faults fixed:
+     1. options; the split folders, checked against the split file; every file preflighted; the
+        loader opened: all before the run directory is touched;
+     2. the model from the seed's "init" stream;
+     3. hold the directory; resume from the state, or (fresh run) load chkpt_path's encoder or
+        whole model and create the directory;
+     4. the loop per optimiser step: lr, batch, forward, Dice-CE loss, backward, AdamW step, log;
+        per epoch: checkpoint, validation every eval_every epochs (best model, patience), state;
+     5. unless stopped: the best model evaluated on val and test, results.json.
+   n_epochs 0 skips the loop: an evaluation of the given model only. A stop request saves the
+   state and skips 5, which the resumed run does; an early stop is a counter in the state, so
+   resuming a run that stopped early goes straight to 5. */
 IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res) {
   ioupos__ft *r = NULL;
   ioupos_loader ld;
@@ -20110,6 +20513,7 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the AdamW moments");
       goto done;
     }
+    /* chkpt_path is not read on resume: the state holds the model as trained so far */
     if ((rc = ioupos__ft_load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
         rc = ioupos__fail(IOUPOS_EIO, "`resume`: no training state at %s (%s)", path,
@@ -20137,6 +20541,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       ioupos__say(&r->io, "no `chkpt_path`: the whole model is initialised from the seed (from "
                      "scratch)");
     }
+    /* after the checkpoint load: a missing or mismatched chkpt_path fails before the directory
+       gets its first file */
     if ((rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
       goto done;
     if (o->n_epochs > 0) {
