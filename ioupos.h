@@ -6385,6 +6385,15 @@ static void ioupos__json_ws(ioupos__json *j) {
     ++j->pos;
 }
 
+/* Whitespace, then c if it comes next: 1 with j->pos past it, else 0 with j->pos at the next
+   non-blank character (the place an error then names). */
+static int ioupos__json_eat(ioupos__json *j, char c) {
+  ioupos__json_ws(j);
+  if (j->pos >= j->len || j->s[j->pos] != c) return 0;
+  ++j->pos;
+  return 1;
+}
+
 /* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if invalid (overlong forms,
    surrogates and code points above U+10FFFF are invalid). */
 static size_t ioupos__utf8_len(const unsigned char *s, size_t n) {
@@ -6594,31 +6603,18 @@ static int ioupos__json_skip_value(ioupos__json *j, int depth) {
     if (depth >= 64) return ioupos__json_fail(j, j->pos, "nested deeper than 64 levels");
     close = open == '[' ? ']' : '}';
     ++j->pos;
-    ioupos__json_ws(j);
-    if (j->pos < j->len && j->s[j->pos] == close) {
-      ++j->pos;
-      return IOUPOS_OK;
-    }
+    if (ioupos__json_eat(j, close)) return IOUPOS_OK;
     for (;;) {
       if (open == '{') { /* "key": */
         ioupos__json_ws(j);
         if (j->pos >= j->len || j->s[j->pos] != '"')
           return ioupos__json_fail(j, j->pos, "expected a string key");
         if ((st = ioupos__json_skip_value(j, depth + 1)) != 0) return st;
-        ioupos__json_ws(j);
-        if (j->pos >= j->len || j->s[j->pos] != ':') return ioupos__json_fail(j, j->pos, "expected ':'");
-        ++j->pos;
+        if (!ioupos__json_eat(j, ':')) return ioupos__json_fail(j, j->pos, "expected ':'");
       }
       if ((st = ioupos__json_skip_value(j, depth + 1)) != 0) return st;
-      ioupos__json_ws(j);
-      if (j->pos < j->len && j->s[j->pos] == ',') {
-        ++j->pos;
-        continue;
-      }
-      if (j->pos < j->len && j->s[j->pos] == close) {
-        ++j->pos;
-        return IOUPOS_OK;
-      }
+      if (ioupos__json_eat(j, ',')) continue;
+      if (ioupos__json_eat(j, close)) return IOUPOS_OK;
       return ioupos__json_fail(j, j->pos, open == '[' ? "expected ',' or ']'" : "expected ',' or '}'");
     }
   }
@@ -6672,13 +6668,11 @@ IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name
   if (j.len >= 3 && (unsigned char)j.s[0] == 0xEF && (unsigned char)j.s[1] == 0xBB &&
       (unsigned char)j.s[2] == 0xBF)
     j.pos = 3; /* UTF-8 byte order mark */
-  ioupos__json_ws(&j);
-  if (j.pos >= j.len || j.s[j.pos] != '{') {
+  if (!ioupos__json_eat(&j, '{')) {
     st = ioupos__json_fail(&j, j.pos, "expected '{' (a split file is an object of case-name lists, e.g. "
                                       "{\"train\": [...], \"val\": [...]})");
     goto fail;
   }
-  ++j.pos;
   ioupos__json_ws(&j);
   if (j.pos < j.len && j.s[j.pos] == '}') {
     st = ioupos__json_fail(&j, j.pos, "the split object is empty");
@@ -6719,22 +6713,15 @@ IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name
     set->name = key;
     set->n = 0;
     set->cases = NULL;
-    ioupos__json_ws(&j);
-    if (j.pos >= j.len || j.s[j.pos] != ':') {
+    if (!ioupos__json_eat(&j, ':')) {
       st = ioupos__json_fail(&j, j.pos, "expected ':' after the split name");
       goto fail;
     }
-    ++j.pos;
-    ioupos__json_ws(&j);
-    if (j.pos >= j.len || j.s[j.pos] != '[') {
+    if (!ioupos__json_eat(&j, '[')) {
       st = ioupos__json_fail(&j, j.pos, "expected '[' (a list of case names)");
       goto fail;
     }
-    ++j.pos;
-    ioupos__json_ws(&j);
-    if (j.pos < j.len && j.s[j.pos] == ']') {
-      ++j.pos;
-    } else {
+    if (!ioupos__json_eat(&j, ']')) {
       for (;;) {
         char *cs = NULL;
         size_t at;
@@ -6767,28 +6754,14 @@ IOUPOS_DEF int ioupos_split_parse(const char *text, size_t len, const char *name
           goto fail;
         }
         set->cases[set->n++] = cs;
-        ioupos__json_ws(&j);
-        if (j.pos < j.len && j.s[j.pos] == ',') {
-          ++j.pos;
-          continue;
-        }
-        if (j.pos < j.len && j.s[j.pos] == ']') {
-          ++j.pos;
-          break;
-        }
+        if (ioupos__json_eat(&j, ',')) continue;
+        if (ioupos__json_eat(&j, ']')) break;
         st = ioupos__json_fail(&j, j.pos, "expected ',' or ']' in a list of case names");
         goto fail;
       }
     }
-    ioupos__json_ws(&j);
-    if (j.pos < j.len && j.s[j.pos] == ',') {
-      ++j.pos;
-      continue;
-    }
-    if (j.pos < j.len && j.s[j.pos] == '}') {
-      ++j.pos;
-      break;
-    }
+    if (ioupos__json_eat(&j, ',')) continue;
+    if (ioupos__json_eat(&j, '}')) break;
     st = ioupos__json_fail(&j, j.pos, "expected ',' or '}' after a list");
     goto fail;
   }
@@ -16439,16 +16412,11 @@ static int ioupos__jobject(const char *s, const char *name, ioupos__jkv **out) {
   j.pos = 0;
   j.name = name;
   if (!(kv = (ioupos__jkv *)ioupos__calloc(cap, sizeof *kv))) return -1;
-  ioupos__json_ws(&j);
-  if (j.pos >= j.len || j.s[j.pos] != '{') {
+  if (!ioupos__json_eat(&j, '{')) {
     ioupos__json_fail(&j, j.pos, "expected '{'");
     goto fail;
   }
-  ++j.pos;
-  ioupos__json_ws(&j);
-  if (j.pos < j.len && j.s[j.pos] == '}') {
-    ++j.pos;
-  } else {
+  if (!ioupos__json_eat(&j, '}')) {
     for (;;) {
       ioupos__json_ws(&j);
       at = j.pos;
@@ -16463,27 +16431,18 @@ static int ioupos__jobject(const char *s, const char *name, ioupos__jkv **out) {
       }
       kv[n].k = j.s + at + 1;
       kv[n].kn = j.pos - at - 2;
-      ioupos__json_ws(&j);
-      if (j.pos >= j.len || j.s[j.pos] != ':') {
+      if (!ioupos__json_eat(&j, ':')) {
         ioupos__json_fail(&j, j.pos, "expected ':'");
         goto fail;
       }
-      ++j.pos;
       ioupos__json_ws(&j);
       at = j.pos;
       if (ioupos__json_skip_value(&j, 1)) goto fail;
       kv[n].v = j.s + at;
       kv[n].vn = j.pos - at;
       ++n;
-      ioupos__json_ws(&j);
-      if (j.pos < j.len && j.s[j.pos] == ',') {
-        ++j.pos;
-        continue;
-      }
-      if (j.pos < j.len && j.s[j.pos] == '}') {
-        ++j.pos;
-        break;
-      }
+      if (ioupos__json_eat(&j, ',')) continue;
+      if (ioupos__json_eat(&j, '}')) break;
       ioupos__json_fail(&j, j.pos, "expected ',' or '}'");
       goto fail;
     }
