@@ -15011,6 +15011,21 @@ IOUPOS_DEF void ioupos_swin_encoder_clone(ioupos_swin_encoder *dst, const ioupos
   for (k = 0; k < 3; ++k) dst->in_shape[k] = 0;
 }
 
+/* The floats between the scratch's token-map buffers: the largest token map of any stage, which
+   is NOT always stage 0's. Where the map is 1 along an axis, merging stops halving the tokens
+   while it still doubles the width (2D 2x6 with patch 2: maps 1x3, 1x2, 1x1, 1x1, 1x1 hold 3C,
+   4C, 4C, 8C, 16C floats), so buffers spaced by stage 0's size would overlap at later stages.
+   For the usual crops stage 0's map is the largest, and the layout is the same as stage 0's. */
+static size_t ioupos__swin_map_stride(const ioupos_swin_encoder *e) {
+  size_t m = 0, nc;
+  int k;
+  for (k = 0; k < 5; ++k) {
+    nc = e->ntok[k] * (size_t)(e->cfg.embed_dim << k);
+    m = IOUPOS__MAX(m, nc);
+  }
+  return m;
+}
+
 /* Cheap for an unchanged batch and shape (only the I64 buffers are refilled), so callers may plan
    before every forward; otherwise the old plan is released and rebuilt:
      - token maps: map_0 = ceil(shape / patch) (PatchEmbed zero-pads the end), each merging halves
@@ -15073,8 +15088,8 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
     e->a_out[k] = ioupos__act(at, &bad, nc, "out%d", k);
     e->a_out_mean[k] = ioupos__act(at, &bad, e->ntok[k], "out%d.mean", k);
     e->a_out_rstd[k] = ioupos__act(at, &bad, e->ntok[k], "out%d.rstd", k);
-    maxnc = IOUPOS__MAX(maxnc, nc);
   }
+  maxnc = ioupos__swin_map_stride(e);
   e->a_feature = ioupos__act(at, &bad, (size_t)batch * 16 * c->embed_dim, "feature");
   if (col > big_scratch) big_scratch = col;
   for (bi = 0; bi < e->n_blocks; ++bi) {
@@ -15118,7 +15133,8 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
     e->batch = 0;
     return bad;
   }
-  /* scratch: 4 token-map buffers (2 temporaries, 2 gradient streams) + the largest op scratch */
+  /* scratch: 4 token-map buffers (2 temporaries, 2 gradient streams) maxnc apart, then the
+     largest op scratch; the forward and the backward place them by the same stride */
   e->scratch_n = 4 * maxnc + big_scratch;
   e->act = (float *)be->alloc(at->total * sizeof(float));
   e->scratch = (float *)be->alloc(e->scratch_n * sizeof(float));
@@ -15170,11 +15186,11 @@ IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_
   const ioupos_swin_config *c = &e->cfg;
   const ioupos_backend *be = e->be;
   float *A = e->act, *s0 = e->scratch, *s1, *big, *dph = NULL;
-  size_t nc0 = e->ntok[0] * (size_t)c->embed_dim;
+  size_t mapn = ioupos__swin_map_stride(e); /* the plan's spacing of the scratch's token maps */
   int B = e->batch, nd = c->spatial_dims, bi, s, k, rc;
   if (!A) return ioupos__fail(IOUPOS_EINVAL, "encoder forward before ioupos_swin_encoder_plan");
-  s1 = s0 + nc0;
-  big = s0 + 4 * nc0;
+  s1 = s0 + mapn;
+  big = s0 + 4 * mapn;
   e->dp_on = train && c->drop_path_rate > 0.0f;
   if (e->dp_on) {
     if (!rng) return ioupos__fail(IOUPOS_EINVAL, "drop-path in training needs a generator");
@@ -15261,15 +15277,15 @@ IOUPOS_DEF int ioupos_swin_encoder_backward(ioupos_swin_encoder *e, ioupos_param
   const ioupos_swin_config *c = &e->cfg;
   const ioupos_backend *be = e->be;
   float *A = e->act, *s0, *s1, *dA, *dB, *big, *t;
-  size_t nc0 = e->ntok[0] * (size_t)c->embed_dim;
+  size_t mapn = ioupos__swin_map_stride(e); /* the plan's spacing of the scratch's token maps */
   int B = e->batch, nd = c->spatial_dims, bi, s, rc = 0, C4 = 16 * c->embed_dim;
   if (!A || !p->grad)
     return ioupos__fail(IOUPOS_EINVAL, "encoder backward without a forward or gradients");
   s0 = e->scratch;
-  s1 = s0 + nc0;
-  dA = s1 + nc0;
-  dB = dA + nc0;
-  big = dB + nc0;
+  s1 = s0 + mapn;
+  dA = s1 + mapn;
+  dB = dA + mapn;
+  big = dB + mapn;
   /* d out4 = dout[4] + d(mean over space)/d out4 . dfeature, then through its layer norm */
   be->zero(s0, e->ntok[4] * (size_t)C4 * sizeof(float));
   if (dout && dout[4]) be->residual_backward(s0, dout[4], NULL, 1, e->ntok[4] * (size_t)C4);

@@ -14,7 +14,9 @@
                       every student gradient, centre update, per-parameter clipping, AdamW, EMA.
    The references were computed in float64 (encoders) or float32 (steps) by PyTorch; each
    comparison's tolerance is written beside it with its reason, and the worst element is printed.
-   Also: checkpoint round trips (ours -> ours byte-identical, prefixes), and the load errors. */
+   Also: token maps of size 1 along an axis (no fixture: the forward against the same operations
+   in buffers of their own, the gradients against finite differences), checkpoint round trips
+   (ours -> ours byte-identical, prefixes), and the load errors. */
 #include "ioupos.h"
 
 #include <math.h>
@@ -278,6 +280,236 @@ static void test_encoder(const char *name, int nd) {
   ioupos_safetensors_free(&io);
   ioupos_swin_encoder_free(&enc);
   ioupos_params_free(&p);
+}
+
+/* ---- token maps of size 1 along an axis ------------------------------------------------------ */
+/* Where the map is 1 along an axis, patch merging (which pads odd sizes, as MONAI's PatchMerging
+   does) no longer halves the token count while it doubles the width, so a later stage's token
+   map can hold more floats than stage 0's (2D 2x6 with patch 2: maps 1x3, 1x2, 1x1, 1x1, 1x1, so
+   3C, 4C, 4C, 8C, 16C floats): the scratch's buffers must be spaced by the largest map, not
+   stage 0's. No MONAI fixture covers these shapes; the references are the same backend
+   operations recomposed in buffers of their own (the outputs, bit for bit) and finite
+   differences of L = sum_k <out_k, R_k> + <feature, R_f> (double sums of the float forward)
+   at every input element and three elements of every parameter tensor (the gradients). 8x8
+   (maps 16, 4, 1, 1, 1 tokens: stage 0's 16C floats are the largest) is the control. */
+static ioupos_swin_encoder tm_enc;
+static ioupos_params tm_p;
+static float *tm_x, *tm_r[6];
+static size_t tm_n[6];
+
+static double tm_loss(void) {
+  double L = 0.0;
+  size_t i;
+  int k, rc = ioupos_swin_encoder_forward(&tm_enc, &tm_p, tm_x, 0, NULL);
+  if (rc != 0) CHECK(rc == 0, "forward: %s", ioupos_failure_reason()); /* counts failures only */
+  for (k = 0; k < 6; ++k) {
+    const float *o = k < 5 ? ioupos_swin_encoder_output(&tm_enc, k)
+                           : ioupos_swin_encoder_feature(&tm_enc);
+    for (i = 0; i < tm_n[k]; ++i) L += (double)o[i] * tm_r[k][i];
+  }
+  return L;
+}
+
+/* d tm_loss / d v[i] by the five-point stencil (8 (L(h) - L(-h)) - (L(2h) - L(-2h))) / 12h: its
+   truncation error is O(h^4), so h can be large enough for the float32 forward's rounding noise
+   to fade (a central difference's h^2 term was 15 % at h = 1e-2 on a few elements). The stored
+   steps are off the multiples of h by half an ulp of v[i] at most (1e-6 of h here); v[i] is
+   restored. */
+static double tm_fd(float *v, size_t i, double h) {
+  float v0 = v[i];
+  double l[4];
+  int k;
+  for (k = 0; k < 4; ++k) {
+    v[i] = (float)(v0 + (k < 2 ? 1.0 : -1.0) * (k % 2 ? 2.0 : 1.0) * h);
+    l[k] = tm_loss();
+  }
+  v[i] = v0;
+  return (8.0 * (l[0] - l[2]) - (l[1] - l[3])) / (12.0 * h);
+}
+
+/* The encoder's forward recomposed from the CPU backend's operations, every intermediate in a
+   buffer of its own (no shared scratch), the outputs LayerNorm(x_k) into out[k]: the same
+   operations on the same inputs, so the encoder's outputs must equal these bit for bit. Reads
+   the plan's geometry, relative position index and masks, which the scratch does not touch. */
+static void tm_ref_forward(float *out[5]) {
+  const ioupos_swin_encoder *e = &tm_enc;
+  const ioupos_backend *be = ioupos_backend_cpu();
+  const ioupos_swin_config *c = &e->cfg;
+  int B = e->batch, nd = c->spatial_dims, bi, k, rc;
+  size_t n0 = e->ntok[0] * (size_t)c->embed_dim;
+  float *x = (float *)malloc(n0 * sizeof(float)), *y, *col, *st[2];
+  col = (float *)malloc(ioupos_patch_embed_col_size(nd, B, c->in_chans, e->in_shape,
+                                                    c->patch_size) * sizeof(float));
+  rc = be->patch_embed_forward(x, col, tm_x, ioupos_params_value(&tm_p, e->patch_w),
+                               ioupos_params_value(&tm_p, e->patch_b), nd, B, c->in_chans,
+                               e->in_shape, c->patch_size, c->embed_dim);
+  CHECK(rc == 0, "reference patch embedding");
+  free(col);
+  for (k = 0; k < 5; ++k) {
+    int C = c->embed_dim << k;
+    size_t N = e->ntok[k], NC = N * (size_t)C;
+    /* out_k = LayerNorm(x_k), x_k the input of stage k (MONAI's proj_out of x0 .. x4) */
+    {
+      float *mean = (float *)malloc(N * sizeof(float)), *rstd = (float *)malloc(N * sizeof(float));
+      be->layernorm_forward(out[k], mean, rstd, x, NULL, NULL, (int)N, C, 1e-5f);
+      free(mean), free(rstd);
+    }
+    for (bi = 0; k < 4 && bi < e->n_blocks; ++bi) {
+      const ioupos_swin_block *b = &e->blocks[bi];
+      const ioupos_swin_geom *g = &e->geom[k][b->shifted];
+      int NH = c->num_heads[k];
+      float *ln = (float *)malloc(NC * sizeof(float)), *br = (float *)malloc(NC * sizeof(float));
+      float *mid = (float *)malloc(NC * sizeof(float)), *nx = (float *)malloc(NC * sizeof(float));
+      float *mean = (float *)malloc(N * sizeof(float)), *rstd = (float *)malloc(N * sizeof(float));
+      float *acts = (float *)malloc(ioupos_swin_attention_acts_size(g, C, NH) * sizeof(float));
+      float *scr = (float *)malloc(ioupos_swin_attention_scratch_size(g, C, NH) * sizeof(float));
+      float *h = (float *)malloc(NC * 4 * sizeof(float));
+      float *scr2 = (float *)malloc(NC * 8 * sizeof(float));
+      if (b->stage != k) goto next;
+      be->layernorm_forward(ln, mean, rstd, x, ioupos_params_value(&tm_p, b->norm1_w),
+                            ioupos_params_value(&tm_p, b->norm1_b), (int)N, C, 1e-5f);
+      rc = be->swin_attention_forward(br, acts, scr, ln, ioupos_params_value(&tm_p, b->qkv_w),
+                                      ioupos_params_value(&tm_p, b->qkv_b),
+                                      ioupos_params_value(&tm_p, b->proj_w),
+                                      ioupos_params_value(&tm_p, b->proj_b),
+                                      ioupos_params_value(&tm_p, b->table),
+                                      e->index + e->index_off[k],
+                                      g->shifted ? e->act + e->mask_off[k] : NULL, g, C, NH);
+      CHECK(rc == 0, "reference attention");
+      be->residual_forward(mid, x, br, NULL, B, N / (size_t)B * (size_t)C);
+      be->layernorm_forward(ln, mean, rstd, mid, ioupos_params_value(&tm_p, b->norm2_w),
+                            ioupos_params_value(&tm_p, b->norm2_b), (int)N, C, 1e-5f);
+      rc = be->mlp_forward(br, h, scr2, ln, ioupos_params_value(&tm_p, b->fc1_w),
+                           ioupos_params_value(&tm_p, b->fc1_b),
+                           ioupos_params_value(&tm_p, b->fc2_w),
+                           ioupos_params_value(&tm_p, b->fc2_b), (int)N, C, 4 * C);
+      CHECK(rc == 0, "reference MLP");
+      be->residual_forward(nx, mid, br, NULL, B, N / (size_t)B * (size_t)C);
+      memcpy(x, nx, NC * sizeof(float));
+    next:
+      free(ln), free(br), free(mid), free(nx), free(mean), free(rstd), free(acts), free(scr);
+      free(h), free(scr2);
+    }
+    if (k == 4) break;
+    {
+      size_t M = e->ntok[k + 1], K = (size_t)(1 << nd) * (size_t)C;
+      st[0] = (float *)malloc(2 * M * K * sizeof(float));
+      st[1] = (float *)malloc(2 * M * sizeof(float));
+      y = (float *)malloc(M * 2 * (size_t)C * sizeof(float));
+      rc = be->patch_merging_forward(y, st[0], st[0] + M * K, st[1], st[1] + M, x,
+                                     ioupos_params_value(&tm_p, e->merge_norm_w[k]),
+                                     ioupos_params_value(&tm_p, e->merge_norm_b[k]),
+                                     ioupos_params_value(&tm_p, e->merge_red[k]), nd, B,
+                                     e->map[k], C);
+      CHECK(rc == 0, "reference patch merging");
+      free(st[0]), free(st[1]), free(x);
+      x = y;
+    }
+  }
+  free(x);
+}
+
+static void test_tiny_maps(int nd, const int *shape) {
+  ioupos_swin_config cfg;
+  ioupos_rng rng;
+  int B = 2, k, i, rc, nbad = 0, ntried = 0, nbits = 0;
+  size_t nx = (size_t)B, j;
+  float *dx, *g;
+  double worst = 0.0, wfd = 0.0, wg = 0.0, tol;
+  char label[64];
+  snprintf(label, sizeof label, "%dD %dx%d%s%.0d", nd, shape[0], shape[1], nd == 3 ? "x" : "",
+           nd == 3 ? shape[2] : 0);
+  memset(&tm_p, 0, sizeof tm_p);
+  swin_cfg(&cfg, nd);
+  rc = ioupos_swin_encoder_init(&tm_enc, &cfg, &tm_p.table, "");
+  CHECK(rc == 0, "init: %s", ioupos_failure_reason());
+  rc = ioupos_params_alloc(&tm_p, ioupos_backend_cpu(), 1);
+  CHECK(rc == 0, "alloc");
+  rc = ioupos_swin_encoder_plan(&tm_enc, &tm_p, B, shape);
+  CHECK(rc == 0, "plan %s: %s", label, ioupos_failure_reason());
+  if (rc) return;
+  ioupos_rng_seed(&rng, 12345);
+  /* parameters O(1) in effect, as the fixtures' (ioupos_params_init's 0.02 would leave the
+     blocks' branches negligible beside the residual path): U(-1, 1) / sqrt(fan_in) for matrices,
+     1 + 0.2 U(-1, 1) for norm weights, 0.2 U(-1, 1) for the rest */
+  for (i = 0; i < tm_p.table.n; ++i) {
+    const ioupos_tensor_info *t = &tm_p.table.t[i];
+    float *v = ioupos_params_value(&tm_p, i);
+    double sc = 0.2, base = 0.0;
+    if (t->dtype != IOUPOS_ST_F32) continue;
+    if (t->ndim >= 2) sc = 1.0 / sqrt((double)(t->numel / (size_t)t->shape[0]));
+    else if (strstr(t->name, "norm") && strstr(t->name, "weight")) base = 1.0;
+    if (strstr(t->name, "relative_position_bias_table")) sc = 0.5;
+    for (j = 0; j < t->numel; ++j)
+      v[j] = (float)(base + sc * (2.0 * ioupos_rng_uniform(&rng) - 1.0));
+  }
+  for (k = 0; k < nd; ++k) nx *= (size_t)shape[k];
+  tm_x = (float *)malloc(nx * sizeof(float));
+  dx = (float *)calloc(nx, sizeof(float));
+  for (j = 0; j < nx; ++j) tm_x[j] = (float)(2.0 * ioupos_rng_uniform(&rng) - 1.0);
+  for (k = 0; k < 6; ++k) {
+    tm_n[k] = k < 5 ? tm_enc.ntok[k] * (size_t)(cfg.embed_dim << k)
+                    : (size_t)B * 16 * cfg.embed_dim;
+    tm_r[k] = (float *)malloc(tm_n[k] * sizeof(float));
+    for (j = 0; j < tm_n[k]; ++j) tm_r[k][j] = (float)(2.0 * ioupos_rng_uniform(&rng) - 1.0);
+  }
+  tm_loss();
+  {
+    float *ref[5];
+    for (k = 0; k < 5; ++k) ref[k] = (float *)malloc(tm_n[k] * sizeof(float));
+    tm_ref_forward(ref);
+    for (k = 0; k < 5; ++k) {
+      const float *o = ioupos_swin_encoder_output(&tm_enc, k);
+      for (j = 0; j < tm_n[k]; ++j) {
+        if (memcmp(&o[j], &ref[k][j], sizeof(float)) == 0) continue;
+        if (++nbits <= 3)
+          printf("    out%d[%zu]: %.9g, the recomposed forward %.9g\n", k, j, (double)o[j],
+                 (double)ref[k][j]);
+      }
+      free(ref[k]);
+    }
+    CHECK(nbits == 0, "%s: %d outputs differ from the recomposed forward", label, nbits);
+  }
+  memset(tm_p.grad, 0, tm_p.table.total * sizeof(float));
+  rc = ioupos_swin_encoder_backward(&tm_enc, &tm_p, (const float *const *)tm_r, tm_r[5], dx);
+  CHECK(rc == 0, "backward: %s", ioupos_failure_reason());
+  g = (float *)malloc(tm_p.table.total * sizeof(float));
+  memcpy(g, tm_p.grad, tm_p.table.total * sizeof(float));
+  /* float32 forward, O(1) values and gradients: at h = 2e-2 the five-point stencil's error is
+     the rounding noise of L over 12h, which stays within 0.3 of the tolerance 2e-3 + 2e-2 |g|
+     (measured on these cases; the overlapping scratch was off by up to 5000 times it) */
+  for (i = -1; i < tm_p.table.n; ++i) {
+    const ioupos_tensor_info *t = i < 0 ? NULL : &tm_p.table.t[i];
+    float *v = t ? ioupos_params_value(&tm_p, i) : tm_x;
+    const float *gv = t ? g + t->offset : dx;
+    size_t n = t ? t->numel : nx, m = t ? 3 : nx;
+    if (t && (t->dtype != IOUPOS_ST_F32 || (t->flags & IOUPOS_TENSOR_BUFFER))) continue;
+    for (j = 0; j < m && j < n; ++j) {
+      size_t e = m >= n ? j : (size_t)ioupos_rng_below(&rng, n);
+      double fd = tm_fd(v, e, 2e-2), ex;
+      tol = 2e-3 + 2e-2 * fabs(gv[e]);
+      ex = fabs(fd - gv[e]) / tol;
+      ++ntried;
+      if (!(ex <= 1.0)) {
+        if (nbad < 5)
+          printf("    %s[%zu]: fd %.6g vs analytic %.6g\n", t ? t->name : "dx", e, fd,
+                 (double)gv[e]);
+        ++nbad;
+      }
+      if (!(ex <= worst)) worst = ex, wfd = fd, wg = gv[e];
+    }
+  }
+  printf("  tiny map %-10s maps", label);
+  for (k = 0; k < 5; ++k) printf(" %zu", tm_enc.ntok[k] / (size_t)B);
+  printf(": outputs %s; %d finite differences, %d bad, worst fd %.6g vs %.6g (%.2f of "
+         "tolerance)\n", nbits ? "DIFFER" : "bit-identical", ntried, nbad, wfd, wg, worst);
+  CHECK(nbad == 0, "%s: %d of %d gradients disagree with finite differences", label, nbad, ntried);
+  for (k = 0; k < 6; ++k) free(tm_r[k]);
+  free(tm_x);
+  free(dx);
+  free(g);
+  ioupos_swin_encoder_free(&tm_enc);
+  ioupos_params_free(&tm_p);
 }
 
 /* ---- checkpoints: round trips and errors --------------------------------------------------- */
@@ -742,6 +974,14 @@ static void test_unetr(const char *name, int nd) {
 int main(void) {
   test_encoder("swin2d", 2);
   test_encoder("swin3d", 3);
+  {
+    static const int s2[][2] = {{2, 6}, {4, 12}, {2, 2}, {4, 4}, {8, 8}};
+    static const int s3[][3] = {{2, 2, 6}, {2, 2, 2}};
+    size_t t;
+    printf("tiny token maps:\n");
+    for (t = 0; t < sizeof s2 / sizeof s2[0]; ++t) test_tiny_maps(2, s2[t]);
+    for (t = 0; t < sizeof s3 / sizeof s3[0]; ++t) test_tiny_maps(3, s3[t]);
+  }
   test_checkpoints();
   test_simsiam();
   test_dino();
