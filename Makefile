@@ -345,8 +345,9 @@ check-monai: $(BUILD)/test_model $(VENV)/bin/python
 # handling in test_rundir, test_ckpt_finite, test_cli, test_preflight and test_prep; the CUDA
 # backend's host build in test_cuda_ops).
 # `make test-asan-all` runs those too. CUDA=0 there: the nvcc object is not instrumented and the
-# commands need not link it (their --device cuda runs in test_device, outside ASan).
-ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh
+# commands need not link it (their --device cuda runs in test_device, outside ASan, as the
+# benchmarks' in test_bench_cuda: half a minute on the host build, ten times that under ASan).
+ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh test_bench_cuda.sh
 test-asan: | stb
 	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} IOUPOS_TEST_SKIP="$(ASAN_SKIP)" \
 	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" CUDA=0 \
