@@ -262,7 +262,7 @@ int main(int argc, char **argv) {
     }
     else if (!strcmp(a, "--batch")) { if (!parse_int(v, 2, 4096, &batch)) usage(); }
     else if (!strcmp(a, "--embed")) { if (!parse_int(v, 3, 768, &embed) || embed % 3) usage(); }
-    else if (!strcmp(a, "--size")) { if (!parse_int(v, 32, 1024, &size)) usage(); }
+    else if (!strcmp(a, "--size")) { if (!parse_int(v, 16, 1024, &size)) usage(); }
     else if (!strcmp(a, "--heads")) { if (!parse_int(v, 4, 8192, &heads)) usage(); }
     else if (!strcmp(a, "--steps")) { if (!parse_int(v, 1, MAX_STEPS, &steps)) usage(); }
     else if (!strcmp(a, "--warmup")) { if (!parse_int(v, 0, 100, &warmup)) usage(); }
