@@ -48,7 +48,7 @@ SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /pro
 OPENMP   := -fopenmp
 BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h),-DIOUPOS_BENCH_OPENBLAS,)
 
-.PHONY: all test test-asan test-asan-all test-tsan test-cuda bench demo clean stb fuzz fuzz-replay fixtures check-monai
+.PHONY: all test test-asan test-asan-all test-tsan test-cuda bench bench-cuda demo clean stb fuzz fuzz-replay fixtures check-monai
 
 # ---- the CUDA backend (ioupos_cuda.cu) ---------------------------------------------------------
 # `make` builds $(BUILD)/ioupos_cuda.o with nvcc when nvcc is found (CUDA=0 forces CPU only),
@@ -122,6 +122,35 @@ else
 	@echo "test-cuda: SKIP: $(if $(NVCC),CUDA=0,nvcc not found)"
 endif
 
+# The GPU benchmark: bench_simsiam and bench_finetune --device cuda (build/bench_*_cuda: the same
+# sources with IOUPOS_WITH_CUDA, linked with the nvcc object) beside bench_torch.py --device cuda
+# on the same GPU: the SimSiam step at C 48, batch 128, 96 x 96 views; the fine-tuning step
+# (batch 64) and the sliding-window inference of a case; rates, ratios and device memory. The
+# baseline's Python is .venv/bin/python or $IOUPOS_BENCH_PYTHON (scripts/gpu_check.sh). First
+# --probe: without nvcc or a usable GPU it prints "bench-cuda: SKIP: <reason>" and succeeds.
+# BENCH_SIMSIAM_ARGS / BENCH_FINETUNE_ARGS add options (--steps, --no-torch, --part, ...).
+BENCH_CUDA := $(BUILD)/bench_simsiam_cuda $(BUILD)/bench_finetune_cuda
+$(BENCH_CUDA): $(BUILD)/bench_%_cuda: bench/bench_%.c ioupos.h bench/bench_util.h $(BUILD)/ioupos.o \
+  $(BUILD)/ioupos_cuda.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_CUDA $< $(BUILD)/ioupos.o \
+	  -o $@ $(BUILD)/ioupos_cuda.o $(CUDA_LIBS) -lstdc++ $(LDLIBS)
+
+BENCH_SIMSIAM_ARGS ?=
+BENCH_FINETUNE_ARGS ?=
+bench-cuda:
+ifeq ($(CUDA),1)
+	@$(MAKE) --no-print-directory $(BENCH_CUDA)
+	@why=$$($(BUILD)/bench_simsiam_cuda --probe 2>&1); rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "bench-cuda: SKIP: $$why"; exit 0; fi; \
+	if [ $$rc -ne 0 ]; then echo "bench-cuda: FAILED: the CUDA backend does not start: $$why"; exit 1; fi; \
+	echo "bench-cuda: $$why"; \
+	$(BUILD)/bench_simsiam_cuda --device cuda $(BENCH_SIMSIAM_ARGS); r1=$$?; \
+	$(BUILD)/bench_finetune_cuda --device cuda $(BENCH_FINETUNE_ARGS); r2=$$?; \
+	[ $$r1 -eq 0 ] && [ $$r2 -eq 0 ]
+else
+	@echo "bench-cuda: SKIP: $(if $(NVCC),CUDA=0,nvcc not found)"
+endif
+
 # stb comes from Debian's libstb-dev: install it when we are root, else say how.
 stb:
 	@if [ ! -f $(STB_DIR)/stb_image.h ] || [ ! -f $(STB_DIR)/stb_image_write.h ]; then \
@@ -176,11 +205,20 @@ $(BUILD)/hostcuda/ioupos-%: drivers/ioupos_%.c drivers/pretrain.h drivers/train_
 	  -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' -c $< -o $@.o
 	$(CXX) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos.o $(BUILD)/ioupos_cuda_host.o -o $@ $(LDLIBS)
 
+# bench_simsiam and bench_finetune on the same host build: tests/test_bench_cuda.sh runs their
+# --device cuda at test sizes (what make bench-cuda runs on a GPU).
+HOSTCUDA_BENCHES := $(BUILD)/hostcuda/bench_simsiam $(BUILD)/hostcuda/bench_finetune
+$(HOSTCUDA_BENCHES): $(BUILD)/hostcuda/bench_%: bench/bench_%.c bench/bench_util.h ioupos.h \
+  $(BUILD)/ioupos.o $(BUILD)/ioupos_cuda_host.o | stb
+	@mkdir -p $(BUILD)/hostcuda
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_CUDA -c $< -o $@.o
+	$(CXX) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos.o $(BUILD)/ioupos_cuda_host.o -o $@ $(LDLIBS)
+
 $(BUILD)/ioupos-sweep-plot: drivers/ioupos_sweep_plot.c ioupos.h $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # Helpers of tests/test_embed.sh: compare .npy files, re-prefix safetensors tensor names.
-TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename $(HOSTCUDA_CMDS)
+TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename $(HOSTCUDA_CMDS) $(HOSTCUDA_BENCHES)
 $(BUILD)/npy_compare: tests/npy_compare.c tests/npy.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
@@ -307,8 +345,9 @@ check-monai: $(BUILD)/test_model $(VENV)/bin/python
 # handling in test_rundir, test_ckpt_finite, test_cli, test_preflight and test_prep; the CUDA
 # backend's host build in test_cuda_ops).
 # `make test-asan-all` runs those too. CUDA=0 there: the nvcc object is not instrumented and the
-# commands need not link it (their --device cuda runs in test_device, outside ASan).
-ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh
+# commands need not link it (their --device cuda runs in test_device, outside ASan, as the
+# benchmarks' in test_bench_cuda: half a minute on the host build, ten times that under ASan).
+ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh test_bench_cuda.sh
 test-asan: | stb
 	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} IOUPOS_TEST_SKIP="$(ASAN_SKIP)" \
 	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" CUDA=0 \

@@ -2020,6 +2020,13 @@ IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, con
      - Operations that the CUDA backend does not have are NULL in its table, never a CPU
        fallback. */
 extern const ioupos_backend *ioupos_backend_cuda(int device);
+/* The device memory the CUDA backend holds through cudaMalloc, in bytes: now (alloc's blocks
+   not yet released, its own workspaces and scalars) and the high-water mark of that since the
+   process began (0 before ioupos_backend_cuda succeeds). Not counted: cuBLAS's own workspace,
+   the CUDA context, the allocator's rounding (so less than nvidia-smi shows). bench_simsiam and
+   bench_finetune --device cuda report the peak. */
+extern size_t ioupos_cuda_mem_in_use(void);
+extern size_t ioupos_cuda_mem_peak(void);
 /* For backends outside this file: sets this thread's ioupos_failure_reason() and returns
    status. */
 IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);

@@ -71,6 +71,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unordered_map>
+
 #include "ioupos.h"
 
 /* ---- launches: <<<grid, block, 0, stream>>> on the GPU, host loops in the host build ---------- */
@@ -169,6 +171,29 @@ static unsigned cu_blocks(size_t n, unsigned threads) {
   return b > CU_MAX_GRID ? CU_MAX_GRID : (unsigned)b;
 }
 
+/* ---- the memory counter (ioupos_cuda_mem_in_use / ioupos_cuda_mem_peak) -----------------------
+   Bytes of device memory the backend holds through cudaMalloc: alloc's blocks (their requested
+   sizes; 1 for a 0-byte block), the workspaces and the scalars, and the high-water mark of that
+   sum since the process began. cudaFree does not say how much it frees: alloc's blocks are
+   remembered by address. Not counted: cuBLAS's own workspace, the CUDA context, the allocator's
+   rounding. One host thread drives the backend (see DESIGN), so no lock. */
+static struct {
+  size_t in_use, peak;
+} cu_mem;
+static std::unordered_map<void *, size_t> *cu_blocks_live; /* alloc's blocks: address -> bytes */
+
+static void cu_mem_add(size_t bytes) {
+  cu_mem.in_use += bytes;
+  if (cu_mem.in_use > cu_mem.peak) cu_mem.peak = cu_mem.in_use;
+}
+
+static void cu_mem_sub(size_t bytes) {
+  cu_mem.in_use -= bytes < cu_mem.in_use ? bytes : cu_mem.in_use;
+}
+
+extern "C" size_t ioupos_cuda_mem_in_use(void) { return cu_mem.in_use; }
+extern "C" size_t ioupos_cuda_mem_peak(void) { return cu_mem.peak; }
+
 /* Device workspace `slot` of at least `bytes` (grown, never shrunk), or NULL (failure
    recorded). Growing waits for the stream: queued work may still use the old buffer. */
 static void *cu_ws(int slot, size_t bytes) {
@@ -180,6 +205,7 @@ static void *cu_ws(int slot, size_t bytes) {
   if (cu.ws[slot]) {
     cu_check(cudaStreamSynchronize(cu.stream), "workspace growth");
     cu_check(cudaFree(cu.ws[slot]), "cudaFree (workspace)");
+    cu_mem_sub(cu.ws_bytes[slot]);
     cu.ws[slot] = NULL;
     cu.ws_bytes[slot] = 0;
   }
@@ -190,6 +216,7 @@ static void *cu_ws(int slot, size_t bytes) {
   }
   cu.ws[slot] = p;
   cu.ws_bytes[slot] = want;
+  cu_mem_add(want);
   return p;
 }
 
@@ -211,11 +238,22 @@ static void *cu_alloc(size_t bytes) {
     cudaFree(p);
     return NULL;
   }
+  if (!cu_blocks_live) cu_blocks_live = new std::unordered_map<void *, size_t>();
+  (*cu_blocks_live)[p] = bytes ? bytes : 1;
+  cu_mem_add(bytes ? bytes : 1);
   return p;
 }
 
 static void cu_release(void *p) {
-  if (p) cu_check(cudaFree(p), "cudaFree");
+  if (!p) return;
+  if (cu_blocks_live) {
+    std::unordered_map<void *, size_t>::iterator it = cu_blocks_live->find(p);
+    if (it != cu_blocks_live->end()) {
+      cu_mem_sub(it->second);
+      cu_blocks_live->erase(it);
+    }
+  }
+  cu_check(cudaFree(p), "cudaFree");
 }
 
 static void cu_upload(void *dst, const void *src, size_t bytes) {
@@ -2223,8 +2261,8 @@ static void cu_teardown(void) {
   int k;
   if (cu.blas) cublasDestroy(cu.blas);
   for (k = 0; k < CU_WS_N; ++k)
-    if (cu.ws[k]) cudaFree(cu.ws[k]);
-  if (cu.scalars) cudaFree(cu.scalars);
+    if (cu.ws[k]) cudaFree(cu.ws[k]), cu_mem_sub(cu.ws_bytes[k]);
+  if (cu.scalars) cudaFree(cu.scalars), cu_mem_sub(8 * sizeof(double));
   if (cu.stream) cudaStreamDestroy(cu.stream);
   memset(&cu, 0, sizeof cu);
   cudaGetLastError();
@@ -2357,10 +2395,12 @@ extern "C" const ioupos_backend *ioupos_backend_cuda(int device) {
     return NULL;
   }
   if (cudaMalloc((void **)&cu.scalars, 8 * sizeof(double)) != cudaSuccess) {
+    cu.scalars = NULL;
     cu_teardown();
     ioupos_failure_set(IOUPOS_ENOMEM, "CUDA backend: out of device memory at start-up");
     return NULL;
   }
+  cu_mem_add(8 * sizeof(double));
   bs = cublasCreate(&cu.blas);
   if (bs != CUBLAS_STATUS_SUCCESS) {
     char buf[160];

@@ -40,7 +40,20 @@
    gradients (train) and the predicted labels (infer) must be bit-identical for 1 and 2
    threads; hashes are printed and compared.
    Exit status: 0, or 1 when ours fails, a loss is not finite or the hashes differ. A missing or
-   failing PyTorch baseline is reported ("skipped" and why), not an error. */
+   failing PyTorch baseline is reported ("skipped" and why), not an error.
+
+   --device cuda (build/bench_finetune_cuda: this file with IOUPOS_WITH_CUDA, linked with
+   build/ioupos_cuda.o; `make bench-cuda`): both parts on the CUDA backend, device 0, beside
+   bench_torch.py finetune / infer --device cuda on the same GPU. Defaults there: the research
+   step's batch 64, 1 warm-up + 5 timed steps, 1 thread. train is ioupos_finetune_run's step on
+   a backend: forward on the device, the logits downloaded, Dice-CE and its gradient on the host,
+   the gradient uploaded, backward and AdamW on the device; the backend's sync() closes each
+   timed part. infer: ioupos_seg_predict uploads each chunk of windows and downloads its logits
+   (both timed; PyTorch keeps the whole case on the GPU). Memory: the backend's device memory
+   (ioupos_cuda_mem_peak) beside torch.cuda.max_memory_allocated (and max_memory_reserved); the
+   peak RSS is printed too. Without a usable device: "SKIP" with the reason, exit 0. --probe as
+   bench_simsiam's. Test sizes (--no-torch only): --embed C, --classes K, --crop S (the
+   training crops S x S and the inference window; a multiple of 32). */
 #include "ioupos.h"
 
 #include <math.h>
@@ -50,15 +63,16 @@
 
 #include "bench_util.h"
 
-#define CROP 96
 #define LR 1e-3
 #define WD 1e-5
 
 enum { PART_TRAIN = 0, PART_INFER = 1 };
 static const char *PART_NAME[2] = {"train", "infer"};
 
+static int g_cuda = 0; /* --device cuda */
+
 typedef struct opts {
-  int embed, classes;
+  int embed, classes, crop; /* crop: train crops and the inference window (96) */
   int batch, steps, warmup;                      /* train */
   int slices, height, width, sw_batch, repeats;  /* infer */
   double overlap;
@@ -66,7 +80,8 @@ typedef struct opts {
 
 /* what a child process reports to the parent */
 typedef struct result {
-  int ok;
+  int ok, skip;                           /* skip: no usable CUDA device (err says why) */
+  double dev_peak_mib, dev_base_mib;      /* --device cuda: the backend's device memory */
   double rate;                            /* train: crops/s; infer: seconds per case */
   double step_s, fwd_s, loss_s, bwd_s, opt_s, cpu_s; /* train: medians */
   double slice_s;                         /* infer: seconds per slice */
@@ -84,8 +99,8 @@ typedef struct job {
 } job;
 
 /* the model (SwinUNETR registered without prefix), its parameters from seed 1 */
-static int make_model(ioupos_swinunetr *m, ioupos_params *p, const opts *o, int with_grad,
-                      char *err, size_t cap) {
+static int make_model(ioupos_swinunetr *m, ioupos_params *p, const ioupos_backend *be,
+                      const opts *o, int with_grad, char *err, size_t cap) {
   ioupos_swinunetr_config cfg;
   ioupos_rng ir;
   int rc;
@@ -94,7 +109,7 @@ static int make_model(ioupos_swinunetr *m, ioupos_params *p, const opts *o, int 
   cfg.out_channels = o->classes;
   ioupos_rng_seed(&ir, 1);
   rc = ioupos_swinunetr_init(m, &cfg, &p->table, "");
-  if (!rc) rc = ioupos_params_alloc(p, ioupos_backend_cpu(), with_grad);
+  if (!rc) rc = ioupos_params_alloc(p, be, with_grad);
   if (!rc) rc = ioupos_params_init(p, &ir);
   if (!rc) rc = ioupos_swin_encoder_buffers(&m->enc, p);
   if (rc) snprintf(err, cap, "setup: %s", ioupos_failure_reason());
@@ -112,21 +127,23 @@ static size_t count_params(const ioupos_params *p) {
 }
 
 /* ---- train: ioupos_finetune_run's step ---------------------------------------------------- */
-static void run_train(const opts *o, result *r) {
-  const ioupos_backend *be = ioupos_backend_cpu();
+static void run_train(const ioupos_backend *be, const opts *o, result *r) {
+  const int on_cpu = be == ioupos_backend_cpu();
   ioupos_swinunetr m;
   ioupos_params p;
   ioupos_rng rng;
-  const int B = o->batch, K = o->classes, shape[2] = {CROP, CROP};
-  const size_t npix = (size_t)CROP * CROP, nlog = (size_t)B * (size_t)K * npix;
-  float *x = NULL, *m1 = NULL, *m2 = NULL, *prob = NULL, *dlog = NULL;
+  const int B = o->batch, K = o->classes, shape[2] = {o->crop, o->crop};
+  const size_t npix = (size_t)o->crop * o->crop, nlog = (size_t)B * (size_t)K * npix;
+  float *x = NULL, *m1 = NULL, *m2 = NULL, *prob = NULL, *dlog = NULL, *hx = NULL;
+  float *hlog = NULL, *ddev = NULL, *hv = NULL, *hg = NULL;
+  const float *v, *g;
   int *target = NULL, i, k, have = 0;
   double *stats = NULL, step[MAX_STEPS], fwd[MAX_STEPS], lss[MAX_STEPS], bwd[MAX_STEPS];
   double opt[MAX_STEPS], cpu[MAX_STEPS], loss = NAN;
   size_t q;
   memset(&m, 0, sizeof m);
   memset(&p, 0, sizeof p);
-  if (make_model(&m, &p, o, 1, r->err, sizeof r->err)) goto done;
+  if (make_model(&m, &p, be, o, 1, r->err, sizeof r->err)) goto done;
   have = 1;
   if (ioupos_swinunetr_plan(&m, &p, B, shape)) {
     snprintf(r->err, sizeof r->err, "plan: %s", ioupos_failure_reason());
@@ -139,33 +156,52 @@ static void run_train(const opts *o, result *r) {
   dlog = (float *)calloc(nlog, sizeof(float));
   target = (int *)calloc((size_t)B * npix, sizeof(int));
   stats = (double *)calloc(IOUPOS_DICECE_STATS(B, K), sizeof(double));
-  if (!m1 || !m2 || !x || !prob || !dlog || !target || !stats) {
+  /* another backend: the crops go up once, the logits come down and the gradient goes up
+     every step (ioupos_finetune_run's way) */
+  hx = on_cpu ? x : (float *)malloc((size_t)B * npix * sizeof(float));
+  if (!on_cpu) {
+    hlog = (float *)malloc(nlog * sizeof(float));
+    ddev = (float *)be->alloc(nlog * sizeof(float));
+  }
+  if (!m1 || !m2 || !x || !prob || !dlog || !target || !stats || !hx ||
+      (!on_cpu && (!hlog || !ddev))) {
     snprintf(r->err, sizeof r->err, "out of memory for a batch of %d crops", B);
     goto done;
   }
   ioupos_rng_seed(&rng, 2);
-  for (q = 0; q < (size_t)B * npix; ++q) x[q] = (float)ioupos_rng_uniform(&rng);
+  for (q = 0; q < (size_t)B * npix; ++q) hx[q] = (float)ioupos_rng_uniform(&rng);
   for (q = 0; q < (size_t)B * npix; ++q) target[q] = (int)ioupos_rng_below(&rng, (uint64_t)K);
+  if (!on_cpu) {
+    be->upload(x, hx, (size_t)B * npix * sizeof(float));
+    free(hx);
+    hx = NULL;
+  }
   r->n_params = count_params(&p);
   r->param_mib = 4.0 * mib(p.table.total); /* values, gradients, two moments */
   r->act_mib = mib(m.act_n + m.scratch_n + m.grads_n + m.enc.acts.total + m.enc.scratch_n);
   r->base_mib = maxrss_mib();
+  r->dev_base_mib = bench_dev_in_use_mib(g_cuda);
   for (i = 0; i < o->warmup + o->steps; ++i) {
-    double c0 = cpu_now_s(), t0 = now_s(), t1, t2, t3, t4;
+    double c0, t0, t1, t2, t3, t4;
+    if (be->sync()) break;
+    c0 = cpu_now_s(), t0 = now_s();
     be->zero(p.grad, p.table.total * sizeof(float));
-    if (ioupos_swinunetr_forward(&m, &p, x, 1, NULL)) break;
+    if (ioupos_swinunetr_forward(&m, &p, x, 1, NULL) || be->sync()) break;
     t1 = now_s();
     /* the CPU backend's memory is host memory: the logits are read in place */
-    loss = ioupos_dicece_forward(prob, stats, ioupos_swinunetr_logits(&m), target, B, K,
-                                 (long)npix, NULL);
+    if (!on_cpu) be->download(hlog, ioupos_swinunetr_logits(&m), nlog * sizeof(float));
+    loss = ioupos_dicece_forward(prob, stats, on_cpu ? ioupos_swinunetr_logits(&m) : hlog, target,
+                                 B, K, (long)npix, NULL);
     memset(dlog, 0, nlog * sizeof(float));
     ioupos_dicece_backward(dlog, 1.0f, prob, stats, target, B, K, (long)npix, NULL);
+    if (!on_cpu) be->upload(ddev, dlog, nlog * sizeof(float));
+    if (be->sync()) break;
     t2 = now_s();
     if (!isfinite(loss)) {
       snprintf(r->err, sizeof r->err, "step %d: the loss is %g", i, loss);
       goto done;
     }
-    if (ioupos_swinunetr_backward(&m, &p, dlog, NULL)) break;
+    if (ioupos_swinunetr_backward(&m, &p, on_cpu ? dlog : ddev, NULL) || be->sync()) break;
     t3 = now_s();
     for (k = 0; k < p.table.n; ++k) {
       const ioupos_tensor_info *t = &p.table.t[k];
@@ -195,14 +231,29 @@ static void run_train(const opts *o, result *r) {
   r->cpu_s = median(cpu, o->steps);
   r->rate = B / r->step_s;
   r->value = loss;
-  r->hash = fnv1a(p.value, p.table.total * sizeof(float)) ^
-            (fnv1a(p.grad, p.table.total * sizeof(float)) * 31u);
-  r->peak_mib = maxrss_mib();
+  r->peak_mib = maxrss_mib(); /* before the host copies of the hash (--device cuda) */
+  r->dev_peak_mib = bench_dev_peak_mib(g_cuda);
+  v = bench_host_view(be, p.value, p.table.total, &hv);
+  g = bench_host_view(be, p.grad, p.table.total, &hg);
+  if (!v || !g || be->sync()) {
+    snprintf(r->err, sizeof r->err, "reading the parameters back: %s",
+             v && g ? ioupos_failure_reason() : "out of memory");
+    goto done;
+  }
+  r->hash = fnv1a(v, p.table.total * sizeof(float)) ^
+            (fnv1a(g, p.table.total * sizeof(float)) * 31u);
   r->ok = 1;
 done:
-  be->release(m1);
-  be->release(m2);
-  be->release(x);
+  if (be) {
+    be->release(m1);
+    be->release(m2);
+    be->release(x);
+    be->release(ddev);
+  }
+  if (!on_cpu) free(hx);
+  free(hlog);
+  free(hv);
+  free(hg);
   free(prob);
   free(dlog);
   free(target);
@@ -212,13 +263,13 @@ done:
 }
 
 /* ---- infer: sliding-window inference of a case (ioupos_swinunetr_evaluate's per-slice work) -- */
-static void run_infer(const opts *o, result *r) {
+static void run_infer(const ioupos_backend *be, const opts *o, result *r) {
   ioupos_swinunetr m;
   ioupos_seg_predictor pr;
   ioupos_params p;
   ioupos_sw_plan plan;
   ioupos_rng rng;
-  const int K = o->classes, shape[2] = {o->height, o->width}, roi[2] = {CROP, CROP};
+  const int K = o->classes, shape[2] = {o->height, o->width}, roi[2] = {o->crop, o->crop};
   const size_t spx = (size_t)o->height * (size_t)o->width;
   float *img = NULL, *logits = NULL;
   int *labels = NULL, have = 0, pass, z, k, rc = 0;
@@ -228,7 +279,7 @@ static void run_infer(const opts *o, result *r) {
   memset(&m, 0, sizeof m);
   memset(&pr, 0, sizeof pr);
   memset(&p, 0, sizeof p);
-  if (make_model(&m, &p, o, 0, r->err, sizeof r->err)) goto done;
+  if (make_model(&m, &p, be, o, 0, r->err, sizeof r->err)) goto done;
   have = 1;
   if (ioupos_seg_predictor_init(&pr, &m.cfg, &p, roi, o->overlap, o->sw_batch) ||
       ioupos_sw_plan_make(&plan, 2, shape, roi, o->overlap)) {
@@ -248,6 +299,7 @@ static void run_infer(const opts *o, result *r) {
   r->n_params = count_params(&p);
   r->param_mib = mib(p.table.total);
   r->base_mib = maxrss_mib();
+  r->dev_base_mib = bench_dev_in_use_mib(g_cuda);
   /* one untimed slice (plans the model instances), then the timed passes over the case */
   for (pass = -1; rc == 0 && pass < o->repeats; ++pass) {
     double t0 = now_s();
@@ -273,6 +325,7 @@ static void run_infer(const opts *o, result *r) {
   r->value = (double)fg / (double)(spx * (size_t)o->slices);
   r->hash = fnv1a(labels, spx * (size_t)o->slices * sizeof(int));
   r->peak_mib = maxrss_mib();
+  r->dev_peak_mib = bench_dev_peak_mib(g_cuda);
   r->ok = 1;
 done:
   free(img);
@@ -285,45 +338,59 @@ done:
 
 static void run_job(const void *arg, void *out) {
   const job *j = (const job *)arg;
-  if (j->part == PART_TRAIN) run_train(j->o, (result *)out);
-  else run_infer(j->o, (result *)out);
+  result *r = (result *)out;
+  const ioupos_backend *be = bench_backend(g_cuda, r->err, sizeof r->err);
+  if (!be) {
+    r->skip = strncmp(r->err, BENCH_SKIP_PREFIX, strlen(BENCH_SKIP_PREFIX)) == 0;
+    return;
+  }
+  if (j->part == PART_TRAIN) run_train(be, j->o, r);
+  else run_infer(be, j->o, r);
 }
 
 static void run_torch(const opts *o, int part, int threads, torch_result *t) {
-  char args[384];
+  char args[384], dev[32];
+  const char *tf32 = getenv("IOUPOS_CUDA_TF32");
+  snprintf(dev, sizeof dev, "%s%s", g_cuda ? " --device cuda" : "",
+           g_cuda && tf32 && strcmp(tf32, "1") == 0 ? " --tf32" : "");
   if (part == PART_TRAIN)
     snprintf(args, sizeof args, "finetune --threads %d --batch %d --embed %d --classes %d "
-             "--steps %d --warmup %d", threads, o->batch, o->embed, o->classes, o->steps,
-             o->warmup);
+             "--steps %d --warmup %d%s", threads, o->batch, o->embed, o->classes, o->steps,
+             o->warmup, dev);
   else
     snprintf(args, sizeof args, "infer --threads %d --slices %d --height %d --width %d --embed %d "
-             "--classes %d --sw_batch_size %d --overlap %g --repeats %d", threads, o->slices,
-             o->height, o->width, o->embed, o->classes, o->sw_batch, o->overlap, o->repeats);
-  bench_torch(args, part == PART_TRAIN ? "images_per_s" : "seconds_per_case", t);
+             "--classes %d --sw_batch_size %d --overlap %g --repeats %d%s", threads, o->slices,
+             o->height, o->width, o->embed, o->classes, o->sw_batch, o->overlap, o->repeats, dev);
+  bench_torch_dev(args, part == PART_TRAIN ? "images_per_s" : "seconds_per_case", g_cuda, t);
 }
 
 static void usage(void) {
   fprintf(stderr, "usage: bench_finetune [--part train|infer|all] [--batch B] [--steps N] "
                   "[--warmup N] [--slices N] [--height H] [--width W] [--sw_batch_size N] "
-                  "[--repeats N] [--threads T] [--no-torch]\n");
+                  "[--repeats N] [--threads T] [--no-torch] [--device cpu|cuda] [--probe]\n"
+                  "       test sizes (--no-torch only): [--embed C] [--classes K] [--crop S]\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   opts o;
   int i, part, nt, t0 = 1, t1 = 2, p0 = PART_TRAIN, p1 = PART_INFER, threads = 0, torch = 1;
-  int fail = 0;
+  int fail = 0, probe = 0, batch = 0, steps = 0, test_sizes = 0;
   result ours[2][3];
   torch_result base[2][3];
   double t_start = now_s();
   memset(ours, 0, sizeof ours);
   memset(base, 0, sizeof base);
-  o.embed = 48, o.classes = 14, o.batch = 16, o.steps = 3, o.warmup = 1;
+  o.embed = 48, o.classes = 14, o.crop = 96, o.batch = 16, o.steps = 3, o.warmup = 1;
   o.slices = 16, o.height = 352, o.width = 288, o.sw_batch = 64, o.repeats = 1, o.overlap = 0.25;
   for (i = 1; i < argc; ++i) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--no-torch")) {
       torch = 0;
+      continue;
+    }
+    if (!strcmp(a, "--probe")) {
+      probe = 1;
       continue;
     }
     if (!v) usage();
@@ -333,8 +400,13 @@ int main(int argc, char **argv) {
       else if (!strcmp(v, "all")) p0 = PART_TRAIN, p1 = PART_INFER;
       else usage();
     }
-    else if (!strcmp(a, "--batch")) { if (!parse_int(v, 1, 4096, &o.batch)) usage(); }
-    else if (!strcmp(a, "--steps")) { if (!parse_int(v, 1, MAX_STEPS, &o.steps)) usage(); }
+    else if (!strcmp(a, "--device")) {
+      if (!strcmp(v, "cpu")) g_cuda = 0;
+      else if (!strcmp(v, "cuda")) g_cuda = 1;
+      else usage();
+    }
+    else if (!strcmp(a, "--batch")) { if (!parse_int(v, 1, 4096, &batch)) usage(); }
+    else if (!strcmp(a, "--steps")) { if (!parse_int(v, 1, MAX_STEPS, &steps)) usage(); }
     else if (!strcmp(a, "--warmup")) { if (!parse_int(v, 0, 100, &o.warmup)) usage(); }
     else if (!strcmp(a, "--slices")) { if (!parse_int(v, 1, 100000, &o.slices)) usage(); }
     else if (!strcmp(a, "--height")) { if (!parse_int(v, 1, 8192, &o.height)) usage(); }
@@ -342,30 +414,54 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--sw_batch_size")) { if (!parse_int(v, 1, 4096, &o.sw_batch)) usage(); }
     else if (!strcmp(a, "--repeats")) { if (!parse_int(v, 1, MAX_STEPS, &o.repeats)) usage(); }
     else if (!strcmp(a, "--threads")) { if (!parse_int(v, 1, 2, &threads)) usage(); }
+    else if (!strcmp(a, "--embed")) {
+      if (!parse_int(v, 3, 768, &o.embed) || o.embed % 3) usage();
+      test_sizes = 1;
+    }
+    else if (!strcmp(a, "--classes")) {
+      if (!parse_int(v, 2, 255, &o.classes)) usage();
+      test_sizes = 1;
+    }
+    else if (!strcmp(a, "--crop")) {
+      if (!parse_int(v, 32, 1024, &o.crop) || o.crop % 32) usage();
+      test_sizes = 1;
+    }
     else usage();
     ++i;
   }
+  if (probe) return bench_probe();
+  if (test_sizes && torch) {
+    fprintf(stderr, "bench_finetune: --embed, --classes and --crop are test sizes: with "
+                    "--no-torch only\n");
+    usage();
+  }
+  if (g_cuda) /* the GPU run: the research step's batch, 5 timed steps, one thread */
+    o.batch = 64, o.steps = 5, t0 = t1 = 1;
+  if (batch) o.batch = batch;
+  if (steps) o.steps = steps;
   if (threads) t0 = t1 = threads;
 #ifndef _OPENMP
   t0 = t1 = 1;
 #endif
-  printf("bench_finetune: SwinUNETR 2D (C %d, %d classes, MONAI's defaults); GEMM %s, %s\n",
-         o.embed, o.classes, ioupos_gemm_kernel(),
+  printf("bench_finetune: SwinUNETR 2D (C %d, %d classes, MONAI's defaults); %s%s, %s\n",
+         o.embed, o.classes,
+         g_cuda ? "device cuda (the CUDA backend, device 0; host parts: GEMM " : "GEMM ",
+         ioupos_gemm_kernel(),
 #ifdef _OPENMP
-         "OpenMP"
+         g_cuda ? "OpenMP)" : "OpenMP"
 #else
-         "no OpenMP (1 thread only)"
+         g_cuda ? "no OpenMP)" : "no OpenMP (1 thread only)"
 #endif
   );
   if (p0 == PART_TRAIN)
-    printf("train: fine-tuning step (forward, Dice-CE, backward, AdamW) on %d crops of 96 x 96%s, "
-           "%d warm-up + %d timed steps\n", o.batch,
+    printf("train: fine-tuning step (forward, Dice-CE, backward, AdamW) on %d crops of %d x %d%s, "
+           "%d warm-up + %d timed steps\n", o.batch, o.crop, o.crop,
            o.batch == 64 ? " (the research step)" : " (the research step has 64: --batch 64)",
            o.warmup, o.steps);
   if (p1 == PART_INFER)
-    printf("infer: a case of %d slices of %d x %d, sliding window roi 96, overlap %g, "
+    printf("infer: a case of %d slices of %d x %d, sliding window roi %d, overlap %g, "
            "sw_batch_size %d, argmax; 1 untimed slice + %d timed pass(es)\n", o.slices, o.height,
-           o.width, o.overlap, o.sw_batch, o.repeats);
+           o.width, o.crop, o.overlap, o.sw_batch, o.repeats);
   for (part = p0; part <= p1; ++part) {
     for (nt = t0; nt <= t1; ++nt) {
       result *r = &ours[part][nt];
@@ -373,6 +469,10 @@ int main(int argc, char **argv) {
       job j;
       j.o = &o, j.part = part;
       bench_forked(run_job, &j, nt, r, sizeof *r, r->err, sizeof r->err);
+      if (r->skip) {
+        printf("bench_finetune: SKIP: %s\n", r->err);
+        return 0;
+      }
       if (!r->ok) {
         printf("%s, threads %d: ours FAILED: %s\n", PART_NAME[part], nt, r->err);
         fail = 1;
@@ -387,10 +487,17 @@ int main(int argc, char **argv) {
         printf("infer, threads %d: ours    %7.2f s per case (%.3f s per slice of %ld windows); "
                "foreground %.4f; %.2f M parameters\n", nt, r->rate, r->slice_s, r->windows,
                r->value, (double)r->n_params / 1e6);
-      printf("                  ours    peak RSS %.0f MiB (base %.0f before the first step); "
-             "parameters%s %.0f MiB, activations + plan buffers %.0f MiB; hash %016llx\n",
-             r->peak_mib, r->base_mib, part == PART_TRAIN ? " + gradients + moments" : "",
-             r->param_mib, r->act_mib, r->hash);
+      if (g_cuda)
+        printf("                  ours    device memory: peak %.0f MiB (the backend's "
+               "allocations; %.0f before the first step); parameters%s %.0f MiB, activations + "
+               "plan buffers %.0f MiB; host peak RSS %.0f MiB; hash %016llx\n", r->dev_peak_mib,
+               r->dev_base_mib, part == PART_TRAIN ? " + gradients + moments" : "",
+               r->param_mib, r->act_mib, r->peak_mib, r->hash);
+      else
+        printf("                  ours    peak RSS %.0f MiB (base %.0f before the first step); "
+               "parameters%s %.0f MiB, activations + plan buffers %.0f MiB; hash %016llx\n",
+               r->peak_mib, r->base_mib, part == PART_TRAIN ? " + gradients + moments" : "",
+               r->param_mib, r->act_mib, r->hash);
       fflush(stdout);
       if (!torch) snprintf(t->why, sizeof t->why, "--no-torch");
       else run_torch(&o, part, nt, t);
@@ -398,16 +505,30 @@ int main(int argc, char **argv) {
         printf("                  PyTorch baseline skipped: %s\n", t->why);
         continue;
       }
-      printf("                  PyTorch %7.2f %s; %.2f M parameters%s; peak RSS %.0f MiB (whole "
-             "process), delta %.0f MiB (peak - base %.0f)\n", t->rate,
-             part == PART_TRAIN ? "crops/s" : "s per case", t->params / 1e6,
-             t->params == (double)r->n_params ? " (same count as ours)" : " (DIFFERS from ours)",
-             t->peak_mib, t->delta_mib, t->base_mib);
-      printf("                  ratio   %s %.2f; memory: our peak RSS / PyTorch's delta %.2f, "
-             "/ PyTorch's peak %.2f\n",
-             part == PART_TRAIN ? "crops/s ours / PyTorch" : "speed-up (PyTorch s / ours s)",
-             part == PART_TRAIN ? r->rate / t->rate : t->rate / r->rate,
-             r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
+      if (g_cuda)
+        printf("                  PyTorch %7.2f %s; %.2f M parameters%s; device memory: max "
+               "allocated %.0f MiB (%.0f before the first step), max reserved %.0f MiB\n",
+               t->rate, part == PART_TRAIN ? "crops/s" : "s per case", t->params / 1e6,
+               t->params == (double)r->n_params ? " (same count as ours)" : " (DIFFERS from ours)",
+               t->peak_mib, t->base_mib, t->reserved_mib);
+      else
+        printf("                  PyTorch %7.2f %s; %.2f M parameters%s; peak RSS %.0f MiB (whole "
+               "process), delta %.0f MiB (peak - base %.0f)\n", t->rate,
+               part == PART_TRAIN ? "crops/s" : "s per case", t->params / 1e6,
+               t->params == (double)r->n_params ? " (same count as ours)" : " (DIFFERS from ours)",
+               t->peak_mib, t->delta_mib, t->base_mib);
+      if (g_cuda)
+        printf("                  ratio   %s %.2f; device memory: our peak / PyTorch's max "
+               "allocated %.2f, / its max reserved %.2f\n",
+               part == PART_TRAIN ? "crops/s ours / PyTorch" : "speed-up (PyTorch s / ours s)",
+               part == PART_TRAIN ? r->rate / t->rate : t->rate / r->rate,
+               r->dev_peak_mib / t->peak_mib, r->dev_peak_mib / t->reserved_mib);
+      else
+        printf("                  ratio   %s %.2f; memory: our peak RSS / PyTorch's delta %.2f, "
+               "/ PyTorch's peak %.2f\n",
+               part == PART_TRAIN ? "crops/s ours / PyTorch" : "speed-up (PyTorch s / ours s)",
+               part == PART_TRAIN ? r->rate / t->rate : t->rate / r->rate,
+               r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
       fflush(stdout);
     }
     if (t1 > t0 && ours[part][t0].ok && ours[part][t1].ok) {
@@ -418,19 +539,31 @@ int main(int argc, char **argv) {
       if (!same) fail = 1;
     }
   }
-  printf("\n| part | threads | ours | PyTorch | ours vs PyTorch (speed) | our peak RSS MiB | "
-         "PyTorch delta / peak RSS MiB | ours / delta | ours / peak |\n"
-         "|---|---|---|---|---|---|---|---|---|\n");
+  if (g_cuda)
+    printf("\n| part (device cuda) | ours | PyTorch | ours vs PyTorch (speed) | our device peak "
+           "MiB | PyTorch max allocated / reserved MiB | ours / allocated |\n"
+           "|---|---|---|---|---|---|---|\n");
+  else
+    printf("\n| part | threads | ours | PyTorch | ours vs PyTorch (speed) | our peak RSS MiB | "
+           "PyTorch delta / peak RSS MiB | ours / delta | ours / peak |\n"
+           "|---|---|---|---|---|---|---|---|---|\n");
   for (part = p0; part <= p1; ++part)
     for (nt = t0; nt <= t1; ++nt) {
       const result *r = &ours[part][nt];
       const torch_result *t = &base[part][nt];
       const char *unit = part == PART_TRAIN ? "crops/s" : "s/case";
+      double speed = part == PART_TRAIN ? r->rate / t->rate : t->rate / r->rate;
       if (!r->ok) continue;
-      if (t->ok)
+      if (g_cuda && t->ok)
+        printf("| %s | %.2f %s | %.2f %s | %.2f | %.0f | %.0f / %.0f | %.2f |\n",
+               PART_NAME[part], r->rate, unit, t->rate, unit, speed, r->dev_peak_mib,
+               t->peak_mib, t->reserved_mib, r->dev_peak_mib / t->peak_mib);
+      else if (g_cuda)
+        printf("| %s | %.2f %s | - | - | %.0f | - | - |\n", PART_NAME[part], r->rate, unit,
+               r->dev_peak_mib);
+      else if (t->ok)
         printf("| %s | %d | %.2f %s | %.2f %s | %.2f | %.0f | %.0f / %.0f | %.2f | %.2f |\n",
-               PART_NAME[part], nt, r->rate, unit, t->rate, unit,
-               part == PART_TRAIN ? r->rate / t->rate : t->rate / r->rate, r->peak_mib,
+               PART_NAME[part], nt, r->rate, unit, t->rate, unit, speed, r->peak_mib,
                t->delta_mib, t->peak_mib, r->peak_mib / t->delta_mib, r->peak_mib / t->peak_mib);
       else
         printf("| %s | %d | %.2f %s | - | - | %.0f | - | - | - |\n", PART_NAME[part], nt,

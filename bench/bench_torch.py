@@ -6,6 +6,26 @@ parse its last stdout line (one JSON object) and print their own figure beside i
 
 Versions: tests/reference/requirements.txt (torch 2.15.0, monai 1.6.1, lightly 1.6.0).
 
+--device cuda (every subcommand; default cpu): the same step on CUDA device 0 (make bench-cuda,
+the C benches' --device cuda). Model, optimiser state and inputs live on the device (infer: the
+whole case too, so no host-to-device copy is timed on this side); torch.cuda.synchronize()
+before and after every timed step. TF32 is off for matmuls and cuDNN convolutions (as the
+ioupos CUDA backend's FP32 cuBLAS GEMMs) unless --tf32 (the C benches pass it when
+IOUPOS_CUDA_TF32=1). Memory on the device: peak_dev_mib = torch.cuda.max_memory_allocated()
+(weights, gradients, optimiser state, activations: every tensor of the caching allocator, at
+its high-water mark), base_dev_mib = memory_allocated() once the model, optimiser and inputs
+exist (the peak statistics are reset there), delta_dev_mib = peak - base, reserved_dev_mib =
+max_memory_reserved() (what the allocator took from the driver); the RSS figures are reported
+as on the CPU.
+
+Without lightly (a GPU machine with PyTorch alone): its two heads and its loss are written
+here in plain torch with the same layers, so the same parameter count and the same step
+(SimSiamProjectionHead(in, h, out): Linear(bias=False) BatchNorm1d ReLU Linear(bias=False)
+BatchNorm1d ReLU Linear(bias=False) BatchNorm1d(affine=False); SimSiamPredictionHead(in, h,
+out): Linear(bias=False) BatchNorm1d ReLU Linear; NegativeCosineSimilarity: -mean cos(x0, x1)
+over dim 1, eps 1e-8); the output says which ran. MONAI is required: on a machine without
+network put its wheel on PYTHONPATH (scripts/gpu_check.sh does that for .carry/wheels).
+
 Usage (from the repository root):
   .venv/bin/python bench/bench_torch.py encoder --threads T [--batch 32 --size 96 --embed 48
       --steps 5 --warmup 2 --spatial_dims 2]
@@ -61,8 +81,9 @@ the high-water mark right after the imports, before the model exists: delta_impo
 peak - import also counts the weights, which a C program's own peak RSS includes.
 
 Output: human-readable lines, then one line of JSON (the last line on stdout). Exit status 2,
-with a message on stderr, when torch, monai, lightly or einops (which MONAI's SwinTransformer
-needs at run time) cannot be imported or an argument is invalid; 1 on any other error.
+with a message on stderr, when torch, monai or einops (which MONAI's SwinTransformer needs at
+run time) cannot be imported, --device cuda finds no CUDA device, or an argument is invalid; 1
+on any other error.
 """
 import argparse
 import json
@@ -126,6 +147,9 @@ def parse_args(argv):
     inf.add_argument("--sw_batch_size", type=int, default=64)
     inf.add_argument("--overlap", type=float, default=0.25)
     inf.add_argument("--repeats", type=int, default=1)
+    for p in (enc, sim, fin, inf):
+        p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+        p.add_argument("--tf32", action="store_true", help="allow TF32 (--device cuda)")
     a = ap.parse_args(argv)
     if a.bench in ("finetune", "infer"):
         return parse_seg_args(ap, a)
@@ -164,15 +188,87 @@ def import_libraries():
     try:
         import torch
         import monai
-        import lightly
         import einops  # noqa: F401  (MONAI's SwinTransformer imports it lazily, on forward)
     except ImportError as e:  # ModuleNotFoundError included
         sys.stderr.write(
-            "bench_torch.py: cannot import torch / monai / lightly / einops (%s).\n"
+            "bench_torch.py: cannot import torch / monai / einops (%s).\n"
             "Install the pinned versions: python -m venv .venv && "
-            ".venv/bin/pip install -r tests/reference/requirements.txt\n" % e)
+            ".venv/bin/pip install -r tests/reference/requirements.txt (no network: put the "
+            "wheels on PYTHONPATH, see scripts/gpu_check.sh)\n" % e)
         sys.exit(2)
+    try:
+        import lightly
+    except ImportError:
+        lightly = None  # its heads and loss in plain torch below
     return torch, monai, lightly
+
+
+def simsiam_heads(torch, lightly, fdim):
+    """lightly's SimSiamProjectionHead(fdim, 2048, 2048), SimSiamPredictionHead(2048, 512, 2048)
+    and NegativeCosineSimilarity, or the same layers in plain torch without lightly."""
+    if lightly is not None:
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+        return (SimSiamProjectionHead(fdim, 2048, 2048), SimSiamPredictionHead(2048, 512, 2048),
+                NegativeCosineSimilarity())
+    nn = torch.nn
+
+    def projection(i, h, o):
+        return nn.Sequential(nn.Linear(i, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(),
+                             nn.Linear(h, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(),
+                             nn.Linear(h, o, bias=False), nn.BatchNorm1d(o, affine=False))
+
+    def prediction(i, h, o):
+        return nn.Sequential(nn.Linear(i, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(),
+                             nn.Linear(h, o))
+
+    def negative_cosine_similarity(x0, x1):
+        return -torch.nn.functional.cosine_similarity(x0, x1, dim=1, eps=1e-8).mean()
+    return projection(fdim, 2048, 2048), prediction(2048, 512, 2048), negative_cosine_similarity
+
+
+def setup_device(torch, a):
+    """--device: the torch.device; on cuda TF32 off unless --tf32; exits 2 without a device"""
+    if a.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        sys.stderr.write("bench_torch.py: --device cuda: torch sees no CUDA device (torch %s, "
+                         "built with CUDA %s)\n" % (torch.__version__, torch.version.cuda))
+        sys.exit(2)
+    # the fp32_precision settings where this torch has them (2.9 on), else the allow_tf32 flags
+    prec = "tf32" if a.tf32 else "ieee"
+    try:
+        torch.backends.cuda.matmul.fp32_precision = prec
+        torch.backends.cudnn.conv.fp32_precision = prec
+    except (AttributeError, RuntimeError, ValueError):
+        torch.backends.cuda.matmul.allow_tf32 = bool(a.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(a.tf32)
+    return torch.device("cuda", 0)
+
+
+def device_memory(torch, a, res, base_dev):
+    """--device cuda: the device figures into res, and a line saying them"""
+    if a.device != "cuda":
+        return
+    mib = 1048576.0
+    peak = torch.cuda.max_memory_allocated() / mib
+    res.update({"device": "cuda", "device_name": torch.cuda.get_device_name(0),
+                "peak_dev_mib": peak, "base_dev_mib": base_dev, "delta_dev_mib": peak - base_dev,
+                "reserved_dev_mib": torch.cuda.max_memory_reserved() / mib,
+                "tf32": bool(a.tf32)})
+    print("  device memory (MiB, %s): max allocated %.1f; allocated before the first step %.1f; "
+          "delta %.1f; max reserved %.1f; TF32 %s" %
+          (res["device_name"], peak, base_dev, peak - base_dev, res["reserved_dev_mib"],
+           "on" if a.tf32 else "off"))
+
+
+def device_base(torch, a):
+    """--device cuda: memory_allocated() now (MiB), the peak statistics reset; 0 on the CPU"""
+    if a.device != "cuda":
+        return 0.0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 1048576.0
 
 
 def build_backbone(torch, embed, spatial_dims):
@@ -199,34 +295,40 @@ def decay_groups(module, lr, weight_decay):
             {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
 
-def timed(first, step, warmup, steps):
-    """warmup untimed calls of first(), then steps timed calls of step(): (last value, times)"""
+def timed(first, step, warmup, steps, sync=None):
+    """warmup untimed calls of first(), then steps timed calls of step(): (last value, times);
+    sync() (torch.cuda.synchronize on the GPU) before and after each timed call"""
     value = None
     for _ in range(warmup):
         value = first()
     times = []
     for _ in range(steps):
+        if sync:
+            sync()
         t0 = time.perf_counter()
         value = step()
+        if sync:
+            sync()
         times.append(time.perf_counter() - t0)
     return value, times
 
 
-def main_seg(a, torch, monai, import_rss):
+def main_seg(a, torch, monai, import_rss, dev):
     """finetune and infer: MONAI SwinUNETR (see the module's docstring)."""
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
     from monai.networks.nets import SwinUNETR
     torch.manual_seed(0)
-    model = SwinUNETR(in_channels=1, out_channels=a.classes, feature_size=a.embed, spatial_dims=2)
+    model = SwinUNETR(in_channels=1, out_channels=a.classes, feature_size=a.embed,
+                      spatial_dims=2).to(dev)
     params = sum(p.numel() for p in model.parameters())
     if a.bench == "finetune":
         model.train()
         opt = torch.optim.AdamW(decay_groups(model, 1e-3, 1e-5), lr=1e-3, betas=(0.9, 0.999),
                                 eps=1e-8)
         criterion = DiceCELoss(to_onehot_y=True, softmax=True)
-        x = torch.rand((a.batch, 1, 96, 96), dtype=torch.float32)
-        y = torch.randint(0, a.classes, (a.batch, 1, 96, 96))
+        x = torch.rand((a.batch, 1, 96, 96), dtype=torch.float32).to(dev)
+        y = torch.randint(0, a.classes, (a.batch, 1, 96, 96)).to(dev)
         what = "SwinUNETR fine-tuning step (DiceCE, AdamW), crops %dx1x96x96" % a.batch
 
         def step():
@@ -238,7 +340,7 @@ def main_seg(a, torch, monai, import_rss):
         first = step
     else:
         model.eval()
-        case = torch.rand((a.slices, 1, a.height, a.width), dtype=torch.float32)
+        case = torch.rand((a.slices, 1, a.height, a.width), dtype=torch.float32).to(dev)
         what = ("sliding-window inference of a case of %d slices %dx%d (roi 96, overlap %g, "
                 "sw_batch_size %d)" % (a.slices, a.height, a.width, a.overlap, a.sw_batch_size))
 
@@ -258,10 +360,13 @@ def main_seg(a, torch, monai, import_rss):
                     s += float((one(z) != 0).float().mean())
                 return s / a.slices
     base_rss = maxrss_mib()
-    print("bench_torch %s: %s; torch %s, monai %s; %.2f M parameters, %d intra-op thread(s)" %
-          (a.bench, what, torch.__version__, monai.__version__, params / 1e6, a.threads))
+    base_dev = device_base(torch, a)
+    print("bench_torch %s: %s; torch %s, monai %s; %.2f M parameters, %d intra-op thread(s); "
+          "device %s" % (a.bench, what, torch.__version__, monai.__version__, params / 1e6,
+                         a.threads, dev))
     sys.stdout.flush()
-    value, times = timed(first, step, a.warmup, a.steps)
+    value, times = timed(first, step, a.warmup, a.steps,
+                         torch.cuda.synchronize if a.device == "cuda" else None)
     if value is None or value != value:
         sys.stderr.write("bench_torch.py: the result is not finite (%r)\n" % value)
         return 1
@@ -285,6 +390,7 @@ def main_seg(a, torch, monai, import_rss):
                     "foreground": value})
     print("  RSS (MiB): after imports %.1f; after model + inputs %.1f; peak %.1f; delta %.1f" %
           (import_rss, base_rss, peak, peak - base_rss))
+    device_memory(torch, a, res, base_dev)
     print(json.dumps(res))
     return 0
 
@@ -294,19 +400,18 @@ def main(argv):
     torch, monai, lightly = import_libraries()
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
-    from lightly.loss import NegativeCosineSimilarity
-    from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+    dev = setup_device(torch, a)
     import_rss = maxrss_mib()
     if a.bench in ("finetune", "infer"):
-        return main_seg(a, torch, monai, import_rss)
+        return main_seg(a, torch, monai, import_rss, dev)
 
     torch.manual_seed(0)
     shape = (a.batch, 1) + (a.size,) * a.spatial_dims
-    backbone = build_backbone(torch, a.embed, a.spatial_dims)
+    backbone = build_backbone(torch, a.embed, a.spatial_dims).to(dev)
     backbone.train()
     params = sum(p.numel() for p in backbone.parameters())
     if a.bench == "encoder":
-        x = torch.rand(shape, dtype=torch.float32)
+        x = torch.rand(shape, dtype=torch.float32).to(dev)
         modules = [backbone]
 
         def step():
@@ -316,8 +421,8 @@ def main(argv):
             return loss.item()
     else:
         fdim = 16 * a.embed
-        projector = SimSiamProjectionHead(fdim, 2048, 2048)
-        predictor = SimSiamPredictionHead(2048, 512, 2048)
+        projector, predictor, criterion = simsiam_heads(torch, lightly, fdim)
+        projector, predictor = projector.to(dev), predictor.to(dev)
         projector.train()
         predictor.train()
         modules = [backbone, projector, predictor]
@@ -326,9 +431,8 @@ def main(argv):
         for m in modules:
             groups += decay_groups(m, 0.025, 1e-5)
         opt = torch.optim.SGD(groups, lr=0.025, momentum=0.9)
-        criterion = NegativeCosineSimilarity()
-        x1 = torch.rand(shape, dtype=torch.float32)
-        x2 = torch.rand(shape, dtype=torch.float32)
+        x1 = torch.rand(shape, dtype=torch.float32).to(dev)
+        x2 = torch.rand(shape, dtype=torch.float32).to(dev)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -343,12 +447,15 @@ def main(argv):
 
     base_rss = maxrss_mib()
     base_cur = current_rss_mib()
+    base_dev = device_base(torch, a)
 
     unit = "pairs/s" if a.bench == "simsiam" else "images/s"
     what = ("SimSiam training step (2 views, heads, SGD)" if a.bench == "simsiam"
             else "Swin encoder forward + backward")
-    print("bench_torch %s: %s, torch %s, monai %s, lightly %s" %
-          (a.bench, what, torch.__version__, monai.__version__, lightly.__version__))
+    heads = ("lightly %s" % lightly.__version__ if lightly is not None
+             else "lightly not installed: its heads and loss in plain torch")
+    print("bench_torch %s: %s, torch %s, monai %s, %s; device %s" %
+          (a.bench, what, torch.__version__, monai.__version__, heads, dev))
     print("  input %s float32, embed %d, %s%.2f M parameters, %d intra-op thread(s), "
           "1 inter-op, %d warm-up + %d timed steps" %
           ("x".join(map(str, shape)), a.embed,
@@ -356,7 +463,8 @@ def main(argv):
            a.warmup, a.steps))
     sys.stdout.flush()
 
-    loss, times = timed(step, step, a.warmup, a.steps)
+    loss, times = timed(step, step, a.warmup, a.steps,
+                        torch.cuda.synchronize if a.device == "cuda" else None)
     if loss is None or loss != loss:
         sys.stderr.write("bench_torch.py: the loss is not finite (%r)\n" % loss)
         return 1
@@ -393,11 +501,12 @@ def main(argv):
         "loss": loss,
         "torch": torch.__version__,
         "monai": monai.__version__,
-        "lightly": lightly.__version__,
+        "lightly": lightly.__version__ if lightly is not None else "plain torch heads",
     }
     if a.bench == "simsiam":
         res["config"] = a.config
         res["pairs_per_s"] = a.batch / med
+    device_memory(torch, a, res, base_dev)
     print(json.dumps(res, sort_keys=False))
     return 0
 

@@ -1,9 +1,12 @@
 /* bench/bench_util.h — what the model benchmarks (bench_encoder, bench_simsiam, bench_finetune)
    share: clocks, peak RSS, the median, a hash, running a measurement in a forked child (so its
    peak RSS is its own) and running the PyTorch baseline (bench/bench_torch.py) as a subprocess
-   to read its last stdout line, a one-line JSON object. Include after <ioupos.h>; every
-   function is static inline (a bench need not use them all). Linux only (ru_maxrss in KiB,
-   fork, popen). */
+   to read its last stdout line, a one-line JSON object, and the --device choice (the CUDA
+   backend where the bench is built with IOUPOS_WITH_CUDA and linked with it). Include after
+   <ioupos.h>; every function is static inline (a bench need not use them all). Linux only
+   (ru_maxrss in KiB, fork, popen).
+   The baseline's interpreter is .venv/bin/python, or $IOUPOS_BENCH_PYTHON when set (a GPU
+   machine's own python3 with PyTorch: scripts/gpu_check.sh). */
 #ifndef IOUPOS_BENCH_UTIL_H
 #define IOUPOS_BENCH_UTIL_H
 
@@ -141,20 +144,26 @@ static inline int bench_torch_run(const char *args, char *last, size_t cap, char
   char cmd[1024], line[8192];
   FILE *f;
   int status, code;
+  const char *python = getenv("IOUPOS_BENCH_PYTHON");
   last[0] = 0;
-  if (access(TORCH_PYTHON, X_OK) != 0) {
-    snprintf(why, whycap, "%s not found (make %s creates it)", TORCH_PYTHON, TORCH_PYTHON);
+  if (!python || !*python) python = TORCH_PYTHON;
+  if (strchr(python, '/') && access(python, X_OK) != 0) {
+    if (strcmp(python, TORCH_PYTHON) == 0)
+      snprintf(why, whycap, "%s not found (make %s creates it; or set IOUPOS_BENCH_PYTHON)",
+               TORCH_PYTHON, TORCH_PYTHON);
+    else
+      snprintf(why, whycap, "IOUPOS_BENCH_PYTHON=%s is not an executable", python);
     return 0;
   }
   if (access(TORCH_SCRIPT, R_OK) != 0) {
     snprintf(why, whycap, "%s not found (run from the repository root)", TORCH_SCRIPT);
     return 0;
   }
-  snprintf(cmd, sizeof cmd, "%s %s %s", TORCH_PYTHON, TORCH_SCRIPT, args);
+  snprintf(cmd, sizeof cmd, "%s %s %s", python, TORCH_SCRIPT, args);
   fflush(stdout);
   f = popen(cmd, "r");
   if (!f) {
-    snprintf(why, whycap, "cannot run %s: %s", TORCH_PYTHON, strerror(errno));
+    snprintf(why, whycap, "cannot run %s: %s", python, strerror(errno));
     return 0;
   }
   while (fgets(line, sizeof line, f)) {
@@ -166,8 +175,8 @@ static inline int bench_torch_run(const char *args, char *last, size_t cap, char
   code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (code != 0) {
     snprintf(why, whycap, "bench_torch.py exited with status %d%s", code,
-             code == 2 ? " (torch / monai / lightly / einops missing, or a bad argument; see its "
-                         "message above)" : "");
+             code == 2 ? " (torch / monai / einops missing, no CUDA device for torch, or a bad "
+                         "argument; see its message above)" : "");
     return 0;
   }
   if (last[0] != '{') {
@@ -177,23 +186,28 @@ static inline int bench_torch_run(const char *args, char *last, size_t cap, char
   return 1;
 }
 
-/* PyTorch's figures: rate (the JSON member the bench names), peak / base / delta RSS, the
-   parameter count and the last loss (-1 where its JSON has none) */
+/* PyTorch's figures: rate (the JSON member the bench names), peak / base / delta RSS (device
+   memory with --device cuda: max_memory_allocated, memory_allocated before the first step,
+   the difference; reserved_mib = max_memory_reserved), the parameter count and the last loss
+   (-1 where its JSON has none) */
 typedef struct torch_result {
   int ok;
-  double rate, peak_mib, base_mib, delta_mib, params, loss;
+  double rate, peak_mib, base_mib, delta_mib, reserved_mib, params, loss;
   char why[256];
 } torch_result;
 
-/* bench_torch_run(args) and its JSON into *t; t->ok 0 with t->why when there is no baseline */
-static inline void bench_torch(const char *args, const char *rate_key, torch_result *t) {
+/* bench_torch_run(args) and its JSON into *t, the memory figures of the device (dev 1) or the
+   RSS (dev 0); t->ok 0 with t->why when there is no baseline */
+static inline void bench_torch_dev(const char *args, const char *rate_key, int dev,
+                                   torch_result *t) {
   char last[8192];
   memset(t, 0, sizeof *t);
   if (!bench_torch_run(args, last, sizeof last, t->why, sizeof t->why)) return;
   t->rate = json_number(last, rate_key);
-  t->peak_mib = json_number(last, "peak_rss_mib");
-  t->base_mib = json_number(last, "base_rss_mib");
-  t->delta_mib = json_number(last, "delta_rss_mib");
+  t->peak_mib = json_number(last, dev ? "peak_dev_mib" : "peak_rss_mib");
+  t->base_mib = json_number(last, dev ? "base_dev_mib" : "base_rss_mib");
+  t->delta_mib = json_number(last, dev ? "delta_dev_mib" : "delta_rss_mib");
+  t->reserved_mib = dev ? json_number(last, "reserved_dev_mib") : -1.0;
   t->params = json_number(last, "params");
   t->loss = json_number(last, "loss");
   if (!(t->rate > 0.0) || !(t->peak_mib > 0.0) || !(t->delta_mib > 0.0)) {
@@ -202,6 +216,77 @@ static inline void bench_torch(const char *args, const char *rate_key, torch_res
     return;
   }
   t->ok = 1;
+}
+
+static inline void bench_torch(const char *args, const char *rate_key, torch_result *t) {
+  bench_torch_dev(args, rate_key, 0, t);
+}
+
+/* ---- --device cpu|cuda ---------------------------------------------------------------------
+   The CUDA backend is there when the bench is compiled with IOUPOS_WITH_CUDA and linked with
+   build/ioupos_cuda.o (build/bench_*_cuda, make bench-cuda) or its host build
+   (build/hostcuda/bench_*, tests/test_bench_cuda.sh). Only the measuring child process starts
+   it (bench_forked): the parent never touches CUDA, so forking stays safe. */
+#define BENCH_SKIP_PREFIX "no usable CUDA device"
+
+/* the backend of --device (cuda: device 0), or NULL with err[cap] saying why */
+static inline const ioupos_backend *bench_backend(int cuda, char *err, size_t cap) {
+  const ioupos_backend *be;
+  if (!cuda) return ioupos_backend_cpu();
+#ifdef IOUPOS_WITH_CUDA
+  be = ioupos_backend_cuda(0);
+  if (!be) snprintf(err, cap, "%s", ioupos_failure_reason());
+#else
+  be = NULL;
+  snprintf(err, cap, "this build has no CUDA backend (make bench-cuda builds build/bench_*_cuda)");
+#endif
+  return be;
+}
+
+/* the CUDA backend's device memory (ioupos_cuda_mem_peak / _in_use) in MiB; 0 on the CPU */
+static inline double bench_dev_peak_mib(int cuda) {
+#ifdef IOUPOS_WITH_CUDA
+  if (cuda) return (double)ioupos_cuda_mem_peak() / 1048576.0;
+#else
+  (void)cuda;
+#endif
+  return 0.0;
+}
+static inline double bench_dev_in_use_mib(int cuda) {
+#ifdef IOUPOS_WITH_CUDA
+  if (cuda) return (double)ioupos_cuda_mem_in_use() / 1048576.0;
+#else
+  (void)cuda;
+#endif
+  return 0.0;
+}
+
+/* --probe: starts the backend of --device cuda in this process and says which device answers
+   (exit 0), or why none does: exit 3 when there is no usable device or no CUDA backend in the
+   build (make bench-cuda prints SKIP), 1 on another failure */
+static inline int bench_probe(void) {
+  char err[512];
+  const ioupos_backend *be = bench_backend(1, err, sizeof err);
+  if (be) {
+    printf("%s\n", be->name);
+    return 0;
+  }
+  printf("%s\n", err);
+  return strncmp(err, BENCH_SKIP_PREFIX, strlen(BENCH_SKIP_PREFIX)) == 0 ||
+                 strstr(err, "this build has no CUDA backend")
+             ? 3
+             : 1;
+}
+
+/* the backend's n floats at src as host memory: src itself on the CPU backend, else a copy
+   in *owned (free it; NULL when out of memory) */
+static inline const float *bench_host_view(const ioupos_backend *be, const float *src, size_t n,
+                                           float **owned) {
+  *owned = NULL;
+  if (be == ioupos_backend_cpu()) return src;
+  *owned = (float *)malloc(n * sizeof(float));
+  if (*owned) be->download(*owned, src, n * sizeof(float));
+  return *owned;
 }
 
 static inline int parse_int(const char *s, int lo, int hi, int *v) {

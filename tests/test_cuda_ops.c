@@ -1032,12 +1032,22 @@ static void test_memory(void) {
   const ioupos_backend *be = cuda_be;
   size_t n = 1000, i;
   unsigned char *h = (unsigned char *)malloc(n), *g = (unsigned char *)malloc(n);
+  size_t use0 = ioupos_cuda_mem_in_use(), peak0 = ioupos_cuda_mem_peak(), use1, peak1;
   unsigned char *a = (unsigned char *)be->alloc(n), *b = (unsigned char *)be->alloc(n);
   void *z = be->alloc(0);
   int zeros = 1, same = 1;
   printf("memory operations\n");
   CHECK(a && b && z, "alloc returned NULL: %s", ioupos_failure_reason());
   if (!a || !b || !z) return;
+  /* the memory counter: the two blocks and the 0-byte one (1 byte) are counted, the peak
+     follows; releasing b gives its bytes back and leaves the peak */
+  use1 = ioupos_cuda_mem_in_use(), peak1 = ioupos_cuda_mem_peak();
+  CHECK(use0 > 0 && peak0 >= use0, "memory counter after start-up: in use %zu, peak %zu", use0,
+        peak0);
+  CHECK(use1 == use0 + 2 * n + 1, "memory counter: in use %zu after allocating %zu + %zu + 0 "
+        "bytes from %zu", use1, n, n, use0);
+  CHECK(peak1 >= use1 && peak1 >= peak0, "memory counter: peak %zu, in use %zu (before: peak "
+        "%zu)", peak1, use1, peak0);
   be->download(g, a, n);
   for (i = 0; i < n; ++i) zeros &= g[i] == 0;
   CHECK(zeros, "alloc: memory not zero-filled");
@@ -1053,8 +1063,14 @@ static void test_memory(void) {
   CHECK(be->sync() == 0, "sync after the memory operations: %s", ioupos_failure_reason());
   be->release(a);
   be->release(b);
+  CHECK(ioupos_cuda_mem_in_use() == use1 - 2 * n && ioupos_cuda_mem_peak() == peak1,
+        "memory counter after releasing %zu + %zu bytes: in use %zu (expected %zu), peak %zu "
+        "(expected %zu)", n, n, ioupos_cuda_mem_in_use(), use1 - 2 * n, ioupos_cuda_mem_peak(),
+        peak1);
   be->release(z);
   be->release(NULL);
+  CHECK(ioupos_cuda_mem_in_use() == use0, "memory counter after releasing everything: %zu, "
+        "expected %zu", ioupos_cuda_mem_in_use(), use0);
   free(h), free(g);
 }
 
