@@ -4,7 +4,8 @@
 # --predict_dir (d), flag and data errors (e).
 # Usage: sh tests/test_finetune.sh BUILD_DIR   (run by tests/run.sh)
 # Prints "FAIL: ..." for each failed check, then "test_finetune: N checks passed, M failed";
-# exits 1 if any check failed. One thread (--threads 1); about 60 s on 2 cores.
+# exits 1 if any check failed. One thread (--threads 1); about 60 s on 2 cores (45 s of CPU),
+# most of it part a, the learning check on d.
 
 me=test_finetune prog=ioupos-finetune
 . "$(dirname "$0")/cli_lib.sh"
@@ -18,12 +19,24 @@ need ioupos-phantom ioupos-prep ioupos-simsiam ioupos-dino st_rename
   "$bdir/ioupos-prep" --data_dir ph/images --labels_dir ph/labels --split_path ph/split.json \
     --output_dir d --size_x 4 --size_y 4 --pad_to 32 --num_workers 2 >prep.out 2>prep.err
 check "phantom data prepared ($(tail -n 1 prep.err))" [ $? -eq 0 ]
+# s: the same cases at 8 x 8 x 5 mm for the checks of the mechanisms (b to e): 8 slices a case of
+# about 32 x 40 (2 sliding windows a slice against d's 12), so that their many runs stay cheap
+"$bdir/ioupos-prep" --data_dir ph/images --labels_dir ph/labels --split_path ph/split.json \
+  --output_dir s --size_x 8 --size_y 8 --size_z 5 --pad_to 32 --num_workers 2 \
+  >prep_s.out 2>prep_s.err
+check "small phantom data prepared ($(tail -n 1 prep_s.err))" [ $? -eq 0 ]
 for s in train val test; do
   n=$(ls "d/$s" | grep -c '\.png$')
   want=32; [ "$s" = train ] || want=16
   check "d/$s has $want slices (got $n)" [ "$n" -eq "$want" ]
+  n=$(ls "s/$s" | grep -c '\.png$')
+  want=16; [ "$s" = train ] || want=8
+  check "s/$s has $want slices (got $n)" [ "$n" -eq "$want" ]
 done
 common="--data_dir d --split_path ph/split.json --crop_size 32 --batch_size 4 --threads 1
+  --chkpt_dir ck"
+# small: the flags of parts b to e (16 training slices, batch 2: 8 steps per epoch as in d)
+small="--data_dir s --split_path ph/split.json --crop_size 32 --batch_size 2 --threads 1
   --chkpt_dir ck"
 # score FILE: the value of the "score <split> <metric> <value>" line
 score() { sed -n 's/^score [a-z]* [a-z]* //p' "$1"; }
@@ -74,8 +87,9 @@ check "a: ... and reproduces the reported score ($(score a_reload.out) vs $t)" \
 sed 's/^{"reported".*"val": //' ck/trained/results.json >a_tables1
 sed 's/^{"reported".*"val": //' ck/reload/results.json >a_tables2
 check "a: ... and the same per-organ tables, case by case" cmp -s a_tables1 a_tables2
-# --metric research: the research per-slice Dice beside ours
-run a_research $common --embedding_size 12 --n_epochs 0 --run_name research --metric research \
+# --metric research: the research per-slice Dice beside ours (the trained model on s: these
+# checks do not look at the scores, and s has a twelfth of d's sliding windows)
+run a_research $small --embedding_size 12 --n_epochs 0 --run_name research --metric research \
   --chkpt_path ck/trained/best.safetensors
 check "a: --metric research exits 0 (got $rc)" [ "$rc" -eq 0 ]
 check "a: ... reports the research score" grep -q "^score test research 0\.[0-9]*$" a_research.out
@@ -84,8 +98,8 @@ check "a: ... and writes it into results.json" \
   grep -q '"research":{"metric":"monai_dicemetric_per_slice"' ck/research/results.json
 
 # ---- b. exact resume: interrupted (--max_steps) + --resume == uninterrupted ---------------------
-# 32 slices, batch 4: 8 steps per epoch; 2 epochs, validation after each; C 6.
-tiny="$common --run_name r --embedding_size 6 --n_epochs 2 --warmup_epochs 1 --eval_every 1
+# 16 slices (s), batch 2: 8 steps per epoch; 2 epochs, validation after each; C 6.
+tiny="$small --run_name r --embedding_size 6 --n_epochs 2 --warmup_epochs 1 --eval_every 1
   --log_every 3 --num_workers 0"
 no_timing() { sed 's/, "slices_per_s": [^,}]*//; s/, "seconds": [^,}]*//' "$1"; }
 same_run() { # same_run NAME REF: ck/r ends byte-identical to REF
@@ -141,7 +155,7 @@ run b_ep $tiny --resume --n_epochs 3
 check "b: resume with another --n_epochs exits 1 (got $rc)" [ "$rc" -eq 1 ]
 check "b: ... naming it" grep -q -- "--n_epochs 2 (now 3)" b_ep.err
 check "b: ... leaving the state alone" cmp -s b_state ck/r/state.safetensors
-run b_nostate $common --run_name none --embedding_size 6 --resume
+run b_nostate $small --run_name none --embedding_size 6 --resume
 check "b: --resume without a state exits 1 (got $rc)" [ "$rc" -eq 1 ]
 check "b: ... saying so" grep -q "no training state at ck/none/state.safetensors" b_nostate.err
 rm -rf ck/r
@@ -153,9 +167,10 @@ check "b: ... (last)" cmp -s ref/checkpoint.safetensors ck/r/checkpoint.safetens
 check "b: ... and results" cmp -s ref/results.json ck/r/results.json
 # --patience counts epochs: with a learning rate too small to change a float32 weight the
 # validation score never improves after epoch 1, so --patience 2 stops the run after epoch 3
+# (--end_lr too: the cosine ends at --end_lr, default 5e-05, which on s moves the score)
 rm -rf ck/p
-run b_pat $common --run_name p --embedding_size 6 --n_epochs 8 --warmup_epochs 0 \
-  --base_lr 1e-12 --eval_every 1 --patience 2
+run b_pat $small --run_name p --embedding_size 6 --n_epochs 8 --warmup_epochs 0 \
+  --base_lr 1e-12 --end_lr 1e-12 --eval_every 1 --patience 2
 check "b: --patience run exits 0 (got $rc; $(tail -n 1 b_pat.err))" [ "$rc" -eq 0 ]
 check "b: ... stops early, naming the epochs" \
   grep -q "^early stop: no better validation score for 2 epochs (--patience 2)" b_pat.err
@@ -165,18 +180,18 @@ check "b: ... after epoch 3 with the best from epoch 1" \
 check "b: ... says so on stdout" grep -q "(epoch 1 of 3, stopped early)" b_pat.out
 check "b: ... metrics count the epochs since the best" \
   grep -q '"best_epoch": 1, "epochs_since_best": 2}' ck/p/metrics.jsonl
-run b_pat2 $common --run_name p --embedding_size 6 --n_epochs 8 --warmup_epochs 0 \
-  --base_lr 1e-12 --eval_every 1 --patience 2 --resume
+run b_pat2 $small --run_name p --embedding_size 6 --n_epochs 8 --warmup_epochs 0 \
+  --base_lr 1e-12 --end_lr 1e-12 --eval_every 1 --patience 2 --resume
 check "b: resuming an early-stopped run trains no more (got $rc)" \
   sh -c "[ $rc -eq 0 ] && ! grep -q '^epoch 3 step' b_pat2.err && grep -q 'epochs_done\": 3' ck/p/results.json"
 # an evaluation needs no train split
 mkdir -p evald
-cp -r d/val d/test evald/
-run b_evald $common --data_dir evald --run_name evald --embedding_size 6 --n_epochs 0
+cp -r s/val s/test evald/
+run b_evald $small --data_dir evald --run_name evald --embedding_size 6 --n_epochs 0
 check "b: --n_epochs 0 without a train folder exits 0 (got $rc; $(tail -n 1 b_evald.err))" [ "$rc" -eq 0 ]
 
 # SIGTERM at an epoch boundary: the state is saved, exit 143, --resume finishes the run
-long="$common --run_name r --embedding_size 6 --n_epochs 6 --warmup_epochs 1 --eval_every 2
+long="$small --run_name r --embedding_size 6 --n_epochs 6 --warmup_epochs 1 --eval_every 2
   --log_every 100"
 rm -rf ck/r
 run b_long $long
@@ -197,6 +212,7 @@ check "b: ... and --resume finishes it (got $rc)" [ "$rc" -eq 0 ]
 same_run b_sig ref_long
 
 # ---- c. initial weights: SSL checkpoints, MONAI state dicts, and the errors -------------------
+# (on d: s's slices, about 32 x 40, have no pair of 32 x 32 crops with an IoU in [0.3, 0.6])
 data_ssl="--data_dir d/train --chkpt_dir ssl --low_resource_mode --embedding_size 6
   --batch_size 4 --crop_size 32 --n_epochs 1 --num_workers 0 --threads 1"
 "$bdir/ioupos-simsiam" $data_ssl --run_name s >c_ss.out 2>c_ss.err
@@ -204,7 +220,7 @@ check "c: a tiny SimSiam pretraining exits 0 ($(tail -n 1 c_ss.err))" [ -s ssl/s
 "$bdir/ioupos-dino" $data_ssl --run_name d --warmup_epochs 0 >c_dn.out 2>c_dn.err
 check "c: a tiny DINO pretraining exits 0 ($(tail -n 1 c_dn.err))" [ -s ssl/d/checkpoint.safetensors ]
 ss=ssl/s/checkpoint.safetensors
-ev="$common --embedding_size 6 --n_epochs 0"
+ev="$small --embedding_size 6 --n_epochs 0"
 run c_ss $ev --run_name c_ss --chkpt_path $ss --predict_dir pred_ss
 check "c: from the SimSiam checkpoint exits 0 (got $rc; $(tail -n 1 c_ss.err))" [ "$rc" -eq 0 ]
 n_enc=$(sed -n "s/^loaded the encoder from .*: \([0-9]*\) tensors under 'backbone\.'.*/\1/p" c_ss.err)
@@ -248,7 +264,7 @@ load_err c_classes "checkpoint tensor 'out.conv.conv.weight' has shape \[14, 12,
 # ---- d. --n_epochs 0 and --predict_dir ---------------------------------------------------------
 check "d: --predict_dir wrote val/ and test/" [ -d pred_ss/val -a -d pred_ss/test ]
 for s in val test; do
-  ls "d/$s" | grep '\.png$' >"d_in_$s"
+  ls "s/$s" | grep '\.png$' >"d_in_$s"
   ls "pred_ss/$s" >"d_out_$s"
   check "d: pred/$s has the input slice names ($(wc -l <"d_out_$s") files)" cmp -s "d_in_$s" "d_out_$s"
 done
@@ -256,7 +272,7 @@ f0=$(head -n 1 d_in_test)
 check "d: the predictions are PNGs" is_png "pred_ss/test/$f0"
 # IHDR width and height (bytes 16-23) equal the input's
 check "d: a prediction has its slice's size" \
-  [ "$(od -An -tx1 -j16 -N8 "pred_ss/test/$f0")" = "$(od -An -tx1 -j16 -N8 "d/test/$f0")" ]
+  [ "$(od -An -tx1 -j16 -N8 "pred_ss/test/$f0")" = "$(od -An -tx1 -j16 -N8 "s/test/$f0")" ]
 check "d: --n_epochs 0 writes results.json and flags.json, no model files" \
   [ -s ck/c_ss/results.json -a -s ck/c_ss/flags.json -a ! -e ck/c_ss/state.safetensors \
     -a ! -e ck/c_ss/best.safetensors ]
@@ -306,7 +322,7 @@ refused e_switch 2 "--eval_train takes no value" --data_dir d --eval_train=1
 refused e_classes 2 "--n_classes: bad value '1'" --data_dir d --n_classes 1
 refused e_nosplit 1 "d/train/train: no train split folder" --data_dir d/train --embedding_size 6
 rm -rf ck/e
-expect_error e_label 1 "label [0-9]* .*outside \[0, 8) (--n_classes 8)" $common --run_name e \
+expect_error e_label 1 "label [0-9]* .*outside \[0, 8) (--n_classes 8)" $small --run_name e \
   --embedding_size 6 --n_epochs 1 --warmup_epochs 0 --n_classes 8
 printf '{"train": ["phantom_000", "phantom_001"], "val": ["phantom_003"], "test": ["phantom_002"]}' \
   >wrong_split.json
@@ -315,10 +331,10 @@ refused e_split 1 "wrong_split.json lists case 'phantom_003' under 'val' but d/v
 refused e_small 1 "d/train has 32 slices, fewer than one batch (--batch_size 64)" \
   --data_dir d --embedding_size 6 --batch_size 64
 rm -rf ck/e
-expect_error e_nan 1 "the loss is .* at epoch 1 step [0-9]*: stopping" $common --run_name e \
+expect_error e_nan 1 "the loss is .* at epoch 1 step [0-9]*: stopping" $small --run_name e \
   --embedding_size 6 --n_epochs 2 --warmup_epochs 0 --base_lr 1e6
 check "e_nan: no checkpoint of the broken weights" [ ! -e ck/e/checkpoint.safetensors ]
-run e_amp $common --run_name amp --embedding_size 6 --n_epochs 0 --use_amp --ignore_user_warning
+run e_amp $small --run_name amp --embedding_size 6 --n_epochs 0 --use_amp --ignore_user_warning
 check "e: --use_amp and --ignore_user_warning are accepted (got $rc)" [ "$rc" -eq 0 ]
 check "e: ... with a note on --use_amp" grep -q "note: --use_amp ignored" e_amp.err
 

@@ -4,7 +4,7 @@
 # Usage: sh tests/test_pretrain.sh BUILD_DIR   (run by tests/run.sh)
 # Prints "FAIL: ..." for each failed check, then "test_pretrain: N checks passed, M failed";
 # exits 1 if any check failed. Uses one thread (--threads 1) so that a busy machine does not
-# slow it down; about 25 s on 2 cores.
+# slow it down; about 50 s on 2 cores (33 s of CPU).
 
 me=test_pretrain prog=ioupos-simsiam
 . "$(dirname "$0")/cli_lib.sh"
@@ -23,8 +23,13 @@ need ioupos-dino ioupos-phantom ioupos-prep
 check "phantom data prepared ($(cat ph.err prep.err | tail -n 3))" [ $? -eq 0 ]
 n_png=$(ls data | grep -c '\.png$')
 check "32 PNG slices (got $n_png)" [ "$n_png" -eq 32 ]
-mkdir empty few
+mkdir empty few half
 for f in $(ls data | grep '\.png$' | head -n 3); do cp "data/$f" few/; done
+# half: the first case's 16 slices, for the many short runs of b (batch 2: 8 steps an epoch, as
+# 32 slices at batch 4, at half the cost)
+cp data/phantom_000_*.png half/
+n_half=$(ls half | grep -c '\.png$')
+check "16 PNG slices in half/ (got $n_half)" [ "$n_half" -eq 16 ]
 
 # ---- a. --help and command-line errors ---------------------------------------------------------
 common="--embedding_size --drop_path_rate --use_gradient_checkpointing --spatial_dims --a_min
@@ -97,9 +102,9 @@ refused d_lr 2 "--lr: bad value 'x'" --data_dir data --lr x
 refused d_warm 2 "--warmup_epochs 10 must be below --n_epochs 5" --data_dir data --n_epochs 5
 
 # ---- b. exact resume: interrupted (--max_steps) + --resume == uninterrupted ---------------------
-# 32 images, batch 4: 8 optimiser steps per epoch, 2 epochs.
-tiny="--data_dir data --chkpt_dir ck --run_name r --low_resource_mode --embedding_size 6
-  --batch_size 4 --crop_size 32 --n_epochs 2 --num_workers 0 --threads 1"
+# 16 images, batch 2: 8 optimiser steps per epoch, 2 epochs.
+tiny="--data_dir half --chkpt_dir ck --run_name r --low_resource_mode --embedding_size 6
+  --batch_size 2 --crop_size 32 --n_epochs 2 --num_workers 0 --threads 1"
 # no_timing FILE: metrics lines without their wall-clock fields
 no_timing() { sed 's/, "images_per_s": [^,}]*//; s/, "seconds": [^,}]*//' "$1"; }
 # same_run NAME REF: the run directory ck/r ends byte-identical to REF
@@ -222,12 +227,12 @@ check "... and gives the uninterrupted run's checkpoint" \
   cmp -s ref_simsiam/checkpoint.safetensors ck/r/checkpoint.safetensors
 
 # ---- b4. SIGINT / SIGTERM: the state is saved at the step boundary, --resume finishes the run ----
-# 8 epochs of 8 steps (about 1.5 s) so that the signal lands mid-run. A script's background job
+# 8 epochs of 8 steps (about 2 s) so that the signal lands mid-run. A script's background job
 # starts with SIGINT ignored (which the command respects), so SIGINT goes through
 # env --default-signal=INT (GNU coreutils 8.31+); without it both cases use SIGTERM.
 use "$simsiam"
-long="--data_dir data --chkpt_dir ck --run_name r --low_resource_mode --embedding_size 6
-  --batch_size 4 --crop_size 32 --n_epochs 8 --num_workers 0 --threads 1"
+long="--data_dir half --chkpt_dir ck --run_name r --low_resource_mode --embedding_size 6
+  --batch_size 2 --crop_size 32 --n_epochs 8 --num_workers 0 --threads 1"
 rm -rf ck
 run sig_full $long
 check "8-epoch run exits 0 (got $rc)" [ "$rc" -eq 0 ]
@@ -260,7 +265,7 @@ interrupt() {
   check "$name: --resume exits 0 (got $rc)" [ "$rc" -eq 0 ]
   same_run "$name" ref_long
 }
-interrupt sigint INT 130 "simsiam: 32 images"
+interrupt sigint INT 130 "simsiam: 16 images"
 interrupt sigterm TERM 143 "epoch 1 done"
 
 # ---- c. SimSiam learns on the phantom slices (toy size, 10 epochs of 4 steps) ----------------
@@ -321,7 +326,7 @@ for t in simsiam dino; do
   check "$t flags.json holds the seed" grep -q '"seed": 4294967295' "$d/flags.json"
   check "$t flags.json holds the commit" grep -q '"commit": "[0-9a-zA-Z+]\{4,\}"' "$d/flags.json"
   check "$t flags.json holds the resolved flags" \
-    grep -q '"flags": {"method": "'$t'", .*"embedding_size": 6, .*"crop_size": \[32, 32\], .*"batch_size": 4, .*"git_commit": ' "$d/flags.json"
+    grep -q '"flags": {"method": "'$t'", .*"embedding_size": 6, .*"crop_size": \[32, 32\], .*"batch_size": 2, .*"git_commit": ' "$d/flags.json"
   bad=$(grep -c -v '^{"epoch": [0-9]*, "step": [0-9]*, .*}$' "$d/metrics.jsonl")
   check "$t metrics.jsonl: every line a JSON object with epoch and step ($bad not)" [ "$bad" -eq 0 ]
   st_names "$d/checkpoint.safetensors" >"$t.names"

@@ -1,7 +1,7 @@
 #!/bin/sh
 # tests/test_sweep.sh — scripts/sweep.sh at toy size (--quick: rows scratch and [0.3, 0.6], one
 # seed each, C 12, crops 32) on phantom data: the tables, the plot, a second call that redoes
-# nothing, and its flag errors. About 15 s on 2 cores.
+# nothing, and its flag errors. About 15 s on 2 cores (7 s of CPU).
 # Usage: sh tests/test_sweep.sh BUILD_DIR   (run by tests/run.sh from the repository root)
 
 me=test_sweep prog=ioupos-finetune
@@ -15,10 +15,17 @@ need ioupos-phantom ioupos-prep ioupos-simsiam ioupos-sweep-plot
   "$bdir/ioupos-prep" --data_dir ph/images --labels_dir ph/labels --split_path ph/split.json \
     --output_dir d --size_x 4 --size_y 4 --pad_to 32 --num_workers 2 >prep.out 2>prep.err
 check "phantom data prepared ($(tail -n 1 prep.err))" [ $? -eq 0 ]
+# the fine-tunings on the same cases at 8 x 8 x 5 mm (s: 8 slices a case of about 32 x 40, 2 sliding
+# windows a slice against d's 12); the pretraining stays on d/train (s's slices are too small for
+# two 32 x 32 crops with an IoU in [0.3, 0.6])
+"$bdir/ioupos-prep" --data_dir ph/images --labels_dir ph/labels --split_path ph/split.json \
+  --output_dir s --size_x 8 --size_y 8 --size_z 5 --pad_to 32 --num_workers 2 \
+  >prep_s.out 2>prep_s.err
+check "small phantom data prepared ($(tail -n 1 prep_s.err))" [ $? -eq 0 ]
 
 # quick_sweep NAME: the quick sweep into out/, its output in NAME.out / NAME.err, status in rc
 quick_sweep() {
-  sh "$sweep" --build "$bdir" --quick --pretrain_data d/train --finetune_data d \
+  sh "$sweep" --build "$bdir" --quick --pretrain_data d/train --finetune_data s \
     --split_path ph/split.json --out out \
     --pretrain_flags "--low_resource_mode --batch_size 16 --n_epochs 2 --threads 1" \
     --finetune_flags "--batch_size 4 --n_epochs 4 --warmup_epochs 1 --base_lr 5e-3 --eval_every 2 --threads 1" \
