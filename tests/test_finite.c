@@ -25,13 +25,7 @@
 
 static char tmpdir[512];
 
-static const char *tmp(const char *leaf) {
-  static char buf[4][600];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, leaf);
-  return buf[k];
-}
+static const char *tmp(const char *leaf) { return tu_path(tmpdir, leaf); }
 
 static int has(const char *s) { return strstr(ioupos_failure_reason(), s) != NULL; }
 

@@ -28,6 +28,15 @@ static inline long tu_env_long(const char *name, long dflt) {
   return (*end || x <= 0) ? dflt : x;
 }
 
+/* dir/leaf in one of four rotating buffers: a result stays valid for the next three calls */
+static inline const char *tu_path(const char *dir, const char *leaf) {
+  static char buf[4][1024];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, leaf);
+  return buf[k];
+}
+
 static inline int tu_finish(const char *name) {
   printf("%s: %d checks passed, %d failed\n", name, tu_passed, tu_failed);
   return tu_failed ? 1 : 0;
