@@ -47,9 +47,11 @@ trap 'exit 1' HUP INT TERM
 cd "$tmp" || exit 1
 
 # run NAME ARGS...: runs the command, stdout in NAME.out, stderr in NAME.err, status in $rc.
-run() {
-  name=$1; shift
-  "$bin" "$@" >"$name.out" 2>"$name.err"
+run() { run_prog "$bin" "$@"; }
+# run_prog PROGRAM NAME ARGS...: the same with another program (bin unchanged)
+run_prog() {
+  prog_=$1; name=$2; shift 2
+  "$prog_" "$@" >"$name.out" 2>"$name.err"
   rc=$?
 }
 

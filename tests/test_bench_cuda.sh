@@ -42,9 +42,8 @@ IOUPOS_CUDA_HOST_DEVICES=0 run nodev --device cuda --no-torch --config c48 --bat
   --size 16 --heads 64 --steps 1 --warmup 0
 check "bench_simsiam --device cuda without a device: exit 0 (got $rc)" [ "$rc" -eq 0 ]
 check "... printing SKIP and the reason" grep -q "^bench_simsiam: SKIP: no usable CUDA device" nodev.out
-IOUPOS_CUDA_HOST_DEVICES=0 "$fin" --device cuda --no-torch --batch 1 --embed 6 --classes 3 \
-  --crop 32 --steps 1 --warmup 0 >fnodev.out 2>&1
-rc=$?
+IOUPOS_CUDA_HOST_DEVICES=0 run_prog "$fin" fnodev --device cuda --no-torch --batch 1 --embed 6 \
+  --classes 3 --crop 32 --steps 1 --warmup 0
 check "bench_finetune --device cuda without a device: exit 0 (got $rc)" [ "$rc" -eq 0 ]
 check "... printing SKIP" grep -q "^bench_finetune: SKIP: no usable CUDA device" fnodev.out
 run testsize --device cuda --config c48 --embed 6
@@ -74,11 +73,9 @@ check "... device memory: peak $peak MiB above $before MiB before the first step
 # ---- c. fine-tuning step and inference -----------------------------------------------------------
 ft="--no-torch --batch 1 --embed 6 --classes 3 --crop 32 --steps 1 --warmup 0 --slices 1 \
   --height 32 --width 32 --sw_batch_size 1"
-"$fin" --device cuda $ft >ft_gpu.out 2>&1
-rc=$?
+run_prog "$fin" ft_gpu --device cuda $ft
 check "bench_finetune --device cuda (exit $rc; $(grep FAILED ft_gpu.out))" [ "$rc" -eq 0 ]
-"$fin" --device cpu $ft --threads 1 >ft_cpu.out 2>&1
-rc=$?
+run_prog "$fin" ft_cpu --device cpu $ft --threads 1
 check "bench_finetune --device cpu (exit $rc)" [ "$rc" -eq 0 ]
 rate=$(sed -n 's/^train, threads 1: ours *\([^ ]*\) crops\/s.*/\1/p' ft_gpu.out)
 loss_g=$(sed -n 's/^train, threads 1: ours.*last loss \([^;]*\);.*/\1/p' ft_gpu.out)

@@ -28,21 +28,15 @@ check "phantom data prepared ($(tail -n 1 prep.err))" [ $? -eq 0 ]
 ss="--data_dir d/train --embedding_size 6 --batch_size 4 --crop_size 16 --n_epochs 4 --log_every 1
   --base_lr 0.5 --threads 1 --num_workers 0 --chkpt_dir ck"
 
-run() { # run NAME PROGRAM ARGS...: stdout NAME.out, stderr NAME.err, status in $rc
-  name=$1; p=$2; shift 2
-  "$p" "$@" >"$name.out" 2>"$name.err"
-  rc=$?
-}
-
 # ---- a. flags and a device that does not answer --------------------------------------------------
 for v in gpu cuda: cuda:x cuda:-1 "cuda 0"; do
-  run bad "$bin" $ss --run_name bad --device "$v"
+  run bad $ss --run_name bad --device "$v"
   check "--device '$v' is a usage error (exit 2, got $rc)" [ "$rc" -eq 2 ]
   check "... naming the flag" grep -q -- "--device: bad value" bad.err
 done
 check "... and nothing was written" [ ! -e ck/bad ]
 # the real build: a GPU answers (a device machine) or --device cuda stops with the reason
-run real "$bin" $ss --run_name real --device cuda --max_steps 1
+run real $ss --run_name real --device cuda --max_steps 1
 if [ "$rc" -eq 0 ]; then
   echo "test_device: a CUDA device answers here: $(grep -o 'device cuda.*' real.err | head -n 1)"
 else
@@ -50,20 +44,20 @@ else
   check "... saying why ($(tail -n 1 real.err))" \
     grep -Eq -- "--device cuda: (no usable CUDA device|this build has no CUDA backend)" real.err
   check "... before anything is written" [ ! -e ck/real ]
-  run auto "$bin" $ss --run_name auto --max_steps 1
+  run auto $ss --run_name auto --max_steps 1
   check "--device auto falls back to the CPU (exit $rc)" [ "$rc" -eq 0 ]
   check "... and the log says the CPU ran" grep -q "; device cpu$" auto.err
 fi
 # the emulation with no device (cudaGetDeviceCount: no device)
-IOUPOS_CUDA_HOST_DEVICES=0 run nodev "$host/ioupos-simsiam" $ss --run_name nodev --device cuda
+IOUPOS_CUDA_HOST_DEVICES=0 run_prog "$host/ioupos-simsiam" nodev $ss --run_name nodev --device cuda
 check "no device: --device cuda exits 1 (got $rc)" [ "$rc" -eq 1 ]
 check "... naming the reason" grep -q -- "--device cuda: no usable CUDA device: cudaGetDeviceCount: cudaErrorNoDevice" nodev.err
 check "... before anything is written" [ ! -e ck/nodev ]
-IOUPOS_CUDA_HOST_DEVICES=0 run nodev_auto "$host/ioupos-simsiam" $ss --run_name nodev_auto --max_steps 1
+IOUPOS_CUDA_HOST_DEVICES=0 run_prog "$host/ioupos-simsiam" nodev_auto $ss --run_name nodev_auto --max_steps 1
 check "no device: --device auto runs on the CPU (exit $rc)" [ "$rc" -eq 0 ]
 check "... with a note why" grep -q -- "--device auto: no usable CUDA device.*running on the CPU" nodev_auto.err
 check "... and the log says so" grep -q "; device cpu$" nodev_auto.err
-run range "$host/ioupos-simsiam" $ss --run_name range --device cuda:1
+run_prog "$host/ioupos-simsiam" range $ss --run_name range --device cuda:1
 check "--device cuda:1 with one device exits 1 (got $rc)" [ "$rc" -eq 1 ]
 check "... naming the range" grep -q "device 1 out of range (1 device)" range.err
 
@@ -77,9 +71,9 @@ close() { # close FILE_A FILE_B: the same number of losses, each pair within the
     paste "$1" "$2" | awk '{ d = $1 - $2; if (d < 0) d = -d; a = $2 < 0 ? -$2 : $2;
       if (!(d <= 1e-4 + 1e-3 * a)) bad = 1 } END { exit bad }'
 }
-run cpu "$bin" $ss --run_name cpu --device cpu --max_steps 2
+run cpu $ss --run_name cpu --device cpu --max_steps 2
 check "2 SimSiam steps on the CPU (exit $rc)" [ "$rc" -eq 0 ]
-run gpu "$host/ioupos-simsiam" $ss --run_name gpu --device cuda --max_steps 2
+run_prog "$host/ioupos-simsiam" gpu $ss --run_name gpu --device cuda --max_steps 2
 check "2 SimSiam steps on the CUDA backend (exit $rc; $(tail -n 1 gpu.err))" [ "$rc" -eq 0 ]
 check "... the log names the device" grep -q "; device cuda:0 (host emulation" gpu.err
 losses ck/cpu/metrics.jsonl >l_cpu
@@ -96,14 +90,14 @@ for f in state.safetensors checkpoint.safetensors; do
 done
 # 1 step on the CUDA backend, then 1 on the CPU: the uninterrupted CPU run's losses within the
 # tolerance
-run g2 "$host/ioupos-simsiam" $ss --run_name g2c --device cuda --max_steps 1
-run c2 "$bin" $ss --run_name g2c --device cpu --max_steps 1 --resume
+run_prog "$host/ioupos-simsiam" g2 $ss --run_name g2c --device cuda --max_steps 1
+run c2 $ss --run_name g2c --device cpu --max_steps 1 --resume
 check "started on the CUDA backend, resumed on the CPU (exit $rc; $(tail -n 1 c2.err))" [ "$rc" -eq 0 ]
 check "... the resume says the CPU runs" grep -q "; device cpu$" c2.err
 losses ck/g2c/metrics.jsonl >l_g2c
 check "... its losses follow the uninterrupted run's: $(paste -d/ l_g2c l_cpu | tr '\n' ' ')" close l_g2c l_cpu
-run c3 "$bin" $ss --run_name c2g --device cpu --max_steps 1
-run g3 "$host/ioupos-simsiam" $ss --run_name c2g --device cuda --max_steps 1 --resume
+run c3 $ss --run_name c2g --device cpu --max_steps 1
+run_prog "$host/ioupos-simsiam" g3 $ss --run_name c2g --device cuda --max_steps 1 --resume
 check "started on the CPU, resumed on the CUDA backend (exit $rc; $(tail -n 1 g3.err))" [ "$rc" -eq 0 ]
 losses ck/c2g/metrics.jsonl >l_c2g
 check "... its losses follow the uninterrupted run's: $(paste -d/ l_c2g l_cpu | tr '\n' ' ')" close l_c2g l_cpu
@@ -111,9 +105,9 @@ check "... its losses follow the uninterrupted run's: $(paste -d/ l_c2g l_cpu | 
 # ---- c. fine-tuning's evaluation and ioupos-embed on the CUDA backend ------------------------------
 ft="--data_dir d --split_path ph/split.json --crop_size 32 --embedding_size 6 --n_epochs 0
   --threads 1 --num_workers 0 --chkpt_dir ck"
-run ft_cpu "$bdir/ioupos-finetune" $ft --run_name ft_cpu --device cpu
+run_prog "$bdir/ioupos-finetune" ft_cpu $ft --run_name ft_cpu --device cpu
 check "fine-tuning evaluation on the CPU (exit $rc)" [ "$rc" -eq 0 ]
-run ft_gpu "$host/ioupos-finetune" $ft --run_name ft_gpu --device cuda
+run_prog "$host/ioupos-finetune" ft_gpu $ft --run_name ft_gpu --device cuda
 check "fine-tuning evaluation on the CUDA backend (exit $rc; $(tail -n 1 ft_gpu.err))" [ "$rc" -eq 0 ]
 check "... the log names the device" grep -q "; device cuda:0 (host emulation" ft_gpu.err
 s_cpu=$(sed -n 's/^score [a-z]* [a-z]* //p' ft_cpu.out)
@@ -122,9 +116,9 @@ s_gpu=$(sed -n 's/^score [a-z]* [a-z]* //p' ft_gpu.out)
 check "... the same score ($s_gpu vs $s_cpu)" \
   awk -v a="$s_gpu" -v b="$s_cpu" 'BEGIN { d = a - b; exit !(a != "" && d <= 1e-3 && d >= -1e-3) }'
 emb="--chkpt_path ck/cpu/checkpoint.safetensors --data_dir d/val --embedding_size 6 --threads 1"
-run e_cpu "$bdir/ioupos-embed" $emb --output e_cpu.npy --device cpu
+run_prog "$bdir/ioupos-embed" e_cpu $emb --output e_cpu.npy --device cpu
 check "ioupos-embed on the CPU (exit $rc)" [ "$rc" -eq 0 ]
-run e_gpu "$host/ioupos-embed" $emb --output e_gpu.npy --device cuda
+run_prog "$host/ioupos-embed" e_gpu $emb --output e_gpu.npy --device cuda
 check "ioupos-embed on the CUDA backend (exit $rc; $(tail -n 1 e_gpu.err))" [ "$rc" -eq 0 ]
 check "... saying so" grep -q "device cuda:0 (host emulation" e_gpu.err
 check "... the CPU's features: $("$bdir/npy_compare" e_gpu.npy e_cpu.npy 1e-5 1e-4 2>&1)" \
