@@ -260,10 +260,73 @@ static inline unsigned atomicAdd(unsigned *p, unsigned v) {
 }
 
 /* ---- launches ---- */
+/* Fibers. A block launched with barriers runs each of its threads as a fiber: a stack of its
+   own, switched to by the scheduler (run_block_fibers) and back at every __syncthreads(). On
+   x86-64 the switch is the few instructions below: it saves the callee-saved registers, the
+   SSE and x87 control words and the stack pointer, and loads the other fiber's. glibc's
+   swapcontext does the same plus two system calls for the signal mask, which made those calls
+   90 % of the host build's run time (a block reduction switches 2 x threads x barriers times).
+   AddressSanitizer is told of every switch (__sanitizer_start_switch_fiber before it,
+   __sanitizer_finish_switch_fiber after, as its documentation asks), so that it knows which
+   stack is live. Elsewhere, and under ThreadSanitizer, the fibers are ucontext's. */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define IOUPOS_CUH_FAST_FIBERS 1
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/common_interface_defs.h>
+#define IOUPOS_CUH_ASAN_FIBERS 1
+#endif
+/* ioupos_cuh_switch(save, load): pushes the callee-saved state, stores the stack pointer in
+   *save, continues on the stack `load` (a pointer another switch stored, or a fresh fiber's
+   prepared stack). ioupos_cuh_fiber_start is where a fresh fiber's first switch returns to: it
+   aligns the stack as a call expects and calls ioupos_cuh_fiber_main, which never returns. */
+extern "C" void ioupos_cuh_switch(void **save, void *load);
+extern "C" void ioupos_cuh_fiber_start(void);
+extern "C" void ioupos_cuh_fiber_main(void);
+__asm__(".text\n"
+        ".globl ioupos_cuh_switch\n"
+        ".type ioupos_cuh_switch, @function\n"
+        "ioupos_cuh_switch:\n"
+        "  pushq %rbp\n"
+        "  pushq %rbx\n"
+        "  pushq %r12\n"
+        "  pushq %r13\n"
+        "  pushq %r14\n"
+        "  pushq %r15\n"
+        "  subq $8, %rsp\n"
+        "  stmxcsr (%rsp)\n"
+        "  fnstcw 4(%rsp)\n"
+        "  movq %rsp, (%rdi)\n"
+        "  movq %rsi, %rsp\n"
+        "  ldmxcsr (%rsp)\n"
+        "  fldcw 4(%rsp)\n"
+        "  addq $8, %rsp\n"
+        "  popq %r15\n"
+        "  popq %r14\n"
+        "  popq %r13\n"
+        "  popq %r12\n"
+        "  popq %rbx\n"
+        "  popq %rbp\n"
+        "  ret\n"
+        ".size ioupos_cuh_switch, .-ioupos_cuh_switch\n"
+        ".globl ioupos_cuh_fiber_start\n"
+        ".type ioupos_cuh_fiber_start, @function\n"
+        "ioupos_cuh_fiber_start:\n"
+        "  andq $-16, %rsp\n"
+        "  call ioupos_cuh_fiber_main\n"
+        "  ud2\n"
+        ".size ioupos_cuh_fiber_start, .-ioupos_cuh_fiber_start\n");
+#endif
+
 namespace ioupos_cuhost {
 enum { T_READY, T_WAIT, T_DONE };
 static const size_t fiber_stack = 128 * 1024;
+#ifdef IOUPOS_CUH_FAST_FIBERS
+static std::vector<void *> fib; /* each suspended fiber's stack pointer */
+static void *sched;             /* the scheduler's, while a fiber runs */
+#else
 static std::vector<ucontext_t> fib;
+static ucontext_t sched;
+#endif
 static std::vector<int> fstate;
 /* the fiber stacks, kept for the next launch and freed at exit */
 static struct stack_pool {
@@ -272,7 +335,6 @@ static struct stack_pool {
     for (size_t i = 0; i < v.size(); ++i) free(v[i]);
   }
 } stacks;
-static ucontext_t sched;
 static int in_fiber = 0, cur = 0;
 static const std::function<void()> *body = NULL;
 
@@ -288,16 +350,61 @@ static void set_thread(unsigned t) {
   threadIdx.z = t / (blockDim.x * blockDim.y);
 }
 
+#ifdef IOUPOS_CUH_FAST_FIBERS
+/* fiber t's stack, ready for its first switch: from its top down, the return address
+   (ioupos_cuh_fiber_start), six zero callee-saved registers and the current control words, in
+   the order ioupos_cuh_switch pops them */
+static void fiber_init(unsigned t) {
+  uint64_t *sp = (uint64_t *)(((uintptr_t)(stacks.v[t] + fiber_stack)) & ~(uintptr_t)15);
+  uint32_t csr[2];
+  __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
+  *--sp = 0; /* alignment */
+  *--sp = (uint64_t)(uintptr_t)ioupos_cuh_fiber_start;
+  for (int r = 0; r < 6; ++r) *--sp = 0;
+  --sp;
+  memcpy(sp, csr, sizeof csr);
+  fib[t] = sp;
+}
+#ifdef IOUPOS_CUH_ASAN_FIBERS
+static void *asan_sched_fake;                 /* the scheduler's fake stack while a fiber runs */
+static std::vector<void *> asan_fib_fake(1024); /* each suspended fiber's */
+static const void *asan_sched_bottom;         /* the scheduler's stack, learnt at a fiber's start */
+static size_t asan_sched_size;
+static void fiber_resume(unsigned t) {
+  __sanitizer_start_switch_fiber(&asan_sched_fake, stacks.v[t], fiber_stack);
+  ioupos_cuh_switch(&sched, fib[t]);
+  __sanitizer_finish_switch_fiber(asan_sched_fake, NULL, NULL);
+}
+static void fiber_yield(int me) {
+  __sanitizer_start_switch_fiber(&asan_fib_fake[me], asan_sched_bottom, asan_sched_size);
+  ioupos_cuh_switch(&fib[me], sched);
+  __sanitizer_finish_switch_fiber(asan_fib_fake[me], &asan_sched_bottom, &asan_sched_size);
+}
+#else
+static void fiber_resume(unsigned t) { ioupos_cuh_switch(&sched, fib[t]); }
+static void fiber_yield(int me) { ioupos_cuh_switch(&fib[me], sched); }
+#endif
+#else
 static void fiber_entry(void) {
   (*body)();
   fstate[cur] = T_DONE; /* uc_link returns to the scheduler */
 }
+static void fiber_init(unsigned t) {
+  getcontext(&fib[t]);
+  fib[t].uc_stack.ss_sp = stacks.v[t];
+  fib[t].uc_stack.ss_size = fiber_stack;
+  fib[t].uc_link = &sched;
+  makecontext(&fib[t], fiber_entry, 0);
+}
+static void fiber_resume(unsigned t) { swapcontext(&sched, &fib[t]); }
+static void fiber_yield(int me) { swapcontext(&fib[me], &sched); }
+#endif
 
 /* one block, its threads as fibers, barriers respected; rev: threads in reverse order */
 static void run_block_fibers(unsigned nt, int rev) {
   unsigned t, k;
   while (fib.size() < nt) {
-    fib.push_back(ucontext_t());
+    fib.push_back(decltype(fib)::value_type());
     stacks.v.push_back((char *)malloc(fiber_stack));
     fstate.push_back(T_DONE);
     if (!stacks.v.back()) {
@@ -306,11 +413,7 @@ static void run_block_fibers(unsigned nt, int rev) {
     }
   }
   for (t = 0; t < nt; ++t) {
-    getcontext(&fib[t]);
-    fib[t].uc_stack.ss_sp = stacks.v[t];
-    fib[t].uc_stack.ss_size = fiber_stack;
-    fib[t].uc_link = &sched;
-    makecontext(&fib[t], fiber_entry, 0);
+    fiber_init(t);
     fstate[t] = T_READY;
   }
   in_fiber = 1;
@@ -321,7 +424,7 @@ static void run_block_fibers(unsigned nt, int rev) {
       if (fstate[t] != T_READY) continue;
       cur = (int)t;
       set_thread(t);
-      swapcontext(&sched, &fib[t]);
+      fiber_resume(t);
     }
     for (t = 0; t < nt; ++t) {
       if (fstate[t] == T_WAIT) ++waiting;
@@ -340,6 +443,23 @@ static void run_block_fibers(unsigned nt, int rev) {
 }
 } // namespace ioupos_cuhost
 
+#ifdef IOUPOS_CUH_FAST_FIBERS
+/* a fresh fiber's body: the kernel, then back to the scheduler for good */
+extern "C" void ioupos_cuh_fiber_main(void) {
+  using namespace ioupos_cuhost;
+#ifdef IOUPOS_CUH_ASAN_FIBERS
+  __sanitizer_finish_switch_fiber(NULL, &asan_sched_bottom, &asan_sched_size);
+#endif
+  (*body)();
+  fstate[cur] = T_DONE;
+#ifdef IOUPOS_CUH_ASAN_FIBERS
+  __sanitizer_start_switch_fiber(NULL, asan_sched_bottom, asan_sched_size); /* never back */
+#endif
+  ioupos_cuh_switch(&fib[cur], sched);
+  abort(); /* a finished fiber is never resumed */
+}
+#endif
+
 static inline void __syncthreads(void) {
   using namespace ioupos_cuhost;
   int me = cur;
@@ -349,7 +469,7 @@ static inline void __syncthreads(void) {
     abort();
   }
   fstate[me] = T_WAIT;
-  swapcontext(&fib[me], &sched);
+  fiber_yield(me);
   cur = me;
   set_thread((unsigned)me);
 }
