@@ -600,8 +600,8 @@ IOUPOS_DEF void ioupos_view_params_draw_config(const ioupos_aug_config *c, ioupo
 /* The 3D draw (dims 3) for ioupos_view_apply3: the 2D draw's order with a third flip coin
    after the second and a third sigma after the second, i.e. zoom coin, zoom, flip 0, 1, 2,
    rot90's k, rot90's coin, scale coin, scale, shift coin, shift, blur coin, sigma 0, 1, 2,
-   noise coin, noise std, noise seed: 20 draws, each made whatever fires. The 2D functions'
-   draws are unchanged. */
+   noise coin, noise std, noise seed: 18 draws (35 32-bit generator outputs), each made
+   whatever fires. The 2D functions' draws are unchanged. */
 IOUPOS_DEF void ioupos_view_params_draw_config3(const ioupos_aug_config *c, ioupos_rng *rng,
                                                 ioupos_view_params *p);
 /* All transforms off (identity), dims 2; set dims = 3 for a volume's record. */
