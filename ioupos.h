@@ -7666,18 +7666,28 @@ IOUPOS_DEF void ioupos_aug_rot90_3(const float *in, const int shape[3], int k, f
 
 /* One 1D pass of GaussianSmooth along the middle axis of src seen as outer x n x inner:
    dst[o][i][m] = sum_q k[q] src[o][i + q - t][m], zero outside. Each output starts at 0 and
-   adds its taps in kernel order (the 2D blur's order), whole rows of inner floats at a time. */
+   adds its taps in kernel order (the 2D blur's order), so both branches below give the same
+   floats: whole rows of inner floats at a time, or, along the contiguous last axis (inner 1),
+   one output at a time in a local sum. */
 static void ioupos__blur_axis(const float *src, float *dst, size_t outer, int n, size_t inner,
                               const float *k, int t) {
   size_t o, m;
   int i, q;
   for (o = 0; o < outer; ++o) {
+    const float *so = src + o * (size_t)n * inner;
+    float *dso = dst + o * (size_t)n * inner;
     for (i = 0; i < n; ++i) {
       int qlo = t - i > 0 ? t - i : 0, qhi = n - 1 - i + t < 2 * t ? n - 1 - i + t : 2 * t;
-      float *d = dst + (o * (size_t)n + (size_t)i) * inner;
+      float *d = dso + (size_t)i * inner;
+      if (inner == 1) {
+        float a = 0.0f;
+        for (q = qlo; q <= qhi; ++q) a += k[q] * so[i + q - t];
+        *d = a;
+        continue;
+      }
       for (m = 0; m < inner; ++m) d[m] = 0.0f;
       for (q = qlo; q <= qhi; ++q) {
-        const float *s = src + (o * (size_t)n + (size_t)(i + q - t)) * inner;
+        const float *s = so + (size_t)(i + q - t) * inner;
         float kq = k[q];
         for (m = 0; m < inner; ++m) d[m] += kq * s[m];
       }
