@@ -469,9 +469,14 @@ IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_nam
      (b) a deterministic apply (ioupos_view_apply*, ioupos_aug_* building blocks),
    so that every sample can be replayed from its parameters. Images are 2D float arrays,
    row-major, h rows x w columns (axis 0 = rows, axis 1 = columns, as MONAI's spatial axes of
-   a channel-first (1, H, W) tensor). The parameter records keep per-axis fields for three axes
-   and a dims field so that 3D (d x h x w, axis 0 slowest) can be added without changing them;
-   only dims == 2 is implemented.
+   a channel-first (1, H, W) tensor). Volumes (dims 3, the *3 functions below) are shape
+   {X, Y, Z} in C order, z fastest: voxel (x, y, z) at ((x * Y) + y) * Z + z. That is MONAI's
+   spatial order for a nibabel-loaded volume (channel-first (1, X, Y, Z)), and the research
+   slices were volume[:, :, k] (rows x, columns y), so a 2D (h, w) image is the case Z = 1 of
+   the same rule. NOTE: ioupos_volume (section 6) keeps the NIfTI file order, x FASTEST
+   (data[((k * ny) + j) * nx + i]): a crop taken from an ioupos_volume must be transposed into
+   {X, Y, Z}; handing its buffer over as shape {nz, ny, nx} would put z on axis 0, so flips,
+   rot90's plane and the per-axis sigmas would act on the wrong axes.
 
    Semantics, each checked against MONAI on fixtures (tests/reference/augment_fixture.py):
    - Zoom (RandZoomd: mode bilinear, padding_mode constant, keep_size, align_corners None):
@@ -511,11 +516,28 @@ IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_nam
      correct_crop_centers) and the crop starts at centre - floor(c/2), so it always lies inside
      the image. A crop larger than the image is an error (allow_smaller False).
 
+   Volumes, the same transforms along three axes (fixtures 9x8x7 and 12x12x10):
+   - Zoom: Zoom / RandZoomd keep_size with MONAI's mode "bilinear", which MONAI resolves to
+     torch's "trilinear" for a 3D tensor: the per-axis source indices and weights above, blended
+     z first, then y, then x (torch's upsample_trilinear3d nesting); the same per-axis crop or
+     pad. Labels: torch's 3D "nearest", per axis as above.
+   - Flips along x, y, z (Flip(spatial_axis=a), a = 0, 1, 2).
+   - Rot90 in the plane (0, 1) = (x, y), RandRotate90's default spatial_axes: each z column
+     moves as a whole. An odd k turns {X, Y, Z} into {Y, X, Z}; the view pipeline refuses it
+     when X != Y (the view keeps its buffer and shape; MONAI would return another shape), so
+     3D crops must have equal x and y sides (96 x 96 x 64 is fine).
+   - Blur: GaussianSmooth with sigma (s0, s1, s2) in voxels, axis 0 first, then 1, then 2
+     (MONAI's separable_filtering recursion), each axis as the 2D one.
+   - Noise, scale, shift: per voxel in memory order, as in 2D.
+   - RandCropByPosNegLabeld: the same rule per axis; the rank is the position in C order over
+     {X, Y, Z}, the order of MONAI's map_binary_to_indices (ravel) and np.unravel_index.
+
    Order of application (ioupos_view_params.intensity_first):
      0, pretraining (research transforms.py:282-345 / thesis p.29):
-        zoom, flip axis 0, flip axis 1, rot90, scale, shift, blur, noise
+        zoom, flip axis 0, flip axis 1, (flip axis 2,) rot90, scale, shift, blur, noise
      1, fine-tuning (research code order, intensity first):
-        blur, scale, shift, noise, zoom (off in the research setting), flip 0, flip 1, rot90
+        blur, scale, shift, noise, zoom (off in the research setting), flip 0, flip 1,
+        (flip 2,) rot90
    Label maps get only the spatial transforms (zoom by nearest, flips, rot90), so their values
    are only ever copied, never interpolated.
 */
@@ -530,7 +552,7 @@ IOUPOS_DEF int ioupos_split_find(const ioupos_split *split, const char *case_nam
    change fields as needed. Ranges are [lo, hi); a probability of 0 disables a transform. */
 typedef struct ioupos_aug_config {
   double zoom_prob, zoom_min, zoom_max;     /* isotropic factor */
-  double flip_prob[3];                      /* per axis, 0 = rows */
+  double flip_prob[3];                      /* per axis, 0 = rows (x); 2 = z, 3D only */
   double rot90_prob;                        /* plane (0, 1) */
   int rot90_max_k;                          /* k = 1 + uniform integer in [0, max_k), >= 1 */
   double scale_prob, scale_min, scale_max;  /* v * (1 + f) */
@@ -543,7 +565,9 @@ typedef struct ioupos_aug_config {
 
 /* Pretraining views (research): zoom 0.8-1.2 p 0.75, flips p 0.5 per axis, rot90 p 0.5
    (k in 1..3), scale f in [-0.1, 0.1) p 0.75, shift [-0.1, 0.1) p 0.75, blur sigma per axis
-   in [0.25, 1.5) p 0.25, noise std 0.01 (sampled) p 0.25; spatial first. */
+   in [0.25, 1.5) p 0.25, noise std 0.01 (sampled) p 0.25; spatial first. For volumes the
+   research's in-plane rules extend per axis: z is flipped with p 0.5 too and gets its own
+   sigma in [0.25, 1.5) voxels (2D draws read axes 0 and 1 only). */
 IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c);
 /* Fine-tuning (research): no zoom; blur, scale 0.1, shift 0.1, noise 0.01 at p 0.15 each;
    flips per axis and rot90 at p 0.25; intensity first. */
@@ -551,11 +575,11 @@ IOUPOS_DEF void ioupos_aug_config_finetune(ioupos_aug_config *c);
 
 /* One view's drawn augmentation: enough to replay it exactly. */
 typedef struct ioupos_view_params {
-  int dims;              /* 2 (3 reserved) */
+  int dims;              /* 2 (image, ioupos_view_apply*) or 3 (volume, ioupos_view_apply3) */
   int intensity_first;   /* order, see the top of this file */
   int zoom_on;
   double zoom;           /* isotropic factor */
-  int flip[3];           /* flip axis k (0 = rows, 1 = columns) */
+  int flip[3];           /* flip axis k (0 = rows / x, 1 = columns / y, 2 = z) */
   int rot90_k;           /* 0 = none, else 1..3 quarter turns in the plane (0, 1) */
   int scale_on;
   double scale;          /* MONAI's factor f: v * (1 + f) */
@@ -573,11 +597,19 @@ IOUPOS_DEF void ioupos_view_params_draw(ioupos_rng *rng, ioupos_view_params *p);
 /* Draw with a given configuration (its values are not checked here; apply checks them). */
 IOUPOS_DEF void ioupos_view_params_draw_config(const ioupos_aug_config *c, ioupos_rng *rng,
                                                ioupos_view_params *p);
-/* All transforms off (identity). */
+/* The 3D draw (dims 3) for ioupos_view_apply3: the 2D draw's order with a third flip coin
+   after the second and a third sigma after the second, i.e. zoom coin, zoom, flip 0, 1, 2,
+   rot90's k, rot90's coin, scale coin, scale, shift coin, shift, blur coin, sigma 0, 1, 2,
+   noise coin, noise std, noise seed: 18 draws (35 32-bit generator outputs), each made
+   whatever fires. The 2D functions' draws are unchanged. */
+IOUPOS_DEF void ioupos_view_params_draw_config3(const ioupos_aug_config *c, ioupos_rng *rng,
+                                                ioupos_view_params *p);
+/* All transforms off (identity), dims 2; set dims = 3 for a volume's record. */
 IOUPOS_DEF void ioupos_view_params_identity(ioupos_view_params *p);
 
 /* Apply p to img (h x w, in place); tmp is scratch of h * w floats. No allocation. Fails
-   (IOUPOS_EINVAL, img untouched) on a NULL pointer, h or w < 1, dims != 2, an odd rot90_k on a
+   (IOUPOS_EINVAL, img untouched) on a NULL pointer, h or w < 1, dims != 2 (volumes:
+   ioupos_view_apply3), an odd rot90_k on a
    non-square image (use square crops), zoom not > 0, a blur sigma not in (0, ~31.9], or a
    non-finite parameter. */
 IOUPOS_DEF int ioupos_view_apply(const ioupos_view_params *p, float *img, int h, int w,
@@ -623,9 +655,9 @@ IOUPOS_DEF void ioupos_aug_crop(const float *in, int h, int w, const ioupos_box 
 
 typedef struct ioupos_posneg_crop {
   int fg;          /* 1 if the centre was drawn from the foreground */
-  uint64_t rank;   /* index of the centre voxel within its set, in row-major order */
-  int center[3];   /* the corrected centre (rows, columns) */
-  ioupos_box box;  /* the crop, dims 2, always inside the image */
+  uint64_t rank;   /* index of the centre voxel within its set, in row-major (C) order */
+  int center[3];   /* the corrected centre (rows, columns) or (x, y, z) */
+  ioupos_box box;  /* the crop, dims 2 (3 from the *3 functions), always inside the image */
 } ioupos_posneg_crop;
 
 /* Number of foreground (label != 0) and background (label == 0 and, if image is not NULL,
@@ -646,6 +678,63 @@ IOUPOS_DEF int ioupos_posneg_crops_draw(ioupos_rng *rng, const float *label, con
                                         double image_threshold, int h, int w, const int crop[2],
                                         double pos, double neg, int num_samples,
                                         ioupos_posneg_crop *out);
+
+/* -- volumes: shape {X, Y, Z}, z fastest (see the top of this section) -- */
+
+/* Scratch floats that ioupos_view_apply3 and the ioupos_augment_*_volume callbacks need for a
+   volume of this shape: one volume (zoom and rot90 write into it and the blur passes through
+   it; the label reuses it after the image). */
+#define IOUPOS_AUGMENT_SCRATCH3(x, y, z) ((size_t)(x) * (size_t)(y) * (size_t)(z))
+
+/* Apply p (dims 3, e.g. from ioupos_view_params_draw_config3) to img, in place, and its
+   spatial transforms to label (nearest zoom; label may be NULL, then it is skipped); scratch
+   holds IOUPOS_AUGMENT_SCRATCH3 floats. No allocation. Fails (IOUPOS_EINVAL, img and label
+   untouched, the reason names the shape) on a NULL pointer, a side < 1, dims != 3, rot90_k not
+   in 0..3, an odd rot90_k when X != Y (it would change the shape), zoom not in (0, 1e6], a
+   blur sigma not in (0, ~31.9], or a non-finite intensity parameter. */
+IOUPOS_DEF int ioupos_view_apply3(const ioupos_view_params *p, float *img, float *label,
+                                  const int shape[3], float *scratch);
+/* The loader callbacks for volumes, the 3D twins of ioupos_augment_pretrain_view /
+   ioupos_augment_finetune_crop (section 9): ctx is NULL for the preset
+   (ioupos_aug_config_pretrain / _finetune) or a const ioupos_aug_config *, only read; the
+   record is drawn from rng by ioupos_view_params_draw_config3 and applied by
+   ioupos_view_apply3, so the result depends only on the rng. The pretraining one ignores
+   label; the fine-tuning one moves the label with the image. Use crops with X == Y (rot90). */
+IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch);
+IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch);
+
+/* Building blocks, the 3D twins of the 2D ones above; in and out must not overlap. */
+/* out = in zoomed by zoom (trilinear, MONAI Zoom keep_size), shape kept. Returns 0 or
+   IOUPOS_EINVAL (zoom not in (0, 1e6]). */
+IOUPOS_DEF int ioupos_aug_zoom3(const float *in, const int shape[3], double zoom, float *out);
+/* The same with torch's 3D "nearest" (label maps). */
+IOUPOS_DEF int ioupos_aug_zoom3_nearest(const float *in, const int shape[3], double zoom,
+                                        float *out);
+/* img reversed along axis 0, 1 or 2, in place. */
+IOUPOS_DEF void ioupos_aug_flip3(float *img, const int shape[3], int axis);
+/* out = torch.rot90(in, k, (0, 1)): shape {Y, X, Z} for odd k, {X, Y, Z} for even k (k taken
+   mod 4; k = 0 copies). */
+IOUPOS_DEF void ioupos_aug_rot90_3(const float *in, const int shape[3], int k, float *out);
+/* img blurred with sigma[a] along axis a (GaussianSmooth, zero padding), in place; tmp holds
+   X * Y * Z floats. Returns 0 or IOUPOS_EINVAL (a sigma out of range, img untouched). */
+IOUPOS_DEF int ioupos_aug_gaussian_blur3(float *img, const int shape[3], const double sigma[3],
+                                         float *tmp);
+/* RandCropByPosNegLabeld on a label volume, as the 2D functions (same checks, same draws per
+   crop: the foreground coin, then the rank); crop is {cx, cy, cz}, the boxes have dims 3 and
+   center[] is (x, y, z). */
+IOUPOS_DEF void ioupos_posneg_count3(const float *label, const float *image,
+                                     double image_threshold, const int shape[3], uint64_t *n_fg,
+                                     uint64_t *n_bg);
+IOUPOS_DEF int ioupos_posneg_locate3(const float *label, const float *image,
+                                     double image_threshold, const int shape[3],
+                                     const int crop[3], int fg, uint64_t rank,
+                                     ioupos_posneg_crop *out);
+IOUPOS_DEF int ioupos_posneg_crops_draw3(ioupos_rng *rng, const float *label, const float *image,
+                                         double image_threshold, const int shape[3],
+                                         const int crop[3], double pos, double neg,
+                                         int num_samples, ioupos_posneg_crop *out);
 
 /* ============================================================================================
    8. Synthetic CT phantom
@@ -6800,14 +6889,15 @@ IOUPOS_DEF int ioupos_split_read(const char *path, ioupos_split *split) {
 /* ---- 7. Augmentations ------------------------------------------------------------------------- */
 
 /* The research pretraining views (thesis p.29; transforms.py:282-345), value for value. The
-   memset first leaves every field this preset does not name at 0, i.e. off: flip_prob[2]
-   stays 0 until 3D exists. Blur sigmas are set on all three axes so a 3D record will not need
-   a new preset. */
+   memset first leaves every field this preset does not name at 0, i.e. off. The research
+   pipeline is 2D (flips of x and y); for volumes the z axis gets the same flip probability and
+   sigma range, the per-axis reading of its rules. 2D draws never read flip_prob[2] or the third
+   sigma, so the 2D records are what they were before 3D existed. */
 IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c) {
   int k;
   memset(c, 0, sizeof *c);
   c->zoom_prob = 0.75, c->zoom_min = 0.8, c->zoom_max = 1.2;
-  c->flip_prob[0] = c->flip_prob[1] = 0.5;
+  c->flip_prob[0] = c->flip_prob[1] = c->flip_prob[2] = 0.5;
   c->rot90_prob = 0.5, c->rot90_max_k = 3;
   c->scale_prob = 0.75, c->scale_min = -0.1, c->scale_max = 0.1;
   c->shift_prob = 0.75, c->shift_min = -0.1, c->shift_max = 0.1;
@@ -6824,7 +6914,7 @@ IOUPOS_DEF void ioupos_aug_config_pretrain(ioupos_aug_config *c) {
 IOUPOS_DEF void ioupos_aug_config_finetune(ioupos_aug_config *c) {
   ioupos_aug_config_pretrain(c);
   c->zoom_prob = 0.0;
-  c->flip_prob[0] = c->flip_prob[1] = 0.25;
+  c->flip_prob[0] = c->flip_prob[1] = c->flip_prob[2] = 0.25;
   c->rot90_prob = 0.25;
   c->scale_prob = c->shift_prob = c->blur_prob = c->noise_prob = 0.15;
   c->intensity_first = 1;
@@ -6880,6 +6970,34 @@ IOUPOS_DEF void ioupos_view_params_draw(ioupos_rng *rng, ioupos_view_params *p) 
   ioupos_aug_config c;
   ioupos_aug_config_pretrain(&c);
   ioupos_view_params_draw_config(&c, rng, p);
+}
+
+/* The 2D draw's sequence with the z flip after the y flip and the z sigma after the y sigma,
+   every draw made whatever fires (see ioupos_view_params_draw_config). A separate function, not
+   a dims argument of the 2D one, so the 2D stream cannot change by accident. */
+IOUPOS_DEF void ioupos_view_params_draw_config3(const ioupos_aug_config *c, ioupos_rng *rng,
+                                                ioupos_view_params *p) {
+  int k;
+  double s;
+  ioupos_view_params_identity(p);
+  p->dims = 3;
+  p->intensity_first = c->intensity_first;
+  p->zoom_on = ioupos__aug_fire(rng, c->zoom_prob);
+  p->zoom = ioupos__aug_range(rng, c->zoom_min, c->zoom_max);
+  for (k = 0; k < 3; ++k) p->flip[k] = ioupos__aug_fire(rng, c->flip_prob[k]);
+  k = 1 + (int)ioupos_rng_below(rng, (uint64_t)(c->rot90_max_k > 1 ? c->rot90_max_k : 1));
+  p->rot90_k = ioupos__aug_fire(rng, c->rot90_prob) ? k : 0;
+  p->scale_on = ioupos__aug_fire(rng, c->scale_prob);
+  p->scale = ioupos__aug_range(rng, c->scale_min, c->scale_max);
+  p->shift_on = ioupos__aug_fire(rng, c->shift_prob);
+  p->shift = ioupos__aug_range(rng, c->shift_min, c->shift_max);
+  p->blur_on = ioupos__aug_fire(rng, c->blur_prob);
+  for (k = 0; k < 3; ++k) p->blur_sigma[k] = ioupos__aug_range(rng, c->blur_sigma_min[k], c->blur_sigma_max[k]);
+  p->noise_on = ioupos__aug_fire(rng, c->noise_prob);
+  s = ioupos_rng_uniform(rng);
+  p->noise_mean = c->noise_mean;
+  p->noise_std = c->noise_sample_std ? s * c->noise_std : c->noise_std;
+  p->noise_seed = ioupos_rng_u64(rng);
 }
 
 /* -- zoom -- */
@@ -7220,7 +7338,7 @@ static int ioupos__view_check(const ioupos_view_params *p, const void *img, int 
   if (!p || !img || !tmp)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: NULL argument");
   if (p->dims != 2)
-    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: dims %d (only 2D is implemented)",
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: dims %d (volumes: ioupos_view_apply3)",
                         p->dims);
   if (h < 1 || w < 1)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply: image %dx%d is empty", h, w);
@@ -7410,6 +7528,395 @@ IOUPOS_DEF int ioupos_posneg_crops_draw(ioupos_rng *rng, const float *label, con
     int fg = ioupos_rng_uniform(rng) < ratio;
     uint64_t rank = ioupos_rng_below(rng, fg ? nf : nb);
     int st = ioupos_posneg_locate(label, image, image_threshold, h, w, crop, fg, rank, out + s);
+    if (st != IOUPOS_OK) return st;
+  }
+  return IOUPOS_OK;
+}
+
+/* -- volumes: shape {X, Y, Z}, voxel (x, y, z) at ((x * Y) + y) * Z + z -- */
+
+static size_t ioupos__vol_count(const int shape[3]) {
+  return (size_t)shape[0] * (size_t)shape[1] * (size_t)shape[2];
+}
+
+/* out[X][Y][Z] = in zoomed by zoom, kept at {X, Y, Z} (MONAI Zoom keep_size, trilinear). Per
+   axis the geometry of the 2D zoom: zoomed size floor(n * zoom), crop or pad offset, torch's
+   float32 source index and weights (ioupos__lin_src). The blend nests as torch's
+   upsample_trilinear3d does: two-tap along z, then y, then x. The z sources and weights of a
+   block of up to B outputs are computed once on the stack; padded outputs are 0 (z through zero
+   weights on source 0, so the input must be finite, as in 2D). */
+IOUPOS_DEF int ioupos_aug_zoom3(const float *in, const int shape[3], double zoom, float *out) {
+  enum { B = 128 }; /* z outputs per block of precomputed source indices and weights */
+  const int X = shape[0], Y = shape[1], Z = shape[2];
+  int d0[B], d1[B], zn[3], off[3], x, y, z, z0;
+  float e0[B], e1[B];
+  if (ioupos__zoom_check(zoom) != IOUPOS_OK) return IOUPOS_EINVAL;
+  for (x = 0; x < 3; ++x) zn[x] = ioupos__zoom_size(shape[x], zoom, off + x);
+  for (z0 = 0; z0 < Z; z0 += B) {
+    int nb = Z - z0 < B ? Z - z0 : B;
+    for (z = 0; z < nb; ++z) {
+      int zz = z0 + z + off[2];
+      if (zz < 0 || zz >= zn[2]) d0[z] = d1[z] = 0, e0[z] = e1[z] = 0.0f;
+      else ioupos__lin_src(Z, zn[2], zz, d0 + z, d1 + z, e0 + z, e1 + z);
+    }
+    for (x = 0; x < X; ++x) {
+      int xx = x + off[0], r0 = 0, r1 = 0;
+      float a0 = 0.0f, a1 = 0.0f;
+      int xin = xx >= 0 && xx < zn[0];
+      if (xin) ioupos__lin_src(X, zn[0], xx, &r0, &r1, &a0, &a1);
+      for (y = 0; y < Y; ++y) {
+        float *o = out + ((size_t)x * Y + y) * Z + z0;
+        int yy = y + off[1], c0, c1;
+        float b0, b1;
+        const float *p00, *p01, *p10, *p11;
+        if (!xin || yy < 0 || yy >= zn[1]) {
+          for (z = 0; z < nb; ++z) o[z] = 0.0f;
+          continue;
+        }
+        ioupos__lin_src(Y, zn[1], yy, &c0, &c1, &b0, &b1);
+        p00 = in + ((size_t)r0 * Y + c0) * Z, p01 = in + ((size_t)r0 * Y + c1) * Z;
+        p10 = in + ((size_t)r1 * Y + c0) * Z, p11 = in + ((size_t)r1 * Y + c1) * Z;
+        for (z = 0; z < nb; ++z) {
+          float t00 = p00[d0[z]] * e0[z] + p00[d1[z]] * e1[z];
+          float t01 = p01[d0[z]] * e0[z] + p01[d1[z]] * e1[z];
+          float t10 = p10[d0[z]] * e0[z] + p10[d1[z]] * e1[z];
+          float t11 = p11[d0[z]] * e0[z] + p11[d1[z]] * e1[z];
+          float t0 = t00 * b0 + t01 * b1, t1 = t10 * b0 + t11 * b1;
+          o[z] = t0 * a0 + t1 * a1;
+        }
+      }
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* The geometry of ioupos_aug_zoom3 with torch's nearest source index per axis
+   (ioupos__nn_src): every output is one input value or the padding 0, so label ids are kept. */
+IOUPOS_DEF int ioupos_aug_zoom3_nearest(const float *in, const int shape[3], double zoom,
+                                        float *out) {
+  const int X = shape[0], Y = shape[1], Z = shape[2];
+  int zn[3], off[3], x, y, z;
+  if (ioupos__zoom_check(zoom) != IOUPOS_OK) return IOUPOS_EINVAL;
+  for (x = 0; x < 3; ++x) zn[x] = ioupos__zoom_size(shape[x], zoom, off + x);
+  for (x = 0; x < X; ++x) {
+    int xx = x + off[0];
+    for (y = 0; y < Y; ++y) {
+      float *o = out + ((size_t)x * Y + y) * Z;
+      int yy = y + off[1];
+      const float *s;
+      if (xx < 0 || xx >= zn[0] || yy < 0 || yy >= zn[1]) {
+        for (z = 0; z < Z; ++z) o[z] = 0.0f;
+        continue;
+      }
+      s = in + ((size_t)ioupos__nn_src(X, zn[0], xx) * Y + (size_t)ioupos__nn_src(Y, zn[1], yy)) * Z;
+      for (z = 0; z < Z; ++z) {
+        int zz = z + off[2];
+        o[z] = (zz < 0 || zz >= zn[2]) ? 0.0f : s[ioupos__nn_src(Z, zn[2], zz)];
+      }
+    }
+  }
+  return IOUPOS_OK;
+}
+
+/* The volume seen as outer x n x inner around the flipped axis: mirrored blocks of inner
+   contiguous floats are swapped; the middle block of an odd n stays put. Cannot fail. */
+IOUPOS_DEF void ioupos_aug_flip3(float *img, const int shape[3], int axis) {
+  size_t outer = 1, inner = 1, o, i, m, n;
+  int a;
+  IOUPOS_ASSERT(axis >= 0 && axis < 3);
+  for (a = 0; a < axis; ++a) outer *= (size_t)shape[a];
+  for (a = axis + 1; a < 3; ++a) inner *= (size_t)shape[a];
+  n = (size_t)shape[axis];
+  for (o = 0; o < outer; ++o) {
+    float *base = img + o * n * inner;
+    for (i = 0; i < n / 2; ++i) {
+      float *p = base + i * inner, *q = base + (n - 1 - i) * inner;
+      for (m = 0; m < inner; ++m) {
+        float t = p[m];
+        p[m] = q[m];
+        q[m] = t;
+      }
+    }
+  }
+}
+
+/* ioupos_aug_rot90's index map on the (x, y) plane, each entry a whole z column of Z floats
+   (torch.rot90(x, k, (0, 1)) leaves axis 2 alone). */
+IOUPOS_DEF void ioupos_aug_rot90_3(const float *in, const int shape[3], int k, float *out) {
+  const int h = shape[0], w = shape[1];
+  const size_t Z = (size_t)shape[2], col = sizeof(float) * Z;
+  int i, j;
+  k = ((k % 4) + 4) % 4;
+  if (k == 0) {
+    memcpy(out, in, col * (size_t)h * (size_t)w);
+  } else if (k == 2) { /* out is X x Y: out[i][j] = in[h-1-i][w-1-j] */
+    for (i = 0; i < h; ++i)
+      for (j = 0; j < w; ++j)
+        memcpy(out + ((size_t)i * w + j) * Z, in + ((size_t)(h - 1 - i) * w + (w - 1 - j)) * Z, col);
+  } else if (k == 1) { /* out is Y x X: out[i][j] = in[j][w-1-i] */
+    for (i = 0; i < w; ++i)
+      for (j = 0; j < h; ++j)
+        memcpy(out + ((size_t)i * h + j) * Z, in + ((size_t)j * w + (w - 1 - i)) * Z, col);
+  } else { /* k == 3, out is Y x X: out[i][j] = in[h-1-j][i] */
+    for (i = 0; i < w; ++i)
+      for (j = 0; j < h; ++j)
+        memcpy(out + ((size_t)i * h + j) * Z, in + ((size_t)(h - 1 - j) * w + i) * Z, col);
+  }
+}
+
+/* One 1D pass of GaussianSmooth along the middle axis of src seen as outer x n x inner:
+   dst[o][i][m] = sum_q k[q] src[o][i + q - t][m], zero outside. Each output starts at 0 and
+   adds its taps in kernel order (the 2D blur's order), so both branches below give the same
+   floats: whole rows of inner floats at a time, or, along the contiguous last axis (inner 1),
+   one output at a time in a local sum. */
+static void ioupos__blur_axis(const float *src, float *dst, size_t outer, int n, size_t inner,
+                              const float *k, int t) {
+  size_t o, m;
+  int i, q;
+  for (o = 0; o < outer; ++o) {
+    const float *so = src + o * (size_t)n * inner;
+    float *dso = dst + o * (size_t)n * inner;
+    for (i = 0; i < n; ++i) {
+      int qlo = t - i > 0 ? t - i : 0, qhi = n - 1 - i + t < 2 * t ? n - 1 - i + t : 2 * t;
+      float *d = dso + (size_t)i * inner;
+      if (inner == 1) {
+        float a = 0.0f;
+        for (q = qlo; q <= qhi; ++q) a += k[q] * so[i + q - t];
+        *d = a;
+        continue;
+      }
+      for (m = 0; m < inner; ++m) d[m] = 0.0f;
+      for (q = qlo; q <= qhi; ++q) {
+        const float *s = so + (size_t)(i + q - t) * inner;
+        float kq = k[q];
+        for (m = 0; m < inner; ++m) d[m] += kq * s[m];
+      }
+    }
+  }
+}
+
+/* MONAI's GaussianSmooth on one 3D channel: axis 0, then 1, then 2 (separable_filtering),
+   each with MONAI's unnormalised erf kernel and zero padding. img -> tmp -> img -> tmp, then
+   one copy back. All three kernels are built before img is touched. */
+IOUPOS_DEF int ioupos_aug_gaussian_blur3(float *img, const int shape[3], const double sigma[3],
+                                         float *tmp) {
+  float k[3][2 * IOUPOS_AUG_MAX_TAIL + 1];
+  int t[3], a;
+  for (a = 0; a < 3; ++a) t[a] = ioupos_aug_gaussian_kernel(sigma[a], k[a], 2 * IOUPOS_AUG_MAX_TAIL + 1);
+  if (t[0] < 0 || t[1] < 0 || t[2] < 0)
+    return ioupos__fail(IOUPOS_EINVAL, "Gaussian blur 3D: sigma (%g, %g, %g) not in (0, %g]",
+                        sigma[0], sigma[1], sigma[2], (IOUPOS_AUG_MAX_TAIL - 0.5) / 4.0);
+  ioupos__blur_axis(img, tmp, 1, shape[0], (size_t)shape[1] * (size_t)shape[2], k[0], t[0]);
+  ioupos__blur_axis(tmp, img, (size_t)shape[0], shape[1], (size_t)shape[2], k[1], t[1]);
+  ioupos__blur_axis(img, tmp, (size_t)shape[0] * (size_t)shape[1], shape[2], 1, k[2], t[2]);
+  memcpy(img, tmp, sizeof(float) * ioupos__vol_count(shape));
+  return IOUPOS_OK;
+}
+
+/* Every check ioupos_view_apply3 documents, before anything is written. The voxel count must
+   fit a size_t of floats, so a side near INT_MAX on each axis is refused, not wrapped. */
+static int ioupos__view_check3(const ioupos_view_params *p, const void *img, const int *shape,
+                               const void *tmp) {
+  float kern[2 * IOUPOS_AUG_MAX_TAIL + 1];
+  int a;
+  if (!p || !img || !shape || !tmp)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: NULL argument");
+  if (shape[0] < 1 || shape[1] < 1 || shape[2] < 1 ||
+      (double)shape[0] * (double)shape[1] * (double)shape[2] > (double)(SIZE_MAX / sizeof(float)))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: volume %dx%dx%d is empty or too large",
+                        shape[0], shape[1], shape[2]);
+  if (p->dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: dims %d for a %dx%dx%d volume (a 3D "
+                        "record has dims 3: ioupos_view_params_draw_config3)", p->dims, shape[0],
+                        shape[1], shape[2]);
+  if (p->rot90_k < 0 || p->rot90_k > 3)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: rot90_k %d not in 0..3", p->rot90_k);
+  if ((p->rot90_k & 1) && shape[0] != shape[1])
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "ioupos_view_apply3: rot90 by k = %d in the plane (0, 1) turns the "
+                        "%dx%dx%d volume into %dx%dx%d; use crops with equal x and y sides",
+                        p->rot90_k, shape[0], shape[1], shape[2], shape[1], shape[0], shape[2]);
+  if (p->zoom_on && ioupos__zoom_check(p->zoom) != IOUPOS_OK)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: zoom %g not in (0, 1e6]", p->zoom);
+  for (a = 0; a < 3 && p->blur_on; ++a)
+    if (ioupos_aug_gaussian_kernel(p->blur_sigma[a], kern, 2 * IOUPOS_AUG_MAX_TAIL + 1) < 0)
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: blur sigma (%g, %g, %g) not in (0, %g]",
+                          p->blur_sigma[0], p->blur_sigma[1], p->blur_sigma[2],
+                          (IOUPOS_AUG_MAX_TAIL - 0.5) / 4.0);
+  if ((p->scale_on && !isfinite(p->scale)) || (p->shift_on && !isfinite(p->shift)) ||
+      (p->noise_on && (!isfinite(p->noise_mean) || !isfinite(p->noise_std))))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_view_apply3: non-finite intensity parameter "
+                        "(scale %g, shift %g, noise mean %g std %g)", p->scale, p->shift,
+                        p->noise_mean, p->noise_std);
+  return IOUPOS_OK;
+}
+
+/* ioupos__view_spatial for a volume: zoom, flips 0, 1, 2, rot90 (checked: X == Y for odd k,
+   so the shape stays), ping-ponging between *cur and *other. */
+static void ioupos__view_spatial3(const ioupos_view_params *p, float **cur, float **other,
+                                  const int shape[3], int nearest) {
+  float *t;
+  int a;
+  if (p->zoom_on) {
+    if (nearest) ioupos_aug_zoom3_nearest(*cur, shape, p->zoom, *other);
+    else ioupos_aug_zoom3(*cur, shape, p->zoom, *other);
+    t = *cur, *cur = *other, *other = t;
+  }
+  for (a = 0; a < 3; ++a)
+    if (p->flip[a]) ioupos_aug_flip3(*cur, shape, a);
+  if (p->rot90_k) {
+    ioupos_aug_rot90_3(*cur, shape, p->rot90_k, *other);
+    t = *cur, *cur = *other, *other = t;
+  }
+}
+
+/* ioupos__view_intensity for a volume (same order rule); other is the blur's scratch. */
+static void ioupos__view_intensity3(const ioupos_view_params *p, float *cur, float *other,
+                                    const int shape[3]) {
+  size_t n = ioupos__vol_count(shape);
+  if (p->blur_on && p->intensity_first) ioupos_aug_gaussian_blur3(cur, shape, p->blur_sigma, other);
+  if (p->scale_on) ioupos_aug_scale(cur, n, p->scale);
+  if (p->shift_on) ioupos_aug_shift(cur, n, p->shift);
+  if (p->blur_on && !p->intensity_first) ioupos_aug_gaussian_blur3(cur, shape, p->blur_sigma, other);
+  if (p->noise_on) ioupos_aug_gaussian_noise(cur, n, p->noise_mean, p->noise_std, p->noise_seed);
+}
+
+/* ioupos_view_apply_labelled for a volume: the image gets the whole record in its order, the
+   label the spatial part only (nearest zoom), both through the one scratch volume. */
+IOUPOS_DEF int ioupos_view_apply3(const ioupos_view_params *p, float *img, float *label,
+                                  const int shape[3], float *scratch) {
+  float *cur = img, *other = scratch;
+  int st = ioupos__view_check3(p, img, shape, scratch);
+  if (st != IOUPOS_OK) return st;
+  if (p->intensity_first) {
+    ioupos__view_intensity3(p, cur, other, shape);
+    ioupos__view_spatial3(p, &cur, &other, shape, 0);
+  } else {
+    ioupos__view_spatial3(p, &cur, &other, shape, 0);
+    ioupos__view_intensity3(p, cur, other, shape);
+  }
+  if (cur != img) memcpy(img, cur, sizeof(float) * ioupos__vol_count(shape));
+  if (label) { /* the image is done with the scratch: reuse it */
+    cur = label, other = scratch;
+    ioupos__view_spatial3(p, &cur, &other, shape, 1);
+    if (cur != label) memcpy(label, cur, sizeof(float) * ioupos__vol_count(shape));
+  }
+  return IOUPOS_OK;
+}
+
+/* As the 2D callbacks: ctx is copied, never written (workers share it), and the parameters
+   come from the crop's own rng. */
+IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch) {
+  ioupos_aug_config c;
+  ioupos_view_params p;
+  (void)label;
+  if (!rng) return ioupos__fail(IOUPOS_EINVAL, "ioupos_augment_pretrain_volume: NULL rng");
+  if (ctx) c = *(const ioupos_aug_config *)ctx;
+  else ioupos_aug_config_pretrain(&c);
+  ioupos_view_params_draw_config3(&c, rng, &p);
+  return ioupos_view_apply3(&p, img, NULL, shape, scratch);
+}
+
+IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch) {
+  ioupos_aug_config c;
+  ioupos_view_params p;
+  if (!rng) return ioupos__fail(IOUPOS_EINVAL, "ioupos_augment_finetune_volume: NULL rng");
+  if (ctx) c = *(const ioupos_aug_config *)ctx;
+  else ioupos_aug_config_finetune(&c);
+  ioupos_view_params_draw_config3(&c, rng, &p);
+  return ioupos_view_apply3(&p, img, label, shape, scratch);
+}
+
+/* -- RandCropByPosNegLabeld on volumes -- */
+
+IOUPOS_DEF void ioupos_posneg_count3(const float *label, const float *image,
+                                     double image_threshold, const int shape[3], uint64_t *n_fg,
+                                     uint64_t *n_bg) {
+  size_t i, n = ioupos__vol_count(shape);
+  uint64_t f = 0, b = 0;
+  for (i = 0; i < n; ++i) {
+    if (label[i] != 0.0f) ++f;
+    else if (!image || (double)image[i] > image_threshold) ++b;
+  }
+  *n_fg = f;
+  *n_bg = b;
+}
+
+static int ioupos__posneg_check3(const float *label, const int *shape, const int *crop) {
+  if (!label || !shape || !crop)
+    return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop 3D: NULL argument");
+  if (shape[0] < 1 || shape[1] < 1 || shape[2] < 1 || crop[0] < 1 || crop[1] < 1 || crop[2] < 1 ||
+      crop[0] > shape[0] || crop[1] > shape[1] || crop[2] > shape[2])
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "pos/neg crop 3D: crop %dx%dx%d does not fit in the %dx%dx%d label map",
+                        crop[0], crop[1], crop[2], shape[0], shape[1], shape[2]);
+  return IOUPOS_OK;
+}
+
+/* ioupos_posneg_locate on a volume: the rank-th member in C order over {X, Y, Z} (MONAI's
+   ravel / unravel_index order), its (x, y, z) corrected per axis by ioupos__posneg_center. */
+IOUPOS_DEF int ioupos_posneg_locate3(const float *label, const float *image,
+                                     double image_threshold, const int shape[3],
+                                     const int crop[3], int fg, uint64_t rank,
+                                     ioupos_posneg_crop *out) {
+  size_t i, n, yz;
+  uint64_t seen = 0;
+  int k, v[3];
+  if (ioupos__posneg_check3(label, shape, crop) != IOUPOS_OK) return IOUPOS_EINVAL;
+  if (!out) return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop 3D: NULL argument");
+  n = ioupos__vol_count(shape);
+  fg = fg != 0;
+  for (i = 0; i < n; ++i) {
+    if (!ioupos__posneg_is(label, image, image_threshold, i, fg)) continue;
+    if (seen++ == rank) break;
+  }
+  if (i == n)
+    return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop 3D: %s index %llu out of range (%llu voxels "
+                        "in the %dx%dx%d map)", fg ? "foreground" : "background",
+                        (unsigned long long)rank, (unsigned long long)seen, shape[0], shape[1],
+                        shape[2]);
+  yz = (size_t)shape[1] * (size_t)shape[2];
+  v[0] = (int)(i / yz), v[1] = (int)(i % yz / (size_t)shape[2]), v[2] = (int)(i % (size_t)shape[2]);
+  memset(out, 0, sizeof *out);
+  out->fg = fg;
+  out->rank = rank;
+  out->box.dims = 3;
+  for (k = 0; k < 3; ++k) {
+    int lo;
+    out->center[k] = ioupos__posneg_center(v[k], crop[k], shape[k]);
+    lo = out->center[k] - crop[k] / 2;
+    out->box.lo[k] = lo > 0 ? lo : 0;
+    out->box.hi[k] = out->box.lo[k] + crop[k];
+    IOUPOS_ASSERT(out->box.hi[k] <= shape[k]);
+  }
+  return IOUPOS_OK;
+}
+
+/* ioupos_posneg_crops_draw on a volume: the same two draws per crop (foreground coin, rank). */
+IOUPOS_DEF int ioupos_posneg_crops_draw3(ioupos_rng *rng, const float *label, const float *image,
+                                         double image_threshold, const int shape[3],
+                                         const int crop[3], double pos, double neg,
+                                         int num_samples, ioupos_posneg_crop *out) {
+  uint64_t nf, nb;
+  double ratio;
+  int s;
+  if (ioupos__posneg_check3(label, shape, crop) != IOUPOS_OK) return IOUPOS_EINVAL;
+  if (!rng || !out || num_samples < 0 || !(pos >= 0.0) || !(neg >= 0.0) || !(pos + neg > 0.0) ||
+      !isfinite(pos + neg))
+    return ioupos__fail(IOUPOS_EINVAL, "pos/neg crop 3D: bad arguments (pos %g, neg %g, %d "
+                        "samples)", pos, neg, num_samples);
+  ioupos_posneg_count3(label, image, image_threshold, shape, &nf, &nb);
+  if (nf == 0 && nb == 0)
+    return ioupos__fail(IOUPOS_EINFEASIBLE, "pos/neg crop 3D: the %dx%dx%d label map has no "
+                        "foreground and no background above the image threshold %g", shape[0],
+                        shape[1], shape[2], image_threshold);
+  ratio = nf == 0 ? 0.0 : nb == 0 ? 1.0 : pos / (pos + neg);
+  for (s = 0; s < num_samples; ++s) {
+    int fg = ioupos_rng_uniform(rng) < ratio;
+    uint64_t rank = ioupos_rng_below(rng, fg ? nf : nb);
+    int st = ioupos_posneg_locate3(label, image, image_threshold, shape, crop, fg, rank, out + s);
     if (st != IOUPOS_OK) return st;
   }
   return IOUPOS_OK;

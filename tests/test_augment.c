@@ -13,6 +13,12 @@
       uniform within their set, and every crop lies inside the image.
    3. Replay from parameters is bit-identical; label maps keep their values (no interpolation of
       ids) and stay aligned with the image; invalid requests fail and leave the image untouched.
+   4. Volumes (shape {X, Y, Z}, z fastest): the 3D building blocks against MONAI fixtures (vol_*:
+      trilinear and nearest zoom on 9x8x7 and 12x12x10, flips on each axis, rot90 k 1..3 on the
+      non-square 9x8x7, blur with three sigmas, a whole 3D view with its label, pos/neg crop
+      centres), the 3D draw (every transform at its probability, z flip and z sigma included) and
+      the unchanged 2D draw (a hash of 1000 records written before 3D existed), a volume with
+      z extent 1 against the 2D view of the same image, replay, label values and errors.
    Run from the repository root (fixture paths are relative to it). */
 #include "ioupos.h"
 #include "test_util.h"
@@ -503,6 +509,486 @@ static void test_replay_and_labels(void) {
   }
 }
 
+/* ---- 4. volumes --------------------------------------------------------------------------- */
+
+/* volume fixture -> floats and its shape (3 axes); NULL (and a failure) if missing or not 3D */
+static float *load_v(const char *name, int shape[3]) {
+  tu_npy a;
+  float *x;
+  long i;
+  if (load(name, &a) != 0 || a.ndim != 3) {
+    CHECK(0, "fixture %s missing or not 3D: run tests/reference/augment_fixture.py", name);
+    if (a.data) tu_npy_free(&a);
+    return NULL;
+  }
+  x = (float *)malloc(sizeof(float) * (size_t)a.count);
+  for (i = 0; i < a.count; ++i) x[i] = (float)a.data[i];
+  for (i = 0; i < 3; ++i) shape[i] = (int)a.shape[i];
+  tu_npy_free(&a);
+  return x;
+}
+
+/* compare with a 3D fixture, its shape included */
+static void compare3(const char *name, const float *out, const int shape[3], double atol) {
+  tu_npy ref;
+  if (load(name, &ref) != 0) {
+    CHECK(0, "fixture %s missing", name);
+    return;
+  }
+  CHECK(ref.ndim == 3 && ref.shape[0] == shape[0] && ref.shape[1] == shape[1] &&
+        ref.shape[2] == shape[2], "%s: fixture shape is not %dx%dx%d", name, shape[0], shape[1],
+        shape[2]);
+  tu_npy_free(&ref);
+  compare(name, out, (long)shape[0] * shape[1] * shape[2], atol, 0);
+}
+
+static void test_fixtures3(void) {
+  static const double zooms[5] = {0.8, 0.93, 1.0, 1.17, 1.2};
+  static const double sig[4][3] = {{0.25, 0.7, 1.5}, {1.5, 0.25, 0.7}, {0.9, 1.2, 0.4}, {1.375, 0.5, 1.12}};
+  int sa[3], sb[3], sl[3], slb[3], k, i;
+  float *va = load_v("vol_a", sa), *vb = load_v("vol_b", sb), *la = load_v("vol_label_a", sl);
+  float *lb = load_v("vol_label_b", slb), *out, *tmp;
+  char name[80];
+  if (!va || !vb || !la || !lb) {
+    free(va), free(vb), free(la), free(lb);
+    return;
+  }
+  CHECK(sa[0] == 9 && sa[1] == 8 && sa[2] == 7 && sb[0] == 12 && sb[1] == 12 && sb[2] == 10 &&
+        sl[0] == 9 && sl[1] == 8 && sl[2] == 7 && slb[0] == 12 && slb[1] == 12 && slb[2] == 10,
+        "volume fixture shapes");
+  out = (float *)malloc(sizeof(float) * 12 * 12 * 10);
+  tmp = (float *)malloc(sizeof(float) * 12 * 12 * 10);
+  printf("MONAI fixtures, volumes:\n");
+  /* Zoom, trilinear: torch's per-axis float32 indices and weights and its nesting (z, then y,
+     then x); one blend level more than bilinear, still a few ulp of values in [0, 1]: the 2D
+     tolerance, atol 2e-6. */
+  for (k = 0; k < 5; ++k) {
+    snprintf(name, sizeof name, "vol_zoom_a_%g", zooms[k]);
+    CHECK(ioupos_aug_zoom3(va, sa, zooms[k], out) == 0, "%s", name);
+    compare3(name, out, sa, 2e-6);
+  }
+  for (k = 0; k < 2; ++k) {
+    double z = k ? 1.17 : 0.93;
+    snprintf(name, sizeof name, "vol_zoom_b_%g", z);
+    CHECK(ioupos_aug_zoom3(vb, sb, z, out) == 0, "%s", name);
+    compare3(name, out, sb, 2e-6);
+  }
+  /* Zoom, nearest, label volume: values copied: exact. */
+  for (k = 0; k < 5; ++k) {
+    snprintf(name, sizeof name, "vol_zoomnn_label_%g", zooms[k]);
+    CHECK(ioupos_aug_zoom3_nearest(la, sl, zooms[k], out) == 0, "%s", name);
+    compare3(name, out, sl, 0);
+  }
+  /* Blur: the 2D reasoning per pass (erf weights within 1 ulp, another summation order), now
+     three passes of up to 13 taps: the 2D tolerance atol 1e-6 holds. */
+  for (k = 0; k < 4; ++k) {
+    snprintf(name, sizeof name, "vol_blur_a_%g_%g_%g", sig[k][0], sig[k][1], sig[k][2]);
+    memcpy(out, va, sizeof(float) * 9 * 8 * 7);
+    CHECK(ioupos_aug_gaussian_blur3(out, sa, sig[k], tmp) == 0, "%s", name);
+    compare3(name, out, sa, 1e-6);
+  }
+  {
+    const double s3[3] = {0.9, 1.3, 0.6};
+    memcpy(out, vb, sizeof(float) * 12 * 12 * 10);
+    CHECK(ioupos_aug_gaussian_blur3(out, sb, s3, tmp) == 0, "blur 3D big");
+    compare3("vol_blur_b_0.9_1.3_0.6", out, sb, 1e-6);
+  }
+  /* Flips and rot90 move values: exact; odd k swaps x and y. */
+  for (k = 0; k < 3; ++k) {
+    snprintf(name, sizeof name, "vol_flip_a_%d", k);
+    memcpy(out, va, sizeof(float) * 9 * 8 * 7);
+    ioupos_aug_flip3(out, sa, k);
+    compare3(name, out, sa, 0);
+  }
+  for (k = 1; k <= 3; ++k) {
+    int rs[3];
+    rs[0] = (k & 1) ? sa[1] : sa[0], rs[1] = (k & 1) ? sa[0] : sa[1], rs[2] = sa[2];
+    snprintf(name, sizeof name, "vol_rot90_a_%d", k);
+    ioupos_aug_rot90_3(va, sa, k, out);
+    compare3(name, out, rs, 0);
+  }
+  /* A whole 3D pretraining view (zoom 1.13, flips 0, 1, 2, rot90 k 3, scale -0.07, shift 0.045,
+     blur (0.6, 1.1, 0.8)) and its label (nearest zoom, flips, rot90): atol 3e-6 as in 2D; the
+     label exactly. */
+  {
+    ioupos_view_params p;
+    float *lab = (float *)malloc(sizeof(float) * 12 * 12 * 10);
+    ioupos_view_params_identity(&p);
+    p.dims = 3;
+    p.zoom_on = 1, p.zoom = 1.13;
+    p.flip[0] = p.flip[1] = p.flip[2] = 1;
+    p.rot90_k = 3;
+    p.scale_on = 1, p.scale = -0.07;
+    p.shift_on = 1, p.shift = 0.045;
+    p.blur_on = 1, p.blur_sigma[0] = 0.6, p.blur_sigma[1] = 1.1, p.blur_sigma[2] = 0.8;
+    memcpy(out, vb, sizeof(float) * 12 * 12 * 10);
+    memcpy(lab, lb, sizeof(float) * 12 * 12 * 10);
+    CHECK(ioupos_view_apply3(&p, out, lab, sb, tmp) == 0, "view 3D: %s", ioupos_failure_reason());
+    compare3("vol_view_b", out, sb, 3e-6);
+    compare3("vol_view_label_b", lab, sb, 0);
+    free(lab);
+  }
+  /* RandCropByPosNegLabel on volumes: integer centres and starts, exact. */
+  {
+    static const char *cases[3] = {"vol_posneg_a", "vol_posneg_b", "vol_posneg_c"};
+    static const int crops[3][3] = {{8, 6, 5}, {5, 4, 3}, {16, 7, 10}};
+    for (k = 0; k < 3; ++k) {
+      tu_npy rows;
+      float *lab, *img = NULL;
+      int ps[3], is[3];
+      long bad = 0;
+      snprintf(name, sizeof name, "%s_label", cases[k]);
+      lab = load_v(name, ps);
+      if (k == 1) {
+        snprintf(name, sizeof name, "%s_image", cases[k]);
+        img = load_v(name, is);
+      }
+      snprintf(name, sizeof name, "%s_crops", cases[k]);
+      if (!lab || (k == 1 && !img) || load(name, &rows) != 0) {
+        CHECK(0, "fixture %s missing", name);
+        free(lab), free(img);
+        continue;
+      }
+      CHECK(rows.ndim == 2 && rows.shape[1] == 8, "%s: 8 columns", name);
+      for (i = 0; i < rows.shape[0] && rows.shape[1] == 8; ++i) {
+        const double *r = rows.data + i * 8;
+        ioupos_posneg_crop c;
+        int st = ioupos_posneg_locate3(lab, img, 0.0, ps, crops[k], (int)r[0], (uint64_t)r[1], &c);
+        int a, ok = st == 0 && c.box.dims == 3 && c.fg == (int)r[0];
+        for (a = 0; a < 3 && ok; ++a)
+          ok = c.center[a] == (int)r[2 + a] && c.box.lo[a] == (int)r[5 + a] &&
+               c.box.hi[a] == (int)r[5 + a] + crops[k][a];
+        if (!ok) {
+          ++bad;
+          printf("  %s row %d: fg %g index %g: got centre (%d, %d, %d) start (%d, %d, %d), MONAI "
+                 "(%g, %g, %g) (%g, %g, %g)\n", cases[k], i, r[0], r[1], c.center[0], c.center[1],
+                 c.center[2], c.box.lo[0], c.box.lo[1], c.box.lo[2], r[2], r[3], r[4], r[5], r[6],
+                 r[7]);
+        }
+      }
+      printf("  %-40s %ld crops, %ld differ\n", name, rows.shape[0], bad);
+      CHECK(bad == 0 && rows.shape[0] == 12, "%s: %ld of %ld crops differ from MONAI", name, bad,
+            rows.shape[0]);
+      tu_npy_free(&rows);
+      free(lab), free(img);
+    }
+  }
+  free(va), free(vb), free(la), free(lb), free(out), free(tmp);
+}
+
+/* FNV-1a over the words of n drawn records and the generator's next output */
+static uint64_t fnv_word(uint64_t h, uint64_t v) {
+  int b;
+  for (b = 0; b < 8; ++b) h = (h ^ ((v >> (8 * b)) & 0xff)) * 1099511628211ULL;
+  return h;
+}
+static uint64_t dbits(double d) {
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  return u;
+}
+static uint64_t draw_hash(int dims, int finetune, int n) {
+  ioupos_aug_config c;
+  ioupos_rng rng;
+  uint64_t h = 14695981039346656037ULL;
+  int i, k;
+  if (finetune) ioupos_aug_config_finetune(&c);
+  else ioupos_aug_config_pretrain(&c);
+  ioupos_rng_seed(&rng, 2024);
+  for (i = 0; i < n; ++i) {
+    ioupos_view_params p;
+    if (dims == 3) ioupos_view_params_draw_config3(&c, &rng, &p);
+    else ioupos_view_params_draw_config(&c, &rng, &p);
+    h = fnv_word(h, (uint64_t)p.dims), h = fnv_word(h, (uint64_t)p.intensity_first);
+    h = fnv_word(h, (uint64_t)p.zoom_on), h = fnv_word(h, dbits(p.zoom));
+    for (k = 0; k < 3; ++k) h = fnv_word(h, (uint64_t)p.flip[k]);
+    h = fnv_word(h, (uint64_t)p.rot90_k);
+    h = fnv_word(h, (uint64_t)p.scale_on), h = fnv_word(h, dbits(p.scale));
+    h = fnv_word(h, (uint64_t)p.shift_on), h = fnv_word(h, dbits(p.shift));
+    h = fnv_word(h, (uint64_t)p.blur_on);
+    for (k = 0; k < 3; ++k) h = fnv_word(h, dbits(p.blur_sigma[k]));
+    h = fnv_word(h, (uint64_t)p.noise_on), h = fnv_word(h, dbits(p.noise_mean));
+    h = fnv_word(h, dbits(p.noise_std)), h = fnv_word(h, p.noise_seed);
+  }
+  return fnv_word(h, ioupos_rng_u64(&rng));
+}
+
+static void test_draws3(long n) {
+  ioupos_aug_config c;
+  ioupos_rng rng, r2;
+  long fire[9] = {0}, i, bad = 0;
+  int used;
+  moments s2 = {0, 0, 0, 0, 0};
+  double probs[9];
+  static const char *names[9] = {"zoom", "flip0", "flip1", "flip2", "rot90", "scale", "shift",
+                                 "blur", "noise"};
+  /* The 2D stream is the one recorded before the 3D draw existed (commit e699e60): the same
+     records from the same seed, and the generator left at the same place. */
+  CHECK(draw_hash(2, 0, 1000) == 0x1fab2a36ff5b4dcfULL, "2D pretraining draws changed: %016llx",
+        (unsigned long long)draw_hash(2, 0, 1000));
+  CHECK(draw_hash(2, 1, 1000) == 0x9cd74a0133972cf8ULL, "2D fine-tuning draws changed: %016llx",
+        (unsigned long long)draw_hash(2, 1, 1000));
+  CHECK(draw_hash(3, 0, 1000) != draw_hash(2, 0, 1000), "3D draw identical to 2D");
+  ioupos_aug_config_pretrain(&c);
+  probs[0] = c.zoom_prob, probs[1] = c.flip_prob[0], probs[2] = c.flip_prob[1];
+  probs[3] = c.flip_prob[2], probs[4] = c.rot90_prob, probs[5] = c.scale_prob;
+  probs[6] = c.shift_prob, probs[7] = c.blur_prob, probs[8] = c.noise_prob;
+  CHECK(c.flip_prob[2] == 0.5 && c.blur_sigma_min[2] == 0.25 && c.blur_sigma_max[2] == 1.5,
+        "pretraining preset on z: flip p %g, sigma [%g, %g)", c.flip_prob[2], c.blur_sigma_min[2],
+        c.blur_sigma_max[2]);
+  ioupos_rng_seed(&rng, 31);
+  for (i = 0; i < n; ++i) {
+    ioupos_view_params p;
+    ioupos_view_params_draw_config3(&c, &rng, &p);
+    fire[0] += p.zoom_on, fire[1] += p.flip[0], fire[2] += p.flip[1], fire[3] += p.flip[2];
+    fire[4] += p.rot90_k != 0, fire[5] += p.scale_on, fire[6] += p.shift_on;
+    fire[7] += p.blur_on, fire[8] += p.noise_on;
+    if (p.blur_on) mom_add(&s2, p.blur_sigma[2]);
+    bad += p.dims != 3 || p.intensity_first != 0;
+  }
+  CHECK(bad == 0, "3D draws: %ld with dims != 3 or the wrong order", bad);
+  printf("3D pretraining draws (%ld): firing frequency vs probability\n", n);
+  for (i = 0; i < 9; ++i) {
+    double z = zscore_binom(fire[i], n, probs[i]);
+    printf("  %-6s %.4f (p %.2f, z %.2f)\n", names[i], (double)fire[i] / n, probs[i], z);
+    CHECK(z < 5, "3D %s fires %ld / %ld, probability %g (z %.2f)", names[i], fire[i], n, probs[i], z);
+  }
+  check_uniform("3D blur sigma 2", &s2, 0.25, 1.5);
+  /* 18 draws per record whatever fires: 16 uniforms (two 32-bit outputs each), rot90's k (one;
+     Lemire's rejection for n = 3 happens only on a zero low word, never for this seed) and the
+     noise seed (two): after m records the generator is 35 m outputs further on */
+  ioupos_rng_seed(&rng, 77), ioupos_rng_seed(&r2, 77);
+  for (i = 0; i < 50; ++i) {
+    ioupos_view_params p;
+    int j;
+    ioupos_view_params_draw_config3(&c, &rng, &p);
+    for (j = 0; j < 35; ++j) (void)ioupos_rng_u32(&r2);
+  }
+  used = ioupos_rng_u64(&rng) == ioupos_rng_u64(&r2);
+  CHECK(used, "3D draw does not consume 35 generator outputs per record");
+  /* fine-tuning preset on z */
+  ioupos_aug_config_finetune(&c);
+  CHECK(c.flip_prob[2] == 0.25 && c.zoom_prob == 0 && c.intensity_first == 1,
+        "fine-tuning preset: flip z p %g", c.flip_prob[2]);
+}
+
+/* A volume whose z extent is 1 is, in memory, the 2D image: its 3D view must be the 2D view
+   wherever the z axis cannot matter. Zoom below 1 is not such a case (floor(1 * zoom) = 0: the
+   zoomed volume is empty, all 0; MONAI raises), so those records zoom by 1 / zoom instead; the
+   z blur is not one either (a lone tap weighs erf(0.707 / s) < 1, the 2D image does not get it),
+   so the z sigma is set to 0.05, whose kernel is exactly (0, 1, 0) in float32; and the blur
+   alone is checked as 2D times that centre weight, bit for bit. */
+static void test_flat_volume(void) {
+  enum { S = 24, N = S * S };
+  static float base[N], ids[N], a[N], b[N], la[N], lb[N], tmp[N];
+  const int shape[3] = {S, S, 1};
+  ioupos_aug_config c;
+  ioupos_rng rng;
+  int v, bad = 0, bad_label = 0, n_zoom = 0, n_rot = 0, n_blur = 0;
+  long i;
+  for (i = 0; i < N; ++i) {
+    base[i] = (float)((i * 2654435761u) % 1000u) / 1000.0f;
+    ids[i] = (float)(((i / S) / 5 + (i % S) / 7) % 14);
+  }
+  ioupos_aug_config_pretrain(&c);
+  c.blur_prob = c.noise_prob = 0.5;
+  ioupos_rng_seed(&rng, 4242);
+  for (v = 0; v < 300; ++v) {
+    ioupos_view_params p3, p2;
+    c.intensity_first = v & 1;
+    ioupos_view_params_draw_config3(&c, &rng, &p3);
+    if (p3.zoom < 1.0) p3.zoom = 1.0 / p3.zoom;
+    p3.blur_sigma[2] = 0.05;
+    p2 = p3;
+    p2.dims = 2;
+    n_zoom += p3.zoom_on, n_rot += p3.rot90_k != 0, n_blur += p3.blur_on;
+    memcpy(a, base, sizeof a), memcpy(b, base, sizeof b);
+    memcpy(la, ids, sizeof la), memcpy(lb, ids, sizeof lb);
+    if (ioupos_view_apply3(&p3, a, la, shape, tmp) != 0 ||
+        ioupos_view_apply_labelled(&p2, b, lb, S, S, tmp) != 0) {
+      CHECK(0, "flat volume: apply failed: %s", ioupos_failure_reason());
+      return;
+    }
+    bad += memcmp(a, b, sizeof a) != 0;
+    bad_label += memcmp(la, lb, sizeof la) != 0;
+  }
+  printf("z extent 1 vs 2D: 300 views (%d zoomed, %d rotated, %d blurred), %d images and %d "
+         "labels differ\n", n_zoom, n_rot, n_blur, bad, bad_label);
+  CHECK(n_zoom > 100 && n_rot > 100 && n_blur > 100, "flat volume: too few transforms exercised");
+  CHECK(bad == 0 && bad_label == 0, "z extent 1: %d images, %d labels differ from the 2D view",
+        bad, bad_label);
+  {
+    const double s3[3] = {0.7, 1.3, 0.9};
+    float kern[2 * IOUPOS_AUG_MAX_TAIL + 1];
+    int t = ioupos_aug_gaussian_kernel(0.9, kern, 2 * IOUPOS_AUG_MAX_TAIL + 1);
+    memcpy(a, base, sizeof a), memcpy(b, base, sizeof b);
+    CHECK(ioupos_aug_gaussian_blur3(a, shape, s3, tmp) == 0 &&
+          ioupos_aug_gaussian_blur(b, S, S, 0.7, 1.3, tmp) == 0, "blur");
+    for (i = 0; i < N; ++i) b[i] *= kern[t];
+    CHECK(kern[t] < 1.0f && memcmp(a, b, sizeof a) == 0,
+          "z extent 1: 3D blur is not the 2D blur times the lone z tap %g", kern[t]);
+  }
+}
+
+/* Replay, label values and alignment on a 16x16x12 volume through the callbacks and apply3;
+   posneg crops on volumes: inside, right size, centre from the right set; errors. */
+static void test_volumes_misc(void) {
+  enum { X = 16, Y = 16, Z = 12, N = X * Y * Z };
+  static float base[N], ids[N], a[N], b[N], la[N], lb[N], tmp[N];
+  const int shape[3] = {X, Y, Z};
+  ioupos_rng r1, r2;
+  ioupos_aug_config cf;
+  int v, bad_replay = 0, bad_label = 0, bad_align = 0, st;
+  long i;
+  CHECK(IOUPOS_AUGMENT_SCRATCH3(X, Y, Z) == (size_t)N, "IOUPOS_AUGMENT_SCRATCH3 %zu",
+        IOUPOS_AUGMENT_SCRATCH3(X, Y, Z));
+  for (i = 0; i < N; ++i) {
+    base[i] = (float)((i * 2654435761u) % 1000u) / 1000.0f;
+    ids[i] = (float)(((i / (Y * Z)) / 4 + (i / Z % Y) / 5 + (i % Z) / 3) % 14);
+  }
+  ioupos_aug_config_finetune(&cf);
+  cf.zoom_prob = 0.5; /* the label's nearest zoom too */
+  ioupos_rng_seed(&r1, 99), ioupos_rng_seed(&r2, 99);
+  /* the callbacks against draw + apply by hand: pretraining with ctx NULL (the preset, label
+     ignored), fine-tuning with a configuration, fine-tuning with ctx NULL */
+  for (v = 0; v < 60; ++v) {
+    ioupos_view_params p;
+    ioupos_aug_config preset;
+    int labelled = v % 3 != 0;
+    memcpy(a, base, sizeof a), memcpy(b, base, sizeof b);
+    memcpy(la, ids, sizeof la), memcpy(lb, ids, sizeof lb);
+    if (v % 3 == 0) {
+      st = ioupos_augment_pretrain_volume(NULL, &r1, a, la, shape, tmp);
+      ioupos_aug_config_pretrain(&preset);
+      ioupos_view_params_draw_config3(&preset, &r2, &p);
+    } else if (v % 3 == 1) {
+      st = ioupos_augment_finetune_volume(&cf, &r1, a, la, shape, tmp);
+      ioupos_view_params_draw_config3(&cf, &r2, &p);
+    } else {
+      st = ioupos_augment_finetune_volume(NULL, &r1, a, la, shape, tmp);
+      ioupos_aug_config_finetune(&preset);
+      ioupos_view_params_draw_config3(&preset, &r2, &p);
+    }
+    if (st != 0 || ioupos_view_apply3(&p, b, labelled ? lb : NULL, shape, tmp) != 0) {
+      CHECK(0, "volume apply failed: %s", ioupos_failure_reason());
+      return;
+    }
+    bad_replay += memcmp(a, b, sizeof a) != 0 || memcmp(la, lb, sizeof la) != 0;
+    for (i = 0; i < N; ++i)
+      if (!(la[i] >= 0 && la[i] <= 13 && la[i] == floorf(la[i]))) ++bad_label;
+    if (labelled) { /* the same spatial part on an image equal to the label map */
+      ioupos_view_params s = p;
+      s.scale_on = s.shift_on = s.blur_on = s.noise_on = 0;
+      memcpy(a, ids, sizeof a);
+      if (!s.zoom_on) { /* trilinear mixes ids; nearest only matches without zoom */
+        ioupos_view_apply3(&s, a, NULL, shape, tmp);
+        bad_align += memcmp(a, la, sizeof a) != 0;
+      }
+    }
+  }
+  CHECK(bad_replay == 0, "%d of 60 volumes: callback and replay from parameters differ", bad_replay);
+  CHECK(bad_label == 0, "%d label voxels not among the input ids", bad_label);
+  CHECK(bad_align == 0, "%d volumes: label not aligned with the image", bad_align);
+
+  /* errors: named, nothing written */
+  {
+    ioupos_view_params p;
+    const int rect[3] = {6, 4, 3}, empty[3] = {6, 0, 3};
+    float img[72], keep[72], t2[72];
+    for (i = 0; i < 72; ++i) img[i] = keep[i] = (float)i;
+    ioupos_view_params_identity(&p);
+    p.dims = 3, p.rot90_k = 1, p.scale_on = 1, p.scale = 0.5;
+    st = ioupos_view_apply3(&p, img, NULL, rect, t2);
+    CHECK(st == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "6x4x3") &&
+          strstr(ioupos_failure_reason(), "4x6x3") && !memcmp(img, keep, sizeof img),
+          "odd rot90 on 6x4x3: status %d reason '%s'", st, ioupos_failure_reason());
+    p.rot90_k = 2;
+    st = ioupos_view_apply3(&p, img, NULL, rect, t2);
+    /* (x, y) -> (5 - x, 3 - y), z kept: voxel (0, 0, 0) gets (5, 3, 0) = 69 */
+    CHECK(st == 0 && img[0] == 69 * 1.5f && img[2] == 71 * 1.5f, "k 2 on 6x4x3: %d, %g", st, img[0]);
+    memcpy(img, keep, sizeof img);
+    ioupos_view_params_identity(&p);
+    st = ioupos_view_apply3(&p, img, NULL, rect, t2);
+    CHECK(st == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "dims 2"), "dims 2 record: %d %s",
+          st, ioupos_failure_reason());
+    p.dims = 3;
+    st = ioupos_view_apply3(&p, img, NULL, empty, t2);
+    CHECK(st == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "6x0x3"), "empty volume: %d %s", st,
+          ioupos_failure_reason());
+    p.blur_on = 1, p.blur_sigma[2] = 0;
+    st = ioupos_view_apply3(&p, img, NULL, rect, t2);
+    CHECK(st == IOUPOS_EINVAL && !memcmp(img, keep, sizeof img), "blur sigma z 0: %d", st);
+    ioupos_view_params_identity(&p);
+    p.dims = 3, p.zoom_on = 1, p.zoom = NAN;
+    st = ioupos_view_apply3(&p, img, NULL, rect, t2);
+    CHECK(st == IOUPOS_EINVAL && !memcmp(img, keep, sizeof img), "zoom NaN: %d", st);
+    p.zoom_on = 0;
+    st = ioupos_view_apply3(&p, img, NULL, rect, t2);
+    CHECK(st == 0 && !memcmp(img, keep, sizeof img), "3D identity changed the volume");
+    CHECK(ioupos_aug_zoom3(keep, rect, 0.1, t2) == 0 && t2[0] == 0 && t2[71] == 0, "zoom to 0 rows");
+    CHECK(ioupos_aug_zoom3(keep, rect, -1, t2) == IOUPOS_EINVAL, "zoom -1 accepted");
+  }
+
+  /* posneg on a volume: statistics and checks */
+  {
+    static float lab[N];
+    const int crop[3] = {8, 6, 5};
+    ioupos_posneg_crop c[2];
+    uint64_t nf, nb;
+    long fg = 0, outside = 0, wrong = 0, m = 20000;
+    int x, y, z;
+    memset(lab, 0, sizeof lab);
+    for (x = 1; x < 4; ++x) for (y = 2; y < 5; ++y) for (z = 0; z < 2; ++z) lab[(x * Y + y) * Z + z] = 1;
+    for (x = 10; x < 16; ++x) for (y = 12; y < 16; ++y) for (z = 8; z < 12; ++z) lab[(x * Y + y) * Z + z] = 2;
+    ioupos_posneg_count3(lab, NULL, 0, shape, &nf, &nb);
+    CHECK(nf == 18 + 96 && nb == (uint64_t)N - nf, "count3: fg %llu bg %llu",
+          (unsigned long long)nf, (unsigned long long)nb);
+    ioupos_rng_seed(&r1, 8);
+    for (i = 0; i < m / 2; ++i) {
+      int s, a;
+      st = ioupos_posneg_crops_draw3(&r1, lab, NULL, 0.0, shape, crop, 1.0, 1.0, 2, c);
+      if (st != 0) { CHECK(0, "draw3 failed: %s", ioupos_failure_reason()); return; }
+      for (s = 0; s < 2; ++s) {
+        const ioupos_posneg_crop *k = c + s;
+        long idx = -1, seen = 0, j;
+        fg += k->fg;
+        for (a = 0; a < 3; ++a)
+          outside += k->box.lo[a] < 0 || k->box.hi[a] > shape[a] || k->box.hi[a] - k->box.lo[a] != crop[a];
+        for (j = 0; j < N; ++j)
+          if ((lab[j] != 0) == k->fg && seen++ == (long)k->rank) { idx = j; break; }
+        if (idx < 0 || k->box.dims != 3) { ++wrong; continue; }
+        { /* centre = voxel clamped into [crop / 2, n - ceil(crop / 2)] per axis */
+          int vx[3];
+          vx[0] = (int)(idx / (Y * Z)), vx[1] = (int)(idx / Z % Y), vx[2] = (int)(idx % Z);
+          for (a = 0; a < 3; ++a) {
+            int lo = crop[a] / 2, hi = shape[a] - (crop[a] + 1) / 2;
+            wrong += k->center[a] != (vx[a] < lo ? lo : vx[a] > hi ? hi : vx[a]);
+          }
+        }
+      }
+    }
+    {
+      double zf = zscore_binom(fg, m, 0.5);
+      printf("3D pos/neg crops: %ld, foreground %.4f (z %.2f)\n", m, (double)fg / m, zf);
+      CHECK(zf < 5, "3D foreground fraction %g", (double)fg / m);
+    }
+    CHECK(outside == 0 && wrong == 0, "3D pos/neg: %ld outside or wrong size, %ld wrong centres",
+          outside, wrong);
+    {
+      int big[3] = {8, 6, Z + 1};
+      st = ioupos_posneg_crops_draw3(&r1, lab, NULL, 0, shape, big, 1, 1, 1, c);
+      CHECK(st == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "8x6x13") &&
+            strstr(ioupos_failure_reason(), "16x16x12"), "3D crop too big: %d %s", st,
+            ioupos_failure_reason());
+      st = ioupos_posneg_locate3(lab, NULL, 0, shape, crop, 1, nf, c);
+      CHECK(st == IOUPOS_EINVAL, "3D rank out of range: %d", st);
+      memset(a, 0, sizeof a);
+      st = ioupos_posneg_crops_draw3(&r1, a, a, 0, shape, crop, 1, 1, 1, c);
+      CHECK(st == IOUPOS_EINFEASIBLE, "3D empty fg and bg: %d", st);
+    }
+  }
+}
+
 int main(void) {
   long n = tu_env_long("IOUPOS_TEST_DRAWS", 1000000);
   if (n > 200000) n = 200000;
@@ -512,5 +998,9 @@ int main(void) {
   test_noise();
   test_posneg_stats();
   test_replay_and_labels();
+  test_fixtures3();
+  test_draws3(n);
+  test_flat_volume();
+  test_volumes_misc();
   return tu_finish("test_augment");
 }
