@@ -821,17 +821,49 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      ioupos_image_load (v / 255). Every other PNG goes through ioupos_image_load.
 
      Threads and platforms: the loader uses POSIX threads and the scan POSIX opendir / stat.
+
+   VOLUMES (3D)
+     ioupos_dataset_scan_volumes lists the *.nii and *.nii.gz files of a folder (what
+     `ioupos-prep --spatial_dims 3` writes: <case>.nii.gz, labels/<case>.nii.gz), with the 2D
+     scan's rules: strcmp order, dot-files and folders skipped, extension case-insensitive,
+     labels paired by the SAME file name, the same errors naming the folder or both sides.
+     The set says spatial_dims = 3, and only a loader with spatial_dims = 3 reads it (and a 3D
+     loader only such a set): a mismatch is refused at open.
+
+     A 3D loader (spatial_dims = 3) does everything the 2D one does, per axis over three axes:
+     crop[3] and local_crop[3] are sizes along (X, Y, Z), the NIfTI voxel axes i, j, k; the
+     crops are arrays in MONAI's order for (C, X, Y, Z) without C: voxel (x, y, z) of a crop at
+     x * cy * cz + y * cz + z (z fastest), what LoadImage + EnsureChannelFirst give; boxes are
+     3D, lo[0] / hi[0] on X. Values are the volume's as stored (ioupos-prep: float32 in [0, 1]),
+     labels the label volume's values (ids) as floats. views[v] (or image / label) hold
+     n * cx * cy * cz floats, sample i at i * cx * cy * cz; local views likewise with the local
+     size. IoU pairs come from ioupos_iou_sampler_init(s, 3, padded shape, crop, ...), local
+     crops from ioupos_local_crop_draw(3, ...), fine-tuning centres as RandCropByPosNegLabeld in
+     3D (fg = label > 0 over the padded volume in the array's raster order, z fastest), with
+     the same generators (split(S, 0), 1 + j, 100, 3 + k) and the same padding rules (pad_small,
+     floor(d / 2) before) per axis. Each view goes through augment3 (NULL = none) where a 2D
+     view goes through augment; augment is not used in 3D.
+     Decoding a .nii.gz is the slow part, so each worker keeps decoded volumes (image, and label
+     for fine-tuning, already in the crop's array order) in a least-recently-used cache of
+     cache_bytes / max(1, num_workers) bytes (config default 1 GiB for the whole loader; 0: no
+     cache). A volume larger than its worker's budget is decoded each time it is used. The cache
+     changes the speed only: the batches are the same for any budget and worker count.
 */
 
 typedef struct ioupos_dataset {
   int n;
   char **images; /* n paths "<image_dir>/<name>", sorted by name (strcmp) */
   char **labels; /* NULL, or n paths "<label_dir>/<name>": the label of images[i] */
+  int spatial_dims; /* 2: PNG slices (ioupos_dataset_scan), 3: NIfTI volumes
+                       (ioupos_dataset_scan_volumes); 0 is read as 2 */
 } ioupos_dataset;
 
 /* Scan image_dir (and label_dir, if not NULL) as described above. On failure *ds is empty. */
 IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
                                    ioupos_dataset *ds);
+/* The same for *.nii / *.nii.gz volumes (see "VOLUMES (3D)"); ds->spatial_dims = 3. */
+IOUPOS_DEF int ioupos_dataset_scan_volumes(const char *image_dir, const char *label_dir,
+                                           ioupos_dataset *ds);
 IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds);
 
 enum { IOUPOS_LOADER_SSL = 0, IOUPOS_LOADER_FINETUNE = 1 };
@@ -844,11 +876,18 @@ typedef int (*ioupos_augment_fn)(void *ctx, ioupos_rng *rng, float *img, float *
                                  int w, float *scratch);
 #define IOUPOS_AUGMENT_SCRATCH(h, w) ((size_t)4 * (size_t)(h) * (size_t)(w))
 
+/* The 3D augmentation hook: the same contract on one crop of shape[0] x shape[1] x shape[2]
+   (X, Y, Z; z fastest in memory, see "VOLUMES (3D)"); scratch holds
+   IOUPOS_AUGMENT_SCRATCH3(shape[0], shape[1], shape[2]) floats. */
+typedef int (*ioupos_augment3_fn)(void *ctx, ioupos_rng *rng, float *img, float *label,
+                                  const int shape[3], float *scratch);
+
 typedef struct ioupos_loader_config {
   const ioupos_dataset *dataset; /* borrowed: must outlive the loader */
   int kind;                      /* IOUPOS_LOADER_SSL or IOUPOS_LOADER_FINETUNE */
   int batch_size;                /* images per batch (research: 128 SSL, 32 fine-tuning) */
-  int crop[2];                   /* crop h, w (research: 96, 96) */
+  int spatial_dims;              /* 2 (PNG slices; 0 is read as 2) or 3 (NIfTI volumes) */
+  int crop[3];                   /* crop h, w (research: 96, 96); 3D: X, Y, Z (default 96^3) */
   double min_iou, max_iou;       /* SSL: the interval (research best: [0.3, 0.6]) */
   int pair_mode;                 /* SSL: IOUPOS_PAIR_ANCHORED or IOUPOS_PAIR_JOINT */
   uint64_t seed;
@@ -864,13 +903,19 @@ typedef struct ioupos_loader_config {
   void *augment_ctx;
   /* SSL multi-crop (DINO), see "Multi-crop" above */
   int n_local;                   /* local crops per sample, 0..256; 0 = none (default) */
-  int local_crop[2];             /* local crop h, w (default 48 x 48) */
+  int local_crop[3];             /* local crop h, w (default 48 x 48); 3D: X, Y, Z (48^3) */
   double local_min_iou, local_max_iou; /* IoU interval with view 0's box (default [0, 1]) */
+  /* 3D only (see "VOLUMES (3D)") */
+  ioupos_augment3_fn augment3;   /* per 3D view, as augment per 2D view; NULL = none */
+  void *augment3_ctx;
+  size_t cache_bytes;            /* decoded volumes kept, for the whole loader (default 1 GiB;
+                                    0: decode every time) */
 } ioupos_loader_config;
 
 /* The research setup for kind: batch 128 (SSL) or 32 (fine-tuning), crop 96 x 96,
    [0.3, 0.6] anchored, seed 0, no workers, drop_last 1, pad_small 1, num_samples 2,
-   pos = neg = 1, no augmentation; no local crops (n_local 0; local crop 48 x 48, [0, 1]). */
+   pos = neg = 1, no augmentation; no local crops (n_local 0; local crop 48 x 48, [0, 1]);
+   spatial_dims 2 (3D sizes 96^3 and 48^3 for a loader set to 3), cache_bytes 1 GiB. */
 IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
                                              const ioupos_dataset *ds, int kind);
 
@@ -891,6 +936,9 @@ typedef struct ioupos_batch {
   float *local;          /* n_local * n * lh * lw: local view k of sample i at
                             local + (k * n + i) * lh * lw; NULL when n_local is 0 */
   ioupos_box *local_box; /* n_local * n: local_box[k * n + i], source coordinates; or NULL */
+  int spatial_dims;      /* 2 or 3 */
+  int crop[3], local_crop[3]; /* sizes per axis (2D: h, w, 1 and lh, lw, 1); a 3D view holds
+                                 crop[0] * crop[1] * crop[2] floats, z fastest */
 } ioupos_batch;
 
 struct ioupos__loader_state;
@@ -922,6 +970,13 @@ IOUPOS_DEF int ioupos_augment_pretrain_view(void *ctx, ioupos_rng *rng, float *i
                                             int h, int w, float *scratch);
 IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *img, float *label,
                                             int h, int w, float *scratch);
+
+/* TEMP(3D augment): replaced by section 7's at the merge (declarations) */
+IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch);
+IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch);
+/* end TEMP(3D augment) declarations */
 
 /* Fine-tuning crop centre, MONAI RandCropByPosNegLabeld semantics (correct_crop_centers):
    the start of a crop of size s centred on voxel c of an axis of length len >= s is
@@ -8334,6 +8389,21 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
 
 /* ---- 9. Data sets and the threaded loader ----------------------------------------------------- */
 
+/* TEMP(3D augment): replaced by section 7's at the merge */
+#ifndef IOUPOS_AUGMENT_SCRATCH3
+#define IOUPOS_AUGMENT_SCRATCH3(x,y,z) ((size_t)4*(size_t)(x)*(size_t)(y)*(size_t)(z))
+#endif
+IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch) {
+  (void)ctx, (void)rng, (void)img, (void)label, (void)shape, (void)scratch;
+  return 0;
+}
+IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch) {
+  (void)ctx, (void)rng, (void)img, (void)label, (void)shape, (void)scratch;
+  return 0;
+}
+/* end TEMP(3D augment) */
 
 /* -- 7a. Data sets -- */
 
@@ -8346,6 +8416,20 @@ static int ioupos__data_is_png_name(const char *name) {
   e = name + n - 4;
   return e[0] == '.' && (e[1] == 'p' || e[1] == 'P') && (e[2] == 'n' || e[2] == 'N') &&
          (e[3] == 'g' || e[3] == 'G');
+}
+
+/* A *.nii or *.nii.gz name, the extension ASCII case-insensitive; dot-files skipped. */
+static int ioupos__data_is_nii_name(const char *name) {
+  size_t n = strlen(name), k;
+  static const char gz[] = ".nii.gz";
+  if (name[0] == '.') return 0;
+  for (k = 0; k < 2; ++k) { /* ".nii" (k 0), ".nii.gz" (k 1) */
+    size_t m = k ? 7 : 4, j;
+    int ok = n > m;
+    for (j = 0; ok && j < m; ++j) ok = tolower((unsigned char)name[n - m + j]) == gz[j];
+    if (ok) return 1;
+  }
+  return 0;
 }
 
 static int ioupos__data_cmp_str(const void *a, const void *b) {
@@ -8372,12 +8456,14 @@ static void ioupos__data_free_names(char **v, int n) {
   IOUPOS_FREE(v);
 }
 
-/* The sorted names (not paths) of the regular *.png files in dir. what = "image" / "label".
+/* The sorted names (not paths) of the regular *.png files (dims 3: *.nii, *.nii.gz) in dir.
+   what = "image" / "label".
    On success *out (free with ioupos__data_free_names) holds *count >= 1 names; on failure
    both are empty and nothing is left allocated. readdir's order depends on the file system:
    the strcmp sort (bytes, not the locale) is what makes the list, and so every seed's
    shuffles, the same on every machine. */
-static int ioupos__data_list(const char *dir, const char *what, char ***out, int *count) {
+static int ioupos__data_list(const char *dir, const char *what, int dims, char ***out,
+                             int *count) {
   DIR *d;
   struct dirent *e;
   char **v = NULL;
@@ -8391,7 +8477,8 @@ static int ioupos__data_list(const char *dir, const char *what, char ***out, int
     struct stat sb;
     char *path;
     int reg;
-    if (!ioupos__data_is_png_name(e->d_name)) continue;
+    if (!(dims == 3 ? ioupos__data_is_nii_name(e->d_name) : ioupos__data_is_png_name(e->d_name)))
+      continue;
     path = ioupos__data_join(dir, e->d_name);
     if (!path) goto oom;
     reg = stat(path, &sb) == 0 && S_ISREG(sb.st_mode); /* follows symlinks; skips folders */
@@ -8417,6 +8504,9 @@ static int ioupos__data_list(const char *dir, const char *what, char ***out, int
   closedir(d);
   if (n == 0) {
     IOUPOS_FREE(v);
+    if (dims == 3)
+      return ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no *.nii or *.nii.gz volumes", what,
+                          dir);
     return ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no *.png files", what, dir);
   }
   qsort(v, (size_t)n, sizeof(char *), ioupos__data_cmp_str);
@@ -8441,20 +8531,20 @@ IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds) {
 /* Pairing is by file name, never by position in the two lists: one extra or missing file in a
    folder would otherwise shift every later label onto the wrong image without an error.
    The paths are built only once the pairing succeeded. */
-IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
-                                   ioupos_dataset *ds) {
+static int ioupos__dataset_scan(int dims, const char *image_dir, const char *label_dir,
+                                ioupos_dataset *ds) {
   char **im = NULL, **lb = NULL;
   int ni = 0, nl = 0, i, st;
   if (!ds) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_scan: ds is NULL");
   memset(ds, 0, sizeof *ds);
   if (!image_dir) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_scan: image_dir is NULL");
-  st = ioupos__data_list(image_dir, "image", &im, &ni);
+  st = ioupos__data_list(image_dir, "image", dims, &im, &ni);
   if (st) return st;
   if (label_dir) {
     int a = 0, b = 0, bad = 0, listed = 0;
     char more[512];
     size_t used = 0, cap = 0;
-    st = ioupos__data_list(label_dir, "label", &lb, &nl);
+    st = ioupos__data_list(label_dir, "label", dims, &lb, &nl);
     if (st) goto fail;
     /* both sorted by strcmp: a merge walk pairs equal names and names EVERY unmatched one (the
        first in full, the others by name as far as they fit the reason). A name is appended
@@ -8497,6 +8587,7 @@ IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
   if (lb) ds->labels = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
   if (!ds->images || (lb && !ds->labels)) goto oom;
   ds->n = ni;
+  ds->spatial_dims = dims;
   for (i = 0; i < ni; ++i) {
     ds->images[i] = ioupos__data_join(image_dir, im[i]);
     if (!ds->images[i]) goto oom;
@@ -8521,6 +8612,16 @@ fail:
   return st;
 }
 
+IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
+                                   ioupos_dataset *ds) {
+  return ioupos__dataset_scan(2, image_dir, label_dir, ds);
+}
+
+IOUPOS_DEF int ioupos_dataset_scan_volumes(const char *image_dir, const char *label_dir,
+                                           ioupos_dataset *ds) {
+  return ioupos__dataset_scan(3, image_dir, label_dir, ds);
+}
+
 /* -- 7b. The loader -- */
 
 IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
@@ -8530,7 +8631,8 @@ IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
   cfg->dataset = ds;
   cfg->kind = kind;
   cfg->batch_size = kind == IOUPOS_LOADER_FINETUNE ? 32 : 128;
-  cfg->crop[0] = cfg->crop[1] = 96;
+  cfg->spatial_dims = 2;
+  cfg->crop[0] = cfg->crop[1] = cfg->crop[2] = 96;
   cfg->min_iou = 0.3;
   cfg->max_iou = 0.6;
   cfg->pair_mode = IOUPOS_PAIR_ANCHORED;
@@ -8538,9 +8640,10 @@ IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
   cfg->pad_small = 1;
   cfg->num_samples = 2;
   cfg->pos = cfg->neg = 1;
-  cfg->local_crop[0] = cfg->local_crop[1] = 48;
+  cfg->local_crop[0] = cfg->local_crop[1] = cfg->local_crop[2] = 48;
   cfg->local_min_iou = 0.0;
   cfg->local_max_iou = 1.0;
+  cfg->cache_bytes = (size_t)1 << 30;
 }
 
 IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len) {
@@ -8577,9 +8680,20 @@ IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *i
 #define IOUPOS__LOADER_CACHE 8 /* samplers per worker, keyed by (padded) image shape */
 
 typedef struct ioupos__sampler_entry {
-  int h, w, used; /* used: 0 empty, else last-use stamp */
+  int shape[3], used; /* shape: 2D h, w, 0; used: 0 empty, else last-use stamp */
   ioupos_iou_sampler s;
 } ioupos__sampler_entry;
+
+/* A decoded volume (3D) in the crops' array order: voxel (x, y, z) at (x * Y + y) * Z + z,
+   z fastest, as MONAI's (X, Y, Z) array; lab is the label volume (fine-tuning) or NULL. As a
+   worker's cache entry: d is its data set index (-1 empty), bytes what it holds, used its
+   last-use stamp. */
+typedef struct ioupos__vox {
+  int d, shape[3];
+  float *img, *lab;
+  size_t bytes;
+  uint64_t used;
+} ioupos__vox;
 
 /* A decoded image: either bytes (fast path, value v / 255) or floats. */
 typedef struct ioupos__pix {
@@ -8605,6 +8719,12 @@ typedef struct ioupos__worker {
   float *scratch; /* IOUPOS_AUGMENT_SCRATCH of the crop and of the local crop, floats */
   int *idx;       /* fine-tuning: fg then bg pixel indices, capacity idx_cap */
   size_t idx_cap;
+  /* 3D: decoded volumes, least recently used first out; vbytes of vbudget in use. A cached
+     volume is a function of its file alone, so the cache changes no batch. */
+  ioupos__vox *vcache;
+  int nv, vcap;
+  size_t vbytes, vbudget;
+  uint64_t vstamp;
 } ioupos__worker;
 
 /* The ring of prefetched batches. Batch g of the stream always lives in slot g % nslots. A
@@ -8638,6 +8758,7 @@ typedef struct ioupos__slot {
    for busy to reach 0. Both are broadcast, as their waiters wait for different conditions. */
 struct ioupos__loader_state {
   const ioupos_loader_config *cfg; /* points at the loader's copy */
+  int dims;                        /* 2 or 3 (cfg->spatial_dims, 0 read as 2) */
   int bpe;                         /* batches per epoch */
   ioupos_rng root;
   float lut[256]; /* v / 255 as ioupos_image_load computes it */
@@ -8733,18 +8854,23 @@ static double ioupos__pix_value(const struct ioupos__loader_state *st, const iou
   return p->u8 ? (double)st->lut[p->u8[i]] : (double)p->f.data[i];
 }
 
-/* The sampler of a (padded) h x w image; ih x iw is the file's own size, for messages.
-   An LRU cache of IOUPOS__LOADER_CACHE entries: an empty entry if any, else the least
-   recently used one is rebuilt. On failure NULL, *status set and the entry left empty, so a
-   shape that admits no pair fails again for each of its images, each naming its own file. */
-static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int h, int w,
-                                                        int ih, int iw, const char *path,
+/* The sampler of a (padded) image of shape[dims] (dims 2 or 3, the loader's); ishape is the
+   file's own size, for messages. An LRU cache of IOUPOS__LOADER_CACHE entries: an empty entry
+   if any, else the least recently used one is rebuilt. On failure NULL, *status set and the
+   entry left empty, so a shape that admits no pair fails again for each of its images, each
+   naming its own file. */
+static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, const int shape[],
+                                                        const int ishape[], const char *path,
                                                         int *status) {
   const ioupos_loader_config *cfg = wk->st->cfg;
-  int i, victim = 0, shape[2], st;
+  int dims = wk->st->dims, i, k, victim = 0, key[3] = {0, 0, 0}, st, padded = 0;
+  for (k = 0; k < dims; ++k) {
+    key[k] = shape[k];
+    padded |= ishape[k] != shape[k];
+  }
   for (i = 0; i < IOUPOS__LOADER_CACHE; ++i) {
     ioupos__sampler_entry *e = &wk->cache[i];
-    if (e->used && e->h == h && e->w == w) {
+    if (e->used && e->shape[0] == key[0] && e->shape[1] == key[1] && e->shape[2] == key[2]) {
       e->used = ++wk->stamp;
       return &e->s;
     }
@@ -8752,22 +8878,22 @@ static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int 
   }
   if (wk->cache[victim].used) ioupos_iou_sampler_free(&wk->cache[victim].s);
   wk->cache[victim].used = 0;
-  shape[0] = h;
-  shape[1] = w;
-  st = ioupos_iou_sampler_init(&wk->cache[victim].s, 2, shape, cfg->crop, cfg->min_iou,
+  st = ioupos_iou_sampler_init(&wk->cache[victim].s, dims, key, cfg->crop, cfg->min_iou,
                                cfg->max_iou, cfg->pair_mode);
   if (st) {
-    char why[512];
+    char why[512], is[64], ps[64], cs[64];
     snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-    if (ih != h || iw != w) /* name the file's size, not only the padded one */
-      *status = ioupos__fail(st, "%s: image %dx%d, zero-padded to %dx%d for the %dx%d crop: %s",
-                             path, ih, iw, h, w, cfg->crop[0], cfg->crop[1], why);
+    ioupos_format_shape(is, sizeof is, dims, ishape);
+    ioupos_format_shape(ps, sizeof ps, dims, key);
+    ioupos_format_shape(cs, sizeof cs, dims, cfg->crop);
+    if (padded) /* name the file's size, not only the padded one */
+      *status = ioupos__fail(st, "%s: %s %s, zero-padded to %s for the %s crop: %s", path,
+                             dims == 3 ? "volume" : "image", is, ps, cs, why);
     else
       *status = ioupos__fail(st, "%s: %s", path, why);
     return NULL;
   }
-  wk->cache[victim].h = h;
-  wk->cache[victim].w = w;
+  memcpy(wk->cache[victim].shape, key, sizeof key);
   wk->cache[victim].used = ++wk->stamp;
   return &wk->cache[victim].s;
 }
@@ -8869,8 +8995,11 @@ static int ioupos__make_ssl(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_bat
   if (status) return status;
   status = ioupos__pad_offsets(cfg, path, p.h, p.w, &py, &px);
   if (status) goto done;
-  s = ioupos__worker_sampler(wk, p.h > cfg->crop[0] ? p.h : cfg->crop[0],
-                             p.w > cfg->crop[1] ? p.w : cfg->crop[1], p.h, p.w, path, &status);
+  {
+    const int ps[2] = {ioupos__imax(p.h, cfg->crop[0]), ioupos__imax(p.w, cfg->crop[1])};
+    const int is[2] = {p.h, p.w};
+    s = ioupos__worker_sampler(wk, ps, is, path, &status);
+  }
   if (!s) goto done;
   r = ioupos_rng_split(S, 0);
   status = ioupos_iou_sampler_draw(s, &r, &box[0], &box[1]);
@@ -8994,6 +9123,349 @@ done:
   return status;
 }
 
+/* -- 9b'. The loader in 3D: volumes, their cache, crops -- */
+
+static void ioupos__vox_free(ioupos__vox *v) {
+  IOUPOS_FREE(v->img);
+  IOUPOS_FREE(v->lab);
+  memset(v, 0, sizeof *v);
+  v->d = -1;
+}
+
+/* NIfTI's x-fastest data as the (X, Y, Z) array, z fastest: out[(x * Y + y) * Z + z] =
+   in[(z * Y + y) * X + x]. A fresh IOUPOS_MALLOC array, or NULL. */
+static float *ioupos__vox_transpose(const ioupos_volume *v) {
+  size_t X = (size_t)v->dim[0], Y = (size_t)v->dim[1], Z = (size_t)v->dim[2], x, y, z;
+  float *o = (float *)ioupos__calloc(X * Y * Z, sizeof(float)); /* X Y Z < 2^31: the reader's */
+  if (!o) return NULL;
+  for (z = 0; z < Z; ++z)
+    for (y = 0; y < Y; ++y) {
+      const float *r = v->data + (z * Y + y) * X;
+      float *w = o + y * Z + z;
+      for (x = 0; x < X; ++x) w[x * Y * Z] = r[x];
+    }
+  return o;
+}
+
+/* Decode data set volume d (and its label when the loader is fine-tuning) into *v: the label
+   must have the image's grid. On failure v is empty and the reason names the file. */
+static int ioupos__vox_decode(const struct ioupos__loader_state *st, int d, ioupos__vox *v) {
+  const ioupos_loader_config *cfg = st->cfg;
+  const char *ipath = cfg->dataset->images[d];
+  ioupos_volume im, lb;
+  int status, k;
+  memset(v, 0, sizeof *v);
+  v->d = -1;
+  memset(&lb, 0, sizeof lb);
+  status = ioupos_nifti_read(ipath, &im);
+  if (status) return status;
+  for (k = 0; k < 3; ++k) v->shape[k] = im.dim[k];
+  v->img = ioupos__vox_transpose(&im);
+  ioupos_volume_free(&im);
+  if (!v->img) goto oom;
+  v->bytes = (size_t)v->shape[0] * (size_t)v->shape[1] * (size_t)v->shape[2] * sizeof(float);
+  if (cfg->kind == IOUPOS_LOADER_FINETUNE) {
+    const char *lpath = cfg->dataset->labels[d];
+    status = ioupos_nifti_read(lpath, &lb);
+    if (status) goto fail;
+    if (lb.dim[0] != v->shape[0] || lb.dim[1] != v->shape[1] || lb.dim[2] != v->shape[2]) {
+      char ls[64], is[64];
+      ioupos_format_shape(ls, sizeof ls, 3, lb.dim);
+      ioupos_format_shape(is, sizeof is, 3, v->shape);
+      status = ioupos__fail(IOUPOS_EINVAL, "label %s is %s but its image %s is %s", lpath, ls,
+                            ipath, is);
+      ioupos_volume_free(&lb);
+      goto fail;
+    }
+    v->lab = ioupos__vox_transpose(&lb);
+    ioupos_volume_free(&lb);
+    if (!v->lab) goto oom;
+    v->bytes *= 2;
+  }
+  v->d = d;
+  return IOUPOS_OK;
+oom:
+  status = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for a %dx%dx%d volume", ipath,
+                        v->shape[0], v->shape[1], v->shape[2]);
+fail:
+  ioupos__vox_free(v);
+  return status;
+}
+
+/* Volume d through the worker's cache. *out points into the cache, or at tmp when the volume
+   is larger than the whole budget (decoded for this use only: the caller frees tmp). Entries
+   leave least recently used first until the new one fits; nothing else is ever evicted while
+   *out is in use (one sample at a time per worker). */
+static int ioupos__vox_get(ioupos__worker *wk, int d, ioupos__vox *tmp, const ioupos__vox **out) {
+  ioupos__vox v;
+  int i, status;
+  *out = NULL;
+  memset(tmp, 0, sizeof *tmp);
+  tmp->d = -1;
+  for (i = 0; i < wk->nv; ++i)
+    if (wk->vcache[i].d == d) {
+      wk->vcache[i].used = ++wk->vstamp;
+      *out = &wk->vcache[i];
+      return IOUPOS_OK;
+    }
+  status = ioupos__vox_decode(wk->st, d, &v);
+  if (status) return status;
+  if (v.bytes > wk->vbudget) {
+    *tmp = v;
+    *out = tmp;
+    return IOUPOS_OK;
+  }
+  while (wk->vbytes + v.bytes > wk->vbudget) { /* evict the least recently used */
+    int lru = 0;
+    for (i = 1; i < wk->nv; ++i)
+      if (wk->vcache[i].used < wk->vcache[lru].used) lru = i;
+    wk->vbytes -= wk->vcache[lru].bytes;
+    ioupos__vox_free(&wk->vcache[lru]);
+    wk->vcache[lru] = wk->vcache[--wk->nv];
+  }
+  if (wk->nv == wk->vcap) {
+    int ncap = wk->vcap ? 2 * wk->vcap : 16;
+    ioupos__vox *nc = (ioupos__vox *)ioupos__calloc((size_t)ncap, sizeof *nc);
+    if (!nc) { /* not cached: still correct */
+      *tmp = v;
+      *out = tmp;
+      return IOUPOS_OK;
+    }
+    if (wk->nv) memcpy(nc, wk->vcache, (size_t)wk->nv * sizeof *nc);
+    IOUPOS_FREE(wk->vcache);
+    wk->vcache = nc;
+    wk->vcap = ncap;
+  }
+  v.used = ++wk->vstamp;
+  wk->vcache[wk->nv] = v;
+  wk->vbytes += v.bytes;
+  *out = &wk->vcache[wk->nv++];
+  return IOUPOS_OK;
+}
+
+/* Copy the c[0] x c[1] x c[2] window at lo[] of the (X, Y, Z) array a of shape[] (source
+   coordinates; outside is 0, MONAI's SpatialPad value) into out, z fastest. */
+static void ioupos__vox_crop(const float *a, const int shape[3], const int lo[3], const int c[3],
+                             float *out) {
+  int x, y;
+  int za = lo[2] < 0 ? -lo[2] : 0, zb = lo[2] + c[2] > shape[2] ? shape[2] - lo[2] : c[2];
+  for (x = 0; x < c[0]; ++x)
+    for (y = 0; y < c[1]; ++y) {
+      float *o = out + ((size_t)x * (size_t)c[1] + (size_t)y) * (size_t)c[2];
+      int sx = lo[0] + x, sy = lo[1] + y, z;
+      if (sx < 0 || sx >= shape[0] || sy < 0 || sy >= shape[1] || zb <= za) {
+        memset(o, 0, (size_t)c[2] * sizeof(float));
+        continue;
+      }
+      for (z = 0; z < za; ++z) o[z] = 0.0f;
+      memcpy(o + za,
+             a + ((size_t)sx * (size_t)shape[1] + (size_t)sy) * (size_t)shape[2] + lo[2] + za,
+             (size_t)(zb - za) * sizeof(float));
+      for (z = zb; z < c[2]; ++z) o[z] = 0.0f;
+    }
+}
+
+/* The 3D augmentation of one view, errors as ioupos__augment_hw's. */
+static int ioupos__augment3(const ioupos_loader_config *cfg, ioupos__worker *wk, ioupos_rng *rng,
+                            float *img, float *label, const int shape[3], const char *path) {
+  int st;
+  if (!cfg->augment3) return IOUPOS_OK;
+  st = cfg->augment3(cfg->augment3_ctx, rng, img, label, shape, wk->scratch);
+  if (st) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+    return ioupos__fail(st < 0 ? st : IOUPOS_EINVAL, "%s: augmentation failed: %s", path, why);
+  }
+  return IOUPOS_OK;
+}
+
+/* The padding of a volume of shape[] to at least c[] per axis: offsets before (floor(d / 2),
+   as MONAI's SpatialPad) and the padded shape; or, with pad_small = 0, an error naming the
+   file, both shapes and what the crop is (what: "crop" or "local crop"). */
+static int ioupos__pad3(const ioupos_loader_config *cfg, const char *path, const int shape[3],
+                        const int c[3], const char *what, int off[3], int padded[3]) {
+  int k;
+  for (k = 0; k < 3; ++k) {
+    if (shape[k] < c[k] && !cfg->pad_small) {
+      char vs[64], cs[64];
+      ioupos_format_shape(vs, sizeof vs, 3, shape);
+      ioupos_format_shape(cs, sizeof cs, 3, c);
+      return ioupos__fail(IOUPOS_EINVAL, "%s: volume %s is smaller than the %s %s (the loader "
+                          "was opened with pad_small = 0)", path, vs, what, cs);
+    }
+    padded[k] = ioupos__imax(shape[k], c[k]);
+    off[k] = (padded[k] - shape[k]) / 2;
+  }
+  return IOUPOS_OK;
+}
+
+/* 3D local crops of sample i, as ioupos__make_local: placed in the volume padded to at least
+   max(crop, local_crop) per axis, boxes from split(S, 100), local k's augmentation from
+   split(S, 3 + k). */
+static int ioupos__make_local3(ioupos__worker *wk, const ioupos__vox *v, const ioupos_rng *S,
+                               const ioupos_box *A, ioupos_batch *b, int i, const char *path) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  const int *lc = cfg->local_crop;
+  int need[3], off[3], shape[3], k, j, status;
+  size_t lvox = (size_t)lc[0] * (size_t)lc[1] * (size_t)lc[2];
+  ioupos_box a = *A;
+  ioupos_rng r;
+  for (k = 0; k < 3; ++k) need[k] = ioupos__imax(cfg->crop[k], lc[k]);
+  if (!cfg->pad_small) {
+    status = ioupos__pad3(cfg, path, v->shape, lc, "local crop", off, shape);
+    if (status) return status;
+  }
+  status = ioupos__pad3(cfg, path, v->shape, need, "crop", off, shape);
+  if (status) return status;
+  for (k = 0; k < 3; ++k) a.lo[k] += off[k], a.hi[k] += off[k];
+  r = ioupos_rng_split(S, 100);
+  for (j = 0; j < cfg->n_local; ++j) {
+    size_t o = (size_t)j * (size_t)b->n + (size_t)i;
+    float *out = b->local + o * lvox;
+    ioupos_box L;
+    ioupos_rng ra;
+    status = ioupos_local_crop_draw(3, shape, &a, lc, cfg->local_min_iou, cfg->local_max_iou, &r,
+                                    &L);
+    if (status) {
+      char why[512];
+      snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+      return ioupos__fail(status, "%s: %s", path, why);
+    }
+    for (k = 0; k < 3; ++k) L.lo[k] -= off[k], L.hi[k] -= off[k];
+    ioupos__vox_crop(v->img, v->shape, L.lo, lc, out);
+    b->local_box[o] = L;
+    ra = ioupos_rng_split(S, 3u + (uint64_t)j);
+    status = ioupos__augment3(cfg, wk, &ra, out, NULL, lc, path);
+    if (status) return status;
+  }
+  return IOUPOS_OK;
+}
+
+/* The 3D SSL sample i from data set volume d, as ioupos__make_ssl: the pair on the volume
+   padded to the crop (split(S, 0)), view v augmented with split(S, 1 + v). */
+static int ioupos__make_ssl3(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b, int i) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  const char *path = cfg->dataset->images[d];
+  size_t vox = (size_t)cfg->crop[0] * (size_t)cfg->crop[1] * (size_t)cfg->crop[2];
+  const ioupos_iou_sampler *s;
+  const ioupos__vox *v;
+  ioupos__vox tmp;
+  ioupos_rng r;
+  ioupos_box box[2];
+  int status, off[3], shape[3], k, j;
+  status = ioupos__vox_get(wk, d, &tmp, &v);
+  if (status) return status;
+  status = ioupos__pad3(cfg, path, v->shape, cfg->crop, "crop", off, shape);
+  if (status) goto done;
+  s = ioupos__worker_sampler(wk, shape, v->shape, path, &status);
+  if (!s) goto done;
+  r = ioupos_rng_split(S, 0);
+  status = ioupos_iou_sampler_draw(s, &r, &box[0], &box[1]);
+  if (status) goto done;
+  for (j = 0; j < 2; ++j) {
+    float *out = b->views[j] + (size_t)i * vox;
+    for (k = 0; k < 3; ++k) box[j].lo[k] -= off[k], box[j].hi[k] -= off[k];
+    ioupos__vox_crop(v->img, v->shape, box[j].lo, cfg->crop, out);
+    b->box[j][i] = box[j];
+    r = ioupos_rng_split(S, 1u + (uint64_t)j);
+    status = ioupos__augment3(cfg, wk, &r, out, NULL, cfg->crop, path);
+    if (status) goto done;
+  }
+  if (cfg->n_local > 0) {
+    status = ioupos__make_local3(wk, v, S, &box[0], b, i, path);
+    if (status) goto done;
+  }
+  b->source[i] = d;
+done:
+  ioupos__vox_free(&tmp);
+  return status;
+}
+
+/* The 3D fine-tuning crops of volume d, as ioupos__make_finetune: RandCropByPosNegLabeld's
+   centres over the padded volume (fg = label > 0, bg = label 0 and, with bg_use_image,
+   image > threshold; padding is background), indices in the array's raster order (z
+   fastest), crop j augmented with split(S, 1 + j) after all centres are drawn. */
+static int ioupos__make_finetune3(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b,
+                                  int i) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  const char *ipath = cfg->dataset->images[d];
+  const int *c = cfg->crop;
+  int ns = cfg->num_samples, status, off[3], P[3], j;
+  size_t vox = (size_t)c[0] * (size_t)c[1] * (size_t)c[2], n, k, nfg = 0, nbg = 0;
+  double pos_ratio = (double)cfg->pos / (double)(cfg->pos + cfg->neg);
+  const ioupos__vox *v;
+  ioupos__vox tmp;
+  ioupos_rng r;
+  status = ioupos__vox_get(wk, d, &tmp, &v);
+  if (status) return status;
+  status = ioupos__pad3(cfg, ipath, v->shape, c, "crop", off, P);
+  if (status) goto done;
+  n = (size_t)P[0] * (size_t)P[1] * (size_t)P[2];
+  if (n > 0x7FFFFFFF) {
+    status = ioupos__fail(IOUPOS_ERANGE, "%s: padded volume %dx%dx%d has 2^31 voxels or more",
+                          ipath, P[0], P[1], P[2]);
+    goto done;
+  }
+  if (wk->idx_cap < n) {
+    IOUPOS_FREE(wk->idx);
+    wk->idx = (int *)ioupos__calloc(n, sizeof(int));
+    wk->idx_cap = wk->idx ? n : 0;
+    if (!wk->idx) {
+      status = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %dx%dx%d indices", ipath, P[0],
+                            P[1], P[2]);
+      goto done;
+    }
+  }
+  for (k = 0; k < n; ++k) { /* fg from the front, bg from the back, as in 2D */
+    int x = (int)(k / ((size_t)P[1] * (size_t)P[2])) - off[0];
+    int y = (int)(k / (size_t)P[2] % (size_t)P[1]) - off[1], z = (int)(k % (size_t)P[2]) - off[2];
+    float lab = 0.0f, val = 0.0f;
+    if (x >= 0 && x < v->shape[0] && y >= 0 && y < v->shape[1] && z >= 0 && z < v->shape[2]) {
+      size_t s = ((size_t)x * (size_t)v->shape[1] + (size_t)y) * (size_t)v->shape[2] + (size_t)z;
+      lab = v->lab[s];
+      val = v->img[s];
+    }
+    if (lab > 0.0f) wk->idx[nfg++] = (int)k;
+    else if (!cfg->bg_use_image || (double)val > cfg->bg_image_threshold)
+      wk->idx[n - 1 - nbg++] = (int)k;
+  }
+  if (nfg == 0 && nbg == 0) {
+    status = ioupos__fail(IOUPOS_EINVAL, "%s (label %s): no foreground and no background voxel "
+                          "to centre a crop on", ipath, cfg->dataset->labels[d]);
+    goto done;
+  }
+  if (nfg == 0) pos_ratio = 0.0;
+  else if (nbg == 0) pos_ratio = 1.0;
+  r = ioupos_rng_split(S, 0);
+  for (j = 0; j < ns; ++j) {
+    int o = i * ns + j, q, ctr;
+    ioupos_box *bx = &b->box[0][o];
+    if (ioupos_rng_uniform(&r) < pos_ratio) ctr = wk->idx[ioupos_rng_below(&r, nfg)];
+    else ctr = wk->idx[n - 1 - ioupos_rng_below(&r, nbg)];
+    memset(bx, 0, sizeof *bx);
+    bx->dims = 3;
+    for (q = 2; q >= 0; --q) { /* z, y, x from the raster index */
+      int cq = ctr % P[q];
+      ctr /= P[q];
+      bx->lo[q] = ioupos_crop_start_from_centre(cq, c[q], P[q]) - off[q];
+      bx->hi[q] = bx->lo[q] + c[q];
+    }
+    ioupos__vox_crop(v->img, v->shape, bx->lo, c, b->image + (size_t)o * vox);
+    ioupos__vox_crop(v->lab, v->shape, bx->lo, c, b->label + (size_t)o * vox);
+    b->source[o] = d;
+  }
+  for (j = 0; j < ns; ++j) {
+    int o = i * ns + j;
+    ioupos_rng ra = ioupos_rng_split(S, 1u + (uint64_t)j);
+    status = ioupos__augment3(cfg, wk, &ra, b->image + (size_t)o * vox,
+                              b->label + (size_t)o * vox, c, ipath);
+    if (status) goto done;
+  }
+done:
+  ioupos__vox_free(&tmp);
+  return status;
+}
+
 /* Make batch g of the stream into slot (any thread; touches only the worker and the slot).
    Everything comes from (seed, g) alone: E = split(root, epoch); the epoch's order is a
    Fisher-Yates shuffle drawn from a copy of E, so it is a function of (seed, epoch), as with
@@ -9028,8 +9500,12 @@ static int ioupos__make_batch(ioupos__worker *wk, int64_t g, ioupos__slot *slot)
   for (i = 0; i < count && !status; ++i) {
     int d = wk->perm[first + i];
     ioupos_rng S = ioupos_rng_split(&E, (uint64_t)d);
-    status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune(wk, d, &S, b, i)
-                                                 : ioupos__make_ssl(wk, d, &S, b, i);
+    if (st->dims == 3)
+      status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune3(wk, d, &S, b, i)
+                                                   : ioupos__make_ssl3(wk, d, &S, b, i);
+    else
+      status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune(wk, d, &S, b, i)
+                                                   : ioupos__make_ssl(wk, d, &S, b, i);
   }
   slot->status = status;
   slot->reason[0] = 0;
@@ -9078,6 +9554,8 @@ static void ioupos__worker_free(ioupos__worker *wk) {
   IOUPOS_FREE(wk->perm);
   IOUPOS_FREE(wk->scratch);
   IOUPOS_FREE(wk->idx);
+  for (i = 0; i < wk->nv; ++i) ioupos__vox_free(&wk->vcache[i]);
+  IOUPOS_FREE(wk->vcache);
   memset(wk, 0, sizeof *wk);
 }
 
@@ -9132,7 +9610,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   struct ioupos__loader_state *st;
   const ioupos_loader_config *cfg;
   const ioupos_dataset *ds;
-  int i, nw, ft, per_img, B;
+  int i, nw, ft, per_img, B, dims, ddims;
   size_t hw, scratch, floats, lfloats, lhw;
   if (!l) return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_open: loader is NULL");
   memset(l, 0, sizeof *l);
@@ -9147,10 +9625,23 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   if (cfg->kind != IOUPOS_LOADER_SSL && !ft)
     return ioupos__fail(IOUPOS_EINVAL, "loader: unknown kind %d (0 SSL pairs, 1 fine-tuning)",
                         cfg->kind);
+  dims = cfg->spatial_dims == 0 ? 2 : cfg->spatial_dims;
+  ddims = ds->spatial_dims == 0 ? 2 : ds->spatial_dims;
+  if (dims != 2 && dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: `spatial_dims` %d must be 2 or 3",
+                        cfg->spatial_dims);
+  if (dims != ddims)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: `spatial_dims` %d, but the data set holds %s "
+                        "(%s); scan it with %s", dims, ddims == 3 ? "volumes" : "2D slices",
+                        ds->images[0], dims == 3 ? "ioupos_dataset_scan_volumes"
+                                                 : "ioupos_dataset_scan");
   if (B < 1 || cfg->crop[0] < 1 || cfg->crop[1] < 1 || cfg->crop[0] > 16384 ||
       cfg->crop[1] > 16384)
     return ioupos__fail(IOUPOS_EINVAL, "loader: batch_size %d must be >= 1 and the crop %dx%d "
                         "between 1 and 16384", B, cfg->crop[0], cfg->crop[1]);
+  if (dims == 3 && (cfg->crop[2] < 1 || cfg->crop[2] > 16384))
+    return ioupos__fail(IOUPOS_EINVAL, "loader: `crop` %dx%dx%d: each size must be between 1 "
+                        "and 16384", cfg->crop[0], cfg->crop[1], cfg->crop[2]);
   if (cfg->num_workers < 0 || cfg->num_workers > 256 || cfg->prefetch < 0 ||
       cfg->prefetch > 4096)
     return ioupos__fail(IOUPOS_EINVAL, "loader: num_workers %d must be in 0..256 and prefetch "
@@ -9180,13 +9671,17 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
         cfg->local_crop[1] > 16384)
       return ioupos__fail(IOUPOS_EINVAL, "loader: local crop %dx%d must be between 1 and 16384",
                           cfg->local_crop[0], cfg->local_crop[1]);
+    if (dims == 3 && (cfg->local_crop[2] < 1 || cfg->local_crop[2] > 16384))
+      return ioupos__fail(IOUPOS_EINVAL, "loader: `local_crop` %dx%dx%d: each size must be "
+                          "between 1 and 16384", cfg->local_crop[0], cfg->local_crop[1],
+                          cfg->local_crop[2]);
     if (!(cfg->local_min_iou >= 0.0 && cfg->local_max_iou <= 1.0 &&
           cfg->local_min_iou <= cfg->local_max_iou))
       return ioupos__fail(IOUPOS_EINVAL, "loader: `local_min_iou` %g / `local_max_iou` %g: the "
                           "interval must be within [0, 1], not reversed, not NaN",
                           cfg->local_min_iou, cfg->local_max_iou);
-    fst = ioupos_local_crop_feasible(2, NULL, cfg->crop, cfg->local_crop, cfg->local_min_iou,
-                                     cfg->local_max_iou);
+    fst = ioupos_local_crop_feasible(dims, NULL, cfg->crop, cfg->local_crop,
+                                     cfg->local_min_iou, cfg->local_max_iou);
     if (fst) {
       char why[512];
       snprintf(why, sizeof why, "%s", ioupos_failure_reason());
@@ -9208,6 +9703,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   if (!st) return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory");
   l->st = st;
   st->cfg = cfg;
+  st->dims = dims;
   st->bpe = l->batches_per_epoch;
   ioupos_rng_seed(&st->root, cfg->seed);
   /* v / 255 rounded to float, as ioupos_image_load computes it: the byte path's exact values */
@@ -9232,8 +9728,11 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
 
   /* slots: each holds a whole batch */
   per_img = ft ? cfg->num_samples : 1;
-  hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1];
-  lhw = cfg->n_local > 0 ? (size_t)cfg->local_crop[0] * (size_t)cfg->local_crop[1] : 1;
+  /* hw, lhw: floats per view and per local view (3D: the crop volumes, <= 2^42 each) */
+  hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1] * (dims == 3 ? (size_t)cfg->crop[2] : 1);
+  lhw = cfg->n_local > 0 ? (size_t)cfg->local_crop[0] * (size_t)cfg->local_crop[1] *
+                               (dims == 3 ? (size_t)cfg->local_crop[2] : 1)
+                         : 1;
   floats = (size_t)B * (size_t)per_img * hw; /* <= 2^30 * 2^28: check the product below */
   if (hw != 0 && floats / hw != (size_t)B * (size_t)per_img) goto oom;
   lfloats = (size_t)B * (size_t)cfg->n_local * lhw; /* n_local <= 256, lhw <= 2^28 */
@@ -9257,23 +9756,39 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
       b->n_local = cfg->n_local;
       b->lh = cfg->local_crop[0];
       b->lw = cfg->local_crop[1];
+      b->local_crop[0] = cfg->local_crop[0];
+      b->local_crop[1] = cfg->local_crop[1];
+      b->local_crop[2] = dims == 3 ? cfg->local_crop[2] : 1;
     }
     b->kind = cfg->kind;
     b->h = cfg->crop[0];
     b->w = cfg->crop[1];
+    b->spatial_dims = dims;
+    b->crop[0] = cfg->crop[0];
+    b->crop[1] = cfg->crop[1];
+    b->crop[2] = dims == 3 ? cfg->crop[2] : 1;
     if (ft) b->image = s->mem, b->label = s->mem + floats;
     else b->views[0] = s->mem, b->views[1] = s->mem + floats;
   }
   /* worker contexts (one for the synchronous mode) */
-  scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
-  if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
-    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
+  if (dims == 3) {
+    const int *c = cfg->crop, *lc = cfg->local_crop;
+    scratch = IOUPOS_AUGMENT_SCRATCH3(c[0], c[1], c[2]);
+    if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH3(lc[0], lc[1], lc[2]) > scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH3(lc[0], lc[1], lc[2]);
+  } else {
+    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
+    if (cfg->n_local > 0 &&
+        IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
+  }
   st->workers = (ioupos__worker *)ioupos__calloc((size_t)(nw ? nw : 1), sizeof(ioupos__worker));
   if (!st->workers) goto oom;
   for (i = 0; i < (nw ? nw : 1); ++i) {
     ioupos__worker *wk = &st->workers[i];
     wk->st = st;
     wk->perm_epoch = -1;
+    wk->vbudget = cfg->cache_bytes / (size_t)(nw ? nw : 1); /* the loader's budget, shared */
     wk->perm = (int *)ioupos__calloc((size_t)ds->n, sizeof(int));
     wk->scratch = (float *)ioupos__calloc(scratch, sizeof(float));
     if (!wk->perm || !wk->scratch) goto oom;
