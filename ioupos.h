@@ -1002,8 +1002,12 @@ IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
              crop), naming the size of the file, its padded size, the crop, the interval and
              the nearest achievable IoUs. These are the loader's own rules (ioupos_loader_open,
              ioupos_iou_sampler_init on the padded image, ioupos_local_crop_feasible).
-   The data sets must be PNG folders (what ioupos_dataset_scan lists); NIfTI volumes are not
-   read by the loader and not checked here.
+   Volume sets (ioupos_dataset_scan_volumes; all the sets one kind, and the loader's
+   spatial_dims the same): every image and label is decoded (ioupos_nifti_read; a .nii.gz has
+   no cheaper check), a label must have its image's grid (both shapes named), with
+   n_classes > 0 every label voxel an integer id in [0, n_classes); the size rules above hold
+   per axis on the X x Y x Z shape (pad_small = 0: a volume smaller than the crop, or the local
+   crop, is named with both shapes; SSL: the 3D pair and local-crop feasibility).
    Returns 0 when every file passed. Otherwise the status of the first problem (EFORMAT for a
    corrupt file, EIO for an unreadable one, EINVAL for a bad label or size, EINFEASIBLE for an
    interval) and a reason "pre-flight check: B of N files are bad: <path>: <problem>; ..." that
@@ -10030,7 +10034,8 @@ static int ioupos__chk_label_ids(const ioupos__pix *p, int K, const char *path) 
    reason buffer is per thread and the next file would overwrite it. */
 typedef struct ioupos__chk_item {
   const char *img, *lab; /* paths; lab NULL without labels */
-  int h, w;              /* the image's size; 0 when it could not be read */
+  int dims;              /* 2: PNG slices, 3: NIfTI volumes (the set's spatial_dims) */
+  int h, w, z;           /* the image's size (2D: z 0); 0 when it could not be read */
   int status[2];         /* the image's and the label's problem, 0 none */
   char *msg[2];          /* their "<path>: <problem>" (IOUPOS_MALLOC), or NULL */
 } ioupos__chk_item;
@@ -10050,9 +10055,70 @@ static void ioupos__chk_note(ioupos__chk_item *it, int k, int st) {
   if (it->msg[k]) memcpy(it->msg[k], why, n + 1);
 }
 
+/* Every voxel of a decoded label volume an integer id in [0, K) (as the loader's fine-tuning
+   and the evaluation read labels); all voxels are scanned, so the reason gives the count of
+   bad ones and the largest bad id. Voxel (i, j, k) in NIfTI's order. */
+static int ioupos__chk_label_ids3(const ioupos_volume *v, int K, const char *path) {
+  size_t X = (size_t)v->dim[0], Y = (size_t)v->dim[1], n = X * Y * (size_t)v->dim[2], i;
+  size_t count = 0, at = 0;
+  double first = 0.0, top = 0.0;
+  for (i = 0; i < n; ++i) {
+    double id = (double)v->data[i];
+    if (!(id == floor(id)))
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: voxel (%zu, %zu, %zu) is not an integer label id "
+                          "(%g)", path, i % X, i / X % Y, i / (X * Y), id);
+    if (id < 0.0 || id >= (double)K) {
+      if (count++ == 0) first = id, at = i, top = id;
+      if (id > top) top = id;
+    }
+  }
+  if (count)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: label %g at voxel (%zu, %zu, %zu) is outside [0, %d) "
+                        "(`n_classes` %d); %zu such voxels, ids up to %g", path, first, at % X,
+                        at / X % Y, at / (X * Y), K, K, count, top);
+  return IOUPOS_OK;
+}
+
+/* A volume set's files: each image and label decoded (a .nii.gz has no cheaper structure to
+   check: its CRC is at the end of the stream), the label on the image's grid, its ids with
+   n_classes. */
+static void ioupos__chk_run3(ioupos__chk_item *it, const ioupos_dataset_check_opts *o) {
+  ioupos_volume v;
+  int st;
+  st = ioupos_nifti_read(it->img, &v);
+  if (st) {
+    ioupos__chk_note(it, 0, st);
+  } else {
+    it->h = v.dim[0];
+    it->w = v.dim[1];
+    it->z = v.dim[2];
+    ioupos_volume_free(&v);
+  }
+  if (!it->lab) return;
+  st = ioupos_nifti_read(it->lab, &v);
+  if (st == 0) {
+    if (it->h > 0 && (v.dim[0] != it->h || v.dim[1] != it->w || v.dim[2] != it->z)) {
+      char ls[64], is[64];
+      const int ish[3] = {it->h, it->w, it->z};
+      ioupos_format_shape(ls, sizeof ls, 3, v.dim);
+      ioupos_format_shape(is, sizeof is, 3, ish);
+      st = ioupos__fail(IOUPOS_EINVAL, "label %s is %s but its image %s is %s", it->lab, ls,
+                        it->img, is);
+    } else if (o->n_classes > 0) {
+      st = ioupos__chk_label_ids3(&v, o->n_classes, it->lab);
+    }
+    ioupos_volume_free(&v);
+  }
+  if (st) ioupos__chk_note(it, 1, st);
+}
+
 static void ioupos__chk_run(ioupos__chk_item *it, const ioupos_dataset_check_opts *o) {
   ioupos__pix p;
   int st, lh = 0, lw = 0;
+  if (it->dims == 3) {
+    ioupos__chk_run3(it, o);
+    return;
+  }
   st = ioupos__png_walk(it->img, &it->h, &it->w);
   if (st == 0 && o->decode_images) {
     st = ioupos__pix_load(it->img, &p);
@@ -10130,32 +10196,44 @@ static void ioupos__chk_near_text(char *buf, size_t cap, double below, double ab
    ioupos__make_local) on the same padded shapes, so the two judge a size alike (a batch can
    still fail when its own view-0 box admits no local crop: this asks only for some box).
    Fine-tuning has only the pad_small rule: any image can centre a crop. */
-static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *buf, size_t cap) {
+static int ioupos__chk_size(const ioupos_loader_config *lc, int dims, const int size[],
+                            char *buf, size_t cap) {
   const int *c = lc->crop, *lcr = lc->local_crop;
-  int nl = lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0, shape[2], st;
+  int nl = lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0, shape[3], st, k, small = 0;
+  int lsmall = 0, padded = 0;
+  const char *what = dims == 3 ? "volume" : "image";
   char im[64], pad[64], cr[64], lcs[64], ps[96] = "";
-  const int hw[2] = {h, w};
-  ioupos_format_shape(im, sizeof im, 2, hw);
-  ioupos_format_shape(cr, sizeof cr, 2, c);
-  ioupos_format_shape(lcs, sizeof lcs, 2, lcr);
-  if (!lc->pad_small && (h < c[0] || w < c[1])) {
-    snprintf(buf, cap, "image %s is smaller than the %s crop (the loader is opened with "
-             "pad_small = 0)", im, cr);
+  ioupos_format_shape(im, sizeof im, dims, size);
+  ioupos_format_shape(cr, sizeof cr, dims, c);
+  ioupos_format_shape(lcs, sizeof lcs, dims, lcr);
+  for (k = 0; k < dims; ++k) {
+    small |= size[k] < c[k];
+    lsmall |= size[k] < lcr[k];
+    shape[k] = ioupos__imax(size[k], c[k]);
+    padded |= shape[k] != size[k];
+  }
+  if (!lc->pad_small && small) {
+    snprintf(buf, cap, "%s %s is smaller than the %s crop (the loader is opened with "
+             "pad_small = 0)", what, im, cr);
     return IOUPOS_EINVAL;
   }
-  if (!lc->pad_small && nl && (h < lcr[0] || w < lcr[1])) {
-    snprintf(buf, cap, "image %s is smaller than the %s local crop (the loader is opened with "
-             "pad_small = 0)", im, lcs);
+  if (!lc->pad_small && nl && lsmall) {
+    snprintf(buf, cap, "%s %s is smaller than the %s local crop (the loader is opened with "
+             "pad_small = 0)", what, im, lcs);
     return IOUPOS_EINVAL;
   }
   if (lc->kind != IOUPOS_LOADER_SSL) return 0;
-  shape[0] = ioupos__imax(h, c[0]);
-  shape[1] = ioupos__imax(w, c[1]);
-  if (shape[0] != h || shape[1] != w) {
-    ioupos_format_shape(pad, sizeof pad, 2, shape);
+  if (padded) {
+    ioupos_format_shape(pad, sizeof pad, dims, shape);
     snprintf(ps, sizeof ps, ", zero-padded to %s,", pad);
   }
-  st = ioupos_local_crop_feasible(2, shape, c, c, lc->min_iou, lc->max_iou);
+  st = ioupos_local_crop_feasible(dims, shape, c, c, lc->min_iou, lc->max_iou);
+  if (st == IOUPOS_EINFEASIBLE && dims == 3) { /* the nearest IoUs: the feasibility's reason */
+    snprintf(buf, cap, "%s %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
+             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", what, im,
+             ps, cr, lc->min_iou, lc->max_iou, ioupos_failure_reason());
+    return st;
+  }
   if (st == IOUPOS_EINFEASIBLE) {
     double below, above;
     char near[128];
@@ -10167,19 +10245,18 @@ static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *
     return st;
   }
   if (st) {
-    snprintf(buf, cap, "image %s%s: %s", im, ps, ioupos_failure_reason());
+    snprintf(buf, cap, "%s %s%s: %s", what, im, ps, ioupos_failure_reason());
     return st;
   }
   if (nl) {
-    shape[0] = ioupos__imax(shape[0], lcr[0]);
-    shape[1] = ioupos__imax(shape[1], lcr[1]);
-    st = ioupos_local_crop_feasible(2, shape, c, lcr, lc->local_min_iou, lc->local_max_iou);
+    for (k = 0; k < dims; ++k) shape[k] = ioupos__imax(shape[k], lcr[k]);
+    st = ioupos_local_crop_feasible(dims, shape, c, lcr, lc->local_min_iou, lc->local_max_iou);
     if (st) {
-      ioupos_format_shape(pad, sizeof pad, 2, shape);
-      snprintf(buf, cap, "image %s (as %s for the local crops): no %s local crop "
+      ioupos_format_shape(pad, sizeof pad, dims, shape);
+      snprintf(buf, cap, "%s %s (as %s for the local crops): no %s local crop "
                "(`local_crop`) has an IoU in [%g, %g] (`local_min_iou` / `local_max_iou`) "
-               "with a %s crop: %s", im, pad, lcs, lc->local_min_iou, lc->local_max_iou, cr,
-               ioupos_failure_reason());
+               "with a %s crop: %s", what, im, pad, lcs, lc->local_min_iou, lc->local_max_iou,
+               cr, ioupos_failure_reason());
       return st;
     }
   }
@@ -10187,7 +10264,7 @@ static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *
 }
 
 typedef struct ioupos__chk_size_key {
-  int h, w;
+  int h, w, z;
   size_t item;
 } ioupos__chk_size_key;
 
@@ -10198,6 +10275,7 @@ static int ioupos__chk_size_cmp(const void *a, const void *b) {
   const ioupos__chk_size_key *y = (const ioupos__chk_size_key *)b;
   if (x->h != y->h) return x->h < y->h ? -1 : 1;
   if (x->w != y->w) return x->w < y->w ? -1 : 1;
+  if (x->z != y->z) return x->z < y->z ? -1 : 1;
   return x->item < y->item ? -1 : x->item > y->item;
 }
 
@@ -10232,7 +10310,7 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
   ioupos__chk_size_key *keys = NULL;
   ioupos__chk_list L;
   size_t n = 0, files = 0, i, nk = 0, T;
-  int s, st = IOUPOS_OK, k;
+  int s, st = IOUPOS_OK, k, dims = 0;
   if (report) *report = NULL;
   memset(&o, 0, sizeof o);
   if (opts) o = *opts;
@@ -10247,21 +10325,50 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
                           s);
     n += (size_t)sets[s]->n;
     files += (size_t)sets[s]->n * (sets[s]->labels ? 2u : 1u);
+    /* one kind of file in all the sets: PNG slices (2) or volumes (3) */
+    k = sets[s]->spatial_dims == 0 ? 2 : sets[s]->spatial_dims;
+    if (dims && k != dims)
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: data set %d holds %s but data "
+                          "set 0 %s", s, k == 3 ? "volumes" : "2D slices",
+                          dims == 3 ? "volumes" : "2D slices");
+    dims = k;
   }
+  if (dims == 0) dims = lc && lc->spatial_dims == 3 ? 3 : 2;
   if (o.max_listed <= 0) o.max_listed = 100;
   if (lc) {
-    if (lc->crop[0] < 1 || lc->crop[1] < 1 || lc->crop[0] > 16384 || lc->crop[1] > 16384 ||
-        (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0 &&
-         (lc->local_crop[0] < 1 || lc->local_crop[1] < 1 || lc->local_crop[0] > 16384 ||
-          lc->local_crop[1] > 16384)))
-      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: crop %dx%d or local crop %dx%d "
-                          "not between 1 and 16384", lc->crop[0], lc->crop[1],
-                          lc->local_crop[0], lc->local_crop[1]);
+    int ld = lc->spatial_dims == 0 ? 2 : lc->spatial_dims, bad = 0;
+    if (ld != dims)
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: the loader's `spatial_dims` is %d "
+                          "but the data sets hold %s", lc->spatial_dims,
+                          dims == 3 ? "volumes (3)" : "2D slices (2)");
+    for (k = 0; k < dims; ++k)
+      bad |= lc->crop[k] < 1 || lc->crop[k] > 16384 ||
+             (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0 &&
+              (lc->local_crop[k] < 1 || lc->local_crop[k] > 16384));
+    if (bad) {
+      char cs[64], ls[64];
+      ioupos_format_shape(cs, sizeof cs, dims, lc->crop);
+      ioupos_format_shape(ls, sizeof ls, dims, lc->local_crop);
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: crop %s or local crop %s "
+                          "not between 1 and 16384", cs, ls);
+    }
     if (lc->kind == IOUPOS_LOADER_SSL &&
         !(lc->min_iou >= 0.0 && lc->max_iou <= 1.0 && lc->min_iou <= lc->max_iou))
       return ioupos__fail(IOUPOS_EINVAL, "`min_iou` %g / `max_iou` %g: the IoU interval must be "
                           "within [0, 1], not reversed, not NaN", lc->min_iou, lc->max_iou);
     /* intervals no crops can satisfy in ANY image: one message, no file opened */
+    if (lc->kind == IOUPOS_LOADER_SSL && dims == 3 &&
+        ioupos_local_crop_feasible(3, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==
+            IOUPOS_EINFEASIBLE) {
+      char why[512], cr[64];
+      snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+      ioupos_format_shape(cr, sizeof cr, 3, lc->crop);
+      return ioupos__fail(IOUPOS_EINFEASIBLE, "`crop` %d,%d,%d with `min_iou` %g / `max_iou` %g: "
+                          "no two %s crops have an IoU in [%g, %g], in a volume of any size "
+                          "(%s); change `min_iou` / `max_iou` or `crop`", lc->crop[0],
+                          lc->crop[1], lc->crop[2], lc->min_iou, lc->max_iou, cr, lc->min_iou,
+                          lc->max_iou, why);
+    }
     if (lc->kind == IOUPOS_LOADER_SSL &&
         ioupos_local_crop_feasible(2, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==
             IOUPOS_EINFEASIBLE) {
@@ -10278,12 +10385,15 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
                           lc->max_iou, cr, lc->min_iou, lc->max_iou, near);
     }
     if (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0) {
-      st = ioupos_local_crop_feasible(2, NULL, lc->crop, lc->local_crop, lc->local_min_iou,
+      st = ioupos_local_crop_feasible(dims, NULL, lc->crop, lc->local_crop, lc->local_min_iou,
                                       lc->local_max_iou);
       if (st) {
         char why[512], flag[32];
         snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-        if (lc->local_crop[0] == lc->local_crop[1])
+        if (dims == 3)
+          snprintf(flag, sizeof flag, "%d,%d,%d", lc->local_crop[0], lc->local_crop[1],
+                   lc->local_crop[2]);
+        else if (lc->local_crop[0] == lc->local_crop[1])
           snprintf(flag, sizeof flag, "%d", lc->local_crop[0]);
         else
           snprintf(flag, sizeof flag, "%d,%d", lc->local_crop[0], lc->local_crop[1]);
@@ -10306,6 +10416,7 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
     for (j = 0; j < sets[s]->n; ++j, ++i) {
       items[i].img = sets[s]->images[j];
       items[i].lab = sets[s]->labels ? sets[s]->labels[j] : NULL;
+      items[i].dims = dims;
     }
   }
   /* the files, on num_threads threads (each item is its own: no locks) */
@@ -10354,25 +10465,29 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
       if (items[i].h > 0) {
         keys[nk].h = items[i].h;
         keys[nk].w = items[i].w;
+        keys[nk].z = items[i].z;
         keys[nk++].item = i;
       }
     qsort(keys, nk, sizeof *keys, ioupos__chk_size_cmp);
     for (i = 0; i < nk;) {
       size_t j = i, cnt, first = keys[i].item;
-      char why[1024], line[1536];
+      char why[1024], line[1536], ks[64];
+      const int key[3] = {keys[i].h, keys[i].w, keys[i].z};
       int sst;
-      while (j < nk && keys[j].h == keys[i].h && keys[j].w == keys[i].w) {
+      while (j < nk && keys[j].h == keys[i].h && keys[j].w == keys[i].w &&
+             keys[j].z == keys[i].z) {
         if (keys[j].item < first) first = keys[j].item;
         ++j;
       }
       cnt = j - i;
-      sst = ioupos__chk_size(lc, keys[i].h, keys[i].w, why, sizeof why);
+      sst = ioupos__chk_size(lc, dims, key, why, sizeof why);
       if (sst) {
         char *ln;
         size_t len;
+        ioupos_format_shape(ks, sizeof ks, dims, key);
         if (cnt > 1)
-          snprintf(line, sizeof line, "%s (and %lu more images of %dx%d): %s",
-                   items[first].img, (unsigned long)(cnt - 1), keys[i].h, keys[i].w, why);
+          snprintf(line, sizeof line, "%s (and %lu more %s of %s): %s", items[first].img,
+                   (unsigned long)(cnt - 1), dims == 3 ? "volumes" : "images", ks, why);
         else
           snprintf(line, sizeof line, "%s: %s", items[first].img, why);
         len = strlen(line);
