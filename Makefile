@@ -312,8 +312,10 @@ test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER)
 # The loader's threads under ThreadSanitizer (no OpenMP there: libgomp is not instrumented, and
 # ThreadSanitizer would report its barriers).
 test-tsan: | stb
-	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" OPENMP= $(BUILD)/tsan/test_data
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" OPENMP= $(BUILD)/tsan/test_data \
+	  $(BUILD)/tsan/test_volume_loader
 	$(BUILD)/tsan/test_data
+	$(BUILD)/tsan/test_volume_loader
 
 # Reference fixtures (committed; CI needs no Python): PyTorch + MONAI in a pinned venv.
 VENV ?= .venv
