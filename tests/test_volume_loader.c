@@ -23,7 +23,8 @@
       0's box in the local interval, values equal to the volume; same for 0 and 2 workers.
    6. Fine-tuning crops in 3D: label crops aligned with image crops, boxes inside the padded
       volume, pos-only crops hold foreground, neg-only crops background; same for 0 and 2
-      workers; on the phantom, pos-only crops hold organ voxels.
+      workers; on the phantom, pos-only crops hold organ voxels; on real CT ($IOUPOS_DATA,
+      skipped when absent) crops equal the volume read by ioupos_nifti_read at their boxes.
    7. Errors: a corrupt .nii.gz gives failed batches naming it and the others are good (0 and 2
       workers); pad_small 0 with a volume smaller than the crop names the file and both shapes;
       a label of another shape names both files and shapes; a failing augment3 names the file;
@@ -771,6 +772,121 @@ static void test_phantom(void) {
   ioupos_dataset_free(&ds);
 }
 
+/* Real CT ($IOUPOS_DATA, default ../shared/data; skipped, saying so, when absent): the labelled
+   TotalSegmentator case (122x101x30, int16 HU, FLARE22 ids), linked into a set under one case
+   name. Fine-tuning crops equal the volume at their boxes (as ioupos_nifti_read gives it, in
+   (X, Y, Z) order), pos-only crops hold organ ids 1..13; SSL pairs meet the interval and are the
+   same for 0 and 3 workers. */
+static void test_real(void) {
+  const char *data = getenv("IOUPOS_DATA");
+  char ct[1024], lb[1024], p[512], dir[512], lab[512];
+  ioupos_volume v, vl;
+  ioupos_dataset ds;
+  ioupos_loader_config c;
+  ioupos_loader l;
+  struct stat sb;
+  int st, b, bad_img = 0, bad_lab = 0, n = 0;
+  if (!data || !*data) data = "../shared/data";
+  snprintf(ct, sizeof ct, "%s/ct/labelled/totalseg_sm_ct.nii.gz", data);
+  snprintf(lb, sizeof lb, "%s/ct/labelled/totalseg_sm_label.nii.gz", data);
+  if (stat(ct, &sb) != 0 || stat(lb, &sb) != 0) {
+    if (tu_env_long("IOUPOS_REQUIRE_DATA", 0))
+      CHECK(0, "real CT: %s not found, and IOUPOS_REQUIRE_DATA is set", ct);
+    else
+      printf("SKIP real CT checks: %s not found (set IOUPOS_DATA)\n", ct);
+    return;
+  }
+  if (ct[0] != '/') { /* the links live in the temporary folder: make the paths absolute */
+    char cwd[512];
+    if (!getcwd(cwd, sizeof cwd)) return;
+    snprintf(ct, sizeof ct, "%s/%s/ct/labelled/totalseg_sm_ct.nii.gz", cwd, data);
+    snprintf(lb, sizeof lb, "%s/%s/ct/labelled/totalseg_sm_label.nii.gz", cwd, data);
+  }
+  make_dir("real");
+  make_dir("real/labels");
+  path_of(p, sizeof p, "real/sm.nii.gz");
+  st = symlink(ct, p);
+  path_of(p, sizeof p, "real/labels/sm.nii.gz");
+  st |= symlink(lb, p);
+  CHECK(st == 0, "cannot link the real CT into %s", g_root);
+  if (st) return;
+  if (ioupos_nifti_read(ct, &v) != 0 || ioupos_nifti_read(lb, &vl) != 0) {
+    CHECK(0, "read real CT: %s", ioupos_failure_reason());
+    return;
+  }
+  path_of(dir, sizeof dir, "real");
+  path_of(lab, sizeof lab, "real/labels");
+  st = ioupos_dataset_scan_volumes(dir, lab, &ds);
+  CHECK(st == 0 && ds.n == 1, "scan real: %s", ioupos_failure_reason());
+  ioupos_loader_config_default(&c, &ds, IOUPOS_LOADER_FINETUNE);
+  c.spatial_dims = 3;
+  c.batch_size = 1;
+  c.num_samples = 4;
+  c.crop[0] = c.crop[1] = 48;
+  c.crop[2] = 16;
+  c.pos = 1;
+  c.neg = 0;
+  c.num_workers = 2;
+  st = st ? st : ioupos_loader_open(&l, &c);
+  CHECK(st == 0, "open real: %s", ioupos_failure_reason());
+  for (b = 0; st == 0 && b < 4; ++b) {
+    ioupos_batch bt;
+    int i;
+    if (ioupos_loader_next(&l, &bt) != 0) {
+      CHECK(0, "real batch %d: %s", b, ioupos_failure_reason());
+      continue;
+    }
+    for (i = 0; i < bt.n; ++i, ++n) {
+      const int *lo = bt.box[0][i].lo;
+      size_t vox = 48 * 48 * 16, fg = 0, q;
+      int x, y, z, wrong = 0, wrongl = 0;
+      for (x = 0; x < 48; ++x)
+        for (y = 0; y < 48; ++y)
+          for (z = 0; z < 16; ++z) {
+            size_t o = ((size_t)x * 48 + y) * 16 + z;
+            size_t s = ((size_t)(lo[2] + z) * v.dim[1] + (lo[1] + y)) * v.dim[0] + (lo[0] + x);
+            wrong += bt.image[i * vox + o] != v.data[s];
+            wrongl += bt.label[i * vox + o] != vl.data[s];
+          }
+      for (q = 0; q < vox; ++q) {
+        float id = bt.label[i * vox + q];
+        fg += id >= 1.0f && id <= 13.0f;
+      }
+      bad_img += wrong != 0;
+      bad_lab += wrongl != 0 || fg == 0;
+    }
+  }
+  if (st == 0) ioupos_loader_close(&l);
+  CHECK(n == 16 && bad_img == 0 && bad_lab == 0, "real CT: %d crops, %d image crops differ from "
+        "the volume, %d label crops differ or hold no organ", n, bad_img, bad_lab);
+  { /* SSL on the real volume: 0 and 3 workers alike, every pair in the interval */
+    rec ref[4];
+    int i, viol = 0;
+    ioupos_loader_config_default(&c, &ds, IOUPOS_LOADER_SSL);
+    c.spatial_dims = 3;
+    c.batch_size = 1;
+    c.crop[0] = c.crop[1] = 64;
+    c.crop[2] = 16;
+    st = ioupos_loader_open(&l, &c);
+    CHECK(st == 0, "open real SSL: %s", ioupos_failure_reason());
+    if (st == 0) {
+      run_batches(&l, 4, ref);
+      ioupos_loader_close(&l);
+      for (i = 0; i < 4; ++i) {
+        double iou = ref[i].status ? -1 : ioupos_box_iou(&ref[i].box[0], &ref[i].box[1]);
+        viol += !(iou >= 0.3 && iou <= 0.6);
+      }
+      CHECK(viol == 0, "real SSL: %d of 4 pairs failed or outside [0.3, 0.6]", viol);
+      c.num_workers = 3;
+      CHECK(same_stream(&c, ref, 4), "real SSL: 3 workers differ from 0");
+      for (i = 0; i < 4; ++i) rec_free(&ref[i]);
+    }
+  }
+  ioupos_volume_free(&v);
+  ioupos_volume_free(&vl);
+  ioupos_dataset_free(&ds);
+}
+
 /* ---- 7. Errors and the pre-flight check ------------------------------------------------------ */
 
 static void test_errors(void) {
@@ -961,6 +1077,7 @@ int main(void) {
   make_ft_data();
   test_finetune();
   test_phantom();
+  test_real();
   test_errors();
   remove_tree(g_root);
   return tu_finish("test_volume_loader");
