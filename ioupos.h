@@ -803,7 +803,8 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      the stream then goes on with the next batch (skip it or stop, the caller decides).
      ioupos_loader_close never blocks for longer than the batches being made at that moment.
      Each worker keeps a small cache of IoU samplers keyed by image shape (slices of one CT share
-     a shape; a 2D init is about a microsecond but costs allocations).
+     a shape; a 2D init is about a microsecond but costs allocations; a 3D one more), and in 3D
+     a cache of decoded volumes (see "VOLUMES (3D)").
 
      Images smaller than the crop. The research code padded every slice to at least 96 x 96 in
      preprocessing (SpatialPadd), so its loader never saw one; ioupos-prep does the same. The
@@ -925,7 +926,7 @@ typedef struct ioupos_batch {
   int last_in_epoch;  /* 1 for the epoch's last batch */
   int n_images;       /* images in this batch (<= batch_size) */
   int n;              /* samples: SSL pairs (= n_images), fine-tuning crops (n_images*num_samples) */
-  int h, w;           /* crop size */
+  int h, w;           /* crop size (3D: crop[0], crop[1]; the views are 3D, see crop[]) */
   float *views[2];    /* SSL: n * h * w each, sample i at views[v] + i*h*w; else NULL */
   float *image;       /* fine-tuning: n * h * w; else NULL */
   float *label;       /* fine-tuning: n * h * w label ids as floats; else NULL */
@@ -9811,8 +9812,12 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
 oom:
   i = st->nslots;
   ioupos_loader_close(l);
-  return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory for %d batch buffers of %d x %dx%d "
-                      "crops", i, cfg_in->batch_size, cfg_in->crop[0], cfg_in->crop[1]);
+  {
+    char cs[64];
+    ioupos_format_shape(cs, sizeof cs, dims, cfg_in->crop);
+    return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory for %d batch buffers of %d x %s "
+                        "crops", i, cfg_in->batch_size, cs);
+  }
 }
 
 /* Gives back the batch the caller held (its arrays are valid only until this call), which may
