@@ -9138,16 +9138,19 @@ static void ioupos__vox_free(ioupos__vox *v) {
 }
 
 /* NIfTI's x-fastest data as the (X, Y, Z) array, z fastest: out[(x * Y + y) * Z + z] =
-   in[(z * Y + y) * X + x]. A fresh IOUPOS_MALLOC array, or NULL. */
+   in[(z * Y + y) * X + x]. Written in order, read with stride X Y (measured faster than the
+   other way round on a 512 x 512 x 160 CT). A fresh IOUPOS_MALLOC array, or NULL. */
 static float *ioupos__vox_transpose(const ioupos_volume *v) {
   size_t X = (size_t)v->dim[0], Y = (size_t)v->dim[1], Z = (size_t)v->dim[2], x, y, z;
-  float *o = (float *)ioupos__calloc(X * Y * Z, sizeof(float)); /* X Y Z < 2^31: the reader's */
+  float *o;
+  if (X * Y * Z > (size_t)-1 / sizeof(float)) return NULL; /* X Y Z < 2^31 (the reader's) */
+  o = (float *)IOUPOS_MALLOC(X * Y * Z * sizeof(float));   /* every element is written */
   if (!o) return NULL;
-  for (z = 0; z < Z; ++z)
+  for (x = 0; x < X; ++x)
     for (y = 0; y < Y; ++y) {
-      const float *r = v->data + (z * Y + y) * X;
-      float *w = o + y * Z + z;
-      for (x = 0; x < X; ++x) w[x * Y * Z] = r[x];
+      const float *r = v->data + y * X + x;
+      float *w = o + (x * Y + y) * Z;
+      for (z = 0; z < Z; ++z) w[z] = r[z * X * Y];
     }
   return o;
 }
