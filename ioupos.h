@@ -9398,7 +9398,7 @@ static int ioupos__make_finetune3(ioupos__worker *wk, int d, ioupos_rng *S, ioup
   const ioupos_loader_config *cfg = wk->st->cfg;
   const char *ipath = cfg->dataset->images[d];
   const int *c = cfg->crop;
-  int ns = cfg->num_samples, status, off[3], P[3], j;
+  int ns = cfg->num_samples, status, off[3], P[3], j, x, y;
   size_t vox = (size_t)c[0] * (size_t)c[1] * (size_t)c[2], n, k, nfg = 0, nbg = 0;
   double pos_ratio = (double)cfg->pos / (double)(cfg->pos + cfg->neg);
   const ioupos__vox *v;
@@ -9424,19 +9424,27 @@ static int ioupos__make_finetune3(ioupos__worker *wk, int d, ioupos_rng *S, ioup
       goto done;
     }
   }
-  for (k = 0; k < n; ++k) { /* fg from the front, bg from the back, as in 2D */
-    int x = (int)(k / ((size_t)P[1] * (size_t)P[2])) - off[0];
-    int y = (int)(k / (size_t)P[2] % (size_t)P[1]) - off[1], z = (int)(k % (size_t)P[2]) - off[2];
-    float lab = 0.0f, val = 0.0f;
-    if (x >= 0 && x < v->shape[0] && y >= 0 && y < v->shape[1] && z >= 0 && z < v->shape[2]) {
-      size_t s = ((size_t)x * (size_t)v->shape[1] + (size_t)y) * (size_t)v->shape[2] + (size_t)z;
-      lab = v->lab[s];
-      val = v->img[s];
+  /* fg from the front, bg from the back, as in 2D; k runs over the padded volume in raster
+     order, one (x, y) row of z at a time (lr, ir: that row of the volume, NULL in padding) */
+  k = 0;
+  for (x = 0; x < P[0]; ++x)
+    for (y = 0; y < P[1]; ++y) {
+      int sx = x - off[0], sy = y - off[1], z;
+      const float *lr = NULL, *ir = NULL;
+      if (sx >= 0 && sx < v->shape[0] && sy >= 0 && sy < v->shape[1]) {
+        size_t row = ((size_t)sx * (size_t)v->shape[1] + (size_t)sy) * (size_t)v->shape[2];
+        lr = v->lab + row;
+        ir = v->img + row;
+      }
+      for (z = 0; z < P[2]; ++z, ++k) {
+        int sz = z - off[2];
+        float lab = 0.0f, val = 0.0f;
+        if (lr && sz >= 0 && sz < v->shape[2]) lab = lr[sz], val = ir[sz];
+        if (lab > 0.0f) wk->idx[nfg++] = (int)k;
+        else if (!cfg->bg_use_image || (double)val > cfg->bg_image_threshold)
+          wk->idx[n - 1 - nbg++] = (int)k;
+      }
     }
-    if (lab > 0.0f) wk->idx[nfg++] = (int)k;
-    else if (!cfg->bg_use_image || (double)val > cfg->bg_image_threshold)
-      wk->idx[n - 1 - nbg++] = (int)k;
-  }
   if (nfg == 0 && nbg == 0) {
     status = ioupos__fail(IOUPOS_EINVAL, "%s (label %s): no foreground and no background voxel "
                           "to centre a crop on", ipath, cfg->dataset->labels[d]);
