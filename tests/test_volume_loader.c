@@ -21,6 +21,10 @@
       naming the file, one whose budget holds one volume fails on some.
    5. Multi-crop in 3D: local boxes of the local size, inside the padded volume, IoU with view
       0's box in the local interval, values equal to the volume; same for 0 and 2 workers.
+   5b. The contract: fine-tuning boxes are MONAI's RandCropByPosNegLabeld draws (an
+      independent reference over the padded volume, raster order z fastest) from split(S, 0);
+      SSL pairs the 3D sampler's draw on the padded shape from split(S, 0), views augment3
+      of the raw crop with split(S, 1 + v).
    6. Fine-tuning crops in 3D: label crops aligned with image crops, boxes inside the padded
       volume, pos-only crops hold foreground, neg-only crops background; same for 0 and 2
       workers; on the phantom, pos-only crops hold organ voxels; on real CT ($IOUPOS_DATA,
@@ -50,6 +54,12 @@ static float pattern(int k, int x, int y, int z) {
 /* label of the fine-tuning cases: a small block of ids 1, 2 (about 3 % of the voxels) */
 static int ft_label(int x, int y, int z) {
   return (x >= 10 && x < 16 && y >= 8 && y < 14 && z >= 4 && z < 10) ? 1 + (z & 1) : 0;
+}
+
+/* ft_label on a volume of shape[], 0 outside (padding) */
+static int padded_label(int x, int y, int z, const int shape[3]) {
+  if (x < 0 || y < 0 || z < 0 || x >= shape[0] || y >= shape[1] || z >= shape[2]) return 0;
+  return ft_label(x, y, z);
 }
 
 static void write_volume(const char *rel, int nx, int ny, int nz, int k, int label) {
@@ -714,6 +724,164 @@ static void test_finetune(void) {
   ioupos_dataset_free(&ds);
 }
 
+/* The documented randomness: S = split(split(seed(seed), epoch), d); boxes from split(S, 0),
+   the augmentation of view / crop j from split(S, 1 + j). */
+static ioupos_rng sample_rng(uint64_t seed, int epoch, int d, uint64_t key) {
+  ioupos_rng root, E, S;
+  ioupos_rng_seed(&root, seed);
+  E = ioupos_rng_split(&root, (uint64_t)epoch);
+  S = ioupos_rng_split(&E, (uint64_t)d);
+  return ioupos_rng_split(&S, key);
+}
+
+/* MONAI's RandCropByPosNegLabeld for one crop of size s[] in a volume of shape[] (ft_label),
+   zero-padded to at least s[] (floor(d / 2) before): fg / bg voxels of the padded volume in
+   raster order (z fastest); the centre is the rank-th of its class, then moved as MONAI's
+   correct_crop_centers does (valid centres [s / 2, len + 1 - s / 2) per axis). lo[] in the
+   source volume's coordinates. */
+static void ref_posneg3(const int shape[3], const int s[3], double pos, double neg, ioupos_rng *r,
+                        int lo[3]) {
+  int P[3], off[3], ax, cen[3], fg;
+  long nf = 0, nb = 0, i, n, rank, seen = -1;
+  double ratio;
+  for (ax = 0; ax < 3; ++ax) {
+    P[ax] = shape[ax] > s[ax] ? shape[ax] : s[ax];
+    off[ax] = (P[ax] - shape[ax]) / 2;
+  }
+  n = (long)P[0] * P[1] * P[2];
+#define REF_LAB(i)                                                                             \
+  padded_label((int)((i) / ((long)P[1] * P[2])) - off[0], (int)((i) / P[2] % P[1]) - off[1],    \
+               (int)((i) % P[2]) - off[2], shape)
+  for (i = 0; i < n; ++i) {
+    if (REF_LAB(i)) ++nf; else ++nb;
+  }
+  ratio = nf == 0 ? 0.0 : nb == 0 ? 1.0 : pos / (pos + neg);
+  fg = ioupos_rng_uniform(r) < ratio;
+  rank = (long)ioupos_rng_below(r, (uint64_t)(fg ? nf : nb));
+  for (i = 0; i < n; ++i)
+    if ((REF_LAB(i) != 0) == fg && ++seen == rank) break;
+#undef REF_LAB
+  cen[0] = (int)(i / ((long)P[1] * P[2]));
+  cen[1] = (int)(i / P[2] % P[1]);
+  cen[2] = (int)(i % P[2]);
+  for (ax = 0; ax < 3; ++ax) {
+    int vs = s[ax] / 2, ve = (int)(P[ax] + 1 - s[ax] / 2.0);
+    int c = cen[ax] < vs ? vs : cen[ax] > ve - 1 ? ve - 1 : cen[ax];
+    lo[ax] = c - s[ax] / 2 - off[ax];
+  }
+}
+
+/* Boxes and views are the documented draws: fine-tuning boxes from ref_posneg3 on split(S, 0);
+   SSL pairs from the 3D sampler on the padded shape with split(S, 0), each view aug3_test of
+   the raw crop with split(S, 1 + v). */
+static void test_contract(const ioupos_dataset *vol) {
+  ioupos_dataset ds;
+  ioupos_loader_config c;
+  ioupos_loader l;
+  char dir[512], lab[512];
+  int st, b, bad = 0, n = 0, mode;
+  path_of(dir, sizeof dir, "ft");
+  path_of(lab, sizeof lab, "ft/labels");
+  if (ioupos_dataset_scan_volumes(dir, lab, &ds) != 0) return;
+  ioupos_loader_config_default(&c, &ds, IOUPOS_LOADER_FINETUNE);
+  c.spatial_dims = 3;
+  c.batch_size = 3;
+  c.num_samples = 2;
+  c.crop[0] = 12;
+  c.crop[1] = 18;
+  c.crop[2] = 14; /* case 1 (z 12) is padded in z */
+  c.seed = 77;
+  c.drop_last = 0;
+  for (mode = 0; mode < 2; ++mode) {
+    c.pos = mode ? 2 : 1;
+    c.neg = 1;
+    st = ioupos_loader_open(&l, &c);
+    CHECK(st == 0, "open: %s", ioupos_failure_reason());
+    for (b = 0; st == 0 && b < 2 * l.batches_per_epoch; ++b) {
+      ioupos_batch bt;
+      int i, j;
+      if (ioupos_loader_next(&l, &bt) != 0) {
+        ++bad;
+        continue;
+      }
+      for (i = 0; i < bt.n_images; ++i) {
+        int d = bt.source[i * 2], k = case_of(ds.images[d]);
+        ioupos_rng r = sample_rng(c.seed, bt.epoch, d, 0);
+        for (j = 0; j < 2; ++j, ++n) {
+          int lo[3], ax, ok = 1;
+          ref_posneg3(fshape[k], c.crop, c.pos, c.neg, &r, lo);
+          for (ax = 0; ax < 3; ++ax) ok &= bt.box[0][i * 2 + j].lo[ax] == lo[ax];
+          bad += !ok;
+        }
+      }
+    }
+    if (st == 0) ioupos_loader_close(&l);
+  }
+  CHECK(bad == 0 && n == 2 * 2 * FN * 2, "fine-tuning: %d of %d boxes are not MONAI's posneg "
+        "draws from split(S, 0)", bad, n);
+  ioupos_dataset_free(&ds);
+  { /* SSL */
+    float *want = NULL, *tmp = NULL;
+    int bad_box = 0, bad_view = 0;
+    size_t vox = 20 * 20 * 16;
+    c = vol_config(vol);
+    c.augment3 = aug3_test;
+    c.augment3_ctx = NULL;
+    want = (float *)malloc(vox * sizeof(float));
+    tmp = (float *)malloc(vox * sizeof(float)); /* aug3_test uses vox scratch floats */
+    n = 0;
+    st = ioupos_loader_open(&l, &c);
+    CHECK(st == 0, "open: %s", ioupos_failure_reason());
+    for (b = 0; st == 0 && b < 2 * l.batches_per_epoch; ++b) {
+      ioupos_batch bt;
+      int i, v;
+      if (ioupos_loader_next(&l, &bt) != 0) {
+        ++bad_box;
+        continue;
+      }
+      for (i = 0; i < bt.n; ++i, ++n) {
+        int d = bt.source[i], k = case_of(vol->images[d]), P[3], off[3], ax;
+        ioupos_iou_sampler smp;
+        ioupos_box bx[2];
+        ioupos_rng r = sample_rng(c.seed, bt.epoch, d, 0);
+        for (ax = 0; ax < 3; ++ax) {
+          P[ax] = vshape[k][ax] > c.crop[ax] ? vshape[k][ax] : c.crop[ax];
+          off[ax] = (P[ax] - vshape[k][ax]) / 2;
+        }
+        if (ioupos_iou_sampler_init(&smp, 3, P, c.crop, c.min_iou, c.max_iou, c.pair_mode) ||
+            ioupos_iou_sampler_draw(&smp, &r, &bx[0], &bx[1])) {
+          ++bad_box;
+          continue;
+        }
+        ioupos_iou_sampler_free(&smp);
+        for (v = 0; v < 2; ++v) {
+          int x, y, z, same = 1;
+          for (ax = 0; ax < 3; ++ax) bx[v].lo[ax] -= off[ax], bx[v].hi[ax] -= off[ax];
+          if (memcmp(&bx[v], &bt.box[v][i], sizeof bx[v])) ++bad_box;
+          for (x = 0; x < 20; ++x) /* the raw crop, then aug3_test with split(S, 1 + v) */
+            for (y = 0; y < 20; ++y)
+              for (z = 0; z < 16; ++z) {
+                int sx = bx[v].lo[0] + x, sy = bx[v].lo[1] + y, sz = bx[v].lo[2] + z;
+                int in = sx >= 0 && sx < vshape[k][0] && sy >= 0 && sy < vshape[k][1] &&
+                         sz >= 0 && sz < vshape[k][2];
+                want[((size_t)x * 20 + y) * 16 + z] = in ? pattern(k, sx, sy, sz) : 0.0f;
+              }
+          r = sample_rng(c.seed, bt.epoch, d, 1u + (uint64_t)v);
+          aug3_test(NULL, &r, want, NULL, c.crop, tmp);
+          for (x = 0; x < (int)vox && same; ++x) same = want[x] == bt.views[v][i * vox + x];
+          bad_view += !same;
+        }
+      }
+    }
+    if (st == 0) ioupos_loader_close(&l);
+    CHECK(bad_box == 0 && bad_view == 0 && n == 2 * VN, "SSL: of %d pairs, %d boxes are not "
+          "the sampler's draw from split(S, 0), %d views not aug3_test(split(S, 1 + v))", n,
+          bad_box, bad_view);
+    free(want);
+    free(tmp);
+  }
+}
+
 /* The phantom: pos-only 3D crops hold organ voxels; values are the phantom's. */
 static void test_phantom(void) {
   ioupos_phantom_opts o;
@@ -1076,6 +1244,11 @@ int main(void) {
   }
   make_ft_data();
   test_finetune();
+  path_of(dir, sizeof dir, "vol");
+  if (ioupos_dataset_scan_volumes(dir, NULL, &ds) == 0) {
+    test_contract(&ds);
+    ioupos_dataset_free(&ds);
+  }
   test_phantom();
   test_real();
   test_errors();
