@@ -569,6 +569,8 @@ static void test_cache(const ioupos_dataset *ds) {
   for (i = 0; i < 3; ++i) rec_free(&ref[i]);
 }
 
+static ioupos_rng sample_rng(uint64_t seed, int epoch, int d, uint64_t key);
+
 static void test_multicrop(const ioupos_dataset *ds) {
   ioupos_loader_config c = vol_config(ds);
   ioupos_loader l;
@@ -622,6 +624,49 @@ static void test_multicrop(const ioupos_dataset *ds) {
       c.num_workers = 2;
       CHECK(same_stream(&c, ref, 4), "multi-crop: 2 workers differ from 0");
       CHECK(g_bad_shape == 0, "augment3 got %d views of another shape", g_bad_shape);
+      { /* local boxes: ioupos_local_crop_draw(3, ...) on split(S, 100) around view 0's box in
+           the volume padded to max(crop, local crop); the pair and views as without locals */
+        ioupos_loader_config c0 = c;
+        rec plain[4];
+        int i, j, bad_l = 0, bad_p = 0, ax;
+        c0.n_local = 0;
+        c0.num_workers = 0;
+        if (ioupos_loader_open(&l, &c0) == 0) {
+          run_batches(&l, 4, plain);
+          ioupos_loader_close(&l);
+          for (b = 0; b < 4; ++b) {
+            bad_p += plain[b].status || ref[b].status || plain[b].nf != ref[b].nf ||
+                     memcmp(plain[b].f, ref[b].f, ref[b].nf * sizeof(float)) ||
+                     memcmp(plain[b].box, ref[b].box, 2 * (size_t)ref[b].n * sizeof(ioupos_box));
+            rec_free(&plain[b]);
+          }
+        } else {
+          ++bad_p;
+        }
+        CHECK(bad_p == 0, "n_local 3 changes %d of 4 batches' pairs or views", bad_p);
+        for (b = 0; b < 4; ++b)
+          for (i = 0; !ref[b].status && i < ref[b].n; ++i) {
+            int d = ref[b].src[i], k = case_of(ds->images[d]), P[3], off[3];
+            ioupos_box A = ref[b].box[i], L;
+            ioupos_rng r = sample_rng(c.seed, ref[b].epoch, d, 100);
+            for (ax = 0; ax < 3; ++ax) {
+              int need = c.crop[ax] > lc[ax] ? c.crop[ax] : lc[ax];
+              P[ax] = vshape[k][ax] > need ? vshape[k][ax] : need;
+              off[ax] = (P[ax] - vshape[k][ax]) / 2;
+              A.lo[ax] += off[ax], A.hi[ax] += off[ax];
+            }
+            for (j = 0; j < 3; ++j) {
+              if (ioupos_local_crop_draw(3, P, &A, lc, c.local_min_iou, c.local_max_iou, &r, &L)) {
+                ++bad_l;
+                continue;
+              }
+              for (ax = 0; ax < 3; ++ax) L.lo[ax] -= off[ax], L.hi[ax] -= off[ax];
+              bad_l += memcmp(&L, &ref[b].lbox[j * ref[b].n + i], sizeof L) != 0;
+            }
+          }
+        CHECK(bad_l == 0, "%d local boxes are not ioupos_local_crop_draw's on split(S, 100)",
+              bad_l);
+      }
       for (b = 0; b < 4; ++b) rec_free(&ref[b]);
     }
   }
