@@ -9392,7 +9392,10 @@ done:
 /* The 3D fine-tuning crops of volume d, as ioupos__make_finetune: RandCropByPosNegLabeld's
    centres over the padded volume (fg = label > 0, bg = label 0 and, with bg_use_image,
    image > threshold; padding is background), indices in the array's raster order (z
-   fastest), crop j augmented with split(S, 1 + j) after all centres are drawn. */
+   fastest), crop j augmented with split(S, 1 + j) after all centres are drawn.
+   MERGE(3D posneg): written inline as the 2D ioupos__make_finetune is; a section 7 3D posneg
+   helper may replace the index scan and the centre draw if it keeps this raster order and these
+   draws (test_volume_loader's contract test pins them). */
 static int ioupos__make_finetune3(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b,
                                   int i) {
   const ioupos_loader_config *cfg = wk->st->cfg;
