@@ -10200,6 +10200,37 @@ static void ioupos__chk_pair_near(const int shape[2], const int c[2], double lo,
   *above = aI >= 0 ? ioupos__iou_of(aI, V) : -1.0;
 }
 
+/* The same for two c[0] x c[1] x c[2] crops: a loop over the overlaps of the first two axes,
+   the third one division away. Returns 0 (nothing computed) when that loop would pass 4e6
+   overlap pairs (crops that large); the caller then says less. */
+static int ioupos__chk_pair_near3(const int shape[3], const int c[3], double lo, double hi,
+                                  double *below, double *above) {
+  int64_t V = (int64_t)c[0] * c[1] * c[2], ilo, ihi, o0, o1, lw[3], bI = -1, aI = -1;
+  int k;
+  if ((int64_t)(c[0] + 1) * (c[1] + 1) > 4000000) return 0;
+  for (k = 0; k < 3; ++k) lw[k] = shape ? ioupos__max64(0, 2 * (int64_t)c[k] - shape[k]) : 0;
+  ioupos__iou_range(V, V, lo, hi, &ilo, &ihi);
+  for (o0 = lw[0]; o0 <= c[0]; ++o0)
+    for (o1 = lw[1]; o1 <= c[1]; ++o1) {
+      int64_t p = o0 * o1;
+      if (p == 0) {
+        if (ilo > 0) bI = ioupos__max64(bI, 0);
+        continue;
+      }
+      if (ilo >= 1) {
+        int64_t o2 = ioupos__min64(c[2], (ilo - 1) / p);
+        if (o2 >= lw[2]) bI = ioupos__max64(bI, p * o2);
+      }
+      {
+        int64_t o2 = ioupos__max64(lw[2], ihi / p + 1);
+        if (o2 <= c[2] && (aI < 0 || p * o2 < aI)) aI = p * o2;
+      }
+    }
+  *below = bI >= 0 ? ioupos__iou_of(bI, V) : -1.0;
+  *above = aI >= 0 ? ioupos__iou_of(aI, V) : -1.0;
+  return 1;
+}
+
 static void ioupos__chk_near_text(char *buf, size_t cap, double below, double above) {
   if (below >= 0.0 && above >= 0.0)
     snprintf(buf, cap, "the nearest IoUs such crops can have are %.4g and %.4g", below, above);
@@ -10247,19 +10278,19 @@ static int ioupos__chk_size(const ioupos_loader_config *lc, int dims, const int 
     snprintf(ps, sizeof ps, ", zero-padded to %s,", pad);
   }
   st = ioupos_local_crop_feasible(dims, shape, c, c, lc->min_iou, lc->max_iou);
-  if (st == IOUPOS_EINFEASIBLE && dims == 3) { /* the nearest IoUs: the feasibility's reason */
-    snprintf(buf, cap, "%s %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
-             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", what, im,
-             ps, cr, lc->min_iou, lc->max_iou, ioupos_failure_reason());
-    return st;
-  }
   if (st == IOUPOS_EINFEASIBLE) {
     double below, above;
     char near[128];
-    ioupos__chk_pair_near(shape, c, lc->min_iou, lc->max_iou, &below, &above);
-    ioupos__chk_near_text(near, sizeof near, below, above);
-    snprintf(buf, cap, "image %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
-             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", im,
+    if (dims == 2) {
+      ioupos__chk_pair_near(shape, c, lc->min_iou, lc->max_iou, &below, &above);
+      ioupos__chk_near_text(near, sizeof near, below, above);
+    } else if (ioupos__chk_pair_near3(shape, c, lc->min_iou, lc->max_iou, &below, &above)) {
+      ioupos__chk_near_text(near, sizeof near, below, above);
+    } else {
+      snprintf(near, sizeof near, "such crops cannot meet it");
+    }
+    snprintf(buf, cap, "%s %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
+             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", what, im,
              ps, cr, lc->min_iou, lc->max_iou, near);
     return st;
   }
@@ -10379,14 +10410,18 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
     if (lc->kind == IOUPOS_LOADER_SSL && dims == 3 &&
         ioupos_local_crop_feasible(3, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==
             IOUPOS_EINFEASIBLE) {
-      char why[512], cr[64];
-      snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+      double below, above;
+      char near[128], cr[64];
+      if (ioupos__chk_pair_near3(NULL, lc->crop, lc->min_iou, lc->max_iou, &below, &above))
+        ioupos__chk_near_text(near, sizeof near, below, above);
+      else
+        snprintf(near, sizeof near, "such crops cannot meet it");
       ioupos_format_shape(cr, sizeof cr, 3, lc->crop);
       return ioupos__fail(IOUPOS_EINFEASIBLE, "`crop` %d,%d,%d with `min_iou` %g / `max_iou` %g: "
                           "no two %s crops have an IoU in [%g, %g], in a volume of any size "
                           "(%s); change `min_iou` / `max_iou` or `crop`", lc->crop[0],
                           lc->crop[1], lc->crop[2], lc->min_iou, lc->max_iou, cr, lc->min_iou,
-                          lc->max_iou, why);
+                          lc->max_iou, near);
     }
     if (lc->kind == IOUPOS_LOADER_SSL &&
         ioupos_local_crop_feasible(2, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==

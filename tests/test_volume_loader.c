@@ -1257,6 +1257,28 @@ static void test_errors(void) {
     st = ioupos_dataset_check(sets, 1, &o, NULL);
     CHECK(st == IOUPOS_EINFEASIBLE && contains(ioupos_failure_reason(), "`crop` 1,1,1"),
           "infeasible 3D crop: %d %s", st, ioupos_failure_reason());
+    /* nearest IoUs: 16x16x12 crops (3072 voxels) one voxel apart on an axis: 2880 / 3264 */
+    c.crop[0] = c.crop[1] = 16;
+    c.crop[2] = 12;
+    c.min_iou = 0.95;
+    c.max_iou = 0.96;
+    st = ioupos_dataset_check(sets, 1, &o, NULL);
+    CHECK(st == IOUPOS_EINFEASIBLE && contains(ioupos_failure_reason(), "0.8824 and 1") &&
+              contains(ioupos_failure_reason(), "any size"),
+          "infeasible 3D interval: %d %s", st, ioupos_failure_reason());
+    /* crops as large as the volumes: only IoU 1 there, named per size with the interval */
+    c.crop[0] = c.crop[1] = 24;
+    c.crop[2] = 20;
+    c.min_iou = 0.3;
+    c.max_iou = 0.6;
+    o.n_classes = 0;
+    st = ioupos_dataset_check(sets, 1, &o, &report);
+    CHECK(st != 0 && report &&
+              contains(report, "(and 4 more volumes of 24x24x20): volume 24x24x20 has no pair of "
+                               "24x24x20 crops") &&
+              contains(report, "nearest IoU such crops can have is 1"),
+          "volume size with no pair: %d, report:\n%s", st, report ? report : "(none)");
+    free(report); /* IOUPOS_FREE is free() in this build */
     c.spatial_dims = 2;
     st = ioupos_dataset_check(sets, 1, &o, NULL);
     CHECK(st == IOUPOS_EINVAL && contains(ioupos_failure_reason(), "spatial_dims"),
