@@ -36,6 +36,8 @@ TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $
 TESTS    += $(BUILD)/test_finite
 # the pre-flight check of data sets (ioupos_dataset_check)
 TESTS    += $(BUILD)/test_preflight
+# volume data sets and the loader in 3D
+TESTS    += $(BUILD)/test_volume_loader
 TESTS    += $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
@@ -310,8 +312,10 @@ test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER)
 # The loader's threads under ThreadSanitizer (no OpenMP there: libgomp is not instrumented, and
 # ThreadSanitizer would report its barriers).
 test-tsan: | stb
-	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" OPENMP= $(BUILD)/tsan/test_data
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CFLAGS="-O1 -g -fsanitize=thread" OPENMP= $(BUILD)/tsan/test_data \
+	  $(BUILD)/tsan/test_volume_loader
 	$(BUILD)/tsan/test_data
+	$(BUILD)/tsan/test_volume_loader
 
 # Reference fixtures (committed; CI needs no Python): PyTorch + MONAI in a pinned venv.
 VENV ?= .venv

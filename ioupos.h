@@ -892,7 +892,8 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      the stream then goes on with the next batch (skip it or stop, the caller decides).
      ioupos_loader_close never blocks for longer than the batches being made at that moment.
      Each worker keeps a small cache of IoU samplers keyed by image shape (slices of one CT share
-     a shape; a 2D init is about a microsecond but costs allocations).
+     a shape; a 2D init is about a microsecond but costs allocations; a 3D one more), and in 3D
+     a cache of decoded volumes (see "VOLUMES (3D)").
 
      Images smaller than the crop. The research code padded every slice to at least 96 x 96 in
      preprocessing (SpatialPadd), so its loader never saw one; ioupos-prep does the same. The
@@ -910,17 +911,49 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      ioupos_image_load (v / 255). Every other PNG goes through ioupos_image_load.
 
      Threads and platforms: the loader uses POSIX threads and the scan POSIX opendir / stat.
+
+   VOLUMES (3D)
+     ioupos_dataset_scan_volumes lists the *.nii and *.nii.gz files of a folder (what
+     `ioupos-prep --spatial_dims 3` writes: <case>.nii.gz, labels/<case>.nii.gz), with the 2D
+     scan's rules: strcmp order, dot-files and folders skipped, extension case-insensitive,
+     labels paired by the SAME file name, the same errors naming the folder or both sides.
+     The set says spatial_dims = 3, and only a loader with spatial_dims = 3 reads it (and a 3D
+     loader only such a set): a mismatch is refused at open.
+
+     A 3D loader (spatial_dims = 3) does everything the 2D one does, per axis over three axes:
+     crop[3] and local_crop[3] are sizes along (X, Y, Z), the NIfTI voxel axes i, j, k; the
+     crops are arrays in MONAI's order for (C, X, Y, Z) without C: voxel (x, y, z) of a crop at
+     x * cy * cz + y * cz + z (z fastest), what LoadImage + EnsureChannelFirst give; boxes are
+     3D, lo[0] / hi[0] on X. Values are the volume's as stored (ioupos-prep: float32 in [0, 1]),
+     labels the label volume's values (ids) as floats. views[v] (or image / label) hold
+     n * cx * cy * cz floats, sample i at i * cx * cy * cz; local views likewise with the local
+     size. IoU pairs come from ioupos_iou_sampler_init(s, 3, padded shape, crop, ...), local
+     crops from ioupos_local_crop_draw(3, ...), fine-tuning centres as RandCropByPosNegLabeld in
+     3D (fg = label > 0 over the padded volume in the array's raster order, z fastest), with
+     the same generators (split(S, 0), 1 + j, 100, 3 + k) and the same padding rules (pad_small,
+     floor(d / 2) before) per axis. Each view goes through augment3 (NULL = none) where a 2D
+     view goes through augment; augment is not used in 3D.
+     Decoding a .nii.gz is the slow part, so each worker keeps decoded volumes (image, and label
+     for fine-tuning, already in the crop's array order) in a least-recently-used cache of
+     cache_bytes / max(1, num_workers) bytes (config default 1 GiB for the whole loader; 0: no
+     cache). A volume larger than its worker's budget is decoded each time it is used. The cache
+     changes the speed only: the batches are the same for any budget and worker count.
 */
 
 typedef struct ioupos_dataset {
   int n;
   char **images; /* n paths "<image_dir>/<name>", sorted by name (strcmp) */
   char **labels; /* NULL, or n paths "<label_dir>/<name>": the label of images[i] */
+  int spatial_dims; /* 2: PNG slices (ioupos_dataset_scan), 3: NIfTI volumes
+                       (ioupos_dataset_scan_volumes); 0 is read as 2 */
 } ioupos_dataset;
 
 /* Scan image_dir (and label_dir, if not NULL) as described above. On failure *ds is empty. */
 IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
                                    ioupos_dataset *ds);
+/* The same for *.nii / *.nii.gz volumes (see "VOLUMES (3D)"); ds->spatial_dims = 3. */
+IOUPOS_DEF int ioupos_dataset_scan_volumes(const char *image_dir, const char *label_dir,
+                                           ioupos_dataset *ds);
 IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds);
 
 enum { IOUPOS_LOADER_SSL = 0, IOUPOS_LOADER_FINETUNE = 1 };
@@ -933,11 +966,18 @@ typedef int (*ioupos_augment_fn)(void *ctx, ioupos_rng *rng, float *img, float *
                                  int w, float *scratch);
 #define IOUPOS_AUGMENT_SCRATCH(h, w) ((size_t)4 * (size_t)(h) * (size_t)(w))
 
+/* The 3D augmentation hook: the same contract on one crop of shape[0] x shape[1] x shape[2]
+   (X, Y, Z; z fastest in memory, see "VOLUMES (3D)"); scratch holds
+   IOUPOS_AUGMENT_SCRATCH3(shape[0], shape[1], shape[2]) floats. */
+typedef int (*ioupos_augment3_fn)(void *ctx, ioupos_rng *rng, float *img, float *label,
+                                  const int shape[3], float *scratch);
+
 typedef struct ioupos_loader_config {
   const ioupos_dataset *dataset; /* borrowed: must outlive the loader */
   int kind;                      /* IOUPOS_LOADER_SSL or IOUPOS_LOADER_FINETUNE */
   int batch_size;                /* images per batch (research: 128 SSL, 32 fine-tuning) */
-  int crop[2];                   /* crop h, w (research: 96, 96) */
+  int spatial_dims;              /* 2 (PNG slices; 0 is read as 2) or 3 (NIfTI volumes) */
+  int crop[3];                   /* crop h, w (research: 96, 96); 3D: X, Y, Z (default 96^3) */
   double min_iou, max_iou;       /* SSL: the interval (research best: [0.3, 0.6]) */
   int pair_mode;                 /* SSL: IOUPOS_PAIR_ANCHORED or IOUPOS_PAIR_JOINT */
   uint64_t seed;
@@ -953,13 +993,19 @@ typedef struct ioupos_loader_config {
   void *augment_ctx;
   /* SSL multi-crop (DINO), see "Multi-crop" above */
   int n_local;                   /* local crops per sample, 0..256; 0 = none (default) */
-  int local_crop[2];             /* local crop h, w (default 48 x 48) */
+  int local_crop[3];             /* local crop h, w (default 48 x 48); 3D: X, Y, Z (48^3) */
   double local_min_iou, local_max_iou; /* IoU interval with view 0's box (default [0, 1]) */
+  /* 3D only (see "VOLUMES (3D)") */
+  ioupos_augment3_fn augment3;   /* per 3D view, as augment per 2D view; NULL = none */
+  void *augment3_ctx;
+  size_t cache_bytes;            /* decoded volumes kept, for the whole loader (default 1 GiB;
+                                    0: decode every time) */
 } ioupos_loader_config;
 
 /* The research setup for kind: batch 128 (SSL) or 32 (fine-tuning), crop 96 x 96,
    [0.3, 0.6] anchored, seed 0, no workers, drop_last 1, pad_small 1, num_samples 2,
-   pos = neg = 1, no augmentation; no local crops (n_local 0; local crop 48 x 48, [0, 1]). */
+   pos = neg = 1, no augmentation; no local crops (n_local 0; local crop 48 x 48, [0, 1]);
+   spatial_dims 2 (3D sizes 96^3 and 48^3 for a loader set to 3), cache_bytes 1 GiB. */
 IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
                                              const ioupos_dataset *ds, int kind);
 
@@ -969,7 +1015,7 @@ typedef struct ioupos_batch {
   int last_in_epoch;  /* 1 for the epoch's last batch */
   int n_images;       /* images in this batch (<= batch_size) */
   int n;              /* samples: SSL pairs (= n_images), fine-tuning crops (n_images*num_samples) */
-  int h, w;           /* crop size */
+  int h, w;           /* crop size (3D: crop[0], crop[1]; the views are 3D, see crop[]) */
   float *views[2];    /* SSL: n * h * w each, sample i at views[v] + i*h*w; else NULL */
   float *image;       /* fine-tuning: n * h * w; else NULL */
   float *label;       /* fine-tuning: n * h * w label ids as floats; else NULL */
@@ -980,6 +1026,9 @@ typedef struct ioupos_batch {
   float *local;          /* n_local * n * lh * lw: local view k of sample i at
                             local + (k * n + i) * lh * lw; NULL when n_local is 0 */
   ioupos_box *local_box; /* n_local * n: local_box[k * n + i], source coordinates; or NULL */
+  int spatial_dims;      /* 2 or 3 */
+  int crop[3], local_crop[3]; /* sizes per axis (2D: h, w, 1 and lh, lw, 1); a 3D view holds
+                                 crop[0] * crop[1] * crop[2] floats, z fastest */
 } ioupos_batch;
 
 struct ioupos__loader_state;
@@ -1012,6 +1061,13 @@ IOUPOS_DEF int ioupos_augment_pretrain_view(void *ctx, ioupos_rng *rng, float *i
 IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *img, float *label,
                                             int h, int w, float *scratch);
 
+/* TEMP(3D augment): replaced by section 7's at the merge (declarations) */
+IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch);
+IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch);
+/* end TEMP(3D augment) declarations */
+
 /* Fine-tuning crop centre, MONAI RandCropByPosNegLabeld semantics (correct_crop_centers):
    the start of a crop of size s centred on voxel c of an axis of length len >= s is
    clamp(c - s / 2, 0, len - s). Exposed for tests. */
@@ -1036,8 +1092,12 @@ IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len);
              crop), naming the size of the file, its padded size, the crop, the interval and
              the nearest achievable IoUs. These are the loader's own rules (ioupos_loader_open,
              ioupos_iou_sampler_init on the padded image, ioupos_local_crop_feasible).
-   The data sets must be PNG folders (what ioupos_dataset_scan lists); NIfTI volumes are not
-   read by the loader and not checked here.
+   Volume sets (ioupos_dataset_scan_volumes; all the sets one kind, and the loader's
+   spatial_dims the same): every image and label is decoded (ioupos_nifti_read; a .nii.gz has
+   no cheaper check), a label must have its image's grid (both shapes named), with
+   n_classes > 0 every label voxel an integer id in [0, n_classes); the size rules above hold
+   per axis on the X x Y x Z shape (pad_small = 0: a volume smaller than the crop, or the local
+   crop, is named with both shapes; SSL: the 3D pair and local-crop feasibility).
    Returns 0 when every file passed. Otherwise the status of the first problem (EFORMAT for a
    corrupt file, EIO for an unreadable one, EINVAL for a bad label or size, EINFEASIBLE for an
    interval) and a reason "pre-flight check: B of N files are bad: <path>: <problem>; ..." that
@@ -8841,6 +8901,21 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
 
 /* ---- 9. Data sets and the threaded loader ----------------------------------------------------- */
 
+/* TEMP(3D augment): replaced by section 7's at the merge */
+#ifndef IOUPOS_AUGMENT_SCRATCH3
+#define IOUPOS_AUGMENT_SCRATCH3(x,y,z) ((size_t)4*(size_t)(x)*(size_t)(y)*(size_t)(z))
+#endif
+IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch) {
+  (void)ctx, (void)rng, (void)img, (void)label, (void)shape, (void)scratch;
+  return 0;
+}
+IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
+                                              float *label, const int shape[3], float *scratch) {
+  (void)ctx, (void)rng, (void)img, (void)label, (void)shape, (void)scratch;
+  return 0;
+}
+/* end TEMP(3D augment) */
 
 /* -- 7a. Data sets -- */
 
@@ -8853,6 +8928,20 @@ static int ioupos__data_is_png_name(const char *name) {
   e = name + n - 4;
   return e[0] == '.' && (e[1] == 'p' || e[1] == 'P') && (e[2] == 'n' || e[2] == 'N') &&
          (e[3] == 'g' || e[3] == 'G');
+}
+
+/* A *.nii or *.nii.gz name, the extension ASCII case-insensitive; dot-files skipped. */
+static int ioupos__data_is_nii_name(const char *name) {
+  size_t n = strlen(name), k;
+  static const char gz[] = ".nii.gz";
+  if (name[0] == '.') return 0;
+  for (k = 0; k < 2; ++k) { /* ".nii" (k 0), ".nii.gz" (k 1) */
+    size_t m = k ? 7 : 4, j;
+    int ok = n > m;
+    for (j = 0; ok && j < m; ++j) ok = tolower((unsigned char)name[n - m + j]) == gz[j];
+    if (ok) return 1;
+  }
+  return 0;
 }
 
 static int ioupos__data_cmp_str(const void *a, const void *b) {
@@ -8879,12 +8968,14 @@ static void ioupos__data_free_names(char **v, int n) {
   IOUPOS_FREE(v);
 }
 
-/* The sorted names (not paths) of the regular *.png files in dir. what = "image" / "label".
+/* The sorted names (not paths) of the regular *.png files (dims 3: *.nii, *.nii.gz) in dir.
+   what = "image" / "label".
    On success *out (free with ioupos__data_free_names) holds *count >= 1 names; on failure
    both are empty and nothing is left allocated. readdir's order depends on the file system:
    the strcmp sort (bytes, not the locale) is what makes the list, and so every seed's
    shuffles, the same on every machine. */
-static int ioupos__data_list(const char *dir, const char *what, char ***out, int *count) {
+static int ioupos__data_list(const char *dir, const char *what, int dims, char ***out,
+                             int *count) {
   DIR *d;
   struct dirent *e;
   char **v = NULL;
@@ -8898,7 +8989,8 @@ static int ioupos__data_list(const char *dir, const char *what, char ***out, int
     struct stat sb;
     char *path;
     int reg;
-    if (!ioupos__data_is_png_name(e->d_name)) continue;
+    if (!(dims == 3 ? ioupos__data_is_nii_name(e->d_name) : ioupos__data_is_png_name(e->d_name)))
+      continue;
     path = ioupos__data_join(dir, e->d_name);
     if (!path) goto oom;
     reg = stat(path, &sb) == 0 && S_ISREG(sb.st_mode); /* follows symlinks; skips folders */
@@ -8924,6 +9016,9 @@ static int ioupos__data_list(const char *dir, const char *what, char ***out, int
   closedir(d);
   if (n == 0) {
     IOUPOS_FREE(v);
+    if (dims == 3)
+      return ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no *.nii or *.nii.gz volumes", what,
+                          dir);
     return ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no *.png files", what, dir);
   }
   qsort(v, (size_t)n, sizeof(char *), ioupos__data_cmp_str);
@@ -8948,20 +9043,20 @@ IOUPOS_DEF void ioupos_dataset_free(ioupos_dataset *ds) {
 /* Pairing is by file name, never by position in the two lists: one extra or missing file in a
    folder would otherwise shift every later label onto the wrong image without an error.
    The paths are built only once the pairing succeeded. */
-IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
-                                   ioupos_dataset *ds) {
+static int ioupos__dataset_scan(int dims, const char *image_dir, const char *label_dir,
+                                ioupos_dataset *ds) {
   char **im = NULL, **lb = NULL;
   int ni = 0, nl = 0, i, st;
   if (!ds) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_scan: ds is NULL");
   memset(ds, 0, sizeof *ds);
   if (!image_dir) return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_scan: image_dir is NULL");
-  st = ioupos__data_list(image_dir, "image", &im, &ni);
+  st = ioupos__data_list(image_dir, "image", dims, &im, &ni);
   if (st) return st;
   if (label_dir) {
     int a = 0, b = 0, bad = 0, listed = 0;
     char more[512];
     size_t used = 0, cap = 0;
-    st = ioupos__data_list(label_dir, "label", &lb, &nl);
+    st = ioupos__data_list(label_dir, "label", dims, &lb, &nl);
     if (st) goto fail;
     /* both sorted by strcmp: a merge walk pairs equal names and names EVERY unmatched one (the
        first in full, the others by name as far as they fit the reason). A name is appended
@@ -9004,6 +9099,7 @@ IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
   if (lb) ds->labels = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
   if (!ds->images || (lb && !ds->labels)) goto oom;
   ds->n = ni;
+  ds->spatial_dims = dims;
   for (i = 0; i < ni; ++i) {
     ds->images[i] = ioupos__data_join(image_dir, im[i]);
     if (!ds->images[i]) goto oom;
@@ -9028,6 +9124,16 @@ fail:
   return st;
 }
 
+IOUPOS_DEF int ioupos_dataset_scan(const char *image_dir, const char *label_dir,
+                                   ioupos_dataset *ds) {
+  return ioupos__dataset_scan(2, image_dir, label_dir, ds);
+}
+
+IOUPOS_DEF int ioupos_dataset_scan_volumes(const char *image_dir, const char *label_dir,
+                                           ioupos_dataset *ds) {
+  return ioupos__dataset_scan(3, image_dir, label_dir, ds);
+}
+
 /* -- 7b. The loader -- */
 
 IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
@@ -9037,7 +9143,8 @@ IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
   cfg->dataset = ds;
   cfg->kind = kind;
   cfg->batch_size = kind == IOUPOS_LOADER_FINETUNE ? 32 : 128;
-  cfg->crop[0] = cfg->crop[1] = 96;
+  cfg->spatial_dims = 2;
+  cfg->crop[0] = cfg->crop[1] = cfg->crop[2] = 96;
   cfg->min_iou = 0.3;
   cfg->max_iou = 0.6;
   cfg->pair_mode = IOUPOS_PAIR_ANCHORED;
@@ -9045,9 +9152,10 @@ IOUPOS_DEF void ioupos_loader_config_default(ioupos_loader_config *cfg,
   cfg->pad_small = 1;
   cfg->num_samples = 2;
   cfg->pos = cfg->neg = 1;
-  cfg->local_crop[0] = cfg->local_crop[1] = 48;
+  cfg->local_crop[0] = cfg->local_crop[1] = cfg->local_crop[2] = 48;
   cfg->local_min_iou = 0.0;
   cfg->local_max_iou = 1.0;
+  cfg->cache_bytes = (size_t)1 << 30;
 }
 
 IOUPOS_DEF int ioupos_crop_start_from_centre(int c, int s, int len) {
@@ -9084,9 +9192,20 @@ IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *i
 #define IOUPOS__LOADER_CACHE 8 /* samplers per worker, keyed by (padded) image shape */
 
 typedef struct ioupos__sampler_entry {
-  int h, w, used; /* used: 0 empty, else last-use stamp */
+  int shape[3], used; /* shape: 2D h, w, 0; used: 0 empty, else last-use stamp */
   ioupos_iou_sampler s;
 } ioupos__sampler_entry;
+
+/* A decoded volume (3D) in the crops' array order: voxel (x, y, z) at (x * Y + y) * Z + z,
+   z fastest, as MONAI's (X, Y, Z) array; lab is the label volume (fine-tuning) or NULL. As a
+   worker's cache entry: d is its data set index (-1 empty), bytes what it holds, used its
+   last-use stamp. */
+typedef struct ioupos__vox {
+  int d, shape[3];
+  float *img, *lab;
+  size_t bytes;
+  uint64_t used;
+} ioupos__vox;
 
 /* A decoded image: either bytes (fast path, value v / 255) or floats. */
 typedef struct ioupos__pix {
@@ -9112,6 +9231,12 @@ typedef struct ioupos__worker {
   float *scratch; /* IOUPOS_AUGMENT_SCRATCH of the crop and of the local crop, floats */
   int *idx;       /* fine-tuning: fg then bg pixel indices, capacity idx_cap */
   size_t idx_cap;
+  /* 3D: decoded volumes, least recently used first out; vbytes of vbudget in use. A cached
+     volume is a function of its file alone, so the cache changes no batch. */
+  ioupos__vox *vcache;
+  int nv, vcap;
+  size_t vbytes, vbudget;
+  uint64_t vstamp;
 } ioupos__worker;
 
 /* The ring of prefetched batches. Batch g of the stream always lives in slot g % nslots. A
@@ -9145,6 +9270,7 @@ typedef struct ioupos__slot {
    for busy to reach 0. Both are broadcast, as their waiters wait for different conditions. */
 struct ioupos__loader_state {
   const ioupos_loader_config *cfg; /* points at the loader's copy */
+  int dims;                        /* 2 or 3 (cfg->spatial_dims, 0 read as 2) */
   int bpe;                         /* batches per epoch */
   ioupos_rng root;
   float lut[256]; /* v / 255 as ioupos_image_load computes it */
@@ -9240,18 +9366,23 @@ static double ioupos__pix_value(const struct ioupos__loader_state *st, const iou
   return p->u8 ? (double)st->lut[p->u8[i]] : (double)p->f.data[i];
 }
 
-/* The sampler of a (padded) h x w image; ih x iw is the file's own size, for messages.
-   An LRU cache of IOUPOS__LOADER_CACHE entries: an empty entry if any, else the least
-   recently used one is rebuilt. On failure NULL, *status set and the entry left empty, so a
-   shape that admits no pair fails again for each of its images, each naming its own file. */
-static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int h, int w,
-                                                        int ih, int iw, const char *path,
+/* The sampler of a (padded) image of shape[dims] (dims 2 or 3, the loader's); ishape is the
+   file's own size, for messages. An LRU cache of IOUPOS__LOADER_CACHE entries: an empty entry
+   if any, else the least recently used one is rebuilt. On failure NULL, *status set and the
+   entry left empty, so a shape that admits no pair fails again for each of its images, each
+   naming its own file. */
+static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, const int shape[],
+                                                        const int ishape[], const char *path,
                                                         int *status) {
   const ioupos_loader_config *cfg = wk->st->cfg;
-  int i, victim = 0, shape[2], st;
+  int dims = wk->st->dims, i, k, victim = 0, key[3] = {0, 0, 0}, st, padded = 0;
+  for (k = 0; k < dims; ++k) {
+    key[k] = shape[k];
+    padded |= ishape[k] != shape[k];
+  }
   for (i = 0; i < IOUPOS__LOADER_CACHE; ++i) {
     ioupos__sampler_entry *e = &wk->cache[i];
-    if (e->used && e->h == h && e->w == w) {
+    if (e->used && e->shape[0] == key[0] && e->shape[1] == key[1] && e->shape[2] == key[2]) {
       e->used = ++wk->stamp;
       return &e->s;
     }
@@ -9259,22 +9390,22 @@ static const ioupos_iou_sampler *ioupos__worker_sampler(ioupos__worker *wk, int 
   }
   if (wk->cache[victim].used) ioupos_iou_sampler_free(&wk->cache[victim].s);
   wk->cache[victim].used = 0;
-  shape[0] = h;
-  shape[1] = w;
-  st = ioupos_iou_sampler_init(&wk->cache[victim].s, 2, shape, cfg->crop, cfg->min_iou,
+  st = ioupos_iou_sampler_init(&wk->cache[victim].s, dims, key, cfg->crop, cfg->min_iou,
                                cfg->max_iou, cfg->pair_mode);
   if (st) {
-    char why[512];
+    char why[512], is[64], ps[64], cs[64];
     snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-    if (ih != h || iw != w) /* name the file's size, not only the padded one */
-      *status = ioupos__fail(st, "%s: image %dx%d, zero-padded to %dx%d for the %dx%d crop: %s",
-                             path, ih, iw, h, w, cfg->crop[0], cfg->crop[1], why);
+    ioupos_format_shape(is, sizeof is, dims, ishape);
+    ioupos_format_shape(ps, sizeof ps, dims, key);
+    ioupos_format_shape(cs, sizeof cs, dims, cfg->crop);
+    if (padded) /* name the file's size, not only the padded one */
+      *status = ioupos__fail(st, "%s: %s %s, zero-padded to %s for the %s crop: %s", path,
+                             dims == 3 ? "volume" : "image", is, ps, cs, why);
     else
       *status = ioupos__fail(st, "%s: %s", path, why);
     return NULL;
   }
-  wk->cache[victim].h = h;
-  wk->cache[victim].w = w;
+  memcpy(wk->cache[victim].shape, key, sizeof key);
   wk->cache[victim].used = ++wk->stamp;
   return &wk->cache[victim].s;
 }
@@ -9376,8 +9507,11 @@ static int ioupos__make_ssl(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_bat
   if (status) return status;
   status = ioupos__pad_offsets(cfg, path, p.h, p.w, &py, &px);
   if (status) goto done;
-  s = ioupos__worker_sampler(wk, p.h > cfg->crop[0] ? p.h : cfg->crop[0],
-                             p.w > cfg->crop[1] ? p.w : cfg->crop[1], p.h, p.w, path, &status);
+  {
+    const int ps[2] = {ioupos__imax(p.h, cfg->crop[0]), ioupos__imax(p.w, cfg->crop[1])};
+    const int is[2] = {p.h, p.w};
+    s = ioupos__worker_sampler(wk, ps, is, path, &status);
+  }
   if (!s) goto done;
   r = ioupos_rng_split(S, 0);
   status = ioupos_iou_sampler_draw(s, &r, &box[0], &box[1]);
@@ -9501,6 +9635,363 @@ done:
   return status;
 }
 
+/* -- 9b'. The loader in 3D: volumes, their cache, crops -- */
+
+static void ioupos__vox_free(ioupos__vox *v) {
+  IOUPOS_FREE(v->img);
+  IOUPOS_FREE(v->lab);
+  memset(v, 0, sizeof *v);
+  v->d = -1;
+}
+
+/* NIfTI's x-fastest data as the (X, Y, Z) array, z fastest: out[(x * Y + y) * Z + z] =
+   in[(z * Y + y) * X + x]. Written in order, read with stride X Y (measured faster than the
+   other way round on a 512 x 512 x 160 CT). A fresh IOUPOS_MALLOC array, or NULL. */
+static float *ioupos__vox_transpose(const ioupos_volume *v) {
+  size_t X = (size_t)v->dim[0], Y = (size_t)v->dim[1], Z = (size_t)v->dim[2], x, y, z;
+  float *o;
+  if (X * Y * Z > (size_t)-1 / sizeof(float)) return NULL; /* X Y Z < 2^31 (the reader's) */
+  o = (float *)IOUPOS_MALLOC(X * Y * Z * sizeof(float));   /* every element is written */
+  if (!o) return NULL;
+  for (x = 0; x < X; ++x)
+    for (y = 0; y < Y; ++y) {
+      const float *r = v->data + y * X + x;
+      float *w = o + (x * Y + y) * Z;
+      for (z = 0; z < Z; ++z) w[z] = r[z * X * Y];
+    }
+  return o;
+}
+
+/* Decode data set volume d (and its label when the loader is fine-tuning) into *v: the label
+   must have the image's grid. On failure v is empty and the reason names the file. */
+static int ioupos__vox_decode(const struct ioupos__loader_state *st, int d, ioupos__vox *v) {
+  const ioupos_loader_config *cfg = st->cfg;
+  const char *ipath = cfg->dataset->images[d];
+  ioupos_volume im, lb;
+  int status, k;
+  memset(v, 0, sizeof *v);
+  v->d = -1;
+  memset(&lb, 0, sizeof lb);
+  status = ioupos_nifti_read(ipath, &im);
+  if (status) return status;
+  for (k = 0; k < 3; ++k) v->shape[k] = im.dim[k];
+  v->img = ioupos__vox_transpose(&im);
+  ioupos_volume_free(&im);
+  if (!v->img) goto oom;
+  v->bytes = (size_t)v->shape[0] * (size_t)v->shape[1] * (size_t)v->shape[2] * sizeof(float);
+  if (cfg->kind == IOUPOS_LOADER_FINETUNE) {
+    const char *lpath = cfg->dataset->labels[d];
+    status = ioupos_nifti_read(lpath, &lb);
+    if (status) goto fail;
+    if (lb.dim[0] != v->shape[0] || lb.dim[1] != v->shape[1] || lb.dim[2] != v->shape[2]) {
+      char ls[64], is[64];
+      ioupos_format_shape(ls, sizeof ls, 3, lb.dim);
+      ioupos_format_shape(is, sizeof is, 3, v->shape);
+      status = ioupos__fail(IOUPOS_EINVAL, "label %s is %s but its image %s is %s", lpath, ls,
+                            ipath, is);
+      ioupos_volume_free(&lb);
+      goto fail;
+    }
+    v->lab = ioupos__vox_transpose(&lb);
+    ioupos_volume_free(&lb);
+    if (!v->lab) goto oom;
+    v->bytes *= 2;
+  }
+  v->d = d;
+  return IOUPOS_OK;
+oom:
+  status = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for a %dx%dx%d volume", ipath,
+                        v->shape[0], v->shape[1], v->shape[2]);
+fail:
+  ioupos__vox_free(v);
+  return status;
+}
+
+/* Volume d through the worker's cache. *out points into the cache, or at tmp when the volume
+   is larger than the whole budget (decoded for this use only: the caller frees tmp). Entries
+   leave least recently used first until the new one fits; nothing else is ever evicted while
+   *out is in use (one sample at a time per worker). */
+static int ioupos__vox_get(ioupos__worker *wk, int d, ioupos__vox *tmp, const ioupos__vox **out) {
+  ioupos__vox v;
+  int i, status;
+  *out = NULL;
+  memset(tmp, 0, sizeof *tmp);
+  tmp->d = -1;
+  for (i = 0; i < wk->nv; ++i)
+    if (wk->vcache[i].d == d) {
+      wk->vcache[i].used = ++wk->vstamp;
+      *out = &wk->vcache[i];
+      return IOUPOS_OK;
+    }
+  status = ioupos__vox_decode(wk->st, d, &v);
+  if (status) return status;
+  if (v.bytes > wk->vbudget) {
+    *tmp = v;
+    *out = tmp;
+    return IOUPOS_OK;
+  }
+  while (wk->vbytes + v.bytes > wk->vbudget) { /* evict the least recently used */
+    int lru = 0;
+    for (i = 1; i < wk->nv; ++i)
+      if (wk->vcache[i].used < wk->vcache[lru].used) lru = i;
+    wk->vbytes -= wk->vcache[lru].bytes;
+    ioupos__vox_free(&wk->vcache[lru]);
+    wk->vcache[lru] = wk->vcache[--wk->nv];
+  }
+  if (wk->nv == wk->vcap) {
+    int ncap = wk->vcap ? 2 * wk->vcap : 16;
+    ioupos__vox *nc = (ioupos__vox *)ioupos__calloc((size_t)ncap, sizeof *nc);
+    if (!nc) { /* not cached: still correct */
+      *tmp = v;
+      *out = tmp;
+      return IOUPOS_OK;
+    }
+    if (wk->nv) memcpy(nc, wk->vcache, (size_t)wk->nv * sizeof *nc);
+    IOUPOS_FREE(wk->vcache);
+    wk->vcache = nc;
+    wk->vcap = ncap;
+  }
+  v.used = ++wk->vstamp;
+  wk->vcache[wk->nv] = v;
+  wk->vbytes += v.bytes;
+  *out = &wk->vcache[wk->nv++];
+  return IOUPOS_OK;
+}
+
+/* Copy the c[0] x c[1] x c[2] window at lo[] of the (X, Y, Z) array a of shape[] (source
+   coordinates; outside is 0, MONAI's SpatialPad value) into out, z fastest. */
+static void ioupos__vox_crop(const float *a, const int shape[3], const int lo[3], const int c[3],
+                             float *out) {
+  int x, y;
+  int za = lo[2] < 0 ? -lo[2] : 0, zb = lo[2] + c[2] > shape[2] ? shape[2] - lo[2] : c[2];
+  for (x = 0; x < c[0]; ++x)
+    for (y = 0; y < c[1]; ++y) {
+      float *o = out + ((size_t)x * (size_t)c[1] + (size_t)y) * (size_t)c[2];
+      int sx = lo[0] + x, sy = lo[1] + y, z;
+      if (sx < 0 || sx >= shape[0] || sy < 0 || sy >= shape[1] || zb <= za) {
+        memset(o, 0, (size_t)c[2] * sizeof(float));
+        continue;
+      }
+      for (z = 0; z < za; ++z) o[z] = 0.0f;
+      memcpy(o + za,
+             a + ((size_t)sx * (size_t)shape[1] + (size_t)sy) * (size_t)shape[2] + lo[2] + za,
+             (size_t)(zb - za) * sizeof(float));
+      for (z = zb; z < c[2]; ++z) o[z] = 0.0f;
+    }
+}
+
+/* The 3D augmentation of one view, errors as ioupos__augment_hw's. */
+static int ioupos__augment3(const ioupos_loader_config *cfg, ioupos__worker *wk, ioupos_rng *rng,
+                            float *img, float *label, const int shape[3], const char *path) {
+  int st;
+  if (!cfg->augment3) return IOUPOS_OK;
+  st = cfg->augment3(cfg->augment3_ctx, rng, img, label, shape, wk->scratch);
+  if (st) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+    return ioupos__fail(st < 0 ? st : IOUPOS_EINVAL, "%s: augmentation failed: %s", path, why);
+  }
+  return IOUPOS_OK;
+}
+
+/* The padding of a volume of shape[] to at least c[] per axis: offsets before (floor(d / 2),
+   as MONAI's SpatialPad) and the padded shape; or, with pad_small = 0, an error naming the
+   file, both shapes and what the crop is (what: "crop" or "local crop"). */
+static int ioupos__pad3(const ioupos_loader_config *cfg, const char *path, const int shape[3],
+                        const int c[3], const char *what, int off[3], int padded[3]) {
+  int k;
+  for (k = 0; k < 3; ++k) {
+    if (shape[k] < c[k] && !cfg->pad_small) {
+      char vs[64], cs[64];
+      ioupos_format_shape(vs, sizeof vs, 3, shape);
+      ioupos_format_shape(cs, sizeof cs, 3, c);
+      return ioupos__fail(IOUPOS_EINVAL, "%s: volume %s is smaller than the %s %s (the loader "
+                          "was opened with pad_small = 0)", path, vs, what, cs);
+    }
+    padded[k] = ioupos__imax(shape[k], c[k]);
+    off[k] = (padded[k] - shape[k]) / 2;
+  }
+  return IOUPOS_OK;
+}
+
+/* 3D local crops of sample i, as ioupos__make_local: placed in the volume padded to at least
+   max(crop, local_crop) per axis, boxes from split(S, 100), local k's augmentation from
+   split(S, 3 + k). */
+static int ioupos__make_local3(ioupos__worker *wk, const ioupos__vox *v, const ioupos_rng *S,
+                               const ioupos_box *A, ioupos_batch *b, int i, const char *path) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  const int *lc = cfg->local_crop;
+  int need[3], off[3], shape[3], k, j, status;
+  size_t lvox = (size_t)lc[0] * (size_t)lc[1] * (size_t)lc[2];
+  ioupos_box a = *A;
+  ioupos_rng r;
+  for (k = 0; k < 3; ++k) need[k] = ioupos__imax(cfg->crop[k], lc[k]);
+  if (!cfg->pad_small) {
+    status = ioupos__pad3(cfg, path, v->shape, lc, "local crop", off, shape);
+    if (status) return status;
+  }
+  status = ioupos__pad3(cfg, path, v->shape, need, "crop", off, shape);
+  if (status) return status;
+  for (k = 0; k < 3; ++k) a.lo[k] += off[k], a.hi[k] += off[k];
+  r = ioupos_rng_split(S, 100);
+  for (j = 0; j < cfg->n_local; ++j) {
+    size_t o = (size_t)j * (size_t)b->n + (size_t)i;
+    float *out = b->local + o * lvox;
+    ioupos_box L;
+    ioupos_rng ra;
+    status = ioupos_local_crop_draw(3, shape, &a, lc, cfg->local_min_iou, cfg->local_max_iou, &r,
+                                    &L);
+    if (status) {
+      char why[512];
+      snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+      return ioupos__fail(status, "%s: %s", path, why);
+    }
+    for (k = 0; k < 3; ++k) L.lo[k] -= off[k], L.hi[k] -= off[k];
+    ioupos__vox_crop(v->img, v->shape, L.lo, lc, out);
+    b->local_box[o] = L;
+    ra = ioupos_rng_split(S, 3u + (uint64_t)j);
+    status = ioupos__augment3(cfg, wk, &ra, out, NULL, lc, path);
+    if (status) return status;
+  }
+  return IOUPOS_OK;
+}
+
+/* The 3D SSL sample i from data set volume d, as ioupos__make_ssl: the pair on the volume
+   padded to the crop (split(S, 0)), view v augmented with split(S, 1 + v). */
+static int ioupos__make_ssl3(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b, int i) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  const char *path = cfg->dataset->images[d];
+  size_t vox = (size_t)cfg->crop[0] * (size_t)cfg->crop[1] * (size_t)cfg->crop[2];
+  const ioupos_iou_sampler *s;
+  const ioupos__vox *v;
+  ioupos__vox tmp;
+  ioupos_rng r;
+  ioupos_box box[2];
+  int status, off[3], shape[3], k, j;
+  status = ioupos__vox_get(wk, d, &tmp, &v);
+  if (status) return status;
+  status = ioupos__pad3(cfg, path, v->shape, cfg->crop, "crop", off, shape);
+  if (status) goto done;
+  s = ioupos__worker_sampler(wk, shape, v->shape, path, &status);
+  if (!s) goto done;
+  r = ioupos_rng_split(S, 0);
+  status = ioupos_iou_sampler_draw(s, &r, &box[0], &box[1]);
+  if (status) goto done;
+  for (j = 0; j < 2; ++j) {
+    float *out = b->views[j] + (size_t)i * vox;
+    for (k = 0; k < 3; ++k) box[j].lo[k] -= off[k], box[j].hi[k] -= off[k];
+    ioupos__vox_crop(v->img, v->shape, box[j].lo, cfg->crop, out);
+    b->box[j][i] = box[j];
+    r = ioupos_rng_split(S, 1u + (uint64_t)j);
+    status = ioupos__augment3(cfg, wk, &r, out, NULL, cfg->crop, path);
+    if (status) goto done;
+  }
+  if (cfg->n_local > 0) {
+    status = ioupos__make_local3(wk, v, S, &box[0], b, i, path);
+    if (status) goto done;
+  }
+  b->source[i] = d;
+done:
+  ioupos__vox_free(&tmp);
+  return status;
+}
+
+/* The 3D fine-tuning crops of volume d, as ioupos__make_finetune: RandCropByPosNegLabeld's
+   centres over the padded volume (fg = label > 0, bg = label 0 and, with bg_use_image,
+   image > threshold; padding is background), indices in the array's raster order (z
+   fastest), crop j augmented with split(S, 1 + j) after all centres are drawn.
+   MERGE(3D posneg): written inline as the 2D ioupos__make_finetune is; a section 7 3D posneg
+   helper may replace the index scan and the centre draw if it keeps this raster order and these
+   draws (test_volume_loader's contract test pins them). */
+static int ioupos__make_finetune3(ioupos__worker *wk, int d, ioupos_rng *S, ioupos_batch *b,
+                                  int i) {
+  const ioupos_loader_config *cfg = wk->st->cfg;
+  const char *ipath = cfg->dataset->images[d];
+  const int *c = cfg->crop;
+  int ns = cfg->num_samples, status, off[3], P[3], j, x, y;
+  size_t vox = (size_t)c[0] * (size_t)c[1] * (size_t)c[2], n, k, nfg = 0, nbg = 0;
+  double pos_ratio = (double)cfg->pos / (double)(cfg->pos + cfg->neg);
+  const ioupos__vox *v;
+  ioupos__vox tmp;
+  ioupos_rng r;
+  status = ioupos__vox_get(wk, d, &tmp, &v);
+  if (status) return status;
+  status = ioupos__pad3(cfg, ipath, v->shape, c, "crop", off, P);
+  if (status) goto done;
+  n = (size_t)P[0] * (size_t)P[1] * (size_t)P[2];
+  if (n > 0x7FFFFFFF) {
+    status = ioupos__fail(IOUPOS_ERANGE, "%s: padded volume %dx%dx%d has 2^31 voxels or more",
+                          ipath, P[0], P[1], P[2]);
+    goto done;
+  }
+  if (wk->idx_cap < n) {
+    IOUPOS_FREE(wk->idx);
+    wk->idx = (int *)ioupos__calloc(n, sizeof(int));
+    wk->idx_cap = wk->idx ? n : 0;
+    if (!wk->idx) {
+      status = ioupos__fail(IOUPOS_ENOMEM, "%s: out of memory for %dx%dx%d indices", ipath, P[0],
+                            P[1], P[2]);
+      goto done;
+    }
+  }
+  /* fg from the front, bg from the back, as in 2D; k runs over the padded volume in raster
+     order, one (x, y) row of z at a time (lr, ir: that row of the volume, NULL in padding) */
+  k = 0;
+  for (x = 0; x < P[0]; ++x)
+    for (y = 0; y < P[1]; ++y) {
+      int sx = x - off[0], sy = y - off[1], z;
+      const float *lr = NULL, *ir = NULL;
+      if (sx >= 0 && sx < v->shape[0] && sy >= 0 && sy < v->shape[1]) {
+        size_t row = ((size_t)sx * (size_t)v->shape[1] + (size_t)sy) * (size_t)v->shape[2];
+        lr = v->lab + row;
+        ir = v->img + row;
+      }
+      for (z = 0; z < P[2]; ++z, ++k) {
+        int sz = z - off[2];
+        float lab = 0.0f, val = 0.0f;
+        if (lr && sz >= 0 && sz < v->shape[2]) lab = lr[sz], val = ir[sz];
+        if (lab > 0.0f) wk->idx[nfg++] = (int)k;
+        else if (!cfg->bg_use_image || (double)val > cfg->bg_image_threshold)
+          wk->idx[n - 1 - nbg++] = (int)k;
+      }
+    }
+  if (nfg == 0 && nbg == 0) {
+    status = ioupos__fail(IOUPOS_EINVAL, "%s (label %s): no foreground and no background voxel "
+                          "to centre a crop on", ipath, cfg->dataset->labels[d]);
+    goto done;
+  }
+  if (nfg == 0) pos_ratio = 0.0;
+  else if (nbg == 0) pos_ratio = 1.0;
+  r = ioupos_rng_split(S, 0);
+  for (j = 0; j < ns; ++j) {
+    int o = i * ns + j, q, ctr;
+    ioupos_box *bx = &b->box[0][o];
+    if (ioupos_rng_uniform(&r) < pos_ratio) ctr = wk->idx[ioupos_rng_below(&r, nfg)];
+    else ctr = wk->idx[n - 1 - ioupos_rng_below(&r, nbg)];
+    memset(bx, 0, sizeof *bx);
+    bx->dims = 3;
+    for (q = 2; q >= 0; --q) { /* z, y, x from the raster index */
+      int cq = ctr % P[q];
+      ctr /= P[q];
+      bx->lo[q] = ioupos_crop_start_from_centre(cq, c[q], P[q]) - off[q];
+      bx->hi[q] = bx->lo[q] + c[q];
+    }
+    ioupos__vox_crop(v->img, v->shape, bx->lo, c, b->image + (size_t)o * vox);
+    ioupos__vox_crop(v->lab, v->shape, bx->lo, c, b->label + (size_t)o * vox);
+    b->source[o] = d;
+  }
+  for (j = 0; j < ns; ++j) {
+    int o = i * ns + j;
+    ioupos_rng ra = ioupos_rng_split(S, 1u + (uint64_t)j);
+    status = ioupos__augment3(cfg, wk, &ra, b->image + (size_t)o * vox,
+                              b->label + (size_t)o * vox, c, ipath);
+    if (status) goto done;
+  }
+done:
+  ioupos__vox_free(&tmp);
+  return status;
+}
+
 /* Make batch g of the stream into slot (any thread; touches only the worker and the slot).
    Everything comes from (seed, g) alone: E = split(root, epoch); the epoch's order is a
    Fisher-Yates shuffle drawn from a copy of E, so it is a function of (seed, epoch), as with
@@ -9535,8 +10026,12 @@ static int ioupos__make_batch(ioupos__worker *wk, int64_t g, ioupos__slot *slot)
   for (i = 0; i < count && !status; ++i) {
     int d = wk->perm[first + i];
     ioupos_rng S = ioupos_rng_split(&E, (uint64_t)d);
-    status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune(wk, d, &S, b, i)
-                                                 : ioupos__make_ssl(wk, d, &S, b, i);
+    if (st->dims == 3)
+      status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune3(wk, d, &S, b, i)
+                                                   : ioupos__make_ssl3(wk, d, &S, b, i);
+    else
+      status = cfg->kind == IOUPOS_LOADER_FINETUNE ? ioupos__make_finetune(wk, d, &S, b, i)
+                                                   : ioupos__make_ssl(wk, d, &S, b, i);
   }
   slot->status = status;
   slot->reason[0] = 0;
@@ -9585,6 +10080,8 @@ static void ioupos__worker_free(ioupos__worker *wk) {
   IOUPOS_FREE(wk->perm);
   IOUPOS_FREE(wk->scratch);
   IOUPOS_FREE(wk->idx);
+  for (i = 0; i < wk->nv; ++i) ioupos__vox_free(&wk->vcache[i]);
+  IOUPOS_FREE(wk->vcache);
   memset(wk, 0, sizeof *wk);
 }
 
@@ -9639,7 +10136,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   struct ioupos__loader_state *st;
   const ioupos_loader_config *cfg;
   const ioupos_dataset *ds;
-  int i, nw, ft, per_img, B;
+  int i, nw, ft, per_img, B, dims, ddims;
   size_t hw, scratch, floats, lfloats, lhw;
   if (!l) return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_open: loader is NULL");
   memset(l, 0, sizeof *l);
@@ -9654,10 +10151,23 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   if (cfg->kind != IOUPOS_LOADER_SSL && !ft)
     return ioupos__fail(IOUPOS_EINVAL, "loader: unknown kind %d (0 SSL pairs, 1 fine-tuning)",
                         cfg->kind);
+  dims = cfg->spatial_dims == 0 ? 2 : cfg->spatial_dims;
+  ddims = ds->spatial_dims == 0 ? 2 : ds->spatial_dims;
+  if (dims != 2 && dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: `spatial_dims` %d must be 2 or 3",
+                        cfg->spatial_dims);
+  if (dims != ddims)
+    return ioupos__fail(IOUPOS_EINVAL, "loader: `spatial_dims` %d, but the data set holds %s "
+                        "(%s); scan it with %s", dims, ddims == 3 ? "volumes" : "2D slices",
+                        ds->images[0], dims == 3 ? "ioupos_dataset_scan_volumes"
+                                                 : "ioupos_dataset_scan");
   if (B < 1 || cfg->crop[0] < 1 || cfg->crop[1] < 1 || cfg->crop[0] > 16384 ||
       cfg->crop[1] > 16384)
     return ioupos__fail(IOUPOS_EINVAL, "loader: batch_size %d must be >= 1 and the crop %dx%d "
                         "between 1 and 16384", B, cfg->crop[0], cfg->crop[1]);
+  if (dims == 3 && (cfg->crop[2] < 1 || cfg->crop[2] > 16384))
+    return ioupos__fail(IOUPOS_EINVAL, "loader: `crop` %dx%dx%d: each size must be between 1 "
+                        "and 16384", cfg->crop[0], cfg->crop[1], cfg->crop[2]);
   if (cfg->num_workers < 0 || cfg->num_workers > 256 || cfg->prefetch < 0 ||
       cfg->prefetch > 4096)
     return ioupos__fail(IOUPOS_EINVAL, "loader: num_workers %d must be in 0..256 and prefetch "
@@ -9687,13 +10197,17 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
         cfg->local_crop[1] > 16384)
       return ioupos__fail(IOUPOS_EINVAL, "loader: local crop %dx%d must be between 1 and 16384",
                           cfg->local_crop[0], cfg->local_crop[1]);
+    if (dims == 3 && (cfg->local_crop[2] < 1 || cfg->local_crop[2] > 16384))
+      return ioupos__fail(IOUPOS_EINVAL, "loader: `local_crop` %dx%dx%d: each size must be "
+                          "between 1 and 16384", cfg->local_crop[0], cfg->local_crop[1],
+                          cfg->local_crop[2]);
     if (!(cfg->local_min_iou >= 0.0 && cfg->local_max_iou <= 1.0 &&
           cfg->local_min_iou <= cfg->local_max_iou))
       return ioupos__fail(IOUPOS_EINVAL, "loader: `local_min_iou` %g / `local_max_iou` %g: the "
                           "interval must be within [0, 1], not reversed, not NaN",
                           cfg->local_min_iou, cfg->local_max_iou);
-    fst = ioupos_local_crop_feasible(2, NULL, cfg->crop, cfg->local_crop, cfg->local_min_iou,
-                                     cfg->local_max_iou);
+    fst = ioupos_local_crop_feasible(dims, NULL, cfg->crop, cfg->local_crop,
+                                     cfg->local_min_iou, cfg->local_max_iou);
     if (fst) {
       char why[512];
       snprintf(why, sizeof why, "%s", ioupos_failure_reason());
@@ -9715,6 +10229,7 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   if (!st) return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory");
   l->st = st;
   st->cfg = cfg;
+  st->dims = dims;
   st->bpe = l->batches_per_epoch;
   ioupos_rng_seed(&st->root, cfg->seed);
   /* v / 255 rounded to float, as ioupos_image_load computes it: the byte path's exact values */
@@ -9739,8 +10254,11 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
 
   /* slots: each holds a whole batch */
   per_img = ft ? cfg->num_samples : 1;
-  hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1];
-  lhw = cfg->n_local > 0 ? (size_t)cfg->local_crop[0] * (size_t)cfg->local_crop[1] : 1;
+  /* hw, lhw: floats per view and per local view (3D: the crop volumes, <= 2^42 each) */
+  hw = (size_t)cfg->crop[0] * (size_t)cfg->crop[1] * (dims == 3 ? (size_t)cfg->crop[2] : 1);
+  lhw = cfg->n_local > 0 ? (size_t)cfg->local_crop[0] * (size_t)cfg->local_crop[1] *
+                               (dims == 3 ? (size_t)cfg->local_crop[2] : 1)
+                         : 1;
   floats = (size_t)B * (size_t)per_img * hw; /* <= 2^30 * 2^28: check the product below */
   if (hw != 0 && floats / hw != (size_t)B * (size_t)per_img) goto oom;
   lfloats = (size_t)B * (size_t)cfg->n_local * lhw; /* n_local <= 256, lhw <= 2^28 */
@@ -9764,23 +10282,39 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
       b->n_local = cfg->n_local;
       b->lh = cfg->local_crop[0];
       b->lw = cfg->local_crop[1];
+      b->local_crop[0] = cfg->local_crop[0];
+      b->local_crop[1] = cfg->local_crop[1];
+      b->local_crop[2] = dims == 3 ? cfg->local_crop[2] : 1;
     }
     b->kind = cfg->kind;
     b->h = cfg->crop[0];
     b->w = cfg->crop[1];
+    b->spatial_dims = dims;
+    b->crop[0] = cfg->crop[0];
+    b->crop[1] = cfg->crop[1];
+    b->crop[2] = dims == 3 ? cfg->crop[2] : 1;
     if (ft) b->image = s->mem, b->label = s->mem + floats;
     else b->views[0] = s->mem, b->views[1] = s->mem + floats;
   }
   /* worker contexts (one for the synchronous mode) */
-  scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
-  if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
-    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
+  if (dims == 3) {
+    const int *c = cfg->crop, *lc = cfg->local_crop;
+    scratch = IOUPOS_AUGMENT_SCRATCH3(c[0], c[1], c[2]);
+    if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH3(lc[0], lc[1], lc[2]) > scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH3(lc[0], lc[1], lc[2]);
+  } else {
+    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
+    if (cfg->n_local > 0 &&
+        IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
+  }
   st->workers = (ioupos__worker *)ioupos__calloc((size_t)(nw ? nw : 1), sizeof(ioupos__worker));
   if (!st->workers) goto oom;
   for (i = 0; i < (nw ? nw : 1); ++i) {
     ioupos__worker *wk = &st->workers[i];
     wk->st = st;
     wk->perm_epoch = -1;
+    wk->vbudget = cfg->cache_bytes / (size_t)(nw ? nw : 1); /* the loader's budget, shared */
     wk->perm = (int *)ioupos__calloc((size_t)ds->n, sizeof(int));
     wk->scratch = (float *)ioupos__calloc(scratch, sizeof(float));
     if (!wk->perm || !wk->scratch) goto oom;
@@ -9799,8 +10333,12 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
 oom:
   i = st->nslots;
   ioupos_loader_close(l);
-  return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory for %d batch buffers of %d x %dx%d "
-                      "crops", i, cfg_in->batch_size, cfg_in->crop[0], cfg_in->crop[1]);
+  {
+    char cs[64];
+    ioupos_format_shape(cs, sizeof cs, dims, cfg_in->crop);
+    return ioupos__fail(IOUPOS_ENOMEM, "loader: out of memory for %d batch buffers of %d x %s "
+                        "crops", i, cfg_in->batch_size, cs);
+  }
 }
 
 /* Gives back the batch the caller held (its arrays are valid only until this call), which may
@@ -10022,7 +10560,8 @@ static int ioupos__chk_label_ids(const ioupos__pix *p, int K, const char *path) 
    reason buffer is per thread and the next file would overwrite it. */
 typedef struct ioupos__chk_item {
   const char *img, *lab; /* paths; lab NULL without labels */
-  int h, w;              /* the image's size; 0 when it could not be read */
+  int dims;              /* 2: PNG slices, 3: NIfTI volumes (the set's spatial_dims) */
+  int h, w, z;           /* the image's size (2D: z 0); 0 when it could not be read */
   int status[2];         /* the image's and the label's problem, 0 none */
   char *msg[2];          /* their "<path>: <problem>" (IOUPOS_MALLOC), or NULL */
 } ioupos__chk_item;
@@ -10042,9 +10581,70 @@ static void ioupos__chk_note(ioupos__chk_item *it, int k, int st) {
   if (it->msg[k]) memcpy(it->msg[k], why, n + 1);
 }
 
+/* Every voxel of a decoded label volume an integer id in [0, K) (as the loader's fine-tuning
+   and the evaluation read labels); all voxels are scanned, so the reason gives the count of
+   bad ones and the largest bad id. Voxel (i, j, k) in NIfTI's order. */
+static int ioupos__chk_label_ids3(const ioupos_volume *v, int K, const char *path) {
+  size_t X = (size_t)v->dim[0], Y = (size_t)v->dim[1], n = X * Y * (size_t)v->dim[2], i;
+  size_t count = 0, at = 0;
+  double first = 0.0, top = 0.0;
+  for (i = 0; i < n; ++i) {
+    double id = (double)v->data[i];
+    if (!(id == floor(id)))
+      return ioupos__fail(IOUPOS_EFORMAT, "%s: voxel (%zu, %zu, %zu) is not an integer label id "
+                          "(%g)", path, i % X, i / X % Y, i / (X * Y), id);
+    if (id < 0.0 || id >= (double)K) {
+      if (count++ == 0) first = id, at = i, top = id;
+      if (id > top) top = id;
+    }
+  }
+  if (count)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: label %g at voxel (%zu, %zu, %zu) is outside [0, %d) "
+                        "(`n_classes` %d); %zu such voxels, ids up to %g", path, first, at % X,
+                        at / X % Y, at / (X * Y), K, K, count, top);
+  return IOUPOS_OK;
+}
+
+/* A volume set's files: each image and label decoded (a .nii.gz has no cheaper structure to
+   check: its CRC is at the end of the stream), the label on the image's grid, its ids with
+   n_classes. */
+static void ioupos__chk_run3(ioupos__chk_item *it, const ioupos_dataset_check_opts *o) {
+  ioupos_volume v;
+  int st;
+  st = ioupos_nifti_read(it->img, &v);
+  if (st) {
+    ioupos__chk_note(it, 0, st);
+  } else {
+    it->h = v.dim[0];
+    it->w = v.dim[1];
+    it->z = v.dim[2];
+    ioupos_volume_free(&v);
+  }
+  if (!it->lab) return;
+  st = ioupos_nifti_read(it->lab, &v);
+  if (st == 0) {
+    if (it->h > 0 && (v.dim[0] != it->h || v.dim[1] != it->w || v.dim[2] != it->z)) {
+      char ls[64], is[64];
+      const int ish[3] = {it->h, it->w, it->z};
+      ioupos_format_shape(ls, sizeof ls, 3, v.dim);
+      ioupos_format_shape(is, sizeof is, 3, ish);
+      st = ioupos__fail(IOUPOS_EINVAL, "label %s is %s but its image %s is %s", it->lab, ls,
+                        it->img, is);
+    } else if (o->n_classes > 0) {
+      st = ioupos__chk_label_ids3(&v, o->n_classes, it->lab);
+    }
+    ioupos_volume_free(&v);
+  }
+  if (st) ioupos__chk_note(it, 1, st);
+}
+
 static void ioupos__chk_run(ioupos__chk_item *it, const ioupos_dataset_check_opts *o) {
   ioupos__pix p;
   int st, lh = 0, lw = 0;
+  if (it->dims == 3) {
+    ioupos__chk_run3(it, o);
+    return;
+  }
   st = ioupos__png_walk(it->img, &it->h, &it->w);
   if (st == 0 && o->decode_images) {
     st = ioupos__pix_load(it->img, &p);
@@ -10107,6 +10707,37 @@ static void ioupos__chk_pair_near(const int shape[2], const int c[2], double lo,
   *above = aI >= 0 ? ioupos__iou_of(aI, V) : -1.0;
 }
 
+/* The same for two c[0] x c[1] x c[2] crops: a loop over the overlaps of the first two axes,
+   the third one division away. Returns 0 (nothing computed) when that loop would pass 4e6
+   overlap pairs (crops that large); the caller then says less. */
+static int ioupos__chk_pair_near3(const int shape[3], const int c[3], double lo, double hi,
+                                  double *below, double *above) {
+  int64_t V = (int64_t)c[0] * c[1] * c[2], ilo, ihi, o0, o1, lw[3], bI = -1, aI = -1;
+  int k;
+  if ((int64_t)(c[0] + 1) * (c[1] + 1) > 4000000) return 0;
+  for (k = 0; k < 3; ++k) lw[k] = shape ? ioupos__max64(0, 2 * (int64_t)c[k] - shape[k]) : 0;
+  ioupos__iou_range(V, V, lo, hi, &ilo, &ihi);
+  for (o0 = lw[0]; o0 <= c[0]; ++o0)
+    for (o1 = lw[1]; o1 <= c[1]; ++o1) {
+      int64_t p = o0 * o1;
+      if (p == 0) {
+        if (ilo > 0) bI = ioupos__max64(bI, 0);
+        continue;
+      }
+      if (ilo >= 1) {
+        int64_t o2 = ioupos__min64(c[2], (ilo - 1) / p);
+        if (o2 >= lw[2]) bI = ioupos__max64(bI, p * o2);
+      }
+      {
+        int64_t o2 = ioupos__max64(lw[2], ihi / p + 1);
+        if (o2 <= c[2] && (aI < 0 || p * o2 < aI)) aI = p * o2;
+      }
+    }
+  *below = bI >= 0 ? ioupos__iou_of(bI, V) : -1.0;
+  *above = aI >= 0 ? ioupos__iou_of(aI, V) : -1.0;
+  return 1;
+}
+
 static void ioupos__chk_near_text(char *buf, size_t cap, double below, double above) {
   if (below >= 0.0 && above >= 0.0)
     snprintf(buf, cap, "the nearest IoUs such crops can have are %.4g and %.4g", below, above);
@@ -10122,56 +10753,67 @@ static void ioupos__chk_near_text(char *buf, size_t cap, double below, double ab
    ioupos__make_local) on the same padded shapes, so the two judge a size alike (a batch can
    still fail when its own view-0 box admits no local crop: this asks only for some box).
    Fine-tuning has only the pad_small rule: any image can centre a crop. */
-static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *buf, size_t cap) {
+static int ioupos__chk_size(const ioupos_loader_config *lc, int dims, const int size[],
+                            char *buf, size_t cap) {
   const int *c = lc->crop, *lcr = lc->local_crop;
-  int nl = lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0, shape[2], st;
+  int nl = lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0, shape[3], st, k, small = 0;
+  int lsmall = 0, padded = 0;
+  const char *what = dims == 3 ? "volume" : "image";
   char im[64], pad[64], cr[64], lcs[64], ps[96] = "";
-  const int hw[2] = {h, w};
-  ioupos_format_shape(im, sizeof im, 2, hw);
-  ioupos_format_shape(cr, sizeof cr, 2, c);
-  ioupos_format_shape(lcs, sizeof lcs, 2, lcr);
-  if (!lc->pad_small && (h < c[0] || w < c[1])) {
-    snprintf(buf, cap, "image %s is smaller than the %s crop (the loader is opened with "
-             "pad_small = 0)", im, cr);
+  ioupos_format_shape(im, sizeof im, dims, size);
+  ioupos_format_shape(cr, sizeof cr, dims, c);
+  ioupos_format_shape(lcs, sizeof lcs, dims, lcr);
+  for (k = 0; k < dims; ++k) {
+    small |= size[k] < c[k];
+    lsmall |= size[k] < lcr[k];
+    shape[k] = ioupos__imax(size[k], c[k]);
+    padded |= shape[k] != size[k];
+  }
+  if (!lc->pad_small && small) {
+    snprintf(buf, cap, "%s %s is smaller than the %s crop (the loader is opened with "
+             "pad_small = 0)", what, im, cr);
     return IOUPOS_EINVAL;
   }
-  if (!lc->pad_small && nl && (h < lcr[0] || w < lcr[1])) {
-    snprintf(buf, cap, "image %s is smaller than the %s local crop (the loader is opened with "
-             "pad_small = 0)", im, lcs);
+  if (!lc->pad_small && nl && lsmall) {
+    snprintf(buf, cap, "%s %s is smaller than the %s local crop (the loader is opened with "
+             "pad_small = 0)", what, im, lcs);
     return IOUPOS_EINVAL;
   }
   if (lc->kind != IOUPOS_LOADER_SSL) return 0;
-  shape[0] = ioupos__imax(h, c[0]);
-  shape[1] = ioupos__imax(w, c[1]);
-  if (shape[0] != h || shape[1] != w) {
-    ioupos_format_shape(pad, sizeof pad, 2, shape);
+  if (padded) {
+    ioupos_format_shape(pad, sizeof pad, dims, shape);
     snprintf(ps, sizeof ps, ", zero-padded to %s,", pad);
   }
-  st = ioupos_local_crop_feasible(2, shape, c, c, lc->min_iou, lc->max_iou);
+  st = ioupos_local_crop_feasible(dims, shape, c, c, lc->min_iou, lc->max_iou);
   if (st == IOUPOS_EINFEASIBLE) {
     double below, above;
     char near[128];
-    ioupos__chk_pair_near(shape, c, lc->min_iou, lc->max_iou, &below, &above);
-    ioupos__chk_near_text(near, sizeof near, below, above);
-    snprintf(buf, cap, "image %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
-             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", im,
+    if (dims == 2) {
+      ioupos__chk_pair_near(shape, c, lc->min_iou, lc->max_iou, &below, &above);
+      ioupos__chk_near_text(near, sizeof near, below, above);
+    } else if (ioupos__chk_pair_near3(shape, c, lc->min_iou, lc->max_iou, &below, &above)) {
+      ioupos__chk_near_text(near, sizeof near, below, above);
+    } else {
+      snprintf(near, sizeof near, "such crops cannot meet it");
+    }
+    snprintf(buf, cap, "%s %s%s has no pair of %s crops (`crop`) with an IoU in [%g, %g] "
+             "(`min_iou` / `max_iou`): %s; use a smaller `crop` or another interval", what, im,
              ps, cr, lc->min_iou, lc->max_iou, near);
     return st;
   }
   if (st) {
-    snprintf(buf, cap, "image %s%s: %s", im, ps, ioupos_failure_reason());
+    snprintf(buf, cap, "%s %s%s: %s", what, im, ps, ioupos_failure_reason());
     return st;
   }
   if (nl) {
-    shape[0] = ioupos__imax(shape[0], lcr[0]);
-    shape[1] = ioupos__imax(shape[1], lcr[1]);
-    st = ioupos_local_crop_feasible(2, shape, c, lcr, lc->local_min_iou, lc->local_max_iou);
+    for (k = 0; k < dims; ++k) shape[k] = ioupos__imax(shape[k], lcr[k]);
+    st = ioupos_local_crop_feasible(dims, shape, c, lcr, lc->local_min_iou, lc->local_max_iou);
     if (st) {
-      ioupos_format_shape(pad, sizeof pad, 2, shape);
-      snprintf(buf, cap, "image %s (as %s for the local crops): no %s local crop "
+      ioupos_format_shape(pad, sizeof pad, dims, shape);
+      snprintf(buf, cap, "%s %s (as %s for the local crops): no %s local crop "
                "(`local_crop`) has an IoU in [%g, %g] (`local_min_iou` / `local_max_iou`) "
-               "with a %s crop: %s", im, pad, lcs, lc->local_min_iou, lc->local_max_iou, cr,
-               ioupos_failure_reason());
+               "with a %s crop: %s", what, im, pad, lcs, lc->local_min_iou, lc->local_max_iou,
+               cr, ioupos_failure_reason());
       return st;
     }
   }
@@ -10179,7 +10821,7 @@ static int ioupos__chk_size(const ioupos_loader_config *lc, int h, int w, char *
 }
 
 typedef struct ioupos__chk_size_key {
-  int h, w;
+  int h, w, z;
   size_t item;
 } ioupos__chk_size_key;
 
@@ -10190,6 +10832,7 @@ static int ioupos__chk_size_cmp(const void *a, const void *b) {
   const ioupos__chk_size_key *y = (const ioupos__chk_size_key *)b;
   if (x->h != y->h) return x->h < y->h ? -1 : 1;
   if (x->w != y->w) return x->w < y->w ? -1 : 1;
+  if (x->z != y->z) return x->z < y->z ? -1 : 1;
   return x->item < y->item ? -1 : x->item > y->item;
 }
 
@@ -10224,7 +10867,7 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
   ioupos__chk_size_key *keys = NULL;
   ioupos__chk_list L;
   size_t n = 0, files = 0, i, nk = 0, T;
-  int s, st = IOUPOS_OK, k;
+  int s, st = IOUPOS_OK, k, dims = 0;
   if (report) *report = NULL;
   memset(&o, 0, sizeof o);
   if (opts) o = *opts;
@@ -10239,21 +10882,54 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
                           s);
     n += (size_t)sets[s]->n;
     files += (size_t)sets[s]->n * (sets[s]->labels ? 2u : 1u);
+    /* one kind of file in all the sets: PNG slices (2) or volumes (3) */
+    k = sets[s]->spatial_dims == 0 ? 2 : sets[s]->spatial_dims;
+    if (dims && k != dims)
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: data set %d holds %s but data "
+                          "set 0 %s", s, k == 3 ? "volumes" : "2D slices",
+                          dims == 3 ? "volumes" : "2D slices");
+    dims = k;
   }
+  if (dims == 0) dims = lc && lc->spatial_dims == 3 ? 3 : 2;
   if (o.max_listed <= 0) o.max_listed = 100;
   if (lc) {
-    if (lc->crop[0] < 1 || lc->crop[1] < 1 || lc->crop[0] > 16384 || lc->crop[1] > 16384 ||
-        (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0 &&
-         (lc->local_crop[0] < 1 || lc->local_crop[1] < 1 || lc->local_crop[0] > 16384 ||
-          lc->local_crop[1] > 16384)))
-      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: crop %dx%d or local crop %dx%d "
-                          "not between 1 and 16384", lc->crop[0], lc->crop[1],
-                          lc->local_crop[0], lc->local_crop[1]);
+    int ld = lc->spatial_dims == 0 ? 2 : lc->spatial_dims, bad = 0;
+    if (ld != dims)
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: the loader's `spatial_dims` is %d "
+                          "but the data sets hold %s", lc->spatial_dims,
+                          dims == 3 ? "volumes (3)" : "2D slices (2)");
+    for (k = 0; k < dims; ++k)
+      bad |= lc->crop[k] < 1 || lc->crop[k] > 16384 ||
+             (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0 &&
+              (lc->local_crop[k] < 1 || lc->local_crop[k] > 16384));
+    if (bad) {
+      char cs[64], ls[64];
+      ioupos_format_shape(cs, sizeof cs, dims, lc->crop);
+      ioupos_format_shape(ls, sizeof ls, dims, lc->local_crop);
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dataset_check: crop %s or local crop %s "
+                          "not between 1 and 16384", cs, ls);
+    }
     if (lc->kind == IOUPOS_LOADER_SSL &&
         !(lc->min_iou >= 0.0 && lc->max_iou <= 1.0 && lc->min_iou <= lc->max_iou))
       return ioupos__fail(IOUPOS_EINVAL, "`min_iou` %g / `max_iou` %g: the IoU interval must be "
                           "within [0, 1], not reversed, not NaN", lc->min_iou, lc->max_iou);
     /* intervals no crops can satisfy in ANY image: one message, no file opened */
+    if (lc->kind == IOUPOS_LOADER_SSL && dims == 3 &&
+        ioupos_local_crop_feasible(3, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==
+            IOUPOS_EINFEASIBLE) {
+      double below, above;
+      char near[128], cr[64];
+      if (ioupos__chk_pair_near3(NULL, lc->crop, lc->min_iou, lc->max_iou, &below, &above))
+        ioupos__chk_near_text(near, sizeof near, below, above);
+      else
+        snprintf(near, sizeof near, "such crops cannot meet it");
+      ioupos_format_shape(cr, sizeof cr, 3, lc->crop);
+      return ioupos__fail(IOUPOS_EINFEASIBLE, "`crop` %d,%d,%d with `min_iou` %g / `max_iou` %g: "
+                          "no two %s crops have an IoU in [%g, %g], in a volume of any size "
+                          "(%s); change `min_iou` / `max_iou` or `crop`", lc->crop[0],
+                          lc->crop[1], lc->crop[2], lc->min_iou, lc->max_iou, cr, lc->min_iou,
+                          lc->max_iou, near);
+    }
     if (lc->kind == IOUPOS_LOADER_SSL &&
         ioupos_local_crop_feasible(2, NULL, lc->crop, lc->crop, lc->min_iou, lc->max_iou) ==
             IOUPOS_EINFEASIBLE) {
@@ -10270,12 +10946,15 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
                           lc->max_iou, cr, lc->min_iou, lc->max_iou, near);
     }
     if (lc->kind == IOUPOS_LOADER_SSL && lc->n_local > 0) {
-      st = ioupos_local_crop_feasible(2, NULL, lc->crop, lc->local_crop, lc->local_min_iou,
+      st = ioupos_local_crop_feasible(dims, NULL, lc->crop, lc->local_crop, lc->local_min_iou,
                                       lc->local_max_iou);
       if (st) {
         char why[512], flag[32];
         snprintf(why, sizeof why, "%s", ioupos_failure_reason());
-        if (lc->local_crop[0] == lc->local_crop[1])
+        if (dims == 3)
+          snprintf(flag, sizeof flag, "%d,%d,%d", lc->local_crop[0], lc->local_crop[1],
+                   lc->local_crop[2]);
+        else if (lc->local_crop[0] == lc->local_crop[1])
           snprintf(flag, sizeof flag, "%d", lc->local_crop[0]);
         else
           snprintf(flag, sizeof flag, "%d,%d", lc->local_crop[0], lc->local_crop[1]);
@@ -10298,6 +10977,7 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
     for (j = 0; j < sets[s]->n; ++j, ++i) {
       items[i].img = sets[s]->images[j];
       items[i].lab = sets[s]->labels ? sets[s]->labels[j] : NULL;
+      items[i].dims = dims;
     }
   }
   /* the files, on num_threads threads (each item is its own: no locks) */
@@ -10346,25 +11026,29 @@ IOUPOS_DEF int ioupos_dataset_check(const ioupos_dataset *const sets[], int n_se
       if (items[i].h > 0) {
         keys[nk].h = items[i].h;
         keys[nk].w = items[i].w;
+        keys[nk].z = items[i].z;
         keys[nk++].item = i;
       }
     qsort(keys, nk, sizeof *keys, ioupos__chk_size_cmp);
     for (i = 0; i < nk;) {
       size_t j = i, cnt, first = keys[i].item;
-      char why[1024], line[1536];
+      char why[1024], line[1536], ks[64];
+      const int key[3] = {keys[i].h, keys[i].w, keys[i].z};
       int sst;
-      while (j < nk && keys[j].h == keys[i].h && keys[j].w == keys[i].w) {
+      while (j < nk && keys[j].h == keys[i].h && keys[j].w == keys[i].w &&
+             keys[j].z == keys[i].z) {
         if (keys[j].item < first) first = keys[j].item;
         ++j;
       }
       cnt = j - i;
-      sst = ioupos__chk_size(lc, keys[i].h, keys[i].w, why, sizeof why);
+      sst = ioupos__chk_size(lc, dims, key, why, sizeof why);
       if (sst) {
         char *ln;
         size_t len;
+        ioupos_format_shape(ks, sizeof ks, dims, key);
         if (cnt > 1)
-          snprintf(line, sizeof line, "%s (and %lu more images of %dx%d): %s",
-                   items[first].img, (unsigned long)(cnt - 1), keys[i].h, keys[i].w, why);
+          snprintf(line, sizeof line, "%s (and %lu more %s of %s): %s", items[first].img,
+                   (unsigned long)(cnt - 1), dims == 3 ? "volumes" : "images", ks, why);
         else
           snprintf(line, sizeof line, "%s: %s", items[first].img, why);
         len = strlen(line);
