@@ -1061,13 +1061,6 @@ IOUPOS_DEF int ioupos_augment_pretrain_view(void *ctx, ioupos_rng *rng, float *i
 IOUPOS_DEF int ioupos_augment_finetune_crop(void *ctx, ioupos_rng *rng, float *img, float *label,
                                             int h, int w, float *scratch);
 
-/* TEMP(3D augment): replaced by section 7's at the merge (declarations) */
-IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
-                                              float *label, const int shape[3], float *scratch);
-IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
-                                              float *label, const int shape[3], float *scratch);
-/* end TEMP(3D augment) declarations */
-
 /* Fine-tuning crop centre, MONAI RandCropByPosNegLabeld semantics (correct_crop_centers):
    the start of a crop of size s centred on voxel c of an axis of length len >= s is
    clamp(c - s / 2, 0, len - s). Exposed for tests. */
@@ -8900,22 +8893,6 @@ IOUPOS_DEF int ioupos_phantom_make(const ioupos_phantom_opts *o, ioupos_volume *
 }
 
 /* ---- 9. Data sets and the threaded loader ----------------------------------------------------- */
-
-/* TEMP(3D augment): replaced by section 7's at the merge */
-#ifndef IOUPOS_AUGMENT_SCRATCH3
-#define IOUPOS_AUGMENT_SCRATCH3(x,y,z) ((size_t)4*(size_t)(x)*(size_t)(y)*(size_t)(z))
-#endif
-IOUPOS_DEF int ioupos_augment_pretrain_volume(void *ctx, ioupos_rng *rng, float *img,
-                                              float *label, const int shape[3], float *scratch) {
-  (void)ctx, (void)rng, (void)img, (void)label, (void)shape, (void)scratch;
-  return 0;
-}
-IOUPOS_DEF int ioupos_augment_finetune_volume(void *ctx, ioupos_rng *rng, float *img,
-                                              float *label, const int shape[3], float *scratch) {
-  (void)ctx, (void)rng, (void)img, (void)label, (void)shape, (void)scratch;
-  return 0;
-}
-/* end TEMP(3D augment) */
 
 /* -- 7a. Data sets -- */
 
