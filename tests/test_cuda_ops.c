@@ -1433,54 +1433,79 @@ static void test_dino_step(void) {
   ioupos_dino_free(&m);
 }
 
-/* One SwinUNETR forward and backward (the fine-tuning model: the encoder, every decoder block
-   of section 19, channels-first transposes, the 1x1 output block) with fixed dlogits: logits,
-   dx and every parameter gradient against the CPU's (no batch norm here: 1e-3 of each tensor's
-   largest value). */
+/* One SwinUNETR fine-tuning step (the model of section 21: the encoder, every decoder block
+   of section 19, channels-first transposes, the 1x1 output block) as ioupos_finetune_run takes
+   it: a training forward (drop-path 0.1), MONAI's Dice-CE on the host against a fixed label
+   map, its gradient back up, the backward, AdamW (lr 1e-3, weight decay 1e-5 except biases and
+   1-D tensors) on every tensor. Logits, the loss, dx and every parameter gradient against the
+   CPU's (no batch norm here: 1e-3 of each tensor's largest value); the parameters after AdamW
+   within 5e-3 (3e-4 in the host build; AdamW's first step moves each parameter by about lr
+   whatever |g|, so where |g| is tiny its last bits show: see the DINO step below). */
 typedef struct {
-  float *logits, *dx, *grad;
+  float *logits, *dx, *grad, *value;
+  double loss;
 } unetr_result;
 
 static int unetr_run(const ioupos_backend *be, const ioupos_swinunetr_config *cfg, int B,
                      const int *shape, unetr_result *r) {
   ioupos_swinunetr m;
   ioupos_params p;
-  ioupos_rng rng;
-  size_t i, nx = (size_t)B * cfg->enc.in_chans * shape[0] * shape[1];
-  size_t nl = (size_t)B * cfg->out_channels * shape[0] * shape[1];
-  float *hx = hmalloc(nx), *hg = hmalloc(nl), *x = NULL, *g = NULL, *dx = NULL;
-  int rc;
+  ioupos_rng rng, drop;
+  int K = cfg->out_channels, rc, t;
+  size_t i, S = (size_t)shape[0] * shape[1], nx = (size_t)B * cfg->enc.in_chans * S;
+  size_t nl = (size_t)B * K * S;
+  float *hx = hmalloc(nx), *hg = hmalloc(nl), *prob = hmalloc(nl), *x = NULL, *g = NULL;
+  float *dx = NULL, *m1 = NULL, *m2 = NULL;
+  double *stats = (double *)calloc(IOUPOS_DICECE_STATS(B, K), sizeof(double));
+  int *target = (int *)calloc((size_t)B * S, sizeof(int));
   for (i = 0; i < nx; ++i) hx[i] = (float)sin(0.05 * i) + 0.3f * (float)cos(0.7 * i);
-  for (i = 0; i < nl; ++i) hg[i] = (float)cos(0.11 * i) / (float)nl;
+  for (i = 0; i < (size_t)B * S; ++i) /* three blobs of classes, some background */
+    target[i] = (int)((i % shape[1]) / 11 + (i / shape[1] % shape[0]) / 13) % K;
   memset(&p, 0, sizeof p);
   rc = ioupos_swinunetr_init(&m, cfg, &p.table, "");
   if (!rc) rc = ioupos_params_alloc(&p, be, 1);
   ioupos_rng_seed(&rng, 9);
+  ioupos_rng_seed(&drop, 4);
   if (!rc) rc = ioupos_params_init(&p, &rng);
   if (!rc) rc = ioupos_swinunetr_plan(&m, &p, B, shape);
   if (!rc) {
+    size_t pb = p.table.total * sizeof(float);
     x = (float *)be->alloc(nx * sizeof(float)), g = (float *)be->alloc(nl * sizeof(float));
     dx = (float *)be->alloc(nx * sizeof(float));
-    if (!x || !g || !dx) rc = IOUPOS_ENOMEM;
+    m1 = (float *)be->alloc(pb), m2 = (float *)be->alloc(pb);
+    if (!x || !g || !dx || !m1 || !m2 || !stats || !target) rc = IOUPOS_ENOMEM;
+    else be->zero(m1, pb), be->zero(m2, pb), be->zero(p.grad, pb);
   }
   if (!rc) {
     be->upload(x, hx, nx * sizeof(float));
-    be->upload(g, hg, nl * sizeof(float));
-    rc = ioupos_swinunetr_forward(&m, &p, x, 0, NULL);
+    rc = ioupos_swinunetr_forward(&m, &p, x, 1, &drop);
   }
   if (!rc) {
     be->download(r->logits, ioupos_swinunetr_logits(&m), nl * sizeof(float));
+    r->loss = ioupos_dicece_forward(prob, stats, r->logits, target, B, K, (long)S, NULL);
+    memset(hg, 0, nl * sizeof(float));
+    ioupos_dicece_backward(hg, 1.0f, prob, stats, target, B, K, (long)S, NULL);
+    be->upload(g, hg, nl * sizeof(float));
     rc = ioupos_swinunetr_backward(&m, &p, g, dx);
   }
   if (!rc) {
     be->download(r->dx, dx, nx * sizeof(float));
     be->download(r->grad, p.grad, p.table.total * sizeof(float));
+    for (t = 0; t < p.table.n; ++t) {
+      const ioupos_tensor_info *ti = &p.table.t[t];
+      if (ti->dtype != IOUPOS_ST_F32 || (ti->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
+        continue;
+      be->adamw_step(p.value + ti->offset, p.grad + ti->offset, m1 + ti->offset, m2 + ti->offset,
+                     ti->numel, 1e-3f, 0.9f, 0.999f, 1e-8f,
+                     (ti->flags & IOUPOS_TENSOR_NO_DECAY) ? 0.0f : 1e-5f, 1);
+    }
+    be->download(r->value, p.value, p.table.total * sizeof(float));
     rc = be->sync();
   }
-  be->release(x), be->release(g), be->release(dx);
+  be->release(x), be->release(g), be->release(dx), be->release(m1), be->release(m2);
   ioupos_swinunetr_free(&m);
   ioupos_params_free(&p);
-  free(hx), free(hg);
+  free(hx), free(hg), free(prob), free(stats), free(target);
   return rc;
 }
 
@@ -1493,6 +1518,7 @@ static void test_swinunetr(void) {
   size_t nx = (size_t)B * 32 * 32, nl;
   ioupos_swinunetr_config_default(&cfg, 2);
   cfg.enc.embed_dim = 6;
+  cfg.enc.drop_path_rate = 0.1f;
   cfg.out_channels = 3;
   nl = (size_t)B * cfg.out_channels * 32 * 32;
   memset(&tt, 0, sizeof tt);
@@ -1500,10 +1526,12 @@ static void test_swinunetr(void) {
     CHECK(0, "swinunetr init: %s", ioupos_failure_reason());
     return;
   }
-  printf("one SwinUNETR forward + backward (2D 32x32, batch 2, C 6, window 7, 3 classes), %zu "
-         "parameters\n", tt.total);
-  for (k = 0; k < 2; ++k)
+  printf("one SwinUNETR fine-tuning step (2D 32x32, batch 2, C 6, window 7, 3 classes, Dice-CE, "
+         "AdamW), %zu parameters\n", tt.total);
+  for (k = 0; k < 2; ++k) {
     r[k].logits = hmalloc(nl), r[k].dx = hmalloc(nx), r[k].grad = hmalloc(tt.total);
+    r[k].value = hmalloc(tt.total);
+  }
   rc[0] = unetr_run(cpu_be, &cfg, B, shape, &r[0]);
   rc[1] = unetr_run(cuda_be, &cfg, B, shape, &r[1]);
   CHECK(rc[0] == 0 && rc[1] == 0, "swinunetr: cpu %d, cuda %d (%s)", rc[0], rc[1],
@@ -1522,9 +1550,13 @@ static void test_swinunetr(void) {
     CHECK(cs.n_bad == 0, "swinunetr dx: %zu of %zu out of tolerance, max abs err %.3e",
           cs.n_bad, nx, cs.max_abs);
     printf("  %-28s max abs err %.2e (max |cpu| %.2e)\n", "dx", cs.max_abs, mx);
+    CHECK(fabs(r[1].loss - r[0].loss) <= 1e-4 * fabs(r[0].loss) + 2e-6,
+          "swinunetr Dice-CE loss cpu %.9g cuda %.9g", r[0].loss, r[1].loss);
+    printf("  Dice-CE loss cpu %.9g cuda %.9g\n", r[0].loss, r[1].loss);
     compare_params("parameter gradients", &tt, r[0].grad, r[1].grad, 1e-3);
+    compare_params("parameters after AdamW", &tt, r[0].value, r[1].value, 5e-3);
   }
-  for (k = 0; k < 2; ++k) free(r[k].logits), free(r[k].dx), free(r[k].grad);
+  for (k = 0; k < 2; ++k) free(r[k].logits), free(r[k].dx), free(r[k].grad), free(r[k].value);
   ioupos_swinunetr_free(&m);
   ioupos_tensor_table_free(&tt);
 }
