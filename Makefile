@@ -36,6 +36,7 @@ TESTS    := $(BUILD)/test_sampler $(BUILD)/test_local_crop $(BUILD)/test_image $
 TESTS    += $(BUILD)/test_finite
 # the pre-flight check of data sets (ioupos_dataset_check)
 TESTS    += $(BUILD)/test_preflight
+TESTS    += $(BUILD)/test_eval3d
 TESTS    += $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune

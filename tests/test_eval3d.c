@@ -22,7 +22,10 @@
         left behind (the first case's, written before the second failed, is removed).
    Needs gzip on the PATH (the state dict is committed gzipped: 9 MB of int64 indices). Prints
    "test_eval3d: N checks passed, M failed"; exits 1 on any failure. Run from the repository
-   root (fixture paths are relative). */
+   root (fixture paths are relative).
+   test_eval3d --check-prediction FIXDIR CASE PRED INPUT: the checks of part 4 on one prediction
+   file PRED written by ioupos-finetune (tests/test_finetune3d.sh): INPUT's shape and affine,
+   uint8 on disk, MONAI's argmax FIXDIR/CASE_argmax.npy off the near ties. */
 #include "ioupos.h"
 #include "tests/npy.h"
 #include "tests/test_util.h"
@@ -414,12 +417,67 @@ static void spoil_value(const char *d, float v) {
 static void spoil_fraction(const char *d) { spoil_value(d, 1.5f); }
 static void spoil_id(const char *d) { spoil_value(d, 3.0f); }
 
-int main(void) {
+/* --check-prediction: 0 when PRED passes (one line on stdout either way) */
+static int check_prediction(const char *fix, const char *cs, const char *pred, const char *input) {
+  char f[1200];
+  tu_npy am, ties;
+  ioupos_volume in, pv;
+  float *px;
+  void *raw = NULL;
+  unsigned char *enc = NULL;
+  size_t rn = 0, es = 0;
+  long n, q, off = 0;
+  int k, same = 1, rc;
+  memset(&in, 0, sizeof in);
+  memset(&pv, 0, sizeof pv);
+  snprintf(f, sizeof f, "%s/%s_argmax.npy", fix, cs);
+  if (tu_npy_load(f, &am)) return 1;
+  snprintf(f, sizeof f, "%s/%s_ties.npy", fix, cs);
+  if (tu_npy_load(f, &ties)) return 1;
+  if (ioupos_nifti_read(input, &in) || ioupos_nifti_read(pred, &pv)) {
+    printf("%s\n", ioupos_failure_reason());
+    return 1;
+  }
+  n = (long)in.dim[0] * in.dim[1] * in.dim[2];
+  if (pv.dim[0] != in.dim[0] || pv.dim[1] != in.dim[1] || pv.dim[2] != in.dim[2] ||
+      am.count != n) {
+    printf("%s is %d x %d x %d, the input %d x %d x %d\n", pred, pv.dim[0], pv.dim[1], pv.dim[2],
+           in.dim[0], in.dim[1], in.dim[2]);
+    return 1;
+  }
+  for (k = 0; k < 16; ++k) same &= pv.affine[k / 4][k % 4] == in.affine[k / 4][k % 4];
+  rc = ioupos_read_file(pred, &raw, &rn);
+  if (rc == 0) rc = ioupos_nifti_encode(&pv, IOUPOS_NIFTI_UINT8, 1, &enc, &es);
+  px = to_xyz(&pv);
+  for (q = 0; q < n; ++q)
+    if ((int)px[q] != (int)am.data[q] && !is_tie(&ties, q)) ++off;
+  printf("%s: affine %s, %s, %ld voxels differ from MONAI's argmax off %ld near ties\n", pred,
+         same ? "the input's" : "NOT the input's",
+         rc == 0 && es == rn && memcmp(enc, raw, rn) == 0 ? "uint8" : "NOT our uint8 encoding",
+         off, ties.count);
+  rc = !same || rc != 0 || es != rn || memcmp(enc, raw, rn) != 0 || off != 0;
+  free(px);
+  free(raw);
+  free(enc);
+  tu_npy_free(&am);
+  tu_npy_free(&ties);
+  ioupos_volume_free(&in);
+  ioupos_volume_free(&pv);
+  return rc;
+}
+
+int main(int argc, char **argv) {
   ioupos_swinunetr_config cfg;
   ioupos_swinunetr m;
   ioupos_params p;
   char cmd[1400], w[600];
   int rc;
+  if (argc == 6 && !strcmp(argv[1], "--check-prediction"))
+    return check_prediction(argv[2], argv[3], argv[4], argv[5]);
+  if (argc != 1) {
+    printf("usage: test_eval3d [--check-prediction FIXDIR CASE PRED INPUT]\n");
+    return 2;
+  }
   snprintf(g_tmp, sizeof g_tmp, "%s/test_eval3d.XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   if (!mkdtemp(g_tmp)) {
