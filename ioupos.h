@@ -3028,6 +3028,10 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    predicted ids as uint8 (int16 above 255 classes) with the input's affine (written as both
    sform and qform, code 1; ioupos_nifti_write), each file atomically; when the evaluation
    fails, the prediction files it wrote are removed, so a failed evaluation leaves none.
+   Checked against MONAI 1.6.1 (tests/test_eval3d.c, tests/test_finetune3d.sh): a MONAI 3D
+   SwinUNETR state dict loads whole, its sliding-window logits match sliding_window_inference's
+   (roi 32 x 32 x 64, overlap 0.25, volumes larger and smaller than the roi) within 1e-4 +
+   1e-4 |ref|, and the predicted volumes equal MONAI's argmax.
 
    THE RUN (ioupos_finetune_run), on <data_dir>/train, <data_dir>/val and, when present,
    <data_dir>/test (optionally checked against a split file: every case listed under train /
@@ -3089,7 +3093,8 @@ typedef struct ioupos_seg_case {
 } ioupos_seg_case;
 
 typedef struct ioupos_seg_set {
-  ioupos_dataset ds;      /* images and labels (section 9), sorted by file name */
+  ioupos_dataset ds;      /* images and labels (section 9), sorted by file name (volumes: in
+                             case order) */
   int n_cases;
   ioupos_seg_case *cases; /* sorted by case name (strcmp) */
   int volumes;            /* 1: NIfTI volumes, case c = the one file ds.images[cases[c].slices[0]]

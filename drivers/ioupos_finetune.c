@@ -5,6 +5,8 @@
    The run itself (data, model, loader, Dice-CE, AdamW, evaluation, run directory, exact
    resume) is ioupos_finetune_run (ioupos.h section 22); this program parses and records the
    flags and prints the final per-organ table. Run with --help for the flags.
+   --spatial_dims 3 evaluates only (--n_epochs 0): a 3D SwinUNETR (e.g. a MONAI state dict) on
+   NIfTI volumes, windows --crop_size X,Y,Z; 3D training waits for the 3D crop loader.
    SIGINT (Ctrl-C; unless ignored at start, as for a background job of a script) and SIGTERM
    stop the run at the next step boundary with the state saved (an epoch's checkpoint and
    validation are finished first): --resume continues it and the result equals an
