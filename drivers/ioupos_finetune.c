@@ -31,7 +31,7 @@ typedef struct ft_flags {
   int spatial_dims, threads, use_amp, ignore_warn, low_resource;
   int given_embed, given_batch, given_sw;
   int n_crop;            /* values given to --crop_size: 1, or 3 (x, y, z; 3D only) */
-  const char *crop_text; /* --crop_size as given (3D: recorded in flags.json) */
+  const char *crop_text; /* --crop_size as given (for messages) */
   cli_device device; /* --device (auto) */
 } ft_flags;
 

@@ -2,7 +2,7 @@
 ioupos-prep --spatial_dims 3 writes them, and MONAI's sliding-window prediction of each, for
 tests/test_eval3d.c and tests/test_finetune3d.sh (ioupos.h section 22's 3D evaluation).
 
-Run from the repository root:  /work/venv/bin/python tests/reference/eval3d_fixture.py
+Run from the repository root:  .venv/bin/python tests/reference/eval3d_fixture.py
 Versions: tests/reference/requirements.txt (torch 2.15.0, monai 1.6.1, nibabel 5.4.2).
 
 Model: monai.networks.nets.SwinUNETR(spatial_dims 3, in_channels 1, out_channels 3,
@@ -16,7 +16,7 @@ class 2's output bias raised so that every class is predicted; the arithmetic is
   weights.safetensors.gz  gzip of safetensors.torch.save_file(model.state_dict()): the whole
                           MONAI state dict (float32 and the 8 int64 relative_position_index
                           buffers of 343 x 343, 7.5 MB unpacked, which is why it is gzipped;
-                          the tests unpack it with gzip -dc / the library's inflate).
+                          the tests unpack it with gzip -dc).
 Volumes, in MONAI's (X, Y, Z) axis order (nibabel's array order; x fastest in the file):
   case_a  36 x 34 x 66: larger than the roi on every axis, 8 windows
   case_b  20 x 44 x 40: smaller than the roi on x and z (zero padding), 2 windows along y
