@@ -31,7 +31,8 @@ ev="--spatial_dims 3 --n_epochs 0 --chkpt_path w.safetensors --embedding_size 3 
 organ() { awk -v n="$2" '$0 ~ "^ *[0-9]+  " n " " { print $(NF - 3) }' "$1"; }
 
 # ---- the evaluation -----------------------------------------------------------------------------
-run ok --data_dir d $ev --run_name ok --predict_dir pred
+printf '{"train": [], "val": ["case_a"], "test": ["case_b"]}' >split.json
+run ok --data_dir d --split_path split.json $ev --run_name ok --predict_dir pred
 check "evaluation exits 0 (got $rc; $(tail -n 1 ok.err))" [ "$rc" -eq 0 ]
 check "the MONAI state dict loaded whole" grep -q "loaded a whole SwinUNETR from w.safetensors: 159 tensors" ok.err
 check "the log says 3D, windows of 32 x 32 x 64" grep -q "3D: val 1 volumes, test 1 volumes, windows of 32 x 32 x 64" ok.err
@@ -100,6 +101,12 @@ refused e_nolabel 1 "image b/val/case_b.nii.gz has no label: b/val/labels/case_b
   --data_dir b $ev
 mkbad && rm b/val/*.nii.gz
 refused e_empty 1 "image folder b/val holds no volumes" --data_dir b $ev
+printf '{"val": ["case_a", "case_b"], "test": []}' >wrong.json
+refused e_split 1 "wrong.json lists case 'case_b' under 'val' but d/val has no volume of it" \
+  --data_dir d --split_path wrong.json $ev
+cp d/test/case_b.nii.gz d/test/case_c.nii.gz && cp d/test/labels/case_b.nii.gz d/test/labels/case_c.nii.gz
+refused e_split2 1 "d/test has a volume of case 'case_c', which split.json does not list under 'test'" \
+  --data_dir d --split_path split.json $ev
 mkbad
 refused e_width 1 "w.safetensors.*swinViT.patch_embed.proj.weight" --data_dir b $ev --embedding_size 6
 finish
