@@ -19502,7 +19502,7 @@ static int ioupos__ft_list_volumes(const char *dir, const char *what, ioupos__ft
   if (rc == 0 && n == 0 && strcmp(what, "image") == 0)
     rc = ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no volumes (*.nii.gz or *.nii)", what,
                       dir);
-  if (rc == 0) qsort(v, (size_t)n, sizeof *v, ioupos__ft_vol_cmp);
+  if (rc == 0 && n > 1) qsort(v, (size_t)n, sizeof *v, ioupos__ft_vol_cmp);
   for (i = 1; rc == 0 && i < n; ++i)
     if (strcmp(v[i].name, v[i - 1].name) == 0)
       rc = ioupos__fail(IOUPOS_EINVAL, "%s/%s and %s/%s are two volumes of case '%s'", dir,
