@@ -3130,6 +3130,12 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    ioupos_seg_set_scan groups the slices by case, each case's slices in increasing z (by the
    number, not the text), so a case is restacked into its volume for the per-case DSC. A name
    without the "_<z>" part, or two slices of one case with the same z, is an error naming them.
+   VOLUMES (spatial_dims 3; ioupos-prep --spatial_dims 3's output): a split folder <dir>/ holds
+   one volume per case, <dir>/<case>.nii.gz (or .nii; float32 intensities), and its label map
+   <dir>/labels/<case>.nii.gz (the ids as integers, any NIfTI datatype), paired by file name
+   (ioupos_seg_set_scan_volumes). An empty folder, an image without its label (or a label
+   without its image), or two files of one case (<case>.nii and <case>.nii.gz) is an error
+   naming them. Hidden files (ioupos-prep's .done/ markers, temporary files) are not volumes.
 
    LOADING AN ENCODER (ioupos_swinunetr_load). A checkpoint either holds a whole SwinUNETR
    (MONAI names: swinViT.*, encoder1.*, ..., out.conv.conv.*; e.g. a fine-tuning run's
@@ -3153,6 +3159,21 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    PNG of label ids, under the input's name. sw_batch_size windows go to each predictor call and
    through the model IOUPOS_SEG_MODEL_BATCH at a time (ioupos_seg_predict), so results depend
    on neither (each window's output is computed on its own: the model has no batch statistics).
+   A set of volumes (set->volumes; the model 3D) is evaluated a volume at a time, in MONAI's
+   axis order: the NIfTI voxels (x fastest on disk and in ioupos_volume) are transposed to a
+   [X][Y][Z] array (z fastest), what monai.transforms.LoadImage then the model see, so roi[0..2]
+   are the window's x, y, z sizes (MONAI's roi_size) and a MONAI SwinUNETR state dict gives
+   MONAI's logits. 3D sliding window (ioupos_seg_predict_volume), argmax, the case's per-organ DSC
+   against its label volume (same shape, or an error naming both files and shapes; the ids must
+   be integers in [0, K)), with the same empty-organ policy, table and JSON as in 2D; research
+   (the per-slice Dice) is 2D only. predict_dir receives <predict_dir>/<case>.nii.gz, the
+   predicted ids as uint8 (int16 above 255 classes) with the input's affine (written as both
+   sform and qform, code 1; ioupos_nifti_write), each file atomically; when the evaluation
+   fails, the prediction files it wrote are removed, so a failed evaluation leaves none.
+   Checked against MONAI 1.6.1 (tests/test_eval3d.c, tests/test_finetune3d.sh): a MONAI 3D
+   SwinUNETR state dict loads whole, its sliding-window logits match sliding_window_inference's
+   (roi 32 x 32 x 64, overlap 0.25, volumes larger and smaller than the roi) within 1e-4 +
+   1e-4 |ref|, and the predicted volumes equal MONAI's argmax.
 
    THE RUN (ioupos_finetune_run), on <data_dir>/train, <data_dir>/val and, when present,
    <data_dir>/test (optionally checked against a split file: every case listed under train /
@@ -3179,6 +3200,12 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
               split the best validation score is reported, and a note says so.
      n_epochs 0 evaluates the initial model (chkpt_path, e.g. a run's best.safetensors) on val
               and test, without training.
+     3D       (enc.spatial_dims 3) evaluation only for now (n_epochs 0; training needs the 3D
+              loader, not written yet, and is refused naming that): the splits are sets of
+              volumes (above), every image and label volume is read before anything is written
+              (readable NIfTI, same shape, integer ids below n_classes; all bad files named), the
+              windows are crop3[0] x crop3[1] x crop3[2] (x, y, z), the predictions
+              <predict_dir>/<split>/<case>.nii.gz.
    The run directory <chkpt_dir>/<run_name>/ (section 18's layout):
      flags.json             {"flags": <flags_json>, "seed": S, "commit": C, "steps_per_epoch": N}
      metrics.jsonl          one JSON line per logged step, per epoch and per evaluation (each
@@ -3208,9 +3235,12 @@ typedef struct ioupos_seg_case {
 } ioupos_seg_case;
 
 typedef struct ioupos_seg_set {
-  ioupos_dataset ds;      /* images and labels (section 9), sorted by file name */
+  ioupos_dataset ds;      /* images and labels (section 9), sorted by file name (volumes: in
+                             case order) */
   int n_cases;
   ioupos_seg_case *cases; /* sorted by case name (strcmp) */
+  int volumes;            /* 1: NIfTI volumes, case c = the one file ds.images[cases[c].slices[0]]
+                             (n 1); 0: PNG slices */
 } ioupos_seg_set;
 
 /* Splits a slice file name "<case>_<z>.png" (a path's directories are skipped; extension
@@ -3222,6 +3252,9 @@ IOUPOS_DEF int ioupos_seg_set_scan(ioupos_seg_set *s, const char *dir);
 IOUPOS_DEF void ioupos_seg_set_free(ioupos_seg_set *s);
 /* Index of the case called name, or -1. */
 IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name);
+/* Scans dir (<case>.nii.gz / <case>.nii) and dir/labels (the same names) as described above;
+   s->volumes = 1. On failure *s is empty. */
+IOUPOS_DEF int ioupos_seg_set_scan_volumes(ioupos_seg_set *s, const char *dir);
 
 /* -- checkpoints -- */
 typedef struct ioupos_swinunetr_load_info {
@@ -3252,25 +3285,31 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
 typedef struct ioupos_seg_predictor {
   ioupos_swinunetr_config cfg;
   ioupos_params *p;
-  int roi[2], sw_batch_size;
+  int roi[3], sw_batch_size; /* roi[0 .. spatial_dims) */
   double overlap;
   ioupos_swinunetr m[2]; /* model instances, planned for different batches */
   int inited[2], last[2], stamp;
   float *x;              /* backend buffer of IOUPOS_SEG_MODEL_BATCH windows */
 } ioupos_seg_predictor;
 
-/* 2D single-channel models; roi multiples of 32. Fails (EINVAL) when p is not the table of a
-   SwinUNETR of cfg registered without prefix (named), on a bad roi or sw_batch_size < 1. */
+/* Single-channel models, 2D or 3D (cfg->enc.spatial_dims); roi[0 .. spatial_dims), multiples
+   of 32. Fails (EINVAL) when p is not the table of a SwinUNETR of cfg registered without prefix
+   (named), on a bad roi or sw_batch_size < 1. */
 IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
                                          const ioupos_swinunetr_config *cfg, ioupos_params *p,
-                                         const int roi[2], double overlap, int sw_batch_size);
+                                         const int roi[], double overlap, int sw_batch_size);
+/* 2D: img[h][w] -> logits[out_channels][h][w]. */
 IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const float *img,
                                   int h, int w);
+/* 3D: img[shape[0]][shape[1]][shape[2]] (host, any size: smaller than the roi is zero-padded
+   as MONAI pads) -> logits[out_channels][shape...], the roi's axes in the same order. */
+IOUPOS_DEF int ioupos_seg_predict_volume(ioupos_seg_predictor *pr, float *logits,
+                                         const float *img, const int shape[3]);
 IOUPOS_DEF void ioupos_seg_predictor_free(ioupos_seg_predictor *pr);
 
 /* -- evaluation -- */
 typedef struct ioupos_seg_eval_opts {
-  int roi[2];              /* window (research 96 x 96); multiples of 32 */
+  int roi[3];              /* window (research 96 x 96); multiples of 32; 3D: x, y, z */
   double overlap;          /* 0.25 */
   int sw_batch_size;       /* windows per model call (research 64) */
   int research;            /* 1: also the research per-slice Dice */
@@ -3304,13 +3343,14 @@ enum { IOUPOS_FT_METRIC_DSC = 0, IOUPOS_FT_METRIC_RESEARCH = 1 };
 
 typedef struct ioupos_finetune_opts {
   ioupos_swin_config enc;     /* --embedding_size, --drop_path_rate (fine-tuning default 0,
-                                 MONAI SwinUNETR's), spatial_dims 2 */
+                                 MONAI SwinUNETR's), spatial_dims 2 (3: evaluation only) */
   int n_classes;              /* 14 */
   const char *data_dir;       /* ioupos-prep's output with a split: train/, val/, test/ */
   const char *split_path;     /* NULL, or the split file to check the folders against */
   const char *chkpt_path;     /* NULL (from scratch), an SSL checkpoint or a SwinUNETR */
   const char *chkpt_dir, *run_name;
   int crop;                   /* crop and window size, a multiple of 32 (research 96) */
+  int crop3[3];               /* 3D: the window's x, y, z sizes, multiples of 32; 0: crop */
   int batch_size;             /* slices per step (32) */
   int n_crops_per_ct;         /* crops per slice (2) */
   int sw_batch_size;          /* 64 */
@@ -20563,6 +20603,149 @@ IOUPOS_DEF int ioupos_seg_set_find(const ioupos_seg_set *s, const char *name) {
   return -1;
 }
 
+/* -- sets of volumes -- */
+
+static int ioupos__ft_reserve(void **arr, size_t *cap, size_t need, size_t keep, size_t elem);
+
+/* one volume file of a split folder: its name in the folder and its case name */
+typedef struct ioupos__ft_vol {
+  char *file, *name;
+} ioupos__ft_vol;
+
+static int ioupos__ft_vol_cmp(const void *a, const void *b) {
+  return strcmp(((const ioupos__ft_vol *)a)->name, ((const ioupos__ft_vol *)b)->name);
+}
+
+static void ioupos__ft_vols_free(ioupos__ft_vol *v, int n) {
+  int i;
+  for (i = 0; v && i < n; ++i) {
+    IOUPOS_FREE(v[i].file);
+    IOUPOS_FREE(v[i].name);
+  }
+  IOUPOS_FREE(v);
+}
+
+/* The volumes of dir, sorted by case name: every non-hidden regular file whose name ends with
+   ".nii.gz" or ".nii" (the case name is the rest, at least one character). Hidden names are
+   skipped: ioupos-prep keeps its .done/ markers and the atomic writes their temporary files
+   there. Two files of one case (a.nii and a.nii.gz) are an error naming both: which one would
+   be the case is a guess. what is "image" or "label" (messages); an image folder without
+   volumes is an error, a label folder without is not (the pairing names the missing labels). */
+static int ioupos__ft_list_volumes(const char *dir, const char *what, ioupos__ft_vol **out,
+                                   int *count) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  ioupos__ft_vol *v = NULL;
+  size_t cap = 0;
+  int n = 0, i, rc = 0;
+  *out = NULL;
+  *count = 0;
+  if (!d) return ioupos__fail(IOUPOS_EIO, "%s folder %s: %s", what, dir, strerror(errno));
+  while ((e = readdir(d)) != NULL) {
+    size_t len = strlen(e->d_name), cut;
+    char path[4200];
+    struct stat sb;
+    if (e->d_name[0] == '.') continue;
+    if (len > 7 && strcmp(e->d_name + len - 7, ".nii.gz") == 0) cut = len - 7;
+    else if (len > 4 && strcmp(e->d_name + len - 4, ".nii") == 0) cut = len - 4;
+    else continue;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+    if (n == 0x7FFFFFFE ||
+        !ioupos__ft_reserve((void **)&v, &cap, (size_t)n + 1, (size_t)n, sizeof *v)) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "%s folder %s: out of memory listing files", what, dir);
+      break;
+    }
+    v[n].file = (char *)ioupos__calloc(len + 1, 1);
+    v[n].name = (char *)ioupos__calloc(cut + 1, 1);
+    ++n;
+    if (!v[n - 1].file || !v[n - 1].name) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "%s folder %s: out of memory listing files", what, dir);
+      break;
+    }
+    memcpy(v[n - 1].file, e->d_name, len + 1);
+    memcpy(v[n - 1].name, e->d_name, cut);
+  }
+  closedir(d);
+  if (rc == 0 && n == 0 && strcmp(what, "image") == 0)
+    rc = ioupos__fail(IOUPOS_EINVAL, "%s folder %s holds no volumes (*.nii.gz or *.nii)", what,
+                      dir);
+  if (rc == 0 && n > 1) qsort(v, (size_t)n, sizeof *v, ioupos__ft_vol_cmp);
+  for (i = 1; rc == 0 && i < n; ++i)
+    if (strcmp(v[i].name, v[i - 1].name) == 0)
+      rc = ioupos__fail(IOUPOS_EINVAL, "%s/%s and %s/%s are two volumes of case '%s'", dir,
+                        v[i - 1].file, dir, v[i].file, v[i].name);
+  if (rc) {
+    ioupos__ft_vols_free(v, n);
+    return rc;
+  }
+  *out = v;
+  *count = n;
+  return 0;
+}
+
+/* Pairing by case name, as ioupos_seg_set_scan pairs by file name (never by position: one
+   missing label would shift every later pair). The data set is kept in case order, so that
+   case c is ds.images[c]; its label may be .nii where the image is .nii.gz. */
+IOUPOS_DEF int ioupos_seg_set_scan_volumes(ioupos_seg_set *s, const char *dir) {
+  char ldir[4200];
+  ioupos__ft_vol *im = NULL, *lb = NULL;
+  int ni = 0, nl = 0, a = 0, b = 0, rc, c;
+  if (!s || !dir) return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_set_scan_volumes: NULL argument");
+  memset(s, 0, sizeof *s);
+  if (strlen(dir) + 8 > sizeof ldir)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: folder name too long", dir);
+  snprintf(ldir, sizeof ldir, "%s/labels", dir);
+  if ((rc = ioupos__ft_list_volumes(dir, "image", &im, &ni)) != 0) return rc;
+  if ((rc = ioupos__ft_list_volumes(ldir, "label", &lb, &nl)) != 0) goto done;
+  while (rc == 0 && (a < ni || b < nl)) {
+    int d = a == ni ? 1 : b == nl ? -1 : strcmp(im[a].name, lb[b].name);
+    if (d < 0)
+      rc = ioupos__fail(IOUPOS_EINVAL, "image %s/%s has no label: %s/%s.nii.gz does not exist",
+                        dir, im[a].file, ldir, im[a].name);
+    else if (d > 0)
+      rc = ioupos__fail(IOUPOS_EINVAL, "label %s/%s has no image: %s/%s.nii.gz does not exist",
+                        ldir, lb[b].file, dir, lb[b].name);
+    ++a, ++b;
+  }
+  if (rc) goto done;
+  s->volumes = 1;
+  s->ds.images = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
+  s->ds.labels = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
+  s->cases = (ioupos_seg_case *)ioupos__calloc((size_t)ni, sizeof *s->cases);
+  if (!s->ds.images || !s->ds.labels || !s->cases) {
+    IOUPOS_FREE(s->ds.images);
+    IOUPOS_FREE(s->ds.labels);
+    IOUPOS_FREE(s->cases);
+    memset(s, 0, sizeof *s);
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory scanning %s", dir);
+    goto done;
+  }
+  s->ds.n = s->n_cases = ni; /* from here on ioupos_seg_set_free frees what was made */
+  for (c = 0; c < ni; ++c) {
+    ioupos_seg_case *cs = &s->cases[c];
+    size_t li = strlen(dir) + strlen(im[c].file) + 2, ll = strlen(ldir) + strlen(lb[c].file) + 2;
+    s->ds.images[c] = (char *)ioupos__calloc(li, 1);
+    s->ds.labels[c] = (char *)ioupos__calloc(ll, 1);
+    cs->name = im[c].name;
+    im[c].name = NULL;
+    cs->slices = (int *)ioupos__calloc(1, sizeof(int));
+    if (!s->ds.images[c] || !s->ds.labels[c] || !cs->slices) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory scanning %s", dir);
+      break;
+    }
+    snprintf(s->ds.images[c], li, "%s/%s", dir, im[c].file);
+    snprintf(s->ds.labels[c], ll, "%s/%s", ldir, lb[c].file);
+    cs->n = 1;
+    cs->slices[0] = c;
+  }
+  if (rc) ioupos_seg_set_free(s);
+done:
+  ioupos__ft_vols_free(im, ni);
+  ioupos__ft_vols_free(lb, nl);
+  return rc;
+}
+
 /* -- checkpoints -- */
 
 IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
@@ -20630,7 +20813,7 @@ static int ioupos__ft_reserve(void **arr, size_t *cap, size_t need, size_t keep,
    case and its prediction skipped by the per-case DSC (section 20). */
 IOUPOS_DEF void ioupos_seg_eval_opts_default(ioupos_seg_eval_opts *o) {
   memset(o, 0, sizeof *o);
-  o->roi[0] = o->roi[1] = 96;
+  o->roi[0] = o->roi[1] = o->roi[2] = 96;
   o->overlap = 0.25;
   o->sw_batch_size = 64;
   o->empty_policy = IOUPOS_DSC_EMPTY_SKIP;
@@ -20673,21 +20856,27 @@ static int ioupos__ft_model_like(ioupos_swinunetr *m, const ioupos_swinunetr_con
 
 IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
                                          const ioupos_swinunetr_config *cfg, ioupos_params *p,
-                                         const int roi[2], double overlap, int sw_batch_size) {
-  int rc;
+                                         const int roi[], double overlap, int sw_batch_size) {
+  int rc, dims, k;
+  size_t nvox = 1;
   if (!pr || !cfg || !p || !roi)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predictor_init: NULL argument");
   memset(pr, 0, sizeof *pr);
-  if (cfg->enc.spatial_dims != 2 || cfg->enc.in_chans != 1)
-    return ioupos__fail(IOUPOS_EINVAL, "evaluation: 2D single-channel models only (slices)");
+  dims = cfg->enc.spatial_dims;
+  if ((dims != 2 && dims != 3) || cfg->enc.in_chans != 1)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: 2D or 3D single-channel models only");
   if (sw_batch_size < 1)
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: `sw_batch_size` %d must be >= 1",
                         sw_batch_size);
   /* the encoder halves the resolution five times (patch 2, then four merges), and the decoder's
      skip connections line up only when the window divides by 32 */
-  if (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32)
+  if (dims == 2 && (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32))
     return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d must be multiples of 32",
                         roi[0], roi[1]);
+  if (dims == 3 && (roi[0] < 32 || roi[0] % 32 || roi[1] < 32 || roi[1] % 32 || roi[2] < 32 ||
+                    roi[2] % 32))
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: the window %d x %d x %d must be multiples "
+                        "of 32", roi[0], roi[1], roi[2]);
   /* the first model instance (planned by the first call) checks p against cfg */
   if ((rc = ioupos__ft_model_like(&pr->m[0], cfg, p)) != 0) {
     ioupos_swinunetr_free(&pr->m[0]);
@@ -20696,11 +20885,13 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
   pr->inited[0] = 1;
   pr->cfg = *cfg;
   pr->p = p;
-  pr->roi[0] = roi[0], pr->roi[1] = roi[1];
+  for (k = 0; k < dims; ++k) {
+    pr->roi[k] = roi[k];
+    nvox *= (size_t)roi[k];
+  }
   pr->overlap = overlap;
   pr->sw_batch_size = sw_batch_size;
-  pr->x = (float *)p->be->alloc((size_t)IOUPOS_SEG_MODEL_BATCH * (size_t)roi[0] *
-                                (size_t)roi[1] * sizeof(float));
+  pr->x = (float *)p->be->alloc((size_t)IOUPOS_SEG_MODEL_BATCH * nvox * sizeof(float));
   if (!pr->x) return ioupos__fail(IOUPOS_ENOMEM, "out of memory for the evaluation");
   return 0;
 }
@@ -20712,7 +20903,8 @@ IOUPOS_DEF int ioupos_seg_predictor_init(ioupos_seg_predictor *pr,
 static int ioupos__seg_predict_windows(void *ctx, float *in, int n, float *out) {
   ioupos_seg_predictor *pr = (ioupos_seg_predictor *)ctx;
   const ioupos_backend *be = pr->p->be;
-  size_t npix = (size_t)pr->roi[0] * (size_t)pr->roi[1];
+  size_t npix = (size_t)pr->roi[0] * (size_t)pr->roi[1] *
+                (size_t)(pr->cfg.enc.spatial_dims == 3 ? pr->roi[2] : 1);
   size_t nout = npix * (size_t)pr->cfg.out_channels;
   int done, k, rc;
   for (done = 0; done < n; done += IOUPOS_SEG_MODEL_BATCH) {
@@ -20745,7 +20937,24 @@ IOUPOS_DEF int ioupos_seg_predict(ioupos_seg_predictor *pr, float *logits, const
   const int shape[2] = {h, w};
   if (!pr || !pr->x || !logits || !img)
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predict: NULL argument or no predictor");
+  if (pr->cfg.enc.spatial_dims != 2)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predict: the model is 3D: "
+                        "ioupos_seg_predict_volume");
   return ioupos_sliding_window(logits, pr->cfg.out_channels, img, 1, 2, shape, pr->roi,
+                               pr->overlap, pr->sw_batch_size, ioupos__seg_predict_windows, pr);
+}
+
+/* the same in 3D: the sliding window is dimension-generic, and the model instances are
+   planned for the 3D roi (ioupos_swinunetr_plan takes {D, H, W}, here the roi's three axes) */
+IOUPOS_DEF int ioupos_seg_predict_volume(ioupos_seg_predictor *pr, float *logits,
+                                         const float *img, const int shape[3]) {
+  if (!pr || !pr->x || !logits || !img || !shape)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predict_volume: NULL argument or no "
+                        "predictor");
+  if (pr->cfg.enc.spatial_dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_seg_predict_volume: the model is 2D: "
+                        "ioupos_seg_predict");
+  return ioupos_sliding_window(logits, pr->cfg.out_channels, img, 1, 3, shape, pr->roi,
                                pr->overlap, pr->sw_batch_size, ioupos__seg_predict_windows, pr);
 }
 
@@ -20778,6 +20987,146 @@ static int ioupos__ft_label_ids(const ioupos_image *im, int *ids, int K, const c
   return 0;
 }
 
+/* -- evaluation of volumes -- */
+
+/* The label ids of a label volume, checked, into ids[] in MONAI's [X][Y][Z] order (the caller's
+   layout for the whole case). A value that is not within 1e-3 of an integer means the file is no
+   label map (an intensity volume under labels/, or a label resampled with interpolation): an
+   error naming the voxel, never a silent rounding. */
+static int ioupos__ft_volume_ids(const ioupos_volume *lb, int *ids, int K, const char *path) {
+  const int nx = lb->dim[0], ny = lb->dim[1], nz = lb->dim[2];
+  int i, j, k;
+  for (k = 0; k < nz; ++k)
+    for (j = 0; j < ny; ++j)
+      for (i = 0; i < nx; ++i) {
+        double v = lb->data[((size_t)k * ny + j) * nx + i];
+        double id = floor(v + 0.5);
+        if (!(fabs(v - id) <= 1e-3))
+          return ioupos__fail(IOUPOS_EFORMAT, "%s: voxel (%d, %d, %d) is %g, not a label id", path,
+                              i, j, k, v);
+        if (id < 0 || id >= K)
+          return ioupos__fail(IOUPOS_EINVAL, "%s: label %g at voxel (%d, %d, %d) is outside [0, "
+                              "%d) (`n_classes` %d)", path, id, i, j, k, K, K);
+        ids[((size_t)i * ny + j) * nz + k] = (int)id;
+      }
+  return 0;
+}
+
+/* One case's image and label read and checked: the same shape, ids in [0, K) into ids (NULL:
+   not decoded). On failure both volumes are freed and the reason names the file. */
+static int ioupos__ft_volume_pair(const char *ipath, const char *lpath, int K, ioupos_volume *im,
+                                  ioupos_volume *lb, int **ids) {
+  int rc;
+  memset(im, 0, sizeof *im);
+  memset(lb, 0, sizeof *lb);
+  if (ids) *ids = NULL;
+  if ((rc = ioupos_nifti_read(ipath, im)) != 0) return rc;
+  if ((rc = ioupos_nifti_read(lpath, lb)) != 0) goto fail;
+  if (lb->dim[0] != im->dim[0] || lb->dim[1] != im->dim[1] || lb->dim[2] != im->dim[2]) {
+    rc = ioupos__fail(IOUPOS_EFORMAT, "%s is %d x %d x %d but its label %s is %d x %d x %d", ipath,
+                      im->dim[0], im->dim[1], im->dim[2], lpath, lb->dim[0], lb->dim[1],
+                      lb->dim[2]);
+    goto fail;
+  }
+  if (ids) {
+    size_t n = (size_t)im->dim[0] * (size_t)im->dim[1] * (size_t)im->dim[2];
+    *ids = (int *)ioupos__calloc(n, sizeof(int));
+    if (!*ids) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the labels of %s", lpath);
+      goto fail;
+    }
+    if ((rc = ioupos__ft_volume_ids(lb, *ids, K, lpath)) != 0) goto fail;
+  }
+  return 0;
+fail:
+  if (ids) {
+    IOUPOS_FREE(*ids);
+    *ids = NULL;
+  }
+  ioupos_volume_free(im);
+  ioupos_volume_free(lb);
+  return rc;
+}
+
+/* The 3D protocol per case: the whole volume through the 3D sliding window (MONAI's axis order:
+   see the section's notes), argmax, DSC on the volume; the prediction written with the input's
+   affine. Memory holds one case: its image, labels, prediction (one int each per voxel) and
+   logits (K floats per voxel). Every prediction file written by this call is removed again when
+   a later case fails, so a failed evaluation leaves no prediction behind. */
+static int ioupos__seg_evaluate_volumes(ioupos_seg_predictor *pr, const ioupos_seg_set *set,
+                                        const ioupos_seg_eval_opts *o, ioupos_seg_eval_result *r) {
+  const int K = pr->cfg.out_channels;
+  char out[4200];
+  int rc = 0, c, written = 0;
+  if (o->predict_dir && (rc = ioupos__mkdirs(o->predict_dir)) != 0) return rc;
+  for (c = 0; rc == 0 && c < set->n_cases; ++c) {
+    const char *ipath = set->ds.images[c], *lpath = set->ds.labels[c];
+    ioupos_volume im, lb, pv;
+    int *truth = NULL, *pred = NULL, shape[3];
+    float *xyz = NULL, *scores = NULL;
+    size_t n;
+    int i, j, k;
+    memset(&pv, 0, sizeof pv);
+    if ((rc = ioupos__ft_volume_pair(ipath, lpath, K, &im, &lb, &truth)) != 0) break;
+    for (k = 0; k < 3; ++k) shape[k] = im.dim[k];
+    n = (size_t)shape[0] * (size_t)shape[1] * (size_t)shape[2];
+    xyz = (float *)ioupos__calloc(n, sizeof(float));
+    pred = (int *)ioupos__calloc(n, sizeof(int));
+    scores = (float *)ioupos__calloc(n, (size_t)K * sizeof(float));
+    if (!xyz || !pred || !scores) {
+      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory evaluating %s (%d x %d x %d voxels, %d "
+                        "classes)", ipath, shape[0], shape[1], shape[2], K);
+    } else {
+      /* [z][y][x] (NIfTI) -> [x][y][z] (MONAI) */
+      for (k = 0; k < shape[2]; ++k)
+        for (j = 0; j < shape[1]; ++j)
+          for (i = 0; i < shape[0]; ++i)
+            xyz[((size_t)i * shape[1] + j) * shape[2] + k] =
+                im.data[((size_t)k * shape[1] + j) * shape[0] + i];
+      rc = ioupos_seg_predict_volume(pr, scores, xyz, shape);
+      if (rc) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+        rc = ioupos__fail(rc, "%s: %s", ipath, why);
+      }
+    }
+    if (rc == 0) rc = ioupos_argmax_classes(pred, scores, 1, K, (long)n);
+    if (rc == 0) rc = ioupos_dsc_case_compute(&r->cases[c], pred, truth, (long)n, K);
+    if (rc == 0) rc = ioupos_dsc_eval_add(&r->dsc, &r->cases[c]);
+    if (rc == 0 && o->predict_dir) {
+      /* the ids back to NIfTI order, under the input's affine */
+      pv.dim[0] = shape[0], pv.dim[1] = shape[1], pv.dim[2] = shape[2];
+      pv.data = xyz; /* reused: the image is no longer needed */
+      memcpy(pv.affine, im.affine, sizeof pv.affine);
+      for (k = 0; k < shape[2]; ++k)
+        for (j = 0; j < shape[1]; ++j)
+          for (i = 0; i < shape[0]; ++i)
+            xyz[((size_t)k * shape[1] + j) * shape[0] + i] =
+                (float)pred[((size_t)i * shape[1] + j) * shape[2] + k];
+      snprintf(out, sizeof out, "%s/%s.nii.gz", o->predict_dir, set->cases[c].name);
+      rc = ioupos_nifti_write(out, &pv, K <= 256 ? IOUPOS_NIFTI_UINT8 : IOUPOS_NIFTI_INT16);
+      if (rc == 0) written = c + 1;
+    }
+    if (rc == 0) ++r->n_cases;
+    IOUPOS_FREE(xyz);
+    IOUPOS_FREE(pred);
+    IOUPOS_FREE(scores);
+    IOUPOS_FREE(truth);
+    ioupos_volume_free(&im);
+    ioupos_volume_free(&lb);
+  }
+  if (rc && written) {
+    char why[1024];
+    snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+    for (c = 0; c < written; ++c) {
+      snprintf(out, sizeof out, "%s/%s.nii.gz", o->predict_dir, set->cases[c].name);
+      remove(out);
+    }
+    ioupos__fail(rc, "%s", why);
+  }
+  return rc;
+}
+
 /* The protocol per case: each slice is predicted whole (sliding window, never a centre crop),
    argmaxed, and stacked with its ground truth; once the case is complete its per-organ DSC is
    computed on the stack and added to the set's average. Why per case: the research metric was a
@@ -20799,7 +21148,13 @@ IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, iou
     return ioupos__fail(IOUPOS_EINVAL, "ioupos_swinunetr_evaluate: NULL argument");
   memset(r, 0, sizeof *r);
   memset(&pr, 0, sizeof pr);
-  if (o->predict_dir && K > 256)
+  if (set->volumes != (cfg->enc.spatial_dims == 3))
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: a set of %s needs a %s model (`spatial_dims` "
+                        "%d)", set->volumes ? "volumes" : "slices", set->volumes ? "3D" : "2D",
+                        set->volumes ? 3 : 2);
+  if (set->volumes && o->research)
+    return ioupos__fail(IOUPOS_EINVAL, "evaluation: the research per-slice Dice is 2D only");
+  if (o->predict_dir && K > 256 && !set->volumes)
     return ioupos__fail(IOUPOS_EINVAL, "`predict_dir`: %d classes do not fit 8-bit PNGs", K);
   if ((rc = ioupos_dsc_eval_init(&r->dsc, K, o->empty_policy)) != 0) return rc;
   if (o->research && (rc = ioupos_slice_dice_init(&r->research, K)) != 0) return rc;
@@ -20809,6 +21164,10 @@ IOUPOS_DEF int ioupos_swinunetr_evaluate(const ioupos_swinunetr_config *cfg, iou
   r->cases = (ioupos_dsc_case *)ioupos__calloc((size_t)set->n_cases + 1, sizeof *r->cases);
   if (!r->cases) {
     rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the evaluation");
+    goto done;
+  }
+  if (set->volumes) {
+    rc = ioupos__seg_evaluate_volumes(&pr, set, o, r);
     goto done;
   }
   if (o->predict_dir && (rc = ioupos__mkdirs(o->predict_dir)) != 0) goto done;
@@ -21133,7 +21492,12 @@ static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const c
   const ioupos_finetune_opts *o = r->o;
   ioupos_seg_eval_opts eo;
   ioupos_seg_eval_opts_default(&eo);
-  eo.roi[0] = eo.roi[1] = o->crop;
+  eo.roi[0] = eo.roi[1] = eo.roi[2] = o->crop;
+  if (o->enc.spatial_dims == 3) {
+    int k;
+    for (k = 0; k < 3; ++k)
+      if (o->crop3[k] > 0) eo.roi[k] = o->crop3[k];
+  }
   eo.overlap = o->sw_overlap;
   eo.sw_batch_size = o->sw_batch_size;
   eo.research = o->metric == IOUPOS_FT_METRIC_RESEARCH;
@@ -21165,7 +21529,9 @@ static int ioupos__ft_data(ioupos__ft *r) {
                           "with `split_path`: %s/train, %s/val and optionally %s/test, each "
                           "with its labels/)", dir, names[k], o->data_dir, o->data_dir,
                           o->data_dir);
-    if ((rc = ioupos_seg_set_scan(sets[k], dir)) != 0) return rc;
+    if ((rc = o->enc.spatial_dims == 3 ? ioupos_seg_set_scan_volumes(sets[k], dir)
+                                       : ioupos_seg_set_scan(sets[k], dir)) != 0)
+      return rc;
     if (k == 2) r->has_test = 1;
   }
   if (o->split_path) {
@@ -21188,14 +21554,15 @@ static int ioupos__ft_data(ioupos__ft *r) {
       for (i = 0; rc == 0 && i < ss->n; ++i)
         if (ioupos_seg_set_find(sets[k], ss->cases[i]) < 0)
           rc = ioupos__fail(IOUPOS_EINVAL, "%s lists case '%s' under '%s' but %s/%s has no "
-                            "slices of it", o->split_path, ss->cases[i], names[k], o->data_dir,
-                            names[k]);
+                            "%s of it", o->split_path, ss->cases[i], names[k], o->data_dir,
+                            names[k], sets[k]->volumes ? "volume" : "slices");
       for (i = 0; rc == 0 && i < sets[k]->n_cases; ++i) {
         int j;
         for (j = 0; j < ss->n && strcmp(ss->cases[j], sets[k]->cases[i].name) != 0; ++j) {}
         if (j == ss->n)
-          rc = ioupos__fail(IOUPOS_EINVAL, "%s/%s has slices of case '%s', which %s does not "
-                            "list under '%s'", o->data_dir, names[k], sets[k]->cases[i].name,
+          rc = ioupos__fail(IOUPOS_EINVAL, "%s/%s has %s of case '%s', which %s does not "
+                            "list under '%s'", o->data_dir, names[k],
+                            sets[k]->volumes ? "a volume" : "slices", sets[k]->cases[i].name,
                             o->split_path, names[k]);
       }
     }
@@ -21214,15 +21581,66 @@ static int ioupos__ft_data(ioupos__ft *r) {
   return 0;
 }
 
+/* 3D: every volume of the splits read before anything is written (the 2D runs' pre-flight,
+   ioupos_dataset_check, reads PNGs only): each image and its label readable, of one shape, the
+   label's values integer ids in [0, K). Every bad case is a line on the log; the error names the
+   first and counts the rest. One case in memory at a time. */
+static int ioupos__ft_preflight_volumes(ioupos__ft *r, int K) {
+  const ioupos_finetune_opts *o = r->o;
+  const ioupos_seg_set *sets[2];
+  char first[1024];
+  int ns = 0, bad = 0, rc0 = 0, k, c;
+  sets[ns++] = &r->val;
+  if (r->has_test) sets[ns++] = &r->test;
+  first[0] = 0;
+  for (k = 0; k < ns; ++k)
+    for (c = 0; c < sets[k]->n_cases; ++c) {
+      ioupos_volume im, lb;
+      int *ids = NULL;
+      int rc = ioupos__ft_volume_pair(sets[k]->ds.images[c], sets[k]->ds.labels[c], K, &im, &lb,
+                                      &ids);
+      if (rc == 0) {
+        IOUPOS_FREE(ids);
+        ioupos_volume_free(&im);
+        ioupos_volume_free(&lb);
+        continue;
+      }
+      if (bad++ == 0) {
+        rc0 = rc;
+        snprintf(first, sizeof first, "%s", ioupos_failure_reason());
+        if (o->log) o->log(o->log_ctx, "pre-flight check of the data: every bad volume:");
+      }
+      if (o->log) o->log(o->log_ctx, ioupos_failure_reason());
+    }
+  if (bad == 1) return ioupos__fail(rc0, "%s", first);
+  if (bad > 1)
+    return ioupos__fail(rc0, "%s; and %d more bad volume(s)%s", first, bad - 1,
+                        o->log ? " (every one on the log)" : "");
+  return 0;
+}
+
 /* options checked before any file is read or written */
 static int ioupos__ft_check(const ioupos_finetune_opts *o) {
   if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
-  if (o->enc.spatial_dims != 2)
-    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` %d: fine-tuning reads 2D PNG slices only",
-                        o->enc.spatial_dims);
+  if (o->enc.spatial_dims != 2 && o->enc.spatial_dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` %d must be 2 or 3", o->enc.spatial_dims);
+  if (o->enc.spatial_dims == 3 && o->n_epochs > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` 3 with `n_epochs` %d: 3D training is not "
+                        "yet available (it needs the 3D crop loader); `n_epochs` 0 evaluates a "
+                        "checkpoint on 3D volumes", o->n_epochs);
   if (o->crop < 32 || o->crop % 32 != 0)
     return ioupos__fail(IOUPOS_EINVAL, "`crop` %d: SwinUNETR needs a multiple of 32",
                         o->crop);
+  if (o->enc.spatial_dims == 3) {
+    int k;
+    for (k = 0; k < 3; ++k)
+      if (o->crop3[k] != 0 && (o->crop3[k] < 32 || o->crop3[k] % 32 != 0))
+        return ioupos__fail(IOUPOS_EINVAL, "`crop` %d on axis %d: SwinUNETR needs a multiple of "
+                            "32", o->crop3[k], k);
+    if (o->metric == IOUPOS_FT_METRIC_RESEARCH)
+      return ioupos__fail(IOUPOS_EINVAL, "`metric` research: the research per-slice Dice is 2D "
+                          "only");
+  }
   if (o->n_classes < 2 || o->n_classes > IOUPOS_SEG_MAX_CLASSES)
     return ioupos__fail(IOUPOS_EINVAL, "`n_classes` %d must be in 2..%d", o->n_classes,
                         IOUPOS_SEG_MAX_CLASSES);
@@ -21605,8 +22023,9 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     if (o->n_epochs > 0) sets[ns++] = &r->train.ds;
     sets[ns++] = &r->val.ds;
     if (r->has_test) sets[ns++] = &r->test.ds;
-    if ((rc = ioupos__data_preflight(sets, ns, NULL, K, o->num_workers, o->log, o->log_ctx)) != 0)
-      goto done;
+    if (o->enc.spatial_dims == 3) rc = ioupos__ft_preflight_volumes(r, K);
+    else rc = ioupos__data_preflight(sets, ns, NULL, K, o->num_workers, o->log, o->log_ctx);
+    if (rc) goto done;
   }
   if (o->n_epochs > 0) {
     ioupos_loader_config_default(&lc, &r->train.ds, IOUPOS_LOADER_FINETUNE);
@@ -21710,6 +22129,12 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                    "%s; device %s", r->train.n_cases, r->train.ds.n, r->val.n_cases,
                    r->val.ds.n, r->test.n_cases, spe, o->batch_size, o->n_crops_per_ct, o->crop,
                    o->crop, o->n_epochs, r->io.dir, be->name);
+  else if (o->enc.spatial_dims == 3)
+    ioupos__say(&r->io, "evaluation only (`n_epochs` 0), 3D: val %d volumes, test %d volumes, "
+                "windows of %d x %d x %d (x, y, z) -> %s; device %s", r->val.n_cases,
+                r->test.n_cases, o->crop3[0] > 0 ? o->crop3[0] : o->crop,
+                o->crop3[1] > 0 ? o->crop3[1] : o->crop, o->crop3[2] > 0 ? o->crop3[2] : o->crop,
+                r->io.dir, be->name);
   else
     ioupos__say(&r->io, "evaluation only (`n_epochs` 0): val %d cases / %d slices, test %d cases / "
                    "%d slices, windows of %d x %d -> %s; device %s", r->val.n_cases, r->val.ds.n,

@@ -5,6 +5,8 @@
    The run itself (data, model, loader, Dice-CE, AdamW, evaluation, run directory, exact
    resume) is ioupos_finetune_run (ioupos.h section 22); this program parses and records the
    flags and prints the final per-organ table. Run with --help for the flags.
+   --spatial_dims 3 evaluates only (--n_epochs 0): a 3D SwinUNETR (e.g. a MONAI state dict) on
+   NIfTI volumes, windows --crop_size X,Y,Z; 3D training waits for the 3D crop loader.
    SIGINT (Ctrl-C; unless ignored at start, as for a background job of a script) and SIGTERM
    stop the run at the next step boundary with the state saved (an epoch's checkpoint and
    validation are finished first): --resume continues it and the result equals an
@@ -28,6 +30,8 @@ typedef struct ft_flags {
   ioupos_finetune_opts o;
   int spatial_dims, threads, use_amp, ignore_warn, low_resource;
   int given_embed, given_batch, given_sw;
+  int n_crop;            /* values given to --crop_size: 1, or 3 (x, y, z; 3D only) */
+  const char *crop_text; /* --crop_size as given (for messages) */
   cli_device device; /* --device (auto) */
 } ft_flags;
 
@@ -55,7 +59,11 @@ static void ft_usage(FILE *out) {
           "  --split_path FILE     the split file; if given, the cases of DIR/train, val, test\n"
           "                        must be exactly its lists (default: not checked)\n"
           "  --n_classes K         classes with the background, 2..%d (default %d: FLARE22)\n"
-          "  --spatial_dims 2|3    2 only: fine-tuning reads 2D slices (default 2)\n"
+          "  --spatial_dims 2|3    2: PNG slices (default); 3: evaluation only (--n_epochs 0;\n"
+          "                        3D training is not yet available) of NIfTI volumes: DIR/val,\n"
+          "                        DIR/test hold <case>.nii.gz and labels/<case>.nii.gz\n"
+          "                        (ioupos-prep --spatial_dims 3), the model a 3D SwinUNETR\n"
+          "                        (e.g. a MONAI 3D state dict)\n"
           "\n"
           "Model (MONAI SwinUNETR: Swin encoder patch 2, window 7, depths 2,2,2,2, heads\n"
           "3,6,12,24; UNETR decoder with instance norm):\n"
@@ -73,7 +81,8 @@ static void ft_usage(FILE *out) {
           "\n"
           "Training:\n"
           "  --crop_size N         training crops and sliding-window roi, N x N, a multiple of\n"
-          "                        32 (default %d)\n"
+          "                        32 (default %d); with --spatial_dims 3 the roi N x N x N or,\n"
+          "                        as X,Y,Z (e.g. 96,96,64), per axis in MONAI's (x, y, z) order\n"
           "  --batch_size N        slices per step (default %d)\n"
           "  --n_crops_per_ct N    crops per slice, centred on an organ with p = 0.5\n"
           "                        (RandCropByPosNegLabeld pos = neg = 1) (default %d)\n"
@@ -110,7 +119,8 @@ static void ft_usage(FILE *out) {
           "  --eval_train          also evaluate the train split at each validation (logged)\n"
           "  --predict_dir DIR     write the final evaluation's predicted label slices as PNGs\n"
           "                        (label ids as grey values) to DIR/val/ and DIR/test/, named as\n"
-          "                        the input slices (default: none)\n"
+          "                        the input slices (3D: DIR/val/<case>.nii.gz, uint8 ids with\n"
+          "                        the input volume's affine) (default: none)\n"
           "\n"
           "Run:\n"
           "  --chkpt_dir DIR       where run directories go (default %s)\n"
@@ -202,9 +212,32 @@ static void ft_flag(ft_flags *f, const char *name, const char *flag, const char 
     else if (!strcmp(v, "research")) o->metric = IOUPOS_FT_METRIC_RESEARCH;
     else cli_bad_value(flag, v, "expected ours or research");
   } else if (IS("crop_size")) {
-    o->crop = (int)cli_int(flag, v, 32, 4096);
-    if (o->crop % 32 != 0)
-      cli_bad_value(flag, v, "must be a multiple of 32 (SwinUNETR's five 2x downsamplings)");
+    /* one size, or three comma-separated (x, y, z; checked against --spatial_dims after the
+       parse, since the flags come in any order) */
+    char part[64];
+    const char *p = v;
+    int k;
+    f->n_crop = 0;
+    f->crop_text = v;
+    for (k = 0; k < 3; ++k) {
+      const char *comma = strchr(p, ',');
+      size_t len = comma ? (size_t)(comma - p) : strlen(p);
+      int c;
+      if (len >= sizeof part) cli_bad_value(flag, v, "expected N or X,Y,Z");
+      memcpy(part, p, len);
+      part[len] = 0;
+      c = (int)cli_int(flag, part, 32, 4096);
+      if (c % 32 != 0)
+        cli_bad_value(flag, v, "must be a multiple of 32 (SwinUNETR's five 2x downsamplings)");
+      o->crop3[k] = c;
+      ++f->n_crop;
+      if (!comma) break;
+      p = comma + 1;
+      if (k == 2) cli_bad_value(flag, v, "expected N or X,Y,Z (at most three sizes)");
+    }
+    if (f->n_crop == 2) cli_bad_value(flag, v, "expected N or X,Y,Z (two sizes given)");
+    if (f->n_crop == 1) o->crop3[1] = o->crop3[2] = o->crop3[0];
+    o->crop = o->crop3[0];
   } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
   else if (IS("device")) cli_device_parse(flag, v, &f->device);
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
@@ -229,9 +262,21 @@ static void ft_parse(int argc, char **argv, ft_flags *f) {
   cli_init(&c, argc, argv, ft_names, CLI_COUNT(ft_names), FT_N_SWITCHES, ft_usage);
   while ((k = cli_next_flag(&c)) >= 0) ft_flag(f, ft_names[k], c.flag, c.value);
   if (!f->o.data_dir) cli_required("--data_dir");
-  if (f->spatial_dims == 3)
-    train_usage_error("--spatial_dims 3: fine-tuning reads 2D PNG slices only (the loader has no "
-                   "NIfTI volumes yet); use --spatial_dims 2");
+  if (f->spatial_dims == 3 && f->o.n_epochs > 0)
+    train_usage_error("--spatial_dims 3 with --n_epochs %d: 3D training is not yet available (it "
+                      "needs the 3D crop loader); --n_epochs 0 evaluates a checkpoint on 3D "
+                      "volumes", f->o.n_epochs);
+  if (f->spatial_dims == 2 && f->n_crop == 3)
+    train_usage_error("--crop_size %s: per-axis sizes need --spatial_dims 3 (2D crops are N x N)",
+                      f->crop_text);
+  if (f->spatial_dims == 2) f->o.crop3[0] = f->o.crop3[1] = f->o.crop3[2] = 0;
+  if (f->spatial_dims == 3) { /* the 3D encoder: window 7 x 7 x 7, the flags' C and drop-path */
+    ioupos_swin_config e = f->o.enc;
+    ioupos_swin_config_default(&f->o.enc, 3);
+    f->o.enc.embed_dim = e.embed_dim;
+    f->o.enc.drop_path_rate = e.drop_path_rate;
+    if (!f->n_crop) f->o.crop3[0] = f->o.crop3[1] = f->o.crop3[2] = f->o.crop;
+  }
   if (f->low_resource) {
     if (!f->given_embed) f->o.enc.embed_dim = 24;
     if (!f->given_batch) f->o.batch_size = 8;
@@ -264,7 +309,10 @@ static char *ft_flags_json(const ft_flags *f) {
   train_jint(&j, "embedding_size", o->enc.embed_dim);
   train_jnum(&j, "drop_path_rate", (double)o->enc.drop_path_rate);
   train_jint(&j, "n_classes", o->n_classes);
-  train_jint(&j, "crop_size", o->crop);
+  if (f->spatial_dims == 3) /* per axis: x, y, z */
+    train_put(&j, ", \"crop_size\": [%d, %d, %d]", o->crop3[0], o->crop3[1], o->crop3[2]);
+  else
+    train_jint(&j, "crop_size", o->crop);
   train_jint(&j, "batch_size", o->batch_size);
   train_jint(&j, "n_crops_per_ct", o->n_crops_per_ct);
   train_jint(&j, "sw_batch_size", o->sw_batch_size);

@@ -311,7 +311,10 @@ refused e_req 2 "--data_dir is required" --n_epochs 1
 refused e_crop 2 "--crop_size: bad value '48': must be a multiple of 32" --data_dir d --crop_size 48
 refused e_metric 2 "--metric: bad value 'dice': expected ours or research" --data_dir d --metric dice
 refused e_overlap 2 "--sw_overlap: bad value '1'" --data_dir d --sw_overlap 1
-refused e_dims 2 "--spatial_dims 3: fine-tuning reads 2D PNG slices only" --data_dir d --spatial_dims 3
+refused e_dims 2 "--spatial_dims 3 with --n_epochs 225: 3D training is not yet available" \
+  --data_dir d --spatial_dims 3
+refused e_crop3 2 "--crop_size 32,32,64: per-axis sizes need --spatial_dims 3" --data_dir d \
+  --crop_size 32,32,64
 refused e_warm 2 "--warmup_epochs 10 must be below --n_epochs 5" --data_dir d --n_epochs 5
 refused e_heads 2 "--embedding_size 5: the stages' 3, 6, 12, 24 attention heads" --data_dir d \
   --embedding_size 5
