@@ -337,6 +337,7 @@ fixtures: $(VENV)/bin/python
 	$(VENV)/bin/python tests/reference/segeval_fixture.py
 	$(VENV)/bin/python tests/reference/swinunetr_fixture.py
 	$(VENV)/bin/python tests/reference/embed_fixture.py
+	$(VENV)/bin/python tests/reference/eval3d_fixture.py
 
 # Our checkpoints load into MONAI with load_state_dict(strict=True) and reproduce its outputs.
 check-monai: $(BUILD)/test_model $(VENV)/bin/python
