@@ -15,6 +15,11 @@
    --use_gradient_checkpointing) and preprocessing flags (--a_min, --a_max, --size_x/y/z, which
    only matter to ioupos-prep) are accepted with one note on stderr.
 
+   --spatial_dims 3 trains on NIfTI volumes (ioupos-prep --spatial_dims 3): crops of one size
+   (a cube) or X,Y,Z, a 3D encoder (window 7 on every axis), the loader's volume cache
+   (--cache_mb, recorded but free to change on resume); everything else as in 2D. The crop
+   sizes are checked against --spatial_dims once every flag is read (flags come in any order).
+
    SIGINT (Ctrl-C; unless it was ignored when the program started, as for a background job of a
    script) and SIGTERM stop the run at the next optimiser-step boundary with the state saved
    (ioupos_pretrain_opts.stop): --resume continues it, and the final weights equal an
@@ -110,8 +115,11 @@ static void pt_usage(FILE *out) {
           "  --num_workers N       loader threads, 0 = in the training thread, 0..256 (default %d);\n"
           "                        results do not depend on it\n"
           "  --spatial_dims 2|3    2: crops of PNG slices; 3: crops of volumes (ioupos-prep\n"
-          "                        --spatial_dims 3 writes <case>.nii.gz), 3D crops and a 3D\n"
-          "                        encoder (default 2)\n"
+          "                        --spatial_dims 3 writes <case>.nii.gz) and a 3D encoder;\n"
+          "                        3D crops are MONAI's (X, Y, Z) arrays, the NIfTI voxel axes\n"
+          "                        i, j, k, z fastest; their activations take about crop Z / 2\n"
+          "                        times a 2D crop's of the same X, Y: lower --batch_size\n"
+          "                        (default 2)\n"
           "  --cache_mb MB         3D: decoded volumes the loader keeps in memory, for all its\n"
           "                        workers together; 0 = decode each time it is used; speed\n"
           "                        only, results do not depend on it; 2D ignores it\n"
@@ -209,7 +217,8 @@ static void pt_usage(FILE *out) {
           "  --resume              continue the run in that directory from its state.safetensors\n"
           "                        (the final weights equal an uninterrupted run's); the flags\n"
           "                        must be the run's (flags.json), except --num_workers,\n"
-          "                        --threads, --device, --log_every and --max_steps\n"
+          "                        --threads, --device, --cache_mb, --log_every and\n"
+          "                        --max_steps\n"
           "  --seed S              random seed, unsigned 64-bit (default %llu, the research\n"
           "                        default)\n"
           "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
