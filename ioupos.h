@@ -2499,7 +2499,8 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                        and the flags; resume (opts->resume) continues from it so that the final
                        weights equal an uninterrupted run with the same seed.
    Resume refuses (EINVAL, before anything is written) a state made with other settings: the
-   stored counters (method, seed, batch, accumulation, epochs, crop, local crops, data set size)
+   stored counters (method, seed, batch, accumulation, epochs, crop, local crops, data set size;
+   3D: also the crop's Z and spatial_dims)
    and, key by key, the flat JSON object opts->flags_json against the one the state recorded
    (its "flags" metadata). Only keys that describe one invocation or where its files go may
    differ: num_workers, threads, log_every, cache_mb, device, resume, max_steps, chkpt_dir,
@@ -17446,7 +17447,10 @@ enum {
      int64 holds the seed exactly. The order is the file format: append, never reorder. */
   IOUPOS__C_METHOD, IOUPOS__C_EPOCH, IOUPOS__C_STEP, IOUPOS__C_OPT_STEPS, IOUPOS__C_SEED,
   IOUPOS__C_BATCH, IOUPOS__C_ACCUM, IOUPOS__C_EPOCHS, IOUPOS__C_CROP0, IOUPOS__C_CROP1,
-  IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
+  IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N,
+  /* 3D runs append two: their states hold IOUPOS__C_N3 counters, 2D states the IOUPOS__C_N
+     above, unchanged (so 2D states stay what they were, and load as before) */
+  IOUPOS__C_CROP2 = IOUPOS__C_N, IOUPOS__C_DIMS, IOUPOS__C_N3
 };
 
 /* -- the run machinery, shared with fine-tuning (section 22)
@@ -17530,7 +17534,8 @@ typedef struct ioupos__run {
   int spe;               /* optimiser steps per epoch */
   ioupos_simsiam ss;
   ioupos_dino dn;
-  int64_t c[IOUPOS__C_N];
+  int64_t c[IOUPOS__C_N3]; /* 2D runs use the first IOUPOS__C_N */
+  int nc;                  /* counters in the state: IOUPOS__C_N (2D) or IOUPOS__C_N3 (3D) */
   double avg_std;        /* EMA (0.9) of p_std: the research collapse monitor */
   double ep_loss, ep_n;  /* the current epoch's loss sum and steps (for its mean) */
 } ioupos__run;
@@ -17586,7 +17591,7 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
     if (!h1) rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
     if (!rc) rc = ioupos__tlist_table(&l, "optim.momentum.", &p->table, h1, NULL);
   }
-  if (!rc) rc = ioupos__state_write(&r->io, &l, path, r->c, IOUPOS__C_N, mon);
+  if (!rc) rc = ioupos__state_write(&r->io, &l, path, r->c, r->nc, mon);
   ioupos__tlist_free(&l);
   IOUPOS_FREE(hp);
   IOUPOS_FREE(h1);
@@ -17808,16 +17813,16 @@ static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_
    loaded; on failure the caller abandons the run. SimSiam's step count comes from the counters:
    it decides whether the next SGD step is a first step. */
 static int ioupos__load_state(ioupos__run *r, const char *path) {
-  static const char *const what[IOUPOS__C_N] = {
+  static const char *const what[IOUPOS__C_N3] = {
     "the method", NULL, NULL, NULL, "`seed`", "`batch_size`", "`accum_iters`", "`n_epochs`",
-    "`crop`", "`crop`", "`n_local`", "the data set size"};
+    "`crop`", "`crop`", "`n_local`", "the data set size", "`crop`", "`spatial_dims`"};
   const ioupos_pretrain_opts *o = r->o;
   ioupos_params *p = ioupos__run_params(r);
   ioupos_st_file f;
-  int64_t c[IOUPOS__C_N];
+  int64_t c[IOUPOS__C_N3];
   double mon[3];
   int rc, i, nl, no;
-  rc = ioupos__state_read(&r->io, path, &f, what, r->c, c, IOUPOS__C_N, mon);
+  rc = ioupos__state_read(&r->io, path, &f, what, r->c, c, r->nc, mon);
   if (rc == 0) rc = ioupos_params_load(p, &f, "", "model.", &nl, &no);
   if (rc == 0 && o->method == IOUPOS_SSL_DINO) {
     rc = ioupos_params_load(&r->dn.t, &f, "", "teacher.", &nl, &no);
@@ -17845,7 +17850,7 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
     r->ss.steps = c[IOUPOS__C_OPT_STEPS];
   }
   if (rc == 0) {
-    memcpy(r->c, c, sizeof c);
+    memcpy(r->c, c, (size_t)r->nc * sizeof *c);
     r->avg_std = mon[0];
     r->ep_loss = mon[1];
     r->ep_n = mon[2];
@@ -18394,6 +18399,12 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   r->c[IOUPOS__C_CROP1] = o->crop[1];
   r->c[IOUPOS__C_NLOCAL] = dino ? o->n_local : 0;
   r->c[IOUPOS__C_SPE] = spe;
+  r->nc = IOUPOS__C_N;
+  if (dims == 3) { /* appended: a 2D state keeps its counters */
+    r->c[IOUPOS__C_CROP2] = o->crop[2];
+    r->c[IOUPOS__C_DIMS] = 3;
+    r->nc = IOUPOS__C_N3;
+  }
   /* the run directory */
   snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
   if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
