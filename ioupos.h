@@ -2504,17 +2504,18 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
    and, key by key, the flat JSON object opts->flags_json against the one the state recorded
    (its "flags" metadata). Only keys that describe one invocation or where its files go may
    differ: num_workers, threads, log_every, cache_mb, device, resume, max_steps, chkpt_dir,
-   run_name and git_commit (a note is logged when the build differs); the error names every other key that
-   differs with both values (n_epochs too: it changes the cosine schedules).
+   run_name and git_commit (a note is logged when the build differs); the error names every
+   other key that differs with both values (n_epochs too: it changes the cosine schedules).
    Stopping early: opts->max_steps, or *opts->stop becoming nonzero (a signal handler's flag),
    ends the run at the next optimiser-step boundary: the state is saved as at an interruption
    (and the epoch's checkpoints first when that step ended an epoch), the log says that
    --resume continues, and the run returns 0.
    Checks before anything is written: square crops (--crop_size, and --local_crop_size with
-   local crops: the augmentations' rot90 needs H = W; in 3D X = Y), DINO's --warmup_epochs below --n_epochs,
-   and the data (ioupos_dataset_check with the run's loader settings: every PNG's structure,
-   every image size against the crop and the IoU intervals; all bad files named at once, the
-   full list on opts->log when the reason cannot hold it).
+   local crops: the augmentations' rot90 needs H = W; in 3D X = Y), DINO's --warmup_epochs
+   below --n_epochs, and the data (ioupos_dataset_check with the run's loader settings: every
+   PNG's structure (every volume decoded, in 3D), every image size against the crop and the IoU
+   intervals; all bad files named at once, the full list on opts->log when the reason cannot
+   hold it).
    DINO multi-crop: n_local > 0 local views per pair of local_crop[] (IoU with the first global
    view in [local_min_iou, local_max_iou], section 9's loader), through the student only.
    3D (enc.spatial_dims 3; set enc with ioupos_swin_config_default(&o.enc, 3), which gives the
@@ -17739,8 +17740,8 @@ static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_f
   if (nd) {
     rc = ioupos__fail(IOUPOS_EINVAL,
                       "cannot resume %s: it was run with other flags: %s; resume with the same "
-                      "flags (only `num_workers`, `threads`, `log_every`, `device`, `cache_mb` may change) or start a "
-                      "new `run_name`", path, msg);
+                      "flags (only `num_workers`, `threads`, `log_every`, `device`, `cache_mb` "
+                      "may change) or start a new `run_name`", path, msg);
     goto done;
   }
   {

@@ -406,7 +406,8 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
 
   if (!f->o.data_dir) cli_required("--data_dir");
   pt_check_crop("--crop_size", f->crop_n, f->o.crop, f->spatial_dims);
-  if (PT_IS_DINO) pt_check_crop("--local_crop_size", f->local_crop_n, f->o.local_crop, f->spatial_dims);
+  if (PT_IS_DINO)
+    pt_check_crop("--local_crop_size", f->local_crop_n, f->o.local_crop, f->spatial_dims);
   if (f->o.min_iou > f->o.max_iou)
     train_usage_error("--min_iou %g is above --max_iou %g: the IoU interval is empty", f->o.min_iou,
                    f->o.max_iou);
