@@ -218,6 +218,21 @@ st_entries ref_dino/checkpoint.safetensors 'head\.' >dino.head
 check "dino 3D checkpoint: the teacher's head (head.last_layer.weight_v)" \
   grep -q '^last_layer\.weight_v ' dino.head
 
+# the checkpoints load into ioupos-embed as 3D encoders (strict: every name and shape)
+embed=$bdir/ioupos-embed
+if [ -x "$embed" ]; then
+  for t in simsiam dino; do
+    "$embed" --chkpt_path "ref_$t/checkpoint.safetensors" --data_dir eight --spatial_dims 3 \
+      --output "$t.npy" --embedding_size 12 --threads 1 >"$t.embed.out" 2>"$t.embed.err"
+    check "ioupos-embed --spatial_dims 3 loads the $t 3D checkpoint (rc $?; $(tail -n 1 "$t.embed.err"))" \
+      [ -s "$t.npy" ]
+    check "... one 192-value feature (16 x C) per volume: shape (8, 192)" \
+      grep -aq "'shape': (8, 192)" "$t.npy"
+  done
+else
+  echo "$me: note: $embed not built; the ioupos-embed checks are skipped"
+fi
+
 # ---- e. SimSiam learns on the volumes (16 volumes, batch 8, 10 epochs of 2 steps) --------------
 # Measured on this data (first epoch loss -> mean of the last three): lr 1.0 0.00 -> -0.29;
 # seeds 1 and 2 -> -0.22 and -0.24; lr 0.5 -> -0.19 and -0.24. The bound, a fall of more than
