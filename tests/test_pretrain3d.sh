@@ -4,7 +4,7 @@
 # SwinTransformer, and the bad inputs of 3D named before anything is written.
 # Usage: sh tests/test_pretrain3d.sh BUILD_DIR   (run by tests/run.sh)
 # Prints "FAIL: ..." for each failed check, then "test_pretrain3d: N checks passed, M failed";
-# exits 1 if any check failed. One thread (--threads 1); about 20 s on 2 idle cores.
+# exits 1 if any check failed. One thread (--threads 1): about 13 s of CPU, 20-30 s on 2 busy cores.
 #
 # Data: ioupos-phantom cases of 40x32x16 voxels at 8 x 8 x 5 mm, through
 # `ioupos-prep --spatial_dims 3` at that spacing: volumes of about 32 x 24 x 16 voxels (X, Y, Z),
@@ -166,12 +166,13 @@ check "resume with another 3D --crop_size exits 1 (got $rc)" [ "$rc" -eq 1 ]
 check "... naming --crop_size and both shapes" \
   grep -q -- '--crop_size \[16, 16, 8\] (now \[16, 16, 16\])' z_other.err
 check "... leaving the state alone" cmp -s z_state ck/r/state.safetensors
-# SIGTERM mid-run (4 epochs): the state is saved at the step boundary; --resume finishes the run
-# with the uninterrupted run's bytes
-long="$(echo "$tiny" | sed 's/--n_epochs 2/--n_epochs 4/') --log_every 1"
+# SIGTERM mid-run (6 epochs of 4 steps; sent after step 2, so 22 steps, over a second, remain
+# for it to land in): the state is saved at the step boundary; --resume finishes the run with
+# the uninterrupted run's bytes
+long="$(echo "$tiny" | sed 's/--n_epochs 2/--n_epochs 6/') --log_every 1"
 rm -rf ck
 run sig_full $long
-check "4-epoch 3D run exits 0 (got $rc)" [ "$rc" -eq 0 ]
+check "6-epoch 3D run exits 0 (got $rc)" [ "$rc" -eq 0 ]
 rm -rf ref_long
 mv ck/r ref_long
 "$bin" $long >sig.out 2>sig.err &
