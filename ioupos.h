@@ -2499,23 +2499,35 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                        and the flags; resume (opts->resume) continues from it so that the final
                        weights equal an uninterrupted run with the same seed.
    Resume refuses (EINVAL, before anything is written) a state made with other settings: the
-   stored counters (method, seed, batch, accumulation, epochs, crop, local crops, data set size)
+   stored counters (method, seed, batch, accumulation, epochs, crop, local crops, data set size;
+   3D: also the crop's Z and spatial_dims)
    and, key by key, the flat JSON object opts->flags_json against the one the state recorded
    (its "flags" metadata). Only keys that describe one invocation or where its files go may
-   differ: num_workers, threads, log_every, resume, max_steps, chkpt_dir, run_name and
-   git_commit (a note is logged when the build differs); the error names every other key that
-   differs with both values (n_epochs too: it changes the cosine schedules).
+   differ: num_workers, threads, log_every, cache_mb, device, resume, max_steps, chkpt_dir,
+   run_name and git_commit (a note is logged when the build differs); the error names every
+   other key that differs with both values (n_epochs too: it changes the cosine schedules).
    Stopping early: opts->max_steps, or *opts->stop becoming nonzero (a signal handler's flag),
    ends the run at the next optimiser-step boundary: the state is saved as at an interruption
    (and the epoch's checkpoints first when that step ended an epoch), the log says that
    --resume continues, and the run returns 0.
    Checks before anything is written: square crops (--crop_size, and --local_crop_size with
-   local crops: the augmentations' rot90 needs H = W), DINO's --warmup_epochs below --n_epochs,
-   and the data (ioupos_dataset_check with the run's loader settings: every PNG's structure,
-   every image size against the crop and the IoU intervals; all bad files named at once, the
-   full list on opts->log when the reason cannot hold it).
+   local crops: the augmentations' rot90 needs H = W; in 3D X = Y), DINO's --warmup_epochs
+   below --n_epochs, and the data (ioupos_dataset_check with the run's loader settings: every
+   PNG's structure (every volume decoded, in 3D), every image size against the crop and the IoU
+   intervals; all bad files named at once, the full list on opts->log when the reason cannot
+   hold it).
    DINO multi-crop: n_local > 0 local views per pair of local_crop[] (IoU with the first global
    view in [local_min_iou, local_max_iou], section 9's loader), through the student only.
+   3D (enc.spatial_dims 3; set enc with ioupos_swin_config_default(&o.enc, 3), which gives the
+   window along z too): data_dir holds NIfTI volumes (*.nii.gz, ioupos_dataset_scan_volumes:
+   what `ioupos-prep --spatial_dims 3` writes), crop[] and local_crop[] are sizes along
+   (X, Y, Z), the crops MONAI's (X, Y, Z) arrays with z fastest, each view augmented by
+   ioupos_augment_pretrain_volume (its rot90 turns the X-Y plane: crop[0] must equal crop[1],
+   checked up front like 2D's square crops; Z is free), and the loader keeps decoded volumes
+   in cache_bytes (speed only: the run is the same for any budget). Everything else (pairs,
+   schedules, state, exact resume, checkpoints: a 3D MONAI SwinTransformer under backbone.*)
+   is as in 2D. A folder of PNG slices under spatial_dims 3, or of volumes under 2, is refused
+   naming the folder and the right setting.
    Every file is written atomically (a crash leaves the previous version). A non-finite loss
    stops the run (IOUPOS_ERANGE) naming epoch and step, without writing a checkpoint of the
    broken weights. opts->log receives the console lines (the library never prints).
@@ -2532,9 +2544,10 @@ enum { IOUPOS_SSL_SIMSIAM = 0, IOUPOS_SSL_DINO = 1 };
 typedef struct ioupos_pretrain_opts {
   int method;                      /* IOUPOS_SSL_SIMSIAM / IOUPOS_SSL_DINO */
   ioupos_swin_config enc;          /* --embedding_size, --drop_path_rate, --spatial_dims, ... */
-  const char *data_dir;            /* folder of PNG slices */
+  const char *data_dir;            /* folder of PNG slices (2D) or NIfTI volumes (3D) */
   const char *chkpt_dir, *run_name;
-  int crop[2];                     /* --crop_size (per axis allowed); research 96 x 96 */
+  int crop[3];                     /* --crop_size (per axis allowed); research 96 x 96; 2D
+                                      uses crop[0], crop[1] (H, W), 3D all three (X, Y, Z) */
   double min_iou, max_iou;         /* --min_iou / --max_iou */
   int pair_mode;                   /* --pair_mode anchored|joint */
   int batch_size, n_epochs, accum_iters, num_workers;
@@ -2544,6 +2557,8 @@ typedef struct ioupos_pretrain_opts {
   int log_every;                   /* console + metrics line every this many optimiser steps */
   long max_steps;                  /* stop (as if interrupted) after this many optimiser steps
                                       in this process, saving the state; 0 = no limit (tests) */
+  size_t cache_bytes;              /* 3D: decoded volumes the loader keeps (default 1 GiB;
+                                      0: decode every time); speed only, 2D ignores it */
   volatile int *stop;              /* NULL, or a flag (e.g. set by a SIGINT handler): once it is
                                       nonzero the run stops at the next step boundary, saving
                                       the state, and returns 0 */
@@ -2555,7 +2570,7 @@ typedef struct ioupos_pretrain_opts {
   int proj_hidden, proj_out, pred_hidden;
   /* DINO */
   int hidden, bottleneck, out_dim, norm_last_layer, freeze_last_layer;
-  int n_local, local_crop[2];
+  int n_local, local_crop[3];      /* 2D: H, W; 3D: X, Y, Z (default 48 per axis) */
   double local_min_iou, local_max_iou;
   double momentum_teacher, teacher_temp, warmup_teacher_temp, student_temp, center_momentum;
   double warmup_teacher_temp_epochs, wd_end, clip_grad, min_lr;
@@ -2567,7 +2582,8 @@ typedef struct ioupos_pretrain_opts {
 } ioupos_pretrain_opts;
 
 /* Fills opts with the published runs' values for method (SimSiam: C 48, batch 128, 100 epochs,
-   lr 0.025 -> 1e-6, wd 1e-5, [0.3, 0.6], crop 96; DINO: the research defaults with C 48). */
+   lr 0.025 -> 1e-6, wd 1e-5, [0.3, 0.6], crop 96; DINO: the research defaults with C 48); a 2D
+   encoder, crops 96 and local crops 48 on every axis, cache_bytes 1 GiB. */
 IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method);
 /* Runs (or resumes) a pretraining; 0 when all epochs are done or it stopped early (max_steps,
    *stop) with the state saved. */
@@ -17287,7 +17303,7 @@ IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method
   ioupos_swin_config_default(&o->enc, 2);
   o->chkpt_dir = "chkpts";
   o->run_name = method == IOUPOS_SSL_DINO ? "dino" : "simsiam";
-  o->crop[0] = o->crop[1] = 96;
+  o->crop[0] = o->crop[1] = o->crop[2] = 96;
   o->min_iou = 0.3;
   o->max_iou = 0.6;
   o->pair_mode = IOUPOS_PAIR_ANCHORED;
@@ -17304,7 +17320,8 @@ IOUPOS_DEF void ioupos_pretrain_opts_default(ioupos_pretrain_opts *o, int method
   o->out_dim = 1024;
   o->norm_last_layer = 1;
   o->freeze_last_layer = 1;
-  o->local_crop[0] = o->local_crop[1] = 48;
+  o->local_crop[0] = o->local_crop[1] = o->local_crop[2] = 48;
+  o->cache_bytes = (size_t)1 << 30;
   o->local_min_iou = 0.0;
   o->local_max_iou = 1.0;
   o->momentum_teacher = 0.9995;
@@ -17471,7 +17488,10 @@ enum {
      int64 holds the seed exactly. The order is the file format: append, never reorder. */
   IOUPOS__C_METHOD, IOUPOS__C_EPOCH, IOUPOS__C_STEP, IOUPOS__C_OPT_STEPS, IOUPOS__C_SEED,
   IOUPOS__C_BATCH, IOUPOS__C_ACCUM, IOUPOS__C_EPOCHS, IOUPOS__C_CROP0, IOUPOS__C_CROP1,
-  IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N
+  IOUPOS__C_NLOCAL, IOUPOS__C_SPE, IOUPOS__C_N,
+  /* 3D runs append two: their states hold IOUPOS__C_N3 counters, 2D states the IOUPOS__C_N
+     above, unchanged (so 2D states stay what they were, and load as before) */
+  IOUPOS__C_CROP2 = IOUPOS__C_N, IOUPOS__C_DIMS, IOUPOS__C_N3
 };
 
 /* -- the run machinery, shared with fine-tuning (section 22)
@@ -17555,7 +17575,8 @@ typedef struct ioupos__run {
   int spe;               /* optimiser steps per epoch */
   ioupos_simsiam ss;
   ioupos_dino dn;
-  int64_t c[IOUPOS__C_N];
+  int64_t c[IOUPOS__C_N3]; /* 2D runs use the first IOUPOS__C_N */
+  int nc;                  /* counters in the state: IOUPOS__C_N (2D) or IOUPOS__C_N3 (3D) */
   double avg_std;        /* EMA (0.9) of p_std: the research collapse monitor */
   double ep_loss, ep_n;  /* the current epoch's loss sum and steps (for its mean) */
 } ioupos__run;
@@ -17611,7 +17632,7 @@ static int ioupos__save_state(ioupos__run *r, const char *path) {
     if (!h1) rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
     if (!rc) rc = ioupos__tlist_table(&l, "optim.momentum.", &p->table, h1, NULL);
   }
-  if (!rc) rc = ioupos__state_write(&r->io, &l, path, r->c, IOUPOS__C_N, mon);
+  if (!rc) rc = ioupos__state_write(&r->io, &l, path, r->c, r->nc, mon);
   ioupos__tlist_free(&l);
   IOUPOS_FREE(hp);
   IOUPOS_FREE(h1);
@@ -17698,10 +17719,11 @@ static const ioupos__jkv *ioupos__jfind(const ioupos__jkv *kv, int n, const char
 }
 
 /* the keys that may differ on resume: one invocation's settings (results do not depend on
-   them), where the run directory is (the state was found there) and the build */
+   them: cache_mb is the 3D loader's volume cache), where the run directory is (the state was
+   found there) and the build */
 static int ioupos__resume_may_differ(const char *k, size_t kn) {
   static const char *const ok[] = {"num_workers", "threads", "log_every", "resume", "max_steps",
-                                   "chkpt_dir", "run_name", "git_commit", "device"};
+                                   "chkpt_dir", "run_name", "git_commit", "device", "cache_mb"};
   size_t i;
   for (i = 0; i < sizeof ok / sizeof *ok; ++i)
     if (strlen(ok[i]) == kn && memcmp(ok[i], k, kn) == 0) return 1;
@@ -17758,8 +17780,8 @@ static int ioupos__resume_flags_check(const ioupos__runio *io, const ioupos_st_f
   if (nd) {
     rc = ioupos__fail(IOUPOS_EINVAL,
                       "cannot resume %s: it was run with other flags: %s; resume with the same "
-                      "flags (only `num_workers`, `threads`, `log_every`, `device` may change) or start a "
-                      "new `run_name`", path, msg);
+                      "flags (only `num_workers`, `threads`, `log_every`, `device`, `cache_mb` "
+                      "may change) or start a new `run_name`", path, msg);
     goto done;
   }
   {
@@ -17832,16 +17854,16 @@ static int ioupos__state_read(const ioupos__runio *io, const char *path, ioupos_
    loaded; on failure the caller abandons the run. SimSiam's step count comes from the counters:
    it decides whether the next SGD step is a first step. */
 static int ioupos__load_state(ioupos__run *r, const char *path) {
-  static const char *const what[IOUPOS__C_N] = {
+  static const char *const what[IOUPOS__C_N3] = {
     "the method", NULL, NULL, NULL, "`seed`", "`batch_size`", "`accum_iters`", "`n_epochs`",
-    "`crop`", "`crop`", "`n_local`", "the data set size"};
+    "`crop`", "`crop`", "`n_local`", "the data set size", "`crop`", "`spatial_dims`"};
   const ioupos_pretrain_opts *o = r->o;
   ioupos_params *p = ioupos__run_params(r);
   ioupos_st_file f;
-  int64_t c[IOUPOS__C_N];
+  int64_t c[IOUPOS__C_N3];
   double mon[3];
   int rc, i, nl, no;
-  rc = ioupos__state_read(&r->io, path, &f, what, r->c, c, IOUPOS__C_N, mon);
+  rc = ioupos__state_read(&r->io, path, &f, what, r->c, c, r->nc, mon);
   if (rc == 0) rc = ioupos_params_load(p, &f, "", "model.", &nl, &no);
   if (rc == 0 && o->method == IOUPOS_SSL_DINO) {
     rc = ioupos_params_load(&r->dn.t, &f, "", "teacher.", &nl, &no);
@@ -17869,7 +17891,7 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
     r->ss.steps = c[IOUPOS__C_OPT_STEPS];
   }
   if (rc == 0) {
-    memcpy(r->c, c, sizeof c);
+    memcpy(r->c, c, (size_t)r->nc * sizeof *c);
     r->avg_std = mon[0];
     r->ep_loss = mon[1];
     r->ep_n = mon[2];
@@ -18029,16 +18051,44 @@ static int ioupos__append(const char *path, const char *line) {
   return ok ? 0 : ioupos__fail(IOUPOS_EIO, "cannot write %s: %s", path, strerror(errno));
 }
 
+/* The 3D crops (the rest of ioupos__run_check, which calls it last): every side positive, and
+   X = Y, as ioupos_augment_pretrain_volume's rot90 turns the X-Y plane (an odd turn of an
+   X != Y crop would change its shape; it fails then, in the middle of a run). Refused up
+   front, like 2D's square crops, rather than training without rot90: the research recipe has
+   it, and a run should not quietly drop an augmentation. Z may differ. */
+static int ioupos__run_check3(const ioupos_pretrain_opts *o) {
+  const int *c = o->crop, *l = o->local_crop;
+  int dino_local = o->method == IOUPOS_SSL_DINO && o->n_local > 0;
+  if (c[0] < 1 || c[1] < 1 || c[2] < 1 || (dino_local && (l[0] < 1 || l[1] < 1 || l[2] < 1)))
+    return ioupos__fail(IOUPOS_EINVAL, "`crop` %d,%d,%d / `local_crop` %d,%d,%d: sides must be "
+                        "positive", c[0], c[1], c[2], l[0], l[1], l[2]);
+  if (c[0] != c[1])
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "`crop` %d,%d,%d: the pretraining augmentations' rot90 turns the X-Y "
+                        "plane, so a 3D crop needs X = Y (Z may differ); use e.g. `crop` %d,%d,%d",
+                        c[0], c[1], c[2], c[0], c[0], c[2]);
+  if (dino_local && l[0] != l[1])
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "`local_crop` %d,%d,%d: the pretraining augmentations' rot90 turns the "
+                        "X-Y plane, so a 3D crop needs X = Y (Z may differ); use e.g. "
+                        "`local_crop` %d,%d,%d", l[0], l[1], l[2], l[0], l[0], l[2]);
+  if (o->method == IOUPOS_SSL_DINO && o->warmup_epochs > 0.0 &&
+      o->warmup_epochs >= (double)o->n_epochs)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "`warmup_epochs` %g must be below `n_epochs` %d (the warm-up has to end "
+                        "before the run does)", o->warmup_epochs, o->n_epochs);
+  return 0;
+}
+
 /* Every option checked before the data are scanned or anything is written: a bad invocation
    costs nothing and leaves no directory. */
 static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   if (o->method != IOUPOS_SSL_SIMSIAM && o->method != IOUPOS_SSL_DINO)
     return ioupos__fail(IOUPOS_EINVAL, "unknown method %d", o->method);
   if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
-  if (o->enc.spatial_dims != 2)
-    return ioupos__fail(IOUPOS_EINVAL,
-                        "`spatial_dims` 3: 3D pretraining needs a NIfTI volume loader, which "
-                        "ioupos does not have yet (the research code's 3D path never ran either)");
+  if (o->enc.spatial_dims != 2 && o->enc.spatial_dims != 3)
+    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` %d: 2 (PNG slices) or 3 (NIfTI volumes)",
+                        o->enc.spatial_dims);
   if (o->batch_size < (o->method == IOUPOS_SSL_SIMSIAM ? 2 : 1))
     return ioupos__fail(IOUPOS_EINVAL, "`batch_size` %d: SimSiam needs at least 2 (batch norm)",
                         o->batch_size);
@@ -18052,6 +18102,8 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   if (o->method == IOUPOS_SSL_DINO && (o->n_local < 0 || o->n_local + 2 > IOUPOS_HEAD_MAX_VIEWS))
     return ioupos__fail(IOUPOS_EINVAL, "`n_local` %d: 0 to %d", o->n_local,
                         IOUPOS_HEAD_MAX_VIEWS - 2);
+  if (o->enc.spatial_dims == 3)
+    return ioupos__run_check3(o);
   /* the augmentations' rot90 turns an H x W crop into W x H: square crops only */
   if (o->crop[0] != o->crop[1])
     return ioupos__fail(IOUPOS_EINVAL,
@@ -18143,9 +18195,8 @@ static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__p
                               double *loss, ioupos_ssl_stats *st) {
   const ioupos_pretrain_opts *o = r->o;
   int64_t it = r->c[IOUPOS__C_OPT_STEPS];
-  int a, rc = 0, shape[2], lshape[2];
-  shape[0] = o->crop[0];
-  shape[1] = o->crop[1];
+  int a, d, rc = 0, shape[3], lshape[3];
+  for (d = 0; d < 3; ++d) shape[d] = o->crop[d]; /* 2D reads [0], [1]; 3D (X, Y, Z) all three */
   *loss = 0.0;
   if (o->method == IOUPOS_SSL_DINO) ioupos_dino_zero_grad(&r->dn);
   else ioupos_simsiam_zero_grad(&r->ss);
@@ -18155,8 +18206,7 @@ static int ioupos__pt_batches(ioupos__run *r, ioupos_loader *ld, const ioupos__p
        after a resume, whatever ran before it in this process */
     ioupos_rng dr = ioupos_rng_split(&r->drop, (uint64_t)(it * o->accum_iters + a));
     if ((rc = ioupos_loader_next(ld, &b)) != 0) break;
-    lshape[0] = b.lh;
-    lshape[1] = b.lw;
+    for (d = 0; d < 3; ++d) lshape[d] = b.local_crop[d]; /* 2D: lh, lw, 1 */
     if (o->method == IOUPOS_SSL_DINO)
       rc = ioupos_dino_accumulate(&r->dn, b.views[0], b.views[1], b.n_local ? b.local : NULL,
                                   b.n_local, b.n, shape, lshape, (float)sc->teacher_temp,
@@ -18255,6 +18305,32 @@ static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
   return 0;
 }
 
+/* The data folder of a run of dims: PNG slices (2D) or NIfTI volumes (3D). A folder that holds
+   none of its kind but files of the other (slices under 3D, volumes under 2D: a forgotten or
+   wrong `spatial_dims`) is named with what it holds and the setting that reads it, instead of
+   only "holds no ..." */
+static int ioupos__pt_scan(const char *dir, int dims, ioupos_dataset *ds) {
+  ioupos_dataset other;
+  char why[512];
+  int rc = dims == 3 ? ioupos_dataset_scan_volumes(dir, NULL, ds)
+                     : ioupos_dataset_scan(dir, NULL, ds);
+  if (rc != IOUPOS_EINVAL) return rc; /* found, or a folder that cannot be read */
+  snprintf(why, sizeof why, "%s", ioupos_failure_reason());
+  if ((dims == 3 ? ioupos_dataset_scan(dir, NULL, &other)
+                 : ioupos_dataset_scan_volumes(dir, NULL, &other)) != 0)
+    return ioupos__fail(rc, "%s", why);
+  rc = dims == 3
+           ? ioupos__fail(IOUPOS_EINVAL, "%s holds %d PNG slices (e.g. %s) and no *.nii / "
+                          "*.nii.gz volumes: 3D pretraining (`spatial_dims` 3) reads volumes "
+                          "(ioupos-prep writes them with `spatial_dims` 3); for slices use "
+                          "`spatial_dims` 2", dir, other.n, other.images[0])
+           : ioupos__fail(IOUPOS_EINVAL, "%s holds %d NIfTI volumes (e.g. %s) and no *.png "
+                          "slices: 2D pretraining reads PNG slices (ioupos-prep writes them); "
+                          "for volumes use `spatial_dims` 3", dir, other.n, other.images[0]);
+  ioupos_dataset_free(&other);
+  return rc;
+}
+
 /* The pretraining run, in the order that keeps failures cheap and resumes exact:
      1. check the options, scan and preflight the data, open the loader (no file written yet);
      2. build the model from the seed (a resume then overwrites it from the state);
@@ -18273,7 +18349,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos_loader ld;
   ioupos_loader_config lc;
   char path[4200], tmp[4200];
-  int rc, spe, dino = o->method == IOUPOS_SSL_DINO, stop = 0;
+  int rc, spe, dino = o->method == IOUPOS_SSL_DINO, stop = 0, dims = o->enc.spatial_dims;
   const ioupos_backend *be = o->backend ? o->backend : ioupos_backend_cpu();
   memset(&ds, 0, sizeof ds);
   memset(&ld, 0, sizeof ld);
@@ -18284,11 +18360,13 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos__runio_init(&r->io, o->log, o->log_ctx, o->stop, o->max_steps, o->flags_json,
                      o->git_commit, o->chkpt_dir, o->run_name ? o->run_name : "run");
   /* data first: a bad folder fails before anything is written */
-  if ((rc = ioupos_dataset_scan(o->data_dir, NULL, &ds)) != 0) goto done;
+  if ((rc = ioupos__pt_scan(o->data_dir, dims, &ds)) != 0) goto done;
   ioupos_loader_config_default(&lc, &ds, IOUPOS_LOADER_SSL);
   lc.batch_size = o->batch_size;
+  lc.spatial_dims = dims;
   lc.crop[0] = o->crop[0];
   lc.crop[1] = o->crop[1];
+  if (dims == 3) lc.crop[2] = o->crop[2];
   lc.min_iou = o->min_iou;
   lc.max_iou = o->max_iou;
   lc.pair_mode = o->pair_mode;
@@ -18297,11 +18375,17 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   /* every step has a full batch: batch-norm statistics and the steps per epoch (a counter the
      resume checks) do not depend on the data set size modulo the batch */
   lc.drop_last = 1;
-  lc.augment = ioupos_augment_pretrain_view;
+  if (dims == 3) {
+    lc.augment3 = ioupos_augment_pretrain_volume;
+    lc.cache_bytes = o->cache_bytes;
+  } else {
+    lc.augment = ioupos_augment_pretrain_view;
+  }
   if (dino && o->n_local > 0) { /* DINO multi-crop: local views for the student */
     lc.n_local = o->n_local;
     lc.local_crop[0] = o->local_crop[0];
     lc.local_crop[1] = o->local_crop[1];
+    if (dims == 3) lc.local_crop[2] = o->local_crop[2];
     lc.local_min_iou = o->local_min_iou;
     lc.local_max_iou = o->local_max_iou;
   }
@@ -18312,8 +18396,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       goto done;
   }
   if (ds.n < o->batch_size) {
-    rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d images, fewer than one batch (`batch_size` %d)",
-                      o->data_dir, ds.n, o->batch_size);
+    rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d %s, fewer than one batch (`batch_size` %d)",
+                      o->data_dir, ds.n, dims == 3 ? "volumes" : "images", o->batch_size);
     goto done;
   }
   if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
@@ -18356,6 +18440,12 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   r->c[IOUPOS__C_CROP1] = o->crop[1];
   r->c[IOUPOS__C_NLOCAL] = dino ? o->n_local : 0;
   r->c[IOUPOS__C_SPE] = spe;
+  r->nc = IOUPOS__C_N;
+  if (dims == 3) { /* appended: a 2D state keeps its counters */
+    r->c[IOUPOS__C_CROP2] = o->crop[2];
+    r->c[IOUPOS__C_DIMS] = 3;
+    r->nc = IOUPOS__C_N3;
+  }
   /* the run directory */
   snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
   if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
@@ -18379,9 +18469,15 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   }
   ioupos_rng_seed_stream(&r->drop, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
   r->spe = spe;
-  ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s; "
-              "device %s", dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
-              o->n_epochs, r->io.dir, be->name);
+  if (dims == 3)
+    ioupos__say(&r->io, "%s: %d volumes (3D crops %d x %d x %d, X x Y x Z), %d steps per epoch "
+                "of %d x %d pairs, %d epochs -> %s; device %s", dino ? "dino" : "simsiam", ds.n,
+                o->crop[0], o->crop[1], o->crop[2], spe, o->accum_iters, o->batch_size,
+                o->n_epochs, r->io.dir, be->name);
+  else
+    ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s; "
+                "device %s", dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
+                o->n_epochs, r->io.dir, be->name);
   ioupos__clock_start(&r->clock);
   /* the method, one optimiser step at a time.
      The state is saved after every epoch and after a stop, never inside a step. A stop mid-epoch

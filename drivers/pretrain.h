@@ -15,6 +15,11 @@
    --use_gradient_checkpointing) and preprocessing flags (--a_min, --a_max, --size_x/y/z, which
    only matter to ioupos-prep) are accepted with one note on stderr.
 
+   --spatial_dims 3 trains on NIfTI volumes (ioupos-prep --spatial_dims 3): crops of one size
+   (a cube) or X,Y,Z, a 3D encoder (window 7 on every axis), the loader's volume cache
+   (--cache_mb, recorded but free to change on resume); everything else as in 2D. The crop
+   sizes are checked against --spatial_dims once every flag is read (flags come in any order).
+
    SIGINT (Ctrl-C; unless it was ignored when the program started, as for a background job of a
    script) and SIGTERM stop the run at the next optimiser-step boundary with the state saved
    (ioupos_pretrain_opts.stop): --resume continues it, and the final weights equal an
@@ -58,6 +63,8 @@ typedef struct pt_flags {
   double a_min, a_max, size[3];  /* ioupos-prep's; recorded only */
   int use_amp, use_ckpt, low_resource;
   int threads;                    /* 0: OpenMP's default (all cores or OMP_NUM_THREADS) */
+  int crop_n, local_crop_n;       /* sizes given to --crop_size / --local_crop_size (0: none) */
+  long cache_mb;                  /* --cache_mb: the 3D loader's volume cache */
   cli_device device;              /* --device (auto) */
   int given_embed, given_batch, given_hidden, given_bottleneck;
   int given_prep;                 /* --a_min/--a_max/--size_* seen */
@@ -79,6 +86,7 @@ static void pt_defaults(pt_flags *f) {
   f->size[1] = 1.0;
   f->size[2] = 2.5;
   f->device.spec = "auto";
+  f->cache_mb = 1024; /* the loader's default (1 GiB) */
 }
 
 /* ---- usage ------------------------------------------------------------------------------------ */
@@ -92,9 +100,11 @@ static void pt_usage(FILE *out) {
           "%s"
           "\n"
           "Data and crops:\n"
-          "  --data_dir DIR        folder of PNG slices (ioupos-prep's output); required\n"
-          "  --crop_size N|H,W     crop size, one number for both axes or one per axis; the\n"
-          "                        augmentations (rot90) need H = W for now (default %d;\n"
+          "  --data_dir DIR        folder of PNG slices (2D) or *.nii.gz volumes (3D), as\n"
+          "                        ioupos-prep writes them; required\n"
+          "  --crop_size N|H,W|X,Y,Z  crop size: one number for every axis, or one per axis\n"
+          "                        (2D H,W; 3D X,Y,Z); the augmentations' rot90 needs H = W\n"
+          "                        (3D: X = Y, Z free) (default %d;\n"
           "                        research 96)\n"
           "  --min_iou X           lower IoU bound of a pair, in [0, 1] (default %g)\n"
           "  --max_iou X           upper IoU bound, in [min_iou, 1] (default %g)\n"
@@ -104,16 +114,25 @@ static void pt_usage(FILE *out) {
           "  --batch_size N        pairs per micro-batch (default %d)\n"
           "  --num_workers N       loader threads, 0 = in the training thread, 0..256 (default %d);\n"
           "                        results do not depend on it\n"
-          "  --spatial_dims 2|3    2 only: 3D pretraining needs NIfTI volume loading, which the\n"
-          "                        loader does not have yet (default 2)\n"
+          "  --spatial_dims 2|3    2: crops of PNG slices; 3: crops of volumes (ioupos-prep\n"
+          "                        --spatial_dims 3 writes <case>.nii.gz) and a 3D encoder;\n"
+          "                        3D crops are MONAI's (X, Y, Z) arrays, the NIfTI voxel axes\n"
+          "                        i, j, k, z fastest; their activations take about crop Z / 2\n"
+          "                        times a 2D crop's of the same X, Y: lower --batch_size\n"
+          "                        (default 2)\n"
+          "  --cache_mb MB         3D: decoded volumes the loader keeps in memory, for all its\n"
+          "                        workers together; 0 = decode each time it is used; speed\n"
+          "                        only, results do not depend on it; 2D ignores it\n"
+          "                        (default %ld)\n"
           "  --a_min HU, --a_max HU  the HU window of preprocessing: accepted for the research\n"
-          "                        command lines, but they only matter to ioupos-prep (the PNGs\n"
+          "                        command lines, but they only matter to ioupos-prep (the data\n"
           "                        are already windowed); no effect here (default -500, 500)\n"
           "  --size_x MM, --size_y MM, --size_z MM  the resampling spacing of preprocessing\n"
           "                        (ioupos-prep's flags of these names); no effect here\n"
           "                        (default 1, 1, 2.5)\n"
           "\n"
-          "Encoder (MONAI SwinTransformer, patch 2, window 7, depths 2,2,2,2, heads 3,6,12,24):\n"
+          "Encoder (MONAI SwinTransformer, patch 2, window 7, depths 2,2,2,2, heads 3,6,12,24;\n"
+          "2D or 3D as --spatial_dims):\n"
           "  --embedding_size C    feature size C; the backbone feature has 16 x C values; C x 2^s\n"
           "                        must be divisible by stage s's heads, e.g. 6, 12, 24, 48\n"
           "                        (default %d; the research scripts defaulted to 24, the\n"
@@ -124,14 +143,15 @@ static void pt_usage(FILE *out) {
           "                        says so)\n"
           "  --use_amp             accepted; the CPU backend computes in float32 (a note says so)\n",
           PT_IS_DINO
-              ? "DINO pretraining of a Swin encoder on IoU-constrained crop pairs of CT slices:\n"
-                "student and EMA teacher, DINO head, centring; the teacher is the evaluation\n"
-                "network (checkpoint.safetensors' backbone.*).\n"
+              ? "DINO pretraining of a Swin encoder on IoU-constrained crop pairs of CT slices\n"
+                "(or volumes, --spatial_dims 3): student and EMA teacher, DINO head, centring;\n"
+                "the teacher is the evaluation network (checkpoint.safetensors' backbone.*).\n"
               : "SimSiam pretraining of a Swin encoder on IoU-constrained crop pairs of CT slices\n"
-                "(the research code's setup: lightly heads, SGD, cosine lr, collapse monitor).\n",
+                "(or volumes, --spatial_dims 3) (the research code's setup: lightly heads, SGD,\n"
+                "cosine lr, collapse monitor).\n",
           o->crop[0], o->min_iou, o->max_iou,
           o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored", o->batch_size, o->num_workers,
-          o->enc.embed_dim, (double)o->enc.drop_path_rate);
+          d.cache_mb, o->enc.embed_dim, (double)o->enc.drop_path_rate);
   if (PT_IS_DINO) {
     fprintf(out,
             "\n"
@@ -151,7 +171,8 @@ static void pt_usage(FILE *out) {
             "  --center_momentum X   EMA momentum of the centre (default %g)\n"
             "  --n_local_crops N     local views per pair (DINO multi-crop), through the student\n"
             "                        only, 0..%d (default %d; the research code had none)\n"
-            "  --local_crop_size N|H,W  local crop size; square, as --crop_size (default %d)\n"
+            "  --local_crop_size N|H,W|X,Y,Z  local crop size, as --crop_size (2D square, 3D\n"
+            "                        X = Y) (default %d)\n"
             "  --local_min_iou X, --local_max_iou X  IoU interval of each local crop with the\n"
             "                        first global crop (default %g, %g)\n"
             "\n"
@@ -196,7 +217,8 @@ static void pt_usage(FILE *out) {
           "  --resume              continue the run in that directory from its state.safetensors\n"
           "                        (the final weights equal an uninterrupted run's); the flags\n"
           "                        must be the run's (flags.json), except --num_workers,\n"
-          "                        --threads, --device, --log_every and --max_steps\n"
+          "                        --threads, --device, --cache_mb, --log_every and\n"
+          "                        --max_steps\n"
           "  --seed S              random seed, unsigned 64-bit (default %llu, the research\n"
           "                        default)\n"
           "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
@@ -230,15 +252,42 @@ static void pt_usage(FILE *out) {
 
 /* ---- flag values ------------------------------------------------------------------------------ */
 
-/* "96" (both axes) or "96,80" / "96x80" (rows, columns). */
-static void pt_parse_crop(const char *flag, const char *s, int crop[2]) {
+/* "96" (every axis), "96,80" / "96x80" (2D rows, columns) or "96,96,64" / "96x96x64" (3D X, Y,
+   Z); returns how many sizes were given (1, 2 or 3), which pt_parse checks against
+   --spatial_dims once every flag is read (the flags may come in any order). */
+static int pt_parse_crop(const char *flag, const char *s, int crop[3]) {
   const char *p = s;
-  crop[0] = crop[1] = (int)cli_int_prefix(flag, s, &p, 1, PT_MAX_CROP, NULL);
-  if (*p == ',' || *p == 'x') {
+  int n = 1;
+  crop[0] = crop[1] = crop[2] = (int)cli_int_prefix(flag, s, &p, 1, PT_MAX_CROP, NULL);
+  while (n < 3 && (*p == ',' || *p == 'x')) {
     ++p;
-    crop[1] = (int)cli_int_prefix(flag, s, &p, 1, PT_MAX_CROP, NULL);
+    crop[n++] = (int)cli_int_prefix(flag, s, &p, 1, PT_MAX_CROP, NULL);
   }
-  if (*p) cli_bad_value(flag, s, "expected N or H,W with integers in 1..4096, e.g. 96 or 96,80");
+  if (*p)
+    cli_bad_value(flag, s, "expected N, H,W (2D) or X,Y,Z (3D) with integers in 1..4096, e.g. 96, "
+                  "96,80 or 96,96,64");
+  if (n == 2) crop[2] = 1;
+  return n;
+}
+
+/* the sizes of a crop flag given n of them under dims: 1 fills every axis; 2D takes 2, 3D 3 */
+static void pt_check_crop(const char *flag, int n, const int c[3], int dims) {
+  if (n == 3 && dims == 2)
+    train_usage_error("%s %d,%d,%d: three sizes are a 3D crop; pass --spatial_dims 3 (volumes) "
+                      "or give H,W", flag, c[0], c[1], c[2]);
+  if (n == 2 && dims == 3)
+    train_usage_error("%s %d,%d: a 3D crop (--spatial_dims 3) takes one size for every axis or "
+                      "three, X,Y,Z (e.g. %d,%d,%d)", flag, c[0], c[1], c[0], c[1], c[0]);
+}
+
+/* crop sizes as a JSON list: 2D [H, W], 3D [X, Y, Z] */
+static void pt_jcrop(train_json *j, const char *key, const int v[3], int dims) {
+  if (dims == 3) {
+    train_key(j, key);
+    train_put(j, "[%d, %d, %d]", v[0], v[1], v[2]);
+  } else {
+    train_jpair(j, key, v);
+  }
 }
 
 static int pt_parse_bool(const char *flag, const char *s) {
@@ -268,7 +317,7 @@ static const char *const pt_names[] = {
     "base_lr", "warmup_epochs", "embedding_size", "drop_path_rate", "spatial_dims", "a_min",
     "a_max", "size_x", "size_y", "size_z", "min_iou", "max_iou", "batch_size", "n_epochs",
     "accum_iters", "run_name", "data_dir", "chkpt_dir", "seed", "num_workers", "crop_size",
-    "pair_mode", "threads", "log_every", "max_steps", "device",
+    "pair_mode", "threads", "log_every", "max_steps", "device", "cache_mb",
     /* switches */
     "use_gradient_checkpointing", "use_amp", "low_resource_mode", "resume"};
 #define PT_N_SWITCHES 4
@@ -305,7 +354,8 @@ static void pt_flag(pt_flags *f, const char *name, const char *flag, const char 
   else if (IS("chkpt_dir")) o->chkpt_dir = cli_nonempty(flag, v, "expected a folder");
   else if (IS("seed")) o->seed = cli_u64(flag, v);
   else if (IS("num_workers")) o->num_workers = (int)cli_int(flag, v, 0, 256);
-  else if (IS("crop_size")) pt_parse_crop(flag, v, o->crop);
+  else if (IS("crop_size")) f->crop_n = pt_parse_crop(flag, v, o->crop);
+  else if (IS("cache_mb")) f->cache_mb = (long)cli_int(flag, v, 0, 1L << 24); /* 16 TiB */
   else if (IS("pair_mode")) {
     if (!strcmp(v, "anchored")) o->pair_mode = IOUPOS_PAIR_ANCHORED;
     else if (!strcmp(v, "joint")) o->pair_mode = IOUPOS_PAIR_JOINT;
@@ -341,7 +391,7 @@ static void pt_flag(pt_flags *f, const char *name, const char *flag, const char 
   else if (IS("clip_grad")) o->clip_grad = cli_double(flag, v, 0.0, 1e6, 0);
   else if (IS("min_lr")) o->min_lr = cli_double(flag, v, 0.0, 1e6, 0);
   else if (IS("n_local_crops")) o->n_local = (int)cli_int(flag, v, 0, IOUPOS_HEAD_MAX_VIEWS - 2);
-  else if (IS("local_crop_size")) pt_parse_crop(flag, v, o->local_crop);
+  else if (IS("local_crop_size")) f->local_crop_n = pt_parse_crop(flag, v, o->local_crop);
   else if (IS("local_min_iou")) o->local_min_iou = cli_double(flag, v, 0.0, 1.0, 0);
   else if (IS("local_max_iou")) o->local_max_iou = cli_double(flag, v, 0.0, 1.0, 0);
 #undef IS
@@ -355,15 +405,21 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
   while ((k = cli_next_flag(&c)) >= 0) pt_flag(f, pt_names[k], c.flag, c.value);
 
   if (!f->o.data_dir) cli_required("--data_dir");
-  if (f->spatial_dims == 3)
-    train_usage_error("--spatial_dims 3: 3D pretraining needs NIfTI volume loading, which is not "
-                   "implemented yet (the loader reads 2D PNG slices only); use --spatial_dims 2");
+  pt_check_crop("--crop_size", f->crop_n, f->o.crop, f->spatial_dims);
+  if (PT_IS_DINO)
+    pt_check_crop("--local_crop_size", f->local_crop_n, f->o.local_crop, f->spatial_dims);
   if (f->o.min_iou > f->o.max_iou)
     train_usage_error("--min_iou %g is above --max_iou %g: the IoU interval is empty", f->o.min_iou,
                    f->o.max_iou);
   if (PT_IS_DINO && f->o.local_min_iou > f->o.local_max_iou)
     train_usage_error("--local_min_iou %g is above --local_max_iou %g: the IoU interval is empty",
                    f->o.local_min_iou, f->o.local_max_iou);
+  /* rot90 is part of the recipe: a crop it cannot turn is refused, not trained without it */
+  if (f->spatial_dims == 3 && f->o.crop[0] != f->o.crop[1])
+    train_usage_error("--crop_size %d,%d,%d: the pretraining augmentations' rot90 turns the X-Y "
+                      "plane, so a 3D crop needs X = Y (Z may differ); use e.g. --crop_size "
+                      "%d,%d,%d", f->o.crop[0], f->o.crop[1], f->o.crop[2], f->o.crop[0],
+                      f->o.crop[0], f->o.crop[2]);
   if (f->o.crop[0] != f->o.crop[1])
     train_usage_error("--crop_size %d,%d: the pretraining augmentations need square crops (their "
                    "rot90 would change a non-square crop's shape); use e.g. --crop_size %d",
@@ -371,6 +427,13 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
   if (f->o.warmup_epochs > 0.0 && f->o.warmup_epochs >= (double)f->o.n_epochs)
     train_usage_error("--warmup_epochs %g must be below --n_epochs %d (the warm-up has to end before "
                    "the run does)", f->o.warmup_epochs, f->o.n_epochs);
+  if (PT_IS_DINO && f->spatial_dims == 3 && f->o.n_local > 0 &&
+      f->o.local_crop[0] != f->o.local_crop[1])
+    train_usage_error("--local_crop_size %d,%d,%d: the pretraining augmentations' rot90 turns "
+                      "the X-Y plane, so a 3D crop needs X = Y (Z may differ); use e.g. "
+                      "--local_crop_size %d,%d,%d", f->o.local_crop[0], f->o.local_crop[1],
+                      f->o.local_crop[2], f->o.local_crop[0], f->o.local_crop[0],
+                      f->o.local_crop[2]);
   if (PT_IS_DINO && f->o.n_local > 0 && f->o.local_crop[0] != f->o.local_crop[1])
     train_usage_error("--local_crop_size %d,%d: the pretraining augmentations need square crops "
                    "(their rot90 would change a non-square crop's shape); use e.g. "
@@ -391,7 +454,14 @@ static void pt_parse(int argc, char **argv, pt_flags *f) {
       f->o.pred_hidden = 128;
     }
   }
+  if (f->spatial_dims == 3) { /* MONAI's 3D encoder: the window along z too */
+    ioupos_swin_config e = f->o.enc;
+    ioupos_swin_config_default(&f->o.enc, 3);
+    f->o.enc.embed_dim = e.embed_dim;
+    f->o.enc.drop_path_rate = e.drop_path_rate;
+  }
   f->o.enc.spatial_dims = f->spatial_dims;
+  f->o.cache_bytes = (size_t)f->cache_mb << 20;
   train_check_encoder(&f->o.enc);
 }
 
@@ -416,7 +486,7 @@ static char *pt_flags_json(const pt_flags *f) {
   train_jnum(&j, "size_x", f->size[0]);
   train_jnum(&j, "size_y", f->size[1]);
   train_jnum(&j, "size_z", f->size[2]);
-  train_jpair(&j, "crop_size", o->crop);
+  pt_jcrop(&j, "crop_size", o->crop, f->spatial_dims);
   train_jnum(&j, "min_iou", o->min_iou);
   train_jnum(&j, "max_iou", o->max_iou);
   train_jstr(&j, "pair_mode", o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored");
@@ -442,7 +512,7 @@ static char *pt_flags_json(const pt_flags *f) {
     train_jnum(&j, "student_temp", o->student_temp);
     train_jnum(&j, "center_momentum", o->center_momentum);
     train_jint(&j, "n_local_crops", o->n_local);
-    train_jpair(&j, "local_crop_size", o->local_crop);
+    pt_jcrop(&j, "local_crop_size", o->local_crop, f->spatial_dims);
     train_jnum(&j, "local_min_iou", o->local_min_iou);
     train_jnum(&j, "local_max_iou", o->local_max_iou);
   } else {
@@ -456,6 +526,7 @@ static char *pt_flags_json(const pt_flags *f) {
   train_jint(&j, "num_workers", o->num_workers);
   train_jint(&j, "threads", f->threads);
   train_jstr(&j, "device", f->device.spec);
+  train_jint(&j, "cache_mb", f->cache_mb);
   train_jint(&j, "log_every", o->log_every);
   train_jbool(&j, "low_resource_mode", f->low_resource);
   train_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
@@ -477,8 +548,9 @@ static int pretrain_main(int argc, char **argv) {
                     "activations\n");
   if (f.given_prep)
     fprintf(stderr, PROG ": note: --a_min/--a_max/--size_x/--size_y/--size_z only matter to "
-                    "ioupos-prep (HU window and spacing of preprocessing); the PNGs in --data_dir "
-                    "are already windowed, so they have no effect here\n");
+                    "ioupos-prep (HU window and spacing of preprocessing); the %s in --data_dir "
+                    "are already windowed, so they have no effect here\n",
+            f.spatial_dims == 3 ? "volumes" : "PNGs");
   f.threads = train_threads(f.threads); /* the count used, recorded in the flags */
 
   json = pt_flags_json(&f);

@@ -55,7 +55,8 @@ value_for() {
         X) echo 0.5 ;;       # rates, temperatures, momenta, IoU bounds in [0.3, 0.6] by default
         N) echo 2 ;;         # counts (SimSiam's --batch_size needs 2 at least)
         C) echo 24 ;;        # an embedding size the Swin heads divide
-        'N|H,W') echo 32 ;;  # a square crop
+        'N|H,W'*) echo 32 ;; # a square crop (N|H,W|X,Y,Z: a cube in 3D)
+        MB) echo 64 ;;       # --cache_mb
         HU) echo 100 ;;      # --a_min 100 is below the default --a_max 500, --a_max above -500
         MM) echo 1.5 ;;
         NAME) echo r1 ;;
@@ -81,12 +82,13 @@ ns=$(wc -l <s_flags)
 nd=$(wc -l <d_flags)
 check "ioupos-simsiam --help lists 30 flags or more (got $ns)" [ "$ns" -ge 30 ]
 check "ioupos-dino --help lists 45 flags or more (got $nd)" [ "$nd" -ge 45 ]
-for f in "--wd X" "--end_lr X" "--base_lr X" "--a_max HU" "--size_z MM" "--crop_size N|H,W" \
-         "--resume -" "--use_amp -"; do
+for f in "--wd X" "--end_lr X" "--base_lr X" "--a_max HU" "--size_z MM" \
+         "--crop_size N|H,W|X,Y,Z" "--cache_mb MB" "--resume -" "--use_amp -"; do
   check "ioupos-simsiam --help parsed as '$f'" grep -qxF -- "$f" s_flags
 done
 for f in "--teacher_temp X" "--lr X" "--base_lr X" "--local_max_iou X" "--norm_last_layer 0|1" \
-         "--a_max HU" "--size_z MM" "--low_resource_mode -"; do
+         "--a_max HU" "--size_z MM" "--low_resource_mode -" "--local_crop_size N|H,W|X,Y,Z" \
+         "--spatial_dims 2|3" "--cache_mb MB"; do
   check "ioupos-dino --help parsed as '$f'" grep -qxF -- "$f" d_flags
 done
 

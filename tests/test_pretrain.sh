@@ -35,7 +35,8 @@ check "16 PNG slices in half/ (got $n_half)" [ "$n_half" -eq 16 ]
 common="--embedding_size --drop_path_rate --use_gradient_checkpointing --spatial_dims --a_min
   --a_max --size_x --size_y --size_z --min_iou --max_iou --use_amp --batch_size --n_epochs
   --warmup_epochs --accum_iters --run_name --data_dir --chkpt_dir --seed --num_workers
-  --low_resource_mode --crop_size --pair_mode --resume --threads --log_every --max_steps --help"
+  --low_resource_mode --crop_size --pair_mode --resume --threads --log_every --max_steps
+  --cache_mb --help"
 use "$simsiam"
 run s_help --help
 check "simsiam --help exits 0 (got $rc)" [ "$rc" -eq 0 ]
@@ -79,8 +80,11 @@ for p in "$simsiam" "$dino"; do
   refused "${t}_num3" 2 "--seed: bad value '-1'" --data_dir data --seed -1
   refused "${t}_iou" 2 "--min_iou 0.7 is above --max_iou 0.2" --data_dir data --min_iou 0.7 \
     --max_iou 0.2
-  refused "${t}_3d" 2 "--spatial_dims 3: 3D pretraining needs NIfTI volume loading" \
+  # 3D runs are tests/test_pretrain3d.sh's; here only the 2D side of the boundary
+  refused "${t}_3d" 1 "error: data holds 32 PNG slices (e.g. data/phantom_000_000.png) and no \*.nii / \*.nii.gz volumes: 3D pretraining (--spatial_dims 3) reads volumes" \
     --data_dir data --spatial_dims 3
+  refused "${t}_crop3" 2 "--crop_size 32,32,16: three sizes are a 3D crop; pass --spatial_dims 3" \
+    --data_dir data --crop_size 32,32,16
   refused "${t}_nodata" 2 "--data_dir is required"
   refused "${t}_crop" 2 "--crop_size 32,24: .*square" --data_dir data --crop_size 32,24
   refused "${t}_embed" 2 "--embedding_size 7: " --data_dir data --embedding_size 7
