@@ -3200,12 +3200,22 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
               split the best validation score is reported, and a note says so.
      n_epochs 0 evaluates the initial model (chkpt_path, e.g. a run's best.safetensors) on val
               and test, without training.
-     3D       (enc.spatial_dims 3) evaluation only for now (n_epochs 0; training needs the 3D
-              loader, not written yet, and is refused naming that): the splits are sets of
-              volumes (above), every image and label volume is read before anything is written
-              (readable NIfTI, same shape, integer ids below n_classes; all bad files named), the
-              windows are crop3[0] x crop3[1] x crop3[2] (x, y, z), the predictions
-              <predict_dir>/<split>/<case>.nii.gz.
+     3D       (enc.spatial_dims 3) the same run on volumes: the splits are sets of volumes
+              (above); every image and label volume of the splits used (train when training)
+              is read before anything is written (readable NIfTI, same shape, integer ids below
+              n_classes; all bad files named); the model is a 3D SwinUNETR (a 2D checkpoint is
+              refused naming the patch embedding and both shapes); the loader runs in 3D
+              (section 9, spatial_dims 3, the set's volumes in case order): batch_size VOLUMES a
+              step, n_crops_per_ct crops of crop3[0] x crop3[1] x crop3[2] (x, y, z; MONAI's
+              array order, z fastest, what the model and the sliding window take) each,
+              RandCropByPosNegLabeld pos = neg = 1, a volume smaller than the crop zero-padded
+              (pad_small, floor(d / 2) before, as 2D pads slices), decoded volumes cached in
+              cache_bytes; ioupos_augment_finetune_volume with the fine-tuning preset, except
+              that rot90 (a quarter turn in the (x, y) plane) is off when crop3[0] != crop3[1]
+              (it would change the crop's shape; the log says so); the windows of the
+              validation are the crop; the predictions <predict_dir>/<split>/<case>.nii.gz.
+              The state stores the 2D counters (crop = crop3[0]); the whole 3D crop, like every
+              flag, is in flags_json, which a resume must match.
    The run directory <chkpt_dir>/<run_name>/ (section 18's layout):
      flags.json             {"flags": <flags_json>, "seed": S, "commit": C, "steps_per_epoch": N}
      metrics.jsonl          one JSON line per logged step, per epoch and per evaluation (each
@@ -3343,7 +3353,7 @@ enum { IOUPOS_FT_METRIC_DSC = 0, IOUPOS_FT_METRIC_RESEARCH = 1 };
 
 typedef struct ioupos_finetune_opts {
   ioupos_swin_config enc;     /* --embedding_size, --drop_path_rate (fine-tuning default 0,
-                                 MONAI SwinUNETR's), spatial_dims 2 (3: evaluation only) */
+                                 MONAI SwinUNETR's), spatial_dims 2 (3: volumes) */
   int n_classes;              /* 14 */
   const char *data_dir;       /* ioupos-prep's output with a split: train/, val/, test/ */
   const char *split_path;     /* NULL, or the split file to check the folders against */
@@ -3351,8 +3361,8 @@ typedef struct ioupos_finetune_opts {
   const char *chkpt_dir, *run_name;
   int crop;                   /* crop and window size, a multiple of 32 (research 96) */
   int crop3[3];               /* 3D: the window's x, y, z sizes, multiples of 32; 0: crop */
-  int batch_size;             /* slices per step (32) */
-  int n_crops_per_ct;         /* crops per slice (2) */
+  int batch_size;             /* slices (3D: volumes) per step (32) */
+  int n_crops_per_ct;         /* crops per slice or volume (2) */
   int sw_batch_size;          /* 64 */
   double sw_overlap;          /* 0.25 */
   int n_epochs;               /* 225; 0 = evaluate only */
@@ -20751,6 +20761,41 @@ done:
 
 /* -- checkpoints -- */
 
+/* "[6, 1, 2, 2]" */
+static void ioupos__ft_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+  size_t n = 0;
+  int k;
+  n += (size_t)snprintf(buf, cap, "[");
+  for (k = 0; k < ndim && n < cap; ++k)
+    n += (size_t)snprintf(buf + n, cap - n, k ? ", %lld" : "%lld", (long long)shape[k]);
+  if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+/* A 2D encoder into a 3D model (or the reverse) is named as such before the strict load, whose
+   message would blame the width, window, patch or depth: the patch embedding's kernel has one
+   axis per spatial dimension ([C, 1, 2, 2] in 2D, [C, 1, 2, 2, 2] in 3D). */
+static int ioupos__ft_check_dims(const ioupos_params *p, const ioupos_st_file *f,
+                                 const char *path, const char *fprefix) {
+  char name[256], want[96], got[96];
+  const ioupos_st_tensor *t;
+  int i;
+  snprintf(name, sizeof name, "%spatch_embed.proj.weight", fprefix);
+  t = ioupos_safetensors_find(f, name);
+  for (i = 0; t && i < p->table.n; ++i) {
+    const ioupos_tensor_info *m = &p->table.t[i];
+    if (strcmp(m->name, "swinViT.patch_embed.proj.weight") != 0) continue;
+    if (m->ndim == t->ndim || (m->ndim != 4 && m->ndim != 5) || (t->ndim != 4 && t->ndim != 5))
+      return 0;
+    ioupos__ft_shape_str(got, sizeof got, t->ndim, t->shape);
+    ioupos__ft_shape_str(want, sizeof want, m->ndim, m->shape);
+    return ioupos__fail(IOUPOS_EINVAL, "%s holds a %dD Swin encoder but the model is %dD: "
+                        "checkpoint tensor '%s' has shape %s, the model expects %s (a %dD "
+                        "checkpoint needs `spatial_dims` %d)", path, t->ndim - 2, m->ndim - 2,
+                        name, got, want, t->ndim - 2, t->ndim - 2);
+  }
+  return 0;
+}
+
 IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
                                      ioupos_swinunetr_load_info *info) {
   ioupos_st_file f;
@@ -20767,6 +20812,7 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
   if (ioupos_safetensors_find(&f, "out.conv.conv.weight") &&
       ioupos_safetensors_find(&f, "swinViT.patch_embed.proj.weight")) {
     li.whole = 1;
+    if ((rc = ioupos__ft_check_dims(p, &f, path, "swinViT.")) != 0) goto done;
     rc = ioupos_params_load(p, &f, "", "", &li.n_loaded, &li.n_ignored);
   } else {
     li.prefix = ioupos_swin_find_prefix(&f);
@@ -20779,6 +20825,7 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
                         path, f.n);
       goto done;
     }
+    if ((rc = ioupos__ft_check_dims(p, &f, path, li.prefix)) != 0) goto done;
     rc = ioupos_params_load(p, &f, "swinViT.", li.prefix, &li.n_loaded, &li.n_ignored);
   }
   if (rc) {
