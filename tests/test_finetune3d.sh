@@ -14,7 +14,7 @@
 # written; a diverging loss halts the run.
 # Usage: sh tests/test_finetune3d.sh BUILD_DIR   (run by tests/run.sh; needs gzip)
 # Prints "FAIL: ..." for each failed check, then "test_finetune3d: N checks passed, M failed";
-# exits 1 if any check failed. One thread; about 30 s (evaluation) + 40 s (training) on 2 cores.
+# exits 1 if any check failed. One thread; about 50 s on 2 cores (20 s evaluation, 30 s training).
 
 me=test_finetune3d prog=ioupos-finetune
 root=$(pwd)
@@ -187,6 +187,14 @@ no_timing ref/metrics.jsonl >r.m1
 no_timing ck/t/metrics.jsonl >r.m2
 check "r: metrics.jsonl identical (without timings)" cmp -s r.m1 r.m2
 
+# loader threads and the volume cache change the speed only
+run r_workers $tr --run_name w --num_workers 2 --cache_mb 0
+check "r: --num_workers 2 --cache_mb 0 exits 0 (got $rc)" [ "$rc" -eq 0 ]
+for f in checkpoint best; do
+  check "r: ... the same $f.safetensors" cmp -s "ref/$f.safetensors" "ck/w/$f.safetensors"
+done
+check "r: ... and results.json" cmp -s ref/results.json ck/w/results.json
+
 # the encoder from a 3D checkpoint: the trained encoder as a MONAI SwinTransformer state dict
 # (bare names) and as an SSL checkpoint (backbone.*): all 126 encoder tensors loaded
 "$bdir/st_rename" ref/best.safetensors enc3d.safetensors swinViT.= >/dev/null 2>&1
@@ -243,6 +251,7 @@ trefused e_nolabel 1 "image w3/train/phantom_000.nii.gz has no label" --data_dir
 trefused e_research 1 "--metric research: the research per-slice Dice is 2D only" --metric research
 # a diverging loss halts the run before any broken weights are written
 rm -rf ck/e
-expect_error e_nan 1 "the loss is .* at epoch [12] step [12]: stopping" $tr --run_name e --base_lr 1e6
+expect_error e_nan 1 "the loss is .* at epoch [12] step [12]: stopping" $tr --run_name e --base_lr 1e6 \
+  --eval_every 2
 check "e_nan: no table and no results.json" [ ! -s e_nan.out ] && [ ! -e ck/e/results.json ]
 finish
