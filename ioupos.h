@@ -72,7 +72,7 @@
     19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
     20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
     21. SwinUNETR: the segmentation model
-    22. Fine-tuning: SwinUNETR on labelled slices, evaluation, run directories, exact resume
+    22. Fine-tuning: SwinUNETR on labelled slices or volumes, evaluation, run directories, resume
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -3117,7 +3117,7 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
 
 
 /* ============================================================================================
-   22. Fine-tuning: SwinUNETR on labelled slices, evaluation, run directories, exact resume
+   22. Fine-tuning: SwinUNETR on labelled slices or volumes, evaluation, run directories, resume
    ============================================================================================ */
 
 /* The research code's fine-tuning (main_finetune.py) on ioupos-prep's labelled output, with its
@@ -3360,7 +3360,8 @@ typedef struct ioupos_finetune_opts {
   const char *chkpt_path;     /* NULL (from scratch), an SSL checkpoint or a SwinUNETR */
   const char *chkpt_dir, *run_name;
   int crop;                   /* crop and window size, a multiple of 32 (research 96) */
-  int crop3[3];               /* 3D: the window's x, y, z sizes, multiples of 32; 0: crop */
+  int crop3[3];               /* 3D: the crops' and windows' x, y, z sizes, multiples of 32;
+                                 0: crop */
   int batch_size;             /* slices (3D: volumes) per step (32) */
   int n_crops_per_ct;         /* crops per slice or volume (2) */
   int sw_batch_size;          /* 64 */
