@@ -114,6 +114,11 @@ mkbad
 refused e_width 1 "w.safetensors.*swinViT.patch_embed.proj.weight" --data_dir b $ev --embedding_size 6
 
 # ---- training -----------------------------------------------------------------------------------
+run h_help --help
+check "--help says 3D trains (got $rc)" \
+  sh -c "[ $rc -eq 0 ] && grep -q '3: NIfTI volumes, training and' h_help.out && grep -q -- '--batch_size counts volumes' h_help.out"
+check "--help lists --cache_mb with its default" grep -q -- "--cache_mb MB .*" h_help.out
+check "... (default 1024)" grep -q "(default 1024)" h_help.out
 # 4 phantom cases split 2/1/1, prepared in 3D at 8 x 8 x 2.5 mm: about 41 x 32 x 16 voxels (x, y,
 # z) each, so every volume is smaller than the 32^3 crop along z and is zero-padded there (the 2D
 # rule, MONAI's SpatialPad), in training crops and in the sliding window alike.
