@@ -72,7 +72,7 @@
     19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
     20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
     21. SwinUNETR: the segmentation model
-    22. Fine-tuning: SwinUNETR on labelled slices, evaluation, run directories, exact resume
+    22. Fine-tuning: SwinUNETR on labelled slices or volumes, evaluation, run directories, resume
 */
 #ifndef IOUPOS_H
 #define IOUPOS_H
@@ -3133,7 +3133,7 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
 
 
 /* ============================================================================================
-   22. Fine-tuning: SwinUNETR on labelled slices, evaluation, run directories, exact resume
+   22. Fine-tuning: SwinUNETR on labelled slices or volumes, evaluation, run directories, resume
    ============================================================================================ */
 
 /* The research code's fine-tuning (main_finetune.py) on ioupos-prep's labelled output, with its
@@ -3216,12 +3216,22 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
               split the best validation score is reported, and a note says so.
      n_epochs 0 evaluates the initial model (chkpt_path, e.g. a run's best.safetensors) on val
               and test, without training.
-     3D       (enc.spatial_dims 3) evaluation only for now (n_epochs 0; training needs the 3D
-              loader, not written yet, and is refused naming that): the splits are sets of
-              volumes (above), every image and label volume is read before anything is written
-              (readable NIfTI, same shape, integer ids below n_classes; all bad files named), the
-              windows are crop3[0] x crop3[1] x crop3[2] (x, y, z), the predictions
-              <predict_dir>/<split>/<case>.nii.gz.
+     3D       (enc.spatial_dims 3) the same run on volumes: the splits are sets of volumes
+              (above); every image and label volume of the splits used (train when training)
+              is read before anything is written (readable NIfTI, same shape, integer ids below
+              n_classes; all bad files named); the model is a 3D SwinUNETR (a 2D checkpoint is
+              refused naming the patch embedding and both shapes); the loader runs in 3D
+              (section 9, spatial_dims 3, the set's volumes in case order): batch_size VOLUMES a
+              step, n_crops_per_ct crops of crop3[0] x crop3[1] x crop3[2] (x, y, z; MONAI's
+              array order, z fastest, what the model and the sliding window take) each,
+              RandCropByPosNegLabeld pos = neg = 1, a volume smaller than the crop zero-padded
+              (pad_small, floor(d / 2) before, as 2D pads slices), decoded volumes cached in
+              cache_bytes; ioupos_augment_finetune_volume with the fine-tuning preset, except
+              that rot90 (a quarter turn in the (x, y) plane) is off when crop3[0] != crop3[1]
+              (it would change the crop's shape; the log says so); the windows of the
+              validation are the crop; the predictions <predict_dir>/<split>/<case>.nii.gz.
+              The state stores the 2D counters (crop = crop3[0]); the whole 3D crop, like every
+              flag, is in flags_json, which a resume must match.
    The run directory <chkpt_dir>/<run_name>/ (section 18's layout):
      flags.json             {"flags": <flags_json>, "seed": S, "commit": C, "steps_per_epoch": N}
      metrics.jsonl          one JSON line per logged step, per epoch and per evaluation (each
@@ -3359,16 +3369,17 @@ enum { IOUPOS_FT_METRIC_DSC = 0, IOUPOS_FT_METRIC_RESEARCH = 1 };
 
 typedef struct ioupos_finetune_opts {
   ioupos_swin_config enc;     /* --embedding_size, --drop_path_rate (fine-tuning default 0,
-                                 MONAI SwinUNETR's), spatial_dims 2 (3: evaluation only) */
+                                 MONAI SwinUNETR's), spatial_dims 2 (3: volumes) */
   int n_classes;              /* 14 */
   const char *data_dir;       /* ioupos-prep's output with a split: train/, val/, test/ */
   const char *split_path;     /* NULL, or the split file to check the folders against */
   const char *chkpt_path;     /* NULL (from scratch), an SSL checkpoint or a SwinUNETR */
   const char *chkpt_dir, *run_name;
   int crop;                   /* crop and window size, a multiple of 32 (research 96) */
-  int crop3[3];               /* 3D: the window's x, y, z sizes, multiples of 32; 0: crop */
-  int batch_size;             /* slices per step (32) */
-  int n_crops_per_ct;         /* crops per slice (2) */
+  int crop3[3];               /* 3D: the crops' and windows' x, y, z sizes, multiples of 32;
+                                 0: crop */
+  int batch_size;             /* slices (3D: volumes) per step (32) */
+  int n_crops_per_ct;         /* crops per slice or volume (2) */
   int sw_batch_size;          /* 64 */
   double sw_overlap;          /* 0.25 */
   int n_epochs;               /* 225; 0 = evaluate only */
@@ -3389,6 +3400,8 @@ typedef struct ioupos_finetune_opts {
   const ioupos_backend *backend; /* NULL = ioupos_backend_cpu(), or ioupos_backend_cuda(device)
                                  (see ioupos_pretrain_opts) */
   const char *predict_dir;    /* NULL, or where the final evaluation writes its predictions */
+  size_t cache_bytes;         /* 3D training: decoded volumes the loader keeps, all workers
+                                 together (default 1 GiB; 0: decode each time; speed only) */
   const char *flags_json;     /* JSON object of the resolved flags (may be NULL) */
   const char *git_commit;     /* may be NULL */
   void (*log)(void *ctx, const char *line);
@@ -20806,6 +20819,7 @@ IOUPOS_DEF int ioupos_seg_set_scan_volumes(ioupos_seg_set *s, const char *dir) {
   }
   if (rc) goto done;
   s->volumes = 1;
+  s->ds.spatial_dims = 3; /* what a 3D loader reads (training) */
   s->ds.images = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
   s->ds.labels = (char **)ioupos__calloc((size_t)ni, sizeof(char *));
   s->cases = (ioupos_seg_case *)ioupos__calloc((size_t)ni, sizeof *s->cases);
@@ -20844,6 +20858,41 @@ done:
 
 /* -- checkpoints -- */
 
+/* "[6, 1, 2, 2]" */
+static void ioupos__ft_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+  size_t n = 0;
+  int k;
+  n += (size_t)snprintf(buf, cap, "[");
+  for (k = 0; k < ndim && n < cap; ++k)
+    n += (size_t)snprintf(buf + n, cap - n, k ? ", %lld" : "%lld", (long long)shape[k]);
+  if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+/* A 2D encoder into a 3D model (or the reverse) is named as such before the strict load, whose
+   message would blame the width, window, patch or depth: the patch embedding's kernel has one
+   axis per spatial dimension ([C, 1, 2, 2] in 2D, [C, 1, 2, 2, 2] in 3D). */
+static int ioupos__ft_check_dims(const ioupos_params *p, const ioupos_st_file *f,
+                                 const char *path, const char *fprefix) {
+  char name[256], want[96], got[96];
+  const ioupos_st_tensor *t;
+  int i;
+  snprintf(name, sizeof name, "%spatch_embed.proj.weight", fprefix);
+  t = ioupos_safetensors_find(f, name);
+  for (i = 0; t && i < p->table.n; ++i) {
+    const ioupos_tensor_info *m = &p->table.t[i];
+    if (strcmp(m->name, "swinViT.patch_embed.proj.weight") != 0) continue;
+    if (m->ndim == t->ndim || (m->ndim != 4 && m->ndim != 5) || (t->ndim != 4 && t->ndim != 5))
+      return 0;
+    ioupos__ft_shape_str(got, sizeof got, t->ndim, t->shape);
+    ioupos__ft_shape_str(want, sizeof want, m->ndim, m->shape);
+    return ioupos__fail(IOUPOS_EINVAL, "%s holds a %dD Swin encoder but the model is %dD: "
+                        "checkpoint tensor '%s' has shape %s, the model expects %s (a %dD "
+                        "checkpoint needs `spatial_dims` %d)", path, t->ndim - 2, m->ndim - 2,
+                        name, got, want, t->ndim - 2, t->ndim - 2);
+  }
+  return 0;
+}
+
 IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, const char *path,
                                      ioupos_swinunetr_load_info *info) {
   ioupos_st_file f;
@@ -20860,6 +20909,7 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
   if (ioupos_safetensors_find(&f, "out.conv.conv.weight") &&
       ioupos_safetensors_find(&f, "swinViT.patch_embed.proj.weight")) {
     li.whole = 1;
+    if ((rc = ioupos__ft_check_dims(p, &f, path, "swinViT.")) != 0) goto done;
     rc = ioupos_params_load(p, &f, "", "", &li.n_loaded, &li.n_ignored);
   } else {
     li.prefix = ioupos_swin_find_prefix(&f);
@@ -20872,6 +20922,7 @@ IOUPOS_DEF int ioupos_swinunetr_load(ioupos_swinunetr *m, ioupos_params *p, cons
                         path, f.n);
       goto done;
     }
+    if ((rc = ioupos__ft_check_dims(p, &f, path, li.prefix)) != 0) goto done;
     rc = ioupos_params_load(p, &f, "swinViT.", li.prefix, &li.n_loaded, &li.n_ignored);
   }
   if (rc) {
@@ -21458,6 +21509,7 @@ IOUPOS_DEF void ioupos_finetune_opts_default(ioupos_finetune_opts *o) {
   o->metric = IOUPOS_FT_METRIC_DSC;
   o->seed = 4294967295u;
   o->log_every = 10;
+  o->cache_bytes = (size_t)1 << 30;
 }
 
 IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res) {
@@ -21492,9 +21544,11 @@ typedef struct ioupos__ft {
   ioupos__clock clock;
   ioupos_rng drop;    /* the root of the drop-path draws (split by step) */
   int spe;            /* steps per epoch */
-  /* one training batch of B crops, K classes, npix pixels each */
+  /* one training batch of B crops, K classes, npix pixels (3D: voxels) each */
   int B, K;
   size_t npix;
+  int shape[3];       /* the crop: {crop, crop} (2D) or crop3 (3D: x, y, z) */
+  ioupos_aug_config aug3; /* 3D: the fine-tuning augmentation (read by the loader's workers) */
   float *x, *ddev;    /* backend: the crops, the logits' gradient */
   float *hlog, *prob, *dlog; /* host: logits, softmax, their gradient (B x K x npix) */
   int *target;        /* host: labels (B x npix) */
@@ -21677,15 +21731,17 @@ static int ioupos__ft_data(ioupos__ft *r) {
   return 0;
 }
 
-/* 3D: every volume of the splits read before anything is written (the 2D runs' pre-flight,
+/* 3D: every volume of the splits used (train when training, val, test) read before anything is
+   written (the 2D runs' pre-flight,
    ioupos_dataset_check, reads PNGs only): each image and its label readable, of one shape, the
    label's values integer ids in [0, K). Every bad case is a line on the log; the error names the
    first and counts the rest. One case in memory at a time. */
 static int ioupos__ft_preflight_volumes(ioupos__ft *r, int K) {
   const ioupos_finetune_opts *o = r->o;
-  const ioupos_seg_set *sets[2];
+  const ioupos_seg_set *sets[3];
   char first[1024];
   int ns = 0, bad = 0, rc0 = 0, k, c;
+  if (o->n_epochs > 0) sets[ns++] = &r->train;
   sets[ns++] = &r->val;
   if (r->has_test) sets[ns++] = &r->test;
   first[0] = 0;
@@ -21720,10 +21776,6 @@ static int ioupos__ft_check(const ioupos_finetune_opts *o) {
   if (!o->data_dir || !*o->data_dir) return ioupos__fail(IOUPOS_EINVAL, "`data_dir` is required");
   if (o->enc.spatial_dims != 2 && o->enc.spatial_dims != 3)
     return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` %d must be 2 or 3", o->enc.spatial_dims);
-  if (o->enc.spatial_dims == 3 && o->n_epochs > 0)
-    return ioupos__fail(IOUPOS_EINVAL, "`spatial_dims` 3 with `n_epochs` %d: 3D training is not "
-                        "yet available (it needs the 3D crop loader); `n_epochs` 0 evaluates a "
-                        "checkpoint on 3D volumes", o->n_epochs);
   if (o->crop < 32 || o->crop % 32 != 0)
     return ioupos__fail(IOUPOS_EINVAL, "`crop` %d: SwinUNETR needs a multiple of 32",
                         o->crop);
@@ -22019,13 +22071,14 @@ static int ioupos__ft_log_step(ioupos__ft *r, double lr, double loss) {
   ips = ioupos__clock_rate(&r->clock);
   snprintf(line, sizeof line,
            "{\"epoch\": %lld, \"step\": %lld, \"loss\": %.6g, \"dice_loss\": %.6g, "
-           "\"ce_loss\": %.6g, \"lr\": %.6g, \"slices_per_s\": %.4g}\n",
+           "\"ce_loss\": %.6g, \"lr\": %.6g, \"%s_per_s\": %.4g}\n",
            (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_OPT_STEPS], loss,
-           parts[0], parts[1], lr, ips);
+           parts[0], parts[1], lr, r->o->enc.spatial_dims == 3 ? "volumes" : "slices", ips);
   if ((rc = ioupos__metrics_put(&r->io, line)) != 0) return rc;
   ioupos__say(&r->io, "epoch %lld step %lld/%d loss %.5f (dice %.4f ce %.4f) lr %.3g %.1f "
-              "slices/s", (long long)r->c[IOUPOS__FT_EPOCH] + 1,
-              (long long)r->c[IOUPOS__FT_STEP], r->spe, loss, parts[0], parts[1], lr, ips);
+              "%s/s", (long long)r->c[IOUPOS__FT_EPOCH] + 1,
+              (long long)r->c[IOUPOS__FT_STEP], r->spe, loss, parts[0], parts[1], lr, ips,
+              r->o->enc.spatial_dims == 3 ? "volumes" : "slices");
   return 0;
 }
 
@@ -22062,10 +22115,10 @@ static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
 static int ioupos__ft_alloc_batch(ioupos__ft *r) {
   const ioupos_backend *be = r->p.be;
   size_t nlog;
-  int rc, shape[2];
+  int rc;
   r->B = r->o->batch_size * r->o->n_crops_per_ct;
-  shape[0] = shape[1] = r->o->crop;
-  if ((rc = ioupos_swinunetr_plan(&r->m, &r->p, r->B, shape)) != 0) return rc;
+  /* 3D: {X, Y, Z}, the loader's crop order, as the sliding window plans its windows */
+  if ((rc = ioupos_swinunetr_plan(&r->m, &r->p, r->B, r->shape)) != 0) return rc;
   nlog = (size_t)r->B * (size_t)r->K * r->npix;
   r->x = (float *)be->alloc((size_t)r->B * r->npix * sizeof(float));
   r->ddev = (float *)be->alloc(nlog * sizeof(float));
@@ -22110,7 +22163,13 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
                      o->git_commit, o->chkpt_dir, o->run_name ? o->run_name : "finetune");
   r->best = -1.0;
   K = o->n_classes;
-  npix = (size_t)o->crop * (size_t)o->crop;
+  r->shape[0] = r->shape[1] = o->crop;
+  r->shape[2] = 1;
+  if (o->enc.spatial_dims == 3) {
+    int k;
+    for (k = 0; k < 3; ++k) r->shape[k] = o->crop3[k] > 0 ? o->crop3[k] : o->crop;
+  }
+  npix = (size_t)r->shape[0] * (size_t)r->shape[1] * (size_t)r->shape[2];
   /* data first: a bad folder fails before anything is written */
   if ((rc = ioupos__ft_data(r)) != 0) goto done;
   { /* every file of the splits read (labels decoded: ids < n_classes), all bad ones named */
@@ -22133,9 +22192,25 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     lc.num_samples = o->n_crops_per_ct;
     lc.pos = lc.neg = 1;
     lc.augment = ioupos_augment_finetune_crop;
+    if (o->enc.spatial_dims == 3) {
+      /* the same protocol on volumes: 3D crops (X, Y, Z), section 7's volume augmentation with
+         the fine-tuning preset; its rot90 turns the (x, y) plane, which keeps the shape only
+         when x = y: for a crop with x != y it is off (a note says so; MONAI's RandRotate90d
+         would change such a crop's shape and break the batch) */
+      int k;
+      lc.spatial_dims = 3;
+      for (k = 0; k < 3; ++k) lc.crop[k] = r->shape[k];
+      lc.augment = NULL;
+      ioupos_aug_config_finetune(&r->aug3);
+      if (r->shape[0] != r->shape[1]) r->aug3.rot90_prob = 0.0;
+      lc.augment3 = ioupos_augment_finetune_volume;
+      lc.augment3_ctx = &r->aug3;
+      lc.cache_bytes = o->cache_bytes;
+    }
     if (r->train.ds.n < o->batch_size) {
-      rc = ioupos__fail(IOUPOS_EINVAL, "%s/train has %d slices, fewer than one batch "
-                        "(`batch_size` %d)", o->data_dir, r->train.ds.n, o->batch_size);
+      rc = ioupos__fail(IOUPOS_EINVAL, "%s/train has %d %s, fewer than one batch "
+                        "(`batch_size` %d)", o->data_dir, r->train.ds.n,
+                        o->enc.spatial_dims == 3 ? "volumes" : "slices", o->batch_size);
       goto done;
     }
     if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
@@ -22219,7 +22294,17 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       }
     }
   }
-  if (o->n_epochs > 0)
+  if (o->n_epochs > 0 && o->enc.spatial_dims == 3) {
+    ioupos__say(&r->io, "fine-tuning, 3D: train %d volumes, val %d volumes, test %d volumes; %d "
+                "steps per epoch of %d volumes x %d crops of %d x %d x %d (x, y, z), %d epochs "
+                "-> %s; device %s", r->train.n_cases, r->val.n_cases, r->test.n_cases, spe,
+                o->batch_size, o->n_crops_per_ct, r->shape[0], r->shape[1], r->shape[2],
+                o->n_epochs, r->io.dir, be->name);
+    if (r->shape[0] != r->shape[1])
+      ioupos__say(&r->io, "note: no rot90 augmentation: the crop's x and y sides differ (%d, %d) "
+                  "and a quarter turn in the (x, y) plane would change its shape", r->shape[0],
+                  r->shape[1]);
+  } else if (o->n_epochs > 0)
     ioupos__say(&r->io, "fine-tuning: train %d cases / %d slices, val %d cases / %d slices, test "
                    "%d cases; %d steps per epoch of %d slices x %d crops of %d x %d, %d epochs -> "
                    "%s; device %s", r->train.n_cases, r->train.ds.n, r->val.n_cases,

@@ -5,8 +5,8 @@
    The run itself (data, model, loader, Dice-CE, AdamW, evaluation, run directory, exact
    resume) is ioupos_finetune_run (ioupos.h section 22); this program parses and records the
    flags and prints the final per-organ table. Run with --help for the flags.
-   --spatial_dims 3 evaluates only (--n_epochs 0): a 3D SwinUNETR (e.g. a MONAI state dict) on
-   NIfTI volumes, windows --crop_size X,Y,Z; 3D training waits for the 3D crop loader.
+   --spatial_dims 3 does the same on NIfTI volumes: a 3D SwinUNETR trained on 3D crops (and
+   windows) of --crop_size X,Y,Z, from a 3D encoder checkpoint, or evaluated (--n_epochs 0).
    SIGINT (Ctrl-C; unless ignored at start, as for a background job of a script) and SIGTERM
    stop the run at the next step boundary with the state saved (an epoch's checkpoint and
    validation are finished first): --resume continues it and the result equals an
@@ -31,6 +31,7 @@ typedef struct ft_flags {
   int spatial_dims, threads, use_amp, ignore_warn, low_resource;
   int given_embed, given_batch, given_sw;
   int n_crop;            /* values given to --crop_size: 1, or 3 (x, y, z; 3D only) */
+  long cache_mb;         /* --cache_mb: the 3D loader's volume cache */
   const char *crop_text; /* --crop_size as given (for messages) */
   cli_device device; /* --device (auto) */
 } ft_flags;
@@ -39,6 +40,7 @@ static void ft_defaults(ft_flags *f) {
   memset(f, 0, sizeof *f);
   ioupos_finetune_opts_default(&f->o);
   f->spatial_dims = 2;
+  f->cache_mb = 1024; /* the loader's default (1 GiB) */
   f->device.spec = "auto";
 }
 
@@ -48,9 +50,9 @@ static void ft_usage(FILE *out) {
   ft_defaults(&d);
   fprintf(out,
           "usage: " PROG " --data_dir DIR [flags]\n"
-          "Fine-tune a SwinUNETR (MONAI's, 2D) for organ segmentation on labelled CT slices,\n"
-          "from a pretrained Swin encoder or from scratch; select the best checkpoint on the\n"
-          "validation split and score it once on the test split.\n"
+          "Fine-tune a SwinUNETR (MONAI's, 2D or 3D) for organ segmentation on labelled CT\n"
+          "slices or volumes, from a pretrained Swin encoder or from scratch; select the best\n"
+          "checkpoint on the validation split and score it once on the test split.\n"
           "\n"
           "Data:\n"
           "  --data_dir DIR        ioupos-prep's output with a split (--split_path there):\n"
@@ -59,11 +61,14 @@ static void ft_usage(FILE *out) {
           "  --split_path FILE     the split file; if given, the cases of DIR/train, val, test\n"
           "                        must be exactly its lists (default: not checked)\n"
           "  --n_classes K         classes with the background, 2..%d (default %d: FLARE22)\n"
-          "  --spatial_dims 2|3    2: PNG slices (default); 3: evaluation only (--n_epochs 0;\n"
-          "                        3D training is not yet available) of NIfTI volumes: DIR/val,\n"
-          "                        DIR/test hold <case>.nii.gz and labels/<case>.nii.gz\n"
-          "                        (ioupos-prep --spatial_dims 3), the model a 3D SwinUNETR\n"
-          "                        (e.g. a MONAI 3D state dict)\n"
+          "  --spatial_dims 2|3    2: PNG slices (default); 3: NIfTI volumes, training and\n"
+          "                        evaluation in 3D: DIR/train, DIR/val, DIR/test hold\n"
+          "                        <case>.nii.gz and labels/<case>.nii.gz (ioupos-prep\n"
+          "                        --spatial_dims 3), the model a 3D SwinUNETR, --chkpt_path a\n"
+          "                        3D encoder (ioupos-simsiam / ioupos-dino --spatial_dims 3) or\n"
+          "                        a MONAI 3D state dict (a 2D one is refused, naming the\n"
+          "                        tensor and both shapes); --batch_size counts volumes, each\n"
+          "                        giving --n_crops_per_ct crops of --crop_size X,Y,Z\n"
           "\n"
           "Model (MONAI SwinUNETR: Swin encoder patch 2, window 7, depths 2,2,2,2, heads\n"
           "3,6,12,24; UNETR decoder with instance norm):\n"
@@ -81,10 +86,13 @@ static void ft_usage(FILE *out) {
           "\n"
           "Training:\n"
           "  --crop_size N         training crops and sliding-window roi, N x N, a multiple of\n"
-          "                        32 (default %d); with --spatial_dims 3 the roi N x N x N or,\n"
-          "                        as X,Y,Z (e.g. 96,96,64), per axis in MONAI's (x, y, z) order\n"
-          "  --batch_size N        slices per step (default %d)\n"
-          "  --n_crops_per_ct N    crops per slice, centred on an organ with p = 0.5\n"
+          "                        32 (default %d); with --spatial_dims 3 N x N x N or, as X,Y,Z\n"
+          "                        (e.g. 96,96,64), per axis in MONAI's (x, y, z) order; a volume\n"
+          "                        smaller than the crop is zero-padded (as MONAI's SpatialPad);\n"
+          "                        with X != Y the crops get no rot90 (it would change their\n"
+          "                        shape; a note says so)\n"
+          "  --batch_size N        slices (3D: volumes) per step (default %d)\n"
+          "  --n_crops_per_ct N    crops per slice (3D: volume), centred on an organ with p = 0.5\n"
           "                        (RandCropByPosNegLabeld pos = neg = 1) (default %d)\n"
           "  --n_epochs N          epochs; 0 = only evaluate the --chkpt_path model on val and\n"
           "                        test (default %d)\n"
@@ -95,6 +103,10 @@ static void ft_usage(FILE *out) {
           "  --wd X                AdamW weight decay, not on biases and 1-D tensors (default %g)\n"
           "  --num_workers N       loader threads, 0..256; results do not depend on it\n"
           "                        (default %d)\n"
+          "  --cache_mb MB         3D: decoded volumes the loader keeps in memory, for all its\n"
+          "                        workers together; 0 = decode each time it is used; speed\n"
+          "                        only, results do not depend on it; 2D ignores it\n"
+          "                        (default %ld)\n"
           "  --seed S              random seed, unsigned 64-bit (default %llu)\n"
           "  --use_amp             accepted; the CPU backend computes in float32 (a note says so)\n"
           "  --ignore_user_warning accepted (the research code silenced Python warnings); no\n"
@@ -128,7 +140,7 @@ static void ft_usage(FILE *out) {
           "  --resume              continue the run in that directory from its state.safetensors\n"
           "                        (the result equals an uninterrupted run's, bit for bit); the\n"
           "                        flags must be the run's (flags.json), except --num_workers,\n"
-          "                        --threads, --device, --log_every and --max_steps\n"
+          "                        --threads, --device, --cache_mb, --log_every and --max_steps\n"
           "  --threads N           threads of the matrix products, 1..%d (OpenMP; default: all\n"
           "                        cores or OMP_NUM_THREADS)\n"
           CLI_DEVICE_HELP
@@ -153,7 +165,8 @@ static void ft_usage(FILE *out) {
           "next step with the state saved (--resume continues; a second signal quits at once).\n",
           IOUPOS_SEG_MAX_CLASSES, o->n_classes, o->enc.embed_dim, (double)o->enc.drop_path_rate,
           o->crop, o->batch_size, o->n_crops_per_ct, o->n_epochs, o->base_lr, o->end_lr,
-          o->warmup_epochs, o->wd, o->num_workers, (unsigned long long)o->seed, o->eval_every,
+          o->warmup_epochs, o->wd, o->num_workers, d.cache_mb, (unsigned long long)o->seed,
+          o->eval_every,
           o->patience, o->sw_batch_size, o->sw_overlap, o->chkpt_dir, o->run_name,
           TRAIN_MAX_THREADS, o->log_every);
 }
@@ -170,7 +183,7 @@ static const char *const ft_names[] = {
     "batch_size", "n_crops_per_ct", "sw_batch_size", "sw_overlap", "n_epochs", "base_lr",
     "end_lr", "warmup_epochs", "wd", "patience", "eval_every", "seed", "num_workers",
     "run_name", "chkpt_dir", "metric", "crop_size", "threads", "max_steps", "predict_dir",
-    "drop_path_rate", "log_every", "device",
+    "drop_path_rate", "log_every", "device", "cache_mb",
     /* switches */
     "eval_train", "use_amp", "ignore_user_warning", "low_resource_mode", "resume"};
 #define FT_N_SWITCHES 5
@@ -240,6 +253,7 @@ static void ft_flag(ft_flags *f, const char *name, const char *flag, const char 
     o->crop = o->crop3[0];
   } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
   else if (IS("device")) cli_device_parse(flag, v, &f->device);
+  else if (IS("cache_mb")) f->cache_mb = (long)cli_int(flag, v, 0, 1L << 24); /* 16 TiB */
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
   else if (IS("predict_dir")) o->predict_dir = cli_nonempty(flag, v, "expected a folder");
   else if (IS("drop_path_rate")) {
@@ -262,10 +276,6 @@ static void ft_parse(int argc, char **argv, ft_flags *f) {
   cli_init(&c, argc, argv, ft_names, CLI_COUNT(ft_names), FT_N_SWITCHES, ft_usage);
   while ((k = cli_next_flag(&c)) >= 0) ft_flag(f, ft_names[k], c.flag, c.value);
   if (!f->o.data_dir) cli_required("--data_dir");
-  if (f->spatial_dims == 3 && f->o.n_epochs > 0)
-    train_usage_error("--spatial_dims 3 with --n_epochs %d: 3D training is not yet available (it "
-                      "needs the 3D crop loader); --n_epochs 0 evaluates a checkpoint on 3D "
-                      "volumes", f->o.n_epochs);
   if (f->spatial_dims == 2 && f->n_crop == 3)
     train_usage_error("--crop_size %s: per-axis sizes need --spatial_dims 3 (2D crops are N x N)",
                       f->crop_text);
@@ -289,6 +299,7 @@ static void ft_parse(int argc, char **argv, ft_flags *f) {
   if (f->o.resume && f->o.n_epochs == 0)
     train_usage_error("--resume with --n_epochs 0: an evaluation has nothing to resume");
   train_check_encoder(&f->o.enc);
+  f->o.cache_bytes = (size_t)f->cache_mb << 20;
 }
 
 /* Every flag that describes the run, defaults included. --resume and --max_steps describe one
@@ -334,6 +345,8 @@ static char *ft_flags_json(const ft_flags *f) {
   train_jint(&j, "threads", f->threads);
   train_jstr(&j, "device", f->device.spec);
   train_jint(&j, "log_every", o->log_every);
+  if (f->spatial_dims == 3) /* 2D runs' flags.json (and state) stay as they were */
+    train_put(&j, ", \"cache_mb\": %ld", f->cache_mb);
   train_jstr(&j, "git_commit", IOUPOS_GIT_COMMIT);
   train_put(&j, "}");
   return j.s;

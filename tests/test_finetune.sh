@@ -291,12 +291,12 @@ for f in --data_dir --split_path --chkpt_path --embedding_size --spatial_dims --
          --end_lr --warmup_epochs --wd --patience --eval_every --eval_train --use_amp --seed \
          --num_workers --run_name --chkpt_dir --ignore_user_warning --low_resource_mode \
          --resume --predict_dir --metric --crop_size --threads --max_steps --drop_path_rate \
-         --log_every; do
+         --log_every --cache_mb --device; do
   check "e: --help mentions $f" grep -q -- "$f " e_help.out
 done
 for dflt in "default 14:" "default 48;" "default 96)" "default 32)" "default 2)" "default 64)" \
             "default 0.25)" "default 225)" "default 0.001)" "default 5e-05;" "default 10)" \
-            "default 1e-05)" "default 20;" "default 4294967295)"; do
+            "default 1e-05)" "default 20;" "default 4294967295)" "default 1024)"; do
   check "e: --help mentions '$dflt'" grep -q -- "$dflt" e_help.out
 done
 refused() { # refused NAME STATUS PATTERN ARGS...: and no run directory, nothing on stdout
@@ -311,8 +311,7 @@ refused e_req 2 "--data_dir is required" --n_epochs 1
 refused e_crop 2 "--crop_size: bad value '48': must be a multiple of 32" --data_dir d --crop_size 48
 refused e_metric 2 "--metric: bad value 'dice': expected ours or research" --data_dir d --metric dice
 refused e_overlap 2 "--sw_overlap: bad value '1'" --data_dir d --sw_overlap 1
-refused e_dims 2 "--spatial_dims 3 with --n_epochs 225: 3D training is not yet available" \
-  --data_dir d --spatial_dims 3
+refused e_dims 1 "image folder d/train holds no volumes" --data_dir d --spatial_dims 3
 refused e_crop3 2 "--crop_size 32,32,64: per-axis sizes need --spatial_dims 3" --data_dir d \
   --crop_size 32,32,64
 refused e_warm 2 "--warmup_epochs 10 must be below --n_epochs 5" --data_dir d --n_epochs 5
