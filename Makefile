@@ -38,6 +38,7 @@ TESTS    += $(BUILD)/test_finite
 TESTS    += $(BUILD)/test_preflight
 # volume data sets and the loader in 3D
 TESTS    += $(BUILD)/test_volume_loader
+TESTS    += $(BUILD)/test_memory
 TESTS    += $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
