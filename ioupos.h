@@ -3163,6 +3163,14 @@ IOUPOS_DEF int ioupos_swinunetr_step_bytes(const ioupos_swinunetr_config *cfg, i
    ioupos_swinunetr_step_bytes' total + this total - this params - this host's I64 part. */
 IOUPOS_DEF int ioupos_swinunetr_infer_bytes(const ioupos_swinunetr_config *cfg, const int roi[3],
                                             int sw_batch, ioupos_mem_estimate *out);
+/* The loader's host memory (ioupos_loader_open with cfg on a data set of n_images): *buffers,
+   allocated at open, is the state, nslots (1 without workers, else prefetch or 2 per worker)
+   batches of cfg's crops (and local crops) with their boxes, and per worker context the
+   augmentation scratch and a permutation of the data set; *cache (may be NULL) is the 3D volume
+   cache's budget, cfg->cache_bytes (0 in 2D), filled as volumes are decoded. Not counted: the
+   image or volume each worker is decoding, and malloc's overhead. */
+IOUPOS_DEF int ioupos_loader_bytes(const ioupos_loader_config *cfg, int n_images,
+                                   uint64_t *buffers, uint64_t *cache);
 /* "params", "grads", "optimiser", "activations", "workspace", "inputs" or "host": the largest */
 IOUPOS_DEF const char *ioupos_mem_largest_part(const ioupos_mem_estimate *e);
 /* the machine's RAM (sysconf), and what is available now (/proc/meminfo MemAvailable); 0 when
@@ -20960,6 +20968,57 @@ IOUPOS_DEF int ioupos_swinunetr_infer_bytes(const ioupos_swinunetr_config *cfg, 
   out->host += (uint64_t)sw_batch * wvol *
                (uint64_t)(cfg->enc.in_chans + cfg->out_channels) * sizeof(float);
   ioupos__mem_sum(out);
+  return 0;
+}
+
+/* ioupos_loader_open's allocations, term by term: the state, per slot one batch (views or image
+   and label, sources, boxes, local views and their boxes), per worker context a permutation of
+   the data set and the augmentation scratch. The 3D volume cache is a budget, filled as volumes
+   are decoded, so it is returned apart. */
+IOUPOS_DEF int ioupos_loader_bytes(const ioupos_loader_config *cfg, int n_images,
+                                   uint64_t *buffers, uint64_t *cache) {
+  int dims, ft, nw, d;
+  uint64_t B, per_img, nslots, hw = 1, lhw = 1, nsamp, slot, scratch, nwk;
+  if (buffers) *buffers = 0;
+  if (cache) *cache = 0;
+  if (!cfg || !buffers || n_images < 1 || cfg->batch_size < 1 || cfg->num_workers < 0 ||
+      cfg->num_workers > 256 || cfg->prefetch < 0 || cfg->n_local < 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_bytes: NULL or out-of-range argument");
+  dims = cfg->spatial_dims == 3 ? 3 : 2;
+  ft = cfg->kind == IOUPOS_LOADER_FINETUNE;
+  nw = cfg->num_workers;
+  B = (uint64_t)cfg->batch_size;
+  per_img = ft ? (uint64_t)(cfg->num_samples > 0 ? cfg->num_samples : 1) : 1;
+  nslots = nw == 0 ? 1 : cfg->prefetch ? (uint64_t)cfg->prefetch : 2 * (uint64_t)nw;
+  for (d = 0; d < dims; ++d) {
+    hw *= (uint64_t)cfg->crop[d];
+    if (cfg->n_local > 0) lhw *= (uint64_t)cfg->local_crop[d];
+  }
+  nsamp = B * per_img;
+  slot = 2 * nsamp * hw * sizeof(float) +                 /* views[2] or image + label [n][crop] */
+         nsamp * sizeof(int) +                            /* source [n] */
+         (ft ? 1u : 2u) * nsamp * sizeof(ioupos_box);     /* box[0], SSL box[1] [n] */
+  if (cfg->n_local > 0)
+    slot += B * (uint64_t)cfg->n_local * lhw * sizeof(float) + /* local [n_local n][crop_l] */
+            B * (uint64_t)cfg->n_local * sizeof(ioupos_box);   /* local_box [n_local n] */
+  if (dims == 3) {
+    scratch = IOUPOS_AUGMENT_SCRATCH3(cfg->crop[0], cfg->crop[1], cfg->crop[2]);
+    if (cfg->n_local > 0 &&
+        IOUPOS_AUGMENT_SCRATCH3(cfg->local_crop[0], cfg->local_crop[1], cfg->local_crop[2]) >
+            scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH3(cfg->local_crop[0], cfg->local_crop[1], cfg->local_crop[2]);
+  } else {
+    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
+    if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
+  }
+  nwk = nw ? (uint64_t)nw : 1;
+  *buffers = sizeof(struct ioupos__loader_state) +
+             nslots * (sizeof(ioupos__slot) + slot) +
+             nwk * (sizeof(ioupos__worker) +               /* worker contexts */
+                    (uint64_t)n_images * sizeof(int) +     /* the epoch's permutation */
+                    scratch * sizeof(float));              /* augmentation scratch */
+  if (cache && dims == 3) *cache = (uint64_t)cfg->cache_bytes;
   return 0;
 }
 
