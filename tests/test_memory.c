@@ -586,16 +586,16 @@ static void published(void) {
 int main(void) {
   const int s2a[2] = {64, 48}, s2b[2] = {40, 36}, s3a[3] = {24, 20, 16}, s3b[3] = {24, 20, 16};
   const int l2[2] = {24, 20}, l3[3] = {12, 12, 8};
-  const int u2[2] = {64, 96}, u3[3] = {32, 32, 32}, r3[3] = {32, 32, 32};
+  const int u2[2] = {64, 96}, u2b[2] = {32, 64}, u3[3] = {32, 32, 32}, r3[3] = {32, 32, 32};
   printf("measured (counting CPU backend) vs estimated:\n");
   case_simsiam("SimSiam 2D C 12 batch 4 64x48", 2, 12, 4, s2a);
   case_simsiam("SimSiam 2D C 48 batch 2 40x36", 2, 48, 2, s2b);
   case_simsiam("SimSiam 3D C 12 batch 2 24x20x16", 3, 12, 2, s3a);
   case_dino("DINO 2D C 12 batch 2 40x36 + 3 x 24x20", 2, 12, 2, s2b, 3, l2);
   case_dino("DINO 2D C 12 batch 3 40x36, no locals", 2, 12, 3, s2b, 0, NULL);
-  case_dino("DINO 3D C 12 batch 2 24x20x16 + 2 x 12x12x8", 3, 12, 2, s3b, 2, l3);
-  case_unetr("SwinUNETR step 2D C 12 K 5 batch 3 64x96", 2, 12, 5, 3, u2);
-  case_unetr("SwinUNETR step 2D C 48 K 14 batch 1 64x96", 2, 48, 14, 1, u2);
+  case_dino("DINO 3D C 12 batch 1 24x20x16 + 2 x 12x12x8", 3, 12, 1, s3b, 2, l3);
+  case_unetr("SwinUNETR step 2D C 12 K 5 batch 2 64x96", 2, 12, 5, 2, u2);
+  case_unetr("SwinUNETR step 2D C 48 K 14 batch 1 32x64", 2, 48, 14, 1, u2b);
   case_unetr("SwinUNETR step 3D C 12 K 4 batch 2 32^3", 3, 12, 4, 2, u3);
   case_infer2d("sliding window 2D C 12 roi 32 sw 4, 7 windows", 12, 5, 32, 4, 7);
   case_infer2d("sliding window 2D C 12 roi 64 sw 2, 3 windows", 12, 3, 64, 2, 3);
