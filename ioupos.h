@@ -3125,10 +3125,13 @@ IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
    sections 17 and 21, the optimiser state and step buffers of sections 18, 20 and 22), not a
    model of them: tests/test_memory.c requires `device` to equal, to the byte, what the CPU
    backend's alloc is asked for by init plus one step. On CUDA the same figures are device
-   memory; the CUDA context and cuBLAS's workspace come on top (a few hundred MB).
+   memory, and the backend's own workspaces come on top (ioupos_cuda_mem_peak counts them): the
+   largest is the attention's, [B nwin][NH][ntok^2] floats of the largest stage (up to twice that,
+   as it grows by doubling; about 1 GB for SwinUNETR at 96^3 batch 2), besides the CUDA context
+   and cuBLAS's workspace (a few hundred MB).
    Not counted (each small or outside the library's control): host copies made while
    initialising, planning or saving (at most one tensor, one arena of the parameters, or the
-   attention index and mask), the loss monitors' downloads, the loader's worker batches, the
+   attention index and mask), the loss monitors' downloads, the loader (ioupos_loader_bytes), the
    image-sized buffers of sliding-window inference (the volume, its output logits, the count
    maps), and malloc's own overhead. Each function returns 0, or a negative ioupos_status for a
    configuration the model itself would refuse (then *out is zero); none allocates. */
@@ -20737,7 +20740,10 @@ IOUPOS_DEF int ioupos_simsiam_step_bytes(const ioupos_simsiam_config *cfg, int b
   out->optimiser = arena;                             /* SGD momentum, the same layout */
   out->host = (t.i64 + 1) * sizeof(int64_t);          /* the I64 buffers (host) */
   /* both views through the backbone at once: batch 2B */
-  if ((rc = ioupos__mem_swin_plan(&cfg->enc, 2 * batch, shape, &pl)) != 0) return rc;
+  if ((rc = ioupos__mem_swin_plan(&cfg->enc, 2 * batch, shape, &pl)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
   out->activations = pl.act;
   out->workspace = pl.scratch + pl.index;
   /* the heads' ops (ioupos_head_simsiam_projection / _prediction), planned B rows x 2 views */
@@ -20793,11 +20799,17 @@ IOUPOS_DEF int ioupos_dino_step_bytes(const ioupos_dino_config *cfg, int batch,
   out->host = 2 * (t.i64 + 1) * sizeof(int64_t) +     /* student's and teacher's I64 buffers */
               ((uint64_t)t.n + 1) * sizeof(int64_t);  /* adam_steps, one per tensor */
   /* three encoder plans: student and teacher on the 2B global views, student on the locals */
-  if ((rc = ioupos__mem_swin_plan(&cfg->enc, 2 * batch, shape, &pl)) != 0) return rc;
+  if ((rc = ioupos__mem_swin_plan(&cfg->enc, 2 * batch, shape, &pl)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
   out->activations = 2 * pl.act;
   out->workspace = 2 * (pl.scratch + pl.index);
   if (n_local > 0) {
-    if ((rc = ioupos__mem_swin_plan(&cfg->enc, n_local * batch, lshape, &pl)) != 0) return rc;
+    if ((rc = ioupos__mem_swin_plan(&cfg->enc, n_local * batch, lshape, &pl)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
     out->activations += pl.act;
     out->workspace += pl.scratch + pl.index;
   }

@@ -509,6 +509,12 @@ static void case_errors(void) {
   CHECK(ioupos_simsiam_step_bytes(&sc, 1, s96, &e) == IOUPOS_EINVAL && e.total == 0,
         "SimSiam batch 1 accepted (batch norm needs 2)");
   CHECK(ioupos_simsiam_step_bytes(&sc, 2, s96, NULL) == IOUPOS_EINVAL, "NULL out accepted");
+  {
+    const int s0[3] = {0, 96, 96};
+    memset(&e, 0xff, sizeof e);
+    CHECK(ioupos_simsiam_step_bytes(&sc, 2, s0, &e) == IOUPOS_EINVAL && e.total == 0 &&
+              e.params == 0, "a view of size 0 accepted");
+  }
   sc.enc.num_heads[1] = 5;
   CHECK(ioupos_simsiam_step_bytes(&sc, 2, s96, &e) == IOUPOS_EINVAL, "5 heads of width 96 accepted");
   memset(&e, 0xff, sizeof e);
