@@ -235,6 +235,9 @@ TEST_H := tests/test_util.h tests/npy.h tests/fixture_util.h tests/fd_check.h te
 $(BUILD)/test_%: tests/test_%.c $(TEST_H) $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
+# test_memory includes the implementation itself (a counting IOUPOS_MALLOC): the drivers' SIMD
+$(BUILD)/test_memory: OPENMP += $(SIMD)
+
 $(BUILD)/test_%_portable: tests/test_%.c $(TEST_H) $(BUILD)/ioupos_portable.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< $(BUILD)/ioupos_portable.o -o $@ $(LDLIBS)
 
