@@ -40,6 +40,8 @@ TESTS    += $(BUILD)/test_preflight
 TESTS    += $(BUILD)/test_volume_loader
 # 3D evaluation: sliding-window inference and the per-organ DSC on volumes, against MONAI
 TESTS    += $(BUILD)/test_eval3d
+# the memory of a step, estimated from the configuration, against what the backend allocates
+TESTS    += $(BUILD)/test_memory
 TESTS    += $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
@@ -235,6 +237,9 @@ $(BUILD)/st_rename: tests/st_rename.c ioupos.h $(BUILD)/ioupos.o | stb
 TEST_H := tests/test_util.h tests/npy.h tests/fixture_util.h tests/fd_check.h tests/tmp_tree.h ioupos.h
 $(BUILD)/test_%: tests/test_%.c $(TEST_H) $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
+
+# test_memory includes the implementation itself (a counting IOUPOS_MALLOC): the drivers' SIMD
+$(BUILD)/test_memory: OPENMP += $(SIMD)
 
 $(BUILD)/test_%_portable: tests/test_%.c $(TEST_H) $(BUILD)/ioupos_portable.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< $(BUILD)/ioupos_portable.o -o $@ $(LDLIBS)

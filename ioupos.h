@@ -72,6 +72,7 @@
     19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
     20. Segmentation: Dice-CE loss, sliding-window inference, organ DSC
     21. SwinUNETR: the segmentation model
+    21b. Memory of a training step: the bytes a step allocates, from the configuration alone
     22. Fine-tuning: SwinUNETR on labelled slices or volumes, evaluation, run directories, resume
 */
 #ifndef IOUPOS_H
@@ -3130,6 +3131,73 @@ IOUPOS_DEF const float *ioupos_swinunetr_logits(const ioupos_swinunetr *m);
 IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
                                          const float *dlogits, float *dx);
 IOUPOS_DEF void ioupos_swinunetr_free(ioupos_swinunetr *m);
+
+/* --- 21b. Memory of a training step ---------------------------------------------------------
+   The bytes one step allocates, from the configuration alone, before anything is allocated: a
+   command compares the total with its memory limit (ioupos_mem_default_limit_bytes: 90 % of the
+   RAM) and refuses with the part that dominates (ioupos_mem_largest_part) and the flags that
+   shrink it, instead of failing in the middle of a step or swapping. The figures are the
+   allocations the model code makes, term by term (section 16's aligned arenas, the plans of
+   sections 17 and 21, the optimiser state and step buffers of sections 18, 20 and 22), not a
+   model of them: tests/test_memory.c requires `device` to equal, to the byte, what the CPU
+   backend's alloc is asked for by init plus one step. On CUDA the same figures are device
+   memory, and the backend's own workspaces come on top (ioupos_cuda_mem_peak counts them): the
+   largest is the attention's, [B nwin][NH][ntok^2] floats of the largest stage (up to twice that,
+   as it grows by doubling; about 1 GB for SwinUNETR at 96^3 batch 2), besides the CUDA context
+   and cuBLAS's workspace (a few hundred MB).
+   Not counted (each small or outside the library's control): host copies made while
+   initialising, planning or saving (at most one tensor, one arena of the parameters, or the
+   attention index and mask), the loss monitors' downloads, the loader (ioupos_loader_bytes), the
+   image-sized buffers of sliding-window inference (the volume, its output logits, the count
+   maps), and malloc's own overhead. Each function returns 0, or a negative ioupos_status for a
+   configuration the model itself would refuse (then *out is zero); none allocates. */
+typedef struct ioupos_mem_estimate {
+  uint64_t params;      /* parameter values: the F32 arena of the model's table */
+  uint64_t grads;       /* parameter gradients (same layout); 0 for inference */
+  uint64_t optimiser;   /* SGD momentum; AdamW m1, m2; DINO also the teacher's values + centre */
+  uint64_t activations; /* what the backward reads: the encoder, head and decoder arenas */
+  uint64_t workspace;   /* scratch, attention indices, activation-gradient buffers */
+  uint64_t inputs;      /* the batch uploaded to the backend */
+  uint64_t host;        /* host-only: I64 buffers, AdamW step counts, host loss buffers */
+  uint64_t device;      /* the backend's part: every field above but host */
+  uint64_t total;       /* device + host */
+} ioupos_mem_estimate;
+/* ioupos_simsiam_init + ioupos_simsiam_accumulate(batch views of shape {H, W} / {D, H, W})
+   + ioupos_simsiam_step. batch >= 2 (batch norm). */
+IOUPOS_DEF int ioupos_simsiam_step_bytes(const ioupos_simsiam_config *cfg, int batch,
+                                         const int shape[3], ioupos_mem_estimate *out);
+/* ioupos_dino_init + ioupos_dino_accumulate(2 global views of shape, n_local local views of
+   lshape, batch images each) + ioupos_dino_step. lshape is read only when n_local > 0. */
+IOUPOS_DEF int ioupos_dino_step_bytes(const ioupos_dino_config *cfg, int batch,
+                                      const int shape[3], int n_local, const int lshape[3],
+                                      ioupos_mem_estimate *out);
+/* section 22's fine-tuning step: parameters with gradients, AdamW moments, the SwinUNETR plan
+   for batch crops of shape (multiples of 32), the batch, dlogits, the host Dice-CE buffers. */
+IOUPOS_DEF int ioupos_swinunetr_step_bytes(const ioupos_swinunetr_config *cfg, int batch,
+                                           const int shape[3], ioupos_mem_estimate *out);
+/* evaluation only (ioupos_seg_predictor on parameters without gradients, ioupos_seg_predict):
+   the worst case over images, two planned model instances of min(sw_batch,
+   IOUPOS_SEG_MODEL_BATCH) and one window fewer, the window staging buffer and the sliding
+   window's window batches. Validation during fine-tuning shares the parameters: its peak is
+   ioupos_swinunetr_step_bytes' total + this total - this params - this host's I64 part. */
+IOUPOS_DEF int ioupos_swinunetr_infer_bytes(const ioupos_swinunetr_config *cfg, const int roi[3],
+                                            int sw_batch, ioupos_mem_estimate *out);
+/* The loader's host memory (ioupos_loader_open with cfg on a data set of n_images): *buffers,
+   allocated at open, is the state, nslots (1 without workers, else prefetch or 2 per worker)
+   batches of cfg's crops (and local crops) with their boxes, and per worker context the
+   augmentation scratch and a permutation of the data set; *cache (may be NULL) is the 3D volume
+   cache's budget, cfg->cache_bytes (0 in 2D), filled as volumes are decoded. Not counted: the
+   image or volume each worker is decoding, and malloc's overhead. */
+IOUPOS_DEF int ioupos_loader_bytes(const ioupos_loader_config *cfg, int n_images,
+                                   uint64_t *buffers, uint64_t *cache);
+/* "params", "grads", "optimiser", "activations", "workspace", "inputs" or "host": the largest */
+IOUPOS_DEF const char *ioupos_mem_largest_part(const ioupos_mem_estimate *e);
+/* the machine's RAM (sysconf), and what is available now (/proc/meminfo MemAvailable); 0 when
+   the system does not tell */
+IOUPOS_DEF uint64_t ioupos_mem_physical_bytes(void);
+IOUPOS_DEF uint64_t ioupos_mem_available_bytes(void);
+/* the default `--max_memory_mb`: 90 % of ioupos_mem_physical_bytes (0 when unknown: no limit) */
+IOUPOS_DEF uint64_t ioupos_mem_default_limit_bytes(void);
 
 
 /* ============================================================================================
@@ -20566,6 +20634,605 @@ IOUPOS_DEF int ioupos_swinunetr_backward(ioupos_swinunetr *m, ioupos_params *p,
     dlast[k] = G + m->g_last[k];
   }
   return ioupos_swin_encoder_backward(&m->enc, p, dlast, NULL, dx);
+}
+
+/* ---- 21b. Memory of a training step ------------------------------------------------------- */
+
+/* Every figure below mirrors, term by term, an allocation the model code makes: the registration
+   of sections 17 and 21 (each F32 tensor rounded up to IOUPOS_TENSOR_ALIGN floats), the plans'
+   arenas (ioupos_swin_encoder_plan, ioupos_head_plan, ioupos_swinunetr_plan), the optimiser
+   state and the step's buffers (sections 18, 20, 22). Nothing is allocated and nothing is
+   registered: the same sizes are recomputed from the configuration. tests/test_memory.c holds
+   the two in step, byte for byte, by counting what a backend really allocates. */
+
+/* floats a registered F32 tensor of n elements takes in its arena (ioupos_tensor_add) */
+static uint64_t ioupos__mem_r(uint64_t n) {
+  if (n == 0) n = 1;
+  return (n + IOUPOS_TENSOR_ALIGN - 1) / IOUPOS_TENSOR_ALIGN * IOUPOS_TENSOR_ALIGN;
+}
+
+/* a table's size without the table: F32 floats (aligned), I64 elements, tensors */
+typedef struct ioupos__mem_tab {
+  uint64_t f32, i64;
+  int n;
+} ioupos__mem_tab;
+
+static void ioupos__mem_f(ioupos__mem_tab *t, uint64_t numel) {
+  t->f32 += ioupos__mem_r(numel);
+  ++t->n;
+}
+
+/* ioupos_swin_encoder_init's tensors */
+static void ioupos__mem_swin_params(ioupos__mem_tab *t, const ioupos_swin_config *c) {
+  int nd = c->spatial_dims, s, j, d;
+  uint64_t rows = 1, ntok = 1, K = (uint64_t)c->in_chans;
+  for (d = 0; d < nd; ++d) {
+    rows *= (uint64_t)(2 * c->window[d] - 1);
+    ntok *= (uint64_t)c->window[d];
+    K *= (uint64_t)c->patch_size;
+  }
+  ioupos__mem_f(t, (uint64_t)c->embed_dim * K); /* patch_embed.proj.weight [C][in][p^nd] */
+  ioupos__mem_f(t, (uint64_t)c->embed_dim);     /* patch_embed.proj.bias [C] */
+  for (s = 0; s < 4; ++s) {
+    uint64_t C = (uint64_t)(c->embed_dim << s), NH = (uint64_t)c->num_heads[s];
+    uint64_t Km = (uint64_t)(1 << nd) * C;
+    for (j = 0; j < c->depths[s]; ++j) {
+      ioupos__mem_f(t, C);             /* norm1.weight [C] */
+      ioupos__mem_f(t, C);             /* norm1.bias [C] */
+      ioupos__mem_f(t, rows * NH);     /* relative_position_bias_table [prod(2w-1)][NH] */
+      t->i64 += ntok * ntok;           /* relative_position_index [w^nd][w^nd] (I64, host) */
+      ++t->n;
+      ioupos__mem_f(t, 3 * C * C);     /* attn.qkv.weight [3C][C] */
+      ioupos__mem_f(t, 3 * C);         /* attn.qkv.bias [3C] */
+      ioupos__mem_f(t, C * C);         /* attn.proj.weight [C][C] */
+      ioupos__mem_f(t, C);             /* attn.proj.bias [C] */
+      ioupos__mem_f(t, C);             /* norm2.weight [C] */
+      ioupos__mem_f(t, C);             /* norm2.bias [C] */
+      ioupos__mem_f(t, 4 * C * C);     /* mlp.linear1.weight [4C][C] */
+      ioupos__mem_f(t, 4 * C);         /* mlp.linear1.bias [4C] */
+      ioupos__mem_f(t, 4 * C * C);     /* mlp.linear2.weight [C][4C] */
+      ioupos__mem_f(t, C);             /* mlp.linear2.bias [C] */
+    }
+    ioupos__mem_f(t, Km);              /* downsample.norm.weight [2^nd C] */
+    ioupos__mem_f(t, Km);              /* downsample.norm.bias [2^nd C] */
+    ioupos__mem_f(t, 2 * C * Km);      /* downsample.reduction.weight [2C][2^nd C] */
+  }
+}
+
+/* lightly's block (ioupos__head_block): Linear without bias before a batch norm, whose affine
+   weight and bias exist only with bn_affine; running mean / var are F32 buffers of the value
+   arena, num_batches_tracked one I64 */
+static void ioupos__mem_head_block(ioupos__mem_tab *t, uint64_t in, uint64_t out, int bn,
+                                   int affine) {
+  ioupos__mem_f(t, out * in);          /* layers.i.weight [out][in] */
+  if (!bn) {
+    ioupos__mem_f(t, out);             /* layers.i.bias [out] */
+    return;
+  }
+  if (affine) {
+    ioupos__mem_f(t, out);             /* BN weight [out] */
+    ioupos__mem_f(t, out);             /* BN bias [out] */
+  }
+  ioupos__mem_f(t, out);               /* running_mean [out] */
+  ioupos__mem_f(t, out);               /* running_var [out] */
+  t->i64 += 1;                         /* num_batches_tracked, 0-dim I64 */
+  ++t->n;
+}
+
+/* ioupos_head_dino's tensors: three Linear layers with bias, weight_g [out][1], weight_v */
+static void ioupos__mem_dino_head(ioupos__mem_tab *t, const ioupos_dino_config *c, uint64_t F) {
+  uint64_t dims[4];
+  int l;
+  dims[0] = F; dims[1] = (uint64_t)c->hidden; dims[2] = (uint64_t)c->hidden;
+  dims[3] = (uint64_t)c->bottleneck;
+  for (l = 0; l < 3; ++l) {
+    ioupos__mem_f(t, dims[l + 1] * dims[l]); /* mlp.{0,2,4}.weight [out][in] */
+    ioupos__mem_f(t, dims[l + 1]);           /* mlp.{0,2,4}.bias [out] */
+  }
+  ioupos__mem_f(t, (uint64_t)c->out_dim);                      /* last_layer.weight_g [out][1] */
+  ioupos__mem_f(t, (uint64_t)c->out_dim * dims[3]);            /* last_layer.weight_v */
+}
+
+/* what ioupos_swin_encoder_plan allocates for batch images of `shape`, in bytes: the activation
+   arena (every piece a registered tensor, hence aligned), the scratch, the int index */
+typedef struct ioupos__mem_plan {
+  uint64_t act, scratch, index;
+} ioupos__mem_plan;
+
+static int ioupos__mem_swin_plan(const ioupos_swin_config *c, int batch, const int *shape,
+                                 ioupos__mem_plan *out) {
+  int nd = c->spatial_dims, s, k, d, j, rc, map[5][3], shift[3];
+  uint64_t ntok[5], act = 0, ni = 0, col, maxnc = 0, big = 0;
+  ioupos_swin_geom g[4][2];
+  memset(out, 0, sizeof *out);
+  for (d = 0; d < nd; ++d)
+    if (shape[d] < 1 || shape[d] > 1 << 16)
+      return ioupos__fail(IOUPOS_EINVAL, "input size %d out of range", shape[d]);
+  for (d = 0; d < nd; ++d) shift[d] = c->window[d] / 2;
+  for (k = 0; k < 5; ++k) {
+    ntok[k] = (uint64_t)batch;
+    for (d = 0; d < 3; ++d) {
+      if (d >= nd) map[k][d] = 1;
+      else if (k == 0) map[k][d] = (shape[d] + c->patch_size - 1) / c->patch_size;
+      else map[k][d] = (map[k - 1][d] + 1) / 2;
+      ntok[k] *= (uint64_t)map[k][d];
+    }
+  }
+  for (s = 0; s < 4; ++s) {
+    if ((rc = ioupos_swin_geom_init(&g[s][0], nd, batch, map[s], c->window, NULL)) ||
+        (rc = ioupos_swin_geom_init(&g[s][1], nd, batch, map[s], c->window, shift)))
+      return rc;
+    ni += (uint64_t)g[s][0].ntok * (uint64_t)g[s][0].ntok; /* per stage [ntok][ntok] ints */
+  }
+  col = ioupos_patch_embed_col_size(nd, batch, c->in_chans, shape, c->patch_size);
+  act += ioupos__mem_r(col);                       /* patch_embed.col [B N0][in p^nd] */
+  big = col;
+  for (k = 0; k < 5; ++k) {
+    uint64_t nc = ntok[k] * (uint64_t)(c->embed_dim << k);
+    act += 2 * ioupos__mem_r(nc);                  /* x_k, out_k [B N_k][C 2^k] */
+    act += 2 * ioupos__mem_r(ntok[k]);             /* out_k mean, rstd [B N_k] */
+    if (nc > maxnc) maxnc = nc;
+  }
+  act += ioupos__mem_r((uint64_t)batch * 16 * (uint64_t)c->embed_dim); /* feature [B][16C] */
+  for (s = 0; s < 4; ++s) {
+    uint64_t N = ntok[s], C = (uint64_t)(c->embed_dim << s);
+    int NH = c->num_heads[s];
+    for (j = 0; j < c->depths[s]; ++j) {
+      const ioupos_swin_geom *gg = &g[s][j % 2];
+      uint64_t sc = ioupos_swin_attention_scratch_size(gg, (int)C, NH);
+      act += 2 * ioupos__mem_r(N);                 /* ln1 mean, rstd [B N] */
+      act += ioupos__mem_r(ioupos_swin_attention_acts_size(gg, (int)C, NH)); /* windows, q k v,
+                                                      softmax (section 12) */
+      act += 2 * ioupos__mem_r(N * C);             /* xmid, ln2 [B N][C] */
+      act += 2 * ioupos__mem_r(N);                 /* ln2 mean, rstd [B N] */
+      act += ioupos__mem_r(N * 4 * C);             /* mlp h_pre [B N][4C] */
+      act += 2 * ioupos__mem_r((uint64_t)batch);   /* drop-path masks [B] x 2 */
+      act += ioupos__mem_r(N * C);                 /* block output [B N][C] */
+      if (sc > big) big = sc;
+      if (2 * N * 4 * C > big) big = 2 * N * 4 * C; /* MLP backward: dh, GELU(h_pre) */
+    }
+  }
+  for (s = 0; s < 4; ++s) {
+    uint64_t M = ntok[s + 1], K = (uint64_t)(1 << nd) * (uint64_t)(c->embed_dim << s);
+    act += 2 * ioupos__mem_r(M * K);               /* merge cat, lnout [B N_{s+1}][2^nd C] */
+    act += 2 * ioupos__mem_r(M);                   /* merge mean, rstd [B N_{s+1}] */
+    if (2 * M * K > big) big = 2 * M * K;
+    if (g[s][1].shifted)                           /* attention mask [nwin][ntok][ntok] */
+      act += ioupos__mem_r((uint64_t)g[s][1].nwin * (uint64_t)g[s][1].ntok *
+                           (uint64_t)g[s][1].ntok);
+  }
+  out->act = act * sizeof(float);
+  out->scratch = (4 * maxnc + big) * sizeof(float); /* 4 token maps + the largest op scratch */
+  out->index = ni * sizeof(int);
+  return 0;
+}
+
+/* ioupos_head_plan's two allocations for `rows` rows and `views` views, in bytes */
+typedef struct ioupos__mem_op {
+  int kind, in, out;
+} ioupos__mem_op;
+
+static void ioupos__mem_head_plan(const ioupos__mem_op *ops, int n, uint64_t rows, int views,
+                                  uint64_t *act, uint64_t *scratch) {
+  uint64_t off = 0, maxw = 1, wn = 1;
+  int i;
+  for (i = 0; i < n; ++i) {
+    uint64_t in = (uint64_t)ops[i].in, out = (uint64_t)ops[i].out;
+    off += rows * out;                             /* the op's output [rows][out] */
+    if (ops[i].kind == IOUPOS_HEAD_BATCHNORM) off += 2 * out; /* batch mean, rstd [out] */
+    else if (ops[i].kind == IOUPOS_HEAD_L2NORM) off += rows;  /* row norms [rows] */
+    else if (ops[i].kind == IOUPOS_HEAD_WNLINEAR) {
+      off += out * in + out;                       /* effective weight [out][in], |v| [out] */
+      if (out * in > wn) wn = out * in;
+    }
+    if (in > maxw) maxw = in;
+    if (out > maxw) maxw = out;
+  }
+  *act += off * (uint64_t)views * sizeof(float);
+  *scratch += (2 * rows * maxw + wn) * sizeof(float); /* 2 gradient streams + weight-norm dW */
+}
+
+/* a backend buffer of n floats as ioupos__bbuf allocates it (never empty) */
+static uint64_t ioupos__mem_bbuf(uint64_t n) { return (n ? n : 1) * sizeof(float); }
+
+static uint64_t ioupos__mem_npix(const ioupos_swin_config *c, const int *shape) {
+  uint64_t n = (uint64_t)c->in_chans;
+  int d;
+  for (d = 0; d < c->spatial_dims; ++d) n *= (uint64_t)shape[d];
+  return n;
+}
+
+static void ioupos__mem_sum(ioupos_mem_estimate *e) {
+  e->device = e->params + e->grads + e->optimiser + e->activations + e->workspace + e->inputs;
+  e->total = e->device + e->host;
+}
+
+static int ioupos__mem_args(const ioupos_swin_config *c, int batch, int min_batch,
+                            const int *shape, ioupos_mem_estimate *out, const char *what) {
+  int rc, d;
+  if (!out || !c || !shape)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: NULL argument", what);
+  memset(out, 0, sizeof *out);
+  if ((rc = ioupos_swin_config_check(c)) != 0) return rc;
+  if (batch < min_batch || batch > 1 << 20)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: batch %d (at least %d)", what, batch, min_batch);
+  for (d = 0; d < c->spatial_dims; ++d)
+    if (shape[d] < 1 || shape[d] > 1 << 16)
+      return ioupos__fail(IOUPOS_EINVAL, "%s: size %d out of range", what, shape[d]);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_simsiam_step_bytes(const ioupos_simsiam_config *cfg, int batch,
+                                         const int shape[3], ioupos_mem_estimate *out) {
+  ioupos__mem_tab t;
+  ioupos__mem_plan pl;
+  ioupos__mem_op proj[8], pred[4];
+  uint64_t F, P, B = (uint64_t)batch, arena;
+  int rc, i;
+  if ((rc = ioupos__mem_args(cfg ? &cfg->enc : NULL, batch, 2, shape, out,
+                             "ioupos_simsiam_step_bytes")) != 0)
+    return rc;
+  if (cfg->proj_hidden < 1 || cfg->proj_out < 1 || cfg->pred_hidden < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_simsiam_step_bytes: head widths must be >= 1");
+  F = (uint64_t)ioupos_swin_feature_dim(&cfg->enc);
+  P = (uint64_t)cfg->proj_out;
+  memset(&t, 0, sizeof t);
+  ioupos__mem_swin_params(&t, &cfg->enc);                       /* backbone.* */
+  ioupos__mem_head_block(&t, F, (uint64_t)cfg->proj_hidden, 1, 1); /* projection_head.* */
+  ioupos__mem_head_block(&t, (uint64_t)cfg->proj_hidden, (uint64_t)cfg->proj_hidden, 1, 1);
+  ioupos__mem_head_block(&t, (uint64_t)cfg->proj_hidden, P, 1, 0);
+  ioupos__mem_head_block(&t, P, (uint64_t)cfg->pred_hidden, 1, 1); /* prediction_head.* */
+  ioupos__mem_head_block(&t, (uint64_t)cfg->pred_hidden, P, 0, 0);
+  arena = t.f32 * sizeof(float);
+  out->params = arena;                                /* values [table total] */
+  out->grads = arena;                                 /* gradients, the same layout */
+  out->optimiser = arena;                             /* SGD momentum, the same layout */
+  out->host = (t.i64 + 1) * sizeof(int64_t);          /* the I64 buffers (host) */
+  /* both views through the backbone at once: batch 2B */
+  if ((rc = ioupos__mem_swin_plan(&cfg->enc, 2 * batch, shape, &pl)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
+  out->activations = pl.act;
+  out->workspace = pl.scratch + pl.index;
+  /* the heads' ops (ioupos_head_simsiam_projection / _prediction), planned B rows x 2 views */
+  for (i = 0; i < 8; ++i) proj[i].kind = IOUPOS_HEAD_BATCHNORM;
+  proj[0].kind = proj[3].kind = proj[6].kind = IOUPOS_HEAD_LINEAR;
+  proj[2].kind = proj[5].kind = IOUPOS_HEAD_RELU;
+  proj[0].in = (int)F;
+  for (i = 0; i < 6; ++i) proj[i].out = cfg->proj_hidden;
+  for (i = 1; i < 8; ++i) proj[i].in = cfg->proj_hidden;
+  proj[6].out = proj[7].out = proj[7].in = cfg->proj_out;
+  pred[0].kind = IOUPOS_HEAD_LINEAR; pred[0].in = cfg->proj_out; pred[0].out = cfg->pred_hidden;
+  pred[1].kind = IOUPOS_HEAD_BATCHNORM; pred[1].in = pred[1].out = cfg->pred_hidden;
+  pred[2].kind = IOUPOS_HEAD_RELU; pred[2].in = pred[2].out = cfg->pred_hidden;
+  pred[3].kind = IOUPOS_HEAD_LINEAR; pred[3].in = cfg->pred_hidden; pred[3].out = cfg->proj_out;
+  ioupos__mem_head_plan(proj, 8, B, 2, &out->activations, &out->workspace);
+  ioupos__mem_head_plan(pred, 4, B, 2, &out->activations, &out->workspace);
+  /* the step's buffers (ioupos_simsiam_accumulate) */
+  out->inputs = ioupos__mem_bbuf(2 * B * ioupos__mem_npix(&cfg->enc, shape)); /* x [2B][in][S] */
+  out->workspace += 2 * ioupos__mem_bbuf(2 * B * P);  /* dp, dz [2B][P] */
+  out->workspace += ioupos__mem_bbuf(2 * B * F);      /* df [2B][16C] */
+  ioupos__mem_sum(out);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_dino_step_bytes(const ioupos_dino_config *cfg, int batch,
+                                      const int shape[3], int n_local, const int lshape[3],
+                                      ioupos_mem_estimate *out) {
+  ioupos__mem_tab t;
+  ioupos__mem_plan pl;
+  ioupos__mem_op ops[7];
+  uint64_t F, D, B = (uint64_t)batch, NS = (uint64_t)(2 + n_local), arena;
+  int rc, d;
+  if ((rc = ioupos__mem_args(cfg ? &cfg->enc : NULL, batch, 1, shape, out,
+                             "ioupos_dino_step_bytes")) != 0)
+    return rc;
+  if (n_local < 0 || 2 + n_local > IOUPOS_HEAD_MAX_VIEWS || (n_local > 0 && !lshape))
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_dino_step_bytes: %d local views", n_local);
+  for (d = 0; n_local > 0 && d < cfg->enc.spatial_dims; ++d)
+    if (lshape[d] < 1 || lshape[d] > 1 << 16)
+      return ioupos__fail(IOUPOS_EINVAL, "ioupos_dino_step_bytes: local size %d", lshape[d]);
+  if (cfg->hidden < 1 || cfg->bottleneck < 1 || cfg->out_dim < 1)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_dino_step_bytes: head widths must be >= 1");
+  F = (uint64_t)ioupos_swin_feature_dim(&cfg->enc);
+  D = (uint64_t)cfg->out_dim;
+  memset(&t, 0, sizeof t);
+  ioupos__mem_swin_params(&t, &cfg->enc);             /* backbone.* */
+  ioupos__mem_dino_head(&t, cfg, F);                  /* head.* */
+  arena = t.f32 * sizeof(float);
+  out->params = arena;                                /* student values */
+  out->grads = arena;                                 /* student gradients */
+  out->optimiser = 3 * arena + D * sizeof(float);     /* AdamW m1, m2; the teacher's values (no
+                                                         gradients); the centre [D] */
+  out->host = 2 * (t.i64 + 1) * sizeof(int64_t) +     /* student's and teacher's I64 buffers */
+              ((uint64_t)t.n + 1) * sizeof(int64_t);  /* adam_steps, one per tensor */
+  /* three encoder plans: student and teacher on the 2B global views, student on the locals */
+  if ((rc = ioupos__mem_swin_plan(&cfg->enc, 2 * batch, shape, &pl)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
+  out->activations = 2 * pl.act;
+  out->workspace = 2 * (pl.scratch + pl.index);
+  if (n_local > 0) {
+    if ((rc = ioupos__mem_swin_plan(&cfg->enc, n_local * batch, lshape, &pl)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
+    out->activations += pl.act;
+    out->workspace += pl.scratch + pl.index;
+  }
+  /* the head's ops (ioupos_head_dino); the student's planned NS B rows, the teacher's 2B */
+  ops[0].kind = IOUPOS_HEAD_LINEAR; ops[0].in = (int)F; ops[0].out = cfg->hidden;
+  ops[1].kind = IOUPOS_HEAD_GELU; ops[1].in = ops[1].out = cfg->hidden;
+  ops[2].kind = IOUPOS_HEAD_LINEAR; ops[2].in = ops[2].out = cfg->hidden;
+  ops[3].kind = IOUPOS_HEAD_GELU; ops[3].in = ops[3].out = cfg->hidden;
+  ops[4].kind = IOUPOS_HEAD_LINEAR; ops[4].in = cfg->hidden; ops[4].out = cfg->bottleneck;
+  ops[5].kind = IOUPOS_HEAD_L2NORM; ops[5].in = ops[5].out = cfg->bottleneck;
+  ops[6].kind = IOUPOS_HEAD_WNLINEAR; ops[6].in = cfg->bottleneck; ops[6].out = cfg->out_dim;
+  ioupos__mem_head_plan(ops, 7, NS * B, 1, &out->activations, &out->workspace);
+  ioupos__mem_head_plan(ops, 7, 2 * B, 1, &out->activations, &out->workspace);
+  /* the step's buffers (ioupos_dino_accumulate) */
+  out->inputs = ioupos__mem_bbuf(2 * B * ioupos__mem_npix(&cfg->enc, shape)) + /* x [2B][in][S] */
+                ioupos__mem_bbuf((uint64_t)n_local * B *                         /* xl [nl B][in][S_l] */
+                                 (n_local ? ioupos__mem_npix(&cfg->enc, lshape) : 0));
+  out->activations += ioupos__mem_bbuf(NS * B * F);   /* feat [NS B][16C]: the head's input */
+  out->activations += ioupos__mem_bbuf(2 * B * D);    /* tprob [2B][D] */
+  out->activations += ioupos__mem_bbuf(NS * B * D);   /* slogp [NS B][D] */
+  out->workspace += ioupos__mem_bbuf(NS * B * F);     /* dfeat [NS B][16C] */
+  out->workspace += ioupos__mem_bbuf(NS * B * D);     /* dout [NS B][D] */
+  ioupos__mem_sum(out);
+  return 0;
+}
+
+/* ioupos_swinunetr_init's tensors: the encoder, then per block conv1 [cout][rin][3^nd], conv2
+   [cout][cout][3^nd], conv3 [cout][rin][1] where rin != cout, the up blocks' transposed conv
+   [cin][cout][2^nd]; out.conv weight [K][C][1^nd] and bias [K] */
+static void ioupos__mem_unetr_params(ioupos__mem_tab *t, const ioupos_swinunetr_config *cfg) {
+  int C = cfg->enc.embed_dim, nd = cfg->enc.spatial_dims, i, d;
+  const int io[10][2] = {{cfg->enc.in_chans, C}, {C, C}, {2 * C, 2 * C}, {4 * C, 4 * C},
+                         {16 * C, 16 * C}, {16 * C, 8 * C}, {8 * C, 4 * C}, {4 * C, 2 * C},
+                         {2 * C, C}, {C, C}};
+  uint64_t k3 = 1, k2 = 1;
+  for (d = 0; d < nd; ++d) {
+    k3 *= 3;
+    k2 *= 2;
+  }
+  ioupos__mem_swin_params(t, &cfg->enc);
+  for (i = 0; i < 10; ++i) {
+    uint64_t cin = (uint64_t)io[i][0], cout = (uint64_t)io[i][1];
+    uint64_t rin = i >= 5 ? 2 * cout : cin;
+    ioupos__mem_f(t, cout * rin * k3);
+    ioupos__mem_f(t, cout * cout * k3);
+    if (rin != cout) ioupos__mem_f(t, cout * rin);
+    if (i >= 5) ioupos__mem_f(t, cin * cout * k2);
+  }
+  ioupos__mem_f(t, (uint64_t)cfg->out_channels * (uint64_t)C);
+  ioupos__mem_f(t, (uint64_t)cfg->out_channels);
+}
+
+/* ioupos_swinunetr_plan for batch images of `shape` (multiples of 32): the encoder's plan, then
+   the decoder's act (hidden states, block outputs and saved activations, logits), grads (every
+   hidden state's gradient twice, every block output's once) and scratch (the largest block's) */
+static int ioupos__mem_unetr_plan(const ioupos_swinunetr_config *cfg, int batch, const int *shape,
+                                  uint64_t *act, uint64_t *work) {
+  static const int lev[10] = {0, 1, 2, 3, 5, 4, 3, 2, 1, 0};
+  int C = cfg->enc.embed_dim, nd = cfg->enc.spatial_dims, i, k, d, rc, sh[3], ish[3];
+  const int io[10][2] = {{cfg->enc.in_chans, C}, {C, C}, {2 * C, 2 * C}, {4 * C, 4 * C},
+                         {16 * C, 16 * C}, {16 * C, 8 * C}, {8 * C, 4 * C}, {4 * C, 2 * C},
+                         {2 * C, C}, {C, C}};
+  uint64_t B = (uint64_t)batch, off = 0, goff = 0, scr = 0, npos;
+  ioupos__mem_plan pl;
+  for (d = 0; d < nd; ++d)
+    if (shape[d] < 32 || shape[d] % 32 != 0)
+      return ioupos__fail(IOUPOS_EINVAL, "SwinUNETR needs input sizes that are multiples of 32, "
+                          "got %d", shape[d]);
+  if ((rc = ioupos__mem_swin_plan(&cfg->enc, batch, shape, &pl)) != 0) return rc;
+  *act += pl.act;
+  *work += pl.scratch + pl.index;
+  for (k = 0; k < 5; ++k) {
+    npos = 1;
+    for (d = 0; d < nd; ++d) npos *= (uint64_t)(shape[d] >> (k + 1));
+    off += npos * B * (uint64_t)(C << k);          /* hs_k [B][C 2^k][S / 2^(k+1)] */
+    goff += 2 * npos * B * (uint64_t)(C << k);     /* g_hs_k, g_last_k, the same */
+  }
+  for (i = 0; i < 10; ++i) {
+    uint64_t a, s;
+    npos = 1;
+    for (d = 0; d < nd; ++d) {
+      sh[d] = shape[d] >> lev[i];
+      ish[d] = shape[d] >> (lev[i] + 1);
+      npos *= (uint64_t)sh[d];
+    }
+    off += npos * B * (uint64_t)io[i][1];          /* block output [B][cout][S / 2^level] */
+    goff += npos * B * (uint64_t)io[i][1];         /* its gradient */
+    if (i < 5) {
+      a = ioupos_unet_resblock_acts_size(nd, batch, io[i][0], sh, 3, io[i][1]);
+      s = ioupos_unet_resblock_scratch_size(nd, batch, io[i][0], sh, 3, io[i][1]);
+    } else {
+      a = ioupos_unetr_upblock_acts_size(nd, batch, ish, 3, io[i][1]);
+      s = ioupos_unetr_upblock_scratch_size(nd, batch, io[i][0], ish, 3, io[i][1]);
+    }
+    off += a;                                      /* the block's saved activations */
+    if (s > scr) scr = s;
+  }
+  npos = 1;
+  for (d = 0; d < nd; ++d) npos *= (uint64_t)shape[d];
+  off += npos * B * (uint64_t)cfg->out_channels;   /* logits [B][K][S] */
+  *act += off * sizeof(float);
+  *work += ((goff ? goff : 1) + (scr ? scr : 1)) * sizeof(float);
+  return 0;
+}
+
+static int ioupos__mem_unetr_args(const ioupos_swinunetr_config *cfg, int batch, const int *shape,
+                                  ioupos_mem_estimate *out, const char *what) {
+  int rc;
+  if ((rc = ioupos__mem_args(cfg ? &cfg->enc : NULL, batch, 1, shape, out, what)) != 0) return rc;
+  if (cfg->out_channels < 1 || cfg->out_channels > 4096)
+    return ioupos__fail(IOUPOS_EINVAL, "%s: `n_classes` %d out of range", what, cfg->out_channels);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_swinunetr_step_bytes(const ioupos_swinunetr_config *cfg, int batch,
+                                           const int shape[3], ioupos_mem_estimate *out) {
+  ioupos__mem_tab t;
+  uint64_t npix, nlog, arena;
+  int rc;
+  if ((rc = ioupos__mem_unetr_args(cfg, batch, shape, out, "ioupos_swinunetr_step_bytes")) != 0)
+    return rc;
+  memset(&t, 0, sizeof t);
+  ioupos__mem_unetr_params(&t, cfg);
+  arena = t.f32 * sizeof(float);
+  out->params = arena;                                /* values */
+  out->grads = arena;                                 /* gradients */
+  out->optimiser = 2 * (arena + 1);                   /* AdamW m1, m2 (section 22 asks + 1 byte) */
+  if ((rc = ioupos__mem_unetr_plan(cfg, batch, shape, &out->activations, &out->workspace)) != 0) {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
+  npix = ioupos__mem_npix(&cfg->enc, shape);
+  nlog = (uint64_t)batch * (uint64_t)cfg->out_channels * (npix / (uint64_t)cfg->enc.in_chans);
+  out->inputs = (uint64_t)batch * npix * sizeof(float); /* x [B][in][S] */
+  out->workspace += nlog * sizeof(float);             /* dlogits on the backend [B][K][S] */
+  out->host = (t.i64 + 1) * sizeof(int64_t) +         /* the I64 buffers */
+              3 * nlog * sizeof(float) +              /* logits, probabilities, dlogits (host) */
+              (uint64_t)batch * (npix / (uint64_t)cfg->enc.in_chans) * sizeof(int) + /* target */
+              IOUPOS_DICECE_STATS(batch, cfg->out_channels) * sizeof(double); /* Dice stats */
+  ioupos__mem_sum(out);
+  return 0;
+}
+
+IOUPOS_DEF int ioupos_swinunetr_infer_bytes(const ioupos_swinunetr_config *cfg, const int roi[3],
+                                            int sw_batch, ioupos_mem_estimate *out) {
+  ioupos__mem_tab t;
+  uint64_t wvol, c1;
+  int rc;
+  if ((rc = ioupos__mem_unetr_args(cfg, sw_batch, roi, out, "ioupos_swinunetr_infer_bytes")) != 0)
+    return rc;
+  memset(&t, 0, sizeof t);
+  ioupos__mem_unetr_params(&t, cfg);
+  out->params = t.f32 * sizeof(float);                /* values only: nothing is trained */
+  out->host = (t.i64 + 1) * sizeof(int64_t);
+  /* the predictor's two model instances: full chunks of c1 windows, and one re-planned for the
+     remainders; the largest remainder is c1 - 1 */
+  c1 = (uint64_t)(sw_batch < IOUPOS_SEG_MODEL_BATCH ? sw_batch : IOUPOS_SEG_MODEL_BATCH);
+  if ((rc = ioupos__mem_unetr_plan(cfg, (int)c1, roi, &out->activations, &out->workspace)) != 0 ||
+      (c1 > 1 &&
+       (rc = ioupos__mem_unetr_plan(cfg, (int)c1 - 1, roi, &out->activations, &out->workspace))))
+    {
+    memset(out, 0, sizeof *out);
+    return rc;
+  }
+  wvol = ioupos__mem_npix(&cfg->enc, roi) / (uint64_t)cfg->enc.in_chans;
+  out->inputs = (uint64_t)IOUPOS_SEG_MODEL_BATCH * wvol * sizeof(float); /* window staging */
+  /* ioupos_sliding_window's window batches, in [sw][in][roi] and out [sw][K][roi] (host) */
+  out->host += (uint64_t)sw_batch * wvol *
+               (uint64_t)(cfg->enc.in_chans + cfg->out_channels) * sizeof(float);
+  ioupos__mem_sum(out);
+  return 0;
+}
+
+/* ioupos_loader_open's allocations, term by term: the state, per slot one batch (views or image
+   and label, sources, boxes, local views and their boxes), per worker context a permutation of
+   the data set and the augmentation scratch. The 3D volume cache is a budget, filled as volumes
+   are decoded, so it is returned apart. */
+IOUPOS_DEF int ioupos_loader_bytes(const ioupos_loader_config *cfg, int n_images,
+                                   uint64_t *buffers, uint64_t *cache) {
+  int dims, ft, nw, d;
+  uint64_t B, per_img, nslots, hw = 1, lhw = 1, nsamp, slot, scratch, nwk;
+  if (buffers) *buffers = 0;
+  if (cache) *cache = 0;
+  if (!cfg || !buffers || n_images < 1 || cfg->batch_size < 1 || cfg->num_workers < 0 ||
+      cfg->num_workers > 256 || cfg->prefetch < 0 || cfg->n_local < 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_loader_bytes: NULL or out-of-range argument");
+  dims = cfg->spatial_dims == 3 ? 3 : 2;
+  ft = cfg->kind == IOUPOS_LOADER_FINETUNE;
+  nw = cfg->num_workers;
+  B = (uint64_t)cfg->batch_size;
+  per_img = ft ? (uint64_t)(cfg->num_samples > 0 ? cfg->num_samples : 1) : 1;
+  nslots = nw == 0 ? 1 : cfg->prefetch ? (uint64_t)cfg->prefetch : 2 * (uint64_t)nw;
+  for (d = 0; d < dims; ++d) {
+    hw *= (uint64_t)cfg->crop[d];
+    if (cfg->n_local > 0) lhw *= (uint64_t)cfg->local_crop[d];
+  }
+  nsamp = B * per_img;
+  slot = 2 * nsamp * hw * sizeof(float) +                 /* views[2] or image + label [n][crop] */
+         nsamp * sizeof(int) +                            /* source [n] */
+         (ft ? 1u : 2u) * nsamp * sizeof(ioupos_box);     /* box[0], SSL box[1] [n] */
+  if (cfg->n_local > 0)
+    slot += B * (uint64_t)cfg->n_local * lhw * sizeof(float) + /* local [n_local n][crop_l] */
+            B * (uint64_t)cfg->n_local * sizeof(ioupos_box);   /* local_box [n_local n] */
+  if (dims == 3) {
+    scratch = IOUPOS_AUGMENT_SCRATCH3(cfg->crop[0], cfg->crop[1], cfg->crop[2]);
+    if (cfg->n_local > 0 &&
+        IOUPOS_AUGMENT_SCRATCH3(cfg->local_crop[0], cfg->local_crop[1], cfg->local_crop[2]) >
+            scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH3(cfg->local_crop[0], cfg->local_crop[1], cfg->local_crop[2]);
+  } else {
+    scratch = IOUPOS_AUGMENT_SCRATCH(cfg->crop[0], cfg->crop[1]);
+    if (cfg->n_local > 0 && IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]) > scratch)
+      scratch = IOUPOS_AUGMENT_SCRATCH(cfg->local_crop[0], cfg->local_crop[1]);
+  }
+  nwk = nw ? (uint64_t)nw : 1;
+  *buffers = sizeof(struct ioupos__loader_state) +
+             nslots * (sizeof(ioupos__slot) + slot) +
+             nwk * (sizeof(ioupos__worker) +               /* worker contexts */
+                    (uint64_t)n_images * sizeof(int) +     /* the epoch's permutation */
+                    scratch * sizeof(float));              /* augmentation scratch */
+  if (cache && dims == 3) *cache = (uint64_t)cfg->cache_bytes;
+  return 0;
+}
+
+IOUPOS_DEF const char *ioupos_mem_largest_part(const ioupos_mem_estimate *e) {
+  static const char *const names[7] = {"params", "grads", "optimiser", "activations",
+                                       "workspace", "inputs", "host"};
+  uint64_t v[7];
+  int i, best = 0;
+  if (!e) return "none";
+  v[0] = e->params; v[1] = e->grads; v[2] = e->optimiser; v[3] = e->activations;
+  v[4] = e->workspace; v[5] = e->inputs; v[6] = e->host;
+  for (i = 1; i < 7; ++i)
+    if (v[i] > v[best]) best = i;
+  return names[best];
+}
+
+/* sysconf's pages: POSIX names them optionally, so a system without them reports 0 (unknown) */
+IOUPOS_DEF uint64_t ioupos_mem_physical_bytes(void) {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+  long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && size > 0) return (uint64_t)pages * (uint64_t)size;
+#endif
+  return 0;
+}
+
+/* Linux's MemAvailable (free memory plus what the kernel can reclaim); elsewhere
+   _SC_AVPHYS_PAGES where it exists; 0 when unknown */
+IOUPOS_DEF uint64_t ioupos_mem_available_bytes(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[256];
+  if (f) {
+    unsigned long long kb;
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+        fclose(f);
+        return (uint64_t)kb * 1024u;
+      }
+    fclose(f);
+  }
+#if defined(_SC_AVPHYS_PAGES) && defined(_SC_PAGESIZE)
+  {
+    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && size > 0) return (uint64_t)pages * (uint64_t)size;
+  }
+#endif
+  return 0;
+}
+
+/* 90 % of the physical memory: what is left covers the system, the loader's worker batches and
+   the small host buffers the estimates leave out. Physical, not available, memory, so that the
+   default, hence a run's acceptance, does not change with what else happens to be running. */
+IOUPOS_DEF uint64_t ioupos_mem_default_limit_bytes(void) {
+  return ioupos_mem_physical_bytes() / 10 * 9;
 }
 
 /* ---- 22. Fine-tuning ---------------------------------------------------------------------- */
