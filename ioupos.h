@@ -2560,6 +2560,9 @@ typedef struct ioupos_pretrain_opts {
                                       in this process, saving the state; 0 = no limit (tests) */
   size_t cache_bytes;              /* 3D: decoded volumes the loader keeps (default 1 GiB;
                                       0: decode every time); speed only, 2D ignores it */
+  long max_memory_mb;              /* refuse, before anything is written, a run whose step
+                                      needs more MiB (ioupos_pretrain_step_bytes); 0: no limit
+                                      (the default; the commands default to 90 % of the RAM) */
   volatile int *stop;              /* NULL, or a flag (e.g. set by a SIGINT handler): once it is
                                       nonzero the run stops at the next step boundary, saving
                                       the state, and returns 0 */
@@ -3198,6 +3201,11 @@ IOUPOS_DEF uint64_t ioupos_mem_physical_bytes(void);
 IOUPOS_DEF uint64_t ioupos_mem_available_bytes(void);
 /* the default `--max_memory_mb`: 90 % of ioupos_mem_physical_bytes (0 when unknown: no limit) */
 IOUPOS_DEF uint64_t ioupos_mem_default_limit_bytes(void);
+/* One optimiser step of the pretraining run o describes (section 18): the model of its method,
+   the optimiser, one micro-batch of batch_size views of its crops (DINO: with its n_local local
+   crops) and, in 3D, the loader's cache budget cache_bytes (host). The commands compare the
+   total with --max_memory_mb before they start. */
+IOUPOS_DEF int ioupos_pretrain_step_bytes(const ioupos_pretrain_opts *o, ioupos_mem_estimate *out);
 
 
 /* ============================================================================================
@@ -3470,6 +3478,8 @@ typedef struct ioupos_finetune_opts {
   const char *predict_dir;    /* NULL, or where the final evaluation writes its predictions */
   size_t cache_bytes;         /* 3D training: decoded volumes the loader keeps, all workers
                                  together (default 1 GiB; 0: decode each time; speed only) */
+  long max_memory_mb;         /* refuse, before anything is written, a run whose peak needs
+                                 more MiB (ioupos_finetune_step_bytes); 0: no limit (default) */
   const char *flags_json;     /* JSON object of the resolved flags (may be NULL) */
   const char *git_commit;     /* may be NULL */
   void (*log)(void *ctx, const char *line);
@@ -3493,6 +3503,11 @@ typedef struct ioupos_finetune_result {
 /* Runs (or resumes) a fine-tuning, or evaluates only (n_epochs 0). res (may be NULL) receives
    the final evaluation; free it with ioupos_finetune_result_free. */
 IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res);
+/* The peak of the fine-tuning run o describes (section 21b's figures): with n_epochs > 0 a
+   training step of batch_size x n_crops_per_ct crops plus the validation's sliding window
+   beside it (the parameters shared), with n_epochs 0 the sliding window alone; in 3D training
+   also the loader's cache budget cache_bytes (host). */
+IOUPOS_DEF int ioupos_finetune_step_bytes(const ioupos_finetune_opts *o, ioupos_mem_estimate *out);
 IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #endif /* IOUPOS__PART_CORE: sections 10-22 */
 
@@ -18424,6 +18439,69 @@ static int ioupos__pt_scan(const char *dir, int dims, ioupos_dataset *ds) {
    micro-step)); every schedule is a function of the counters; and the state holds every number
    a step reads. A stop request is honoured only between optimiser steps, so a state never
    describes half a step. */
+/* 0 when e fits in max_mb MiB; else the failure, naming the estimate, its largest part and the
+   options (`field` names: the commands print them as their flags) that lower it. Shared by
+   pretraining and fine-tuning. */
+static int ioupos__mem_check(const ioupos_mem_estimate *e, long max_mb, const char *what,
+                             const char *lower) {
+  const char *part = ioupos_mem_largest_part(e);
+  uint64_t big = !strcmp(part, "params")        ? e->params
+                 : !strcmp(part, "grads")       ? e->grads
+                 : !strcmp(part, "optimiser")   ? e->optimiser
+                 : !strcmp(part, "activations") ? e->activations
+                 : !strcmp(part, "workspace")   ? e->workspace
+                 : !strcmp(part, "inputs")      ? e->inputs
+                                                : e->host;
+  if (max_mb <= 0 || e->total <= (uint64_t)max_mb << 20) return 0;
+  return ioupos__fail(IOUPOS_ENOMEM,
+                      "%s needs an estimated %.0f MiB (the largest part: %s, %.0f MiB), over "
+                      "`max_memory_mb` %ld: lower %s, or raise `max_memory_mb`", what,
+                      (double)e->total / 1048576.0, part, (double)big / 1048576.0, max_mb, lower);
+}
+
+/* The model a run's options describe: ioupos_pretrain_run builds it from these, and
+   ioupos_pretrain_step_bytes estimates it from the same. */
+static void ioupos__pt_simsiam_config(const ioupos_pretrain_opts *o, ioupos_simsiam_config *sc) {
+  sc->enc = o->enc;
+  sc->proj_hidden = o->proj_hidden;
+  sc->proj_out = o->proj_out;
+  sc->pred_hidden = o->pred_hidden;
+}
+
+static void ioupos__pt_dino_config(const ioupos_pretrain_opts *o, ioupos_dino_config *dc) {
+  ioupos_dino_config_default(dc, 2);
+  dc->enc = o->enc;
+  dc->hidden = o->hidden;
+  dc->bottleneck = o->bottleneck;
+  dc->out_dim = o->out_dim;
+  dc->norm_last_layer = o->norm_last_layer;
+  dc->student_temp = (float)o->student_temp;
+  dc->center_momentum = (float)o->center_momentum;
+}
+
+/* One optimiser step of the run o describes: the model, its optimiser and one micro-batch of
+   `batch_size` views (section 21b), plus in 3D the loader's volume cache budget
+   (`cache_bytes`, host). Accumulation (`accum_iters`) adds no memory: the micro-batches run one
+   after the other into the same gradients. */
+IOUPOS_DEF int ioupos_pretrain_step_bytes(const ioupos_pretrain_opts *o, ioupos_mem_estimate *out) {
+  int shape[3], lshape[3], d, rc, dims = o->enc.spatial_dims;
+  for (d = 0; d < 3; ++d) {
+    shape[d] = d < dims ? o->crop[d] : 1;
+    lshape[d] = d < dims ? o->local_crop[d] : 1;
+  }
+  if (o->method == IOUPOS_SSL_DINO) {
+    ioupos_dino_config dc;
+    ioupos__pt_dino_config(o, &dc);
+    rc = ioupos_dino_step_bytes(&dc, o->batch_size, shape, o->n_local, lshape, out);
+  } else {
+    ioupos_simsiam_config sc;
+    ioupos__pt_simsiam_config(o, &sc);
+    rc = ioupos_simsiam_step_bytes(&sc, o->batch_size, shape, out);
+  }
+  if (rc == 0 && dims == 3) out->host += o->cache_bytes, out->total += o->cache_bytes;
+  return rc;
+}
+
 IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos__run *r = NULL;
   ioupos_dataset ds;
@@ -18481,6 +18559,14 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
                       o->data_dir, ds.n, dims == 3 ? "volumes" : "images", o->batch_size);
     goto done;
   }
+  if (o->max_memory_mb > 0) { /* the memory of a step, before anything is allocated or written */
+    ioupos_mem_estimate me;
+    if ((rc = ioupos_pretrain_step_bytes(o, &me)) != 0 ||
+        (rc = ioupos__mem_check(&me, o->max_memory_mb, "a step",
+                                dims == 3 ? "`batch_size`, `crop`, `embed_dim` or `cache_bytes`"
+                                          : "`batch_size`, `crop` or `embed_dim`")) != 0)
+      goto done;
+  }
   if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
   spe = ld.batches_per_epoch / o->accum_iters;
   if (spe < 1) {
@@ -18492,21 +18578,11 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   /* the model */
   if (dino) {
     ioupos_dino_config dc;
-    ioupos_dino_config_default(&dc, 2);
-    dc.enc = o->enc;
-    dc.hidden = o->hidden;
-    dc.bottleneck = o->bottleneck;
-    dc.out_dim = o->out_dim;
-    dc.norm_last_layer = o->norm_last_layer;
-    dc.student_temp = (float)o->student_temp;
-    dc.center_momentum = (float)o->center_momentum;
+    ioupos__pt_dino_config(o, &dc);
     rc = ioupos_dino_init(&r->dn, &dc, be, o->seed);
   } else {
     ioupos_simsiam_config sc;
-    sc.enc = o->enc;
-    sc.proj_hidden = o->proj_hidden;
-    sc.proj_out = o->proj_out;
-    sc.pred_hidden = o->pred_hidden;
+    ioupos__pt_simsiam_config(o, &sc);
     rc = ioupos_simsiam_init(&r->ss, &sc, be, o->seed);
   }
   if (rc) goto done;
@@ -22811,6 +22887,35 @@ static int ioupos__ft_alloc_batch(ioupos__ft *r) {
    n_epochs 0 skips the loop: an evaluation of the given model only. A stop request saves the
    state and skips 5, which the resumed run does; an early stop is a counter in the state, so
    resuming a run that stopped early goes straight to 5. */
+IOUPOS_DEF int ioupos_finetune_step_bytes(const ioupos_finetune_opts *o, ioupos_mem_estimate *out) {
+  ioupos_swinunetr_config cfg;
+  ioupos_mem_estimate inf;
+  int shape[3], k, rc, dims = o->enc.spatial_dims;
+  for (k = 0; k < 3; ++k)
+    shape[k] = k >= dims ? 1 : dims == 3 && o->crop3[k] > 0 ? o->crop3[k] : o->crop;
+  ioupos_swinunetr_config_default(&cfg, 2);
+  cfg.enc = o->enc;
+  cfg.out_channels = o->n_classes;
+  /* the windows are the crops (roi = crop, as ioupos__ft_evaluate sets them) */
+  if ((rc = ioupos_swinunetr_infer_bytes(&cfg, shape, o->sw_batch_size, &inf)) != 0) return rc;
+  if (o->n_epochs == 0) {
+    *out = inf;
+    return 0;
+  }
+  if ((rc = ioupos_swinunetr_step_bytes(&cfg, o->batch_size * o->n_crops_per_ct, shape, out)) != 0)
+    return rc;
+  /* validation beside the trained model: everything of the inference but its parameters (the
+     trained ones are used); its I64 host buffers are the trained model's too (counted once;
+     they are a small part of host) */
+  out->activations += inf.activations, out->workspace += inf.workspace;
+  out->inputs += inf.inputs, out->optimiser += inf.optimiser, out->grads += inf.grads;
+  out->device = out->params + out->grads + out->optimiser + out->activations + out->workspace +
+                out->inputs;
+  if (dims == 3) out->host += o->cache_bytes;
+  out->total = out->device + out->host;
+  return 0;
+}
+
 IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetune_result *res) {
   ioupos__ft *r = NULL;
   ioupos_loader ld;
@@ -22848,6 +22953,16 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     if (o->enc.spatial_dims == 3) rc = ioupos__ft_preflight_volumes(r, K);
     else rc = ioupos__data_preflight(sets, ns, NULL, K, o->num_workers, o->log, o->log_ctx);
     if (rc) goto done;
+  }
+  if (o->max_memory_mb > 0) { /* the peak, before anything is allocated or written */
+    ioupos_mem_estimate me;
+    if ((rc = ioupos_finetune_step_bytes(o, &me)) != 0 ||
+        (rc = ioupos__mem_check(&me, o->max_memory_mb,
+                                o->n_epochs > 0 ? "a step with validation" : "the evaluation",
+                                o->n_epochs > 0 ? "`batch_size`, `n_crops_per_ct`, `crop`, "
+                                                  "`sw_batch_size` or `embed_dim`"
+                                                : "`sw_batch_size`, `crop` or `embed_dim`")) != 0)
+      goto done;
   }
   if (o->n_epochs > 0) {
     ioupos_loader_config_default(&lc, &r->train.ds, IOUPOS_LOADER_FINETUNE);

@@ -242,7 +242,8 @@ CLI_DEF const char *cli_flags(const char *text) {
                                            {"local_crop", "local_crop_size"},
                                            {"embed_dim", "embedding_size"},
                                            {"n_local", "n_local_crops"},
-                                           {"window", "window_size"}};
+                                           {"window", "window_size"},
+                                           {"cache_bytes", "cache_mb"}};
   static char out[8192];
   size_t n = 0, k;
   const char *p = text ? text : "";

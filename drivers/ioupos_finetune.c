@@ -41,6 +41,8 @@ static void ft_defaults(ft_flags *f) {
   ioupos_finetune_opts_default(&f->o);
   f->spatial_dims = 2;
   f->cache_mb = 1024; /* the loader's default (1 GiB) */
+  /* a resource limit, like --threads: not in flags.json, free to change on resume */
+  f->o.max_memory_mb = (long)(ioupos_mem_default_limit_bytes() >> 20);
   f->device.spec = "auto";
 }
 
@@ -107,6 +109,11 @@ static void ft_usage(FILE *out) {
           "                        workers together; 0 = decode each time it is used; speed\n"
           "                        only, results do not depend on it; 2D ignores it\n"
           "                        (default %ld)\n"
+          "  --max_memory_mb MB    refuse a run whose peak (a training step with the\n"
+          "                        validation beside it, or the evaluation) needs more memory\n"
+          "                        (the estimate of every buffer it allocates), naming the\n"
+          "                        flags that lower it; 0 = no limit (default %ld: 90 %% of\n"
+          "                        the RAM)\n"
           "  --seed S              random seed, unsigned 64-bit (default %llu)\n"
           "  --use_amp             accepted; the CPU backend computes in float32 (a note says so)\n"
           "  --ignore_user_warning accepted (the research code silenced Python warnings); no\n"
@@ -165,7 +172,8 @@ static void ft_usage(FILE *out) {
           "next step with the state saved (--resume continues; a second signal quits at once).\n",
           IOUPOS_SEG_MAX_CLASSES, o->n_classes, o->enc.embed_dim, (double)o->enc.drop_path_rate,
           o->crop, o->batch_size, o->n_crops_per_ct, o->n_epochs, o->base_lr, o->end_lr,
-          o->warmup_epochs, o->wd, o->num_workers, d.cache_mb, (unsigned long long)o->seed,
+          o->warmup_epochs, o->wd, o->num_workers, d.cache_mb, o->max_memory_mb,
+          (unsigned long long)o->seed,
           o->eval_every,
           o->patience, o->sw_batch_size, o->sw_overlap, o->chkpt_dir, o->run_name,
           TRAIN_MAX_THREADS, o->log_every);
@@ -183,7 +191,7 @@ static const char *const ft_names[] = {
     "batch_size", "n_crops_per_ct", "sw_batch_size", "sw_overlap", "n_epochs", "base_lr",
     "end_lr", "warmup_epochs", "wd", "patience", "eval_every", "seed", "num_workers",
     "run_name", "chkpt_dir", "metric", "crop_size", "threads", "max_steps", "predict_dir",
-    "drop_path_rate", "log_every", "device", "cache_mb",
+    "drop_path_rate", "log_every", "device", "cache_mb", "max_memory_mb",
     /* switches */
     "eval_train", "use_amp", "ignore_user_warning", "low_resource_mode", "resume"};
 #define FT_N_SWITCHES 5
@@ -254,6 +262,7 @@ static void ft_flag(ft_flags *f, const char *name, const char *flag, const char 
   } else if (IS("threads")) f->threads = (int)cli_int(flag, v, 1, TRAIN_MAX_THREADS);
   else if (IS("device")) cli_device_parse(flag, v, &f->device);
   else if (IS("cache_mb")) f->cache_mb = (long)cli_int(flag, v, 0, 1L << 24); /* 16 TiB */
+  else if (IS("max_memory_mb")) f->o.max_memory_mb = (long)cli_int(flag, v, 0, 1L << 30);
   else if (IS("max_steps")) o->max_steps = (long)cli_int(flag, v, 0, LONG_MAX);
   else if (IS("predict_dir")) o->predict_dir = cli_nonempty(flag, v, "expected a folder");
   else if (IS("drop_path_rate")) {

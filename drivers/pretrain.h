@@ -87,6 +87,8 @@ static void pt_defaults(pt_flags *f) {
   f->size[2] = 2.5;
   f->device.spec = "auto";
   f->cache_mb = 1024; /* the loader's default (1 GiB) */
+  /* a resource limit, like --threads: not in flags.json, free to change on resume */
+  f->o.max_memory_mb = (long)(ioupos_mem_default_limit_bytes() >> 20);
 }
 
 /* ---- usage ------------------------------------------------------------------------------------ */
@@ -124,6 +126,9 @@ static void pt_usage(FILE *out) {
           "                        workers together; 0 = decode each time it is used; speed\n"
           "                        only, results do not depend on it; 2D ignores it\n"
           "                        (default %ld)\n"
+          "  --max_memory_mb MB    refuse a run whose training step needs more memory (the\n"
+          "                        estimate of every buffer it allocates), naming the flags\n"
+          "                        that lower it; 0 = no limit (default %ld: 90 %% of the RAM)\n"
           "  --a_min HU, --a_max HU  the HU window of preprocessing: accepted for the research\n"
           "                        command lines, but they only matter to ioupos-prep (the data\n"
           "                        are already windowed); no effect here (default -500, 500)\n"
@@ -151,7 +156,7 @@ static void pt_usage(FILE *out) {
                 "cosine lr, collapse monitor).\n",
           o->crop[0], o->min_iou, o->max_iou,
           o->pair_mode == IOUPOS_PAIR_JOINT ? "joint" : "anchored", o->batch_size, o->num_workers,
-          d.cache_mb, o->enc.embed_dim, (double)o->enc.drop_path_rate);
+          d.cache_mb, o->max_memory_mb, o->enc.embed_dim, (double)o->enc.drop_path_rate);
   if (PT_IS_DINO) {
     fprintf(out,
             "\n"
@@ -317,7 +322,7 @@ static const char *const pt_names[] = {
     "base_lr", "warmup_epochs", "embedding_size", "drop_path_rate", "spatial_dims", "a_min",
     "a_max", "size_x", "size_y", "size_z", "min_iou", "max_iou", "batch_size", "n_epochs",
     "accum_iters", "run_name", "data_dir", "chkpt_dir", "seed", "num_workers", "crop_size",
-    "pair_mode", "threads", "log_every", "max_steps", "device", "cache_mb",
+    "pair_mode", "threads", "log_every", "max_steps", "device", "cache_mb", "max_memory_mb",
     /* switches */
     "use_gradient_checkpointing", "use_amp", "low_resource_mode", "resume"};
 #define PT_N_SWITCHES 4
@@ -356,6 +361,7 @@ static void pt_flag(pt_flags *f, const char *name, const char *flag, const char 
   else if (IS("num_workers")) o->num_workers = (int)cli_int(flag, v, 0, 256);
   else if (IS("crop_size")) f->crop_n = pt_parse_crop(flag, v, o->crop);
   else if (IS("cache_mb")) f->cache_mb = (long)cli_int(flag, v, 0, 1L << 24); /* 16 TiB */
+  else if (IS("max_memory_mb")) o->max_memory_mb = (long)cli_int(flag, v, 0, 1L << 30);
   else if (IS("pair_mode")) {
     if (!strcmp(v, "anchored")) o->pair_mode = IOUPOS_PAIR_ANCHORED;
     else if (!strcmp(v, "joint")) o->pair_mode = IOUPOS_PAIR_JOINT;

@@ -87,6 +87,9 @@ refused e_crop2 2 "--crop_size: bad value '32,64': expected N or X,Y,Z" --data_d
   --spatial_dims 3 --n_epochs 0 --crop_size 32,64
 refused e_crop2d 2 "--crop_size 32,32,64: per-axis sizes need --spatial_dims 3" --data_dir d \
   --n_epochs 0 --crop_size 32,32,64
+# the memory of the evaluation, estimated before anything is read into the model or written
+refused e_mem 1 "error: the evaluation needs an estimated [0-9]* MiB (the largest part: [a-z]*, [0-9]* MiB), over --max_memory_mb 20: lower --sw_batch_size, --crop_size or --embedding_size, or raise --max_memory_mb" \
+  --data_dir d $ev --max_memory_mb 20
 # bad data: b/val holds case_a and case_b, one spoiled at a time
 mkbad() { rm -rf b && mkdir -p b/val/labels && cp "$fix/val/"*.nii.gz b/val/ &&
   cp "$fix/val/labels/"*.nii.gz b/val/labels/; }
@@ -245,6 +248,8 @@ trefused() { # trefused NAME STATUS PATTERN ARGS...
 trefused e_2d 1 "tests/fixtures/model/swin2d_weights.safetensors holds a 2D Swin encoder but the model is 3D: checkpoint tensor 'patch_embed.proj.weight' has shape \[6, 1, 2, 2\], the model expects \[6, 1, 2, 2, 2\]" \
   --chkpt_path "$root/tests/fixtures/model/swin2d_weights.safetensors"
 trefused e_batch 1 "v/train has 2 volumes, fewer than one batch (--batch_size 3)" --batch_size 3
+trefused e_memt 1 "error: a step with validation needs an estimated [0-9]* MiB (the largest part: [a-z]*, [0-9]* MiB), over --max_memory_mb 60: lower --batch_size, --n_crops_per_ct, --crop_size, --sw_batch_size or --embedding_size, or raise --max_memory_mb" \
+  --max_memory_mb 60
 trefused e_classes 1 "v/train/labels/phantom_00[01].nii.gz: label [0-9]* at voxel .* is outside \[0, 8)" \
   --n_classes 8
 rm -rf w3 && cp -r v w3 && cp v/val/labels/phantom_002.nii.gz w3/train/labels/phantom_001.nii.gz

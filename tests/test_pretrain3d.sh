@@ -75,6 +75,9 @@ for p in "$simsiam" "$dino"; do
     --crop_size 16,16,8,4
   refused "${t}_few" 1 "error: eight has 8 volumes, fewer than one batch (--batch_size 9)" \
     --data_dir eight $d3 --batch_size 9
+  # the memory of a step, estimated before anything is written (section 21b), over the limit
+  refused "${t}_mem" 1 "error: a step needs an estimated [0-9]* MiB (the largest part: [a-z]*, [0-9]* MiB), over --max_memory_mb 50: lower --batch_size, --crop_size, --embedding_size or --cache_mb, or raise --max_memory_mb" \
+    --data_dir eight $d3 --max_memory_mb 50
 done
 use "$dino"
 refused d_lxy 2 "--local_crop_size 8,6,4: .*X = Y" --data_dir eight $d3 --n_local_crops 2 \
