@@ -403,10 +403,14 @@ fuzz-replay: $(FUZZ:%=$(BUILD)/fuzz/replay_%)
 
 # The story end to end: phantom CT (or DATA=<folder of NIfTI>, LABELS=<folder of CT + labels>),
 # preprocessing, crop pairs, SimSiam pretraining, fine-tuning from it and from scratch.
+# DIMS=3: the same story on volumes (scripts/demo3d.sh: phantom only).
 DATA ?=
 LABELS ?=
+DIMS ?=
 demo: $(DRIVERS)
-	@sh scripts/demo.sh $(BUILD) "$(DATA)" "$(LABELS)"
+	@if [ "$(DIMS)" = 3 ]; then sh scripts/demo3d.sh $(BUILD); \
+	 elif [ -z "$(DIMS)" ] || [ "$(DIMS)" = 2 ]; then sh scripts/demo.sh $(BUILD) "$(DATA)" "$(LABELS)"; \
+	 else echo "make demo: DIMS=$(DIMS): expected 2 (the default) or 3" >&2; exit 2; fi
 
 clean:
 	rm -rf $(BUILD)

@@ -40,13 +40,13 @@ echo "== 3. 3D SimSiam pretraining, IoU [0.3, 0.6], C $C, crops 32 x 32 x 16 -> 
 rm -rf "$out/runs"
 "$build/ioupos-simsiam" --spatial_dims 3 --data_dir "$out/ssl" --chkpt_dir "$out/runs" \
   --run_name simsiam --low_resource_mode --embedding_size $C --crop_size 32,32,16 \
-  --batch_size 4 --n_epochs 15 --base_lr 0.5 --min_iou 0.3 --max_iou 0.6 --num_workers 1 \
+  --batch_size 4 --n_epochs 12 --base_lr 0.5 --min_iou 0.3 --max_iou 0.6 --num_workers 1 \
   --log_every 1000 2>&1 | grep -e "done: mean loss" -e "error" || true
 [ -s "$out/runs/simsiam/checkpoint.safetensors" ] || { echo "pretraining failed"; exit 1; }
 
 ft="--spatial_dims 3 --data_dir $out/ft --split_path $out/phantom/split.json
   --chkpt_dir $out/runs --embedding_size $C --crop_size 32,32,32 --batch_size 2
-  --n_epochs 40 --warmup_epochs 2 --base_lr 5e-3 --eval_every 10 --sw_batch_size 4
+  --n_epochs 30 --warmup_epochs 2 --base_lr 5e-3 --eval_every 10 --sw_batch_size 4
   --num_workers 1 --log_every 1000"
 echo "== 4. 3D fine-tuning from the SimSiam encoder -> $out/runs/ft_simsiam"
 "$build/ioupos-finetune" $ft --run_name ft_simsiam --predict_dir "$out/pred_simsiam" \
