@@ -131,16 +131,7 @@ if [ -z "$data" ] || [ -n "$labels" ]; then
     { tail -n 3 "$out/ft_scratch.log"; exit 1; }
   grep -e "validation" "$out/ft_scratch.log" | sed 's/^/   /'
   echo "== 7. per-organ DSC of the best validation checkpoints on the $(sed -n 's/^score \([a-z]*\) .*/\1/p' "$out/ft_simsiam.txt") split"
-  # the DSC column of both tables, joined on the organ id
-  awk 'FNR == 1 { f++ }
-       /^ *[0-9]+  / { id = $1; name = $2; for (i = 3; i <= NF - 4; ++i) name = name " " $i
-                       names[id] = name; dsc[f, id] = $(NF - 3); if (id > max) max = id }
-       /mean over organs/ { mean[f] = $4 }
-       END { printf "   %3s  %-20s %10s %10s\n", "id", "organ", "SimSiam", "scratch"
-             for (id = 1; id <= max; ++id)
-               printf "   %3d  %-20s %10s %10s\n", id, names[id], dsc[1, id], dsc[2, id]
-             printf "        %-20s %10s %10s\n", "mean over organs", mean[1], mean[2] }' \
-    "$out/ft_simsiam.txt" "$out/ft_scratch.txt"
+  awk -f "$(dirname "$0")/dsc_columns.awk" "$out/ft_simsiam.txt" "$out/ft_scratch.txt"
 else
   echo "== 6. fine-tuning skipped: $data has no labels (fine-tuning needs label volumes: pass"
   echo "      LABELS=<folder of CT + label volumes>, e.g. make demo DATA=$data LABELS=../shared/data/ct/labelled)"
