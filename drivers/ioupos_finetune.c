@@ -173,8 +173,8 @@ static void ft_usage(FILE *out) {
           IOUPOS_SEG_MAX_CLASSES, o->n_classes, o->enc.embed_dim, (double)o->enc.drop_path_rate,
           o->crop, o->batch_size, o->n_crops_per_ct, o->n_epochs, o->base_lr, o->end_lr,
           o->warmup_epochs, o->wd, o->num_workers, d.cache_mb, o->max_memory_mb,
-          (unsigned long long)o->seed, o->eval_every, o->patience, o->sw_batch_size, o->sw_overlap, o->chkpt_dir, o->run_name,
-          TRAIN_MAX_THREADS, o->log_every);
+          (unsigned long long)o->seed, o->eval_every, o->patience, o->sw_batch_size,
+          o->sw_overlap, o->chkpt_dir, o->run_name, TRAIN_MAX_THREADS, o->log_every);
 }
 
 /* A directory entry name: not empty, no '/', not "." or "..". */
