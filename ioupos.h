@@ -3603,6 +3603,13 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #include <omp.h>
 #endif
 #if IOUPOS__PART_CORE && defined(IOUPOS_WITH_MPI) /* section 16b's MPI table */
+/* the C API only: not the deprecated C++ bindings, which a C++ build would compile otherwise */
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 #endif
 #if IOUPOS__PART_CORE && defined(__AVX2__) && defined(__FMA__) && !defined(IOUPOS_GEMM_NO_SIMD)
