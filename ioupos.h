@@ -2191,10 +2191,11 @@ IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
      - broadcast copies root's buf[0..bytes) to every rank's buf.
      - barrier returns on a rank once every rank has entered it.
    All three are collective: every rank calls them in the same order with the same n, bytes and
-   root. They return 0 or a negative ioupos_status with the reason naming the call (for MPI,
-   the MPI function and MPI_Error_string's text); argument errors (buf NULL with n > 0, a root
-   out of [0, size)) are found before anything is sent, the same way on every rank. A rank that
-   dies leaves the others in the collective: with MPI, mpirun then ends the job. */
+   root. They return 0 or a negative ioupos_status with the reason naming the call (an MPI
+   error: IOUPOS_EIO, the MPI function and MPI_Error_string's text); argument errors (buf NULL
+   with n > 0, a root out of [0, size)) are found before anything is sent, the same way on
+   every rank. A rank that dies leaves the others in the collective: with MPI, mpirun then ends
+   the job. */
 #ifndef IOUPOS_COMM_CHUNK_BYTES
 #define IOUPOS_COMM_CHUNK_BYTES (16 << 20) /* allreduce_sum's gather buffer, all ranks' chunks */
 #endif
@@ -16204,7 +16205,8 @@ static int ioupos__mpi_allreduce_sum(const ioupos_comm *c, float *buf, size_t n)
   gath = (float *)ioupos__calloc(chunk * size, sizeof(float));
   if (!gath)
     return ioupos__fail(IOUPOS_ENOMEM,
-                        "ioupos_comm allreduce_sum (mpi): no memory for the %zu-float gather buffer",
+                        "ioupos_comm allreduce_sum (mpi): no memory for the %zu-float "
+                        "gather buffer",
                         chunk * size);
   for (off = 0; off < n; off += m) {
     m = n - off < chunk ? n - off : chunk;
@@ -16245,8 +16247,9 @@ static int ioupos__mpi_broadcast(const ioupos_comm *c, void *buf, size_t bytes, 
     m = bytes - off < piece ? bytes - off : piece;
     err = MPI_Bcast((char *)buf + off, (int)m, MPI_BYTE, root, comm);
     if (err != MPI_SUCCESS) {
-      snprintf(what, sizeof what, "ioupos_comm broadcast: MPI_Bcast of bytes [%zu, %zu) of %zu from rank %d",
-               off, off + m, bytes, root);
+      snprintf(what, sizeof what,
+               "ioupos_comm broadcast: MPI_Bcast of bytes [%zu, %zu) of %zu from rank %d", off,
+               off + m, bytes, root);
       return ioupos__mpi_fail(err, what);
     }
   }

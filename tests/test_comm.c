@@ -119,7 +119,9 @@ static void test_allreduce(const ioupos_comm *c, size_t n) {
   CHECK(rc == 0, "allreduce_sum n %zu: %d %s", n, rc, ioupos_failure_reason());
   for (i = 0; i < n; ++i)
     if (bits(buf[i]) != bits(ref_sum(c->size, i)) && bad++ == 0) first = i;
-  CHECK(bad == 0, "n %zu: %zu sums differ from the rank-order sum, first [%zu]: %.9g (0x%08x), want %.9g (0x%08x)",
+  CHECK(bad == 0,
+        "n %zu: %zu sums differ from the rank-order sum, first [%zu]: %.9g (0x%08x), want %.9g "
+        "(0x%08x)",
         n, bad, first, bad ? buf[first] : 0.0, bad ? bits(buf[first]) : 0u,
         bad ? ref_sum(c->size, first) : 0.0, bad ? bits(ref_sum(c->size, first)) : 0u);
   CHECK(same_everywhere(c, fnv(buf, n * sizeof(float))), "n %zu: the ranks' sums differ", n);
@@ -152,7 +154,8 @@ static void test_mpi(const ioupos_comm *c, int die) {
   }
   test_allreduce(c, 0);
   if (die && c->rank == 1) {
-    fprintf(stderr, "test_comm rank 1: exits with status 3 while the others are in allreduce_sum\n");
+    fprintf(stderr,
+            "test_comm rank 1: exits with status 3 while the others are in allreduce_sum\n");
     fflush(stderr);
     exit(3);
   }

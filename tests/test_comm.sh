@@ -28,7 +28,8 @@ skip_or_fail() { # skip_or_fail REASON: SKIP (exit 0), or a failure with IOUPOS_
   exit 0
 }
 
-command -v mpirun >/dev/null 2>&1 || skip_or_fail "no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)"
+command -v mpirun >/dev/null 2>&1 ||
+  skip_or_fail "no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)"
 prog=$build/test_comm_mpi
 if [ ! -x "$prog" ]; then
   if [ "${IOUPOS_MPI:-}" = 0 ]; then
@@ -65,7 +66,8 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 # One thread per rank (the test has no OpenMP work), and no spinning for a descheduled rank.
 export OMP_NUM_THREADS=1
 
-# mpi_run NAME NP ARGS...: mpirun -np NP PROG ARGS under timeout 60; output in NAME.out, status in rc
+# mpi_run NAME NP ARGS...: mpirun -np NP PROG ARGS under timeout 60; output in NAME.out,
+# status in rc
 mpi_run() {
   name=$1; np=$2; shift 2
   # shellcheck disable=SC2086 # IOUPOS_MPIRUN_FLAGS is split into flags on purpose
@@ -97,7 +99,8 @@ mpi_run die 2 --mpi --die
 el=$(( $(date +%s) - t0 ))
 check "rank 1 dies: mpirun exits non-zero (got $rc)" [ "$rc" -ne 0 ]
 check "rank 1 dies: mpirun ends the job, no hang (status $rc, $el s; timeout 60 s)" not_hung
-check "rank 1 dies: rank 1 exited as told" grep -q "test_comm rank 1: exits with status 3" "$tmp/die.out"
+check "rank 1 dies: rank 1 exited as told" \
+  grep -q "test_comm rank 1: exits with status 3" "$tmp/die.out"
 check "rank 1 dies: mpirun says why (got: $(cat "$tmp/die.out"))" \
   grep -qi "exit code: *3\|non-zero status\|exited on signal\|aborted" "$tmp/die.out"
 check "rank 1 dies: rank 0 did not go on" sh -c "! grep -q 'test_comm rank 0 of 2' '$tmp/die.out'"
