@@ -43,6 +43,8 @@ TESTS    += $(BUILD)/test_eval3d
 # the memory of a step, estimated from the configuration, against what the backend allocates
 TESTS    += $(BUILD)/test_memory
 TESTS    += $(BUILD)/test_cuda_ops $(BUILD)/test_cuda_ops_gpublocks
+# the communication between processes (section 16b), one process; MPI: tests/test_comm.sh
+TESTS    += $(BUILD)/test_comm
 BENCHES  := $(BUILD)/bench_sampler $(BUILD)/bench_loader $(BUILD)/bench_prep $(BUILD)/bench_gemm \
             $(BUILD)/bench_encoder $(BUILD)/bench_simsiam $(BUILD)/bench_finetune
 
@@ -81,8 +83,35 @@ CUDA_OBJ  :=
 CUDA_MSG  := CUDA backend: not built ($(if $(NVCC),CUDA=0,nvcc not found)): CPU backend only
 endif
 
+# ---- MPI (section 16b's MPI table) -------------------------------------------------------------
+# When mpicc is found (MPI=0 forces it off, MPI=1 on), $(BUILD)/ioupos_mpi.o is the
+# implementation compiled with mpicc -DIOUPOS_WITH_MPI, and `make test` builds
+# $(BUILD)/test_comm_mpi from tests/test_comm.c with it, which tests/test_comm.sh runs under
+# mpirun -np 2 (and 3). The commands do not use MPI yet (issue 14); `make` says which it did in
+# one line. A program that wants the MPI table compiles with $(MPICC) -DIOUPOS_WITH_MPI and links
+# $(BUILD)/ioupos_mpi.o.
+MPICC     ?= $(shell command -v mpicc 2>/dev/null)
+MPI       ?= $(if $(MPICC),1,0)
+ifeq ($(MPI),1)
+MPICC     := $(or $(MPICC),mpicc)
+MPI_TESTS := $(BUILD)/test_comm_mpi
+MPI_MSG   := MPI: found $(MPICC): make test builds $(BUILD)/test_comm_mpi with it (the commands do not use MPI yet)
+else
+MPI_TESTS :=
+MPI_MSG   := MPI: not used ($(if $(MPICC),MPI=0,mpicc not found)): one process only
+endif
+
 all: $(DRIVERS) $(CUDA_OBJ)
 	@echo "$(CUDA_MSG)"
+	@echo "$(MPI_MSG)"
+
+$(BUILD)/ioupos_mpi.o: drivers/ioupos.c ioupos.h | stb
+	@mkdir -p $(BUILD)
+	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_MPI -c $< -o $@
+
+$(BUILD)/test_comm_mpi: tests/test_comm.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o | stb
+	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_MPI $< $(BUILD)/ioupos_mpi.o \
+	  -o $@ $(LDLIBS)
 
 $(BUILD)/ioupos_cuda.o: ioupos_cuda.cu ioupos.h
 	@mkdir -p $(BUILD)
@@ -313,8 +342,9 @@ $(BUILD)/data_only_cxx: tests/consumer/data_only.c tests/test_util.h ioupos.h | 
 CONSUMER := $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check $(BUILD)/sampler_only \
             $(BUILD)/sampler_only_cxx $(BUILD)/data_only $(BUILD)/data_only_cxx
 
-test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER)
-	@IOUPOS_TEST_JOBS=$${IOUPOS_TEST_JOBS:-$(NPROC)} sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
+test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER) $(MPI_TESTS)
+	@echo "$(MPI_MSG)"
+	@IOUPOS_MPI=$(MPI) IOUPOS_TEST_JOBS=$${IOUPOS_TEST_JOBS:-$(NPROC)} sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
 
 # The loader's threads under ThreadSanitizer (no OpenMP there: libgomp is not instrumented, and
 # ThreadSanitizer would report its barriers).

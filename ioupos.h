@@ -67,6 +67,8 @@
     14. Losses (SimSiam, DINO with centring, cross-entropy) and the weight-normalised linear
     15. Optimisers (SGD, AdamW), schedules, EMA and gradient clipping
     16. Tensors, arenas and the backend operation table
+    16b. Communication between processes: the sum, broadcast and barrier of data-parallel
+         training; one process by default, MPI with IOUPOS_WITH_MPI
     17. Models: the Swin encoder, the SimSiam and DINO heads, checkpoints
     18. Pretraining: SimSiam and DINO, run directories, exact resume
     19. Decoder layers (SwinUNETR): convolutions, instance norm, residual and up blocks
@@ -2174,6 +2176,53 @@ extern size_t ioupos_cuda_mem_peak(void);
    status. */
 IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
 
+/* --- 16b. Communication between processes -------------------------------------------------
+   What data-parallel training needs from the processes it runs on: their number, each one's
+   rank, a sum of float arrays over all of them, a broadcast and a barrier, behind a table of
+   function pointers like the backend's. ioupos_comm_single() is the one-process table (nothing
+   moves) that everything uses by default; a program built with -DIOUPOS_WITH_MPI (mpicc, the
+   implementation too) also has ioupos_comm_mpi_init, the same table over MPI_COMM_WORLD.
+     - allreduce_sum replaces every rank's buf[0..n) by the sum over the ranks, formed as
+       ((x_0 + x_1) + x_2) + ... + x_{size-1} in float, x_r being rank r's value, on every rank:
+       every rank holds the same bits, and a run gives the same bits each time for the same
+       number of processes. (MPI_Allreduce is not used: the MPI standard fixes neither its order
+       nor that every rank gets the same result. The MPI table all-gathers the buffers in chunks,
+       at most IOUPOS_COMM_CHUNK_BYTES gathered at a time, and adds them in rank order.)
+     - broadcast copies root's buf[0..bytes) to every rank's buf.
+     - barrier returns on a rank once every rank has entered it.
+   All three are collective: every rank calls them in the same order with the same n, bytes and
+   root. They return 0 or a negative ioupos_status with the reason naming the call (an MPI
+   error: IOUPOS_EIO, the MPI function and MPI_Error_string's text); argument errors (buf NULL
+   with n > 0, a root out of [0, size)) are found before anything is sent, the same way on
+   every rank. A rank that dies leaves the others in the collective: with MPI, mpirun then ends
+   the job. */
+#ifndef IOUPOS_COMM_CHUNK_BYTES
+#define IOUPOS_COMM_CHUNK_BYTES (16 << 20) /* allreduce_sum's gather buffer, all ranks' chunks */
+#endif
+typedef struct ioupos_comm {
+  int rank, size;   /* this process, the number of processes */
+  const char *name; /* "single" or "mpi" */
+  int (*allreduce_sum)(const struct ioupos_comm *c, float *buf, size_t n);
+  int (*broadcast)(const struct ioupos_comm *c, void *buf, size_t bytes, int root);
+  int (*barrier)(const struct ioupos_comm *c);
+  void *ctx; /* the implementation's state (MPI: the duplicated communicator) */
+} ioupos_comm;
+
+/* Rank 0 of 1: allreduce_sum and barrier leave everything as it is, broadcast needs root 0. */
+IOUPOS_DEF const ioupos_comm *ioupos_comm_single(void);
+
+#ifdef IOUPOS_WITH_MPI
+/* Calls MPI_Init(argc, argv) unless MPI is initialised already (then the program finalises it
+   itself), duplicates MPI_COMM_WORLD with MPI_ERRORS_RETURN as its error handler and sets *out
+   to the table over it (rank and size those of MPI_COMM_WORLD; valid until
+   ioupos_comm_mpi_finalize). MPI_Init's own failures abort, as MPI defines; every later MPI
+   error is returned. A second call returns the same table. */
+IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm **out);
+/* Frees the communicator and calls MPI_Finalize if ioupos_comm_mpi_init called MPI_Init. 0 when
+   there is nothing to do. */
+IOUPOS_DEF int ioupos_comm_mpi_finalize(void);
+#endif
+
 
 /* ============================================================================================
    17. Models: the Swin encoder, the SimSiam and DINO heads
@@ -3553,6 +3602,16 @@ IOUPOS_DEF void ioupos_finetune_result_free(ioupos_finetune_result *res);
 #endif
 #if IOUPOS__PART_CORE && defined(_OPENMP)
 #include <omp.h>
+#endif
+#if IOUPOS__PART_CORE && defined(IOUPOS_WITH_MPI) /* section 16b's MPI table */
+/* the C API only: not the deprecated C++ bindings, which a C++ build would compile otherwise */
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
 #endif
 #if IOUPOS__PART_CORE && defined(__AVX2__) && defined(__FMA__) && !defined(IOUPOS_GEMM_NO_SIMD)
 #include <immintrin.h>
@@ -16074,6 +16133,186 @@ done:
   IOUPOS_FREE(ihost);
   return rc;
 }
+
+
+/* ---- 16b. Communication between processes ------------------------------------------------- */
+
+/* One process: the sum over one rank is the buffer itself, so nothing is read or written; the
+   arguments are still checked, so that a program that passes bad ones fails alike with one
+   process and with several. */
+static int ioupos__single_allreduce_sum(const ioupos_comm *c, float *buf, size_t n) {
+  (void)c;
+  if (!buf && n > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm allreduce_sum (single): buf is NULL, n is %zu",
+                        n);
+  return IOUPOS_OK;
+}
+static int ioupos__single_broadcast(const ioupos_comm *c, void *buf, size_t bytes, int root) {
+  (void)c;
+  if (!buf && bytes > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm broadcast (single): buf is NULL, bytes is %zu",
+                        bytes);
+  if (root != 0)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "ioupos_comm broadcast (single): root is %d; the only rank is 0", root);
+  return IOUPOS_OK;
+}
+static int ioupos__single_barrier(const ioupos_comm *c) {
+  (void)c;
+  return IOUPOS_OK;
+}
+IOUPOS_DEF const ioupos_comm *ioupos_comm_single(void) {
+  static const ioupos_comm single = {0,    1,    "single", ioupos__single_allreduce_sum,
+                                     ioupos__single_broadcast, ioupos__single_barrier, NULL};
+  return &single;
+}
+
+#ifdef IOUPOS_WITH_MPI
+/* The MPI table. The communicator is a duplicate of MPI_COMM_WORLD, so that the library's
+   collectives never match a program's own on MPI_COMM_WORLD, with MPI_ERRORS_RETURN, so that
+   an MPI error comes back as a status (the default handler aborts the job). */
+static struct {
+  int ready;       /* the table below is set */
+  int initialised; /* ioupos_comm_mpi_init called MPI_Init, so finalize calls MPI_Finalize */
+  MPI_Comm comm;
+  ioupos_comm table;
+} ioupos__mpi;
+
+/* An MPI error as an ioupos failure: "what: MPI error text (code N)". */
+static int ioupos__mpi_fail(int err, const char *what) {
+  char text[MPI_MAX_ERROR_STRING + 1];
+  int len = 0;
+  if (MPI_Error_string(err, text, &len) != MPI_SUCCESS || len < 0) len = 0;
+  text[len <= MPI_MAX_ERROR_STRING ? len : MPI_MAX_ERROR_STRING] = '\0';
+  return ioupos__fail(IOUPOS_EIO, "%s: %s (MPI error %d)", what, len ? text : "no text", err);
+}
+
+static int ioupos__mpi_allreduce_sum(const ioupos_comm *c, float *buf, size_t n) {
+  MPI_Comm comm = *(const MPI_Comm *)c->ctx;
+  size_t size = (size_t)c->size, chunk, off, i, m;
+  float *gath;
+  int err, r;
+  char what[160];
+  if (!buf && n > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm allreduce_sum (mpi): buf is NULL, n is %zu",
+                        n);
+  if (n == 0 || size == 1) return IOUPOS_OK;
+  /* floats per rank and round: size * chunk floats gathered at a time; MPI counts are int */
+  chunk = (size_t)IOUPOS_COMM_CHUNK_BYTES / sizeof(float) / size;
+  if (chunk < 1) chunk = 1;
+  if (chunk > (size_t)INT_MAX / size) chunk = (size_t)INT_MAX / size;
+  if (chunk > n) chunk = n;
+  gath = (float *)ioupos__calloc(chunk * size, sizeof(float));
+  if (!gath)
+    return ioupos__fail(IOUPOS_ENOMEM,
+                        "ioupos_comm allreduce_sum (mpi): no memory for the %zu-float "
+                        "gather buffer",
+                        chunk * size);
+  for (off = 0; off < n; off += m) {
+    m = n - off < chunk ? n - off : chunk;
+    err = MPI_Allgather(buf + off, (int)m, MPI_FLOAT, gath, (int)m, MPI_FLOAT, comm);
+    if (err != MPI_SUCCESS) {
+      IOUPOS_FREE(gath);
+      snprintf(what, sizeof what,
+               "ioupos_comm allreduce_sum: MPI_Allgather of floats [%zu, %zu) of %zu", off,
+               off + m, n);
+      return ioupos__mpi_fail(err, what);
+    }
+    /* rank 0's value, then ranks 1, 2, ... added in order: the same float operations on every
+       rank (gath holds rank r's chunk at r * m) */
+    for (i = 0; i < m; ++i) {
+      float s = gath[i];
+      for (r = 1; r < c->size; ++r) s += gath[(size_t)r * m + i];
+      buf[off + i] = s;
+    }
+  }
+  IOUPOS_FREE(gath);
+  return IOUPOS_OK;
+}
+
+static int ioupos__mpi_broadcast(const ioupos_comm *c, void *buf, size_t bytes, int root) {
+  MPI_Comm comm = *(const MPI_Comm *)c->ctx;
+  const size_t piece = (size_t)1 << 30; /* MPI counts are int */
+  size_t off, m;
+  int err;
+  char what[160];
+  if (!buf && bytes > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm broadcast (mpi): buf is NULL, bytes is %zu",
+                        bytes);
+  if (root < 0 || root >= c->size)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "ioupos_comm broadcast (mpi): root is %d; the ranks are 0 to %d", root,
+                        c->size - 1);
+  for (off = 0; off < bytes; off += m) {
+    m = bytes - off < piece ? bytes - off : piece;
+    err = MPI_Bcast((char *)buf + off, (int)m, MPI_BYTE, root, comm);
+    if (err != MPI_SUCCESS) {
+      snprintf(what, sizeof what,
+               "ioupos_comm broadcast: MPI_Bcast of bytes [%zu, %zu) of %zu from rank %d", off,
+               off + m, bytes, root);
+      return ioupos__mpi_fail(err, what);
+    }
+  }
+  return IOUPOS_OK;
+}
+
+static int ioupos__mpi_barrier(const ioupos_comm *c) {
+  int err = MPI_Barrier(*(const MPI_Comm *)c->ctx);
+  return err == MPI_SUCCESS ? IOUPOS_OK : ioupos__mpi_fail(err, "ioupos_comm barrier: MPI_Barrier");
+}
+
+IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm **out) {
+  int flag = 0, err, rank = 0, size = 0;
+  if (!out) return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm_mpi_init: out is NULL");
+  *out = NULL;
+  if (ioupos__mpi.ready) {
+    *out = &ioupos__mpi.table;
+    return IOUPOS_OK;
+  }
+  err = MPI_Initialized(&flag);
+  if (err != MPI_SUCCESS) return ioupos__mpi_fail(err, "ioupos_comm_mpi_init: MPI_Initialized");
+  if (!flag) {
+    err = MPI_Init(argc, argv);
+    if (err != MPI_SUCCESS) return ioupos__mpi_fail(err, "ioupos_comm_mpi_init: MPI_Init");
+    ioupos__mpi.initialised = 1;
+  }
+  /* MPI_COMM_WORLD's own handler is left as the program set it; the duplicate returns errors */
+  err = MPI_Comm_dup(MPI_COMM_WORLD, &ioupos__mpi.comm);
+  if (err != MPI_SUCCESS) return ioupos__mpi_fail(err, "ioupos_comm_mpi_init: MPI_Comm_dup");
+  err = MPI_Comm_set_errhandler(ioupos__mpi.comm, MPI_ERRORS_RETURN);
+  if (err == MPI_SUCCESS) err = MPI_Comm_rank(ioupos__mpi.comm, &rank);
+  if (err == MPI_SUCCESS) err = MPI_Comm_size(ioupos__mpi.comm, &size);
+  if (err != MPI_SUCCESS) {
+    MPI_Comm_free(&ioupos__mpi.comm);
+    return ioupos__mpi_fail(err, "ioupos_comm_mpi_init: MPI_Comm_set_errhandler / rank / size");
+  }
+  ioupos__mpi.table.rank = rank;
+  ioupos__mpi.table.size = size;
+  ioupos__mpi.table.name = "mpi";
+  ioupos__mpi.table.allreduce_sum = ioupos__mpi_allreduce_sum;
+  ioupos__mpi.table.broadcast = ioupos__mpi_broadcast;
+  ioupos__mpi.table.barrier = ioupos__mpi_barrier;
+  ioupos__mpi.table.ctx = &ioupos__mpi.comm;
+  ioupos__mpi.ready = 1;
+  *out = &ioupos__mpi.table;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_comm_mpi_finalize(void) {
+  int err = MPI_SUCCESS;
+  if (ioupos__mpi.ready) {
+    err = MPI_Comm_free(&ioupos__mpi.comm);
+    ioupos__mpi.ready = 0;
+    if (err != MPI_SUCCESS) return ioupos__mpi_fail(err, "ioupos_comm_mpi_finalize: MPI_Comm_free");
+  }
+  if (ioupos__mpi.initialised) {
+    ioupos__mpi.initialised = 0;
+    err = MPI_Finalize();
+    if (err != MPI_SUCCESS) return ioupos__mpi_fail(err, "ioupos_comm_mpi_finalize: MPI_Finalize");
+  }
+  return IOUPOS_OK;
+}
+#endif /* IOUPOS_WITH_MPI */
 
 
 /* ---- 17. Models: the Swin encoder, the SimSiam and DINO heads ------------------------------- */
