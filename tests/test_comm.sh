@@ -17,6 +17,7 @@
 
 build=${1:-build}
 me=test_comm
+prog=test_comm_mpi
 
 skip_or_fail() { # skip_or_fail REASON: SKIP (exit 0), or a failure with IOUPOS_REQUIRE_MPI=1
   if [ "${IOUPOS_REQUIRE_MPI:-0}" = 1 ]; then
@@ -30,33 +31,18 @@ skip_or_fail() { # skip_or_fail REASON: SKIP (exit 0), or a failure with IOUPOS_
 
 command -v mpirun >/dev/null 2>&1 ||
   skip_or_fail "no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)"
-prog=$build/test_comm_mpi
-if [ ! -x "$prog" ]; then
+if [ ! -x "$build/$prog" ]; then
   if [ "${IOUPOS_MPI:-}" = 0 ]; then
-    skip_or_fail "built without MPI (make MPI=0, or mpicc not found): no $prog"
+    skip_or_fail "built without MPI (make MPI=0, or mpicc not found): no $build/$prog"
   elif ! command -v mpicc >/dev/null 2>&1; then
-    skip_or_fail "no mpicc (Debian: apt-get install libopenmpi-dev): no $prog"
+    skip_or_fail "no mpicc (Debian: apt-get install libopenmpi-dev): no $build/$prog"
   fi
-  echo "FAIL: $prog not found or not executable (run: make $prog)"
-  echo "$me: 0 checks passed, 1 failed"
-  exit 1
 fi
 command -v timeout >/dev/null 2>&1 || { echo "FAIL: no 'timeout' command (coreutils)"; exit 1; }
-
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
-check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
-  desc=$1; shift
-  if "$@"; then pass; else fail "$desc"; fi
-}
+# the checks, bin (the program's absolute path; a missing one fails here) and a temporary folder
+. "$(dirname "$0")/cli_lib.sh"
 
 not_hung() { [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; } # timeout's statuses
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/$me.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 1' HUP INT TERM
 
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -71,8 +57,8 @@ export OMP_NUM_THREADS=1
 mpi_run() {
   name=$1; np=$2; shift 2
   # shellcheck disable=SC2086 # IOUPOS_MPIRUN_FLAGS is split into flags on purpose
-  timeout -k 5 60 mpirun --oversubscribe ${IOUPOS_MPIRUN_FLAGS:-} -np "$np" "$prog" "$@" \
-    >"$tmp/$name.out" 2>&1
+  timeout -k 5 60 mpirun --oversubscribe ${IOUPOS_MPIRUN_FLAGS:-} -np "$np" "$bin" "$@" \
+    >"$name.out" 2>&1
   rc=$?
 }
 
@@ -80,16 +66,16 @@ for np in 2 3; do
   t0=$(date +%s)
   mpi_run np$np "$np" --mpi
   el=$(( $(date +%s) - t0 ))
-  sed 's/^/  /' "$tmp/np$np.out" | grep -v '^  $'
+  sed 's/^/  /' np$np.out | grep -v '^  $'
   check "mpirun -np $np: exits 0 (got $rc)" [ "$rc" -eq 0 ]
   check "mpirun -np $np: no hang (timeout 60 s)" not_hung
   r=0
   while [ $r -lt "$np" ]; do
     check "mpirun -np $np: rank $r passed" \
-      grep -q "^test_comm rank $r of $np: [0-9]* checks passed, 0 failed" "$tmp/np$np.out"
+      grep -q "^test_comm rank $r of $np: [0-9]* checks passed, 0 failed" np$np.out
     r=$((r + 1))
   done
-  check "mpirun -np $np: no FAIL line" sh -c "! grep -q FAIL '$tmp/np$np.out'"
+  check "mpirun -np $np: no FAIL line" sh -c "! grep -q FAIL np$np.out"
   echo "  mpirun -np $np: $el s"
 done
 
@@ -100,11 +86,10 @@ el=$(( $(date +%s) - t0 ))
 check "rank 1 dies: mpirun exits non-zero (got $rc)" [ "$rc" -ne 0 ]
 check "rank 1 dies: mpirun ends the job, no hang (status $rc, $el s; timeout 60 s)" not_hung
 check "rank 1 dies: rank 1 exited as told" \
-  grep -q "test_comm rank 1: exits with status 3" "$tmp/die.out"
-check "rank 1 dies: mpirun says why (got: $(cat "$tmp/die.out"))" \
-  grep -qi "exit code: *3\|non-zero status\|exited on signal\|aborted" "$tmp/die.out"
-check "rank 1 dies: rank 0 did not go on" sh -c "! grep -q 'test_comm rank 0 of 2' '$tmp/die.out'"
+  grep -q "test_comm rank 1: exits with status 3" die.out
+check "rank 1 dies: mpirun says why (got: $(cat die.out))" \
+  grep -qi "exit code: *3\|non-zero status\|exited on signal\|aborted" die.out
+check "rank 1 dies: rank 0 did not go on" sh -c "! grep -q 'test_comm rank 0 of 2' die.out"
 echo "  rank 1 dies: mpirun ended the job in $el s with status $rc"
 
-echo "$me: $passed checks passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
