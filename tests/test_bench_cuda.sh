@@ -49,6 +49,9 @@ check "... printing SKIP" grep -q "^bench_finetune: SKIP: no usable CUDA device"
 run testsize --device cuda --config c48 --embed 6
 check "test sizes without --no-torch: a usage error (exit $rc)" [ "$rc" -eq 2 ]
 
+# loss_of FILE PART: the "last loss" of the bench's "PART, threads 1: ours ..." line
+loss_of() { sed -n "s/^$2, threads 1: ours.*last loss \([^;]*\);.*/\1/p" "$1"; }
+
 # ---- b. the SimSiam step -------------------------------------------------------------------------
 # (batch 4: over 2 samples the heads' batch norm makes the loss too ill-conditioned to compare)
 ss="--no-torch --config c48 --batch 4 --embed 6 --size 16 --heads 64 --steps 1 --warmup 0"
@@ -59,8 +62,8 @@ run ss_cpu --device cpu $ss --threads 1
 check "bench_simsiam --device cpu (exit $rc)" [ "$rc" -eq 0 ]
 # "c48, threads 1: ours    0.16 pairs/s (...); last loss 0.009312; 0.13 M parameters"
 rate=$(sed -n 's/^c48, threads 1: ours *\([^ ]*\) pairs\/s.*/\1/p' ss_gpu.out)
-loss_g=$(sed -n 's/^c48, threads 1: ours.*last loss \([^;]*\);.*/\1/p' ss_gpu.out)
-loss_c=$(sed -n 's/^c48, threads 1: ours.*last loss \([^;]*\);.*/\1/p' ss_cpu.out)
+loss_g=$(loss_of ss_gpu.out c48)
+loss_c=$(loss_of ss_cpu.out c48)
 check "... pairs/s is a positive number ($rate)" positive "$rate"
 check "... the loss is finite ($loss_g)" finite "$loss_g"
 check "... the CPU's loss ($loss_g vs $loss_c)" close "$loss_g" "$loss_c"
@@ -78,8 +81,8 @@ check "bench_finetune --device cuda (exit $rc; $(grep FAILED ft_gpu.out))" [ "$r
 run_prog "$fin" ft_cpu --device cpu $ft --threads 1
 check "bench_finetune --device cpu (exit $rc)" [ "$rc" -eq 0 ]
 rate=$(sed -n 's/^train, threads 1: ours *\([^ ]*\) crops\/s.*/\1/p' ft_gpu.out)
-loss_g=$(sed -n 's/^train, threads 1: ours.*last loss \([^;]*\);.*/\1/p' ft_gpu.out)
-loss_c=$(sed -n 's/^train, threads 1: ours.*last loss \([^;]*\);.*/\1/p' ft_cpu.out)
+loss_g=$(loss_of ft_gpu.out train)
+loss_c=$(loss_of ft_cpu.out train)
 check "... crops/s is a positive number ($rate)" positive "$rate"
 check "... the loss is finite ($loss_g)" finite "$loss_g"
 check "... the CPU's loss ($loss_g vs $loss_c)" close "$loss_g" "$loss_c"
