@@ -18678,25 +18678,9 @@ static int ioupos__pt_scan(const char *dir, int dims, ioupos_dataset *ds) {
    micro-step)); every schedule is a function of the counters; and the state holds every number
    a step reads. A stop request is honoured only between optimiser steps, so a state never
    describes half a step. */
-/* 0 when e fits in max_mb MiB; else the failure, naming the estimate, its largest part and the
-   options (`field` names: the commands print them as their flags) that lower it. Shared by
-   pretraining and fine-tuning. */
+/* the memory limit's check, shared with fine-tuning (section 21b) */
 static int ioupos__mem_check(const ioupos_mem_estimate *e, long max_mb, const char *what,
-                             const char *lower) {
-  const char *part = ioupos_mem_largest_part(e);
-  uint64_t big = !strcmp(part, "params")        ? e->params
-                 : !strcmp(part, "grads")       ? e->grads
-                 : !strcmp(part, "optimiser")   ? e->optimiser
-                 : !strcmp(part, "activations") ? e->activations
-                 : !strcmp(part, "workspace")   ? e->workspace
-                 : !strcmp(part, "inputs")      ? e->inputs
-                                                : e->host;
-  if (max_mb <= 0 || e->total <= (uint64_t)max_mb << 20) return 0;
-  return ioupos__fail(IOUPOS_ENOMEM,
-                      "%s needs an estimated %.0f MiB (the largest part: %s, %.0f MiB), over "
-                      "`max_memory_mb` %ld: lower %s, or raise `max_memory_mb`", what,
-                      (double)e->total / 1048576.0, part, (double)big / 1048576.0, max_mb, lower);
-}
+                             const char *lower);
 
 /* The model a run's options describe: ioupos_pretrain_run builds it from these, and
    ioupos_pretrain_step_bytes estimates it from the same. */
@@ -21498,17 +21482,37 @@ IOUPOS_DEF int ioupos_loader_bytes(const ioupos_loader_config *cfg, int n_images
   return 0;
 }
 
-IOUPOS_DEF const char *ioupos_mem_largest_part(const ioupos_mem_estimate *e) {
+/* the largest part's name, and its bytes in *bytes */
+static const char *ioupos__mem_largest(const ioupos_mem_estimate *e, uint64_t *bytes) {
   static const char *const names[7] = {"params", "grads", "optimiser", "activations",
                                        "workspace", "inputs", "host"};
   uint64_t v[7];
   int i, best = 0;
-  if (!e) return "none";
   v[0] = e->params; v[1] = e->grads; v[2] = e->optimiser; v[3] = e->activations;
   v[4] = e->workspace; v[5] = e->inputs; v[6] = e->host;
   for (i = 1; i < 7; ++i)
     if (v[i] > v[best]) best = i;
+  *bytes = v[best];
   return names[best];
+}
+
+IOUPOS_DEF const char *ioupos_mem_largest_part(const ioupos_mem_estimate *e) {
+  uint64_t bytes;
+  return e ? ioupos__mem_largest(e, &bytes) : "none";
+}
+
+/* 0 when e fits in max_mb MiB; else the failure, naming the estimate, its largest part and the
+   options (`field` names: the commands print them as their flags) that lower it. Used by
+   pretraining and fine-tuning before anything is allocated or written. */
+static int ioupos__mem_check(const ioupos_mem_estimate *e, long max_mb, const char *what,
+                             const char *lower) {
+  uint64_t big;
+  const char *part = ioupos__mem_largest(e, &big);
+  if (max_mb <= 0 || e->total <= (uint64_t)max_mb << 20) return 0;
+  return ioupos__fail(IOUPOS_ENOMEM,
+                      "%s needs an estimated %.0f MiB (the largest part: %s, %.0f MiB), over "
+                      "`max_memory_mb` %ld: lower %s, or raise `max_memory_mb`", what,
+                      (double)e->total / 1048576.0, part, (double)big / 1048576.0, max_mb, lower);
 }
 
 /* sysconf's pages: POSIX names them optionally, so a system without them reports 0 (unknown) */
@@ -23148,10 +23152,8 @@ IOUPOS_DEF int ioupos_finetune_step_bytes(const ioupos_finetune_opts *o, ioupos_
      they are a small part of host) */
   out->activations += inf.activations, out->workspace += inf.workspace;
   out->inputs += inf.inputs, out->optimiser += inf.optimiser, out->grads += inf.grads;
-  out->device = out->params + out->grads + out->optimiser + out->activations + out->workspace +
-                out->inputs;
   if (dims == 3) out->host += o->cache_bytes;
-  out->total = out->device + out->host;
+  ioupos__mem_sum(out);
   return 0;
 }
 
