@@ -547,6 +547,74 @@ static void case_loader(const char *what, int dims, int kind, int batch, int cro
   }
 }
 
+/* A run's options to its estimate: ioupos_pretrain_step_bytes is its method's model estimate
+   (plus the 3D cache budget, host), ioupos_finetune_step_bytes the training step with the
+   validation's sliding window beside it (its parameters and host part not counted twice), or
+   the sliding window alone when nothing is trained. */
+static int same_mem(const ioupos_mem_estimate *a, const ioupos_mem_estimate *b) {
+  return a->params == b->params && a->grads == b->grads && a->optimiser == b->optimiser &&
+         a->activations == b->activations && a->workspace == b->workspace &&
+         a->inputs == b->inputs && a->host == b->host && a->device == b->device &&
+         a->total == b->total;
+}
+
+static void case_run_opts(void) {
+  ioupos_pretrain_opts po;
+  ioupos_finetune_opts fo;
+  ioupos_simsiam_config sc;
+  ioupos_dino_config dc;
+  ioupos_swinunetr_config uc;
+  ioupos_mem_estimate got, want, inf;
+  int k, sh[3];
+  printf("a run's options (ioupos_pretrain_step_bytes, ioupos_finetune_step_bytes):\n");
+  ioupos_pretrain_opts_default(&po, IOUPOS_SSL_SIMSIAM);
+  po.enc.embed_dim = 12, po.batch_size = 2, po.proj_hidden = 64, po.proj_out = 32;
+  po.pred_hidden = 16, po.crop[0] = po.crop[1] = 32;
+  sc.enc = po.enc, sc.proj_hidden = 64, sc.proj_out = 32, sc.pred_hidden = 16;
+  sh[0] = sh[1] = 32, sh[2] = 1;
+  CHECK(ioupos_pretrain_step_bytes(&po, &got) == 0 &&
+        ioupos_simsiam_step_bytes(&sc, 2, sh, &want) == 0 && same_mem(&got, &want),
+        "SimSiam 2D options: %llu bytes, the model's estimate %llu",
+        (unsigned long long)got.total, (unsigned long long)want.total);
+  /* 3D: the volume cache's budget on top, on the host */
+  ioupos_pretrain_opts_default(&po, IOUPOS_SSL_DINO);
+  ioupos_swin_config_default(&po.enc, 3);
+  po.enc.embed_dim = 12, po.batch_size = 1, po.n_local = 2, po.hidden = 32, po.bottleneck = 16;
+  po.out_dim = 40, po.cache_bytes = 5u << 20;
+  for (k = 0; k < 3; ++k) po.crop[k] = 16, po.local_crop[k] = 8, sh[k] = 16;
+  ioupos_dino_config_default(&dc, 3);
+  dc.enc = po.enc, dc.hidden = 32, dc.bottleneck = 16, dc.out_dim = 40;
+  dc.norm_last_layer = po.norm_last_layer;
+  {
+    const int l3[3] = {8, 8, 8};
+    CHECK(ioupos_pretrain_step_bytes(&po, &got) == 0 &&
+          ioupos_dino_step_bytes(&dc, 1, sh, 2, l3, &want) == 0 &&
+          got.host == want.host + (5u << 20) && got.total == want.total + (5u << 20) &&
+          got.device == want.device,
+          "DINO 3D options: %llu bytes, the model's %llu + the 5 MiB cache",
+          (unsigned long long)got.total, (unsigned long long)want.total);
+  }
+  /* fine-tuning, 2D: evaluation only, then training with validation */
+  ioupos_finetune_opts_default(&fo);
+  fo.enc.embed_dim = 12, fo.n_classes = 4, fo.crop = 32, fo.sw_batch_size = 2;
+  fo.batch_size = 2, fo.n_crops_per_ct = 2, fo.n_epochs = 0;
+  ioupos_swinunetr_config_default(&uc, 2);
+  uc.enc = fo.enc, uc.out_channels = 4;
+  sh[0] = sh[1] = 32, sh[2] = 1;
+  CHECK(ioupos_finetune_step_bytes(&fo, &got) == 0 &&
+        ioupos_swinunetr_infer_bytes(&uc, sh, 2, &inf) == 0 && same_mem(&got, &inf),
+        "fine-tuning, n_epochs 0: %llu bytes, the sliding window's %llu",
+        (unsigned long long)got.total, (unsigned long long)inf.total);
+  fo.n_epochs = 1;
+  CHECK(ioupos_finetune_step_bytes(&fo, &got) == 0 &&
+        ioupos_swinunetr_step_bytes(&uc, 4, sh, &want) == 0 &&
+        got.params == want.params && got.host == want.host &&
+        got.total == want.total + inf.total - inf.params - inf.host,
+        "fine-tuning, training: %llu bytes, the step's %llu + the window's %llu less its "
+        "parameters and host part", (unsigned long long)got.total,
+        (unsigned long long)want.total, (unsigned long long)inf.total);
+}
+
 static void case_errors(void) {
   ioupos_simsiam_config sc;
   ioupos_dino_config dc;
@@ -666,6 +734,7 @@ int main(void) {
   case_loader("loader 3D SSL batch 2 48^3 + 2 x 24^3", 3, IOUPOS_LOADER_SSL, 2, 48, 2, 24, 1);
   case_loader("loader 3D fine-tuning batch 2 x 2 crops 48^3", 3, IOUPOS_LOADER_FINETUNE, 2, 48, 0,
               24, 2);
+  case_run_opts();
   case_errors();
   case_ram();
   published();
