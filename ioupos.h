@@ -2189,8 +2189,12 @@ IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
        nor that every rank gets the same result. The MPI table all-gathers the buffers in chunks,
        at most IOUPOS_COMM_CHUNK_BYTES gathered at a time, and adds them in rank order.)
      - broadcast copies root's buf[0..bytes) to every rank's buf.
+     - allgather puts every rank's send[0..n) into recv[r * n .. (r + 1) * n) on every rank, in
+       rank order (recv holds size * n floats; send may not overlap it). The data-parallel
+       models use it where one process's result must not depend on how the batch is split: the
+       SyncBN statistics and DINO's centre are computed from the gathered global batch.
      - barrier returns on a rank once every rank has entered it.
-   All three are collective: every rank calls them in the same order with the same n, bytes and
+   All four are collective: every rank calls them in the same order with the same n, bytes and
    root. They return 0 or a negative ioupos_status with the reason naming the call (an MPI
    error: IOUPOS_EIO, the MPI function and MPI_Error_string's text); argument errors (buf NULL
    with n > 0, a root out of [0, size)) are found before anything is sent, the same way on
@@ -2205,10 +2209,12 @@ typedef struct ioupos_comm {
   int (*allreduce_sum)(const struct ioupos_comm *c, float *buf, size_t n);
   int (*broadcast)(const struct ioupos_comm *c, void *buf, size_t bytes, int root);
   int (*barrier)(const struct ioupos_comm *c);
+  int (*allgather)(const struct ioupos_comm *c, const float *send, size_t n, float *recv);
   void *ctx; /* the implementation's state (MPI: the duplicated communicator) */
 } ioupos_comm;
 
-/* Rank 0 of 1: allreduce_sum and barrier leave everything as it is, broadcast needs root 0. */
+/* Rank 0 of 1: allreduce_sum and barrier leave everything as it is, broadcast needs root 0,
+   allgather copies send to recv. */
 IOUPOS_DEF const ioupos_comm *ioupos_comm_single(void);
 
 #ifdef IOUPOS_WITH_MPI
@@ -16161,9 +16167,24 @@ static int ioupos__single_barrier(const ioupos_comm *c) {
   (void)c;
   return IOUPOS_OK;
 }
+static int ioupos__single_allgather(const ioupos_comm *c, const float *send, size_t n,
+                                    float *recv) {
+  (void)c;
+  if ((!send || !recv) && n > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm allgather (single): a buffer is NULL, n is %zu",
+                        n);
+  if (n > 0 && send != recv) memcpy(recv, send, n * sizeof(float));
+  return IOUPOS_OK;
+}
 IOUPOS_DEF const ioupos_comm *ioupos_comm_single(void) {
-  static const ioupos_comm single = {0,    1,    "single", ioupos__single_allreduce_sum,
-                                     ioupos__single_broadcast, ioupos__single_barrier, NULL};
+  static const ioupos_comm single = {0,
+                                     1,
+                                     "single",
+                                     ioupos__single_allreduce_sum,
+                                     ioupos__single_broadcast,
+                                     ioupos__single_barrier,
+                                     ioupos__single_allgather,
+                                     NULL};
   return &single;
 }
 
@@ -16261,6 +16282,44 @@ static int ioupos__mpi_barrier(const ioupos_comm *c) {
   return err == MPI_SUCCESS ? IOUPOS_OK : ioupos__mpi_fail(err, "ioupos_comm barrier: MPI_Barrier");
 }
 
+/* One MPI_Allgather per piece of at most INT_MAX / size floats per rank (MPI counts are int):
+   a piece lands in a staging buffer, then each rank's part moves to its place in recv. */
+static int ioupos__mpi_allgather(const ioupos_comm *c, const float *send, size_t n, float *recv) {
+  MPI_Comm comm = *(const MPI_Comm *)c->ctx;
+  size_t size = (size_t)c->size, piece, off, m, r;
+  float *stage;
+  int err;
+  char what[160];
+  if ((!send || !recv) && n > 0)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm allgather (mpi): a buffer is NULL, n is %zu",
+                        n);
+  if (n == 0) return IOUPOS_OK;
+  if (n <= (size_t)INT_MAX / size) { /* the usual case: one call, straight into recv */
+    err = MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, comm);
+    if (err == MPI_SUCCESS) return IOUPOS_OK;
+    snprintf(what, sizeof what, "ioupos_comm allgather: MPI_Allgather of %zu floats per rank", n);
+    return ioupos__mpi_fail(err, what);
+  }
+  piece = (size_t)INT_MAX / size;
+  stage = (float *)ioupos__calloc(piece * size, sizeof(float));
+  if (!stage)
+    return ioupos__fail(IOUPOS_ENOMEM, "ioupos_comm allgather (mpi): no memory for %zu floats",
+                        piece * size);
+  for (off = 0; off < n; off += m) {
+    m = n - off < piece ? n - off : piece;
+    err = MPI_Allgather(send + off, (int)m, MPI_FLOAT, stage, (int)m, MPI_FLOAT, comm);
+    if (err != MPI_SUCCESS) {
+      IOUPOS_FREE(stage);
+      snprintf(what, sizeof what, "ioupos_comm allgather: MPI_Allgather of floats [%zu, %zu) of %zu",
+               off, off + m, n);
+      return ioupos__mpi_fail(err, what);
+    }
+    for (r = 0; r < size; ++r) memcpy(recv + r * n + off, stage + r * m, m * sizeof(float));
+  }
+  IOUPOS_FREE(stage);
+  return IOUPOS_OK;
+}
+
 IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm **out) {
   int flag = 0, err, rank = 0, size = 0;
   if (!out) return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm_mpi_init: out is NULL");
@@ -16292,6 +16351,7 @@ IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm *
   ioupos__mpi.table.allreduce_sum = ioupos__mpi_allreduce_sum;
   ioupos__mpi.table.broadcast = ioupos__mpi_broadcast;
   ioupos__mpi.table.barrier = ioupos__mpi_barrier;
+  ioupos__mpi.table.allgather = ioupos__mpi_allgather;
   ioupos__mpi.table.ctx = &ioupos__mpi.comm;
   ioupos__mpi.ready = 1;
   *out = &ioupos__mpi.table;

@@ -47,6 +47,13 @@ static void test_single(void) {
         "broadcast root 1: %d '%s'", rc, ioupos_failure_reason());
   rc = c->barrier(c);
   CHECK(rc == 0, "barrier: %d %s", rc, ioupos_failure_reason());
+  memset(copy, 0, sizeof copy);
+  rc = c->allgather(c, buf, 5, copy);
+  CHECK(rc == 0 && memcmp(buf, copy, sizeof buf) == 0, "allgather: %d %s", rc,
+        ioupos_failure_reason());
+  rc = c->allgather(c, buf, 5, NULL);
+  CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "allgather"),
+        "allgather NULL: %d '%s'", rc, ioupos_failure_reason());
 }
 
 #ifdef IOUPOS_WITH_MPI
@@ -188,6 +195,29 @@ static void test_mpi(const ioupos_comm *c, int die) {
   rc = c->allreduce_sum(c, NULL, 3);
   CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "allreduce_sum (mpi)"),
         "allreduce_sum NULL: %d '%s'", rc, ioupos_failure_reason());
+  /* allgather: rank r's block at r * n on every rank, for n = 1 and a few thousand */
+  {
+    size_t ns[2] = {1, 4099}, k, i;
+    int r, bad = 0;
+    for (k = 0; k < 2; ++k) {
+      size_t n = ns[k];
+      float *send = (float *)malloc(n * sizeof(float));
+      float *recv = (float *)malloc(n * (size_t)c->size * sizeof(float));
+      if (!send || !recv) { CHECK(0, "out of memory"); free(send); free(recv); return; }
+      for (i = 0; i < n; ++i) send[i] = (float)c->rank * 1000.0f + (float)i * 0.5f;
+      rc = c->allgather(c, send, n, recv);
+      CHECK(rc == 0, "allgather n %zu: %d %s", n, rc, ioupos_failure_reason());
+      for (r = 0; r < c->size; ++r)
+        for (i = 0; i < n; ++i)
+          if (recv[(size_t)r * n + i] != (float)r * 1000.0f + (float)i * 0.5f) ++bad;
+      CHECK(bad == 0, "allgather n %zu: %d floats out of place", n, bad);
+      free(send);
+      free(recv);
+    }
+    rc = c->allgather(c, NULL, 2, NULL);
+    CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "allgather (mpi)"),
+          "allgather NULL: %d '%s'", rc, ioupos_failure_reason());
+  }
   /* barrier: rank 0 enters it 0.2 s late; every rank leaves it after rank 0 entered (the
      times are CLOCK_MONOTONIC, one clock for the processes of one machine, where the test runs) */
   {
