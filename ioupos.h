@@ -2210,6 +2210,8 @@ typedef struct ioupos_comm {
   int (*broadcast)(const struct ioupos_comm *c, void *buf, size_t bytes, int root);
   int (*barrier)(const struct ioupos_comm *c);
   int (*allgather)(const struct ioupos_comm *c, const float *send, size_t n, float *recv);
+  int device_buffers; /* 0: the float buffers are host memory (single, MPI); 1: the CUDA
+                         backend's device memory (NCCL) */
   void *ctx; /* the implementation's state (MPI: the duplicated communicator) */
 } ioupos_comm;
 
@@ -16184,6 +16186,7 @@ IOUPOS_DEF const ioupos_comm *ioupos_comm_single(void) {
                                      ioupos__single_broadcast,
                                      ioupos__single_barrier,
                                      ioupos__single_allgather,
+                                     0,
                                      NULL};
   return &single;
 }
