@@ -877,6 +877,14 @@ IOUPOS_DEF const char *ioupos_label_name(int id);
      With drop_last the images at the tail of the epoch's shuffled order are left out of that
      epoch. A data set smaller than one batch with drop_last is an error at open.
 
+     Shards (data-parallel training, section 18). With shard_count N > 1, batch_size is the
+     GLOBAL batch, a multiple of N, and the loader of shard r (0 <= r < N) yields only the
+     images batch_size / N * r .. batch_size / N * (r + 1) - 1 of each global batch, each made
+     exactly as the whole batch's loader makes it (the draws above depend on the image, not on
+     its place in the batch). So the N shards' batches, concatenated in shard order, are the
+     one-process batch bit for bit. A short last batch (no drop_last) gives a shard the part of
+     its range that exists, possibly none (n 0).
+
      The stream. The loader produces the batches (epoch, batch) in order, crossing epoch ends
      by itself: ioupos_loader_next returns (0, 0), (0, 1), ..., (0, last), (1, 0), ... and each
      batch says its epoch, index and whether it is the last of its epoch. ioupos_loader_seek
@@ -1003,6 +1011,8 @@ typedef struct ioupos_loader_config {
   void *augment3_ctx;
   size_t cache_bytes;            /* decoded volumes kept, for the whole loader (default 1 GiB;
                                     0: decode every time) */
+  /* data parallel (see "Shards"): this loader's share of each global batch */
+  int shard_rank, shard_count;   /* 0, 0 or 0, 1: the whole batch (default) */
 } ioupos_loader_config;
 
 /* The research setup for kind: batch 128 (SSL) or 32 (fine-tuning), crop 96 x 96,
@@ -10214,6 +10224,11 @@ static int ioupos__make_batch(ioupos__worker *wk, int64_t g, ioupos__slot *slot)
     wk->perm_epoch = epoch;
   }
   count = n - first < B ? n - first : B;
+  if (cfg->shard_count > 1) { /* this shard's images of the global batch (see "Shards") */
+    int per = B / cfg->shard_count, lo = cfg->shard_rank * per;
+    count = count - lo < 0 ? 0 : count - lo < per ? count - lo : per;
+    first += lo;
+  }
   b->epoch = epoch;
   b->index = index;
   b->last_in_epoch = index == st->bpe - 1;
@@ -10364,6 +10379,12 @@ IOUPOS_DEF int ioupos_loader_open(ioupos_loader *l, const ioupos_loader_config *
   if (dims == 3 && (cfg->crop[2] < 1 || cfg->crop[2] > 16384))
     return ioupos__fail(IOUPOS_EINVAL, "loader: `crop` %dx%dx%d: each size must be between 1 "
                         "and 16384", cfg->crop[0], cfg->crop[1], cfg->crop[2]);
+  if (cfg->shard_count < 0 || cfg->shard_rank < 0 ||
+      cfg->shard_rank >= (cfg->shard_count > 0 ? cfg->shard_count : 1) ||
+      (cfg->shard_count > 1 && B % cfg->shard_count != 0))
+    return ioupos__fail(IOUPOS_EINVAL, "loader: shard %d of %d: the shard must be in [0, count) "
+                        "and batch_size %d a multiple of the count", cfg->shard_rank,
+                        cfg->shard_count, B);
   if (cfg->num_workers < 0 || cfg->num_workers > 256 || cfg->prefetch < 0 ||
       cfg->prefetch > 4096)
     return ioupos__fail(IOUPOS_EINVAL, "loader: num_workers %d must be in 0..256 and prefetch "

@@ -785,6 +785,90 @@ static void test_multicrop(const ioupos_dataset *ds) {
 
 /* Local crops with padding (local larger than the crop on one axis, images smaller than both),
    per-image infeasibility, and the errors at open. */
+/* Shards (data parallel): for 2 and 4 shards, every shard's batch is its slice of the whole
+   batch, bit for bit: views, boxes, sources, local views (laid out k * n + i in each), and for
+   fine-tuning the crops and labels; a shard past a short last batch gets n 0. Then the errors:
+   a batch not divisible by the count, a shard out of range. */
+static int shard_same(const ioupos_batch *w, const ioupos_batch *s, int lo, size_t px, size_t lpx) {
+  int i, k, v, ok = s->epoch == w->epoch && s->index == w->index;
+  for (i = 0; ok && i < s->n; ++i) {
+    ok &= s->source[i] == w->source[lo + i];
+    for (v = 0; v < 2; ++v) {
+      if (w->views[v])
+        ok &= memcmp(s->views[v] + i * px, w->views[v] + (lo + i) * px, px * sizeof(float)) == 0;
+      if (w->box[v]) ok &= memcmp(&s->box[v][i], &w->box[v][lo + i], sizeof(ioupos_box)) == 0;
+    }
+    if (w->image)
+      ok &= memcmp(s->image + i * px, w->image + (lo + i) * px, px * sizeof(float)) == 0 &&
+            memcmp(s->label + i * px, w->label + (lo + i) * px, px * sizeof(float)) == 0;
+    for (k = 0; k < w->n_local; ++k)
+      ok &= memcmp(s->local + ((size_t)k * s->n + i) * lpx, w->local + ((size_t)k * w->n + lo + i) * lpx,
+                   lpx * sizeof(float)) == 0;
+  }
+  return ok;
+}
+
+static void test_shards(const ioupos_loader_config *base, const char *what) {
+  enum { MAXS = 4 };
+  ioupos_loader whole, sh[MAXS];
+  ioupos_loader_config c = *base;
+  size_t px = (size_t)c.crop[0] * c.crop[1] * (c.spatial_dims == 3 ? c.crop[2] : 1);
+  size_t lpx = (size_t)c.local_crop[0] * c.local_crop[1];
+  int counts[2] = {2, 4}, ci, r, b, st, per, sample = c.kind == IOUPOS_LOADER_FINETUNE ? c.num_samples : 1;
+  for (ci = 0; ci < 2; ++ci) {
+    int N = counts[ci], bad = 0, empty = 0, opened = 0;
+    c = *base;
+    st = ioupos_loader_open(&whole, &c);
+    CHECK(st == 0, "%s: open whole: %s", what, ioupos_failure_reason());
+    if (st) return;
+    for (r = 0; r < N; ++r) {
+      c.shard_rank = r;
+      c.shard_count = N;
+      c.num_workers = r % 2; /* shards with and without workers */
+      st = ioupos_loader_open(&sh[r], &c);
+      CHECK(st == 0, "%s: open shard %d of %d: %s", what, r, N, ioupos_failure_reason());
+      if (st) break;
+      ++opened;
+    }
+    per = base->batch_size / N;
+    for (b = 0; opened == N && b < 2 * whole.batches_per_epoch; ++b) {
+      ioupos_batch wb, sb;
+      int total = 0;
+      st = ioupos_loader_next(&whole, &wb);
+      CHECK(st == 0, "%s: whole next: %s", what, ioupos_failure_reason());
+      if (st) break;
+      for (r = 0; r < N; ++r) {
+        st = ioupos_loader_next(&sh[r], &sb);
+        CHECK(st == 0, "%s: shard %d next: %s", what, r, ioupos_failure_reason());
+        if (st) continue;
+        if (!shard_same(&wb, &sb, r * per * sample, px, lpx)) ++bad;
+        if (sb.n == 0) ++empty;
+        total += sb.n;
+      }
+      CHECK(total == wb.n, "%s, %d shards, batch %d: the shards hold %d samples, the batch %d",
+            what, N, b, total, wb.n);
+    }
+    CHECK(bad == 0, "%s, %d shards: %d shard batches differ from their slice of the whole", what,
+          N, bad);
+    if (N == 4 && base->drop_last == 0 && base->kind == IOUPOS_LOADER_SSL)
+      CHECK(empty > 0, "%s: no shard was past the short last batch (the test needs one)", what);
+    for (r = 0; r < opened; ++r) ioupos_loader_close(&sh[r]);
+    ioupos_loader_close(&whole);
+  }
+  c = *base;
+  c.shard_count = 3; /* 4 is not a multiple of 3 */
+  st = ioupos_loader_open(&whole, &c);
+  CHECK(st == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "multiple of the count"),
+        "%s: batch 4 over 3 shards: %d '%s'", what, st, ioupos_failure_reason());
+  if (st == 0) ioupos_loader_close(&whole);
+  c.shard_count = 2;
+  c.shard_rank = 2;
+  st = ioupos_loader_open(&whole, &c);
+  CHECK(st == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "shard 2 of 2"),
+        "%s: shard 2 of 2: %d '%s'", what, st, ioupos_failure_reason());
+  if (st == 0) ioupos_loader_close(&whole);
+}
+
 static void test_multicrop_errors(const ioupos_dataset *ssl) {
   ioupos_dataset ds;
   ioupos_loader_config c;
@@ -1175,6 +1259,10 @@ static void test_finetune(void) {
             "foreground", fg_crops, crops);
     ioupos_loader_close(&l);
   }
+  c.pos = c.neg = 1; /* fine-tuning shards: 6 images, batches 4 and 2 */
+  c.augment = aug_test;
+  c.num_workers = 0;
+  test_shards(&c, "fine-tuning shards");
   /* same batches for 0 and 3 workers (with augmentation on image and label) */
   {
     rec a[4], g[4];
@@ -1562,6 +1650,11 @@ int main(void) {
     test_contract_ssl(&ds);
     test_golden(&ds);
     test_multicrop(&ds);
+    {
+      ioupos_loader_config c = mc_config(&ds); /* 11 images: batches 4, 4, 3 */
+      c.augment = aug_test;
+      test_shards(&c, "SSL shards");
+    }
     ioupos_dataset_free(&ds);
   } else {
     CHECK(0, "scan ssl: %s", ioupos_failure_reason());
