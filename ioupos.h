@@ -2347,7 +2347,18 @@ typedef struct ioupos_swin_encoder {
       a_feature, a_merge[4][4];
   size_t scratch_n;
   int dp_on; /* the last forward drew drop-path masks */
+  /* data parallel (ioupos_swin_encoder_shard): the batch is this process's rows of a global
+     batch; 0: the batch is the whole batch */
+  int shard_global, shard_local, shard_first;
 } ioupos_swin_encoder;
+
+/* Data-parallel training: this encoder's batch holds, for each of its batch / local segments
+   (SimSiam's and DINO's views), rows first .. first + local - 1 of a global segment of global
+   rows. Drop-path masks are then drawn for the whole global batch, segment after segment, and
+   each local row takes its global row's draw, so that every sample is dropped as in the
+   one-process run. global 0 turns it off. Set after ioupos_swin_encoder_plan, kept across
+   plans. */
+IOUPOS_DEF int ioupos_swin_encoder_shard(ioupos_swin_encoder *e, int global, int local, int first);
 
 /* Registers the encoder's tensors in tt with names prefix + MONAI's name (prefix may be "" or
    e.g. "backbone.", "swinViT."). Checks the config. */
@@ -16831,6 +16842,33 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
    on the host, two per block in block order (attention branch, then MLP branch), and uploaded, so
    runs on the CPU and on CUDA with the same generator drop the same samples; e->dp_on tells the
    backward whether masks exist. The final sync() reports any failure of the queued operations. */
+IOUPOS_DEF int ioupos_swin_encoder_shard(ioupos_swin_encoder *e, int global, int local, int first) {
+  if (global != 0 && (local < 1 || first < 0 || first + local > global))
+    return ioupos__fail(IOUPOS_EINVAL, "encoder shard: rows %d .. %d of %d", first,
+                        first + local - 1, global);
+  e->shard_global = global;
+  e->shard_local = global ? local : 0;
+  e->shard_first = global ? first : 0;
+  return 0;
+}
+
+/* the rows drop-path draws for: the global batch when sharded, else the batch */
+static size_t ioupos__swin_dp_rows(const ioupos_swin_encoder *e) {
+  return e->shard_global > 0 ? (size_t)(e->batch / e->shard_local) * e->shard_global
+                             : (size_t)e->batch;
+}
+
+/* One drop-path mask for the batch: sharded, drawn for the global rows (same draws, same order
+   as one process), then this process's rows moved to the front, segment by segment. */
+static void ioupos__swin_dp_mask(const ioupos_swin_encoder *e, float *m, float p, ioupos_rng *rng) {
+  int seg, i;
+  ioupos_drop_path_mask(m, (int)ioupos__swin_dp_rows(e), p, rng);
+  if (e->shard_global <= 0) return;
+  for (seg = 0; seg < e->batch / e->shard_local; ++seg)
+    for (i = 0; i < e->shard_local; ++i) /* the source row is never before the destination */
+      m[seg * e->shard_local + i] = m[seg * e->shard_global + e->shard_first + i];
+}
+
 IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_params *p,
                                            const float *x, int train, ioupos_rng *rng) {
   const ioupos_swin_config *c = &e->cfg;
@@ -16844,7 +16882,10 @@ IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_
   e->dp_on = train && c->drop_path_rate > 0.0f;
   if (e->dp_on) {
     if (!rng) return ioupos__fail(IOUPOS_EINVAL, "drop-path in training needs a generator");
-    dph = (float *)ioupos__calloc((size_t)B, sizeof(float));
+    if (e->shard_global > 0 && B % e->shard_local != 0)
+      return ioupos__fail(IOUPOS_EINVAL, "encoder shard: batch %d is not a whole number of "
+                          "segments of %d rows", B, e->shard_local);
+    dph = (float *)ioupos__calloc((size_t)ioupos__swin_dp_rows(e), sizeof(float));
     if (!dph) return ioupos__fail(IOUPOS_ENOMEM, "out of memory");
   }
   rc = be->patch_embed_forward(A + e->a_x[0], A + e->a_col, x, IOUPOS__P(e->patch_w),
@@ -16866,9 +16907,9 @@ IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_
                                     g->shifted ? A + e->mask_off[b->stage] : NULL, g, C, NH);
     if (rc) break;
     if (e->dp_on) {
-      ioupos_drop_path_mask(dph, B, b->drop_prob, rng);
+      ioupos__swin_dp_mask(e, dph, b->drop_prob, rng);
       be->upload(A + b->a_dp1, dph, (size_t)B * sizeof(float));
-      ioupos_drop_path_mask(dph, B, b->drop_prob, rng);
+      ioupos__swin_dp_mask(e, dph, b->drop_prob, rng);
       be->upload(A + b->a_dp2, dph, (size_t)B * sizeof(float));
       m1 = A + b->a_dp1;
       m2 = A + b->a_dp2;

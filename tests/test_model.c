@@ -619,6 +619,71 @@ static void test_checkpoints(void) {
 }
 
 /* ---- one SimSiam training step (two, for momentum), through section 18's ioupos_simsiam ---- */
+/* Data-parallel drop-path (ioupos_swin_encoder_shard): a batch of 2 segments of 3 rows (two
+   views of 3 samples) with drop_path 0.5, forward in training; then each shard (rows 0, 1 and
+   2 of each segment, one process's share) alone from the same generator: its features must be
+   the whole batch's rows, bit for bit (drop-path draws for the global rows; a row's forward
+   does not depend on the other rows). Without the shard the masks would be drawn for 2 rows. */
+static void test_encoder_shard(void) {
+  ioupos_swin_config cfg;
+  ioupos_swin_encoder enc;
+  ioupos_params p;
+  ioupos_rng r0, r;
+  int shape[2] = {32, 32}, G = 3, F, rc, first, seg;
+  size_t npix = 32 * 32, i;
+  float *x, *xs, *whole;
+  int bad = 0, masked = 0;
+  printf("encoder shard:\n");
+  memset(&p, 0, sizeof p);
+  swin_cfg(&cfg, 2);
+  cfg.drop_path_rate = 0.5f;
+  F = ioupos_swin_feature_dim(&cfg);
+  rc = ioupos_swin_encoder_init(&enc, &cfg, &p.table, "");
+  if (rc == 0) rc = ioupos_params_alloc(&p, ioupos_backend_cpu(), 1);
+  ioupos_rng_seed(&r0, 5);
+  if (rc == 0) rc = ioupos_params_init(&p, &r0);
+  if (rc == 0) rc = ioupos_swin_encoder_plan(&enc, &p, 2 * G, shape);
+  CHECK(rc == 0, "build: %s", ioupos_failure_reason());
+  if (rc) return;
+  x = (float *)malloc(2 * G * npix * sizeof(float));
+  xs = (float *)malloc(2 * npix * sizeof(float));
+  whole = (float *)malloc(2 * G * (size_t)F * sizeof(float));
+  for (i = 0; i < 2 * G * npix; ++i) x[i] = (float)sin(0.37 * (double)i);
+  ioupos_rng_seed(&r0, 77);
+  r = r0;
+  rc = ioupos_swin_encoder_forward(&enc, &p, x, 1, &r);
+  CHECK(rc == 0, "whole forward: %s", ioupos_failure_reason());
+  memcpy(whole, ioupos_swin_encoder_feature(&enc), 2 * G * (size_t)F * sizeof(float));
+  rc = ioupos_swin_encoder_plan(&enc, &p, 2, shape);
+  for (first = 0; rc == 0 && first < G; ++first) {
+    for (seg = 0; seg < 2; ++seg)
+      memcpy(xs + seg * npix, x + ((size_t)seg * G + first) * npix, npix * sizeof(float));
+    rc = ioupos_swin_encoder_shard(&enc, G, 1, first);
+    r = r0;
+    if (rc == 0) rc = ioupos_swin_encoder_forward(&enc, &p, xs, 1, &r);
+    CHECK(rc == 0, "shard %d forward: %s", first, ioupos_failure_reason());
+    for (seg = 0; rc == 0 && seg < 2; ++seg)
+      bad += memcmp(ioupos_swin_encoder_feature(&enc) + (size_t)seg * F,
+                    whole + ((size_t)seg * G + first) * F, (size_t)F * sizeof(float)) != 0;
+  }
+  CHECK(bad == 0, "%d shard rows differ from the whole batch's", bad);
+  /* the check has teeth: without the shard the same rows draw other masks */
+  ioupos_swin_encoder_shard(&enc, 0, 0, 0);
+  for (seg = 0; seg < 2; ++seg)
+    memcpy(xs + seg * npix, x + ((size_t)seg * G + 2) * npix, npix * sizeof(float));
+  r = r0;
+  if (ioupos_swin_encoder_forward(&enc, &p, xs, 1, &r) == 0)
+    for (seg = 0; seg < 2; ++seg)
+      masked += memcmp(ioupos_swin_encoder_feature(&enc) + (size_t)seg * F,
+                       whole + ((size_t)seg * G + 2) * F, (size_t)F * sizeof(float)) != 0;
+  CHECK(masked > 0, "unsharded rows 2 and 5 drew the whole batch's masks: the test cannot tell");
+  rc = ioupos_swin_encoder_shard(&enc, 3, 2, 2);
+  CHECK(rc == IOUPOS_EINVAL, "rows 2 .. 3 of 3 accepted");
+  free(x), free(xs), free(whole);
+  ioupos_swin_encoder_free(&enc);
+  ioupos_params_free(&p);
+}
+
 static void test_simsiam(void) {
   ioupos_simsiam m;
   ioupos_simsiam_config cfg;
@@ -983,6 +1048,7 @@ int main(void) {
     for (t = 0; t < sizeof s3 / sizeof s3[0]; ++t) test_tiny_maps(3, s3[t]);
   }
   test_checkpoints();
+  test_encoder_shard();
   test_simsiam();
   test_dino();
   test_run_checks();
