@@ -87,18 +87,25 @@ endif
 # When mpicc is found (MPI=0 forces it off, MPI=1 on), $(BUILD)/ioupos_mpi.o is the
 # implementation compiled with mpicc -DIOUPOS_WITH_MPI, and `make test` builds
 # $(BUILD)/test_comm_mpi from tests/test_comm.c with it, which tests/test_comm.sh runs under
-# mpirun -np 2 (and 3). The commands do not use MPI yet (issue 14); `make` says which it did in
-# one line. A program that wants the MPI table compiles with $(MPICC) -DIOUPOS_WITH_MPI and links
-# $(BUILD)/ioupos_mpi.o.
+# mpirun -np 2 (and 3). The training commands (ioupos-simsiam, -dino, -finetune) are then built
+# with it too: under mpirun they train data parallel (tests/test_parallel.sh); started alone they
+# never touch MPI. `make` says which it did in one line. A program that wants the MPI table
+# compiles with $(MPICC) -DIOUPOS_WITH_MPI and links $(BUILD)/ioupos_mpi.o.
 MPICC     ?= $(shell command -v mpicc 2>/dev/null)
 MPI       ?= $(if $(MPICC),1,0)
 ifeq ($(MPI),1)
 MPICC     := $(or $(MPICC),mpicc)
 MPI_TESTS := $(BUILD)/test_comm_mpi
-MPI_MSG   := MPI: found $(MPICC): make test builds $(BUILD)/test_comm_mpi with it (the commands do not use MPI yet)
+MPI_MSG   := MPI: found $(MPICC): the training commands train data parallel under mpirun
+TRAIN_CC  := $(MPICC)
+TRAIN_OBJ := $(BUILD)/ioupos_mpi.o
+TRAIN_MPI := -DIOUPOS_WITH_MPI
 else
 MPI_TESTS :=
 MPI_MSG   := MPI: not used ($(if $(MPICC),MPI=0,mpicc not found)): one process only
+TRAIN_CC  := $(CC)
+TRAIN_OBJ := $(BUILD)/ioupos.o
+TRAIN_MPI :=
 endif
 
 all: $(DRIVERS) $(CUDA_OBJ)
@@ -223,11 +230,12 @@ $(BUILD)/ioupos-embed: drivers/ioupos_embed.c drivers/cli.h ioupos.h $(BUILD)/io
 # uncommitted changes; evaluated only when they are built.
 GIT_COMMIT = $(shell c=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown); \
   [ -n "$$(git status --porcelain 2>/dev/null | head -n 1)" ] && c="$$c+dirty"; echo "$$c")
+# With MPI, built by $(MPICC) on the MPI build of the implementation (TRAIN_*).
 $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino $(BUILD)/ioupos-finetune: $(BUILD)/ioupos-%: \
-  drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h ioupos.h $(BUILD)/ioupos.o \
+  drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h ioupos.h $(TRAIN_OBJ) \
   $(CUDA_OBJ) | stb
-	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $(DEV_FLAGS) \
-	  -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< $(BUILD)/ioupos.o -o $@ $(DEV_LINK) $(LDLIBS)
+	$(TRAIN_CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $(DEV_FLAGS) $(TRAIN_MPI) \
+	  -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< $(TRAIN_OBJ) -o $@ $(DEV_LINK) $(LDLIBS)
 
 # The same four commands on the host build of the CUDA backend (tests/cuda_host: kernels as host
 # loops, any machine): tests/test_device.sh runs --device cuda through them.
@@ -253,11 +261,14 @@ $(BUILD)/ioupos-sweep-plot: drivers/ioupos_sweep_plot.c ioupos.h $(BUILD)/ioupos
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # Helpers of tests/test_embed.sh: compare .npy files, re-prefix safetensors tensor names.
-TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename $(HOSTCUDA_CMDS) $(HOSTCUDA_BENCHES)
+TEST_HELPERS := $(BUILD)/npy_compare $(BUILD)/st_rename $(BUILD)/st_compare $(HOSTCUDA_CMDS) \
+                $(HOSTCUDA_BENCHES)
 $(BUILD)/npy_compare: tests/npy_compare.c tests/npy.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) $< -o $@ $(LDLIBS)
 $(BUILD)/st_rename: tests/st_rename.c ioupos.h $(BUILD)/ioupos.o | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
+$(BUILD)/st_compare: tests/st_compare.c ioupos.h $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
 
 # The C tests include ioupos.h for its API and link the implementation: build/ioupos.o (what the

@@ -2420,6 +2420,11 @@ typedef struct ioupos_head {
   const ioupos_backend *be;
   float *act, *scratch;
   size_t scratch_n;
+  /* SyncBN (ioupos_head_sync): batch norm over the global batch of comm's processes */
+  const ioupos_comm *comm; /* NULL or one process: the batch is the whole batch */
+  float *sync_dev;         /* [3][size * rows][max_width] (backend memory): the gathered input,
+                              the gathered output or gradient, the global input gradient */
+  float *sync_host;        /* [(1 + size) * rows * max_width]: the gathers' host staging */
 } ioupos_head;
 
 IOUPOS_DEF int ioupos_head_simsiam_projection(ioupos_head *h, ioupos_tensor_table *tt,
@@ -2441,6 +2446,14 @@ IOUPOS_DEF const float *ioupos_head_output(const ioupos_head *h, int view);
 IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, const float *dout,
                                     const float *inp, float *dinp);
 IOUPOS_DEF void ioupos_head_free(ioupos_head *h);
+/* Data parallel: batch norm in training over the global batch, the rows of every process of
+   comm in rank order (SyncBN, as the official SimSiam's). Each batch norm's input, and in the
+   backward its output gradient, is all-gathered, and the one-process batch norm runs on the
+   global rows on every rank: its statistics, running statistics and output are the one-process
+   run's bits. Its weight and bias gradients, sums over the global batch, are added on rank 0
+   only, so that the gradient sum over the ranks counts them once. Set before ioupos_head_plan;
+   a batch norm may not be the head's first op. NULL or a one-process comm turns it off. */
+IOUPOS_DEF int ioupos_head_sync(ioupos_head *h, const ioupos_comm *comm);
 
 
 /* ============================================================================================
@@ -2506,6 +2519,10 @@ typedef struct ioupos_simsiam {
   /* buffers for one micro-batch (backend memory), sized by the last accumulate */
   int batch, npix;
   float *x, *dp, *dz, *df;
+  /* data parallel (ioupos_simsiam_data_parallel) */
+  const ioupos_comm *comm;  /* NULL: one process */
+  float *dp_full;           /* [4][global batch][proj_out]: p1, p2, z1, z2 of the global batch */
+  float *dp_host;           /* host staging of the gathers and of the gradient sum */
 } ioupos_simsiam;
 
 /* Builds the model, initialises it from seed (PyTorch's default initialisers, section 16). */
@@ -2521,6 +2538,15 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
                                          ioupos_ssl_stats *st);
 IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred, double momentum,
                                    double wd);
+/* Data-parallel training over comm's processes (NULL or one process: off), set after init.
+   Each process then passes accumulate its share of each global batch, B = global / size rows
+   (rank r's: rows r * B .. of both views, ioupos_loader's shards). In accumulate: drop-path is
+   drawn for the global batch (ioupos_swin_encoder_shard), the heads' batch norms are SyncBN
+   (ioupos_head_sync), the loss and the monitors in *st are the global batch's (p and z
+   gathered), and the gradient is the global mean's share (scale / size). step sums the
+   gradients over the processes (ioupos_comm's rank-order sum: every process the same bits)
+   before the update, so every process keeps the same weights. */
+IOUPOS_DEF int ioupos_simsiam_data_parallel(ioupos_simsiam *m, const ioupos_comm *comm);
 
 typedef struct ioupos_dino_config {
   ioupos_swin_config enc;
@@ -2542,6 +2568,12 @@ typedef struct ioupos_dino {
   float *center;                   /* [out_dim] (backend memory) */
   int batch, n_local, npix, nlpix;
   float *x, *xl, *feat, *dfeat, *tprob, *slogp, *dout;
+  /* data parallel (ioupos_dino_data_parallel) */
+  const ioupos_comm *comm;  /* NULL: one process */
+  float *dp_full;           /* the global batch's teacher outputs as gathered [rank][view][row]
+                               and in the one-process order [view][rank row], then the
+                               student's view-1 outputs (backend memory) */
+  float *dp_host;           /* host staging of the gathers and of the gradient sum */
 } ioupos_dino;
 
 IOUPOS_DEF int ioupos_dino_init(ioupos_dino *m, const ioupos_dino_config *cfg,
@@ -2561,6 +2593,13 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
    EMA with momentum teacher_m. */
 IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                                 int freeze_last_layer, float clip_grad, double teacher_m);
+/* Data-parallel training, as ioupos_simsiam_data_parallel: each process accumulates its share
+   of the global batch (all global and local views of its rows), drop-path drawn for the global
+   batch, the centre updated from the GLOBAL batch's teacher outputs (gathered, in the
+   one-process order: the one-process centre's bits), the monitors the global batch's, the
+   loss the mean of the processes' losses (the one-process loss up to rounding), and step sums
+   the gradients before clipping and AdamW. */
+IOUPOS_DEF int ioupos_dino_data_parallel(ioupos_dino *m, const ioupos_comm *comm);
 
 /* -- the run: ioupos-simsiam and ioupos-dino
    ioupos_pretrain_run trains on a folder of PNG slices (ioupos-prep's output) with the loader
@@ -2648,6 +2687,11 @@ typedef struct ioupos_pretrain_opts {
                                       ioupos_backend_cuda(device); the log names it. State and
                                       checkpoints are the same files whatever the backend, so a
                                       run may resume on another one */
+  const ioupos_comm *comm;         /* data parallel (see "MORE THAN ONE PROCESS"): NULL or one
+                                      process = this process alone; host buffers (MPI) */
+  const ioupos_comm *comm_dev;     /* NULL, or a table over the backend's memory (NCCL) that
+                                      the models then use for their gathers and gradient sums;
+                                      the run's own messages stay on comm */
   /* SimSiam */
   int proj_hidden, proj_out, pred_hidden;
   /* DINO */
@@ -16409,6 +16453,38 @@ IOUPOS_DEF int ioupos_comm_mpi_finalize(void) {
 }
 #endif /* IOUPOS_WITH_MPI */
 
+/* -- the comm on backend memory --
+   The tables move host memory unless device_buffers says they move the backend's; the models
+   hold backend memory, so with a host comm and a device backend the data go through a host
+   staging buffer (the CPU backend's memory is host memory: no staging). */
+static int ioupos__comm_host(const ioupos_comm *c, const ioupos_backend *be) {
+  return !c->device_buffers && be != ioupos_backend_cpu();
+}
+
+/* every rank's n floats at local into full[r * n ..] on every rank (both backend memory);
+   host: (1 + size) * n floats, used for staging */
+static int ioupos__comm_gather(const ioupos_comm *c, const ioupos_backend *be, const float *local,
+                               size_t n, float *full, float *host) {
+  int rc;
+  if (!ioupos__comm_host(c, be)) return c->allgather(c, local, n, full);
+  be->download(host, local, n * sizeof(float));
+  if ((rc = c->allgather(c, host, n, host + n)) != 0) return rc;
+  be->upload(full, host + n, (size_t)c->size * n * sizeof(float));
+  return 0;
+}
+
+/* buf[0..n) (backend memory) := the rank-order sum over the ranks; host: n floats of staging */
+static int ioupos__comm_sum(const ioupos_comm *c, const ioupos_backend *be, float *buf, size_t n,
+                            float *host) {
+  int rc;
+  if (c->size == 1) return 0;
+  if (!ioupos__comm_host(c, be)) return c->allreduce_sum(c, buf, n);
+  be->download(host, buf, n * sizeof(float));
+  if ((rc = c->allreduce_sum(c, host, n)) != 0) return rc;
+  be->upload(buf, host, n * sizeof(float));
+  return 0;
+}
+
 
 /* ---- 17. Models: the Swin encoder, the SimSiam and DINO heads ------------------------------- */
 
@@ -17189,9 +17265,19 @@ IOUPOS_DEF void ioupos_head_free(ioupos_head *h) {
   if (h->be) {
     h->be->release(h->act);
     h->be->release(h->scratch);
+    h->be->release(h->sync_dev);
   }
-  h->act = h->scratch = NULL;
+  IOUPOS_FREE(h->sync_host);
+  h->act = h->scratch = h->sync_dev = h->sync_host = NULL;
   h->rows = h->views = 0;
+}
+
+IOUPOS_DEF int ioupos_head_sync(ioupos_head *h, const ioupos_comm *comm) {
+  if (h->n_ops > 0 && h->ops[0].kind == IOUPOS_HEAD_BATCHNORM && comm && comm->size > 1)
+    return ioupos__fail(IOUPOS_EINVAL, "SyncBN: a batch norm as the head's first op");
+  ioupos_head_free(h); /* the next plan sizes the sync buffers */
+  h->comm = comm && comm->size > 1 ? comm : NULL;
+  return 0;
 }
 
 /* Each view's activations are one block of view_floats floats, the views side by side. Per op: its
@@ -17234,6 +17320,15 @@ IOUPOS_DEF int ioupos_head_plan(ioupos_head *h, const ioupos_params *p, int rows
   h->scratch_n = 2 * (size_t)rows * maxw + wn;
   h->act = (float *)h->be->alloc(off * (size_t)views * sizeof(float));
   h->scratch = (float *)h->be->alloc(h->scratch_n * sizeof(float));
+  if (h->comm) {
+    size_t g = (size_t)rows * h->comm->size * maxw;
+    h->sync_dev = (float *)h->be->alloc(3 * g * sizeof(float));
+    h->sync_host = (float *)ioupos__calloc(g + (size_t)rows * maxw, sizeof(float));
+    if (!h->sync_dev || !h->sync_host) {
+      ioupos_head_free(h);
+      return ioupos__fail(IOUPOS_ENOMEM, "out of memory for SyncBN's gather buffers");
+    }
+  }
   if (!h->act || !h->scratch) {
     ioupos_head_free(h);
     return ioupos__fail(IOUPOS_ENOMEM, "out of memory for a head's activations");
@@ -17245,6 +17340,44 @@ IOUPOS_DEF int ioupos_head_plan(ioupos_head *h, const ioupos_params *p, int rows
 
 IOUPOS_DEF const float *ioupos_head_output(const ioupos_head *h, int view) {
   return h->act + (size_t)view * h->view_floats + h->ops[h->n_ops - 1].a_out;
+}
+
+/* SyncBN's forward (see ioupos_head_sync): the global rows gathered, batch norm over them on
+   every rank, this rank's rows of the output kept. mean and rstd (and the running statistics)
+   are the global batch's. */
+static int ioupos__bn_sync_forward(ioupos_head *h, ioupos_params *p, const ioupos_head_op *op,
+                                   float *A, const float *cur, float *out) {
+  const ioupos_backend *be = h->be;
+  int G = h->rows * h->comm->size, rc;
+  size_t n = (size_t)h->rows * op->out;
+  float *xg = h->sync_dev, *yg = xg + (size_t)G * h->max_width;
+  if ((rc = ioupos__comm_gather(h->comm, be, cur, n, xg, h->sync_host)) != 0) return rc;
+  be->batchnorm_forward_train(yg, A + op->a_s1, A + op->a_s2, IOUPOS__P(op->rm), IOUPOS__P(op->rv),
+                              xg, op->w >= 0 ? IOUPOS__P(op->w) : NULL,
+                              op->b >= 0 ? IOUPOS__P(op->b) : NULL, G, op->out, 0.1f, 1e-5f);
+  be->copy(out, yg + (size_t)h->comm->rank * n, n * sizeof(float));
+  return 0;
+}
+
+/* SyncBN's backward: input and output gradient gathered, the one-process backward over the
+   global rows, this rank's rows of the input gradient into dx (zeroed by the caller); the
+   weight and bias gradients on rank 0 only (ioupos_head_sync). */
+static int ioupos__bn_sync_backward(ioupos_head *h, ioupos_params *p, const ioupos_head_op *op,
+                                    float *A, const float *g, const float *x, float *dx) {
+  const ioupos_backend *be = h->be;
+  int G = h->rows * h->comm->size, r0 = h->comm->rank == 0, rc;
+  size_t n = (size_t)h->rows * op->out, gw = (size_t)G * h->max_width;
+  float *xg = h->sync_dev, *dyg = xg + gw, *dxg = dyg + gw;
+  if ((rc = ioupos__comm_gather(h->comm, be, x, n, xg, h->sync_host)) != 0 ||
+      (rc = ioupos__comm_gather(h->comm, be, g, n, dyg, h->sync_host)) != 0)
+    return rc;
+  be->zero(dxg, (size_t)G * op->out * sizeof(float));
+  be->batchnorm_backward_train(dxg, r0 && op->w >= 0 ? IOUPOS__G(op->w) : NULL,
+                               r0 && op->b >= 0 ? IOUPOS__G(op->b) : NULL, dyg, xg,
+                               op->w >= 0 ? IOUPOS__P(op->w) : NULL, A + op->a_s1, A + op->a_s2, G,
+                               op->out);
+  be->copy(dx, dxg + (size_t)h->comm->rank * n, n * sizeof(float));
+  return 0;
 }
 
 /* The ops in order, each reading the previous op's output; the first reads inp, which the backward
@@ -17272,9 +17405,10 @@ IOUPOS_DEF int ioupos_head_forward(ioupos_head *h, ioupos_params *p, int view, c
         break;
       case IOUPOS_HEAD_BATCHNORM:
         if (train) {
-          if (N < 2)
+          if (N * (h->comm ? h->comm->size : 1) < 2)
             return ioupos__fail(IOUPOS_EINVAL, "batch norm in training needs a batch of >= 2");
-          be->batchnorm_forward_train(out, A + op->a_s1, A + op->a_s2, IOUPOS__P(op->rm),
+          if (h->comm) rc = ioupos__bn_sync_forward(h, p, op, A, cur, out);
+          else be->batchnorm_forward_train(out, A + op->a_s1, A + op->a_s2, IOUPOS__P(op->rm),
                                       IOUPOS__P(op->rv), cur,
                                       op->w >= 0 ? IOUPOS__P(op->w) : NULL,
                                       op->b >= 0 ? IOUPOS__P(op->b) : NULL, N, op->out, 0.1f,
@@ -17335,7 +17469,9 @@ IOUPOS_DEF int ioupos_head_backward(ioupos_head *h, ioupos_params *p, int view, 
                                  IOUPOS__P(op->w), N, op->in, op->out);
         break;
       case IOUPOS_HEAD_BATCHNORM:
-        if (h->trained[view])
+        if (h->trained[view] && h->comm)
+          rc = ioupos__bn_sync_backward(h, p, op, A, g, x, dx);
+        else if (h->trained[view])
           be->batchnorm_backward_train(dx, op->w >= 0 ? IOUPOS__G(op->w) : NULL,
                                        op->b >= 0 ? IOUPOS__G(op->b) : NULL, g, x,
                                        op->w >= 0 ? IOUPOS__P(op->w) : NULL, A + op->a_s1,
@@ -17477,7 +17613,9 @@ fail:
 
 IOUPOS_DEF void ioupos_simsiam_free(ioupos_simsiam *m) {
   const ioupos_backend *be = m->p.be;
+  IOUPOS_FREE(m->dp_host);
   if (be) {
+    be->release(m->dp_full);
     be->release(m->momentum);
     be->release(m->x);
     be->release(m->dp);
@@ -17491,6 +17629,25 @@ IOUPOS_DEF void ioupos_simsiam_free(ioupos_simsiam *m) {
   memset(m, 0, sizeof *m);
 }
 
+IOUPOS_DEF int ioupos_simsiam_data_parallel(ioupos_simsiam *m, const ioupos_comm *comm) {
+  int rc;
+  m->comm = comm && comm->size > 1 ? comm : NULL;
+  m->batch = 0; /* the next accumulate sizes the gather buffers */
+  if ((rc = ioupos_head_sync(&m->proj, m->comm)) != 0) return rc;
+  return ioupos_head_sync(&m->pred, m->comm);
+}
+
+/* the host staging of a data-parallel model, the larger of the gathers' and the gradient sum's;
+   none where the comm reads the backend's memory itself */
+static int ioupos__dp_host(float **h, const ioupos_comm *c, const ioupos_backend *be,
+                           size_t gather, size_t params) {
+  size_t n = gather > params ? gather : params;
+  IOUPOS_FREE(*h);
+  if (!ioupos__comm_host(c, be)) return 0;
+  *h = (float *)ioupos__calloc(n, sizeof(float));
+  return *h ? 0 : ioupos__fail(IOUPOS_ENOMEM, "out of memory for %zu floats of staging", n);
+}
+
 IOUPOS_DEF void ioupos_simsiam_zero_grad(ioupos_simsiam *m) {
   m->p.be->zero(m->p.grad, m->p.table.total * sizeof(float));
 }
@@ -17501,20 +17658,27 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
   ioupos_params *p = &m->p;
   const ioupos_backend *be = p->be;
   int F = ioupos_swin_feature_dim(&m->cfg.enc), P = m->cfg.proj_out, v, rc;
+  int G = m->comm ? B * m->comm->size : B; /* the global batch */
   size_t npix = ioupos__npix(&m->cfg.enc, shape);
   const float *f, *z[2], *pp[2];
   double loss;
-  if (B < 2) return ioupos__fail(IOUPOS_EINVAL, "SimSiam needs a batch of at least 2 (batch norm)");
+  if (G < 2) return ioupos__fail(IOUPOS_EINVAL, "SimSiam needs a batch of at least 2 (batch norm)");
   if (B != m->batch || (int)npix != m->npix) {
     if ((rc = ioupos__bbuf(be, &m->x, 2 * (size_t)B * npix)) ||
         (rc = ioupos__bbuf(be, &m->dp, 2 * (size_t)B * P)) ||
         (rc = ioupos__bbuf(be, &m->dz, 2 * (size_t)B * P)) ||
         (rc = ioupos__bbuf(be, &m->df, 2 * (size_t)B * F)))
       return rc;
+    if (m->comm && ((rc = ioupos__bbuf(be, &m->dp_full, 4 * (size_t)G * P)) ||
+                    (rc = ioupos__dp_host(&m->dp_host, m->comm, be,
+                                          (size_t)(1 + m->comm->size) * B * P, m->p.table.total))))
+      return rc;
     m->batch = B;
     m->npix = (int)npix;
   }
   if ((rc = ioupos_swin_encoder_plan(&m->enc, p, 2 * B, shape)) ||
+      (rc = ioupos_swin_encoder_shard(&m->enc, m->comm ? G : 0, B,
+                                      m->comm ? m->comm->rank * B : 0)) ||
       (rc = ioupos_head_plan(&m->proj, p, B, 2)) || (rc = ioupos_head_plan(&m->pred, p, B, 2)))
     return rc;
   /* both views through the backbone at once (no batch norm there), the heads per view */
@@ -17532,11 +17696,29 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
   /* D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2: its backward reaches p1 and p2 only (the stop-gradient),
      so z's gradient comes solely back through the predictor; the monitors use view 1, as
      lightly's and the research code's */
-  loss = be->simsiam_loss_forward(pp[0], pp[1], z[0], z[1], B, P);
-  if (st) {
-    st->loss = loss;
-    st->p_std = ioupos__backend_norm_std(be, pp[0], B, P);
-    st->z_std = ioupos__backend_norm_std(be, z[0], B, P);
+  if (m->comm) { /* the loss and monitors of the global batch: p and z gathered */
+    const float *part[4];
+    float *full = m->dp_full;
+    part[0] = pp[0], part[1] = pp[1], part[2] = z[0], part[3] = z[1];
+    for (v = 0; v < 4; ++v)
+      if ((rc = ioupos__comm_gather(m->comm, be, part[v], (size_t)B * P, full + (size_t)v * G * P,
+                                    m->dp_host)) != 0)
+        return rc;
+    loss = be->simsiam_loss_forward(full, full + (size_t)G * P, full + 2 * (size_t)G * P,
+                                    full + 3 * (size_t)G * P, G, P);
+    if (st) {
+      st->loss = loss;
+      st->p_std = ioupos__backend_norm_std(be, full, G, P);
+      st->z_std = ioupos__backend_norm_std(be, full + 2 * (size_t)G * P, G, P);
+    }
+    scale /= (float)m->comm->size; /* this rank's B rows of the global mean */
+  } else {
+    loss = be->simsiam_loss_forward(pp[0], pp[1], z[0], z[1], B, P);
+    if (st) {
+      st->loss = loss;
+      st->p_std = ioupos__backend_norm_std(be, pp[0], B, P);
+      st->z_std = ioupos__backend_norm_std(be, z[0], B, P);
+    }
   }
   /* the backward adds into dp, dz and df: they start from zero in every micro-batch (the
      parameter gradients, in contrast, accumulate across micro-batches until zero_grad) */
@@ -17561,7 +17743,9 @@ IOUPOS_DEF int ioupos_simsiam_accumulate(ioupos_simsiam *m, const float *view1, 
 IOUPOS_DEF int ioupos_simsiam_step(ioupos_simsiam *m, double lr, double lr_pred, double momentum,
                                    double wd) {
   ioupos_params *p = &m->p;
-  int i;
+  int i, rc;
+  if (m->comm && (rc = ioupos__comm_sum(m->comm, p->be, p->grad, p->table.total, m->dp_host)) != 0)
+    return rc;
   for (i = 0; i < p->table.n; ++i) {
     const ioupos_tensor_info *t = &p->table.t[i];
     int pred = strncmp(t->name, "prediction_head.", 16) == 0;
@@ -17631,9 +17815,10 @@ fail:
 
 IOUPOS_DEF void ioupos_dino_free(ioupos_dino *m) {
   const ioupos_backend *be = m->s.be;
+  IOUPOS_FREE(m->dp_host);
   if (be) {
     float **bufs[] = {&m->m1, &m->m2, &m->center, &m->x, &m->xl, &m->feat, &m->dfeat,
-                      &m->tprob, &m->slogp, &m->dout};
+                      &m->tprob, &m->slogp, &m->dout, &m->dp_full};
     size_t i;
     for (i = 0; i < sizeof bufs / sizeof *bufs; ++i) be->release(*bufs[i]);
   }
@@ -17648,6 +17833,46 @@ IOUPOS_DEF void ioupos_dino_free(ioupos_dino *m) {
   memset(m, 0, sizeof *m);
 }
 
+IOUPOS_DEF int ioupos_dino_data_parallel(ioupos_dino *m, const ioupos_comm *comm) {
+  m->comm = comm && comm->size > 1 ? comm : NULL;
+  m->batch = 0; /* the next accumulate sizes the gather buffers */
+  return 0;
+}
+
+/* Data parallel: the loss, the monitors and the centre from the global batch (see
+   ioupos_dino_data_parallel). The teacher outputs tout [2][B][D] of every rank are gathered
+   ([rank][view][row]), put in the one-process order [view][rank * B + row] and the one-process
+   centre update runs on them; the student's view-1 outputs are gathered for p_std; the loss is
+   the mean of the ranks' losses, summed as two floats (high and low parts) to keep a double's
+   precision. */
+static int ioupos__dino_dp_global(ioupos_dino *m, const float *tout, const float *sout, int B,
+                                  ioupos_ssl_stats *st, double *loss) {
+  const ioupos_comm *c = m->comm;
+  const ioupos_backend *be = m->s.be;
+  int D = m->cfg.out_dim, G = B * c->size, r, v, rc;
+  size_t blk = (size_t)B * D;
+  float *gath = m->dp_full, *ord = gath + 2 * (size_t)G * D, *s1 = ord + 2 * (size_t)G * D;
+  float part[2];
+  if ((rc = ioupos__comm_gather(c, be, tout, 2 * blk, gath, m->dp_host)) != 0 ||
+      (rc = ioupos__comm_gather(c, be, sout, blk, s1, m->dp_host)) != 0)
+    return rc;
+  for (r = 0; r < c->size; ++r)
+    for (v = 0; v < 2; ++v)
+      be->copy(ord + ((size_t)v * G + (size_t)r * B) * D, gath + ((size_t)r * 2 + v) * blk,
+               blk * sizeof(float));
+  part[0] = (float)(*loss / c->size);
+  part[1] = (float)(*loss / c->size - (double)part[0]);
+  if ((rc = c->allreduce_sum(c, part, 2)) != 0) return rc;
+  *loss = (double)part[0] + (double)part[1];
+  if (st) {
+    st->loss = *loss;
+    st->p_std = ioupos__backend_norm_std(be, s1, G, D);
+    st->z_std = ioupos__backend_norm_std(be, ord, G, D);
+  }
+  be->dino_center_update(m->center, ord, 2, G, D, m->cfg.center_momentum);
+  return 0;
+}
+
 IOUPOS_DEF void ioupos_dino_zero_grad(ioupos_dino *m) {
   m->s.be->zero(m->s.grad, m->s.table.total * sizeof(float));
 }
@@ -17658,6 +17883,7 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
                                       ioupos_rng *rng, ioupos_ssl_stats *st) {
   const ioupos_backend *be = m->s.be;
   int F = ioupos_swin_feature_dim(&m->cfg.enc), D = m->cfg.out_dim, NS = 2 + n_local, rc;
+  int G = m->comm ? B * m->comm->size : B, first = m->comm ? m->comm->rank * B : 0;
   size_t npix = ioupos__npix(&m->cfg.enc, shape), nlpix = n_local ? ioupos__npix(&m->cfg.enc, lshape) : 0;
   const float *tout, *sout;
   double loss;
@@ -17672,6 +17898,11 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
         (rc = ioupos__bbuf(be, &m->slogp, (size_t)NS * B * D)) ||
         (rc = ioupos__bbuf(be, &m->dout, (size_t)NS * B * D)))
       return rc;
+    if (m->comm && ((rc = ioupos__bbuf(be, &m->dp_full, 5 * (size_t)G * D)) ||
+                    (rc = ioupos__dp_host(&m->dp_host, m->comm, be,
+                                          (size_t)(1 + m->comm->size) * 2 * B * D,
+                                          m->s.table.total))))
+      return rc;
     m->batch = B;
     m->n_local = n_local;
     m->npix = (int)npix;
@@ -17679,7 +17910,9 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
   }
   if ((rc = ioupos_swin_encoder_plan(&m->enc_s, &m->s, 2 * B, shape)) ||
       (rc = ioupos_swin_encoder_plan(&m->enc_t, &m->t, 2 * B, shape)) ||
+      (rc = ioupos_swin_encoder_shard(&m->enc_s, m->comm ? G : 0, B, first)) ||
       (n_local && (rc = ioupos_swin_encoder_plan(&m->enc_sl, &m->s, n_local * B, lshape))) ||
+      (n_local && (rc = ioupos_swin_encoder_shard(&m->enc_sl, m->comm ? G : 0, B, first))) ||
       (rc = ioupos_head_plan(&m->head_s, &m->s, NS * B, 1)) ||
       (rc = ioupos_head_plan(&m->head_t, &m->t, 2 * B, 1)))
     return rc;
@@ -17708,7 +17941,9 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
      student's log-softmax of every other view (pairs with the same index skipped), averaged */
   loss = be->dino_loss_forward(m->tprob, m->slogp, tout, sout, m->center, 2, NS, B, D,
                                teacher_temp, m->cfg.student_temp);
-  if (st) {
+  if (m->comm) {
+    scale /= (float)m->comm->size; /* this rank's B rows of the global mean */
+  } else if (st) {
     st->loss = loss;
     st->p_std = ioupos__backend_norm_std(be, sout, B, D);
     st->z_std = ioupos__backend_norm_std(be, tout, B, D);
@@ -17721,7 +17956,9 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
       (n_local && (rc = ioupos_swin_encoder_backward(&m->enc_sl, &m->s, NULL,
                                                      m->dfeat + 2 * (size_t)B * F, NULL))))
     return rc;
-  be->dino_center_update(m->center, tout, 2, B, D, m->cfg.center_momentum);
+  if (m->comm) rc = ioupos__dino_dp_global(m, tout, sout, B, st, &loss);
+  else be->dino_center_update(m->center, tout, 2, B, D, m->cfg.center_momentum);
+  if (rc) return rc;
   return be->sync();
 }
 
@@ -17733,7 +17970,9 @@ IOUPOS_DEF int ioupos_dino_step(ioupos_dino *m, double lr, double wd, int epoch,
                                 int freeze_last_layer, float clip_grad, double teacher_m) {
   ioupos_params *p = &m->s;
   const ioupos_backend *be = p->be;
-  int i;
+  int i, rc;
+  if (m->comm && (rc = ioupos__comm_sum(m->comm, be, p->grad, p->table.total, m->dp_host)) != 0)
+    return rc;
   for (i = 0; i < p->table.n; ++i) {
     const ioupos_tensor_info *t = &p->table.t[i];
     float *g = p->grad + t->offset;
@@ -17967,6 +18206,10 @@ typedef struct ioupos__runio {
   const char *flags_json, *git_commit;
   char dir[4096];        /* the run directory */
   ioupos_dir_lock lock;  /* the hold on dir (fd -1: not held) */
+  /* data parallel: every rank runs the loop, rank 0 alone writes and prints (a follower) */
+  const ioupos_comm *comm; /* NULL: one process */
+  int follower;            /* rank > 0: no directory, no file, no console line */
+  int stop_agreed;         /* the stop request as the ranks agreed on it (ioupos__stop_agree) */
 } ioupos__runio;
 
 static void ioupos__runio_init(ioupos__runio *io, void (*log)(void *, const char *), void *log_ctx,
@@ -17991,21 +18234,69 @@ __attribute__((format(printf, 2, 3)))
 static void ioupos__say(const ioupos__runio *io, const char *fmt, ...) {
   char line[2048];
   va_list ap;
-  if (!io->log) return;
+  if (!io->log || io->follower) return;
   va_start(ap, fmt);
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
   io->log(io->log_ctx, line);
 }
 
+/* the caller's stop flag; data parallel, the ranks' agreed one (ioupos__stop_agree): a signal
+   reaches the ranks at different moments, and a rank that stopped a step before the others
+   would leave them waiting in that step's collectives */
+static int ioupos__stop_flag(const ioupos__runio *io) {
+  return io->comm ? io->stop_agreed : io->stop && *io->stop;
+}
+
 /* the caller asked to stop: its flag, or max_steps optimiser steps taken in this process */
 static int ioupos__halted(const ioupos__runio *io) {
-  return (io->max_steps > 0 && io->steps_here >= io->max_steps) || (io->stop && *io->stop);
+  return (io->max_steps > 0 && io->steps_here >= io->max_steps) || ioupos__stop_flag(io);
 }
 
 /* why a run stopped early, for the log */
 static const char *ioupos__halt_reason(const ioupos__runio *io) {
-  return io->stop && *io->stop ? "interrupted" : "stopped (`max_steps`)";
+  return ioupos__stop_flag(io) ? "interrupted" : "stopped (`max_steps`)";
+}
+
+/* Before each step: *stop when the caller asked to stop, on any rank (one float summed over
+   the ranks; the same answer on every rank). */
+static int ioupos__stop_agree(ioupos__runio *io, int *stop) {
+  float f = io->stop && *io->stop ? 1.0f : 0.0f;
+  int rc;
+  if (io->comm && (rc = io->comm->allreduce_sum(io->comm, &f, 1)) != 0) return rc;
+  io->stop_agreed = f > 0.0f;
+  *stop = io->stop_agreed;
+  return 0;
+}
+
+/* Data parallel: every rank's status after a phase that may fail on some ranks only (set-up,
+   an epoch's files): all ranks go on, or all stop. A rank that failed keeps its own reason; the
+   others fail with the first failed rank's status and a reason naming it. One process: rc. */
+static int ioupos__dp_status(const ioupos_comm *c, int rc) {
+  float mine = (float)rc, *all;
+  int r, rc2;
+  if (!c || c->size == 1) return rc;
+  all = (float *)ioupos__calloc((size_t)c->size, sizeof(float));
+  if (!all) return rc ? rc : ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+  rc2 = c->allgather(c, &mine, 1, all);
+  for (r = 0; rc2 == 0 && rc == 0 && r < c->size; ++r)
+    if (all[r] != 0.0f)
+      rc2 = ioupos__fail((int)all[r], "rank %d of %d failed (its reason is on its output); rank "
+                         "%d stops with it", r, c->size, c->rank);
+  IOUPOS_FREE(all);
+  return rc ? rc : rc2;
+}
+
+/* Data parallel: rank 0's n floats of backend memory to every rank (host: n floats of staging
+   where the backend's memory is not the host's) */
+static int ioupos__comm_bcast_floats(const ioupos_comm *c, const ioupos_backend *be, float *buf,
+                                     size_t n, float *host) {
+  int rc;
+  if (be == ioupos_backend_cpu()) return c->broadcast(c, buf, n * sizeof(float), 0);
+  if (c->rank == 0) be->download(host, buf, n * sizeof(float));
+  if ((rc = c->broadcast(c, host, n * sizeof(float), 0)) != 0) return rc;
+  if (c->rank != 0) be->upload(buf, host, n * sizeof(float));
+  return 0;
 }
 
 static int ioupos__append(const char *path, const char *line);
@@ -18020,6 +18311,7 @@ typedef struct ioupos__clock {
    past its state's step (ioupos__metrics_truncate), so none appears twice. */
 static int ioupos__metrics_put(const ioupos__runio *io, const char *line) {
   char path[4200];
+  if (io->follower) return 0;
   snprintf(path, sizeof path, "%s/metrics.jsonl", io->dir);
   return ioupos__append(path, line);
 }
@@ -18187,6 +18479,62 @@ static int ioupos__resume_may_differ(const char *k, size_t kn) {
   size_t i;
   for (i = 0; i < sizeof ok / sizeof *ok; ++i)
     if (strlen(ok[i]) == kn && memcmp(ok[i], k, kn) == 0) return 1;
+  return 0;
+}
+
+/* Data parallel: the ranks must run the same job. Rank 0's hashes of its resolved flags
+   (flags_json, less each machine's own resources) and of its data set (the count and each file's name) go to every rank; a rank
+   whose own differ fails naming which (a different command line, or a data folder holding other
+   files on its machine). */
+static uint64_t ioupos__fnv(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = (const unsigned char *)p;
+  size_t i;
+  for (i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+static int ioupos__dp_same_job(const ioupos_comm *c, const char *flags_json, char *const *files,
+                               int n, const char *data_dir) {
+  uint64_t mine[2], root[2];
+  int i, rc;
+  if (!c || c->size == 1) return 0;
+  { /* every flag but a machine's own resources (one machine's cores need not be another's);
+       max_steps and resume included: ranks that stop at different steps would leave the others
+       waiting in a collective */
+    static const char *const own[] = {"num_workers", "threads", "device", "cache_mb"};
+    ioupos__jkv *kv = NULL;
+    int nk = ioupos__jobject(flags_json, "the flags", &kv), k;
+    size_t j;
+    if (nk < 0) return IOUPOS_EINVAL;
+    mine[0] = 1469598103934665603ull;
+    for (k = 0; k < nk; ++k) {
+      for (j = 0; j < sizeof own / sizeof *own; ++j)
+        if (strlen(own[j]) == kv[k].kn && memcmp(own[j], kv[k].k, kv[k].kn) == 0) break;
+      if (j == sizeof own / sizeof *own) {
+        mine[0] = ioupos__fnv(mine[0], kv[k].k, kv[k].kn + 1); /* +1: the closing quote */
+        mine[0] = ioupos__fnv(mine[0], kv[k].v, kv[k].vn);
+      }
+    }
+    IOUPOS_FREE(kv);
+  }
+  mine[1] = ioupos__fnv(1469598103934665603ull, &n, sizeof n);
+  for (i = 0; i < n; ++i) { /* the names, not the paths: machines may mount the data elsewhere */
+    const char *b = strrchr(files[i], '/');
+    b = b ? b + 1 : files[i];
+    mine[1] = ioupos__fnv(mine[1], b, strlen(b) + 1);
+  }
+  memcpy(root, mine, sizeof root);
+  if ((rc = c->broadcast(c, root, sizeof root, 0)) != 0) return rc;
+  if (root[0] != mine[0])
+    return ioupos__fail(IOUPOS_EINVAL, "rank %d of %d: its flags differ from rank 0's (every "
+                        "rank must run the same command line; flags hash %016llx vs rank 0's "
+                        "%016llx)", c->rank, c->size, (unsigned long long)mine[0],
+                        (unsigned long long)root[0]);
+  if (root[1] != mine[1])
+    return ioupos__fail(IOUPOS_EINVAL, "rank %d of %d: its data folder %s holds other files than "
+                        "rank 0's (%d files here; every rank must read the same data set, e.g. "
+                        "one copy on every machine; file list hash %016llx vs rank 0's %016llx)",
+                        c->rank, c->size, data_dir, n, (unsigned long long)mine[1],
+                        (unsigned long long)root[1]);
   return 0;
 }
 
@@ -18360,6 +18708,39 @@ static int ioupos__load_state(ioupos__run *r, const char *path) {
   return rc;
 }
 
+/* Data parallel, after a resume: rank 0 read the state; every rank takes it over (the
+   weights, the optimiser, the counters and monitors), so that no rank needs the file. */
+static int ioupos__bcast_state(ioupos__run *r) {
+  const ioupos_comm *c = r->io.comm;
+  ioupos_params *p = ioupos__run_params(r);
+  const ioupos_backend *be = p->be;
+  double mon[3];
+  float *host = NULL;
+  int rc;
+  if (be != ioupos_backend_cpu() &&
+      !(host = (float *)ioupos__calloc(p->table.total + 1, sizeof(float))))
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory for the state's broadcast");
+  mon[0] = r->avg_std, mon[1] = r->ep_loss, mon[2] = r->ep_n;
+  rc = ioupos__comm_bcast_floats(c, be, p->value, p->table.total, host);
+  if (!rc) rc = c->broadcast(c, p->ivalue, p->table.itotal * sizeof(int64_t), 0);
+  if (!rc) rc = c->broadcast(c, r->c, sizeof r->c, 0);
+  if (!rc) rc = c->broadcast(c, mon, sizeof mon, 0);
+  if (!rc && r->o->method == IOUPOS_SSL_DINO) {
+    rc = ioupos__comm_bcast_floats(c, be, r->dn.t.value, r->dn.t.table.total, host);
+    if (!rc) rc = c->broadcast(c, r->dn.t.ivalue, r->dn.t.table.itotal * sizeof(int64_t), 0);
+    if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->dn.m1, p->table.total, host);
+    if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->dn.m2, p->table.total, host);
+    if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->dn.center, (size_t)r->dn.cfg.out_dim, host);
+    if (!rc) rc = c->broadcast(c, r->dn.adam_steps, ((size_t)p->table.n + 1) * sizeof(int64_t), 0);
+  } else if (!rc) {
+    rc = ioupos__comm_bcast_floats(c, be, r->ss.momentum, p->table.total, host);
+    r->ss.steps = r->c[IOUPOS__C_OPT_STEPS];
+  }
+  r->avg_std = mon[0], r->ep_loss = mon[1], r->ep_n = mon[2];
+  IOUPOS_FREE(host);
+  return rc;
+}
+
 /* the model checkpoint with MONAI / PyTorch names.
    Weights only (no optimiser), named so that ioupos_swinunetr_load and PyTorch code find the
    encoder under backbone.*; "epochs_done" metadata says which epoch the file holds. */
@@ -18415,7 +18796,9 @@ static double ioupos__clock_rate(ioupos__clock *c) {
    lives, or two launches with one run_name) would interleave states and checkpoints of
    different runs, and neither could be resumed correctly. */
 static int ioupos__run_dir_hold(ioupos__runio *io) {
-  int n_stale = 0, rc = ioupos_dir_hold(&io->lock, io->dir, &n_stale);
+  int n_stale = 0, rc;
+  if (io->follower) return 0; /* rank 0 holds it for the job */
+  rc = ioupos_dir_hold(&io->lock, io->dir, &n_stale);
   if (rc == 0 && n_stale > 0)
     ioupos__say(io, "removed %d stale temporary file%s of a killed earlier process from %s",
                 n_stale, n_stale > 1 ? "s" : "", io->dir);
@@ -18555,6 +18938,11 @@ static int ioupos__run_check(const ioupos_pretrain_opts *o) {
   if (o->n_epochs < 0 || o->accum_iters < 1 || o->log_every < 1)
     return ioupos__fail(IOUPOS_EINVAL, "`n_epochs` %d, `accum_iters` %d, `log_every` %d out of range",
                         o->n_epochs, o->accum_iters, o->log_every);
+  if (o->comm && o->comm->size > 1 && o->batch_size % o->comm->size != 0)
+    return ioupos__fail(IOUPOS_EINVAL, "`batch_size` %d is the global batch: it must be a "
+                        "multiple of the %d processes (each takes batch_size / %d); use e.g. %d",
+                        o->batch_size, o->comm->size, o->comm->size,
+                        (o->batch_size / o->comm->size + 1) * o->comm->size);
   if (!(o->base_lr > 0.0) || !(o->end_lr >= 0.0) || !(o->wd >= 0.0) || !(o->warmup_epochs >= 0.0))
     return ioupos__fail(IOUPOS_EINVAL, "`base_lr` %g, `end_lr` %g, `wd` %g, `warmup_epochs` %g "
                         "must be positive / non-negative", o->base_lr, o->end_lr, o->wd,
@@ -18749,9 +19137,9 @@ static int ioupos__pt_epoch_end(ioupos__run *r, int *stop) {
   int rc;
   r->c[IOUPOS__C_STEP] = 0;
   snprintf(path, sizeof path, "%s/checkpoint_epoch%lld.safetensors", r->io.dir, e);
-  if ((rc = ioupos__save_checkpoint(r, path)) != 0) return rc;
+  if (!r->io.follower && (rc = ioupos__save_checkpoint(r, path)) != 0) return rc;
   snprintf(path, sizeof path, "%s/checkpoint.safetensors", r->io.dir);
-  if ((rc = ioupos__save_checkpoint(r, path)) != 0) return rc;
+  if (!r->io.follower && (rc = ioupos__save_checkpoint(r, path)) != 0) return rc;
   snprintf(line, sizeof line, "{\"epoch\": %lld, \"step\": %lld, \"epoch_loss\": %.6g, "
            "\"collapse\": %.6g, \"seconds\": %.3f}\n", e, (long long)r->c[IOUPOS__C_OPT_STEPS],
            mean, ioupos_collapse_level(r->avg_std, o->method == IOUPOS_SSL_DINO ? o->out_dim
@@ -18856,8 +19244,10 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   ioupos_loader ld;
   ioupos_loader_config lc;
   char path[4200], tmp[4200];
-  int rc, spe, dino = o->method == IOUPOS_SSL_DINO, stop = 0, dims = o->enc.spatial_dims;
+  int rc, spe = 0, dino = o->method == IOUPOS_SSL_DINO, stop = 0, dims = o->enc.spatial_dims;
   const ioupos_backend *be = o->backend ? o->backend : ioupos_backend_cpu();
+  const ioupos_comm *comm = o->comm && o->comm->size > 1 ? o->comm : NULL;
+  int ranks = comm ? comm->size : 1;
   memset(&ds, 0, sizeof ds);
   memset(&ld, 0, sizeof ld);
   if ((rc = ioupos__run_check(o)) != 0) return rc;
@@ -18866,8 +19256,15 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   r->o = o;
   ioupos__runio_init(&r->io, o->log, o->log_ctx, o->stop, o->max_steps, o->flags_json,
                      o->git_commit, o->chkpt_dir, o->run_name ? o->run_name : "run");
+  r->io.comm = comm;
+  r->io.follower = comm && comm->rank != 0;
+  /* The set-up, up to the first step. Data parallel, a failure on some ranks only (a data folder,
+     the run directory on rank 0) must stop all: every failure goes to `agree`, which every rank
+     reaches, and the ranks agree there on going on or stopping. */
   /* data first: a bad folder fails before anything is written */
-  if ((rc = ioupos__pt_scan(o->data_dir, dims, &ds)) != 0) goto done;
+  if ((rc = ioupos__pt_scan(o->data_dir, dims, &ds)) != 0) goto agree;
+  if ((rc = ioupos__dp_same_job(comm, o->flags_json, ds.images, ds.n, o->data_dir)) != 0)
+    goto agree;
   ioupos_loader_config_default(&lc, &ds, IOUPOS_LOADER_SSL);
   lc.batch_size = o->batch_size;
   lc.spatial_dims = dims;
@@ -18879,6 +19276,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   lc.pair_mode = o->pair_mode;
   lc.seed = o->seed;
   lc.num_workers = o->num_workers;
+  lc.shard_rank = comm ? comm->rank : 0; /* data parallel: this rank's share of each batch */
+  lc.shard_count = ranks;
   /* every step has a full batch: batch-norm statistics and the steps per epoch (a counter the
      resume checks) do not depend on the data set size modulo the batch */
   lc.drop_last = 1;
@@ -18899,29 +19298,32 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   { /* every file, its size against the crops and intervals: all bad files named at once */
     const ioupos_dataset *sets[1];
     sets[0] = &ds;
-    if ((rc = ioupos__data_preflight(sets, 1, &lc, 0, o->num_workers, o->log, o->log_ctx)) != 0)
-      goto done;
+    if ((rc = ioupos__data_preflight(sets, 1, &lc, 0, o->num_workers,
+                                     r->io.follower ? NULL : o->log, o->log_ctx)) != 0)
+      goto agree;
   }
   if (ds.n < o->batch_size) {
     rc = ioupos__fail(IOUPOS_EINVAL, "%s has %d %s, fewer than one batch (`batch_size` %d)",
                       o->data_dir, ds.n, dims == 3 ? "volumes" : "images", o->batch_size);
-    goto done;
+    goto agree;
   }
   if (o->max_memory_mb > 0) { /* the memory of a step, before anything is allocated or written */
     ioupos_mem_estimate me;
-    if ((rc = ioupos_pretrain_step_bytes(o, &me)) != 0 ||
+    ioupos_pretrain_opts mine = *o; /* one process's step: its share of the batch */
+    mine.batch_size = o->batch_size / ranks;
+    if ((rc = ioupos_pretrain_step_bytes(&mine, &me)) != 0 ||
         (rc = ioupos__mem_check(&me, o->max_memory_mb, "a step",
                                 dims == 3 ? "`batch_size`, `crop`, `embed_dim` or `cache_bytes`"
                                           : "`batch_size`, `crop` or `embed_dim`")) != 0)
-      goto done;
+      goto agree;
   }
-  if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
+  if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto agree;
   spe = ld.batches_per_epoch / o->accum_iters;
   if (spe < 1) {
     rc = ioupos__fail(IOUPOS_EINVAL,
                       "%s gives %d batches per epoch, fewer than `accum_iters` %d: no optimiser "
                       "step could be taken", o->data_dir, ld.batches_per_epoch, o->accum_iters);
-    goto done;
+    goto agree;
   }
   /* the model */
   if (dino) {
@@ -18933,7 +19335,11 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     ioupos__pt_simsiam_config(o, &sc);
     rc = ioupos_simsiam_init(&r->ss, &sc, be, o->seed);
   }
-  if (rc) goto done;
+  /* data parallel: the models gather and sum on comm_dev when given (device memory), else comm */
+  if (rc == 0 && comm)
+    rc = dino ? ioupos_dino_data_parallel(&r->dn, o->comm_dev ? o->comm_dev : comm)
+              : ioupos_simsiam_data_parallel(&r->ss, o->comm_dev ? o->comm_dev : comm);
+  if (rc) goto agree;
   /* this run's settings, set before any state is read so that a stored state is compared
      against them */
   r->c[IOUPOS__C_METHOD] = o->method;
@@ -18953,25 +19359,29 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
   }
   /* the run directory */
   snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
-  if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
-  if (o->resume) {
+  if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto agree;
+  if (o->resume && !r->io.follower) { /* data parallel: rank 0 reads, then broadcasts below */
     if ((rc = ioupos__load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
         rc = ioupos__fail(IOUPOS_EIO, "`resume`: no training state at %s (%s)", path,
                           ioupos_failure_reason());
-      goto done;
+      goto agree;
     }
     snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->io.dir);
-    if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__C_OPT_STEPS])) != 0) goto done;
+    if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__C_OPT_STEPS])) != 0) goto agree;
     ioupos__say(&r->io, "resuming %s at epoch %lld step %lld/%d (%lld optimiser steps done)",
                     r->io.dir, (long long)r->c[IOUPOS__C_EPOCH] + 1, (long long)r->c[IOUPOS__C_STEP],
                     spe,
                     (long long)r->c[IOUPOS__C_OPT_STEPS]);
-  } else if ((rc = ioupos__run_dir_free(r->io.dir)) != 0 ||
-             (rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit,
-                                          spe)) != 0) {
-    goto done;
+  } else if (!o->resume && !r->io.follower &&
+             ((rc = ioupos__run_dir_free(r->io.dir)) != 0 ||
+              (rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit,
+                                           spe)) != 0)) {
+    goto agree;
   }
+agree:
+  if ((rc = ioupos__dp_status(comm, rc)) != 0) goto done;
+  if (comm && o->resume && (rc = ioupos__bcast_state(r)) != 0) goto done;
   ioupos_rng_seed_stream(&r->drop, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
   r->spe = spe;
   if (dims == 3)
@@ -18983,6 +19393,10 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
     ioupos__say(&r->io, "%s: %d images, %d steps per epoch of %d x %d pairs, %d epochs -> %s; "
                 "device %s", dino ? "dino" : "simsiam", ds.n, spe, o->accum_iters, o->batch_size,
                 o->n_epochs, r->io.dir, be->name);
+  if (comm)
+    ioupos__say(&r->io, "data parallel: %d processes (%s%s%s), %d of each batch's %d on each",
+                ranks, comm->name, o->comm_dev ? ", gradients on " : "",
+                o->comm_dev ? o->comm_dev->name : "", o->batch_size / ranks, o->batch_size);
   ioupos__clock_start(&r->clock);
   /* the method, one optimiser step at a time.
      The state is saved after every epoch and after a stop, never inside a step. A stop mid-epoch
@@ -18993,7 +19407,7 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       ioupos__pt_sched sc;
       ioupos_ssl_stats st;
       double loss;
-      if (o->stop && *o->stop) { stop = 1; break; }           /* a signal before this step */
+      if ((rc = ioupos__stop_agree(&r->io, &stop)) != 0 || stop) break; /* a signal: stop */
       sc = ioupos__pt_schedules(r);                           /* lr, wd, teacher */
       rc = ioupos__pt_batches(r, &ld, &sc, &loss, &st);       /* batch, forward, loss, backward */
       if (rc == 0) rc = ioupos__pt_step(r, &sc, loss, &st);   /* optimiser step */
@@ -19002,7 +19416,8 @@ IOUPOS_DEF int ioupos_pretrain_run(const ioupos_pretrain_opts *o) {
       if (stop) break;
     }
     if (rc == 0 && !stop) rc = ioupos__pt_epoch_end(r, &stop); /* checkpoint */
-    if (rc == 0) rc = ioupos__save_state(r, path);           /* state */
+    if (rc == 0 && !r->io.follower) rc = ioupos__save_state(r, path); /* state */
+    if (comm) rc = ioupos__dp_status(comm, rc); /* rank 0's files written, or all stop */
   }
   if (rc == 0 && stop && r->c[IOUPOS__C_EPOCH] < o->n_epochs)
     ioupos__say(&r->io, "%s after %ld optimiser steps in this process, at epoch %lld step %lld/%d; "

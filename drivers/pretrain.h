@@ -545,14 +545,15 @@ static int pretrain_main(int argc, char **argv) {
   char *json;
   int rc;
   pt_parse(argc, argv, &f);
+  f.o.comm = train_comm_init(&argc, &argv); /* under mpirun: data parallel over MPI */
 
-  if (f.use_amp)
+  if (f.use_amp && train_rank == 0) /* the notes once, from rank 0 */
     fprintf(stderr, PROG ": note: --use_amp ignored: both backends compute in float32 (bf16 is "
                     "not there yet)\n");
-  if (f.use_ckpt)
+  if (f.use_ckpt && train_rank == 0)
     fprintf(stderr, PROG ": note: --use_gradient_checkpointing ignored: this backend keeps all "
                     "activations\n");
-  if (f.given_prep)
+  if (f.given_prep && train_rank == 0)
     fprintf(stderr, PROG ": note: --a_min/--a_max/--size_x/--size_y/--size_z only matter to "
                     "ioupos-prep (HU window and spacing of preprocessing); the %s in --data_dir "
                     "are already windowed, so they have no effect here\n",
@@ -568,8 +569,7 @@ static int pretrain_main(int argc, char **argv) {
   f.o.backend = cli_device_backend(&f.device);
   rc = ioupos_pretrain_run(&f.o);
   free(json);
-  if (rc != IOUPOS_OK) return train_exit_status(rc);
-  return train_exit_status(IOUPOS_OK);
+  return train_comm_end(train_exit_status(rc));
 }
 
 #endif /* IOUPOS_DRIVERS_PRETRAIN_H */

@@ -18,12 +18,17 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef IOUPOS_WITH_MPI
+#include <mpi.h>
+#endif
 
 #ifndef IOUPOS_GIT_COMMIT
 #define IOUPOS_GIT_COMMIT "unknown" /* the Makefile passes -DIOUPOS_GIT_COMMIT="<hash>[+dirty]" */
 #endif
 
 #define TRAIN_MAX_THREADS 1024
+
+static int train_rank, train_ranks = 1; /* this process, the job's processes (train_comm_init) */
 
 /* "PROG: <message> (see --help)" on stderr, exit 2 */
 static void train_usage_error(const char *fmt, ...)
@@ -221,10 +226,65 @@ static volatile int *train_catch_signals(const char *what) {
 static int train_exit_status(int rc) {
   if (rc != IOUPOS_OK) {
     const char *why = ioupos_failure_reason();
-    fprintf(stderr, PROG ": error: %s\n", why && *why ? cli_flags(why) : ioupos_status_name(rc));
+    char who[48] = "";
+    if (train_ranks > 1) snprintf(who, sizeof who, " (rank %d of %d)", train_rank, train_ranks);
+    fprintf(stderr, PROG ": error%s: %s\n", who,
+            why && *why ? cli_flags(why) : ioupos_status_name(rc));
     return 1;
   }
   return train_stop_signal ? 128 + (int)train_stop_signal : 0;
+}
+
+/* ---- more than one process (data parallel) ---------------------------------------------------- */
+
+/* The processes of this job as the launcher announces them: Open MPI's mpirun sets
+   OMPI_COMM_WORLD_SIZE, MPICH / Hydra and Slurm's PMI set PMI_SIZE. 1 when neither is set. */
+static int train_launched_ranks(void) {
+  const char *v = getenv("OMPI_COMM_WORLD_SIZE");
+  if (!v || !*v) v = getenv("PMI_SIZE");
+  return v && atoi(v) > 1 ? atoi(v) : 1;
+}
+
+/* The communication table of the run: under mpirun with N > 1 processes, MPI's (section 16b),
+   else the one-process table. MPI is initialised only under a launcher, so a plain run of an MPI
+   build never touches MPI. A build without MPI launched as N > 1 processes exits: each process
+   would run the whole job alone, writing the same run directory. */
+static const ioupos_comm *train_comm_init(int *argc, char ***argv) {
+  const ioupos_comm *c = ioupos_comm_single();
+  int n = train_launched_ranks();
+  if (n <= 1) return c;
+#ifdef IOUPOS_WITH_MPI
+  if (ioupos_comm_mpi_init(argc, argv, &c) != 0) {
+    fprintf(stderr, PROG ": error: MPI: %s\n", ioupos_failure_reason());
+    exit(1);
+  }
+  train_rank = c->rank;
+  train_ranks = c->size;
+  return c;
+#else
+  (void)argc, (void)argv;
+  fprintf(stderr, PROG ": error: launched as %d processes (mpirun), but this build has no MPI "
+                  "(make found no mpicc; Debian: apt-get install libopenmpi-dev, then make): "
+                  "each would run the whole job\n", n);
+  exit(1);
+#endif
+}
+
+/* The end of a run of the job's processes: MPI finalised. An error ends the whole job
+   (MPI_Abort): the library stops every rank together where it can (a failed set-up, an epoch's
+   files), but a rank that fails alone inside a step leaves the others waiting in the step's
+   collectives. */
+static int train_comm_end(int status) {
+#ifdef IOUPOS_WITH_MPI
+  if (train_ranks > 1) {
+    if (status == 1) {
+      fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    ioupos_comm_mpi_finalize();
+  }
+#endif
+  return status;
 }
 
 #endif /* IOUPOS_DRIVERS_TRAIN_CLI_H */
