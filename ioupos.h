@@ -3597,6 +3597,9 @@ typedef struct ioupos_finetune_opts {
                                  saved, and returns 0 */
   const ioupos_backend *backend; /* NULL = ioupos_backend_cpu(), or ioupos_backend_cuda(device)
                                  (see ioupos_pretrain_opts) */
+  const ioupos_comm *comm;    /* data parallel, as ioupos_pretrain_opts's: batch_size is the
+                                 global batch; evaluations are split by case */
+  const ioupos_comm *comm_dev; /* NULL, or the gradient sums' table over device memory (NCCL) */
   const char *predict_dir;    /* NULL, or where the final evaluation writes its predictions */
   size_t cache_bytes;         /* 3D training: decoded volumes the loader keeps, all workers
                                  together (default 1 GiB; 0: decode each time; speed only) */
@@ -23080,6 +23083,10 @@ typedef struct ioupos__ft {
   int *target;        /* host: labels (B x npix) */
   double *stats;      /* Dice-CE per (crop, class) sums and the two loss parts */
   ioupos_batch b;     /* the loader's batch */
+  /* data parallel: the run's comm (NULL: one process), the models' (comm_dev or comm) */
+  const ioupos_comm *comm, *mcomm;
+  double parts[2];    /* the step's Dice and CE parts, of the global batch */
+  float *dp_host;     /* host staging of the gradient sum (a host comm on a device backend) */
 } ioupos__ft;
 
 /* The fine-tuning state: model.*, AdamW's two moments, the counters and the monitor (best score,
@@ -23163,6 +23170,104 @@ static void ioupos__ft_num(char *buf, size_t cap, double v) {
 
 /* windows of the training crop size (the input size the model was trained on), with the run's
    overlap and windows per call */
+/* Data parallel: rank 0's model (a loaded checkpoint, best.safetensors) to every rank, and with
+   with_state the rest of a resumed state (AdamW's moments, the counters, the monitor). */
+static int ioupos__ft_bcast_model(ioupos__ft *r, int with_state) {
+  const ioupos_comm *c = r->comm;
+  const ioupos_backend *be = r->p.be;
+  float *host = NULL;
+  double mon[3];
+  int rc;
+  if (be != ioupos_backend_cpu() &&
+      !(host = (float *)ioupos__calloc(r->p.table.total + 1, sizeof(float))))
+    return ioupos__fail(IOUPOS_ENOMEM, "out of memory for the model's broadcast");
+  rc = ioupos__comm_bcast_floats(c, be, r->p.value, r->p.table.total, host);
+  if (!rc) rc = c->broadcast(c, r->p.ivalue, r->p.table.itotal * sizeof(int64_t), 0);
+  if (!rc && with_state) {
+    mon[0] = r->best, mon[1] = r->ep_loss, mon[2] = r->ep_n;
+    rc = ioupos__comm_bcast_floats(c, be, r->m1, r->p.table.total, host);
+    if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->m2, r->p.table.total, host);
+    if (!rc) rc = c->broadcast(c, r->c, sizeof r->c, 0);
+    if (!rc) rc = c->broadcast(c, mon, sizeof mon, 0);
+    r->best = mon[0], r->ep_loss = mon[1], r->ep_n = mon[2];
+  }
+  IOUPOS_FREE(host);
+  return rc;
+}
+
+/* Data parallel: set evaluated by case over the ranks, case c on rank c % size (with
+   predict_dir every case on rank 0, the one rank that writes), then every rank holds the whole
+   result. Each rank evaluates a view of set that holds its cases only; the per-case results go
+   from their rank to every rank, and the data-set average is formed from them in case order as
+   one process forms it, so the DSC table is the one-process table bit for bit. The research
+   per-slice Dice is a sum over slices: each rank's partial sums are added in rank order (the
+   same counts; the sums equal the one-process ones up to double rounding). */
+static int ioupos__ft_evaluate_split(ioupos__ft *r, const ioupos_seg_set *set,
+                                     const ioupos_seg_eval_opts *eo, ioupos_seg_eval_result *res) {
+  const ioupos_comm *c = r->comm;
+  int N = c->size, alone = eo->predict_dir != NULL, k, m = 0, rc, q;
+  ioupos_seg_set mine = *set;
+  ioupos_seg_eval_result part;
+  char **im = NULL, **lb = NULL;
+  memset(res, 0, sizeof *res);
+  memset(&part, 0, sizeof part);
+  mine.cases = (ioupos_seg_case *)ioupos__calloc((size_t)set->n_cases + 1, sizeof *mine.cases);
+  if (set->volumes) { /* a volume's case c is ds.images[c]: the view's data set follows its cases */
+    im = (char **)ioupos__calloc((size_t)set->n_cases + 1, sizeof *im);
+    lb = (char **)ioupos__calloc((size_t)set->n_cases + 1, sizeof *lb);
+  }
+  if (!mine.cases || (set->volumes && (!im || !lb))) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory splitting an evaluation");
+    goto done;
+  }
+  for (k = 0; k < set->n_cases; ++k)
+    if ((alone ? 0 : k % N) == c->rank) {
+      mine.cases[m] = set->cases[k];
+      if (set->volumes) im[m] = set->ds.images[k], lb[m] = set->ds.labels[k];
+      ++m;
+    }
+  mine.n_cases = m;
+  if (set->volumes) mine.ds.images = im, mine.ds.labels = lb, mine.ds.n = m;
+  rc = alone && c->rank != 0 ? 0 : ioupos_swinunetr_evaluate(&r->cfg, &r->p, &mine, eo, &part);
+  if ((rc = ioupos__dp_status(c, rc)) != 0) goto done; /* one rank's failure stops all */
+  /* the whole result: the cases from their ranks, the average in case order */
+  res->cases = (ioupos_dsc_case *)ioupos__calloc((size_t)set->n_cases + 1, sizeof *res->cases);
+  if (!res->cases) {
+    rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory gathering an evaluation");
+    goto done;
+  }
+  if ((rc = ioupos_dsc_eval_init(&res->dsc, r->K, eo->empty_policy)) != 0) goto done;
+  for (k = 0; rc == 0 && k < set->n_cases; ++k) {
+    int owner = alone ? 0 : k % N;
+    if (owner == c->rank) res->cases[k] = part.cases[alone ? k : k / N];
+    rc = c->broadcast(c, &res->cases[k], sizeof res->cases[k], owner);
+    if (rc == 0) rc = ioupos_dsc_eval_add(&res->dsc, &res->cases[k]);
+  }
+  res->n_cases = set->n_cases;
+  if (rc == 0 && eo->research) {
+    res->has_research = 1;
+    if ((rc = ioupos_slice_dice_init(&res->research, r->K)) != 0) goto done;
+    for (q = 0; rc == 0 && q < (alone ? 1 : N); ++q) {
+      ioupos_slice_dice sd = part.research;
+      if ((rc = c->broadcast(c, &sd, sizeof sd, q)) != 0) break;
+      res->research.n_slices += sd.n_slices;
+      res->research.n_valid += sd.n_valid;
+      res->research.sum += sd.sum;
+      for (k = 0; k < r->K; ++k) {
+        res->research.class_sum[k] += sd.class_sum[k];
+        res->research.class_count[k] += sd.class_count[k];
+      }
+    }
+  }
+done:
+  if (rc) ioupos_seg_eval_result_free(res);
+  ioupos_seg_eval_result_free(&part);
+  IOUPOS_FREE(mine.cases);
+  IOUPOS_FREE(im);
+  IOUPOS_FREE(lb);
+  return rc;
+}
+
 static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const char *predict_dir,
                                ioupos_seg_eval_result *res) {
   const ioupos_finetune_opts *o = r->o;
@@ -23178,6 +23283,7 @@ static int ioupos__ft_evaluate(ioupos__ft *r, const ioupos_seg_set *set, const c
   eo.sw_batch_size = o->sw_batch_size;
   eo.research = o->metric == IOUPOS_FT_METRIC_RESEARCH;
   eo.predict_dir = predict_dir;
+  if (r->comm) return ioupos__ft_evaluate_split(r, set, &eo, res);
   return ioupos_swinunetr_evaluate(&r->cfg, &r->p, set, &eo, res);
 }
 
@@ -23332,6 +23438,11 @@ static int ioupos__ft_check(const ioupos_finetune_opts *o) {
                         o->warmup_epochs);
   if (o->metric != IOUPOS_FT_METRIC_DSC && o->metric != IOUPOS_FT_METRIC_RESEARCH)
     return ioupos__fail(IOUPOS_EINVAL, "unknown metric %d", o->metric);
+  if (o->comm && o->comm->size > 1 && o->n_epochs > 0 && o->batch_size % o->comm->size != 0)
+    return ioupos__fail(IOUPOS_EINVAL, "`batch_size` %d is the global batch: it must be a "
+                        "multiple of the %d processes (each takes batch_size / %d); use e.g. %d",
+                        o->batch_size, o->comm->size, o->comm->size,
+                        (o->batch_size / o->comm->size + 1) * o->comm->size);
   return 0;
 }
 
@@ -23364,7 +23475,7 @@ static int ioupos__ft_validate(ioupos__ft *r, int *stop) {
     r->c[IOUPOS__FT_SINCE_BEST] = 0;
     snprintf(s1, sizeof s1, "%.10g", score);
     snprintf(path, sizeof path, "%s/best.safetensors", r->io.dir);
-    rc = ioupos__ft_save_model(r, path, s1);
+    if (!r->io.follower) rc = ioupos__ft_save_model(r, path, s1);
   } else {
     r->c[IOUPOS__FT_SINCE_BEST] = e - r->c[IOUPOS__FT_BEST_EPOCH];
   }
@@ -23414,9 +23525,14 @@ static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
     snprintf(path, sizeof path, "%s/best.safetensors", r->io.dir);
     if (r->c[IOUPOS__FT_BEST_EPOCH] > 0) {
       ioupos_st_file f;
-      if ((rc = ioupos_safetensors_read(path, &f)) != 0) return rc;
-      rc = ioupos_params_load(&r->p, &f, "", "", NULL, NULL);
-      ioupos_safetensors_free(&f);
+      if (!r->io.follower) { /* data parallel: rank 0 reads it, every rank takes it over */
+        if ((rc = ioupos_safetensors_read(path, &f)) == 0) {
+          rc = ioupos_params_load(&r->p, &f, "", "", NULL, NULL);
+          ioupos_safetensors_free(&f);
+        }
+      }
+      if (r->comm) rc = ioupos__dp_status(r->comm, rc);
+      if (rc == 0 && r->comm) rc = ioupos__ft_bcast_model(r, 0);
       if (rc) return rc;
       ioupos__say(&r->io, "final evaluation of %s (epoch %lld)", path,
                      (long long)r->c[IOUPOS__FT_BEST_EPOCH]);
@@ -23462,7 +23578,7 @@ static int ioupos__ft_final(ioupos__ft *r, ioupos_finetune_result *res) {
     goto done;
   }
   snprintf(path, sizeof path, "%s/results.json", r->io.dir);
-  if ((rc = ioupos_write_file_atomic(path, b.s, b.n)) != 0) goto done;
+  if (!r->io.follower && (rc = ioupos_write_file_atomic(path, b.s, b.n)) != 0) goto done;
   ioupos__say(&r->io, "%s %s %.4f (%s); per-organ results in %s",
                  r->has_test ? "test" : "val",
                  o->metric == IOUPOS_FT_METRIC_RESEARCH ? "research dice" : "mean DSC", score,
@@ -23555,9 +23671,26 @@ static int ioupos__ft_forward_backward(ioupos__ft *r, double *loss) {
                         "checkpoint is %s/checkpoint.safetensors (if an epoch finished)", *loss,
                         (long long)r->c[IOUPOS__FT_EPOCH] + 1,
                         (long long)r->c[IOUPOS__FT_STEP] + 1, r->io.dir);
+  r->parts[0] = r->stats[3 * (size_t)r->B * r->K];
+  r->parts[1] = r->stats[3 * (size_t)r->B * r->K + 1];
+  if (r->comm) { /* the global batch's loss: the mean of the ranks' (each a mean over its crops) */
+    float v[6];
+    double x[3];
+    int k;
+    x[0] = *loss, x[1] = r->parts[0], x[2] = r->parts[1];
+    for (k = 0; k < 3; ++k) { /* high and low float parts keep a double's precision */
+      v[2 * k] = (float)(x[k] / r->comm->size);
+      v[2 * k + 1] = (float)(x[k] / r->comm->size - (double)v[2 * k]);
+    }
+    if ((rc = r->comm->allreduce_sum(r->comm, v, 6)) != 0) return rc;
+    *loss = (double)v[0] + v[1];
+    r->parts[0] = (double)v[2] + v[3];
+    r->parts[1] = (double)v[4] + v[5];
+  }
   memset(r->dlog, 0, nlog * sizeof(float));
-  ioupos_dicece_backward(r->dlog, 1.0f, r->prob, r->stats, r->target, r->B, r->K, (long)r->npix,
-                         NULL);
+  /* data parallel: this rank's crops are 1 / size of the global mean */
+  ioupos_dicece_backward(r->dlog, r->comm ? 1.0f / (float)r->comm->size : 1.0f, r->prob,
+                         r->stats, r->target, r->B, r->K, (long)r->npix, NULL);
   be->upload(r->ddev, r->dlog, nlog * sizeof(float));
   return ioupos_swinunetr_backward(&r->m, &r->p, r->ddev, NULL);
 }
@@ -23568,6 +23701,9 @@ static int ioupos__ft_step(ioupos__ft *r, double lr, double loss) {
   const ioupos_backend *be = r->p.be;
   /* AdamW's step t1 (1 on the first update) is shared: no tensor is ever skipped here */
   int i, rc, t1 = (int)(r->c[IOUPOS__FT_OPT_STEPS] + 1);
+  if (r->comm && (rc = ioupos__comm_sum(r->mcomm, be, r->p.grad, r->p.table.total,
+                                        r->dp_host)) != 0)
+    return rc; /* data parallel: the global batch's gradient on every rank */
   for (i = 0; i < r->p.table.n; ++i) {
     const ioupos_tensor_info *t = &r->p.table.t[i];
     if (t->dtype != IOUPOS_ST_F32 || (t->flags & (IOUPOS_TENSOR_BUFFER | IOUPOS_TENSOR_FROZEN)))
@@ -23588,7 +23724,7 @@ static int ioupos__ft_step(ioupos__ft *r, double lr, double loss) {
 
 /* every log_every steps and at the epoch's end: a metrics.jsonl line and a console line */
 static int ioupos__ft_log_step(ioupos__ft *r, double lr, double loss) {
-  const double *parts = r->stats + 3 * (size_t)r->B * r->K; /* the Dice and CE parts */
+  const double *parts = r->parts; /* the Dice and CE parts */
   double ips;
   char line[1024];
   int rc;
@@ -23628,7 +23764,7 @@ static int ioupos__ft_epoch_end(ioupos__ft *r, int *stop) {
   ioupos__say(&r->io, "epoch %lld done: mean loss %.5f", e, mean);
   r->ep_loss = r->ep_n = 0.0;
   snprintf(path, sizeof path, "%s/checkpoint.safetensors", r->io.dir);
-  if ((rc = ioupos__ft_save_model(r, path, NULL)) != 0) return rc;
+  if (!r->io.follower && (rc = ioupos__ft_save_model(r, path, NULL)) != 0) return rc;
   if (e % o->eval_every == 0 || last)
     if ((rc = ioupos__ft_validate(r, &early)) != 0) return rc;
   if (ioupos__halted(&r->io) && !last && !early) *stop = 1;
@@ -23642,9 +23778,15 @@ static int ioupos__ft_alloc_batch(ioupos__ft *r) {
   const ioupos_backend *be = r->p.be;
   size_t nlog;
   int rc;
-  r->B = r->o->batch_size * r->o->n_crops_per_ct;
+  int ranks = r->comm ? r->comm->size : 1;
+  r->B = r->o->batch_size / ranks * r->o->n_crops_per_ct; /* data parallel: this rank's crops */
   /* 3D: {X, Y, Z}, the loader's crop order, as the sliding window plans its windows */
   if ((rc = ioupos_swinunetr_plan(&r->m, &r->p, r->B, r->shape)) != 0) return rc;
+  if (r->comm) { /* drop-path for the global batch, the gradient sum's staging */
+    if ((rc = ioupos_swin_encoder_shard(&r->m.enc, r->B * ranks, r->B, r->comm->rank * r->B)) ||
+        (rc = ioupos__dp_host(&r->dp_host, r->mcomm, be, 0, r->p.table.total)))
+      return rc;
+  }
   nlog = (size_t)r->B * (size_t)r->K * r->npix;
   r->x = (float *)be->alloc((size_t)r->B * r->npix * sizeof(float));
   r->ddev = (float *)be->alloc(nlog * sizeof(float));
@@ -23714,6 +23856,12 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   r->o = o;
   ioupos__runio_init(&r->io, o->log, o->log_ctx, o->stop, o->max_steps, o->flags_json,
                      o->git_commit, o->chkpt_dir, o->run_name ? o->run_name : "finetune");
+  /* data parallel: rank 0 alone writes and prints; the set-up's failures meet at `agree`, as
+     in ioupos_pretrain_run */
+  r->comm = o->comm && o->comm->size > 1 ? o->comm : NULL;
+  r->mcomm = r->comm && o->comm_dev ? o->comm_dev : r->comm;
+  r->io.comm = r->comm;
+  r->io.follower = r->comm && r->comm->rank != 0;
   r->best = -1.0;
   K = o->n_classes;
   r->shape[0] = r->shape[1] = o->crop;
@@ -23724,7 +23872,21 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   }
   npix = (size_t)r->shape[0] * (size_t)r->shape[1] * (size_t)r->shape[2];
   /* data first: a bad folder fails before anything is written */
-  if ((rc = ioupos__ft_data(r)) != 0) goto done;
+  if ((rc = ioupos__ft_data(r)) != 0) goto agree;
+  { /* the ranks must run one job: the flags, and the files of the splits (in order) */
+    ioupos_seg_set *sets[3];
+    char **names = NULL;
+    int k, n = 0, j;
+    sets[0] = &r->train, sets[1] = &r->val, sets[2] = &r->test;
+    for (k = 0; k < 3; ++k) n += sets[k]->ds.n;
+    if (r->comm && !(names = (char **)ioupos__calloc((size_t)n + 1, sizeof *names)))
+      rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory");
+    for (k = 0, n = 0; names && k < 3; ++k)
+      for (j = 0; j < sets[k]->ds.n; ++j) names[n++] = sets[k]->ds.images[j];
+    if (rc == 0) rc = ioupos__dp_same_job(r->comm, o->flags_json, names, n, o->data_dir);
+    IOUPOS_FREE(names);
+    if (rc) goto agree;
+  }
   { /* every file of the splits read (labels decoded: ids < n_classes), all bad ones named */
     const ioupos_dataset *sets[3];
     int ns = 0;
@@ -23732,18 +23894,21 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     sets[ns++] = &r->val.ds;
     if (r->has_test) sets[ns++] = &r->test.ds;
     if (o->enc.spatial_dims == 3) rc = ioupos__ft_preflight_volumes(r, K);
-    else rc = ioupos__data_preflight(sets, ns, NULL, K, o->num_workers, o->log, o->log_ctx);
-    if (rc) goto done;
+    else rc = ioupos__data_preflight(sets, ns, NULL, K, o->num_workers,
+                                     r->io.follower ? NULL : o->log, o->log_ctx);
+    if (rc) goto agree;
   }
   if (o->max_memory_mb > 0) { /* the peak, before anything is allocated or written */
     ioupos_mem_estimate me;
-    if ((rc = ioupos_finetune_step_bytes(o, &me)) != 0 ||
+    ioupos_finetune_opts mine = *o; /* one process's step: its share of the batch */
+    mine.batch_size = r->comm && o->n_epochs > 0 ? o->batch_size / r->comm->size : o->batch_size;
+    if ((rc = ioupos_finetune_step_bytes(&mine, &me)) != 0 ||
         (rc = ioupos__mem_check(&me, o->max_memory_mb,
                                 o->n_epochs > 0 ? "a step with validation" : "the evaluation",
                                 o->n_epochs > 0 ? "`batch_size`, `n_crops_per_ct`, `crop`, "
                                                   "`sw_batch_size` or `embed_dim`"
                                                 : "`sw_batch_size`, `crop` or `embed_dim`")) != 0)
-      goto done;
+      goto agree;
   }
   if (o->n_epochs > 0) {
     ioupos_loader_config_default(&lc, &r->train.ds, IOUPOS_LOADER_FINETUNE);
@@ -23755,6 +23920,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     lc.num_samples = o->n_crops_per_ct;
     lc.pos = lc.neg = 1;
     lc.augment = ioupos_augment_finetune_crop;
+    lc.shard_rank = r->comm ? r->comm->rank : 0; /* data parallel: this rank's images */
+    lc.shard_count = r->comm ? r->comm->size : 1;
     if (o->enc.spatial_dims == 3) {
       /* the same protocol on volumes: 3D crops (X, Y, Z), section 7's volume augmentation with
          the fine-tuning preset; its rot90 turns the (x, y) plane, which keeps the shape only
@@ -23774,23 +23941,23 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       rc = ioupos__fail(IOUPOS_EINVAL, "%s/train has %d %s, fewer than one batch "
                         "(`batch_size` %d)", o->data_dir, r->train.ds.n,
                         o->enc.spatial_dims == 3 ? "volumes" : "slices", o->batch_size);
-      goto done;
+      goto agree;
     }
-    if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto done;
+    if ((rc = ioupos_loader_open(&ld, &lc)) != 0) goto agree;
     spe = ld.batches_per_epoch;
   }
   /* the model */
   ioupos_swinunetr_config_default(&r->cfg, 2);
   r->cfg.enc = o->enc;
   r->cfg.out_channels = K;
-  if ((rc = ioupos_swinunetr_init(&r->m, &r->cfg, &r->p.table, "")) != 0) goto done;
-  if ((rc = ioupos_params_alloc(&r->p, be, o->n_epochs > 0)) != 0) goto done;
+  if ((rc = ioupos_swinunetr_init(&r->m, &r->cfg, &r->p.table, "")) != 0) goto agree;
+  if ((rc = ioupos_params_alloc(&r->p, be, o->n_epochs > 0)) != 0) goto agree;
   {
     ioupos_rng ir;
     ioupos_rng_seed_stream(&ir, o->seed, 0x696e6974u); /* "init" */
-    if ((rc = ioupos_params_init(&r->p, &ir)) != 0) goto done;
+    if ((rc = ioupos_params_init(&r->p, &ir)) != 0) goto agree;
   }
-  if ((rc = ioupos_swin_encoder_buffers(&r->m.enc, &r->p)) != 0) goto done;
+  if ((rc = ioupos_swin_encoder_buffers(&r->m.enc, &r->p)) != 0) goto agree;
   r->c[IOUPOS__FT_SEED] = (int64_t)o->seed;
   r->c[IOUPOS__FT_BATCH] = o->batch_size;
   r->c[IOUPOS__FT_NCROPS] = o->n_crops_per_ct;
@@ -23806,33 +23973,37 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   snprintf(path, sizeof path, "%s/state.safetensors", r->io.dir);
   if (o->resume && o->n_epochs == 0) {
     rc = ioupos__fail(IOUPOS_EINVAL, "`resume` with `n_epochs` 0: there is nothing to resume");
-    goto done;
+    goto agree;
   }
-  if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto done;
-  if (o->resume) {
+  if ((rc = ioupos__run_dir_hold(&r->io)) != 0) goto agree;
+  if (o->resume || (o->n_epochs > 0 && r->io.follower)) { /* followers: AdamW's moments here */
     r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
     r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
     if (!r->m1 || !r->m2) {
       rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the AdamW moments");
-      goto done;
+      goto agree;
     }
+  }
+  if (r->io.follower) {
+    /* data parallel: rank 0 reads the state or the checkpoint and broadcasts it below */
+  } else if (o->resume) {
     /* chkpt_path is not read on resume: the state holds the model as trained so far */
     if ((rc = ioupos__ft_load_state(r, path)) != 0) {
       if (rc == IOUPOS_EIO)
         rc = ioupos__fail(IOUPOS_EIO, "`resume`: no training state at %s (%s)", path,
                           ioupos_failure_reason());
-      goto done;
+      goto agree;
     }
     snprintf(tmp, sizeof tmp, "%s/metrics.jsonl", r->io.dir);
-    if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__FT_OPT_STEPS])) != 0) goto done;
+    if ((rc = ioupos__metrics_truncate(tmp, (long long)r->c[IOUPOS__FT_OPT_STEPS])) != 0) goto agree;
     ioupos__say(&r->io, "resuming %s at epoch %lld step %lld/%d (%lld steps done)", r->io.dir,
                    (long long)r->c[IOUPOS__FT_EPOCH] + 1, (long long)r->c[IOUPOS__FT_STEP], spe,
                    (long long)r->c[IOUPOS__FT_OPT_STEPS]);
   } else {
-    if ((rc = ioupos__run_dir_free(r->io.dir)) != 0) goto done;
+    if ((rc = ioupos__run_dir_free(r->io.dir)) != 0) goto agree;
     if (o->chkpt_path) {
       ioupos_swinunetr_load_info li;
-      if ((rc = ioupos_swinunetr_load(&r->m, &r->p, o->chkpt_path, &li)) != 0) goto done;
+      if ((rc = ioupos_swinunetr_load(&r->m, &r->p, o->chkpt_path, &li)) != 0) goto agree;
       if (li.whole)
         ioupos__say(&r->io, "loaded a whole SwinUNETR from %s: %d tensors", o->chkpt_path,
                        li.n_loaded);
@@ -23847,15 +24018,22 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
     /* after the checkpoint load: a missing or mismatched chkpt_path fails before the directory
        gets its first file */
     if ((rc = ioupos__run_dir_create(r->io.dir, o->flags_json, o->seed, o->git_commit, spe)) != 0)
-      goto done;
+      goto agree;
     if (o->n_epochs > 0) {
       r->m1 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
       r->m2 = (float *)be->alloc(r->p.table.total * sizeof(float) + 1);
       if (!r->m1 || !r->m2) {
         rc = ioupos__fail(IOUPOS_ENOMEM, "out of memory for the AdamW moments");
-        goto done;
+        goto agree;
       }
     }
+  }
+agree:
+  if (r->comm) { /* every rank goes on, or all stop; then rank 0's model (and state) to all */
+    if ((rc = ioupos__dp_status(r->comm, rc)) != 0) goto done;
+    if ((rc = ioupos__ft_bcast_model(r, o->resume)) != 0) goto done;
+  } else if (rc) {
+    goto done;
   }
   if (o->n_epochs > 0 && o->enc.spatial_dims == 3) {
     ioupos__say(&r->io, "fine-tuning, 3D: train %d volumes, val %d volumes, test %d volumes; %d "
@@ -23888,12 +24066,19 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
   r->spe = spe;
   if (o->n_epochs > 0 && (rc = ioupos__ft_alloc_batch(r)) != 0) goto done;
   ioupos_rng_seed_stream(&r->drop, o->seed, 0x64726f70u); /* drop-path draws: "drop" */
+  if (r->comm)
+    ioupos__say(&r->io, "data parallel: %d processes (%s%s%s), %d of each batch's %d %s on "
+                "each; evaluations split by case", r->comm->size, r->comm->name,
+                o->comm_dev ? ", gradients on " : "", o->comm_dev ? o->comm_dev->name : "",
+                o->batch_size / r->comm->size, o->batch_size,
+                o->enc.spatial_dims == 3 ? "volumes" : "slices");
   ioupos__clock_start(&r->clock);
   /* the method, one optimiser step at a time */
   while (rc == 0 && !stop && !r->c[IOUPOS__FT_STOPPED] && r->c[IOUPOS__FT_EPOCH] < o->n_epochs) {
     rc = ioupos__ft_epoch_begin(r, &ld);                     /* the epoch's sample order */
     while (rc == 0 && r->c[IOUPOS__FT_STEP] < spe) {
       double lr = ioupos__ft_lr(r), loss = 0.0;              /* lr */
+      if (r->comm && ((rc = ioupos__stop_agree(&r->io, &stop)) != 0 || stop)) break;
       rc = ioupos__ft_batch(r, &ld);                         /* batch */
       if (rc == 0) rc = ioupos__ft_forward_backward(r, &loss); /* forward, loss, backward */
       if (rc == 0) rc = ioupos__ft_step(r, lr, loss);        /* optimiser step */
@@ -23902,7 +24087,8 @@ IOUPOS_DEF int ioupos_finetune_run(const ioupos_finetune_opts *o, ioupos_finetun
       if (stop) break;
     }
     if (rc == 0 && !stop) rc = ioupos__ft_epoch_end(r, &stop); /* checkpoint, evaluate */
-    if (rc == 0) rc = ioupos__ft_save_state(r, path);       /* state */
+    if (rc == 0 && !r->io.follower) rc = ioupos__ft_save_state(r, path); /* state */
+    if (r->comm) rc = ioupos__dp_status(r->comm, rc); /* rank 0's files written, or all stop */
   }
   if (rc == 0 && stop) {
     ioupos__say(&r->io, "%s after %ld steps in this process, at epoch %lld step %lld/%d; the "

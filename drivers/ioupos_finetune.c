@@ -378,7 +378,8 @@ int main(int argc, char **argv) {
   char *json;
   int rc;
   ft_parse(argc, argv, &f);
-  if (f.use_amp)
+  f.o.comm = train_comm_init(&argc, &argv); /* under mpirun: data parallel over MPI */
+  if (f.use_amp && train_rank == 0) /* the note once, from rank 0 */
     fprintf(stderr, PROG ": note: --use_amp ignored: both backends compute in float32 (bf16 is "
                     "not there yet)\n");
   f.threads = train_threads(f.threads); /* the count used, recorded in the flags */
@@ -391,8 +392,8 @@ int main(int argc, char **argv) {
   f.o.backend = cli_device_backend(&f.device);
   rc = ioupos_finetune_run(&f.o, &res);
   free(json);
-  if (rc != IOUPOS_OK) return train_exit_status(rc);
-  if (res.done) {
+  if (rc != IOUPOS_OK) return train_comm_end(train_exit_status(rc));
+  if (res.done && train_rank == 0) { /* the table once, from rank 0 */
     const ioupos_seg_eval_result *r = res.has_test ? &res.test : &res.val;
     if (f.o.n_epochs > 0)
       printf("%s split, best validation checkpoint (epoch %d of %d%s), %d cases\n", res.split,
@@ -404,11 +405,11 @@ int main(int argc, char **argv) {
     if (ft_print_table(r) != 0) {
       fprintf(stderr, PROG ": error: %s\n", cli_flags(ioupos_failure_reason()));
       ioupos_finetune_result_free(&res);
-      return 1;
+      return train_comm_end(1);
     }
     printf("score %s %s %.6f\n", res.split,
            f.o.metric == IOUPOS_FT_METRIC_RESEARCH ? "research" : "dsc", res.score);
   }
   ioupos_finetune_result_free(&res);
-  return train_exit_status(IOUPOS_OK);
+  return train_comm_end(train_exit_status(IOUPOS_OK));
 }

@@ -3,7 +3,8 @@
 
    usage: st_compare GOT EXPECTED TOL
    Both files must hold the same tensor names with the same dtypes and shapes. Integer tensors
-   (I64: batch norm's num_batches_tracked, AdamW's steps) must be equal; every float element
+   (I64: batch norm's num_batches_tracked, AdamW's steps, a state's counters) must be equal, but
+   for a state's train.monitor (doubles in an I64 tensor: compared as below); every float element
    must satisfy |got - expected| <= TOL * max(max|expected of its tensor|, 1e-3), the scale of
    each tensor being its own since weights, biases and optimiser moments differ by orders of
    magnitude. The floor 1e-3: some tensors are rounding noise around 0 (the SimSiam predictor's
@@ -47,6 +48,19 @@ int main(int argc, char **argv) {
       printf("st_compare: %s: missing from %s or another dtype / shape\n", x->name, argv[2]);
       rc = 1;
       break;
+    }
+    if (strcmp(x->name, "train.monitor") == 0 && x->nbytes % 8 == 0) {
+      /* a state's monitors: doubles (their bits in an I64 tensor), within the tolerance */
+      for (n = 0; n < x->nbytes / 8; ++n) {
+        double u, v;
+        memcpy(&u, (const char *)x->data + 8 * n, 8);
+        memcpy(&v, (const char *)y->data + 8 * n, 8);
+        if (!(fabs(u - v) <= tol * (fabs(v) > 1e-3 ? fabs(v) : 1e-3))) {
+          printf("st_compare: train.monitor[%zu]: %.17g, expected %.17g\n", n, u, v);
+          rc = 1;
+        }
+      }
+      continue;
     }
     if (x->dtype != IOUPOS_ST_F32) { /* integers: equal */
       if (memcmp(x->data, y->data, x->nbytes) != 0) {
