@@ -116,7 +116,7 @@ endif
 # Whatever is found, `make test` (MPI=1) builds $(BUILD)/test_comm_nccl: the NCCL table in the
 # host build (tests/cuda_host/nccl_host.h: NCCL's calls over MPI on host memory), which
 # tests/test_comm_nccl.sh runs under mpirun; $(BUILD)/test_comm_nccl_gpu is the same test on the
-# real backend (scripts/gpu_check.sh). Toggling NCCL needs `rm $(BUILD)/ioupos_cuda.o`.
+# real backend (scripts/gpu_check.sh).
 NCCL_H      ?= $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h \
                  /usr/local/include/nccl.h))
 NCCL_LIBDIR ?= $(patsubst %/,%,$(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so \
@@ -171,7 +171,15 @@ $(BUILD)/test_comm_nccl_gpu: tests/test_comm_nccl.c tests/test_util.h ioupos.h $
 	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) \
 	  -lstdc++ $(LDLIBS)
 
-$(BUILD)/ioupos_cuda.o: ioupos_cuda.cu ioupos.h
+# NCCL on or off is a flag of the object: $(BUILD)/ioupos_cuda.flags changes when it does, so the
+# object is rebuilt (and never linked without -lnccl when it needs it).
+$(BUILD)/ioupos_cuda.flags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(NCCL_FLAGS)' | cmp -s - $@ || echo '$(NCCL_FLAGS)' >$@
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/ioupos_cuda.o: ioupos_cuda.cu ioupos.h $(BUILD)/ioupos_cuda.flags
 	@mkdir -p $(BUILD)
 	@echo "$(NVCC) $(NCCL_FLAGS) -c ioupos_cuda.cu -o $@ (report: $(BUILD)/ioupos_cuda.ptxas.txt)"
 	@$(NVCC) -std=c++17 $(NVCCFLAGS) --fmad=false $(CUDA_ARCH) -Werror all-warnings \
