@@ -2227,7 +2227,9 @@ IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
    rank, a sum of float arrays over all of them, a broadcast and a barrier, behind a table of
    function pointers like the backend's. ioupos_comm_single() is the one-process table (nothing
    moves) that everything uses by default; a program built with -DIOUPOS_WITH_MPI (mpicc, the
-   implementation too) also has ioupos_comm_mpi_init, the same table over MPI_COMM_WORLD.
+   implementation too) also has ioupos_comm_mpi_init, the same table over MPI_COMM_WORLD; the
+   CUDA backend built with NCCL has ioupos_comm_nccl_init (declared with the CUDA backend above),
+   the same contract on device memory.
      - allreduce_sum replaces every rank's buf[0..n) by the sum over the ranks, formed as
        ((x_0 + x_1) + x_2) + ... + x_{size-1} in float, x_r being rank r's value, on every rank:
        every rank holds the same bits, and a run gives the same bits each time for the same
