@@ -87,7 +87,8 @@ endif
 # When mpicc is found (MPI=0 forces it off, MPI=1 on), $(BUILD)/ioupos_mpi.o is the
 # implementation compiled with mpicc -DIOUPOS_WITH_MPI, and `make test` builds
 # $(BUILD)/test_comm_mpi from tests/test_comm.c with it, which tests/test_comm.sh runs under
-# mpirun -np 2 (and 3). The training commands (ioupos-simsiam, -dino, -finetune) are then built
+# mpirun -np 2 (and 3), and $(BUILD)/test_comm_nccl (the NCCL table in the CUDA host build; see
+# NCCL below), which tests/test_comm_nccl.sh runs likewise. The training commands (ioupos-simsiam, -dino, -finetune) are then built
 # with it too: under mpirun they train data parallel (tests/test_parallel.sh); started alone they
 # never touch MPI. `make` says which it did in one line. A program that wants the MPI table
 # compiles with $(MPICC) -DIOUPOS_WITH_MPI and links $(BUILD)/ioupos_mpi.o.
@@ -95,7 +96,7 @@ MPICC     ?= $(shell command -v mpicc 2>/dev/null)
 MPI       ?= $(if $(MPICC),1,0)
 ifeq ($(MPI),1)
 MPICC     := $(or $(MPICC),mpicc)
-MPI_TESTS := $(BUILD)/test_comm_mpi
+MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl
 MPI_MSG   := MPI: found $(MPICC): the training commands train data parallel under mpirun
 TRAIN_CC  := $(MPICC)
 TRAIN_OBJ := $(BUILD)/ioupos_mpi.o
@@ -106,6 +107,33 @@ MPI_MSG   := MPI: not used ($(if $(MPICC),MPI=0,mpicc not found)): one process o
 TRAIN_CC  := $(CC)
 TRAIN_OBJ := $(BUILD)/ioupos.o
 TRAIN_MPI :=
+endif
+
+# ---- NCCL (section 16b's NCCL table, ioupos_comm_nccl_init in ioupos_cuda.cu) ------------------
+# With nvcc (CUDA=1), MPI (MPI=1: the table takes the MPI table to share NCCL's id), nccl.h and
+# libnccl found (NCCL=0 forces it off), $(BUILD)/ioupos_cuda.o is compiled with
+# -DIOUPOS_WITH_NCCL and everything that links it links -lnccl too (CUDA_LIBS, DEV_LINK).
+# Whatever is found, `make test` (MPI=1) builds $(BUILD)/test_comm_nccl: the NCCL table in the
+# host build (tests/cuda_host/nccl_host.h: NCCL's calls over MPI on host memory), which
+# tests/test_comm_nccl.sh runs under mpirun; $(BUILD)/test_comm_nccl_gpu is the same test on the
+# real backend (scripts/gpu_check.sh).
+NCCL_H      ?= $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h \
+                 /usr/local/include/nccl.h))
+NCCL_LIBDIR ?= $(patsubst %/,%,$(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so \
+                 $(CUDA_HOME)/lib/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib64/libnccl.so \
+                 /usr/local/lib/libnccl.so))))
+NCCL        ?= $(if $(and $(filter 1,$(CUDA)),$(filter 1,$(MPI)),$(NCCL_H),$(NCCL_LIBDIR)),1,0)
+ifeq ($(NCCL),1)
+NCCL_FLAGS  := -DIOUPOS_WITH_NCCL $(filter-out -I/usr/include/,-I$(dir $(NCCL_H)))
+NCCL_LIBS   := -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) -lnccl
+CUDA_LIBS   += $(NCCL_LIBS)
+DEV_LINK    += $(NCCL_LIBS)
+CUDA_MSG    := $(CUDA_MSG); with NCCL ($(NCCL_H), -lnccl from $(NCCL_LIBDIR)): ioupos_comm_nccl_init
+else
+NCCL_FLAGS  :=
+ifeq ($(CUDA),1)
+CUDA_MSG    := $(CUDA_MSG); without NCCL ($(if $(filter 1,$(MPI)),$(if $(NCCL_H),$(if $(NCCL_LIBDIR),NCCL=0,libnccl.so not found),nccl.h not found),MPI is off))
+endif
 endif
 
 all: $(DRIVERS) $(CUDA_OBJ)
@@ -120,11 +148,42 @@ $(BUILD)/test_comm_mpi: tests/test_comm.c tests/test_util.h ioupos.h $(BUILD)/io
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_MPI $< $(BUILD)/ioupos_mpi.o \
 	  -o $@ $(LDLIBS)
 
-$(BUILD)/ioupos_cuda.o: ioupos_cuda.cu ioupos.h
+# The NCCL table in the host build, over MPI (tests/cuda_host/nccl_host.h), and its test. The
+# chunk of allreduce_sum is 96 bytes there (8 floats per rank with 3 ranks), so that the test's
+# sums go in many rounds.
+$(BUILD)/ioupos_cuda_host_mpi.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_host.h \
+  tests/cuda_host/cublas_ref.h tests/cuda_host/nccl_host.h
 	@mkdir -p $(BUILD)
-	@echo "$(NVCC) -c ioupos_cuda.cu -o $@ (report: $(BUILD)/ioupos_cuda.ptxas.txt)"
+	$(MPICC) -x c++ -std=c++11 $(CFLAGS) $(WARN) -ffp-contract=off -DIOUPOS_CUDA_HOST -DIOUPOS_WITH_NCCL \
+	  -DIOUPOS_COMM_CHUNK_BYTES=96 -Itests/cuda_host $(CPPFLAGS) -c $< -o $@
+
+$(BUILD)/test_comm_nccl: tests/test_comm_nccl.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
+  $(BUILD)/ioupos_cuda_host_mpi.o | stb
+	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -DIOUPOS_WITH_MPI -DIOUPOS_WITH_NCCL -c $< -o $@.o
+	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o -o $@ \
+	  -lstdc++ $(LDLIBS)
+
+# the same test on a GPU: the nvcc object built with NCCL (scripts/gpu_check.sh, mpirun -np 1)
+$(BUILD)/test_comm_nccl_gpu: tests/test_comm_nccl.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
+  $(BUILD)/ioupos_cuda.o | stb
+	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -DIOUPOS_WITH_MPI -DIOUPOS_WITH_NCCL \
+	  -DIOUPOS_TEST_CUDA_GPU -c $< -o $@.o
+	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) \
+	  -lstdc++ $(LDLIBS)
+
+# NCCL on or off is a flag of the object: $(BUILD)/ioupos_cuda.flags changes when it does, so the
+# object is rebuilt (and never linked without -lnccl when it needs it).
+$(BUILD)/ioupos_cuda.flags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(NCCL_FLAGS)' | cmp -s - $@ || echo '$(NCCL_FLAGS)' >$@
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/ioupos_cuda.o: ioupos_cuda.cu ioupos.h $(BUILD)/ioupos_cuda.flags
+	@mkdir -p $(BUILD)
+	@echo "$(NVCC) $(NCCL_FLAGS) -c ioupos_cuda.cu -o $@ (report: $(BUILD)/ioupos_cuda.ptxas.txt)"
 	@$(NVCC) -std=c++17 $(NVCCFLAGS) --fmad=false $(CUDA_ARCH) -Werror all-warnings \
-	  -Xcompiler -Wall,-Wextra,-Werror -Xptxas -v -I. -c $< -o $@ 2>$(BUILD)/ioupos_cuda.ptxas.txt \
+	  -Xcompiler -Wall,-Wextra,-Werror -Xptxas -v -I. $(NCCL_FLAGS) -c $< -o $@ 2>$(BUILD)/ioupos_cuda.ptxas.txt \
 	  || { grep -v '^ptxas info' $(BUILD)/ioupos_cuda.ptxas.txt; rm -f $@; exit 1; }
 
 # The host build of the same file (tests/cuda_host: kernels as host loops, reference cuBLAS) and

@@ -2182,6 +2182,42 @@ extern const ioupos_backend *ioupos_backend_cuda(int device);
    bench_finetune --device cuda report the peak. */
 extern size_t ioupos_cuda_mem_in_use(void);
 extern size_t ioupos_cuda_mem_peak(void);
+/* The number of CUDA devices this process sees (cudaGetDeviceCount), so that a data-parallel
+   program can check its local ranks against its GPUs before ioupos_backend_cuda (NCCL refuses
+   two ranks on one GPU; see ioupos_comm_mpi_local). 0, with the reason in
+   ioupos_failure_reason() (starting "no usable CUDA device" as ioupos_backend_cuda's), when
+   there is no device, no usable driver (errors 100, 35) or any other error. Safe to call before
+   or after ioupos_backend_cuda. The host build answers IOUPOS_CUDA_HOST_DEVICES (default 1). */
+extern int ioupos_cuda_device_count(void);
+
+struct ioupos_comm; /* section 16b */
+#ifdef IOUPOS_WITH_NCCL
+/* THE NCCL TABLE (ioupos_cuda.cu built with -DIOUPOS_WITH_NCCL, linked with -lnccl; make does
+   this when it finds nvcc, nccl.h, libnccl and MPI). Section 16b's contract on device memory:
+   the float buffers of allreduce_sum and allgather, and broadcast's bytes, are the CUDA
+   backend's device memory (device_buffers = 1), and every collective is queued on the backend's
+   one stream, after the operations queued before it, like an operation of the backend (it
+   returns before the data has moved: the next sync(), download or barrier waits for it).
+     - ioupos_comm_nccl_init(mpi, &out): call it on every rank, after ioupos_backend_cuda(device)
+       chose this process's GPU, with the MPI table (ioupos_comm_mpi_init): rank 0's
+       ncclGetUniqueId goes to every rank through mpi->broadcast, then ncclCommInitRank (rank
+       and size those of mpi). *out: name "nccl", rank and size of mpi; valid until
+       ioupos_comm_nccl_finalize. A second call returns the same table.
+     - allreduce_sum keeps section 16b's bits, the same as the MPI table's for the same inputs:
+       ncclAllGather of at most IOUPOS_COMM_CHUNK_BYTES (all ranks' chunks) at a time into a
+       device staging buffer, then a kernel that adds the ranks' blocks in rank order in float.
+       ncclAllReduce is not used: NCCL fixes neither its order nor that the ranks agree.
+     - broadcast is ncclBroadcast of bytes, allgather ncclAllGather, barrier waits for the
+       stream and then calls mpi->barrier.
+   Errors: IOUPOS_EINVAL for bad arguments (before anything is sent, as in section 16b);
+   IOUPOS_EIO naming the call with ncclGetErrorString's or the CUDA runtime's text (IOUPOS_ENOMEM
+   for device memory). A NCCL error that comes later, while the collective runs, is reported by
+   NCCL on the device, not here. */
+extern int ioupos_comm_nccl_init(const struct ioupos_comm *mpi, const struct ioupos_comm **out);
+/* Waits for the stream, destroys the NCCL communicator and frees the staging buffer; 0 when
+   there is nothing to do. Call it before ioupos_comm_mpi_finalize. */
+extern int ioupos_comm_nccl_finalize(void);
+#endif
 /* For backends outside this file: sets this thread's ioupos_failure_reason() and returns
    status. */
 IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
@@ -2191,7 +2227,9 @@ IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
    rank, a sum of float arrays over all of them, a broadcast and a barrier, behind a table of
    function pointers like the backend's. ioupos_comm_single() is the one-process table (nothing
    moves) that everything uses by default; a program built with -DIOUPOS_WITH_MPI (mpicc, the
-   implementation too) also has ioupos_comm_mpi_init, the same table over MPI_COMM_WORLD.
+   implementation too) also has ioupos_comm_mpi_init, the same table over MPI_COMM_WORLD; the
+   CUDA backend built with NCCL has ioupos_comm_nccl_init (declared with the CUDA backend above),
+   the same contract on device memory.
      - allreduce_sum replaces every rank's buf[0..n) by the sum over the ranks, formed as
        ((x_0 + x_1) + x_2) + ... + x_{size-1} in float, x_r being rank r's value, on every rank:
        every rank holds the same bits, and a run gives the same bits each time for the same
@@ -2215,7 +2253,7 @@ IOUPOS_DEF int ioupos_failure_set(int status, const char *reason);
 #endif
 typedef struct ioupos_comm {
   int rank, size;   /* this process, the number of processes */
-  const char *name; /* "single" or "mpi" */
+  const char *name; /* "single", "mpi" or "nccl" */
   int (*allreduce_sum)(const struct ioupos_comm *c, float *buf, size_t n);
   int (*broadcast)(const struct ioupos_comm *c, void *buf, size_t bytes, int root);
   int (*barrier)(const struct ioupos_comm *c);
@@ -2239,6 +2277,13 @@ IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm *
 /* Frees the communicator and calls MPI_Finalize if ioupos_comm_mpi_init called MPI_Init. 0 when
    there is nothing to do. */
 IOUPOS_DEF int ioupos_comm_mpi_finalize(void);
+/* This process's place among the processes of its machine: *local_rank in [0, *local_size),
+   the ranks that share memory with it (MPI_Comm_split_type MPI_COMM_TYPE_SHARED, keyed by rank,
+   computed once by ioupos_comm_mpi_init, so this call is local and never waits for the other
+   ranks). What a data-parallel program needs to give each process its own GPU: device
+   local_rank, and an error when local_size exceeds ioupos_cuda_device_count(). IOUPOS_EINVAL
+   before ioupos_comm_mpi_init (or after finalize) or with a NULL pointer. */
+IOUPOS_DEF int ioupos_comm_mpi_local(int *local_rank, int *local_size);
 #endif
 
 
@@ -16277,6 +16322,7 @@ IOUPOS_DEF const ioupos_comm *ioupos_comm_single(void) {
 static struct {
   int ready;       /* the table below is set */
   int initialised; /* ioupos_comm_mpi_init called MPI_Init, so finalize calls MPI_Finalize */
+  int local_rank, local_size; /* among the ranks of this machine (ioupos_comm_mpi_local) */
   MPI_Comm comm;
   ioupos_comm table;
 } ioupos__mpi;
@@ -16427,6 +16473,25 @@ IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm *
     MPI_Comm_free(&ioupos__mpi.comm);
     return ioupos__mpi_fail(err, "ioupos_comm_mpi_init: MPI_Comm_set_errhandler / rank / size");
   }
+  /* the ranks of this machine, once: MPI_Comm_split_type is collective, so it is done here,
+     where every rank is anyway, and ioupos_comm_mpi_local only reads the result */
+  {
+    MPI_Comm local;
+    int lrank = 0, lsize = 0;
+    err = MPI_Comm_split_type(ioupos__mpi.comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
+    if (err == MPI_SUCCESS) {
+      err = MPI_Comm_rank(local, &lrank);
+      if (err == MPI_SUCCESS) err = MPI_Comm_size(local, &lsize);
+      MPI_Comm_free(&local);
+    }
+    if (err != MPI_SUCCESS) {
+      MPI_Comm_free(&ioupos__mpi.comm);
+      return ioupos__mpi_fail(err, "ioupos_comm_mpi_init: MPI_Comm_split_type (the ranks of "
+                                   "this machine)");
+    }
+    ioupos__mpi.local_rank = lrank;
+    ioupos__mpi.local_size = lsize;
+  }
   ioupos__mpi.table.rank = rank;
   ioupos__mpi.table.size = size;
   ioupos__mpi.table.name = "mpi";
@@ -16437,6 +16502,17 @@ IOUPOS_DEF int ioupos_comm_mpi_init(int *argc, char ***argv, const ioupos_comm *
   ioupos__mpi.table.ctx = &ioupos__mpi.comm;
   ioupos__mpi.ready = 1;
   *out = &ioupos__mpi.table;
+  return IOUPOS_OK;
+}
+
+IOUPOS_DEF int ioupos_comm_mpi_local(int *local_rank, int *local_size) {
+  if (!local_rank || !local_size)
+    return ioupos__fail(IOUPOS_EINVAL, "ioupos_comm_mpi_local: a pointer is NULL");
+  if (!ioupos__mpi.ready)
+    return ioupos__fail(IOUPOS_EINVAL,
+                        "ioupos_comm_mpi_local: no MPI table (call ioupos_comm_mpi_init first)");
+  *local_rank = ioupos__mpi.local_rank;
+  *local_size = ioupos__mpi.local_size;
   return IOUPOS_OK;
 }
 

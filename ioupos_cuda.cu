@@ -64,6 +64,13 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #endif
+#ifdef IOUPOS_WITH_NCCL /* section 16b's NCCL table (end of this file) */
+#ifdef IOUPOS_CUDA_HOST
+#include "nccl_host.h" /* NCCL's calls over MPI on the host build's "device" memory */
+#else
+#include <nccl.h>
+#endif
+#endif
 
 #include <math.h>
 #include <stdarg.h>
@@ -2426,3 +2433,232 @@ extern "C" const ioupos_backend *ioupos_backend_cuda(int device) {
   table = cu_table();
   return table;
 }
+
+/* ---- the device count (ioupos_cuda_device_count) -------------------------------------------- */
+extern "C" int ioupos_cuda_device_count(void) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    char buf[256];
+    cudaGetLastError(); /* not left for the backend's next check */
+    snprintf(buf, sizeof buf, "no usable CUDA device: cudaGetDeviceCount: %s (%s)",
+             cudaGetErrorName(e), cudaGetErrorString(e));
+    ioupos_failure_set(IOUPOS_EIO, buf);
+    return 0;
+  }
+  if (n < 1) {
+    ioupos_failure_set(IOUPOS_EIO, "no usable CUDA device: the driver reports 0 devices");
+    return 0;
+  }
+  return n;
+}
+
+#ifdef IOUPOS_WITH_NCCL
+/* ---- section 16b's NCCL table (ioupos_comm_nccl_init) ------------------------------------------
+   The collectives of ioupos_comm on the backend's device memory and stream. allreduce_sum is an
+   all-gather into a staging buffer and a rank-order sum, never ncclAllReduce: NCCL's reduction
+   order depends on its algorithm (ring, tree), on the number of channels and on the message
+   size, so neither the bits nor their equality across ranks would be what section 16b
+   promises. The staging buffer is sized once, IOUPOS_COMM_CHUNK_BYTES (all ranks' chunks), so a
+   sum never waits for a reallocation; a bigger buffer goes in several rounds, each one an
+   all-gather and a sum kernel queued on the stream (a round's gather waits for the previous
+   round's kernel by stream order). */
+static struct {
+  int ready;
+  ncclComm_t comm;
+  const ioupos_comm *mpi; /* the table init was given: its barrier is ours */
+  float *stage;           /* size * chunk floats of device memory */
+  size_t chunk;           /* floats per rank per round */
+  ioupos_comm table;
+} cu_nccl;
+
+static int cu_nccl_fail(ncclResult_t r, const char *what) {
+  char buf[320];
+  snprintf(buf, sizeof buf, "%s: %s (NCCL error %d)", what,
+           ncclGetErrorString(r), (int)r);
+  return ioupos_failure_set(IOUPOS_EIO, buf);
+}
+
+/* out[i] = ((stage[i] + stage[m + i]) + stage[2m + i]) + ...: rank r's gathered chunk is at
+   r * m; the same float additions, in the same order, as the MPI table's loop */
+static __global__ void cu_rank_sum_k(float *out, const float *stage, size_t m, int size) {
+  CU_FOR(i, m) {
+    float s = stage[i];
+    for (int r = 1; r < size; ++r) s = __fadd_rn(s, stage[(size_t)r * m + i]);
+    out[i] = s;
+  }
+}
+
+static int cu_nccl_allreduce_sum(const ioupos_comm *c, float *buf, size_t n) {
+  size_t off, m;
+  ncclResult_t r;
+  cudaError_t e;
+  char what[200];
+  if (!buf && n > 0)
+    return ioupos_failure_set(IOUPOS_EINVAL, "ioupos_comm allreduce_sum (nccl): buf is NULL");
+  if (n == 0) return IOUPOS_OK;
+  for (off = 0; off < n; off += m) {
+    m = n - off < cu_nccl.chunk ? n - off : cu_nccl.chunk;
+    r = ncclAllGather(buf + off, cu_nccl.stage, m, ncclFloat, cu_nccl.comm, cu.stream);
+    if (r != ncclSuccess) {
+      snprintf(what, sizeof what, "ioupos_comm allreduce_sum (nccl): ncclAllGather of floats [%zu, %zu) of %zu",
+               off, off + m, n);
+      return cu_nccl_fail(r, what);
+    }
+    CU_LAUNCH(cu_rank_sum_k, cu_blocks(m, CU_EW), CU_EW, buf + off, cu_nccl.stage, m, c->size);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cu_check(e, "ioupos_comm allreduce_sum (nccl): cu_rank_sum_k");
+  }
+  return IOUPOS_OK;
+}
+
+static int cu_nccl_broadcast(const ioupos_comm *c, void *buf, size_t bytes, int root) {
+  ncclResult_t r;
+  char what[200];
+  if (!buf && bytes > 0)
+    return ioupos_failure_set(IOUPOS_EINVAL, "ioupos_comm broadcast (nccl): buf is NULL");
+  if (root < 0 || root >= c->size) {
+    snprintf(what, sizeof what, "ioupos_comm broadcast (nccl): root is %d; the ranks are 0 to %d",
+             root, c->size - 1);
+    return ioupos_failure_set(IOUPOS_EINVAL, what);
+  }
+  if (bytes == 0) return IOUPOS_OK;
+  r = ncclBroadcast(buf, buf, bytes, ncclUint8, root, cu_nccl.comm, cu.stream);
+  if (r != ncclSuccess) {
+    snprintf(what, sizeof what, "ioupos_comm broadcast (nccl): ncclBroadcast of %zu bytes from rank %d", bytes, root);
+    return cu_nccl_fail(r, what);
+  }
+  return IOUPOS_OK;
+}
+
+static int cu_nccl_allgather(const ioupos_comm *c, const float *send, size_t n, float *recv) {
+  ncclResult_t r;
+  char what[200];
+  (void)c;
+  if ((!send || !recv) && n > 0)
+    return ioupos_failure_set(IOUPOS_EINVAL, "ioupos_comm allgather (nccl): a buffer is NULL");
+  if (n == 0) return IOUPOS_OK;
+  r = ncclAllGather(send, recv, n, ncclFloat, cu_nccl.comm, cu.stream);
+  if (r != ncclSuccess) {
+    snprintf(what, sizeof what, "ioupos_comm allgather (nccl): ncclAllGather of %zu floats per rank", n);
+    return cu_nccl_fail(r, what);
+  }
+  return IOUPOS_OK;
+}
+
+/* the stream's work done (this rank's collectives included), NCCL's asynchronous errors
+   looked at, then the MPI barrier */
+static int cu_nccl_barrier(const ioupos_comm *c) {
+  ncclResult_t r, async = ncclSuccess;
+  cudaError_t e = cudaStreamSynchronize(cu.stream);
+  (void)c;
+  if (e != cudaSuccess) return cu_check(e, "ioupos_comm barrier (nccl): cudaStreamSynchronize");
+  r = ncclCommGetAsyncError(cu_nccl.comm, &async);
+  if (r != ncclSuccess) return cu_nccl_fail(r, "ioupos_comm barrier (nccl): ncclCommGetAsyncError");
+  if (async != ncclSuccess) return cu_nccl_fail(async, "ioupos_comm barrier (nccl): an earlier collective failed");
+  return cu_nccl.mpi->barrier(cu_nccl.mpi);
+}
+
+extern "C" int ioupos_comm_nccl_init(const ioupos_comm *mpi, const ioupos_comm **out) {
+  struct {
+    float bad;        /* failures before the communicator, summed over the ranks */
+    ncclUniqueId id;  /* rank 0's */
+  } msg;
+  size_t chunk;
+  ncclResult_t r = ncclSuccess;
+  int rc;
+  char what[200];
+  if (!out) return ioupos_failure_set(IOUPOS_EINVAL, "ioupos_comm_nccl_init: out is NULL");
+  *out = NULL;
+  if (cu_nccl.ready) {
+    *out = &cu_nccl.table;
+    return IOUPOS_OK;
+  }
+  if (!mpi || mpi->device_buffers || mpi->size < 1 || mpi->rank < 0 || mpi->rank >= mpi->size)
+    return ioupos_failure_set(IOUPOS_EINVAL, "ioupos_comm_nccl_init: mpi must be a host-memory "
+                                             "table (ioupos_comm_mpi_init's)");
+  if (!cu.ready)
+    return ioupos_failure_set(IOUPOS_EINVAL, "ioupos_comm_nccl_init: no CUDA backend (call "
+                                             "ioupos_backend_cuda(device) first)");
+  /* every local step first, then one agreement, so that a rank that fails here does not leave
+     the others waiting in ncclCommInitRank */
+  chunk = (size_t)IOUPOS_COMM_CHUNK_BYTES / sizeof(float) / (size_t)mpi->size;
+  if (chunk < 1) chunk = 1;
+  memset(&msg, 0, sizeof msg);
+  what[0] = 0;
+  if (cudaMalloc((void **)&cu_nccl.stage, chunk * (size_t)mpi->size * sizeof(float)) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    cu_nccl.stage = NULL;
+    snprintf(what, sizeof what, "ioupos_comm_nccl_init: out of device memory for the %zu-byte "
+             "staging buffer", chunk * (size_t)mpi->size * sizeof(float));
+    msg.bad = 1.0f;
+  } else {
+    cu_mem_add(chunk * (size_t)mpi->size * sizeof(float));
+  }
+  if (mpi->rank == 0 && !msg.bad) {
+    r = ncclGetUniqueId(&msg.id);
+    if (r != ncclSuccess) msg.bad = 1.0f;
+  }
+  rc = mpi->allreduce_sum(mpi, &msg.bad, 1);
+  if (rc == 0) rc = mpi->broadcast(mpi, &msg.id, sizeof msg.id, 0);
+  if (rc == 0 && msg.bad == 0.0f) {
+    r = ncclCommInitRank(&cu_nccl.comm, mpi->size, msg.id, mpi->rank);
+    if (r != ncclSuccess) {
+      snprintf(what, sizeof what, "ioupos_comm_nccl_init: ncclCommInitRank (rank %d of %d)",
+               mpi->rank, mpi->size);
+      rc = cu_nccl_fail(r, what);
+    }
+  } else if (rc == 0) { /* this rank's reason, or that another rank failed */
+    if (what[0])
+      rc = ioupos_failure_set(IOUPOS_ENOMEM, what);
+    else if (r != ncclSuccess)
+      rc = cu_nccl_fail(r, "ioupos_comm_nccl_init: ncclGetUniqueId");
+    else {
+      snprintf(what, sizeof what, "ioupos_comm_nccl_init: %g of %d ranks could not start (see "
+               "their messages)", (double)msg.bad, mpi->size);
+      rc = ioupos_failure_set(IOUPOS_EIO, what);
+    }
+  }
+  if (rc != 0) {
+    if (cu_nccl.stage) {
+      cudaFree(cu_nccl.stage);
+      cu_mem_sub(chunk * (size_t)mpi->size * sizeof(float));
+    }
+    cu_nccl.stage = NULL;
+    return rc;
+  }
+  cu_nccl.mpi = mpi;
+  cu_nccl.chunk = chunk;
+  cu_nccl.table.rank = mpi->rank;
+  cu_nccl.table.size = mpi->size;
+  cu_nccl.table.name = "nccl";
+  cu_nccl.table.allreduce_sum = cu_nccl_allreduce_sum;
+  cu_nccl.table.broadcast = cu_nccl_broadcast;
+  cu_nccl.table.barrier = cu_nccl_barrier;
+  cu_nccl.table.allgather = cu_nccl_allgather;
+  cu_nccl.table.device_buffers = 1;
+  cu_nccl.table.ctx = &cu_nccl;
+  cu_nccl.ready = 1;
+  *out = &cu_nccl.table;
+  return IOUPOS_OK;
+}
+
+extern "C" int ioupos_comm_nccl_finalize(void) {
+  cudaError_t e;
+  ncclResult_t r1, r2;
+  if (!cu_nccl.ready) return IOUPOS_OK;
+  cu_nccl.ready = 0;
+  e = cudaStreamSynchronize(cu.stream);
+  r1 = ncclCommFinalize(cu_nccl.comm); /* flushes this rank's collectives */
+  r2 = ncclCommDestroy(cu_nccl.comm);
+  cu_nccl.comm = NULL;
+  cudaFree(cu_nccl.stage);
+  cu_mem_sub(cu_nccl.chunk * (size_t)cu_nccl.table.size * sizeof(float));
+  cu_nccl.stage = NULL;
+  if (e != cudaSuccess) return cu_check(e, "ioupos_comm_nccl_finalize: cudaStreamSynchronize");
+  if (r1 != ncclSuccess) return cu_nccl_fail(r1, "ioupos_comm_nccl_finalize: ncclCommFinalize");
+  if (r2 != ncclSuccess) return cu_nccl_fail(r2, "ioupos_comm_nccl_finalize: ncclCommDestroy");
+  return IOUPOS_OK;
+}
+#endif /* IOUPOS_WITH_NCCL */

@@ -3,6 +3,8 @@
 #   1. the machine: nvidia-smi, nvcc version;
 #   2. build: $(BUILD)/test_cuda_ops_gpu with nvcc (make; sm_80, sm_90 + PTX), the ptxas report;
 #   3. the op test against the CPU backend (every operation, guards, determinism, tolerances);
+#   3b. the NCCL table (section 16b): $(BUILD)/test_comm_nccl_gpu under `mpirun -np 1` (needs
+#      mpicc, mpirun, and make's "with NCCL"; otherwise "skipped" with the reason);
 #   4. compute-sanitizer on the op cases (IOUPOS_TEST_OPS_ONLY=1: the whole-model steps would take
 #      too long under it), when installed: the tools in $SAN_TOOLS (default memcheck racecheck;
 #      synccheck and initcheck also work), each under $SAN_LIMIT seconds (default 90);
@@ -93,6 +95,31 @@ else
 fi
 cases=$(grep "cases:" "$OUT/test_cuda_ops.txt")
 [ -n "$cases" ] && note "$cases"
+
+# 3b. the NCCL table on this GPU: one rank (NCCL's all-gather, the rank-order sum kernel,
+# broadcast, barrier and the errors; the sums' bits against the MPI table's)
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+  note "nccl: skipped (no mpirun or no mpicc here)"
+elif ! make -n --no-print-directory BUILD="$BUILD" all 2>/dev/null | grep -q "with NCCL"; then
+  note "nccl: skipped ($(make -n --no-print-directory BUILD="$BUILD" all 2>/dev/null |
+    grep -o 'without NCCL[^"]*' | head -n 1))"
+elif ! make --no-print-directory BUILD="$BUILD" STB_DIR="$STB_DIR" "$BUILD/test_comm_nccl_gpu" \
+    >"$OUT/nccl_build.txt" 2>&1; then
+  note "nccl: build FAILED (see $OUT/nccl_build.txt)"
+  failed=1
+else
+  [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  t0=$(date +%s)
+  timeout -k 5 60 mpirun -np 1 "$BUILD/test_comm_nccl_gpu" >"$OUT/test_comm_nccl.txt" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ] && grep -q "rank 0 of 1: [0-9]* checks passed, 0 failed" "$OUT/test_comm_nccl.txt"; then
+    note "nccl: ok ($(( $(date +%s) - t0 )) s): $(grep 'checks passed' "$OUT/test_comm_nccl.txt")"
+  else
+    note "nccl: FAILED (exit $rc; see $OUT/test_comm_nccl.txt)"
+    grep "^FAIL" "$OUT/test_comm_nccl.txt" | head -n 10 | tee -a "$summary"
+    failed=1
+  fi
+fi
 
 # 4. compute-sanitizer
 SAN=$(command -v compute-sanitizer 2>/dev/null || { [ -x /usr/local/cuda/bin/compute-sanitizer ] &&

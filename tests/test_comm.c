@@ -3,6 +3,7 @@
    -DIOUPOS_WITH_MPI, build/test_comm_mpi, which tests/test_comm.sh runs under mpirun:
      test_comm_mpi            the one-process table only, as build/test_comm
      test_comm_mpi --mpi      also the MPI table: all-reduce bits against the rank-order sum,
+                              the ranks of this machine (ioupos_comm_mpi_local),
                               every rank the same bits, n = 0, 1, 3M + 7 (several chunks),
                               broadcast from every root, barrier, argument errors
      test_comm_mpi --mpi --die   rank 1 exits with status 3 after the first all-reduce while the
@@ -154,6 +155,17 @@ static void test_mpi(const ioupos_comm *c, int die) {
     CHECK(rc == 0 && again == c, "a second ioupos_comm_mpi_init: %d, %p vs %p", rc,
           (const void *)again, (const void *)c);
   }
+  /* the ranks of this machine: the test runs on one machine, so all of them, in rank order */
+  {
+    int lr = -1, ls = -1;
+    rc = ioupos_comm_mpi_local(&lr, &ls);
+    CHECK(rc == 0, "ioupos_comm_mpi_local: %d %s", rc, ioupos_failure_reason());
+    CHECK(lr == c->rank && ls == c->size, "local rank %d of %d, want %d of %d (one machine)", lr,
+          ls, c->rank, c->size);
+    rc = ioupos_comm_mpi_local(&lr, NULL);
+    CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "ioupos_comm_mpi_local"),
+          "ioupos_comm_mpi_local NULL: %d '%s'", rc, ioupos_failure_reason());
+  }
   /* the values are meaningful: with 3 ranks their float sum depends on the order */
   {
     float a = 1e8f, b = 3.0f, left = (a + b) + b, right = a + (b + b);
@@ -258,7 +270,11 @@ int main(int argc, char **argv) {
 #ifdef IOUPOS_WITH_MPI
   if (use_mpi) {
     const ioupos_comm *c = NULL;
-    int rc = ioupos_comm_mpi_init(&argc, &argv, &c);
+    int lr, ls, rc = ioupos_comm_mpi_local(&lr, &ls);
+    CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "ioupos_comm_mpi_init first"),
+          "ioupos_comm_mpi_local before ioupos_comm_mpi_init: %d '%s'", rc,
+          ioupos_failure_reason());
+    rc = ioupos_comm_mpi_init(&argc, &argv, &c);
     if (rc != 0 || !c) {
       printf("FAIL: ioupos_comm_mpi_init: %d %s\n", rc, ioupos_failure_reason());
       return 1;
@@ -269,6 +285,9 @@ int main(int argc, char **argv) {
     CHECK(rc == 0, "ioupos_comm_mpi_finalize: %d %s", rc, ioupos_failure_reason());
     rc = ioupos_comm_mpi_finalize();
     CHECK(rc == 0, "a second ioupos_comm_mpi_finalize: %d %s", rc, ioupos_failure_reason());
+    rc = ioupos_comm_mpi_local(&lr, &ls);
+    CHECK(rc == IOUPOS_EINVAL, "ioupos_comm_mpi_local after finalize: %d '%s'", rc,
+          ioupos_failure_reason());
   }
 #else
   if (use_mpi || die) {
