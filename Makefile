@@ -96,7 +96,7 @@ MPICC     ?= $(shell command -v mpicc 2>/dev/null)
 MPI       ?= $(if $(MPICC),1,0)
 ifeq ($(MPI),1)
 MPICC     := $(or $(MPICC),mpicc)
-MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl
+MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl $(BUILD)/hostcuda/ioupos-simsiam-mpi
 MPI_MSG   := MPI: found $(MPICC): the training commands train data parallel under mpirun
 TRAIN_CC  := $(MPICC)
 TRAIN_OBJ := $(BUILD)/ioupos_mpi.o
@@ -160,6 +160,16 @@ $(BUILD)/ioupos_cuda_host_mpi.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_ho
 $(BUILD)/test_comm_nccl: tests/test_comm_nccl.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
   $(BUILD)/ioupos_cuda_host_mpi.o | stb
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -DIOUPOS_WITH_MPI -DIOUPOS_WITH_NCCL -c $< -o $@.o
+	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o -o $@ \
+	  -lstdc++ $(LDLIBS)
+
+# ioupos-simsiam on the same host build with MPI and NCCL: tests/test_parallel.sh runs
+# data-parallel --device cuda through it (one emulated GPU per process, gradients over NCCL)
+$(BUILD)/hostcuda/ioupos-simsiam-mpi: drivers/ioupos_simsiam.c drivers/pretrain.h drivers/train_cli.h \
+  drivers/cli.h ioupos.h $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o | stb
+	@mkdir -p $(BUILD)/hostcuda
+	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_CUDA -DIOUPOS_WITH_MPI \
+	  -DIOUPOS_WITH_NCCL -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' -c $< -o $@.o
 	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o -o $@ \
 	  -lstdc++ $(LDLIBS)
 
@@ -293,7 +303,7 @@ GIT_COMMIT = $(shell c=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown
 $(BUILD)/ioupos-simsiam $(BUILD)/ioupos-dino $(BUILD)/ioupos-finetune: $(BUILD)/ioupos-%: \
   drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h drivers/cli.h ioupos.h $(TRAIN_OBJ) \
   $(CUDA_OBJ) | stb
-	$(TRAIN_CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $(DEV_FLAGS) $(TRAIN_MPI) \
+	$(TRAIN_CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $(DEV_FLAGS) $(TRAIN_MPI) $(NCCL_FLAGS) \
 	  -DIOUPOS_GIT_COMMIT='"$(GIT_COMMIT)"' $< $(TRAIN_OBJ) -o $@ $(DEV_LINK) $(LDLIBS)
 
 # The same four commands on the host build of the CUDA backend (tests/cuda_host: kernels as host

@@ -389,7 +389,11 @@ int main(int argc, char **argv) {
   f.o.log = train_log;
   f.o.log_ctx = NULL;
   f.o.stop = train_catch_signals("after the current step (and its epoch's checkpoint and validation)");
-  f.o.backend = cli_device_backend(&f.device);
+  f.o.backend = train_backend(&f.device, f.o.comm, &f.o.comm_dev);
+  if (!f.o.backend) {
+    free(json);
+    return train_comm_end(1);
+  }
   rc = ioupos_finetune_run(&f.o, &res);
   free(json);
   if (rc != IOUPOS_OK) return train_comm_end(train_exit_status(rc));

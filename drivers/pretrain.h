@@ -566,7 +566,11 @@ static int pretrain_main(int argc, char **argv) {
   f.o.log = train_log;
   f.o.log_ctx = NULL;
   f.o.stop = train_catch_signals("after the current step");
-  f.o.backend = cli_device_backend(&f.device);
+  f.o.backend = train_backend(&f.device, f.o.comm, &f.o.comm_dev);
+  if (!f.o.backend) {
+    free(json);
+    return train_comm_end(1);
+  }
   rc = ioupos_pretrain_run(&f.o);
   free(json);
   return train_comm_end(train_exit_status(rc));

@@ -270,6 +270,62 @@ static const ioupos_comm *train_comm_init(int *argc, char ***argv) {
 #endif
 }
 
+/* The backend of this process (cli_device_backend), and *dev: NULL, or the NCCL table the models
+   then sum gradients on. One process: --device as always. Data parallel on CUDA: one GPU per
+   process, the process's rank on its machine picking the GPU (--device cuda:N, one GPU for all,
+   is refused); a machine with more processes than GPUs is an error naming both counts
+   (--device cuda) or runs on the CPU with a note (auto). With NCCL in the build the gradients
+   move between the GPUs through it, else through MPI via the host. */
+static const ioupos_backend *train_backend(cli_device *d, const ioupos_comm *comm,
+                                           const ioupos_comm **dev) {
+  *dev = NULL;
+#if defined(IOUPOS_WITH_MPI) && defined(IOUPOS_WITH_CUDA)
+  if (comm->size > 1 && d->kind != 1) {
+    const ioupos_backend *be;
+    int lr = 0, ls = 1, ngpu;
+    if (d->kind == 2 && strcmp(d->spec, "cuda") != 0) {
+      fprintf(stderr, PROG ": error (rank %d of %d): --device %s: %d processes would share one "
+                      "GPU; use --device cuda (each process takes the GPU of its rank on its "
+                      "machine)\n", comm->rank, comm->size, d->spec, comm->size);
+      return NULL;
+    }
+    if (ioupos_comm_mpi_local(&lr, &ls) != 0) {
+      fprintf(stderr, PROG ": error: MPI: %s\n", ioupos_failure_reason());
+      return NULL;
+    }
+    ngpu = ioupos_cuda_device_count();
+    if (ngpu < ls) {
+      char why[512];
+      snprintf(why, sizeof why, "%d processes on this machine but %d usable GPU%s%s%s (one "
+               "process per GPU)", ls, ngpu, ngpu == 1 ? "" : "s", ngpu ? "" : ": ",
+               ngpu ? "" : ioupos_failure_reason());
+      if (d->kind == 2) {
+        fprintf(stderr, PROG ": error (rank %d of %d): --device cuda: %s\n", comm->rank,
+                comm->size, why);
+        return NULL;
+      }
+      if (comm->rank == 0)
+        fprintf(stderr, PROG ": note: --device auto: %s; running on the CPU\n", why);
+      return ioupos_backend_cpu();
+    }
+    d->index = lr;
+    d->kind = 2;
+    if (!(be = cli_device_backend(d))) return NULL;
+#ifdef IOUPOS_WITH_NCCL
+    if (ioupos_comm_nccl_init(comm, dev) != 0) {
+      fprintf(stderr, PROG ": error (rank %d of %d): NCCL: %s\n", comm->rank, comm->size,
+              ioupos_failure_reason());
+      return NULL;
+    }
+#endif
+    return be;
+  }
+#else
+  (void)comm;
+#endif
+  return cli_device_backend(d);
+}
+
 /* The end of a run of the job's processes: MPI finalised. An error ends the whole job
    (MPI_Abort): the library stops every rank together where it can (a failed set-up, an epoch's
    files), but a rank that fails alone inside a step leaves the others waiting in the step's
@@ -281,6 +337,9 @@ static int train_comm_end(int status) {
       fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
+#ifdef IOUPOS_WITH_NCCL
+    ioupos_comm_nccl_finalize();
+#endif
     ioupos_comm_mpi_finalize();
   }
 #endif
