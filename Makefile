@@ -473,8 +473,10 @@ check-monai: $(BUILD)/test_model $(VENV)/bin/python
 # runs, test_eval3d a MONAI-sized 3D window (7 x 7 x 7) over two volumes about ten times, 40 s
 # here and minutes under ASan; the 3D loader's C test (test_volume_loader) stays in. test_memory
 # is left out too (5 minutes under ASan; its model steps allocate as test_model's, which stays).
+# test_parallel.sh (data-parallel command runs under mpirun) too; the MPI and NCCL tables' own
+# tests (test_comm.sh, test_comm_nccl.sh) stay in.
 ASAN_SKIP := test_finetune.sh test_pretrain.sh test_sweep.sh test_device.sh test_bench_cuda.sh \
-             test_pretrain3d.sh test_finetune3d.sh test_eval3d test_memory
+             test_pretrain3d.sh test_finetune3d.sh test_eval3d test_memory test_parallel.sh
 test-asan: | stb
 	IOUPOS_TEST_TIMEOUT=$${IOUPOS_TEST_TIMEOUT:-1800} IOUPOS_TEST_SKIP="$(ASAN_SKIP)" \
 	  $(MAKE) --no-print-directory BUILD=$(BUILD)/asan CFLAGS="-O1 -g $(SAN)" CUDA=0 \

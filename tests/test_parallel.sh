@@ -12,7 +12,8 @@
 #      mpirun stops every rank at the same step with the state saved.
 #   c. Fine-tuning on 2 processes: weights (1e-4) and losses; the evaluation alone (n_epochs 0)
 #      split by case over 2 and 3 processes gives the one-process results.json and table byte
-#      for byte; with --predict_dir rank 0 writes the same prediction files.
+#      for byte, on slices and on volumes (MONAI's weights, tests/fixtures/eval3d); with
+#      --predict_dir rank 0 writes the same prediction files.
 #   d. Bad setups, each a non-zero exit with a message and no run directory left: a global batch
 #      that the processes do not divide, ranks with different flags, ranks whose data folders
 #      hold different files, --device cuda:N for several processes, --device cuda with fewer GPUs
@@ -30,6 +31,7 @@
 # IOUPOS_REQUIRE_MPI=1 (CI), which makes that a failure. About 60 s on 2 cores.
 
 build=${1:-build}
+root=$(pwd)
 me=test_parallel
 prog=ioupos-simsiam
 
@@ -185,6 +187,25 @@ mpi evp 2 "$ft" $ev --chkpt_dir ep --predict_dir ptwo
 check "evaluation with --predict_dir on 2 processes (exit $rc)" [ "$rc" -eq 0 ]
 check "... the same prediction files" [ "$(cd pone && find . -type f | sort | xargs cksum)" = \
   "$(cd ptwo && find . -type f | sort | xargs cksum)" ]
+
+# 3D (volumes: each rank's view holds its cases' files): MONAI's weights on 2 validation volumes
+fix=$root/tests/fixtures/eval3d
+mkdir -p v3/val/labels
+gzip -dc "$fix/weights.safetensors.gz" >w3.safetensors
+for c in case_a case_b; do
+  cp "$fix/val/$c.nii.gz" v3/val/ && cp "$fix/val/labels/$c.nii.gz" v3/val/labels/
+done
+printf '{"train": [], "val": ["case_a", "case_b"]}' >v3/split.json
+e3="--data_dir v3 --split_path v3/split.json --spatial_dims 3 --n_epochs 0 --chkpt_path w3.safetensors
+  --embedding_size 3 --n_classes 3 --crop_size 32,32,64 --sw_batch_size 3 --threads 1 --run_name r"
+run_prog "$ft" v31 $e3 --chkpt_dir v3one --predict_dir v3p1
+check "3D evaluation, one process (exit $rc; $(tail -n 1 v31.err))" [ "$rc" -eq 0 ]
+mpi v32 2 "$ft" $e3 --chkpt_dir v3two
+check "3D evaluation on 2 processes, a volume each (exit $rc; $(tail -n 1 v32.err))" [ "$rc" -eq 0 ]
+check "... results.json byte for byte" cmp -s v3two/r/results.json v3one/r/results.json
+mpi v33 2 "$ft" $e3 --chkpt_dir v3p --predict_dir v3p2
+check "... with --predict_dir: the same volumes" [ "$(cd v3p1 && find . -type f | sort | xargs cksum)" = \
+  "$(cd v3p2 && find . -type f | sort | xargs cksum)" ]
 
 # ---- d. bad setups ----------------------------------------------------------------------------
 mpi b1 3 "$simsiam" $pt --batch_size 8 --chkpt_dir bad
