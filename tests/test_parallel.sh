@@ -8,8 +8,8 @@
 #      every later loss within 1e-4; only rank 0 writes (the same files as one process, one
 #      console line per step).
 #   b. Resume across process counts: 2 processes stopped after 3 steps, resumed by 1 process,
-#      and the other way round, end as the uninterrupted one-process run (1e-4); a stop signal to
-#      mpirun stops every rank at the same step with the state saved.
+#      and the other way round, end as the uninterrupted one-process run (1e-4); SIGTERM to one
+#      rank stops every rank at the same step with the state saved.
 #   c. Fine-tuning on 2 processes: weights (1e-4) and losses; the evaluation alone (n_epochs 0)
 #      split by case over 2 and 3 processes gives the one-process results.json and table byte
 #      for byte, on slices and on volumes (MONAI's weights, tests/fixtures/eval3d); with
@@ -17,8 +17,9 @@
 #   d. Bad setups, each a non-zero exit with a message and no run directory left: a global batch
 #      that the processes do not divide, ranks with different flags, ranks whose data folders
 #      hold different files, --device cuda:N for several processes, --device cuda with fewer GPUs
-#      than processes on the machine (the host build of the CUDA backend, 1 emulated GPU), and a
-#      rank killed mid-run (mpirun ends the job within 60 s).
+#      than processes on the machine (the host build of the CUDA backend, 1 emulated GPU; with
+#      --device auto the CPU and a note), a build without MPI under mpirun, and a rank killed
+#      mid-run (mpirun ends the job within 60 s).
 #   e. --device cuda on 2 emulated GPUs (the host build, gradients over its NCCL): the CPU
 #      one-process run's weights within 1e-4 after 2 steps.
 # The tolerances: with the settings here (batch 8, lr 1e-3 SGD; 2e-5 AdamW) the two runs agree
@@ -51,7 +52,8 @@ if [ "${IOUPOS_MPI:-}" = 0 ] || { [ -z "${IOUPOS_MPI:-}" ] && ! command -v mpicc
 fi
 command -v timeout >/dev/null 2>&1 || { echo "FAIL: no 'timeout' command (coreutils)"; exit 1; }
 . "$(dirname "$0")/cli_lib.sh"
-need ioupos-dino ioupos-finetune ioupos-phantom ioupos-prep st_compare hostcuda/ioupos-simsiam-mpi
+need ioupos-dino ioupos-finetune ioupos-phantom ioupos-prep st_compare hostcuda/ioupos-simsiam-mpi \
+  hostcuda/ioupos-simsiam
 simsiam=$bin
 dino=$bdir/ioupos-dino
 ft=$bdir/ioupos-finetune
@@ -141,9 +143,12 @@ mpi rs4 2 "$simsiam" $pt --batch_size 8 --base_lr 0.001 --chkpt_dir r12 --resume
 check "1 process stopped after 5 steps, resumed by 2 (exit $rc; $(tail -n 1 rs4.err))" [ "$rc" -eq 0 ]
 check "... the resume says where" grep -q "resuming r12/r at epoch 2 step 1/4" rs4.err
 same "1 then 2 processes: checkpoint" r12/r/checkpoint.safetensors one/r/checkpoint.safetensors
-# SIGINT to mpirun reaches every rank; they agree on the step to stop after and rank 0 saves
+# SIGTERM to one rank (a scheduler's time limit reaches the ranks at different moments): the
+# ranks agree on the step to stop after, rank 0 saves the state, every rank exits 143. (Ctrl-C
+# to mpirun itself is mpirun's: it kills the ranks after a short delay, maybe before the save.)
 long=$(echo "$pt" | sed 's/--n_epochs 2/--n_epochs 200/')
-timeout 120 mpirun --oversubscribe ${IOUPOS_MPIRUN_FLAGS:-} -np 2 "$simsiam" $long --batch_size 8 \
+timeout 120 mpirun --oversubscribe ${IOUPOS_MPIRUN_FLAGS:-} -np 2 sh -c \
+  'echo $$ >"pid.$OMPI_COMM_WORLD_RANK"; exec "$0" "$@"' "$simsiam" $long --batch_size 8 \
   --base_lr 0.001 --chkpt_dir sig >sig.out 2>sig.err &
 mpid=$!
 k=0
@@ -151,9 +156,11 @@ while [ $k -lt 300 ] && ! grep -q '"step": 3,' sig/r/metrics.jsonl 2>/dev/null; 
   sleep 0.1
   k=$((k + 1))
 done
-kill -INT $mpid
+kill -TERM "$(cat pid.1)"
 wait $mpid
-check "SIGINT to mpirun: the ranks stop together, the state saved" \
+rc=$?
+check "SIGTERM to one rank: the job ends with status 143 (got $rc)" [ "$rc" -eq 143 ]
+check "... both ranks stopped at one step, the state saved" \
   grep -q "interrupted after .* the state is saved" sig.err
 mpi sig2 2 "$simsiam" $long --batch_size 8 --base_lr 0.001 --chkpt_dir sig --resume --max_steps 1
 check "... and --resume continues it (exit $rc; $(tail -n 1 sig2.err))" [ "$rc" -eq 0 ]
@@ -234,6 +241,14 @@ IOUPOS_CUDA_HOST_DEVICES=1 mpi b5 2 -x IOUPOS_CUDA_HOST_DEVICES "$hostmpi" $pt -
   --chkpt_dir bad --device cuda
 check "--device cuda, 2 processes and 1 GPU: refused (exit $rc)" [ "$rc" -ne 0 ]
 check "... naming both counts" grep -q -- "--device cuda: 2 processes on this machine but 1 usable GPU (one process per GPU)" b5.err
+check "... nothing written" [ ! -e bad ]
+IOUPOS_CUDA_HOST_DEVICES=1 mpi b5a 2 -x IOUPOS_CUDA_HOST_DEVICES "$hostmpi" $pt --batch_size 8 \
+  --chkpt_dir auto --max_steps 1
+check "--device auto, 2 processes and 1 GPU: the CPU (exit $rc)" [ "$rc" -eq 0 ]
+check "... with a note saying why, once" [ "$(grep -c -- "--device auto: 2 processes on this machine but 1 usable GPU.*running on the CPU" b5a.err)" -eq 1 ]
+mpi b7 2 "$bdir/hostcuda/ioupos-simsiam" $pt --batch_size 8 --chkpt_dir bad
+check "a build without MPI as 2 processes: refused (exit $rc)" [ "$rc" -ne 0 ]
+check "... saying so" grep -q "launched as 2 processes (mpirun), but this build has no MPI" b7.err
 check "... nothing written" [ ! -e bad ]
 # a rank killed mid-run (kill -9 of rank 1 after 1 s): mpirun ends the job, no rank hangs
 t0=$(date +%s)
