@@ -87,18 +87,25 @@ static void fail(const char *what) {
   exit(1);
 }
 
-/* v[0 .. n) := the maximum over the ranks of each entry (through allgather: the table has no
-   max; float is precise enough for seconds) */
-static void max_over_ranks(double *v, int n) {
+/* v[0 .. n) := the maximum over the ranks of each entry, and lo[0 .. n) (may be NULL) the
+   minimum (through allgather: the table has no max; float is precise enough for seconds) */
+static void over_ranks(double *v, double *lo, int n) {
   int size = g_comm->size, i, r;
   float *send = (float *)calloc((size_t)n, sizeof(float));
   float *all = (float *)malloc(sizeof(float) * (size_t)n * (size_t)size);
   if (!send || !all) fail("out of memory for the timings");
   for (i = 0; i < n; ++i) send[i] = (float)v[i];
   if (g_comm->allgather(g_comm, send, (size_t)n, all)) fail("allgather of the timings");
-  for (i = 0; i < n; ++i)
-    for (r = 0, v[i] = all[i]; r < size; ++r)
-      if (all[(size_t)r * n + i] > v[i]) v[i] = all[(size_t)r * n + i];
+  for (i = 0; i < n; ++i) {
+    double hi = all[i], low = all[i];
+    for (r = 1; r < size; ++r) {
+      double x = all[(size_t)r * n + i];
+      hi = x > hi ? x : hi;
+      low = x < low ? x : low;
+    }
+    v[i] = hi;
+    if (lo) lo[i] = low;
+  }
   free(send);
   free(all);
 }
@@ -144,7 +151,7 @@ int main(int argc, char **argv) {
   ioupos_ssl_stats st;
   size_t npix, nx, k, n_params = 0, bn_w, P, widest;
   float *x1, *x2, *buf, *gbuf, flag;
-  double step[MAX_STEPS], acc[MAX_STEPS], opt[MAX_STEPS], ar[MAX_STEPS], ag[MAX_STEPS];
+  double step[MAX_STEPS], acc[MAX_STEPS], acc_lo[MAX_STEPS], wait[MAX_STEPS], opt[MAX_STEPS], ar[MAX_STEPS], ag[MAX_STEPS];
   double first_loss = 0.0, t_start = now_s(), step_s, ar_s, ag_s, load0 = loadavg1();
   unsigned long long hash, hash0;
 
@@ -249,9 +256,9 @@ int main(int argc, char **argv) {
     }
   }
   /* the slowest rank's time, per step and phase */
-  max_over_ranks(step, c.steps);
-  max_over_ranks(acc, c.steps);
-  max_over_ranks(opt, c.steps);
+  over_ranks(step, NULL, c.steps);
+  over_ranks(acc, acc_lo, c.steps);
+  over_ranks(opt, NULL, c.steps);
 
   /* every rank must hold the same parameters: rank 0's hash against each rank's, the number of
      ranks that differ summed (a float sum of 0 / 1 flags is exact) */
@@ -300,8 +307,8 @@ int main(int argc, char **argv) {
         fail("allgather (loss)");
     ag[i] = now_s() - t0;
   }
-  max_over_ranks(ar, c.steps);
-  max_over_ranks(ag, c.steps);
+  over_ranks(ar, NULL, c.steps);
+  over_ranks(ag, NULL, c.steps);
 
   if (rank == 0) {
     double acc_s = median(acc, c.steps), opt_s = median(opt, c.steps), sum = 0.0;
@@ -312,11 +319,15 @@ int main(int argc, char **argv) {
     step_s = median(step, c.steps);
     ar_s = median(ar, c.steps);
     ag_s = median(ag, c.steps);
-    for (i = 0; i < c.steps; ++i) sum += step[i];
+    for (i = 0; i < c.steps; ++i) sum += step[i], wait[i] = acc[i] - acc_lo[i];
     printf("np %d: %7.2f pairs/s of the global batch (median step %.3f s, the slowest rank's: "
            "zero_grad + accumulate %.3f s, step (gradient sum + SGD) %.3f s; mean %.2f "
            "pairs/s); loss first %.9g, last %.9g\n", size, c.batch / step_s, step_s, acc_s, opt_s,
            c.batch / (sum / c.steps), first_loss, st.loss);
+    if (size > 1)
+      printf("np %d: load imbalance: the ranks' zero_grad + accumulate differ by a median %.4f s "
+             "(%.1f%% of the step), which the faster ranks wait in the gradient sum\n", size,
+             median(wait, c.steps), 100.0 * median(wait, c.steps) / step_s);
     printf("np %d: gradient all-reduce (comm->allreduce_sum of %zu floats, timed alone): median "
            "%.4f s, %.1f%% of the step%s\n", size, m.p.table.total, ar_s, 100.0 * ar_s / step_s,
            size == 1 ? " (one process: the model does not call it; the table returns at once)" : "");
