@@ -135,9 +135,13 @@ static double loadavg1(void) {
   return l;
 }
 
+/* every rank parses the same arguments and comes here together: rank 0 says why, all leave
+   MPI cleanly (a rank exiting without MPI_Finalize makes mpirun report a crash) */
 static void usage(void) {
-  fprintf(stderr, "usage: mpirun [-np N] bench_parallel [--config lowres|tiny] [--batch G] "
-                  "[--steps N] [--warmup N] [--threads T]\n");
+  if (g_comm->rank == 0)
+    fprintf(stderr, "usage: mpirun [-np N] bench_parallel [--config lowres|tiny] [--batch G] "
+                    "[--steps N] [--warmup N] [--threads T]\n");
+  ioupos_comm_mpi_finalize();
   exit(2);
 }
 
