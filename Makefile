@@ -56,7 +56,7 @@ SIMD     := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /pro
 OPENMP   := -fopenmp
 BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/cblas.h),-DIOUPOS_BENCH_OPENBLAS,)
 
-.PHONY: all test test-asan test-asan-all test-tsan test-cuda bench bench-cuda demo clean stb fuzz fuzz-replay fixtures check-monai
+.PHONY: all test test-asan test-asan-all test-tsan test-cuda bench bench-cuda bench-parallel demo clean stb fuzz fuzz-replay fixtures check-monai
 
 # ---- the CUDA backend (ioupos_cuda.cu) ---------------------------------------------------------
 # `make` builds $(BUILD)/ioupos_cuda.o with nvcc when nvcc is found (CUDA=0 forces CPU only),
@@ -488,6 +488,55 @@ test-asan-all: | stb
 
 bench: $(BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
+
+# The data-parallel SimSiam step (bench/bench_parallel.c, built with $(MPICC) on the MPI build of
+# the implementation): `make bench-parallel` runs it under mpirun -np 1, then -np 2, each rank
+# on one OpenMP thread (--threads 1: the same cores for both runs, a fair comparison), prints
+# the runs' figures and the scaling, pairs/s of the global batch at np 2 / at np 1.
+# On a shared machine one run can get a core less than the other (runs swung 2x here with other
+# people's builds on the same 2 cores), so the pair is run BENCH_PARALLEL_ROUNDS times (2),
+# alternating np 1 and np 2, and the scaling is that of the best pairs/s of each (the run that
+# was least disturbed); every round's ratio is printed too. About 75 s on 2 cores, so it is not
+# part of `make bench`. Without MPI (make MPI=0, no mpicc) or without mpirun it prints
+# "bench-parallel: SKIP: <reason>" and succeeds.
+# BENCH_PARALLEL_ARGS adds options (--config tiny, --batch, --steps, --warmup);
+# IOUPOS_MPIRUN_FLAGS adds mpirun flags (as tests/test_comm.sh). As root, Open MPI needs
+# OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), which the target sets; --oversubscribe lets 2 ranks start
+# on a machine that Open MPI counts fewer slots on. Outputs: $(BUILD)/bench_parallel.np*.r*.txt.
+BENCH_PARALLEL_ARGS ?=
+BENCH_PARALLEL_ROUNDS ?= 2
+ifeq ($(MPI),1)
+$(BUILD)/bench_parallel: bench/bench_parallel.c bench/bench_util.h ioupos.h $(BUILD)/ioupos_mpi.o | stb
+	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_MPI $< $(BUILD)/ioupos_mpi.o \
+	  -o $@ $(LDLIBS)
+
+bench-parallel:
+	@if ! command -v mpirun >/dev/null 2>&1; then \
+	  echo "bench-parallel: SKIP: no mpirun (Debian: apt-get install openmpi-bin)"; exit 0; fi; \
+	$(MAKE) --no-print-directory $(BUILD)/bench_parallel || exit 1; \
+	if [ "$$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi; \
+	rm -f $(BUILD)/bench_parallel.np*.txt; \
+	for r in $$(seq 1 $(BENCH_PARALLEL_ROUNDS)); do for np in 1 2; do \
+	  f=$(BUILD)/bench_parallel.np$$np.r$$r.txt; echo "== round $$r, mpirun -np $$np"; \
+	  OMP_NUM_THREADS=1 timeout -k 5 600 mpirun --oversubscribe $${IOUPOS_MPIRUN_FLAGS:-} -np $$np \
+	    $(BUILD)/bench_parallel --threads 1 $(BENCH_PARALLEL_ARGS) >$$f 2>&1; \
+	  rc=$$?; cat $$f; \
+	  if [ $$rc -ne 0 ]; then echo "bench-parallel: FAILED: mpirun -np $$np exited with status $$rc"; exit 1; fi; \
+	  grep -q "^bench_parallel: result np $$np " $$f || { echo "bench-parallel: FAILED: no result line in $$f"; exit 1; }; \
+	done; done; \
+	cat $(BUILD)/bench_parallel.np*.r*.txt | awk -v n="$(NPROC)" ' \
+	  /^bench_parallel: result np / { r[$$4, ++k[$$4]] = $$6; if ($$6 > best[$$4]) best[$$4] = $$6 } \
+	  END { \
+	    for (i = 1; i <= k[1] && i <= k[2]; ++i) printf "bench-parallel: round %d: np 2 / np 1 = %.2f / %.2f = %.2f\n", i, r[2, i], r[1, i], r[2, i] / r[1, i]; \
+	    printf "bench-parallel: scaling np 2 / np 1: %.2f (best of %d rounds: %.2f / %.2f pairs/s of the global batch, 1 OpenMP thread per rank)\n", best[2] / best[1], k[1], best[2], best[1]; \
+	    printf "bench-parallel: this machine has %s cores, shared with whatever else runs on it: the 2 ranks use 2 cores where the 1-rank run uses 1; 2.00 would be perfect scaling, the shortfall the cost of data parallelism (SyncBN and loss all-gathers, the gradient all-reduce, load imbalance) and of any core the ranks had to share (see each run'"'"'s load average)\n", n }'
+else
+$(BUILD)/bench_parallel:
+	@echo "$@: needs MPI ($(if $(MPICC),MPI=0,mpicc not found))"; exit 1
+
+bench-parallel:
+	@echo "bench-parallel: SKIP: $(if $(MPICC),MPI=0,mpicc not found): built without MPI"
+endif
 
 # Fuzz targets (libFuzzer; clang with compiler-rt, Debian's libclang-rt-14-dev). `make fuzz`
 # runs each for FUZZ_SECONDS on a scratch copy of its seed corpus; `make fuzz-replay` feeds the
