@@ -96,7 +96,8 @@ MPICC     ?= $(shell command -v mpicc 2>/dev/null)
 MPI       ?= $(if $(MPICC),1,0)
 ifeq ($(MPI),1)
 MPICC     := $(or $(MPICC),mpicc)
-MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl $(BUILD)/hostcuda/ioupos-simsiam-mpi
+MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl $(BUILD)/hostcuda/ioupos-simsiam-mpi \
+             $(BUILD)/hostcuda/ioupos-dino-mpi
 MPI_MSG   := MPI: found $(MPICC): the training commands train data parallel under mpirun
 TRAIN_CC  := $(MPICC)
 TRAIN_OBJ := $(BUILD)/ioupos_mpi.o
@@ -163,9 +164,10 @@ $(BUILD)/test_comm_nccl: tests/test_comm_nccl.c tests/test_util.h ioupos.h $(BUI
 	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o -o $@ \
 	  -lstdc++ $(LDLIBS)
 
-# ioupos-simsiam on the same host build with MPI and NCCL: tests/test_parallel.sh runs
-# data-parallel --device cuda through it (one emulated GPU per process, gradients over NCCL)
-$(BUILD)/hostcuda/ioupos-simsiam-mpi: drivers/ioupos_simsiam.c drivers/pretrain.h drivers/train_cli.h \
+# ioupos-simsiam and -dino on the same host build with MPI and NCCL: tests/test_parallel.sh runs
+# data-parallel --device cuda through them (one emulated GPU per process, gradients over NCCL)
+$(BUILD)/hostcuda/ioupos-simsiam-mpi $(BUILD)/hostcuda/ioupos-dino-mpi: $(BUILD)/hostcuda/ioupos-%-mpi: \
+  drivers/ioupos_%.c drivers/pretrain.h drivers/train_cli.h \
   drivers/cli.h ioupos.h $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o | stb
 	@mkdir -p $(BUILD)/hostcuda
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_CUDA -DIOUPOS_WITH_MPI \

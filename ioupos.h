@@ -2616,8 +2616,8 @@ typedef struct ioupos_dino {
   /* data parallel (ioupos_dino_data_parallel) */
   const ioupos_comm *comm;  /* NULL: one process */
   float *dp_full;           /* the global batch's teacher outputs as gathered [rank][view][row]
-                               and in the one-process order [view][rank row], then the
-                               student's view-1 outputs (backend memory) */
+                               and in the one-process order [view][rank row], the student's
+                               view-1 outputs, the loss's two floats (backend memory) */
   float *dp_host;           /* host staging of the gathers and of the gradient sum */
 } ioupos_dino;
 
@@ -17931,7 +17931,7 @@ static int ioupos__dino_dp_global(ioupos_dino *m, const float *tout, const float
   int D = m->cfg.out_dim, G = B * c->size, r, v, rc;
   size_t blk = (size_t)B * D;
   float *gath = m->dp_full, *ord = gath + 2 * (size_t)G * D, *s1 = ord + 2 * (size_t)G * D;
-  float part[2];
+  float *tail = s1 + (size_t)G * D, part[2]; /* tail: the loss's sum in backend memory */
   if ((rc = ioupos__comm_gather(c, be, tout, 2 * blk, gath, m->dp_host)) != 0 ||
       (rc = ioupos__comm_gather(c, be, sout, blk, s1, m->dp_host)) != 0)
     return rc;
@@ -17941,7 +17941,9 @@ static int ioupos__dino_dp_global(ioupos_dino *m, const float *tout, const float
                blk * sizeof(float));
   part[0] = (float)(*loss / c->size);
   part[1] = (float)(*loss / c->size - (double)part[0]);
-  if ((rc = c->allreduce_sum(c, part, 2)) != 0) return rc;
+  be->upload(tail, part, sizeof part); /* the comm may move device memory only (NCCL) */
+  if ((rc = ioupos__comm_sum(c, be, tail, 2, m->dp_host)) != 0) return rc;
+  be->download(part, tail, sizeof part);
   *loss = (double)part[0] + (double)part[1];
   if (st) {
     st->loss = *loss;
@@ -17977,7 +17979,7 @@ IOUPOS_DEF int ioupos_dino_accumulate(ioupos_dino *m, const float *g1, const flo
         (rc = ioupos__bbuf(be, &m->slogp, (size_t)NS * B * D)) ||
         (rc = ioupos__bbuf(be, &m->dout, (size_t)NS * B * D)))
       return rc;
-    if (m->comm && ((rc = ioupos__bbuf(be, &m->dp_full, 5 * (size_t)G * D)) ||
+    if (m->comm && ((rc = ioupos__bbuf(be, &m->dp_full, 5 * (size_t)G * D + 2)) ||
                     (rc = ioupos__dp_host(&m->dp_host, m->comm, be,
                                           (size_t)(1 + m->comm->size) * 2 * B * D,
                                           m->s.table.total))))

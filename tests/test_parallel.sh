@@ -21,7 +21,7 @@
 #      --device auto the CPU and a note), a build without MPI under mpirun, and a rank killed
 #      mid-run (mpirun ends the job within 60 s).
 #   e. --device cuda on 2 emulated GPUs (the host build, gradients over its NCCL): the CPU
-#      one-process run's weights within 1e-4 after 2 steps.
+#      one-process run's weights within 1e-4 after 2 SimSiam steps and a DINO step.
 # The tolerances: with the settings here (batch 8, lr 1e-3 SGD; 2e-5 AdamW) the two runs agree
 # to about 1e-5 of each tensor's scale; a run whose gradients are not summed over the ranks
 # misses by 3e3 tolerances (checked by hand, breaking the sum). Larger learning rates at these
@@ -53,7 +53,7 @@ fi
 command -v timeout >/dev/null 2>&1 || { echo "FAIL: no 'timeout' command (coreutils)"; exit 1; }
 . "$(dirname "$0")/cli_lib.sh"
 need ioupos-dino ioupos-finetune ioupos-phantom ioupos-prep st_compare hostcuda/ioupos-simsiam-mpi \
-  hostcuda/ioupos-simsiam
+  hostcuda/ioupos-dino-mpi hostcuda/ioupos-simsiam
 simsiam=$bin
 dino=$bdir/ioupos-dino
 ft=$bdir/ioupos-finetune
@@ -285,5 +285,12 @@ check "2 processes on 2 emulated GPUs (exit $rc; $(tail -n 1 hc2.err))" [ "$rc" 
 check "... gradients over NCCL" grep -q "data parallel: 2 processes (mpi, gradients on nccl)" hc2.err
 check "... device cuda" grep -q "; device cuda" hc2.err
 same "2 emulated GPUs vs the CPU alone: state after 2 steps" htwo/r/state.safetensors hone/r/state.safetensors
+# DINO: its loss and centre's gathers and sums on device memory
+run_prog "$dino" hd1 $dn --chkpt_dir hdone --max_steps 1
+IOUPOS_CUDA_HOST_DEVICES=2 mpi hd2 2 -x IOUPOS_CUDA_HOST_DEVICES "$bdir/hostcuda/ioupos-dino-mpi" $dn \
+  --chkpt_dir hdtwo --max_steps 1 --device cuda
+check "DINO, 2 processes on 2 emulated GPUs (exit $rc; $(tail -n 1 hd2.err))" [ "$rc" -eq 0 ]
+same "DINO on 2 emulated GPUs vs the CPU alone: state after a step" hdtwo/r/state.safetensors hdone/r/state.safetensors
+check "... the same logged loss" [ "$(no_timing hdone/r/metrics.jsonl | head -n 1)" = "$(no_timing hdtwo/r/metrics.jsonl | head -n 1)" ]
 
 finish
