@@ -2701,7 +2701,21 @@ IOUPOS_DEF int ioupos_dino_data_parallel(ioupos_dino *m, const ioupos_comm *comm
    process) while it lives, and the kernel drops the hold when the process dies, kill -9
    included. Taking the directory removes the stale "*.tmp.<pid>" files a killed run left. A run
    that fails before it saved its first state leaves nothing behind (the directory goes too when
-   the run created it); one that fails later keeps its files, and its state resumes it. */
+   the run created it); one that fails later keeps its files, and its state resumes it.
+   MORE THAN ONE PROCESS (opts->comm of size N > 1, e.g. ioupos_comm_mpi_init under mpirun):
+   data parallel. Every process calls ioupos_pretrain_run with the same options; batch_size is
+   the global batch, a multiple of N. Each process loads its shard of every batch (section 9's
+   "Shards"), its model is made data parallel (ioupos_simsiam_data_parallel /
+   ioupos_dino_data_parallel, on opts->comm_dev when given), and the loop is the one-process
+   loop with these differences: only rank 0 holds and writes the run directory and prints;
+   the ranks check that they run the same job (their flags less each machine's own resources,
+   and their data sets' file names); the set-up's failures, and each epoch's files, end in an
+   agreement, so that a failure on one rank stops every rank with a status instead of leaving
+   them waiting; a stop request (opts->stop) on any rank stops all after the same step; on
+   resume rank 0 reads the state and broadcasts it, so the number of processes may change
+   between runs (the state counts global batches). A rank that fails inside a step leaves the
+   others in that step's collectives: the program ends the job then (the commands call
+   MPI_Abort). */
 enum { IOUPOS_SSL_SIMSIAM = 0, IOUPOS_SSL_DINO = 1 };
 
 typedef struct ioupos_pretrain_opts {
@@ -3475,6 +3489,14 @@ IOUPOS_DEF int ioupos_pretrain_step_bytes(const ioupos_pretrain_opts *o, ioupos_
               validation are the crop; the predictions <predict_dir>/<split>/<case>.nii.gz.
               The state stores the 2D counters (crop = crop3[0]); the whole 3D crop, like every
               flag, is in flags_json, which a resume must match.
+     N > 1 processes (opts->comm, as ioupos_pretrain_run's MORE THAN ONE PROCESS): each
+              trains on its shard of every global batch (batch_size / N slices or volumes),
+              the Dice-CE of its crops scaled 1 / N, the gradient summed before AdamW (on
+              opts->comm_dev when given), the logged losses the global batch's; every
+              evaluation is split by case (case c on rank c mod N; the evaluation writing
+              predictions on rank 0 alone) and gathered, the DSC table the one-process bits;
+              rank 0 alone writes and prints, reads chkpt_path, a resumed state and
+              best.safetensors, and broadcasts them.
    The run directory <chkpt_dir>/<run_name>/ (section 18's layout):
      flags.json             {"flags": <flags_json>, "seed": S, "commit": C, "steps_per_epoch": N}
      metrics.jsonl          one JSON line per logged step, per epoch and per evaluation (each
@@ -16990,13 +17012,7 @@ IOUPOS_DEF int ioupos_swin_encoder_plan(ioupos_swin_encoder *e, ioupos_params *p
 #define IOUPOS__P(i) (p->value + p->table.t[i].offset)
 #define IOUPOS__G(i) (p->grad + p->table.t[i].offset)
 
-/* MONAI's SwinTransformer.forward on the planned shape. Every activation the backward needs is
-   written into the arena (replacing the previous forward's); only the norm1 output (s0) and the
-   branch outputs (s1) are temporaries, since the attention keeps its own windowed copy of its
-   input in a_attn and the residual adds produce the saved block states. Drop-path masks are drawn
-   on the host, two per block in block order (attention branch, then MLP branch), and uploaded, so
-   runs on the CPU and on CUDA with the same generator drop the same samples; e->dp_on tells the
-   backward whether masks exist. The final sync() reports any failure of the queued operations. */
+/* -- data parallel: drop-path rows (ioupos_swin_encoder_shard) -- */
 IOUPOS_DEF int ioupos_swin_encoder_shard(ioupos_swin_encoder *e, int global, int local, int first) {
   if (global != 0 && (local < 1 || first < 0 || first + local > global))
     return ioupos__fail(IOUPOS_EINVAL, "encoder shard: rows %d .. %d of %d", first,
@@ -17024,6 +17040,13 @@ static void ioupos__swin_dp_mask(const ioupos_swin_encoder *e, float *m, float p
       m[seg * e->shard_local + i] = m[seg * e->shard_global + e->shard_first + i];
 }
 
+/* MONAI's SwinTransformer.forward on the planned shape. Every activation the backward needs is
+   written into the arena (replacing the previous forward's); only the norm1 output (s0) and the
+   branch outputs (s1) are temporaries, since the attention keeps its own windowed copy of its
+   input in a_attn and the residual adds produce the saved block states. Drop-path masks are drawn
+   on the host, two per block in block order (attention branch, then MLP branch), and uploaded, so
+   runs on the CPU and on CUDA with the same generator drop the same samples; e->dp_on tells the
+   backward whether masks exist. The final sync() reports any failure of the queued operations. */
 IOUPOS_DEF int ioupos_swin_encoder_forward(ioupos_swin_encoder *e, const ioupos_params *p,
                                            const float *x, int train, ioupos_rng *rng) {
   const ioupos_swin_config *c = &e->cfg;
