@@ -1,8 +1,9 @@
 /* drivers/train_cli.h — what the training commands (ioupos-simsiam, ioupos-dino through
    drivers/pretrain.h, and ioupos-finetune) share beyond drivers/cli.h (not part of the
    library): usage errors, the resolved flags as JSON (flags.json and the flag comparison on
-   --resume), the encoder width check, --threads, the console log callback, and Ctrl-C / SIGTERM
-   stopping the run at a step boundary with its state saved.
+   --resume), the encoder width check, --threads, the console log callback, Ctrl-C / SIGTERM
+   stopping the run at a step boundary with its state saved, and data parallel under mpirun
+   (the MPI table, one GPU per process, NCCL, the job's end).
 
    Include after ioupos.h and drivers/cli.h (PROG defined). Exit statuses: 0 done, 1 run error
    (message printed), 2 bad command line, 128 + N stopped by signal N. */
