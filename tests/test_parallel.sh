@@ -10,7 +10,8 @@
 #   b. Resume across process counts: 2 processes stopped after 3 steps, resumed by 1 process,
 #      and the other way round, end as the uninterrupted one-process run (1e-4); SIGTERM to one
 #      rank stops every rank at the same step with the state saved.
-#   c. Fine-tuning on 2 processes: weights (1e-4) and losses; the evaluation alone (n_epochs 0)
+#   c. Fine-tuning on 2 processes: weights (1e-4) and losses, and stopped on 2 and resumed on 1;
+#      the evaluation alone (n_epochs 0)
 #      split by case over 2 and 3 processes gives the one-process results.json and table byte
 #      for byte, on slices and on volumes (MONAI's weights, tests/fixtures/eval3d); with
 #      --predict_dir rank 0 writes the same prediction files.
@@ -196,6 +197,12 @@ no_timing fone/r/metrics.jsonl | grep '"loss"' >f1
 no_timing ftwo/r/metrics.jsonl | grep '"loss"' >f2
 check "... every loss within 1e-4" losses_close f1 f2
 check "... one table, printed by rank 0" [ "$(grep -c '^score ' ft2.out)" -eq 1 ]
+mpi fr1 2 "$ft" $fo --chkpt_dir fr --max_steps 3
+run_prog "$ft" fr2 $fo --chkpt_dir fr --resume
+check "fine-tuning: 2 processes stopped after 3 steps, resumed by one (exit $rc; $(tail -n 1 fr2.err))" \
+  [ "$rc" -eq 0 ]
+same "fine-tuning 2 then 1 processes: checkpoint" fr/r/checkpoint.safetensors fone/r/checkpoint.safetensors
+check "... the same best.safetensors" "$bdir/st_compare" fr/r/best.safetensors fone/r/best.safetensors 1e-4
 ev="--data_dir s --split_path pl/split.json --crop_size 32 --threads 1 --embedding_size 12
   --n_epochs 0 --num_workers 0 --chkpt_path fone/r/checkpoint.safetensors --run_name r"
 run_prog "$ft" ev1 $ev --chkpt_dir eone --predict_dir pone
