@@ -6,7 +6,7 @@
 # the float sums depend on the order of the additions); allgather, broadcast, barrier, argument
 # errors, the device count. The real NCCL on a GPU: scripts/gpu_check.sh.
 # Usage: sh tests/test_comm_nccl.sh BUILD_DIR   (run by tests/run.sh)
-# Skips and fails as tests/test_comm.sh: without mpirun, or with a build made without MPI, it
+# Skips and fails as the other MPI scripts (tests/mpi_lib.sh): without mpirun or an MPI build, it
 # prints "SKIP: <reason>" and succeeds, unless IOUPOS_REQUIRE_MPI=1 (then a failure).
 # IOUPOS_MPIRUN_FLAGS adds flags to mpirun. Prints "FAIL: ..." for each failed check, then
 # "test_comm_nccl: N checks passed, M failed"; exits 1 if any check failed. About 2 s.
@@ -15,34 +15,11 @@ build=${1:-build}
 me=test_comm_nccl
 prog=test_comm_nccl
 
-skip_or_fail() { # skip_or_fail REASON: SKIP (exit 0), or a failure with IOUPOS_REQUIRE_MPI=1
-  if [ "${IOUPOS_REQUIRE_MPI:-0}" = 1 ]; then
-    echo "FAIL: $1 (IOUPOS_REQUIRE_MPI=1: the MPI test must run)"
-    echo "$me: 0 checks passed, 1 failed"
-    exit 1
-  fi
-  echo "SKIP: $1"
-  exit 0
-}
-
-command -v mpirun >/dev/null 2>&1 ||
-  skip_or_fail "no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)"
-if [ ! -x "$build/$prog" ]; then
-  if [ "${IOUPOS_MPI:-}" = 0 ]; then
-    skip_or_fail "built without MPI (make MPI=0, or mpicc not found): no $build/$prog"
-  elif ! command -v mpicc >/dev/null 2>&1; then
-    skip_or_fail "no mpicc (Debian: apt-get install libopenmpi-dev): no $build/$prog"
-  fi
-fi
-command -v timeout >/dev/null 2>&1 || { echo "FAIL: no 'timeout' command (coreutils)"; exit 1; }
+. "$(dirname "$0")/mpi_lib.sh"
 . "$(dirname "$0")/cli_lib.sh"
 
 not_hung() { [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; } # timeout's statuses
 
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 export OMP_NUM_THREADS=1
 # the emulated device count is the test's to set (it checks the default of 1)
 unset IOUPOS_CUDA_HOST_DEVICES IOUPOS_CUDA_HOST_MEM IOUPOS_CUDA_HOST_ORDER

@@ -30,28 +30,15 @@
 # step at the end of the warm-up), the same for any two correct implementations.
 # Usage: sh tests/test_parallel.sh BUILD_DIR   (run by tests/run.sh)
 # Without mpirun or an MPI build it prints "SKIP: <reason>" and succeeds, unless
-# IOUPOS_REQUIRE_MPI=1 (CI), which makes that a failure. About 60 s on 2 cores.
+# IOUPOS_REQUIRE_MPI=1 (CI), which makes that a failure (tests/mpi_lib.sh). About 40 s on 2
+# cores.
 
 build=${1:-build}
 root=$(pwd)
 me=test_parallel
+prog=hostcuda/ioupos-simsiam-mpi # built only with MPI: mpi_lib.sh skips without it
+. "$(dirname "$0")/mpi_lib.sh"
 prog=ioupos-simsiam
-
-skip_or_fail() { # skip_or_fail REASON: SKIP (exit 0), or a failure with IOUPOS_REQUIRE_MPI=1
-  if [ "${IOUPOS_REQUIRE_MPI:-0}" = 1 ]; then
-    echo "FAIL: $1 (IOUPOS_REQUIRE_MPI=1: the MPI tests must run)"
-    echo "$me: 0 checks passed, 1 failed"
-    exit 1
-  fi
-  echo "SKIP: $1"
-  exit 0
-}
-command -v mpirun >/dev/null 2>&1 ||
-  skip_or_fail "no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev)"
-if [ "${IOUPOS_MPI:-}" = 0 ] || { [ -z "${IOUPOS_MPI:-}" ] && ! command -v mpicc >/dev/null 2>&1; }; then
-  skip_or_fail "built without MPI (make MPI=0, or mpicc not found): the commands train alone"
-fi
-command -v timeout >/dev/null 2>&1 || { echo "FAIL: no 'timeout' command (coreutils)"; exit 1; }
 . "$(dirname "$0")/cli_lib.sh"
 need ioupos-dino ioupos-finetune ioupos-phantom ioupos-prep st_compare hostcuda/ioupos-simsiam-mpi \
   hostcuda/ioupos-dino-mpi hostcuda/ioupos-simsiam
@@ -60,11 +47,6 @@ dino=$bdir/ioupos-dino
 ft=$bdir/ioupos-finetune
 hostmpi=$bdir/hostcuda/ioupos-simsiam-mpi
 
-if [ "$(id -u)" = 0 ]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-# An ASan build: Open MPI's own allocations that it never frees are not ours.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 # mpi NAME NP PROGRAM ARGS...: mpirun -np NP (at most 120 s), stdout NAME.out, stderr NAME.err,
 # status in $rc
 mpi() {
