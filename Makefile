@@ -214,15 +214,18 @@ $(BUILD)/test_cuda_ops.o: tests/test_cuda_ops.c tests/test_util.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -c $< -o $@
 
-$(BUILD)/test_cuda_ops: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host.o
+# The CPU backend it compares with is the portable implementation (no SIMD, no OpenMP), linked.
+$(BUILD)/test_cuda_ops: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host.o $(BUILD)/ioupos_portable.o
 	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/test_cuda_ops_gpublocks: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host_gpublocks.o
+$(BUILD)/test_cuda_ops_gpublocks: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host_gpublocks.o \
+  $(BUILD)/ioupos_portable.o
 	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o | stb
+$(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o \
+  $(BUILD)/ioupos_portable.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_TEST_CUDA_GPU $(CPPFLAGS) -c $< -o $@.o
-	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) $(LDLIBS)
+	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda.o $(BUILD)/ioupos_portable.o -o $@ $(CUDA_LIBS) $(LDLIBS)
 
 # The op test on a real GPU (prints SKIP and succeeds without nvcc or without a usable GPU).
 test-cuda:
