@@ -3,9 +3,10 @@
 # build folder as $1), then prints one closing line "N passed, N failed" and exits non-zero if
 # any failed. Each program prints its own checks and worst cases, and each test its seconds.
 # IOUPOS_TEST_JOBS=N (default 1; `make test` gives it the number of cores) runs N tests at a
-# time (xargs -P; the tests share no files), the command scripts, the longest, first; each test's
-# output is printed whole as soon as it has finished, and the closing lines list the failures in
-# the usual order. OpenMP threads wait passively (OMP_WAIT_POLICY=passive unless set): with
+# time (xargs -P; the tests share no files), the longest first (LONGEST below, then the other
+# command scripts, then the programs), so that no slot idles at the end while one long test
+# finishes alone; each test's output is printed whole as soon as it has finished, and the closing
+# lines list the failures in the usual order. OpenMP threads wait passively (OMP_WAIT_POLICY=passive unless set): with
 # several programs on the same cores, threads spinning for a descheduled one slow a test tenfold.
 # IOUPOS_TEST_TIMEOUT=S (default 600; 0: none) is the time limit of each test, in seconds: a
 # test still running then is stopped (TERM to it and its children, KILL 10 s later), named as
@@ -67,13 +68,25 @@ skip() { # skip T: true when IOUPOS_TEST_SKIP names T's file
   case " ${IOUPOS_TEST_SKIP:-} " in *" ${1##*/} "*) return 0 ;; esac
   return 1
 }
+# The tests of 10 s or more in `make test` on 2 cores (two at a time), the longest first: with
+# jobs > 1 they start in this order (longest processing time first), the rest after them.
+LONGEST="test_parallel.sh test_finetune3d.sh test_finetune.sh test_pretrain.sh test_pretrain3d.sh
+  test_local_crop test_device.sh test_prep.sh test_cuda_ops test_eval3d test_flags.sh
+  test_ckpt_finite.sh test_sampler test_rundir.sh test_sweep.sh"
 n=0
 for t in "$@" tests/test_*.sh; do
   [ -e "$t" ] || continue
   skip "$t" && continue
   n=$((n + 1))
-  case "$t" in *.sh) echo "$n $t" >>"$out/first" ;; *) echo "$n $t" >>"$out/then" ;; esac
+  case " $(echo $LONGEST) " in
+    *" ${t##*/} "*) echo "$n $t" >>"$out/long" ;;
+    *) case "$t" in *.sh) echo "$n $t" >>"$out/first" ;; *) echo "$n $t" >>"$out/then" ;; esac ;;
+  esac
 done
+# the long ones in LONGEST's order
+for l in $LONGEST; do
+  grep " \(.*/\)\{0,1\}$l\$" "$out/long" 2>/dev/null
+done >"$out/long_sorted"
 if [ "$jobs" -gt 1 ]; then
   show() { # the output of each test that has finished and is not shown yet
     k=0
@@ -87,7 +100,7 @@ if [ "$jobs" -gt 1 ]; then
   }
   (while [ -d "$out" ] && [ ! -f "$out/all_run" ]; do show; sleep 1; done) &
   shower=$!
-  cat "$out/first" "$out/then" 2>/dev/null |
+  cat "$out/long_sorted" "$out/first" "$out/then" 2>/dev/null |
     RUNSH=$0 BUILD=$build OUT=$out xargs -P "$jobs" -n 2 sh -c \
       'sh "$RUNSH" --one "$BUILD" "$2" >"$OUT/$1" 2>&1; echo $? >"$OUT/$1.tmp" && mv "$OUT/$1.tmp" "$OUT/$1.rc"' sh
   : >"$out/all_run"
