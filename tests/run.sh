@@ -6,8 +6,9 @@
 # time (xargs -P; the tests share no files), the longest first (LONGEST below, then the other
 # command scripts, then the programs), so that no slot idles at the end while one long test
 # finishes alone; each test's output is printed whole as soon as it has finished, and the closing
-# lines list the failures in the usual order. OpenMP threads wait passively (OMP_WAIT_POLICY=passive unless set): with
-# several programs on the same cores, threads spinning for a descheduled one slow a test tenfold.
+# lines list the failures in the usual order. OpenMP threads wait passively
+# (OMP_WAIT_POLICY=passive unless set): with several programs on the same cores, threads spinning
+# for a descheduled one slow a test tenfold.
 # IOUPOS_TEST_TIMEOUT=S (default 600; 0: none) is the time limit of each test, in seconds: a
 # test still running then is stopped (TERM to it and its children, KILL 10 s later), named as
 # hung, and counted failed. It needs `timeout` (coreutils); without it there is no limit.
