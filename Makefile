@@ -425,7 +425,16 @@ $(BUILD)/data_only_cxx: tests/consumer/data_only.c tests/test_util.h ioupos.h | 
 CONSUMER := $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check $(BUILD)/sampler_only \
             $(BUILD)/sampler_only_cxx $(BUILD)/data_only $(BUILD)/data_only_cxx
 
-test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER) $(MPI_TESTS)
+# What only the tests that IOUPOS_TEST_SKIP leaves out need is not built (make test-asan leaves
+# out the command runs): their programs, the host-build commands (test_device.sh,
+# test_parallel.sh), benches (test_bench_cuda.sh) and MPI command (test_parallel.sh).
+TEST_BUILD := $(filter-out $(addprefix $(BUILD)/,$(IOUPOS_TEST_SKIP)),$(TESTS)) $(DRIVERS) \
+  $(filter-out $(HOSTCUDA_CMDS) $(HOSTCUDA_BENCHES),$(TEST_HELPERS)) $(CONSUMER) \
+  $(filter-out $(BUILD)/hostcuda/ioupos-simsiam-mpi,$(MPI_TESTS)) \
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_device.sh test_parallel.sh),$(HOSTCUDA_CMDS)) \
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_bench_cuda.sh),$(HOSTCUDA_BENCHES)) \
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_parallel.sh),$(filter $(BUILD)/hostcuda/ioupos-simsiam-mpi,$(MPI_TESTS)))
+test: $(TEST_BUILD)
 	@echo "$(MPI_MSG)"
 	@IOUPOS_MPI=$(MPI) IOUPOS_TEST_JOBS=$${IOUPOS_TEST_JOBS:-$(NPROC)} sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
 

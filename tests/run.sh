@@ -69,11 +69,14 @@ skip() { # skip T: true when IOUPOS_TEST_SKIP names T's file
   case " ${IOUPOS_TEST_SKIP:-} " in *" ${1##*/} "*) return 0 ;; esac
   return 1
 }
-# The tests of 10 s or more in `make test` on 2 cores (two at a time), the longest first: with
-# jobs > 1 they start in this order (longest processing time first), the rest after them.
+# The tests of 10 s or more in `make test` or `make test-asan` on 2 cores (two at a time), the
+# longest first: with jobs > 1 they start in this order (longest processing time first), the
+# rest after them. (make test: test_parallel.sh 70 s ... test_sweep.sh 10 s; test-asan, which
+# leaves the command runs out: test_prep.sh 57 s, test_cuda_ops 40, test_local_crop 31,
+# test_nifti and test_phantom 21, test_ckpt_finite.sh 19, test_rundir.sh 17, test_threads 12.)
 LONGEST="test_parallel.sh test_finetune3d.sh test_finetune.sh test_pretrain.sh test_pretrain3d.sh
-  test_local_crop test_device.sh test_prep.sh test_cuda_ops test_eval3d test_flags.sh
-  test_ckpt_finite.sh test_sampler test_rundir.sh test_sweep.sh"
+  test_prep.sh test_local_crop test_cuda_ops test_device.sh test_eval3d test_nifti test_phantom
+  test_ckpt_finite.sh test_rundir.sh test_flags.sh test_sampler test_threads test_sweep.sh"
 n=0
 for t in "$@" tests/test_*.sh; do
   [ -e "$t" ] || continue
@@ -111,11 +114,11 @@ fi
 
 passed=0; failed=0; failures=""; skipped=""; k=0
 for t in "$@" tests/test_*.sh; do
-  [ -e "$t" ] || continue
-  if skip "$t"; then
+  if skip "$t"; then # (make does not build what only the tests left out need)
     skipped="$skipped ${t##*/}"
     continue
   fi
+  [ -e "$t" ] || continue
   k=$((k + 1))
   if [ "$jobs" -eq 1 ]; then
     sh "$0" --one "$build" "$t"
