@@ -216,15 +216,18 @@ $(BUILD)/test_cuda_ops.o: tests/test_cuda_ops.c tests/test_util.h ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -c $< -o $@
 
-$(BUILD)/test_cuda_ops: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host.o
+# The CPU backend it compares with is the portable implementation (no SIMD, no OpenMP), linked.
+$(BUILD)/test_cuda_ops: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host.o $(BUILD)/ioupos_portable.o
 	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/test_cuda_ops_gpublocks: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host_gpublocks.o
+$(BUILD)/test_cuda_ops_gpublocks: $(BUILD)/test_cuda_ops.o $(BUILD)/ioupos_cuda_host_gpublocks.o \
+  $(BUILD)/ioupos_portable.o
 	$(CXX) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o | stb
+$(BUILD)/test_cuda_ops_gpu: tests/test_cuda_ops.c tests/test_util.h ioupos.h $(BUILD)/ioupos_cuda.o \
+  $(BUILD)/ioupos_portable.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) -DIOUPOS_TEST_CUDA_GPU $(CPPFLAGS) -c $< -o $@.o
-	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda.o -o $@ $(CUDA_LIBS) $(LDLIBS)
+	$(CXX) $(CFLAGS) $@.o $(BUILD)/ioupos_cuda.o $(BUILD)/ioupos_portable.o -o $@ $(CUDA_LIBS) $(LDLIBS)
 
 # The op test on a real GPU (prints SKIP and succeeds without nvcc or without a usable GPU).
 test-cuda:
@@ -424,7 +427,16 @@ $(BUILD)/data_only_cxx: tests/consumer/data_only.c tests/test_util.h ioupos.h | 
 CONSUMER := $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check $(BUILD)/sampler_only \
             $(BUILD)/sampler_only_cxx $(BUILD)/data_only $(BUILD)/data_only_cxx
 
-test: $(TESTS) $(DRIVERS) $(TEST_HELPERS) $(CONSUMER) $(MPI_TESTS)
+# What only the tests that IOUPOS_TEST_SKIP leaves out need is not built (make test-asan leaves
+# out the command runs): their programs, the host-build commands (test_device.sh,
+# test_parallel.sh), benches (test_bench_cuda.sh) and MPI command (test_parallel.sh).
+TEST_BUILD := $(filter-out $(addprefix $(BUILD)/,$(IOUPOS_TEST_SKIP)),$(TESTS)) $(DRIVERS) \
+  $(filter-out $(HOSTCUDA_CMDS) $(HOSTCUDA_BENCHES),$(TEST_HELPERS)) $(CONSUMER) \
+  $(filter-out $(BUILD)/hostcuda/ioupos-simsiam-mpi,$(MPI_TESTS)) \
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_device.sh test_parallel.sh),$(HOSTCUDA_CMDS)) \
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_bench_cuda.sh),$(HOSTCUDA_BENCHES)) \
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_parallel.sh),$(filter $(BUILD)/hostcuda/ioupos-simsiam-mpi,$(MPI_TESTS)))
+test: $(TEST_BUILD)
 	@echo "$(MPI_MSG)"
 	@IOUPOS_MPI=$(MPI) IOUPOS_TEST_JOBS=$${IOUPOS_TEST_JOBS:-$(NPROC)} sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
 

@@ -25,8 +25,9 @@
        never a pass.
    The host build also checks the backend's failure paths (no driver, no device, device out of
    range, out of device memory at start-up and in alloc, errors reported by sync).
-   Exits 1 on any failure. */
-#define IOUPOS_IMPLEMENTATION
+   Exits 1 on any failure.
+   The CPU backend is the implementation's portable build (build/ioupos_portable.o: no SIMD
+   kernel, no OpenMP), linked, not compiled here. */
 #include "ioupos.h"
 #include "tests/test_util.h"
 
