@@ -96,8 +96,8 @@ MPICC     ?= $(shell command -v mpicc 2>/dev/null)
 MPI       ?= $(if $(MPICC),1,0)
 ifeq ($(MPI),1)
 MPICC     := $(or $(MPICC),mpicc)
-MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl $(BUILD)/hostcuda/ioupos-simsiam-mpi \
-             $(BUILD)/hostcuda/ioupos-dino-mpi
+MPI_HOST_CMDS := $(BUILD)/hostcuda/ioupos-simsiam-mpi $(BUILD)/hostcuda/ioupos-dino-mpi
+MPI_TESTS := $(BUILD)/test_comm_mpi $(BUILD)/test_comm_nccl $(MPI_HOST_CMDS)
 MPI_MSG   := MPI: found $(MPICC): the training commands train data parallel under mpirun
 TRAIN_CC  := $(MPICC)
 TRAIN_OBJ := $(BUILD)/ioupos_mpi.o
@@ -432,10 +432,10 @@ CONSUMER := $(BUILD)/cxx_check $(BUILD)/consumer_check $(BUILD)/static_check $(B
 # test_parallel.sh), benches (test_bench_cuda.sh) and MPI command (test_parallel.sh).
 TEST_BUILD := $(filter-out $(addprefix $(BUILD)/,$(IOUPOS_TEST_SKIP)),$(TESTS)) $(DRIVERS) \
   $(filter-out $(HOSTCUDA_CMDS) $(HOSTCUDA_BENCHES),$(TEST_HELPERS)) $(CONSUMER) \
-  $(filter-out $(BUILD)/hostcuda/ioupos-simsiam-mpi,$(MPI_TESTS)) \
+  $(filter-out $(MPI_HOST_CMDS),$(MPI_TESTS)) \
   $(if $(filter-out $(IOUPOS_TEST_SKIP),test_device.sh test_parallel.sh),$(HOSTCUDA_CMDS)) \
   $(if $(filter-out $(IOUPOS_TEST_SKIP),test_bench_cuda.sh),$(HOSTCUDA_BENCHES)) \
-  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_parallel.sh),$(filter $(BUILD)/hostcuda/ioupos-simsiam-mpi,$(MPI_TESTS)))
+  $(if $(filter-out $(IOUPOS_TEST_SKIP),test_parallel.sh),$(filter $(MPI_HOST_CMDS),$(MPI_TESTS)))
 test: $(TEST_BUILD)
 	@echo "$(MPI_MSG)"
 	@IOUPOS_MPI=$(MPI) IOUPOS_TEST_JOBS=$${IOUPOS_TEST_JOBS:-$(NPROC)} sh tests/run.sh $(BUILD) $(TESTS) $(CONSUMER)
