@@ -145,7 +145,7 @@ $(BUILD)/ioupos_mpi.o: drivers/ioupos.c ioupos.h | stb
 	@mkdir -p $(BUILD)
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(SIMD) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_MPI -c $< -o $@
 
-$(BUILD)/test_comm_mpi: tests/test_comm.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o | stb
+$(BUILD)/test_comm_mpi: tests/test_comm.c tests/test_util.h tests/comm_util.h ioupos.h $(BUILD)/ioupos_mpi.o | stb
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) -DIOUPOS_WITH_MPI $< $(BUILD)/ioupos_mpi.o \
 	  -o $@ $(LDLIBS)
 
@@ -158,7 +158,7 @@ $(BUILD)/ioupos_cuda_host_mpi.o: ioupos_cuda.cu ioupos.h tests/cuda_host/cuda_ho
 	$(MPICC) -x c++ -std=c++11 $(CFLAGS) $(WARN) -ffp-contract=off -DIOUPOS_CUDA_HOST -DIOUPOS_WITH_NCCL \
 	  -DIOUPOS_COMM_CHUNK_BYTES=96 -Itests/cuda_host $(CPPFLAGS) -c $< -o $@
 
-$(BUILD)/test_comm_nccl: tests/test_comm_nccl.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
+$(BUILD)/test_comm_nccl: tests/test_comm_nccl.c tests/test_util.h tests/comm_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
   $(BUILD)/ioupos_cuda_host_mpi.o | stb
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -DIOUPOS_WITH_MPI -DIOUPOS_WITH_NCCL -c $< -o $@.o
 	$(MPICC) $(CFLAGS) $(OPENMP) $@.o $(BUILD)/ioupos_mpi.o $(BUILD)/ioupos_cuda_host_mpi.o -o $@ \
@@ -176,7 +176,7 @@ $(BUILD)/hostcuda/ioupos-simsiam-mpi $(BUILD)/hostcuda/ioupos-dino-mpi: $(BUILD)
 	  -lstdc++ $(LDLIBS)
 
 # the same test on a GPU: the nvcc object built with NCCL (scripts/gpu_check.sh, mpirun -np 1)
-$(BUILD)/test_comm_nccl_gpu: tests/test_comm_nccl.c tests/test_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
+$(BUILD)/test_comm_nccl_gpu: tests/test_comm_nccl.c tests/test_util.h tests/comm_util.h ioupos.h $(BUILD)/ioupos_mpi.o \
   $(BUILD)/ioupos_cuda.o | stb
 	$(MPICC) -std=c99 $(CFLAGS) $(WARN) $(CPPFLAGS) -DIOUPOS_WITH_MPI -DIOUPOS_WITH_NCCL \
 	  -DIOUPOS_TEST_CUDA_GPU -c $< -o $@.o

@@ -19,6 +19,8 @@
 
 #ifdef IOUPOS_WITH_MPI
 #include <mpi.h>
+
+#include "comm_util.h"
 #endif
 
 static void test_single(void) {
@@ -58,60 +60,12 @@ static void test_single(void) {
 }
 
 #ifdef IOUPOS_WITH_MPI
-/* 64-bit FNV-1a of n bytes */
-static uint64_t fnv(const void *p, size_t n) {
-  const unsigned char *b = (const unsigned char *)p;
-  uint64_t h = 1469598103934665603ull;
-  size_t i;
-  for (i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  return h;
-}
-
-static uint32_t bits(float x) {
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
-}
-
-/* Rank r's value at index i, among `size` ranks: a mix whose float sum depends on the order of
-   the additions (1e8 with small numbers), signed zeros (-0 + -0 is -0, +0 + -0 is +0),
-   and index-dependent values, so a chunk gathered at the wrong offset shows. */
-static float value(int r, int size, size_t i) {
-  uint32_t h = (uint32_t)(i * 2654435761u) ^ (uint32_t)(r * 40503u + 17u);
-  switch (i % 6) {
-    case 0: return r == 0 ? 1e8f : 3.0f;                     /* (1e8 + 3) + 3 != 1e8 + (3 + 3) */
-    case 1: return r == size - 1 ? 1e8f : (r == 0 ? -1e8f : 1.0f);
-    case 2: return -0.0f;                                    /* the sum stays -0 */
-    case 3: return r == 0 ? 0.0f : -0.0f;                    /* +0 first: +0 */
-    case 4: return (float)(int32_t)(h % 2001u - 1000) * 0.001f * (float)(1u << (h % 20));
-    default: return (float)i * 0.5f + (float)r;
-  }
-}
-
 /* the sum over ranks 0..size-1 in rank order, as allreduce_sum documents */
 static float ref_sum(int size, size_t i) {
   float s = value(0, size, i);
   int r;
   for (r = 1; r < size; ++r) s += value(r, size, i);
   return s;
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* every rank's h equal: rank r's hash broadcast from each root in turn and compared */
-static int same_everywhere(const ioupos_comm *c, uint64_t h) {
-  int root, same = 1;
-  for (root = 0; root < c->size; ++root) {
-    uint64_t x = h;
-    int rc = c->broadcast(c, &x, sizeof x, root);
-    CHECK(rc == 0, "broadcast of a hash from %d: %d %s", root, rc, ioupos_failure_reason());
-    if (x != h) same = 0;
-  }
-  return same;
 }
 
 static void test_allreduce(const ioupos_comm *c, size_t n) {
@@ -230,23 +184,7 @@ static void test_mpi(const ioupos_comm *c, int die) {
     CHECK(rc == IOUPOS_EINVAL && strstr(ioupos_failure_reason(), "allgather (mpi)"),
           "allgather NULL: %d '%s'", rc, ioupos_failure_reason());
   }
-  /* barrier: rank 0 enters it 0.2 s late; every rank leaves it after rank 0 entered (the
-     times are CLOCK_MONOTONIC, one clock for the processes of one machine, where the test runs) */
-  {
-    double t_enter0 = 0, t_exit;
-    if (c->rank == 0) {
-      struct timespec ts = {0, 200000000L};
-      nanosleep(&ts, NULL);
-      t_enter0 = now();
-    }
-    rc = c->barrier(c);
-    t_exit = now();
-    CHECK(rc == 0, "barrier: %d %s", rc, ioupos_failure_reason());
-    rc = c->broadcast(c, &t_enter0, sizeof t_enter0, 0);
-    CHECK(rc == 0, "broadcast of the barrier time: %d %s", rc, ioupos_failure_reason());
-    CHECK(t_exit >= t_enter0, "rank %d left the barrier %.3f s before rank 0 entered it", c->rank,
-          t_enter0 - t_exit);
-  }
+  check_barrier(c, c);
   rc = c->barrier(c);
   CHECK(rc == 0, "second barrier: %d %s", rc, ioupos_failure_reason());
 }

@@ -22,54 +22,10 @@
 
 #include "ioupos.h"
 #include "test_util.h"
-
-static uint32_t bits(float x) {
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
-}
-
-/* 64-bit FNV-1a of n bytes */
-static uint64_t fnv(const void *p, size_t n) {
-  const unsigned char *b = (const unsigned char *)p;
-  uint64_t h = 1469598103934665603ull;
-  size_t i;
-  for (i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  return h;
-}
-
-/* Rank r's value at index i (as tests/test_comm.c): sums that depend on the order of the
-   additions (1e8 with small numbers), signed zeros, index-dependent values. */
-static float value(int r, int size, size_t i) {
-  uint32_t h = (uint32_t)(i * 2654435761u) ^ (uint32_t)(r * 40503u + 17u);
-  switch (i % 6) {
-    case 0: return r == 0 ? 1e8f : 3.0f;
-    case 1: return r == size - 1 ? 1e8f : (r == 0 ? -1e8f : 1.0f);
-    case 2: return -0.0f;
-    case 3: return r == 0 ? 0.0f : -0.0f;
-    case 4: return (float)(int32_t)(h % 2001u - 1000) * 0.001f * (float)(1u << (h % 20));
-    default: return (float)i * 0.5f + (float)r;
-  }
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "comm_util.h"
 
 static const ioupos_comm *mpi; /* the MPI table: the reference, and the hashes' broadcasts */
 static const ioupos_backend *be;
-
-/* every rank's h equal (broadcast from each root over the MPI table) */
-static int same_everywhere(uint64_t h) {
-  int root, same = 1;
-  for (root = 0; root < mpi->size; ++root) {
-    uint64_t x = h;
-    if (mpi->broadcast(mpi, &x, sizeof x, root) != 0 || x != h) same = 0;
-  }
-  return same;
-}
 
 #define GUARD 5 /* floats after each device buffer that no collective may write */
 static const float guard_val = -12345.5f;
@@ -126,7 +82,7 @@ static void test_allreduce(const ioupos_comm *c, size_t n) {
         n, bad, first, bad ? got[first] : 0.0, bad ? bits(got[first]) : 0u,
         bad ? want[first] : 0.0, bad ? bits(want[first]) : 0u);
   CHECK(guards_ok(d, n), "n %zu: allreduce_sum wrote past the buffer", n);
-  CHECK(same_everywhere(fnv(got, n * sizeof(float))), "n %zu: the ranks' sums differ", n);
+  CHECK(same_everywhere(mpi, fnv(got, n * sizeof(float))), "n %zu: the ranks' sums differ", n);
   be->release(d);
   free(want);
   free(got);
@@ -228,22 +184,6 @@ static void test_errors(const ioupos_comm *c) {
   be->release(d);
 }
 
-static void test_barrier(const ioupos_comm *c) {
-  double t_enter0 = 0, t_exit;
-  int rc;
-  if (c->rank == 0) {
-    struct timespec ts = {0, 200000000L};
-    nanosleep(&ts, NULL);
-    t_enter0 = now();
-  }
-  rc = c->barrier(c);
-  t_exit = now();
-  CHECK(rc == 0, "barrier: %d %s", rc, ioupos_failure_reason());
-  rc = mpi->broadcast(mpi, &t_enter0, sizeof t_enter0, 0);
-  CHECK(rc == 0 && t_exit >= t_enter0, "rank %d left the barrier %.3f s before rank 0 entered it",
-        c->rank, t_enter0 - t_exit);
-}
-
 /* ioupos_cuda_device_count, and what a program compares it with */
 static void test_device_count(void) {
   int lr = -1, ls = -1, n, rc;
@@ -337,7 +277,7 @@ int main(int argc, char **argv) {
   test_allgather(c, 37);
   test_broadcast(c);
   test_errors(c);
-  test_barrier(c);
+  check_barrier(c, mpi); /* rank 0's time over MPI: NCCL's broadcast moves device memory */
   rc = be->sync();
   CHECK(rc == 0, "the backend's sync after the collectives: %d %s", rc, ioupos_failure_reason());
   rc = ioupos_comm_nccl_finalize();
