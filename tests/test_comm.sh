@@ -16,42 +16,15 @@ prog=test_comm_mpi
 . "$(dirname "$0")/mpi_lib.sh"
 . "$(dirname "$0")/cli_lib.sh"
 
-not_hung() { [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; } # timeout's statuses
-
 # One thread per rank (the test has no OpenMP work), and no spinning for a descheduled rank.
 export OMP_NUM_THREADS=1
 
-# mpi_run NAME NP ARGS...: mpirun -np NP PROG ARGS under timeout 60; output in NAME.out,
-# status in rc
-mpi_run() {
-  name=$1; np=$2; shift 2
-  # shellcheck disable=SC2086 # IOUPOS_MPIRUN_FLAGS is split into flags on purpose
-  timeout -k 5 60 mpirun --oversubscribe ${IOUPOS_MPIRUN_FLAGS:-} -np "$np" "$bin" "$@" \
-    >"$name.out" 2>&1
-  rc=$?
-}
-
 for np in 2 3; do
-  t0=$(date +%s)
-  mpi_run np$np "$np" --mpi
-  el=$(( $(date +%s) - t0 ))
-  sed 's/^/  /' np$np.out | grep -v '^  $'
-  check "mpirun -np $np: exits 0 (got $rc)" [ "$rc" -eq 0 ]
-  check "mpirun -np $np: no hang (timeout 60 s)" not_hung
-  r=0
-  while [ $r -lt "$np" ]; do
-    check "mpirun -np $np: rank $r passed" \
-      grep -q "^test_comm rank $r of $np: [0-9]* checks passed, 0 failed" np$np.out
-    r=$((r + 1))
-  done
-  check "mpirun -np $np: no FAIL line" sh -c "! grep -q FAIL np$np.out"
-  echo "  mpirun -np $np: $el s"
+  mpi_all_pass "$np" test_comm --mpi
 done
 
 # A rank that dies: rank 1 exits 3 after the first all-reduce, rank 0 is in the next one.
-t0=$(date +%s)
 mpi_run die 2 --mpi --die
-el=$(( $(date +%s) - t0 ))
 check "rank 1 dies: mpirun exits non-zero (got $rc)" [ "$rc" -ne 0 ]
 check "rank 1 dies: mpirun ends the job, no hang (status $rc, $el s; timeout 60 s)" not_hung
 check "rank 1 dies: rank 1 exited as told" \

@@ -18,29 +18,12 @@ prog=test_comm_nccl
 . "$(dirname "$0")/mpi_lib.sh"
 . "$(dirname "$0")/cli_lib.sh"
 
-not_hung() { [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; } # timeout's statuses
-
 export OMP_NUM_THREADS=1
 # the emulated device count is the test's to set (it checks the default of 1)
 unset IOUPOS_CUDA_HOST_DEVICES IOUPOS_CUDA_HOST_MEM IOUPOS_CUDA_HOST_ORDER
 
 for np in 2 3; do
-  t0=$(date +%s)
-  # shellcheck disable=SC2086 # IOUPOS_MPIRUN_FLAGS is split into flags on purpose
-  timeout -k 5 60 mpirun --oversubscribe ${IOUPOS_MPIRUN_FLAGS:-} -np "$np" "$bin" >np$np.out 2>&1
-  rc=$?
-  el=$(( $(date +%s) - t0 ))
-  sed 's/^/  /' np$np.out | grep -v '^  $'
-  check "mpirun -np $np: exits 0 (got $rc)" [ "$rc" -eq 0 ]
-  check "mpirun -np $np: no hang (timeout 60 s)" not_hung
-  r=0
-  while [ $r -lt "$np" ]; do
-    check "mpirun -np $np: rank $r passed" \
-      grep -q "^$me rank $r of $np: [0-9]* checks passed, 0 failed" np$np.out
-    r=$((r + 1))
-  done
-  check "mpirun -np $np: no FAIL line" sh -c "! grep -q FAIL np$np.out"
-  echo "  mpirun -np $np: $el s"
+  mpi_all_pass "$np" "$me"
 done
 
 finish
