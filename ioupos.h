@@ -18403,6 +18403,13 @@ static int ioupos__comm_bcast_floats(const ioupos_comm *c, const ioupos_backend 
   return 0;
 }
 
+/* Data parallel: rank 0's parameters (F32 values on the backend, I64 buffers on the host) to
+   every rank */
+static int ioupos__comm_bcast_params(const ioupos_comm *c, ioupos_params *p, float *host) {
+  int rc = ioupos__comm_bcast_floats(c, p->be, p->value, p->table.total, host);
+  return rc ? rc : c->broadcast(c, p->ivalue, p->table.itotal * sizeof(int64_t), 0);
+}
+
 static int ioupos__append(const char *path, const char *line);
 
 /* wall-clock time of the log lines: the run's start, the last line, images since then */
@@ -18825,13 +18832,11 @@ static int ioupos__bcast_state(ioupos__run *r) {
       !(host = (float *)ioupos__calloc(p->table.total + 1, sizeof(float))))
     return ioupos__fail(IOUPOS_ENOMEM, "out of memory for the state's broadcast");
   mon[0] = r->avg_std, mon[1] = r->ep_loss, mon[2] = r->ep_n;
-  rc = ioupos__comm_bcast_floats(c, be, p->value, p->table.total, host);
-  if (!rc) rc = c->broadcast(c, p->ivalue, p->table.itotal * sizeof(int64_t), 0);
+  rc = ioupos__comm_bcast_params(c, p, host);
   if (!rc) rc = c->broadcast(c, r->c, sizeof r->c, 0);
   if (!rc) rc = c->broadcast(c, mon, sizeof mon, 0);
   if (!rc && r->o->method == IOUPOS_SSL_DINO) {
-    rc = ioupos__comm_bcast_floats(c, be, r->dn.t.value, r->dn.t.table.total, host);
-    if (!rc) rc = c->broadcast(c, r->dn.t.ivalue, r->dn.t.table.itotal * sizeof(int64_t), 0);
+    rc = ioupos__comm_bcast_params(c, &r->dn.t, host);
     if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->dn.m1, p->table.total, host);
     if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->dn.m2, p->table.total, host);
     if (!rc) rc = ioupos__comm_bcast_floats(c, be, r->dn.center, (size_t)r->dn.cfg.out_dim, host);
@@ -23282,8 +23287,7 @@ static int ioupos__ft_bcast_model(ioupos__ft *r, int with_state) {
   if (be != ioupos_backend_cpu() &&
       !(host = (float *)ioupos__calloc(r->p.table.total + 1, sizeof(float))))
     return ioupos__fail(IOUPOS_ENOMEM, "out of memory for the model's broadcast");
-  rc = ioupos__comm_bcast_floats(c, be, r->p.value, r->p.table.total, host);
-  if (!rc) rc = c->broadcast(c, r->p.ivalue, r->p.table.itotal * sizeof(int64_t), 0);
+  rc = ioupos__comm_bcast_params(c, &r->p, host);
   if (!rc && with_state) {
     mon[0] = r->best, mon[1] = r->ep_loss, mon[2] = r->ep_n;
     rc = ioupos__comm_bcast_floats(c, be, r->m1, r->p.table.total, host);
