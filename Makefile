@@ -66,18 +66,22 @@ BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/c
 # sm_80 (A100) and sm_90 (H100/H200) code plus sm_90 PTX for newer GPUs; --fmad=false keeps the
 # element-wise kernels' rounding equal to the CPU reference's; CUDA warnings are errors; the
 # ptxas report (registers, spills, stack per kernel) is kept in $(BUILD)/ioupos_cuda.ptxas.txt.
+# cuBLAS is not linked: the backend opens libcublas.so.<major> when it starts a device (dlopen,
+# found through the rpath below), so that a command's start does not load it (tests/test_cublas_load.c).
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
 CUDA      ?= $(if $(NVCC),1,0)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC)))
 CUDA_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O3 -lineinfo
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -ldl
 ifeq ($(CUDA),1)
 CUDA_OBJ  := $(BUILD)/ioupos_cuda.o
 CUDA_MSG  := CUDA backend: built $(CUDA_OBJ) with $(NVCC) (sm_80, sm_90 + PTX) and linked into the --device commands
 DEV_FLAGS := -DIOUPOS_WITH_CUDA
 DEV_LINK  := $(CUDA_OBJ) $(CUDA_LIBS) -lstdc++
+# the nvcc build opens cuBLAS when the backend starts, not when a command starts
+TESTS     += $(BUILD)/test_cublas_load
 else
 CUDA_OBJ  :=
 CUDA_MSG  := CUDA backend: not built ($(if $(NVCC),CUDA=0,nvcc not found)): CPU backend only
@@ -351,6 +355,9 @@ $(BUILD)/st_compare: tests/st_compare.c ioupos.h $(BUILD)/ioupos.o | stb
 TEST_H := tests/test_util.h tests/npy.h tests/fixture_util.h tests/fd_check.h tests/tmp_tree.h ioupos.h
 $(BUILD)/test_%: tests/test_%.c $(TEST_H) $(BUILD)/ioupos.o | stb
 	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(LDLIBS)
+
+$(BUILD)/test_cublas_load: tests/test_cublas_load.c $(TEST_H) $(BUILD)/ioupos.o $(CUDA_OBJ) | stb
+	$(CC) -std=c99 $(CFLAGS) $(WARN) $(OPENMP) $(CPPFLAGS) $< $(BUILD)/ioupos.o -o $@ $(DEV_LINK) $(LDLIBS)
 
 # test_memory includes the implementation itself (a counting IOUPOS_MALLOC): the drivers' SIMD
 $(BUILD)/test_memory: OPENMP += $(SIMD)

@@ -2155,9 +2155,11 @@ IOUPOS_DEF int ioupos_params_load(ioupos_params *p, const ioupos_st_file *f, con
    ioupos_backend_cuda(device) returns the same operation table on CUDA device `device`, or
    NULL with the reason in ioupos_failure_reason() (no usable driver: cudaGetDeviceCount's
    error 35, or no device: error 100 or a count of 0; both reasons start with "no usable CUDA
-   device"; a device number out of range; out of device memory; cuBLAS could not start). Link
-   build/ioupos_cuda.o with -lcudart -lcublas; the function is not in ioupos.h's
-   implementation.
+   device"; a device number out of range; out of device memory; cuBLAS could not be loaded or
+   could not start). Link build/ioupos_cuda.o with -lcudart -ldl; the function is not in
+   ioupos.h's implementation. cuBLAS is not linked: the first successful call opens
+   libcublas.so.<major> (dlopen, through the program's run path, LD_LIBRARY_PATH or the
+   system's folders), so programs that never start the backend do not load it.
      - One device per process: a second call with another device fails (the first one's table
        stays valid). Every operation is queued on one stream of that device, in call order.
      - alloc / upload / download / copy / zero work on device memory (alloc zero-fills; upload

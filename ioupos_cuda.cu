@@ -5,7 +5,8 @@
      nvcc (make builds build/ioupos_cuda.o when nvcc is found): sm_80 and sm_90 code plus PTX,
      --fmad=false (no contraction of a * b + c: the element-wise kernels then round as the CPU
      reference, which is compiled without contraction), warnings are errors; link with
-     -lcudart -lcublas.
+     -lcudart -ldl (not -lcublas: cuBLAS is opened when the backend starts, see "cuBLAS, loaded
+     on first use" below).
      Host build (IOUPOS_CUDA_HOST, tests): the same file compiled as C++11 by the host compiler
      with tests/cuda_host on the include path (-ffp-contract=off). cuda_host.h replaces the CUDA
      runtime and cuBLAS: kernels run as host loops over blocks and threads, kernels with
@@ -63,6 +64,7 @@
 #else
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #endif
 #ifdef IOUPOS_WITH_NCCL /* section 16b's NCCL table (end of this file) */
 #ifdef IOUPOS_CUDA_HOST
@@ -78,6 +80,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
 #include <unordered_map>
 
 #include "ioupos.h"
@@ -161,11 +164,72 @@ static int cu_check(cudaError_t e, const char *what) {
                  "CUDA backend: %s: %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
 }
 
+/* ---- cuBLAS, loaded on first use ---------------------------------------------------------
+   Every command that has --device links this file, and linking libcublas would map cuBLAS and
+   cuBLASLt (hundreds of MiB of code) into every process at start: about 90 ms of each
+   `--help`, each CPU run and each test. So the nvcc build opens libcublas.so.<major> with
+   dlopen() when ioupos_backend_cuda() first starts a device, and looks up the eight functions
+   it calls by name. Each pointer has the type of cuBLAS's own declaration (decltype), so a
+   signature that does not match cublas_v2.h does not compile; cublas_v2.h's macros
+   (cublasCreate -> cublasCreate_v2) give the exported names. The host build calls its
+   reference (tests/cuda_host/cublas_ref.h) directly. CU_BLAS(f) names the function either way
+   (the pointer is p_f: a member named f would change what f means inside the struct). */
+#define CU_BLAS_FUNCTIONS(X) \
+  X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode) \
+  X(cublasSetAtomicsMode) X(cublasGetStatusString) X(cublasSgemm) X(cublasSgemmStridedBatched)
+#ifdef IOUPOS_CUDA_HOST
+#define CU_BLAS(f) f
+#else
+#define CU_STR_(x) #x
+#define CU_STR(x) CU_STR_(x)
+#define CU_BLAS_LIB "libcublas.so." CU_STR(CUBLAS_VER_MAJOR)
+#define CU_BLAS(f) cu_blas_fn.p_##f
+static struct {
+#define CU_BLAS_POINTER(f) decltype(&f) p_##f;
+  CU_BLAS_FUNCTIONS(CU_BLAS_POINTER)
+#undef CU_BLAS_POINTER
+} cu_blas_fn;
+static void *cu_blas_lib; /* the dlopen handle, NULL until loaded */
+
+/* Opens `lib` (NULL: CU_BLAS_LIB, found through the program's run path, LD_LIBRARY_PATH and the
+   system's library folders) and fills cu_blas_fn, once per process. 0 on success; -1 with the
+   reason in ioupos_failure_reason() (the library and what went wrong), every pointer NULL. */
+extern "C" int ioupos_cuda_blas_load(const char *lib) {
+  void *h;
+  const char *missing = NULL;
+  if (cu_blas_lib) return 0;
+  if (!lib) lib = CU_BLAS_LIB;
+  h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    const char *why = dlerror();
+    char buf[400];
+    snprintf(buf, sizeof buf, "CUDA backend: cuBLAS could not be loaded (%s): %s", lib,
+             why ? why : "dlopen failed");
+    return ioupos_failure_set(IOUPOS_EIO, buf), -1;
+  }
+#define CU_BLAS_LOOKUP(f)                                                   \
+  if (!missing && !(cu_blas_fn.p_##f = (decltype(&f))dlsym(h, CU_STR(f)))) \
+    missing = CU_STR(f);
+  CU_BLAS_FUNCTIONS(CU_BLAS_LOOKUP)
+#undef CU_BLAS_LOOKUP
+  if (missing) {
+    char buf[400];
+    memset(&cu_blas_fn, 0, sizeof cu_blas_fn);
+    dlclose(h);
+    snprintf(buf, sizeof buf, "CUDA backend: %s has no function %s (not cuBLAS %d?)", lib,
+             missing, CUBLAS_VER_MAJOR);
+    return ioupos_failure_set(IOUPOS_EIO, buf), -1;
+  }
+  cu_blas_lib = h;
+  return 0;
+}
+#endif
+
 static int cu_blas_check(cublasStatus_t s, const char *what) {
   if (s == CUBLAS_STATUS_SUCCESS) return 0;
   return cu_fail(s == CUBLAS_STATUS_ALLOC_FAILED ? IOUPOS_ENOMEM
                  : s == CUBLAS_STATUS_INVALID_VALUE ? IOUPOS_EINVAL : IOUPOS_EIO,
-                 "CUDA backend: %s: %s", what, cublasGetStatusString(s));
+                 "CUDA backend: %s: %s", what, CU_BLAS(cublasGetStatusString)(s));
 }
 
 /* after every launch: a bad configuration or an earlier asynchronous error */
@@ -316,15 +380,16 @@ typedef cublasStatus_t (*cu_sgemm_sb_fn)(cublasHandle_t, cublasOperation_t, cubl
                                          int, int, int, const float *, const float *, int,
                                          long long int, const float *, int, long long int,
                                          const float *, float *, int, long long int, int);
-/* the signatures above are cuBLAS's (checked here against cublas_v2.h in the nvcc build and
-   against the reference in the host build) */
-static const cu_sgemm_fn cu_sgemm = cublasSgemm;
-static const cu_sgemm_sb_fn cu_sgemm_sb = cublasSgemmStridedBatched;
+/* the signatures above are cuBLAS's: checked against cublas_v2.h in the nvcc build and against
+   the reference in the host build, so the two agree */
+static_assert(std::is_same<decltype(&cublasSgemm), cu_sgemm_fn>::value, "cublasSgemm");
+static_assert(std::is_same<decltype(&cublasSgemmStridedBatched), cu_sgemm_sb_fn>::value,
+              "cublasSgemmStridedBatched");
 
 static int cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
   if (M <= 0 || N <= 0) return 0;
-  return cu_blas_check(cu_sgemm(cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+  return cu_blas_check(CU_BLAS(cublasSgemm)(cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                 ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda,
                                 &beta, C, ldc),
                        "cublasSgemm");
@@ -335,7 +400,7 @@ static int cu_gemm_batched(int ta, int tb, int M, int N, int K, float alpha, con
                            int lda, long long sA, const float *B, int ldb, long long sB,
                            float beta, float *C, int ldc, long long sC, int batch) {
   if (M <= 0 || N <= 0 || batch <= 0) return 0;
-  return cu_blas_check(cu_sgemm_sb(cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+  return cu_blas_check(CU_BLAS(cublasSgemmStridedBatched)(cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, sB,
                                    A, lda, sA, &beta, C, ldc, sC, batch),
                        "cublasSgemmStridedBatched");
@@ -2266,7 +2331,7 @@ static int cu_unet_outblock_backward(float *dinp, float *dweight, float *dbias, 
 
 static void cu_teardown(void) {
   int k;
-  if (cu.blas) cublasDestroy(cu.blas);
+  if (cu.blas) CU_BLAS(cublasDestroy)(cu.blas);
   for (k = 0; k < CU_WS_N; ++k)
     if (cu.ws[k]) cudaFree(cu.ws[k]), cu_mem_sub(cu.ws_bytes[k]);
   if (cu.scalars) cudaFree(cu.scalars), cu_mem_sub(8 * sizeof(double));
@@ -2408,22 +2473,28 @@ extern "C" const ioupos_backend *ioupos_backend_cuda(int device) {
     return NULL;
   }
   cu_mem_add(8 * sizeof(double));
-  bs = cublasCreate(&cu.blas);
+#ifndef IOUPOS_CUDA_HOST
+  if (ioupos_cuda_blas_load(NULL) != 0) {
+    cu_teardown();
+    return NULL;
+  }
+#endif
+  bs = CU_BLAS(cublasCreate)(&cu.blas);
   if (bs != CUBLAS_STATUS_SUCCESS) {
     char buf[160];
     cu.blas = NULL;
     cu_teardown();
     snprintf(buf, sizeof buf, "CUDA backend: cuBLAS could not start: %s",
-             cublasGetStatusString(bs));
+             CU_BLAS(cublasGetStatusString)(bs));
     ioupos_failure_set(bs == CUBLAS_STATUS_ALLOC_FAILED ? IOUPOS_ENOMEM : IOUPOS_EIO, buf);
     return NULL;
   }
-  if (cu_blas_check(cublasSetStream(cu.blas, cu.stream), "cublasSetStream") ||
-      cu_blas_check(cublasSetMathMode(cu.blas, tf32 && strcmp(tf32, "1") == 0
+  if (cu_blas_check(CU_BLAS(cublasSetStream)(cu.blas, cu.stream), "cublasSetStream") ||
+      cu_blas_check(CU_BLAS(cublasSetMathMode)(cu.blas, tf32 && strcmp(tf32, "1") == 0
                                                    ? CUBLAS_TF32_TENSOR_OP_MATH
                                                    : CUBLAS_DEFAULT_MATH),
                     "cublasSetMathMode") ||
-      cu_blas_check(cublasSetAtomicsMode(cu.blas, CUBLAS_ATOMICS_NOT_ALLOWED),
+      cu_blas_check(CU_BLAS(cublasSetAtomicsMode)(cu.blas, CUBLAS_ATOMICS_NOT_ALLOWED),
                     "cublasSetAtomicsMode")) {
     cu_teardown();
     return NULL;

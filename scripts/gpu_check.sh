@@ -3,6 +3,7 @@
 #   1. the machine: nvidia-smi, nvcc version;
 #   2. build: $(BUILD)/test_cuda_ops_gpu with nvcc (make; sm_80, sm_90 + PTX), the ptxas report;
 #   3. the op test against the CPU backend (every operation, guards, determinism, tolerances);
+#   3a. cuBLAS opened when the backend starts, not at the program's start ($(BUILD)/test_cublas_load);
 #   3b. the NCCL table (section 16b): $(BUILD)/test_comm_nccl_gpu under `mpirun -np 1` (needs
 #      mpicc, mpirun, and make's "with NCCL"; otherwise "skipped" with the reason);
 #   4. compute-sanitizer on the op cases (IOUPOS_TEST_OPS_ONLY=1: the whole-model steps would take
@@ -60,7 +61,8 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   # the op test and the benchmark's programs in one parallel make (-k: the op test runs even
   # if a benchmark program fails to build; make bench-cuda then says so)
   make -k --no-print-directory BUILD="$BUILD" STB_DIR="$STB_DIR" "$BUILD/test_cuda_ops_gpu" \
-    "$BUILD/bench_simsiam_cuda" "$BUILD/bench_finetune_cuda" >"$OUT/build.txt" 2>&1
+    "$BUILD/test_cublas_load" "$BUILD/bench_simsiam_cuda" "$BUILD/bench_finetune_cuda" \
+    >"$OUT/build.txt" 2>&1
   if [ -x "$BUILD/test_cuda_ops_gpu" ]; then
     note "build: ok ($BUILD/test_cuda_ops_gpu, stb from $STB_DIR; $(( $(date +%s) - t_start )) s)"
     [ -x "$BUILD/bench_simsiam_cuda" ] && [ -x "$BUILD/bench_finetune_cuda" ] ||
@@ -95,6 +97,22 @@ else
 fi
 cases=$(grep "cases:" "$OUT/test_cuda_ops.txt")
 [ -n "$cases" ] && note "$cases"
+
+# 3a. cuBLAS is opened when the backend starts on this GPU, not when the program starts
+if [ -x "$BUILD/test_cublas_load" ]; then
+  if "$BUILD/test_cublas_load" >"$OUT/test_cublas_load.txt" 2>&1; then
+    note "cublas load: ok: $(tail -n 1 "$OUT/test_cublas_load.txt")"
+  else
+    note "cublas load: FAILED (see $OUT/test_cublas_load.txt)"
+    grep "^FAIL" "$OUT/test_cublas_load.txt" | head -n 10 | tee -a "$summary"
+    failed=1
+  fi
+elif command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  note "cublas load: FAILED: $BUILD/test_cublas_load was not built (see $OUT/build.txt)"
+  failed=1
+else
+  note "cublas load: skipped (no nvcc here and no $BUILD/test_cublas_load brought along)"
+fi
 
 # 3b. the NCCL table on this GPU: one rank (NCCL's all-gather, the rank-order sum kernel,
 # broadcast, barrier and the errors; the sums' bits against the MPI table's)
