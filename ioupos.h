@@ -1438,6 +1438,37 @@ IOUPOS_DEF void ioupos__conv_transpose_backward_ref(float *dinp, float *dweight,
                                                     const float *dout, const float *inp,
                                                     const float *weight, int dims, int B,
                                                     int Cin, const int shape[], int Cout);
+/* The layers of sections 11 and 12 that have a fast path, each as its fast path and as its
+   plain reference (ioupos__<layer>_fast and _ref in the implementation, private there), for
+   tests/test_threads.c, which runs them side by side: the same arguments as the public
+   functions. ioupos__layer_paths_fast() is NULL in a build without fast paths (no AVX2+FMA, no
+   OpenMP, or IOUPOS_LAYERS_REF). */
+typedef struct ioupos__layer_paths {
+  void (*colsum_add)(float *db, const float *d, size_t T, int OC); /* db[OC] += sum of d[T][OC] */
+  void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                            const float *weight, const float *bias, int N, int C, float eps);
+  void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, const float *mean,
+                             const float *rstd, int N, int C);
+  void (*gelu_forward)(float *out, const float *inp, size_t n);
+  void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+  void (*gelu_backward_inplace)(float *dh, float *act, const float *x, size_t n);
+  int (*window_attention_forward)(float *out, float *acts, const float *inp, const float *qkv_w,
+                                  const float *qkv_b, const float *proj_w, const float *proj_b,
+                                  const float *table, const int *index, const float *mask,
+                                  int BW, int N, int C, int NH, int nW);
+  int (*window_attention_backward)(float *dinp, float *dqkv_w, float *dqkv_b, float *dproj_w,
+                                   float *dproj_b, float *dtable, float *scratch,
+                                   const float *dout, const float *acts, const float *inp,
+                                   const float *qkv_w, const float *proj_w, const int *index,
+                                   int BW, int N, int C, int NH);
+} ioupos__layer_paths;
+IOUPOS_DEF const ioupos__layer_paths *ioupos__layer_paths_ref(void);
+IOUPOS_DEF const ioupos__layer_paths *ioupos__layer_paths_fast(void);
+/* Rows and elements below this much work stay on one thread (IOUPOS_PAR_MIN_WORK, 32768 unless
+   defined otherwise); tests/test_threads.c lowers it to send small tensors through the OpenMP
+   loops. Set it before any parallel work. */
+IOUPOS_DEF void ioupos__set_par_min_work(double work);
 #endif
 
 /* ============================================================================================
@@ -11552,9 +11583,18 @@ static int ioupos__data_preflight(const ioupos_dataset *const sets[], int n_sets
 #ifndef IOUPOS_PAR_MIN_WORK
 #define IOUPOS_PAR_MIN_WORK 32768
 #endif
+#ifdef IOUPOS_REFERENCE_API
+/* the tests' build: tests/test_threads.c lowers the threshold (to 64) so that its fixtures'
+   small tensors take the parallel loops too */
+static double ioupos__par_min_work = IOUPOS_PAR_MIN_WORK;
+IOUPOS_DEF void ioupos__set_par_min_work(double work) { ioupos__par_min_work = work; }
+#define IOUPOS__PAR_MIN_WORK ioupos__par_min_work
+#else
+#define IOUPOS__PAR_MIN_WORK ((double)IOUPOS_PAR_MIN_WORK)
+#endif
 #ifdef _OPENMP
 static int ioupos__par_ok(double work) {
-  return work >= (double)IOUPOS_PAR_MIN_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
+  return work >= IOUPOS__PAR_MIN_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
 }
 #define IOUPOS__MAX_THREADS() (omp_in_parallel() ? 1 : omp_get_max_threads())
 #else
@@ -14452,6 +14492,39 @@ static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, fl
 }
 
 #endif /* IOUPOS__LAYERS_FAST */
+
+#ifdef IOUPOS_REFERENCE_API
+/* The two versions of sections 11 and 12's layers as tables, for tests/test_threads.c (see the
+   API). Filled by name on each call. */
+IOUPOS_DEF const ioupos__layer_paths *ioupos__layer_paths_ref(void) {
+  static ioupos__layer_paths t;
+  t.colsum_add = ioupos__colsum_add_ref;
+  t.layernorm_forward = ioupos__layernorm_forward_ref;
+  t.layernorm_backward = ioupos__layernorm_backward_ref;
+  t.gelu_forward = ioupos__gelu_forward_ref;
+  t.gelu_backward = ioupos__gelu_backward_ref;
+  t.gelu_backward_inplace = ioupos__gelu_backward_inplace_ref;
+  t.window_attention_forward = ioupos__window_attention_forward_ref;
+  t.window_attention_backward = ioupos__window_attention_backward_ref;
+  return &t;
+}
+IOUPOS_DEF const ioupos__layer_paths *ioupos__layer_paths_fast(void) {
+#if IOUPOS__LAYERS_FAST
+  static ioupos__layer_paths t;
+  t.colsum_add = ioupos__colsum_add_fast;
+  t.layernorm_forward = ioupos__layernorm_forward_fast;
+  t.layernorm_backward = ioupos__layernorm_backward_fast;
+  t.gelu_forward = ioupos__gelu_forward_fast;
+  t.gelu_backward = ioupos__gelu_backward_fast;
+  t.gelu_backward_inplace = ioupos__gelu_backward_inplace_fast;
+  t.window_attention_forward = ioupos__window_attention_forward_fast;
+  t.window_attention_backward = ioupos__window_attention_backward_fast;
+  return &t;
+#else
+  return NULL;
+#endif
+}
+#endif
 
 
 /* ---- 13. Safetensors files --------------------------------------------------------------------- */

@@ -23,16 +23,21 @@
         bias sums and layer norm bit-identical (the same order of sums), GELU within 1 ulp,
         the linear layer's GEMM within its error bound, window attention within a stated
         tolerance (bit-identical without AVX2); the tolerances and reasons are in part 6.
-   Built with -DIOUPOS_PAR_MIN_WORK=64, so that even the fixtures' small tensors take the
-   parallel loops. Without OpenMP, 1 is the only thread count and part 1-2 compare runs only. */
+   It links build/ioupos.o as the commands do (the tests' build, IOUPOS_REFERENCE_API: the fast
+   paths and references come as two tables, ioupos__layer_paths_fast and _ref) and lowers the
+   parallel loops' threshold to 64 (ioupos__set_par_min_work), so that even the fixtures' small
+   tensors take the parallel loops. Without OpenMP, 1 is the only thread count and part 1-2
+   compare runs only. */
 #include <stdlib.h>
-/* an allocator that can be told to fail (part 5) */
-static int tt_fail;
-static void *tt_malloc(size_t n) { return tt_fail ? NULL : malloc(n); }
-#define IOUPOS_MALLOC(sz) tt_malloc(sz)
-#define IOUPOS_FREE(p) free(p)
-#define IOUPOS_IMPLEMENTATION
+
 #include "ioupos.h"
+
+/* An allocator that can be told to fail (part 5): the Makefile links this test with
+   -Wl,--wrap=malloc, so the library's malloc calls (IOUPOS_MALLOC's default) come here. */
+static int tt_fail;
+void *__real_malloc(size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_malloc(size_t n) { return tt_fail ? NULL : __real_malloc(n); }
 
 #include <math.h>
 #include <stdint.h>
@@ -665,7 +670,9 @@ static void test_no_memory(void) {
    Each layer of sections 11 and 12 that has a fast path (ioupos__<layer>_fast: SIMD lanes, rows
    and chunks on the threads) is run beside its plain reference (ioupos__<layer>_ref) on random
    inputs of awkward sizes (1, primes, one past a vector width or a row chunk). */
-#if IOUPOS__LAYERS_FAST
+/* this build's two versions of each layer (fast: non-NULL in the test) */
+static const ioupos__layer_paths *fast, *ref;
+
 static float *rndv(ioupos_rng *rng, size_t n, double lo, double hi) {
   float *x = (float *)malloc((n ? n : 1) * sizeof(float));
   size_t i;
@@ -702,8 +709,8 @@ static void fast_sums(ioupos_rng *rng) {
       for (k = 0; k < C && N > 1; ++k) x[C + k] += 3.0f; /* a row far from 0 */
       /* bias sums over N rows of C columns */
       g[0] = fdup(g0, C), g[1] = fdup(g0, C);
-      ioupos__colsum_add_fast(g[0], dy, (size_t)N, C);
-      ioupos__colsum_add_ref(g[1], dy, (size_t)N, C);
+      fast->colsum_add(g[0], dy, (size_t)N, C);
+      ref->colsum_add(g[1], dy, (size_t)N, C);
       bad[0] += bits_differ(g[0], g[1], C);
       free(g[0]), free(g[1]);
       for (aff = 0; aff < 3; ++aff) { /* weight and bias, weight only, neither */
@@ -712,14 +719,14 @@ static void fast_sums(ioupos_rng *rng) {
           y[q] = (float *)calloc(n, sizeof(float)), m[q] = (float *)calloc(N, sizeof(float));
           r[q] = (float *)calloc(N, sizeof(float));
         }
-        ioupos__layernorm_forward_fast(y[0], m[0], r[0], x, wa, ba, N, C, 1e-5f);
-        ioupos__layernorm_forward_ref(y[1], m[1], r[1], x, wa, ba, N, C, 1e-5f);
+        fast->layernorm_forward(y[0], m[0], r[0], x, wa, ba, N, C, 1e-5f);
+        ref->layernorm_forward(y[1], m[1], r[1], x, wa, ba, N, C, 1e-5f);
         bad[1] += bits_differ(y[0], y[1], n) + bits_differ(m[0], m[1], N) +
                   bits_differ(r[0], r[1], N);
         for (v = 0; v < 3; ++v) { /* all gradients, dinp only, parameters only (ACCUMULATE) */
           for (q = 0; q < 2; ++q) {
             float *gi = fdup(g0, n + 2 * (size_t)C);
-            (q ? ioupos__layernorm_backward_ref : ioupos__layernorm_backward_fast)(
+            (q ? ref : fast)->layernorm_backward(
                 v < 2 ? gi : NULL, v != 1 ? gi + n : NULL, v != 1 ? gi + n + C : NULL, dy, x, wa,
                 m[0], r[0], N, C);
             g[q] = gi;
@@ -757,15 +764,15 @@ static void fast_gelu(ioupos_rng *rng) {
     for (q = 0; q < 2; ++q) {
       y[q] = (float *)calloc(n + 1, sizeof(float)), g[q] = (float *)calloc(n + 1, sizeof(float));
     }
-    ioupos__gelu_forward_fast(y[0], x, n);
-    ioupos__gelu_forward_ref(y[1], x, n);
-    ioupos__gelu_backward_fast(g[0], x, one, n);
-    ioupos__gelu_backward_ref(g[1], x, one, n);
+    fast->gelu_forward(y[0], x, n);
+    ref->gelu_forward(y[1], x, n);
+    fast->gelu_backward(g[0], x, one, n);
+    ref->gelu_backward(g[1], x, one, n);
     for (i = 0; i < 2 * n; ++i) {
       float f = i < n ? y[0][i] : g[0][i - n], r = i < n ? y[1][i] : g[1][i - n];
       int64_t d = ord(f) - ord(r);
       d = d < 0 ? -d : d;
-      if (!IOUPOS__GEMM_AVX2 && d) ++nbad;
+      if (!ioupos_gemm_simd() && d) ++nbad;
       else if (x[i % n] > -5.5f && fabs(r) > 1e-6)
         nbad += d > 1, worst = (size_t)d > worst ? (size_t)d : worst;
       else nbad += !(fabs((double)f - r) <= 1e-12);
@@ -773,15 +780,15 @@ static void fast_gelu(ioupos_rng *rng) {
     /* x + 1: every element one lane over, the tail shorter or longer */
     if (n > 1) {
       float *ys = (float *)calloc(n, sizeof(float));
-      ioupos__gelu_forward_fast(ys, x + 1, n - 1);
+      fast->gelu_forward(ys, x + 1, n - 1);
       nshift += bits_differ(ys, y[0] + 1, n - 1);
       free(ys);
     }
     dh = fdup(one, n), act = (float *)calloc(n + 1, sizeof(float));
-    ioupos__gelu_backward_inplace_fast(dh, act, x, n);
+    fast->gelu_backward_inplace(dh, act, x, n);
     nmode += bits_differ(dh, g[0], n) + bits_differ(act, y[0], n);
     memcpy(dh, one, n * sizeof(float));
-    ioupos__gelu_backward_inplace_ref(dh, act, x, n);
+    ref->gelu_backward_inplace(dh, act, x, n);
     nmode += bits_differ(dh, g[1], n) + bits_differ(act, y[1], n);
     total += 2 * n;
     free(x), free(one), free(dh), free(act);
@@ -901,10 +908,10 @@ static void fast_attention(ioupos_rng *rng) {
       int st;
       out[v] = (float *)calloc(nx, 4), acts[v] = (float *)calloc(na, 4);
       sc[v] = (float *)calloc(ns, 4), gr[v] = fdup(g0, ng);
-      st = (v ? ioupos__window_attention_forward_ref : ioupos__window_attention_forward_fast)(
+      st = (v ? ref : fast)->window_attention_forward(
           out[v], acts[v], x, qw, qb, pw, pb, tab, index, mask, BW, N, C, NH, g.nwin);
       if (!st)
-        st = (v ? ioupos__window_attention_backward_ref : ioupos__window_attention_backward_fast)(
+        st = (v ? ref : fast)->window_attention_backward(
             gr[v], gr[v] + off[1], gr[v] + off[2], gr[v] + off[3], gr[v] + off[4], gr[v] + off[5],
             sc[v], dout, acts[v], x, qw, pw, index, BW, N, C, NH);
       CHECK(st == 0, "attention %d: %s", k, ioupos_failure_reason());
@@ -921,7 +928,7 @@ static void fast_attention(ioupos_rng *rng) {
       for (t = 0; t < 8; ++t) {
         double m = maxabs(ts[t].r, ts[t].n);
         size_t i;
-        if (!IOUPOS__GEMM_AVX2) {
+        if (!ioupos_gemm_simd()) {
           bits += (long)bits_differ(ts[t].f, ts[t].r, ts[t].n);
           continue;
         }
@@ -939,28 +946,29 @@ static void fast_attention(ioupos_rng *rng) {
   }
   printf("  window attention (5 geometries): %s; worst |fast - ref| = %.2g of the tensor's largest "
          "value, %ld beyond tolerance; %ld values differ where bits must agree\n",
-         IOUPOS__GEMM_AVX2 ? "SIMD kernels" : "portable kernels (bit-identical)", worst, bad, bits);
+         ioupos_gemm_simd() ? "SIMD kernels" : "portable kernels (bit-identical)", worst, bad, bits);
   CHECK(bad == 0 && bits == 0, "window attention: %ld beyond tolerance, %ld bits differ", bad,
         bits);
 }
-#endif
 
 static void test_fast_paths(void) {
-#if IOUPOS__LAYERS_FAST
   ioupos_rng rng;
+  fast = ioupos__layer_paths_fast(), ref = ioupos__layer_paths_ref();
+  if (!fast) {
+    printf("fast paths: none in this build (the references run)\n");
+    return;
+  }
   printf("fast paths against their plain references:\n");
   ioupos_rng_seed(&rng, 6);
   fast_sums(&rng);
   fast_gelu(&rng);
   fast_linear(&rng);
   fast_attention(&rng);
-#else
-  printf("fast paths: none in this build (the references run)\n");
-#endif
 }
 
 int main(void) {
   int maxt = 1;
+  ioupos__set_par_min_work(64);
 #ifdef _OPENMP
   maxt = omp_get_max_threads();
 #endif
