@@ -390,8 +390,8 @@ static int cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float
                    const float *B, int ldb, float beta, float *C, int ldc) {
   if (M <= 0 || N <= 0) return 0;
   return cu_blas_check(CU_BLAS(cublasSgemm)(cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda,
-                                &beta, C, ldc),
+                                            ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
+                                            ldb, A, lda, &beta, C, ldc),
                        "cublasSgemm");
 }
 
@@ -400,9 +400,10 @@ static int cu_gemm_batched(int ta, int tb, int M, int N, int K, float alpha, con
                            int lda, long long sA, const float *B, int ldb, long long sB,
                            float beta, float *C, int ldc, long long sC, int batch) {
   if (M <= 0 || N <= 0 || batch <= 0) return 0;
-  return cu_blas_check(CU_BLAS(cublasSgemmStridedBatched)(cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                   ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, sB,
-                                   A, lda, sA, &beta, C, ldc, sC, batch),
+  return cu_blas_check(CU_BLAS(cublasSgemmStridedBatched)(
+                           cu.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, sB, A, lda,
+                           sA, &beta, C, ldc, sC, batch),
                        "cublasSgemmStridedBatched");
 }
 
@@ -2491,8 +2492,8 @@ extern "C" const ioupos_backend *ioupos_backend_cuda(int device) {
   }
   if (cu_blas_check(CU_BLAS(cublasSetStream)(cu.blas, cu.stream), "cublasSetStream") ||
       cu_blas_check(CU_BLAS(cublasSetMathMode)(cu.blas, tf32 && strcmp(tf32, "1") == 0
-                                                   ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                   : CUBLAS_DEFAULT_MATH),
+                                                            ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                            : CUBLAS_DEFAULT_MATH),
                     "cublasSetMathMode") ||
       cu_blas_check(CU_BLAS(cublasSetAtomicsMode)(cu.blas, CUBLAS_ATOMICS_NOT_ALLOWED),
                     "cublasSetAtomicsMode")) {

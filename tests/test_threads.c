@@ -946,7 +946,8 @@ static void fast_attention(ioupos_rng *rng) {
   }
   printf("  window attention (5 geometries): %s; worst |fast - ref| = %.2g of the tensor's largest "
          "value, %ld beyond tolerance; %ld values differ where bits must agree\n",
-         ioupos_gemm_simd() ? "SIMD kernels" : "portable kernels (bit-identical)", worst, bad, bits);
+         ioupos_gemm_simd() ? "SIMD kernels" : "portable kernels (bit-identical)", worst, bad,
+         bits);
   CHECK(bad == 0 && bits == 0, "window attention: %ld beyond tolerance, %ld bits differ", bad,
         bits);
 }
