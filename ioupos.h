@@ -4868,37 +4868,47 @@ static void ioupos__format_box(char *buf, size_t cap, const ioupos_box *b) {
    products of overlaps exact in int64; the bound itself is a power of two, exact in double. */
 static int ioupos__local_check(const char *fn, int dims, const int shape[], const int a[],
                                const int b[], double lo, double hi) {
-  char sh[64] = "any", as[64] = "?", bs[64] = "?";
+  enum { OK, NOT_POSITIVE, LARGER, OUTSIDE, REVERSED, TOO_LARGE } why = OK;
+  char sh[64] = "any", as[64], bs[64];
   double vol_s = 1.0, vol_a = 1.0, vol_b = 1.0;
-  int k;
+  int k, axis = 0;
   if (dims != 2 && dims != 3)
     return ioupos__fail(IOUPOS_EINVAL, "%s: dims is %d; it must be 2 or 3", fn, dims);
   if (!a || !b) return ioupos__fail(IOUPOS_EINVAL, "%s: a size argument is NULL", fn);
-  if (shape) ioupos_format_shape(sh, sizeof sh, dims, shape);
-  ioupos_format_shape(as, sizeof as, dims, a);
-  ioupos_format_shape(bs, sizeof bs, dims, b);
-  for (k = 0; k < dims; ++k) {
-    if (a[k] <= 0 || b[k] <= 0 || (shape && shape[k] <= 0))
-      return ioupos__fail(IOUPOS_EINVAL, "%s: image shape %s, box %s and crop %s must be "
-                          "positive on every axis", fn, sh, as, bs);
-    if (shape && (a[k] > shape[k] || b[k] > shape[k]))
-      return ioupos__fail(IOUPOS_EINVAL, "%s: box %s or crop %s is larger than the image shape "
-                          "%s on axis %d", fn, as, bs, sh, k);
+  for (k = 0; k < dims && why == OK; ++k) {
+    if (a[k] <= 0 || b[k] <= 0 || (shape && shape[k] <= 0)) why = NOT_POSITIVE;
+    else if (shape && (a[k] > shape[k] || b[k] > shape[k])) why = LARGER, axis = k;
     vol_a *= a[k];
     vol_b *= b[k];
     if (shape) vol_s *= shape[k];
   }
-  if (!(lo >= 0.0 && lo <= 1.0 && hi >= 0.0 && hi <= 1.0))
+  if (why == OK && !(lo >= 0.0 && lo <= 1.0 && hi >= 0.0 && hi <= 1.0)) why = OUTSIDE;
+  if (why == OK && lo > hi) why = REVERSED;
+  if (why == OK && (vol_s >= 2305843009213693952.0 || vol_a >= 2305843009213693952.0 ||
+                    vol_b >= 2305843009213693952.0))
+    why = TOO_LARGE;
+  if (why == OK) return IOUPOS_OK;
+  /* the message names the sizes, formatted only now: every local crop draw comes through here */
+  if (shape) ioupos_format_shape(sh, sizeof sh, dims, shape);
+  ioupos_format_shape(as, sizeof as, dims, a);
+  ioupos_format_shape(bs, sizeof bs, dims, b);
+  switch (why) {
+  case NOT_POSITIVE:
+    return ioupos__fail(IOUPOS_EINVAL, "%s: image shape %s, box %s and crop %s must be "
+                        "positive on every axis", fn, sh, as, bs);
+  case LARGER:
+    return ioupos__fail(IOUPOS_EINVAL, "%s: box %s or crop %s is larger than the image shape "
+                        "%s on axis %d", fn, as, bs, sh, axis);
+  case OUTSIDE:
     return ioupos__fail(IOUPOS_EINVAL, "%s: IoU interval [%g, %g] must lie within [0, 1] (and "
                         "not be NaN); image %s, box %s, crop %s", fn, lo, hi, sh, as, bs);
-  if (lo > hi)
+  case REVERSED:
     return ioupos__fail(IOUPOS_EINVAL, "%s: IoU interval [%g, %g] is reversed (min > max); image "
                         "%s, box %s, crop %s", fn, lo, hi, sh, as, bs);
-  if (vol_s >= 2305843009213693952.0 || vol_a >= 2305843009213693952.0 ||
-      vol_b >= 2305843009213693952.0)
+  default:
     return ioupos__fail(IOUPOS_ERANGE, "%s: image %s, box %s or crop %s is too large for the "
                         "exact arithmetic (volumes must stay below 2^61)", fn, sh, as, bs);
-  return IOUPOS_OK;
+  }
 }
 
 /* Validate a count / draw request and set up its internal axes. They are sorted by m
