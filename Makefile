@@ -67,7 +67,8 @@ BLAS     := $(if $(wildcard /usr/include/x86_64-linux-gnu/cblas.h /usr/include/c
 # element-wise kernels' rounding equal to the CPU reference's; CUDA warnings are errors; the
 # ptxas report (registers, spills, stack per kernel) is kept in $(BUILD)/ioupos_cuda.ptxas.txt.
 # cuBLAS is not linked: the backend opens libcublas.so.<major> when it starts a device (dlopen,
-# found through the rpath below), so that a command's start does not load it (tests/test_cublas_load.c).
+# found through the rpath below), so that a command's start does not load it
+# (tests/test_cublas_load.c).
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
 CUDA      ?= $(if $(NVCC),1,0)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC)))

@@ -12200,9 +12200,10 @@ extern "C" {
    (section 10) in every build, its reference is for the tests. The layer norm and the bias sums
    add in the same order in both versions (the references keep the fast paths' lanes and row
    chunks, so no result depends on which one a build runs); GELU's and window attention's SIMD
-   kernels round differently (tests/test_threads.c, part 6, has the tolerances). The references
-   are private (static), not API: the tests include the implementation and call them directly,
-   and IOUPOS_LAYERS_REF runs a whole program on them. */
+   kernels round differently (tests/test_threads.c, part 6, has the tolerances). Both versions
+   are private (static), not API: the tests' build (IOUPOS_REFERENCE_API) exports the references
+   and hands both versions to tests/test_threads.c as two tables (ioupos__layer_paths_ref and
+   _fast), and IOUPOS_LAYERS_REF runs a whole program on the references. */
 #if !defined(IOUPOS_LAYERS_REF) && (IOUPOS__GEMM_AVX2 || defined(_OPENMP))
 #define IOUPOS__LAYERS_FAST 1
 #define IOUPOS__IMPL(f) f##_fast
