@@ -95,8 +95,9 @@ endif
 # mpirun -np 2 (and 3), and $(BUILD)/test_comm_nccl (the NCCL table in the CUDA host build; see
 # NCCL below), which tests/test_comm_nccl.sh runs likewise. The training commands
 # (ioupos-simsiam, -dino, -finetune) are then built with it too: under mpirun they train data
-# parallel (tests/test_parallel.sh); started alone they never touch MPI. `make` says which it did in one line. A program that wants the MPI table
-# compiles with $(MPICC) -DIOUPOS_WITH_MPI and links $(BUILD)/ioupos_mpi.o.
+# parallel (tests/test_parallel.sh); started alone they never touch MPI. `make` says which it
+# did in one line. A program that wants the MPI table compiles with $(MPICC) -DIOUPOS_WITH_MPI
+# and links $(BUILD)/ioupos_mpi.o.
 MPICC     ?= $(shell command -v mpicc 2>/dev/null)
 MPI       ?= $(if $(MPICC),1,0)
 ifeq ($(MPI),1)

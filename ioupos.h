@@ -14506,35 +14506,33 @@ static int ioupos__window_attention_backward_fast(float *dinp, float *dqkv_w, fl
 
 #ifdef IOUPOS_REFERENCE_API
 /* The two versions of sections 11 and 12's layers as tables, for tests/test_threads.c (see the
-   API). Filled by name on each call. */
+   API), filled by name: V is _ref or _fast. */
+#define IOUPOS__LAYER_PATHS(t, V)                                       \
+  do {                                                                  \
+    t.colsum_add = ioupos__colsum_add##V;                               \
+    t.layernorm_forward = ioupos__layernorm_forward##V;                 \
+    t.layernorm_backward = ioupos__layernorm_backward##V;               \
+    t.gelu_forward = ioupos__gelu_forward##V;                           \
+    t.gelu_backward = ioupos__gelu_backward##V;                         \
+    t.gelu_backward_inplace = ioupos__gelu_backward_inplace##V;         \
+    t.window_attention_forward = ioupos__window_attention_forward##V;   \
+    t.window_attention_backward = ioupos__window_attention_backward##V; \
+  } while (0)
 IOUPOS_DEF const ioupos__layer_paths *ioupos__layer_paths_ref(void) {
   static ioupos__layer_paths t;
-  t.colsum_add = ioupos__colsum_add_ref;
-  t.layernorm_forward = ioupos__layernorm_forward_ref;
-  t.layernorm_backward = ioupos__layernorm_backward_ref;
-  t.gelu_forward = ioupos__gelu_forward_ref;
-  t.gelu_backward = ioupos__gelu_backward_ref;
-  t.gelu_backward_inplace = ioupos__gelu_backward_inplace_ref;
-  t.window_attention_forward = ioupos__window_attention_forward_ref;
-  t.window_attention_backward = ioupos__window_attention_backward_ref;
+  IOUPOS__LAYER_PATHS(t, _ref);
   return &t;
 }
 IOUPOS_DEF const ioupos__layer_paths *ioupos__layer_paths_fast(void) {
 #if IOUPOS__LAYERS_FAST
   static ioupos__layer_paths t;
-  t.colsum_add = ioupos__colsum_add_fast;
-  t.layernorm_forward = ioupos__layernorm_forward_fast;
-  t.layernorm_backward = ioupos__layernorm_backward_fast;
-  t.gelu_forward = ioupos__gelu_forward_fast;
-  t.gelu_backward = ioupos__gelu_backward_fast;
-  t.gelu_backward_inplace = ioupos__gelu_backward_inplace_fast;
-  t.window_attention_forward = ioupos__window_attention_forward_fast;
-  t.window_attention_backward = ioupos__window_attention_backward_fast;
+  IOUPOS__LAYER_PATHS(t, _fast);
   return &t;
 #else
   return NULL;
 #endif
 }
+#undef IOUPOS__LAYER_PATHS
 #endif
 
 

@@ -77,12 +77,13 @@ skip() { # skip T: true when IOUPOS_TEST_SKIP names T's file
 LONGEST="test_parallel.sh test_finetune3d.sh test_finetune.sh test_pretrain.sh test_pretrain3d.sh
   test_prep.sh test_local_crop test_cuda_ops test_device.sh test_eval3d test_nifti test_phantom
   test_ckpt_finite.sh test_rundir.sh test_flags.sh test_sampler test_threads test_sweep.sh"
+longest=" $(echo $LONGEST) " # on one line
 n=0
 for t in "$@" tests/test_*.sh; do
   [ -e "$t" ] || continue
   skip "$t" && continue
   n=$((n + 1))
-  case " $(echo $LONGEST) " in
+  case "$longest" in
     *" ${t##*/} "*) echo "$n $t" >>"$out/long" ;;
     *) case "$t" in *.sh) echo "$n $t" >>"$out/first" ;; *) echo "$n $t" >>"$out/then" ;; esac ;;
   esac
